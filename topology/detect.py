@@ -1,0 +1,36 @@
+"""Detecting which topology format a capture is in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+from topology.errors import Location, ParseError
+
+Format = Literal["nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes"]
+FORMATS: tuple[Format, ...] = ("nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes")
+
+
+def _sniffers() -> list[tuple[Format, Callable[[str], bool]]]:
+    from topology.k8s import looks_like_k8s_nodes
+    from topology.lldp import looks_like_lldp
+    from topology.nccl import looks_like_nccl_xml
+    from topology.nvsmi import looks_like_nvidia_smi
+
+    return [("nccl-xml", looks_like_nccl_xml), ("k8s-nodes", looks_like_k8s_nodes),
+            ("lldp", looks_like_lldp), ("nvidia-smi", looks_like_nvidia_smi),
+            ("inventory", looks_like_inventory)]
+
+
+def looks_like_inventory(text: str) -> bool:
+    """An inventory is YAML with a top-level ``zones:`` key."""
+    return any(line.startswith("zones:") for line in text.splitlines()[:400])
+
+
+def detect_format(text: str, source: str) -> Format:
+    """The format of a capture, or a ParseError listing what is accepted."""
+    for name, sniff in _sniffers():
+        if sniff(text):
+            return name
+    raise ParseError("cannot tell the format of this file", Location(source),
+                     f"one of {', '.join(FORMATS)} (or pass --format)")
