@@ -213,15 +213,15 @@ def _reference_issues(data: Any) -> list[Issue]:
              for alias in [key, *(spec.get("aliases") or [])]}
     issues, seen = [], set()
     for i, entry in enumerate(profiles):
-        if not isinstance(entry, dict):
-            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("tp"), int):
+            continue  # the entry's own shape is reported by validation
         key = index.get(str(entry.get("gpu", "")).lower())
         tps = gpus[key].get("tp_efficiency") if key is not None else None
         if key is None:
             issues.append(Issue(f"profiles[{i}].gpu", f"unknown GPU type {entry.get('gpu')!r}"))
-        elif isinstance(tps, dict) and entry.get("tp") not in tps:
+        elif isinstance(tps, dict) and entry["tp"] not in tps:
             issues.append(Issue(f"profiles[{i}].tp", f"{key} models TP sizes {sorted(tps)}"))
-        triple = (str(entry.get("model", "")).lower(), key, entry.get("tp"))
+        triple = (str(entry.get("model", "")).lower(), key, entry["tp"])
         if key is not None and triple in seen:
             issues.append(Issue(f"profiles[{i}]", "repeats an earlier (model, gpu, tp) entry"))
         seen.add(triple)

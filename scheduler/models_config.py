@@ -198,7 +198,7 @@ def parse_document(text: str, source: str, expected: str, as_json: bool = False)
 def load_document(path: str | Path, expected: str) -> Any:
     """Read and parse a YAML or JSON (``.json`` suffix) document file."""
     text = read_text(path, expected)
-    return parse_document(text, str(path), expected, as_json=str(path).endswith(".json"))
+    return parse_document(text, str(path), expected, as_json=str(path).lower().endswith(".json"))
 
 
 def packaged_text(name: str) -> str:

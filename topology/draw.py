@@ -31,8 +31,8 @@ def to_dot(spec: FabricSpec) -> str:
     for host in spec.hosts:
         lines.append(f'  "host:{host.name}" [label="{host.name}\\n{len(host.gpus)}x '
                      f'{host.gpu_type}", shape=component];')
-        for leaf in sorted({n.leaf for n in host.nics if n.leaf}):
-            lines.append(f'  "leaf:{leaf}" -- "host:{host.name}";')
+        for leaf_name in sorted({n.leaf for n in host.nics if n.leaf}):
+            lines.append(f'  "leaf:{leaf_name}" -- "host:{host.name}";')
     for domain in spec.nvlink_domains:
         members = " ".join(f'"host:{h}"' for h in domain.hosts)
         lines.append(f'  subgraph "cluster_{domain.name}" {{ label="{domain.name}"; {members} }}')
@@ -44,8 +44,8 @@ def to_svg(spec: FabricSpec) -> str:
     """A layered SVG drawing: spine per zone, pods, leaves, then hosts per leaf."""
     hosts_by_leaf: dict[str, list[str]] = defaultdict(list)
     for host in spec.hosts:
-        for leaf in sorted({n.leaf for n in host.nics if n.leaf}):
-            hosts_by_leaf[leaf].append(host.name)
+        for leaf_name in sorted({n.leaf for n in host.nics if n.leaf}):
+            hosts_by_leaf[leaf_name].append(host.name)
     width = max(len(spec.leaves), 1) * 150 + 40
     items: list[str] = []
     leaf_x = {leaf.name: 20 + i * 150 for i, leaf in enumerate(spec.leaves)}

@@ -12,6 +12,7 @@ conflict (the builder decides whether conflicts stop the build). Order:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from topology.errors import NotFoundError
@@ -174,7 +175,7 @@ def _nearest_nics(topo: NvsmiTopology, host: str, report: MergeReport) -> dict[s
 def host_from_nccl(topo: NcclTopology, name: str, rack: str, nic_gbit: float) -> HostSpec:
     """A host spec from an NCCL topology dump alone."""
     gpus = tuple(GpuSpec(index=i, numa=g.numa or 0, pcie_switch=topo.pcie_switch_of(g.busid),
-                         nic=(topo.nearest_nets(g.busid) or [None])[0])
+                         nic=next(iter(topo.nearest_nets(g.busid)), None))
                  for i, g in enumerate(topo.gpus))
     nics = tuple(NicSpec(device=n.name, gbit=(n.speed_mbps / 1000) if n.speed_mbps else nic_gbit,
                          numa=n.numa or 0,
@@ -251,7 +252,7 @@ def _lldp_nic(host: str, nic: NicSpec, observed: tuple[str, str | None] | None,
     return nic.model_copy(update={"leaf": leaf, "port": port})
 
 
-def _warn_unmapped(host: HostSpec, inputs: HostInputs, seen: dict[str, object],
+def _warn_unmapped(host: HostSpec, inputs: HostInputs, seen: Mapping[str, object],
                    report: MergeReport) -> None:
     missing = [n.device for n in host.nics if n.device not in seen]
     if missing and inputs.lldp is not None and inputs.lldp.neighbors:

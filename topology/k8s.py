@@ -152,9 +152,9 @@ def _node_objects(doc: Any, source: str) -> list[tuple[dict[str, Any], str]]:
     if kind == "Node":
         return [(doc, "")]
     if kind not in _LIST_KINDS and (kind is not None or "items" not in doc):
-        found = f"kind {kind!r}" if kind is not None else "no kind and no items"
-        raise ParseError(f"{found} is not a list of Nodes", Location(source, path="kind"),
-                         expected)
+        found = f"kind {kind!r:.60}" if kind is not None else "no kind and no items"
+        raise ParseError(f"{found}: not a Node or a list of Nodes",
+                         Location(source, path="kind"), expected)
     items = doc.get("items")
     if items is None:
         return []
@@ -169,7 +169,7 @@ def _item(item: Any, path: str, source: str) -> tuple[dict[str, Any], str]:
         raise ParseError(f"found {_kind_of(item)}", Location(source, path=path), "a Node object")
     kind = item.get("kind")
     if kind not in (None, "Node"):
-        raise ParseError(f"kind {kind!r} is not a Node", Location(source, path=f"{path}.kind"),
+        raise ParseError(f"kind {kind!r:.60} is not a Node", Location(source, path=f"{path}.kind"),
                          "only Nodes (kubectl get nodes)")
     return item, path
 

@@ -118,8 +118,7 @@ def parse_lldp(text: str, source: str = "<input>") -> LldpCapture:
     return LldpCapture(source=source, format=fmt, neighbors=_merge(drafts))
 
 
-# ---------------------------------------------------------------------------
-# The common draft: one neighbour before merging and freezing.
+# -- the common draft: one neighbour before merging and freezing --
 
 
 @dataclass
@@ -194,8 +193,7 @@ def _ttl(raw: str | None, where: Location) -> int | None:
     return None if raw is None else _integer(raw, "TTL", where, 65535)
 
 
-# ---------------------------------------------------------------------------
-# JSON (json0 and json).
+# -- JSON (json0 and json) --
 
 
 def _parse_json(text: str, source: str) -> tuple[LldpFormat, list[_Draft]]:
@@ -388,8 +386,7 @@ def _vlan_from_name(name: str | None) -> list[int]:
     return [int(match.group(1))] if match and int(match.group(1)) <= 4095 else []
 
 
-# ---------------------------------------------------------------------------
-# keyvalue.
+# -- keyvalue --
 
 
 @dataclass
@@ -412,9 +409,6 @@ class _KvRecord:
 
     def first(self, *paths: str) -> tuple[int, str] | None:
         return next((self.fields[path][0] for path in paths if path in self.fields), None)
-
-    def values(self, path: str) -> list[tuple[int, str]]:
-        return self.fields.get(path, [])
 
 
 def _is_id_key(path: str, section: str) -> bool:
@@ -491,8 +485,9 @@ def _kv_draft(record: _KvRecord, source: str) -> _Draft:
         port_id_type=port_type,
         port_descr=_kv_text(record.first("port.descr")),
         vlans=[_vlan_id(value, Location(source, line))
-               for line, value in record.values("vlan.vlan-id")],
-        mgmt_ips=[ip for _, value in record.values("chassis.mgmt-ip") if (ip := _clean(value))],
+               for line, value in record.fields.get("vlan.vlan-id", [])],
+        mgmt_ips=[ip for _, raw in record.fields.get("chassis.mgmt-ip", [])
+                  if (ip := _clean(raw))],
         ttl=None if ttl is None else _ttl(ttl[1], Location(source, ttl[0])),
     )
 

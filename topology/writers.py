@@ -110,7 +110,8 @@ def inventory_document(spec: FabricSpec) -> dict[str, Any]:
 
 
 def _host_entry(host: HostSpec) -> dict[str, Any]:
-    return {"name": host.name, "gpu_type": host.gpu_type, "nic_gbit": host.nics[0].gbit if host.nics else None,
+    return {"name": host.name, "gpu_type": host.gpu_type,
+            "nic_gbit": host.nics[0].gbit if host.nics else None,
             "nvsmi": f"captures/{host.name}.nvsmi.txt",
             "lldp": f"captures/{host.name}.lldp.json",
             "netdevs": {nic.device: netdev_of(nic, i) for i, nic in enumerate(host.nics)}}

@@ -2,7 +2,7 @@
 
 Each command group lives in its own module with a ``register(subparsers)`` function;
 handlers return an exit code. Errors from the toposched tree are printed as one
-readable line (exit 2 for bad input, 1 otherwise), never as a traceback.
+readable line (exit 2 for bad input or unknown names, 1 otherwise), never as a traceback.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from topology.errors import InputError, ToposchedError
+from topology.errors import InputError, NotFoundError, ToposchedError
 
 #: Command-group modules under ``api.cli``; each has ``register(subparsers)``.
 COMMAND_MODULES = ("topo", "demo", "kv")
@@ -45,7 +45,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.handler
     try:
         return handler(args)
-    except InputError as exc:
+    except (InputError, NotFoundError) as exc:
         print(f"toposched: error: {exc}", file=sys.stderr)
         return 2
     except ToposchedError as exc:
@@ -70,3 +70,7 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main() -> None:
     """Console-script entry point."""
     sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

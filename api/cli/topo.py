@@ -52,8 +52,9 @@ def cmd_parse(args: argparse.Namespace) -> int:
     result = _parse_as(fmt, text, source)
     if args.json:
         data = result.model_dump(mode="json")
-        print_json({"format": fmt, "host": args.host, **data} if isinstance(data, dict)
-                   else data)
+        variant = data.pop("format", None)  # e.g. LLDP's json0 / json / keyvalue
+        print_json({"format": fmt, **({"variant": variant} if variant else {}),
+                    "host": args.host, **data})
     else:
         print(_describe(fmt, result, args.host))
     return 0

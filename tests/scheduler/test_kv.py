@@ -254,6 +254,28 @@ def test_loader_reports_every_problem_at_once_with_paths() -> None:
     assert "bad-models.yaml: " in str(error) and "problem(s)" in str(error)
 
 
+_SCALARS = (st.none() | st.booleans() | st.integers(min_value=-10**20, max_value=10**20)
+            | st.floats() | st.text(max_size=6))
+_VALUES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3)
+                       | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=8)
+_FIELDS = st.sampled_from(["attention", "num_layers", "num_attention_heads", "num_kv_heads",
+                           "head_dim", "kv_lora_rank", "qk_rope_head_dim", "params_b",
+                           "aliases", "default_dtype", "weight_dtype", "active_params_b"])
+
+
+@given(entry=st.dictionaries(_FIELDS, _VALUES, max_size=6), default_dtype=_SCALARS)
+def test_any_garbage_entry_is_a_validation_error(entry: dict[str, Any],
+                                                 default_dtype: Any) -> None:
+    text = yaml.safe_dump({"version": 1, "default_dtype": default_dtype,
+                           "models": {"m": {**model_entry(), **entry}}})
+    try:
+        catalog = parse_models(text, "fuzz.yaml")
+    except ValidationError as error:
+        assert error.issues and all(issue.path for issue in error.issues)
+    else:
+        assert kv_bytes_per_token(catalog.get("m")) > 0
+
+
 def test_duplicate_model_names_are_refused_with_their_line() -> None:
     text = "version: 1\nmodels:\n  a: {}\n  b: {}\n  a: {}\n"
     with pytest.raises(ParseError) as raised:
@@ -278,7 +300,7 @@ def test_an_empty_model_list_is_refused() -> None:
 
 
 def test_missing_file_names_the_file(tmp_path: Path) -> None:
-    with pytest.raises(ParseError, match="nowhere.yaml: cannot read file"):
+    with pytest.raises(ParseError, match=r"nowhere\.yaml: cannot read file"):
         load_models(tmp_path / "nowhere.yaml")
 
 

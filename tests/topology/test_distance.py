@@ -62,7 +62,8 @@ def test_model_agrees_with_networkx_on_the_same_graph(model: DistanceModel) -> N
         host_b, _, gpu_b = peer.rpartition("/")
         path = shortest_path(graph, gpu_node(host_a, 0), gpu_node(host_b, int(gpu_b[3:])))
         latency, bandwidth, hops = path_figures(graph, path)
-        assert (latency, hops) == (pytest.approx(EXPECTED[tier][0]), EXPECTED[tier][2])
+        assert (latency, bandwidth, hops) == (pytest.approx(EXPECTED[tier][0]),
+                                              pytest.approx(EXPECTED[tier][1]), EXPECTED[tier][2])
 
 
 def test_oversubscribed_zone_link_bounds_cross_zone_bandwidth() -> None:

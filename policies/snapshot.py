@@ -1,0 +1,191 @@
+"""The immutable data every policy scores over: workers, the request, one scheduling cycle.
+
+Policies import only :mod:`topology` (ARCHITECTURE.md), so the snapshot types live
+here and :mod:`scheduler.router.snapshot` builds them from live state. Everything is
+frozen; per-worker numbers are also kept as read-only numpy arrays (index = position
+in :attr:`Snapshot.workers`) so that policies can score a thousand workers without a
+Python loop per worker.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from policies.contracts import PairCostModel
+
+IntArray = npt.NDArray[np.int64]
+FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
+
+#: Locality levels a snapshot knows for each worker, narrowest first.
+DOMAIN_LEVELS = ("host", "nvlink_domain", "rack", "pod", "zone", "region")
+
+
+class Role(StrEnum):
+    """What a worker serves: the prefill phase, the decode phase, or both (aggregated)."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+    BOTH = "both"
+
+
+class Stage(StrEnum):
+    """Which side of a (prefill, decode) pair a scheduling profile is choosing."""
+
+    PREFILL = "prefill"
+    DECODE = "decode"
+
+
+@dataclass(frozen=True, slots=True)
+class Worker:
+    """One serving instance (an engine process over one or more GPUs) and its load."""
+
+    id: str
+    role: Role
+    gpus: tuple[str, ...]
+    queued_tokens: int = 0
+    running_requests: int = 0
+    max_running_requests: int = 256
+    free_kv_blocks: int = 0
+    capacity_kv_blocks: int = 0
+    prefill_tokens_per_s: float = 20_000.0
+
+    @property
+    def can_prefill(self) -> bool:
+        """Whether the worker runs prefills (a decode worker may still prefill locally)."""
+        return self.role is not Role.DECODE
+
+    @property
+    def can_decode(self) -> bool:
+        """Whether the worker runs decodes."""
+        return self.role is not Role.PREFILL
+
+
+def _frozen_array(values: Sequence[Any], dtype: type) -> Any:
+    array = np.asarray(values, dtype=dtype)
+    array.flags.writeable = False
+    return array
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Cluster state for one or many scheduling cycles; never changes once built.
+
+    ``domains`` maps a level of :data:`DOMAIN_LEVELS` to a per-worker domain id
+    (``-1``: the worker has none at that level, e.g. no NVLink domain).
+    ``preferred_pairs`` are placement pairings ``(prefill id, decode id) → weight``
+    in [0, 1]; ``link_load`` counts transfers in flight per directional link id
+    (:meth:`topology.distance.DistanceModel.path_links`).
+    """
+
+    workers: tuple[Worker, ...]
+    domains: Mapping[str, IntArray] = field(default_factory=dict)
+    preferred_pairs: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    link_load: Mapping[str, int] = field(default_factory=dict)
+    block_tokens: int = 512
+    kv_bytes_per_token: int = 327_680
+    position: Mapping[str, int] = field(init=False)
+    queued: IntArray = field(init=False, repr=False, compare=False)
+    running: IntArray = field(init=False, repr=False, compare=False)
+    max_running: IntArray = field(init=False, repr=False, compare=False)
+    free_kv: IntArray = field(init=False, repr=False, compare=False)
+    prefill_rate: FloatArray = field(init=False, repr=False, compare=False)
+    prefill_mask: BoolArray = field(init=False, repr=False, compare=False)
+    decode_mask: BoolArray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        ws = self.workers
+        put = object.__setattr__
+        put(self, "position", MappingProxyType({w.id: i for i, w in enumerate(ws)}))
+        put(self, "domains", MappingProxyType(dict(self.domains)))
+        put(self, "preferred_pairs", MappingProxyType(dict(self.preferred_pairs)))
+        put(self, "link_load", MappingProxyType(dict(self.link_load)))
+        put(self, "queued", _frozen_array([w.queued_tokens for w in ws], np.int64))
+        put(self, "running", _frozen_array([w.running_requests for w in ws], np.int64))
+        put(self, "max_running", _frozen_array([w.max_running_requests for w in ws], np.int64))
+        put(self, "free_kv", _frozen_array([w.free_kv_blocks for w in ws], np.int64))
+        put(self, "prefill_rate", _frozen_array([w.prefill_tokens_per_s for w in ws], np.float64))
+        put(self, "prefill_mask", _frozen_array([w.can_prefill for w in ws], np.bool_))
+        put(self, "decode_mask", _frozen_array([w.can_decode for w in ws], np.bool_))
+
+    def worker(self, worker_id: str) -> Worker | None:
+        """The worker with this id, or ``None``."""
+        pos = self.position.get(worker_id)
+        return None if pos is None else self.workers[pos]
+
+    def same_domain(self, level: str, a: str, b: str) -> bool:
+        """Whether workers ``a`` and ``b`` share a domain at ``level`` (unknown: no)."""
+        ids = self.domains.get(level)
+        pa, pb = self.position.get(a), self.position.get(b)
+        if ids is None or pa is None or pb is None:
+            return False
+        return bool(ids[pa] >= 0 and ids[pa] == ids[pb])
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """What policies know of a request: its block chain and routing hints (never text)."""
+
+    id: str
+    block_hashes: tuple[int, ...]
+    prompt_tokens: int
+    model: str | None = None
+    session: str | None = None
+    prefill_worker: str | None = None
+    decode_worker: str | None = None
+
+    @property
+    def blocks(self) -> int:
+        """Number of (full or partial) KV blocks of the prompt that the chain names."""
+        return len(self.block_hashes)
+
+
+@dataclass(frozen=True)
+class CycleContext:
+    """Everything one scheduling cycle may read; handlers derive per-stage copies.
+
+    ``cached`` holds, per snapshot worker, how many leading blocks of the request's
+    chain it already holds (from the prefix index, read before the cycle).
+    ``sequence`` counts the router's decisions (round-robin uses it); ``seed`` makes
+    random choices repeatable; ``session_pair`` is the (prefill, decode) pair the
+    request's session used last. ``stage`` and ``peer`` are set by a two-stage
+    handler: the side being chosen and the worker already chosen on the other side.
+    """
+
+    request: RequestView
+    snapshot: Snapshot
+    cached: IntArray
+    cost: PairCostModel
+    seed: int = 0
+    sequence: int = 0
+    session_pair: tuple[str, str] | None = None
+    stage: Stage | None = None
+    peer: Worker | None = None
+
+    def cached_of(self, worker: Worker) -> int:
+        """Leading blocks of the request that ``worker`` holds."""
+        return int(self.cached[self.snapshot.position[worker.id]])
+
+    def rng(self) -> random.Random:
+        """A generator seeded by the cycle's seed, request and stage (repeatable)."""
+        key = f"{self.seed}/{self.request.id}/{self.sequence}/{self.stage}".encode()
+        return random.Random(zlib.crc32(key))
+
+    def for_stage(self, stage: Stage, peer: Worker | None = None) -> CycleContext:
+        """A copy of this context for one side of the pair."""
+        return replace(self, stage=stage, peer=peer)
+
+    def positions(self, workers: Sequence[Worker]) -> IntArray:
+        """Snapshot positions of ``workers`` (for array lookups)."""
+        pos = self.snapshot.position
+        return np.fromiter((pos[w.id] for w in workers), dtype=np.int64, count=len(workers))
