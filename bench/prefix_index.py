@@ -393,12 +393,12 @@ def render_markdown(data: dict[str, Any]) -> str:
         lines.append(f"| {row['workers']:,} | {_rate(ours, 'lookup')} | "
                      f"{_rate(dyn, 'lookup')} | {_rate(row['dict_baseline'], 'lookup')} | "
                      f"{_ratio(ours, dyn, 'lookup')} | {agree} |")
-    mem = data["memory"]
+    lines += ["", "Memory of the toposched index (tracemalloc; random 64-bit hashes in "
+              "chains of 64, chains dealt round-robin to the workers):", "",
+              "| workers | entries | MB | bytes / entry |", "| ---: | ---: | ---: | ---: |"]
+    lines += [f"| {m['workers']:,} | {m['entries']:,} | {m['bytes'] / 1e6:,.1f} | "
+              f"{m['bytes_per_entry']:.0f} |" for m in data["memory"]]
     lines += [
-        "",
-        f"Memory: {mem['entries']:,} (worker, block) entries with random 64-bit hashes "
-        f"over {mem['workers']:,} workers take {mem['bytes'] / 1e6:,.1f} MB "
-        f"(tracemalloc), {mem['bytes_per_entry']:.0f} bytes per entry.",
         "",
         "Notes:",
         "",
@@ -436,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
         progress(f"Dynamo RadixTree unavailable: {dynamo_error}")
     progress(f"{len(chains):,} requests, {unique:,} unique blocks, {len(queries):,} queries")
     scales = [run_scale(chains, queries, n, unique, radix_tree) for n in args.workers]
-    memory = memory_bench(args.memory_entries, max(args.workers))
+    memory = [memory_bench(args.memory_entries, n)
+              for n in sorted({min(args.workers), max(args.workers)})]
     note = ("Whole trace." if args.requests is None else
             f"First {len(chains):,} requests only (--requests).")
     data = {

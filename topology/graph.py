@@ -12,6 +12,7 @@ Every data-path edge carries ``kind`` (an :data:`topology.tiers.EdgeKind`),
 from __future__ import annotations
 
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any
 
 import networkx as nx
@@ -169,7 +170,7 @@ def data_path_weight(_u: str, _v: str, data: dict[str, Any]) -> float | None:
 
 def path_figures(graph: nx.Graph, path: list[str]) -> tuple[float, float, int]:
     """Latency (µs), bottleneck bandwidth (GB/s) and hop count of a node path."""
-    edges = [graph.edges[a, b] for a, b in zip(path[:-1], path[1:], strict=True)]
+    edges = [graph.edges[a, b] for a, b in pairwise(path)]
     if not edges:
         return 0.0, float("inf"), 0
     latency = sum(float(e["latency_us"]) for e in edges)

@@ -152,23 +152,22 @@ def _nic_numa(topo: NvsmiTopology, nic: str, gpu_numa: dict[str, int]) -> int:
 
 
 def _nearest_nics(topo: NvsmiTopology, host: str, report: MergeReport) -> dict[str, str]:
-    """Each GPU's NIC: the nearest one, ties broken by index; SYS-only falls back to index."""
+    """Each GPU's NIC: the nearest one; ties go to the NIC at the GPU's own position.
+
+    On boards where every GPU-NIC cell is SYS (GB200) nvidia-smi says nothing about
+    locality, so GPU i is assumed to use NIC i, with a warning.
+    """
+    if not topo.nics:
+        return {}
     devices = {n.name: n.device for n in topo.nics}
+    if all(topo.link(g.name, n.name).type == LinkType.SYS for g in topo.gpus for n in topo.nics):
+        report.warnings.append(f"host {host}: every GPU-NIC pair is SYS (GB200-like); "
+                               "GPU i is assumed to use NIC i")
     result = {}
     for i, gpu in enumerate(topo.gpus):
         names = topo.nics_nearest(gpu.name)
-        if not names:
-            continue
-        all_sys = topo.link(gpu.name, names[0]).type == LinkType.SYS
-        if all_sys and len(topo.nics) >= len(topo.gpus):
-            result[gpu.name] = topo.nics[i].device
-            continue
-        result[gpu.name] = devices[names[min(i, len(names) - 1) if all_sys else 0]]
-    if any(topo.link(g.name, n.name).type == LinkType.SYS for g in topo.gpus
-           for n in topo.nics) and all(topo.link(g.name, n.name).type == LinkType.SYS
-                                       for g in topo.gpus for n in topo.nics):
-        report.warnings.append(f"host {host}: every GPU-NIC pair is SYS (GB200-like); "
-                               "GPU i is assumed to use NIC i")
+        own = topo.nics[i % len(topo.nics)].name
+        result[gpu.name] = devices[own if own in names else names[0]]
     return result
 
 

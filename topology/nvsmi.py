@@ -215,7 +215,8 @@ def looks_like_nvidia_smi(text: str) -> bool:
 
     True for a ``topo -m`` matrix and also for the nvidia-smi outputs that
     :func:`parse_nvidia_smi` refuses with a precise message (``topo -p2p``,
-    ``nvlink``, the status table), so that format detection routes them here.
+    ``nvlink``, ``-L``, ``-q``, the status table), so that format detection routes
+    them here.
     """
     lines = _clean_lines(text[:SNIFF_CHARS])
     return next(_candidates(lines, 0, len(lines)), None) is not None or \
@@ -313,13 +314,15 @@ def _locate_matrix(lines: Sequence[str], source: str) -> int:
 
 def _identify_other(lines: Sequence[str]) -> tuple[str, int] | None:
     """Name another nvidia-smi output in ``lines`` and its first line, if any."""
-    gpu_line = link_line = status_line = None
+    gpu_line = link_line = status_line = query_line = None
     for number, text in enumerate(lines, start=1):
         if len(text) > MAX_LINE_CHARS:
             continue
         if status_line is None and "NVIDIA-SMI" in text and "Driver Version" in text:
             status_line = number
-        tokens = text.split()[:2]
+        if query_line is None and "NVSMI LOG" in text:
+            query_line = number
+        tokens = text.split(None, 2)[:2]
         if len(tokens) < 2:
             continue
         if gpu_line is None and tokens[0] == "GPU" and _is_uint(tokens[1].rstrip(":")) \
@@ -332,6 +335,8 @@ def _identify_other(lines: Sequence[str]) -> tuple[str, int] | None:
         return "`nvidia-smi nvlink` output", gpu_line
     if status_line is not None:
         return "the `nvidia-smi` status table", status_line
+    if query_line is not None:
+        return "the `nvidia-smi -q` report", query_line
     if gpu_line is not None:
         return "`nvidia-smi -L` output", gpu_line
     return None
@@ -395,7 +400,7 @@ def _read_rows(lines: Sequence[str], header: _Header,
     wanted = set(header.devices)
     index = header.number
     while len(rows) < len(header.devices):
-        missing = [name for name in header.devices if name not in rows]
+        missing = (name for name in header.devices if name not in rows)
         found = _next_nonblank(lines, index)
         if found is None:
             raise ParseError(f"the matrix ends after {len(rows)} of {len(header.devices)} "
@@ -404,7 +409,7 @@ def _read_rows(lines: Sequence[str], header: _Header,
         name = _first_token(lines[found]) or ""
         where = Location(source, found + 1)
         if name not in wanted:
-            raise ParseError(f"found {name[:40]!r} where the row for {missing[0]} was expected "
+            raise ParseError(f"found {name[:40]!r} where the row for {next(missing)} was expected "
                              f"(the matrix has {len(rows)} of {len(header.devices)} rows)",
                              where, "rows named like the header columns")
         if name in rows:
@@ -517,25 +522,27 @@ def _affinity(text: str, extras: Sequence[str], name: str, header: _Header,
 
 
 def _tab_fields(text: str, count: int, kinds: Sequence[str]) -> dict[str, str] | None:
-    """Read affinity fields from an intact tab layout; None when tabs were lost."""
+    """Read affinity fields from nvidia-smi's exact tab layout; None when it was lost.
+
+    Only the complete layout is trusted: a row that lost one tab can still have a
+    plausible number of fields, with its values shifted into the wrong columns.
+    """
     if "\t" not in text:
         return None
     fields = [field.strip() for field in text.split("\t")]
     while fields and not fields[0]:
         fields.pop(0)
-    if len(fields) < count + 1 or any(len(f.split()) != 1 for f in fields[:count + 1]):
-        return None
     tail = fields[count + 1:]
-    if any(len(field.split()) > 1 for field in tail):
+    if len(fields) < count + 1 or any(len(f.split()) != 1 for f in fields[:count + 1]) \
+            or any(len(field.split()) > 1 for field in tail):
         return None
-    while tail and not tail[-1]:
-        tail.pop()
     # nvidia-smi prints an empty field before GPU NUMA ID on GPU rows.
-    if "gpu_numa" in kinds and len(tail) == len(kinds) + 1 and not tail[len(kinds) - 1]:
-        del tail[len(kinds) - 1]
-    if len(tail) > len(kinds):
+    filler = len(kinds) - 1 if "gpu_numa" in kinds else None
+    if filler is not None and len(tail) == len(kinds) + 1 and not tail[filler]:
+        del tail[filler]
+    elif filler is not None or len(tail) != len(kinds):
         return None
-    return dict(zip(kinds, tail + [""] * (len(kinds) - len(tail)), strict=True))
+    return dict(zip(kinds, tail, strict=True))
 
 
 def _guess_fields(extras: Sequence[str], name: str, kinds: Sequence[str],
@@ -655,7 +662,7 @@ def _read_legends(lines: Sequence[str], end: int) -> _Legends:
     """Read the code legend and the NIC legend that follow a matrix.
 
     Works on the token stream, so hard-wrapped legends read the same; stops at the
-    next matrix or at a third legend, which belong to another output.
+    next matrix or at a second legend of either kind, which belongs to another output.
     """
     stop = min(len(lines), end + _LEGEND_WINDOW)
     stop = next(_candidates(lines, end, stop), stop)
@@ -711,8 +718,8 @@ def _is_pcie_only(links: Sequence[SmiLink], command: str | None,
     """Decide whether the matrix is ``topo -mp`` output.
 
     NV cells settle it; then the pasted command line; then the legend, which lists
-    ``NV#`` under ``-m`` but not under ``-mp``. Old legends (no NODE) predate
-    ``-mp`` and so are not taken as evidence.
+    ``NV#`` under ``-m`` but not under ``-mp``. Legends without NODE come from old
+    drivers, whose ``-m`` legend may lack NV# too, so they are not taken as evidence.
     """
     if any(link.type is LinkType.NV for link in links):
         return False

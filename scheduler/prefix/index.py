@@ -3,20 +3,16 @@
 Layout (chosen for CPython speed and small memory):
 
 * workers get small integer indices (freed indices are reused, lowest first);
-* for each tier a ``dict`` maps a block key to an ``int`` bitmask of the workers
-  holding it. A lookup walks the request's chain once, intersecting masks
-  (``alive &= mask``) and stops when no worker is left — one C-level ``&`` per block
-  for ≤ 1,024 workers, however many workers there are;
-* each worker has an ``OrderedDict`` key → ``stamp << 2 | tier bits`` in LRU order,
-  used for removal, per-worker capacity and the global bound.
+* per tier, a ``dict`` maps a block key to an ``int`` bitmask of the workers holding
+  it (:mod:`scheduler.prefix.entries`). A lookup walks the request's chain once,
+  intersecting masks, and stops when no worker is left: one C-level ``&`` per
+  block for ≤ 1,024 workers, however many workers there are;
+* predictions live apart (:mod:`scheduler.prefix.predictions`) and are reported
+  apart, so a guess never reads as a confirmed block.
 
-Eviction is **LRU by last use**: storing a block (event or resync) or :meth:`touch`
-counts as use. A chain is stamped leaf first, so its first block is the most
-recently used and evictions take the ends of chains before their shared prefixes
-(as vLLM's free queue does). The global bound ``max_entries`` evicts the globally
-least recently used (worker, block) entry, found through a heap of each worker's
-oldest stamp; ``worker_capacity`` (or :meth:`set_capacity`) evicts within a worker.
-Dropping an entry the engine still holds only under-reports, which is safe.
+Eviction is LRU by last use (see :mod:`scheduler.prefix.entries`): ``max_entries``
+bounds (worker, block) entries overall, ``worker_capacity`` / :meth:`set_capacity`
+each worker. Dropping an entry the engine still holds only under-reports (safe).
 
 Keys are the block hashes xor-ed with the model's namespace salt
 (:func:`scheduler.prefix.hashing.namespace_salt`); without a model they are the
@@ -27,10 +23,10 @@ from __future__ import annotations
 
 import heapq
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
+from scheduler.prefix.entries import GPU, HOST, EntryTable
 from scheduler.prefix.events import (
     AllBlocksCleared,
     BlockRemoved,
@@ -49,10 +45,8 @@ from scheduler.prefix.models import (
 from scheduler.prefix.predictions import PredictionTable
 from topology.errors import Issue, ValidationError
 
-GPU = 1
-HOST = 2
 _TIER_BITS: dict[str, int] = {"gpu": GPU, "host": HOST}
-#: ~150 bytes per entry in CPython: about 300 MB at the default bound.
+#: 150–250 bytes per entry in CPython (bench/results/prefix_index.md): ≤ 500 MB.
 DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_MAX_PREDICTED = 200_000
 
@@ -121,23 +115,16 @@ class PrefixIndex:
         self._ids: dict[str, int] = {}
         self._names: list[str | None] = []
         self._free: list[int] = []
-        self._entries: list[OrderedDict[int, int]] = []
+        self._table = EntryTable()
         self._capacity: list[int | None] = []
         self._capacity_override: dict[str, int | None] = {}
         self._last_seq: list[int | None] = []
         self._stale: set[int] = set()
-        self._tiers: dict[int, dict[int, int]] = {GPU: {}, HOST: {}}
         self._pred = PredictionTable(max_predicted)
         self._all_mask = 0
         self._template: dict[str, MatchInfo] | None = None
         self._byte_names: dict[int, tuple[str, ...]] = {}
-        self._stamp = 0
-        self._heap: list[tuple[int, int]] = []
-        self._in_heap: list[bool] = []
-        self._count = 0
-        self._tier_count = {GPU: 0, HOST: 0}
-        self._counters = dict.fromkeys(
-            ("events", "duplicates", "gaps", "resyncs", "evicted_global", "evicted_capacity"), 0)
+        self._counters = dict.fromkeys(("events", "duplicates", "gaps", "resyncs"), 0)
 
     # ----------------------------------------------------------------- events
 
@@ -157,13 +144,15 @@ class PrefixIndex:
             return None
         if isinstance(event, BlockStored):
             keys = _keys(event.block_hashes, event.model)
-            self._store(idx, keys, _TIER_BITS[event.tier])
+            self._table.store(idx, keys, _TIER_BITS[event.tier])
             self._pred.confirm(idx, keys)
             self._enforce(idx)
         elif isinstance(event, BlockRemoved):
-            self._remove(idx, _keys(event.block_hashes, event.model), _TIER_BITS[event.tier])
+            keys = _keys(event.block_hashes, event.model)
+            self._table.remove(idx, keys, _TIER_BITS[event.tier])
+            self._pred.discard(idx, keys)
         else:
-            self._clear(idx)
+            self._table.clear(idx)
             self._pred.drop_worker(idx)
         self._counters["events"] += 1
         return outcome if isinstance(outcome, ResyncRequest) else None
@@ -189,10 +178,10 @@ class PrefixIndex:
         any). Predictions for in-flight requests are kept.
         """
         idx = self._register(worker)
-        self._clear(idx)
+        self._table.clear(idx)
         for tier, blocks in ((GPU, gpu_blocks), (HOST, host_blocks)):
             keys = _keys(list(blocks), model)
-            self._store(idx, keys, tier)
+            self._table.store(idx, keys, tier)
             self._pred.confirm(idx, keys)
         self._last_seq[idx] = seq
         self._stale.discard(idx)
@@ -204,9 +193,8 @@ class PrefixIndex:
         idx = self._ids.pop(worker, None)
         if idx is None:
             return False
-        self._clear(idx)
+        self._table.clear(idx)
         self._pred.drop_worker(idx)
-        self._entries[idx] = OrderedDict()
         self._names[idx] = None
         self._last_seq[idx] = None
         self._stale.discard(idx)
@@ -232,7 +220,7 @@ class PrefixIndex:
         idx = self._register(worker)
         now = self._clock()
         self._pred.expire(now)
-        held = self._entries[idx]
+        held = self._table.held[idx]
         fresh = [key for key in _keys(block_hashes, model) if key not in held]
         return self._pred.add(idx, fresh, now + ttl_s)
 
@@ -242,20 +230,9 @@ class PrefixIndex:
         Call it when a request is routed to ``worker``; returns how many were held.
         """
         idx = self._ids.get(worker)
-        if idx is None or not self._entries[idx]:
+        if idx is None:
             return 0
-        held = self._entries[idx]
-        stamp = self._stamp
-        touched = 0
-        for key in reversed(_keys(block_hashes, model)):
-            value = held.get(key)
-            if value is not None:
-                held[key] = stamp << 2 | (value & 3)
-                held.move_to_end(key)
-                stamp += 1
-                touched += 1
-        self._stamp = stamp
-        return touched
+        return self._table.touch(idx, _keys(block_hashes, model))
 
     def set_capacity(self, worker: str, capacity: int | None) -> None:
         """Give ``worker`` its own block capacity (``None``: unbounded); applied at once."""
@@ -324,8 +301,8 @@ class PrefixIndex:
         length — and the host-only block count per worker index. Workers that fail
         at block 0 appear in no group: they keep the shared zero result.
         """
-        gpu_get = self._tiers[GPU].get
-        host_map = self._tiers[HOST]
+        gpu_get = self._table.masks[GPU].get
+        host_map = self._table.masks[HOST]
         host_get = host_map.get if host_map else None
         pred_get = self._pred.masks.get if self._pred.masks else None
         any_drops: list[tuple[int, int]] = []
@@ -387,15 +364,16 @@ class PrefixIndex:
     def stats(self) -> IndexStats:
         """Sizes and counters (expired predictions are dropped first)."""
         self._pred.expire(self._clock())
-        keys = set(self._tiers[GPU]).union(self._tiers[HOST])
+        table = self._table
+        keys = set(table.masks[GPU]).union(table.masks[HOST])
         c = self._counters
         return IndexStats(
-            workers=len(self._ids), blocks=len(keys), entries=self._count,
-            gpu_entries=self._tier_count[GPU], host_entries=self._tier_count[HOST],
+            workers=len(self._ids), blocks=len(keys), entries=table.count,
+            gpu_entries=table.tier_count[GPU], host_entries=table.tier_count[HOST],
             predicted_entries=len(self._pred), max_entries=self._max_entries,
             events_applied=c["events"], duplicates_ignored=c["duplicates"],
             gaps_detected=c["gaps"], resyncs=c["resyncs"],
-            evicted_global=c["evicted_global"], evicted_capacity=c["evicted_capacity"],
+            evicted_global=table.evicted_global, evicted_capacity=table.evicted_capacity,
             predictions_made=self._pred.made, predictions_confirmed=self._pred.confirmed,
             predictions_expired=self._pred.expired, predictions_evicted=self._pred.evicted,
             workers_needing_resync=tuple(sorted(n for i in self._stale
@@ -409,7 +387,7 @@ class PrefixIndex:
             self._worker_snapshot(name, idx) for name, idx in self._ids.items()))
 
     def _worker_snapshot(self, name: str, idx: int) -> WorkerSnapshot:
-        held = self._entries[idx]
+        held = self._table.held[idx]
         return WorkerSnapshot(
             name=name,
             gpu=frozenset(k for k, v in held.items() if v & GPU),
@@ -426,122 +404,19 @@ class PrefixIndex:
         capacity = self._capacity_override.get(worker, self._default_capacity)
         if self._free:
             idx = heapq.heappop(self._free)
-            self._names[idx], self._entries[idx] = worker, OrderedDict()
+            self._names[idx] = worker
             self._capacity[idx], self._last_seq[idx] = capacity, None
         else:
             idx = len(self._names)
             self._names.append(worker)
-            self._entries.append(OrderedDict())
             self._capacity.append(capacity)
             self._last_seq.append(None)
-            self._in_heap.append(False)
+            self._table.ensure_slot(idx)
         self._ids[worker] = idx
         self._all_mask |= 1 << idx
         self._template = None
         self._byte_names.clear()
         return idx
 
-    def _store(self, idx: int, keys: Sequence[int], tier: int) -> None:
-        held = self._entries[idx]
-        held_get = held.get
-        masks = self._tiers[tier]
-        masks_get = masks.get
-        bit = 1 << idx
-        stamp = self._stamp
-        added = tiered = 0
-        for key in reversed(keys):
-            value = held_get(key)
-            if value is None:
-                added += 1
-                tiered += 1
-                masks[key] = masks_get(key, 0) | bit
-                held[key] = stamp << 2 | tier
-            else:
-                if not value & tier:
-                    tiered += 1
-                    masks[key] = masks_get(key, 0) | bit
-                held[key] = stamp << 2 | (value & 3) | tier
-                held.move_to_end(key)
-            stamp += 1
-        self._count += added
-        self._tier_count[tier] += tiered
-        self._stamp = stamp
-        if held and not self._in_heap[idx]:
-            heapq.heappush(self._heap, (next(iter(held.values())) >> 2, idx))
-            self._in_heap[idx] = True
-
-    def _remove(self, idx: int, keys: Iterable[int], tier: int) -> None:
-        held = self._entries[idx]
-        for key in keys:
-            value = held.get(key)
-            if value is None or not value & tier:
-                continue
-            self._unmask(idx, key, tier)
-            if value & 3 & ~tier:
-                held[key] = value & ~tier
-            else:
-                del held[key]
-                self._count -= 1
-        if len(self._pred):
-            self._pred.discard(idx, keys)
-
-    def _clear(self, idx: int) -> None:
-        held = self._entries[idx]
-        if not held:
-            return
-        for key, value in held.items():
-            self._drop_masks(idx, key, value)
-        self._count -= len(held)
-        held.clear()
-
-    def _unmask(self, idx: int, key: int, tier: int) -> None:
-        masks = self._tiers[tier]
-        mask = masks[key] & ~(1 << idx)
-        if mask:
-            masks[key] = mask
-        else:
-            del masks[key]
-        self._tier_count[tier] -= 1
-
-    def _drop_masks(self, idx: int, key: int, value: int) -> None:
-        for tier in (GPU, HOST):
-            if value & tier:
-                self._unmask(idx, key, tier)
-
     def _enforce(self, idx: int) -> None:
-        held = self._entries[idx]
-        capacity = self._capacity[idx]
-        if capacity is not None:
-            while len(held) > capacity:
-                key, value = held.popitem(last=False)
-                self._drop_masks(idx, key, value)
-                self._count -= 1
-                self._counters["evicted_capacity"] += 1
-        if self._max_entries is not None and self._count > self._max_entries:
-            self._evict_global(self._max_entries)
-
-    def _evict_global(self, limit: int) -> None:
-        """Drop globally least recently used entries until at most ``limit`` remain.
-
-        The heap holds one (stamp, worker) per worker with entries; a stamp may be
-        older than that worker's real oldest entry (it was touched or evicted
-        since), in which case it is refreshed and pushed back.
-        """
-        while self._count > limit and self._heap:
-            stamp, idx = heapq.heappop(self._heap)
-            held = self._entries[idx]
-            if not held:
-                self._in_heap[idx] = False
-                continue
-            key, value = next(iter(held.items()))
-            if value >> 2 != stamp:
-                heapq.heappush(self._heap, (value >> 2, idx))
-                continue
-            held.popitem(last=False)
-            self._drop_masks(idx, key, value)
-            self._count -= 1
-            self._counters["evicted_global"] += 1
-            if held:
-                heapq.heappush(self._heap, (next(iter(held.values())) >> 2, idx))
-            else:
-                self._in_heap[idx] = False
+        self._table.enforce(idx, self._capacity[idx], self._max_entries)

@@ -299,6 +299,14 @@ def test_gpu_list_output_is_refused() -> None:
         parse_nvidia_smi("GPU 0: NVIDIA L4 (UUID: GPU-0b1c)\nGPU 1: NVIDIA L4 (UUID: GPU-77ad)\n")
 
 
+def test_query_report_is_refused() -> None:
+    text = ("\n==============NVSMI LOG==============\n\nTimestamp : Tue Mar 11 2025\n"
+            "Driver Version : 550.127.05\nAttached GPUs : 1\nGPU 00000000:4A:00.0\n")
+    with pytest.raises(WrongFormatError, match="-q") as info:
+        parse_nvidia_smi(text)
+    assert info.value.location.line == 2
+
+
 # --- quirks --------------------------------------------------------------------------
 
 def test_ansi_header_and_carriage_returns() -> None:
@@ -369,6 +377,23 @@ def test_affinity_on_older_headers(kinds: tuple[str, ...], fields: tuple[str, ..
         gpu = parse_nvidia_smi(variant).gpus[0]
         assert (gpu.cpu_affinity, gpu.numa_affinity) == expected
         assert gpu.gpu_numa_id is None
+
+
+def test_exact_tab_layout_resolves_what_shapes_cannot() -> None:
+    text = matrix_text(affinity={"GPU0": ("4", "", "N/A")})
+    gpu = parse_nvidia_smi(text).gpus[0]
+    assert (gpu.cpu_affinity, gpu.numa_affinity) == ("4", None)
+    # Without tabs a lone number reads as the NUMA node: the likelier meaning.
+    gpu = parse_nvidia_smi(single_spaces(text)).gpus[0]
+    assert (gpu.cpu_affinity, gpu.numa_affinity) == (None, 4)
+
+
+def test_row_that_lost_one_tab_is_read_by_shapes_not_shifted() -> None:
+    text = matrix_text(affinity={"GPU0": ("", "1", "N/A")})
+    damaged = text.replace("SYS\t\t1\t", "SYS   \t1\t", 1)
+    assert damaged != text
+    gpu = parse_nvidia_smi(damaged).gpus[0]
+    assert (gpu.cpu_affinity, gpu.numa_affinity, gpu.gpu_numa_id) == (None, 1, None)
 
 
 def test_header_without_affinity_columns() -> None:

@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.topology.test_nvsmi import AFFINITY_CASES, matrix_text
 from topology.errors import WrongFormatError
 from topology.nvsmi import parse_nvidia_smi
 
@@ -122,6 +123,17 @@ def test_mangled_other_output_is_still_refused(name: str, how: Mangling) -> None
     with pytest.raises(WrongFormatError) as info:
         parse_nvidia_smi(mangle(load(name), how), name)
     assert info.value.found == REFUSED[name]
+
+
+@pytest.mark.parametrize(("fields", "expected"), AFFINITY_CASES)
+@settings(max_examples=25, deadline=None)
+@given(how=manglings)
+def test_affinity_survives_any_tab_damage(fields: tuple[str, str, str],
+                                          expected: tuple[object, object, object],
+                                          how: Mangling) -> None:
+    text = matrix_text(affinity={"GPU0": fields, "GPU1": fields})
+    gpu = parse_nvidia_smi(mangle(text, how)).gpus[0]
+    assert (gpu.cpu_affinity, gpu.numa_affinity, gpu.gpu_numa_id) == expected
 
 
 def test_mangling_really_changes_the_text() -> None:

@@ -88,3 +88,12 @@ def test_memory_stays_bounded_under_a_long_stream() -> None:
     assert all(len(w.gpu) <= 120 for w in snapshot.workers)
     assert sum(len(w.gpu) for w in snapshot.workers) == idx.stats().entries
     assert idx.stats().evicted_global > 0
+
+
+def test_touch_stamps_the_chain_leaf_first() -> None:
+    idx = index(worker_capacity=3)
+    idx.apply(stored(worker="a", seq=0, hashes=(1, 2, 3)))
+    idx.touch("a", [1, 2, 3])
+    idx.apply(stored(worker="a", seq=1, hashes=(9,)))
+    # The chain's end goes first, its shared beginning stays usable.
+    assert idx.match([1, 2, 3])["a"].blocks == 2

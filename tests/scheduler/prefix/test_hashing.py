@@ -69,7 +69,7 @@ def test_change_in_block_zero_changes_every_later_hash() -> None:
 
 def test_change_in_later_block_keeps_the_prefix() -> None:
     tokens = list(range(16 * 4))
-    changed = tokens[:40] + [9999] + tokens[41:]
+    changed = [*tokens[:40], 9999, *tokens[41:]]
     before, after = block_hashes(tokens), block_hashes(changed)
     assert before[:2] == after[:2]
     assert before[2] != after[2] and before[3] != after[3]

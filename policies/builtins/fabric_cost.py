@@ -1,0 +1,248 @@
+"""``fabric-cost-handler``: toposched's joint (prefill, decode) choice — the default policy.
+
+Where the baselines choose one side and then the other, this handler prices whole
+pairs: for every candidate pair it asks the context's
+:class:`~policies.contracts.PairCostModel` for the time to first token — queue wait
+and compute for the uncached part at the prefill worker, transfer of the blocks the
+decode worker lacks over the fabric path between them, admission at the decode
+worker — and takes the cheapest. Placement pairings and the request's session make
+a pair up to ``paired_bonus`` / ``session_bonus`` cheaper.
+
+*Conditional disaggregation*: a decode worker that misses at most
+``local_prefill_max_tokens`` prompt tokens, or already holds ``local_prefill_min_hit``
+of the prompt, may prefill the rest itself; that option competes on the same cost.
+
+*Pruning* keeps big clusters fast: the ``top_k_prefill`` prefill workers by cache
+hit and the same number by load; decode workers that share a host, NVLink domain or
+rack with one of them, plus the ``top_k_decode`` best by cache hit and by load, and
+placement / session partners. Link sharing with transfers in flight only makes a
+pair dearer, so pairs are re-costed with it in order of their plain cost until the
+next plain cost is above the best re-costed one: the result is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.builtins.common import empty_reason, stage_candidates
+from policies.contracts import PairChoice, PairOption, ProfileRunner, Refusal
+from policies.registry import PluginKind, PluginType, Registry
+from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Stage, Worker
+
+NEAR_LEVELS = ("host", "nvlink_domain", "rack")
+
+
+class FabricCostParams(BaseModel):
+    """Tuning of the joint handler (see the module docstring)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    top_k_prefill: int = Field(default=8, ge=1)
+    top_k_decode: int = Field(default=16, ge=1)
+    exhaustive_below: int = Field(default=32, ge=0)
+    local_prefill_max_tokens: int = Field(default=512, ge=0)
+    local_prefill_min_hit: float = Field(default=0.9, gt=0.0, le=1.0)
+    paired_bonus: float = Field(default=0.1, ge=0.0, lt=1.0)
+    session_bonus: float = Field(default=0.2, ge=0.0, lt=1.0)
+    runners_up: int = Field(default=3, ge=0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """Flat candidate options: prefill / decode positions, local flag, plain cost."""
+
+    prefill: IntArray
+    decode: IntArray
+    local: BoolArray
+    factor: FloatArray
+    cost: FloatArray
+
+
+class FabricCostHandler:
+    """Chooses the (prefill, decode) pair with the lowest estimated TTFT."""
+
+    required_profiles: tuple[str, ...] = ()
+
+    def __init__(self, name: str, params: FabricCostParams) -> None:
+        """Create the handler."""
+        self.name = name
+        self.params = params
+
+    def schedule(self, ctx: CycleContext,
+                 profiles: Mapping[str, ProfileRunner]) -> PairChoice | Refusal:
+        """Price the pruned pairs and the local-prefill options; return the cheapest."""
+        prefills = _filtered(ctx, profiles, Stage.PREFILL)
+        decodes = [w for w in _filtered(ctx, profiles, Stage.DECODE)
+                   if w.free_kv_blocks >= max(ctx.request.blocks - ctx.cached_of(w), 0)]
+        if not decodes:
+            total = len(stage_candidates(ctx, Stage.DECODE))
+            reason = empty_reason(Stage.DECODE, None, total)
+            if total:
+                reason = f"no decode worker of {total} has free KV blocks for the request"
+            return Refusal((reason,))
+        p_pos = self._prune_prefill(ctx, ctx.positions(prefills))
+        d_pos = self._prune_decode(ctx, p_pos, ctx.positions(decodes))
+        options = self._options(ctx, p_pos, d_pos)
+        if options.cost.size == 0:
+            return Refusal(("no prefill worker, and no decode worker may prefill locally",))
+        return self._choose(ctx, options, len(prefills), len(decodes))
+
+    # -- candidates ---------------------------------------------------------------
+    def _prune_prefill(self, ctx: CycleContext, pos: IntArray) -> IntArray:
+        if len(pos) <= self.params.exhaustive_below:
+            return pos
+        snap, k = ctx.snapshot, self.params.top_k_prefill
+        wait = snap.queued[pos] / snap.prefill_rate[pos]
+        cached = ctx.cached[pos]
+        by_cache = pos[np.lexsort((wait, -cached))[:k]]
+        by_load = pos[np.lexsort((-cached, wait))[:k]]
+        keep = [by_cache, by_load, *self._session_side(ctx, 0)]
+        return np.unique(np.concatenate(keep))
+
+    def _prune_decode(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
+        if len(pos) <= self.params.exhaustive_below:
+            return pos
+        snap, k = ctx.snapshot, self.params.top_k_decode
+        mask = np.zeros(len(pos), dtype=bool)
+        for level in NEAR_LEVELS:
+            ids = snap.domains.get(level)
+            if ids is not None and len(p_pos):
+                near = ids[p_pos]
+                mask |= np.isin(ids[pos], near[near >= 0])
+        running, cached = snap.running[pos], ctx.cached[pos]
+        keep = [pos[mask], pos[np.lexsort((running, -cached))[:k]],
+                pos[np.lexsort((-cached, running))[:k]], *self._session_side(ctx, 1),
+                self._partners(ctx, p_pos, pos)]
+        return np.unique(np.concatenate(keep))
+
+    def _session_side(self, ctx: CycleContext, side: int) -> list[IntArray]:
+        if ctx.session_pair is None:
+            return []
+        found = ctx.snapshot.position.get(ctx.session_pair[side])
+        return [] if found is None else [np.array([found], dtype=np.int64)]
+
+    def _partners(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
+        snap = ctx.snapshot
+        if not snap.preferred_pairs:
+            return np.empty(0, dtype=np.int64)
+        prefill_ids = {snap.workers[p].id for p in p_pos}
+        partners = [snap.position[d] for (p, d) in snap.preferred_pairs
+                    if p in prefill_ids and d in snap.position]
+        return np.intersect1d(np.asarray(partners, dtype=np.int64), pos)
+
+    # -- options -------------------------------------------------------------------
+    def _options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
+        parts = [self._pair_options(ctx, p_pos, d_pos), self._local_options(ctx, p_pos, d_pos)]
+        return _Options(*(np.concatenate([getattr(part, f) for part in parts])
+                          for f in ("prefill", "decode", "local", "factor", "cost")))
+
+    def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
+        if len(p_pos) == 0:
+            return _empty()
+        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s
+        factor = np.ones_like(total)
+        self._apply_pairings(ctx, p_pos, d_pos, factor)
+        self._apply_session(ctx, p_pos, d_pos, factor)
+        rows, cols = np.indices(total.shape)
+        p_flat, d_flat = p_pos[rows.ravel()], d_pos[cols.ravel()]
+        return _Options(p_flat, d_flat, p_flat == d_flat, factor.ravel(),
+                        (total * factor).ravel())
+
+    def _local_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
+        snap, request = ctx.snapshot, ctx.request
+        cached = ctx.cached[d_pos]
+        missing = request.prompt_tokens - cached * snap.block_tokens
+        hit = cached / max(request.blocks, 1)
+        eligible = ((missing <= self.params.local_prefill_max_tokens)
+                    | (hit >= self.params.local_prefill_min_hit) | (len(p_pos) == 0))
+        local = d_pos[eligible]
+        factor = np.ones(len(local))
+        if ctx.session_pair is not None:
+            session_decode = ctx.snapshot.position.get(ctx.session_pair[1], -1)
+            factor[local == session_decode] = 1.0 - self.params.session_bonus
+        cost = ctx.cost.local_costs(ctx, local) * factor
+        return _Options(local, local, np.ones(len(local), dtype=bool), factor, cost)
+
+    def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
+                        factor: FloatArray) -> None:
+        pairs, snap = ctx.snapshot.preferred_pairs, ctx.snapshot
+        if not pairs or self.params.paired_bonus == 0:
+            return
+        col = {int(d): j for j, d in enumerate(d_pos)}
+        for i, p in enumerate(p_pos):
+            pid = snap.workers[p].id
+            for (a, b), weight in pairs.items():
+                j = col.get(snap.position.get(b, -1)) if a == pid else None
+                if j is not None:
+                    factor[i, j] *= 1.0 - self.params.paired_bonus * min(max(weight, 0.0), 1.0)
+
+    def _apply_session(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
+                       factor: FloatArray) -> None:
+        if ctx.session_pair is None or self.params.session_bonus == 0:
+            return
+        sp, sd = (ctx.snapshot.position.get(w, -1) for w in ctx.session_pair)
+        factor[np.ix_(p_pos == sp, d_pos == sd)] *= 1.0 - self.params.session_bonus
+
+    # -- choice ----------------------------------------------------------------------
+    def _choose(self, ctx: CycleContext, options: _Options, n_prefill: int,
+                n_decode: int) -> PairChoice:
+        order = np.argsort(options.cost, kind="stable")
+        refined, recosted = self._refine(ctx, options, order)
+        ranked = sorted(refined.items(), key=lambda item: (item[1], item[0]))
+        best_i, best_cost = ranked[0]
+        snap = ctx.snapshot
+        pick = snap.workers[int(options.prefill[best_i])], snap.workers[int(options.decode[best_i])]
+        shown = [i for i, _ in ranked[1:]] + [int(i) for i in order if int(i) not in refined]
+        runners = tuple(self._option(ctx, options, i, best_cost, refined.get(i))
+                        for i in shown[: self.params.runners_up])
+        notes = (f"priced {options.cost.size} options from {n_prefill} prefill × {n_decode} "
+                 f"decode candidates", f"{recosted} re-costed with in-flight link load")
+        return PairChoice(pick[0], pick[1], 1.0, local=bool(options.local[best_i]),
+                          runners_up=runners, notes=notes, considered=int(options.cost.size))
+
+    def _refine(self, ctx: CycleContext, options: _Options,
+                order: IntArray) -> tuple[dict[int, float], int]:
+        """Exact re-costing with link sharing, in order of plain cost (a lower bound)."""
+        refined: dict[int, float] = {}
+        best, recosted = np.inf, 0
+        for raw in order:
+            i = int(raw)
+            if options.cost[i] > best and len(refined) > self.params.runners_up:
+                break
+            cost = float(options.cost[i])
+            if not options.local[i] and ctx.snapshot.link_load:
+                p, d = int(options.prefill[i]), int(options.decode[i])
+                cost = ctx.cost.contended_total(ctx, p, d) * float(options.factor[i])
+                recosted += 1
+            refined[i] = cost
+            best = min(best, cost)
+        return refined, recosted
+
+    def _option(self, ctx: CycleContext, options: _Options, i: int, best: float,
+                cost: float | None) -> PairOption:
+        value = float(options.cost[i]) if cost is None else cost
+        snap = ctx.snapshot
+        return PairOption(snap.workers[int(options.prefill[i])].id,
+                          snap.workers[int(options.decode[i])].id,
+                          best / value if value > 0 else 1.0, bool(options.local[i]), value)
+
+
+def _filtered(ctx: CycleContext, profiles: Mapping[str, ProfileRunner],
+              stage: Stage) -> Sequence[Worker]:
+    candidates = stage_candidates(ctx, stage)
+    profile = profiles.get(stage.value)
+    return candidates if profile is None else profile.filter(ctx.for_stage(stage), candidates)
+
+
+def _empty() -> _Options:
+    none = np.empty(0, dtype=np.int64)
+    return _Options(none, none, np.empty(0, dtype=bool), np.empty(0), np.empty(0))
+
+
+def register(registry: Registry) -> None:
+    """Register ``fabric-cost-handler``."""
+    registry.register(PluginType("fabric-cost-handler", PluginKind.HANDLER, FabricCostHandler,
+                                 FabricCostParams, "joint (prefill, decode) choice by TTFT"))

@@ -1,0 +1,110 @@
+"""The fallback heuristic: fill each NVLink domain with the workload's prefill:decode mix.
+
+Domains are visited in fabric order (zone, pod, rack, host), so consecutive domains are
+close. Pinned GPUs are served first. Each domain then gets prefill and decode instances
+in the proportion the remaining counts ask for (by GPUs, so mixed TP sizes work), which
+keeps most KV inside the domain; the pairing (see :mod:`.pairing`) then matches inside
+the domain, the rack and the pod before anything crosses an uplink.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+from scheduler.placement.problem import ROLES, Candidate, Problem
+from scheduler.placement.result import Role
+
+
+def greedy(problem: Problem) -> dict[int, Role] | None:
+    """Roles for candidates (candidate index -> role), or None when counts are not met."""
+    return _Greedy(problem).run()
+
+
+class _Greedy:
+    def __init__(self, problem: Problem) -> None:
+        self.p = problem
+        self.used: set[int] = set()
+        self.roles: dict[int, Role] = {}
+        self.rack_count: Counter[tuple[int, Role]] = Counter()
+        self.by_domain: dict[int, list[Candidate]] = {}
+        for cand in problem.candidates:
+            self.by_domain.setdefault(cand.domain, []).append(cand)
+
+    def run(self) -> dict[int, Role] | None:
+        self._pins()
+        quotas = self._quotas()
+        for zone, left in quotas.items():
+            for d, domain in enumerate(self.p.domains):
+                if (zone is None or domain.zone == zone) and any(left.values()):
+                    self._fill(d, left)
+        counts = Counter(self.roles.values())
+        if counts["prefill"] != self.p.prefill or counts["decode"] != self.p.decode:
+            return None
+        return self.roles
+
+    def _quotas(self) -> dict[int | None, dict[Role, int]]:
+        placed = Counter(self.roles.values())
+        if self.p.zone_quota is None:
+            return {None: {"prefill": self.p.prefill - placed["prefill"],
+                           "decode": self.p.decode - placed["decode"]}}
+        zone_of = {c: self.p.domains[self.p.candidates[c].domain].zone for c in self.roles}
+        out: dict[int | None, dict[Role, int]] = {}
+        for z, (pre, dec) in self.p.zone_quota.items():
+            here = Counter(role for c, role in self.roles.items() if zone_of[c] == z)
+            out[z] = {"prefill": max(0, pre - here["prefill"]),
+                      "decode": max(0, dec - here["decode"])}
+        return out
+
+    def _pins(self) -> None:
+        for role in ROLES:
+            for g in sorted(self.p.pins[role]):
+                if g in self.used:
+                    continue
+                for cand in self.p.candidates:
+                    if g in cand.gpus and self._fits(cand, role):
+                        self._take(cand, role)
+                        break
+
+    def _fill(self, d: int, left: dict[Role, int]) -> None:
+        free = sum(len(c.gpus) for c in self._disjoint_free(d))
+        tp = self.p.tp
+        want = left["prefill"] * tp["prefill"] + left["decode"] * tp["decode"]
+        share = left["prefill"] * tp["prefill"] / want if want else 0.0
+        prefill = min(left["prefill"], round(free * share / tp["prefill"]))
+        self._take_n(d, "prefill", prefill, left)
+        self._take_n(d, "decode", left["decode"], left)
+        self._take_n(d, "prefill", left["prefill"], left)
+
+    def _disjoint_free(self, d: int) -> list[Candidate]:
+        seen: set[int] = set(self.used)
+        out = []
+        for cand in self.by_domain.get(d, []):
+            if not seen & set(cand.gpus):
+                out.append(cand)
+                seen |= set(cand.gpus)
+        return out
+
+    def _take_n(self, d: int, role: Role, count: int, left: dict[Role, int]) -> None:
+        for cand in self.by_domain.get(d, []):
+            if count <= 0:
+                return
+            if self._fits(cand, role):
+                self._take(cand, role)
+                count -= 1
+                left[role] -= 1
+
+    def _fits(self, cand: Candidate, role: Role) -> bool:
+        if role not in cand.roles or self.used & set(cand.gpus):
+            return False
+        share = self.p.request.failure.max_rack_share
+        if share is None:
+            return True
+        total = self.p.prefill if role == "prefill" else self.p.decode
+        rack = self.p.domains[cand.domain].rack
+        return self.rack_count[(rack, role)] < math.floor(share * total + 1e-9)
+
+    def _take(self, cand: Candidate, role: Role) -> None:
+        self.roles[cand.index] = role
+        self.used |= set(cand.gpus)
+        self.rack_count[(self.p.domains[cand.domain].rack, role)] += 1

@@ -1,0 +1,186 @@
+"""Plain-data models of KV transfers: worker registration, KV layout, transfer plan.
+
+Nothing here imports NIXL: a plan is versioned JSON (``schema_version`` 1) that a
+sidecar in any language can execute (see docs/transfers.md for the field-by-field
+schema). Addresses and sizes are plain integers, block ids index a worker's KV pool.
+
+Layouts (:class:`KvLayout`):
+
+* ``block_major`` — one region; block ``i`` is ``block_bytes`` contiguous bytes at
+  ``base_addr + i * block_bytes`` (SGLang-style paged pools, one tensor).
+* ``per_layer`` — several regions (e.g. layer × K/V); each holds ``num_blocks`` slots of
+  its own ``block_bytes``; block ``i`` is the ``i``-th slot of *every* region (vLLM).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: Version of the plan wire format; bump on any incompatible change.
+SCHEMA_VERSION = 1
+
+MemType = Literal["DRAM", "VRAM"]
+#: READ: the decode side pulls (vLLM); WRITE: the prefill side pushes (SGLang).
+Mode = Literal["READ", "WRITE"]
+LayoutKind = Literal["block_major", "per_layer"]
+Role = Literal["prefill", "decode", "both"]
+
+Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
+Address = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
+BlockId = Annotated[int, Field(ge=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KvRegion(_Frozen):
+    """One registered stretch of KV memory holding one slot per block."""
+
+    name: str = Field(default="kv", max_length=128, description="e.g. 'layer3.k'")
+    base_addr: Address
+    block_bytes: int = Field(gt=0, description="bytes of one block's slot in this region")
+
+
+class KvLayout(_Frozen):
+    """Where a worker's KV blocks live in memory."""
+
+    kind: LayoutKind = "block_major"
+    num_blocks: int = Field(gt=0)
+    regions: tuple[KvRegion, ...] = Field(min_length=1, max_length=4096)
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one whole block (all regions together)."""
+        return sum(region.block_bytes for region in self.regions)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of the whole pool."""
+        return self.block_bytes * self.num_blocks
+
+    def region_span(self, index: int) -> tuple[int, int]:
+        """``(start, end)`` addresses of region ``index`` (end exclusive)."""
+        region = self.regions[index]
+        return region.base_addr, region.base_addr + region.block_bytes * self.num_blocks
+
+
+class WorkerRegistration(_Frozen):
+    """What a worker (one serving engine instance) tells the scheduler once."""
+
+    name: Name
+    agent_name: Name = Field(description="NIXL agent name (unique in the cluster)")
+    agent_metadata_b64: str = Field(min_length=1, max_length=1 << 20,
+                                    description="get_agent_metadata(), base64")
+    mem_type: MemType = "DRAM"
+    device_id: int = Field(default=0, ge=0)
+    layout: KvLayout
+    model: str | None = None
+    role: Role = "both"
+    host: str = Field(default="localhost", max_length=256)
+    gpus: tuple[str, ...] = Field(default=(), description="fabric GPU names, e.g. 'h0/gpu3'")
+    sidecar_url: str | None = Field(default=None, max_length=1024,
+                                    description="how to reach the sidecar, if it listens")
+
+
+class Lease(_Frozen):
+    """A worker's registration lease: renew with a heartbeat before ``expires_at``."""
+
+    worker: str
+    epoch: int = Field(ge=1, description="grows on every (re-)registration of the name")
+    ttl_s: float = Field(gt=0)
+    expires_at: float
+
+
+class PlanEndpoint(_Frozen):
+    """One side of a transfer as the executing sidecar needs to see it."""
+
+    worker: Name
+    agent_name: Name
+    agent_metadata_b64: str = Field(min_length=1, max_length=1 << 20)
+    epoch: int = Field(ge=1, description="registration epoch the plan was built against")
+    mem_type: MemType
+    device_id: int = Field(ge=0)
+    layout: KvLayout
+
+
+class BlockRun(_Frozen):
+    """``count`` blocks contiguous on both sides: src ``src_start…``, dst ``dst_start…``."""
+
+    src_start: BlockId
+    dst_start: BlockId
+    count: int = Field(gt=0)
+
+
+class TransportHints(_Frozen):
+    """How the transport should be set up for this path, derived from the fabric tier."""
+
+    tier: str = Field(description="topology tier label, e.g. 'same_leaf'")
+    ucx_tls: tuple[str, ...] = Field(description="UCX transport families, UCX_TLS order")
+    cuda_ipc: bool = Field(description="same-host GPU memory may use cuda_ipc")
+    src_net_device: str | None = Field(default=None, description="UCX device, 'mlx5_0:1'")
+    dst_net_device: str | None = None
+
+
+class TransferPlan(_Frozen):
+    """A complete, executable description of one KV transfer (schema version 1)."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    plan_id: Name = Field(description="unique per request; also the notification tag")
+    notif_tag: str = Field(min_length=1, max_length=256)
+    mode: Mode
+    initiator: Name = Field(description="worker whose sidecar posts the NIXL request")
+    src: PlanEndpoint
+    dst: PlanEndpoint
+    src_blocks: tuple[BlockId, ...] = Field(min_length=1)
+    dst_blocks: tuple[BlockId, ...] = Field(min_length=1)
+    runs: tuple[BlockRun, ...] = Field(min_length=1)
+    mem_type: MemType
+    total_bytes: int = Field(gt=0)
+    descriptors: int = Field(gt=0, description="descriptors after merging runs")
+    hints: TransportHints
+    deadline_s: float = Field(gt=0, le=3600, description="seconds from delivery to give up")
+
+    @property
+    def target(self) -> str:
+        """The worker that does not post the request (it is notified)."""
+        return self.dst.worker if self.initiator == self.src.worker else self.src.worker
+
+
+JobKind = Literal["execute", "await", "abort"]
+
+
+class TransferJob(_Frozen):
+    """What a sidecar receives from the job channel.
+
+    ``execute``: post the plan (this sidecar is the initiator); ``await``: wait for the
+    plan's notification (this sidecar is the target); ``abort``: stop waiting for
+    ``plan_id``, the transfer failed elsewhere (``reason`` says why).
+    """
+
+    kind: JobKind
+    plan_id: str
+    plan: TransferPlan | None = None
+    reason: str | None = None
+
+
+Outcome = Literal["ok", "failed", "timeout", "rejected", "aborted"]
+
+
+class TransferReport(_Frozen):
+    """One sidecar's account of one transfer."""
+
+    plan_id: str
+    worker: str
+    role: Literal["initiator", "target"]
+    outcome: Outcome
+    bytes: int = Field(default=0, ge=0)
+    descriptors: int = Field(default=0, ge=0)
+    duration_s: float = Field(default=0.0, ge=0)
+    gb_per_s: float = Field(default=0.0, ge=0)
+    tier: str = ""
+    error: str | None = None
+    verified: bool | None = Field(default=None, description="destination bytes checked")
+    recompute: bool = Field(default=False, description="decode side must recompute")
