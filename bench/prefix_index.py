@@ -167,7 +167,7 @@ class DictBaseline:
         return {w: lengths.get(w, 0) for w in self.workers}
 
 
-REPEATS = 3
+REPEATS = 5
 
 
 def timed(label: str, count: int, prepare: Callable[[], Callable[[], None]],
@@ -411,9 +411,22 @@ def render_markdown(data: dict[str, Any]) -> str:
         "throughput is higher than what Python callers see here.",
         "- toposched reports every worker (zeros included) per lookup; Dynamo only "
         "workers with a match. *Results equal* compares the non-zero matches.",
+        f"- Run-to-run spread (slowest / fastest of the {REPEATS} runs, worst phase "
+        f"over all scales): toposched {_spread(data, 'toposched')}, Dynamo "
+        f"{_spread(data, 'dynamo')}, dict {_spread(data, 'dict_baseline')}. Dynamo's "
+        "calls cross threads, so their speed depends on where the OS schedules its "
+        "worker thread; on this 2-core machine whole runs of the script differed up "
+        "to ~8× for Dynamo. The tables keep the fastest run of each.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _spread(data: dict[str, Any], implementation: str) -> str:
+    ratios = [max(cell["runs_seconds"]) / min(cell["runs_seconds"])
+              for row in data["scales"] if implementation in row
+              for cell in row[implementation].values() if isinstance(cell, dict)]
+    return f"{max(ratios):.1f}×" if ratios else "—"
 
 
 def main(argv: list[str] | None = None) -> int:

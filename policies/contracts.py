@@ -145,7 +145,10 @@ class Picker(Protocol):
 class ProfileRunner(Protocol):
     """A named scheduling profile (filters → weighted scorers → picker) ready to run."""
 
-    name: str
+    @property
+    def name(self) -> str:
+        """The profile's name in its policy document."""
+        ...
 
     def run(self, ctx: CycleContext, candidates: Sequence[Worker]) -> ProfileOutcome:
         """Filter, score and pick among ``candidates``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policies.contracts import Filter, Picker, ProfileOutcome, Scorer, ScoredWorker, clamp
+from policies.contracts import Filter, Picker, ProfileOutcome, ScoredWorker, Scorer, clamp
 from policies.snapshot import CycleContext, Worker
 
 

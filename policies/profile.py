@@ -34,6 +34,7 @@ from policies.contracts import (
     PairChoice,
     Picker,
     ProfileHandler,
+    ProfileRunner,
     Refusal,
     Scorer,
 )
@@ -95,7 +96,8 @@ class Policy:
 
     def schedule(self, ctx: CycleContext) -> PairChoice | Refusal:
         """Choose a pair (or refuse) for ``ctx.request``."""
-        return self.handler.schedule(ctx, self.profiles)
+        profiles: Mapping[str, ProfileRunner] = self.profiles
+        return self.handler.schedule(ctx, profiles)
 
 
 def build_policy(data: Any, source: str, registry: Registry) -> Policy:
@@ -173,7 +175,7 @@ def _profile(entry: ProfileEntry, path: str, plugins: Mapping[str, object],
         elif kind is PluginKind.PICKER and isinstance(plugin, Picker):
             pickers.append(plugin)
         else:
-            issues.append(Issue(f"{where}.ref", f"{use.ref!r} ({kind}) cannot be used in a profile"))
+            issues.append(Issue(f"{where}.ref", f"{use.ref!r} ({kind}) cannot be in a profile"))
     if len(pickers) != 1:
         issues.append(Issue(f"{path}.plugins", f"needs exactly one picker, has {len(pickers)}"))
     if len(issues) > before:

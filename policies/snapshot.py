@@ -72,7 +72,7 @@ class Worker:
 
 
 def _frozen_array(values: Sequence[Any], dtype: type) -> Any:
-    array = np.asarray(values, dtype=dtype)
+    array: npt.NDArray[Any] = np.asarray(values, dtype=dtype)
     array.flags.writeable = False
     return array
 

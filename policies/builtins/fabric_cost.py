@@ -135,7 +135,8 @@ class FabricCostHandler:
 
     # -- options -------------------------------------------------------------------
     def _options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
-        parts = [self._pair_options(ctx, p_pos, d_pos), self._local_options(ctx, p_pos, d_pos)]
+        # Local options first: on equal cost, not moving anything wins the tie.
+        parts = [self._local_options(ctx, p_pos, d_pos), self._pair_options(ctx, p_pos, d_pos)]
         return _Options(*(np.concatenate([getattr(part, f) for part in parts])
                           for f in ("prefill", "decode", "local", "factor", "cost")))
 

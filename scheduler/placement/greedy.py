@@ -1,10 +1,12 @@
 """The fallback heuristic: fill each NVLink domain with the workload's prefill:decode mix.
 
 Domains are visited in fabric order (zone, pod, rack, host), so consecutive domains are
-close. Pinned GPUs are served first. Each domain then gets prefill and decode instances
-in the proportion the remaining counts ask for (by GPUs, so mixed TP sizes work), which
-keeps most KV inside the domain; the pairing (see :mod:`.pairing`) then matches inside
-the domain, the rack and the pod before anything crosses an uplink.
+close. Pinned GPUs are served first, then instances of the current placement that still
+fit are kept (so after a failure the heuristic is a low-churn repair). Each domain
+then gets prefill and decode instances in the proportion the remaining counts ask for
+(by GPUs, so mixed TP sizes work), which keeps most KV inside the domain; the pairing
+(see :mod:`.pairing`) then matches inside the domain, the rack and the pod before
+anything crosses an uplink.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class _Greedy:
 
     def run(self) -> dict[int, Role] | None:
         self._pins()
+        self._keep_current()
         quotas = self._quotas()
         for zone, left in quotas.items():
             for d, domain in enumerate(self.p.domains):
@@ -65,6 +68,17 @@ class _Greedy:
                     if g in cand.gpus and self._fits(cand, role):
                         self._take(cand, role)
                         break
+
+    def _keep_current(self) -> None:
+        """Keep instances of the current placement that still fit (a repair, low churn)."""
+        limit = {"prefill": self.p.prefill, "decode": self.p.decode}
+        for current in self.p.current:
+            if current.candidate is None:
+                continue
+            placed = Counter(self.roles.values())
+            cand = self.p.candidates[current.candidate]
+            if placed[current.role] < limit[current.role] and self._fits(cand, current.role):
+                self._take(cand, current.role)
 
     def _fill(self, d: int, left: dict[Role, int]) -> None:
         free = sum(len(c.gpus) for c in self._disjoint_free(d))

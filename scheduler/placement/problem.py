@@ -21,6 +21,7 @@ heuristics and the validator all share (none of them re-derives anything):
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -147,8 +148,8 @@ def prepare(request: PlacementRequest, dm: DistanceModel | None = None) -> Probl
     zone_quota = _zone_quota(dm, request, prefill, decode)
     if zone_quota is not None:
         prefill, decode = prefill * len(zone_quota), decode * len(zone_quota)
-    per_rank = kv_bytes_per_token_per_gpu(model, request.tp_prefill) * int(
-        round(request.workload.input_tokens_mean))
+    per_rank = kv_bytes_per_token_per_gpu(model, request.tp_prefill) * round(
+        request.workload.input_tokens_mean)
     builder = _CandidateBuilder(dm, request, domains)
     candidates, current = builder.build()
     nodes, chains = _tree(dm, domains, candidates, per_rank, request.tp_prefill)
@@ -248,7 +249,8 @@ def _domains(dm: DistanceModel, available: npt.NDArray[np.bool_]) -> tuple[Domai
             int(dm.host_of[first])].name
         domains.append(Domain(
             name=name, gpus=tuple(int(g) for g in members),
-            free=tuple(int(g) for g in members if available[g]), rack=int(dm.rack_of[first]), pod=int(dm.pod_of[first]),
+            free=tuple(int(g) for g in members if available[g]),
+            rack=int(dm.rack_of[first]), pod=int(dm.pod_of[first]),
             zone=int(dm.zone_of[first])))
     return tuple(domains)
 
@@ -264,14 +266,15 @@ class _CandidateBuilder:
         self.pins: dict[Role, frozenset[int]] = {"prefill": frozenset(), "decode": frozenset()}
 
     def build(self) -> tuple[tuple[Candidate, ...], tuple[CurrentInstance, ...]]:
-        tp = {"prefill": self.request.tp_prefill, "decode": self.request.tp_decode}
+        tp: dict[Role, int] = {"prefill": self.request.tp_prefill,
+                               "decode": self.request.tp_decode}
         for d, domain in enumerate(self.domains):
             for role in ROLES:
                 for start in range(0, len(domain.free) - tp[role] + 1, tp[role]):
                     self._add(domain.free[start:start + tp[role]], d, role)
-        current = self._current(tp)
+        found = self._current(tp)
         forbidden = self._rules()
-        candidates = []
+        candidates: list[Candidate] = []
         for gpus, roles in self.groups.items():
             allowed = frozenset(r for r in roles if not forbidden[r] & set(gpus))
             if allowed:
@@ -279,7 +282,7 @@ class _CandidateBuilder:
                 candidates.append(Candidate(len(candidates), gpus, self.domain_of[gpus],
                                             allowed, local))
         index = {c.gpus: c.index for c in candidates}
-        current = tuple(replace(c, candidate=index.get(c.gpus)) for c in current)
+        current = tuple(replace(c, candidate=index.get(c.gpus)) for c in found)
         return tuple(candidates), current
 
     def _add(self, gpus: tuple[int, ...], domain: int, role: Role) -> None:
@@ -343,7 +346,7 @@ class _TreeBuilder:
         idents = (("domain", d), ("rack", domain.rack), ("pod", domain.pod),
                   ("zone", domain.zone), ("cluster", 0))
         chain = [self.keys.setdefault(ident, len(self.keys)) for ident in idents]
-        for child, parent in zip(chain, chain[1:], strict=False):
+        for child, parent in itertools.pairwise(chain):
             self.parent[child] = parent
         for node in chain:
             self.members.setdefault(node, []).append(d)

@@ -96,13 +96,13 @@ def _check_groups(problem: Problem, instances: Sequence[Instance],
 
 def _check_counts(problem: Problem, instances: Sequence[Instance],
                   violations: list[str]) -> None:
-    count = Counter(i.role for i in instances)
+    count: Counter[str] = Counter(i.role for i in instances)
     for role, needed in (("prefill", problem.prefill), ("decode", problem.decode)):
         if count[role] != needed:
             violations.append(f"{count[role]} {role} instance(s) placed; {needed} needed")
     if problem.zone_quota is not None:
         zones = problem.dm._zones
-        per_zone = Counter((i.zone, i.role) for i in instances)
+        per_zone: Counter[tuple[str, str]] = Counter((i.zone, i.role) for i in instances)
         for z, (p, d) in problem.zone_quota.items():
             for role, needed in (("prefill", p), ("decode", d)):
                 if per_zone[(zones[z], role)] < needed:
@@ -110,7 +110,7 @@ def _check_counts(problem: Problem, instances: Sequence[Instance],
                                       f"{per_zone[(zones[z], role)]} {role} of {needed}")
     share = problem.request.failure.max_rack_share
     if share is not None:
-        per_rack = Counter((i.rack, i.role) for i in instances)
+        per_rack: Counter[tuple[str, str]] = Counter((i.rack, i.role) for i in instances)
         for (rack, role), n in sorted(per_rack.items()):
             limit = math.floor(share * (count[role]) + 1e-9)
             if n > limit:
@@ -137,19 +137,19 @@ def _check_rules(problem: Problem, instances: Sequence[Instance],
 def _check_pairings(problem: Problem, instances: Sequence[Instance],
                     pairings: Sequence[Pairing], violations: list[str]) -> None:
     roles = {i.id: i.role for i in instances}
-    out: Counter[str] = Counter()
-    into: Counter[str] = Counter()
+    out: dict[str, float] = {}
+    into: dict[str, float] = {}
     for pair in pairings:
         if roles.get(pair.prefill) != "prefill" or roles.get(pair.decode) != "decode":
             violations.append(f"pairing {pair.prefill} -> {pair.decode} does not join a "
                               "prefill instance to a decode instance")
             continue
-        out[pair.prefill] += pair.weight
-        into[pair.decode] += pair.weight
+        out[pair.prefill] = out.get(pair.prefill, 0.0) + pair.weight
+        into[pair.decode] = into.get(pair.decode, 0.0) + pair.weight
     ratio = problem.prefill / problem.decode
     for instance in instances:
-        total, wanted = ((out[instance.id], 1.0) if instance.role == "prefill"
-                         else (into[instance.id], ratio))
+        total, wanted = ((out.get(instance.id, 0.0), 1.0) if instance.role == "prefill"
+                         else (into.get(instance.id, 0.0), ratio))
         if abs(total - wanted) > _TOLERANCE * max(1.0, wanted):
             violations.append(f"{instance.role} instance {instance.id} carries {total:.4f} "
                               f"of its traffic share; expected {wanted:.4f}")
@@ -161,8 +161,9 @@ def _traffic(problem: Problem, pairings: Sequence[Pairing], by_id: dict[str, Ins
     """Mean transfer ms per request, traffic shares by domain, and GB/s per link."""
     dm, size = problem.dm, problem.bytes_per_rank
     per_prefill_gbs = problem.rate_rps / problem.prefill * problem.request_bytes / 1e9
-    cost, loads = 0.0, Counter[str]()
-    shares = Counter[str]()
+    cost = 0.0
+    loads: dict[str, float] = {}
+    shares: dict[str, float] = {}
     for pair in pairings:
         src, dst = gpus[pair.prefill], gpus[pair.decode]
         share = pair.weight / problem.prefill
@@ -170,13 +171,15 @@ def _traffic(problem: Problem, pairings: Sequence[Pairing], by_id: dict[str, Ins
         cost += share * max(dm.pair(a, b).transfer_time_s(size) for a, b in ranks) * 1e3
         for a, b in ranks:
             for link in dm.path_links(a, b):
-                loads[link] += pair.weight * per_prefill_gbs / len(src)
-        a, b = by_id[pair.prefill], by_id[pair.decode]
+                loads[link] = loads.get(link, 0.0) + pair.weight * per_prefill_gbs / len(src)
+        first, second = by_id[pair.prefill], by_id[pair.decode]
         for level in ("nvlink_domain", "rack", "pod", "zone"):
-            shares[level] += share * (getattr(a, level) == getattr(b, level))
-    return cost, TrafficShares(nvlink_domain=shares["nvlink_domain"], rack=shares["rack"],
-                               pod=shares["pod"], zone=shares["zone"],
-                               cross_zone=max(0.0, 1 - shares["zone"])), dict(loads)
+            same = getattr(first, level) == getattr(second, level)
+            shares[level] = shares.get(level, 0.0) + share * same
+    return cost, TrafficShares(
+        nvlink_domain=shares.get("nvlink_domain", 0.0), rack=shares.get("rack", 0.0),
+        pod=shares.get("pod", 0.0), zone=shares.get("zone", 0.0),
+        cross_zone=max(0.0, 1 - shares.get("zone", 0.0))), loads
 
 
 def _link_loads(problem: Problem, loads: dict[str, float],

@@ -31,6 +31,7 @@ hashes as opaque ints (:func:`external_block_hashes`), as for the Mooncake trace
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
@@ -124,6 +125,7 @@ def external_block_hashes(values: Iterable[object], *, source: str = "<hash_ids>
     return out
 
 
+@functools.lru_cache(maxsize=4096)
 def namespace_salt(model: str | None) -> int:
     """The 64-bit salt that keeps one model's blocks apart from another's (0: no model).
 

@@ -19,7 +19,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Version of the plan wire format; bump on any incompatible change.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 MemType = Literal["DRAM", "VRAM"]
 #: READ: the decode side pulls (vLLM); WRITE: the prefill side pushes (SGLang).
@@ -184,3 +184,22 @@ class TransferReport(_Frozen):
     error: str | None = None
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
+
+
+TransferState = Literal["pending", "done", "failed"]
+
+
+class TransferRecord(_Frozen):
+    """The scheduler's view of one transfer: its plan, state and the reports so far.
+
+    ``recompute`` is set when the decode side must recompute the prefill instead of
+    waiting for KV that will not arrive.
+    """
+
+    plan: TransferPlan
+    state: TransferState = "pending"
+    reports: tuple[TransferReport, ...] = ()
+    recompute: bool = False
+    error: str | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None

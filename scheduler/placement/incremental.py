@@ -1,0 +1,33 @@
+"""Re-placement after failures: keep every instance that can stay, say how many moved."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from scheduler.placement.cpsat import Progress
+from scheduler.placement.placer import place
+from scheduler.placement.request import PlacementRequest
+from scheduler.placement.result import Placement
+from topology.distance import DistanceModel
+from topology.errors import InputError
+
+
+def replace_after_failure(request: PlacementRequest, failed: Sequence[str], *,
+                          dm: DistanceModel | None = None,
+                          progress: Progress | None = None) -> Placement:
+    """Re-solve with ``failed`` GPUs/hosts/racks excluded, minimising moves after cost.
+
+    ``request.current`` must hold the placement in force; the result's ``moved`` counts
+    its instances that do not survive unchanged (same GPUs, same role).
+    """
+    if request.current is None:
+        raise InputError("re-placing after a failure needs the current placement")
+    return place(replace(request, exclude=(*request.exclude, *failed)), dm=dm,
+                 progress=progress)
+
+
+def moved_instances(before: Placement, after: Placement) -> list[str]:
+    """Ids of ``before``'s instances that ``after`` does not keep on the same GPUs and role."""
+    kept = {(tuple(sorted(i.gpus)), i.role) for i in after.instances}
+    return [i.id for i in before.instances if (tuple(sorted(i.gpus)), i.role) not in kept]

@@ -1,0 +1,1 @@
+"""The request router: snapshot of the cluster, TTFT cost of pairs, the decision."""

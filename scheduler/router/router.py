@@ -1,0 +1,247 @@
+"""The routing decision: a request and a snapshot in, a :class:`Decision` out.
+
+``Router.route`` reads the prefix index for the request's block chain, builds the
+cycle context (snapshot, cached blocks per worker, the fabric cost model, session),
+runs the policy and explains the result: the chosen pair, the runners-up, the
+cached blocks on each side, the block hashes the decode worker lacks (the delta to
+transfer), the bytes, the tier and the TTFT estimate term by term.
+
+Requests that cannot be placed (no decode worker with free KV blocks, an unknown
+pinned worker, no candidates) come back as :class:`Unschedulable` with reasons;
+malformed requests raise :class:`~topology.errors.ValidationError` (an
+``InputError``, 422 at the API). Nothing else escapes for bad input.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.contracts import PairChoice, Refusal
+from policies.profile import Policy
+from policies.snapshot import CycleContext, IntArray, RequestView, Snapshot, Worker
+from scheduler.prefix import PrefixIndex, block_hashes
+from scheduler.router.cost import CostParams, FabricCostModel, PairTable, TtftTerms
+from topology.distance import DistanceModel
+from topology.documents import validate
+from topology.errors import Issue, ValidationError
+
+BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
+
+
+class RouteRequest(BaseModel):
+    """A request to place: its block chain (or token ids to hash) and routing hints.
+
+    ``prompt_tokens`` defaults to the token count, or to blocks × block size.
+    ``prefill_worker`` / ``decode_worker`` pin a side to one worker.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    request_id: str = Field(default="request", min_length=1, max_length=256)
+    model: str | None = None
+    block_hashes: list[BlockHash] | None = None
+    token_ids: list[Annotated[int, Field(ge=0, strict=True)]] | None = None
+    prompt_tokens: int | None = Field(default=None, ge=1)
+    session: str | None = Field(default=None, min_length=1, max_length=256)
+    prefill_worker: str | None = None
+    decode_worker: str | None = None
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> RouteRequest:
+        if (self.block_hashes is None) == (self.token_ids is None):
+            raise ValueError("give exactly one of block_hashes and token_ids")
+        return self
+
+
+class Side(BaseModel):
+    """One side of the chosen pair."""
+
+    model_config = ConfigDict(frozen=True)
+    worker: str
+    gpus: tuple[str, ...]
+    cached_blocks: int
+
+
+class Alternative(BaseModel):
+    """A runner-up option and its score relative to the chosen one."""
+
+    model_config = ConfigDict(frozen=True)
+    prefill: str
+    decode: str
+    local_prefill: bool
+    score: float
+    ttft_s: float | None
+
+
+class Transfer(BaseModel):
+    """What moves from the prefill to the decode worker: only the blocks it lacks."""
+
+    model_config = ConfigDict(frozen=True)
+    block_hashes: tuple[int, ...]
+    blocks: int
+    bytes: int
+    tier: str
+    links: tuple[str, ...]
+    bottleneck_gb_per_s: float | None
+
+
+class Decision(BaseModel):
+    """A placed request, explained."""
+
+    model_config = ConfigDict(frozen=True)
+    status: Literal["scheduled"] = "scheduled"
+    request_id: str
+    policy: str
+    mode: Literal["disaggregated", "local-prefill"]
+    prefill: Side
+    decode: Side
+    transfer: Transfer
+    estimate: TtftTerms
+    score: float
+    runners_up: tuple[Alternative, ...]
+    considered: int
+    notes: tuple[str, ...]
+    decision_us: float
+
+
+class Unschedulable(BaseModel):
+    """A valid request that cannot be placed now, with the reasons."""
+
+    model_config = ConfigDict(frozen=True)
+    status: Literal["unschedulable"] = "unschedulable"
+    request_id: str
+    policy: str
+    reasons: tuple[str, ...]
+
+
+RouteResult = Decision | Unschedulable
+
+
+def parse_route_request(data: Any, source: str = "<request>") -> RouteRequest:
+    """Validate a request document; all problems are raised together with paths."""
+    return validate(RouteRequest, data, source)
+
+
+class Router:
+    """Routes requests with one policy over snapshots of one fabric.
+
+    Holds what outlives a decision: the prefix index, the pair table (rebuilt when
+    the workers' GPUs change), the session → pair memory and the decision count.
+    """
+
+    def __init__(self, distance: DistanceModel, policy: Policy, *,
+                 index: PrefixIndex | None = None, cost: CostParams | None = None,
+                 seed: int = 0, max_sessions: int = 100_000) -> None:
+        """Create a router; ``index`` defaults to an empty prefix index."""
+        self.distance = distance
+        self.policy = policy
+        self.index = index if index is not None else PrefixIndex()
+        self.cost_params = cost or CostParams()
+        self.seed = seed
+        self.sequence = 0
+        self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._max_sessions = max_sessions
+        self._table: tuple[Any, PairTable] | None = None
+
+    def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
+        """The cost model for ``snapshot`` (the pair table is reused while GPUs match)."""
+        key = PairTable.key(snapshot.workers)
+        if self._table is None or self._table[0] != key:
+            self._table = (key, PairTable(self.distance, snapshot.workers))
+        return FabricCostModel(self._table[1], self.cost_params)
+
+    def route(self, request: RouteRequest | Mapping[str, Any], snapshot: Snapshot) -> RouteResult:
+        """Place ``request`` on ``snapshot``: a :class:`Decision` or :class:`Unschedulable`."""
+        started = time.perf_counter()
+        req = request if isinstance(request, RouteRequest) else parse_route_request(request)
+        view = self._view(req, snapshot)
+        refusal = self._precheck(view, snapshot)
+        if refusal:
+            return Unschedulable(request_id=req.request_id, policy=self.policy.name,
+                                 reasons=refusal)
+        ctx = self._context(view, snapshot)
+        choice = self.policy.schedule(ctx)
+        self.sequence += 1
+        if isinstance(choice, Refusal):
+            return Unschedulable(request_id=req.request_id, policy=self.policy.name,
+                                 reasons=choice.reasons)
+        self._remember(view.session, choice)
+        return self._explain(ctx, choice, started)
+
+    # -- request -------------------------------------------------------------------
+    def _view(self, req: RouteRequest, snapshot: Snapshot) -> RequestView:
+        size = snapshot.block_tokens
+        if req.token_ids is not None:
+            hashes = tuple(block_hashes(req.token_ids, size))
+            tokens = req.prompt_tokens or len(req.token_ids)
+        else:
+            hashes = tuple(req.block_hashes or ())
+            tokens = req.prompt_tokens or len(hashes) * size
+        if tokens < 1 or len(hashes) > math.ceil(tokens / size):
+            raise ValidationError("<request>", [Issue(
+                "prompt_tokens", f"{tokens} tokens cannot span {len(hashes)} blocks of {size}")])
+        return RequestView(req.request_id, hashes, tokens, req.model, req.session,
+                           req.prefill_worker, req.decode_worker)
+
+    def _precheck(self, view: RequestView, snapshot: Snapshot) -> tuple[str, ...]:
+        if not snapshot.workers:
+            return ("the snapshot has no workers",)
+        return tuple(f"unknown worker {name!r} pinned as {side}"
+                     for side, name in (("prefill", view.prefill_worker),
+                                        ("decode", view.decode_worker))
+                     if name is not None and name not in snapshot.position)
+
+    def _context(self, view: RequestView, snapshot: Snapshot) -> CycleContext:
+        cached = np.zeros(len(snapshot.workers), dtype=np.int64)
+        if view.block_hashes:
+            position = snapshot.position
+            for name, info in self.index.match(view.block_hashes, model=view.model).items():
+                pos = position.get(name)
+                if pos is not None and info.blocks:
+                    cached[pos] = info.blocks
+        cached.flags.writeable = False
+        session = self._sessions.get(view.session) if view.session else None
+        return CycleContext(view, snapshot, cached, self.cost_model(snapshot), self.seed,
+                            self.sequence, session)
+
+    def _remember(self, session: str | None, choice: PairChoice) -> None:
+        if session is None:
+            return
+        self._sessions[session] = (choice.prefill.id, choice.decode.id)
+        self._sessions.move_to_end(session)
+        while len(self._sessions) > self._max_sessions:
+            self._sessions.popitem(last=False)
+
+    # -- explanation -------------------------------------------------------------------
+    def _explain(self, ctx: CycleContext, choice: PairChoice, started: float) -> Decision:
+        snap = ctx.snapshot
+        p, d = snap.position[choice.prefill.id], snap.position[choice.decode.id]
+        local = choice.local or p == d
+        cost = ctx.cost
+        assert isinstance(cost, FabricCostModel)
+        terms = cost.terms(ctx, p, d, local=local)
+        d_cached = int(ctx.cached[d])
+        delta = () if local else ctx.request.block_hashes[d_cached:]
+        transfer = Transfer(block_hashes=delta, blocks=len(delta), bytes=terms.transfer_bytes,
+                            tier=terms.tier, links=terms.links,
+                            bottleneck_gb_per_s=terms.bottleneck_gb_per_s)
+        runners = tuple(Alternative(prefill=o.prefill, decode=o.decode, local_prefill=o.local,
+                                    score=o.score, ttft_s=o.ttft_s) for o in choice.runners_up)
+        return Decision(
+            request_id=ctx.request.id, policy=self.policy.name,
+            mode="local-prefill" if local else "disaggregated",
+            prefill=_side(choice.decode if local else choice.prefill, ctx.cached, snap),
+            decode=_side(choice.decode, ctx.cached, snap), transfer=transfer, estimate=terms,
+            score=choice.score, runners_up=runners, considered=choice.considered,
+            notes=choice.notes, decision_us=(time.perf_counter() - started) * 1e6)
+
+
+def _side(worker: Worker, cached: IntArray, snapshot: Snapshot) -> Side:
+    return Side(worker=worker.id, gpus=worker.gpus,
+                cached_blocks=int(cached[snapshot.position[worker.id]]))

@@ -1,0 +1,76 @@
+"""The store interface shared by scheduler replicas: workers, leases, free blocks, jobs.
+
+Every method is ``async`` so that a networked store (Redis) implements the same
+protocol as :class:`~scheduler.state.memory.MemoryStore`. Times come from an injected
+clock (seconds, monotonic within one store) so lease expiry is testable without
+sleeping. Errors: an unknown or expired worker raises
+:class:`~topology.errors.NotFoundError`; too few free blocks raises
+:class:`~topology.errors.UnschedulableError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
+
+Clock = Callable[[], float]
+
+
+class WorkerEntry(BaseModel):
+    """A registered worker and its current lease."""
+
+    model_config = ConfigDict(frozen=True)
+
+    registration: WorkerRegistration
+    lease: Lease
+    free_blocks: int
+
+
+class TransferStore(Protocol):
+    """Shared scheduler state for transfers (memory for one replica, Redis for many)."""
+
+    async def register_worker(self, reg: WorkerRegistration, ttl_s: float) -> Lease:
+        """Add or replace a worker; a new epoch, a fresh lease, every block free."""
+
+    async def heartbeat(self, name: str) -> Lease:
+        """Extend a live worker's lease by its TTL."""
+
+    async def remove_worker(self, name: str) -> bool:
+        """Forget a worker and its queued jobs; False when it was not registered."""
+
+    async def get_worker(self, name: str) -> WorkerEntry:
+        """A live worker by name."""
+
+    async def list_workers(self) -> list[WorkerEntry]:
+        """Every live worker, by name."""
+
+    async def expire(self) -> list[str]:
+        """Remove workers whose lease ran out; return their names."""
+
+    async def allocate_blocks(self, name: str, count: int) -> list[int]:
+        """Take ``count`` free blocks of a worker (lowest ids first)."""
+
+    async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
+        """Mark given blocks of a worker as used (explicit destination blocks)."""
+
+    async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
+        """Return blocks to a worker's free list (failed transfer, evicted KV)."""
+
+    async def put_job(self, name: str, job: TransferJob) -> None:
+        """Queue a job for a worker's sidecar and wake its long-poll."""
+
+    async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
+        """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
+
+    async def put_transfer(self, record: TransferRecord) -> None:
+        """Store (insert or replace) a transfer record, keyed by its plan id."""
+
+    async def get_transfer(self, plan_id: str) -> TransferRecord:
+        """A transfer record by plan id."""
+
+    async def transfers_of(self, name: str) -> list[TransferRecord]:
+        """Pending transfers that have ``name`` on either side."""

@@ -1,0 +1,145 @@
+"""In-memory :class:`~scheduler.state.base.TransferStore` for one scheduler process.
+
+Must be used from one asyncio event loop (the API server's); long-polls wait on a
+per-worker :class:`asyncio.Condition`, so a queued job wakes its sidecar at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from scheduler.state.base import Clock, WorkerEntry
+from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
+from topology.errors import NotFoundError, UnschedulableError
+
+
+@dataclass
+class _Worker:
+    reg: WorkerRegistration
+    lease: Lease
+    free: set[int]
+    jobs: deque[TransferJob] = field(default_factory=deque)
+
+
+class MemoryStore:
+    """Workers, leases, free lists, job queues and transfer records in process memory."""
+
+    def __init__(self, clock: Clock = time.monotonic) -> None:
+        self._clock = clock
+        self._workers: dict[str, _Worker] = {}
+        self._epochs: dict[str, int] = {}
+        self._transfers: dict[str, TransferRecord] = {}
+        self._wakeups: dict[str, asyncio.Condition] = {}
+
+    def _cond(self, name: str) -> asyncio.Condition:
+        return self._wakeups.setdefault(name, asyncio.Condition())
+
+    def _live(self, name: str) -> _Worker:
+        worker = self._workers.get(name)
+        if worker is None or worker.lease.expires_at <= self._clock():
+            raise NotFoundError("worker", name, "register it first (POST /v1/workers)")
+        return worker
+
+    async def register_worker(self, reg: WorkerRegistration, ttl_s: float) -> Lease:
+        """Add or replace a worker; a new epoch, a fresh lease, every block free."""
+        epoch = self._epochs.get(reg.name, 0) + 1
+        self._epochs[reg.name] = epoch
+        lease = Lease(worker=reg.name, epoch=epoch, ttl_s=ttl_s,
+                      expires_at=self._clock() + ttl_s)
+        self._workers[reg.name] = _Worker(reg, lease, set(range(reg.layout.num_blocks)))
+        return lease
+
+    async def heartbeat(self, name: str) -> Lease:
+        """Extend a live worker's lease by its TTL."""
+        worker = self._live(name)
+        worker.lease = worker.lease.model_copy(
+            update={"expires_at": self._clock() + worker.lease.ttl_s})
+        return worker.lease
+
+    async def remove_worker(self, name: str) -> bool:
+        """Forget a worker and its queued jobs; False when it was not registered."""
+        worker = self._workers.pop(name, None)
+        async with self._cond(name):
+            self._cond(name).notify_all()
+        return worker is not None
+
+    async def get_worker(self, name: str) -> WorkerEntry:
+        """A live worker by name."""
+        worker = self._live(name)
+        return WorkerEntry(registration=worker.reg, lease=worker.lease,
+                           free_blocks=len(worker.free))
+
+    async def list_workers(self) -> list[WorkerEntry]:
+        """Every live worker, by name."""
+        now = self._clock()
+        return [WorkerEntry(registration=w.reg, lease=w.lease, free_blocks=len(w.free))
+                for name, w in sorted(self._workers.items()) if w.lease.expires_at > now]
+
+    async def expire(self) -> list[str]:
+        """Remove workers whose lease ran out; return their names."""
+        now = self._clock()
+        gone = [name for name, w in self._workers.items() if w.lease.expires_at <= now]
+        for name in gone:
+            await self.remove_worker(name)
+        return gone
+
+    async def allocate_blocks(self, name: str, count: int) -> list[int]:
+        """Take ``count`` free blocks of a worker (lowest ids first)."""
+        worker = self._live(name)
+        if count > len(worker.free):
+            raise UnschedulableError([f"{name} has {len(worker.free)} free KV blocks, "
+                                      f"{count} needed"])
+        taken = sorted(worker.free)[:count]
+        worker.free.difference_update(taken)
+        return taken
+
+    async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
+        """Mark given blocks of a worker as used (explicit destination blocks)."""
+        self._live(name).free.difference_update(blocks)
+
+    async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
+        """Return blocks to a worker's free list (failed transfer, evicted KV)."""
+        worker = self._workers.get(name)
+        if worker is not None:
+            worker.free.update(b for b in blocks if 0 <= b < worker.reg.layout.num_blocks)
+
+    async def put_job(self, name: str, job: TransferJob) -> None:
+        """Queue a job for a worker's sidecar and wake its long-poll."""
+        self._live(name).jobs.append(job)
+        async with self._cond(name):
+            self._cond(name).notify_all()
+
+    async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
+        """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
+        worker = self._live(name)
+        if not worker.jobs and timeout_s > 0:
+            cond = self._cond(name)
+            async with cond:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(cond.wait_for(lambda: bool(worker.jobs)
+                                                         or name not in self._workers),
+                                           timeout_s)
+        jobs = list(worker.jobs)
+        worker.jobs.clear()
+        return jobs
+
+    async def put_transfer(self, record: TransferRecord) -> None:
+        """Store (insert or replace) a transfer record, keyed by its plan id."""
+        self._transfers[record.plan.plan_id] = record
+
+    async def get_transfer(self, plan_id: str) -> TransferRecord:
+        """A transfer record by plan id."""
+        record = self._transfers.get(plan_id)
+        if record is None:
+            raise NotFoundError("transfer", plan_id)
+        return record
+
+    async def transfers_of(self, name: str) -> list[TransferRecord]:
+        """Pending transfers that have ``name`` on either side."""
+        return [r for r in self._transfers.values() if r.state == "pending"
+                and name in (r.plan.src.worker, r.plan.dst.worker)]

@@ -1,0 +1,168 @@
+"""The control plane of KV transfers: registrations, plans, jobs, reports, failures.
+
+Transport-free: the REST layer calls these methods; a store holds the state. One
+transfer goes: ``submit`` builds and validates a plan, queues ``execute`` for the
+initiator and ``await`` for the target; each sidecar reports once. The transfer is
+``done`` when the destination side reports success; any failure, or the lease of a
+side running out, marks it ``failed`` with ``recompute`` set, gives the destination
+blocks back and sends ``abort`` to the side still waiting, so the decode side stops
+waiting and recomputes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.state.base import Clock, TransferStore
+from scheduler.transfer.build import DEFAULT_DEADLINE_S, build_plan
+from scheduler.transfer.hints import hints_for_workers
+from scheduler.transfer.plan import (
+    BlockId,
+    Lease,
+    Mode,
+    TransferJob,
+    TransferPlan,
+    TransferRecord,
+    TransferReport,
+    WorkerRegistration,
+)
+from topology.distance import DistanceModel
+from topology.errors import ConflictError, Issue, NotFoundError, ValidationError
+from topology.spec import FabricSpec
+
+
+class TransferRequest(BaseModel):
+    """A simple transfer request: who to whom, which blocks, which mode."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    src: str = Field(min_length=1)
+    dst: str = Field(min_length=1)
+    src_blocks: tuple[BlockId, ...] = Field(min_length=1, max_length=1 << 20)
+    dst_blocks: tuple[BlockId, ...] | None = Field(
+        default=None, description="omit to allocate from the destination's free list")
+    cached_prefix: int = Field(default=0, ge=0, description="leading blocks dst already has")
+    mode: Mode | None = Field(default=None, description="default: the deployment's mode")
+    deadline_s: float | None = Field(default=None, gt=0, le=3600)
+    plan_id: str | None = Field(default=None, min_length=1, max_length=128,
+                                pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+def _new_id() -> str:
+    return f"xfer-{uuid.uuid4().hex[:16]}"
+
+
+class TransferCoordinator:
+    """Registrations, plan building, job delivery and report bookkeeping."""
+
+    def __init__(self, store: TransferStore, *, mode: Mode = "READ", lease_ttl_s: float = 10.0,
+                 deadline_s: float = DEFAULT_DEADLINE_S, spec: FabricSpec | None = None,
+                 clock: Clock = time.monotonic, new_id: Callable[[], str] = _new_id) -> None:
+        self.store = store
+        self.mode: Mode = mode
+        self.lease_ttl_s = lease_ttl_s
+        self.deadline_s = deadline_s
+        self._spec = spec
+        self._model = DistanceModel(spec) if spec is not None else None
+        self._clock = clock
+        self._new_id = new_id
+
+    async def register(self, reg: WorkerRegistration) -> Lease:
+        """Register (or re-register) a worker; pending transfers of its old epoch fail."""
+        await self._fail_pending(reg.name, f"{reg.name} re-registered")
+        return await self.store.register_worker(reg, self.lease_ttl_s)
+
+    async def deregister(self, name: str) -> None:
+        """Remove a worker; its pending transfers fail and peers are told to recompute."""
+        if not await self.store.remove_worker(name):
+            raise NotFoundError("worker", name)
+        await self._fail_pending(name, f"{name} deregistered")
+
+    async def expire(self) -> list[str]:
+        """Drop workers whose lease ran out and fail their pending transfers."""
+        gone = await self.store.expire()
+        for name in gone:
+            await self._fail_pending(name, f"lease of {name} expired")
+        return gone
+
+    async def submit(self, request: TransferRequest) -> TransferRecord:
+        """Build, validate and queue the plan for a request."""
+        src = await self.store.get_worker(request.src)
+        dst = await self.store.get_worker(request.dst)
+        plan_id = request.plan_id or self._new_id()
+        if await self._exists(plan_id):
+            raise ConflictError(f"transfer {plan_id!r} already exists")
+        plan = await self._plan(plan_id, request, src.registration, dst.registration,
+                                (src.lease.epoch, dst.lease.epoch))
+        record = TransferRecord(plan=plan, created_at=self._clock())
+        await self.store.put_transfer(record)
+        await self.store.put_job(plan.initiator, TransferJob(kind="execute", plan_id=plan_id,
+                                                             plan=plan))
+        await self.store.put_job(plan.target, TransferJob(kind="await", plan_id=plan_id,
+                                                          plan=plan))
+        return record
+
+    async def _exists(self, plan_id: str) -> bool:
+        try:
+            await self.store.get_transfer(plan_id)
+        except NotFoundError:
+            return False
+        return True
+
+    async def _plan(self, plan_id: str, request: TransferRequest, src: WorkerRegistration,
+                    dst: WorkerRegistration, epochs: tuple[int, int]) -> TransferPlan:
+        moving = len(request.src_blocks) - request.cached_prefix
+        dst_blocks = request.dst_blocks
+        if dst_blocks is None and moving > 0:
+            allocated = await self.store.allocate_blocks(dst.name, moving)
+            dst_blocks = (*request.src_blocks[:request.cached_prefix], *allocated)
+        hints = hints_for_workers(src, dst, spec=self._spec, model=self._model)
+        try:
+            plan = build_plan(plan_id=plan_id, src=src, dst=dst, src_blocks=request.src_blocks,
+                              dst_blocks=dst_blocks, cached_prefix=request.cached_prefix,
+                              mode=request.mode or self.mode, hints=hints, epochs=epochs,
+                              deadline_s=request.deadline_s or self.deadline_s)
+        except Exception:
+            if request.dst_blocks is None and dst_blocks is not None:
+                await self.store.release_blocks(dst.name, dst_blocks[request.cached_prefix:])
+            raise
+        await self.store.claim_blocks(dst.name, plan.dst_blocks)
+        return plan
+
+    async def report(self, plan_id: str, report: TransferReport) -> TransferRecord:
+        """Record one sidecar's report and move the transfer to done or failed."""
+        record = await self.store.get_transfer(plan_id)
+        plan = record.plan
+        if report.plan_id != plan_id or report.worker not in (plan.src.worker, plan.dst.worker):
+            raise ValidationError(f"report for {plan_id!r}", [Issue(
+                "worker", f"{report.worker!r} is not a side of transfer {plan_id!r}")])
+        record = record.model_copy(update={"reports": (*record.reports, report)})
+        if record.state == "pending":
+            if report.outcome != "ok":
+                record = await self._failed(record, report.error or report.outcome,
+                                            skip=report.worker)
+            elif report.worker == plan.dst.worker:
+                record = record.model_copy(update={"state": "done",
+                                                   "finished_at": self._clock()})
+        await self.store.put_transfer(record)
+        return record
+
+    async def _failed(self, record: TransferRecord, reason: str, skip: str) -> TransferRecord:
+        plan = record.plan
+        await self.store.release_blocks(plan.dst.worker, plan.dst_blocks)
+        for side in {plan.src.worker, plan.dst.worker} - {skip}:
+            # A side that is gone has nobody waiting to be told.
+            with contextlib.suppress(NotFoundError):
+                await self.store.put_job(side, TransferJob(kind="abort", plan_id=plan.plan_id,
+                                                           reason=reason))
+        return record.model_copy(update={"state": "failed", "recompute": True, "error": reason,
+                                         "finished_at": self._clock()})
+
+    async def _fail_pending(self, name: str, reason: str) -> None:
+        for record in await self.store.transfers_of(name):
+            await self.store.put_transfer(await self._failed(record, reason, skip=name))

@@ -1,0 +1,96 @@
+"""HTTP client of the scheduler's sidecar API (``/v1``), with timeouts and retries.
+
+Thread-safe (one :class:`httpx.Client` pool): the job loop, the heartbeat thread and
+the executor threads share it. Network failures are retried with a short backoff and
+then raised as :class:`~sidecar.errors.SchedulerUnavailableError`; 4xx answers are
+mapped back onto the error tree from their problem+json body, never retried.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from scheduler.transfer.plan import Lease, TransferJob, TransferReport, WorkerRegistration
+from sidecar.errors import SchedulerUnavailableError
+from topology.errors import ConflictError, InputError, NotFoundError, ToposchedError
+
+
+def _problem(response: httpx.Response) -> ToposchedError:
+    try:
+        body = response.json()
+        detail = str(body.get("detail") or body.get("title") or response.text)
+    except ValueError:
+        detail = response.text
+    if response.status_code == 404:
+        return NotFoundError("resource", response.request.url.path, detail)
+    if response.status_code == 409:
+        return ConflictError(detail)
+    return InputError(f"scheduler answered {response.status_code}: {detail}")
+
+
+class SchedulerClient:
+    """Calls the scheduler on behalf of one sidecar."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 5.0, retries: int = 3,
+                 backoff_s: float = 0.2, transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s,
+                                  transport=transport)
+
+    def _call(self, method: str, path: str, *, body: Any = None, timeout_s: float | None = None,
+              params: dict[str, Any] | None = None) -> Any:
+        last: Exception | None = None
+        for attempt in range(self.retries + 1):
+            try:
+                response = self._http.request(method, path, json=body, params=params,
+                                              timeout=timeout_s or self.timeout_s)
+            except httpx.TransportError as exc:
+                last = exc
+            else:
+                if response.status_code < 400:
+                    return response.json() if response.content else None
+                if response.status_code < 500:
+                    raise _problem(response)
+                last = RuntimeError(f"HTTP {response.status_code}")
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * (2 ** attempt))
+        raise SchedulerUnavailableError(f"{method} {self.base_url}{path} failed after "
+                                        f"{self.retries + 1} tries: {last}") from last
+
+    def register(self, reg: WorkerRegistration) -> Lease:
+        """Register this worker; returns its lease."""
+        return Lease.model_validate(self._call("POST", "/v1/workers",
+                                               body=reg.model_dump(mode="json")))
+
+    def heartbeat(self, name: str) -> Lease:
+        """Renew the lease."""
+        return Lease.model_validate(self._call("POST", f"/v1/workers/{name}/heartbeat"))
+
+    def deregister(self, name: str) -> None:
+        """Remove this worker (its metadata is no longer handed out)."""
+        self._call("DELETE", f"/v1/workers/{name}")
+
+    def poll_jobs(self, name: str, wait_s: float) -> list[TransferJob]:
+        """Long-poll for jobs: returns at the first job or after ``wait_s``."""
+        data = self._call("GET", f"/v1/sidecars/{name}/jobs", params={"wait_s": wait_s},
+                          timeout_s=wait_s + self.timeout_s)
+        return [TransferJob.model_validate(job) for job in data["jobs"]]
+
+    def report(self, report: TransferReport) -> None:
+        """Send one transfer report."""
+        self._call("POST", f"/v1/transfers/{report.plan_id}/report",
+                   body=report.model_dump(mode="json"))
+
+    def kv_event(self, event: dict[str, Any]) -> None:
+        """Publish one KV event (block_stored / block_removed) to the prefix index."""
+        self._call("POST", "/v1/kv-events", body=event)
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()

@@ -1,0 +1,281 @@
+"""The only module that imports NIXL: one agent, its registered pool, peers, transfers.
+
+Rules this adapter keeps (docs/NIXL.md):
+
+* Every agent call holds one lock: the agent is created without NIXL's own thread
+  synchronisation, and executor threads, the notification poller and shutdown share it.
+* Descriptor lists are prepared once: one local list over the pool, one list per peer
+  over the peer's pool, one row per (region, block), region-major so that a run of
+  blocks is a run of indices that NIXL merges into one descriptor.
+* A request handle is always released in ``finally``; a release NIXL refuses (a
+  transfer still in flight after a deadline) is kept and retried at shutdown.
+* Transfers are polled with a deadline: a hung peer leaves a request in ``PROC``
+  forever, and NIXL itself never gives up.
+* No progress thread by default: it busy-spins a core per agent. The sidecar polls
+  (:meth:`NixlAdapter.poll_notifs`) from its own low-rate thread instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from nixl._api import nixl_agent, nixl_agent_config
+
+from scheduler.transfer.build import decode_metadata
+from scheduler.transfer.plan import KvLayout, MemType, PlanEndpoint, TransferPlan
+from sidecar.errors import TransferError
+from topology.errors import Issue, ValidationError
+
+Indices = npt.NDArray[np.int32]
+#: How long a waiter spins before it starts sleeping between polls (seconds).
+_SPIN_S = 0.0005
+_MAX_SLEEP_S = 0.001
+_MAX_PENDING_NOTIFS = 65536
+
+
+@dataclass
+class _Peer:
+    agent: str
+    digest: bytes
+    epoch: int
+    layout: KvLayout
+    dlist: Any
+
+
+@dataclass(frozen=True)
+class XferResult:
+    """What one posted request did."""
+
+    nbytes: int
+    descriptors: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class CloseSummary:
+    """What shutdown released; ``leaked_handles`` should be zero."""
+
+    deregistered: bool
+    peers_removed: int
+    leaked_handles: int
+
+
+def descriptor_rows(layout: KvLayout, device_id: int) -> npt.NDArray[np.uint64]:
+    """``(addr, len, dev)`` rows, one per (region, block), region-major."""
+    rows = np.empty((len(layout.regions) * layout.num_blocks, 3), dtype=np.uint64)
+    blocks = np.arange(layout.num_blocks, dtype=np.uint64)
+    for r, region in enumerate(layout.regions):
+        part = rows[r * layout.num_blocks:(r + 1) * layout.num_blocks]
+        part[:, 0] = np.uint64(region.base_addr) + blocks * np.uint64(region.block_bytes)
+        part[:, 1] = region.block_bytes
+        part[:, 2] = device_id
+    return rows
+
+
+def row_indices(layout: KvLayout, blocks: tuple[int, ...]) -> Indices:
+    """Rows of ``blocks`` in every region, region-major (runs stay index runs)."""
+    ids = np.asarray(blocks, dtype=np.int32)
+    parts = [ids + np.int32(r * layout.num_blocks) for r in range(len(layout.regions))]
+    out: Indices = np.concatenate(parts).astype(np.int32)
+    return out
+
+
+class NixlAdapter:
+    """One NIXL agent (UCX backend) owning one registered KV pool."""
+
+    def __init__(self, name: str, *, progress_thread: bool = False,
+                 ucx_devices: str | None = None) -> None:
+        self.name = name
+        self._lock = threading.RLock()
+        self._arrived = threading.Condition(self._lock)
+        params = {"ucx_devices": ucx_devices} if ucx_devices else None
+        config = nixl_agent_config(enable_prog_thread=progress_thread,
+                                   backends=[] if params else ["UCX"])
+        self._agent: Any = nixl_agent(name, config)
+        if params:
+            self._agent.create_backend("UCX", params)
+        self._reg: Any = None
+        self._local: Any = None
+        self._layout: KvLayout | None = None
+        self._peers: dict[str, _Peer] = {}
+        self._notifs: dict[bytes, str] = {}
+        self._leaked: list[Any] = []
+
+    def register(self, rows: list[tuple[int, int, int, str]], layout: KvLayout,
+                 mem_type: MemType, device_id: int) -> None:
+        """Register the pool once and prepare the local descriptor list over it."""
+        with self._lock:
+            self._reg = self._agent.register_memory(rows, mem_type)
+            self._local = self._agent.prep_xfer_dlist(
+                "NIXL_INIT_AGENT", descriptor_rows(layout, device_id), mem_type)
+            self._layout = layout
+
+    def metadata(self) -> bytes:
+        """This agent's metadata (connection info and registered regions)."""
+        with self._lock:
+            data: bytes = self._agent.get_agent_metadata()
+            return data
+
+    def peers(self) -> list[str]:
+        """Agent names of the peers loaded so far."""
+        with self._lock:
+            return sorted(self._peers)
+
+    def ensure_peer(self, peer: PlanEndpoint) -> None:
+        """Load a peer's metadata and prepare its descriptor list, once per epoch."""
+        raw = decode_metadata(peer.agent_metadata_b64)
+        digest = hashlib.blake2b(raw, digest_size=16).digest()
+        with self._lock:
+            known = self._peers.get(peer.agent_name)
+            if known and (known.digest, known.epoch, known.layout) == (digest, peer.epoch,
+                                                                      peer.layout):
+                return
+            if known:
+                self._drop_peer(known)
+            try:
+                loaded = self._agent.add_remote_agent(raw)
+            except Exception as exc:
+                raise ValidationError("transfer plan", [Issue(
+                    "agent_metadata_b64", f"NIXL rejected metadata of {peer.agent_name!r}: "
+                    f"{exc}")]) from exc
+            loaded = loaded.decode() if isinstance(loaded, bytes) else str(loaded)
+            if loaded != peer.agent_name:
+                self._agent.remove_remote_agent(loaded)
+                raise ValidationError("transfer plan", [Issue(
+                    "agent_name", f"metadata belongs to agent {loaded!r}, "
+                    f"plan names {peer.agent_name!r}")])
+            dlist = self._agent.prep_xfer_dlist(
+                peer.agent_name, descriptor_rows(peer.layout, peer.device_id), peer.mem_type)
+            self._peers[peer.agent_name] = _Peer(peer.agent_name, digest, peer.epoch,
+                                                 peer.layout, dlist)
+
+    def forget_peer(self, agent: str) -> bool:
+        """Release a peer's descriptor list and metadata (it restarted or left)."""
+        with self._lock:
+            known = self._peers.get(agent)
+            if known:
+                self._drop_peer(known)
+            return known is not None
+
+    def _drop_peer(self, peer: _Peer) -> None:
+        self._peers.pop(peer.agent, None)
+        try:
+            self._agent.release_dlist_handle(peer.dlist)
+        finally:
+            self._agent.remove_remote_agent(peer.agent)
+
+    def execute(self, plan: TransferPlan, deadline: float) -> XferResult:
+        """Post ``plan`` (this agent is its initiator) and wait until done or ``deadline``.
+
+        Raises :class:`TransferError` (``failed`` or ``timeout``); the request handle is
+        released either way.
+        """
+        local_is_src = plan.src.agent_name == self.name
+        peer = plan.dst if local_is_src else plan.src
+        self.ensure_peer(peer)
+        local_blocks = plan.src_blocks if local_is_src else plan.dst_blocks
+        remote_blocks = plan.dst_blocks if local_is_src else plan.src_blocks
+        assert self._layout is not None, "register() first"
+        with self._lock:
+            handle = self._agent.make_prepped_xfer(
+                plan.mode, self._local, row_indices(self._layout, local_blocks),
+                self._peers[peer.agent_name].dlist, row_indices(peer.layout, remote_blocks),
+                plan.notif_tag.encode())
+        started = time.perf_counter()
+        try:
+            self._run(handle, deadline, plan.plan_id)
+        finally:
+            self._release(handle)
+        return XferResult(plan.total_bytes, plan.descriptors, time.perf_counter() - started)
+
+    def _run(self, handle: Any, deadline: float, plan_id: str) -> None:
+        try:
+            with self._lock:
+                state = self._agent.transfer(handle)
+            began = time.monotonic()
+            while state == "PROC":
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TransferError(f"{plan_id}: no completion before the deadline "
+                                        "(peer hung?)", "timeout")
+                if now - began > _SPIN_S:
+                    time.sleep(min(_MAX_SLEEP_S, deadline - now))
+                with self._lock:
+                    state = self._agent.check_xfer_state(handle)
+        except TransferError:
+            raise
+        except Exception as exc:  # nixlRemoteDisconnectError and friends
+            raise TransferError(f"{plan_id}: {type(exc).__name__}: {exc}") from exc
+        if state != "DONE":
+            raise TransferError(f"{plan_id}: NIXL reported {state}")
+
+    def _release(self, handle: Any) -> None:
+        with self._lock:
+            try:
+                self._agent.release_xfer_handle(handle)
+            except Exception:
+                # Still in flight (NIXL could not cancel): keep it, retry at shutdown.
+                self._leaked.append(handle)
+
+    def poll_notifs(self) -> int:
+        """Drive progress and collect notifications; returns how many arrived."""
+        with self._lock:
+            fresh = self._agent.get_new_notifs()
+            count = 0
+            for sender, messages in fresh.items():
+                for message in messages:
+                    self._notifs[bytes(message)] = str(sender)
+                    count += 1
+            while len(self._notifs) > _MAX_PENDING_NOTIFS:
+                self._notifs.pop(next(iter(self._notifs)))
+            if count:
+                self._arrived.notify_all()
+            return count
+
+    def wait_notif(self, tag: str, deadline: float, cancel: threading.Event) -> str:
+        """Wait for the notification ``tag``; returns the sender's agent name.
+
+        Raises :class:`TransferError` on ``deadline`` (``timeout``) or ``cancel`` (aborted).
+        """
+        key = tag.encode()
+        began = time.monotonic()
+        while True:
+            self.poll_notifs()
+            with self._lock:
+                if key in self._notifs:
+                    return self._notifs.pop(key)
+            now = time.monotonic()
+            if cancel.is_set():
+                raise TransferError(f"{tag}: aborted by the scheduler", "aborted")
+            if now >= deadline:
+                raise TransferError(f"{tag}: notification did not arrive before the deadline",
+                                    "timeout")
+            if now - began > _SPIN_S:
+                time.sleep(min(_MAX_SLEEP_S, deadline - now))
+
+    def close(self) -> CloseSummary:
+        """Release every handle and peer, deregister the pool; the agent is unusable after."""
+        with self._lock:
+            peers = list(self._peers.values())
+            for peer in peers:
+                self._drop_peer(peer)
+            still = []
+            for handle in self._leaked:
+                try:
+                    self._agent.release_xfer_handle(handle)
+                except Exception:
+                    still.append(handle)
+            if self._local is not None:
+                self._agent.release_dlist_handle(self._local)
+                self._local = None
+            deregistered = self._reg is not None
+            if self._reg is not None:
+                self._agent.deregister_memory(self._reg)
+                self._reg = None
+            return CloseSummary(deregistered, len(peers), len(still))
