@@ -146,10 +146,12 @@ def _plugins(doc: PolicyDocument, registry: Registry,
 def _profiles(doc: PolicyDocument, plugins: Mapping[str, object],
               kinds: Mapping[str, PluginKind], issues: list[Issue]) -> dict[str, SchedulingProfile]:
     profiles: dict[str, SchedulingProfile] = {}
+    seen: set[str] = set()
     for i, entry in enumerate(doc.profiles):
-        if entry.name in profiles:
+        if entry.name in seen:
             issues.append(Issue(f"profiles[{i}].name", f"profile {entry.name!r} is defined twice"))
             continue
+        seen.add(entry.name)
         built = _profile(entry, f"profiles[{i}]", plugins, kinds, issues)
         if built is not None:
             profiles[entry.name] = built

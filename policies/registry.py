@@ -54,6 +54,14 @@ class PluginType:
     summary: str = ""
 
 
+class PluginSink(Protocol):
+    """What a plugin package's ``register(sink)`` entry point receives."""
+
+    def register(self, plugin_type: PluginType) -> None:
+        """Add one plugin type."""
+        ...
+
+
 class _EntryPoint(Protocol):
     name: str
     value: str

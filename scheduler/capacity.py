@@ -49,16 +49,8 @@ from scheduler.capacity_config import (
     parse_capacity,
 )
 from scheduler.kv import blocks_for, kv_bytes_per_token_per_gpu, resolve_dtype
-from scheduler.models_config import (
-    ModelCatalog,
-    ModelShape,
-    Name,
-    PositiveFloat,
-    ShareFraction,
-    issues_from,
-    load_document,
-    load_models,
-)
+from scheduler.models_config import ModelCatalog, ModelShape, load_models
+from topology.documents import Name, PositiveFloat, ShareFraction, issues_from, read_document
 from topology.errors import InputError, Issue, UnschedulableError, ValidationError
 
 #: Includes the capacity document's names (defined in scheduler.capacity_config), which
@@ -270,7 +262,7 @@ class Workload(BaseModel):
 
 def load_workload(path: str | Path) -> Workload:
     """Load a workload from YAML or JSON (``.json``); all problems reported with paths."""
-    data = load_document(path, "a workload document (rate_rps, input_tokens_mean, ...)")
+    data = read_document(path, "a workload document (rate_rps, input_tokens_mean, ...)")
     issues = []
     if isinstance(data, dict) and "version" in data:
         data = dict(data)

@@ -16,8 +16,8 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
-from scheduler.models_config import (
-    DtypeName,
+from scheduler.models_config import DtypeName
+from topology.documents import (
     Name,
     NameList,
     NonNegativeFloat,

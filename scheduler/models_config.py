@@ -4,27 +4,40 @@ The document names each model once, with the numbers KV sizing and the capacity 
 need (layers, KV heads, head size or the MLA latent, parameter count), plus aliases.
 Lookup is case-insensitive; an unknown name is answered with the closest known ones.
 
-This module also holds the small document helpers the scheduler's other versioned
-documents share (``config/capacity.yaml``, workload files): bounded reading, YAML
-that refuses duplicate keys, and pydantic errors turned into path-named issues.
+The document helpers (bounded reading, YAML that refuses duplicate keys, pydantic
+errors turned into path-named issues, field types whose errors read as rules) live in
+:mod:`topology.documents`; the ones this module uses are re-exported from here.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
-import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from importlib import resources
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from topology.errors import InputError, Issue, Location, NotFoundError, ParseError, ValidationError
+from topology.documents import (
+    Name,
+    NameList,
+    PositiveFloat,
+    PositiveInt,
+    issues_from,
+    packaged_text,
+    parse_document,
+    read_text,
+)
+from topology.errors import InputError, Issue, NotFoundError, ValidationError
+
+#: Document helpers that used to live here are re-exported for existing imports.
+__all__ = [
+    "DTYPE_ALIASES", "DTYPE_BYTES", "DtypeName", "ModelCatalog", "ModelShape", "Name",
+    "NameList", "PositiveFloat", "PositiveInt", "dtype_bytes", "issues_from", "load_models",
+    "normalize_dtype", "packaged_text", "parse_document", "parse_models", "read_text",
+]
 
 #: Bytes per element of each KV cache dtype this model knows.
 DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp8": 1, "int8": 1, "fp32": 4}
@@ -35,9 +48,6 @@ DTYPE_ALIASES: dict[str, str] = {
     "fp8_e4m3": "fp8", "fp8_e5m2": "fp8", "e4m3": "fp8", "e5m2": "fp8", "fp8_e4m3fn": "fp8",
     "float8_e4m3fn": "fp8", "float8_e5m2": "fp8",
 }
-
-#: Config documents are kilobytes; a bigger file is a mistake, not a document.
-MAX_DOCUMENT_BYTES = 4 * 1024 * 1024
 
 _KNOWN_DTYPES = "bf16, fp16, fp8 (e4m3, e5m2), int8, fp32"
 
@@ -56,21 +66,7 @@ def dtype_bytes(name: str) -> int:
     return DTYPE_BYTES[normalize_dtype(name)]
 
 
-# --- field types whose errors read as rules ("must be a positive integer") ----------
-
-
-def _number_rule(accepts: Callable[[float], bool], message: str,
-                 integer: bool = False) -> BeforeValidator:
-    """A validator that refuses booleans, non-numbers and values outside a range."""
-
-    def check(value: object) -> object:
-        if (isinstance(value, bool) or not isinstance(value, int | float)
-                or (integer and not isinstance(value, int))
-                or not math.isfinite(value) or not accepts(value)):
-            raise PydanticCustomError("number_rule", message)
-        return value
-
-    return BeforeValidator(check)
+# --- the dtype field type ----------------------------------------------------------
 
 
 def _dtype_rule(value: object) -> object:
@@ -84,126 +80,7 @@ def _dtype_rule(value: object) -> object:
                                   {"name": repr(value), "known": _KNOWN_DTYPES}) from None
 
 
-def _name_rule(value: object) -> object:
-    if not isinstance(value, str) or not value.strip():
-        raise PydanticCustomError("name", "must be a non-empty string")
-    return value.strip()
-
-
-PositiveInt = Annotated[int, _number_rule(lambda v: v > 0, "must be a positive integer", True)]
-PositiveFloat = Annotated[float, _number_rule(lambda v: v > 0, "must be a positive number")]
-NonNegativeFloat = Annotated[float, _number_rule(lambda v: v >= 0, "must be zero or more")]
-UnitFraction = Annotated[float, _number_rule(lambda v: 0 < v <= 1, "must be a number in (0, 1]")]
-OpenFraction = Annotated[float, _number_rule(lambda v: 0 < v < 1, "must be a number in (0, 1)")]
-ShareFraction = Annotated[float, _number_rule(lambda v: 0 <= v < 1, "must be a number in [0, 1)")]
 DtypeName = Annotated[str, BeforeValidator(_dtype_rule)]
-Name = Annotated[str, BeforeValidator(_name_rule)]
-#: A list in the document, a tuple in the (frozen) model; strict mode would refuse lists.
-NameList = Annotated[tuple[Name, ...], Field(strict=False)]
-
-#: Pydantic's own error types, said the way toposched's documents say them.
-_MESSAGES: dict[str, str] = {
-    "missing": "is required", "extra_forbidden": "is not a known field",
-    "model_type": "must be a mapping", "model_attributes_type": "must be a mapping",
-    "dict_type": "must be a mapping", "list_type": "must be a list",
-    "tuple_type": "must be a list", "string_type": "must be a string",
-    "int_type": "must be an integer", "float_type": "must be a number",
-    "bool_type": "must be true or false", "too_short": "must not be empty",
-}
-
-
-def format_path(parts: Iterable[str | int]) -> str:
-    """Render a document location as ``models.llama-3-8b.num_layers`` or ``profiles[0].tp``."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or "<document>"
-
-
-def issues_from(exc: pydantic.ValidationError, prefix: Sequence[str | int] = ()) -> list[Issue]:
-    """Turn every pydantic error into an :class:`Issue` with its document path."""
-    issues = []
-    for err in exc.errors(include_url=False):
-        loc = [part for part in err["loc"] if part != "[key]"]
-        if err["type"] == "literal_error":
-            message = f"must be {err.get('ctx', {}).get('expected', 'one of the listed values')}"
-        else:
-            message = _MESSAGES.get(err["type"], err["msg"])
-        issues.append(Issue(format_path([*prefix, *loc]), message))
-    return issues
-
-
-# --- reading documents ---------------------------------------------------------------
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A safe YAML loader that refuses duplicate keys (PyYAML keeps the last silently)."""
-
-
-def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[object] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        if not isinstance(key, str | int | float | bool):
-            continue  # unhashable keys are refused by construct_mapping itself
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark)
-        seen.add(key)
-    return loader.construct_mapping(node, deep=True)
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
-
-
-def read_text(path: str | Path, expected: str) -> str:
-    """Read a document file as UTF-8 text, bounded in size, with errors naming the file."""
-    where = Location(str(path))
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_DOCUMENT_BYTES + 1)
-    except OSError as exc:
-        raise ParseError(f"cannot read file: {exc.strerror or exc}", where, expected) from exc
-    if len(raw) > MAX_DOCUMENT_BYTES or b"\x00" in raw:
-        raise ParseError("file is too large or binary", where, expected)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(f"invalid UTF-8 at byte {exc.start}", Location(str(path), line),
-                         expected) from exc
-
-
-def parse_document(text: str, source: str, expected: str, as_json: bool = False) -> Any:
-    """Parse YAML (or, with ``as_json``, strict JSON) text into plain data."""
-    if not text.strip():
-        raise ParseError("document is empty", Location(source), expected)
-    if as_json:
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ParseError(f"invalid JSON: {exc.msg}", Location(source, exc.lineno),
-                             expected) from exc
-    try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark is not None else None
-        raise ParseError(f"invalid YAML: {exc.problem or exc.context}", Location(source, line),
-                         expected) from exc
-    except yaml.YAMLError as exc:
-        raise ParseError(f"invalid YAML: {exc}", Location(source), expected) from exc
-
-
-def load_document(path: str | Path, expected: str) -> Any:
-    """Read and parse a YAML or JSON (``.json`` suffix) document file."""
-    text = read_text(path, expected)
-    return parse_document(text, str(path), expected, as_json=str(path).lower().endswith(".json"))
-
-
-def packaged_text(name: str) -> str:
-    """Text of a default document shipped in the ``config`` package."""
-    return resources.files("config").joinpath(name).read_text(encoding="utf-8")
 
 
 # --- model shapes --------------------------------------------------------------------

@@ -23,16 +23,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 from nixl._api import nixl_agent, nixl_agent_config
 
 from scheduler.transfer.build import decode_metadata
 from scheduler.transfer.plan import KvLayout, MemType, PlanEndpoint, TransferPlan
+from sidecar.descriptors import descriptor_rows, row_indices
 from sidecar.errors import TransferError
 from topology.errors import Issue, ValidationError
 
-Indices = npt.NDArray[np.int32]
 #: How long a waiter spins before it starts sleeping between polls (seconds).
 _SPIN_S = 0.0005
 _MAX_SLEEP_S = 0.001
@@ -64,26 +62,6 @@ class CloseSummary:
     deregistered: bool
     peers_removed: int
     leaked_handles: int
-
-
-def descriptor_rows(layout: KvLayout, device_id: int) -> npt.NDArray[np.uint64]:
-    """``(addr, len, dev)`` rows, one per (region, block), region-major."""
-    rows = np.empty((len(layout.regions) * layout.num_blocks, 3), dtype=np.uint64)
-    blocks = np.arange(layout.num_blocks, dtype=np.uint64)
-    for r, region in enumerate(layout.regions):
-        part = rows[r * layout.num_blocks:(r + 1) * layout.num_blocks]
-        part[:, 0] = np.uint64(region.base_addr) + blocks * np.uint64(region.block_bytes)
-        part[:, 1] = region.block_bytes
-        part[:, 2] = device_id
-    return rows
-
-
-def row_indices(layout: KvLayout, blocks: tuple[int, ...]) -> Indices:
-    """Rows of ``blocks`` in every region, region-major (runs stay index runs)."""
-    ids = np.asarray(blocks, dtype=np.int32)
-    parts = [ids + np.int32(r * layout.num_blocks) for r in range(len(layout.regions))]
-    out: Indices = np.concatenate(parts).astype(np.int32)
-    return out
 
 
 class NixlAdapter:

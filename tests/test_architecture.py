@@ -56,3 +56,17 @@ def test_heavy_library_is_imported_in_one_place(library: str) -> None:
     importers = [str(path.relative_to(ROOT)) for _, path in _modules()
                  if library in _imports(path)]
     assert all(p.startswith(HEAVY[library]) for p in importers), importers
+
+
+def test_cli_loads_only_the_chosen_commands_native_libraries() -> None:
+    """OR-Tools and NIXL bundle clashing abseil builds: one process must never load both."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, api.cli.main as m\n"
+             "for command in ('topo', 'demo', 'kv', 'route', None):\n"
+             "    if command: m.build_parser(command)\n"
+             "print(sorted(k for k in ('nixl', 'ortools') if k in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, check=True, timeout=60)
+    assert done.stdout.strip() == "[]"

@@ -16,29 +16,49 @@ from collections.abc import Callable, Sequence
 
 from topology.errors import InputError, NotFoundError, ToposchedError
 
-#: Command-group modules under ``api.cli``; each has ``register(subparsers)``.
-COMMAND_MODULES = ("topo", "demo", "kv", "route", "place")
+#: Command modules under ``api.cli`` (each has ``register(subparsers)``) and their help.
+#: Only the chosen command's module is imported: some commands load native libraries
+#: that cannot share one process (OR-Tools for ``place``, NIXL for ``sidecar``: their
+#: bundled abseil builds clash), and start-up stays fast.
+COMMANDS = {
+    "topo": "fabric topology: parse, build, query, draw, collect, synthesise",
+    "demo": "run the demo on the embedded example cluster",
+    "kv": "KV-cache size of a model for a number of tokens",
+    "place": "place prefill/decode instances on a fabric (CP-SAT)",
+    "route": "route one request to a (prefill, decode) pair",
+    "serve": "run the scheduler's REST API",
+    "sidecar": "run a KV-transfer sidecar (NIXL agent) next to an engine",
+}
 
 Handler = Callable[[argparse.Namespace], int]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the full argument parser with every registered command group."""
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The first positional argument: the command whose module must be loaded."""
+    return next((arg for arg in argv if not arg.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; ``command`` (or every command when None) is fully registered."""
     parser = argparse.ArgumentParser(
         prog="toposched",
         description="Topology-aware scheduler for disaggregated LLM inference.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        module = importlib.import_module(f"api.cli.{name}")
-        module.register(subparsers)
+    for name, help_text in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(f"api.cli.{name}").register(subparsers)
+        else:
+            subparsers.add_parser(name, help=help_text)
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv``, run the chosen command and return its exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _chosen_command(argv)
+    parser = build_parser(command if command in COMMANDS else "")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -51,14 +71,14 @@ def run(argv: Sequence[str] | None = None) -> int:
     except ToposchedError as exc:
         print(f"toposched: {exc.title}: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        return 0
     except OSError as exc:
         print(f"toposched: error: {exc.strerror or exc}: {exc.filename or ''}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("toposched: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        return 0
     except Exception as exc:  # the last line of defence: no traceback for users
         if os.environ.get("TOPOSCHED_DEBUG"):
             raise

@@ -15,6 +15,7 @@ holds for every placement, on the tree costs.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import numpy as np
@@ -23,6 +24,9 @@ import numpy.typing as npt
 from scheduler.placement.problem import LEVELS, Problem
 
 FloatArray = npt.NDArray[np.float64]
+#: Dual prices: a grid of _GRID × _GRID, zoomed in _ZOOMS times around the best point.
+_GRID = 21
+_ZOOMS = 5
 
 
 def deltas(problem: Problem) -> list[float]:
@@ -62,18 +66,29 @@ def _level_saving_bound(problem: Problem, nodes: list[int], delta: list[float],
     """Lagrangian bound on Σ δ_v·kept_v over one level's nodes.
 
     Dualising the instance counts (Σ n_p ≤ P with price λ, Σ n_d ≤ D with price μ)
-    separates the nodes; every (λ, μ) gives a valid bound and the smallest on a grid is
-    kept. Nodes with equal (free GPUs, δ) are priced once.
+    separates the nodes; every (λ, μ) gives a valid bound, and the smallest found on a
+    zooming grid is kept. Nodes with equal (free GPUs, δ) are priced once.
     """
     shapes = Counter((free.get(v, 0), round(delta[v], 9)) for v in nodes)
     top = max(delta[v] for v in nodes)
-    grid = np.linspace(0.0, 1.0, 41)
-    lam = grid[:, None] * top * problem.decode
-    mu = grid[None, :] * top * problem.prefill
-    bound = lam * problem.prefill + mu * problem.decode
-    for (gpus, weight), count in shapes.items():
-        bound = bound + count * _node_dual(problem, gpus, weight, lam, mu)
-    return float(bound.min())
+    span = [(0.0, top * problem.decode), (0.0, top * problem.prefill)]
+    best = math.inf
+    for _ in range(_ZOOMS):
+        lam = np.linspace(*span[0], _GRID)[:, None] * np.ones(_GRID)[None, :]
+        mu = np.ones(_GRID)[:, None] * np.linspace(*span[1], _GRID)[None, :]
+        bound = lam * problem.prefill + mu * problem.decode
+        for (gpus, weight), count in shapes.items():
+            bound = bound + count * _node_dual(problem, gpus, weight, lam, mu)
+        i, j = np.unravel_index(int(bound.argmin()), bound.shape)
+        best = min(best, float(bound[i, j]))
+        span = [_around(span[0], int(i)), _around(span[1], int(j))]
+    return best
+
+
+def _around(span: tuple[float, float], index: int) -> tuple[float, float]:
+    """The part of ``span`` two grid steps either side of ``index`` (the next zoom)."""
+    step = (span[1] - span[0]) / (_GRID - 1)
+    return (max(0.0, span[0] + (index - 2) * step), span[0] + (index + 2) * step)
 
 
 def _node_dual(problem: Problem, gpus: int, weight: float, lam: FloatArray,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from scheduler.placement.bounds import analytic_bound_ms
 from scheduler.placement.cpsat import Progress, solve_cpsat
 from scheduler.placement.greedy import greedy
 from scheduler.placement.problem import Problem
@@ -66,8 +67,10 @@ class _Decomposer:
         share = len(problem.candidates) / max(1, len(self.root.candidates))
         left = self.deadline - time.monotonic()
         hint = greedy(problem)
+        target = analytic_bound_ms(problem) * (1 + self.options.gap_tolerance)
         outcome = solve_cpsat(problem, hint=hint, time_limit_s=max(0.3, left * share),
-                              seed=self.options.seed, workers=self.options.workers)
+                              seed=self.options.seed, workers=self.options.workers,
+                              good_enough_ms=target)
         self.progress(f"part of {len(problem.candidates)} candidates: {outcome.status}")
         return outcome.roles if outcome.roles is not None else hint
 

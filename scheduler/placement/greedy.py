@@ -38,9 +38,15 @@ class _Greedy:
         self._keep_current()
         quotas = self._quotas()
         for zone, left in quotas.items():
-            for d, domain in enumerate(self.p.domains):
-                if (zone is None or domain.zone == zone) and any(left.values()):
-                    self._fill(d, left)
+            domains = [d for d, dom in enumerate(self.p.domains)
+                       if zone is None or dom.zone == zone]
+            for rack, share in self._rack_shares(domains, left).items():
+                for d in domains:
+                    if self.p.domains[d].rack == rack and any(share.values()):
+                        self._fill(d, share, left)
+            for d in domains:  # what the per-rack shares could not place
+                if any(left.values()):
+                    self._fill(d, dict(left), left)
         counts = Counter(self.roles.values())
         if counts["prefill"] != self.p.prefill or counts["decode"] != self.p.decode:
             return None
@@ -80,15 +86,35 @@ class _Greedy:
             if placed[current.role] < limit[current.role] and self._fits(cand, current.role):
                 self._take(cand, current.role)
 
-    def _fill(self, d: int, left: dict[Role, int]) -> None:
+    def _rack_shares(self, domains: list[int],
+                     left: dict[Role, int]) -> dict[int, dict[Role, int]]:
+        """Split the counts over racks in proportion to their free GPUs, down the tree
+        (zone, pod, rack) so that every level stays balanced."""
+        free: dict[tuple[int, ...], int] = {}
+        for d in domains:
+            dom = self.p.domains[d]
+            path = (dom.zone, dom.pod, dom.rack)
+            for depth in range(1, 4):
+                free[path[:depth]] = free.get(path[:depth], 0) + len(dom.free)
+        shares: dict[tuple[int, ...], dict[Role, int]] = {(): dict(left)}
+        for depth in range(1, 4):
+            for key in [k for k in free if len(k) == depth]:
+                parent = shares[key[:-1]]
+                siblings = {k: v for k, v in free.items()
+                            if len(k) == depth and k[:-1] == key[:-1]}
+                shares[key] = {role: _apportion(parent[role], siblings)[key] for role in ROLES}
+        return {key[2]: share for key, share in shares.items() if len(key) == 3}
+
+    def _fill(self, d: int, share: dict[Role, int], left: dict[Role, int]) -> None:
+        """Give domain ``d`` instances in the proportion ``share`` still asks for."""
         free = sum(len(c.gpus) for c in self._disjoint_free(d))
         tp = self.p.tp
-        want = left["prefill"] * tp["prefill"] + left["decode"] * tp["decode"]
-        share = left["prefill"] * tp["prefill"] / want if want else 0.0
-        prefill = min(left["prefill"], round(free * share / tp["prefill"]))
-        self._take_n(d, "prefill", prefill, left)
-        self._take_n(d, "decode", left["decode"], left)
-        self._take_n(d, "prefill", left["prefill"], left)
+        want = share["prefill"] * tp["prefill"] + share["decode"] * tp["decode"]
+        ratio = share["prefill"] * tp["prefill"] / want if want else 0.0
+        prefill = min(share["prefill"], round(free * ratio / tp["prefill"]))
+        self._take_n(d, "prefill", prefill, share, left)
+        self._take_n(d, "decode", share["decode"], share, left)
+        self._take_n(d, "prefill", share["prefill"], share, left)
 
     def _disjoint_free(self, d: int) -> list[Candidate]:
         seen: set[int] = set(self.used)
@@ -99,14 +125,17 @@ class _Greedy:
                 seen |= set(cand.gpus)
         return out
 
-    def _take_n(self, d: int, role: Role, count: int, left: dict[Role, int]) -> None:
+    def _take_n(self, d: int, role: Role, count: int, share: dict[Role, int],
+                left: dict[Role, int]) -> None:
         for cand in self.by_domain.get(d, []):
-            if count <= 0:
+            if count <= 0 or left[role] <= 0:
                 return
             if self._fits(cand, role):
                 self._take(cand, role)
                 count -= 1
-                left[role] -= 1
+                share[role] -= 1
+                if share is not left:
+                    left[role] -= 1
 
     def _fits(self, cand: Candidate, role: Role) -> bool:
         if role not in cand.roles or self.used & set(cand.gpus):
@@ -122,3 +151,13 @@ class _Greedy:
         self.roles[cand.index] = role
         self.used |= set(cand.gpus)
         self.rack_count[(self.p.domains[cand.domain].rack, role)] += 1
+
+
+def _apportion(total: int, weights: dict[tuple[int, ...], int]) -> dict[tuple[int, ...], int]:
+    """Largest-remainder split of ``total`` in proportion to ``weights``."""
+    whole = sum(weights.values()) or 1
+    exact = {k: total * w / whole for k, w in weights.items()}
+    out = {k: int(v) for k, v in exact.items()}
+    for k in sorted(exact, key=lambda k: (out[k] - exact[k], k))[:total - sum(out.values())]:
+        out[k] += 1
+    return out

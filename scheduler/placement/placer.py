@@ -55,7 +55,8 @@ def solve(problem: Problem, *, progress: Progress | None = None,
             found.append((roles, "decomposed", "feasible"))
     else:
         outcome = solve_cpsat(problem, hint=hint, time_limit_s=options.time_limit_s,
-                              seed=options.seed, workers=options.workers, progress=progress)
+                              seed=options.seed, workers=options.workers, progress=progress,
+                              good_enough_ms=bound * (1 + options.gap_tolerance))
         if outcome.status == "infeasible":
             raise UnschedulableError(infeasible(problem, _uplink_overload(problem)))
         if outcome.roles is not None:

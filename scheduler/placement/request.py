@@ -44,6 +44,8 @@ class SolverOptions:
     time_limit_s: float = 10.0
     seed: int = 0
     workers: int = 2
+    #: Stop improving the cost once within this share of the analytic lower bound.
+    gap_tolerance: float = 0.005
     #: Candidates above which the instance is solved zone by zone, then pod by pod.
     decompose_above: int = 400
 

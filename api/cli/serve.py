@@ -1,0 +1,36 @@
+"""``toposched serve``: run the scheduler's REST service with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+import uvicorn
+
+from api.app import create_app
+from api.settings import Settings
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``serve`` command."""
+    parser = subparsers.add_parser(
+        "serve", help="run the scheduler REST service",
+        description="Serve /v1 (workers, sidecar jobs, transfers, KV events) and /healthz. "
+                    "Other settings come from TOPOSCHED_* environment variables.")
+    parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
+    parser.add_argument("--mode", choices=("READ", "WRITE"), default=None,
+                        help="transfer mode of this deployment (default READ)")
+    parser.add_argument("--log-level", default="warning",
+                        choices=("critical", "error", "warning", "info", "debug"))
+    parser.set_defaults(handler=handle_serve)
+
+
+def handle_serve(args: argparse.Namespace) -> int:
+    """Build settings (env + flags), create the app and run it until interrupted."""
+    overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
+                                                ("transfer_mode", args.mode))
+                 if value is not None}
+    settings = Settings(**overrides)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
+                log_level=args.log_level, access_log=False)
+    return 0

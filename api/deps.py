@@ -1,0 +1,24 @@
+"""Request dependencies: the coordinator and the prefix index of the running app."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from scheduler.prefix import PrefixIndex
+from scheduler.transfer.coordinator import TransferCoordinator
+
+
+def _coordinator(request: Request) -> TransferCoordinator:
+    coordinator: TransferCoordinator = request.app.state.coordinator
+    return coordinator
+
+
+def _prefix(request: Request) -> PrefixIndex:
+    index: PrefixIndex = request.app.state.prefix_index
+    return index
+
+
+Coordinator = Annotated[TransferCoordinator, Depends(_coordinator)]
+Prefix = Annotated[PrefixIndex, Depends(_prefix)]

@@ -1,0 +1,46 @@
+"""Transfers: submit (plan built server-side), reports, status; KV events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from pydantic import BaseModel
+
+from api.deps import Coordinator, Prefix
+from scheduler.prefix import ResyncRequest, parse_event
+from scheduler.transfer.coordinator import TransferRequest
+from scheduler.transfer.plan import TransferRecord, TransferReport
+
+router = APIRouter(prefix="/v1", tags=["transfers"])
+
+
+class EventAck(BaseModel):
+    """The index took the event; ``resync`` is set when it saw a sequence gap."""
+
+    resync: ResyncRequest | None = None
+
+
+@router.post("/transfers", status_code=201)
+async def submit_transfer(request: TransferRequest, coordinator: Coordinator) -> TransferRecord:
+    """Build, validate and queue a plan; the sidecars pick it up on their long-poll."""
+    return await coordinator.submit(request)
+
+
+@router.get("/transfers/{plan_id}")
+async def get_transfer(plan_id: str, coordinator: Coordinator) -> TransferRecord:
+    """A transfer's plan, state and reports."""
+    return await coordinator.store.get_transfer(plan_id)
+
+
+@router.post("/transfers/{plan_id}/report")
+async def report_transfer(plan_id: str, report: TransferReport,
+                          coordinator: Coordinator) -> TransferRecord:
+    """A sidecar's report; moves the transfer to done or failed."""
+    return await coordinator.report(plan_id, report)
+
+
+@router.post("/kv-events")
+async def kv_event(body: dict[str, Any], prefix: Prefix) -> EventAck:
+    """One KV event (block_stored / block_removed / all_blocks_cleared) for the index."""
+    return EventAck(resync=prefix.apply(parse_event(body, source="POST /v1/kv-events")))

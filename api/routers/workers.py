@@ -1,0 +1,57 @@
+"""Workers: registration with a lease, heartbeats, removal, listing, the job long-poll."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel
+
+from api.deps import Coordinator, Prefix
+from scheduler.state.base import WorkerEntry
+from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
+
+router = APIRouter(prefix="/v1", tags=["workers"])
+
+
+class JobBatch(BaseModel):
+    """Jobs for one sidecar, possibly none (the long-poll timed out)."""
+
+    jobs: list[TransferJob]
+
+
+@router.post("/workers", status_code=201)
+async def register_worker(reg: WorkerRegistration, coordinator: Coordinator,
+                          prefix: Prefix) -> Lease:
+    """Register (or re-register) a worker; returns its lease and epoch."""
+    lease = await coordinator.register(reg)
+    prefix.remove_worker(reg.name)  # its cache restarts empty, sequence numbers from 1
+    return lease
+
+
+@router.post("/workers/{name}/heartbeat")
+async def heartbeat(name: str, coordinator: Coordinator) -> Lease:
+    """Renew a worker's lease (404 once it lapsed: register again)."""
+    return await coordinator.store.heartbeat(name)
+
+
+@router.delete("/workers/{name}", status_code=204)
+async def remove_worker(name: str, coordinator: Coordinator, prefix: Prefix) -> Response:
+    """Remove a worker; its pending transfers fail and peers are told to recompute."""
+    await coordinator.deregister(name)
+    prefix.remove_worker(name)
+    return Response(status_code=204)
+
+
+@router.get("/workers")
+async def list_workers(coordinator: Coordinator) -> list[WorkerEntry]:
+    """Every live worker with its lease and free block count."""
+    return await coordinator.store.list_workers()
+
+
+@router.get("/sidecars/{name}/jobs")
+async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
+                    wait_s: Annotated[float, Query(ge=0)] = 10.0) -> JobBatch:
+    """Long-poll: answers at the first queued job or after ``wait_s`` (capped)."""
+    cap: float = request.app.state.settings.long_poll_max_s
+    return JobBatch(jobs=await coordinator.store.wait_jobs(name, min(wait_s, cap)))

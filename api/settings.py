@@ -1,0 +1,28 @@
+"""Process settings of the scheduler service (env ``TOPOSCHED_…``), built at start-up."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of one ``toposched serve`` process; every field has an env variable.
+
+    E.g. ``TOPOSCHED_TRANSFER_MODE=WRITE`` makes prefill sidecars push (SGLang style).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TOPOSCHED_", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    transfer_mode: Literal["READ", "WRITE"] = Field(
+        default="READ", description="READ: decode pulls (vLLM); WRITE: prefill pushes")
+    lease_ttl_s: float = Field(default=10.0, gt=0, le=3600)
+    transfer_deadline_s: float = Field(default=10.0, gt=0, le=3600)
+    long_poll_max_s: float = Field(default=30.0, gt=0, le=300)
+    expire_interval_s: float = Field(default=0.5, gt=0, le=60)
+    fabric: Path | None = Field(default=None, description="fabric document for tiers/NICs")

@@ -1,0 +1,393 @@
+"""Benchmark: routing decision latency, and the cache hit ratio each policy achieves.
+
+Run: ``.venv/bin/python bench/router_bench.py [--requests N] [--decisions 1000]``
+(``--out DIR``, default ``bench/results``). Writes ``router.json`` and ``router.md``.
+
+Latency. A synthetic fabric of 1,024 H100 GPUs (2 zones × 2 pods × 4 racks × 8
+hosts, rail-optimised); N ∈ {64, 256, 1,024} single-GPU workers spread evenly over
+it, alternating prefill / decode by host. The prefix index holds 1,000,000
+(worker, block) entries: documents of 64 chained blocks, each worker holding
+whole documents until its share of the million is reached. Requests take a random
+document prefix plus a fresh tail; loads are random. The time is one full
+``Router.route`` (prefix lookup, context, policy, explanation), after a warm-up
+that builds the pair table once.
+
+Cache hit ratio. The Mooncake conversation trace (``hash_ids`` are 512-token
+blocks) replayed in arrival order over 16 hosts of the small synthetic fabric,
+each host running one prefill worker (GPUs 0–3) and one decode worker (GPUs 4–7).
+Every worker's cache holds ``--capacity`` blocks with LRU eviction (the prefix
+index's per-worker capacity); after each decision the prefilling worker and the
+decode worker store the request's blocks (KV events). Loads evolve: prefill
+queues drain at the worker's prefill rate, decodes finish after ``output_length``
+tokens at ``--decode-tps`` tokens/s. A request's hit is the number of its leading
+blocks the prefilling worker already held; the ratio is hits over all blocks,
+against the trace's ideal (infinite cache) ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import json
+import math
+import platform
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from policies.profile import Policy, policy_names, resolve_policy  # noqa: E402
+from policies.registry import default_registry  # noqa: E402
+from policies.snapshot import Role, Worker  # noqa: E402
+from scheduler.prefix import BlockStored, PrefixIndex  # noqa: E402
+from scheduler.router.router import Decision, Router  # noqa: E402
+from scheduler.router.snapshot import build_snapshot  # noqa: E402
+from topology.distance import DistanceModel  # noqa: E402
+from topology.synth import SynthParams, synth_cluster  # noqa: E402
+
+TRACE = Path("/work/shared/data/traces/mooncake/conversation_trace.jsonl")
+IDEAL_FULL_TRACE = 0.3664  # /work/shared/data/traces/README.md
+WORKER_COUNTS = (64, 256, 1024)
+INDEXED_BLOCKS = 1_000_000
+DOC_BLOCKS = 64
+KV_BYTES_8B = 131_072  # Llama-3-8B fp16: 32 layers x 8 KV heads x 128 x 2 x 2 B
+
+
+def progress(message: str) -> None:
+    """One progress line on stderr."""
+    print(f"[router-bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------- latency
+
+
+def big_fabric() -> DistanceModel:
+    """1,024 GPUs: 2 zones × 2 pods × 4 racks × 8 hosts × 8 GPUs."""
+    return DistanceModel(synth_cluster(SynthParams(zones=2, pods_per_zone=2, racks_per_pod=4,
+                                                   hosts_per_rack=8)))
+
+
+def spread_workers(distance: DistanceModel, n: int, rng: random.Random) -> list[Worker]:
+    """``n`` one-GPU workers evenly over the fabric, prefill/decode alternating by host."""
+    stride = len(distance.names) // n
+    workers = []
+    for i in range(n):
+        gpu = distance.names[i * stride]
+        role = Role.PREFILL if int(distance.host_of[i * stride]) % 2 == 0 else Role.DECODE
+        workers.append(Worker(f"w{i}", role, (gpu,), queued_tokens=rng.randrange(0, 50_000),
+                              running_requests=rng.randrange(0, 200),
+                              free_kv_blocks=rng.randrange(500, 5000), capacity_kv_blocks=5000))
+    return workers
+
+
+def doc_chain(doc: int) -> list[int]:
+    """The 64 chained block hashes of a synthetic document."""
+    return [(doc << 8 | pos) + 1 for pos in range(DOC_BLOCKS)]
+
+
+def fill_index(workers: Sequence[Worker], docs: int, rng: random.Random) -> PrefixIndex:
+    """1,000,000 (worker, block) entries: whole documents per worker."""
+    index = PrefixIndex(max_entries=None)
+    per_worker = INDEXED_BLOCKS // len(workers)
+    for w in workers:
+        chosen = rng.sample(range(docs), per_worker // DOC_BLOCKS + 1)
+        blocks = [h for doc in chosen for h in doc_chain(doc)][:per_worker]
+        index.resync(w.id, blocks)
+    return index
+
+
+def requests(count: int, docs: int, rng: random.Random) -> list[dict[str, Any]]:
+    """Requests: a random document prefix (0–64 blocks) plus a fresh tail (1–16 blocks)."""
+    out = []
+    for i in range(count):
+        prefix = doc_chain(rng.randrange(docs))[: rng.randrange(0, DOC_BLOCKS + 1)]
+        tail = [(1 << 40) + i * 32 + k for k in range(rng.randrange(1, 17))]
+        out.append({"request_id": f"r{i}", "block_hashes": prefix + tail})
+    return out
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def time_decisions(router: Router, snap: Any, reqs: list[dict[str, Any]]) -> dict[str, float]:
+    """p50/p99/mean of ``Router.route`` in microseconds (after 50 warm-up calls)."""
+    for req in reqs[:50]:
+        router.route(req, snap)
+    times = []
+    for req in reqs:
+        started = time.perf_counter()
+        router.route(req, snap)
+        times.append((time.perf_counter() - started) * 1e6)
+    return {"p50_us": percentile(times, 0.5), "p99_us": percentile(times, 0.99),
+            "mean_us": sum(times) / len(times), "decisions": len(times)}
+
+
+def time_lookups(index: PrefixIndex, reqs: list[dict[str, Any]]) -> dict[str, float]:
+    """p50/p99 of the prefix-index lookup alone, for comparison."""
+    times = []
+    for req in reqs:
+        started = time.perf_counter()
+        index.match(req["block_hashes"])
+        times.append((time.perf_counter() - started) * 1e6)
+    return {"p50_us": percentile(times, 0.5), "p99_us": percentile(times, 0.99)}
+
+
+def latency(decisions: int, policies: Sequence[str]) -> list[dict[str, Any]]:
+    """Decision latency per worker count and policy."""
+    distance = big_fabric()
+    registry = default_registry()
+    rows = []
+    for n in WORKER_COUNTS:
+        rng = random.Random(n)
+        workers = spread_workers(distance, n, rng)
+        docs = max(4 * INDEXED_BLOCKS // DOC_BLOCKS // n, 64) * 4
+        started = time.perf_counter()
+        index = fill_index(workers, docs, rng)
+        progress(f"{n} workers: index of {index.stats().entries:,} entries in "
+                 f"{time.perf_counter() - started:.1f} s")
+        snap = build_snapshot(distance, workers, block_tokens=512,
+                              kv_bytes_per_token=KV_BYTES_8B)
+        reqs = requests(decisions, docs, rng)
+        lookup = time_lookups(index, reqs)
+        for name in policies:
+            router = Router(distance, resolve_policy(name, registry), index=index)
+            started = time.perf_counter()
+            router.route(reqs[0], snap)
+            table_s = time.perf_counter() - started
+            row = {"workers": n, "policy": name, "indexed_entries": index.stats().entries,
+                   "first_call_s": table_s, "lookup": lookup,
+                   **time_decisions(router, snap, reqs)}
+            progress(f"{n} workers, {name}: p50 {row['p50_us']:.0f} µs, "
+                     f"p99 {row['p99_us']:.0f} µs")
+            rows.append(row)
+        del index
+        gc.collect()
+    return rows
+
+
+# ------------------------------------------------------------------------ hit ratio
+
+
+@dataclass
+class Replay:
+    """The evolving cluster of the trace replay."""
+
+    workers: list[Worker]
+    capacity: int
+    decode_tps: float
+    queued: dict[str, float] = field(default_factory=dict)
+    running: dict[str, int] = field(default_factory=dict)
+    active_blocks: dict[str, int] = field(default_factory=dict)
+    finishing: list[tuple[float, str, int]] = field(default_factory=list)
+    seq: dict[str, int] = field(default_factory=dict)
+    clock: float = 0.0
+
+    def advance(self, now: float) -> None:
+        """Drain prefill queues and finish decodes up to ``now`` (seconds)."""
+        elapsed = max(now - self.clock, 0.0)
+        for w in self.workers:
+            self.queued[w.id] = max(self.queued.get(w.id, 0.0)
+                                    - elapsed * w.prefill_tokens_per_s, 0.0)
+        while self.finishing and self.finishing[0][0] <= now:
+            _, wid, blocks = heapq.heappop(self.finishing)
+            self.running[wid] -= 1
+            self.active_blocks[wid] = self.active_blocks.get(wid, 0) - blocks
+        self.clock = now
+
+    def snapshot(self, distance: DistanceModel) -> Any:
+        """The cluster as the router sees it now."""
+        workers = [Worker(w.id, w.role, w.gpus, int(self.queued.get(w.id, 0.0)),
+                          self.running.get(w.id, 0), w.max_running_requests,
+                          self.capacity - self.active_blocks.get(w.id, 0), self.capacity,
+                          w.prefill_tokens_per_s) for w in self.workers]
+        return build_snapshot(distance, workers, block_tokens=512,
+                              kv_bytes_per_token=KV_BYTES_8B)
+
+    def apply(self, index: PrefixIndex, decision: Decision, chain: list[int], tokens: int,
+              output: int) -> None:
+        """The engines act on the decision: prefill, transfer, decode, KV events."""
+        p, d = decision.prefill.worker, decision.decode.worker
+        uncached = max(tokens - decision.prefill.cached_blocks * 512, 0)
+        self.queued[p] = self.queued.get(p, 0.0) + uncached
+        rate = next(w.prefill_tokens_per_s for w in self.workers if w.id == p)
+        self.running[p] = self.running.get(p, 0) + 1
+        heapq.heappush(self.finishing, (self.clock + self.queued[p] / rate, p, 0))
+        self.running[d] = self.running.get(d, 0) + 1
+        self.active_blocks[d] = self.active_blocks.get(d, 0) + len(chain)
+        heapq.heappush(self.finishing, (self.clock + output / self.decode_tps, d, len(chain)))
+        for wid in dict.fromkeys((p, d)):
+            self.seq[wid] = self.seq.get(wid, -1) + 1
+            index.apply(BlockStored(worker=wid, seq=self.seq[wid], block_hashes=tuple(chain)))
+
+
+def trace_rows(limit: int | None) -> list[dict[str, Any]]:
+    """The first ``limit`` trace requests (all when ``None``)."""
+    rows = []
+    with TRACE.open() as handle:
+        for line in handle:
+            if limit is not None and len(rows) >= limit:
+                break
+            rows.append(json.loads(line))
+    return rows
+
+
+def ideal_ratio(rows: Sequence[dict[str, Any]]) -> float:
+    """Leading-block hit ratio with an infinite cache."""
+    seen: set[int] = set()
+    hits = total = 0
+    for row in rows:
+        chain = row["hash_ids"]
+        run = 0
+        while run < len(chain) and chain[run] in seen:
+            run += 1
+        hits, total = hits + run, total + len(chain)
+        seen.update(chain)
+    return hits / total
+
+
+def replay_cluster() -> tuple[DistanceModel, list[Worker]]:
+    """16 hosts, each with a TP4 prefill worker and a TP4 decode worker."""
+    distance = DistanceModel(synth_cluster(SynthParams(zones=2, pods_per_zone=2,
+                                                       racks_per_pod=2, hosts_per_rack=2)))
+    workers = []
+    for host in sorted({name.split("/")[0] for name in distance.names}):
+        gpus = [f"{host}/gpu{i}" for i in range(8)]
+        workers.append(Worker(f"{host}-p", Role.PREFILL, tuple(gpus[:4]),
+                              prefill_tokens_per_s=40_000.0))
+        workers.append(Worker(f"{host}-d", Role.DECODE, tuple(gpus[4:]),
+                              prefill_tokens_per_s=40_000.0))
+    return distance, workers
+
+
+def replay(policy: Policy, rows: Sequence[dict[str, Any]], capacity: int,
+           decode_tps: float) -> dict[str, Any]:
+    """Replay ``rows`` with ``policy``; hit ratio, bytes moved and estimated TTFT."""
+    distance, workers = replay_cluster()
+    index = PrefixIndex(max_entries=None, worker_capacity=capacity)
+    router = Router(distance, policy, index=index, seed=7)
+    state = Replay(workers, capacity, decode_tps)
+    hits = total = decode_held = local = unplaced = 0
+    moved_bytes, ttft, started = 0, [], time.perf_counter()
+    for row in rows:
+        state.advance(row["timestamp"] / 1000.0)
+        chain = row["hash_ids"]
+        result = router.route({"block_hashes": chain, "prompt_tokens": row["input_length"]},
+                              state.snapshot(distance))
+        total += len(chain)
+        if not isinstance(result, Decision):
+            unplaced += 1
+            continue
+        hits += result.prefill.cached_blocks
+        decode_held += result.decode.cached_blocks
+        local += result.mode == "local-prefill"
+        moved_bytes += result.transfer.bytes
+        ttft.append(result.estimate.total_s)
+        state.apply(index, result, chain, row["input_length"], row["output_length"])
+    return {"policy": policy.name, "hit_ratio": hits / total,
+            "decode_held_ratio": decode_held / total, "local_prefill_share": local / len(rows),
+            "unschedulable": unplaced, "transfer_gb": moved_bytes / 1e9,
+            "ttft_est_p50_ms": percentile(ttft, 0.5) * 1e3,
+            "ttft_est_p99_ms": percentile(ttft, 0.99) * 1e3,
+            "replay_s": time.perf_counter() - started}
+
+
+# -------------------------------------------------------------------------- report
+
+
+def render(result: dict[str, Any]) -> str:
+    """The Markdown report."""
+    meta = result["meta"]
+    lines = ["# Router benchmark", "",
+             f"`{meta['command']}` on {meta['machine']} (Python {meta['python']}), "
+             f"{meta['date']}. Method: see the docstring of `bench/router_bench.py`.", "",
+             "## Decision latency (one `Router.route`, 1,000,000 indexed blocks)", "",
+             "| workers | policy | p50 µs | p99 µs | mean µs | index lookup p50 / p99 µs "
+             "| first call (pair table) s |", "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for row in result["latency"]:
+        lk = row["lookup"]
+        lines.append(f"| {row['workers']:,} | {row['policy']} | {row['p50_us']:.0f} | "
+                     f"{row['p99_us']:.0f} | {row['mean_us']:.0f} | {lk['p50_us']:.0f} / "
+                     f"{lk['p99_us']:.0f} | {row['first_call_s']:.2f} |")
+    hit = result["hit_ratio"]
+    lines += ["", "## Cache hit ratio on the Mooncake conversation trace", "",
+              f"{hit['requests']:,} requests replayed ({hit['share_of_trace']:.0%} of the "
+              f"trace), 16 prefill + 16 decode workers (TP4 each), {hit['capacity']:,} "
+              f"blocks of 512 tokens per worker, LRU. Ideal (infinite cache) ratio of the "
+              f"replayed requests: **{hit['ideal_replayed']:.2%}** (whole trace: "
+              f"{IDEAL_FULL_TRACE:.2%}).", "",
+              "| policy | prefill hit ratio | of ideal | decode already held | local prefill "
+              "| KV moved GB | est. TTFT p50 / p99 ms | unschedulable |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in hit["policies"]:
+        lines.append(f"| {row['policy']} | {row['hit_ratio']:.2%} | "
+                     f"{row['hit_ratio'] / hit['ideal_replayed']:.0%} | "
+                     f"{row['decode_held_ratio']:.2%} | {row['local_prefill_share']:.1%} | "
+                     f"{row['transfer_gb']:,.0f} | {row['ttft_est_p50_ms']:.0f} / "
+                     f"{row['ttft_est_p99_ms']:.0f} | {row['unschedulable']} |")
+    return "\n".join(lines + [""] + result["notes"]) + "\n"
+
+
+NOTES = [
+    "Notes:",
+    "",
+    "- Hit ratio counts the leading blocks the *prefilling* worker held (compute saved); "
+    "'decode already held' counts blocks that did not need a transfer.",
+    "- TTFT is the router's own estimate (queue + prefill compute + transfer + admission), "
+    "with prefill at 40k tokens/s per TP4 worker and Llama-3-8B KV (128 KiB/token): it "
+    "compares policies under one model, it is not a measurement of an engine.",
+    "- Latency rows are single-threaded CPython on a shared 2-core machine.",
+]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run both parts and write the reports."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--requests", type=int, default=3000,
+                        help="trace requests to replay (0: the whole trace)")
+    parser.add_argument("--decisions", type=int, default=1000)
+    parser.add_argument("--capacity", type=int, default=1000, help="blocks per worker")
+    parser.add_argument("--decode-tps", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    args = parser.parse_args(argv)
+    names = policy_names()
+    rows = trace_rows(args.requests or None)
+    registry = default_registry()
+    hit_rows = []
+    for name in names:
+        hit_rows.append(replay(resolve_policy(name, registry), rows, args.capacity,
+                               args.decode_tps))
+        progress(f"replay {name}: hit {hit_rows[-1]['hit_ratio']:.2%} "
+                 f"in {hit_rows[-1]['replay_s']:.0f} s")
+    total = sum(1 for _ in TRACE.open())
+    result = {
+        "meta": {"command": " ".join(["bench/router_bench.py", *(argv or sys.argv[1:])]),
+                 "machine": platform.machine(), "python": platform.python_version(),
+                 "date": time.strftime("%Y-%m-%d"), "numpy": np.__version__},
+        "latency": latency(args.decisions, ["fabric-cost", "label-curve", "prefix-only"]),
+        "hit_ratio": {"requests": len(rows), "share_of_trace": len(rows) / total,
+                      "capacity": args.capacity, "decode_tps": args.decode_tps,
+                      "ideal_replayed": ideal_ratio(rows), "ideal_full_trace": IDEAL_FULL_TRACE,
+                      "policies": hit_rows},
+        "notes": NOTES,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "router.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / "router.md").write_text(render(result))
+    progress(f"wrote {args.out / 'router.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

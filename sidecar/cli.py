@@ -1,0 +1,84 @@
+"""Command line of the sidecar process (``python -m sidecar`` / ``toposched sidecar``).
+
+``toposched sidecar`` re-executes itself as ``python -m sidecar``: the full toposched
+CLI loads OR-Tools (for ``place``), and OR-Tools and NIXL crash when both are loaded
+into one process (heap corruption at import, either order). The sidecar process only
+ever loads what it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from sidecar.config import SidecarConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The sidecar's flags."""
+    p.add_argument("--scheduler", required=True, metavar="URL", help="scheduler base URL")
+    p.add_argument("--name", required=True, help="worker name (also the NIXL agent name)")
+    p.add_argument("--kv-blocks", type=int, required=True, metavar="N")
+    p.add_argument("--block-bytes", type=int, required=True, metavar="B",
+                   help="bytes of one whole KV block (all layers)")
+    p.add_argument("--mem", choices=("dram", "vram"), default="dram",
+                   help="host memory, or CUDA memory (needs torch with CUDA)")
+    p.add_argument("--device-id", type=int, default=0)
+    p.add_argument("--layout", choices=("block_major", "per_layer"), default="block_major")
+    p.add_argument("--regions", type=int, default=1,
+                   help="per_layer: number of regions (layers × 2 for K and V)")
+    p.add_argument("--role", choices=("prefill", "decode", "both"), default="both")
+    p.add_argument("--model", default=None)
+    p.add_argument("--host", default=socket.gethostname(), help="host name for tiering")
+    p.add_argument("--gpu", action="append", default=[], metavar="HOST/gpuN",
+                   help="fabric GPU of this worker (repeatable)")
+    p.add_argument("--poll-wait", type=float, default=5.0, metavar="S",
+                   help="long-poll wait per request")
+    p.add_argument("--executors", type=int, default=4, help="transfer threads")
+    p.add_argument("--progress-thread", action="store_true",
+                   help="enable NIXL's progress thread (busy-spins a core)")
+    p.add_argument("--ucx-devices", default=None, metavar="DEV",
+                   help="pin UCX to these devices, e.g. mlx5_0:1")
+    p.add_argument("--verify", choices=("full", "moved", "off"), default="full",
+                   help="fake engine: check received bytes (whole pool / moved / off)")
+    p.add_argument("--state-file", type=Path, default=None,
+                   help="write the sidecar's state (serving / final) as JSON here")
+    p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
+    p.add_argument("--drain-timeout", type=float, default=15.0, metavar="S")
+    p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
+                   help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> SidecarConfig:
+    """Settings from parsed flags."""
+    return SidecarConfig(
+        scheduler=args.scheduler, name=args.name, kv_blocks=args.kv_blocks,
+        block_bytes=args.block_bytes, mem=args.mem, device_id=args.device_id,
+        layout=args.layout, regions=args.regions, role=args.role, model=args.model,
+        host=args.host, gpus=tuple(args.gpu), poll_wait_s=args.poll_wait,
+        executors=args.executors, progress_thread=args.progress_thread,
+        ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
+        connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
+        debug_hold_s=args.debug_hold)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse flags and run the sidecar until SIGTERM; returns the exit code."""
+    parser = argparse.ArgumentParser(prog="toposched sidecar",
+                                     description="KV-transfer sidecar (NIXL agent).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sidecar").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    from sidecar.runner import run_sidecar  # loads NIXL: only in the sidecar process
+    from topology.errors import ToposchedError
+    try:
+        return run_sidecar(config_from_args(args))
+    except ToposchedError as exc:
+        print(f"toposched sidecar: {exc.title}: {exc}", file=sys.stderr)
+        return 2

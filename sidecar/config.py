@@ -1,0 +1,59 @@
+"""The sidecar's settings (what ``toposched sidecar`` takes), and their command line.
+
+Kept apart from :mod:`sidecar.runner` so that reading them never loads NIXL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from scheduler.transfer.plan import LayoutKind, Role
+from sidecar.engine import VerifyMode
+from sidecar.pool import MemFlag
+
+
+@dataclass(frozen=True)
+class SidecarConfig:
+    """Everything ``toposched sidecar`` takes on its command line."""
+
+    scheduler: str
+    name: str
+    kv_blocks: int
+    block_bytes: int
+    mem: MemFlag = "dram"
+    device_id: int = 0
+    layout: LayoutKind = "block_major"
+    regions: int = 1
+    role: Role = "both"
+    model: str | None = None
+    host: str = "localhost"
+    gpus: tuple[str, ...] = ()
+    poll_wait_s: float = 5.0
+    executors: int = 4
+    progress_thread: bool = False
+    ucx_devices: str | None = None
+    verify: VerifyMode = "full"
+    state_file: Path | None = None
+    connect_timeout_s: float = 10.0
+    drain_timeout_s: float = 15.0
+    debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
+
+
+
+    def to_argv(self) -> list[str]:
+        """Command-line flags that rebuild this config (``python -m sidecar …``)."""
+        argv = ["--scheduler", self.scheduler, "--name", self.name,
+                "--kv-blocks", str(self.kv_blocks), "--block-bytes", str(self.block_bytes),
+                "--mem", self.mem, "--device-id", str(self.device_id), "--layout", self.layout,
+                "--regions", str(self.regions), "--role", self.role, "--host", self.host,
+                "--poll-wait", repr(self.poll_wait_s), "--executors", str(self.executors),
+                "--verify", self.verify, "--connect-timeout", repr(self.connect_timeout_s),
+                "--drain-timeout", repr(self.drain_timeout_s),
+                "--debug-hold", repr(self.debug_hold_s)]
+        for gpu in self.gpus:
+            argv += ["--gpu", gpu]
+        optional = (("--model", self.model), ("--ucx-devices", self.ucx_devices),
+                    ("--state-file", str(self.state_file) if self.state_file else None))
+        argv += [item for flag, value in optional if value for item in (flag, value)]
+        return [*argv, "--progress-thread"] if self.progress_thread else argv

@@ -1,0 +1,306 @@
+"""The sidecar process: register, heartbeat, long-poll jobs, execute them, report, drain.
+
+Threads (there is no event loop; NIXL never runs where one could be blocked):
+
+* main — waits for SIGTERM/SIGINT, then drains and shuts down in order;
+* ``jobs`` — long-polls the scheduler and hands each job to the executor;
+* ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
+* ``progress`` — polls NIXL notifications every few ms, because the agent runs without
+  NIXL's busy-spinning progress thread (docs/transfers.md);
+* executor pool — validates, executes or awaits one transfer each, with the plan's
+  deadline, then reports and publishes KV events.
+
+Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
+deadline) → deregister from the scheduler (its metadata stops being handed out) →
+release peers and handles, deregister memory → write the final state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from typing import Any
+
+from scheduler.transfer.build import encode_metadata
+from scheduler.transfer.plan import (
+    Lease,
+    Outcome,
+    TransferJob,
+    TransferPlan,
+    TransferReport,
+    WorkerRegistration,
+)
+from scheduler.transfer.validate import validate_plan
+from sidecar.client import SchedulerClient
+from sidecar.config import SidecarConfig
+from sidecar.engine import FakeEngine
+from sidecar.errors import SchedulerUnavailableError, TransferError
+from sidecar.nixl_adapter import NixlAdapter, XferResult
+from sidecar.pool import KvPool
+from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
+
+log = logging.getLogger(__name__)
+_PROGRESS_INTERVAL_S = 0.005
+
+
+class Sidecar:
+    """One sidecar: a NIXL agent with a registered pool, serving the scheduler's jobs."""
+
+    def __init__(self, config: SidecarConfig) -> None:
+        self.config = config
+        self.pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
+                           kind=config.layout, regions=config.regions, mem=config.mem,
+                           device_id=config.device_id)
+        self.engine = FakeEngine(self.pool, config.name, config.verify)
+        self.adapter = NixlAdapter(config.name, progress_thread=config.progress_thread,
+                                   ucx_devices=config.ucx_devices)
+        self.adapter.register(self.pool.registration(), self.pool.layout(),
+                              self.pool.mem_type, config.device_id)
+        self.client = SchedulerClient(config.scheduler)
+        self.stop = threading.Event()
+        self.lease: Lease | None = None
+        self.outcomes: Counter[str] = Counter()
+        self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
+        self._cancels: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._seq = 0
+
+    # -- registration -------------------------------------------------------------
+    def registration(self) -> WorkerRegistration:
+        """What this sidecar tells the scheduler about its worker."""
+        c = self.config
+        return WorkerRegistration(
+            name=c.name, agent_name=c.name, agent_metadata_b64=encode_metadata(
+                self.adapter.metadata()), mem_type=self.pool.mem_type, device_id=c.device_id,
+            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus)
+
+    def register(self) -> Lease:
+        """Register, retrying until ``connect_timeout_s``; then announce an empty cache."""
+        deadline = time.monotonic() + self.config.connect_timeout_s
+        while True:
+            try:
+                self.lease = self.client.register(self.registration())
+                break
+            except SchedulerUnavailableError:
+                if time.monotonic() >= deadline or self.stop.is_set():
+                    raise
+        with self._lock:
+            self._seq = 0
+        self._event({"kind": "all_blocks_cleared"})
+        log.info("registered %s epoch=%d ttl=%.1fs", self.config.name, self.lease.epoch,
+                 self.lease.ttl_s)
+        self.write_state("serving")
+        return self.lease
+
+    # -- threads ------------------------------------------------------------------
+    def serve(self) -> None:
+        """Start the background threads (call after :meth:`register`)."""
+        for target, name in ((self._job_loop, "jobs"), (self._heartbeat_loop, "heartbeat"),
+                             (self._progress_loop, "progress")):
+            threading.Thread(target=target, name=name, daemon=True).start()
+
+    def _heartbeat_loop(self) -> None:
+        while not self.stop.wait(self.lease.ttl_s / 3 if self.lease else 1.0):
+            try:
+                self.lease = self.client.heartbeat(self.config.name)
+            except NotFoundError:
+                log.warning("lease lapsed; registering again")
+                with contextlib.suppress(ToposchedError):
+                    self.register()
+            except SchedulerUnavailableError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def _progress_loop(self) -> None:
+        while not self.stop.wait(_PROGRESS_INTERVAL_S):
+            try:
+                self.adapter.poll_notifs()
+            except Exception as exc:  # keep polling; one bad poll must not stop progress
+                log.warning("notification poll failed: %s", exc)
+
+    def _job_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                jobs = self.client.poll_jobs(self.config.name, self.config.poll_wait_s)
+            except NotFoundError:
+                self.stop.wait(0.2)  # lease lapsed; the heartbeat thread re-registers
+                continue
+            except ToposchedError as exc:
+                log.warning("job poll failed: %s", exc)
+                self.stop.wait(0.5)
+                continue
+            for job in jobs:
+                self.dispatch(job, time.monotonic())
+
+    def dispatch(self, job: TransferJob, received: float) -> None:
+        """Route one job: abort wakes a waiter, execute/await go to the executor."""
+        if job.kind == "abort":
+            self._cancel(job.plan_id).set()
+            return
+        assert job.plan is not None
+        if self.stop.is_set():
+            self._report(job.plan, "target" if job.kind == "await" else "initiator",
+                         "rejected", error="sidecar is shutting down")
+            return
+        task = self._execute if job.kind == "execute" else self._await
+        self._executor.submit(task, job.plan, received + job.plan.deadline_s)
+
+    def _cancel(self, plan_id: str) -> threading.Event:
+        with self._lock:
+            return self._cancels.setdefault(plan_id, threading.Event())
+
+    # -- transfers ----------------------------------------------------------------
+    def _check(self, plan: TransferPlan) -> None:
+        epoch = self.lease.epoch if self.lease else 0
+        validate_plan(plan, local_worker=self.config.name, epochs={self.config.name: epoch})
+        mine = plan.src if plan.src.worker == self.config.name else plan.dst
+        if mine.layout != self.pool.layout() or mine.agent_name != self.adapter.name:
+            raise ValidationError(f"transfer plan {plan.plan_id!r}", [Issue(
+                "layout", "stale plan: this worker's layout or agent changed")])
+
+    def _execute(self, plan: TransferPlan, deadline: float) -> None:
+        try:
+            self._check(plan)
+            if self.config.debug_hold_s:
+                time.sleep(self.config.debug_hold_s)
+            result = self.adapter.execute(plan, deadline)
+        except ValidationError as exc:
+            self._finish(plan, "initiator", "rejected", error=str(exc))
+        except TransferError as exc:
+            self._finish(plan, "initiator", exc.kind, error=exc.message)
+        except Exception as exc:  # report, never lose a job silently
+            self._finish(plan, "initiator", "failed", error=f"{type(exc).__name__}: {exc}")
+        else:
+            self._finish(plan, "initiator", "ok", result=result)
+
+    def _await(self, plan: TransferPlan, deadline: float) -> None:
+        started = time.perf_counter()
+        try:
+            self._check(plan)
+            self.adapter.wait_notif(plan.notif_tag, deadline, self._cancel(plan.plan_id))
+        except ValidationError as exc:
+            self._finish(plan, "target", "rejected", error=str(exc))
+        except TransferError as exc:
+            self._finish(plan, "target", exc.kind, error=exc.message)
+        else:
+            self._finish(plan, "target", "ok", result=XferResult(
+                plan.total_bytes, plan.descriptors, time.perf_counter() - started))
+        finally:
+            with self._lock:
+                self._cancels.pop(plan.plan_id, None)
+
+    def _finish(self, plan: TransferPlan, role: str, outcome: Outcome, *,
+                result: XferResult | None = None, error: str | None = None) -> None:
+        is_dst = plan.dst.worker == self.config.name
+        verified: bool | None = None
+        if outcome == "ok" and is_dst:
+            old = self.engine.block_hashes(plan.dst_blocks)
+            verified = self.engine.on_received(plan)
+            if verified is False:
+                outcome, error = "failed", "destination bytes differ from the source"
+        if outcome != "ok":
+            self.engine.on_failed(plan, error or outcome)
+        self._report(plan, role, outcome, result=result, error=error, verified=verified)
+        if outcome == "ok" and is_dst:
+            self._event({"kind": "block_removed", "block_hashes": old})
+            self._event({"kind": "block_stored",
+                         "block_hashes": self.engine.block_hashes(plan.dst_blocks)})
+
+    def _report(self, plan: TransferPlan, role: str, outcome: Outcome, *,
+                result: XferResult | None = None, error: str | None = None,
+                verified: bool | None = None) -> None:
+        duration = result.duration_s if result else 0.0
+        nbytes = result.nbytes if result and outcome == "ok" else 0
+        report = TransferReport(
+            plan_id=plan.plan_id, worker=self.config.name,
+            role="initiator" if role == "initiator" else "target", outcome=outcome,
+            bytes=nbytes, descriptors=result.descriptors if result else 0, duration_s=duration,
+            gb_per_s=nbytes / duration / 1e9 if duration > 0 else 0.0, tier=plan.hints.tier,
+            error=error, verified=verified,
+            recompute=outcome != "ok" and plan.dst.worker == self.config.name)
+        with self._lock:
+            self.outcomes[outcome] += 1
+        log.info("transfer %s %s %s bytes=%d desc=%d %.6fs %.2f GB/s %s", plan.plan_id, role,
+                 outcome, report.bytes, report.descriptors, duration, report.gb_per_s,
+                 error or "")
+        try:
+            self.client.report(report)
+        except ToposchedError as exc:
+            log.warning("report of %s not delivered: %s", plan.plan_id, exc)
+
+    def _event(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            self._seq += 1
+            event = {**event, "worker": self.config.name, "seq": self._seq}
+            if self.config.model and event["kind"] != "all_blocks_cleared":
+                event["model"] = self.config.model
+        try:
+            self.client.kv_event(event)
+        except ToposchedError as exc:
+            log.warning("KV event not delivered: %s", exc)
+
+    # -- shutdown -----------------------------------------------------------------
+    def shutdown(self) -> dict[str, Any]:
+        """Drain, deregister everywhere, write and return the final state."""
+        self.stop.set()
+        drained = _bounded_shutdown(self._executor, self.config.drain_timeout_s)
+        deregistered = True
+        try:
+            self.client.deregister(self.config.name)
+        except ToposchedError as exc:
+            deregistered = False
+            log.warning("could not deregister from the scheduler: %s", exc)
+        summary = self.adapter.close()
+        self.pool.close()
+        self.client.close()
+        return self.write_state("stopped", drained=drained, scheduler_deregistered=deregistered,
+                                **asdict(summary))
+
+    def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
+        """Write the state file (atomically) if one was asked for; return its content."""
+        data = {"name": self.config.name, "pid": os.getpid(), "state": state,
+                "epoch": self.lease.epoch if self.lease else None,
+                "outcomes": dict(self.outcomes), "recompute": list(self.engine.recompute),
+                **extra}
+        path = self.config.state_file
+        if path is not None:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(data, indent=2))
+            tmp.replace(path)
+        return data
+
+
+def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:
+    """Wait for in-flight transfers up to ``timeout_s``; True when all finished."""
+    waiter = threading.Thread(target=executor.shutdown, kwargs={"wait": True}, daemon=True)
+    waiter.start()
+    waiter.join(timeout_s)
+    return not waiter.is_alive()
+
+
+def run_sidecar(config: SidecarConfig) -> int:
+    """Run a sidecar until SIGTERM/SIGINT; returns the process exit code."""
+    sidecar = Sidecar(config)
+    previous = {sig: signal.signal(sig, lambda *_: sidecar.stop.set())
+                for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            sidecar.register()
+        except SchedulerUnavailableError:
+            sidecar.shutdown()
+            raise
+        sidecar.serve()
+        while not sidecar.stop.wait(0.5):
+            pass
+        state = sidecar.shutdown()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0 if state["drained"] and not state["leaked_handles"] else 1

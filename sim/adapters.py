@@ -1,0 +1,167 @@
+"""The seam between the simulator and the real scheduler: placement in, decisions out.
+
+Everything the simulator takes from :mod:`scheduler` and :mod:`policies` goes
+through this module, so an API change there changes only this file:
+
+* :func:`make_placement` runs the real placement code (the solver, the greedy
+  heuristic or the topology-unaware baseline) and returns plain instance records;
+* :class:`RouterAdapter` turns engine state into the router's immutable
+  :class:`~policies.snapshot.Snapshot`, calls :meth:`scheduler.router.router.Router.route`
+  with the packaged policy, and turns its :class:`Decision` into a :class:`Choice`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from policies.profile import Policy, resolve_policy
+from policies.registry import default_registry
+from policies.snapshot import Role, Snapshot, Worker
+from scheduler.capacity import Workload
+from scheduler.models_config import ModelShape
+from scheduler.placement import Placement, PlacementRequest, SolverOptions, place, prepare
+from scheduler.placement.assemble import assemble
+from scheduler.placement.greedy import greedy
+from scheduler.placement.unaware import unaware
+from scheduler.prefix import PrefixIndex
+from scheduler.router.cost import FabricCostModel
+from scheduler.router.router import Decision, RouteRequest, Router
+from scheduler.router.snapshot import domain_arrays
+from sim.engines import Instance
+from sim.workloads import SimRequest
+from topology.distance import DistanceModel
+from topology.errors import UnschedulableError
+from topology.spec import FabricSpec
+
+PlacementMethod = Literal["solver", "greedy", "unaware"]
+
+
+@dataclass(frozen=True)
+class PlacedInstance:
+    """An instance to simulate: id, role and GPUs."""
+
+    id: str
+    role: Role
+    gpus: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PlacementOutcome:
+    """What the simulator needs from a placement: instances, pairings and how it was made."""
+
+    instances: tuple[PlacedInstance, ...]
+    pairings: Mapping[tuple[str, str], float]
+    method: str
+    transfer_cost_ms: float | None = None
+
+
+def make_placement(fabric: FabricSpec, distance: DistanceModel, *, method: PlacementMethod,
+                   model: ModelShape, workload: Workload, prefill: int, decode: int, tp: int,
+                   seed: int = 0, time_limit_s: float = 10.0) -> PlacementOutcome:
+    """Place ``prefill`` + ``decode`` instances of ``tp`` GPUs with the real placement code."""
+    request = PlacementRequest(fabric=fabric, workload=workload, tp_prefill=tp, tp_decode=tp,
+                               model=model, prefill=prefill, decode=decode,
+                               options=SolverOptions(time_limit_s=time_limit_s, seed=seed))
+    if method == "solver":
+        return _outcome(place(request, dm=distance))
+    problem = prepare(request, distance)
+    roles = greedy(problem) if method == "greedy" else unaware(problem, seed)
+    if roles is None:
+        raise UnschedulableError((f"the {method} placement found no room for {prefill} "
+                                  f"prefill and {decode} decode instances",))
+    placement, _ = assemble(problem, roles, method=method, status="heuristic",
+                            solve_time_s=0.0, lower_bound_ms=0.0, lower_bound_source="",
+                            topology_aware=method != "unaware")
+    return _outcome(placement)
+
+
+def _outcome(placement: Placement) -> PlacementOutcome:
+    roles = {"prefill": Role.PREFILL, "decode": Role.DECODE}
+    instances = tuple(PlacedInstance(i.id, roles[i.role], i.gpus) for i in placement.instances)
+    pairs = {(p.prefill, p.decode): p.weight for p in placement.pairings}
+    return PlacementOutcome(instances, pairs, placement.method,
+                            placement.objective.transfer_cost_ms)
+
+
+def aggregated(outcome: PlacementOutcome) -> PlacementOutcome:
+    """The same GPUs as aggregated instances (each serves prefill and decode)."""
+    return PlacementOutcome(tuple(PlacedInstance(i.id, Role.BOTH, i.gpus)
+                                  for i in outcome.instances), {}, f"{outcome.method}+aggregated",
+                            None)
+
+
+def load_policy(name: str) -> Policy:
+    """A packaged policy by name (or a policy document by path)."""
+    return resolve_policy(name, default_registry())
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What the simulator does with a request: prefill where, decode where."""
+
+    prefill: str
+    decode: str
+    local: bool
+
+
+class _InfiniteFabricRouter(Router):
+    """The real router, pricing every transfer as free (the infinite-fabric sanity run)."""
+
+    def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
+        model = super().cost_model(snapshot)
+        table = model.table
+        if not getattr(table, "_sim_infinite", False):
+            table.bandwidth[:] = np.inf
+            table.latency_s[:] = 0.0
+            table._sim_infinite = True  # type: ignore[attr-defined]
+        return model
+
+
+class RouterAdapter:
+    """Builds snapshots from engines and routes each request with the real router."""
+
+    def __init__(self, distance: DistanceModel, policy: Policy, instances: Sequence[Instance],
+                 index: PrefixIndex, *, pairings: Mapping[tuple[str, str], float],
+                 block_tokens: int, kv_bytes_per_token: int, prefill_tokens_per_s: float,
+                 seed: int = 0, infinite_fabric: bool = False, aggregated: bool = False) -> None:
+        """Route over ``instances`` (fixed for the run) with ``policy``."""
+        kind = _InfiniteFabricRouter if infinite_fabric else Router
+        self.router = kind(distance, policy, index=index, seed=seed)
+        self.instances = tuple(instances)
+        self.pairings = dict(pairings)
+        self.block_tokens, self.kv_bytes_per_token = block_tokens, kv_bytes_per_token
+        self.prefill_rate = prefill_tokens_per_s
+        self.aggregated = aggregated
+        static = [self._worker(i) for i in self.instances]
+        self._domains: dict[str, Any] = domain_arrays(distance, static)
+        self.refusals = 0
+
+    def _worker(self, inst: Instance) -> Worker:
+        cache = inst.cache
+        return Worker(inst.id, inst.role, inst.gpus, queued_tokens=inst.queued_tokens,
+                      running_requests=inst.load_requests,
+                      max_running_requests=inst.profile.max_batch, free_kv_blocks=cache.free,
+                      capacity_kv_blocks=cache.capacity, prefill_tokens_per_s=self.prefill_rate)
+
+    def snapshot(self, link_load: Mapping[str, int]) -> Snapshot:
+        """The router's view of the engines now."""
+        return Snapshot(tuple(self._worker(i) for i in self.instances), self._domains,
+                        self.pairings, link_load, self.block_tokens, self.kv_bytes_per_token)
+
+    def decide(self, request: SimRequest, link_load: Mapping[str, int]) -> Choice | None:
+        """Route ``request``; ``None`` when the router finds no pair now (retry later)."""
+        route = RouteRequest.model_construct(
+            request_id=request.id, model=None, block_hashes=list(request.block_hashes),
+            token_ids=None, prompt_tokens=request.prompt_tokens, session=request.session,
+            prefill_worker=None, decode_worker=None)
+        result = self.router.route(route, self.snapshot(link_load))
+        if not isinstance(result, Decision):
+            self.refusals += 1
+            return None
+        local = result.mode == "local-prefill" or self.aggregated
+        prefill = result.decode.worker if local else result.prefill.worker
+        return Choice(prefill, result.decode.worker, local)

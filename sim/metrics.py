@@ -1,0 +1,156 @@
+"""What a run measured: latency percentiles, goodput under SLO, transfers by tier, cache hits.
+
+TTFT runs from arrival to the end of the request's first decode step (the first
+token the user sees), so it includes queueing, prefill, the KV transfer and decode
+admission. TPOT is the mean time between later tokens. Goodput counts requests
+that met both SLOs, per second of the run. The TTFT SLO grows with the prompt
+(``ttft_base_s + ttft_per_1k_tokens_s × prompt / 1000``): a fixed TTFT target is
+meaningless for traces whose prompts range from 1 k to 120 k tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from sim.engines import Job
+from topology.tiers import Tier
+
+#: Edges (seconds) of the transfer-latency histogram bins, log-spaced 10 µs … 100 s.
+HISTOGRAM_EDGES = tuple(float(x) for x in np.logspace(-5, 2, 29))
+
+_FROZEN = ConfigDict(frozen=True)
+
+
+class Slo(BaseModel):
+    """Service-level objectives a request must meet to count as goodput."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    ttft_base_s: float = Field(default=1.0, gt=0)
+    ttft_per_1k_tokens_s: float = Field(default=0.25, ge=0)
+    tpot_s: float = Field(default=0.1, gt=0)
+
+    def ttft_target_s(self, prompt_tokens: int) -> float:
+        """TTFT target of a prompt of ``prompt_tokens`` tokens."""
+        return self.ttft_base_s + self.ttft_per_1k_tokens_s * prompt_tokens / 1000
+
+
+class Percentiles(BaseModel):
+    """p50 / p90 / p99 and the mean of one quantity (seconds); zeros when empty."""
+
+    model_config = _FROZEN
+    p50: float
+    p90: float
+    p99: float
+    mean: float
+
+
+class TierTransfers(BaseModel):
+    """KV transfers of one fabric tier: count, bytes, latency and its histogram."""
+
+    model_config = _FROZEN
+    tier: str
+    count: int
+    bytes: int
+    latency: Percentiles
+    histogram: tuple[int, ...]
+
+
+class Summary(BaseModel):
+    """Everything one simulated run reports."""
+
+    model_config = _FROZEN
+    requests: int
+    completed: int
+    dropped: int
+    duration_s: float
+    ttft: Percentiles
+    tpot: Percentiles
+    e2e: Percentiles
+    goodput_rps: float
+    slo_attainment: float
+    throughput_rps: float
+    transfers: tuple[TierTransfers, ...]
+    bytes_moved: int
+    bytes_no_uplink_share: float
+    local_prefill_share: float
+    prefix_hit_ratio: float
+    decode_reuse_ratio: float
+    ideal_hit_ratio: float
+    gpu_utilisation: float
+    prefill_utilisation: float
+    decode_utilisation: float
+    refusals: int
+    events: int
+    wall_s: float
+
+
+def percentiles(values: Sequence[float] | np.ndarray) -> Percentiles:
+    """p50 / p90 / p99 / mean of ``values``."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return Percentiles(p50=0.0, p90=0.0, p99=0.0, mean=0.0)
+    p50, p90, p99 = np.percentile(data, [50, 90, 99])
+    return Percentiles(p50=float(p50), p90=float(p90), p99=float(p99), mean=float(data.mean()))
+
+
+def histogram(values: Sequence[float]) -> tuple[int, ...]:
+    """Counts per :data:`HISTOGRAM_EDGES` bin (values outside go to the end bins)."""
+    clipped = np.clip(np.asarray(values, dtype=np.float64), HISTOGRAM_EDGES[0],
+                      HISTOGRAM_EDGES[-1] * 0.999)
+    counts, _ = np.histogram(clipped, bins=HISTOGRAM_EDGES)
+    return tuple(int(c) for c in counts)
+
+
+def _tpot(job: Job) -> float | None:
+    if job.request.output_tokens <= 1:
+        return None
+    return (job.done_s - job.first_token_s) / (job.request.output_tokens - 1)
+
+
+def transfers_by_tier(jobs: Sequence[Job]) -> tuple[TierTransfers, ...]:
+    """Remote transfers grouped by fabric tier, nearest tier first."""
+    groups: dict[int, list[Job]] = {}
+    for job in jobs:
+        if not job.local and job.transfer_tier >= 0:
+            groups.setdefault(job.transfer_tier, []).append(job)
+    out = []
+    for tier in sorted(groups):
+        group = groups[tier]
+        latencies = [j.transfer_s for j in group]
+        out.append(TierTransfers(tier=Tier(tier).label, count=len(group),
+                                 bytes=sum(j.transfer_bytes for j in group),
+                                 latency=percentiles(latencies),
+                                 histogram=histogram(latencies)))
+    return tuple(out)
+
+
+def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: float,
+              slo: Slo, ideal_hit_ratio: float, utilisation: tuple[float, float, float],
+              refusals: int, events: int, wall_s: float) -> Summary:
+    """The :class:`Summary` of the completed ``jobs`` of a run."""
+    ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
+    tpots = [_tpot(j) for j in jobs]
+    good = sum(1 for j, t, tp in zip(jobs, ttft, tpots, strict=True)
+               if t <= slo.ttft_target_s(j.request.prompt_tokens)
+               and (tp is None or tp <= slo.tpot_s))
+    blocks = sum(len(j.request.block_hashes) for j in jobs) or 1
+    tiers = transfers_by_tier(jobs)
+    moved = sum(t.bytes for t in tiers)
+    no_uplink = sum(t.bytes for t in tiers if Tier[t.tier.upper()] <= Tier.SAME_LEAF)
+    span = max(duration_s, 1e-9)
+    return Summary(
+        requests=requests, completed=len(jobs), dropped=dropped, duration_s=duration_s,
+        ttft=percentiles(ttft), tpot=percentiles([t for t in tpots if t is not None]),
+        e2e=percentiles([j.done_s - j.request.arrival_s for j in jobs]),
+        goodput_rps=good / span, slo_attainment=good / max(requests, 1),
+        throughput_rps=len(jobs) / span, transfers=tiers, bytes_moved=moved,
+        bytes_no_uplink_share=no_uplink / moved if moved else 1.0,
+        local_prefill_share=sum(j.local for j in jobs) / max(len(jobs), 1),
+        prefix_hit_ratio=sum(j.prefill_cached for j in jobs) / blocks,
+        decode_reuse_ratio=sum(j.decode_cached for j in jobs if not j.local) / blocks,
+        ideal_hit_ratio=ideal_hit_ratio, gpu_utilisation=utilisation[0],
+        prefill_utilisation=utilisation[1], decode_utilisation=utilisation[2],
+        refusals=refusals, events=events, wall_s=wall_s)

@@ -1,0 +1,244 @@
+"""The run loop: arrivals → real router → prefill → KV transfer over the fabric → decode.
+
+One :class:`Simulation` replays one trace on one cluster with one policy and one
+placement. It is deterministic under ``SimConfig.seed``: the event queue breaks ties
+by scheduling order, the policies draw from the router's seeded generator, and
+nothing reads the wall clock except the ``wall_s`` figure of the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.snapshot import Role
+from scheduler.capacity import InstanceProfile, Workload, build_profile
+from scheduler.kv import kv_bytes_per_token
+from scheduler.models_config import ModelShape, load_models
+from scheduler.prefix import PrefixIndex
+from sim.adapters import (
+    PlacementMethod,
+    PlacementOutcome,
+    RouterAdapter,
+    aggregated,
+    load_policy,
+    make_placement,
+)
+from sim.clock import EventKind, EventQueue
+from sim.engines import Instance, Job, KvCache
+from sim.metrics import Slo, Summary, summarise
+from sim.network import Flow, Network
+from sim.workloads import SimRequest, Trace, ideal_hit_ratio
+from topology.distance import DistanceModel
+from topology.spec import FabricSpec
+
+#: A request refused this many times in a row is dropped (the cluster cannot hold it).
+MAX_ATTEMPTS = 2000
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One run's knobs: model and instance shape, counts, placement, policy, seed."""
+
+    policy: str = "fabric-cost"
+    placement: PlacementMethod = "solver"
+    model: str = "llama-3-70b"
+    tp: int = 4
+    prefill: int = 4
+    decode: int = 4
+    aggregated: bool = False
+    infinite_fabric: bool = False
+    seed: int = 0
+    slo: Slo = field(default_factory=Slo)
+    retry_s: float = 0.05
+    solver_time_limit_s: float = 10.0
+
+    @property
+    def label(self) -> str:
+        """A short name for tables: policy, placement and mode."""
+        mode = "+aggregated" if self.aggregated else ""
+        fabric = "+infinite-fabric" if self.infinite_fabric else ""
+        return f"{self.policy}/{self.placement}{mode}{fabric}"
+
+
+def trace_workload(trace: Trace, model: str) -> Workload:
+    """The placement's workload summary of a trace (rates, mean lengths, ideal reuse)."""
+    reqs = trace.requests
+    count = max(len(reqs), 1)
+    return Workload(model=model, rate_rps=max(len(reqs) / max(trace.duration_s, 1.0), 1e-3),
+                    input_tokens_mean=max(sum(r.prompt_tokens for r in reqs) / count, 1.0),
+                    output_tokens_mean=max(sum(r.output_tokens for r in reqs) / count, 1.0),
+                    cached_fraction=min(ideal_hit_ratio(trace), 0.99), ttft_slo_ms=2000.0,
+                    tpot_slo_ms=100.0)
+
+
+class Simulation:
+    """A cluster, a trace and a policy, ready to :meth:`run`."""
+
+    def __init__(self, fabric: FabricSpec, trace: Trace, config: SimConfig, *,
+                 distance: DistanceModel | None = None,
+                 placement: PlacementOutcome | None = None) -> None:
+        """Place the instances (unless ``placement`` is given) and build the engines."""
+        self.trace, self.config = trace, config
+        self.distance = distance or DistanceModel(fabric)
+        shape = load_models().get(config.model)
+        self.profile = build_profile(shape, fabric.hosts[0].gpu_type, config.tp)
+        self.kv_bytes_per_token = kv_bytes_per_token(shape)
+        self.placement = placement or self._place(fabric, shape)
+        if config.aggregated:
+            self.placement = aggregated(self.placement)
+        self.queue = EventQueue()
+        self.index = PrefixIndex(max_entries=None, clock=self.queue.now)
+        self.instances = self._engines(self.profile)
+        self.network = Network(self.distance, self.queue, infinite=config.infinite_fabric)
+        self.router = RouterAdapter(
+            self.distance, load_policy(config.policy), list(self.instances.values()),
+            self.index, pairings=self.placement.pairings, block_tokens=trace.block_tokens,
+            kv_bytes_per_token=self.kv_bytes_per_token,
+            prefill_tokens_per_s=self._typical_rate(), seed=config.seed,
+            infinite_fabric=config.infinite_fabric, aggregated=config.aggregated)
+        self.finished: list[Job] = []
+        self.dropped = 0
+
+    def _place(self, fabric: FabricSpec, shape: ModelShape) -> PlacementOutcome:
+        c = self.config
+        return make_placement(fabric, self.distance, method=c.placement, model=shape,
+                              workload=trace_workload(self.trace, shape.name),
+                              prefill=c.prefill, decode=c.decode, tp=c.tp, seed=c.seed,
+                              time_limit_s=c.solver_time_limit_s)
+
+    def _engines(self, profile: InstanceProfile) -> dict[str, Instance]:
+        blocks = profile.kv_capacity_tokens // self.trace.block_tokens
+        return {p.id: Instance(p.id, p.role, p.gpus, profile,
+                               KvCache(p.id, blocks, self.index), self.trace.block_tokens,
+                               self.queue)
+                for p in self.placement.instances}
+
+    def _typical_rate(self) -> float:
+        reqs = self.trace.requests
+        mean = sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)
+        return self.profile.prefill_tokens_per_s(max(mean, 1.0))
+
+    # -- the loop ---------------------------------------------------------------------
+    def run(self, progress: Progress | None = None) -> Summary:
+        """Replay the whole trace and summarise it."""
+        started = time.perf_counter()
+        first = self.trace.requests[0].arrival_s if self.trace.requests else 0.0
+        for request in self.trace.requests:
+            self.queue.schedule(request.arrival_s - first, EventKind.ARRIVAL, request)
+        total, handlers = len(self.trace.requests), self._handlers()
+        while (event := self.queue.pop()) is not None:
+            kind, payload = event
+            handlers[kind](payload)
+            if progress is not None and self.queue.processed % 5000 == 0:
+                progress(len(self.finished) + self.dropped, total)
+        if progress is not None:
+            progress(total, total)
+        return self._summary(time.perf_counter() - started)
+
+    def _handlers(self) -> dict[EventKind, Callable[[Any], None]]:
+        return {EventKind.ARRIVAL: self._arrival, EventKind.RETRY: self._route,
+                EventKind.PREFILL_DONE: self._prefill_done, EventKind.EPOCH_END: self._epoch_end,
+                EventKind.FLOW_DONE: self._flow_done, EventKind.KV_ARRIVED: self._kv_arrived}
+
+    def _arrival(self, request: SimRequest) -> None:
+        job = Job(request)
+        largest = max(i.cache.capacity for i in self.instances.values())
+        need = math.ceil((request.prompt_tokens + request.output_tokens) / self.trace.block_tokens)
+        if need > largest:
+            self.dropped += 1
+            return
+        self._route(job)
+
+    def _route(self, job: Job) -> None:
+        choice = self.router.decide(job.request, self.network.link_load)
+        if choice is None:
+            job.attempts += 1
+            if job.attempts >= MAX_ATTEMPTS:
+                self.dropped += 1
+            else:
+                self.queue.schedule(self.queue.now() + self.config.retry_s, EventKind.RETRY, job)
+            return
+        job.prefill, job.decode, job.local = choice.prefill, choice.decode, choice.local
+        job.routed_s = self.queue.now()
+        if job.local:
+            self.instances[job.decode].enqueue_prefill(job)
+        else:
+            self.instances[job.decode].incoming += 1
+            self.instances[job.prefill].enqueue_prefill(job)
+
+    def _prefill_done(self, payload: tuple[Instance, Job]) -> None:
+        inst, job = payload
+        inst.finish_prefill(job)
+        if job.local:
+            inst.add_decode(job)
+            return
+        decode = self.instances[job.decode]
+        if decode.try_reserve(job):
+            self._transfer(job)
+        else:
+            decode.alloc_wait.append(job)
+        inst.kick()
+
+    def _transfer(self, job: Job) -> None:
+        prefill, decode = self.instances[job.prefill], self.instances[job.decode]
+        route = self.network.routes.route(prefill.gpus, decode.gpus)
+        tokens = max(job.request.prompt_tokens - job.decode_cached * self.trace.block_tokens, 0)
+        job.transfer_bytes = tokens * self.kv_bytes_per_token
+        job.transfer_tier = route.tier
+        job.transfer_s = self.queue.now()
+        self.network.start(route, job.transfer_bytes, job)
+
+    def _flow_done(self, payload: tuple[Flow, int]) -> None:
+        flow, version = payload
+        if not self.network.finish(flow, version):
+            return
+        job: Job = flow.payload
+        self.instances[job.prefill].release_prefill_side(job)
+        self.queue.schedule(self.queue.now() + self.network.arrival_delay(flow),
+                            EventKind.KV_ARRIVED, job)
+
+    def _kv_arrived(self, job: Job) -> None:
+        now = self.queue.now()
+        job.kv_ready_s, job.transfer_s = now, now - job.transfer_s
+        self.instances[job.decode].add_decode(job)
+
+    def _epoch_end(self, payload: tuple[Instance, int]) -> None:
+        inst, token = payload
+        done = inst.end_epoch(token)
+        if not done:
+            return
+        self.finished.extend(done)
+        while inst.alloc_wait and inst.try_reserve(inst.alloc_wait[0]):
+            self._transfer(inst.alloc_wait.popleft())
+
+    # -- results ----------------------------------------------------------------------
+    def _summary(self, wall_s: float) -> Summary:
+        horizon = self.queue.now()
+        by_role: dict[str, list[float]] = {"all": [], "prefill": [], "decode": []}
+        for inst in self.instances.values():
+            share = inst.utilisation(horizon)
+            by_role["all"].append(share)
+            if inst.role is not Role.DECODE:
+                by_role["prefill"].append(share)
+            if inst.role is not Role.PREFILL:
+                by_role["decode"].append(share)
+        mean = {k: sum(v) / len(v) if v else 0.0 for k, v in by_role.items()}
+        return summarise(self.finished, requests=len(self.trace.requests), dropped=self.dropped,
+                         duration_s=horizon, slo=self.config.slo,
+                         ideal_hit_ratio=ideal_hit_ratio(self.trace),
+                         utilisation=(mean["all"], mean["prefill"], mean["decode"]),
+                         refusals=self.router.refusals, events=self.queue.processed,
+                         wall_s=wall_s)
+
+
+def simulate(fabric: FabricSpec, trace: Trace, config: SimConfig, *,
+             distance: DistanceModel | None = None, placement: PlacementOutcome | None = None,
+             progress: Progress | None = None) -> Summary:
+    """Build a :class:`Simulation` and run it."""
+    return Simulation(fabric, trace, config, distance=distance, placement=placement).run(progress)
