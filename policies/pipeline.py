@@ -5,8 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from policies.contracts import Filter, Picker, ProfileOutcome, ScoredWorker, Scorer, clamp
-from policies.snapshot import CycleContext, Worker
+from policies.contracts import (
+    Filter,
+    Picker,
+    ProfileOutcome,
+    ScoredWorker,
+    Scorer,
+    clamp,
+)
+from policies.snapshot import CycleContext, IntArray, Worker
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,18 @@ class SchedulingProfile:
         for plugin in self.filters:
             kept = plugin.filter(ctx, kept)
         return kept
+
+    def filter_positions(self, ctx: CycleContext, positions: IntArray) -> IntArray:
+        """Apply the filters to snapshot positions (vector filters without a list)."""
+        for plugin in self.filters:
+            # getattr, not isinstance: a runtime protocol check costs ~10 µs per call.
+            mask = getattr(plugin, "mask", None)
+            if mask is not None:
+                positions = positions[mask(ctx, positions)]
+            else:
+                kept = plugin.filter(ctx, [ctx.snapshot.workers[int(i)] for i in positions])
+                positions = ctx.positions(kept)
+        return positions
 
     def run(self, ctx: CycleContext, candidates: Sequence[Worker]) -> ProfileOutcome:
         """Filter, score (ranking best first, ties in candidate order) and pick."""

@@ -134,7 +134,11 @@ class Registry:
         return loaded
 
     def _load_one(self, ep: _EntryPoint) -> None:
-        register = ep.load()
+        try:
+            register = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise NotFoundError("plugin entry point", f"{ep.name} = {ep.value}",
+                                f"cannot load it: {exc}") from exc
         if not callable(register):
             raise ConflictError(f"entry point {ep.name!r} ({ep.value}) is not callable",
                                 (f"entry-point:{ep.name}",))

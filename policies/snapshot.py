@@ -48,7 +48,11 @@ class Stage(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Worker:
-    """One serving instance (an engine process over one or more GPUs) and its load."""
+    """One serving instance (an engine process over one or more GPUs) and its load.
+
+    ``queued_tokens``: prompt tokens waiting for prefill; ``free_kv_blocks``: blocks
+    it can allocate now (cached blocks nobody uses count as free, engines evict them).
+    """
 
     id: str
     role: Role
@@ -59,6 +63,8 @@ class Worker:
     free_kv_blocks: int = 0
     capacity_kv_blocks: int = 0
     prefill_tokens_per_s: float = 20_000.0
+    #: Blocks the worker's prefix cache holds, for any request (SGLang's "tree size").
+    cached_kv_blocks: int = 0
 
     @property
     def can_prefill(self) -> bool:
@@ -75,6 +81,12 @@ def _frozen_array(values: Sequence[Any], dtype: type) -> Any:
     array: npt.NDArray[Any] = np.asarray(values, dtype=dtype)
     array.flags.writeable = False
     return array
+
+
+def _read_only(array: IntArray) -> IntArray:
+    view: IntArray = np.asarray(array).view()
+    view.flags.writeable = False
+    return view
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,9 @@ class Snapshot:
     block_tokens: int = 512
     kv_bytes_per_token: int = 327_680
     position: Mapping[str, int] = field(init=False)
+    #: ``preferred_pairs`` grouped by prefill worker: id → ((decode id, weight), …).
+    partners: Mapping[str, tuple[tuple[str, float], ...]] = field(init=False, repr=False,
+                                                                 compare=False)
     queued: IntArray = field(init=False, repr=False, compare=False)
     running: IntArray = field(init=False, repr=False, compare=False)
     max_running: IntArray = field(init=False, repr=False, compare=False)
@@ -107,8 +122,12 @@ class Snapshot:
         ws = self.workers
         put = object.__setattr__
         put(self, "position", MappingProxyType({w.id: i for i, w in enumerate(ws)}))
-        put(self, "domains", MappingProxyType(dict(self.domains)))
+        put(self, "domains", MappingProxyType({k: _read_only(v) for k, v in self.domains.items()}))
         put(self, "preferred_pairs", MappingProxyType(dict(self.preferred_pairs)))
+        grouped: dict[str, list[tuple[str, float]]] = {}
+        for (prefill, decode), weight in self.preferred_pairs.items():
+            grouped.setdefault(prefill, []).append((decode, weight))
+        put(self, "partners", MappingProxyType({k: tuple(v) for k, v in grouped.items()}))
         put(self, "link_load", MappingProxyType(dict(self.link_load)))
         put(self, "queued", _frozen_array([w.queued_tokens for w in ws], np.int64))
         put(self, "running", _frozen_array([w.running_requests for w in ws], np.int64))

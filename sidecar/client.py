@@ -87,9 +87,9 @@ class SchedulerClient:
         self._call("POST", f"/v1/transfers/{report.plan_id}/report",
                    body=report.model_dump(mode="json"))
 
-    def kv_event(self, event: dict[str, Any]) -> None:
-        """Publish one KV event (block_stored / block_removed) to the prefix index."""
-        self._call("POST", "/v1/kv-events", body=event)
+    def kv_events(self, events: list[dict[str, Any]]) -> None:
+        """Publish KV events (block_stored / block_removed …), in order, in one request."""
+        self._call("POST", "/v1/kv-events", body=events)
 
     def close(self) -> None:
         """Close the connection pool."""

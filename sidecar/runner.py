@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -48,7 +49,12 @@ from sidecar.pool import KvPool
 from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
 
 log = logging.getLogger(__name__)
-_PROGRESS_INTERVAL_S = 0.005
+#: Progress polling: fast while transfers are about (a peer's next request waits until
+#: this agent has acknowledged the last notification), slow when idle.
+_HOT_INTERVAL_S = 0.0002
+_IDLE_INTERVAL_S = 0.005
+_HOT_WINDOW_S = 0.05
+_SWITCH_INTERVAL_S = 0.0005
 
 
 class Sidecar:
@@ -71,7 +77,9 @@ class Sidecar:
         self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
         self._cancels: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
+        self._publish = threading.Lock()
         self._seq = 0
+        self._active_at = 0.0
 
     # -- registration -------------------------------------------------------------
     def registration(self) -> WorkerRegistration:
@@ -92,9 +100,9 @@ class Sidecar:
             except SchedulerUnavailableError:
                 if time.monotonic() >= deadline or self.stop.is_set():
                     raise
-        with self._lock:
+        with self._publish:
             self._seq = 0
-        self._event({"kind": "all_blocks_cleared"})
+        self._events({"kind": "all_blocks_cleared"})
         log.info("registered %s epoch=%d ttl=%.1fs", self.config.name, self.lease.epoch,
                  self.lease.ttl_s)
         self.write_state("serving")
@@ -119,11 +127,19 @@ class Sidecar:
                 log.warning("heartbeat failed: %s", exc)
 
     def _progress_loop(self) -> None:
-        while not self.stop.wait(_PROGRESS_INTERVAL_S):
+        interval = _IDLE_INTERVAL_S
+        while not self.stop.wait(interval):
             try:
-                self.adapter.poll_notifs()
+                if self.adapter.poll_notifs():
+                    self.touch()
             except Exception as exc:  # keep polling; one bad poll must not stop progress
                 log.warning("notification poll failed: %s", exc)
+            hot = time.monotonic() - self._active_at < _HOT_WINDOW_S
+            interval = _HOT_INTERVAL_S if hot else _IDLE_INTERVAL_S
+
+    def touch(self) -> None:
+        """Note transfer activity: progress polling runs hot for a short while."""
+        self._active_at = time.monotonic()
 
     def _job_loop(self) -> None:
         while not self.stop.is_set():
@@ -149,6 +165,7 @@ class Sidecar:
             self._report(job.plan, "target" if job.kind == "await" else "initiator",
                          "rejected", error="sidecar is shutting down")
             return
+        self.touch()
         task = self._execute if job.kind == "execute" else self._await
         self._executor.submit(task, job.plan, received + job.plan.deadline_s)
 
@@ -174,6 +191,10 @@ class Sidecar:
         except ValidationError as exc:
             self._finish(plan, "initiator", "rejected", error=str(exc))
         except TransferError as exc:
+            if exc.kind == "failed":  # the peer is gone: reload its metadata next time
+                peer = plan.dst if plan.src.worker == self.config.name else plan.src
+                with contextlib.suppress(Exception):
+                    self.adapter.forget_peer(peer.agent_name)
             self._finish(plan, "initiator", exc.kind, error=exc.message)
         except Exception as exc:  # report, never lose a job silently
             self._finish(plan, "initiator", "failed", error=f"{type(exc).__name__}: {exc}")
@@ -198,6 +219,7 @@ class Sidecar:
 
     def _finish(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None) -> None:
+        self.touch()
         is_dst = plan.dst.worker == self.config.name
         verified: bool | None = None
         if outcome == "ok" and is_dst:
@@ -209,9 +231,9 @@ class Sidecar:
             self.engine.on_failed(plan, error or outcome)
         self._report(plan, role, outcome, result=result, error=error, verified=verified)
         if outcome == "ok" and is_dst:
-            self._event({"kind": "block_removed", "block_hashes": old})
-            self._event({"kind": "block_stored",
-                         "block_hashes": self.engine.block_hashes(plan.dst_blocks)})
+            self._events({"kind": "block_removed", "block_hashes": old},
+                         {"kind": "block_stored",
+                          "block_hashes": self.engine.block_hashes(plan.dst_blocks)})
 
     def _report(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None,
@@ -235,16 +257,20 @@ class Sidecar:
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
 
-    def _event(self, event: dict[str, Any]) -> None:
-        with self._lock:
-            self._seq += 1
-            event = {**event, "worker": self.config.name, "seq": self._seq}
-            if self.config.model and event["kind"] != "all_blocks_cleared":
-                event["model"] = self.config.model
-        try:
-            self.client.kv_event(event)
-        except ToposchedError as exc:
-            log.warning("KV event not delivered: %s", exc)
+    def _events(self, *events: dict[str, Any]) -> None:
+        # Numbering and sending under one lock: the index reads a seq gap as lost events.
+        with self._publish:
+            numbered = []
+            for event in events:
+                self._seq += 1
+                item = {**event, "worker": self.config.name, "seq": self._seq}
+                if self.config.model and event["kind"] != "all_blocks_cleared":
+                    item["model"] = self.config.model
+                numbered.append(item)
+            try:
+                self.client.kv_events(numbered)
+            except ToposchedError as exc:
+                log.warning("KV events not delivered: %s", exc)
 
     # -- shutdown -----------------------------------------------------------------
     def shutdown(self) -> dict[str, Any]:
@@ -287,6 +313,9 @@ def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:
 
 def run_sidecar(config: SidecarConfig) -> int:
     """Run a sidecar until SIGTERM/SIGINT; returns the process exit code."""
+    # Threads here mostly wait on NIXL or sockets; a short GIL switch interval keeps a
+    # busy thread from delaying the progress thread by the default 5 ms.
+    sys.setswitchinterval(_SWITCH_INTERVAL_S)
     sidecar = Sidecar(config)
     previous = {sig: signal.signal(sig, lambda *_: sidecar.stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}

@@ -13,7 +13,7 @@ through this module, so an API change there changes only this file:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -29,7 +29,7 @@ from scheduler.placement.greedy import greedy
 from scheduler.placement.unaware import unaware
 from scheduler.prefix import PrefixIndex
 from scheduler.router.cost import FabricCostModel
-from scheduler.router.router import Decision, RouteRequest, Router
+from scheduler.router.router import Decision, Router, RouteRequest
 from scheduler.router.snapshot import domain_arrays
 from sim.engines import Instance
 from sim.workloads import SimRequest
@@ -57,6 +57,7 @@ class PlacementOutcome:
     pairings: Mapping[tuple[str, str], float]
     method: str
     transfer_cost_ms: float | None = None
+    notes: tuple[str, ...] = ()
 
 
 def make_placement(fabric: FabricSpec, distance: DistanceModel, *, method: PlacementMethod,
@@ -67,7 +68,15 @@ def make_placement(fabric: FabricSpec, distance: DistanceModel, *, method: Place
                                model=model, prefill=prefill, decode=decode,
                                options=SolverOptions(time_limit_s=time_limit_s, seed=seed))
     if method == "solver":
-        return _outcome(place(request, dm=distance))
+        try:
+            return _outcome(place(request, dm=distance))
+        except UnschedulableError as exc:
+            # The solver refuses when the expected KV traffic overloads an uplink; the
+            # simulator still runs (and shows the congestion) on the greedy placement.
+            found = make_placement(fabric, distance, method="greedy", model=model,
+                                   workload=workload, prefill=prefill, decode=decode, tp=tp,
+                                   seed=seed)
+            return replace(found, notes=(f"solver refused ({exc}); greedy placement used",))
     problem = prepare(request, distance)
     roles = greedy(problem) if method == "greedy" else unaware(problem, seed)
     if roles is None:
@@ -108,8 +117,9 @@ class Choice:
     local: bool
 
 
-class _InfiniteFabricRouter(Router):
-    """The real router, pricing every transfer as free (the infinite-fabric sanity run)."""
+class _FabricBlindRouter(Router):
+    """The real router pricing every transfer as free: a topology-unaware router, and the
+    right one for an infinitely fast fabric."""
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         model = super().cost_model(snapshot)
@@ -127,9 +137,12 @@ class RouterAdapter:
     def __init__(self, distance: DistanceModel, policy: Policy, instances: Sequence[Instance],
                  index: PrefixIndex, *, pairings: Mapping[tuple[str, str], float],
                  block_tokens: int, kv_bytes_per_token: int, prefill_tokens_per_s: float,
-                 seed: int = 0, infinite_fabric: bool = False, aggregated: bool = False) -> None:
-        """Route over ``instances`` (fixed for the run) with ``policy``."""
-        kind = _InfiniteFabricRouter if infinite_fabric else Router
+                 seed: int = 0, blind_fabric: bool = False, aggregated: bool = False) -> None:
+        """Route over ``instances`` (fixed for the run) with ``policy``; ``blind_fabric``:
+        transfers are priced as free; ``aggregated``: every request stays on the decode
+        worker the policy picks."""
+        kind = _FabricBlindRouter if blind_fabric else Router
+        self.blind_fabric = blind_fabric
         self.router = kind(distance, policy, index=index, seed=seed)
         self.instances = tuple(instances)
         self.pairings = dict(pairings)
@@ -158,7 +171,7 @@ class RouterAdapter:
             request_id=request.id, model=None, block_hashes=list(request.block_hashes),
             token_ids=None, prompt_tokens=request.prompt_tokens, session=request.session,
             prefill_worker=None, decode_worker=None)
-        result = self.router.route(route, self.snapshot(link_load))
+        result = self.router.route(route, self.snapshot({} if self.blind_fabric else link_load))
         if not isinstance(result, Decision):
             self.refusals += 1
             return None

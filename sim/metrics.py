@@ -3,7 +3,8 @@
 TTFT runs from arrival to the end of the request's first decode step (the first
 token the user sees), so it includes queueing, prefill, the KV transfer and decode
 admission. TPOT is the mean time between later tokens. Goodput counts requests
-that met both SLOs, per second of the run. The TTFT SLO grows with the prompt
+that met both SLOs per second of the trace's arrival window (the same denominator for
+every policy, so a run's drain time does not count against it). The TTFT SLO grows with the prompt
 (``ttft_base_s + ttft_per_1k_tokens_s × prompt / 1000``): a fixed TTFT target is
 meaningless for traces whose prompts range from 1 k to 120 k tokens.
 """
@@ -128,7 +129,7 @@ def transfers_by_tier(jobs: Sequence[Job]) -> tuple[TierTransfers, ...]:
 
 
 def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: float,
-              slo: Slo, ideal_hit_ratio: float, utilisation: tuple[float, float, float],
+              arrival_span_s: float, slo: Slo, ideal_hit_ratio: float, utilisation: tuple[float, float, float],
               refusals: int, events: int, wall_s: float) -> Summary:
     """The :class:`Summary` of the completed ``jobs`` of a run."""
     ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
@@ -141,11 +142,12 @@ def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: f
     moved = sum(t.bytes for t in tiers)
     no_uplink = sum(t.bytes for t in tiers if Tier[t.tier.upper()] <= Tier.SAME_LEAF)
     span = max(duration_s, 1e-9)
+    window = arrival_span_s if arrival_span_s > 0 else span
     return Summary(
         requests=requests, completed=len(jobs), dropped=dropped, duration_s=duration_s,
         ttft=percentiles(ttft), tpot=percentiles([t for t in tpots if t is not None]),
         e2e=percentiles([j.done_s - j.request.arrival_s for j in jobs]),
-        goodput_rps=good / span, slo_attainment=good / max(requests, 1),
+        goodput_rps=good / window, slo_attainment=good / max(requests, 1),
         throughput_rps=len(jobs) / span, transfers=tiers, bytes_moved=moved,
         bytes_no_uplink_share=no_uplink / moved if moved else 1.0,
         local_prefill_share=sum(j.local for j in jobs) / max(len(jobs), 1),

@@ -85,6 +85,7 @@ class Flow:
     updated_s: float = 0.0
     version: int = 0
     started_s: float = 0.0
+    on_links: bool = False
 
     @property
     def rate(self) -> float:
@@ -124,6 +125,7 @@ class Network:
             flow.lane_rate = route.lane_bytes_per_s
             self._reschedule(flow, now)
             return
+        flow.on_links = True
         for link, _ in route.links:
             self.on_link.setdefault(link, set()).add(flow)
             self.link_load[link] = self.link_load.get(link, 0) + 1
@@ -134,8 +136,9 @@ class Network:
         if version != flow.version:
             return False
         now = self.queue.now()
-        if self.infinite or not flow.route.links:
+        if not flow.on_links:
             return True
+        flow.on_links = False
         for link, _ in flow.route.links:
             self.on_link[link].discard(flow)
             left = self.link_load[link] - 1
@@ -164,7 +167,7 @@ class Network:
         for flow in flows:
             flow.left -= flow.rate * (now - flow.updated_s)
             flow.updated_s = now
-        rates = self._fill(flows)
+        rates = self.fair_rates(flows)
         for flow in flows:
             flow.lane_rate = rates[flow]
             self._reschedule(flow, now)
@@ -186,8 +189,9 @@ class Network:
                 residual[link] = max(cap - fixed, _MIN_SHARE * cap)
         return residual
 
-    def _fill(self, flows: set[Flow]) -> dict[Flow, float]:
-        """Progressive filling of the lanes of ``flows`` (max-min fair per lane)."""
+    def fair_rates(self, flows: set[Flow]) -> dict[Flow, float]:
+        """Lane rates of ``flows`` by progressive filling (max-min fair per lane); flows
+        outside the set keep their rates and their load."""
         residual = self._residual(flows)
         weight: dict[str, float] = {}
         for flow in flows:

@@ -57,8 +57,9 @@ CLUSTERS: dict[str, ClusterScenario] = {
                     "instances); ToR per rack, uplinks oversubscribed 4:1 rack, 2:1 pod, "
                     "4:1 zone"),
     "three-level-thin": _three_level(
-        "three-level-thin", zone_over=32.0, leaf_over=16.0,
-        description="as three-level with thin uplinks: 16:1 rack, 2:1 pod, 32:1 zone"),
+        "three-level-thin", zone_over=32.0, leaf_over=8.0,
+        description="as three-level with thin uplinks: 8:1 rack, 2:1 pod, 32:1 zone "
+                    "(12.5 GB/s between the zones)"),
 }
 
 

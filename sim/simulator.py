@@ -53,6 +53,8 @@ class SimConfig:
     decode: int = 4
     aggregated: bool = False
     infinite_fabric: bool = False
+    blind_fabric: bool = False
+    blind_prefix: bool = False
     seed: int = 0
     slo: Slo = field(default_factory=Slo)
     retry_s: float = 0.05
@@ -61,9 +63,11 @@ class SimConfig:
     @property
     def label(self) -> str:
         """A short name for tables: policy, placement and mode."""
-        mode = "+aggregated" if self.aggregated else ""
-        fabric = "+infinite-fabric" if self.infinite_fabric else ""
-        return f"{self.policy}/{self.placement}{mode}{fabric}"
+        flags = [name for name, on in (("aggregated", self.aggregated),
+                                       ("infinite-fabric", self.infinite_fabric),
+                                       ("fabric-blind", self.blind_fabric),
+                                       ("prefix-blind", self.blind_prefix)) if on]
+        return "+".join([f"{self.policy}/{self.placement}", *flags])
 
 
 def trace_workload(trace: Trace, model: str) -> Workload:
@@ -96,12 +100,15 @@ class Simulation:
         self.index = PrefixIndex(max_entries=None, clock=self.queue.now)
         self.instances = self._engines(self.profile)
         self.network = Network(self.distance, self.queue, infinite=config.infinite_fabric)
+        # A prefix-blind router reads an index no engine reports to: it never sees a hit.
+        routed_index = PrefixIndex(max_entries=None) if config.blind_prefix else self.index
         self.router = RouterAdapter(
             self.distance, load_policy(config.policy), list(self.instances.values()),
-            self.index, pairings=self.placement.pairings, block_tokens=trace.block_tokens,
+            routed_index, pairings=self.placement.pairings, block_tokens=trace.block_tokens,
             kv_bytes_per_token=self.kv_bytes_per_token,
             prefill_tokens_per_s=self._typical_rate(), seed=config.seed,
-            infinite_fabric=config.infinite_fabric, aggregated=config.aggregated)
+            blind_fabric=config.infinite_fabric or config.blind_fabric,
+            aggregated=config.aggregated)
         self.finished: list[Job] = []
         self.dropped = 0
 
@@ -130,7 +137,7 @@ class Simulation:
         started = time.perf_counter()
         first = self.trace.requests[0].arrival_s if self.trace.requests else 0.0
         for request in self.trace.requests:
-            self.queue.schedule(request.arrival_s - first, EventKind.ARRIVAL, request)
+            self.queue.schedule(request.arrival_s, EventKind.ARRIVAL, request)
         total, handlers = len(self.trace.requests), self._handlers()
         while (event := self.queue.pop()) is not None:
             kind, payload = event
@@ -139,7 +146,7 @@ class Simulation:
                 progress(len(self.finished) + self.dropped, total)
         if progress is not None:
             progress(total, total)
-        return self._summary(time.perf_counter() - started)
+        return self._summary(time.perf_counter() - started, first)
 
     def _handlers(self) -> dict[EventKind, Callable[[Any], None]]:
         return {EventKind.ARRIVAL: self._arrival, EventKind.RETRY: self._route,
@@ -218,8 +225,8 @@ class Simulation:
             self._transfer(inst.alloc_wait.popleft())
 
     # -- results ----------------------------------------------------------------------
-    def _summary(self, wall_s: float) -> Summary:
-        horizon = self.queue.now()
+    def _summary(self, wall_s: float, first_s: float) -> Summary:
+        horizon = self.queue.now() - first_s
         by_role: dict[str, list[float]] = {"all": [], "prefill": [], "decode": []}
         for inst in self.instances.values():
             share = inst.utilisation(horizon)
@@ -230,7 +237,8 @@ class Simulation:
                 by_role["decode"].append(share)
         mean = {k: sum(v) / len(v) if v else 0.0 for k, v in by_role.items()}
         return summarise(self.finished, requests=len(self.trace.requests), dropped=self.dropped,
-                         duration_s=horizon, slo=self.config.slo,
+                         duration_s=horizon, arrival_span_s=self.trace.duration_s,
+                         slo=self.config.slo,
                          ideal_hit_ratio=ideal_hit_ratio(self.trace),
                          utilisation=(mean["all"], mean["prefill"], mean["decode"]),
                          refusals=self.router.refusals, events=self.queue.processed,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import math
 import random
@@ -155,7 +156,7 @@ def spread_quantised(times: Sequence[float], seed: int = 0) -> list[float]:
     distinct = sorted(set(times))
     if len(times) < 2 or len(distinct) >= _QUANTISED_BELOW * len(times) or len(distinct) < 2:
         return list(times)
-    gaps = sorted(b - a for a, b in zip(distinct, distinct[1:], strict=False))
+    gaps = sorted(b - a for a, b in itertools.pairwise(distinct))
     width = gaps[len(gaps) // 2]
     counts: dict[float, int] = {}
     for t in times:
@@ -261,7 +262,7 @@ def agentic(params: AgenticParams | None = None, seed: int = 0) -> Trace:
 
 
 def _bursty_starts(p: AgenticParams, rng: random.Random) -> list[float]:
-    t, out = 0.0, []
+    t, out = 0.0, list[float]()
     cycle = p.burst_s / p.burst_share
     while len(out) < p.sessions:
         bursting = (t % cycle) < p.burst_s
@@ -277,7 +278,8 @@ def _session(p: AgenticParams, rng: random.Random, s: int, start: float) -> list
     # Ids: system prompt blocks, then the session's own full history blocks; the
     # trailing partial block changes every turn, so it gets a fresh id each time.
     sys_ids = [1 + system * 1000 + j for j in range(sys_blocks)]
-    history, t, out = 0, start, []
+    history, t = 0, start
+    out: list[SimRequest] = []
     for turn in range(p.turns):
         history += max(1, int(rng.expovariate(1.0 / p.turn_tokens)))
         prompt = p.system_tokens + history

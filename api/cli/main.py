@@ -28,6 +28,7 @@ COMMANDS = {
     "route": "route one request to a (prefill, decode) pair",
     "serve": "run the scheduler's REST API",
     "sidecar": "run a KV-transfer sidecar (NIXL agent) next to an engine",
+    "simulate": "replay a trace on a simulated cluster and compare policies",
 }
 
 Handler = Callable[[argparse.Namespace], int]

@@ -150,6 +150,6 @@ def render(placement: Placement) -> str:
     ]
     if placement.busiest_links:
         top = placement.busiest_links[0]
-        lines.append(f"  busiest uplink {top.link}: {top.gb_per_s:,.1f} of "
+        lines.append(f"  busiest link {top.link}: {top.gb_per_s:,.1f} of "
                      f"{top.capacity_gb_per_s:,.1f} GB/s")
     return "\n".join(lines)

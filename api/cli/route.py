@@ -102,6 +102,7 @@ def render(result: RouteResult) -> str:
         f"{est.prefill_compute_s * 1e3:.3f} + transfer {est.transfer_s * 1e3:.3f} + "
         f"admission {est.admission_s * 1e3:.3f}",
     ]
-    lines += [f"  runner-up {o.prefill} → {o.decode} score {o.score:.3f}"
+    lines += [f"  runner-up {o.decode} prefills locally, score {o.score:.3f}" if o.local_prefill
+              else f"  runner-up {o.prefill} → {o.decode}, score {o.score:.3f}"
               for o in result.runners_up]
     return "\n".join(lines + [f"  note: {note}" for note in result.notes])

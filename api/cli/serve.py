@@ -32,5 +32,7 @@ def handle_serve(args: argparse.Namespace) -> int:
                  if value is not None}
     settings = Settings(**overrides)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, access_log=False)
+                log_level=args.log_level, access_log=False,
+                # long-polls would otherwise hold a graceful shutdown for their full wait
+                timeout_graceful_shutdown=2)
     return 0

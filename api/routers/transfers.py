@@ -41,6 +41,12 @@ async def report_transfer(plan_id: str, report: TransferReport,
 
 
 @router.post("/kv-events")
-async def kv_event(body: dict[str, Any], prefix: Prefix) -> EventAck:
-    """One KV event (block_stored / block_removed / all_blocks_cleared) for the index."""
-    return EventAck(resync=prefix.apply(parse_event(body, source="POST /v1/kv-events")))
+async def kv_event(body: dict[str, Any] | list[dict[str, Any]], prefix: Prefix) -> EventAck:
+    """KV events (block_stored / block_removed / all_blocks_cleared), one or a list in order.
+
+    Every event is validated before any is applied; ``resync`` reports the first gap.
+    """
+    events = [parse_event(item, source=f"POST /v1/kv-events[{i}]")
+              for i, item in enumerate(body if isinstance(body, list) else [body])]
+    gaps = [prefix.apply(event) for event in events]
+    return EventAck(resync=next((gap for gap in gaps if gap is not None), None))

@@ -54,4 +54,4 @@ async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
                     wait_s: Annotated[float, Query(ge=0)] = 10.0) -> JobBatch:
     """Long-poll: answers at the first queued job or after ``wait_s`` (capped)."""
     cap: float = request.app.state.settings.long_poll_max_s
-    return JobBatch(jobs=await coordinator.store.wait_jobs(name, min(wait_s, cap)))
+    return JobBatch(jobs=await coordinator.take_jobs(name, min(wait_s, cap)))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.contracts import (
@@ -17,7 +18,7 @@ from policies.contracts import (
     ScoredWorker,
 )
 from policies.registry import NoParameters, PluginKind, PluginType, Registry
-from policies.snapshot import CycleContext, Stage, Worker
+from policies.snapshot import BoolArray, CycleContext, IntArray, Stage, Worker
 
 
 class _Params(BaseModel):
@@ -33,6 +34,24 @@ def stage_candidates(ctx: CycleContext, stage: Stage) -> list[Worker]:
     if stage is Stage.PREFILL:
         return [w for w in ctx.snapshot.workers if w.can_prefill]
     return [w for w in ctx.snapshot.workers if w.can_decode]
+
+
+def stage_positions(ctx: CycleContext, stage: Stage) -> IntArray:
+    """Snapshot positions of :func:`stage_candidates`, without building a list."""
+    snap = ctx.snapshot
+    pin = ctx.request.prefill_worker if stage is Stage.PREFILL else ctx.request.decode_worker
+    if pin is not None:
+        found = snap.position.get(pin)
+        return np.array([] if found is None else [found], dtype=np.int64)
+    mask = snap.prefill_mask if stage is Stage.PREFILL else snap.decode_mask
+    return np.flatnonzero(mask).astype(np.int64)
+
+
+def fits_kv(ctx: CycleContext, positions: IntArray, headroom: int = 0) -> BoolArray:
+    """Which workers have free KV blocks for the part of the prompt they lack."""
+    need = np.maximum(ctx.request.blocks - ctx.cached[positions], 0) + headroom
+    fits: BoolArray = ctx.snapshot.free_kv[positions] >= need
+    return fits
 
 
 def blocks_needed(ctx: CycleContext, worker: Worker) -> int:
@@ -65,8 +84,12 @@ class KvCapacityFilter:
 
     def filter(self, ctx: CycleContext, candidates: Sequence[Worker]) -> list[Worker]:
         """Workers whose free blocks cover what the request needs plus the headroom."""
-        extra = self.params.headroom_blocks
-        return [w for w in candidates if w.free_kv_blocks >= blocks_needed(ctx, w) + extra]
+        fits = self.mask(ctx, ctx.positions(candidates))
+        return [w for w, ok in zip(candidates, fits, strict=True) if ok]
+
+    def mask(self, ctx: CycleContext, positions: IntArray) -> BoolArray:
+        """The same test over snapshot positions."""
+        return fits_kv(ctx, positions, self.params.headroom_blocks)
 
 
 class MaxScorePicker:
@@ -83,7 +106,7 @@ class MaxScorePicker:
 
 class TwoStageParams(_Params):
     """``order``: which side is chosen first; ``local_prefill_max_tokens``: with
-    ``decode-first``, a decode worker missing at most this many prompt tokens
+    ``decode-first``, a decode worker missing fewer than this many prompt tokens
     prefills them itself (llm-d's P/D threshold; 0 turns it off)."""
 
     order: Literal["prefill-first", "decode-first"] = "prefill-first"
@@ -139,7 +162,7 @@ class TwoStageHandler:
     def _local(self, ctx: CycleContext, decode: Worker) -> bool:
         limit = self.params.local_prefill_max_tokens
         missing = ctx.request.prompt_tokens - ctx.cached_of(decode) * ctx.snapshot.block_tokens
-        return limit > 0 and missing <= limit
+        return limit > 0 and missing < limit
 
 
 

@@ -13,27 +13,28 @@ a pair up to ``paired_bonus`` / ``session_bonus`` cheaper.
 of the prompt, may prefill the rest itself; that option competes on the same cost.
 
 *Pruning* keeps big clusters fast: the ``top_k_prefill`` prefill workers by cache
-hit and the same number by load; decode workers that share a host, NVLink domain or
-rack with one of them, plus the ``top_k_decode`` best by cache hit and by load, and
-placement / session partners. Link sharing with transfers in flight only makes a
-pair dearer, so pairs are re-costed with it in order of their plain cost until the
-next plain cost is above the best re-costed one: the result is exact.
+hit and the same number by load; every decode worker sharing a host or NVLink domain
+with one of them, the ``top_k_decode`` best by cache hit and by load within their
+racks and in the whole cluster, and placement / session partners. Sides with fewer
+than ``exhaustive_below`` candidates are not pruned.
+
+Link sharing with transfers in flight only makes a pair dearer, so pairs are
+re-costed with it in order of their plain cost until the next plain cost is above
+the best re-costed one: among the priced options the result is exact.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.builtins.common import empty_reason, stage_candidates
+from policies.builtins.common import empty_reason, fits_kv, stage_positions
 from policies.contracts import PairChoice, PairOption, ProfileRunner, Refusal
 from policies.registry import PluginKind, PluginType, Registry
 from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Stage, Worker
-
-NEAR_LEVELS = ("host", "nvlink_domain", "rack")
 
 
 class FabricCostParams(BaseModel):
@@ -44,7 +45,7 @@ class FabricCostParams(BaseModel):
     top_k_decode: int = Field(default=16, ge=1)
     exhaustive_below: int = Field(default=32, ge=0)
     local_prefill_max_tokens: int = Field(default=512, ge=0)
-    local_prefill_min_hit: float = Field(default=0.9, gt=0.0, le=1.0)
+    local_prefill_min_hit: float = Field(default=0.5, gt=0.0, le=1.0)
     paired_bonus: float = Field(default=0.1, ge=0.0, lt=1.0)
     session_bonus: float = Field(default=0.2, ge=0.0, lt=1.0)
     runners_up: int = Field(default=3, ge=0)
@@ -74,21 +75,21 @@ class FabricCostHandler:
     def schedule(self, ctx: CycleContext,
                  profiles: Mapping[str, ProfileRunner]) -> PairChoice | Refusal:
         """Price the pruned pairs and the local-prefill options; return the cheapest."""
-        prefills = _filtered(ctx, profiles, Stage.PREFILL)
-        decodes = [w for w in _filtered(ctx, profiles, Stage.DECODE)
-                   if w.free_kv_blocks >= max(ctx.request.blocks - ctx.cached_of(w), 0)]
-        if not decodes:
-            total = len(stage_candidates(ctx, Stage.DECODE))
+        p_all = _filtered(ctx, profiles, Stage.PREFILL)
+        d_all = _filtered(ctx, profiles, Stage.DECODE)
+        d_fit = d_all[fits_kv(ctx, d_all)]
+        if len(d_fit) == 0:
+            total = len(stage_positions(ctx, Stage.DECODE))
             reason = empty_reason(Stage.DECODE, None, total)
             if total:
                 reason = f"no decode worker of {total} has free KV blocks for the request"
             return Refusal((reason,))
-        p_pos = self._prune_prefill(ctx, ctx.positions(prefills))
-        d_pos = self._prune_decode(ctx, p_pos, ctx.positions(decodes))
+        p_pos = self._prune_prefill(ctx, p_all)
+        d_pos = self._prune_decode(ctx, p_pos, d_fit)
         options = self._options(ctx, p_pos, d_pos)
         if options.cost.size == 0:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
-        return self._choose(ctx, options, len(prefills), len(decodes))
+        return self._choose(ctx, options, len(p_all), len(d_fit))
 
     # -- candidates ---------------------------------------------------------------
     def _prune_prefill(self, ctx: CycleContext, pos: IntArray) -> IntArray:
@@ -96,26 +97,26 @@ class FabricCostHandler:
             return pos
         snap, k = ctx.snapshot, self.params.top_k_prefill
         wait = snap.queued[pos] / snap.prefill_rate[pos]
-        cached = ctx.cached[pos]
-        by_cache = pos[np.lexsort((wait, -cached))[:k]]
-        by_load = pos[np.lexsort((-cached, wait))[:k]]
-        keep = [by_cache, by_load, *self._session_side(ctx, 0)]
+        cached = ctx.cached[pos].astype(np.float64)
+        keep = [pos[_top_k(cached, -wait, k)], pos[_top_k(-wait, cached, k)],
+                *self._session_side(ctx, 0)]
         return np.unique(np.concatenate(keep))
 
     def _prune_decode(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
         if len(pos) <= self.params.exhaustive_below:
             return pos
         snap, k = ctx.snapshot, self.params.top_k_decode
-        mask = np.zeros(len(pos), dtype=bool)
-        for level in NEAR_LEVELS:
-            ids = snap.domains.get(level)
-            if ids is not None and len(p_pos):
-                near = ids[p_pos]
-                mask |= np.isin(ids[pos], near[near >= 0])
-        running, cached = snap.running[pos], ctx.cached[pos]
-        keep = [pos[mask], pos[np.lexsort((running, -cached))[:k]],
-                pos[np.lexsort((-cached, running))[:k]], *self._session_side(ctx, 1),
-                self._partners(ctx, p_pos, pos)]
+        idle = -snap.running[pos].astype(np.float64)
+        cached = ctx.cached[pos].astype(np.float64)
+        # Every decode worker one NVLink hop from a kept prefill worker; from the racks
+        # of those workers, and from the whole cluster, the best k by cache and by load.
+        rack = np.flatnonzero(_near(snap.domains.get("rack"), p_pos, pos))
+        keep = [pos[_near(snap.domains.get("host"), p_pos, pos)
+                    | _near(snap.domains.get("nvlink_domain"), p_pos, pos)],
+                pos[rack[_top_k(cached[rack], idle[rack], k)]],
+                pos[rack[_top_k(idle[rack], cached[rack], k)]],
+                pos[_top_k(cached, idle, k)], pos[_top_k(idle, cached, k)],
+                *self._session_side(ctx, 1), self._partners(ctx, p_pos, pos)]
         return np.unique(np.concatenate(keep))
 
     def _session_side(self, ctx: CycleContext, side: int) -> list[IntArray]:
@@ -126,11 +127,10 @@ class FabricCostHandler:
 
     def _partners(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
         snap = ctx.snapshot
-        if not snap.preferred_pairs:
+        if not snap.partners:
             return np.empty(0, dtype=np.int64)
-        prefill_ids = {snap.workers[p].id for p in p_pos}
-        partners = [snap.position[d] for (p, d) in snap.preferred_pairs
-                    if p in prefill_ids and d in snap.position]
+        partners = [snap.position[d] for p in p_pos
+                    for d, _ in snap.partners.get(snap.workers[p].id, ()) if d in snap.position]
         return np.intersect1d(np.asarray(partners, dtype=np.int64), pos)
 
     # -- options -------------------------------------------------------------------
@@ -169,14 +169,13 @@ class FabricCostHandler:
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                         factor: FloatArray) -> None:
-        pairs, snap = ctx.snapshot.preferred_pairs, ctx.snapshot
-        if not pairs or self.params.paired_bonus == 0:
+        snap = ctx.snapshot
+        if not snap.partners or self.params.paired_bonus == 0:
             return
         col = {int(d): j for j, d in enumerate(d_pos)}
         for i, p in enumerate(p_pos):
-            pid = snap.workers[p].id
-            for (a, b), weight in pairs.items():
-                j = col.get(snap.position.get(b, -1)) if a == pid else None
+            for decode, weight in snap.partners.get(snap.workers[p].id, ()):
+                j = col.get(snap.position.get(decode, -1))
                 if j is not None:
                     factor[i, j] *= 1.0 - self.params.paired_bonus * min(max(weight, 0.0), 1.0)
 
@@ -196,13 +195,25 @@ class FabricCostHandler:
         best_i, best_cost = ranked[0]
         snap = ctx.snapshot
         pick = snap.workers[int(options.prefill[best_i])], snap.workers[int(options.decode[best_i])]
-        shown = [i for i, _ in ranked[1:]] + [int(i) for i in order if int(i) not in refined]
+        extra = (int(i) for i in order[: len(refined) + self.params.runners_up])
+        shown = [i for i, _ in ranked[1:]] + [i for i in extra if i not in refined]
         runners = tuple(self._option(ctx, options, i, best_cost, refined.get(i))
                         for i in shown[: self.params.runners_up])
-        notes = (f"priced {options.cost.size} options from {n_prefill} prefill × {n_decode} "
-                 f"decode candidates", f"{recosted} re-costed with in-flight link load")
+        notes: tuple[str, ...] = (
+            f"priced {options.cost.size} options from {n_prefill} prefill × {n_decode} "
+            f"decode candidates", f"{recosted} re-costed with in-flight link load")
+        if options.local[best_i]:
+            notes += (self._local_reason(ctx, pick[1], n_prefill),)
         return PairChoice(pick[0], pick[1], 1.0, local=bool(options.local[best_i]),
                           runners_up=runners, notes=notes, considered=int(options.cost.size))
+
+    def _local_reason(self, ctx: CycleContext, decode: Worker, n_prefill: int) -> str:
+        cached = ctx.cached_of(decode)
+        missing = max(ctx.request.prompt_tokens - cached * ctx.snapshot.block_tokens, 0)
+        why = ("no prefill worker can take the request" if n_prefill == 0 else
+               f"it misses {missing} prompt tokens and holds {cached} of "
+               f"{ctx.request.blocks} blocks")
+        return f"{decode.id} prefills locally: {why}; that is the cheapest option"
 
     def _refine(self, ctx: CycleContext, options: _Options,
                 order: IntArray) -> tuple[dict[int, float], int]:
@@ -211,7 +222,8 @@ class FabricCostHandler:
         best, recosted = np.inf, 0
         for raw in order:
             i = int(raw)
-            if options.cost[i] > best and len(refined) > self.params.runners_up:
+            # Re-costing never lowers a cost, and ties go to the earlier option.
+            if options.cost[i] >= best and len(refined) > self.params.runners_up:
                 break
             cost = float(options.cost[i])
             if not options.local[i] and ctx.snapshot.link_load:
@@ -226,16 +238,47 @@ class FabricCostHandler:
                 cost: float | None) -> PairOption:
         value = float(options.cost[i]) if cost is None else cost
         snap = ctx.snapshot
+        # The score compares the costs the choice used (bonuses included); ttft_s is the
+        # plain estimate.
         return PairOption(snap.workers[int(options.prefill[i])].id,
                           snap.workers[int(options.decode[i])].id,
-                          best / value if value > 0 else 1.0, bool(options.local[i]), value)
+                          best / value if value > 0 else 1.0, bool(options.local[i]),
+                          value / float(options.factor[i]))
+
+
+def _top_k(primary: FloatArray, secondary: FloatArray, k: int) -> IntArray:
+    """Indices of the ``k`` largest by ``primary``, ties by ``secondary`` (then index).
+
+    A partial selection (``argpartition``) then a sort of the few kept: the whole
+    candidate list is never sorted.
+    """
+    if len(primary) <= k:
+        return np.lexsort((secondary, primary))[::-1].astype(np.int64)
+    threshold = np.partition(primary, len(primary) - k)[len(primary) - k]
+    chosen = np.flatnonzero(primary >= threshold)
+    order = np.lexsort((-chosen, secondary[chosen], primary[chosen]))[::-1][:k]
+    result: IntArray = chosen[order]
+    return result
+
+
+def _near(ids: IntArray | None, p_pos: IntArray, pos: IntArray) -> BoolArray:
+    """Which of ``pos`` share a domain (``ids``: one per worker, -1 none) with ``p_pos``."""
+    if ids is None or len(ids) == 0 or len(p_pos) == 0:
+        return np.zeros(len(pos), dtype=bool)
+    near = ids[p_pos]
+    shared = np.zeros(int(ids.max()) + 2, dtype=bool)  # the last slot stands for -1
+    shared[near[near >= 0]] = True
+    result: BoolArray = shared[ids[pos]]
+    return result
 
 
 def _filtered(ctx: CycleContext, profiles: Mapping[str, ProfileRunner],
-              stage: Stage) -> Sequence[Worker]:
-    candidates = stage_candidates(ctx, stage)
+              stage: Stage) -> IntArray:
+    positions = stage_positions(ctx, stage)
     profile = profiles.get(stage.value)
-    return candidates if profile is None else profile.filter(ctx.for_stage(stage), candidates)
+    if profile is None:
+        return positions
+    return profile.filter_positions(ctx.for_stage(stage), positions)
 
 
 def _empty() -> _Options:

@@ -4,8 +4,9 @@
 holds (llm-d's prefix-cache scorer). ``cache-aware-picker`` follows SGLang's
 gateway: when the load is badly balanced it sends the request to the least loaded
 worker; otherwise to the worker with the longest cached prefix if that covers more
-than ``cache_threshold`` of the prompt, and else to the worker with the most free
-KV space (where a new prefix costs least). Load is running requests, as there.
+than ``cache_threshold`` of the prompt, and else to the worker with the smallest
+cache (SGLang's smallest radix tree; ties: more free KV blocks, fewer running
+requests). Load is running requests, as there.
 """
 
 from __future__ import annotations
@@ -40,11 +41,11 @@ class CacheAwareParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     cache_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
     balance_abs_threshold: int = Field(default=32, ge=0)
-    balance_rel_threshold: float = Field(default=1.5, ge=1.0)
+    balance_rel_threshold: float = Field(default=1.0001, ge=1.0)
 
 
 class CacheAwarePicker:
-    """SGLang's cache-aware choice: balance first, then prefix, then free space."""
+    """SGLang's cache-aware choice: balance first, then prefix, then the smallest cache."""
 
     def __init__(self, name: str, params: CacheAwareParams) -> None:
         """Create the picker."""
@@ -63,7 +64,8 @@ class CacheAwarePicker:
         best = max(hits)
         if ctx.request.blocks and best / ctx.request.blocks > self.params.cache_threshold:
             return ordered[hits.index(best)]
-        return max(ordered, key=lambda s: s.worker.free_kv_blocks)
+        return min(ordered, key=lambda s: (s.worker.cached_kv_blocks, -s.worker.free_kv_blocks,
+                                           s.worker.running_requests))
 
     def _imbalanced(self, high: int, low: int) -> bool:
         p = self.params

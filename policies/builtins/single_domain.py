@@ -1,8 +1,10 @@
 """Dynamo-style routing: KV-router cost for prefill, one locality domain for the pair.
 
 ``kv-router-scorer`` follows Dynamo's KV router: a worker's cost is
-``overlap_weight × blocks it must prefill + blocks it already has in use``, and the
-cheapest worker wins; the scorer maps cost to ``1 - cost / max cost``.
+``overlap_weight × blocks it must prefill + blocks it already has in use``, where the
+blocks to prefill are the request's uncached blocks plus the prompt tokens already
+queued there; the cheapest worker wins. The scorer maps cost to
+``1 - cost / max cost`` (Dynamo also normalises by the largest cost).
 ``same-domain-filter`` (a *required* constraint) keeps only workers in the peer's
 domain at ``level``; ``same-domain-scorer`` (*preferred*) gives them 1 and the others
 0. One domain is all these plugins know: inside it every pair looks alike.
@@ -45,7 +47,10 @@ class KvRouterScorer:
         return {w.id: 1.0 - c / top for w, c in zip(candidates, costs, strict=True)}
 
     def _cost(self, ctx: CycleContext, worker: Worker) -> float:
-        to_prefill = max(ctx.request.blocks - ctx.cached_of(worker), 0)
+        # Prefill blocks: the request's uncached blocks plus the prompt tokens already
+        # queued on the worker, in blocks; decode blocks: the blocks it has in use.
+        queued = worker.queued_tokens / ctx.snapshot.block_tokens
+        to_prefill = max(ctx.request.blocks - ctx.cached_of(worker), 0) + queued
         in_use = max(worker.capacity_kv_blocks - worker.free_kv_blocks, 0)
         return self.params.overlap_weight * to_prefill + in_use
 

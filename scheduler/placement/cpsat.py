@@ -52,12 +52,14 @@ class CpSatOutcome:
 def solve_cpsat(problem: Problem, *, hint: dict[int, Role] | None = None,
                 time_limit_s: float = 10.0, seed: int = 0, workers: int = 2,
                 relax_uplinks: bool = False, progress: Progress | None = None,
-                good_enough_ms: float | None = None) -> CpSatOutcome:
+                good_enough_ms: float | None = None,
+                churn_tolerance: float = 0.0) -> CpSatOutcome:
     """Solve ``problem`` in two phases (cost, then churn and imbalance).
 
     Phase 1 stops early once the tree cost is at or below ``good_enough_ms`` (the caller
     passes the analytic lower bound plus a tolerance); phase 2 gets at most 30 % of the
-    time limit.
+    time limit and, when there is a current placement, may give up ``churn_tolerance``
+    (a share) of the phase-1 cost to move fewer instances.
     """
     started = time.monotonic()
     model = cp_model.CpModel()
@@ -77,8 +79,9 @@ def solve_cpsat(problem: Problem, *, hint: dict[int, Role] | None = None,
     roles = _roles(first.solver, x)
     bound = _bound_ms(problem, first.solver.best_objective_bound)
     left = min(time_limit_s - (time.monotonic() - started), 0.3 * time_limit_s)
-    second = _second_phase(model, problem, x, saving, first.solver.objective_value, roles,
-                           max(0.1, left), seed, workers)
+    floor = _saving_floor(problem, first.solver.objective_value, churn_tolerance)
+    second = _second_phase(model, problem, (x, kept), saving, floor, roles, max(0.1, left),
+                           seed, workers)
     if second is not None:
         roles = second
     return CpSatOutcome(roles, status, bound, time.monotonic() - started)
@@ -205,6 +208,7 @@ class _Reporter(cp_model.CpSolverSolutionCallback):
         self.problem, self.progress, self.good_enough = problem, progress, good_enough_ms
 
     def on_solution_callback(self) -> None:
+        """Called by CP-SAT on each improving solution."""
         cost = _cost_ms(self.problem, self.objective_value)
         if self.progress is not None:
             self.progress(f"{self.wall_time:6.1f} s  solution: {cost:.3f} ms/request")
@@ -222,15 +226,23 @@ def _run(model: cp_model.CpModel, limit: float, seed: int, workers: int,
     return _Run(solver, status)
 
 
-def _second_phase(model: cp_model.CpModel, problem: Problem, x: Vars, saving: Any,
-                  best: float, roles: dict[int, Role], limit: float, seed: int,
+def _saving_floor(problem: Problem, best: float, tolerance: float) -> int:
+    """The least saving phase 2 must keep: phase 1's, less the churn tolerance."""
+    if not problem.current or tolerance <= 0:
+        return round(best)
+    slack = tolerance * _cost_ms(problem, best) * _SCALE * problem.prefill * problem.decode
+    return math.ceil(best - slack)
+
+
+def _second_phase(model: cp_model.CpModel, problem: Problem, variables: tuple[Vars, Kept],
+                  saving: Any, floor: int, roles: dict[int, Role], limit: float, seed: int,
                   workers: int) -> dict[int, Role] | None:
-    """Keep the phase-1 saving; minimise churn, then rack imbalance."""
+    """Keep at least ``floor`` of saving; minimise churn, then rack imbalance."""
+    x, kept = variables
     second = model  # phase 1 is over: its model is extended in place
     second.clear_hints()  # type: ignore[no-untyped-call]
-    second.add(saving >= round(best))
-    for (c, role), var in x.items():
-        second.add_hint(var, roles.get(c) == role)
+    second.add(saving >= floor)
+    _hint(second, problem, x, kept, roles)
     churn = _churn(problem, x)
     imbalance = _imbalance(second, problem, x)
     second.minimize(churn * (len(problem.candidates) + 1) + imbalance)

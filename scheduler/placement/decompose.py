@@ -33,11 +33,13 @@ def solve_decomposed(problem: Problem, time_limit_s: float,
 class _Decomposer:
     def __init__(self, problem: Problem, limit: float, progress: Progress | None) -> None:
         self.root = problem
+        self.unsolved = len(problem.candidates)
         self.deadline = time.monotonic() + limit
         self.progress: Callable[[str], None] = progress or (lambda _: None)
         self.options = problem.request.options
 
     def solve(self, problem: Problem, depth: int) -> dict[int, Role] | None:
+        """Split ``problem`` one level further if it is too big, else solve it."""
         too_big = len(problem.candidates) > self.options.decompose_above
         if depth < len(_SPLITS) and too_big:
             return self._split(problem, depth)
@@ -64,13 +66,16 @@ class _Decomposer:
         return roles
 
     def _leaf(self, problem: Problem) -> dict[int, Role] | None:
-        share = len(problem.candidates) / max(1, len(self.root.candidates))
+        # Each part gets the remaining time in proportion to its share of what is left.
+        share = len(problem.candidates) / max(1, self.unsolved)
+        self.unsolved -= len(problem.candidates)
         left = self.deadline - time.monotonic()
         hint = greedy(problem)
         target = analytic_bound_ms(problem) * (1 + self.options.gap_tolerance)
         outcome = solve_cpsat(problem, hint=hint, time_limit_s=max(0.3, left * share),
                               seed=self.options.seed, workers=self.options.workers,
-                              good_enough_ms=target)
+                              good_enough_ms=target,
+                              churn_tolerance=self.options.churn_tolerance)
         self.progress(f"part of {len(problem.candidates)} candidates: {outcome.status}")
         return outcome.roles if outcome.roles is not None else hint
 

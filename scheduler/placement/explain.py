@@ -23,7 +23,7 @@ def precheck(problem: Problem) -> list[str]:
     if problem.zone_quota is not None:
         reasons: list[str] = []
         for zone, (prefill, decode) in problem.zone_quota.items():
-            name = problem.dm._zones[zone]
+            name = problem.names.zones[zone]
             domains = [d for d in problem.domains if d.zone == zone]
             reasons += [f"zone {name} cannot serve alone: {r}"
                         for r in _capacity(problem, domains, prefill, decode, f"zone {name}")]
@@ -47,7 +47,8 @@ def _capacity(problem: Problem, domains: Sequence[Domain], prefill: int, decode:
         return [_short("prefill", prefill, prefill_max, tp["prefill"], where)]
     decode_max = _decode_room(domains, prefill, tp)
     if decode > decode_max:
-        return [_short("decode", decode, decode_max, tp["decode"], where)]
+        return [_short("decode", decode, decode_max, tp["decode"], where)
+                + f" once the {prefill} prefill instance(s) are placed"]
     return []
 
 

@@ -34,6 +34,7 @@ class _Greedy:
             self.by_domain.setdefault(cand.domain, []).append(cand)
 
     def run(self) -> dict[int, Role] | None:
+        """Pins, kept instances, then the per-rack fill; None if the counts are not met."""
         self._pins()
         self._keep_current()
         quotas = self._quotas()
@@ -41,8 +42,11 @@ class _Greedy:
             domains = [d for d, dom in enumerate(self.p.domains)
                        if zone is None or dom.zone == zone]
             for rack, share in self._rack_shares(domains, left).items():
-                for d in domains:
-                    if self.p.domains[d].rack == rack and any(share.values()):
+                # Roomiest domains first: a prefill and its decodes then share one.
+                in_rack = sorted((d for d in domains if self.p.domains[d].rack == rack),
+                                 key=lambda d: -self._unused(d))
+                for d in in_rack:
+                    if any(share.values()):
                         self._fill(d, share, left)
             for d in domains:  # what the per-rack shares could not place
                 if any(left.values()):
@@ -88,14 +92,15 @@ class _Greedy:
 
     def _rack_shares(self, domains: list[int],
                      left: dict[Role, int]) -> dict[int, dict[Role, int]]:
-        """Split the counts over racks in proportion to their free GPUs, down the tree
-        (zone, pod, rack) so that every level stays balanced."""
+        """Split the counts over racks in proportion to their unused free GPUs, down the
+        tree (zone, pod, rack) so that every level stays balanced."""
         free: dict[tuple[int, ...], int] = {}
         for d in domains:
             dom = self.p.domains[d]
             path = (dom.zone, dom.pod, dom.rack)
+            unused = self._unused(d)
             for depth in range(1, 4):
-                free[path[:depth]] = free.get(path[:depth], 0) + len(dom.free)
+                free[path[:depth]] = free.get(path[:depth], 0) + unused
         shares: dict[tuple[int, ...], dict[Role, int]] = {(): dict(left)}
         for depth in range(1, 4):
             for key in [k for k in free if len(k) == depth]:
@@ -105,6 +110,9 @@ class _Greedy:
                 shares[key] = {role: _apportion(parent[role], siblings)[key] for role in ROLES}
         return {key[2]: share for key, share in shares.items() if len(key) == 3}
 
+    def _unused(self, d: int) -> int:
+        return sum(g not in self.used for g in self.p.domains[d].free)
+
     def _fill(self, d: int, share: dict[Role, int], left: dict[Role, int]) -> None:
         """Give domain ``d`` instances in the proportion ``share`` still asks for."""
         free = sum(len(c.gpus) for c in self._disjoint_free(d))
@@ -112,9 +120,14 @@ class _Greedy:
         want = share["prefill"] * tp["prefill"] + share["decode"] * tp["decode"]
         ratio = share["prefill"] * tp["prefill"] / want if want else 0.0
         prefill = min(share["prefill"], round(free * ratio / tp["prefill"]))
-        self._take_n(d, "prefill", prefill, share, left)
-        self._take_n(d, "decode", share["decode"], share, left)
-        self._take_n(d, "prefill", share["prefill"], share, left)
+        decode = min(share["decode"], (free - prefill * tp["prefill"]) // tp["decode"])
+        # The larger groups go first: smaller ones then fill the gaps instead of
+        # breaking up the room a larger group needs.
+        wanted: dict[Role, int] = {"prefill": prefill, "decode": decode}
+        for role in sorted(ROLES, key=lambda r: -tp[r]):
+            self._take_n(d, role, wanted[role], share, left)
+        for role in sorted(ROLES, key=lambda r: -tp[r]):
+            self._take_n(d, role, share[role], share, left)
 
     def _disjoint_free(self, d: int) -> list[Candidate]:
         seen: set[int] = set(self.used)

@@ -9,8 +9,11 @@ from scheduler.placement.cpsat import Progress
 from scheduler.placement.placer import place
 from scheduler.placement.request import PlacementRequest
 from scheduler.placement.result import Placement
+from scheduler.placement.validate import moved_instances
 from topology.distance import DistanceModel
 from topology.errors import InputError
+
+__all__ = ["moved_instances", "replace_after_failure"]
 
 
 def replace_after_failure(request: PlacementRequest, failed: Sequence[str], *,
@@ -25,9 +28,3 @@ def replace_after_failure(request: PlacementRequest, failed: Sequence[str], *,
         raise InputError("re-placing after a failure needs the current placement")
     return place(replace(request, exclude=(*request.exclude, *failed)), dm=dm,
                  progress=progress)
-
-
-def moved_instances(before: Placement, after: Placement) -> list[str]:
-    """Ids of ``before``'s instances that ``after`` does not keep on the same GPUs and role."""
-    kept = {(tuple(sorted(i.gpus)), i.role) for i in after.instances}
-    return [i.id for i in before.instances if (tuple(sorted(i.gpus)), i.role) not in kept]

@@ -44,28 +44,50 @@ def solve(problem: Problem, *, progress: Progress | None = None,
     reasons = precheck(problem)
     if reasons:
         raise UnschedulableError(reasons)
-    options = problem.request.options
     hint = greedy(problem)
-    found: list[Found] = []
-    bound = analytic_bound_ms(problem)
-    source = "analytic tree bound (each node keeps at most what its free GPUs allow)"
-    if len(problem.candidates) > options.decompose_above:
-        roles = solve_decomposed(problem, options.time_limit_s, progress)
-        if roles is not None:
-            found.append((roles, "decomposed", "feasible"))
-    else:
-        outcome = solve_cpsat(problem, hint=hint, time_limit_s=options.time_limit_s,
-                              seed=options.seed, workers=options.workers, progress=progress,
-                              good_enough_ms=bound * (1 + options.gap_tolerance))
-        if outcome.status == "infeasible":
-            raise UnschedulableError(infeasible(problem, _uplink_overload(problem)))
-        if outcome.roles is not None:
-            found.append((outcome.roles, "cpsat", _status(outcome)))
-        if outcome.bound_ms is not None and outcome.bound_ms > bound:
-            bound, source = outcome.bound_ms, "CP-SAT best bound on the tree cost model"
+    search = _Search(problem, hint, progress)
+    found = search.run()
     if hint is not None:
         found.append((hint, "greedy", "heuristic"))
-    return _best(problem, found, bound, source, started)
+    if not found:
+        limit = problem.request.options.time_limit_s
+        raise UnschedulableError([f"no placement was found within the {limit:g} s time "
+                                  "limit; allow more time (--time-limit) or relax the rules"])
+    return _best(problem, found, search.bound, search.source, started)
+
+
+class _Search:
+    """CP-SAT on the whole problem, or on its parts when it is big (whole as a fallback)."""
+
+    def __init__(self, problem: Problem, hint: dict[int, Role] | None,
+                 progress: Progress | None) -> None:
+        self.problem, self.hint, self.progress = problem, hint, progress
+        self.started = time.monotonic()
+        self.bound = analytic_bound_ms(problem)
+        self.source = "analytic tree bound (each node keeps at most what its free GPUs allow)"
+
+    def run(self) -> list[Found]:
+        """Solutions found (empty when the search found none in time)."""
+        options = self.problem.request.options
+        if len(self.problem.candidates) > options.decompose_above:
+            roles = solve_decomposed(self.problem, options.time_limit_s, self.progress)
+            if roles is not None:
+                return [(roles, "decomposed", "feasible")]
+        left = options.time_limit_s - (time.monotonic() - self.started)
+        return self._whole(max(1.0, left))
+
+    def _whole(self, limit: float) -> list[Found]:
+        """One CP-SAT solve of the whole problem; raises when it proves infeasibility."""
+        problem, options = self.problem, self.problem.request.options
+        outcome = solve_cpsat(problem, hint=self.hint, time_limit_s=limit, seed=options.seed,
+                              workers=options.workers, progress=self.progress,
+                              good_enough_ms=self.bound * (1 + options.gap_tolerance),
+                              churn_tolerance=options.churn_tolerance)
+        if outcome.status == "infeasible":
+            raise UnschedulableError(infeasible(problem, _uplink_overload(problem)))
+        if outcome.bound_ms is not None and outcome.bound_ms > self.bound:
+            self.bound, self.source = outcome.bound_ms, "CP-SAT best bound on the tree cost model"
+        return [(outcome.roles, "cpsat", _status(outcome))] if outcome.roles is not None else []
 
 
 def _status(outcome: CpSatOutcome) -> Status:
@@ -87,9 +109,21 @@ def _best(problem: Problem, found: list[Found], bound: float, source: str,
             valid.append(placement)
     if not valid:
         raise UnschedulableError(infeasible(problem, [v for v in problems if "link" in v]))
-    best = min(valid, key=lambda p: (round(p.objective.transfer_cost_ms, 9),
-                                     p.objective.churn, p.objective.imbalance))
+    best = _pick(problem, valid)
     return best.model_copy(update={"solve_time_s": time.monotonic() - started})
+
+
+def _pick(problem: Problem, valid: list[Placement]) -> Placement:
+    """Lowest cost, then churn, then imbalance; with a current placement, costs within
+    ``churn_tolerance`` of the lowest count as equal (fewer moves first)."""
+    if not problem.current:
+        return min(valid, key=lambda p: (round(p.objective.transfer_cost_ms, 9),
+                                         p.objective.churn, p.objective.imbalance))
+    lowest = min(p.objective.transfer_cost_ms for p in valid)
+    limit = lowest * (1 + problem.request.options.churn_tolerance) + 1e-12
+    close = [p for p in valid if p.objective.transfer_cost_ms <= limit]
+    return min(close, key=lambda p: (p.objective.churn, round(p.objective.transfer_cost_ms, 9),
+                                     p.objective.imbalance))
 
 
 def _uplink_overload(problem: Problem) -> list[str]:

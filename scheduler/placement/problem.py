@@ -36,11 +36,33 @@ from scheduler.placement.request import PlacementRequest
 from scheduler.placement.result import Role
 from topology.distance import DistanceModel
 from topology.errors import InputError, NotFoundError
+from topology.spec import FabricSpec
 
 IntArray = npt.NDArray[np.int64]
 ROLES: tuple[Role, Role] = ("prefill", "decode")
 #: Tree levels, finest first.
 LEVELS = ("domain", "rack", "pod", "zone", "cluster")
+
+
+@dataclass(frozen=True)
+class LevelNames:
+    """Names of zones, pods, racks, NVLink domains and hosts in fabric order — the order
+    the DistanceModel's ``zone_of`` / ``pod_of`` / ``rack_of`` / ``nvd_of`` / ``host_of``
+    arrays index."""
+
+    zones: tuple[str, ...]
+    pods: tuple[str, ...]
+    racks: tuple[str, ...]
+    domains: tuple[str, ...]
+    hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, spec: FabricSpec) -> LevelNames:
+        """The names of ``spec``."""
+        return cls(zones=tuple(z.name for z in spec.zones), pods=tuple(p.name for p in spec.pods),
+                   racks=tuple(r.name for r in spec.racks),
+                   domains=tuple(d.name for d in spec.nvlink_domains),
+                   hosts=tuple(h.name for h in spec.hosts))
 
 
 @dataclass(frozen=True)
@@ -93,6 +115,7 @@ class Problem:
     """A prepared placement instance (see the module docstring)."""
 
     dm: DistanceModel
+    names: LevelNames
     request: PlacementRequest
     model: ModelShape
     prefill: int
@@ -125,24 +148,29 @@ class Problem:
         return self.rate_rps / (self.prefill * self.decode) * self.request_bytes / 1e9
 
     def restrict(self, keep: Iterable[int], prefill: int, decode: int) -> Problem:
-        """The sub-instance over candidates ``keep`` carrying its share of the traffic."""
+        """The sub-instance over candidates ``keep`` carrying its share of the traffic
+        (pins outside it are left to the other parts)."""
         kept = [self.candidates[i] for i in sorted(set(keep))]
         renumber = {c.index: i for i, c in enumerate(kept)}
         candidates = tuple(replace(c, index=renumber[c.index]) for c in kept)
         current = tuple(replace(c, candidate=renumber.get(c.candidate))
                         if c.candidate is not None else c for c in self.current)
+        inside = {g for c in kept for g in c.gpus}
+        pins = {role: frozenset(gpus & inside) for role, gpus in self.pins.items()}
         return replace(self, candidates=candidates, current=current, prefill=prefill,
                        decode=decode, rate_rps=self.rate_rps * prefill / self.prefill,
-                       chains=tuple(self.chains[c.index] for c in kept), zone_quota=None)
+                       chains=tuple(self.chains[c.index] for c in kept), zone_quota=None,
+                       pins=pins)
 
 
 def prepare(request: PlacementRequest, dm: DistanceModel | None = None) -> Problem:
     """Check a request and build its :class:`Problem` (errors in operator terms)."""
     _check_request(request)
     dm = dm or DistanceModel(request.fabric)
+    names = LevelNames.of(dm.spec)
     model = request.model or load_models().get(request.workload.model)
     available = _available(dm, request.exclude)
-    domains = _domains(dm, available)
+    domains = _domains(dm, names, available)
     _check_tp_divides(request, domains)
     prefill, decode, notes = _counts(request, model, dm)
     zone_quota = _zone_quota(dm, request, prefill, decode)
@@ -152,8 +180,9 @@ def prepare(request: PlacementRequest, dm: DistanceModel | None = None) -> Probl
         request.workload.input_tokens_mean)
     builder = _CandidateBuilder(dm, request, domains)
     candidates, current = builder.build()
-    nodes, chains = _tree(dm, domains, candidates, per_rank, request.tp_prefill)
-    return Problem(dm=dm, request=request, model=model, prefill=prefill, decode=decode,
+    nodes, chains = _TreeBuilder(dm, names, domains, per_rank,
+                                 request.tp_prefill).build(candidates)
+    return Problem(dm=dm, names=names, request=request, model=model, prefill=prefill, decode=decode,
                    rate_rps=request.workload.rate_rps, bytes_per_rank=per_rank,
                    domains=domains, candidates=candidates, nodes=nodes, chains=chains,
                    available=available, pins=builder.pins, current=current,
@@ -219,12 +248,12 @@ def _zone_quota(dm: DistanceModel, request: PlacementRequest, prefill: int,
 
 def resolve_target(dm: DistanceModel, name: str) -> IntArray:
     """GPU indices named by a GPU, host, rack, pod, zone or NVLink-domain name."""
-    spec = dm.spec
-    for names, owner in ((dm._zones, dm.zone_of), (dm._pods, dm.pod_of),
-                         (dm._racks, dm.rack_of), (dm._domains, dm.nvd_of),
-                         ([h.name for h in spec.hosts], dm.host_of)):
-        if name in names:
-            return np.flatnonzero(owner == names.index(name)).astype(np.int64)
+    names = LevelNames.of(dm.spec)
+    for level, owner in ((names.zones, dm.zone_of), (names.pods, dm.pod_of),
+                         (names.racks, dm.rack_of), (names.domains, dm.nvd_of),
+                         (names.hosts, dm.host_of)):
+        if name in level:
+            return np.flatnonzero(owner == level.index(name)).astype(np.int64)
     try:
         return np.array([dm.index(name)], dtype=np.int64)
     except NotFoundError:
@@ -238,15 +267,16 @@ def _available(dm: DistanceModel, exclude: Iterable[str]) -> npt.NDArray[np.bool
     return available
 
 
-def _domains(dm: DistanceModel, available: npt.NDArray[np.bool_]) -> tuple[Domain, ...]:
+def _domains(dm: DistanceModel, names: LevelNames,
+             available: npt.NDArray[np.bool_]) -> tuple[Domain, ...]:
     """NVLink domains in fabric order: multi-host domains, else one per host."""
-    key = np.where(dm.nvd_of >= 0, dm.nvd_of, len(dm._domains) + dm.host_of)
+    multi = len(names.domains)
+    key = np.where(dm.nvd_of >= 0, dm.nvd_of, multi + dm.host_of)
     domains = []
     for k in dict.fromkeys(key.tolist()):
         members = np.flatnonzero(key == k)
         first = int(members[0])
-        name = dm._domains[k] if k < len(dm._domains) else dm.spec.hosts[
-            int(dm.host_of[first])].name
+        name = names.domains[k] if k < multi else names.hosts[int(dm.host_of[first])]
         domains.append(Domain(
             name=name, gpus=tuple(int(g) for g in members),
             free=tuple(int(g) for g in members if available[g]),
@@ -266,6 +296,7 @@ class _CandidateBuilder:
         self.pins: dict[Role, frozenset[int]] = {"prefill": frozenset(), "decode": frozenset()}
 
     def build(self) -> tuple[tuple[Candidate, ...], tuple[CurrentInstance, ...]]:
+        """Candidates with their allowed roles, and the current instances mapped."""
         tp: dict[Role, int] = {"prefill": self.request.tp_prefill,
                                "decode": self.request.tp_decode}
         for d, domain in enumerate(self.domains):
@@ -320,22 +351,21 @@ class _CandidateBuilder:
 # --- the locality tree ------------------------------------------------------------------
 
 
-def _tree(dm: DistanceModel, domains: tuple[Domain, ...], candidates: tuple[Candidate, ...],
-          per_rank: int, tp: int) -> tuple[tuple[Node, ...], tuple[tuple[int, ...], ...]]:
-    """Nodes (children before parents) and, per candidate, its chain of node indices."""
-    return _TreeBuilder(dm, domains, per_rank, tp).build(candidates)
-
-
 class _TreeBuilder:
-    def __init__(self, dm: DistanceModel, domains: tuple[Domain, ...], per_rank: int,
-                 tp: int) -> None:
-        self.dm, self.domains, self.per_rank, self.tp = dm, domains, per_rank, tp
+    """Builds the tree's nodes and, per candidate, its chain of node indices (finest
+    first)."""
+
+    def __init__(self, dm: DistanceModel, names: LevelNames, domains: tuple[Domain, ...],
+                 per_rank: int, tp: int) -> None:
+        self.dm, self.names, self.domains = dm, names, domains
+        self.per_rank, self.tp = per_rank, tp
         self.keys: dict[tuple[str, int], int] = {}
         self.members: dict[int, list[int]] = {}  # node -> domain indices below it
         self.parent: dict[int, int] = {}
 
     def build(self, candidates: tuple[Candidate, ...]) -> tuple[tuple[Node, ...],
                                                                 tuple[tuple[int, ...], ...]]:
+        """Nodes in index order and each candidate's chain of node indices."""
         domain_chain = [self._chain(d, dom) for d, dom in enumerate(self.domains)]
         nodes = [self._node(i, level, ident) for (level, ident), i in self.keys.items()]
         nodes.sort(key=lambda n: n.index)
@@ -353,7 +383,7 @@ class _TreeBuilder:
         return tuple(chain)
 
     def _node(self, index: int, level: str, ident: int) -> Node:
-        names = {"rack": self.dm._racks, "pod": self.dm._pods, "zone": self.dm._zones}
+        names = {"rack": self.names.racks, "pod": self.names.pods, "zone": self.names.zones}
         if level == "domain":
             name = self.domains[ident].name
         else:

@@ -46,8 +46,11 @@ class SolverOptions:
     workers: int = 2
     #: Stop improving the cost once within this share of the analytic lower bound.
     gap_tolerance: float = 0.005
+    #: With a current placement, costs within this share of the best count as equal, so
+    #: the placement that moves fewer instances wins.
+    churn_tolerance: float = 0.005
     #: Candidates above which the instance is solved zone by zone, then pod by pod.
-    decompose_above: int = 400
+    decompose_above: int = 200
 
 
 @dataclass(frozen=True)

@@ -10,24 +10,30 @@ from __future__ import annotations
 
 import random
 
-from scheduler.placement.problem import Problem
+from scheduler.placement.problem import ROLES, Problem
 from scheduler.placement.result import Role
 
 
 def unaware(problem: Problem, seed: int = 0) -> dict[int, Role] | None:
-    """Roles in random order (candidate -> role, insertion order = pairing order)."""
+    """Roles in random order (candidate -> role, insertion order = pairing order).
+
+    The role with the larger TP size is placed first, as any packer would, so that
+    smaller groups do not break up the room the larger ones need.
+    """
     order = list(problem.candidates)
     random.Random(seed).shuffle(order)
     used: set[int] = set()
     roles: dict[int, Role] = {}
-    left: dict[Role, int] = {"prefill": problem.prefill, "decode": problem.decode}
-    for cand in order:
-        if used & set(cand.gpus):
-            continue
-        role = next((r for r in ("prefill", "decode") if left[r] and r in cand.roles), None)
-        if role is None:
-            continue
-        roles[cand.index] = role
-        used |= set(cand.gpus)
-        left[role] -= 1
-    return roles if not any(left.values()) else None
+    counts = {"prefill": problem.prefill, "decode": problem.decode}
+    for role in sorted(ROLES, key=lambda r: -problem.tp[r]):
+        left = counts[role]
+        for cand in order:
+            if left and role in cand.roles and not used & set(cand.gpus):
+                roles[cand.index] = role
+                used |= set(cand.gpus)
+                left -= 1
+        if left:
+            return None
+    shuffled = list(roles)
+    random.Random(seed + 1).shuffle(shuffled)
+    return {c: roles[c] for c in shuffled}

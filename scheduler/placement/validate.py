@@ -101,7 +101,7 @@ def _check_counts(problem: Problem, instances: Sequence[Instance],
         if count[role] != needed:
             violations.append(f"{count[role]} {role} instance(s) placed; {needed} needed")
     if problem.zone_quota is not None:
-        zones = problem.dm._zones
+        zones = problem.names.zones
         per_zone: Counter[tuple[str, str]] = Counter((i.zone, i.role) for i in instances)
         for z, (p, d) in problem.zone_quota.items():
             for role, needed in (("prefill", p), ("decode", d)):
@@ -204,7 +204,13 @@ def _churn(problem: Problem, instances: Sequence[Instance],
 
 def _imbalance(problem: Problem, instances: Sequence[Instance]) -> int:
     """Largest minus smallest instance count over racks that have free GPUs."""
-    racks = {problem.dm._racks[d.rack] for d in problem.domains if d.free}
+    racks = {problem.names.racks[d.rack] for d in problem.domains if d.free}
     per_rack = Counter(i.rack for i in instances)
     counts = [per_rack[r] for r in racks]
     return max(counts) - min(counts) if counts else 0
+
+
+def moved_instances(before: Placement, after: Placement) -> list[str]:
+    """Ids of ``before``'s instances that ``after`` does not keep on the same GPUs and role."""
+    kept = {(tuple(sorted(i.gpus)), i.role) for i in after.instances}
+    return [i.id for i in before.instances if (tuple(sorted(i.gpus)), i.role) not in kept]

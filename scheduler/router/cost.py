@@ -3,7 +3,8 @@
     TTFT(p, d) = queue wait at p                      queued tokens / prefill rate
                + prefill compute at p                 tokens p has not cached / rate
                + KV transfer p → d                    latency + bytes / bandwidth
-               + admission at d                       requests beyond d's batch slots
+               + admission at d                       d's current step (longer with more
+                                                      running requests) + full batch wait
 
 The transfer carries only what d lacks: the prompt's tokens past d's cached prefix,
 at the model's KV bytes per token. A worker over several GPUs moves its shards over
@@ -30,11 +31,16 @@ from topology.tiers import Tier
 
 
 class CostParams(BaseModel):
-    """Constants of the estimate: ``admission_step_s`` is the wait per request a decode
-    worker runs beyond its batch slots."""
+    """Constants of the admission term at the decode worker.
+
+    A decode worker takes a new request in at its next step; a step lasts longer the
+    more requests it runs (``step_s_per_running`` each), and past its batch slots the
+    request also waits ``admission_step_s`` per request ahead of it.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     admission_step_s: float = Field(default=0.02, ge=0.0)
+    step_s_per_running: float = Field(default=1e-4, ge=0.0)
 
 
 class TtftTerms(BaseModel):
@@ -104,10 +110,12 @@ class FabricCostModel:
         return (tokens * snap.kv_bytes_per_token).astype(np.float64)
 
     def admission(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
-        """Wait at each decode worker for a batch slot."""
+        """Wait at each decode worker: its current step, and a batch slot if it is full."""
         snap = ctx.snapshot
-        over = np.maximum(snap.running[decode] - snap.max_running[decode] + 1, 0)
-        wait: FloatArray = over.astype(np.float64) * self.params.admission_step_s
+        running = snap.running[decode].astype(np.float64)
+        over = np.maximum(running - snap.max_running[decode] + 1, 0)
+        wait: FloatArray = (running * self.params.step_s_per_running
+                            + over * self.params.admission_step_s)
         return wait
 
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:

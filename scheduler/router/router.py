@@ -14,10 +14,12 @@ malformed requests raise :class:`~topology.errors.ValidationError` (an
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -32,6 +34,8 @@ from topology.distance import DistanceModel
 from topology.documents import validate
 from topology.errors import Issue, ValidationError
 
+log = logging.getLogger(__name__)
+
 BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
 
 
@@ -45,8 +49,9 @@ class RouteRequest(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     request_id: str = Field(default="request", min_length=1, max_length=256)
     model: str | None = None
-    block_hashes: list[BlockHash] | None = None
-    token_ids: list[Annotated[int, Field(ge=0, strict=True)]] | None = None
+    block_hashes: list[BlockHash] | None = Field(default=None, max_length=1 << 16)
+    token_ids: list[Annotated[int, Field(ge=0, strict=True)]] | None = Field(
+        default=None, max_length=1 << 22)
     prompt_tokens: int | None = Field(default=None, ge=1)
     session: str | None = Field(default=None, min_length=1, max_length=256)
     prefill_worker: str | None = None
@@ -137,9 +142,16 @@ class Router:
 
     def __init__(self, distance: DistanceModel, policy: Policy, *,
                  index: PrefixIndex | None = None, cost: CostParams | None = None,
-                 seed: int = 0, max_sessions: int = 100_000) -> None:
-        """Create a router; ``index`` defaults to an empty prefix index."""
+                 seed: int = 0, max_sessions: int = 100_000,
+                 predict_ttl_s: float | None = None) -> None:
+        """Create a router; ``index`` defaults to an empty prefix index.
+
+        ``predict_ttl_s``: after each decision, count the request's blocks as held by
+        the chosen workers for that long (for engines without KV events, and to
+        bridge the gap until their first event), as Dynamo's approximate mode does.
+        """
         self.distance = distance
+        self.predict_ttl_s = predict_ttl_s
         self.policy = policy
         self.index = index if index is not None else PrefixIndex()
         self.cost_params = cost or CostParams()
@@ -147,14 +159,23 @@ class Router:
         self.sequence = 0
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._max_sessions = max_sessions
-        self._table: tuple[Any, PairTable] | None = None
+        self._match_order: tuple[tuple[str, ...], Mapping[str, int], IntArray] | None = None
+        #: The last snapshot seen, its workers' GPUs and the pair table for them.
+        self._table: tuple[Snapshot, tuple[tuple[str, ...], ...], PairTable] | None = None
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         """The cost model for ``snapshot`` (the pair table is reused while GPUs match)."""
-        key = PairTable.key(snapshot.workers)
-        if self._table is None or self._table[0] != key:
-            self._table = (key, PairTable(self.distance, snapshot.workers))
-        return FabricCostModel(self._table[1], self.cost_params)
+        if self._table is None or self._table[0] is not snapshot:
+            key = PairTable.key(snapshot.workers)
+            if self._table is None or self._table[1] != key:
+                self._table = (snapshot, key, PairTable(self.distance, snapshot.workers))
+            else:
+                self._table = (snapshot, key, self._table[2])
+        return FabricCostModel(self._table[2], self.cost_params)
+
+    def session(self, name: str) -> tuple[str, str] | None:
+        """The (prefill, decode) pair the session ``name`` was last routed to."""
+        return self._sessions.get(name)
 
     def route(self, request: RouteRequest | Mapping[str, Any], snapshot: Snapshot) -> RouteResult:
         """Place ``request`` on ``snapshot``: a :class:`Decision` or :class:`Unschedulable`."""
@@ -172,7 +193,14 @@ class Router:
             return Unschedulable(request_id=req.request_id, policy=self.policy.name,
                                  reasons=choice.reasons)
         self._remember(view.session, choice)
-        return self._explain(ctx, choice, started)
+        self._predict(view, choice)
+        decision = self._explain(ctx, choice, started)
+        log.debug("routed", extra={"request_id": decision.request_id,
+                                   "prefill": decision.prefill.worker,
+                                   "decode": decision.decode.worker, "mode": decision.mode,
+                                   "tier": decision.transfer.tier,
+                                   "ttft_s": decision.estimate.total_s})
+        return decision
 
     # -- request -------------------------------------------------------------------
     def _view(self, req: RouteRequest, snapshot: Snapshot) -> RequestView:
@@ -200,15 +228,31 @@ class Router:
     def _context(self, view: RequestView, snapshot: Snapshot) -> CycleContext:
         cached = np.zeros(len(snapshot.workers), dtype=np.int64)
         if view.block_hashes:
-            position = snapshot.position
-            for name, info in self.index.match(view.block_hashes, model=view.model).items():
-                pos = position.get(name)
-                if pos is not None and info.blocks:
-                    cached[pos] = info.blocks
+            matches = self.index.match(view.block_hashes, model=view.model)
+            positions = self._positions(tuple(matches), snapshot)
+            blocks = np.fromiter(map(itemgetter(0), matches.values()), dtype=np.int64,
+                                 count=len(matches))
+            known = positions >= 0
+            cached[positions[known]] = blocks[known]
         cached.flags.writeable = False
         session = self._sessions.get(view.session) if view.session else None
         return CycleContext(view, snapshot, cached, self.cost_model(snapshot), self.seed,
                             self.sequence, session)
+
+    def _positions(self, names: tuple[str, ...], snapshot: Snapshot) -> IntArray:
+        """Snapshot position of each index worker (-1: not in the snapshot), memoised:
+        the index lists its workers in the same order until they change."""
+        if self._match_order is None or self._match_order[:2] != (names, snapshot.position):
+            pos = snapshot.position
+            found = np.array([pos.get(name, -1) for name in names], dtype=np.int64)
+            self._match_order = (names, snapshot.position, found)
+        return self._match_order[2]
+
+    def _predict(self, view: RequestView, choice: PairChoice) -> None:
+        if self.predict_ttl_s is None or not view.block_hashes:
+            return
+        for worker in dict.fromkeys((choice.prefill.id, choice.decode.id)):
+            self.index.predict(worker, view.block_hashes, self.predict_ttl_s, model=view.model)
 
     def _remember(self, session: str | None, choice: PairChoice) -> None:
         if session is None:

@@ -85,11 +85,21 @@ class StateDocument(_Doc):
     link_load: dict[str, int] = Field(default_factory=dict)
 
 
+class PlacementPairing(BaseModel):
+    """A pairing of a placement result (``scheduler.placement.result.Pairing``); its
+    other fields (the tier, …) are not needed here."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    prefill: str
+    decode: str
+    weight: float = Field(default=1.0, ge=0.0, le=1.0)
+
+
 class PlacementPairings(BaseModel):
     """The part of a placement result the router reads: its pairings."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
-    pairings: list[PairEntry] = Field(default_factory=list)
+    pairings: list[PlacementPairing] = Field(default_factory=list)
 
 
 def domain_arrays(distance: DistanceModel, workers: Sequence[Worker]) -> dict[str, Any]:
@@ -171,7 +181,8 @@ def snapshot_from_state(doc: StateDocument, distance: DistanceModel, *, source: 
     workers = [Worker(w.id, w.role, tuple(w.gpus), w.queued_tokens, w.running_requests,
                       w.max_running_requests, w.free_kv_blocks,
                       w.capacity_kv_blocks if w.capacity_kv_blocks is not None
-                      else w.free_kv_blocks + len(w.cached_blocks), w.prefill_tokens_per_s)
+                      else w.free_kv_blocks + len(w.cached_blocks), w.prefill_tokens_per_s,
+                      len(w.cached_blocks))
                for w in doc.workers]
     return build_snapshot(distance, workers, preferred_pairs=pairs, link_load=doc.link_load,
                           block_tokens=doc.block_tokens,

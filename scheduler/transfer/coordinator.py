@@ -134,6 +134,18 @@ class TransferCoordinator:
         await self.store.claim_blocks(dst.name, plan.dst_blocks)
         return plan
 
+    async def take_jobs(self, name: str, wait_s: float) -> list[TransferJob]:
+        """Long-poll a worker's jobs; stamps ``delivered_at`` on the transfers they start."""
+        jobs = await self.store.wait_jobs(name, wait_s)
+        now = self._clock()
+        for job in jobs:
+            if job.kind == "execute":
+                with contextlib.suppress(NotFoundError):
+                    record = await self.store.get_transfer(job.plan_id)
+                    await self.store.put_transfer(record.model_copy(
+                        update={"delivered_at": now}))
+        return jobs
+
     async def report(self, plan_id: str, report: TransferReport) -> TransferRecord:
         """Record one sidecar's report and move the transfer to done or failed."""
         record = await self.store.get_transfer(plan_id)

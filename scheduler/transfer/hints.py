@@ -48,7 +48,7 @@ def hints_for_tier(tier: Tier, mem_type: MemType, *, src_nic: str | None = None,
 
 
 def nearest_nic(spec: FabricSpec, gpu: str) -> str | None:
-    """Device name of the NIC nearest to fabric GPU ``HOST/gpuN`` (None if unknown)."""
+    """The NIC the fabric document names for GPU ``HOST/gpuN`` (None if it names none)."""
     host_name, _, local = gpu.rpartition("/gpu")
     for host in spec.hosts:
         if host.name == host_name:
@@ -56,6 +56,24 @@ def nearest_nic(spec: FabricSpec, gpu: str) -> str | None:
                 if str(card.index) == local:
                     return card.nic
     return None
+
+
+def path_nics(model: DistanceModel, src_gpu: str, dst_gpu: str) -> tuple[str | None, str | None]:
+    """NIC devices the cost model routes a cross-host path through (sending, receiving).
+
+    Read from the path's link ids (``nic:HOST/DEV:tx`` … ``nic:HOST/DEV:rx``), which use
+    the nearest NIC by PCIe distance where the document names none.
+    """
+    send = recv = None
+    for link in model.path_links(src_gpu, dst_gpu):
+        kind, _, rest = link.partition(":")
+        if kind == "nic":
+            device = rest.rpartition(":")[0].rpartition("/")[2]
+            if rest.endswith(":tx"):
+                send = device
+            elif rest.endswith(":rx"):
+                recv = device
+    return send, recv
 
 
 def tier_between(src: WorkerRegistration, dst: WorkerRegistration,
@@ -78,9 +96,13 @@ def hints_for_workers(src: WorkerRegistration, dst: WorkerRegistration, *,
                       model: DistanceModel | None = None) -> TransportHints:
     """Hints for moving ``src``'s KV to ``dst`` on the given fabric (if any)."""
     tier = tier_between(src, dst, model)
-    src_nic = nearest_nic(spec, src.gpus[0]) if spec is not None and src.gpus else None
-    dst_nic = nearest_nic(spec, dst.gpus[0]) if spec is not None and dst.gpus else None
-    return hints_for_tier(tier, src.mem_type, src_nic=src_nic, dst_nic=dst_nic)
+    nics: tuple[str | None, str | None] = (None, None)
+    if model is not None and not tier.same_host and src.gpus and dst.gpus \
+            and {src.gpus[0], dst.gpus[0]} <= set(model.names):
+        nics = path_nics(model, src.gpus[0], dst.gpus[0])
+    elif spec is not None and src.gpus and dst.gpus:
+        nics = nearest_nic(spec, src.gpus[0]), nearest_nic(spec, dst.gpus[0])
+    return hints_for_tier(tier, src.mem_type, src_nic=nics[0], dst_nic=nics[1])
 
 
 def ucx_env(hints: TransportHints, side: str) -> dict[str, str]:

@@ -202,4 +202,6 @@ class TransferRecord(_Frozen):
     recompute: bool = False
     error: str | None = None
     created_at: float = 0.0
+    delivered_at: float | None = Field(default=None,
+                                       description="when the initiator's job was handed out")
     finished_at: float | None = None

@@ -111,13 +111,14 @@ def _cache_aware(ctx: CycleContext) -> str:
 
 def test_cache_aware_balances_first_then_follows_the_cache_then_free_space() -> None:
     def snap(load_b: int) -> Snapshot:
-        return snapshot([worker("a", "prefill", SOURCE, running_requests=0),
+        return snapshot([worker("a", "prefill", SOURCE, running_requests=0,
+                                cached_kv_blocks=500),
                          worker("b", "prefill", SAME_RAIL, running_requests=load_b,
-                                free_kv_blocks=10),
-                         worker("c", "prefill", SAME_RAIL_2, free_kv_blocks=200_000)])
+                                cached_kv_blocks=900),
+                         worker("c", "prefill", SAME_RAIL_2, cached_kv_blocks=40)])
     assert _cache_aware(context(snap(20), chain(4), {"b": 4})) == "a"    # imbalanced
     assert _cache_aware(context(snap(2), chain(4), {"b": 4})) == "b"     # cache hit 100 %
-    assert _cache_aware(context(snap(2), chain(4), {"b": 2})) == "c"     # 50 %: most free
+    assert _cache_aware(context(snap(2), chain(4), {"b": 2})) == "c"     # 50 %: smallest
 
 
 def test_round_robin_cycles_through_candidates() -> None:

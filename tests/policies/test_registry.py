@@ -127,3 +127,9 @@ def test_a_non_callable_entry_point_is_refused(tmp_path: Path,
 def test_unknown_type_is_reported_as_an_issue() -> None:
     plugin, issues = default_registry().create("nope", name="x", path="plugins[3].parameters")
     assert plugin is None and issues[0].path == "plugins[3].type"
+
+
+def test_an_entry_point_that_cannot_be_imported_is_reported() -> None:
+    with pytest.raises(NotFoundError, match="no_such_plugin_module"):
+        Registry().load_entry_points(
+            entry_points=[entry_point("missing", "no_such_plugin_module:register")])

@@ -79,7 +79,8 @@ class Proc:
             raise AssertionError(f"process did not exit on {sig}:\n{self.text()}") from None
 
 
-def _spawn(args: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def _spawn(args: list[str], log: Path,
+           env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with log.open("wb") as out:
         return subprocess.Popen(args, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -130,13 +131,14 @@ class Cluster:
         data: dict[str, Any] = self.http.get(f"{self.url}/v1/transfers/{plan_id}").json()
         return data
 
-    def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0) -> dict[str, Any]:
+    def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0,
+                 interval_s: float = 0.05) -> dict[str, Any]:
         """Wait until the transfer left ``pending`` and has ``reports`` reports."""
         def check() -> dict[str, Any] | None:
             record = self.transfer(plan_id)
             done = record["state"] != "pending" and len(record["reports"]) >= reports
             return record if done else None
-        record: dict[str, Any] = wait_for(check, timeout_s, f"transfer {plan_id}")
+        record: dict[str, Any] = wait_for(check, timeout_s, f"transfer {plan_id}", interval_s)
         return record
 
 
@@ -160,5 +162,5 @@ def cluster(workdir: Path, *, mode: str = "READ", lease_ttl_s: float = 3.0,
             if proc.popen.poll() is None:
                 proc.popen.kill()
                 proc.popen.wait(5)
-        server.stop(signal.SIGTERM, 10)
         result.http.close()
+        server.stop(signal.SIGTERM, 10)

@@ -63,8 +63,9 @@ def test_route_reads_request_files_and_placement(fabric_file: Path, tmp_path: Pa
     request = tmp_path / "request.json"
     request.write_text(json.dumps({"block_hashes": [101]}))
     placement = tmp_path / "placement.yaml"
-    placement.write_text(yaml.safe_dump({"pairings": [
-        {"prefill": "prefill-0", "decode": "decode-near", "weight": 1.0}]}))
+    placement.write_text(yaml.safe_dump({"version": 1, "fabric": "small", "pairings": [
+        {"prefill": "prefill-0", "decode": "decode-near", "weight": 1.0,
+         "tier": "same_leaf"}]}))  # the shape of scheduler.placement.result.Placement
     argv = _route(fabric_file, _state(tmp_path), f"@{request}", "--placement", str(placement),
                   "--policy", "least-loaded")
     assert run(argv) == 0
@@ -91,10 +92,12 @@ def test_bad_state_names_every_problem(fabric_file: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     workers = [{"id": "a", "role": "prefill", "gpus": ["no-such/gpu0"], "free_kv_blocks": 1},
                {"id": "a", "role": "decode", "gpus": [SAME_RAIL], "free_kv_blocks": 1}]
-    state = _state(tmp_path, workers=workers)
+    pairs = [{"prefill": "a", "decode": "ghost"}]
+    state = _state(tmp_path, workers=workers, preferred_pairs=pairs)
     assert run(_route(fabric_file, state, '{"block_hashes": [1]}')) == 2
     err = capsys.readouterr().err
     assert "workers[0].gpus[0]" in err and "workers[1].id" in err
+    assert "preferred_pairs[0]" in err and "'ghost'" in err
 
 
 def test_text_output(fabric_file: Path, tmp_path: Path,

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-import pytest
+import random
 
-from scheduler.router.router import Decision, Unschedulable
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from scheduler.router.router import Decision, Router, Unschedulable
 from tests.scheduler.router.builders import (
     BLOCK,
     CROSS_ZONE,
@@ -13,6 +17,8 @@ from tests.scheduler.router.builders import (
     SAME_RAIL_2,
     SOURCE,
     chain,
+    fabric,
+    policy,
     router,
     snapshot,
     worker,
@@ -78,6 +84,7 @@ def test_decode_holding_most_of_the_prefix_prefills_locally() -> None:
     assert decision.prefill.worker == decision.decode.worker == "d"
     assert decision.transfer.blocks == 0 and decision.transfer.bytes == 0
     assert decision.estimate.prefill_compute_s == pytest.approx(BLOCK / 20_000)
+    assert any("d prefills locally" in note for note in decision.notes)
 
 
 def test_decode_missing_many_tokens_does_not_prefill_locally() -> None:
@@ -90,8 +97,16 @@ def test_decode_missing_many_tokens_does_not_prefill_locally() -> None:
 
 def test_without_prefill_workers_decode_prefills_locally() -> None:
     snap = snapshot([worker("d", "decode", SAME_RAIL)])
-    decision = _decided(router().route({"block_hashes": chain(3)}, snap))
+    decision = _decided(router().route({"block_hashes": chain(300)}, snap))
     assert decision.mode == "local-prefill"
+    assert any("no prefill worker" in note for note in decision.notes)
+
+
+def test_prefill_workers_without_kv_space_leave_the_decode_worker_to_prefill() -> None:
+    snap = snapshot([worker("p", "prefill", SOURCE, free_kv_blocks=0),
+                     worker("d", "decode", SAME_RAIL)])
+    decision = _decided(router().route({"block_hashes": chain(300)}, snap))
+    assert decision.mode == "local-prefill" and decision.decode.worker == "d"
 
 
 def test_session_affinity_keeps_the_sessions_pair() -> None:
@@ -103,6 +118,27 @@ def test_session_affinity_keeps_the_sessions_pair() -> None:
     _decided(r.route({**request, "session": "s", "decode_worker": "d2"}, snap))
     assert _decided(r.route({**request, "session": "s"}, snap)).decode.worker == "d2"
     assert _decided(r.route({**request, "session": "other"}, snap)).decode.worker == "d1"
+
+
+def test_predictions_make_the_next_turn_find_its_prefix() -> None:
+    snap = snapshot([worker("p", "prefill", SOURCE), worker("d", "decode", SAME_RAIL)])
+    r = Router(fabric(), policy("least-loaded"), predict_ttl_s=60.0)
+    first = _decided(r.route({"block_hashes": chain(40)}, snap))
+    assert first.prefill.cached_blocks == 0
+    second = _decided(r.route({"block_hashes": chain(48)}, snap))
+    assert second.prefill.cached_blocks == second.decode.cached_blocks == 40
+    assert second.transfer.block_hashes == tuple(chain(48)[40:])
+
+
+def test_session_memory_is_bounded() -> None:
+    snap = snapshot([worker("p", "prefill", SOURCE), worker("d1", "decode", SAME_RAIL),
+                     worker("d2", "decode", SAME_RAIL_2)])
+    r = Router(fabric(), policy(), max_sessions=2)
+    for name in ("s1", "s2", "s3"):
+        _decided(r.route({"block_hashes": chain(4), "session": name, "decode_worker": "d2"},
+                         snap))
+    assert r.session("s1") is None
+    assert r.session("s2") == r.session("s3") == ("d2", "d2")  # 64 tokens: local prefill
 
 
 def test_placement_pairing_breaks_a_tie() -> None:
@@ -144,8 +180,6 @@ def test_decode_reusing_its_cached_prefix_needs_fewer_free_blocks() -> None:
 
 
 def test_decisions_on_a_bigger_cluster_prune_candidates() -> None:
-    from tests.scheduler.router.builders import fabric
-
     names = fabric().names
     workers = [worker(f"w{i}", "prefill" if i % 2 else "decode", names[i]) for i in range(128)]
     snap = snapshot(workers)
@@ -154,3 +188,27 @@ def test_decisions_on_a_bigger_cluster_prune_candidates() -> None:
         {"block_hashes": hashes}, snap))
     assert decision.considered < 64 * 64
     assert decision.decode.worker == "w100" and decision.mode == "local-prefill"
+
+
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_pruning_keeps_the_exhaustive_optimum_within_reach(seed: int) -> None:
+    """On random 128-worker states the pruned choice is never better than the exhaustive
+    one (which is optimal) and stays close to it (in practice: equal)."""
+    rng = random.Random(seed)
+    names = fabric().names
+    workers = [worker(f"w{i}", "prefill" if i % 2 else "decode", names[i],
+                      queued_tokens=rng.randrange(40_000), running_requests=rng.randrange(300),
+                      free_kv_blocks=rng.randrange(400)) for i in range(128)]
+    hashes = chain(200)
+    cached = {f"w{i}": hashes[: rng.randrange(200)] for i in rng.sample(range(128), 30)}
+    snap = snapshot(workers, link_load={"leaf:z0-p0-rail0:up": rng.randrange(4)})
+    pruned = router(cached=cached).route({"block_hashes": hashes}, snap)
+    full = router(cached=cached, exhaustive_below=1_000).route({"block_hashes": hashes}, snap)
+    if isinstance(full, Unschedulable):
+        assert isinstance(pruned, Unschedulable)
+        return
+    pruned = _decided(pruned)
+    assert pruned.considered <= full.considered
+    assert full.estimate.total_s <= pruned.estimate.total_s * (1 + 1e-9)
+    assert pruned.estimate.total_s <= full.estimate.total_s * 1.25

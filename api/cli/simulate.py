@@ -1,0 +1,148 @@
+"""``toposched simulate``: replay a workload on a cluster with several policies and compare.
+
+Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+aggregated]``: a packaged policy
+(or a policy file), optionally with its own placement method (else ``--placement``),
+optionally run aggregated (every instance prefills and decodes its own requests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, get_args
+
+from api.cli.output import print_json
+from sim.adapters import PlacementMethod
+from sim.report import RunRecord, SimReport, comparison_table, write_report
+from sim.scenarios import CLUSTERS, ClusterScenario, cluster, workload
+from sim.simulator import SimConfig, simulate
+from topology.distance import DistanceModel
+from topology.errors import InputError
+from topology.spec import FabricSpec, load_fabric
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One entry of ``--policies``."""
+
+    policy: str
+    placement: PlacementMethod
+    aggregated: bool
+
+
+def parse_runs(text: str, default: PlacementMethod) -> list[RunSpec]:
+    """Parse ``P1,P2@unaware,P3+aggregated`` into run specs."""
+    runs = []
+    for raw in filter(None, (part.strip() for part in text.split(","))):
+        body, plus, mode = raw.partition("+")
+        if plus and mode != "aggregated":
+            raise InputError(f"--policies entry {raw!r}: only '+aggregated' may follow")
+        policy, at, method = body.partition("@")
+        method = method if at else default
+        if method not in get_args(PlacementMethod):
+            raise InputError(f"--policies entry {raw!r}: placement must be one of "
+                             f"{', '.join(get_args(PlacementMethod))}")
+        runs.append(RunSpec(policy, method, bool(plus)))  # type: ignore[arg-type]
+    if not runs:
+        raise InputError("--policies names no policy")
+    return runs
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``simulate`` command."""
+    parser = subparsers.add_parser(
+        "simulate", help="replay a trace on a simulated cluster and compare policies",
+        description="Discrete-event simulation with the real router, policies and placement. "
+                    f"Clusters: {', '.join(sorted(CLUSTERS))} or a fabric file (then give "
+                    "--prefill/--decode). Workloads: NAME[:scale=X,limit=N,unshared=1].")
+    parser.add_argument("--cluster", required=True, help="cluster scenario name or fabric file")
+    parser.add_argument("--workload", required=True, help="workload spec")
+    parser.add_argument("--policies", default="fabric-cost",
+                        help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]")
+    parser.add_argument("--placement", default="solver", choices=get_args(PlacementMethod))
+    parser.add_argument("--prefill", type=int, default=None, help="prefill instances")
+    parser.add_argument("--decode", type=int, default=None, help="decode instances")
+    parser.add_argument("--tp", type=int, default=None, help="GPUs per instance (default 4)")
+    parser.add_argument("--model", default="llama-3-70b")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--infinite-fabric", action="store_true",
+                        help="transfers take no time (sanity check)")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("-o", "--output", default=None, metavar="DIR",
+                        help="write simulation.json, simulation.md and PNGs here")
+    parser.set_defaults(handler=handle_simulate)
+
+
+def _cluster(args: argparse.Namespace) -> tuple[str, FabricSpec, int, int, int]:
+    if args.cluster in CLUSTERS or not Path(args.cluster).exists():
+        scenario: ClusterScenario = cluster(args.cluster)
+        return (scenario.name, scenario.fabric(), args.prefill or scenario.prefill,
+                args.decode or scenario.decode, args.tp or scenario.tp)
+    if args.prefill is None or args.decode is None:
+        raise InputError("a fabric file needs --prefill and --decode")
+    fabric = load_fabric(args.cluster)
+    return fabric.name, fabric, args.prefill, args.decode, args.tp or 4
+
+
+def handle_simulate(args: argparse.Namespace) -> int:
+    """Run every requested policy and print or write the comparison."""
+    runs = parse_runs(args.policies, args.placement)
+    name, fabric, prefill, decode, tp = _cluster(args)
+    trace = workload(args.workload, args.seed)
+    distance = DistanceModel(fabric)
+    records = []
+    with _Progress(enabled=not args.json and sys.stderr.isatty()) as bar:
+        for spec in runs:
+            config = SimConfig(policy=spec.policy, placement=spec.placement, model=args.model,
+                               tp=tp, prefill=prefill, decode=decode, aggregated=spec.aggregated,
+                               infinite_fabric=args.infinite_fabric, seed=args.seed)
+            summary = simulate(fabric, trace, config, distance=distance,
+                               progress=bar.task(config.label))
+            records.append(RunRecord(label=config.label, cluster=name, workload=args.workload,
+                                     policy=spec.policy, placement=spec.placement,
+                                     aggregated=spec.aggregated,
+                                     infinite_fabric=args.infinite_fabric, seed=args.seed,
+                                     summary=summary))
+    report = SimReport(title=f"Simulation: {name} · {args.workload}", runs=tuple(records))
+    if args.output:
+        write_report(report, args.output, draw=not args.no_plots)
+    if args.json:
+        print_json(report)
+    else:
+        print(comparison_table(records, records[0]))
+    return 0
+
+
+class _Progress:
+    """A rich progress bar on stderr per run (silent when disabled)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._progress: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.progress import Progress
+
+            self._progress = Progress(transient=False)
+            self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+    def task(self, label: str) -> Any:
+        """A callback ``(done, total)`` updating a bar for ``label`` (or ``None``)."""
+        if self._progress is None:
+            return None
+        progress = self._progress
+        task_id = progress.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            progress.update(task_id, completed=done, total=total)
+
+        return update

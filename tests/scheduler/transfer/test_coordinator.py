@@ -1,0 +1,189 @@
+"""The control plane over the memory store: leases, jobs, reports, failure handling."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import TypeVar
+
+import pytest
+
+from scheduler.state.memory import MemoryStore
+from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
+from scheduler.transfer.plan import TransferReport
+from tests.scheduler.transfer.builders import registration
+from topology.errors import ConflictError, NotFoundError, UnschedulableError, ValidationError
+
+T = TypeVar("T")
+
+
+class FakeClock:
+    """Seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(coro: Awaitable[T]) -> T:
+    async def main() -> T:
+        return await coro
+    return asyncio.run(main())
+
+
+def setup(mode: str = "READ", ttl: float = 10.0) -> tuple[TransferCoordinator, FakeClock]:
+    clock = FakeClock()
+    ids = iter(f"x{i}" for i in range(100))
+    coordinator = TransferCoordinator(MemoryStore(clock), mode=mode,  # type: ignore[arg-type]
+                                      lease_ttl_s=ttl, clock=clock, new_id=lambda: next(ids))
+    return coordinator, clock
+
+
+async def _two(c: TransferCoordinator, blocks: int = 16) -> None:
+    await c.register(registration("prefill-0", num_blocks=blocks))
+    await c.register(registration("decode-0", num_blocks=blocks, base=0x10_0000_0000))
+
+
+def _report(plan_id: str, worker: str, outcome: str = "ok", role: str = "initiator"
+            ) -> TransferReport:
+    return TransferReport(plan_id=plan_id, worker=worker, role=role,
+                          outcome=outcome)
+
+
+def test_register_gives_growing_epochs_and_heartbeat_extends_the_lease() -> None:
+    async def body() -> None:
+        c, clock = setup(ttl=5)
+        first = await c.register(registration("w"))
+        second = await c.register(registration("w"))
+        assert (first.epoch, second.epoch) == (1, 2)
+        clock.now += 4
+        lease = await c.store.heartbeat("w")
+        assert lease.expires_at == clock.now + 5
+        clock.now += 6
+        with pytest.raises(NotFoundError, match="unknown worker 'w'"):
+            await c.store.heartbeat("w")
+        assert await c.expire() == ["w"]
+    run(body())
+
+
+def test_submit_queues_execute_for_the_initiator_and_await_for_the_target() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        record = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                src_blocks=(3, 4, 5)))
+        assert record.plan.plan_id == "x0" and record.plan.dst_blocks == (0, 1, 2)
+        dec = await c.store.wait_jobs("decode-0", 0)
+        pre = await c.store.wait_jobs("prefill-0", 0)
+        assert [j.kind for j in dec] == ["execute"] and [j.kind for j in pre] == ["await"]
+        assert (await c.store.get_worker("decode-0")).free_blocks == 13
+    run(body())
+
+
+def test_long_poll_wakes_on_a_job_and_times_out_empty() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        assert await c.store.wait_jobs("decode-0", 0.05) == []
+        waiter = asyncio.create_task(c.store.wait_jobs("decode-0", 5))
+        await asyncio.sleep(0.01)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        jobs = await asyncio.wait_for(waiter, 1)
+        assert [j.kind for j in jobs] == ["execute"]
+    run(body())
+
+
+def test_done_when_the_destination_reports_ok() -> None:
+    async def body() -> None:
+        c, _ = setup(mode="WRITE")
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0, 1)))
+        after_src = await c.report("x0", _report("x0", "prefill-0"))
+        assert after_src.state == "pending"
+        after_dst = await c.report("x0", _report("x0", "decode-0", role="target"))
+        assert after_dst.state == "done" and not after_dst.recompute
+    run(body())
+
+
+def test_a_failed_report_fails_the_transfer_frees_blocks_and_aborts_the_other_side() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0, 1)))
+        await c.store.wait_jobs("prefill-0", 0)
+        record = await c.report("x0", _report("x0", "decode-0", "failed"))
+        assert record.state == "failed" and record.recompute
+        assert (await c.store.get_worker("decode-0")).free_blocks == 16
+        jobs = await c.store.wait_jobs("prefill-0", 0)
+        assert [(j.kind, j.plan_id) for j in jobs] == [("abort", "x0")]
+    run(body())
+
+
+def test_an_expired_lease_fails_pending_transfers() -> None:
+    async def body() -> None:
+        c, clock = setup(ttl=5)
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        clock.now += 3
+        await c.store.heartbeat("decode-0")
+        clock.now += 3
+        assert await c.expire() == ["prefill-0"]
+        record = await c.store.get_transfer("x0")
+        assert record.state == "failed" and record.recompute
+        assert "lease of prefill-0 expired" in (record.error or "")
+        kinds = [j.kind for j in await c.store.wait_jobs("decode-0", 0)]
+        assert kinds == ["execute", "abort"]
+    run(body())
+
+
+def test_deregistering_fails_pending_transfers() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        await c.deregister("decode-0")
+        assert (await c.store.get_transfer("x0")).state == "failed"
+        with pytest.raises(NotFoundError):
+            await c.deregister("decode-0")
+    run(body())
+
+
+def test_unknown_worker_duplicate_id_and_full_pool() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c, blocks=4)
+        with pytest.raises(NotFoundError, match="unknown worker 'ghost'"):
+            await c.submit(TransferRequest(src="ghost", dst="decode-0", src_blocks=(0,)))
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,),
+                                       plan_id="p"))
+        with pytest.raises(ConflictError):
+            await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,),
+                                           plan_id="p"))
+        with pytest.raises(UnschedulableError, match="3 free KV blocks, 4 needed"):
+            await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                           src_blocks=(0, 1, 2, 3)))
+    run(body())
+
+
+def test_invalid_blocks_give_allocated_blocks_back() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        with pytest.raises(ValidationError, match="out of range"):
+            await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0, 99)))
+        assert (await c.store.get_worker("decode-0")).free_blocks == 16
+    run(body())
+
+
+def test_report_from_a_stranger_is_rejected() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        with pytest.raises(ValidationError, match="not a side"):
+            await c.report("x0", _report("x0", "someone-else"))
+        with pytest.raises(NotFoundError):
+            await c.report("nope", _report("nope", "decode-0"))
+    run(body())

@@ -1,0 +1,114 @@
+"""The control plane over HTTP (in process): endpoints and problem+json errors."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from api.settings import Settings
+from tests.scheduler.transfer.builders import registration
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(lease_ttl_s=30))) as test_client:
+        yield test_client
+
+
+def _register(client: TestClient, name: str, blocks: int = 8) -> dict[str, object]:
+    reg = registration(name, num_blocks=blocks, base=0x1000_0000 * (1 + len(name)))
+    response = client.post("/v1/workers", json=reg.model_dump(mode="json"))
+    assert response.status_code == 201, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+def test_healthz(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+
+
+def test_register_heartbeat_list_delete(client: TestClient) -> None:
+    lease = _register(client, "prefill-0")
+    assert lease["epoch"] == 1 and lease["ttl_s"] == 30
+    assert client.post("/v1/workers/prefill-0/heartbeat").status_code == 200
+    names = [w["registration"]["name"] for w in client.get("/v1/workers").json()]
+    assert names == ["prefill-0"]
+    assert client.delete("/v1/workers/prefill-0").status_code == 204
+    gone = client.post("/v1/workers/prefill-0/heartbeat")
+    assert gone.status_code == 404 and gone.headers["content-type"] == PROBLEM
+
+
+def test_bad_registration_is_422_with_paths(client: TestClient) -> None:
+    body = registration("w").model_dump(mode="json")
+    body["layout"]["num_blocks"] = 0
+    response = client.post("/v1/workers", json=body)
+    assert response.status_code == 422 and response.headers["content-type"] == PROBLEM
+    assert any("num_blocks" in e["path"] for e in response.json()["errors"])
+
+
+def test_transfer_flow_over_http(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    created = client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                                 "src_blocks": [0, 1, 2], "plan_id": "r1"})
+    assert created.status_code == 201 and created.json()["state"] == "pending"
+    jobs = client.get("/v1/sidecars/decode-0/jobs", params={"wait_s": 0}).json()["jobs"]
+    assert [j["kind"] for j in jobs] == ["execute"]
+    assert jobs[0]["plan"]["schema_version"] == 1
+    report = {"plan_id": "r1", "worker": "decode-0", "role": "initiator", "outcome": "ok",
+              "bytes": 12288, "verified": True}
+    done = client.post("/v1/transfers/r1/report", json=report)
+    assert done.json()["state"] == "done"
+    assert client.get("/v1/transfers/r1").json()["reports"][0]["bytes"] == 12288
+
+
+def test_errors_map_to_problem_statuses(client: TestClient) -> None:
+    _register(client, "prefill-0", blocks=2)
+    _register(client, "decode-0", blocks=2)
+    unknown = client.post("/v1/transfers", json={"src": "x", "dst": "decode-0",
+                                                 "src_blocks": [0]})
+    assert unknown.status_code == 404
+    invalid = client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                                 "src_blocks": [0, 7]})
+    assert invalid.status_code == 422
+    assert invalid.json()["errors"][0]["path"] == "src_blocks[1]"
+    ok = {"src": "prefill-0", "dst": "decode-0", "src_blocks": [0], "plan_id": "same"}
+    assert client.post("/v1/transfers", json=ok).status_code == 201
+    assert client.post("/v1/transfers", json=ok).status_code == 409
+    full = client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                              "src_blocks": [0, 1]})
+    assert full.status_code == 503 and full.headers["retry-after"] == "1"
+    assert full.headers["content-type"] == PROBLEM
+
+
+def test_kv_events_reach_the_prefix_index(client: TestClient) -> None:
+    _register(client, "decode-0")
+    event = {"kind": "block_stored", "worker": "decode-0", "seq": 1, "block_hashes": [5, 6]}
+    assert client.post("/v1/kv-events", json=event).json() == {"resync": None}
+    index = client.app.state.prefix_index  # type: ignore[attr-defined]
+    assert index.match([5, 6])["decode-0"].confirmed == 2
+    bad = client.post("/v1/kv-events", json={"kind": "block_stored", "worker": "decode-0"})
+    assert bad.status_code == 422
+
+
+def test_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOPOSCHED_TRANSFER_MODE", "WRITE")
+    monkeypatch.setenv("TOPOSCHED_LEASE_TTL_S", "2.5")
+    settings = Settings()
+    assert settings.transfer_mode == "WRITE" and settings.lease_ttl_s == 2.5
+
+
+def test_kv_events_can_come_in_a_batch(client: TestClient) -> None:
+    _register(client, "decode-0")
+    batch = [{"kind": "block_stored", "worker": "decode-0", "seq": 1, "block_hashes": [1, 2]},
+             {"kind": "block_removed", "worker": "decode-0", "seq": 2, "block_hashes": [2]}]
+    assert client.post("/v1/kv-events", json=batch).status_code == 200
+    index = client.app.state.prefix_index  # type: ignore[attr-defined]
+    assert index.match([1, 2])["decode-0"].confirmed == 1
+    gap = [{"kind": "block_stored", "worker": "decode-0", "seq": 9, "block_hashes": [3]}]
+    assert client.post("/v1/kv-events", json=gap).json()["resync"]["expected_seq"] == 3

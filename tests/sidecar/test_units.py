@@ -1,0 +1,132 @@
+"""Sidecar pieces that need no NIXL: pool, fake engine, descriptors, flags, client."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import numpy as np
+import pytest
+
+from sidecar.cli import add_arguments, config_from_args
+from sidecar.client import SchedulerClient
+from sidecar.config import SidecarConfig
+from sidecar.descriptors import descriptor_rows, row_indices
+from sidecar.engine import FakeEngine, pattern
+from sidecar.errors import SchedulerUnavailableError
+from sidecar.pool import KvPool
+from tests.scheduler.transfer.builders import plan
+from topology.errors import InputError, NotFoundError
+
+
+def test_per_layer_pool_layout_is_region_major() -> None:
+    pool = KvPool(num_blocks=8, block_bytes=4096, kind="per_layer", regions=4)
+    layout = pool.layout()
+    assert [r.name for r in layout.regions] == ["layer0.k", "layer0.v", "layer1.k", "layer1.v"]
+    assert layout.regions[1].base_addr - layout.regions[0].base_addr == 8 * 1024
+    assert layout.block_bytes == 4096 and pool.registration() == [(pool.base_addr, 32768, 0, "")]
+
+
+def test_pool_rejects_indivisible_regions() -> None:
+    with pytest.raises(InputError, match="not divisible"):
+        KvPool(num_blocks=4, block_bytes=1000, kind="per_layer", regions=3)
+
+
+def test_descriptor_rows_and_indices_keep_runs_contiguous() -> None:
+    pool = KvPool(num_blocks=4, block_bytes=256, kind="per_layer", regions=2)
+    rows = descriptor_rows(pool.layout(), device_id=0)
+    assert rows.shape == (8, 3) and int(rows[1, 0] - rows[0, 0]) == 128
+    assert int(rows[4, 0]) == pool.layout().regions[1].base_addr
+    assert row_indices(pool.layout(), (1, 2)).tolist() == [1, 2, 5, 6]
+
+
+def test_pattern_is_deterministic_and_distinct() -> None:
+    assert np.array_equal(pattern("w", 3, 0, 100), pattern("w", 3, 0, 100))
+    assert not np.array_equal(pattern("w", 3, 0, 100), pattern("w", 4, 0, 100))
+    assert len(pattern("w", 0, 0, 13)) == 13
+
+
+def test_fake_engine_verifies_received_blocks_byte_for_byte() -> None:
+    pool = KvPool(num_blocks=64, block_bytes=4096)
+    engine = FakeEngine(pool, "decode-0")
+    p = plan(src_blocks=(0, 1), dst_blocks=(5, 6))
+    for src, dst in zip(p.src_blocks, p.dst_blocks, strict=True):
+        pool.write(0, dst, pattern("prefill-0", src, 0, 4096))
+    assert engine.on_received(p) is True
+    corrupted = pattern("prefill-0", 1, 0, 4096).copy()
+    corrupted[17] ^= 1
+    pool.write(0, 6, corrupted)
+    assert engine.mismatches(range(64)) == [6]
+
+
+def test_fake_engine_notices_an_untouched_block_that_changed() -> None:
+    pool = KvPool(num_blocks=64, block_bytes=4096)
+    engine = FakeEngine(pool, "decode-0")
+    pool.write(0, 40, pattern("x", 0, 0, 4096))
+    p = plan(src_blocks=(0,), dst_blocks=(5,))
+    pool.write(0, 5, pattern("prefill-0", 0, 0, 4096))
+    assert engine.on_received(p) is False
+
+
+def test_config_round_trips_through_its_flags() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-v", "--verbose", action="store_true")
+    add_arguments(parser)
+    config = SidecarConfig(scheduler="http://s:1", name="w", kv_blocks=9, block_bytes=64,
+                           layout="per_layer", regions=2, gpus=("h/gpu1",), model="m",
+                           ucx_devices="mlx5_0:1", progress_thread=True, debug_hold_s=0.5)
+    assert config_from_args(parser.parse_args(config.to_argv())) == config
+
+
+def _client(handler: httpx.MockTransport) -> SchedulerClient:
+    return SchedulerClient("http://sched", retries=2, backoff_s=0.001, transport=handler)
+
+
+def test_client_retries_then_reports_the_scheduler_unavailable() -> None:
+    calls = []
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        raise httpx.ConnectError("refused", request=request)
+
+    with pytest.raises(SchedulerUnavailableError, match="failed after 3 tries"):
+        _client(httpx.MockTransport(refuse)).heartbeat("w")
+    assert len(calls) == 3
+
+
+def test_client_maps_problems_without_retrying() -> None:
+    calls = []
+
+    def missing(request: httpx.Request) -> httpx.Response:
+        calls.append(request)
+        return httpx.Response(404, json={"title": "not found", "detail": "unknown worker 'w'"})
+
+    with pytest.raises(NotFoundError, match="unknown worker"):
+        _client(httpx.MockTransport(missing)).heartbeat("w")
+    assert len(calls) == 1
+
+
+def test_client_long_poll_parses_jobs() -> None:
+    job = {"kind": "abort", "plan_id": "p", "reason": "gone"}
+
+    def jobs(request: httpx.Request) -> httpx.Response:
+        assert request.url.params["wait_s"] == "1.5"
+        return httpx.Response(200, content=json.dumps({"jobs": [job]}).encode())
+
+    result = _client(httpx.MockTransport(jobs)).poll_jobs("w", 1.5)
+    assert [j.kind for j in result] == ["abort"]
+
+
+def test_control_plane_modules_do_not_load_nixl() -> None:
+    # NIXL and OR-Tools crash when both are loaded in one process (see sidecar.cli), so
+    # only the sidecar process itself may import sidecar.runner / sidecar.nixl_adapter.
+    import subprocess
+    import sys
+
+    code = ("import sys, api.cli.main, api.app, sidecar.cli, sidecar.client; "
+            "api.cli.main.build_parser(); print('nixl' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "False"
