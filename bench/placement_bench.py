@@ -21,6 +21,7 @@ uplink; and churn after one host fails (incremental re-solve vs a from-scratch s
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import platform
@@ -33,8 +34,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
-import ortools  # noqa: E402
 
 from scheduler.capacity import Workload, instances_needed  # noqa: E402
 from scheduler.placement import (  # noqa: E402
@@ -282,7 +281,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args()
     machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "ortools": getattr(ortools, "__version__", "?"), "date": time.strftime("%Y-%m-%d")}
+               "ortools": importlib.metadata.version("ortools"), "date": time.strftime("%Y-%m-%d")}
     results = []
     for scenario in args.scenarios.split(","):
         for size in (int(s) for s in args.sizes.split(",")):

@@ -1,9 +1,9 @@
 """Command line of the sidecar process (``python -m sidecar`` / ``toposched sidecar``).
 
-``toposched sidecar`` re-executes itself as ``python -m sidecar``: the full toposched
-CLI loads OR-Tools (for ``place``), and OR-Tools and NIXL crash when both are loaded
-into one process (heap corruption at import, either order). The sidecar process only
-ever loads what it needs.
+``toposched sidecar`` re-executes itself as ``python -m sidecar`` so the sidecar process
+holds nothing but what it needs: OR-Tools and NIXL crash when both are loaded into one
+process (their bundled abseil builds clash at import, either order), and a CLI process
+may have loaded more than one command's libraries (tests, ``build_parser()``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the sidecar's state (serving / final) as JSON here")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--drain-timeout", type=float, default=15.0, metavar="S")
+    p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
+                   help="seconds the job loop lets a new transfer post before polling again "
+                        "(0 on hosts with cores to spare)")
     p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
                    help=argparse.SUPPRESS)
 
@@ -63,7 +66,7 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        debug_hold_s=args.debug_hold)
+        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

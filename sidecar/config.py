@@ -37,6 +37,9 @@ class SidecarConfig:
     state_file: Path | None = None
     connect_timeout_s: float = 10.0
     drain_timeout_s: float = 15.0
+    #: How long the job thread lets a handed-over transfer post before its next poll:
+    #: the poll's HTTP work competes with the copy for CPU on small hosts.
+    post_wait_s: float = 0.05
     debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
 
 
@@ -50,6 +53,7 @@ class SidecarConfig:
                 "--poll-wait", repr(self.poll_wait_s), "--executors", str(self.executors),
                 "--verify", self.verify, "--connect-timeout", repr(self.connect_timeout_s),
                 "--drain-timeout", repr(self.drain_timeout_s),
+                "--post-wait", repr(self.post_wait_s),
                 "--debug-hold", repr(self.debug_hold_s)]
         for gpu in self.gpus:
             argv += ["--gpu", gpu]

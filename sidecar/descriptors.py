@@ -24,9 +24,9 @@ def descriptor_rows(layout: KvLayout, device_id: int) -> npt.NDArray[np.uint64]:
 
 def row_indices(layout: KvLayout, blocks: tuple[int, ...]) -> Indices:
     """Rows of ``blocks`` in every region, region-major (runs stay index runs)."""
-    ids = np.asarray(blocks, dtype=np.int32)
-    parts = [ids + np.int32(r * layout.num_blocks) for r in range(len(layout.regions))]
-    out: Indices = np.concatenate(parts).astype(np.int32)
+    ids = np.fromiter(blocks, dtype=np.int32, count=len(blocks))
+    if len(layout.regions) == 1:
+        return ids
+    offsets = np.arange(len(layout.regions), dtype=np.int32) * np.int32(layout.num_blocks)
+    out: Indices = (offsets[:, None] + ids[None, :]).ravel()
     return out
-
-

@@ -60,8 +60,10 @@ class FakeEngine:
         self._pool = pool
         self.worker = worker
         self.verify_mode: VerifyMode = verify
-        #: Which (worker, block) each local block's bytes came from.
-        self.content: list[tuple[str, int]] = [(worker, b) for b in range(pool.num_blocks)]
+        #: Which (worker, block) each local block's bytes came from; None: undefined (the
+        #: destination of a failed transfer, which a late writer may still have touched).
+        self.content: list[tuple[str, int] | None] = [(worker, b)
+                                                       for b in range(pool.num_blocks)]
         self.recompute: list[str] = []
         self.fill()
 
@@ -73,17 +75,15 @@ class FakeEngine:
     def fill(self) -> None:
         """Write every block's own pattern."""
         for block in range(self._pool.num_blocks):
+            self.content[block] = (self.worker, block)
             for region in range(self._pool.region_count):
-                self._pool.write(region, block, self._expected(block, region))
-
-    def _expected(self, block: int, region: int) -> Bytes:
-        worker, origin = self.content[block]
-        return pattern(worker, origin, region, self._pool.region_block_bytes)
+                self._pool.write(region, block, pattern(self.worker, block, region,
+                                                        self._pool.region_block_bytes))
 
     def block_hashes(self, blocks: Sequence[int]) -> list[int]:
         """Hash of each block's origin: equal bytes give equal hashes across workers."""
-        return [int.from_bytes(hashlib.blake2b(f"{self.content[b][0]}:{self.content[b][1]}"
-                                               .encode(), digest_size=8).digest(), "big")
+        return [int.from_bytes(hashlib.blake2b(repr(self.content[b]).encode(),
+                                               digest_size=8).digest(), "big")
                 for b in blocks]
 
     def on_received(self, plan: TransferPlan) -> bool | None:
@@ -98,10 +98,21 @@ class FakeEngine:
 
     def mismatches(self, blocks: Sequence[int] | range) -> list[int]:
         """Blocks whose bytes differ from what their recorded origin must hold."""
-        return [b for b in blocks if any(
-            not np.array_equal(self._pool.read(r, b), self._expected(b, r))
-            for r in range(self._pool.region_count))]
+        return [b for b in blocks if self._differs(b)]
+
+    def _differs(self, block: int) -> bool:
+        origin = self.content[block]
+        if origin is None:
+            return False
+        size = self._pool.region_block_bytes
+        return any(not np.array_equal(self._pool.read(r, block),
+                                      pattern(origin[0], origin[1], r, size))
+                   for r in range(self._pool.region_count))
 
     def on_failed(self, plan: TransferPlan, reason: str) -> None:
-        """Remember that ``plan`` must be recomputed (a real engine re-runs prefill)."""
-        self.recompute.append(plan.plan_id)
+        """Remember that ``plan`` must be recomputed (a real engine re-runs prefill); as
+        its destination, treat the target blocks as undefined from now on."""
+        if plan.dst.worker == self.worker:
+            self.recompute.append(plan.plan_id)
+            for block in plan.dst_blocks:
+                self.content[block] = None

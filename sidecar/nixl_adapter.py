@@ -20,6 +20,7 @@ Rules this adapter keeps (docs/NIXL.md):
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -33,8 +34,8 @@ from sidecar.descriptors import descriptor_rows, row_indices
 from sidecar.errors import TransferError
 from topology.errors import Issue, ValidationError
 
-#: Pause between completion checks of an in-flight request (seconds).
-_POLL_SLEEP_S = 0.00005
+log = logging.getLogger(__name__)
+
 #: A notification waiter re-checks cancel/deadline at least this often.
 _WAIT_SLICE_S = 0.01
 _MAX_PENDING_NOTIFS = 65536
@@ -169,6 +170,9 @@ class NixlAdapter:
         local_blocks = plan.src_blocks if local_is_src else plan.dst_blocks
         remote_blocks = plan.dst_blocks if local_is_src else plan.src_blocks
         assert self._layout is not None, "register() first"
+        if time.monotonic() >= deadline:
+            raise TransferError(f"{plan.plan_id}: deadline passed before posting "
+                                "(nothing was moved)", "timeout")
         started = time.perf_counter()  # request creation is part of the per-transfer cost
         with self._lock:
             handle = self._agent.make_prepped_xfer(
@@ -179,7 +183,8 @@ class NixlAdapter:
         finally:
             self._release(handle)
         elapsed = time.perf_counter() - started
-        self._notify(peer.agent_name, plan.notif_tag, plan.plan_id)
+        if plan.notify == "nixl":
+            self._notify(peer.agent_name, plan.notif_tag, plan.plan_id)
         return XferResult(plan.total_bytes, plan.descriptors, elapsed)
 
     def _notify(self, agent: str, tag: str, plan_id: str) -> None:
@@ -202,9 +207,10 @@ class NixlAdapter:
                 if now >= deadline:
                     raise TransferError(f"{plan_id}: no completion before the deadline "
                                         "(peer hung?)", "timeout")
-                # Sleeping (not spinning) drops the GIL, so this process's progress
-                # thread and the peer get the CPU on a small machine.
-                time.sleep(min(_POLL_SLEEP_S, deadline - now))
+                # Each check drives UCX progress, which issues the next fragments of a
+                # large copy: keep checking. sleep(0) only lets other threads of this
+                # process take the GIL between checks.
+                time.sleep(0)
                 with self._lock:
                     state = self._agent.check_xfer_state(handle)
         except TransferError:
@@ -256,23 +262,37 @@ class NixlAdapter:
                 self._arrived.wait(min(_WAIT_SLICE_S, deadline - now))
             return self._notifs.pop(key)
 
-    def close(self) -> CloseSummary:
-        """Release every handle and peer, deregister the pool; the agent is unusable after."""
-        with self._lock:
-            peers = list(self._peers.values())
-            for peer in peers:
+    def close(self, timeout_s: float = 5.0) -> CloseSummary:
+        """Release every handle and peer, deregister the pool; the agent is unusable after.
+
+        Gives up after ``timeout_s`` if a NIXL call is stuck holding the agent (nothing
+        is released then, and the summary says so).
+        """
+        if not self._lock.acquire(timeout=timeout_s):
+            return CloseSummary(False, 0, len(self._leaked) + 1)
+        try:
+            return self._close()
+        finally:
+            self._lock.release()
+
+    def _close(self) -> CloseSummary:
+        peers = list(self._peers.values())
+        for peer in peers:
+            try:
                 self._drop_peer(peer)
-            still = []
-            for handle in self._leaked:
-                try:
-                    self._agent.release_xfer_handle(handle)
-                except Exception:
-                    still.append(handle)
-            if self._local is not None:
-                self._agent.release_dlist_handle(self._local)
-                self._local = None
-            deregistered = self._reg is not None
-            if self._reg is not None:
-                self._agent.deregister_memory(self._reg)
-                self._reg = None
-            return CloseSummary(deregistered, len(peers), len(still))
+            except Exception as exc:  # a dead peer must not stop the rest of the cleanup
+                log.warning("releasing peer %s: %s", peer.agent, exc)
+        still = []
+        for handle in self._leaked:
+            try:
+                self._agent.release_xfer_handle(handle)
+            except Exception:
+                still.append(handle)
+        if self._local is not None:
+            self._agent.release_dlist_handle(self._local)
+            self._local = None
+        deregistered = self._reg is not None
+        if self._reg is not None:
+            self._agent.deregister_memory(self._reg)
+            self._reg = None
+        return CloseSummary(deregistered, len(peers), len(still))

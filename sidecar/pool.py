@@ -60,6 +60,27 @@ class KvPool:
             self._host = np.zeros(self.nbytes, dtype=np.uint8)
             self.base_addr = int(self._host.ctypes.data)
 
+    @classmethod
+    def adopt(cls, buffer: Any, *, num_blocks: int, block_bytes: int,
+              kind: LayoutKind = "block_major", regions: int = 1, device_id: int = 0) -> KvPool:
+        """Wrap an engine's own KV allocation: a contiguous uint8 numpy array (host) or
+        torch CUDA tensor of exactly ``num_blocks × block_bytes`` bytes, laid out as
+        ``kind``/``regions`` describe. The engine keeps owning the memory."""
+        pool = cls.__new__(cls)
+        count = 1 if kind == "block_major" else regions
+        size = int(buffer.numel() if hasattr(buffer, "numel") else buffer.size)
+        if size != num_blocks * block_bytes or count <= 0 or block_bytes % count:
+            raise InputError(f"engine buffer of {size} bytes does not hold {num_blocks} "
+                             f"blocks of {block_bytes} bytes in {count} region(s)")
+        pool.num_blocks, pool.kind, pool.region_count = num_blocks, kind, count
+        pool.region_block_bytes = block_bytes // count
+        pool.device_id, pool.nbytes = device_id, size
+        is_cuda = bool(getattr(buffer, "is_cuda", False))
+        pool.mem_type = "VRAM" if is_cuda else "DRAM"
+        pool._host, pool._cuda = (None, buffer) if is_cuda else (buffer, None)
+        pool.base_addr = int(buffer.data_ptr() if is_cuda else buffer.ctypes.data)
+        return pool
+
     @property
     def block_bytes(self) -> int:
         """Bytes of one whole block (every region)."""

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from typing import Any
@@ -42,8 +43,8 @@ from scheduler.transfer.plan import (
 from scheduler.transfer.validate import validate_plan
 from sidecar.client import SchedulerClient
 from sidecar.config import SidecarConfig
-from sidecar.engine import FakeEngine
-from sidecar.errors import SchedulerUnavailableError, TransferError
+from sidecar.engine import EngineHook, FakeEngine
+from sidecar.errors import FailureKind, SchedulerUnavailableError, TransferError
 from sidecar.nixl_adapter import NixlAdapter, XferResult
 from sidecar.pool import KvPool
 from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
@@ -55,17 +56,20 @@ _HOT_INTERVAL_S = 0.0002
 _IDLE_INTERVAL_S = 0.005
 _HOT_WINDOW_S = 0.05
 _SWITCH_INTERVAL_S = 0.0005
+#: A job's report is forced this long after its deadline if NIXL never returned.
+_WATCHDOG_GRACE_S = 0.5
 
 
 class Sidecar:
     """One sidecar: a NIXL agent with a registered pool, serving the scheduler's jobs."""
 
-    def __init__(self, config: SidecarConfig) -> None:
+    def __init__(self, config: SidecarConfig,
+                 engine: Callable[[SidecarConfig], EngineHook] | None = None) -> None:
+        """Build the engine (default: a fake engine over a fresh pool), register its pool."""
         self.config = config
-        self.pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
-                           kind=config.layout, regions=config.regions, mem=config.mem,
-                           device_id=config.device_id)
-        self.engine = FakeEngine(self.pool, config.name, config.verify)
+        self.engine: EngineHook = (engine or _fake_engine)(config)
+        self.pool = self.engine.pool
+        self.recompute: list[str] = []
         self.adapter = NixlAdapter(config.name, progress_thread=config.progress_thread,
                                    ucx_devices=config.ucx_devices)
         self.adapter.register(self.pool.registration(), self.pool.layout(),
@@ -76,10 +80,13 @@ class Sidecar:
         self.outcomes: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
         self._cancels: dict[str, threading.Event] = {}
+        self._watchdogs: dict[tuple[str, str], threading.Timer] = {}
+        self._completed: set[str] = set()
         self._lock = threading.Lock()
         self._publish = threading.Lock()
         self._seq = 0
         self._active_at = 0.0
+        self._posting = 0
 
     # -- registration -------------------------------------------------------------
     def registration(self) -> WorkerRegistration:
@@ -134,7 +141,9 @@ class Sidecar:
                     self.touch()
             except Exception as exc:  # keep polling; one bad poll must not stop progress
                 log.warning("notification poll failed: %s", exc)
-            hot = time.monotonic() - self._active_at < _HOT_WINDOW_S
+            # While this process posts a transfer, its own completion checks drive UCX
+            # progress; polling hot on top would only compete for the CPU and the lock.
+            hot = time.monotonic() - self._active_at < _HOT_WINDOW_S and not self._posting
             interval = _HOT_INTERVAL_S if hot else _IDLE_INTERVAL_S
 
     def touch(self) -> None:
@@ -152,22 +161,55 @@ class Sidecar:
                 log.warning("job poll failed: %s", exc)
                 self.stop.wait(0.5)
                 continue
-            for job in jobs:
-                self.dispatch(job, time.monotonic())
+            posted = [self.dispatch(job, time.monotonic()) for job in jobs]
+            # Let the transfers just handed over post before this thread's next request
+            # competes with them for the GIL (bounded: a big copy may take a while).
+            for event in posted:
+                if event is not None:
+                    event.wait(self.config.post_wait_s)
 
-    def dispatch(self, job: TransferJob, received: float) -> None:
-        """Route one job: abort wakes a waiter, execute/await go to the executor."""
-        if job.kind == "abort":
+    def dispatch(self, job: TransferJob, received: float) -> threading.Event | None:
+        """Route one job: abort/complete wake a waiter, execute/await go to the executor.
+
+        Returns, for an ``execute`` job, an event set once its request is posted.
+        """
+        if job.kind in ("abort", "complete"):
+            if job.kind == "complete":
+                with self._lock:
+                    self._completed.add(job.plan_id)
             self._cancel(job.plan_id).set()
-            return
+            return None
         assert job.plan is not None
         if self.stop.is_set():
             self._report(job.plan, "target" if job.kind == "await" else "initiator",
                          "rejected", error="sidecar is shutting down")
-            return
-        self.touch()
-        task = self._execute if job.kind == "execute" else self._await
-        self._executor.submit(task, job.plan, received + job.plan.deadline_s)
+            return None
+        plan = job.plan
+        if plan.notify == "nixl":
+            self.touch()  # notifications will flow: poll hot so they are acknowledged
+        # The plan's own window (not_after, wall clock) bounds a job that waited in the
+        # queue or reached a sidecar that was stalled.
+        budget = min(plan.deadline_s, plan.not_after - time.time())
+        deadline = received + budget
+        role = "initiator" if job.kind == "execute" else "target"
+        self._cancel(plan.plan_id)
+        watchdog = threading.Timer(max(0.0, budget) + _WATCHDOG_GRACE_S, self._overdue,
+                                   (plan, role))
+        watchdog.daemon = True
+        with self._lock:
+            self._watchdogs[(plan.plan_id, role)] = watchdog
+        watchdog.start()
+        if job.kind == "await":
+            self._executor.submit(self._await, plan, deadline)
+            return None
+        posted = threading.Event()
+        self._executor.submit(self._execute, plan, deadline, posted)
+        return posted
+
+    def _overdue(self, plan: TransferPlan, role: str) -> None:
+        """A job still running past its deadline (a NIXL call that never returns)."""
+        self._finish(plan, role, "timeout",
+                     error="no result before the deadline (a NIXL call is stuck)")
 
     def _cancel(self, plan_id: str) -> threading.Event:
         with self._lock:
@@ -182,12 +224,24 @@ class Sidecar:
             raise ValidationError(f"transfer plan {plan.plan_id!r}", [Issue(
                 "layout", "stale plan: this worker's layout or agent changed")])
 
-    def _execute(self, plan: TransferPlan, deadline: float) -> None:
+    def _execute(self, plan: TransferPlan, deadline: float,
+                 posted: threading.Event | None = None) -> None:
         try:
             self._check(plan)
             if self.config.debug_hold_s:
                 time.sleep(self.config.debug_hold_s)
-            result = self.adapter.execute(plan, deadline)
+            if self._cancel(plan.plan_id).is_set():
+                raise TransferError(f"{plan.plan_id}: aborted by the scheduler before "
+                                    "posting (nothing was moved)", "aborted")
+            with self._lock:
+                self._posting += 1
+            try:
+                result = self.adapter.execute(plan, deadline)
+            finally:
+                with self._lock:
+                    self._posting -= 1
+                if posted is not None:
+                    posted.set()
         except ValidationError as exc:
             self._finish(plan, "initiator", "rejected", error=str(exc))
         except TransferError as exc:
@@ -200,12 +254,17 @@ class Sidecar:
             self._finish(plan, "initiator", "failed", error=f"{type(exc).__name__}: {exc}")
         else:
             self._finish(plan, "initiator", "ok", result=result)
+        finally:
+            if posted is not None:
+                posted.set()
+            with self._lock:
+                self._cancels.pop(plan.plan_id, None)
 
     def _await(self, plan: TransferPlan, deadline: float) -> None:
         started = time.perf_counter()
         try:
             self._check(plan)
-            self.adapter.wait_notif(plan.notif_tag, deadline, self._cancel(plan.plan_id))
+            self._wait_done(plan, deadline)
         except ValidationError as exc:
             self._finish(plan, "target", "rejected", error=str(exc))
         except TransferError as exc:
@@ -216,10 +275,34 @@ class Sidecar:
         finally:
             with self._lock:
                 self._cancels.pop(plan.plan_id, None)
+                self._completed.discard(plan.plan_id)
+
+    def _wait_done(self, plan: TransferPlan, deadline: float) -> None:
+        """Wait for the plan's completion signal: the NIXL notification, or the
+        scheduler's ``complete`` job. Raises TransferError on abort or deadline."""
+        event = self._cancel(plan.plan_id)
+        if plan.notify == "nixl":
+            self.adapter.wait_notif(plan.notif_tag, deadline, event)
+            return
+        event.wait(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            completed = plan.plan_id in self._completed
+        if not completed:
+            kind: FailureKind = "aborted" if event.is_set() else "timeout"
+            raise TransferError(f"{plan.plan_id}: {kind} before the initiator reported "
+                                "completion", kind)
 
     def _finish(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None) -> None:
-        self.touch()
+        """Verify, report and publish events once per (plan, role): the first of the job
+        itself and its watchdog wins."""
+        if plan.notify == "nixl":
+            self.touch()
+        with self._lock:
+            watchdog = self._watchdogs.pop((plan.plan_id, role), None)
+            if watchdog is None:
+                return  # already finished (late completion after the watchdog fired)
+        watchdog.cancel()
         is_dst = plan.dst.worker == self.config.name
         verified: bool | None = None
         if outcome == "ok" and is_dst:
@@ -229,6 +312,9 @@ class Sidecar:
                 outcome, error = "failed", "destination bytes differ from the source"
         if outcome != "ok":
             self.engine.on_failed(plan, error or outcome)
+            if is_dst:
+                with self._lock:
+                    self.recompute.append(plan.plan_id)
         self._report(plan, role, outcome, result=result, error=error, verified=verified)
         if outcome == "ok" and is_dst:
             self._events({"kind": "block_removed", "block_hashes": old},
@@ -293,7 +379,7 @@ class Sidecar:
         """Write the state file (atomically) if one was asked for; return its content."""
         data = {"name": self.config.name, "pid": os.getpid(), "state": state,
                 "epoch": self.lease.epoch if self.lease else None,
-                "outcomes": dict(self.outcomes), "recompute": list(self.engine.recompute),
+                "outcomes": dict(self.outcomes), "recompute": list(self.recompute),
                 **extra}
         path = self.config.state_file
         if path is not None:
@@ -301,6 +387,13 @@ class Sidecar:
             tmp.write_text(json.dumps(data, indent=2))
             tmp.replace(path)
         return data
+
+
+def _fake_engine(config: SidecarConfig) -> EngineHook:
+    pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
+                  kind=config.layout, regions=config.regions, mem=config.mem,
+                  device_id=config.device_id)
+    return FakeEngine(pool, config.name, config.verify)
 
 
 def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:

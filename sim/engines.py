@@ -21,7 +21,7 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from policies.snapshot import Role
@@ -143,7 +143,6 @@ class Job:
     decode_blocks: int = 0
     finish_step: int = 0
     attempts: int = 0
-    retries: list[float] = field(default_factory=list)
 
 
 class Busy(Enum):
@@ -176,6 +175,7 @@ class Instance:
         self.busy_s = 0.0
         self._since = 0.0
         self._token = 0
+        self._admitted = 0  # tie-break of the running heap: admission order, not id()
         self._epoch: tuple[float, int, float, float, int] = (0.0, 0, 0.0, 0.0, 0)
 
     # -- what the router sees -----------------------------------------------------------
@@ -292,7 +292,8 @@ class Instance:
             self.incoming -= 0 if job.local else 1
             job.finish_step = self.steps + job.request.output_tokens
             self.ctx_sum += job.request.prompt_tokens
-            heapq.heappush(self.running, (job.finish_step, id(job), job))
+            self._admitted += 1
+            heapq.heappush(self.running, (job.finish_step, self._admitted, job))
             job.first_token_s = -2.0  # set below once the first step's time is known
         batch = len(self.running)
         d = self.profile.decode

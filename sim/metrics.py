@@ -129,8 +129,9 @@ def transfers_by_tier(jobs: Sequence[Job]) -> tuple[TierTransfers, ...]:
 
 
 def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: float,
-              arrival_span_s: float, slo: Slo, ideal_hit_ratio: float, utilisation: tuple[float, float, float],
-              refusals: int, events: int, wall_s: float) -> Summary:
+              arrival_span_s: float, slo: Slo, ideal_hit_ratio: float,
+              utilisation: tuple[float, float, float], refusals: int, events: int,
+              wall_s: float) -> Summary:
     """The :class:`Summary` of the completed ``jobs`` of a run."""
     ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
     tpots = [_tpot(j) for j in jobs]

@@ -18,7 +18,7 @@ bytes are through.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,6 +86,7 @@ class Flow:
     version: int = 0
     started_s: float = 0.0
     on_links: bool = False
+    seq: int = 0
 
     @property
     def rate(self) -> float:
@@ -101,7 +102,9 @@ class Network:
         """A network over ``distance``'s links; ``infinite``: transfers take no time."""
         self.distance, self.queue, self.infinite = distance, queue, infinite
         self.routes = Routes(distance)
-        self.on_link: dict[str, set[Flow]] = {}
+        # Insertion-ordered (dicts, not sets of id-hashed flows): runs must not depend on
+        # memory addresses, or event ties and float sums would differ between processes.
+        self.on_link: dict[str, dict[Flow, None]] = {}
         self.link_load: dict[str, int] = {}
         self._capacity: dict[str, float] = {}
         self.flows = 0
@@ -116,8 +119,8 @@ class Network:
     def start(self, route: Route, nbytes: float, payload: Any) -> None:
         """Start moving ``nbytes``; ``FLOW_DONE`` fires with the flow when they are through."""
         now = self.queue.now()
-        flow = Flow(route, float(nbytes), payload, updated_s=now, started_s=now)
         self.flows += 1
+        flow = Flow(route, float(nbytes), payload, updated_s=now, started_s=now, seq=self.flows)
         if self.infinite or nbytes <= 0:
             self.queue.schedule(now, EventKind.FLOW_DONE, (flow, flow.version))
             return
@@ -127,7 +130,7 @@ class Network:
             return
         flow.on_links = True
         for link, _ in route.links:
-            self.on_link.setdefault(link, set()).add(flow)
+            self.on_link.setdefault(link, {})[flow] = None
             self.link_load[link] = self.link_load.get(link, 0) + 1
         self._refill(self._neighbours(flow), now)
 
@@ -140,14 +143,13 @@ class Network:
             return True
         flow.on_links = False
         for link, _ in flow.route.links:
-            self.on_link[link].discard(flow)
+            self.on_link[link].pop(flow, None)
             left = self.link_load[link] - 1
             if left:
                 self.link_load[link] = left
             else:
                 del self.link_load[link]
-        neighbours = self._neighbours(flow)
-        neighbours.discard(flow)
+        neighbours = [f for f in self._neighbours(flow) if f is not flow]
         flow.version += 1
         if neighbours:
             self._refill(neighbours, now)
@@ -157,13 +159,13 @@ class Network:
         """Fixed path latency added after the bytes (zero on an infinite fabric)."""
         return 0.0 if self.infinite else flow.route.latency_s
 
-    def _neighbours(self, flow: Flow) -> set[Flow]:
-        found: set[Flow] = {flow}
+    def _neighbours(self, flow: Flow) -> list[Flow]:
+        found: dict[Flow, None] = {flow: None}
         for link, _ in flow.route.links:
-            found |= self.on_link.get(link, set())
-        return found
+            found.update(self.on_link.get(link, {}))
+        return sorted(found, key=lambda f: f.seq)
 
-    def _refill(self, flows: set[Flow], now: float) -> None:
+    def _refill(self, flows: list[Flow], now: float) -> None:
         for flow in flows:
             flow.left -= flow.rate * (now - flow.updated_s)
             flow.updated_s = now
@@ -177,19 +179,20 @@ class Network:
         seconds = max(flow.left, 0.0) / flow.rate if flow.rate > 0 else 0.0
         self.queue.schedule(now + seconds, EventKind.FLOW_DONE, (flow, flow.version))
 
-    def _residual(self, flows: set[Flow]) -> dict[str, float]:
+    def _residual(self, flows: Collection[Flow]) -> dict[str, float]:
         residual: dict[str, float] = {}
+        inside = set(flows)
         for flow in flows:
             for link, _ in flow.route.links:
                 if link in residual:
                     continue
                 cap = self.capacity(link)
                 fixed = sum(other.lane_rate * _lanes_on(other, link)
-                            for other in self.on_link[link] if other not in flows)
+                            for other in self.on_link[link] if other not in inside)
                 residual[link] = max(cap - fixed, _MIN_SHARE * cap)
         return residual
 
-    def fair_rates(self, flows: set[Flow]) -> dict[Flow, float]:
+    def fair_rates(self, flows: Collection[Flow]) -> dict[Flow, float]:
         """Lane rates of ``flows`` by progressive filling (max-min fair per lane); flows
         outside the set keep their rates and their load."""
         residual = self._residual(flows)
@@ -197,7 +200,7 @@ class Network:
         for flow in flows:
             for link, lanes in flow.route.links:
                 weight[link] = weight.get(link, 0.0) + lanes
-        active, level, rates = set(flows), 0.0, {}
+        active, level, rates = list(flows), 0.0, {}
         while active:
             step = min(f.route.lane_bytes_per_s for f in active) - level
             for link, w in weight.items():
@@ -211,15 +214,16 @@ class Network:
                     residual[link] -= step * w
                     if residual[link] <= _EPS * self.capacity(link):
                         full.add(link)
-            frozen = {f for f in active if f.route.lane_bytes_per_s - level <= _EPS * level
-                      or any(link in full for link, _ in f.route.links)}
+            frozen = [f for f in active if f.route.lane_bytes_per_s - level <= _EPS * level
+                      or any(link in full for link, _ in f.route.links)]
             if not frozen:  # rounding left nothing at its limit: stop rising here
-                frozen = set(active)
+                frozen = list(active)
             for flow in frozen:
                 rates[flow] = level
                 for link, lanes in flow.route.links:
                     weight[link] -= lanes
-            active -= frozen
+            gone = set(frozen)
+            active = [f for f in active if f not in gone]
         return rates
 
 

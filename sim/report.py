@@ -94,12 +94,16 @@ def _groups(runs: Sequence[RunRecord]) -> list[tuple[str, str, list[RunRecord]]]
 
 
 def write_report(report: SimReport, out_dir: str | Path, *, stem: str = "simulation",
-                 plots_dir: str | Path | None = None, draw: bool = True) -> list[Path]:
-    """Write ``stem.json``, ``stem.md`` and (``draw``) PNGs; returns the paths written."""
+                 plots_dir: str | Path | None = None, draw: bool = True,
+                 compare_with: int = 1) -> list[Path]:
+    """Write ``stem.json``, ``stem.md`` and (``draw``) PNGs; returns the paths written.
+
+    The transfer histograms show each group's first run next to its run number
+    ``compare_with``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     images = Path(plots_dir) if plots_dir is not None else out
-    pngs = draw_plots(report, images) if draw else []
+    pngs = draw_plots(report, images, compare_with) if draw else []
     rel = [_relative(p, out) for p in pngs]
     json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
     json_path.write_text(report.model_dump_json(indent=2) + "\n")
@@ -114,7 +118,7 @@ def _relative(path: Path, base: Path) -> str:
         return str(path)
 
 
-def draw_plots(report: SimReport, out_dir: Path) -> list[Path]:
+def draw_plots(report: SimReport, out_dir: Path, compare_with: int = 1) -> list[Path]:
     """One set of PNGs per (cluster, workload): latency, goodput, bytes, transfer histograms."""
     import matplotlib
 
@@ -125,9 +129,10 @@ def draw_plots(report: SimReport, out_dir: Path) -> list[Path]:
     written = []
     for cluster, workload, runs in _groups(report.runs):
         slug = f"{cluster}_{workload}".replace(":", "_").replace(",", "_").replace("=", "")
-        for name, draw in (("latency", _latency), ("goodput", _goodput), ("bytes", _bytes),
-                           ("transfers", _histograms)):
-            fig = draw(plt, runs, f"{cluster} · {workload}")
+        paired = [runs[0], runs[min(compare_with, len(runs) - 1)]] if len(runs) > 1 else runs
+        for name, draw, shown in (("latency", _latency, runs), ("goodput", _goodput, runs),
+                                  ("bytes", _bytes, runs), ("transfers", _histograms, paired)):
+            fig = draw(plt, shown, f"{cluster} · {workload}")
             path = out_dir / f"{slug}_{name}.png"
             fig.savefig(path, dpi=90, bbox_inches="tight")
             plt.close(fig)
@@ -172,10 +177,9 @@ def _bytes(plt: Any, runs: Sequence[RunRecord], title: str) -> Any:
 
 
 def _histograms(plt: Any, runs: Sequence[RunRecord], title: str) -> Any:
-    shown = runs[:2] if len(runs) > 1 else runs
-    fig, axes = plt.subplots(1, len(shown), figsize=(6 * len(shown), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(6 * len(runs), 4), squeeze=False)
     edges = list(HISTOGRAM_EDGES)
-    for ax, run in zip(axes[0], shown, strict=True):
+    for ax, run in zip(axes[0], runs, strict=True):
         for t in run.summary.transfers:
             ax.stairs(t.histogram, edges, label=f"{t.tier} ({t.count})")
         ax.set_xscale("log")
@@ -191,3 +195,24 @@ def _labels(ax: Any, runs: Sequence[RunRecord], title: str) -> None:
     ax.set_xticks(range(len(runs)))
     ax.set_xticklabels([r.label for r in runs], rotation=30, ha="right", fontsize=7)
     ax.set_title(title, fontsize=10)
+
+
+def draw_sweep(series: dict[str, list[tuple[float, float]]], path: Path, *, title: str,
+               xlabel: str, ylabel: str) -> Path:
+    """One line per series of ``(x, y)`` points (a load sweep), saved as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, points in series.items():
+        ax.plot([x for x, _ in points], [y for _, y in points], marker="o", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -111,6 +111,7 @@ class Simulation:
             aggregated=config.aggregated)
         self.finished: list[Job] = []
         self.dropped = 0
+        self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
 
     def _place(self, fabric: FabricSpec, shape: ModelShape) -> PlacementOutcome:
         c = self.config
@@ -155,9 +156,8 @@ class Simulation:
 
     def _arrival(self, request: SimRequest) -> None:
         job = Job(request)
-        largest = max(i.cache.capacity for i in self.instances.values())
         need = math.ceil((request.prompt_tokens + request.output_tokens) / self.trace.block_tokens)
-        if need > largest:
+        if need > self._largest_cache:
             self.dropped += 1
             return
         self._route(job)

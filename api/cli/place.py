@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,10 +21,10 @@ from scheduler.placement import (
     SolverOptions,
     place,
 )
-from scheduler.placement.cpsat import Progress
+from scheduler.placement.request import Progress
 from scheduler.placement.result import Role
 from topology.documents import load_document
-from topology.errors import InputError, NotFoundError
+from topology.errors import InputError
 from topology.spec import load_fabric
 
 _ROLES = ("prefill", "decode")
@@ -68,12 +67,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def handle_place(args: argparse.Namespace) -> int:
-    """Run ``toposched place``; unknown models and bad input exit 2."""
-    try:
-        request = build_request(args)
-    except NotFoundError as exc:
-        print(f"toposched: error: {exc}", file=sys.stderr)
-        return 2
+    """Run ``toposched place`` (the entry point maps bad input and unknown names to 2)."""
+    request = build_request(args)
     with _progress(enabled=not args.json) as progress:
         placement = place(request, progress=progress)
     if args.output:

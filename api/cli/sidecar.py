@@ -1,7 +1,8 @@
 """``toposched sidecar``: run the NIXL sidecar next to one serving engine.
 
 The command re-executes as ``python -m sidecar`` (same pid, same flags) so the sidecar
-process never shares an address space with OR-Tools (see :mod:`sidecar.cli`).
+process never shares an address space with OR-Tools, whatever this CLI process loaded
+(see :mod:`sidecar.cli`).
 """
 
 from __future__ import annotations

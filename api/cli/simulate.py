@@ -1,8 +1,10 @@
 """``toposched simulate``: replay a workload on a cluster with several policies and compare.
 
-Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+aggregated]``: a packaged policy
+Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+FLAG...]``: a packaged policy
 (or a policy file), optionally with its own placement method (else ``--placement``),
-optionally run aggregated (every instance prefills and decodes its own requests).
+and flags: ``+aggregated`` (every instance prefills and decodes its own requests),
+``+fabric-blind`` (the router prices transfers as free: topology-unaware routing),
+``+prefix-blind`` (the router never sees cached prefixes).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from topology.distance import DistanceModel
 from topology.errors import InputError
 from topology.spec import FabricSpec, load_fabric
 
+FLAGS = ("aggregated", "fabric-blind", "prefix-blind")
+
 
 @dataclass(frozen=True)
 class RunSpec:
@@ -29,22 +33,24 @@ class RunSpec:
 
     policy: str
     placement: PlacementMethod
-    aggregated: bool
+    flags: frozenset[str] = frozenset()
 
 
 def parse_runs(text: str, default: PlacementMethod) -> list[RunSpec]:
     """Parse ``P1,P2@unaware,P3+aggregated`` into run specs."""
     runs = []
     for raw in filter(None, (part.strip() for part in text.split(","))):
-        body, plus, mode = raw.partition("+")
-        if plus and mode != "aggregated":
-            raise InputError(f"--policies entry {raw!r}: only '+aggregated' may follow")
+        body, *flags = raw.split("+")
+        unknown = [f for f in flags if f not in FLAGS]
+        if unknown:
+            raise InputError(f"--policies entry {raw!r}: unknown flag {unknown[0]!r} "
+                             f"(known: {', '.join(FLAGS)})")
         policy, at, method = body.partition("@")
         method = method if at else default
         if method not in get_args(PlacementMethod):
             raise InputError(f"--policies entry {raw!r}: placement must be one of "
                              f"{', '.join(get_args(PlacementMethod))}")
-        runs.append(RunSpec(policy, method, bool(plus)))  # type: ignore[arg-type]
+        runs.append(RunSpec(policy, method, frozenset(flags)))  # type: ignore[arg-type]
     if not runs:
         raise InputError("--policies names no policy")
     return runs
@@ -60,7 +66,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--cluster", required=True, help="cluster scenario name or fabric file")
     parser.add_argument("--workload", required=True, help="workload spec")
     parser.add_argument("--policies", default="fabric-cost",
-                        help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]")
+                        help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]"
+                             "[+fabric-blind][+prefix-blind]")
     parser.add_argument("--placement", default="solver", choices=get_args(PlacementMethod))
     parser.add_argument("--prefill", type=int, default=None, help="prefill instances")
     parser.add_argument("--decode", type=int, default=None, help="decode instances")
@@ -97,13 +104,16 @@ def handle_simulate(args: argparse.Namespace) -> int:
     with _Progress(enabled=not args.json and sys.stderr.isatty()) as bar:
         for spec in runs:
             config = SimConfig(policy=spec.policy, placement=spec.placement, model=args.model,
-                               tp=tp, prefill=prefill, decode=decode, aggregated=spec.aggregated,
+                               tp=tp, prefill=prefill, decode=decode,
+                               aggregated="aggregated" in spec.flags,
+                               blind_fabric="fabric-blind" in spec.flags,
+                               blind_prefix="prefix-blind" in spec.flags,
                                infinite_fabric=args.infinite_fabric, seed=args.seed)
             summary = simulate(fabric, trace, config, distance=distance,
                                progress=bar.task(config.label))
             records.append(RunRecord(label=config.label, cluster=name, workload=args.workload,
                                      policy=spec.policy, placement=spec.placement,
-                                     aggregated=spec.aggregated,
+                                     aggregated=config.aggregated,
                                      infinite_fabric=args.infinite_fabric, seed=args.seed,
                                      summary=summary))
     report = SimReport(title=f"Simulation: {name} · {args.workload}", runs=tuple(records))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
 from api.deps import Coordinator, Prefix
@@ -28,9 +28,18 @@ async def submit_transfer(request: TransferRequest, coordinator: Coordinator) ->
 
 
 @router.get("/transfers/{plan_id}")
-async def get_transfer(plan_id: str, coordinator: Coordinator) -> TransferRecord:
-    """A transfer's plan, state and reports."""
-    return await coordinator.store.get_transfer(plan_id)
+async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
+                       response: Response, wait_s: Annotated[float, Query(ge=0)] = 0.0,
+                       after: Annotated[int, Query(ge=0)] = 0) -> TransferRecord:
+    """A transfer's plan, state and reports.
+
+    Long-poll with ``wait_s``: answers once the record changed after version ``after``
+    (the ``X-Record-Version`` header of a previous answer), or after ``wait_s``.
+    """
+    cap: float = request.app.state.settings.long_poll_max_s
+    record, version = await coordinator.store.wait_transfer(plan_id, min(wait_s, cap), after)
+    response.headers["X-Record-Version"] = str(version)
+    return record
 
 
 @router.post("/transfers/{plan_id}/report")

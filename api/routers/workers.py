@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import Coordinator, Prefix
 from scheduler.state.base import WorkerEntry
@@ -47,6 +47,20 @@ async def remove_worker(name: str, coordinator: Coordinator, prefix: Prefix) -> 
 async def list_workers(coordinator: Coordinator) -> list[WorkerEntry]:
     """Every live worker with its lease and free block count."""
     return await coordinator.store.list_workers()
+
+
+class FreedBlocks(BaseModel):
+    """KV blocks a worker's engine evicted: the scheduler may allocate them again."""
+
+    blocks: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=1 << 20)
+
+
+@router.post("/workers/{name}/free-blocks", status_code=204)
+async def free_blocks(name: str, body: FreedBlocks, coordinator: Coordinator) -> Response:
+    """Return evicted blocks to the worker's free list (404 for an unknown worker)."""
+    await coordinator.store.get_worker(name)
+    await coordinator.store.release_blocks(name, body.blocks)
+    return Response(status_code=204)
 
 
 @router.get("/sidecars/{name}/jobs")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,9 +24,9 @@ from ortools.sat.python import cp_model
 
 from scheduler.placement.bounds import deltas, root_cost
 from scheduler.placement.problem import Problem
+from scheduler.placement.request import Progress
 from scheduler.placement.result import Role
 
-Progress = Callable[[str], None]
 #: Objective coefficients are ns per unit: rounding stays far below any reported digit.
 _SCALE = 1e6
 _STATUS: dict[Any, str] = {cp_model.OPTIMAL: "optimal", cp_model.FEASIBLE: "feasible",

@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable
 
 from scheduler.placement.bounds import analytic_bound_ms
-from scheduler.placement.cpsat import Progress, solve_cpsat
+from scheduler.placement.cpsat import solve_cpsat
 from scheduler.placement.greedy import greedy
 from scheduler.placement.problem import Problem
+from scheduler.placement.request import Progress
 from scheduler.placement.result import Role
 
 #: Chain position of each split level (zone, then pod).

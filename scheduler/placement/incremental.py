@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
-from scheduler.placement.cpsat import Progress
 from scheduler.placement.placer import place
-from scheduler.placement.request import PlacementRequest
+from scheduler.placement.request import PlacementRequest, Progress
 from scheduler.placement.result import Placement
 from scheduler.placement.validate import moved_instances
 from topology.distance import DistanceModel

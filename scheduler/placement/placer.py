@@ -12,12 +12,12 @@ import time
 
 from scheduler.placement.assemble import assemble
 from scheduler.placement.bounds import analytic_bound_ms
-from scheduler.placement.cpsat import CpSatOutcome, Progress, solve_cpsat
+from scheduler.placement.cpsat import CpSatOutcome, solve_cpsat
 from scheduler.placement.decompose import solve_decomposed
 from scheduler.placement.explain import infeasible, precheck
 from scheduler.placement.greedy import greedy
 from scheduler.placement.problem import Problem, prepare
-from scheduler.placement.request import PlacementRequest
+from scheduler.placement.request import PlacementRequest, Progress
 from scheduler.placement.result import Method, Placement, Role, Status
 from topology.distance import DistanceModel
 from topology.errors import UnschedulableError

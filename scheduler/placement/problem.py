@@ -223,8 +223,12 @@ def _counts(request: PlacementRequest, model: ModelShape,
     if request.prefill is not None and request.decode is not None:
         return request.prefill, request.decode, ["instance counts given by the caller"]
     gpu_type = request.gpu_type or _gpu_type(dm)
-    sizing = instances_needed(request.workload, model, gpu_type, request.tp_prefill,
-                              request.tp_decode)
+    try:
+        sizing = instances_needed(request.workload, model, gpu_type, request.tp_prefill,
+                                  request.tp_decode)
+    except NotFoundError as exc:
+        raise InputError(f"cannot size the workload: {exc}; name the GPU type (--gpu-type) "
+                         "or give the instance counts (--prefill, --decode)") from exc
     prefill = request.prefill or sizing.prefill_instances
     decode = request.decode or sizing.decode_instances
     return prefill, decode, [f"capacity sizing on {sizing.gpu_type}: {prefill} prefill, "

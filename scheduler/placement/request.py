@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -11,6 +12,8 @@ from scheduler.placement.result import Placement, Role
 from topology.spec import FabricSpec
 
 RuleKind = Literal["pin", "forbid"]
+#: Receives one line per improving solution during a long solve.
+Progress = Callable[[str], None]
 
 
 @dataclass(frozen=True)

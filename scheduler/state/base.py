@@ -49,7 +49,8 @@ class TransferStore(Protocol):
         """Every live worker, by name."""
 
     async def expire(self) -> list[str]:
-        """Remove workers whose lease ran out; return their names."""
+        """Remove workers whose lease ran out and apply due delayed releases; return the
+        names of the removed workers."""
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
         """Take ``count`` free blocks of a worker (lowest ids first)."""
@@ -59,6 +60,9 @@ class TransferStore(Protocol):
 
     async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Return blocks to a worker's free list (failed transfer, evicted KV)."""
+
+    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
+        """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""
 
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
@@ -71,6 +75,11 @@ class TransferStore(Protocol):
 
     async def get_transfer(self, plan_id: str) -> TransferRecord:
         """A transfer record by plan id."""
+
+    async def wait_transfer(self, plan_id: str, timeout_s: float,
+                            version: int) -> tuple[TransferRecord, int]:
+        """The record once its version (count of stores) exceeds ``version``, or as is
+        after ``timeout_s``; returns it with its current version."""
 
     async def transfers_of(self, name: str) -> list[TransferRecord]:
         """Pending transfers that have ``name`` on either side."""

@@ -29,12 +29,17 @@ class _Worker:
 class MemoryStore:
     """Workers, leases, free lists, job queues and transfer records in process memory."""
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: Clock = time.monotonic, *, max_transfers: int = 100_000) -> None:
         self._clock = clock
+        #: Finished transfer records beyond this many are forgotten, oldest first.
+        self.max_transfers = max_transfers
         self._workers: dict[str, _Worker] = {}
         self._epochs: dict[str, int] = {}
         self._transfers: dict[str, TransferRecord] = {}
+        self._versions: dict[str, int] = {}
+        self._changed = asyncio.Condition()
         self._wakeups: dict[str, asyncio.Condition] = {}
+        self._delayed: list[tuple[float, str, tuple[int, ...]]] = []
 
     def _cond(self, name: str) -> asyncio.Condition:
         return self._wakeups.setdefault(name, asyncio.Condition())
@@ -81,11 +86,16 @@ class MemoryStore:
                 for name, w in sorted(self._workers.items()) if w.lease.expires_at > now]
 
     async def expire(self) -> list[str]:
-        """Remove workers whose lease ran out; return their names."""
+        """Remove workers whose lease ran out and apply due delayed releases; return the
+        names of the removed workers."""
         now = self._clock()
         gone = [name for name, w in self._workers.items() if w.lease.expires_at <= now]
         for name in gone:
             await self.remove_worker(name)
+        due = [item for item in self._delayed if item[0] <= now]
+        self._delayed = [item for item in self._delayed if item[0] > now]
+        for _, name, blocks in due:
+            await self.release_blocks(name, blocks)
         return gone
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
@@ -107,6 +117,10 @@ class MemoryStore:
         worker = self._workers.get(name)
         if worker is not None:
             worker.free.update(b for b in blocks if 0 <= b < worker.reg.layout.num_blocks)
+
+    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
+        """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""
+        self._delayed.append((when, name, tuple(blocks)))
 
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
@@ -130,7 +144,32 @@ class MemoryStore:
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""
-        self._transfers[record.plan.plan_id] = record
+        plan_id = record.plan.plan_id
+        self._transfers[plan_id] = record
+        self._versions[plan_id] = self._versions.get(plan_id, 0) + 1
+        if len(self._transfers) > self.max_transfers:
+            self._forget_finished()
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _forget_finished(self) -> None:
+        """Drop the oldest finished records (a tenth of the cap) to bound memory."""
+        finished = [pid for pid, rec in self._transfers.items() if rec.state != "pending"]
+        for plan_id in finished[:max(1, self.max_transfers // 10)]:
+            del self._transfers[plan_id]
+            self._versions.pop(plan_id, None)
+
+    async def wait_transfer(self, plan_id: str, timeout_s: float,
+                            version: int) -> tuple[TransferRecord, int]:
+        """The record once its version (count of stores) exceeds ``version``, or as is
+        after ``timeout_s``; returns it with its current version."""
+        await self.get_transfer(plan_id)
+        if timeout_s > 0:
+            async with self._changed:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait_for(
+                        lambda: self._versions.get(plan_id, 0) > version), timeout_s)
+        return await self.get_transfer(plan_id), self._versions.get(plan_id, 0)
 
     async def get_transfer(self, plan_id: str) -> TransferRecord:
         """A transfer record by plan id."""

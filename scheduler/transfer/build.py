@@ -9,6 +9,7 @@ NIXL's prepared path merges, so ``descriptors`` predicts the merged count.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Sequence
 
 from scheduler.transfer.plan import (
@@ -16,6 +17,7 @@ from scheduler.transfer.plan import (
     BlockRun,
     KvLayout,
     Mode,
+    Notify,
     PlanEndpoint,
     TransferPlan,
     TransportHints,
@@ -64,13 +66,18 @@ def build_plan(*, plan_id: str, src: WorkerRegistration, dst: WorkerRegistration
                src_blocks: Sequence[int], dst_blocks: Sequence[int] | None = None,
                dst_free: Sequence[int] = (), cached_prefix: int = 0, mode: Mode = "READ",
                hints: TransportHints, epochs: tuple[int, int] = (1, 1),
-               deadline_s: float = DEFAULT_DEADLINE_S) -> TransferPlan:
+               deadline_s: float = DEFAULT_DEADLINE_S,
+               not_after: float | None = None, notify: Notify | None = None) -> TransferPlan:
     """Plan moving ``src_blocks[cached_prefix:]`` from ``src`` to ``dst``.
 
     ``dst_blocks`` (same length as ``src_blocks``; its first ``cached_prefix`` entries are
     ignored too) or, when omitted, blocks allocated from ``dst_free``. READ makes the
     decode (``dst``) sidecar the initiator, WRITE the prefill (``src``) one. The plan is
-    validated before it is returned; ``epochs`` are the (src, dst) registration epochs.
+    validated before it is returned; ``epochs`` are the (src, dst) registration epochs;
+    ``not_after`` (unix time, default now + ``deadline_s``) bounds every side's work.
+    ``notify`` defaults by mode: READ tells the (prefill) target through the scheduler —
+    it only frees blocks, and a NIXL notification would make the next request to that
+    peer wait for its progress — while WRITE notifies the waiting decode side via NIXL.
     """
     moving = list(src_blocks[cached_prefix:])
     if not moving:
@@ -82,12 +89,14 @@ def build_plan(*, plan_id: str, src: WorkerRegistration, dst: WorkerRegistration
     runs = coalesce(moving, targets) if len(moving) == len(targets) else ()
     plan = TransferPlan.model_construct(
         schema_version=SCHEMA_VERSION, plan_id=plan_id, notif_tag=plan_id, mode=mode,
+        notify=notify or ("scheduler" if mode == "READ" else "nixl"),
         initiator=dst.name if mode == "READ" else src.name,
         src=endpoint(src, epochs[0]), dst=endpoint(dst, epochs[1]),
         src_blocks=tuple(moving), dst_blocks=tuple(targets), runs=runs,
         mem_type=src.mem_type, total_bytes=len(moving) * src.layout.block_bytes,
         descriptors=max(1, descriptor_count(runs, src.layout)), hints=hints,
-        deadline_s=deadline_s)
+        deadline_s=deadline_s,
+        not_after=not_after if not_after is not None else time.time() + deadline_s)
     # model_construct skipped pydantic checks so that the rules below can report every
     # problem at once; a round trip then applies the field constraints too.
     validate_plan(plan)

@@ -5,7 +5,8 @@ transfer goes: ``submit`` builds and validates a plan, queues ``execute`` for th
 initiator and ``await`` for the target; each sidecar reports once. The transfer is
 ``done`` when the destination side reports success; any failure, or the lease of a
 side running out, marks it ``failed`` with ``recompute`` set, gives the destination
-blocks back and sends ``abort`` to the side still waiting, so the decode side stops
+blocks back once the plan's deadline has passed (a hung initiator may still write
+until then) and sends ``abort`` to the side still waiting, so the decode side stops
 waiting and recomputes.
 """
 
@@ -25,6 +26,7 @@ from scheduler.transfer.plan import (
     BlockId,
     Lease,
     Mode,
+    Notify,
     TransferJob,
     TransferPlan,
     TransferRecord,
@@ -48,9 +50,14 @@ class TransferRequest(BaseModel):
         default=None, description="omit to allocate from the destination's free list")
     cached_prefix: int = Field(default=0, ge=0, description="leading blocks dst already has")
     mode: Mode | None = Field(default=None, description="default: the deployment's mode")
+    notify: Notify | None = Field(default=None, description="default: by mode (see build)")
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
     plan_id: str | None = Field(default=None, min_length=1, max_length=128,
                                 pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+#: Extra seconds a failed transfer's destination blocks stay unused after ``not_after``.
+QUARANTINE_SLACK_S = 1.0
 
 
 def _new_id() -> str:
@@ -62,7 +69,8 @@ class TransferCoordinator:
 
     def __init__(self, store: TransferStore, *, mode: Mode = "READ", lease_ttl_s: float = 10.0,
                  deadline_s: float = DEFAULT_DEADLINE_S, spec: FabricSpec | None = None,
-                 clock: Clock = time.monotonic, new_id: Callable[[], str] = _new_id) -> None:
+                 clock: Clock = time.monotonic, wall: Clock = time.time,
+                 new_id: Callable[[], str] = _new_id) -> None:
         self.store = store
         self.mode: Mode = mode
         self.lease_ttl_s = lease_ttl_s
@@ -70,6 +78,7 @@ class TransferCoordinator:
         self._spec = spec
         self._model = DistanceModel(spec) if spec is not None else None
         self._clock = clock
+        self._wall = wall
         self._new_id = new_id
 
     async def register(self, reg: WorkerRegistration) -> Lease:
@@ -122,11 +131,13 @@ class TransferCoordinator:
             allocated = await self.store.allocate_blocks(dst.name, moving)
             dst_blocks = (*request.src_blocks[:request.cached_prefix], *allocated)
         hints = hints_for_workers(src, dst, spec=self._spec, model=self._model)
+        deadline_s = request.deadline_s or self.deadline_s
         try:
             plan = build_plan(plan_id=plan_id, src=src, dst=dst, src_blocks=request.src_blocks,
                               dst_blocks=dst_blocks, cached_prefix=request.cached_prefix,
                               mode=request.mode or self.mode, hints=hints, epochs=epochs,
-                              deadline_s=request.deadline_s or self.deadline_s)
+                              deadline_s=deadline_s, not_after=self._wall() + deadline_s,
+                              notify=request.notify)
         except Exception:
             if request.dst_blocks is None and dst_blocks is not None:
                 await self.store.release_blocks(dst.name, dst_blocks[request.cached_prefix:])
@@ -158,15 +169,25 @@ class TransferCoordinator:
             if report.outcome != "ok":
                 record = await self._failed(record, report.error or report.outcome,
                                             skip=report.worker)
-            elif report.worker == plan.dst.worker:
-                record = record.model_copy(update={"state": "done",
-                                                   "finished_at": self._clock()})
+            else:
+                if report.worker == plan.dst.worker:
+                    record = record.model_copy(update={"state": "done",
+                                                       "finished_at": self._clock()})
+                if report.worker == plan.initiator and plan.notify == "scheduler":
+                    with contextlib.suppress(NotFoundError):
+                        await self.store.put_job(plan.target, TransferJob(
+                            kind="complete", plan_id=plan_id))
         await self.store.put_transfer(record)
         return record
 
     async def _failed(self, record: TransferRecord, reason: str, skip: str) -> TransferRecord:
         plan = record.plan
-        await self.store.release_blocks(plan.dst.worker, plan.dst_blocks)
+        # A hung initiator may still write into these blocks until the plan's not_after
+        # (submission + deadline_s); hand them out again only after that, plus slack for
+        # clock skew between hosts.
+        await self.store.release_blocks_at(
+            plan.dst.worker, plan.dst_blocks,
+            record.created_at + plan.deadline_s + QUARANTINE_SLACK_S)
         for side in {plan.src.worker, plan.dst.worker} - {skip}:
             # A side that is gone has nobody waiting to be told.
             with contextlib.suppress(NotFoundError):

@@ -26,6 +26,9 @@ MemType = Literal["DRAM", "VRAM"]
 Mode = Literal["READ", "WRITE"]
 LayoutKind = Literal["block_major", "per_layer"]
 Role = Literal["prefill", "decode", "both"]
+#: How the target learns that the data moved: a NIXL notification from the initiator,
+#: or a ``complete`` job from the scheduler after the initiator's report.
+Notify = Literal["nixl", "scheduler"]
 
 Name = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[A-Za-z0-9_.:@/-]+$")]
 Address = Annotated[int, Field(ge=0, le=(1 << 64) - 1)]
@@ -130,6 +133,7 @@ class TransferPlan(_Frozen):
     schema_version: Literal[1] = SCHEMA_VERSION
     plan_id: Name = Field(description="unique per request; also the notification tag")
     notif_tag: str = Field(min_length=1, max_length=256)
+    notify: Notify = Field(default="nixl", description="how the target learns of completion")
     mode: Mode
     initiator: Name = Field(description="worker whose sidecar posts the NIXL request")
     src: PlanEndpoint
@@ -141,7 +145,8 @@ class TransferPlan(_Frozen):
     total_bytes: int = Field(gt=0)
     descriptors: int = Field(gt=0, description="descriptors after merging runs")
     hints: TransportHints
-    deadline_s: float = Field(gt=0, le=3600, description="seconds from delivery to give up")
+    deadline_s: float = Field(gt=0, le=3600, description="seconds each side waits at most")
+    not_after: float = Field(gt=0, description="unix time: no side posts or waits past it")
 
     @property
     def target(self) -> str:
@@ -149,15 +154,16 @@ class TransferPlan(_Frozen):
         return self.dst.worker if self.initiator == self.src.worker else self.src.worker
 
 
-JobKind = Literal["execute", "await", "abort"]
+JobKind = Literal["execute", "await", "abort", "complete"]
 
 
 class TransferJob(_Frozen):
     """What a sidecar receives from the job channel.
 
     ``execute``: post the plan (this sidecar is the initiator); ``await``: wait for the
-    plan's notification (this sidecar is the target); ``abort``: stop waiting for
-    ``plan_id``, the transfer failed elsewhere (``reason`` says why).
+    plan's completion (this sidecar is the target); ``complete``: the initiator reported
+    success (plans with ``notify: scheduler``); ``abort``: stop waiting for ``plan_id``,
+    the transfer failed elsewhere (``reason`` says why).
     """
 
     kind: JobKind

@@ -131,15 +131,22 @@ class Cluster:
         data: dict[str, Any] = self.http.get(f"{self.url}/v1/transfers/{plan_id}").json()
         return data
 
-    def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0,
-                 interval_s: float = 0.05) -> dict[str, Any]:
-        """Wait until the transfer left ``pending`` and has ``reports`` reports."""
-        def check() -> dict[str, Any] | None:
-            record = self.transfer(plan_id)
-            done = record["state"] != "pending" and len(record["reports"]) >= reports
-            return record if done else None
-        record: dict[str, Any] = wait_for(check, timeout_s, f"transfer {plan_id}", interval_s)
-        return record
+    def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0) -> dict[str, Any]:
+        """Wait (long-polling the record) until the transfer left ``pending`` and has
+        ``reports`` reports."""
+        deadline = time.monotonic() + timeout_s
+        version = 0
+        while True:
+            response = self.http.get(f"{self.url}/v1/transfers/{plan_id}",
+                                     params={"wait_s": 2.0, "after": version})
+            record: dict[str, Any] = response.json()
+            version = int(response.headers.get("x-record-version", version))
+            if record["state"] != "pending" and len(record["reports"]) >= reports:
+                return record
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout_s}s waiting for transfer "
+                                     f"{plan_id}: {record['state']}, {len(record['reports'])} "
+                                     "report(s)")
 
 
 @contextmanager

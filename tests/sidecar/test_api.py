@@ -112,3 +112,33 @@ def test_kv_events_can_come_in_a_batch(client: TestClient) -> None:
     assert index.match([1, 2])["decode-0"].confirmed == 1
     gap = [{"kind": "block_stored", "worker": "decode-0", "seq": 9, "block_hashes": [3]}]
     assert client.post("/v1/kv-events", json=gap).json()["resync"]["expected_seq"] == 3
+
+
+def test_evicted_blocks_go_back_to_the_free_list(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0", blocks=4)
+    request = {"src": "prefill-0", "dst": "decode-0", "src_blocks": [0, 1, 2]}
+    assert client.post("/v1/transfers", json=request).status_code == 201
+    free = {w["registration"]["name"]: w["free_blocks"] for w in client.get("/v1/workers").json()}
+    assert free["decode-0"] == 1
+    assert client.post("/v1/workers/decode-0/free-blocks",
+                       json={"blocks": [0, 2]}).status_code == 204
+    free = {w["registration"]["name"]: w["free_blocks"] for w in client.get("/v1/workers").json()}
+    assert free["decode-0"] == 3
+    assert client.post("/v1/workers/ghost/free-blocks", json={"blocks": [0]}).status_code == 404
+
+
+def test_transfer_long_poll_answers_on_change(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "lp"})
+    first = client.get("/v1/transfers/lp", params={"wait_s": 0})
+    version = int(first.headers["x-record-version"])
+    timed_out = client.get("/v1/transfers/lp", params={"wait_s": 0.05, "after": version})
+    assert timed_out.json()["state"] == "pending"
+    client.post("/v1/transfers/lp/report", json={"plan_id": "lp", "worker": "decode-0",
+                                                 "role": "initiator", "outcome": "ok"})
+    changed = client.get("/v1/transfers/lp", params={"wait_s": 5, "after": version})
+    assert changed.json()["state"] == "done"
+    assert int(changed.headers["x-record-version"]) > version

@@ -103,7 +103,9 @@ def test_killed_peer_fails_within_deadline_and_sidecar_keeps_serving(tmp_path: P
         after = c.finished("after")
         assert after["state"] == "done" and _report(after, "decode-0")["verified"] is True
         assert c.sidecars["decode-0"].stop() == 0
-        assert c.sidecars["decode-0"].state()["recompute"] == ["doomed"]
+        final = c.sidecars["decode-0"].state()
+        assert final["recompute"] == ["doomed"]
+        assert final["leaked_handles"] == 0 and final["deregistered"] is True
 
 
 def test_killed_writer_makes_waiting_decode_side_recompute(tmp_path: Path) -> None:
@@ -121,6 +123,31 @@ def test_killed_writer_makes_waiting_decode_side_recompute(tmp_path: Path) -> No
         assert record["state"] == "failed" and record["recompute"] is True
         assert "lease" in record["error"]
         assert _report(record, "decode-0")["outcome"] == "aborted"
+
+
+def test_hung_writer_cannot_corrupt_blocks_handed_out_again(tmp_path: Path) -> None:
+    with cluster(tmp_path, mode="WRITE", lease_ttl_s=1.5, deadline_s=4.0) as c:
+        writer = c.sidecar("prefill-0", block_bytes=BLOCK, extra=("--debug-hold", "0.8"))
+        c.sidecar("decode-0", block_bytes=BLOCK)
+        c.submit(src="prefill-0", dst="decode-0", src_blocks=[0, 1], plan_id="stalled")
+        time.sleep(0.3)
+        writer.popen.send_signal(signal.SIGSTOP)          # hung, not dead
+        try:
+            record = c.finished("stalled", reports=1, timeout_s=8)
+            assert record["state"] == "failed" and record["recompute"] is True
+            assert _report(record, "decode-0")["outcome"] == "aborted"
+        finally:
+            writer.popen.send_signal(signal.SIGCONT)      # it wakes up and may still write
+        # It re-registers (new epoch) and serves again; the decode side's pool is still
+        # consistent: the stalled plan's blocks are undefined, everything else verified.
+        wait_for(lambda: c.transfer("stalled")["reports"][-1]["worker"] == "prefill-0",
+                 10, "the stalled writer's own report")
+        wait_for(lambda: "prefill-0" in c.workers(), 10, "the writer to re-register")
+        c.submit(src="prefill-0", dst="decode-0", src_blocks=[5], plan_id="later")
+        later = c.finished("later")
+        assert later["state"] == "done" and later["plan"]["src"]["epoch"] == 2
+        assert later["plan"]["dst_blocks"] != [0] and later["plan"]["dst_blocks"] != [1]
+        assert _report(later, "decode-0")["verified"] is True
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path: Path) -> None:

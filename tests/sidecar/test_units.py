@@ -130,3 +130,22 @@ def test_control_plane_modules_do_not_load_nixl() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_an_engine_can_hand_over_its_own_buffer() -> None:
+    buffer = np.zeros(8 * 1024, dtype=np.uint8)
+    pool = KvPool.adopt(buffer, num_blocks=8, block_bytes=1024, kind="per_layer", regions=2)
+    assert pool.base_addr == buffer.ctypes.data and pool.mem_type == "DRAM"
+    pool.write(1, 3, np.full(512, 7, dtype=np.uint8))
+    assert buffer[8 * 512 + 3 * 512] == 7          # region 1, block 3: the engine's bytes
+    with pytest.raises(InputError, match="does not hold"):
+        KvPool.adopt(buffer, num_blocks=9, block_bytes=1024)
+
+
+def test_a_failed_destination_block_is_undefined_not_a_mismatch() -> None:
+    pool = KvPool(num_blocks=64, block_bytes=4096)
+    engine = FakeEngine(pool, "decode-0")
+    p = plan(src_blocks=(0,), dst_blocks=(9,))
+    pool.write(0, 9, pattern("late-writer", 0, 0, 4096))   # a hung writer's late bytes
+    engine.on_failed(p, "timeout")
+    assert engine.mismatches(range(64)) == []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -35,7 +36,7 @@ def thin_fabric() -> tuple[FabricSpec, DistanceModel]:
 
 def small_trace(*, sessions: int = 30, seed: int = 0, **overrides: Any) -> Trace:
     """An agentic trace of ``sessions`` x 6 turns (a few hundred requests at most)."""
-    params = {"sessions": sessions, "session_rate": 3.0, "system_tokens": 4096,
+    params: dict[str, Any] = {"sessions": sessions, "session_rate": 3.0, "system_tokens": 4096,
               "turn_tokens": 768, "output_tokens": 96, "think_s": 0.5}
     params.update(overrides)
     return agentic(AgenticParams(**params), seed)
@@ -46,7 +47,7 @@ def request(*, rid: str = "r0", arrival_s: float = 0.0, prompt_tokens: int = 102
             block_tokens: int = 512) -> SimRequest:
     """One request; block ids default to a chain unique to ``rid``."""
     count = -(-prompt_tokens // block_tokens)
-    base = 10_000 + abs(hash(rid)) % 10_000 * 100
+    base = 10_000 + zlib.crc32(rid.encode()) % 10_000 * 100
     chain = blocks if blocks is not None else tuple(range(base, base + count))
     return SimRequest(rid, arrival_s, prompt_tokens, output_tokens, chain)
 

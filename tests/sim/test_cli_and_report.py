@@ -16,12 +16,12 @@ from topology.errors import InputError
 
 def test_simulate_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli(["simulate", "--cluster", "small", "--workload", "agentic:sessions=4",
-                "--policies", "fabric-cost,least-loaded@unaware,round-robin+aggregated",
+                "--policies", "fabric-cost,fabric-cost@unaware+fabric-blind,round-robin+aggregated",
                 "--placement", "greedy", "--json", "--no-plots", "-o", str(tmp_path)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     labels = [r["label"] for r in report["runs"]]
-    assert labels == ["fabric-cost/greedy", "least-loaded/unaware",
+    assert labels == ["fabric-cost/greedy", "fabric-cost/unaware+fabric-blind",
                       "round-robin/greedy+aggregated"]
     assert all(r["summary"]["completed"] == 24 for r in report["runs"])
     assert (tmp_path / "simulation.json").is_file()
@@ -35,7 +35,9 @@ def test_simulate_bad_input_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_parse_runs_rejects_unknown_placement_and_suffix() -> None:
-    assert parse_runs("a@unaware,b", "solver")[1].placement == "solver"
+    runs = parse_runs("a@unaware,b+fabric-blind+aggregated", "solver")
+    assert runs[1].placement == "solver"
+    assert runs[1].flags == {"fabric-blind", "aggregated"}
     with pytest.raises(InputError):
         parse_runs("a@magic", "solver")
     with pytest.raises(InputError):

@@ -89,8 +89,8 @@ def test_a_late_request_joins_at_the_next_step_boundary() -> None:
     inst.add_decode(first)
     step = first.first_token_s
     queue.schedule(2.5 * step, EventKind.RETRY)
-    kind, _ = queue.pop()  # the epoch end is later than 2.5 steps: the marker comes first
-    assert kind is EventKind.RETRY
+    event = queue.pop()  # the epoch end is later than 2.5 steps: the marker comes first
+    assert event is not None and event[0] is EventKind.RETRY
     inst.add_decode(late)
     done = _drain(queue, inst)
     assert sorted(j.request.id for j in done) == ["a", "b"]

@@ -122,8 +122,8 @@ def test_fair_rates_are_feasible_and_every_flow_is_bottlenecked(
              for i, (links, lanes, cap) in enumerate(specs)]
     for flow in flows:
         for link, _ in flow.route.links:
-            net.on_link.setdefault(link, set()).add(flow)
-    rates = net.fair_rates(set(flows))
+            net.on_link.setdefault(link, {})[flow] = None
+    rates = net.fair_rates(flows)
     load = dict.fromkeys(capacity, 0.0)
     for flow in flows:
         for link, lanes in flow.route.links:

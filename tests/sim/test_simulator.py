@@ -5,11 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policies.profile import policy_names
 from sim.metrics import Summary
+from sim.simulator import SimConfig, Simulation
 from sim.workloads import Trace, load_mooncake, without_sharing
-from tests.sim.builders import FIXTURES, request, run, small_trace
+from tests.sim.builders import FIXTURES, request, run, small_fabric, small_trace, thin_fabric
 from topology.tiers import Tier
 
 
@@ -113,3 +116,28 @@ def test_rate_scaling_raises_latency() -> None:
     trace = small_trace(sessions=30)
     calm, busy = run(trace), run(replace(trace.scaled(4)))
     assert busy.ttft.p90 > calm.ttft.p90
+
+
+@given(st.integers(0, 1000), st.sampled_from(["fabric-cost", "least-loaded", "prefix-only",
+                                              "label-curve"]),
+       st.sampled_from([1.0, 4.0]), st.booleans())
+@settings(max_examples=8, deadline=None)
+def test_after_a_run_every_block_link_and_slot_is_released(seed: int, policy: str,
+                                                           scale: float, thin: bool) -> None:
+    fabric, distance = thin_fabric() if thin else small_fabric()
+    trace = small_trace(sessions=6, seed=seed).scaled(scale)
+    sim = Simulation(fabric, trace, SimConfig(policy=policy, placement="greedy", prefill=5,
+                                              decode=3, seed=seed), distance=distance)
+    summary = sim.run()
+    assert summary.completed == len(trace.requests)
+    assert sim.network.link_load == {}
+    for inst in sim.instances.values():
+        assert inst.cache.pinned == 0
+        assert not inst.running and not inst.waiting and not inst.prefills
+        assert inst.incoming == 0 and inst.queued_tokens == 0
+    for job in sim.finished:
+        r = job.request
+        assert r.arrival_s <= job.prefill_start_s <= job.prefill_end_s <= job.first_token_s
+        assert job.first_token_s < job.done_s or r.output_tokens == 1
+        if not job.local:
+            assert job.prefill_end_s <= job.kv_ready_s <= job.first_token_s

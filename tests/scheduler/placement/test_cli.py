@@ -83,6 +83,8 @@ def test_infeasible_request_exits_1_with_reason(files: dict[str, str],
     (("--tp-prefill", "3"), "divides no NVLink domain"),
     (("--pin", "z0-p0-r0-h00=verify"), "TARGET=prefill"),
     (("--max-rack-share", "150"), "max-rack-share"),
+    (("--exclude", "no-such-host"), "no-such-host"),
+    (("--gpu-type", "Z9000"), "--gpu-type"),
 ])
 def test_bad_input_exits_2(files: dict[str, str], capsys: pytest.CaptureFixture[str],
                            args: tuple[str, ...], message: str) -> None:

@@ -82,3 +82,9 @@ def test_build_rejects_what_validation_rejects() -> None:
 def test_plan_round_trips_through_json() -> None:
     original = plan(regions=2, block_bytes=8192)
     assert type(original).model_validate_json(original.model_dump_json()) == original
+
+
+def test_notification_path_defaults_by_mode() -> None:
+    assert plan(mode="READ").notify == "scheduler"   # the prefill side only frees blocks
+    assert plan(mode="WRITE").notify == "nixl"       # the decode side is waiting
+    assert plan(mode="READ", notify="nixl").notify == "nixl"

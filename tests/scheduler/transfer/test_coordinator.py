@@ -107,7 +107,7 @@ def test_done_when_the_destination_reports_ok() -> None:
     run(body())
 
 
-def test_a_failed_report_fails_the_transfer_frees_blocks_and_aborts_the_other_side() -> None:
+def test_a_failed_report_fails_the_transfer_and_aborts_the_other_side() -> None:
     async def body() -> None:
         c, _ = setup()
         await _two(c)
@@ -115,7 +115,6 @@ def test_a_failed_report_fails_the_transfer_frees_blocks_and_aborts_the_other_si
         await c.store.wait_jobs("prefill-0", 0)
         record = await c.report("x0", _report("x0", "decode-0", "failed"))
         assert record.state == "failed" and record.recompute
-        assert (await c.store.get_worker("decode-0")).free_blocks == 16
         jobs = await c.store.wait_jobs("prefill-0", 0)
         assert [(j.kind, j.plan_id) for j in jobs] == [("abort", "x0")]
     run(body())
@@ -186,4 +185,75 @@ def test_report_from_a_stranger_is_rejected() -> None:
             await c.report("x0", _report("x0", "someone-else"))
         with pytest.raises(NotFoundError):
             await c.report("nope", _report("nope", "decode-0"))
+    run(body())
+
+
+def test_failed_destination_blocks_are_quarantined_until_the_plan_expires() -> None:
+    async def body() -> None:
+        c, clock = setup(ttl=1000)
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0, 1),
+                                       deadline_s=5))
+        await c.report("x0", _report("x0", "decode-0", "timeout"))
+        clock.now += 5.5            # a hung writer could still post until 5 s (+1 s slack)
+        await c.expire()
+        assert (await c.store.get_worker("decode-0")).free_blocks == 14
+        clock.now += 1.0
+        await c.expire()
+        assert (await c.store.get_worker("decode-0")).free_blocks == 16
+    run(body())
+
+
+def test_plans_carry_a_wall_clock_limit() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        record = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                src_blocks=(0,), deadline_s=3))
+        import time
+        assert abs(record.plan.not_after - (time.time() + 3)) < 1
+    run(body())
+
+
+def test_read_completion_reaches_the_target_through_the_scheduler() -> None:
+    async def body() -> None:
+        c, _ = setup(mode="READ")
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        await c.store.wait_jobs("prefill-0", 0)
+        record = await c.report("x0", _report("x0", "decode-0"))
+        assert record.state == "done"
+        jobs = await c.store.wait_jobs("prefill-0", 0)
+        assert [(j.kind, j.plan_id) for j in jobs] == [("complete", "x0")]
+    run(body())
+
+
+def test_wait_transfer_answers_on_change_or_timeout() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        record, version = await c.store.wait_transfer("x0", 0.01, 1)
+        assert record.state == "pending" and version == 1
+        waiter = asyncio.create_task(c.store.wait_transfer("x0", 5, version))
+        await asyncio.sleep(0.01)
+        await c.report("x0", _report("x0", "decode-0"))
+        record, version = await asyncio.wait_for(waiter, 1)
+        assert record.state == "done" and version == 2
+    run(body())
+
+
+def test_memory_store_forgets_old_finished_records() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        store = MemoryStore(clock, max_transfers=20)
+        c = TransferCoordinator(store, clock=clock)
+        await _two(c, blocks=64)
+        for i in range(30):
+            await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(i,),
+                                           dst_blocks=(i,), plan_id=f"p{i}"))
+            await c.report(f"p{i}", _report(f"p{i}", "decode-0"))
+        with pytest.raises(NotFoundError):
+            await store.get_transfer("p0")
+        assert (await store.get_transfer("p29")).state == "done"
     run(body())

@@ -1,0 +1,186 @@
+"""Topology feeds: captures posted per host over HTTP, and the fabric rebuilt from them.
+
+A host's ``nvidia-smi topo -m``, LLDP and NCCL captures (and the cluster's Kubernetes
+node list) arrive as text. Each is parsed once on arrival (errors name the request as
+their source); the fabric is then rebuilt in memory from the inventory and every
+host's latest parse, through the same builder the CLI uses, minus the file reading.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from topology.build import Captures, _FabricBuilder
+from topology.errors import ConflictError, Issue, ValidationError
+from topology.inventory import Inventory
+from topology.k8s import K8sNodes, parse_k8s_nodes
+from topology.lldp import parse_lldp
+from topology.nccl import parse_nccl_xml
+from topology.nvsmi import parse_nvidia_smi
+from topology.spec import FabricSpec
+
+FeedKind = Literal["nvsmi", "lldp", "nccl"]
+_PARSERS: dict[FeedKind, Callable[[str, str], Any]] = {
+    "nvsmi": parse_nvidia_smi, "lldp": parse_lldp, "nccl": parse_nccl_xml}
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One posted capture: its text (to spot re-posts) and what it parsed to."""
+
+    text: str
+    parsed: Any
+
+
+@dataclass(frozen=True)
+class Feeds:
+    """The inventory and the latest capture of each kind per host (immutable; replaced)."""
+
+    inventory: Inventory | None = None
+    hosts: Mapping[str, Mapping[FeedKind, Capture]] = field(default_factory=dict)
+    k8s: Capture | None = None
+
+    def with_capture(self, host: str, kind: FeedKind, capture: Capture) -> Feeds:
+        """These feeds with ``host``'s ``kind`` capture replaced."""
+        per_host = {**self.hosts.get(host, {}), kind: capture}
+        return replace(self, hosts={**self.hosts, host: per_host})
+
+    def same_as_posted(self, host: str, kind: FeedKind, text: str) -> bool:
+        """True when ``host`` already posted exactly ``text`` for ``kind``."""
+        held = self.hosts.get(host, {}).get(kind)
+        return held is not None and held.text == text
+
+
+def parse_capture(kind: FeedKind, text: str, source: str) -> Capture:
+    """Parse a posted capture; parse errors name ``source`` and the line."""
+    return Capture(text=text, parsed=_PARSERS[kind](text, source))
+
+
+def parse_k8s(text: str, source: str) -> Capture:
+    """Parse a posted Kubernetes node list (``kubectl get nodes -o json|yaml``)."""
+    return Capture(text=text, parsed=parse_k8s_nodes(text, source))
+
+
+def check_http_inventory(inventory: Inventory, source: str) -> None:
+    """Refuse capture paths and includes: over HTTP, captures come as feeds."""
+    issues = [Issue(f"include[{i}]", "includes are not allowed over HTTP")
+              for i in range(len(inventory.include))]
+    for zi, zone in enumerate(inventory.zones):
+        for pi, pod in enumerate(zone.pods):
+            for ri, rack in enumerate(pod.racks):
+                for hi, host in enumerate(rack.hosts):
+                    path = f"zones[{zi}].pods[{pi}].racks[{ri}].hosts[{hi}]"
+                    issues += [Issue(f"{path}.{kind}", "capture paths are not allowed over "
+                                     f"HTTP; PUT /v1/topology/hosts/{host.name}/… instead")
+                               for kind in ("nvsmi", "lldp", "nccl")
+                               if getattr(host, kind) is not None]
+    if issues:
+        raise ValidationError(source, issues)
+
+
+class _FeedBuilder(_FabricBuilder):
+    """The CLI's fabric builder reading parsed feeds instead of capture files."""
+
+    def __init__(self, inventory: Inventory, feeds: Feeds) -> None:
+        names: dict[str, dict[str, Path]] = {kind: {} for kind in _PARSERS}
+        for host, captures in feeds.hosts.items():
+            for kind in captures:
+                names[kind][host] = Path(f"feed:{host}/{kind}")
+        super().__init__(inventory, Captures(nvsmi=names["nvsmi"], lldp=names["lldp"],
+                                             nccl=names["nccl"]))
+        self.feeds = feeds
+
+    def _parse(self, host: str, kind: str, named: str | None, parser: Any) -> Any:
+        held = self.feeds.hosts.get(host, {}).get(kind)  # type: ignore[call-overload]
+        return held.parsed if held is not None else None
+
+    def _k8s(self) -> K8sNodes | None:
+        nodes: K8sNodes | None = self.feeds.k8s.parsed if self.feeds.k8s else None
+        if nodes is None:
+            return None
+        for node in nodes.nodes:
+            name = node.hostname or node.name
+            if name not in self.hosts:
+                self.report.warnings.append(f"k8s node {node.name} is not in the inventory")
+                continue
+            self._k8s_conflicts(name, node.zone, node.gpu_count)
+        return nodes
+
+    def _k8s_conflicts(self, name: str, zone: str | None, gpus: int | None) -> None:
+        ours = self._zone_of_host(self.hosts[name])
+        if zone and zone != ours:
+            self.report.conflicts.append(f"host {name}: label topology.kubernetes.io/zone="
+                                         f"{zone}, inventory zone {ours}")
+        if gpus and gpus != len(self.hosts[name].gpus):
+            self.report.conflicts.append(f"host {name}: k8s reports {gpus} GPUs, the fabric "
+                                         f"{len(self.hosts[name].gpus)}")
+
+
+def build_from_feeds(feeds: Feeds) -> FabricSpec:
+    """Rebuild the fabric from the inventory and the feeds; conflicts raise 409-style."""
+    if feeds.inventory is None:
+        raise ConflictError("no inventory loaded: PUT /v1/topology/inventory first")
+    spec = _FeedBuilder(feeds.inventory, feeds).build()
+    if spec.conflicts:
+        raise FeedConflict(spec.conflicts)
+    return spec
+
+
+class FeedConflict(ConflictError):
+    """The inputs disagree; ``conflicts`` lists every disagreement (409 at the API)."""
+
+    def __init__(self, conflicts: tuple[str, ...]) -> None:
+        self.conflicts = conflicts
+        super().__init__(f"{len(conflicts)} conflict(s) between inputs: " + "; ".join(conflicts))
+
+
+class NicMove(BaseModel):
+    """A NIC whose leaf changed between two fabrics."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str
+    nic: str
+    before: str | None
+    after: str | None
+
+
+class FabricChange(BaseModel):
+    """What a rebuild changed: hosts, GPUs, NIC leaves and NIC-leaf links."""
+
+    model_config = ConfigDict(frozen=True)
+    changed: bool
+    hosts_added: tuple[str, ...] = ()
+    hosts_removed: tuple[str, ...] = ()
+    gpus_added: tuple[str, ...] = ()
+    gpus_removed: tuple[str, ...] = ()
+    nics_moved: tuple[NicMove, ...] = ()
+    links_gone: tuple[str, ...] = ()
+
+
+def _nic_links(spec: FabricSpec) -> dict[tuple[str, str], str | None]:
+    return {(h.name, n.device): n.leaf for h in spec.hosts for n in h.nics}
+
+
+def diff_fabrics(before: FabricSpec | None, after: FabricSpec) -> FabricChange:
+    """The difference between two fabrics, in the terms an operator watches."""
+    if before is None:
+        return FabricChange(changed=True, hosts_added=tuple(h.name for h in after.hosts),
+                            gpus_added=tuple(after.gpu_names()))
+    old_hosts, new_hosts = {h.name for h in before.hosts}, {h.name for h in after.hosts}
+    old_gpus, new_gpus = set(before.gpu_names()), set(after.gpu_names())
+    old_nics, new_nics = _nic_links(before), _nic_links(after)
+    moves = tuple(NicMove(host=h, nic=n, before=leaf, after=new_nics[(h, n)])
+                  for (h, n), leaf in old_nics.items()
+                  if (h, n) in new_nics and new_nics[(h, n)] != leaf)
+    gone = tuple(f"{h}/{n}->{leaf}" for (h, n), leaf in old_nics.items()
+                 if leaf is not None and new_nics.get((h, n)) != leaf)
+    return FabricChange(
+        changed=before != after, hosts_added=tuple(sorted(new_hosts - old_hosts)),
+        hosts_removed=tuple(sorted(old_hosts - new_hosts)),
+        gpus_added=tuple(sorted(new_gpus - old_gpus)),
+        gpus_removed=tuple(sorted(old_gpus - new_gpus)), nics_moved=moves, links_gone=gone)

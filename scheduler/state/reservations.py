@@ -1,0 +1,175 @@
+"""Load reservations and the KV event log shared by router replicas, in memory.
+
+Two small protocols sit next to :class:`~scheduler.state.base.TransferStore`:
+
+* :class:`LoadStore` — each worker has a capacity (tokens, requests); ``reserve``
+  checks it and adds the load in one step, so two replicas routing at the same time
+  never oversubscribe a worker; ``release`` gives the load back when a request ends.
+* :class:`KvEventLog` — an append-only, capped log of KV events (JSON text). Every
+  replica reads it from its last id and feeds its own
+  :class:`~scheduler.prefix.PrefixIndex` (the decision is argued in docs/state.md).
+
+:class:`MemoryLoads` implements both for one process; the Redis store implements both
+for many (:mod:`scheduler.state.redis_store`). :class:`StoreUnavailableError` lives here,
+not beside Redis, so that callers can catch it without importing the Redis client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
+
+#: Events kept by a log before the oldest are dropped (Redis trims approximately).
+DEFAULT_EVENT_MAXLEN = 100_000
+#: Id that reads a log from its start.
+FIRST_EVENT_ID = "0"
+
+
+class StoreUnavailableError(ToposchedError):
+    """The shared store cannot be reached now; retry after ``retry_after_s`` (→ 503)."""
+
+    title = "state store unavailable"
+
+    def __init__(self, operation: str, detail: str, retry_after_s: float = 1.0) -> None:
+        self.operation = operation
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        super().__init__(f"state store unavailable during {operation}: {detail}")
+
+
+class WorkerLoad(BaseModel):
+    """A worker's reserved load next to its capacity."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tokens: int = Field(ge=0)
+    requests: int = Field(ge=0)
+    max_tokens: int = Field(ge=0)
+    max_requests: int = Field(ge=0)
+
+    def fits(self, tokens: int, requests: int) -> bool:
+        """Whether ``tokens`` / ``requests`` more stay within the capacity."""
+        return (self.tokens + tokens <= self.max_tokens
+                and self.requests + requests <= self.max_requests)
+
+
+class LoadStore(Protocol):
+    """Per-worker load reservations, atomic across scheduler replicas."""
+
+    async def set_capacity(self, worker: str, max_tokens: int, max_requests: int) -> None:
+        """Declare (or change) a worker's capacity; its current load is kept."""
+
+    async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
+        """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
+
+    async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
+        """Take load back (never below zero); unknown workers are ignored."""
+
+    async def loads(self) -> dict[str, WorkerLoad]:
+        """Every worker with a capacity, by name."""
+
+    async def drop_load(self, worker: str) -> bool:
+        """Forget a worker's capacity and load; False when it had none."""
+
+
+class KvEventLog(Protocol):
+    """A capped, ordered log of KV events (JSON text) read by every replica."""
+
+    async def publish_kv_event(self, event_json: str) -> str:
+        """Append one event; returns its id (ids grow; compare only for equality)."""
+
+    async def kv_events_since(self, last_id: str, block_ms: int,
+                              count: int = 1000) -> tuple[list[str], str]:
+        """Up to ``count`` events after ``last_id`` (``"0"``: from the start), waiting up
+        to ``block_ms`` for the first one (``0``: do not wait); returns them with the id
+        to pass next time (``last_id`` itself when none came)."""
+
+
+def check_amounts(tokens: int, requests: int) -> None:
+    """Reject negative amounts (a negative reservation would raise the capacity)."""
+    issues = [Issue(name, "must be ≥ 0") for name, value in
+              (("tokens", tokens), ("requests", requests)) if value < 0]
+    if issues:
+        raise ValidationError("load reservation", issues)
+
+
+class MemoryLoads:
+    """:class:`LoadStore` and :class:`KvEventLog` in process memory (one event loop)."""
+
+    def __init__(self, *, event_maxlen: int = DEFAULT_EVENT_MAXLEN) -> None:
+        self._loads: dict[str, WorkerLoad] = {}
+        self._events: deque[tuple[int, str]] = deque(maxlen=event_maxlen)
+        self._next_id = 1
+        self._appended = asyncio.Condition()
+
+    async def set_capacity(self, worker: str, max_tokens: int, max_requests: int) -> None:
+        """Declare (or change) a worker's capacity; its current load is kept."""
+        check_amounts(max_tokens, max_requests)
+        old = self._loads.get(worker)
+        self._loads[worker] = WorkerLoad(tokens=old.tokens if old else 0,
+                                         requests=old.requests if old else 0,
+                                         max_tokens=max_tokens, max_requests=max_requests)
+
+    async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
+        """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
+        check_amounts(tokens, requests)
+        load = self._loads.get(worker)
+        if load is None:
+            raise NotFoundError("worker", worker, "set its capacity first")
+        if not load.fits(tokens, requests):
+            return False
+        self._loads[worker] = load.model_copy(update={
+            "tokens": load.tokens + tokens, "requests": load.requests + requests})
+        return True
+
+    async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
+        """Take load back (never below zero); unknown workers are ignored."""
+        check_amounts(tokens, requests)
+        load = self._loads.get(worker)
+        if load is not None:
+            self._loads[worker] = load.model_copy(update={
+                "tokens": max(0, load.tokens - tokens),
+                "requests": max(0, load.requests - requests)})
+
+    async def loads(self) -> dict[str, WorkerLoad]:
+        """Every worker with a capacity, by name."""
+        return dict(sorted(self._loads.items()))
+
+    async def drop_load(self, worker: str) -> bool:
+        """Forget a worker's capacity and load; False when it had none."""
+        return self._loads.pop(worker, None) is not None
+
+    async def publish_kv_event(self, event_json: str) -> str:
+        """Append one event; returns its id."""
+        event_id = self._next_id
+        self._next_id += 1
+        self._events.append((event_id, event_json))
+        async with self._appended:
+            self._appended.notify_all()
+        return str(event_id)
+
+    async def kv_events_since(self, last_id: str, block_ms: int,
+                              count: int = 1000) -> tuple[list[str], str]:
+        """Up to ``count`` events after ``last_id``, waiting up to ``block_ms`` ms."""
+        after = _parse_id(last_id)
+        if block_ms > 0 and self._next_id - 1 <= after:
+            async with self._appended:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._appended.wait_for(
+                        lambda: self._next_id - 1 > after), block_ms / 1000)
+        picked = [(i, text) for i, text in self._events if i > after][:count]
+        return [text for _, text in picked], str(picked[-1][0]) if picked else last_id
+
+
+def _parse_id(last_id: str) -> int:
+    try:
+        return int(last_id)
+    except ValueError:
+        raise ValidationError("kv event log", [Issue("last_id", f"{last_id!r} is not an id "
+                                                     "this log returned")]) from None

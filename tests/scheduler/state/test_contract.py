@@ -1,0 +1,286 @@
+"""One contract suite, run against every state store (memory and a real Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from scheduler.state.reservations import FIRST_EVENT_ID
+from scheduler.transfer.plan import TransferJob, TransferRecord
+from tests.scheduler.state.harness import Backend, FakeClock
+from tests.scheduler.transfer.builders import plan, registration
+from topology.errors import NotFoundError, UnschedulableError, ValidationError
+
+
+def job(plan_id: str = "req-1", *, kind: str = "abort", reason: str | None = "test") -> TransferJob:
+    """A small job (``abort`` needs no plan)."""
+    return TransferJob.model_validate({"kind": kind, "plan_id": plan_id, "reason": reason})
+
+
+def record(plan_id: str = "req-1", *, state: str = "pending", created_at: float = 1.0
+           ) -> TransferRecord:
+    """A transfer record between prefill-0 and decode-0."""
+    return TransferRecord.model_validate({"plan": plan(plan_id=plan_id), "state": state,
+                                          "created_at": created_at})
+
+
+# -- workers and leases -------------------------------------------------------------
+
+
+def test_registration_gives_growing_epochs_a_fresh_lease_and_every_block_free(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        first = await store.register_worker(registration("w0", num_blocks=8), 10.0)
+        assert (first.epoch, first.ttl_s, first.expires_at) == (1, 10.0, clock.now + 10.0)
+        await store.allocate_blocks("w0", 5)
+        again = await store.register_worker(registration("w0", num_blocks=8), 10.0)
+        entry = await store.get_worker("w0")
+        assert again.epoch == 2
+        assert entry.lease == again
+        assert entry.free_blocks == 8
+        assert entry.registration == registration("w0", num_blocks=8)
+    backend.run(body)
+
+
+def test_heartbeat_extends_a_live_lease_and_refuses_an_expired_one(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 10.0)
+        clock.advance(7.5)
+        lease = await store.heartbeat("w0")
+        assert lease.expires_at == clock.now + 10.0
+        assert lease.epoch == 1
+        clock.advance(10.0)
+        with pytest.raises(NotFoundError):
+            await store.heartbeat("w0")
+        with pytest.raises(NotFoundError):
+            await store.heartbeat("nobody")
+    backend.run(body)
+
+
+def test_expired_workers_vanish_at_once_and_expire_reports_them_once(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("short"), 5.0)
+        await store.register_worker(registration("long"), 50.0)
+        clock.advance(5.0)
+        assert [e.registration.name for e in await store.list_workers()] == ["long"]
+        with pytest.raises(NotFoundError):
+            await store.get_worker("short")
+        assert await store.expire() == ["short"]
+        assert await store.expire() == []
+        assert await store.remove_worker("short") is False
+    backend.run(body)
+
+
+def test_list_workers_is_sorted_by_name(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        for name in ("decode-1", "prefill-0", "decode-0"):
+            await store.register_worker(registration(name), 10.0)
+        names = [e.registration.name for e in await store.list_workers()]
+        assert names == ["decode-0", "decode-1", "prefill-0"]
+    backend.run(body)
+
+
+# -- blocks -------------------------------------------------------------------------
+
+
+def test_allocation_takes_the_lowest_free_blocks_and_never_oversubscribes(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0", num_blocks=10), 10.0)
+        assert await store.allocate_blocks("w0", 3) == [0, 1, 2]
+        await store.claim_blocks("w0", [3, 5, 99])
+        assert await store.allocate_blocks("w0", 2) == [4, 6]
+        with pytest.raises(UnschedulableError, match="3 free KV blocks, 4 needed"):
+            await store.allocate_blocks("w0", 4)
+        assert (await store.get_worker("w0")).free_blocks == 3
+        await store.release_blocks("w0", [1, 5, -1, 10])
+        assert await store.allocate_blocks("w0", 5) == [1, 5, 7, 8, 9]
+        assert (await store.get_worker("w0")).free_blocks == 0
+    backend.run(body)
+
+
+def test_blocks_of_unknown_or_expired_workers(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        with pytest.raises(NotFoundError):
+            await store.allocate_blocks("nobody", 1)
+        await store.release_blocks("nobody", [1])
+        await store.register_worker(registration("w0", num_blocks=4), 1.0)
+        clock.advance(1.0)
+        with pytest.raises(NotFoundError):
+            await store.allocate_blocks("w0", 1)
+        with pytest.raises(NotFoundError):
+            await store.claim_blocks("w0", [0])
+    backend.run(body)
+
+
+def test_quarantined_blocks_return_only_when_the_clock_reaches_their_time(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0", num_blocks=4), 100.0)
+        assert await store.allocate_blocks("w0", 4) == [0, 1, 2, 3]
+        await store.release_blocks_at("w0", [1, 2], clock.now + 30.0)
+        clock.advance(29.0)
+        await store.expire()
+        assert (await store.get_worker("w0")).free_blocks == 0
+        clock.advance(1.0)
+        await store.expire()
+        await store.expire()
+        assert await store.allocate_blocks("w0", 2) == [1, 2]
+    backend.run(body)
+
+
+# -- jobs ---------------------------------------------------------------------------
+
+
+def test_jobs_come_out_in_order_once(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 10.0)
+        assert await store.wait_jobs("w0", 0) == []
+        for i in range(3):
+            await store.put_job("w0", job(f"p{i}"))
+        assert [j.plan_id for j in await store.wait_jobs("w0", 0)] == ["p0", "p1", "p2"]
+        assert await store.wait_jobs("w0", 0) == []
+        with pytest.raises(NotFoundError):
+            await store.put_job("nobody", job())
+        with pytest.raises(NotFoundError):
+            await store.wait_jobs("nobody", 0)
+    backend.run(body)
+
+
+def test_a_long_poll_wakes_on_a_job_and_times_out_empty(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 10.0)
+        poll = asyncio.create_task(store.wait_jobs("w0", 5.0))
+        await asyncio.sleep(0.05)
+        await store.put_job("w0", job("p1"))
+        jobs = await asyncio.wait_for(poll, 2.0)
+        assert [j.plan_id for j in jobs] == ["p1"]
+        assert await store.wait_jobs("w0", 0.1) == []
+    backend.run(body)
+
+
+def test_removing_a_worker_drops_its_jobs_and_wakes_its_poll(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 10.0)
+        poll = asyncio.create_task(store.wait_jobs("w0", 5.0))
+        await asyncio.sleep(0.05)
+        assert await store.remove_worker("w0") is True
+        assert await asyncio.wait_for(poll, 2.0) == []
+        assert await store.remove_worker("w0") is False
+        await store.register_worker(registration("w0"), 10.0)
+        assert await store.wait_jobs("w0", 0) == []
+    backend.run(body)
+
+
+def test_registering_again_drops_queued_jobs(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 10.0)
+        await store.put_job("w0", job())
+        await store.register_worker(registration("w0"), 10.0)
+        assert await store.wait_jobs("w0", 0) == []
+    backend.run(body)
+
+
+# -- transfers ----------------------------------------------------------------------
+
+
+def test_transfer_records_are_stored_replaced_and_listed_while_pending(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        with pytest.raises(NotFoundError):
+            await store.get_transfer("req-1")
+        first = record("req-1")
+        await store.put_transfer(first)
+        await store.put_transfer(record("req-2", created_at=2.0))
+        assert await store.get_transfer("req-1") == first
+        ids = {r.plan.plan_id for r in await store.transfers_of("decode-0")}
+        assert ids == {"req-1", "req-2"}
+        await store.put_transfer(record("req-1", state="done"))
+        assert (await store.get_transfer("req-1")).state == "done"
+        assert [r.plan.plan_id for r in await store.transfers_of("prefill-0")] == ["req-2"]
+        assert await store.transfers_of("stranger") == []
+    backend.run(body)
+
+
+def test_wait_transfer_returns_on_a_new_version_or_after_the_timeout(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.put_transfer(record())
+        same, version = await store.wait_transfer("req-1", 0.1, 1)
+        assert (same.state, version) == ("pending", 1)
+        waiter = asyncio.create_task(store.wait_transfer("req-1", 5.0, 1))
+        await asyncio.sleep(0.05)
+        await store.put_transfer(record(state="failed"))
+        changed, version = await asyncio.wait_for(waiter, 2.0)
+        assert (changed.state, version) == ("failed", 2)
+        with pytest.raises(NotFoundError):
+            await store.wait_transfer("nope", 0.1, 0)
+    backend.run(body)
+
+
+# -- load reservations --------------------------------------------------------------
+
+
+def test_reservations_stay_within_capacity(backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        await loads.set_capacity("w0", 1000, 2)
+        assert await loads.reserve("w0", 600) is True
+        assert await loads.reserve("w0", 600) is False
+        assert await loads.reserve("w0", 400) is True
+        assert await loads.reserve("w0", 0) is False
+        got = (await loads.loads())["w0"]
+        assert (got.tokens, got.requests, got.max_tokens, got.max_requests) == (1000, 2, 1000, 2)
+        await loads.release("w0", 5000, 5)
+        assert (await loads.loads())["w0"].tokens == 0
+        await loads.set_capacity("w0", 10, 1)
+        await loads.release("nobody", 1)
+        with pytest.raises(NotFoundError):
+            await loads.reserve("nobody", 1)
+        with pytest.raises(ValidationError):
+            await loads.reserve("w0", -1)
+        assert await loads.drop_load("w0") is True
+        assert await loads.drop_load("w0") is False
+        assert await loads.loads() == {}
+    backend.run(body, loads=True)
+
+
+def test_concurrent_reservations_from_two_replicas_never_oversubscribe(
+        backend: Backend) -> None:
+    async def body(a: Any, b: Any, clock: FakeClock) -> None:
+        await a.set_capacity("w0", 10_000, 7)
+        results = await asyncio.gather(*(store.reserve("w0", 100)
+                                         for _ in range(20) for store in (a, b)))
+        assert sum(results) == 7
+        assert (await b.loads())["w0"].requests == 7
+        assert (await a.loads())["w0"].tokens == 700
+    backend.run(body, replicas=2, loads=True)
+
+
+# -- KV event log -------------------------------------------------------------------
+
+
+def test_kv_events_are_read_in_order_from_any_id(backend: Backend) -> None:
+    async def body(log: Any, clock: FakeClock) -> None:
+        assert await log.kv_events_since(FIRST_EVENT_ID, 0) == ([], FIRST_EVENT_ID)
+        ids = [await log.publish_kv_event(f'{{"n": {i}}}') for i in range(5)]
+        assert len(set(ids)) == 5
+        events, last = await log.kv_events_since(FIRST_EVENT_ID, 0, count=3)
+        assert (events, last) == (['{"n": 0}', '{"n": 1}', '{"n": 2}'], ids[2])
+        events, last = await log.kv_events_since(last, 0)
+        assert (events, last) == (['{"n": 3}', '{"n": 4}'], ids[4])
+        assert await log.kv_events_since(last, 50) == ([], last)
+        with pytest.raises(ValidationError, match="last_id"):
+            await log.kv_events_since("not-an-id", 0)
+    backend.run(body, loads=True)
+
+
+def test_a_blocking_read_wakes_on_a_publish(backend: Backend) -> None:
+    async def body(log: Any, clock: FakeClock) -> None:
+        last = await log.publish_kv_event("{}")
+        reader = asyncio.create_task(log.kv_events_since(last, 5000))
+        await asyncio.sleep(0.05)
+        new_id = await log.publish_kv_event('{"new": true}')
+        assert await asyncio.wait_for(reader, 2.0) == (['{"new": true}'], new_id)
+    backend.run(body, loads=True)
