@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
 
 from api import problems
 from api.routers import transfers, workers
+from api.runtime import Runtime, build_runtime, replicate_kv_events
+from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
-from scheduler.prefix import PrefixIndex
-from scheduler.state.memory import MemoryStore
+from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
+from topology.distance import DistanceModel
 from topology.spec import load_fabric
 
 log = logging.getLogger(__name__)
@@ -25,7 +29,7 @@ async def _expire_loop(coordinator: TransferCoordinator, interval_s: float) -> N
         await asyncio.sleep(interval_s)
         try:
             gone = await coordinator.expire()
-        except Exception:  # the sweeper must survive one bad round
+        except Exception:  # the sweeper must survive one bad round (Redis down, say)
             log.exception("lease sweep failed")
             continue
         if gone:
@@ -33,34 +37,77 @@ async def _expire_loop(coordinator: TransferCoordinator, interval_s: float) -> N
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the scheduler app (one process, in-memory store)."""
+    """Build one scheduler replica (in memory, or sharing state through Redis)."""
     settings = settings or Settings()
     spec = load_fabric(settings.fabric) if settings.fabric else None
-    coordinator = TransferCoordinator(MemoryStore(), mode=settings.transfer_mode,
+    runtime = build_runtime(settings, DistanceModel(spec) if spec is not None else None)
+    coordinator = TransferCoordinator(runtime.store, mode=settings.transfer_mode,
                                       lease_ttl_s=settings.lease_ttl_s,
                                       deadline_s=settings.transfer_deadline_s, spec=spec)
+    app = FastAPI(title="toposched", version="0.1.0",
+                  lifespan=_lifespan(coordinator, runtime, settings),
+                  description="Topology-aware scheduler for disaggregated LLM inference.")
+    app.state.settings = settings
+    app.state.coordinator = coordinator
+    app.state.runtime = runtime
+    app.state.prefix_index = runtime.prefix
+    app.state.auth = TokenAuth(_secret(settings.worker_token), _secret(settings.operator_token))
+    problems.install(app)
+    app.add_exception_handler(AuthError, auth_error_handler)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(workers.router, dependencies=[require(Role.WORKER)])
+    app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
+    _observability(app, runtime)
+    _install_services(app, settings)
+    return app
 
+
+def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        sweeper = asyncio.create_task(_expire_loop(coordinator, settings.expire_interval_s))
+        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s)),
+                 _task(replicate_kv_events(runtime, settings.kv_event_poll_ms))]
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in tasks:
+                task.cancel()
+            await asyncio.wait(tasks, timeout=2.0)
+            close = getattr(runtime.store, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(close(), 2.0)
+    return lifespan
 
-    app = FastAPI(title="toposched", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings
-    app.state.coordinator = coordinator
-    app.state.prefix_index = PrefixIndex()
-    problems.install(app)
-    app.include_router(workers.router)
-    app.include_router(transfers.router)
 
+def _task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+    return asyncio.create_task(coro)
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+def _observability(app: FastAPI, runtime: Runtime) -> None:
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
         """Liveness: the process answers."""
         return {"status": "ok"}
 
-    return app
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
+    async def metrics() -> PlainTextResponse:
+        """Prometheus text exposition: transfers by tier, routing, placement, alerts."""
+        return PlainTextResponse(runtime.telemetry.render_prometheus(),
+                                 media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/alerts", tags=["telemetry"], dependencies=[require(Role.WORKER)])
+    async def alerts(include_resolved: bool = False) -> list[Alert]:
+        """Transfer-latency drift alerts by tier, naming the domains involved."""
+        return runtime.telemetry.alerts(include_resolved=include_resolved)
+
+
+def _install_services(app: FastAPI, settings: Settings) -> None:
+    """Topology, placement and routing resources (they load lazily, on first use)."""
+    from api.service import install_services
+
+    install_services(app, settings)

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from api.runtime import Runtime
 from scheduler.prefix import PrefixIndex
 from scheduler.transfer.coordinator import TransferCoordinator
 
@@ -20,5 +21,11 @@ def _prefix(request: Request) -> PrefixIndex:
     return index
 
 
+def _runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 Coordinator = Annotated[TransferCoordinator, Depends(_coordinator)]
 Prefix = Annotated[PrefixIndex, Depends(_prefix)]

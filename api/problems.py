@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
+from scheduler.state.reservations import StoreUnavailableError
 from topology.errors import (
     ConflictError,
     InputError,
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 MEDIA_TYPE = "application/problem+json"
 RETRY_AFTER_S = 1
 _STATUS: tuple[tuple[type[ToposchedError], int], ...] = (
-    (InputError, 422), (NotFoundError, 404), (ConflictError, 409), (UnschedulableError, 503))
+    (InputError, 422), (NotFoundError, 404), (ConflictError, 409), (UnschedulableError, 503),
+    (StoreUnavailableError, 503))
 
 
 def problem(status: int, title: str, detail: str, instance: str,

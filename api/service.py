@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,8 @@ class Fabric:
     spec: FabricSpec
     distance: DistanceModel
     router: Router
+    #: GPU names of the fabric, for membership tests on the request path.
+    known: frozenset[str]
 
 
 class ServiceState:
@@ -68,7 +70,8 @@ class ServiceState:
     def make_fabric(self, spec: FabricSpec) -> Fabric:
         """A fabric bundle whose router shares the app's prefix index."""
         distance = DistanceModel(spec)
-        return Fabric(spec, distance, Router(distance, self.policy, index=self.prefix_index))
+        router = Router(distance, self.policy, index=self.prefix_index)
+        return Fabric(spec, distance, router, frozenset(distance.names))
 
     def record_decision(self, seconds: float) -> None:
         """Count one routing decision and keep its latency."""
@@ -86,13 +89,20 @@ class ServiceState:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
-    async def update_feeds(self, feeds: Feeds) -> tuple[FabricChange, str | None]:
-        """Rebuild the fabric from ``feeds`` and swap it in; re-check the placement.
+    async def update_feeds(self, edit: Callable[[Feeds], Feeds | None],
+                           ) -> tuple[FabricChange, str | None]:
+        """Apply ``edit`` to the feeds, rebuild the fabric and swap it in; re-check the
+        placement.
 
-        Returns what changed and the id of a re-solve job when the placement broke.
-        Without an inventory the feeds are kept for later and nothing changes.
+        ``edit`` returns None when there is nothing new (a re-posted capture). Returns what
+        changed and the id of a re-solve job when the placement broke. Without an
+        inventory the feeds are kept for later and nothing changes. Failed builds
+        (conflicts, unknown hosts) leave feeds and fabric as they were.
         """
         async with self.lock:
+            feeds = edit(self.feeds)
+            if feeds is None:
+                return FabricChange(changed=False), None
             if feeds.inventory is None:
                 self.feeds = feeds
                 return FabricChange(changed=False), None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -26,3 +26,15 @@ class Settings(BaseSettings):
     long_poll_max_s: float = Field(default=30.0, gt=0, le=300)
     expire_interval_s: float = Field(default=0.5, gt=0, le=60)
     fabric: Path | None = Field(default=None, description="fabric document for tiers/NICs")
+    redis_url: str | None = Field(
+        default=None, description="share state with other replicas through this Redis "
+                                  "(redis://host:port/db); in-memory when unset")
+    redis_prefix: str = Field(default="toposched:", min_length=1, max_length=64)
+    worker_token: SecretStr | None = Field(default=None,
+                                           description="bearer token of sidecars/workers")
+    operator_token: SecretStr | None = Field(default=None,
+                                             description="bearer token of operators")
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0,
+                                description="larger request bodies get 413")
+    kv_event_poll_ms: int = Field(default=500, gt=0, le=10_000,
+                                  description="how long a replica blocks on the KV-event log")

@@ -57,12 +57,16 @@ class RedisServer:
 
 
 def start_redis(port: int | None = None, data_dir: Path | None = None) -> RedisServer:
-    """Start a private, non-persistent redis-server and wait until it answers PING."""
+    """Start a private redis-server and wait until it answers PING.
+
+    With ``data_dir`` it keeps an append-only file there (a restart keeps the data);
+    without, nothing is persisted.
+    """
     port = port or free_port()
     args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--protected-mode", "yes"]
+            "--appendonly", "yes" if data_dir is not None else "no", "--protected-mode", "yes"]
     if data_dir is not None:
-        args += ["--dir", str(data_dir)]
+        args += ["--dir", str(data_dir), "--appendfsync", "always"]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, process)
     deadline = time.monotonic() + 10

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import uvicorn
 
 from api.app import create_app
+from api.security import is_loopback
 from api.settings import Settings
+from topology.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -20,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     parser.add_argument("--mode", choices=("READ", "WRITE"), default=None,
                         help="transfer mode of this deployment (default READ)")
+    parser.add_argument("--fabric", default=None, help="fabric.json to serve (tiers, NICs)")
+    parser.add_argument("--redis", default=None, metavar="URL",
+                        help="share state with other replicas through this Redis")
     parser.add_argument("--log-level", default="warning",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(handler=handle_serve)
@@ -28,9 +34,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def handle_serve(args: argparse.Namespace) -> int:
     """Build settings (env + flags), create the app and run it until interrupted."""
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
-                                                ("transfer_mode", args.mode))
+                                                ("transfer_mode", args.mode),
+                                                ("fabric", args.fabric),
+                                                ("redis_url", args.redis))
                  if value is not None}
     settings = Settings(**overrides)
+    if not (settings.worker_token or settings.operator_token):
+        if not is_loopback(settings.host):
+            raise InputError(f"refusing to bind {settings.host} without authentication: set "
+                             "TOPOSCHED_OPERATOR_TOKEN and TOPOSCHED_WORKER_TOKEN")
+        print(f"toposched: no tokens configured: authentication is off, serving on "
+              f"{settings.host} only", file=sys.stderr)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
                 log_level=args.log_level, access_log=False,
                 # long-polls would otherwise hold a graceful shutdown for their full wait

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel
 
-from api.deps import Coordinator, Prefix
+from api.deps import Coordinator, Prefix, RuntimeDep
 from scheduler.prefix import ResyncRequest, parse_event
 from scheduler.transfer.coordinator import TransferRequest
 from scheduler.transfer.plan import TransferRecord, TransferReport
@@ -43,19 +43,26 @@ async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
 
 
 @router.post("/transfers/{plan_id}/report")
-async def report_transfer(plan_id: str, report: TransferReport,
-                          coordinator: Coordinator) -> TransferRecord:
-    """A sidecar's report; moves the transfer to done or failed."""
-    return await coordinator.report(plan_id, report)
+async def report_transfer(plan_id: str, report: TransferReport, coordinator: Coordinator,
+                          runtime: RuntimeDep) -> TransferRecord:
+    """A sidecar's report; moves the transfer to done or failed (and into telemetry)."""
+    record = await coordinator.report(plan_id, report)
+    if record.state != "pending":
+        runtime.record_transfer(record)
+    return record
 
 
 @router.post("/kv-events")
-async def kv_event(body: dict[str, Any] | list[dict[str, Any]], prefix: Prefix) -> EventAck:
+async def kv_event(body: dict[str, Any] | list[dict[str, Any]], prefix: Prefix,
+                   runtime: RuntimeDep) -> EventAck:
     """KV events (block_stored / block_removed / all_blocks_cleared), one or a list in order.
 
     Every event is validated before any is applied; ``resync`` reports the first gap.
+    The events are applied here at once and shared with the other replicas through
+    the store's KV-event log.
     """
     events = [parse_event(item, source=f"POST /v1/kv-events[{i}]")
               for i, item in enumerate(body if isinstance(body, list) else [body])]
     gaps = [prefix.apply(event) for event in events]
+    await runtime.publish_events(events)
     return EventAck(resync=next((gap for gap in gaps if gap is not None), None))

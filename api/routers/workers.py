@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
-from api.deps import Coordinator, Prefix
+from api.deps import Coordinator, Prefix, RuntimeDep
 from scheduler.state.base import WorkerEntry
 from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
 
@@ -22,9 +22,10 @@ class JobBatch(BaseModel):
 
 @router.post("/workers", status_code=201)
 async def register_worker(reg: WorkerRegistration, coordinator: Coordinator,
-                          prefix: Prefix) -> Lease:
+                          prefix: Prefix, runtime: RuntimeDep) -> Lease:
     """Register (or re-register) a worker; returns its lease and epoch."""
     lease = await coordinator.register(reg)
+    runtime.remember_worker(reg)
     prefix.remove_worker(reg.name)  # its cache restarts empty, sequence numbers from 1
     return lease
 

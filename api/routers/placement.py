@@ -1,0 +1,92 @@
+"""Placement: solve jobs (run in a worker thread), the placement in force, applying one."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict
+
+from api.placement_jobs import CurrentPlacement, PlacementJob, PlacementTarget, violations
+from api.service import Fabric, ServiceState
+from scheduler.placement import Placement
+from topology.errors import Issue, NotFoundError, ValidationError
+
+reads = APIRouter(prefix="/v1/placement", tags=["placement"])
+writes = APIRouter(prefix="/v1/placement", tags=["placement"])
+
+
+def _services(request: Request) -> ServiceState:
+    services: ServiceState = request.app.state.services
+    return services
+
+
+Services = Annotated[ServiceState, Depends(_services)]
+
+
+def _fabric(services: ServiceState) -> Fabric:
+    if services.fabric is None:
+        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
+    return services.fabric
+
+
+class JobAccepted(BaseModel):
+    """A queued solve job; poll ``location`` for its progress and result."""
+
+    model_config = ConfigDict(frozen=True)
+    job: PlacementJob
+    location: str
+
+
+class ApplyPlacement(BaseModel):
+    """A placement to put in force, and the target it was made for (to validate it)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    placement: Placement
+    target: PlacementTarget
+
+
+@writes.post("/solve", status_code=202)
+async def solve(target: PlacementTarget, services: Services) -> JobAccepted:
+    """Start a solve on the current fabric; its result becomes the placement in force."""
+    fabric = _fabric(services)
+    job = services.jobs.new("solve")
+    services.background(services.solve(job.id, target, fabric))
+    return JobAccepted(job=job, location=f"/v1/placement/jobs/{job.id}")
+
+
+@reads.get("/jobs/{job_id}")
+async def get_job(job_id: str, services: Services) -> PlacementJob:
+    """A solve job: status, progress lines, result or error."""
+    job = services.jobs.get(job_id)
+    if job is None:
+        raise NotFoundError("placement job", job_id)
+    return job
+
+
+@reads.get("/jobs")
+async def list_jobs(services: Services) -> list[PlacementJob]:
+    """Every job kept (the newest 256), oldest first."""
+    return services.jobs.all()
+
+
+@reads.get("")
+async def get_placement(services: Services) -> CurrentPlacement:
+    """The placement in force (404 before the first solve or apply)."""
+    if services.current is None:
+        raise NotFoundError("placement", "current", "POST /v1/placement/solve or PUT one")
+    return services.current
+
+
+@writes.put("")
+async def apply_placement(body: ApplyPlacement, services: Services) -> CurrentPlacement:
+    """Put a placement in force after checking it on the current fabric (422 otherwise)."""
+    fabric = _fabric(services)
+    broken = violations(body.target, body.placement, fabric.spec, fabric.distance)
+    if broken:
+        raise ValidationError("PUT /v1/placement",
+                              [Issue("placement", message) for message in broken])
+    services.current = CurrentPlacement(placement=body.placement, target=body.target,
+                                        origin="apply", applied_at=time.time())
+    return services.current

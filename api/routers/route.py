@@ -1,0 +1,94 @@
+"""Route: a request's (prefill, decode) pair, explained, and its KV transfer queued."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from api.deps import Coordinator
+from api.problems import problem
+from api.routing import SnapshotBuilder, deliver_plan, kv_bytes_for, preferred_pairs, workers_for
+from api.service import ServiceState
+from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from topology.errors import NotFoundError
+
+router = APIRouter(prefix="/v1", tags=["route"])
+BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
+TokenId = Annotated[int, Field(ge=0, le=(1 << 32) - 1, strict=True)]
+
+
+def _services(request: Request) -> ServiceState:
+    services: ServiceState = request.app.state.services
+    return services
+
+
+Services = Annotated[ServiceState, Depends(_services)]
+
+
+class RouteInput(BaseModel):
+    """A request to route: its token ids or block hashes, the model, a session."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    tokens: list[TokenId] | None = Field(default=None, max_length=1 << 20)
+    block_hashes: list[BlockHash] | None = Field(default=None, max_length=1 << 16)
+    model: str = Field(min_length=1, max_length=256)
+    session: str | None = Field(default=None, min_length=1, max_length=256)
+    request_id: str = Field(default="request", min_length=1, max_length=256)
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> RouteInput:
+        if (self.tokens is None) == (self.block_hashes is None):
+            raise ValueError("give exactly one of tokens and block_hashes")
+        if not (self.tokens or self.block_hashes):
+            raise ValueError("the prompt is empty")
+        return self
+
+    def to_request(self) -> RouteRequest:
+        """The router's request."""
+        return RouteRequest(request_id=self.request_id, model=self.model,
+                            token_ids=self.tokens, block_hashes=self.block_hashes,
+                            session=self.session)
+
+
+class RouteOutput(BaseModel):
+    """The decision and the id of the transfer plan queued for the sidecars."""
+
+    model_config = ConfigDict(frozen=True)
+    decision: Decision
+    plan_id: str | None = Field(description="None when nothing moves (local prefill, "
+                                "or the decode side already holds every block)")
+
+
+def _snapshots(request: Request) -> SnapshotBuilder:
+    state = request.app.state
+    if not hasattr(state, "route_snapshots"):
+        state.route_snapshots = SnapshotBuilder()
+    builder: SnapshotBuilder = state.route_snapshots
+    return builder
+
+
+@router.post("/route", response_model=RouteOutput, responses={503: {"description": "unschedulable (problem+json with "
+                                                      "`reasons`, Retry-After)"}})
+async def route(body: RouteInput, request: Request, services: Services,
+                coordinator: Coordinator) -> RouteOutput | Response:
+    """Pick the (prefill, decode) pair and queue the blocks the decode side lacks."""
+    fabric = services.fabric
+    if fabric is None:
+        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
+    started = time.perf_counter()
+    workers = workers_for(await coordinator.store.list_workers(), fabric, body.model)
+    current = services.current
+    pairs = preferred_pairs(current.placement.pairings if current else (), workers)
+    snapshot = _snapshots(request).build(fabric, workers, kv_bytes=kv_bytes_for(body.model),
+                                         pairs=pairs)
+    result = fabric.router.route(body.to_request(), snapshot) if workers else Unschedulable(
+        request_id=body.request_id, policy=services.policy.name,
+        reasons=(f"no registered worker on the fabric serves {body.model}",))
+    services.record_decision(time.perf_counter() - started)
+    if isinstance(result, Unschedulable):
+        return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
+                       reasons=list(result.reasons))
+    return RouteOutput(decision=result, plan_id=await deliver_plan(coordinator, result))

@@ -1,0 +1,208 @@
+"""Topology: the inventory and per-host capture feeds in; the fabric, drawings and
+distances out. Every feed rebuilds the fabric in place and says what changed."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel, ConfigDict
+
+from api.feeds import (
+    Capture,
+    FabricChange,
+    FeedConflict,
+    FeedKind,
+    Feeds,
+    check_http_inventory,
+    parse_capture,
+    parse_k8s,
+)
+from api.problems import problem
+from api.service import Fabric, ServiceState
+from topology.documents import parse_document, validate
+from topology.draw import to_svg
+from topology.errors import Location, NotFoundError, ParseError
+from topology.inventory import Inventory
+from topology.source import MAX_CAPTURE_BYTES, decode_capture
+from topology.spec import FabricSpec
+from topology.summary import FabricSummary, summarize
+
+reads = APIRouter(prefix="/v1/topology", tags=["topology"])
+writes = APIRouter(prefix="/v1/topology", tags=["topology"])
+
+
+def _services(request: Request) -> ServiceState:
+    services: ServiceState = request.app.state.services
+    return services
+
+
+Services = Annotated[ServiceState, Depends(_services)]
+
+
+def _fabric(services: Services) -> Fabric:
+    fabric = services.fabric
+    if fabric is None:
+        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
+    return fabric
+
+
+CurrentFabric = Annotated[Fabric, Depends(_fabric)]
+
+
+def _text_body(media: str, example: str) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {
+        media: {"schema": {"type": "string"}, "example": example}}}}
+
+
+async def _read_text(request: Request, source: str) -> str:
+    raw = await request.body()
+    if len(raw) > MAX_CAPTURE_BYTES:
+        raise ParseError(f"body is larger than {MAX_CAPTURE_BYTES // (1024 * 1024)} MiB",
+                         Location(source))
+    return decode_capture(raw, source)
+
+
+class FeedResult(BaseModel):
+    """What one feed changed; ``replan_job`` names a re-solve the change started."""
+
+    model_config = ConfigDict(frozen=True)
+    host: str | None
+    kind: str
+    fabric_loaded: bool
+    change: FabricChange
+    replan_job: str | None = None
+
+
+async def _apply(services: Services, request: Request, host: str | None, kind: str,
+                 edit: Any) -> FeedResult | Response:
+    try:
+        change, job = await services.update_feeds(edit)
+    except FeedConflict as exc:
+        return problem(409, exc.title, str(exc), request.url.path,
+                       conflicts=list(exc.conflicts))
+    return FeedResult(host=host, kind=kind, fabric_loaded=services.fabric is not None,
+                      change=change, replan_job=job)
+
+
+async def _host_feed(services: Services, request: Request, host: str,
+                     kind: FeedKind) -> FeedResult | Response:
+    source = f"{request.method} {request.url.path}"
+    text = await _read_text(request, source)
+    capture: Capture | None = None
+
+    def edit(feeds: Feeds) -> Feeds | None:
+        nonlocal capture
+        if feeds.same_as_posted(host, kind, text):
+            return None
+        capture = capture or parse_capture(kind, text, source)
+        return feeds.with_capture(host, kind, capture)
+
+    return await _apply(services, request, host, kind, edit)
+
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    409: {"description": "the inputs conflict (problem+json with `conflicts`)"},
+    422: {"description": "the body does not parse (problem+json)"}}
+
+
+@writes.put("/inventory", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("application/yaml", "version: 1\nzones: []\n"))
+async def put_inventory(request: Request, services: Services) -> FeedResult | Response:
+    """Load an inventory (YAML or JSON); capture paths are refused (post feeds instead)."""
+    source = "PUT /v1/topology/inventory"
+    text = await _read_text(request, source)
+    data = parse_document(text, source, "an inventory (version, zones)")
+    inventory = validate(Inventory, data, source)
+    check_http_inventory(inventory, source)
+
+    def edit(feeds: Feeds) -> Feeds:
+        return Feeds(inventory=inventory, hosts=feeds.hosts, k8s=feeds.k8s)
+
+    return await _apply(services, request, None, "inventory", edit)
+
+
+@writes.put("/hosts/{host}/nvidia-smi", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("text/plain", "\tGPU0\tGPU1\nGPU0\t X \tNV18\n"))
+async def put_nvidia_smi(host: str, request: Request,
+                         services: Services) -> FeedResult | Response:
+    """A host's ``nvidia-smi topo -m`` capture."""
+    return await _host_feed(services, request, host, "nvsmi")
+
+
+@writes.put("/hosts/{host}/lldp", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("application/json", '{"lldp": []}'))
+async def put_lldp(host: str, request: Request, services: Services) -> FeedResult | Response:
+    """A host's ``lldpctl -f json0`` / ``-f json`` / ``-f keyvalue`` capture."""
+    return await _host_feed(services, request, host, "lldp")
+
+
+@writes.put("/hosts/{host}/nccl", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("application/xml", "<system version=\"1\"></system>"))
+async def put_nccl(host: str, request: Request, services: Services) -> FeedResult | Response:
+    """A host's NCCL topology dump (``NCCL_TOPO_DUMP_FILE``)."""
+    return await _host_feed(services, request, host, "nccl")
+
+
+@writes.put("/k8s-nodes", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("application/json", '{"items": []}'))
+async def put_k8s_nodes(request: Request, services: Services) -> FeedResult | Response:
+    """The cluster's nodes (``kubectl get nodes -o json|yaml``): zones, cliques, GPUs."""
+    source = "PUT /v1/topology/k8s-nodes"
+    text = await _read_text(request, source)
+    capture = parse_k8s(text, source)
+
+    def edit(feeds: Feeds) -> Feeds | None:
+        if feeds.k8s is not None and feeds.k8s.text == text:
+            return None
+        return Feeds(inventory=feeds.inventory, hosts=feeds.hosts, k8s=capture)
+
+    return await _apply(services, request, None, "k8s-nodes", edit)
+
+
+@reads.get("/fabric")
+async def get_fabric(fabric: CurrentFabric) -> FabricSpec:
+    """The fabric in force."""
+    return fabric.spec
+
+
+@reads.get("/fabric.svg", response_class=Response,
+           responses={200: {"content": {"image/svg+xml": {}}}})
+async def get_fabric_svg(fabric: CurrentFabric) -> Response:
+    """A drawing of the fabric."""
+    return Response(to_svg(fabric.spec), media_type="image/svg+xml")
+
+
+@reads.get("/summary")
+async def get_summary(fabric: CurrentFabric) -> FabricSummary:
+    """Counts, rails and NVLink domains of the fabric."""
+    return summarize(fabric.spec)
+
+
+class DistanceAnswer(BaseModel):
+    """The cost of moving bytes from GPU ``a`` to GPU ``b``."""
+
+    model_config = ConfigDict(frozen=True)
+    a: str
+    b: str
+    tier: str
+    hops: int
+    latency_us: float
+    bandwidth_gb_per_s: float
+    bytes: int
+    transfer_time_s: float
+    links: tuple[str, ...]
+
+
+@reads.get("/distance")
+async def get_distance(fabric: CurrentFabric, a: Annotated[str, Query(max_length=512)],
+                       b: Annotated[str, Query(max_length=512)],
+                       nbytes: Annotated[int, Query(alias="bytes", ge=0, le=1 << 50)] = 0,
+                       ) -> DistanceAnswer:
+    """Tier, latency, bandwidth and transfer time between two GPUs (404 if unknown)."""
+    cost = fabric.distance.pair(a, b)
+    return DistanceAnswer(a=cost.a, b=cost.b, tier=cost.tier.label, hops=cost.hops,
+                          latency_us=cost.latency_us,
+                          bandwidth_gb_per_s=cost.bandwidth_gb_per_s, bytes=nbytes,
+                          transfer_time_s=cost.transfer_time_s(nbytes),
+                          links=fabric.distance.path_links(cost.a, cost.b))

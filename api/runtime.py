@@ -1,0 +1,105 @@
+"""What one scheduler replica holds at run time, built at start-up from its settings.
+
+Shared state (workers, leases, free blocks, jobs, transfers, load reservations, the
+KV-event log) lives in the store: in memory for one process, in Redis when several
+replicas serve one cluster. Each replica keeps its own prefix index, replicated from
+the KV-event log (``docs/state.md`` has the benchmark behind that choice), and its own
+telemetry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.settings import Settings
+from scheduler.prefix import PrefixIndex, parse_event
+from scheduler.state.base import TransferStore
+from scheduler.state.memory import MemoryStore
+from scheduler.state.reservations import KvEventLog, MemoryLoads, StoreUnavailableError
+from scheduler.telemetry import DomainMapper, Telemetry, reference_figures, sample_from_record
+from scheduler.transfer.plan import TransferRecord, WorkerRegistration
+from topology.distance import DistanceModel
+from topology.errors import InputError
+
+log = logging.getLogger(__name__)
+UNKNOWN_DOMAIN = "unknown"
+
+
+@dataclass
+class Runtime:
+    """A replica's state and shared-store handles."""
+
+    store: TransferStore
+    events: KvEventLog
+    prefix: PrefixIndex
+    telemetry: Telemetry
+    distance: DistanceModel | None = None
+    worker_domains: dict[str, str] = field(default_factory=dict)
+    _mapper: DomainMapper | None = None
+
+    def remember_worker(self, reg: WorkerRegistration) -> None:
+        """Note a worker's locality domain (for transfer telemetry labels)."""
+        self.worker_domains[reg.name] = self._domain_of(reg.gpus)
+
+    def _domain_of(self, gpus: tuple[str, ...]) -> str:
+        if self._mapper is None or not gpus:
+            return UNKNOWN_DOMAIN
+        try:
+            return self._mapper.of_gpu(gpus[0])
+        except Exception:  # a GPU unknown to the fabric: label it, do not fail the request
+            return UNKNOWN_DOMAIN
+
+    def record_transfer(self, record: TransferRecord) -> None:
+        """Feed a finished transfer into metrics, drift detection and calibration."""
+        sample = sample_from_record(
+            record, lambda worker: self.worker_domains.get(worker, UNKNOWN_DOMAIN))
+        if sample is not None:
+            self.telemetry.record_transfer(sample)
+
+    async def publish_events(self, events: list[Any]) -> None:
+        """Share validated KV events with every replica (this one included)."""
+        for event in events:
+            await self.events.publish_kv_event(event.model_dump_json())
+
+
+def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime:
+    """The store (memory or Redis), the local prefix index and telemetry."""
+    store: TransferStore
+    events: KvEventLog
+    if settings.redis_url:
+        from scheduler.state.redis_store import RedisStore
+
+        redis_store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+        store, events = redis_store, redis_store
+    else:
+        store, events = MemoryStore(), MemoryLoads()
+    reference = reference_figures(distance) if distance is not None else None
+    runtime = Runtime(store=store, events=events, prefix=PrefixIndex(),
+                      telemetry=Telemetry(reference=reference), distance=distance)
+    if distance is not None:
+        runtime._mapper = DomainMapper(distance, level="pod")
+    return runtime
+
+
+async def replicate_kv_events(runtime: Runtime, block_ms: int) -> None:
+    """Apply the shared KV-event log to this replica's prefix index, forever.
+
+    Events this replica applied on receipt come back here too; the index ignores
+    sequence numbers it has seen, so applying twice is harmless.
+    """
+    last_id = "0"  # from the start: a restarted replica rebuilds its index from the log
+    while True:
+        try:
+            batch, last_id = await runtime.events.kv_events_since(last_id, block_ms)
+        except StoreUnavailableError as exc:
+            log.warning("KV-event log unavailable: %s", exc.detail)
+            await asyncio.sleep(1.0)
+            continue
+        for text in batch:
+            try:
+                runtime.prefix.apply(parse_event(text, source="kv-event log"))
+            except InputError as exc:
+                log.warning("skipping a bad KV event from the log: %s", exc)

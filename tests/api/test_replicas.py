@@ -1,0 +1,158 @@
+"""Two ``toposched serve`` replicas sharing a private redis-server, with real sidecars.
+
+Sidecars register through one replica and transfers are submitted through the other;
+NIXL moves real bytes between the sidecar processes and the destination's fake engine
+verifies its whole pool. Then the faults: a replica restart, Redis stopped and started
+again (append-only file: nothing is lost), a sidecar killed.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.servers import RedisServer, start_redis
+from tests.sidecar.harness import (
+    START_TIMEOUT_S,
+    Cluster,
+    Proc,
+    _cli,
+    _spawn,
+    free_port,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+BLOCK = 16384
+ENV = {"TOPOSCHED_LEASE_TTL_S": "3", "TOPOSCHED_EXPIRE_INTERVAL_S": "0.2",
+       "TOPOSCHED_TRANSFER_DEADLINE_S": "5"}
+
+
+@dataclass
+class Replica:
+    """One scheduler replica process."""
+
+    port: int
+    proc: Proc
+
+    @property
+    def url(self) -> str:
+        """Base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_replica(workdir: Path, name: str, redis_url: str, port: int | None = None) -> Replica:
+    """Start ``toposched serve --redis URL`` and wait for /healthz."""
+    port = port or free_port()
+    log = workdir / f"{name}.log"
+    proc = Proc(_spawn(_cli("serve", "--port", str(port), "--redis", redis_url), log, ENV), log)
+    replica = Replica(port, proc)
+    wait_for(lambda: httpx.get(f"{replica.url}/healthz", timeout=1).status_code == 200,
+             START_TIMEOUT_S, f"replica {name}")
+    return replica
+
+
+@contextmanager
+def two_replicas(workdir: Path) -> Iterator[tuple[RedisServer, Replica, Replica, Cluster]]:
+    """Redis (with an append-only file), replicas A and B, a sidecar cluster on A."""
+    redis = start_redis(data_dir=workdir)
+    a = start_replica(workdir, "replica-a", redis.url)
+    b = start_replica(workdir, "replica-b", redis.url)
+    sidecars = Cluster(a.url, workdir, a.proc)
+    try:
+        yield redis, a, b, sidecars
+    finally:
+        for proc in sidecars.sidecars.values():
+            if proc.popen.poll() is None:
+                proc.popen.kill()
+                proc.popen.wait(5)
+        sidecars.http.close()
+        for replica in (a, b):
+            replica.proc.stop(signal.SIGTERM, 10)
+        redis.stop()
+
+
+def _submit(replica: Replica, plan_id: str, blocks: int = 8) -> httpx.Response:
+    return httpx.post(f"{replica.url}/v1/transfers", timeout=10,
+                      json={"src": "prefill-0", "dst": "decode-0",
+                            "src_blocks": list(range(blocks)), "plan_id": plan_id})
+
+
+def _finished(replica: Replica, plan_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
+    def done() -> dict[str, Any] | None:
+        record: dict[str, Any] = httpx.get(f"{replica.url}/v1/transfers/{plan_id}",
+                                           params={"wait_s": 1.0}, timeout=5).json()
+        finished = record.get("state") == "failed" or (
+            record.get("state") == "done" and len(record["reports"]) >= 2)
+        return record if finished else None
+    result: dict[str, Any] = wait_for(done, timeout_s, f"transfer {plan_id}")
+    return result
+
+
+def _verified(record: dict[str, Any]) -> bool:
+    return any(r["worker"] == "decode-0" and r["verified"] for r in record["reports"])
+
+
+def _workers(replica: Replica) -> list[str]:
+    data = httpx.get(f"{replica.url}/v1/workers", timeout=5).json()
+    return sorted(w["registration"]["name"] for w in data)
+
+
+def test_replicas_share_workers_and_transfers_move_real_bytes(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (_, a, b, sidecars):
+        sidecars.sidecar("prefill-0", block_bytes=BLOCK)
+        sidecars.sidecar("decode-0", block_bytes=BLOCK)
+        assert _workers(b) == ["decode-0", "prefill-0"]       # registered through A
+        assert _submit(b, "through-b").status_code == 201     # submitted through B
+        record = _finished(a, "through-b")                    # finished, seen from A
+        assert record["state"] == "done" and _verified(record), record
+
+
+def test_replica_restart_recovers_its_view_from_redis(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (redis, a, b, sidecars):
+        sidecars.sidecar("prefill-0", block_bytes=BLOCK)
+        sidecars.sidecar("decode-0", block_bytes=BLOCK)
+        b.proc.stop(signal.SIGTERM, 10)
+        restarted = start_replica(tmp_path, "replica-b2", redis.url, port=b.port)
+        b.proc = restarted.proc
+        assert _workers(restarted) == ["decode-0", "prefill-0"]
+        assert _submit(restarted, "after-restart").status_code == 201
+        assert _finished(a, "after-restart")["state"] == "done"
+
+
+def test_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (redis, a, b, sidecars):
+        sidecars.sidecar("prefill-0", block_bytes=BLOCK)
+        sidecars.sidecar("decode-0", block_bytes=BLOCK)
+        redis.stop()
+        response = httpx.get(f"{a.url}/v1/workers", timeout=10)
+        assert response.status_code == 503
+        assert response.headers["retry-after"]
+        assert response.headers["content-type"] == "application/problem+json"
+        revived = start_redis(port=redis.port, data_dir=tmp_path)
+        redis.process = revived.process
+        wait_for(lambda: _workers(b) == ["decode-0", "prefill-0"], 20, "workers after Redis")
+        assert _submit(b, "after-outage").status_code == 201
+        assert _finished(a, "after-outage")["state"] == "done"
+
+
+def test_killed_sidecar_lease_expires_and_transfers_fail_cleanly(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (_, a, b, sidecars):
+        sidecars.sidecar("prefill-0", block_bytes=BLOCK)
+        decode = sidecars.sidecar("decode-0", block_bytes=BLOCK)
+        decode.popen.send_signal(signal.SIGSTOP)             # hangs: cannot answer jobs
+        assert _submit(b, "in-flight").status_code == 201
+        decode.popen.kill()
+        wait_for(lambda: _workers(a) == ["prefill-0"], 20, "the lease to expire")
+        record = _finished(b, "in-flight")
+        assert record["state"] == "failed" and record["recompute"] is True
+        refused = _submit(a, "to-the-dead")
+        assert refused.status_code == 404
+        assert refused.headers["content-type"] == "application/problem+json"

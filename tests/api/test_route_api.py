@@ -1,0 +1,106 @@
+"""Route: a decision over registered workers, its plan queued for the sidecars."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.api.service_builders import (
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    worker_json,
+)
+from topology.spec import FabricSpec
+
+
+@pytest.fixture
+def spec() -> FabricSpec:
+    return cluster(hosts=2)
+
+
+@pytest.fixture
+def client(spec: FabricSpec) -> Iterator[TestClient]:
+    with TestClient(make_app()) as test_client:
+        load_cluster(test_client, spec)
+        h0, h1 = (h.name for h in spec.hosts)
+        for name, role, gpus in (("prefill-0", "prefill", [f"{h0}/gpu0", f"{h0}/gpu1"]),
+                                 ("decode-0", "decode", [f"{h1}/gpu0", f"{h1}/gpu1"])):
+            answer = test_client.post("/v1/workers", json=worker_json(name, role, gpus),
+                                      headers=bearer(WORKER))
+            assert answer.status_code == 201, answer.text
+        yield test_client
+
+
+def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient) -> None:
+    answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                            "model": "llama-3-70b"}, headers=bearer(WORKER))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    decision = body["decision"]
+    assert (decision["prefill"]["worker"], decision["decode"]["worker"]) == (
+        "prefill-0", "decode-0")
+    assert decision["transfer"]["blocks"] == 3
+    plan_id = body["plan_id"]
+    jobs = {name: client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
+                             headers=bearer(WORKER)).json()["jobs"]
+            for name in ("prefill-0", "decode-0")}
+    kinds = sorted(job["kind"] for batch in jobs.values() for job in batch)
+    assert kinds == ["await", "execute"]
+    assert all(job["plan_id"] == plan_id for batch in jobs.values() for job in batch)
+    record = client.get(f"/v1/transfers/{plan_id}", headers=bearer(WORKER)).json()
+    assert len(record["plan"]["src_blocks"]) == 3
+
+
+def test_route_hashes_tokens_and_records_latency(client: TestClient) -> None:
+    services = client.app.state.services  # type: ignore[attr-defined]
+    answer = client.post("/v1/route", json={"tokens": list(range(1100)), "model":
+                                            "llama-3-70b", "session": "chat-1"},
+                         headers=bearer(WORKER))
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["decision"]["transfer"]["blocks"] == 2  # 1100 tokens / 512
+    assert services.decisions == 1 and services.decision_latency_s[0] > 0
+
+
+def test_no_worker_for_the_model_is_503_with_reasons(client: TestClient) -> None:
+    answer = client.post("/v1/route", json={"block_hashes": [1], "model": "other-model"},
+                         headers=bearer(WORKER))
+    assert answer.status_code == 503
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["reasons"] == ["no registered worker on the fabric serves other-model"]
+
+
+def test_no_decode_capacity_is_503_problem(spec: FabricSpec) -> None:
+    with TestClient(make_app()) as client:
+        load_cluster(client, spec)
+        gpus = [f"{spec.hosts[0].name}/gpu0"]
+        client.post("/v1/workers", json=worker_json("only-prefill", "prefill", gpus),
+                    headers=bearer(WORKER))
+        answer = client.post("/v1/route", json={"block_hashes": [1], "model": "llama-3-70b"},
+                             headers=bearer(WORKER))
+        assert answer.status_code == 503
+        assert answer.headers["content-type"] == "application/problem+json"
+        assert answer.headers["retry-after"]
+        assert answer.json()["reasons"]
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "llama-3-70b"},
+    {"model": "llama-3-70b", "tokens": [1], "block_hashes": [1]},
+    {"model": "llama-3-70b", "block_hashes": [-1]},
+    {"block_hashes": [1]},
+    {"model": "llama-3-70b", "block_hashes": []},
+])
+def test_bad_route_requests_are_422_problem(client: TestClient, body: dict[str, object]) -> None:
+    answer = client.post("/v1/route", json=body, headers=bearer(WORKER))
+    assert answer.status_code == 422
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+def test_route_needs_a_token(client: TestClient) -> None:
+    answer = client.post("/v1/route", json={"block_hashes": [1], "model": "llama-3-70b"})
+    assert answer.status_code == 401
