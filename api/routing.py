@@ -8,6 +8,7 @@ are cached until either changes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from scheduler.router.router import Decision
 from scheduler.router.snapshot import domain_arrays
 from scheduler.state.base import WorkerEntry
 from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
+from scheduler.transfer.plan import WorkerRegistration
 from topology.errors import NotFoundError
 
 #: Tokens per KV block when hashing token ids (the state document's default).
@@ -27,8 +29,12 @@ BLOCK_TOKENS = 512
 DEFAULT_KV_BYTES_PER_TOKEN = 327_680
 
 
+@functools.lru_cache(maxsize=256)
 def kv_bytes_for(model: str | None) -> int:
-    """KV bytes per token of ``model`` from the catalog, or the default."""
+    """KV bytes per token of ``model`` from the catalog, or the default.
+
+    Cached: the catalog is a YAML file, and parsing it per request cost ~15 ms.
+    """
     if model is None:
         return DEFAULT_KV_BYTES_PER_TOKEN
     try:
@@ -37,21 +43,27 @@ def kv_bytes_for(model: str | None) -> int:
         return DEFAULT_KV_BYTES_PER_TOKEN
 
 
+def _on_fabric(reg: WorkerRegistration, fabric: Fabric) -> bool:
+    return bool(reg.gpus) and all(g in fabric.known for g in reg.gpus)
+
+
+def _serves(reg: WorkerRegistration, model: str | None) -> bool:
+    return model is None or reg.model is None or reg.model == model
+
+
+def _worker(reg: WorkerRegistration, free_blocks: int) -> Worker:
+    return Worker(id=reg.name, role=_ROLES[reg.role], gpus=reg.gpus, free_kv_blocks=free_blocks,
+                  capacity_kv_blocks=reg.layout.num_blocks)
+
+
 def workers_for(entries: Sequence[WorkerEntry], fabric: Fabric,
                 model: str | None) -> list[Worker]:
     """Routable workers: on the fabric, serving ``model`` (or any model when unset)."""
-    known = fabric.known
-    workers = []
-    for entry in entries:
-        reg = entry.registration
-        if not reg.gpus or not all(g in known for g in reg.gpus):
-            continue
-        if model is not None and reg.model is not None and reg.model != model:
-            continue
-        workers.append(Worker(id=reg.name, role=Role(reg.role), gpus=reg.gpus,
-                              free_kv_blocks=entry.free_blocks,
-                              capacity_kv_blocks=reg.layout.num_blocks))
-    return workers
+    return [_worker(e.registration, e.free_blocks) for e in entries
+            if _serves(e.registration, model) and _on_fabric(e.registration, fabric)]
+
+
+_ROLES = {role.value: role for role in Role}
 
 
 class SnapshotBuilder:
@@ -60,6 +72,34 @@ class SnapshotBuilder:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._domains: dict[str, Any] = {}
+        #: Per worker name: the registration and fabric seen, and its Worker (None: the
+        #: worker is not on the fabric). Rebuilding 256 Workers per request cost more
+        #: than the policy; between requests usually only two free-block counts change.
+        self._seen: dict[str, tuple[WorkerRegistration, Fabric, Worker | None]] = {}
+
+    def workers(self, entries: Sequence[WorkerEntry], fabric: Fabric,
+                model: str | None) -> list[Worker]:
+        """The same list as :func:`workers_for`, reusing unchanged Worker objects."""
+        if len(self._seen) > 4 * len(entries) + 1024:  # forget long-gone workers
+            self._seen.clear()
+        workers = []
+        for entry in entries:
+            reg = entry.registration
+            if not _serves(reg, model):
+                continue
+            seen = self._seen.get(reg.name)
+            if seen is None or seen[0] is not reg or seen[1] is not fabric:
+                seen = (reg, fabric, _worker(reg, entry.free_blocks)
+                        if _on_fabric(reg, fabric) else None)
+                self._seen[reg.name] = seen
+            worker = seen[2]
+            if worker is None:
+                continue
+            if worker.free_kv_blocks != entry.free_blocks:
+                worker = _worker(reg, entry.free_blocks)
+                self._seen[reg.name] = (reg, fabric, worker)
+            workers.append(worker)
+        return workers
 
     def build(self, fabric: Fabric, workers: Sequence[Worker], *, kv_bytes: int,
               pairs: Mapping[tuple[str, str], float]) -> Snapshot:
@@ -94,8 +134,9 @@ async def deliver_plan(coordinator: TransferCoordinator, decision: Decision) -> 
     store = coordinator.store
     src_blocks = await store.allocate_blocks(src, blocks)
     try:
-        record = await coordinator.submit(TransferRequest(src=src, dst=dst,
-                                                          src_blocks=tuple(src_blocks)))
+        record = await coordinator.submit(TransferRequest(
+            src=src, dst=dst, src_blocks=tuple(src_blocks),
+            block_hashes=decision.transfer.block_hashes))
     except BaseException:
         await store.release_blocks(src, src_blocks)
         raise

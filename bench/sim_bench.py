@@ -469,7 +469,7 @@ What the baselines lose is mostly not topology. Random and round-robin lose 2.8�
 on the conversation trace by ignoring load and cache; least-loaded loses little on the
 4:1 cluster but finds 5 % prefix hits instead of 30 %; prefix-only (SGLang-style)
 finds the hits but balances worse; label-curve (llm-d-style, decode first with prefix
-weight 2) piles requests on the workers that hold a popular prefix and loses 2.8×. The
+weight 2) piles requests on the workers that hold a popular prefix and loses 2.9×. The
 prefix-hit column against the ideal (infinite-cache) ratio shows the cache effect
 separately from the fabric.
 

@@ -70,6 +70,8 @@ class Sidecar:
         self.engine: EngineHook = (engine or _fake_engine)(config)
         self.pool = self.engine.pool
         self.recompute: list[str] = []
+        #: block id → the prefix hash it holds (announced to the index; replaced on reuse)
+        self._prefix_of: dict[int, int] = {}
         self.adapter = NixlAdapter(config.name, progress_thread=config.progress_thread,
                                    ucx_devices=config.ucx_devices)
         self.adapter.register(self.pool.registration(), self.pool.layout(),
@@ -317,9 +319,21 @@ class Sidecar:
                     self.recompute.append(plan.plan_id)
         self._report(plan, role, outcome, result=result, error=error, verified=verified)
         if outcome == "ok" and is_dst:
-            self._events({"kind": "block_removed", "block_hashes": old},
+            self._announce_stored(plan, old)
+
+    def _announce_stored(self, plan: TransferPlan, old_content: list[int]) -> None:
+        """KV events for received blocks: the plan's prefix hashes when it carries them
+        (what the router matches on), else the engine's own content hashes."""
+        if not plan.block_hashes:
+            self._events({"kind": "block_removed", "block_hashes": old_content},
                          {"kind": "block_stored",
                           "block_hashes": self.engine.block_hashes(plan.dst_blocks)})
+            return
+        with self._lock:
+            replaced = [self._prefix_of.pop(b) for b in plan.dst_blocks if b in self._prefix_of]
+            self._prefix_of.update(zip(plan.dst_blocks, plan.block_hashes, strict=True))
+        events = [{"kind": "block_removed", "block_hashes": replaced}] if replaced else []
+        self._events(*events, {"kind": "block_stored", "block_hashes": list(plan.block_hashes)})
 
     def _report(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None,

@@ -3,37 +3,117 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import tempfile
+import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from api.cli.output import print_json
+from api.demo.cluster import DemoCluster, SidecarSpec
+from api.demo.run import DemoDriver, DemoStats, drive
+from api.demo.workload import AgenticWorkload
 from topology.build import build_fabric
 from topology.distance import DistanceModel
 from topology.documents import packaged_config
+from topology.errors import InputError
 from topology.inventory import load_inventory
+from topology.spec import FabricSpec
 from topology.summary import render_text, summarize
 from topology.tiers import Tier
 
 KV_BYTES = 2_684_354_560  # an 8K-token Llama-3-70B prompt in fp16 (320 KiB/token)
 
 
+#: The demo's workers on the example cluster: one prefill per zone, decode workers at
+#: increasing distance (same host over NVLink, same rail leaf, another zone).
+DEMO_WORKERS = (
+    SidecarSpec("prefill-a", "prefill", "a1-r0-h00/gpu0"),
+    SidecarSpec("decode-a-nvlink", "decode", "a1-r0-h00/gpu4"),
+    SidecarSpec("decode-a-rail", "decode", "a1-r1-h00/gpu0"),
+    SidecarSpec("prefill-b", "prefill", "b1-r0-h00/gpu0"),
+    SidecarSpec("decode-b", "decode", "b1-r0-h01/gpu1"),
+)
+
+
 def register(subparsers: Any) -> None:
     """Add the ``demo`` command."""
-    p = subparsers.add_parser("demo", help="build the example cluster and show what it costs")
+    p = subparsers.add_parser(
+        "demo", help="run the whole system on the example cluster",
+        description="Starts the scheduler (in memory), registers the example cluster, "
+                    "launches sidecars with fake engines that move real bytes with NIXL, "
+                    "sends an agentic request stream and shows what happens.")
     p.add_argument("--inventory", help="use this inventory instead of the embedded example")
+    p.add_argument("--static", action="store_true",
+                   help="only print the fabric and one KV transfer per tier (no processes)")
+    p.add_argument("--sessions", type=int, default=8, help="agent sessions (default 8)")
+    p.add_argument("--turns", type=int, default=4, help="turns per session (default 4)")
+    p.add_argument("--block-mib", type=int, default=1,
+                   help="MiB per KV block in the sidecars' pools (default 1)")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave the scheduler and sidecars up until Ctrl-C")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Build the example fabric and print its summary and one KV transfer per tier."""
+    """Run the demo (or, with ``--static``, print the fabric's cost table)."""
     path = args.inventory or packaged_config("clusters/example.yaml")
     spec = build_fabric(load_inventory(path))
+    if args.static:
+        return _static(spec, args.json)
+    if args.sessions < 1 or args.turns < 1 or args.block_mib < 1:
+        raise InputError("--sessions, --turns and --block-mib must be at least 1")
+    return _live(spec, args)
+
+
+def _live(spec: FabricSpec, args: argparse.Namespace) -> int:
+    console = Console(stderr=args.json)
+    workload = AgenticWorkload(sessions=args.sessions, turns=args.turns)
+    with tempfile.TemporaryDirectory(prefix="toposched-demo-") as tmp:
+        workdir = Path(tmp)
+        spec.save(workdir / "fabric.json")
+        cluster = DemoCluster(workdir, model="llama-3-8b", block_bytes=args.block_mib << 20,
+                              kv_blocks=256)
+        try:
+            console.print(render_text(summarize(spec)))
+            console.print("starting the scheduler and 5 sidecars (NIXL agents) …")
+            cluster.start_scheduler(workdir / "fabric.json")
+            for worker in DEMO_WORKERS:
+                cluster.start_sidecar(worker)
+            driver = DemoDriver(cluster)
+            stats = drive(driver, workload, show=not args.json)
+            driver.close()
+            _finish(console, cluster, stats, args)
+        finally:
+            cluster.stop()
+    return 0
+
+
+def _finish(console: Console, cluster: DemoCluster, stats: DemoStats,
+            args: argparse.Namespace) -> None:
+    if args.json:
+        print_json(stats.as_json())
+    else:
+        console.print()
+        console.print(f"[bold]done[/bold]: {stats.routed} requests routed, "
+                      f"{sum(stats.tiers.values())} KV transfers verified byte for byte.")
+        console.print(f"API docs: {cluster.url}/docs   metrics: {cluster.url}/metrics   "
+                      f"logs: {cluster.workdir}")
+    if args.keep_running:
+        console.print("running until Ctrl-C …")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
+
+
+def _static(spec: FabricSpec, as_json: bool) -> int:
     model = DistanceModel(spec)
     rows = tier_examples(model)
-    if args.json:
+    if as_json:
         print_json({"summary": summarize(spec), "kv_bytes": KV_BYTES, "tiers": rows})
         return 0
     console = Console()

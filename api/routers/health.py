@@ -11,7 +11,8 @@ from scheduler.transfer.coordinator import TransferCoordinator
 router = APIRouter(tags=["health"])
 
 
-@router.get("/readyz", response_model=None, responses={503: {"description": "not ready (problem+json)"}})
+@router.get("/readyz", response_model=None,
+            responses={503: {"description": "not ready (problem+json)"}})
 async def readyz(request: Request) -> dict[str, str] | Response:
     """Ready when a fabric is loaded and the store answers; 503 problem otherwise."""
     services: ServiceState = request.app.state.services

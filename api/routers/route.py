@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import Coordinator
 from api.problems import problem
-from api.routing import SnapshotBuilder, deliver_plan, kv_bytes_for, preferred_pairs, workers_for
+from api.routing import SnapshotBuilder, deliver_plan, kv_bytes_for, preferred_pairs
 from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from topology.errors import NotFoundError
@@ -70,8 +70,10 @@ def _snapshots(request: Request) -> SnapshotBuilder:
     return builder
 
 
-@router.post("/route", response_model=RouteOutput, responses={503: {"description": "unschedulable (problem+json with "
-                                                      "`reasons`, Retry-After)"}})
+_UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
+
+
+@router.post("/route", response_model=RouteOutput, responses={503: _UNSCHEDULABLE})
 async def route(body: RouteInput, request: Request, services: Services,
                 coordinator: Coordinator) -> RouteOutput | Response:
     """Pick the (prefill, decode) pair and queue the blocks the decode side lacks."""
@@ -79,10 +81,11 @@ async def route(body: RouteInput, request: Request, services: Services,
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
     started = time.perf_counter()
-    workers = workers_for(await coordinator.store.list_workers(), fabric, body.model)
+    snapshots = _snapshots(request)
+    workers = snapshots.workers(await coordinator.store.list_workers(), fabric, body.model)
     current = services.current
     pairs = preferred_pairs(current.placement.pairings if current else (), workers)
-    snapshot = _snapshots(request).build(fabric, workers, kv_bytes=kv_bytes_for(body.model),
+    snapshot = snapshots.build(fabric, workers, kv_bytes=kv_bytes_for(body.model),
                                          pairs=pairs)
     result = fabric.router.route(body.to_request(), snapshot) if workers else Unschedulable(
         request_id=body.request_id, policy=services.policy.name,

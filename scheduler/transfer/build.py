@@ -67,7 +67,8 @@ def build_plan(*, plan_id: str, src: WorkerRegistration, dst: WorkerRegistration
                dst_free: Sequence[int] = (), cached_prefix: int = 0, mode: Mode = "READ",
                hints: TransportHints, epochs: tuple[int, int] = (1, 1),
                deadline_s: float = DEFAULT_DEADLINE_S,
-               not_after: float | None = None, notify: Notify | None = None) -> TransferPlan:
+               not_after: float | None = None, notify: Notify | None = None,
+               block_hashes: Sequence[int] = ()) -> TransferPlan:
     """Plan moving ``src_blocks[cached_prefix:]`` from ``src`` to ``dst``.
 
     ``dst_blocks`` (same length as ``src_blocks``; its first ``cached_prefix`` entries are
@@ -96,7 +97,8 @@ def build_plan(*, plan_id: str, src: WorkerRegistration, dst: WorkerRegistration
         mem_type=src.mem_type, total_bytes=len(moving) * src.layout.block_bytes,
         descriptors=max(1, descriptor_count(runs, src.layout)), hints=hints,
         deadline_s=deadline_s,
-        not_after=not_after if not_after is not None else time.time() + deadline_s)
+        not_after=not_after if not_after is not None else time.time() + deadline_s,
+        block_hashes=tuple(block_hashes[cached_prefix:]) if block_hashes else ())
     # model_construct skipped pydantic checks so that the rules below can report every
     # problem at once; a round trip then applies the field constraints too.
     validate_plan(plan)

@@ -54,6 +54,9 @@ class TransferRequest(BaseModel):
     deadline_s: float | None = Field(default=None, gt=0, le=3600)
     plan_id: str | None = Field(default=None, min_length=1, max_length=128,
                                 pattern=r"^[A-Za-z0-9_.:-]+$")
+    block_hashes: tuple[int, ...] = Field(
+        default=(), max_length=1 << 20,
+        description="prefix hashes of src_blocks (same length), announced by the destination")
 
 
 #: Extra seconds a failed transfer's destination blocks stay unused after ``not_after``.
@@ -137,7 +140,7 @@ class TransferCoordinator:
                               dst_blocks=dst_blocks, cached_prefix=request.cached_prefix,
                               mode=request.mode or self.mode, hints=hints, epochs=epochs,
                               deadline_s=deadline_s, not_after=self._wall() + deadline_s,
-                              notify=request.notify)
+                              notify=request.notify, block_hashes=request.block_hashes)
         except Exception:
             if request.dst_blocks is None and dst_blocks is not None:
                 await self.store.release_blocks(dst.name, dst_blocks[request.cached_prefix:])

@@ -147,6 +147,10 @@ class TransferPlan(_Frozen):
     hints: TransportHints
     deadline_s: float = Field(gt=0, le=3600, description="seconds each side waits at most")
     not_after: float = Field(gt=0, description="unix time: no side posts or waits past it")
+    block_hashes: tuple[int, ...] = Field(
+        default=(), description="prefix-chain hashes of the moved blocks, in dst_blocks "
+                                "order (empty when unknown); the destination announces them "
+                                "as KV events once the bytes landed")
 
     @property
     def target(self) -> str:

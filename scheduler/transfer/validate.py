@@ -99,6 +99,9 @@ def plan_issues(plan: TransferPlan) -> list[Issue]:
                             f"{len(plan.src_blocks)} source blocks (mismatched lengths)"))
     if not plan.src_blocks:
         issues.append(Issue("src_blocks", "no blocks to move (zero-length transfer)"))
+    if plan.block_hashes and len(plan.block_hashes) != len(plan.dst_blocks):
+        issues.append(Issue("block_hashes", f"{len(plan.block_hashes)} hashes for "
+                            f"{len(plan.dst_blocks)} moved blocks (mismatched lengths)"))
     issues += _block_issues(plan.src_blocks, plan.src.layout.num_blocks, "src_blocks")
     issues += _block_issues(plan.dst_blocks, plan.dst.layout.num_blocks, "dst_blocks")
     issues += _role_issues(plan)

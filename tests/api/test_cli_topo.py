@@ -116,7 +116,7 @@ def test_collect_reports_missing_tools_without_traceback() -> None:
 
 
 def test_demo_prints_every_tier_of_the_example(capsys: pytest.CaptureFixture[str]) -> None:
-    result = _json(capsys, ["demo", "--json"])
+    result = _json(capsys, ["demo", "--static", "--json"])
     assert isinstance(result, dict)
     tiers = [row["tier"] for row in result["tiers"]]
     assert tiers[0] == "same_gpu" and "cross_zone" in tiers and "same_leaf" in tiers

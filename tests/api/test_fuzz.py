@@ -20,7 +20,7 @@ from tests.api.service_builders import cluster, inventory_yaml, make_app
 from topology.writers import lldp_json0, nvsmi_text
 
 #: Kept small so the whole run stays well under a minute on two shared cores.
-EXAMPLES_PER_OPERATION = 6
+EXAMPLES_PER_OPERATION = 12
 MAX_POOL_BLOCKS = 1 << 16
 
 

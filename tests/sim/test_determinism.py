@@ -14,7 +14,8 @@ SCRIPT = """
 import json
 from tests.sim.builders import run, small_trace
 figures = []
-for thin, policy, placement in ((True, "fabric-cost", "unaware"), (False, "least-loaded", "greedy")):
+cases = ((True, "fabric-cost", "unaware"), (False, "least-loaded", "greedy"))
+for thin, policy, placement in cases:
     s = run(small_trace(sessions=12, seed=3).scaled(4), thin=thin, policy=policy,
             placement=placement, seed=3)
     data = s.model_dump()

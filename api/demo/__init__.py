@@ -1,0 +1,1 @@
+"""The one-command demo: scheduler, sidecars with fake engines, an agentic request stream."""

@@ -1,0 +1,115 @@
+"""Starting and stopping the demo's processes: one scheduler and a few sidecars."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from topology.errors import ToposchedError
+
+START_TIMEOUT_S = 30.0
+
+
+class DemoError(ToposchedError):
+    """A demo process did not start or stopped early."""
+
+    title = "demo failed"
+
+
+@dataclass(frozen=True)
+class SidecarSpec:
+    """One worker of the demo: its name, role and fabric GPU."""
+
+    name: str
+    role: str
+    gpu: str
+
+
+@dataclass
+class DemoCluster:
+    """The scheduler and sidecar processes of one demo run."""
+
+    workdir: Path
+    model: str
+    block_bytes: int
+    kv_blocks: int
+    port: int = 0
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        """The scheduler's base URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_scheduler(self, fabric: Path) -> None:
+        """Start ``toposched serve`` on a free loopback port with the fabric loaded."""
+        self.port = _free_port()
+        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)])
+        self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
+                   "scheduler")
+
+    def start_sidecar(self, spec: SidecarSpec) -> None:
+        """Start one sidecar (NIXL agent, fake engine) and wait until it serves."""
+        state = self.workdir / f"{spec.name}.state.json"
+        self._spawn(spec.name, [
+            "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
+            "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(self.kv_blocks),
+            "--block-bytes", str(self.block_bytes), "--state-file", str(state),
+            "--poll-wait", "2", "--host", spec.gpu.split("/")[0]])
+        self._wait(lambda: state.exists() and json.loads(state.read_text())["state"] == "serving",
+                   f"sidecar {spec.name}")
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        log = (self.workdir / f"{name}.log").open("wb")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.procs[name] = subprocess.Popen([sys.executable, "-m", "api.cli.main", *args],
+                                            stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+
+    def _wait(self, ready: object, what: str) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            self._check_alive()
+            try:
+                if ready():  # type: ignore[operator]
+                    return
+            except (httpx.TransportError, OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.1)
+        raise DemoError(f"{what} did not start within {START_TIMEOUT_S:.0f} s; see the logs "
+                        f"in {self.workdir}")
+
+    def _check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited with {proc.returncode}; see "
+                                f"{self.workdir / (name + '.log')}")
+
+    def stop(self) -> None:
+        """SIGTERM every process (sidecars drain and deregister), then SIGKILL stragglers."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
