@@ -10,23 +10,36 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from api.service import Fabric
 from policies.snapshot import Role, Snapshot, Worker
 from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import load_models
-from scheduler.router.router import Decision
+from scheduler.router.router import Decision, Router
 from scheduler.router.snapshot import domain_arrays
 from scheduler.state.base import WorkerEntry
 from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
 from scheduler.transfer.plan import WorkerRegistration
+from topology.distance import DistanceModel
 from topology.errors import NotFoundError
+from topology.spec import FabricSpec
 
 #: Tokens per KV block when hashing token ids (the state document's default).
 BLOCK_TOKENS = 512
 #: KV bytes per token when the request names no known model (Llama-3-70B fp16).
 DEFAULT_KV_BYTES_PER_TOKEN = 327_680
+
+
+@dataclass(frozen=True)
+class Fabric:
+    """One fabric and everything derived from it; replaced as a whole on every change."""
+
+    spec: FabricSpec
+    distance: DistanceModel
+    router: Router
+    #: GPU names of the fabric, for membership tests on the request path.
+    known: frozenset[str]
 
 
 @functools.lru_cache(maxsize=256)

@@ -12,7 +12,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI
@@ -26,6 +25,7 @@ from api.placement_jobs import (
     surviving,
     violations,
 )
+from api.routing import Fabric, SnapshotBuilder
 from api.security import AuthError, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
 from policies.profile import Policy, resolve_policy
@@ -38,17 +38,6 @@ from topology.spec import FabricSpec, load_fabric
 log = logging.getLogger(__name__)
 #: Decision latencies kept for the metrics endpoint (the newest win).
 LATENCY_WINDOW = 10_000
-
-
-@dataclass(frozen=True)
-class Fabric:
-    """One fabric and everything derived from it; replaced as a whole on every change."""
-
-    spec: FabricSpec
-    distance: DistanceModel
-    router: Router
-    #: GPU names of the fabric, for membership tests on the request path.
-    known: frozenset[str]
 
 
 class ServiceState:
@@ -65,6 +54,7 @@ class ServiceState:
         self.lock = asyncio.Lock()
         self.decision_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.decisions = 0
+        self.snapshots = SnapshotBuilder()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def make_fabric(self, spec: FabricSpec) -> Fabric:

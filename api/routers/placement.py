@@ -9,7 +9,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 
 from api.placement_jobs import CurrentPlacement, PlacementJob, PlacementTarget, violations
-from api.service import Fabric, ServiceState
+from api.routing import Fabric
+from api.service import ServiceState
 from scheduler.placement import Placement
 from topology.errors import Issue, NotFoundError, ValidationError
 

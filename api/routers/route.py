@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import Coordinator
 from api.problems import problem
-from api.routing import SnapshotBuilder, deliver_plan, kv_bytes_for, preferred_pairs
+from api.routing import deliver_plan, kv_bytes_for, preferred_pairs
 from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from topology.errors import NotFoundError
@@ -62,14 +62,6 @@ class RouteOutput(BaseModel):
                                 "or the decode side already holds every block)")
 
 
-def _snapshots(request: Request) -> SnapshotBuilder:
-    state = request.app.state
-    if not hasattr(state, "route_snapshots"):
-        state.route_snapshots = SnapshotBuilder()
-    builder: SnapshotBuilder = state.route_snapshots
-    return builder
-
-
 _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
 
 
@@ -81,7 +73,7 @@ async def route(body: RouteInput, request: Request, services: Services,
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
     started = time.perf_counter()
-    snapshots = _snapshots(request)
+    snapshots = services.snapshots
     workers = snapshots.workers(await coordinator.store.list_workers(), fabric, body.model)
     current = services.current
     pairs = preferred_pairs(current.placement.pairings if current else (), workers)

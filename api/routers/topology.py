@@ -19,7 +19,8 @@ from api.feeds import (
     parse_k8s,
 )
 from api.problems import problem
-from api.service import Fabric, ServiceState
+from api.routing import Fabric
+from api.service import ServiceState
 from topology.documents import parse_document, validate
 from topology.draw import to_svg
 from topology.errors import Location, NotFoundError, ParseError

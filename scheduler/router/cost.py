@@ -161,9 +161,11 @@ class FabricCostModel:
             return 0.0, None, ()
         table, load = self.table, ctx.snapshot.link_load
         links = table.links(p, d)
+        lanes = int(table.lanes[p, d])
         lane_bw = float(table.bandwidth[p, d])
         for link in links:
-            shared = table.distance.link_capacity_gb_per_s(link) / (load.get(link, 0) + 1)
-            lane_bw = min(lane_bw, shared)
-        seconds = float(table.latency_s[p, d]) + nbytes / (lane_bw * 1e9 * table.lanes[p, d])
+            share = table.distance.link_capacity_gb_per_s(link) / (load.get(link, 0) + 1)
+            # a NIC carries one lane; an uplink carries every lane of the transfer at once
+            lane_bw = min(lane_bw, share if link.startswith("nic:") else share / lanes)
+        seconds = float(table.latency_s[p, d]) + nbytes / (lane_bw * 1e9 * lanes)
         return seconds, lane_bw, links

@@ -164,6 +164,20 @@ def test_links_busy_with_other_transfers_make_a_pair_dearer() -> None:
     assert d1.ttft_s == pytest.approx(SAME_LEAF[0] * 1e-6 + nbytes / (50e9 / 4))
 
 
+def test_a_busy_uplink_is_shared_by_all_lanes_of_a_tp_transfer() -> None:
+    tp4 = [f"z0-p0-r0-h00/gpu{i}" for i in range(4)]
+    far = [f"z1-p0-r0-h00/gpu{i}" for i in range(4)]
+    workers = [worker("p", "prefill", gpus=tp4), worker("d", "decode", gpus=far)]
+    uplink = "zone:z0:up"
+    capacity = fabric().link_capacity_gb_per_s(uplink)
+    busy = snapshot(workers, link_load={uplink: 7})
+    r = router(cached={"p": chain(8)})
+    decision = _decided(r.route({"block_hashes": chain(8)}, busy))
+    # four lanes share an eighth of the uplink: each gets capacity / 8 / 4
+    assert decision.transfer.bottleneck_gb_per_s == pytest.approx(
+        min(50.0, capacity / 8 / 4))
+
+
 def test_decode_without_free_kv_blocks_is_unschedulable_with_a_reason() -> None:
     snap = snapshot([worker("p", "prefill", SOURCE),
                      worker("d", "decode", SAME_RAIL, free_kv_blocks=2)])
