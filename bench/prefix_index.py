@@ -42,8 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 from scheduler.prefix.events import BlockRemoved, BlockStored  # noqa: E402
 from scheduler.prefix.index import PrefixIndex  # noqa: E402
+from sim.scenarios import default_trace_dir  # noqa: E402
 
-TRACE = Path("/work/shared/data/traces/mooncake/conversation_trace.jsonl")
+TRACE = default_trace_dir() / "mooncake" / "conversation_trace.jsonl"
 WORKER_COUNTS = (64, 256, 1024)
 
 

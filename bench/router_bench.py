@@ -52,11 +52,12 @@ from policies.snapshot import Role, Worker  # noqa: E402
 from scheduler.prefix import BlockStored, PrefixIndex  # noqa: E402
 from scheduler.router.router import Decision, Router  # noqa: E402
 from scheduler.router.snapshot import build_snapshot  # noqa: E402
+from sim.scenarios import default_trace_dir  # noqa: E402
 from topology.distance import DistanceModel  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
 
-TRACE = Path("/work/shared/data/traces/mooncake/conversation_trace.jsonl")
-IDEAL_FULL_TRACE = 0.3664  # /work/shared/data/traces/README.md
+TRACE = default_trace_dir() / "mooncake" / "conversation_trace.jsonl"
+IDEAL_FULL_TRACE = 0.3664  # shared/data/traces/README.md
 WORKER_COUNTS = (64, 256, 1024)
 INDEXED_BLOCKS = 1_000_000
 DOC_BLOCKS = 64

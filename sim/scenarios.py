@@ -18,8 +18,16 @@ from topology.errors import InputError, NotFoundError
 from topology.spec import FabricSpec
 from topology.synth import SynthParams, synth_cluster
 
-#: Where the public traces live (``TOPOSCHED_TRACES`` overrides).
-TRACE_DIR = Path(os.environ.get("TOPOSCHED_TRACES", "/work/shared/data/traces"))
+
+def default_trace_dir() -> Path:
+    """Where the public traces live: ``TOPOSCHED_TRACES``, else ``shared/data/traces``
+    beside the checkout (how CI and developer machines lay it out)."""
+    if "TOPOSCHED_TRACES" in os.environ:
+        return Path(os.environ["TOPOSCHED_TRACES"])
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "traces"
+
+
+TRACE_DIR = default_trace_dir()
 
 
 @dataclass(frozen=True)
