@@ -227,6 +227,33 @@ queue the NIXL transfer plan for both sidecars, and serialise the explained deci
 Server and client share the machine's cores (and, on the shared development machine,
 other engineers' jobs), so the closed-loop figures are bounded by the healthz
 baseline of the same run.
+
+## Why the targets are missed (profiled in-process, same setup)
+
+* One route costs ≈ 2.5–3 ms of server CPU against ≈ 0.75 ms for `/healthz`. Under
+  cProfile the handler splits roughly into: listing the 256 registrations from the
+  memory store (it builds 256 pydantic `WorkerEntry` objects per call) ≈ 20 %, the
+  policy over 128 × 128 pairs ≈ 25 %, turning entries into `Worker`s and building the
+  `Snapshot` arrays ≈ 25 %, allocating blocks and building/queueing the plan ≈ 15 %,
+  the rest FastAPI validation and JSON. With one server process on one core that is a
+  ceiling of ≈ 350–400 route/s over HTTP, and the client needs the other core.
+* The p99 tail at rates the server sustains comes from generation-2 garbage
+  collections: 14 pauses of up to ~110 ms in 4,000 in-process requests, growing with
+  the heap (every routed request leaves a transfer record and two queued jobs, since no
+  sidecar drains them here). `gc.freeze()` after start-up cut the worst pause from
+  ~110 to ~65 ms in one run.
+* Offered 500/s, above that capacity, the queue grows without bound: latency is then
+  the queueing delay (seconds), and achieved throughput falls below the closed-loop
+  figure, most likely because the client, on the same two cores, spends CPU on
+  hundreds of requests waiting for its connection pool (not measured separately).
+* Before this benchmark the route handler re-read the models catalog (YAML) on every
+  request (~15 ms); it is now cached, and unchanged `Worker` objects are reused.
+
+Ways to the targets: a store call that returns registrations without re-validating
+them, a snapshot that is updated (two free-block counts change per request) instead
+of rebuilt, `gc.freeze()` at start-up, and several server processes over the Redis
+store (the fabric, placement and router state of `api/service.py` is per process
+today, so that step needs them shared or replicated first).
 """
 
 

@@ -12,6 +12,7 @@ errors turned into path-named issues, field types whose errors read as rules) li
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -220,8 +221,14 @@ class ModelCatalog:
 def load_models(path: str | Path | None = None) -> ModelCatalog:
     """Load a models document; ``None`` loads the packaged ``config/models.yaml``."""
     if path is None:
-        return parse_models(packaged_text("models.yaml"), "config/models.yaml")
+        return _packaged_models()
     return parse_models(read_text(path, "a models document"), str(path))
+
+
+@functools.cache
+def _packaged_models() -> ModelCatalog:
+    # the packaged file never changes while the process runs; routing asks per request
+    return parse_models(packaged_text("models.yaml"), "config/models.yaml")
 
 
 def parse_models(text: str, source: str) -> ModelCatalog:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ from topology.build import Captures, build_fabric
 from topology.detect import FORMATS, detect_format
 from topology.distance import DistanceModel
 from topology.draw import to_dot, to_svg
-from topology.errors import InputError, Location, ParseError
+from topology.errors import InputError, Location, ParseError, ToposchedError
 from topology.inventory import load_inventory
 from topology.source import read_capture
 from topology.spec import load_fabric
@@ -219,6 +221,9 @@ _COLLECTORS = {"nvidia-smi": ["nvidia-smi", "topo", "-m"], "lldp": ["lldpctl", "
 def _register_collect(sub: Any) -> None:
     p = sub.add_parser("collect", help="run nvidia-smi topo -m and lldpctl on this host")
     p.add_argument("--out-dir", help="write each capture to a file here instead of stdout")
+    p.add_argument("--post", metavar="URL",
+                   help="also PUT the captures to a scheduler (e.g. http://sched:8000)")
+    p.add_argument("--host", default=None, help="host name to post as (default: this host's)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_collect)
 
@@ -228,6 +233,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     results: dict[str, dict[str, Any]] = {}
     for name, command in _COLLECTORS.items():
         results[name] = _run_collector(command)
+    if args.post:
+        _post(args, results)
     if args.out_dir:
         out = Path(args.out_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -245,6 +252,21 @@ def cmd_collect(args: argparse.Namespace) -> int:
             if result["ok"] and not args.out_dir:
                 print(result["output"])
     return 0 if any(r["ok"] for r in results.values()) else 1
+
+
+def _post(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
+    """PUT the captures to the scheduler; the token comes from the environment only."""
+    import httpx
+
+    from api.collect_client import post_captures
+
+    token = os.environ.get("TOPOSCHED_OPERATOR_TOKEN")
+    try:
+        answers = post_captures(args.post, args.host or socket.gethostname(), results, token)
+    except httpx.HTTPError as exc:
+        raise ToposchedError(f"cannot post the captures to {args.post}: {exc}") from exc
+    for name, answer in answers.items():
+        results[name]["posted"] = answer["status"]
 
 
 def _run_collector(command: list[str]) -> dict[str, Any]:

@@ -3,13 +3,13 @@ distances out. Every feed rebuilds the fabric in place and says what changed."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from api.feeds import (
-    Capture,
     FabricChange,
     FeedConflict,
     FeedKind,
@@ -90,14 +90,15 @@ async def _host_feed(services: Services, request: Request, host: str,
                      kind: FeedKind) -> FeedResult | Response:
     source = f"{request.method} {request.url.path}"
     text = await _read_text(request, source)
-    capture: Capture | None = None
+    # parse off the event loop (captures may be megabytes), unless it is a re-post
+    capture = None if services.feeds.same_as_posted(host, kind, text) else (
+        await asyncio.to_thread(parse_capture, kind, text, source))
 
     def edit(feeds: Feeds) -> Feeds | None:
-        nonlocal capture
         if feeds.same_as_posted(host, kind, text):
             return None
-        capture = capture or parse_capture(kind, text, source)
-        return feeds.with_capture(host, kind, capture)
+        # another post may have replaced the copy this one matched; parse it after all
+        return feeds.with_capture(host, kind, capture or parse_capture(kind, text, source))
 
     return await _apply(services, request, host, kind, edit)
 

@@ -47,11 +47,17 @@ class KvRegion(_Frozen):
     block_bytes: int = Field(gt=0, description="bytes of one block's slot in this region")
 
 
+#: Largest KV pool a worker may register: the scheduler keeps per-block state, so an
+#: unbounded count would let one registration exhaust its memory (found by fuzzing).
+MAX_POOL_BLOCKS = 1 << 20
+
+
 class KvLayout(_Frozen):
     """Where a worker's KV blocks live in memory."""
 
     kind: LayoutKind = "block_major"
-    num_blocks: int = Field(gt=0)
+    num_blocks: int = Field(gt=0, le=MAX_POOL_BLOCKS, strict=True,
+                            description="blocks in the pool (the scheduler tracks each)")
     regions: tuple[KvRegion, ...] = Field(min_length=1, max_length=4096)
 
     @property

@@ -6,10 +6,9 @@ from typing import Any
 
 import yaml
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from api.app import create_app
-from api.security import TokenAuth
-from api.service import install_services
 from api.settings import Settings
 from scheduler.capacity import Workload
 from tests.scheduler.transfer.builders import registration
@@ -27,12 +26,14 @@ def bearer(token: str = OPERATOR) -> dict[str, str]:
 
 def make_app(*, worker: str | None = WORKER, operator: str | None = OPERATOR,
              settings: Settings | None = None) -> Any:
-    """The app with the services installed and two tokens configured."""
-    settings = settings or Settings()
-    app = create_app(settings)
-    app.state.auth = TokenAuth(worker, operator)
-    install_services(app, settings)
-    return app
+    """The app (services included) with two tokens configured."""
+    base = settings or Settings()
+    return create_app(base.model_copy(update={"worker_token": _secret(worker),
+                                              "operator_token": _secret(operator)}))
+
+
+def _secret(token: str | None) -> SecretStr | None:
+    return SecretStr(token) if token is not None else None
 
 
 def cluster(hosts: int = 3) -> FabricSpec:

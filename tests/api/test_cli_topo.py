@@ -115,6 +115,17 @@ def test_collect_reports_missing_tools_without_traceback() -> None:
     assert "not installed" in result["nvidia-smi"]["error"]
 
 
+def test_collect_post_to_an_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
+    fake = tmp_path / "nvidia-smi"  # a stand-in tool that prints a real-shaped capture
+    fake.write_text(f"#!/bin/sh\ncat {FIXTURES / 'nvsmi' / 'dgx_h100_m.txt'}\n")
+    fake.chmod(0o755)
+    done = subprocess.run([sys.executable, "-m", "api.cli.main", "topo", "collect", "--post",
+                           "http://127.0.0.1:9", "--json"], capture_output=True, text=True,
+                          env={"PATH": f"{tmp_path}:/usr/bin:/bin"}, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "cannot post the captures to http://127.0.0.1:9" in done.stderr
+
+
 def test_demo_prints_every_tier_of_the_example(capsys: pytest.CaptureFixture[str]) -> None:
     result = _json(capsys, ["demo", "--static", "--json"])
     assert isinstance(result, dict)

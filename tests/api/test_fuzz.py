@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, assume, settings
+from hypothesis import HealthCheck, settings
 from schemathesis.python import asgi
 
 from api.settings import Settings
@@ -21,7 +21,6 @@ from topology.writers import lldp_json0, nvsmi_text
 
 #: Kept small so the whole run stays well under a minute on two shared cores.
 EXAMPLES_PER_OPERATION = 12
-MAX_POOL_BLOCKS = 1 << 16
 
 
 def _app() -> Any:
@@ -39,28 +38,23 @@ def _app() -> Any:
     return app
 
 
+# Built at collection (schemathesis' own `from_fixture` does not work with this pytest).
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app()).exclude(
     path="/v1/placement/solve")
-
-
-def _pool_bomb(case: schemathesis.Case) -> bool:
-    """A registration whose KV pool has billions of blocks.
-
-    The in-memory store keeps one set entry per free block, and ``KvLayout.num_blocks``
-    has no upper bound yet, so such a registration exhausts memory (found by this
-    fuzzer; reported). Until the registration model bounds it, the fuzzer skips them.
-    """
-    body = case.body if isinstance(case.body, dict) else {}
-    layout = body.get("layout")
-    blocks = layout.get("num_blocks") if isinstance(layout, dict) else None
-    return case.path == "/v1/workers" and isinstance(blocks, int) and blocks > MAX_POOL_BLOCKS
 
 
 @pytest.mark.slow
 @schema.parametrize()
 @settings(max_examples=EXAMPLES_PER_OPERATION, deadline=2000, database=None,
           suppress_health_check=list(HealthCheck))
-def test_no_operation_answers_5xx(case: schemathesis.Case) -> None:
-    assume(not _pool_bomb(case))
+def test_no_operation_answers_5xx(case: schemathesis.Case[Any]) -> None:
     response = case.call(timeout=5)
-    assert response.status_code < 500, f"{case.method} {case.path}: {response.text[:300]}"
+    assert response.status_code < 500 or _declared_503(response), (
+        f"{case.method} {case.path}: {response.text[:300]}")
+
+
+def _declared_503(response: Any) -> bool:
+    """503 is an answer, not a crash, when it says why: unschedulable or not ready."""
+    if response.status_code != 503 or "retry-after" not in response.headers:
+        return False
+    return bool(response.json().get("title") in {"unschedulable", "not ready"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -108,9 +109,9 @@ def test_a_host_losing_gpus_triggers_a_recorded_re_solve(client: TestClient,
 
 def test_conflicting_inputs_are_409_with_the_list(client: TestClient, spec: FabricSpec) -> None:
     host = spec.hosts[0]
-    answer = client.put("/v1/topology/k8s-nodes", headers=bearer(), content=(
-        '{"kind": "NodeList", "items": [{"metadata": {"name": "%s", "labels": '
-        '{"topology.kubernetes.io/zone": "elsewhere"}}}]}' % host.name))
+    nodes = {"kind": "NodeList", "items": [{"metadata": {
+        "name": host.name, "labels": {"topology.kubernetes.io/zone": "elsewhere"}}}]}
+    answer = client.put("/v1/topology/k8s-nodes", headers=bearer(), content=json.dumps(nodes))
     assert answer.status_code == 409, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert any("elsewhere" in c for c in answer.json()["conflicts"])

@@ -118,3 +118,16 @@ def test_parse_plan_reports_field_paths() -> None:
 def test_parse_plan_rejects_non_json() -> None:
     with pytest.raises(ParseError, match="not JSON"):
         parse_plan(b"{nope")
+
+
+def test_pool_sizes_are_bounded_and_strictly_integers() -> None:
+    """One registration must not be able to exhaust the scheduler's memory (fuzz find)."""
+    import pydantic
+
+    from scheduler.transfer.plan import MAX_POOL_BLOCKS, KvLayout, KvRegion
+
+    region = KvRegion(base_addr=4096, block_bytes=4096)
+    assert KvLayout(num_blocks=MAX_POOL_BLOCKS, regions=(region,)).num_blocks == MAX_POOL_BLOCKS
+    for bad in (MAX_POOL_BLOCKS + 1, 1e12, "1000000000000"):
+        with pytest.raises(pydantic.ValidationError):
+            KvLayout.model_validate({"num_blocks": bad, "regions": [region.model_dump()]})
