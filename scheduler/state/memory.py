@@ -24,6 +24,22 @@ class _Worker:
     lease: Lease
     free: set[int]
     jobs: deque[TransferJob] = field(default_factory=deque)
+    #: The last entry handed out; reused while lease and free count are unchanged.
+    entry: WorkerEntry | None = None
+
+    def current(self) -> WorkerEntry:
+        """This worker as a :class:`WorkerEntry`, rebuilt only when it changed.
+
+        The route path lists every worker per request; validating 256 entries each
+        time cost more than the policy. The fields were validated when stored, so
+        ``model_construct`` is safe here.
+        """
+        entry = self.entry
+        if entry is None or entry.lease is not self.lease or entry.free_blocks != len(self.free):
+            entry = WorkerEntry.model_construct(registration=self.reg, lease=self.lease,
+                                                free_blocks=len(self.free))
+            self.entry = entry
+        return entry
 
 
 class MemoryStore:
@@ -34,6 +50,8 @@ class MemoryStore:
         #: Finished transfer records beyond this many are forgotten, oldest first.
         self.max_transfers = max_transfers
         self._workers: dict[str, _Worker] = {}
+        #: Worker names in order, None after a worker was added or removed.
+        self._names: list[str] | None = None
         self._epochs: dict[str, int] = {}
         self._transfers: dict[str, TransferRecord] = {}
         self._versions: dict[str, int] = {}
@@ -57,6 +75,7 @@ class MemoryStore:
         lease = Lease(worker=reg.name, epoch=epoch, ttl_s=ttl_s,
                       expires_at=self._clock() + ttl_s)
         self._workers[reg.name] = _Worker(reg, lease, set(range(reg.layout.num_blocks)))
+        self._names = None
         return lease
 
     async def heartbeat(self, name: str) -> Lease:
@@ -69,21 +88,23 @@ class MemoryStore:
     async def remove_worker(self, name: str) -> bool:
         """Forget a worker and its queued jobs; False when it was not registered."""
         worker = self._workers.pop(name, None)
+        self._names = None
         async with self._cond(name):
             self._cond(name).notify_all()
         return worker is not None
 
     async def get_worker(self, name: str) -> WorkerEntry:
         """A live worker by name."""
-        worker = self._live(name)
-        return WorkerEntry(registration=worker.reg, lease=worker.lease,
-                           free_blocks=len(worker.free))
+        return self._live(name).current()
 
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
         now = self._clock()
-        return [WorkerEntry(registration=w.reg, lease=w.lease, free_blocks=len(w.free))
-                for name, w in sorted(self._workers.items()) if w.lease.expires_at > now]
+        if self._names is None:  # sorted once per change of membership, not per call
+            self._names = sorted(self._workers)
+        workers = self._workers
+        return [w.current() for w in map(workers.__getitem__, self._names)
+                if w.lease.expires_at > now]
 
     async def expire(self) -> list[str]:
         """Remove workers whose lease ran out and apply due delayed releases; return the

@@ -31,6 +31,7 @@ from scheduler.transfer.plan import (
     TransferPlan,
     TransferRecord,
     TransferReport,
+    TransportHints,
     WorkerRegistration,
 )
 from topology.distance import DistanceModel
@@ -63,6 +64,15 @@ class TransferRequest(BaseModel):
 QUARANTINE_SLACK_S = 1.0
 
 
+#: Cached (src, dst) transport hints kept at most (256 × 256 workers would fill it).
+HINT_CACHE_SIZE = 65_536
+
+
+def _same(a: WorkerRegistration, b: WorkerRegistration) -> bool:
+    # Identity first: the memory store hands out the registration it stored.
+    return a is b or a == b
+
+
 def _new_id() -> str:
     return f"xfer-{uuid.uuid4().hex[:16]}"
 
@@ -83,6 +93,11 @@ class TransferCoordinator:
         self._clock = clock
         self._wall = wall
         self._new_id = new_id
+        #: Transport hints per (src, dst) name pair with the registrations they were
+        #: derived from: deriving them walks the fabric, and a router sends most
+        #: requests over the same few hundred pairs.
+        self._hints: dict[tuple[str, str], tuple[WorkerRegistration, WorkerRegistration,
+                                                 TransportHints]] = {}
 
     async def register(self, reg: WorkerRegistration) -> Lease:
         """Register (or re-register) a worker; pending transfers of its old epoch fail."""
@@ -133,7 +148,7 @@ class TransferCoordinator:
         if dst_blocks is None and moving > 0:
             allocated = await self.store.allocate_blocks(dst.name, moving)
             dst_blocks = (*request.src_blocks[:request.cached_prefix], *allocated)
-        hints = hints_for_workers(src, dst, spec=self._spec, model=self._model)
+        hints = self._hints_for(src, dst)
         deadline_s = request.deadline_s or self.deadline_s
         try:
             plan = build_plan(plan_id=plan_id, src=src, dst=dst, src_blocks=request.src_blocks,
@@ -147,6 +162,18 @@ class TransferCoordinator:
             raise
         await self.store.claim_blocks(dst.name, plan.dst_blocks)
         return plan
+
+    def _hints_for(self, src: WorkerRegistration, dst: WorkerRegistration) -> TransportHints:
+        """Hints for the pair, reused while both registrations are unchanged."""
+        key = (src.name, dst.name)
+        cached = self._hints.get(key)
+        if cached is not None and _same(cached[0], src) and _same(cached[1], dst):
+            return cached[2]
+        if len(self._hints) >= HINT_CACHE_SIZE:  # workers come and go: start over
+            self._hints.clear()
+        hints = hints_for_workers(src, dst, spec=self._spec, model=self._model)
+        self._hints[key] = (src, dst, hints)
+        return hints
 
     async def take_jobs(self, name: str, wait_s: float) -> list[TransferJob]:
         """Long-poll a worker's jobs; stamps ``delivered_at`` on the transfers they start."""
