@@ -12,9 +12,9 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 
 from api.feeds import FabricChange, Feeds, build_from_feeds, diff_fabrics
 from api.placement_jobs import (
@@ -152,3 +152,12 @@ def install_services(app: FastAPI, settings: Settings) -> None:
     app.include_router(placement.writes, dependencies=[operator])
     app.include_router(route.router, dependencies=[reader])
     app.include_router(health.router)
+
+
+def _services(request: Request) -> ServiceState:
+    services: ServiceState = request.app.state.services
+    return services
+
+
+#: The running app's services, as a FastAPI dependency.
+Services = Annotated[ServiceState, Depends(_services)]

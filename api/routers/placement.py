@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
 from api.placement_jobs import CurrentPlacement, PlacementJob, PlacementTarget, violations
 from api.routing import Fabric
-from api.service import ServiceState
+from api.service import Services, ServiceState
 from scheduler.placement import Placement
 from topology.errors import Issue, NotFoundError, ValidationError
 
@@ -18,12 +17,6 @@ reads = APIRouter(prefix="/v1/placement", tags=["placement"])
 writes = APIRouter(prefix="/v1/placement", tags=["placement"])
 
 
-def _services(request: Request) -> ServiceState:
-    services: ServiceState = request.app.state.services
-    return services
-
-
-Services = Annotated[ServiceState, Depends(_services)]
 
 
 def _fabric(services: ServiceState) -> Fabric:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api.deps import Coordinator
 from api.problems import problem
 from api.routing import deliver_plan, kv_bytes_for, preferred_pairs
-from api.service import ServiceState
+from api.service import Services
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from topology.errors import NotFoundError
 
@@ -20,12 +20,6 @@ BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
 TokenId = Annotated[int, Field(ge=0, le=(1 << 32) - 1, strict=True)]
 
 
-def _services(request: Request) -> ServiceState:
-    services: ServiceState = request.app.state.services
-    return services
-
-
-Services = Annotated[ServiceState, Depends(_services)]
 
 
 class RouteInput(BaseModel):

@@ -20,7 +20,7 @@ from api.feeds import (
 )
 from api.problems import problem
 from api.routing import Fabric
-from api.service import ServiceState
+from api.service import Services
 from topology.documents import parse_document, validate
 from topology.draw import to_svg
 from topology.errors import Location, NotFoundError, ParseError
@@ -33,12 +33,6 @@ reads = APIRouter(prefix="/v1/topology", tags=["topology"])
 writes = APIRouter(prefix="/v1/topology", tags=["topology"])
 
 
-def _services(request: Request) -> ServiceState:
-    services: ServiceState = request.app.state.services
-    return services
-
-
-Services = Annotated[ServiceState, Depends(_services)]
 
 
 def _fabric(services: Services) -> Fabric:
