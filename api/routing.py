@@ -77,6 +77,22 @@ def workers_for(entries: Sequence[WorkerEntry], fabric: Fabric,
 
 
 _ROLES = {role.value: role for role in Role}
+#: Distinct models whose worker lists are kept (past this, the cache starts over).
+MAX_MODELS = 64
+
+
+def _refresh(entry: WorkerEntry, known: tuple[WorkerEntry, Worker | None] | None,
+             fabric: Fabric, model: str | None) -> Worker | None:
+    """``entry`` as a routable Worker, reusing the one built for an equal registration."""
+    reg = entry.registration
+    if known is not None and (known[0].registration is reg or known[0].registration == reg):
+        worker = known[1]
+        if worker is None or worker.free_kv_blocks == entry.free_blocks:
+            return worker
+        return _worker(reg, entry.free_blocks)
+    if not (_serves(reg, model) and _on_fabric(reg, fabric)):
+        return None
+    return _worker(reg, entry.free_blocks)
 
 
 class SnapshotBuilder:
@@ -85,33 +101,30 @@ class SnapshotBuilder:
     def __init__(self) -> None:
         self._key: tuple[Any, ...] | None = None
         self._domains: dict[str, Any] = {}
-        #: Per worker name: the registration and fabric seen, and its Worker (None: the
-        #: worker is not on the fabric). Rebuilding 256 Workers per request cost more
-        #: than the policy; between requests usually only two free-block counts change.
-        self._seen: dict[str, tuple[WorkerRegistration, Fabric, Worker | None]] = {}
+        #: Per model asked for, per worker name: the entry last seen and its Worker
+        #: (None: not routable for that model). Rebuilding 256 Workers per request
+        #: cost more than the policy, and between requests usually only two
+        #: free-block counts change. A new fabric starts over.
+        self._fabric: Fabric | None = None
+        self._seen: dict[str | None, dict[str, tuple[WorkerEntry, Worker | None]]] = {}
 
     def workers(self, entries: Sequence[WorkerEntry], fabric: Fabric,
                 model: str | None) -> list[Worker]:
         """The same list as :func:`workers_for`, reusing unchanged Worker objects."""
-        if len(self._seen) > 4 * len(entries) + 1024:  # forget long-gone workers
-            self._seen.clear()
+        if fabric is not self._fabric or len(self._seen) > MAX_MODELS:
+            self._fabric, self._seen = fabric, {}
+        seen = self._seen.setdefault(model, {})
+        if len(seen) > 4 * len(entries) + 1024:  # forget long-gone workers
+            seen.clear()
         workers = []
         for entry in entries:
-            reg = entry.registration
-            if not _serves(reg, model):
-                continue
-            seen = self._seen.get(reg.name)
-            if seen is None or seen[0] is not reg or seen[1] is not fabric:
-                seen = (reg, fabric, _worker(reg, entry.free_blocks)
-                        if _on_fabric(reg, fabric) else None)
-                self._seen[reg.name] = seen
-            worker = seen[2]
-            if worker is None:
-                continue
-            if worker.free_kv_blocks != entry.free_blocks:
-                worker = _worker(reg, entry.free_blocks)
-                self._seen[reg.name] = (reg, fabric, worker)
-            workers.append(worker)
+            name = entry.registration.name
+            known = seen.get(name)
+            if known is None or known[0] is not entry:  # the memory store reuses entries
+                known = (entry, _refresh(entry, known, fabric, model))
+                seen[name] = known
+            if known[1] is not None:
+                workers.append(known[1])
         return workers
 
     def build(self, fabric: Fabric, workers: Sequence[Worker], *, kv_bytes: int,

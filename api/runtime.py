@@ -18,7 +18,12 @@ from api.settings import Settings
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
 from scheduler.state.memory import MemoryStore
-from scheduler.state.reservations import KvEventLog, MemoryLoads, StoreUnavailableError
+from scheduler.state.reservations import (
+    KvEventLog,
+    LoadStore,
+    MemoryLoads,
+    StoreUnavailableError,
+)
 from scheduler.telemetry import DomainMapper, Telemetry, reference_figures, sample_from_record
 from scheduler.transfer.plan import TransferRecord, WorkerRegistration
 from topology.distance import DistanceModel
@@ -34,6 +39,7 @@ class Runtime:
 
     store: TransferStore
     events: KvEventLog
+    loads: LoadStore
     prefix: PrefixIndex
     telemetry: Telemetry
     distance: DistanceModel | None = None
@@ -67,17 +73,19 @@ class Runtime:
 
 def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime:
     """The store (memory or Redis), the local prefix index and telemetry."""
-    store: TransferStore
-    events: KvEventLog
     if settings.redis_url:
         from scheduler.state.redis_store import RedisStore
 
-        redis_store = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
-        store, events = redis_store, redis_store
-    else:
-        store, events = MemoryStore(), MemoryLoads()
+        shared = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
+        return _runtime(shared, shared, shared, distance)
+    memory = MemoryLoads()
+    return _runtime(MemoryStore(), memory, memory, distance)
+
+
+def _runtime(store: TransferStore, events: KvEventLog, loads: LoadStore,
+             distance: DistanceModel | None) -> Runtime:
     reference = reference_figures(distance) if distance is not None else None
-    runtime = Runtime(store=store, events=events, prefix=PrefixIndex(),
+    runtime = Runtime(store=store, events=events, loads=loads, prefix=PrefixIndex(),
                       telemetry=Telemetry(reference=reference), distance=distance)
     if distance is not None:
         runtime._mapper = DomainMapper(distance, level="pod")

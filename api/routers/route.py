@@ -5,14 +5,14 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from api.deps import Coordinator
 from api.problems import problem
 from api.routing import deliver_plan, kv_bytes_for, preferred_pairs
-from api.service import Services
+from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from scheduler.transfer.coordinator import TransferCoordinator
 from topology.errors import NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["route"])
@@ -20,6 +20,21 @@ BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
 TokenId = Annotated[int, Field(ge=0, le=(1 << 32) - 1, strict=True)]
 
 
+# Async on purpose (unlike api.deps and api.service): FastAPI runs plain ``def``
+# dependencies in a worker thread, and on the route path those hand-offs cost more
+# than the lookups themselves.
+async def _services(request: Request) -> ServiceState:
+    services: ServiceState = request.app.state.services
+    return services
+
+
+async def _coordinator(request: Request) -> TransferCoordinator:
+    coordinator: TransferCoordinator = request.app.state.coordinator
+    return coordinator
+
+
+Services = Annotated[ServiceState, Depends(_services)]
+Coordinator = Annotated[TransferCoordinator, Depends(_coordinator)]
 
 
 class RouteInput(BaseModel):

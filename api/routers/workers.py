@@ -8,8 +8,11 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from api.deps import Coordinator, Prefix, RuntimeDep
+from api.load import register_capacity
 from scheduler.state.base import WorkerEntry
+from scheduler.state.reservations import WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
+from topology.errors import NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["workers"])
 
@@ -26,6 +29,7 @@ async def register_worker(reg: WorkerRegistration, coordinator: Coordinator,
     """Register (or re-register) a worker; returns its lease and epoch."""
     lease = await coordinator.register(reg)
     runtime.remember_worker(reg)
+    await register_capacity(runtime.loads, reg.name)
     prefix.remove_worker(reg.name)  # its cache restarts empty, sequence numbers from 1
     return lease
 
@@ -37,10 +41,12 @@ async def heartbeat(name: str, coordinator: Coordinator) -> Lease:
 
 
 @router.delete("/workers/{name}", status_code=204)
-async def remove_worker(name: str, coordinator: Coordinator, prefix: Prefix) -> Response:
+async def remove_worker(name: str, coordinator: Coordinator, prefix: Prefix,
+                        runtime: RuntimeDep) -> Response:
     """Remove a worker; its pending transfers fail and peers are told to recompute."""
     await coordinator.deregister(name)
     prefix.remove_worker(name)
+    await runtime.loads.drop_load(name)
     return Response(status_code=204)
 
 
@@ -62,6 +68,29 @@ async def free_blocks(name: str, body: FreedBlocks, coordinator: Coordinator) ->
     await coordinator.store.get_worker(name)
     await coordinator.store.release_blocks(name, body.blocks)
     return Response(status_code=204)
+
+
+class LoadRelease(BaseModel):
+    """Load a request gives back when it leaves a worker (what its route reserved)."""
+
+    tokens: int = Field(default=0, ge=0, le=1 << 40)
+    requests: int = Field(default=1, ge=0, le=1 << 20)
+
+
+@router.post("/workers/{name}/load/release", status_code=204)
+async def release_load(name: str, body: LoadRelease, runtime: RuntimeDep) -> Response:
+    """A request left the worker (finished, or moved on after prefill): free its load."""
+    await runtime.loads.release(name, body.tokens, body.requests)
+    return Response(status_code=204)
+
+
+@router.get("/workers/{name}/load")
+async def worker_load(name: str, runtime: RuntimeDep) -> WorkerLoad:
+    """A worker's reserved load and capacity."""
+    load = (await runtime.loads.loads()).get(name)
+    if load is None:
+        raise NotFoundError("worker", name, "it has no load record: register it first")
+    return load
 
 
 @router.get("/sidecars/{name}/jobs")

@@ -50,8 +50,13 @@ class MemoryStore:
         #: Finished transfer records beyond this many are forgotten, oldest first.
         self.max_transfers = max_transfers
         self._workers: dict[str, _Worker] = {}
-        #: Worker names in order, None after a worker was added or removed.
-        self._names: list[str] | None = None
+        #: The last listing (None: rebuild it), valid until its first lease runs out;
+        #: workers whose entry changed since are refreshed in place (the route path
+        #: lists every worker per request, and a request changes two of them).
+        self._listing: list[WorkerEntry] | None = None
+        self._listed_until = 0.0
+        self._slots: dict[str, int] = {}
+        self._dirty: set[str] = set()
         self._epochs: dict[str, int] = {}
         self._transfers: dict[str, TransferRecord] = {}
         self._versions: dict[str, int] = {}
@@ -75,7 +80,7 @@ class MemoryStore:
         lease = Lease(worker=reg.name, epoch=epoch, ttl_s=ttl_s,
                       expires_at=self._clock() + ttl_s)
         self._workers[reg.name] = _Worker(reg, lease, set(range(reg.layout.num_blocks)))
-        self._names = None
+        self._listing = None
         return lease
 
     async def heartbeat(self, name: str) -> Lease:
@@ -83,12 +88,13 @@ class MemoryStore:
         worker = self._live(name)
         worker.lease = worker.lease.model_copy(
             update={"expires_at": self._clock() + worker.lease.ttl_s})
+        self._dirty.add(name)
         return worker.lease
 
     async def remove_worker(self, name: str) -> bool:
         """Forget a worker and its queued jobs; False when it was not registered."""
         worker = self._workers.pop(name, None)
-        self._names = None
+        self._listing = None
         async with self._cond(name):
             self._cond(name).notify_all()
         return worker is not None
@@ -100,11 +106,24 @@ class MemoryStore:
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
         now = self._clock()
-        if self._names is None:  # sorted once per change of membership, not per call
-            self._names = sorted(self._workers)
-        workers = self._workers
-        return [w.current() for w in map(workers.__getitem__, self._names)
+        listing = self._listing
+        if listing is None or now >= self._listed_until:
+            return list(self._relist(now))
+        for name in self._dirty:
+            slot = self._slots.get(name)
+            if slot is not None:
+                listing[slot] = self._workers[name].current()
+        self._dirty.clear()
+        return list(listing)
+
+    def _relist(self, now: float) -> list[WorkerEntry]:
+        live = [w.current() for _, w in sorted(self._workers.items())
                 if w.lease.expires_at > now]
+        self._listing, self._dirty = live, set()
+        self._slots = {e.registration.name: i for i, e in enumerate(live)}
+        # A heartbeat only moves expiry later, so the earliest one seen stays a safe bound.
+        self._listed_until = min((e.lease.expires_at for e in live), default=float("inf"))
+        return live
 
     async def expire(self) -> list[str]:
         """Remove workers whose lease ran out and apply due delayed releases; return the
@@ -127,17 +146,20 @@ class MemoryStore:
                                       f"{count} needed"])
         taken = sorted(worker.free)[:count]
         worker.free.difference_update(taken)
+        self._dirty.add(name)
         return taken
 
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
         self._live(name).free.difference_update(blocks)
+        self._dirty.add(name)
 
     async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Return blocks to a worker's free list (failed transfer, evicted KV)."""
         worker = self._workers.get(name)
         if worker is not None:
             worker.free.update(b for b in blocks if 0 <= b < worker.reg.layout.num_blocks)
+            self._dirty.add(name)
 
     async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
         """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""

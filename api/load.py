@@ -1,0 +1,79 @@
+"""Load reservations on the route path: atomic across replicas, visible to the policies.
+
+Each worker gets a capacity when it registers (``max_requests`` concurrent requests).
+Before a decision the snapshot takes every worker's reserved load from the shared
+store; after it, the chosen pair is reserved atomically (Redis: one Lua script), so two
+replicas never push a worker past its capacity. Whoever sees a request leave a worker
+(the engine's integration, the gateway, the demo) releases it with
+``POST /v1/workers/{name}/load/release``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from policies.snapshot import Worker
+from scheduler.router.router import Decision
+from scheduler.state.reservations import LoadStore, WorkerLoad
+from topology.errors import UnschedulableError
+
+#: Concurrent requests a worker takes unless it says otherwise.
+DEFAULT_MAX_REQUESTS = 256
+#: Queued prompt tokens a worker takes (bounds the prefill queue a router may build).
+DEFAULT_MAX_TOKENS = 4_000_000
+
+
+class Reservation(BaseModel):
+    """What one decision reserved, to be released when the request leaves each worker."""
+
+    model_config = ConfigDict(frozen=True)
+
+    worker: str
+    tokens: int = Field(ge=0)
+    requests: int = Field(ge=0)
+
+
+async def register_capacity(loads: LoadStore, worker: str) -> None:
+    """Give a (re-)registered worker its capacity."""
+    await loads.set_capacity(worker, DEFAULT_MAX_TOKENS, DEFAULT_MAX_REQUESTS)
+
+
+def with_loads(workers: Sequence[Worker], loads: dict[str, WorkerLoad]) -> list[Worker]:
+    """Workers carrying their reserved load (queued tokens, running requests)."""
+    result = []
+    for worker in workers:
+        load = loads.get(worker.id)
+        if load is None:
+            result.append(worker)
+            continue
+        result.append(replace(worker, queued_tokens=load.tokens, running_requests=load.requests,
+                              max_running_requests=load.max_requests or
+                              worker.max_running_requests))
+    return result
+
+
+def reservations_for(decision: Decision, prompt_tokens: int) -> list[Reservation]:
+    """Prefill: the tokens it must compute; decode: one running request."""
+    cached = decision.prefill.cached_blocks
+    total_blocks = max(len(decision.transfer.block_hashes) + decision.decode.cached_blocks,
+                       cached, 1)
+    uncached = max(prompt_tokens - prompt_tokens * cached // total_blocks, 0)
+    if decision.mode == "local-prefill":
+        return [Reservation(worker=decision.decode.worker, tokens=uncached, requests=1)]
+    return [Reservation(worker=decision.prefill.worker, tokens=uncached, requests=1),
+            Reservation(worker=decision.decode.worker, tokens=0, requests=1)]
+
+
+async def reserve(loads: LoadStore, reservations: Sequence[Reservation]) -> None:
+    """Reserve all or nothing; a worker at capacity makes the request unschedulable."""
+    done: list[Reservation] = []
+    for item in reservations:
+        if not await loads.reserve(item.worker, item.tokens, item.requests):
+            for undo in done:
+                await loads.release(undo.worker, undo.tokens, undo.requests)
+            raise UnschedulableError([f"worker {item.worker} is at capacity (another "
+                                      "replica took its last slot); retry"])
+        done.append(item)
