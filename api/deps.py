@@ -11,17 +11,17 @@ from scheduler.prefix import PrefixIndex
 from scheduler.transfer.coordinator import TransferCoordinator
 
 
-def _coordinator(request: Request) -> TransferCoordinator:
+async def _coordinator(request: Request) -> TransferCoordinator:
     coordinator: TransferCoordinator = request.app.state.coordinator
     return coordinator
 
 
-def _prefix(request: Request) -> PrefixIndex:
+async def _prefix(request: Request) -> PrefixIndex:
     index: PrefixIndex = request.app.state.prefix_index
     return index
 
 
-def _runtime(request: Request) -> Runtime:
+async def _runtime(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
 

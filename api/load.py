@@ -46,8 +46,9 @@ def with_loads(workers: Sequence[Worker], loads: dict[str, WorkerLoad]) -> list[
     result = []
     for worker in workers:
         load = loads.get(worker.id)
-        if load is None:
-            result.append(worker)
+        if load is None or (load.tokens, load.requests) == (worker.queued_tokens,
+                                                            worker.running_requests):
+            result.append(worker)  # unchanged: keep the object (snapshots cache on it)
             continue
         result.append(replace(worker, queued_tokens=load.tokens, running_requests=load.requests,
                               max_running_requests=load.max_requests or
@@ -67,13 +68,18 @@ def reservations_for(decision: Decision, prompt_tokens: int) -> list[Reservation
             Reservation(worker=decision.decode.worker, tokens=0, requests=1)]
 
 
+async def release(loads: LoadStore, reservations: Sequence[Reservation]) -> None:
+    """Give reserved load back (a request left its workers, or its route failed)."""
+    for item in reservations:
+        await loads.release(item.worker, item.tokens, item.requests)
+
+
 async def reserve(loads: LoadStore, reservations: Sequence[Reservation]) -> None:
     """Reserve all or nothing; a worker at capacity makes the request unschedulable."""
     done: list[Reservation] = []
     for item in reservations:
         if not await loads.reserve(item.worker, item.tokens, item.requests):
-            for undo in done:
-                await loads.release(undo.worker, undo.tokens, undo.requests)
+            await release(loads, done)
             raise UnschedulableError([f"worker {item.worker} is at capacity (another "
                                       "replica took its last slot); retry"])
         done.append(item)

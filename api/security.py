@@ -80,7 +80,7 @@ def require(*roles: Role) -> Any:
     """A FastAPI dependency admitting the given roles (operators are always admitted)."""
     allowed = frozenset(roles)
 
-    def dependency(request: Request) -> Role | None:
+    async def dependency(request: Request) -> Role | None:
         auth: TokenAuth = request.app.state.auth
         return auth.check(request.headers.get("authorization"), allowed)
 

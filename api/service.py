@@ -154,7 +154,7 @@ def install_services(app: FastAPI, settings: Settings) -> None:
     app.include_router(health.router)
 
 
-def _services(request: Request) -> ServiceState:
+async def _services(request: Request) -> ServiceState:
     services: ServiceState = request.app.state.services
     return services
 

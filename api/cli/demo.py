@@ -86,7 +86,7 @@ def _live(spec: FabricSpec, args: argparse.Namespace) -> int:
                 cluster.start_sidecar(worker)
             driver = DemoDriver(cluster)
             stats = drive(driver, workload, show=not args.json)
-            driver.close()
+            driver.finish()
             _finish(console, cluster, stats, args)
         finally:
             cluster.stop()

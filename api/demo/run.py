@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,8 @@ from api.demo.workload import BLOCK_TOKENS, AgenticWorkload, DemoRequest
 from scheduler.prefix.hashing import block_hashes
 
 TRANSFER_TIMEOUT_S = 20.0
+#: Requests the demo keeps "decoding" at once (their decode load stays reserved).
+IN_FLIGHT = 8
 
 
 @dataclass
@@ -61,6 +63,8 @@ class DemoDriver:
         self.stats = DemoStats()
         self._seq: Counter[str] = Counter()
         self._held: dict[str, set[int]] = defaultdict(set)
+        #: reservations of requests still "decoding": released IN_FLIGHT requests later
+        self._decoding: deque[dict[str, Any]] = deque()
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -82,6 +86,27 @@ class DemoDriver:
         if body["plan_id"]:
             self._await_transfer(body["plan_id"], body["decision"]["transfer"]["tier"])
         self._engine_stored(body["decision"]["prefill"]["worker"], hashes)
+        self._retire(body["decision"], body["reservations"])
+
+    def _retire(self, decision: dict[str, Any], reservations: list[dict[str, Any]]) -> None:
+        """Prefill load ends now; decode load when IN_FLIGHT newer requests have come."""
+        for item in reservations:
+            if item["worker"] == decision["decode"]["worker"]:
+                self._decoding.append(item)
+            else:
+                self._release(item)
+        while len(self._decoding) > IN_FLIGHT:
+            self._release(self._decoding.popleft())
+
+    def _release(self, item: dict[str, Any]) -> None:
+        self.http.post(f"/v1/workers/{item['worker']}/load/release",
+                       json={"tokens": item["tokens"], "requests": item["requests"]})
+
+    def finish(self) -> None:
+        """Release what is still reserved and close the HTTP client."""
+        while self._decoding:
+            self._release(self._decoding.popleft())
+        self.close()
 
     def _account(self, request: DemoRequest, decision: dict[str, Any], blocks: int) -> None:
         s = self.stats

@@ -5,36 +5,20 @@ from __future__ import annotations
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from api.deps import Coordinator, RuntimeDep
+from api.load import Reservation, release, reservations_for, reserve, with_loads
 from api.problems import problem
-from api.routing import deliver_plan, kv_bytes_for, preferred_pairs
-from api.service import ServiceState
+from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for, preferred_pairs
+from api.service import Services
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
-from scheduler.transfer.coordinator import TransferCoordinator
 from topology.errors import NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["route"])
 BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
 TokenId = Annotated[int, Field(ge=0, le=(1 << 32) - 1, strict=True)]
-
-
-# Async on purpose (unlike api.deps and api.service): FastAPI runs plain ``def``
-# dependencies in a worker thread, and on the route path those hand-offs cost more
-# than the lookups themselves.
-async def _services(request: Request) -> ServiceState:
-    services: ServiceState = request.app.state.services
-    return services
-
-
-async def _coordinator(request: Request) -> TransferCoordinator:
-    coordinator: TransferCoordinator = request.app.state.coordinator
-    return coordinator
-
-
-Services = Annotated[ServiceState, Depends(_services)]
-Coordinator = Annotated[TransferCoordinator, Depends(_coordinator)]
 
 
 class RouteInput(BaseModel):
@@ -55,6 +39,12 @@ class RouteInput(BaseModel):
             raise ValueError("the prompt is empty")
         return self
 
+    @property
+    def prompt_tokens(self) -> int:
+        """Prompt length in tokens (block hashes count as full blocks)."""
+        return len(self.tokens) if self.tokens is not None else \
+            len(self.block_hashes or ()) * BLOCK_TOKENS
+
     def to_request(self) -> RouteRequest:
         """The router's request."""
         return RouteRequest(request_id=self.request_id, model=self.model,
@@ -69,6 +59,9 @@ class RouteOutput(BaseModel):
     decision: Decision
     plan_id: str | None = Field(description="None when nothing moves (local prefill, "
                                 "or the decode side already holds every block)")
+    reservations: list[Reservation] = Field(
+        description="load reserved on each worker; release it with POST "
+                    "/v1/workers/{worker}/load/release when the request leaves the worker")
 
 
 _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
@@ -76,14 +69,16 @@ _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Re
 
 @router.post("/route", response_model=RouteOutput, responses={503: _UNSCHEDULABLE})
 async def route(body: RouteInput, request: Request, services: Services,
-                coordinator: Coordinator) -> RouteOutput | Response:
+                coordinator: Coordinator, runtime: RuntimeDep) -> RouteOutput | Response:
     """Pick the (prefill, decode) pair and queue the blocks the decode side lacks."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
     started = time.perf_counter()
     snapshots = services.snapshots
-    workers = snapshots.workers(await coordinator.store.list_workers(), fabric, body.model)
+    workers = with_loads(
+        snapshots.workers(await coordinator.store.list_workers(), fabric, body.model),
+        await runtime.loads.loads())
     current = services.current
     pairs = preferred_pairs(current.placement.pairings if current else (), workers)
     snapshot = snapshots.build(fabric, workers, kv_bytes=kv_bytes_for(body.model),
@@ -95,4 +90,11 @@ async def route(body: RouteInput, request: Request, services: Services,
     if isinstance(result, Unschedulable):
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
-    return RouteOutput(decision=result, plan_id=await deliver_plan(coordinator, result))
+    reservations = reservations_for(result, body.prompt_tokens)
+    await reserve(runtime.loads, reservations)
+    try:
+        plan_id = await deliver_plan(coordinator, result)
+    except BaseException:
+        await release(runtime.loads, reservations)
+        raise
+    return RouteOutput(decision=result, plan_id=plan_id, reservations=reservations)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from topology.tiers import Tier
 
 #: Version of the plan wire format; bump on any incompatible change.
 SCHEMA_VERSION: Literal[1] = 1
@@ -46,6 +48,9 @@ class KvRegion(_Frozen):
     base_addr: Address
     block_bytes: int = Field(gt=0, description="bytes of one block's slot in this region")
 
+
+#: Labels a report's ``tier`` may carry.
+TIER_LABELS = frozenset(tier.label for tier in Tier)
 
 #: Largest KV pool a worker may register: the scheduler keeps per-block state, so an
 #: unbounded count would let one registration exhaust its memory (found by fuzzing).
@@ -196,10 +201,18 @@ class TransferReport(_Frozen):
     descriptors: int = Field(default=0, ge=0)
     duration_s: float = Field(default=0.0, ge=0)
     gb_per_s: float = Field(default=0.0, ge=0)
-    tier: str = ""
+    tier: str = Field(default="", description="a topology tier label, or empty")
     error: str | None = None
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
+
+    @field_validator("tier")
+    @classmethod
+    def _known_tier(cls, value: str) -> str:
+        if value and value not in TIER_LABELS:
+            raise ValueError(f"unknown tier {value!r}; expected one of "
+                             f"{', '.join(sorted(TIER_LABELS))} or empty")
+        return value
 
 
 TransferState = Literal["pending", "done", "failed"]

@@ -131,3 +131,15 @@ def test_pool_sizes_are_bounded_and_strictly_integers() -> None:
     for bad in (MAX_POOL_BLOCKS + 1, 1e12, "1000000000000"):
         with pytest.raises(pydantic.ValidationError):
             KvLayout.model_validate({"num_blocks": bad, "regions": [region.model_dump()]})
+
+
+def test_reports_name_known_tiers_only() -> None:
+    """An unknown tier is bad input at the boundary, not a 500 later (fuzz find)."""
+    import pydantic
+
+    from scheduler.transfer.plan import TransferReport
+
+    ok = TransferReport(plan_id="p", worker="w", role="initiator", outcome="ok", tier="same_leaf")
+    assert ok.tier == "same_leaf"
+    with pytest.raises(pydantic.ValidationError, match="unknown tier"):
+        TransferReport(plan_id="p", worker="w", role="initiator", outcome="ok", tier="rack")
