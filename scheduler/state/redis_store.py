@@ -208,6 +208,13 @@ def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
     return wrapper
 
 
+def _load(fields: dict[str, str]) -> WorkerLoad:
+    """A load hash the store wrote itself: constructed without re-validation (hot path)."""
+    return WorkerLoad.model_construct(
+        tokens=int(fields["tokens"]), requests=int(fields["requests"]),
+        max_tokens=int(fields["max_tokens"]), max_requests=int(fields["max_requests"]))
+
+
 def _texts(reply: object) -> list[str]:
     """A list reply of a ``decode_responses`` client (redis-py types it as a union)."""
     return [str(item) for item in cast(list[Any], reply or [])]
@@ -540,8 +547,9 @@ class RedisStore:
         for name in names:
             pipe.hgetall(self._k("load", name))
         replies = await pipe.execute()
-        return {name: WorkerLoad.model_validate({k: int(v) for k, v in fields.items()})
-                for name, fields in zip(names, replies, strict=True) if fields}
+        # the store wrote these fields itself: construct without re-validating (hot path)
+        return {name: _load(fields) for name, fields in zip(names, replies, strict=True)
+                if fields}
 
     @_translate
     async def drop_load(self, worker: str) -> bool:
