@@ -66,8 +66,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s)),
-                 _task(replicate_kv_events(runtime, settings.kv_event_poll_ms))]
+        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s))]
+        if runtime.replicated:  # one process applies events on receipt; nothing to replay
+            tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
         _freeze_startup_heap()
         try:
             yield

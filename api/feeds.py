@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from topology.build import Captures, _FabricBuilder
+from topology.build import Captures, build_fabric
 from topology.errors import ConflictError, Issue, ValidationError
 from topology.inventory import Inventory
-from topology.k8s import K8sNodes, parse_k8s_nodes
+from topology.k8s import parse_k8s_nodes
 from topology.lldp import parse_lldp
 from topology.nccl import parse_nccl_xml
 from topology.nvsmi import parse_nvidia_smi
@@ -83,49 +82,17 @@ def check_http_inventory(inventory: Inventory, source: str) -> None:
         raise ValidationError(source, issues)
 
 
-class _FeedBuilder(_FabricBuilder):
-    """The CLI's fabric builder reading parsed feeds instead of capture files."""
-
-    def __init__(self, inventory: Inventory, feeds: Feeds) -> None:
-        names: dict[str, dict[str, Path]] = {kind: {} for kind in _PARSERS}
-        for host, captures in feeds.hosts.items():
-            for kind in captures:
-                names[kind][host] = Path(f"feed:{host}/{kind}")
-        super().__init__(inventory, Captures(nvsmi=names["nvsmi"], lldp=names["lldp"],
-                                             nccl=names["nccl"]))
-        self.feeds = feeds
-
-    def _parse(self, host: str, kind: str, named: str | None, parser: Any) -> Any:
-        held = self.feeds.hosts.get(host, {}).get(kind)  # type: ignore[call-overload]
-        return held.parsed if held is not None else None
-
-    def _k8s(self) -> K8sNodes | None:
-        nodes: K8sNodes | None = self.feeds.k8s.parsed if self.feeds.k8s else None
-        if nodes is None:
-            return None
-        for node in nodes.nodes:
-            name = node.hostname or node.name
-            if name not in self.hosts:
-                self.report.warnings.append(f"k8s node {node.name} is not in the inventory")
-                continue
-            self._k8s_conflicts(name, node.zone, node.gpu_count)
-        return nodes
-
-    def _k8s_conflicts(self, name: str, zone: str | None, gpus: int | None) -> None:
-        ours = self._zone_of_host(self.hosts[name])
-        if zone and zone != ours:
-            self.report.conflicts.append(f"host {name}: label topology.kubernetes.io/zone="
-                                         f"{zone}, inventory zone {ours}")
-        if gpus and gpus != len(self.hosts[name].gpus):
-            self.report.conflicts.append(f"host {name}: k8s reports {gpus} GPUs, the fabric "
-                                         f"{len(self.hosts[name].gpus)}")
-
-
 def build_from_feeds(feeds: Feeds) -> FabricSpec:
     """Rebuild the fabric from the inventory and the feeds; conflicts raise 409-style."""
     if feeds.inventory is None:
         raise ConflictError("no inventory loaded: PUT /v1/topology/inventory first")
-    spec = _FeedBuilder(feeds.inventory, feeds).build()
+    parsed: dict[str, dict[str, Any]] = {kind: {} for kind in _PARSERS}
+    for host, captures in feeds.hosts.items():
+        for kind, capture in captures.items():
+            parsed[kind][host] = capture.parsed
+    k8s = feeds.k8s.parsed if feeds.k8s else None
+    spec = build_fabric(feeds.inventory, Captures(parsed=parsed, k8s_parsed=k8s),
+                        keep_going=True)
     if spec.conflicts:
         raise FeedConflict(spec.conflicts)
     return spec

@@ -43,6 +43,8 @@ class Runtime:
     prefix: PrefixIndex
     telemetry: Telemetry
     distance: DistanceModel | None = None
+    #: Other replicas share the store: KV events go through its log to all of them.
+    replicated: bool = False
     worker_domains: dict[str, str] = field(default_factory=dict)
     _mapper: DomainMapper | None = None
 
@@ -66,7 +68,9 @@ class Runtime:
             self.telemetry.record_transfer(sample)
 
     async def publish_events(self, events: list[Any]) -> None:
-        """Share validated KV events with every replica (this one included)."""
+        """Share validated KV events with the other replicas (one process: nothing to do)."""
+        if not self.replicated:
+            return
         for event in events:
             await self.events.publish_kv_event(event.model_dump_json())
 
@@ -77,7 +81,9 @@ def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime
         from scheduler.state.redis_store import RedisStore
 
         shared = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
-        return _runtime(shared, shared, shared, distance)
+        runtime = _runtime(shared, shared, shared, distance)
+        runtime.replicated = True
+        return runtime
     memory = MemoryLoads()
     return _runtime(MemoryStore(), memory, memory, distance)
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from topology.documents import validate
 from topology.errors import ConflictError, NotFoundError
@@ -30,12 +32,15 @@ from topology.tiers import LinkConfig, load_links
 
 @dataclass
 class Captures:
-    """Per-host capture files given on the command line (override the inventory's)."""
+    """Per-host captures that override the inventory's: files (the CLI's flags) or
+    already-parsed captures (``parsed[kind][host]``, e.g. feeds posted over HTTP)."""
 
     nvsmi: dict[str, Path] = field(default_factory=dict)
     lldp: dict[str, Path] = field(default_factory=dict)
     nccl: dict[str, Path] = field(default_factory=dict)
     k8s_nodes: Path | None = None
+    parsed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    k8s_parsed: K8sNodes | None = None
 
 
 def build_fabric(inventory: Inventory, captures: Captures | None = None,
@@ -136,7 +141,11 @@ class _FabricBuilder:
                                 f"host {entry.name}; known: {', '.join(sorted(self.templates))}")
         return self.templates[name]
 
-    def _parse(self, host: str, kind: str, named: str | None, parser):  # type: ignore[no-untyped-def]
+    def _parse(self, host: str, kind: str, named: str | None,
+               parser: Callable[[str, str], Any]) -> Any:
+        held = self.captures.parsed.get(kind, {}).get(host)
+        if held is not None:
+            return held
         override: dict[str, Path] = getattr(self.captures, kind)
         path = override.get(host) or (self.base / named if named else None)
         if path is None:
@@ -145,7 +154,7 @@ class _FabricBuilder:
 
     def _check_captures_named_hosts(self) -> None:
         for kind in ("nvsmi", "lldp", "nccl"):
-            for host in getattr(self.captures, kind):
+            for host in [*getattr(self.captures, kind), *self.captures.parsed.get(kind, {})]:
                 if host not in self.hosts:
                     raise NotFoundError("host", host, f"--{kind} names a host that is not "
                                         "in the inventory")
@@ -211,10 +220,11 @@ class _FabricBuilder:
         return tuple(domains.values())
 
     def _k8s(self) -> K8sNodes | None:
-        path = self.captures.k8s_nodes
-        if path is None:
+        nodes, path = self.captures.k8s_parsed, self.captures.k8s_nodes
+        if nodes is None and path is not None:
+            nodes = parse_k8s_nodes(read_capture(path), str(path))
+        if nodes is None:
             return None
-        nodes = parse_k8s_nodes(read_capture(path), str(path))
         zone_of = {h.name: self._zone_of_host(h) for h in self.hosts.values()}
         for node in nodes.nodes:
             name = node.hostname or node.name
