@@ -11,13 +11,11 @@ replicas never push a worker past its capacity. Whoever sees a request leave a w
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.snapshot import Worker
 from scheduler.router.router import Decision
-from scheduler.state.reservations import LoadStore, WorkerLoad
+from scheduler.state.reservations import LoadStore
 from topology.errors import UnschedulableError
 
 #: Concurrent requests a worker takes unless it says otherwise.
@@ -39,21 +37,6 @@ class Reservation(BaseModel):
 async def register_capacity(loads: LoadStore, worker: str) -> None:
     """Give a (re-)registered worker its capacity."""
     await loads.set_capacity(worker, DEFAULT_MAX_TOKENS, DEFAULT_MAX_REQUESTS)
-
-
-def with_loads(workers: Sequence[Worker], loads: dict[str, WorkerLoad]) -> list[Worker]:
-    """Workers carrying their reserved load (queued tokens, running requests)."""
-    result = []
-    for worker in workers:
-        load = loads.get(worker.id)
-        if load is None or (load.tokens, load.requests) == (worker.queued_tokens,
-                                                            worker.running_requests):
-            result.append(worker)  # unchanged: keep the object (snapshots cache on it)
-            continue
-        result.append(replace(worker, queued_tokens=load.tokens, running_requests=load.requests,
-                              max_running_requests=load.max_requests or
-                              worker.max_running_requests))
-    return result
 
 
 def reservations_for(decision: Decision, prompt_tokens: int) -> list[Reservation]:

@@ -25,9 +25,10 @@ from api.placement_jobs import (
     surviving,
     violations,
 )
-from api.routing import Fabric, SnapshotBuilder
+from api.routing import Fabric
 from api.security import AuthError, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
+from api.snapshots import LiveSnapshots
 from policies.profile import Policy, resolve_policy
 from policies.registry import default_registry
 from scheduler.prefix import PrefixIndex
@@ -54,7 +55,7 @@ class ServiceState:
         self.lock = asyncio.Lock()
         self.decision_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.decisions = 0
-        self.snapshots = SnapshotBuilder()
+        self.snapshots = LiveSnapshots()
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def make_fabric(self, spec: FabricSpec) -> Fabric:

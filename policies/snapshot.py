@@ -9,6 +9,7 @@ Python loop per worker.
 
 from __future__ import annotations
 
+import copy
 import random
 import zlib
 from collections.abc import Mapping, Sequence
@@ -77,6 +78,12 @@ class Worker:
         return self.role is not Role.PREFILL
 
 
+#: Per-worker arrays of a snapshot that load changes touch, and the Worker field each holds.
+_LOAD_ARRAYS = (("queued", "queued_tokens"), ("running", "running_requests"),
+                ("max_running", "max_running_requests"), ("free_kv", "free_kv_blocks"),
+                ("prefill_rate", "prefill_tokens_per_s"))
+
+
 def _frozen_array(values: Sequence[Any], dtype: type) -> Any:
     array: npt.NDArray[Any] = np.asarray(values, dtype=dtype)
     array.flags.writeable = False
@@ -136,6 +143,28 @@ class Snapshot:
         put(self, "prefill_rate", _frozen_array([w.prefill_tokens_per_s for w in ws], np.float64))
         put(self, "prefill_mask", _frozen_array([w.can_prefill for w in ws], np.bool_))
         put(self, "decode_mask", _frozen_array([w.can_decode for w in ws], np.bool_))
+
+    def updated(self, changed: Mapping[int, Worker]) -> Snapshot:
+        """This snapshot with the workers at the given positions replaced by new load
+        figures (same id, role and GPUs): equal to a full rebuild, but only the
+        per-worker arrays are copied and patched. Anything else changed: ValueError."""
+        workers = list(self.workers)
+        for pos, worker in changed.items():
+            old = workers[pos]
+            if (worker.id, worker.role, worker.gpus) != (old.id, old.role, old.gpus):
+                raise ValueError(f"worker {old.id!r} changed identity, role or GPUs; "
+                                 "build a new snapshot")
+            workers[pos] = worker
+        new = copy.copy(self)
+        put = object.__setattr__
+        put(new, "workers", tuple(workers))
+        for name, attr in _LOAD_ARRAYS:
+            values = getattr(self, name).copy()
+            for pos, worker in changed.items():
+                values[pos] = getattr(worker, attr)
+            values.flags.writeable = False
+            put(new, name, values)
+        return new
 
     def worker(self, worker_id: str) -> Worker | None:
         """The worker with this id, or ``None``."""

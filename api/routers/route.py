@@ -6,14 +6,17 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import ValidationError as PydanticValidationError
 
-from api.deps import Coordinator, RuntimeDep
-from api.load import Reservation, release, reservations_for, reserve, with_loads
+from api.load import Reservation, release, reservations_for, reserve
 from api.problems import problem
-from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for, preferred_pairs
-from api.service import Services
+from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for
+from api.runtime import Runtime
+from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from scheduler.transfer.coordinator import TransferCoordinator
 from topology.errors import NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["route"])
@@ -65,36 +68,64 @@ class RouteOutput(BaseModel):
 
 
 _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
+#: The body is parsed in the endpoint (see ``route``), so its schema is declared here.
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {
+    "schema": RouteInput.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
-@router.post("/route", response_model=RouteOutput, responses={503: _UNSCHEDULABLE})
-async def route(body: RouteInput, request: Request, services: Services,
-                coordinator: Coordinator, runtime: RuntimeDep) -> RouteOutput | Response:
-    """Pick the (prefill, decode) pair and queue the blocks the decode side lacks."""
+def _parse(raw: bytes) -> RouteInput:
+    """The request body, or a 422 naming every bad field (as FastAPI would)."""
+    try:
+        return RouteInput.model_validate_json(raw)
+    except PydanticValidationError as exc:
+        raise RequestValidationError([{**err, "loc": ("body", *err["loc"])}
+                                      for err in exc.errors(include_url=False)]) from None
+
+
+@router.post("/route", response_model=RouteOutput, openapi_extra=_BODY, responses={
+    422: {"description": "invalid request (problem+json naming each bad field)"},
+    503: _UNSCHEDULABLE})
+async def route(request: Request) -> Response:
+    """Pick the (prefill, decode) pair and queue the blocks the decode side lacks.
+
+    The hot path of the service: the body is validated once from its bytes and the
+    answer serialised once, and the app's state is read directly rather than through
+    per-request dependencies (FastAPI's own body, dependency and response-model
+    handling cost about as much as the decision at 256 workers).
+    """
+    body = _parse(await request.body())
+    state = request.app.state
+    services: ServiceState = state.services
+    result = await _decide(body, services, state.coordinator, state.runtime)
+    if isinstance(result, Unschedulable):
+        return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
+                       reasons=list(result.reasons))
+    runtime: Runtime = state.runtime
+    reservations = reservations_for(result, body.prompt_tokens)
+    await reserve(runtime.loads, reservations)
+    try:
+        plan_id = await deliver_plan(state.coordinator, result)
+    except BaseException:
+        await release(runtime.loads, reservations)
+        raise
+    output = RouteOutput(decision=result, plan_id=plan_id, reservations=reservations)
+    return Response(output.model_dump_json(), media_type="application/json")
+
+
+async def _decide(body: RouteInput, services: ServiceState, coordinator: TransferCoordinator,
+                  runtime: Runtime) -> Decision | Unschedulable:
+    """The decision over a snapshot of the live workers (their loads included)."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
     started = time.perf_counter()
-    snapshots = services.snapshots
-    workers = with_loads(
-        snapshots.workers(await coordinator.store.list_workers(), fabric, body.model),
-        await runtime.loads.loads())
     current = services.current
-    pairs = preferred_pairs(current.placement.pairings if current else (), workers)
-    snapshot = snapshots.build(fabric, workers, kv_bytes=kv_bytes_for(body.model),
-                                         pairs=pairs)
-    result = fabric.router.route(body.to_request(), snapshot) if workers else Unschedulable(
-        request_id=body.request_id, policy=services.policy.name,
-        reasons=(f"no registered worker on the fabric serves {body.model}",))
+    snapshot = services.snapshots.snapshot(
+        fabric, await coordinator.store.list_workers(), await runtime.loads.loads(),
+        body.model, kv_bytes=kv_bytes_for(body.model),
+        pairings=current.placement.pairings if current else ())
+    result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
+        Unschedulable(request_id=body.request_id, policy=services.policy.name,
+                      reasons=(f"no registered worker on the fabric serves {body.model}",))
     services.record_decision(time.perf_counter() - started)
-    if isinstance(result, Unschedulable):
-        return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
-                       reasons=list(result.reasons))
-    reservations = reservations_for(result, body.prompt_tokens)
-    await reserve(runtime.loads, reservations)
-    try:
-        plan_id = await deliver_plan(coordinator, result)
-    except BaseException:
-        await release(runtime.loads, reservations)
-        raise
-    return RouteOutput(decision=result, plan_id=plan_id, reservations=reservations)
+    return result

@@ -1,0 +1,144 @@
+"""Live snapshots for the route path: built once, then patched between requests.
+
+A route request needs a :class:`~policies.snapshot.Snapshot` of every routable worker
+with its free KV blocks and reserved load. Between two requests usually only the
+chosen pair changed (two free-block counts, two loads), so :class:`LiveSnapshots`
+keeps, per model, the last listing it saw and the snapshot built from it, and
+compares the new listing entry by entry: unchanged workers keep their
+:class:`~policies.snapshot.Worker` objects, changed loads patch the snapshot's
+arrays (:meth:`Snapshot.updated`), and anything structural (a worker registered,
+gone, or re-registered differently; a new fabric, placement or model size) builds
+the snapshot anew. Rebuilding 256 workers per request cost more than the policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from api.routing import BLOCK_TOKENS, Fabric, preferred_pairs
+from policies.snapshot import Role, Snapshot, Worker
+from scheduler.router.snapshot import domain_arrays
+from scheduler.state.base import WorkerEntry
+from scheduler.state.reservations import WorkerLoad
+from scheduler.transfer.plan import WorkerRegistration
+
+#: Distinct models whose snapshots are kept (past this, the cache starts over).
+MAX_MODELS = 64
+#: A worker's concurrent-request limit when it has no declared capacity.
+DEFAULT_MAX_RUNNING = 256
+_ROLES = {role.value: role for role in Role}
+#: (queued tokens, running requests, max requests) of a worker; None: no capacity set.
+LoadKey = tuple[int, int, int] | None
+
+
+@dataclass(slots=True)
+class _Seen:
+    """One listing entry as last seen, and its Worker (None: not routable here)."""
+
+    registration: WorkerRegistration
+    free_blocks: int
+    load: LoadKey
+    worker: Worker | None
+    position: int  # in the snapshot; -1 when not routable
+    #: The load object last seen: the memory store hands out the same one until it
+    #: changes, so identity settles most entries without building a key.
+    load_seen: WorkerLoad | None = None
+
+
+@dataclass
+class _ModelView:
+    """The last listing seen for one model and the snapshot built from it."""
+
+    seen: list[_Seen] = field(default_factory=list)
+    snapshot: Snapshot | None = None
+    pairings: Any = None
+    kv_bytes: int = 0
+
+
+def _load_key(load: WorkerLoad | None) -> LoadKey:
+    return None if load is None else (load.tokens, load.requests, load.max_requests)
+
+
+def _routable(reg: WorkerRegistration, fabric: Fabric, model: str | None) -> bool:
+    serves = model is None or reg.model is None or reg.model == model
+    return serves and bool(reg.gpus) and all(g in fabric.known for g in reg.gpus)
+
+
+def _worker(reg: WorkerRegistration, free_blocks: int, load: LoadKey) -> Worker:
+    tokens, requests, max_requests = load or (0, 0, 0)
+    return Worker(reg.name, _ROLES[reg.role], reg.gpus, tokens, requests,
+                  max_requests or DEFAULT_MAX_RUNNING, free_blocks, reg.layout.num_blocks)
+
+
+class LiveSnapshots:
+    """Snapshots of the live workers, per model, patched while the worker set holds."""
+
+    def __init__(self) -> None:
+        self._fabric: Fabric | None = None
+        self._views: dict[str | None, _ModelView] = {}
+        self._domains: tuple[Any, dict[str, Any]] | None = None
+
+    def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
+                 loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
+                 pairings: Sequence[Any]) -> Snapshot:
+        """The snapshot of ``entries`` (with their reserved ``loads``) routable for
+        ``model``; ``pairings`` are the placement's, kept where both sides are
+        registered under the placement's instance ids."""
+        if fabric is not self._fabric or len(self._views) > MAX_MODELS:
+            self._fabric, self._views = fabric, {}
+        view = self._views.setdefault(model, _ModelView())
+        if (view.snapshot is None or pairings is not view.pairings
+                or kv_bytes != view.kv_bytes or not self._patch(view, entries, loads)):
+            self._rebuild(view, fabric, entries, loads, model)
+            view.pairings, view.kv_bytes = pairings, kv_bytes
+            view.snapshot = self._build(fabric, view, kv_bytes, pairings)
+        return view.snapshot
+
+    @staticmethod
+    def _patch(view: _ModelView, entries: Sequence[WorkerEntry],
+               loads: Mapping[str, WorkerLoad]) -> bool:
+        """Patch ``view`` to ``entries``; False when the worker set itself changed."""
+        if len(entries) != len(view.seen) or view.snapshot is None:
+            return False
+        changed: dict[int, Worker] = {}
+        for seen, entry in zip(view.seen, entries, strict=True):
+            reg, load_now = entry.registration, loads.get(entry.registration.name)
+            if reg is seen.registration and entry.free_blocks == seen.free_blocks and (
+                    load_now is seen.load_seen or _load_key(load_now) == seen.load):
+                seen.load_seen = load_now
+                continue
+            load = _load_key(load_now)
+            if reg is not seen.registration and reg != seen.registration:
+                return False  # another worker in this slot, or re-registered
+            seen.registration, seen.free_blocks, seen.load = reg, entry.free_blocks, load
+            seen.load_seen = load_now
+            if seen.worker is not None:
+                seen.worker = _worker(reg, entry.free_blocks, load)
+                changed[seen.position] = seen.worker
+        if changed:
+            view.snapshot = view.snapshot.updated(changed)
+        return True
+
+    @staticmethod
+    def _rebuild(view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
+                 loads: Mapping[str, WorkerLoad], model: str | None) -> None:
+        view.seen, position = [], 0
+        for entry in entries:
+            reg, load = entry.registration, _load_key(loads.get(entry.registration.name))
+            worker = _worker(reg, entry.free_blocks, load) \
+                if _routable(reg, fabric, model) else None
+            view.seen.append(_Seen(reg, entry.free_blocks, load, worker,
+                                   position if worker is not None else -1,
+                                   loads.get(reg.name)))
+            position += worker is not None
+
+    def _build(self, fabric: Fabric, view: _ModelView, kv_bytes: int,
+               pairings: Sequence[Any]) -> Snapshot:
+        workers = [s.worker for s in view.seen if s.worker is not None]
+        key = (id(fabric), tuple((w.id, w.gpus) for w in workers))
+        if self._domains is None or self._domains[0] != key:
+            self._domains = (key, domain_arrays(fabric.distance, workers))
+        return Snapshot(tuple(workers), self._domains[1], preferred_pairs(pairings, workers),
+                        {}, BLOCK_TOKENS, kv_bytes)

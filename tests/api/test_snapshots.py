@@ -1,0 +1,119 @@
+"""Live snapshots: patched between requests, always equal to a snapshot built from scratch."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from api.routing import Fabric
+from api.service import ServiceState
+from api.snapshots import LiveSnapshots
+from policies.profile import resolve_policy
+from policies.registry import default_registry
+from policies.snapshot import Role, Snapshot, Worker
+from scheduler.prefix import PrefixIndex
+from scheduler.state.base import WorkerEntry
+from scheduler.state.reservations import WorkerLoad
+from scheduler.transfer.plan import Lease
+from tests.api.service_builders import cluster
+from tests.scheduler.transfer.builders import registration
+
+ARRAYS = ("queued", "running", "max_running", "free_kv", "prefill_rate", "prefill_mask",
+          "decode_mask")
+
+
+def _fabric() -> Fabric:
+    services = ServiceState(resolve_policy(None, default_registry()), PrefixIndex(),
+                            cluster(hosts=2))
+    assert services.fabric is not None
+    return services.fabric
+
+
+def _entries(fabric: Fabric, count: int = 8) -> list[WorkerEntry]:
+    gpus = sorted(fabric.known)
+    return [WorkerEntry(registration=registration(f"w{i}", gpus=[gpus[i]]).model_copy(
+        update={"role": "prefill" if i % 2 else "decode", "model": "m" if i % 3 else None}),
+        lease=Lease(worker=f"w{i}", epoch=1, ttl_s=10, expires_at=1e12), free_blocks=100)
+        for i in range(count)]
+
+
+def _load(tokens: int = 0, requests: int = 0) -> WorkerLoad:
+    return WorkerLoad(tokens=tokens, requests=requests, max_tokens=10**6, max_requests=64)
+
+
+def _same(a: Snapshot, b: Snapshot) -> None:
+    for name in ("workers", "position", "preferred_pairs", "partners", "link_load",
+                 "block_tokens", "kv_bytes_per_token"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.domains.keys() == b.domains.keys()
+    for level, ids in a.domains.items():
+        np.testing.assert_array_equal(ids, b.domains[level])
+    for name in ARRAYS:
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+        assert not getattr(a, name).flags.writeable
+
+
+def _fresh(fabric: Fabric, entries: list[WorkerEntry], loads: dict[str, WorkerLoad],
+           model: str | None) -> Snapshot:
+    return LiveSnapshots().snapshot(fabric, entries, loads, model, kv_bytes=10, pairings=())
+
+
+def test_patched_snapshots_equal_fresh_ones_through_random_load_changes() -> None:
+    fabric, rng = _fabric(), random.Random(3)
+    entries = _entries(fabric)
+    loads = {e.registration.name: _load() for e in entries}
+    live = LiveSnapshots()
+    first = live.snapshot(fabric, entries, loads, "m", kv_bytes=10, pairings=())
+    for _ in range(200):
+        i = rng.randrange(len(entries))
+        if rng.random() < 0.5:
+            entries[i] = entries[i].model_copy(update={"free_blocks": rng.randrange(100)})
+        else:
+            loads[entries[i].registration.name] = _load(rng.randrange(5000), rng.randrange(9))
+        got = live.snapshot(fabric, entries, loads, "m", kv_bytes=10, pairings=())
+        _same(got, _fresh(fabric, entries, loads, "m"))
+        assert got.domains is first.domains  # locality arrays are never rebuilt for loads
+
+
+def test_unchanged_state_returns_the_same_snapshot() -> None:
+    fabric = _fabric()
+    entries = _entries(fabric)
+    live = LiveSnapshots()
+    first = live.snapshot(fabric, entries, {}, None, kv_bytes=10, pairings=())
+    assert live.snapshot(fabric, list(entries), {}, None, kv_bytes=10, pairings=()) is first
+
+
+def test_a_worker_set_change_rebuilds() -> None:
+    fabric = _fabric()
+    entries = _entries(fabric)
+    live = LiveSnapshots()
+    live.snapshot(fabric, entries, {}, None, kv_bytes=10, pairings=())
+    gone = entries[1:]
+    _same(live.snapshot(fabric, gone, {}, None, kv_bytes=10, pairings=()),
+          _fresh(fabric, gone, {}, None))
+    swapped = [*gone[:2], _entries(fabric, 9)[8], *gone[3:]]  # same length, other worker
+    _same(live.snapshot(fabric, swapped, {}, None, kv_bytes=10, pairings=()),
+          _fresh(fabric, swapped, {}, None))
+
+
+def test_models_are_kept_apart_and_unroutable_workers_left_out() -> None:
+    fabric = _fabric()
+    entries = _entries(fabric)
+    off_fabric = entries[0].model_copy(update={"registration": registration(
+        "stray", gpus=["nowhere/gpu0"])})
+    live = LiveSnapshots()
+    for_m = live.snapshot(fabric, [*entries, off_fabric], {}, "m", kv_bytes=10, pairings=())
+    for_x = live.snapshot(fabric, [*entries, off_fabric], {}, "x", kv_bytes=10, pairings=())
+    assert {w.id for w in for_m.workers} == {e.registration.name for e in entries}
+    assert {w.id for w in for_x.workers} == {"w0", "w3", "w6"}  # model None serves all
+
+
+def test_updated_refuses_a_worker_that_is_not_the_same_worker() -> None:
+    snapshot = Snapshot((Worker("a", Role.PREFILL, ("g0",)),))
+    with pytest.raises(ValueError, match="changed identity"):
+        snapshot.updated({0: Worker("b", Role.PREFILL, ("g0",))})
+    patched = snapshot.updated({0: Worker("a", Role.PREFILL, ("g0",), queued_tokens=7)})
+    assert patched.queued.tolist() == [7] and snapshot.queued.tolist() == [0]
+
