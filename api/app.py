@@ -56,10 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     problems.install(app)
     app.add_exception_handler(AuthError, auth_error_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
     app.include_router(workers.router, dependencies=[require(Role.WORKER)])
     app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
-    _install_services(app, settings)
     return app
 
 

@@ -147,11 +147,11 @@ def install_services(app: FastAPI, settings: Settings) -> None:
         app.state.auth = TokenAuth(None, None)  # auth off unless the app configured tokens
     app.add_exception_handler(AuthError, auth_error_handler)
     reader, operator = require(Role.WORKER), require()
+    app.include_router(route.router, dependencies=[reader])  # first: the hot path
     app.include_router(topology.reads, dependencies=[reader])
     app.include_router(topology.writes, dependencies=[operator])
     app.include_router(placement.reads, dependencies=[reader])
     app.include_router(placement.writes, dependencies=[operator])
-    app.include_router(route.router, dependencies=[reader])
     app.include_router(health.router)
 
 

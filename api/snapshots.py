@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, count
+from operator import is_not
 from typing import Any
 
 from api.routing import BLOCK_TOKENS, Fabric, preferred_pairs
@@ -42,9 +44,6 @@ class _Seen:
     load: LoadKey
     worker: Worker | None
     position: int  # in the snapshot; -1 when not routable
-    #: The load object last seen: the memory store hands out the same one until it
-    #: changes, so identity settles most entries without building a key.
-    load_seen: WorkerLoad | None = None
 
 
 @dataclass
@@ -52,6 +51,12 @@ class _ModelView:
     """The last listing seen for one model and the snapshot built from it."""
 
     seen: list[_Seen] = field(default_factory=list)
+    #: The listing's entry and load objects as last handed out, and the names. The
+    #: memory store hands out the same objects until they change, so an identity
+    #: sweep (in C, via ``map``) finds the few entries worth a closer look.
+    entries: list[WorkerEntry] = field(default_factory=list)
+    loads: list[WorkerLoad | None] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
@@ -102,20 +107,22 @@ class LiveSnapshots:
         """Patch ``view`` to ``entries``; False when the worker set itself changed."""
         if len(entries) != len(view.seen) or view.snapshot is None:
             return False
+        now_loads = list(map(loads.get, view.names))
+        suspects = set(compress(count(), map(is_not, entries, view.entries)))
+        suspects.update(compress(count(), map(is_not, now_loads, view.loads)))
+        view.entries, view.loads = list(entries), now_loads
         changed: dict[int, Worker] = {}
-        for seen, entry in zip(view.seen, entries, strict=True):
-            reg, load_now = entry.registration, loads.get(entry.registration.name)
-            if reg is seen.registration and entry.free_blocks == seen.free_blocks and (
-                    load_now is seen.load_seen or _load_key(load_now) == seen.load):
-                seen.load_seen = load_now
-                continue
-            load = _load_key(load_now)
+        for i in suspects:
+            seen, reg = view.seen[i], entries[i].registration
             if reg is not seen.registration and reg != seen.registration:
                 return False  # another worker in this slot, or re-registered
-            seen.registration, seen.free_blocks, seen.load = reg, entry.free_blocks, load
-            seen.load_seen = load_now
+            free, load = entries[i].free_blocks, _load_key(now_loads[i])
+            seen.registration = reg
+            if (free, load) == (seen.free_blocks, seen.load):
+                continue
+            seen.free_blocks, seen.load = free, load
             if seen.worker is not None:
-                seen.worker = _worker(reg, entry.free_blocks, load)
+                seen.worker = _worker(reg, free, load)
                 changed[seen.position] = seen.worker
         if changed:
             view.snapshot = view.snapshot.updated(changed)
@@ -124,14 +131,16 @@ class LiveSnapshots:
     @staticmethod
     def _rebuild(view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None) -> None:
+        view.entries = list(entries)
+        view.names = [entry.registration.name for entry in entries]
+        view.loads = list(map(loads.get, view.names))
         view.seen, position = [], 0
-        for entry in entries:
-            reg, load = entry.registration, _load_key(loads.get(entry.registration.name))
+        for entry, load_now in zip(entries, view.loads, strict=True):
+            reg, load = entry.registration, _load_key(load_now)
             worker = _worker(reg, entry.free_blocks, load) \
                 if _routable(reg, fabric, model) else None
             view.seen.append(_Seen(reg, entry.free_blocks, load, worker,
-                                   position if worker is not None else -1,
-                                   loads.get(reg.name)))
+                                   position if worker is not None else -1))
             position += worker is not None
 
     def _build(self, fabric: Fabric, view: _ModelView, kv_bytes: int,
