@@ -4,6 +4,7 @@ two-stage (prefill profile, decode profile) handler, and candidate helpers."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from itertools import compress
 from typing import Literal
 
 import numpy as np
@@ -31,9 +32,9 @@ def stage_candidates(ctx: CycleContext, stage: Stage) -> list[Worker]:
     if pin is not None:
         worker = ctx.snapshot.worker(pin)
         return [] if worker is None else [worker]
-    if stage is Stage.PREFILL:
-        return [w for w in ctx.snapshot.workers if w.can_prefill]
-    return [w for w in ctx.snapshot.workers if w.can_decode]
+    snap = ctx.snapshot
+    mask = snap.prefill_mask if stage is Stage.PREFILL else snap.decode_mask
+    return list(compress(snap.workers, mask.tolist()))
 
 
 def stage_positions(ctx: CycleContext, stage: Stage) -> IntArray:
@@ -44,12 +45,15 @@ def stage_positions(ctx: CycleContext, stage: Stage) -> IntArray:
         found = snap.position.get(pin)
         return np.array([] if found is None else [found], dtype=np.int64)
     mask = snap.prefill_mask if stage is Stage.PREFILL else snap.decode_mask
-    return np.flatnonzero(mask).astype(np.int64)
+    positions: IntArray = mask.nonzero()[0].astype(np.int64, copy=False)
+    return positions
 
 
 def fits_kv(ctx: CycleContext, positions: IntArray, headroom: int = 0) -> BoolArray:
     """Which workers have free KV blocks for the part of the prompt they lack."""
-    need = np.maximum(ctx.request.blocks - ctx.cached[positions], 0) + headroom
+    need = np.maximum(ctx.request.blocks - ctx.cached[positions], 0)
+    if headroom:
+        need += headroom
     fits: BoolArray = ctx.snapshot.free_kv[positions] >= need
     return fits
 

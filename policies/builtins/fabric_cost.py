@@ -34,7 +34,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from policies.builtins.common import empty_reason, fits_kv, stage_positions
 from policies.contracts import PairChoice, PairOption, ProfileRunner, Refusal
 from policies.registry import PluginKind, PluginType, Registry
-from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Stage, Worker
+from policies.snapshot import (
+    BoolArray,
+    CycleContext,
+    FloatArray,
+    IntArray,
+    Snapshot,
+    Stage,
+    Worker,
+)
 
 
 class FabricCostParams(BaseModel):
@@ -53,13 +61,36 @@ class FabricCostParams(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class _Options:
-    """Flat candidate options: prefill / decode positions, local flag, plain cost."""
+    """The priced options: each of ``local`` prefilling itself, then every pair of the
+    ``prefill`` × ``decode`` grid row by row.
 
+    ``cost`` (bonuses applied) is flat over both parts; the workers and the bonus
+    factor of an option are looked up (:meth:`at`, :meth:`factor_at`) only for the
+    few options a choice shows.
+    """
+
+    local: IntArray
+    local_factor: FloatArray
     prefill: IntArray
     decode: IntArray
-    local: BoolArray
     factor: FloatArray
     cost: FloatArray
+
+    def at(self, i: int) -> tuple[int, int, bool]:
+        """Prefill position, decode position and local flag of option ``i``."""
+        if i < len(self.local):
+            d = int(self.local[i])
+            return d, d, True
+        row, col = divmod(i - len(self.local), len(self.decode))
+        p, d = int(self.prefill[row]), int(self.decode[col])
+        return p, d, p == d
+
+    def factor_at(self, i: int) -> float:
+        """The bonus factor the cost of option ``i`` carries."""
+        if i < len(self.local):
+            return float(self.local_factor[i])
+        row, col = divmod(i - len(self.local), len(self.decode))
+        return float(self.factor[row, col])
 
 
 class FabricCostHandler:
@@ -98,61 +129,70 @@ class FabricCostHandler:
         snap, k = ctx.snapshot, self.params.top_k_prefill
         wait = snap.queued[pos] / snap.prefill_rate[pos]
         cached = ctx.cached[pos].astype(np.float64)
-        keep = [pos[_top_k(cached, -wait, k)], pos[_top_k(-wait, cached, k)],
-                *self._session_side(ctx, 0)]
-        return np.unique(np.concatenate(keep))
+        if np.isnan(wait).any():  # 0 / 0: the partial selection places NaN its own way
+            kept = np.concatenate((_top_k(cached, -wait, k), _top_k(-wait, cached, k)))
+        else:
+            less = -cached
+            kept = np.concatenate((_first_k(less, wait, k), _first_k(wait, less, k)))
+        return _union(snap, pos[kept], self._session_side(ctx, 0))
 
     def _prune_decode(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
         if len(pos) <= self.params.exhaustive_below:
             return pos
         snap, k = ctx.snapshot, self.params.top_k_decode
-        idle = -snap.running[pos].astype(np.float64)
-        cached = ctx.cached[pos].astype(np.float64)
+        running = snap.running[pos].astype(np.float64)
+        less = -ctx.cached[pos].astype(np.float64)
         # Every decode worker one NVLink hop from a kept prefill worker; from the racks
         # of those workers, and from the whole cluster, the best k by cache and by load.
-        rack = np.flatnonzero(_near(snap.domains.get("rack"), p_pos, pos))
-        keep = [pos[_near(snap.domains.get("host"), p_pos, pos)
-                    | _near(snap.domains.get("nvlink_domain"), p_pos, pos)],
-                pos[rack[_top_k(cached[rack], idle[rack], k)]],
-                pos[rack[_top_k(idle[rack], cached[rack], k)]],
-                pos[_top_k(cached, idle, k)], pos[_top_k(idle, cached, k)],
-                *self._session_side(ctx, 1), self._partners(ctx, p_pos, pos)]
-        return np.unique(np.concatenate(keep))
+        # One order per criterion serves both: a rack's best k come first in it.
+        by_cache, by_load = np.lexsort((running, less)), np.lexsort((less, running))
+        rack = _near(snap.domains.get("rack"), p_pos, pos)
+        keep = (_near(snap.domains.get("host"), p_pos, pos)
+                | _near(snap.domains.get("nvlink_domain"), p_pos, pos))
+        keep[np.concatenate((by_cache[:k], by_load[:k], by_cache[rack[by_cache]][:k],
+                             by_load[rack[by_load]][:k]))] = True
+        partners = self._partners(ctx, p_pos)
+        if partners:  # those among the candidates
+            wanted = np.zeros(len(snap.workers), dtype=bool)
+            wanted[partners] = True
+            keep |= wanted[pos]
+        return _union(snap, pos[keep], self._session_side(ctx, 1))
 
-    def _session_side(self, ctx: CycleContext, side: int) -> list[IntArray]:
+    def _session_side(self, ctx: CycleContext, side: int) -> int | None:
         if ctx.session_pair is None:
-            return []
-        found = ctx.snapshot.position.get(ctx.session_pair[side])
-        return [] if found is None else [np.array([found], dtype=np.int64)]
+            return None
+        return ctx.snapshot.position.get(ctx.session_pair[side])
 
-    def _partners(self, ctx: CycleContext, p_pos: IntArray, pos: IntArray) -> IntArray:
+    def _partners(self, ctx: CycleContext, p_pos: IntArray) -> list[int]:
+        """Positions of the placement partners of the prefill candidates."""
         snap = ctx.snapshot
         if not snap.partners:
-            return np.empty(0, dtype=np.int64)
-        partners = [snap.position[d] for p in p_pos
-                    for d, _ in snap.partners.get(snap.workers[p].id, ()) if d in snap.position]
-        return np.intersect1d(np.asarray(partners, dtype=np.int64), pos)
+            return []
+        return [snap.position[d] for p in p_pos.tolist()
+                for d, _ in snap.partners.get(snap.workers[p].id, ()) if d in snap.position]
 
     # -- options -------------------------------------------------------------------
     def _options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
         # Local options first: on equal cost, not moving anything wins the tie.
-        parts = [self._local_options(ctx, p_pos, d_pos), self._pair_options(ctx, p_pos, d_pos)]
-        return _Options(*(np.concatenate([getattr(part, f) for part in parts])
-                          for f in ("prefill", "decode", "local", "factor", "cost")))
+        local, local_factor, local_cost = self._local_options(ctx, p_pos, d_pos)
+        factor, cost = self._pair_options(ctx, p_pos, d_pos)
+        return _Options(local, local_factor, p_pos, d_pos, factor,
+                        np.concatenate((local_cost, cost)))
 
-    def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
+    def _pair_options(self, ctx: CycleContext, p_pos: IntArray,
+                      d_pos: IntArray) -> tuple[FloatArray, FloatArray]:
+        """The bonus factor (rows: prefill, columns: decode) and flat cost of each pair."""
         if len(p_pos) == 0:
-            return _empty()
+            return np.empty((0, len(d_pos))), np.empty(0)
         total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s
         factor = np.ones_like(total)
         self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
-        rows, cols = np.indices(total.shape)
-        p_flat, d_flat = p_pos[rows.ravel()], d_pos[cols.ravel()]
-        return _Options(p_flat, d_flat, p_flat == d_flat, factor.ravel(),
-                        (total * factor).ravel())
+        return factor, (total * factor).ravel()
 
-    def _local_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
+    def _local_options(self, ctx: CycleContext, p_pos: IntArray,
+                       d_pos: IntArray) -> tuple[IntArray, FloatArray, FloatArray]:
+        """Decode workers that may prefill themselves, their bonus factor and cost."""
         snap, request = ctx.snapshot, ctx.request
         cached = ctx.cached[d_pos]
         missing = request.prompt_tokens - cached * snap.block_tokens
@@ -164,16 +204,15 @@ class FabricCostHandler:
         if ctx.session_pair is not None:
             session_decode = ctx.snapshot.position.get(ctx.session_pair[1], -1)
             factor[local == session_decode] = 1.0 - self.params.session_bonus
-        cost = ctx.cost.local_costs(ctx, local) * factor
-        return _Options(local, local, np.ones(len(local), dtype=bool), factor, cost)
+        return local, factor, ctx.cost.local_costs(ctx, local) * factor
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                         factor: FloatArray) -> None:
         snap = ctx.snapshot
         if not snap.partners or self.params.paired_bonus == 0:
             return
-        col = {int(d): j for j, d in enumerate(d_pos)}
-        for i, p in enumerate(p_pos):
+        col = {d: j for j, d in enumerate(d_pos.tolist())}
+        for i, p in enumerate(p_pos.tolist()):
             for decode, weight in snap.partners.get(snap.workers[p].id, ()):
                 j = col.get(snap.position.get(decode, -1))
                 if j is not None:
@@ -189,22 +228,23 @@ class FabricCostHandler:
     # -- choice ----------------------------------------------------------------------
     def _choose(self, ctx: CycleContext, options: _Options, n_prefill: int,
                 n_decode: int) -> PairChoice:
-        order = np.argsort(options.cost, kind="stable")
+        order = options.cost.argsort(kind="stable")
         refined, recosted = self._refine(ctx, options, order)
         ranked = sorted(refined.items(), key=lambda item: (item[1], item[0]))
         best_i, best_cost = ranked[0]
         snap = ctx.snapshot
-        pick = snap.workers[int(options.prefill[best_i])], snap.workers[int(options.decode[best_i])]
-        extra = (int(i) for i in order[: len(refined) + self.params.runners_up])
+        p, d, local = options.at(best_i)
+        pick = snap.workers[p], snap.workers[d]
+        extra = order[: len(refined) + self.params.runners_up].tolist()
         shown = [i for i, _ in ranked[1:]] + [i for i in extra if i not in refined]
         runners = tuple(self._option(ctx, options, i, best_cost, refined.get(i))
                         for i in shown[: self.params.runners_up])
         notes: tuple[str, ...] = (
             f"priced {options.cost.size} options from {n_prefill} prefill × {n_decode} "
             f"decode candidates", f"{recosted} re-costed with in-flight link load")
-        if options.local[best_i]:
+        if local:
             notes += (self._local_reason(ctx, pick[1], n_prefill),)
-        return PairChoice(pick[0], pick[1], 1.0, local=bool(options.local[best_i]),
+        return PairChoice(pick[0], pick[1], 1.0, local=local,
                           runners_up=runners, notes=notes, considered=int(options.cost.size))
 
     def _local_reason(self, ctx: CycleContext, decode: Worker, n_prefill: int) -> str:
@@ -220,16 +260,18 @@ class FabricCostHandler:
         """Exact re-costing with link sharing, in order of plain cost (a lower bound)."""
         refined: dict[int, float] = {}
         best, recosted = np.inf, 0
+        costs, loaded = options.cost, bool(ctx.snapshot.link_load)
         for raw in order:
             i = int(raw)
             # Re-costing never lowers a cost, and ties go to the earlier option.
-            if options.cost[i] >= best and len(refined) > self.params.runners_up:
+            if costs[i] >= best and len(refined) > self.params.runners_up:
                 break
-            cost = float(options.cost[i])
-            if not options.local[i] and ctx.snapshot.link_load:
-                p, d = int(options.prefill[i]), int(options.decode[i])
-                cost = ctx.cost.contended_total(ctx, p, d) * float(options.factor[i])
-                recosted += 1
+            cost = float(costs[i])
+            if loaded:
+                p, d, local = options.at(i)
+                if not local:
+                    cost = ctx.cost.contended_total(ctx, p, d) * options.factor_at(i)
+                    recosted += 1
             refined[i] = cost
             best = min(best, cost)
         return refined, recosted
@@ -238,12 +280,22 @@ class FabricCostHandler:
                 cost: float | None) -> PairOption:
         value = float(options.cost[i]) if cost is None else cost
         snap = ctx.snapshot
+        p, d, local = options.at(i)
         # The score compares the costs the choice used (bonuses included); ttft_s is the
         # plain estimate.
-        return PairOption(snap.workers[int(options.prefill[i])].id,
-                          snap.workers[int(options.decode[i])].id,
-                          best / value if value > 0 else 1.0, bool(options.local[i]),
-                          value / float(options.factor[i]))
+        return PairOption(snap.workers[p].id, snap.workers[d].id,
+                          best / value if value > 0 else 1.0, local,
+                          value / options.factor_at(i))
+
+
+def _first_k(first: FloatArray, then: FloatArray, k: int) -> IntArray:
+    """Indices of the ``k`` smallest by ``first``, ties by ``then``, then by index.
+
+    The same set as :func:`_top_k` of the negated keys (for keys without NaN): one
+    stable sort costs less than its partial selection at a few hundred candidates.
+    """
+    result: IntArray = np.lexsort((then, first))[:k]
+    return result
 
 
 def _top_k(primary: FloatArray, secondary: FloatArray, k: int) -> IntArray:
@@ -258,6 +310,17 @@ def _top_k(primary: FloatArray, secondary: FloatArray, k: int) -> IntArray:
     chosen = np.flatnonzero(primary >= threshold)
     order = np.lexsort((-chosen, secondary[chosen], primary[chosen]))[::-1][:k]
     result: IntArray = chosen[order]
+    return result
+
+
+def _union(snap: Snapshot, positions: IntArray, extra: int | None) -> IntArray:
+    """``positions`` and ``extra`` (if any), sorted and unique."""
+    # A mark per snapshot worker: cheaper than np.unique at a few hundred workers.
+    mark = np.zeros(len(snap.workers), dtype=bool)
+    mark[positions] = True
+    if extra is not None:
+        mark[extra] = True
+    result: IntArray = mark.nonzero()[0].astype(np.int64, copy=False)
     return result
 
 
@@ -279,11 +342,6 @@ def _filtered(ctx: CycleContext, profiles: Mapping[str, ProfileRunner],
     if profile is None:
         return positions
     return profile.filter_positions(ctx.for_stage(stage), positions)
-
-
-def _empty() -> _Options:
-    none = np.empty(0, dtype=np.int64)
-    return _Options(none, none, np.empty(0, dtype=bool), np.empty(0), np.empty(0))
 
 
 def register(registry: Registry) -> None:

@@ -20,12 +20,14 @@ so a decision only indexes arrays.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from operator import attrgetter
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.contracts import PairCosts
-from policies.snapshot import CycleContext, FloatArray, IntArray, Worker
+from policies.snapshot import CycleContext, FloatArray, IntArray, Snapshot, Worker
 from topology.distance import DistanceModel
 from topology.tiers import Tier
 
@@ -75,11 +77,13 @@ class PairTable:
             tiers, lat_us, bw, _ = distance.costs_from(int(self.gpu[i]), self.gpu)
             self.tier[i], self.latency_s[i], self.bandwidth[i] = tiers, lat_us * 1e-6, bw
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._figures: dict[tuple[int, int], tuple[tuple[str, float, bool], ...]] = {}
 
     @staticmethod
     def key(workers: Sequence[Worker]) -> tuple[tuple[str, ...], ...]:
         """What the table depends on: each worker's GPUs, in snapshot order."""
-        return tuple(w.gpus for w in workers)
+        # map/attrgetter runs in C: the router compares this for every snapshot built anew.
+        return tuple(map(_GPUS, workers))
 
     def links(self, p: int, d: int) -> tuple[str, ...]:
         """Shared links on the path from worker ``p``'s first GPU to ``d``'s (memoised)."""
@@ -89,83 +93,136 @@ class PairTable:
             self._links[(p, d)] = found
         return found
 
+    def link_figures(self, p: int, d: int) -> tuple[tuple[str, float, bool], ...]:
+        """Each link of :meth:`links` with its capacity (GB/s) and whether it is a NIC
+        (memoised: in-flight load re-costs the same few pairs decision after decision)."""
+        found = self._figures.get((p, d))
+        if found is None:
+            capacity = self.distance.link_capacity_gb_per_s
+            found = tuple((link, capacity(link), link.startswith("nic:"))
+                          for link in self.links(p, d))
+            self._figures[(p, d)] = found
+        return found
+
+
+_GPUS = attrgetter("gpus")
+
+
+@dataclass(frozen=True, slots=True)
+class _WorkerTerms:
+    """One request's per-worker terms over every snapshot position (index = position).
+
+    ``snapshot`` and ``cached`` are the context's own objects: the terms are reused
+    while a later call brings the same ones (and the same prompt length).
+    """
+
+    snapshot: Snapshot
+    cached: IntArray
+    prompt_tokens: int
+    queue: FloatArray
+    compute: FloatArray
+    nbytes: FloatArray
+    admission: FloatArray
+
 
 class FabricCostModel:
-    """The router's :class:`~policies.contracts.PairCostModel` over a :class:`PairTable`."""
+    """The router's :class:`~policies.contracts.PairCostModel` over a :class:`PairTable`.
+
+    The per-worker terms of a request (queue, compute, bytes to move, admission) are
+    computed once for all snapshot workers on its first call and indexed by the later
+    ones: a decision asks for pair costs, local costs and one full estimate.
+    """
 
     def __init__(self, table: PairTable, params: CostParams | None = None) -> None:
         """Create the model for the snapshot the table was built for."""
         self.table = table
         self.params = params or CostParams()
+        self._terms: _WorkerTerms | None = None
 
-    def _prefill_terms(self, ctx: CycleContext, pos: IntArray) -> tuple[FloatArray, FloatArray]:
-        snap, request = ctx.snapshot, ctx.request
-        rate = snap.prefill_rate[pos]
-        uncached = np.maximum(request.prompt_tokens - ctx.cached[pos] * snap.block_tokens, 0)
-        return snap.queued[pos] / rate, uncached / rate
+    def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
+        found, snap, cached = self._terms, ctx.snapshot, ctx.cached
+        tokens = ctx.request.prompt_tokens
+        if (found is not None and found.snapshot is snap and found.cached is cached
+                and found.prompt_tokens == tokens):
+            return found
+        rate = snap.prefill_rate
+        uncached = np.maximum(tokens - cached * snap.block_tokens, 0)
+        terms = _WorkerTerms(snap, cached, tokens, snap.queued / rate, uncached / rate,
+                             (uncached * snap.kv_bytes_per_token).astype(np.float64),
+                             self._admission(snap.running, snap.max_running))
+        if not cached.flags.writeable:  # a writable array may change under the memo
+            self._terms = terms
+        return terms
 
-    def _bytes_to_move(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
-        snap = ctx.snapshot
-        tokens = np.maximum(ctx.request.prompt_tokens - ctx.cached[decode] * snap.block_tokens, 0)
-        return (tokens * snap.kv_bytes_per_token).astype(np.float64)
-
-    def admission(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
-        """Wait at each decode worker: its current step, and a batch slot if it is full."""
-        snap = ctx.snapshot
-        running = snap.running[decode].astype(np.float64)
-        over = np.maximum(running - snap.max_running[decode] + 1, 0)
+    def _admission(self, running_count: IntArray, max_running: IntArray) -> FloatArray:
+        running = running_count.astype(np.float64)
+        over = np.maximum(running - max_running + 1, 0)
         wait: FloatArray = (running * self.params.step_s_per_running
                             + over * self.params.admission_step_s)
         return wait
 
+    def admission(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Wait at each decode worker: its current step, and a batch slot if it is full."""
+        snap = ctx.snapshot
+        return self._admission(snap.running[decode], snap.max_running[decode])
+
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""
-        queue, compute = self._prefill_terms(ctx, prefill)
-        nbytes = self._bytes_to_move(ctx, decode)
-        grid = np.ix_(prefill, decode)
-        bandwidth = self.table.bandwidth[grid] * 1e9 * self.table.lanes[grid]
-        transfer = np.where(nbytes > 0, self.table.latency_s[grid] + nbytes / bandwidth, 0.0)
-        transfer[prefill[:, None] == decode[None, :]] = 0.0
-        admission = self.admission(ctx, decode)
-        total = (queue + compute)[:, None] + transfer + admission[None, :]
-        return PairCosts(queue, compute, transfer, admission, total, self.table.tier[grid])
+        terms, table = self._worker_terms(ctx), self.table
+        queue, compute = terms.queue[prefill], terms.compute[prefill]
+        nbytes = terms.nbytes[decode]
+        # One flat index into the n×n tables instead of an np.ix_ grid per table.
+        flat = prefill[:, None] * len(table.gpu) + decode
+        bandwidth = table.bandwidth.take(flat) * 1e9 * table.lanes.take(flat)
+        transfer = np.where(nbytes > 0, table.latency_s.take(flat) + nbytes / bandwidth, 0.0)
+        transfer[prefill[:, None] == decode] = 0.0
+        admission = terms.admission[decode]
+        total = (queue + compute)[:, None] + transfer + admission
+        return PairCosts(queue, compute, transfer, admission, total, table.tier.take(flat))
 
     def local_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
         """TTFT when each decode worker prefills what it lacks itself."""
-        queue, compute = self._prefill_terms(ctx, decode)
-        result: FloatArray = np.asarray(queue + compute + self.admission(ctx, decode),
-                                        dtype=np.float64)
+        terms = self._worker_terms(ctx)
+        result: FloatArray = (terms.queue[decode] + terms.compute[decode]
+                              + terms.admission[decode])
         return result
 
     def contended_total(self, ctx: CycleContext, prefill: int, decode: int) -> float:
         """TTFT of one pair with link capacity shared with the transfers in flight."""
-        return self.terms(ctx, prefill, decode, local=prefill == decode).total_s
+        queue, compute, admission, nbytes = self._scalars(ctx, prefill, decode,
+                                                          local=prefill == decode)
+        transfer = self._transfer(ctx, prefill, decode, nbytes)[0]
+        return queue + compute + transfer + admission
 
     def terms(self, ctx: CycleContext, prefill: int, decode: int, *, local: bool) -> TtftTerms:
         """The full estimate of one choice (``local``: ``decode`` prefills itself)."""
-        p = np.array([decode if local else prefill], dtype=np.int64)
-        d = np.array([decode], dtype=np.int64)
-        queue, compute = (float(x[0]) for x in self._prefill_terms(ctx, p))
-        admission = float(self.admission(ctx, d)[0])
-        nbytes = 0 if local or prefill == decode else int(self._bytes_to_move(ctx, d)[0])
+        queue, compute, admission, nbytes = self._scalars(ctx, prefill, decode, local=local)
         transfer, bottleneck, links = self._transfer(ctx, prefill, decode, nbytes)
-        tier = Tier(int(self.table.tier[int(p[0]), decode])).label
+        tier = Tier(int(self.table.tier[decode if local else prefill, decode])).label
         return TtftTerms(queue_s=queue, prefill_compute_s=compute, transfer_s=transfer,
                          admission_s=admission, total_s=queue + compute + transfer + admission,
                          transfer_bytes=nbytes, tier=tier, bottleneck_gb_per_s=bottleneck,
                          links=links)
+
+    def _scalars(self, ctx: CycleContext, prefill: int, decode: int, *,
+                 local: bool) -> tuple[float, float, float, int]:
+        """Queue, compute, admission (seconds) and bytes to move of one choice."""
+        terms = self._worker_terms(ctx)
+        p = decode if local else prefill
+        nbytes = 0 if local or prefill == decode else int(terms.nbytes[decode])
+        return (float(terms.queue[p]), float(terms.compute[p]), float(terms.admission[decode]),
+                nbytes)
 
     def _transfer(self, ctx: CycleContext, p: int, d: int,
                   nbytes: int) -> tuple[float, float | None, tuple[str, ...]]:
         if nbytes <= 0:
             return 0.0, None, ()
         table, load = self.table, ctx.snapshot.link_load
-        links = table.links(p, d)
         lanes = int(table.lanes[p, d])
         lane_bw = float(table.bandwidth[p, d])
-        for link in links:
-            share = table.distance.link_capacity_gb_per_s(link) / (load.get(link, 0) + 1)
+        for link, capacity, nic in table.link_figures(p, d):
+            share = capacity / (load.get(link, 0) + 1)
             # a NIC carries one lane; an uplink carries every lane of the transfer at once
-            lane_bw = min(lane_bw, share if link.startswith("nic:") else share / lanes)
+            lane_bw = min(lane_bw, share if nic else share / lanes)
         seconds = float(table.latency_s[p, d]) + nbytes / (lane_bw * 1e9 * lanes)
-        return seconds, lane_bw, links
+        return seconds, lane_bw, table.links(p, d)

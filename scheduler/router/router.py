@@ -160,18 +160,21 @@ class Router:
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._max_sessions = max_sessions
         self._match_order: tuple[tuple[str, ...], Mapping[str, int], IntArray] | None = None
-        #: The last snapshot seen, its workers' GPUs and the pair table for them.
-        self._table: tuple[Snapshot, tuple[tuple[str, ...], ...], PairTable] | None = None
+        #: The snapshot the cost model was last asked for, its workers' GPUs and the model.
+        self._model: tuple[Snapshot, tuple[tuple[str, ...], ...], FabricCostModel] | None = None
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
-        """The cost model for ``snapshot`` (the pair table is reused while GPUs match)."""
-        if self._table is None or self._table[0] is not snapshot:
-            key = PairTable.key(snapshot.workers)
-            if self._table is None or self._table[1] != key:
-                self._table = (snapshot, key, PairTable(self.distance, snapshot.workers))
-            else:
-                self._table = (snapshot, key, self._table[2])
-        return FabricCostModel(self._table[2], self.cost_params)
+        """The cost model for ``snapshot`` (kept, with its pair table, while GPUs match)."""
+        known = self._model
+        if known is not None and _same_workers(known[0], snapshot):
+            return known[2]
+        key = PairTable.key(snapshot.workers)
+        if known is None or known[1] != key:
+            model = FabricCostModel(PairTable(self.distance, snapshot.workers), self.cost_params)
+        else:
+            model = known[2]
+        self._model = (snapshot, key, model)
+        return model
 
     def session(self, name: str) -> tuple[str, str] | None:
         """The (prefill, decode) pair the session ``name`` was last routed to."""
@@ -195,11 +198,12 @@ class Router:
         self._remember(view.session, choice)
         self._predict(view, choice)
         decision = self._explain(ctx, choice, started)
-        log.debug("routed", extra={"request_id": decision.request_id,
-                                   "prefill": decision.prefill.worker,
-                                   "decode": decision.decode.worker, "mode": decision.mode,
-                                   "tier": decision.transfer.tier,
-                                   "ttft_s": decision.estimate.total_s})
+        if log.isEnabledFor(logging.DEBUG):  # skip building the fields on every decision
+            log.debug("routed", extra={"request_id": decision.request_id,
+                                       "prefill": decision.prefill.worker,
+                                       "decode": decision.decode.worker, "mode": decision.mode,
+                                       "tier": decision.transfer.tier,
+                                       "ttft_s": decision.estimate.total_s})
         return decision
 
     # -- request -------------------------------------------------------------------
@@ -284,6 +288,16 @@ class Router:
             decode=_side(choice.decode, ctx.cached, snap), transfer=transfer, estimate=terms,
             score=choice.score, runners_up=runners, considered=choice.considered,
             notes=choice.notes, decision_us=(time.perf_counter() - started) * 1e6)
+
+
+def _same_workers(old: Snapshot, new: Snapshot) -> bool:
+    """Whether ``new`` certainly has ``old``'s workers (ids, roles, GPUs) by position.
+
+    Identity only, no per-worker comparison: the same workers tuple, or the same
+    position map, which :meth:`Snapshot.updated` shares with the snapshot it patches
+    (it refuses changes other than loads) and any other construction builds anew.
+    """
+    return old.workers is new.workers or old.position is new.position
 
 
 def _side(worker: Worker, cached: IntArray, snapshot: Snapshot) -> Side:

@@ -1,0 +1,114 @@
+"""The fabric cost model: its figures, the per-request terms it keeps, and the router's
+reuse of the pair table across snapshots."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from policies.snapshot import CycleContext, Worker
+from scheduler.router.cost import FabricCostModel, PairTable
+from scheduler.router.router import Router
+from tests.scheduler.router.builders import (
+    CROSS_ZONE,
+    NVLINK_PEER,
+    SAME_RAIL,
+    SOURCE,
+    context,
+    fabric,
+    policy,
+    snapshot,
+    worker,
+)
+
+
+def _workers() -> list[Worker]:
+    return [worker("p", "prefill", SOURCE, queued_tokens=3000, running_requests=2),
+            worker("b", "both", gpus=(SAME_RAIL, "z0-p0-r1-h01/gpu1"), running_requests=300,
+                   max_running_requests=256),
+            worker("d", "decode", CROSS_ZONE, prefill_tokens_per_s=40_000.0),
+            worker("n", "decode", gpus=(NVLINK_PEER, "z0-p0-r0-h00/gpu6", "z0-p0-r0-h00/gpu7"),
+                   queued_tokens=100)]
+
+
+def _context(cached: dict[str, int], tokens: int | None = None) -> CycleContext:
+    return context(snapshot(_workers()), range(1, 9), cached, prompt_tokens=tokens)
+
+
+def test_pair_costs_are_the_documented_formula() -> None:
+    ctx = _context({"p": 8, "b": 3, "n": 5}, tokens=120)
+    model = ctx.cost
+    assert isinstance(model, FabricCostModel)
+    snap, table, params = ctx.snapshot, model.table, model.params
+    prefill, decode = np.array([0, 1], dtype=np.int64), np.array([1, 2, 3], dtype=np.int64)
+    got = model.pair_costs(ctx, prefill, decode)
+    rate = snap.prefill_rate[prefill]
+    uncached = np.maximum(120 - ctx.cached * snap.block_tokens, 0)
+    queue, compute = snap.queued[prefill] / rate, uncached[prefill] / rate
+    nbytes = (uncached[decode] * snap.kv_bytes_per_token).astype(np.float64)
+    grid = np.ix_(prefill, decode)
+    seconds = table.latency_s[grid] + nbytes / (table.bandwidth[grid] * 1e9 * table.lanes[grid])
+    transfer = np.where(nbytes > 0, seconds, 0.0)
+    transfer[1, 0] = 0.0  # "b" to itself moves nothing
+    running = snap.running[decode].astype(np.float64)
+    admission = (running * params.step_s_per_running
+                 + np.maximum(running - snap.max_running[decode] + 1, 0)
+                 * params.admission_step_s)
+    assert np.array_equal(got.queue_s, queue) and np.array_equal(got.compute_s, compute)
+    assert np.array_equal(got.transfer_s, transfer)
+    assert np.array_equal(got.admission_s, admission)
+    assert np.array_equal(got.total_s, (queue + compute)[:, None] + transfer + admission)
+    assert np.array_equal(got.tier, table.tier[grid])
+    local = (snap.queued[decode] / snap.prefill_rate[decode]
+             + uncached[decode] / snap.prefill_rate[decode] + admission)
+    assert np.array_equal(model.local_costs(ctx, decode), local)
+
+
+def test_each_request_gets_its_own_terms_from_a_shared_model() -> None:
+    first, second = _context({"n": 8}), _context({"n": 2}, tokens=128)
+    shared = first.cost
+    other = CycleContext(second.request, first.snapshot, second.cached, shared)
+    longer = CycleContext(replace(first.request, prompt_tokens=500), first.snapshot,
+                          first.cached, shared)
+    assert isinstance(shared, FabricCostModel)
+    decode = np.array([3], dtype=np.int64)
+    for ctx in (first, other, first, longer):
+        fresh = FabricCostModel(shared.table, shared.params)
+        alone = CycleContext(ctx.request, ctx.snapshot, ctx.cached, fresh)
+        assert shared.local_costs(ctx, decode) == fresh.local_costs(alone, decode)
+        assert shared.terms(ctx, 0, 3, local=False) == fresh.terms(alone, 0, 3, local=False)
+
+
+def test_a_writable_cached_array_is_read_anew_on_every_call() -> None:
+    ctx = _context({})
+    cached = np.zeros(len(ctx.snapshot.workers), dtype=np.int64)
+    live = CycleContext(ctx.request, ctx.snapshot, cached, ctx.cost)
+    decode = np.array([3], dtype=np.int64)
+    before = ctx.cost.local_costs(live, decode)
+    cached[3] = 8
+    assert ctx.cost.local_costs(live, decode) < before
+
+
+def test_the_router_keeps_its_pair_table_while_the_workers_gpus_hold() -> None:
+    router = Router(fabric(), policy())
+    snap = snapshot(_workers())
+    model = router.cost_model(snap)
+    assert router.cost_model(snap) is model
+    patched = snap.updated({0: replace(snap.workers[0], queued_tokens=1)})
+    assert router.cost_model(patched) is model
+    rebuilt = snapshot([replace(w, running_requests=9) for w in _workers()])
+    assert router.cost_model(rebuilt) is model
+    moved = _workers()
+    moved[2] = replace(moved[2], gpus=(SAME_RAIL.replace("gpu0", "gpu3"),))
+    other = router.cost_model(snapshot(moved))
+    assert other is not model
+    expected = PairTable(fabric(), moved)
+    assert np.array_equal(other.table.latency_s, expected.latency_s)
+    assert np.array_equal(other.table.lanes, expected.lanes)
+    assert router.cost_model(snap) is not other  # back to the first GPUs: rebuilt again
+
+
+def test_pair_table_key_is_the_gpus_in_order() -> None:
+    workers = _workers()
+    assert PairTable.key(workers) == tuple(w.gpus for w in workers)
