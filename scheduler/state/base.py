@@ -10,11 +10,13 @@ sleeping. Errors: an unknown or expired worker raises
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
 
 Clock = Callable[[], float]
@@ -28,6 +30,15 @@ class WorkerEntry(BaseModel):
     registration: WorkerRegistration
     lease: Lease
     free_blocks: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlockGrant:
+    """A live worker as one :meth:`TransferStore.take_blocks` step saw it (free blocks
+    counted after the step) and the blocks that step took from it."""
+
+    entry: WorkerEntry
+    blocks: tuple[int, ...]
 
 
 class TransferStore(Protocol):
@@ -48,12 +59,23 @@ class TransferStore(Protocol):
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
 
+    async def list_with_loads(self, loads: LoadStore
+                              ) -> tuple[list[WorkerEntry], dict[str, WorkerLoad]]:
+        """``list_workers()`` and ``loads.loads()`` together: one read where this store
+        holds the loads too (Redis), so the route path pays one round trip, not two."""
+
     async def expire(self) -> list[str]:
         """Remove workers whose lease ran out and apply due delayed releases; return the
         names of the removed workers."""
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
         """Take ``count`` free blocks of a worker (lowest ids first)."""
+
+    async def take_blocks(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
+        """Every named worker's entry, taking ``counts[name]`` free blocks of each (lowest
+        ids first, ``0``: none) in one step, all or nothing: nothing is taken when one
+        worker is not live (:class:`NotFoundError`) or has too few free blocks
+        (:class:`UnschedulableError`). Checked in the mapping's order."""
 
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
@@ -69,6 +91,12 @@ class TransferStore(Protocol):
 
     async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
         """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
+
+    async def start_transfer(self, record: TransferRecord,
+                             jobs: Sequence[tuple[str, TransferJob]]) -> None:
+        """Store a new pending record and queue its ``(worker, job)`` pairs in one step,
+        all or nothing: :class:`~topology.errors.ConflictError` when its plan id exists,
+        :class:`NotFoundError` when a job's worker is not live."""
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""

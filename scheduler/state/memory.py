@@ -10,12 +10,13 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from scheduler.state.base import Clock, WorkerEntry
+from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
-from topology.errors import NotFoundError, UnschedulableError
+from topology.errors import ConflictError, NotFoundError, UnschedulableError
 
 
 @dataclass
@@ -26,6 +27,27 @@ class _Worker:
     jobs: deque[TransferJob] = field(default_factory=deque)
     #: The last entry handed out; reused while lease and free count are unchanged.
     entry: WorkerEntry | None = None
+    #: No free block has a lower id: allocation scans up from here instead of sorting
+    #: the whole free set (4,096 ids took ~35 µs per allocation).
+    low: int = 0
+
+    def take_lowest(self, count: int) -> list[int]:
+        """The ``count`` lowest free blocks, now used (``count`` ≤ free blocks)."""
+        taken: list[int] = []
+        block = self.low
+        while len(taken) < count:
+            if block in self.free:
+                taken.append(block)
+            block += 1
+        self.free.difference_update(taken)
+        self.low = block
+        return taken
+
+    def give_back(self, blocks: Sequence[int]) -> None:
+        """Return in-range blocks to the free set."""
+        valid = [b for b in blocks if 0 <= b < self.reg.layout.num_blocks]
+        self.free.update(valid)
+        self.low = min([self.low, *valid])
 
     def current(self) -> WorkerEntry:
         """This worker as a :class:`WorkerEntry`, rebuilt only when it changed.
@@ -125,6 +147,11 @@ class MemoryStore:
         self._listed_until = min((e.lease.expires_at for e in live), default=float("inf"))
         return live
 
+    async def list_with_loads(self, loads: LoadStore
+                              ) -> tuple[list[WorkerEntry], dict[str, WorkerLoad]]:
+        """``list_workers()`` and ``loads.loads()`` (two reads: they are apart here)."""
+        return await self.list_workers(), await loads.loads()
+
     async def expire(self) -> list[str]:
         """Remove workers whose lease ran out and apply due delayed releases; return the
         names of the removed workers."""
@@ -140,14 +167,24 @@ class MemoryStore:
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
         """Take ``count`` free blocks of a worker (lowest ids first)."""
-        worker = self._live(name)
-        if count > len(worker.free):
-            raise UnschedulableError([f"{name} has {len(worker.free)} free KV blocks, "
-                                      f"{count} needed"])
-        taken = sorted(worker.free)[:count]
-        worker.free.difference_update(taken)
-        self._dirty.add(name)
-        return taken
+        return list((await self.take_blocks({name: count}))[name].blocks)
+
+    async def take_blocks(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
+        """Every named worker's entry, taking ``counts[name]`` free blocks of each in one
+        step, all or nothing."""
+        workers: dict[str, _Worker] = {}
+        for name, count in counts.items():
+            workers[name] = worker = self._live(name)
+            if count > len(worker.free):
+                raise UnschedulableError([f"{name} has {len(worker.free)} free KV blocks, "
+                                          f"{count} needed"])
+        grants = {}
+        for name, count in counts.items():
+            taken = workers[name].take_lowest(count)
+            if taken:
+                self._dirty.add(name)
+            grants[name] = BlockGrant(workers[name].current(), tuple(taken))
+        return grants
 
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
@@ -158,7 +195,7 @@ class MemoryStore:
         """Return blocks to a worker's free list (failed transfer, evicted KV)."""
         worker = self._workers.get(name)
         if worker is not None:
-            worker.free.update(b for b in blocks if 0 <= b < worker.reg.layout.num_blocks)
+            worker.give_back(blocks)
             self._dirty.add(name)
 
     async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
@@ -184,6 +221,19 @@ class MemoryStore:
         jobs = list(worker.jobs)
         worker.jobs.clear()
         return jobs
+
+    async def start_transfer(self, record: TransferRecord,
+                             jobs: Sequence[tuple[str, TransferJob]]) -> None:
+        """Store a new pending record and queue its jobs, all or nothing."""
+        plan_id = record.plan.plan_id
+        if plan_id in self._transfers:
+            raise ConflictError(f"transfer {plan_id!r} already exists")
+        queues = [(name, self._live(name).jobs) for name, _ in jobs]
+        await self.put_transfer(record)
+        for (name, queue), (_, job) in zip(queues, jobs, strict=True):
+            queue.append(job)
+            async with self._cond(name):
+                self._cond(name).notify_all()
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""

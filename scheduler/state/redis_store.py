@@ -8,13 +8,16 @@ stores, so a replica that restarts (or a new one) sees what the others wrote.
 Keys (all under ``prefix``, see docs/state.md):
 
 * ``workers`` — sorted set, worker name → lease deadline (store clock);
-* ``w:NAME`` — hash: registration JSON, epoch, TTL, deadline, block count;
+* ``w:NAME`` — hash: registration JSON and its id (``rid``, a content hash), epoch, TTL,
+  deadline, block count;
 * ``epoch:NAME`` — the registration counter (kept, so epochs only ever grow);
 * ``used:NAME`` — bitmap of *used* KV blocks (a fresh registration is an empty key);
 * ``jobs:NAME`` — list of queued :class:`TransferJob` JSON (RPUSH / BLPOP);
 * ``delayed`` — sorted set of quarantined releases by due time;
 * ``t:PLAN`` — hash: record JSON and version; ``pending:NAME`` — plan ids in flight;
-* ``load:NAME`` + ``loads`` — reservations; ``kv-events`` — the KV event stream.
+* ``load:NAME`` + ``loads`` — reservations; ``kv-events`` — the KV event stream;
+* ``seq``, ``changes``, ``view-id``, ``changes-floor`` — the change log that listings
+  follow (see :mod:`scheduler.state.redis_scripts` and :mod:`scheduler.state.redis_view`).
 
 Leases: the deadline is written by the store's clock (default ``time.time``: the
 replicas share wall time, never one process's monotonic clock) and checked against it;
@@ -23,6 +26,9 @@ safety net that drops a dead worker's keys even when no replica sweeps.
 
 Every check-then-change (allocate, claim, reserve, queue a job, sweep) is one Lua
 script, so two replicas never hand out the same block or oversubscribe a worker.
+Listings (``list_workers``, ``loads``) are one script each that returns only what
+changed since this replica's last listing; every ``resync_s`` (real time) a listing
+reads everything again, a safety net like the key TTL.
 Redis down: each method raises :class:`StoreUnavailableError` within about
 ``2 × (connect_timeout_s + socket_timeout_s)`` (one retry on a fresh connection).
 """
@@ -34,7 +40,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar, cast
 
 import redis.asyncio as aioredis
@@ -44,15 +50,32 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from scheduler.state.base import Clock, WorkerEntry
+from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.redis_scripts import SCRIPTS
+from scheduler.state.redis_view import (
+    Fetched,
+    ListingView,
+    Registrations,
+    Row,
+    SyncAnswer,
+    registration_id,
+)
 from scheduler.state.reservations import (
     DEFAULT_EVENT_MAXLEN,
+    LoadStore,
     StoreUnavailableError,
     WorkerLoad,
     check_amounts,
+    wanted,
 )
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
-from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
+from topology.errors import (
+    ConflictError,
+    Issue,
+    NotFoundError,
+    UnschedulableError,
+    ValidationError,
+)
 
 __all__ = ["RedisStore", "StoreUnavailableError"]
 
@@ -62,139 +85,9 @@ _T = TypeVar("_T")
 _MAX_JOBS = 10_000
 #: Marker pushed on a job list to wake a long-poll when its worker goes away.
 _WAKE = ""
-
-_REGISTER = """
-local epoch = redis.call('INCR', KEYS[3])
-redis.call('DEL', KEYS[2], KEYS[4], KEYS[5])
-redis.call('HSET', KEYS[2], 'reg', ARGV[2], 'epoch', epoch, 'ttl', ARGV[3],
-           'expires', ARGV[4], 'nblocks', ARGV[5], 'safety', ARGV[6])
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
-redis.call('PEXPIRE', KEYS[2], ARGV[6])
-return epoch
-"""
-
-# The safety-net TTL (ms) of a worker's keys is kept in its hash ('safety').
-
-# KEYS: workers, w, used, jobs. ARGV: name, now.
-_HEARTBEAT = """
-local h = redis.call('HMGET', KEYS[2], 'expires', 'ttl', 'epoch', 'safety')
-if not h[1] or tonumber(h[1]) <= tonumber(ARGV[2]) then return false end
-local expires = string.format('%.17g', tonumber(ARGV[2]) + tonumber(h[2]))
-redis.call('HSET', KEYS[2], 'expires', expires)
-redis.call('ZADD', KEYS[1], expires, ARGV[1])
-for i = 2, 4 do redis.call('PEXPIRE', KEYS[i], h[4]) end
-return {h[3], h[2], expires}
-"""
-
-# Workers' hashes and used-block counts in one call, as one JSON text: a pipeline of
-# two commands per worker cost ~5 ms of client CPU per listing of 256 workers, most of
-# it redis-py parsing ~1,500 reply elements. KEYS: w:NAME, used:NAME per worker.
-_ENTRIES = """
-local out = {}
-for i = 1, #KEYS, 2 do
-  local h = redis.call('HMGET', KEYS[i], 'reg', 'epoch', 'ttl', 'expires', 'nblocks')
-  if h[1] then
-    out[#out + 1] = {h[1], h[2], h[3], h[4], h[5], redis.call('BITCOUNT', KEYS[i + 1])}
-  end
-end
-if #out == 0 then return '[]' end
-return cjson.encode(out)
-"""
-
-_LIVE = """
-local h = redis.call('HMGET', KEYS[1], 'expires', 'nblocks')
-if not h[1] or tonumber(h[1]) <= tonumber(ARGV[1]) then return nil end
-return tonumber(h[2])
-"""
-
-# KEYS: w, used. ARGV: now, count. {-1}: not live; {-2, free}: too few.
-_ALLOCATE = """
-local h = redis.call('HMGET', KEYS[1], 'expires', 'nblocks', 'safety')
-if not h[1] or tonumber(h[1]) <= tonumber(ARGV[1]) then return {-1} end
-local count = tonumber(ARGV[2])
-local free = tonumber(h[2]) - redis.call('BITCOUNT', KEYS[2])
-if count > free then return {-2, free} end
-local out = {0}
-local byte = 0
-for _ = 1, count do
-  local pos = redis.call('BITPOS', KEYS[2], 0, byte)
-  if pos < 0 then pos = redis.call('STRLEN', KEYS[2]) * 8 end
-  redis.call('SETBIT', KEYS[2], pos, 1)
-  out[#out + 1] = pos
-  byte = math.floor(pos / 8)
-end
-redis.call('PEXPIRE', KEYS[2], h[3])
-return out
-"""
-
-# KEYS: w, used. ARGV: now (or '' to skip the lease check), bit, blocks...
-_SET_BLOCKS = """
-local h = redis.call('HMGET', KEYS[1], 'expires', 'nblocks', 'safety')
-if not h[1] then return -1 end
-if ARGV[1] ~= '' and tonumber(h[1]) <= tonumber(ARGV[1]) then return -1 end
-local n = tonumber(h[2])
-for i = 3, #ARGV do
-  local b = tonumber(ARGV[i])
-  if b >= 0 and b < n then redis.call('SETBIT', KEYS[2], b, tonumber(ARGV[2])) end
-end
-if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('PEXPIRE', KEYS[2], h[3]) end
-return 0
-"""
-
-# KEYS: w, jobs. ARGV: now, job.
-_PUT_JOB = """
-local h = redis.call('HMGET', KEYS[1], 'expires', 'safety')
-if not h[1] or tonumber(h[1]) <= tonumber(ARGV[1]) then return 0 end
-redis.call('RPUSH', KEYS[2], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], h[2])
-return 1
-"""
-
-# KEYS: workers, w, used, jobs. ARGV: name, now ('' removes unconditionally).
-_REMOVE = """
-if ARGV[2] ~= '' then
-  local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-  if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
-end
-local gone = redis.call('ZREM', KEYS[1], ARGV[1]) + redis.call('DEL', KEYS[2])
-redis.call('DEL', KEYS[3], KEYS[4])
-redis.call('RPUSH', KEYS[4], '')
-redis.call('PEXPIRE', KEYS[4], 10000)
-if gone > 0 then return 1 end
-return 0
-"""
-
-# KEYS: delayed, w, used. ARGV: member (JSON [name, blocks, nonce]).
-_TAKE_DELAYED = """
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-local n = tonumber(redis.call('HGET', KEYS[2], 'nblocks'))
-if not n then return 0 end
-for _, b in ipairs(cjson.decode(ARGV[1])[2]) do
-  if b >= 0 and b < n then redis.call('SETBIT', KEYS[3], b, 0) end
-end
-return 1
-"""
-
-# KEYS: load. ARGV: tokens, requests. -1 unknown, 0 full, 1 reserved.
-_RESERVE = """
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'requests', 'max_tokens', 'max_requests')
-if not h[3] then return -1 end
-local t, r = tonumber(ARGV[1]), tonumber(ARGV[2])
-if tonumber(h[1]) + t > tonumber(h[3]) or tonumber(h[2]) + r > tonumber(h[4]) then
-  return 0
-end
-redis.call('HINCRBY', KEYS[1], 'tokens', t)
-redis.call('HINCRBY', KEYS[1], 'requests', r)
-return 1
-"""
-
-_RELEASE_LOAD = """
-local h = redis.call('HMGET', KEYS[1], 'tokens', 'requests')
-if not h[1] then return 0 end
-redis.call('HSET', KEYS[1], 'tokens', math.max(0, tonumber(h[1]) - tonumber(ARGV[1])),
-           'requests', math.max(0, tonumber(h[2]) - tonumber(ARGV[2])))
-return 1
-"""
+#: Changes the log keeps before a sweep trims older ones (a listing older than that
+#: reads everything once): bounds the log as workers come and go under new names.
+TRIM_LAG = 100_000
 
 
 def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
@@ -208,24 +101,23 @@ def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, A
     return wrapper
 
 
-def _load(fields: dict[str, str]) -> WorkerLoad:
-    """A load hash the store wrote itself: constructed without re-validation (hot path)."""
-    return WorkerLoad.model_construct(
-        tokens=int(fields["tokens"]), requests=int(fields["requests"]),
-        max_tokens=int(fields["max_tokens"]), max_requests=int(fields["max_requests"]))
-
-
 def _texts(reply: object) -> list[str]:
     """A list reply of a ``decode_responses`` client (redis-py types it as a union)."""
     return [str(item) for item in cast(list[Any], reply or [])]
 
 
-#: Parsed registrations kept at most (one per distinct registration).
-_MAX_CACHED_REGS = 65_536
-
-
 def _not_live(name: str) -> NotFoundError:
     return NotFoundError("worker", name, "register it first (POST /v1/workers)")
+
+
+def _grant(name: str, reg: WorkerRegistration, row: Sequence[Any]) -> BlockGrant:
+    """One worker of a ``take`` answer: [epoch, ttl, expires, free, rid, JSON, blocks]."""
+    epoch, ttl, expires, free, _, _, blocks = row
+    # checked when the worker registered; built without validating again (hot path)
+    lease = Lease.model_construct(worker=name, epoch=int(epoch), ttl_s=float(ttl),
+                                  expires_at=float(expires))
+    entry = WorkerEntry.model_construct(registration=reg, lease=lease, free_blocks=int(free))
+    return BlockGrant(entry, tuple(int(b) for b in blocks))
 
 
 class RedisStore:
@@ -234,7 +126,7 @@ class RedisStore:
     def __init__(self, url: str, *, prefix: str = "toposched:", clock: Clock = time.time,
                  connect_timeout_s: float = 0.5, socket_timeout_s: float = 1.0,
                  finished_ttl_s: float = 3600.0, safety_ttl_s: float = 60.0,
-                 event_maxlen: int = DEFAULT_EVENT_MAXLEN) -> None:
+                 event_maxlen: int = DEFAULT_EVENT_MAXLEN, resync_s: float = 10.0) -> None:
         self._prefix = prefix
         self._clock = clock
         self._grace_s = connect_timeout_s + socket_timeout_s
@@ -248,17 +140,17 @@ class RedisStore:
         # Long-polls (BLPOP, XREAD BLOCK, pub/sub) outlive any socket timeout; each is
         # bounded by asyncio.wait_for instead.
         self._blocking = aioredis.Redis.from_url(url, socket_timeout=None, **options)
-        scripts = {"entries": _ENTRIES, "register": _REGISTER, "heartbeat": _HEARTBEAT,
-                   "live": _LIVE, "allocate": _ALLOCATE, "set_blocks": _SET_BLOCKS,
-                   "put_job": _PUT_JOB,
-                   "remove": _REMOVE, "take_delayed": _TAKE_DELAYED,
-                   "reserve": _RESERVE, "release_load": _RELEASE_LOAD}
-        self._lua = {name: self._r.register_script(src) for name, src in scripts.items()}
+        self._lua = {name: self._r.register_script(src) for name, src in SCRIPTS.items()}
         self._blmpop = True  # until a server older than Redis 7 says otherwise
-        #: Parsed registrations by the JSON they were stored as: listing workers reads
-        #: every registration per route request, and validating 256 of them again
-        #: each time cost more than the Redis round trip.
-        self._regs: dict[str, WorkerRegistration] = {}
+        #: Parsed registrations by id: a route request reads two workers' entries and
+        #: a listing may read every one; validating them again cost more than Redis.
+        self._regs = Registrations()
+        #: The registration id last seen per worker (sent along so that Redis returns
+        #: a registration's JSON only when it is not the one this replica parsed).
+        self._rids: dict[str, str] = {}
+        self._view = ListingView()
+        self._resync_s = resync_s
+        self._full_at = -float("inf")
 
     def _k(self, *parts: str) -> str:
         return self._prefix + ":".join(parts)
@@ -266,6 +158,10 @@ class RedisStore:
     def _worker_keys(self, name: str) -> list[str]:
         return [self._k("workers"), self._k("w", name), self._k("used", name),
                 self._k("jobs", name)]
+
+    def _log_keys(self) -> list[str]:
+        """The change-log keys every listing-changing script takes first."""
+        return [self._k("seq"), self._k("changes")]
 
     def _safety_ms(self, ttl_s: float) -> int:
         return int(max(self._safety_s, 3 * ttl_s) * 1000)
@@ -293,16 +189,18 @@ class RedisStore:
     async def register_worker(self, reg: WorkerRegistration, ttl_s: float) -> Lease:
         """Add or replace a worker; a new epoch, a fresh lease, every block free."""
         expires = self._clock() + ttl_s
+        text = reg.model_dump_json()
         keys = self._worker_keys(reg.name)
-        epoch = await self._run("register", [*keys[:2], self._k("epoch", reg.name), *keys[2:]],
-                                [reg.name, reg.model_dump_json(), repr(ttl_s), repr(expires),
-                                 reg.layout.num_blocks, self._safety_ms(ttl_s)])
+        epoch = await self._run(
+            "register", [*self._log_keys(), *keys[:2], self._k("epoch", reg.name), *keys[2:]],
+            [reg.name, text, repr(ttl_s), repr(expires), reg.layout.num_blocks,
+             self._safety_ms(ttl_s), registration_id(text)])
         return Lease(worker=reg.name, epoch=int(epoch), ttl_s=ttl_s, expires_at=expires)
 
     @_translate
     async def heartbeat(self, name: str) -> Lease:
         """Extend a live worker's lease by its TTL."""
-        found = await self._run("heartbeat", self._worker_keys(name),
+        found = await self._run("heartbeat", [*self._log_keys(), *self._worker_keys(name)],
                                 [name, repr(self._clock())])
         if found is None:
             raise _not_live(name)
@@ -312,51 +210,69 @@ class RedisStore:
     @_translate
     async def remove_worker(self, name: str) -> bool:
         """Forget a worker and its queued jobs; False when it was not registered."""
-        return bool(await self._run("remove", self._worker_keys(name), [name, ""]))
+        return bool(await self._remove(name, ""))
+
+    async def _remove(self, name: str, now: str) -> int:
+        return int(await self._run("remove", [*self._log_keys(), *self._worker_keys(name)],
+                                   [name, now]))
 
     @_translate
     async def get_worker(self, name: str) -> WorkerEntry:
         """A live worker by name."""
-        entry = (await self._entries([name])).get(name)
-        if entry is None or entry.lease.expires_at <= self._clock():
-            raise _not_live(name)
-        return entry
+        return (await self._take({name: 0}))[name].entry
 
     @_translate
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
-        now = self._clock()
-        names = _texts(await self._r.zrangebyscore(self._k("workers"), f"({now!r}", "+inf"))
-        entries = await self._entries(sorted(names))
-        return [e for _, e in sorted(entries.items()) if e.lease.expires_at > now]
+        await self._sync()
+        return self._view.listing(self._clock())
 
-    async def _entries(self, names: Sequence[str]) -> dict[str, WorkerEntry]:
-        if not names:
-            return {}
-        keys = [key for name in names for key in (self._k("w", name), self._k("used", name))]
-        out: dict[str, WorkerEntry] = {}
-        for reg, epoch, ttl, expires, nblocks, used in json.loads(
-                await self._run("entries", keys, [])):
-            registration = self._registration(reg)
-            name = registration.name
-            out[name] = WorkerEntry.model_construct(
-                registration=registration,
-                # Checked when the worker registered; built without validating again.
-                lease=Lease.model_construct(worker=name, epoch=int(epoch), ttl_s=float(ttl),
-                                            expires_at=float(expires)),
-                free_blocks=int(nblocks) - int(used))
-        return out
+    @_translate
+    async def list_with_loads(self, loads: LoadStore
+                              ) -> tuple[list[WorkerEntry], dict[str, WorkerLoad]]:
+        """``list_workers()`` and ``loads.loads()``: one round trip when ``loads`` is this
+        store."""
+        if loads is not self:
+            return await self.list_workers(), await loads.loads()
+        await self._sync()
+        return self._view.listing(self._clock()), self._view.loads_by_name()
 
-    def _registration(self, text: str) -> WorkerRegistration:
-        """The registration stored as ``text``, parsed once per distinct text."""
-        cached = self._regs.get(text)
-        if cached is not None:
-            return cached
-        if len(self._regs) >= _MAX_CACHED_REGS:  # workers come and go: start over
-            self._regs.clear()
-        reg = WorkerRegistration.model_validate_json(text)
-        self._regs[text] = reg
+    async def _sync(self) -> None:
+        """Bring the listing view up to date: one script, answering what changed."""
+        view, started = self._view, time.monotonic()
+        full = started - self._full_at >= self._resync_s
+        if full:
+            self._full_at = started
+        reply = await self._run(
+            "sync", [*self._log_keys(), self._k("view-id"), self._k("changes-floor"),
+                     self._k("workers"), self._k("loads")],
+            [self._prefix, "" if full else view.view_id, view.seq, uuid.uuid4().hex])
+        answer = SyncAnswer.parse(reply)
+        missing = answer.unresolved(self._regs)
+        fetched = await self._fetch_registrations(missing) if missing else {}
+        view.apply(answer, lambda row: self._resolve(row, fetched))
+
+    def _resolve(self, row: Row, fetched: Fetched) -> WorkerRegistration | None:
+        """A row's registration: parsed before, or fetched for it (same rid, or the same
+        epoch for a registration stored without rid)."""
+        reg = self._regs.get(row.rid or "")
+        if reg is None and row.name in fetched:
+            rid, epoch, got = fetched[row.name]
+            if (rid == row.rid) if row.rid else str(epoch) == row.epoch:
+                reg = got
+        if reg is not None and row.rid:
+            self._rids[row.name] = row.rid
         return reg
+
+    async def _fetch_registrations(self, names: Sequence[str]) -> Fetched:
+        """The current registrations of ``names`` (parsed once per distinct JSON)."""
+        reply = await self._run("registrations", [self._k("w", n) for n in names], [])
+        out: Fetched = {}
+        for i, name in enumerate(names):
+            rid, epoch, text = reply[3 * i:3 * i + 3]
+            if text is not None and epoch is not None:
+                out[name] = (rid, int(epoch), self._regs.parse(text)[1])
+        return out
 
     @_translate
     async def expire(self) -> list[str]:
@@ -364,12 +280,13 @@ class RedisStore:
         names of the removed workers (each reported by exactly one replica)."""
         now = repr(self._clock())
         due = _texts(await self._r.zrangebyscore(self._k("workers"), "-inf", now))
-        gone = [name for name in sorted(due)
-                if await self._run("remove", self._worker_keys(name), [name, now])]
+        gone = [name for name in sorted(due) if await self._remove(name, now)]
         for member in _texts(await self._r.zrangebyscore(self._k("delayed"), "-inf", now)):
             name = json.loads(member)[0]
-            await self._run("take_delayed", [self._k("delayed"), self._k("w", name),
-                                             self._k("used", name)], [member])
+            await self._run("take_delayed", [*self._log_keys(), self._k("delayed"),
+                                             self._k("w", name), self._k("used", name)],
+                            [member])
+        await self._run("trim", [*self._log_keys(), self._k("changes-floor")], [TRIM_LAG])
         return gone
 
     # -- KV blocks ----------------------------------------------------------------
@@ -377,13 +294,41 @@ class RedisStore:
     @_translate
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
         """Take ``count`` free blocks of a worker (lowest ids first), atomically."""
-        reply = await self._run("allocate", [self._k("w", name), self._k("used", name)],
-                                [repr(self._clock()), count])
+        return list((await self._take({name: count}))[name].blocks)
+
+    @_translate
+    async def take_blocks(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
+        """Every named worker's entry, taking ``counts[name]`` free blocks of each in one
+        script, all or nothing."""
+        return await self._take(counts)
+
+    async def _take(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
+        names = list(counts)
+        # Registrations this replica holds, by the id it tells Redis it has: Redis
+        # sends the JSON only for another id, so these cover every answer without it.
+        known = {n: held for n in names if (held := self._held(n)) is not None}
+        keys = [key for n in names for key in (self._k("w", n), self._k("used", n))]
+        args = [arg for n in names for arg in (n, counts[n], known[n][0] if n in known else "")]
+        reply = await self._run("take", [*self._log_keys(), *keys], [repr(self._clock()), *args])
         if reply[0] == -1:
-            raise _not_live(name)
+            raise _not_live(names[reply[1] - 1])
         if reply[0] == -2:
-            raise UnschedulableError([f"{name} has {reply[1]} free KV blocks, {count} needed"])
-        return [int(b) for b in reply[1:]]
+            name = names[reply[1] - 1]
+            raise UnschedulableError([f"{name} has {reply[2]} free KV blocks, "
+                                      f"{counts[name]} needed"])
+        grants = {}
+        for name, row in zip(names, reply[1:], strict=True):
+            rid, text = row[4], row[5]
+            reg = self._regs.parse(text)[1] if text else known[name][1]
+            self._rids[name] = rid
+            grants[name] = _grant(name, reg, row)
+        return grants
+
+    def _held(self, name: str) -> tuple[str, WorkerRegistration] | None:
+        """The id and registration of ``name`` last seen, if still parsed here."""
+        rid = self._rids.get(name, "")
+        reg = self._regs.get(rid)
+        return (rid, reg) if reg is not None else None
 
     @_translate
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
@@ -397,8 +342,8 @@ class RedisStore:
         await self._set_blocks(name, blocks, 0, "")
 
     async def _set_blocks(self, name: str, blocks: Sequence[int], bit: int, now: str) -> int:
-        return int(await self._run("set_blocks", [self._k("w", name), self._k("used", name)],
-                                   [now, bit, *map(int, blocks)]))
+        keys = [*self._log_keys(), self._k("w", name), self._k("used", name)]
+        return int(await self._run("set_blocks", keys, [name, now, bit, *map(int, blocks)]))
 
     @_translate
     async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
@@ -443,6 +388,22 @@ class RedisStore:
         return [first[1], *_texts(await self._r.lpop(key, _MAX_JOBS))] if first else []
 
     # -- transfers ----------------------------------------------------------------
+
+    @_translate
+    async def start_transfer(self, record: TransferRecord,
+                             jobs: Sequence[tuple[str, TransferJob]]) -> None:
+        """Store a new pending record and queue its jobs in one script, all or nothing."""
+        plan = record.plan
+        keys = [self._k("t", plan.plan_id), self._k("pending", plan.src.worker),
+                self._k("pending", plan.dst.worker)]
+        keys += [key for name, _ in jobs for key in (self._k("w", name), self._k("jobs", name))]
+        done = int(await self._run("start_transfer", keys, [
+            repr(self._clock()), plan.plan_id, record.model_dump_json(),
+            *(job.model_dump_json() for _, job in jobs)]))
+        if done < 0:
+            raise ConflictError(f"transfer {plan.plan_id!r} already exists")
+        if done > 0:
+            raise _not_live(jobs[done - 1][0])
 
     @_translate
     async def put_transfer(self, record: TransferRecord) -> None:
@@ -516,49 +477,48 @@ class RedisStore:
     async def set_capacity(self, worker: str, max_tokens: int, max_requests: int) -> None:
         """Declare (or change) a worker's capacity; its current load is kept."""
         check_amounts(max_tokens, max_requests)
-        key = self._k("load", worker)
-        pipe = self._r.pipeline(transaction=True)
-        pipe.hset(key, mapping={"max_tokens": max_tokens, "max_requests": max_requests})
-        pipe.hsetnx(key, "tokens", 0)
-        pipe.hsetnx(key, "requests", 0)
-        pipe.sadd(self._k("loads"), worker)
-        await pipe.execute()
+        await self._run("set_capacity", [*self._log_keys(), self._k("load", worker),
+                                         self._k("loads")], [worker, max_tokens, max_requests])
 
     @_translate
     async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
         """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
-        check_amounts(tokens, requests)
-        done = int(await self._run("reserve", [self._k("load", worker)], [tokens, requests]))
+        return await self._reserve([(worker, tokens, requests)]) is None
+
+    @_translate
+    async def reserve_all(self, items: Sequence[tuple[str, int, int]]) -> str | None:
+        """Reserve every item or none, in one script; None when reserved, else the first
+        worker that is full."""
+        return await self._reserve(items)
+
+    async def _reserve(self, items: Sequence[tuple[str, int, int]]) -> str | None:
+        if not wanted(items):  # checks the amounts too
+            return None
+        keys = [self._k("load", worker) for worker, _, _ in items]
+        args = [arg for item in items for arg in item]
+        done, index = await self._run("reserve", [*self._log_keys(), *keys], args)
         if done < 0:
-            raise NotFoundError("worker", worker, "set its capacity first")
-        return done == 1
+            raise NotFoundError("worker", items[index - 1][0], "set its capacity first")
+        return None if done == 1 else items[index - 1][0]
 
     @_translate
     async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
         """Take load back (never below zero); unknown workers are ignored."""
         check_amounts(tokens, requests)
-        await self._run("release_load", [self._k("load", worker)], [tokens, requests])
+        await self._run("release_load", [*self._log_keys(), self._k("load", worker)],
+                        [worker, tokens, requests])
 
     @_translate
     async def loads(self) -> dict[str, WorkerLoad]:
         """Every worker with a capacity, by name."""
-        names = sorted(_texts(list(await self._r.smembers(self._k("loads")))))
-        pipe = self._r.pipeline(transaction=False)
-        for name in names:
-            pipe.hgetall(self._k("load", name))
-        replies = await pipe.execute()
-        # the store wrote these fields itself: construct without re-validating (hot path)
-        return {name: _load(fields) for name, fields in zip(names, replies, strict=True)
-                if fields}
+        await self._sync()
+        return self._view.loads_by_name()
 
     @_translate
     async def drop_load(self, worker: str) -> bool:
         """Forget a worker's capacity and load; False when it had none."""
-        pipe = self._r.pipeline(transaction=True)
-        pipe.delete(self._k("load", worker))
-        pipe.srem(self._k("loads"), worker)
-        deleted, _ = await pipe.execute()
-        return bool(deleted)
+        return bool(await self._run("drop_load", [*self._log_keys(), self._k("load", worker),
+                                                  self._k("loads")], [worker]))
 
     # -- KV events ----------------------------------------------------------------
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -68,6 +69,11 @@ class LoadStore(Protocol):
     async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
         """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
 
+    async def reserve_all(self, items: Sequence[tuple[str, int, int]]) -> str | None:
+        """Reserve ``(worker, tokens, requests)`` items all or nothing, in one step (amounts
+        on one worker add up); None when reserved, else the first worker that is full
+        (and nothing added). An unknown worker raises :class:`NotFoundError`."""
+
     async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
         """Take load back (never below zero); unknown workers are ignored."""
 
@@ -91,6 +97,16 @@ class KvEventLog(Protocol):
         to pass next time (``last_id`` itself when none came)."""
 
 
+def wanted(items: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
+    """Tokens and requests per worker, summed over ``items`` (negative amounts rejected)."""
+    total: dict[str, tuple[int, int]] = {}
+    for worker, tokens, requests in items:
+        check_amounts(tokens, requests)
+        have = total.get(worker, (0, 0))
+        total[worker] = (have[0] + tokens, have[1] + requests)
+    return total
+
+
 def check_amounts(tokens: int, requests: int) -> None:
     """Reject negative amounts (a negative reservation would raise the capacity)."""
     issues = [Issue(name, "must be ≥ 0") for name, value in
@@ -104,6 +120,8 @@ class MemoryLoads:
 
     def __init__(self, *, event_maxlen: int = DEFAULT_EVENT_MAXLEN) -> None:
         self._loads: dict[str, WorkerLoad] = {}
+        #: Whether ``_loads`` is in name order (set_capacity of a new worker breaks it).
+        self._sorted = True
         self._events: deque[tuple[int, str]] = deque(maxlen=event_maxlen)
         self._next_id = 1
         self._appended = asyncio.Condition()
@@ -112,21 +130,29 @@ class MemoryLoads:
         """Declare (or change) a worker's capacity; its current load is kept."""
         check_amounts(max_tokens, max_requests)
         old = self._loads.get(worker)
+        self._sorted &= old is not None
         self._loads[worker] = WorkerLoad(tokens=old.tokens if old else 0,
                                          requests=old.requests if old else 0,
                                          max_tokens=max_tokens, max_requests=max_requests)
 
     async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
         """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
-        check_amounts(tokens, requests)
-        load = self._loads.get(worker)
-        if load is None:
-            raise NotFoundError("worker", worker, "set its capacity first")
-        if not load.fits(tokens, requests):
-            return False
-        self._loads[worker] = load.model_copy(update={
-            "tokens": load.tokens + tokens, "requests": load.requests + requests})
-        return True
+        return await self.reserve_all([(worker, tokens, requests)]) is None
+
+    async def reserve_all(self, items: Sequence[tuple[str, int, int]]) -> str | None:
+        """Reserve every item or none; None when reserved, else the first full worker."""
+        total = wanted(items)
+        for worker, (tokens, requests) in total.items():
+            load = self._loads.get(worker)
+            if load is None:
+                raise NotFoundError("worker", worker, "set its capacity first")
+            if not load.fits(tokens, requests):
+                return worker
+        for worker, (tokens, requests) in total.items():
+            load = self._loads[worker]
+            self._loads[worker] = load.model_copy(update={
+                "tokens": load.tokens + tokens, "requests": load.requests + requests})
+        return None
 
     async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
         """Take load back (never below zero); unknown workers are ignored."""
@@ -139,7 +165,9 @@ class MemoryLoads:
 
     async def loads(self) -> dict[str, WorkerLoad]:
         """Every worker with a capacity, by name."""
-        return dict(sorted(self._loads.items()))
+        if not self._sorted:
+            self._loads, self._sorted = dict(sorted(self._loads.items())), True
+        return dict(self._loads)
 
     async def drop_load(self, worker: str) -> bool:
         """Forget a worker's capacity and load; False when it had none."""

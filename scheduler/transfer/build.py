@@ -100,9 +100,12 @@ def build_plan(*, plan_id: str, src: WorkerRegistration, dst: WorkerRegistration
         not_after=not_after if not_after is not None else time.time() + deadline_s,
         block_hashes=tuple(block_hashes[cached_prefix:]) if block_hashes else ())
     # model_construct skipped pydantic checks so that the rules below can report every
-    # problem at once; a round trip then applies the field constraints too.
+    # problem at once. Then pydantic checks the top-level fields (plan id, deadline,
+    # hashes, …) once: the nested endpoints, runs and hints are instances that were
+    # validated when built, so they are passed as they are, not dumped and re-read
+    # (that round trip cost twice the rules).
     validate_plan(plan)
-    return TransferPlan.model_validate(plan.model_dump())
+    return TransferPlan.model_validate(dict(plan))
 
 
 def decode_metadata(b64: str) -> bytes:

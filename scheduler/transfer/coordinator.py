@@ -15,11 +15,11 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.state.base import Clock, TransferStore
+from scheduler.state.base import Clock, TransferStore, WorkerEntry
 from scheduler.transfer.build import DEFAULT_DEADLINE_S, build_plan
 from scheduler.transfer.hints import hints_for_workers
 from scheduler.transfer.plan import (
@@ -119,20 +119,63 @@ class TransferCoordinator:
 
     async def submit(self, request: TransferRequest) -> TransferRecord:
         """Build, validate and queue the plan for a request."""
-        src = await self.store.get_worker(request.src)
-        dst = await self.store.get_worker(request.dst)
-        plan_id = request.plan_id or self._new_id()
-        if await self._exists(plan_id):
-            raise ConflictError(f"transfer {plan_id!r} already exists")
-        plan = await self._plan(plan_id, request, src.registration, dst.registration,
-                                (src.lease.epoch, dst.lease.epoch))
-        record = TransferRecord(plan=plan, created_at=self._clock())
-        await self.store.put_transfer(record)
-        await self.store.put_job(plan.initiator, TransferJob(kind="execute", plan_id=plan_id,
-                                                             plan=plan))
-        await self.store.put_job(plan.target, TransferJob(kind="await", plan_id=plan_id,
-                                                          plan=plan))
+        # A caller's plan id is checked before any block is taken (the store checks
+        # again when it stores the record); a fresh id cannot exist.
+        if request.plan_id is not None and await self._exists(request.plan_id):
+            raise ConflictError(f"transfer {request.plan_id!r} already exists")
+        moving = len(request.src_blocks) - request.cached_prefix
+        take = moving if request.dst_blocks is None and moving > 0 else 0
+        # One store step reads both sides' entries and takes the destination's blocks.
+        grants = await self.store.take_blocks({request.src: 0, request.dst: take})
+        dst = grants[request.dst]
+        dst_blocks = request.dst_blocks
+        if take:
+            dst_blocks = (*request.src_blocks[:request.cached_prefix], *dst.blocks)
+        return await self._start(request.plan_id or self._new_id(), request,
+                                 grants[request.src].entry, dst.entry, dst_blocks,
+                                 taken={request.dst: dst.blocks} if take else {})
+
+    async def submit_routed(self, src: str, dst: str, blocks: int,
+                            block_hashes: Sequence[int] = ()) -> TransferRecord:
+        """Queue a routed transfer of ``blocks`` blocks: taken from the prefill worker's
+        free list (its engine writes the prompt's KV there) and from the decode worker's
+        in one store step, and given back on both sides if the transfer cannot start.
+
+        The route path's replacement for ``allocate_blocks`` + :meth:`submit`: two store
+        round trips in all (take the blocks, store the record with its jobs)."""
+        if blocks < 1:
+            raise ValidationError("routed transfer", [Issue("blocks", "must be ≥ 1")])
+        grants = await self.store.take_blocks({src: blocks, dst: blocks})
+        taken = {src: grants[src].blocks, dst: grants[dst].blocks}
+        try:
+            request = TransferRequest(src=src, dst=dst, src_blocks=grants[src].blocks,
+                                      block_hashes=tuple(block_hashes))
+        except BaseException:
+            await self._give_back(taken)
+            raise
+        return await self._start(self._new_id(), request, grants[src].entry,
+                                 grants[dst].entry, grants[dst].blocks, taken=taken)
+
+    async def _start(self, plan_id: str, request: TransferRequest, src: WorkerEntry,
+                     dst: WorkerEntry, dst_blocks: Sequence[int] | None,
+                     taken: Mapping[str, Sequence[int]]) -> TransferRecord:
+        """Build the plan, store it with both jobs; blocks in ``taken`` go back on failure."""
+        try:
+            plan = self._plan(plan_id, request, src, dst, dst_blocks)
+            if request.dst_blocks is not None:
+                await self.store.claim_blocks(dst.registration.name, plan.dst_blocks)
+            record = TransferRecord(plan=plan, created_at=self._clock())
+            await self.store.start_transfer(record, [
+                (plan.initiator, TransferJob(kind="execute", plan_id=plan_id, plan=plan)),
+                (plan.target, TransferJob(kind="await", plan_id=plan_id, plan=plan))])
+        except BaseException:
+            await self._give_back(taken)
+            raise
         return record
+
+    async def _give_back(self, taken: Mapping[str, Sequence[int]]) -> None:
+        for name, blocks in taken.items():
+            await self.store.release_blocks(name, blocks)
 
     async def _exists(self, plan_id: str) -> bool:
         try:
@@ -141,27 +184,16 @@ class TransferCoordinator:
             return False
         return True
 
-    async def _plan(self, plan_id: str, request: TransferRequest, src: WorkerRegistration,
-                    dst: WorkerRegistration, epochs: tuple[int, int]) -> TransferPlan:
-        moving = len(request.src_blocks) - request.cached_prefix
-        dst_blocks = request.dst_blocks
-        if dst_blocks is None and moving > 0:
-            allocated = await self.store.allocate_blocks(dst.name, moving)
-            dst_blocks = (*request.src_blocks[:request.cached_prefix], *allocated)
-        hints = self._hints_for(src, dst)
+    def _plan(self, plan_id: str, request: TransferRequest, src: WorkerEntry,
+              dst: WorkerEntry, dst_blocks: Sequence[int] | None) -> TransferPlan:
+        hints = self._hints_for(src.registration, dst.registration)
         deadline_s = request.deadline_s or self.deadline_s
-        try:
-            plan = build_plan(plan_id=plan_id, src=src, dst=dst, src_blocks=request.src_blocks,
-                              dst_blocks=dst_blocks, cached_prefix=request.cached_prefix,
-                              mode=request.mode or self.mode, hints=hints, epochs=epochs,
-                              deadline_s=deadline_s, not_after=self._wall() + deadline_s,
-                              notify=request.notify, block_hashes=request.block_hashes)
-        except Exception:
-            if request.dst_blocks is None and dst_blocks is not None:
-                await self.store.release_blocks(dst.name, dst_blocks[request.cached_prefix:])
-            raise
-        await self.store.claim_blocks(dst.name, plan.dst_blocks)
-        return plan
+        return build_plan(plan_id=plan_id, src=src.registration, dst=dst.registration,
+                          src_blocks=request.src_blocks, dst_blocks=dst_blocks,
+                          cached_prefix=request.cached_prefix, mode=request.mode or self.mode,
+                          hints=hints, epochs=(src.lease.epoch, dst.lease.epoch),
+                          deadline_s=deadline_s, not_after=self._wall() + deadline_s,
+                          notify=request.notify, block_hashes=request.block_hashes)
 
     def _hints_for(self, src: WorkerRegistration, dst: WorkerRegistration) -> TransportHints:
         """Hints for the pair, reused while both registrations are unchanged."""

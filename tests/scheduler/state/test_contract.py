@@ -7,11 +7,12 @@ from typing import Any
 
 import pytest
 
-from scheduler.state.reservations import FIRST_EVENT_ID
+from scheduler.state.redis_store import RedisStore
+from scheduler.state.reservations import FIRST_EVENT_ID, MemoryLoads
 from scheduler.transfer.plan import TransferJob, TransferRecord
 from tests.scheduler.state.harness import Backend, FakeClock
 from tests.scheduler.transfer.builders import plan, registration
-from topology.errors import NotFoundError, UnschedulableError, ValidationError
+from topology.errors import ConflictError, NotFoundError, UnschedulableError, ValidationError
 
 
 def job(plan_id: str = "req-1", *, kind: str = "abort", reason: str | None = "test") -> TransferJob:
@@ -98,6 +99,28 @@ def test_allocation_takes_the_lowest_free_blocks_and_never_oversubscribes(
         await store.release_blocks("w0", [1, 5, -1, 10])
         assert await store.allocate_blocks("w0", 5) == [1, 5, 7, 8, 9]
         assert (await store.get_worker("w0")).free_blocks == 0
+    backend.run(body)
+
+
+def test_taking_blocks_of_several_workers_is_all_or_nothing(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("a", num_blocks=4), 10.0)
+        lease = await store.register_worker(registration("b", num_blocks=6), 10.0)
+        await store.allocate_blocks("b", 1)
+        grants = await store.take_blocks({"a": 0, "b": 3})
+        assert grants["a"].blocks == () and grants["b"].blocks == (1, 2, 3)
+        assert grants["b"].entry == await store.get_worker("b")
+        assert (grants["b"].entry.lease, grants["b"].entry.free_blocks) == (lease, 2)
+        assert grants["a"].entry.registration == registration("a", num_blocks=4)
+        with pytest.raises(UnschedulableError, match="b has 2 free KV blocks, 3 needed"):
+            await store.take_blocks({"a": 2, "b": 3})
+        with pytest.raises(NotFoundError, match="ghost"):
+            await store.take_blocks({"a": 2, "ghost": 1})
+        assert (await store.get_worker("a")).free_blocks == 4  # nothing was taken
+        await store.release_blocks("b", [2])
+        grants = await store.take_blocks({"b": 2, "a": 4})
+        assert (grants["b"].blocks, grants["a"].blocks) == ((2, 4), (0, 1, 2, 3))
+        assert grants["a"].entry.free_blocks == 0
     backend.run(body)
 
 
@@ -204,6 +227,31 @@ def test_transfer_records_are_stored_replaced_and_listed_while_pending(
     backend.run(body)
 
 
+def test_starting_a_transfer_stores_it_and_queues_its_jobs_all_or_nothing(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("prefill-0"), 10.0)
+        await store.register_worker(registration("decode-0"), 10.0)
+        first = record("req-1")
+        await store.start_transfer(first, [("decode-0", job("req-1", reason="x")),
+                                           ("prefill-0", job("req-1", reason="y"))])
+        assert await store.get_transfer("req-1") == first
+        assert (await store.wait_transfer("req-1", 0, 0))[1] == 1
+        assert [j.reason for j in await store.wait_jobs("decode-0", 0)] == ["x"]
+        assert [j.reason for j in await store.wait_jobs("prefill-0", 0)] == ["y"]
+        assert [r.plan.plan_id for r in await store.transfers_of("prefill-0")] == ["req-1"]
+        with pytest.raises(ConflictError, match="req-1"):
+            await store.start_transfer(record("req-1"), [("decode-0", job("req-1"))])
+        assert await store.wait_jobs("decode-0", 0) == []
+        with pytest.raises(NotFoundError, match="ghost"):
+            await store.start_transfer(record("req-2"), [("decode-0", job("req-2")),
+                                                         ("ghost", job("req-2"))])
+        with pytest.raises(NotFoundError):
+            await store.get_transfer("req-2")
+        assert await store.wait_jobs("decode-0", 0) == []
+    backend.run(body)
+
+
 def test_wait_transfer_returns_on_a_new_version_or_after_the_timeout(
         backend: Backend) -> None:
     async def body(store: Any, clock: FakeClock) -> None:
@@ -244,6 +292,39 @@ def test_reservations_stay_within_capacity(backend: Backend) -> None:
         assert await loads.drop_load("w0") is False
         assert await loads.loads() == {}
     backend.run(body, loads=True)
+
+
+def test_reserving_several_items_is_all_or_nothing(backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        await loads.set_capacity("a", 1000, 2)
+        await loads.set_capacity("b", 1000, 1)
+        assert await loads.reserve_all([("a", 300, 1), ("b", 0, 1)]) is None
+        assert await loads.reserve_all([("a", 100, 1), ("b", 0, 1)]) == "b"
+        assert await loads.reserve_all([("a", 400, 1), ("a", 400, 1)]) == "a"  # adds up
+        assert await loads.reserve_all([]) is None
+        got = await loads.loads()
+        assert [(got[n].tokens, got[n].requests) for n in "ab"] == [(300, 1), (0, 1)]
+        with pytest.raises(NotFoundError, match="nobody"):
+            await loads.reserve_all([("a", 1, 0), ("nobody", 1, 0)])
+        with pytest.raises(ValidationError):
+            await loads.reserve_all([("a", 1, -1)])
+        assert (await loads.loads())["a"].tokens == 300
+    backend.run(body, loads=True)
+
+
+def test_workers_and_loads_are_listed_together(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        loads = store if isinstance(store, RedisStore) else MemoryLoads()
+        await store.register_worker(registration("w1"), 10.0)
+        await store.register_worker(registration("w0", num_blocks=8), 10.0)
+        await loads.set_capacity("w0", 100, 4)
+        await loads.reserve("w0", 10)
+        await store.allocate_blocks("w0", 2)
+        workers, by_name = await store.list_with_loads(loads)
+        assert workers == await store.list_workers() and by_name == await loads.loads()
+        assert [e.registration.name for e in workers] == ["w0", "w1"]
+        assert (workers[0].free_blocks, by_name["w0"].tokens) == (6, 10)
+    backend.run(body)
 
 
 def test_concurrent_reservations_from_two_replicas_never_oversubscribe(

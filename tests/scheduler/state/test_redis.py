@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from scheduler.state import redis_store
 from scheduler.state.redis_store import RedisStore
 from scheduler.state.reservations import StoreUnavailableError
 from tests.scheduler.state.harness import (
@@ -134,13 +136,16 @@ def _every_call(store: RedisStore) -> list[Callable[[], Awaitable[Any]]]:
     return [lambda: store.register_worker(registration("w0"), 30.0),
             lambda: store.heartbeat("w0"), lambda: store.get_worker("w0"),
             store.list_workers, store.expire, lambda: store.remove_worker("w0"),
-            lambda: store.allocate_blocks("w0", 1), lambda: store.claim_blocks("w0", [1]),
+            lambda: store.allocate_blocks("w0", 1), lambda: store.take_blocks({"w0": 1}),
+            lambda: store.claim_blocks("w0", [1]),
             lambda: store.release_blocks("w0", [1]),
             lambda: store.release_blocks_at("w0", [1], 5.0),
             lambda: store.put_job("w0", job()), lambda: store.wait_jobs("w0", 5.0),
             lambda: store.put_transfer(record()), lambda: store.get_transfer("req-1"),
+            lambda: store.start_transfer(record(), [("w0", job())]),
             lambda: store.wait_transfer("req-1", 5.0, 0), lambda: store.transfers_of("w0"),
             lambda: store.set_capacity("w0", 1, 1), lambda: store.reserve("w0", 1),
+            lambda: store.reserve_all([("w0", 1, 1)]), lambda: store.list_with_loads(store),
             lambda: store.release("w0", 1), store.loads, lambda: store.drop_load("w0"),
             lambda: store.publish_kv_event("{}"),
             lambda: store.kv_events_since("0", 5000), store.ping]
@@ -247,3 +252,202 @@ def test_with_an_append_only_file_a_restart_keeps_registered_workers(tmp_path: P
     revived = asyncio.run(main())
     revived.stop()
     server.stop()
+
+
+# -- listings that follow the change log ----------------------------------------------
+
+
+async def _commands(raw: Any, name: str) -> int:
+    stats = await raw.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+def test_listing_workers_with_their_loads_is_one_script_call(shared: Backend,
+                                                              redis: RedisServer) -> None:
+    async def body(store: RedisStore, clock: FakeClock) -> None:
+        raw = aioredis.Redis.from_url(redis.url, decode_responses=True)
+        try:
+            for i in range(4):
+                await store.register_worker(registration(f"w{i}"), 30.0)
+                await store.set_capacity(f"w{i}", 100, 2)
+            await store.list_with_loads(store)
+            await store.reserve("w1", 10)
+            before = await _commands(raw, "evalsha")
+            workers, loads = await store.list_with_loads(store)
+            assert await _commands(raw, "evalsha") - before == 1
+            assert len(workers) == 4 and loads["w1"].tokens == 10
+        finally:
+            await raw.aclose()
+    shared.run(body)
+
+
+def test_a_flushed_redis_is_read_afresh_not_patched(shared: Backend,
+                                                   redis: RedisServer) -> None:
+    async def body(a: RedisStore, b: RedisStore, clock: FakeClock) -> None:
+        for name in ("old-0", "old-1"):
+            await b.register_worker(registration(name), 30.0)
+        assert len(await a.list_workers()) == 2
+        raw = aioredis.Redis.from_url(redis.url)
+        try:
+            # What a restart without persistence leaves: nothing, the view id included.
+            await raw.delete(*await raw.keys(f"{a._k('')}*"))
+        finally:
+            await raw.aclose()
+        await b.register_worker(registration("new-0"), 30.0)
+        assert [e.registration.name for e in await a.list_workers()] == ["new-0"]
+    shared.run(body, replicas=2)
+
+
+def test_after_a_restart_a_change_log_that_went_back_is_read_afresh(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_durable_redis(port, tmp_path)
+
+    async def main() -> RedisServer:
+        clock = FakeClock()
+        a, b = (RedisStore(server.url, clock=clock) for _ in range(2))
+        await b.register_worker(registration("w0", num_blocks=8), 30.0)
+        await b.register_worker(registration("w1", num_blocks=8), 30.0)
+        assert len(await a.list_workers()) == 2
+        server.stop()
+        revived = start_durable_redis(port, tmp_path)
+        raw = aioredis.Redis.from_url(revived.url)
+        try:
+            # As if the restart lost the last writes (appendfsync everysec): seq went
+            # back, and two changes take it to where replica a's view already was.
+            await raw.set("toposched:seq", 0)
+            await b.remove_worker("w1")
+            await b.allocate_blocks("w0", 3)
+            listed = await a.list_workers()
+            assert [(e.registration.name, e.free_blocks) for e in listed] == [("w0", 5)]
+        finally:
+            await raw.aclose()
+            await a.aclose()
+            await b.aclose()
+        return revived
+    revived = asyncio.run(main())
+    revived.stop()
+    server.stop()
+
+
+def test_a_replica_behind_the_trimmed_change_log_reads_everything(
+        shared: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(redis_store, "TRIM_LAG", 1)
+
+    async def body(a: RedisStore, b: RedisStore, clock: FakeClock) -> None:
+        for name in ("w0", "w1", "w2"):
+            await b.register_worker(registration(name, num_blocks=8), 30.0)
+        assert len(await a.list_workers()) == 3
+        await b.remove_worker("w0")
+        await b.allocate_blocks("w1", 2)
+        await b.allocate_blocks("w2", 1)
+        await b.expire()  # trims every change but the last: w0's removal is gone
+        listed = await a.list_workers()
+        assert [(e.registration.name, e.free_blocks) for e in listed] == [("w1", 6), ("w2", 7)]
+    shared.run(body, replicas=2)
+
+
+def test_registrations_stored_without_an_id_are_still_read(shared: Backend,
+                                                           redis: RedisServer) -> None:
+    async def body(a: RedisStore, b: RedisStore, clock: FakeClock) -> None:
+        await b.register_worker(registration("w0", num_blocks=8), 30.0)
+        raw = aioredis.Redis.from_url(redis.url)
+        try:
+            await raw.hdel(a._k("w", "w0"), "rid")  # as an older version wrote it
+        finally:
+            await raw.aclose()
+        for _ in range(2):
+            assert (await a.get_worker("w0")).registration == registration("w0", num_blocks=8)
+            grants = await a.take_blocks({"w0": 1})
+            listed = await a.list_workers()
+            assert listed[0].registration == grants["w0"].entry.registration
+            assert listed[0].free_blocks == grants["w0"].entry.free_blocks
+    shared.run(body, replicas=2)
+
+
+def test_listings_racing_with_changes_end_at_the_latest_state(shared: Backend) -> None:
+    async def body(a: RedisStore, b: RedisStore, clock: FakeClock) -> None:
+        for i in range(8):
+            await b.register_worker(registration(f"w{i}", num_blocks=64), 30.0)
+            await b.set_capacity(f"w{i}", 1000, 100)
+
+        async def churn(i: int) -> None:
+            await b.allocate_blocks(f"w{i % 8}", 1)
+            await b.reserve(f"w{i % 8}", 1)
+
+        await asyncio.gather(*(churn(i) for i in range(40)),
+                             *(a.list_with_loads(a) for _ in range(40)))
+        workers, loads = await a.list_with_loads(a)
+        assert [e.free_blocks for e in workers] == [59] * 8
+        assert [load.tokens for load in loads.values()] == [5] * 8
+    shared.run(body, replicas=2)
+
+
+def test_concurrent_multi_reservations_from_two_replicas_never_oversubscribe(
+        shared: Backend) -> None:
+    async def body(a: RedisStore, b: RedisStore, clock: FakeClock) -> None:
+        await a.set_capacity("p", 10_000, 7)
+        await a.set_capacity("d", 10_000, 9)
+        results = await asyncio.gather(*(store.reserve_all([("p", 100, 1), ("d", 0, 1)])
+                                         for _ in range(20) for store in (a, b)))
+        assert results.count(None) == 7 and set(results) == {None, "p"}
+        loads = await b.loads()
+        assert (loads["p"].requests, loads["d"].requests, loads["p"].tokens) == (7, 7, 700)
+    shared.run(body, replicas=2)
+
+
+async def _expire_after(store: RedisStore, clock: FakeClock, seconds: float) -> None:
+    clock.advance(seconds)
+    await store.expire()
+
+
+async def _heartbeat_later(store: RedisStore, clock: FakeClock, name: str) -> None:
+    clock.advance(1.0)
+    await store.heartbeat(name)
+
+
+#: Every change a listing shows, made through replica ``b`` after replica ``a`` listed.
+CHANGES: dict[str, Callable[[RedisStore, FakeClock], Awaitable[Any]]] = {
+    "register": lambda b, c: b.register_worker(registration("w9"), 30.0),
+    "re-register": lambda b, c: b.register_worker(registration("w0", num_blocks=4), 30.0),
+    "heartbeat": lambda b, c: _heartbeat_later(b, c, "w0"),
+    "remove": lambda b, c: b.remove_worker("w1"),
+    "lease runs out": lambda b, c: _expire_after(b, c, 20.0),
+    "allocate": lambda b, c: b.allocate_blocks("w0", 2),
+    "take": lambda b, c: b.take_blocks({"w1": 1, "w0": 3}),
+    "claim": lambda b, c: b.claim_blocks("w1", [5, 6]),
+    "release": lambda b, c: b.release_blocks("w0", [0]),
+    "quarantine ends": lambda b, c: _expire_after(b, c, 2.0),
+    "set capacity": lambda b, c: b.set_capacity("w1", 50, 5),
+    "reserve": lambda b, c: b.reserve("w0", 5),
+    "reserve all": lambda b, c: b.reserve_all([("w0", 1, 1), ("w1", 0, 1)]),
+    "release load": lambda b, c: b.release("w0", 10),
+    "drop load": lambda b, c: b.drop_load("w0"),
+}
+
+
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_each_change_reaches_another_replicas_listing(redis: RedisServer, change: str) -> None:
+    async def main() -> None:
+        clock, prefix = FakeClock(), f"chg-{uuid.uuid4().hex[:8]}:"
+        a, b = (RedisStore(redis.url, prefix=prefix, clock=clock) for _ in range(2))
+        try:
+            await b.register_worker(registration("w0", num_blocks=8), 30.0)
+            await b.register_worker(registration("w1", num_blocks=8), 10.0)
+            await b.set_capacity("w0", 100, 4)
+            await b.set_capacity("w1", 100, 4)
+            await b.reserve("w0", 20)
+            await b.allocate_blocks("w0", 1)
+            await b.release_blocks_at("w0", [0], clock.now + 1.0)
+            before = await a.list_with_loads(a)
+            await CHANGES[change](b, clock)
+            fresh = RedisStore(redis.url, prefix=prefix, clock=clock)  # reads everything
+            try:
+                expected = await fresh.list_with_loads(fresh)
+            finally:
+                await fresh.aclose()
+            assert expected != before  # the change shows in a listing at all
+            assert await a.list_with_loads(a) == expected
+        finally:
+            await a.aclose()
+            await b.aclose()
+    asyncio.run(main())

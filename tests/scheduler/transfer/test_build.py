@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
+import pydantic
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scheduler.transfer.build import allocate, build_plan, coalesce
 from scheduler.transfer.hints import hints_for_tier
+from scheduler.transfer.plan import TransferPlan
 from tests.scheduler.transfer.builders import plan, registration
 from topology.errors import UnschedulableError, ValidationError
 from topology.tiers import Tier
@@ -88,3 +91,16 @@ def test_notification_path_defaults_by_mode() -> None:
     assert plan(mode="READ").notify == "scheduler"   # the prefill side only frees blocks
     assert plan(mode="WRITE").notify == "nixl"       # the decode side is waiting
     assert plan(mode="READ", notify="nixl").notify == "nixl"
+
+
+@pytest.mark.parametrize("bad", [{"deadline_s": 7200.0}, {"plan_id": "has space"},
+                                 {"not_after": -1.0}])
+def test_build_applies_the_plans_field_constraints(bad: dict[str, Any]) -> None:
+    # The rules do not cover these; pydantic checks the top-level fields once.
+    with pytest.raises(pydantic.ValidationError):
+        plan(**bad)
+
+
+def test_a_built_plan_equals_one_read_back_from_its_json() -> None:
+    built = plan(src_blocks=(0, 1, 2, 5), dst_blocks=(9, 10, 11, 3), block_hashes=(1, 2, 3, 4))
+    assert TransferPlan.model_validate_json(built.model_dump_json()) == built

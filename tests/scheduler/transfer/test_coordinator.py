@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable
 from typing import TypeVar
 
+import pydantic
 import pytest
 
 from scheduler.state.memory import MemoryStore
@@ -256,4 +257,77 @@ def test_memory_store_forgets_old_finished_records() -> None:
         with pytest.raises(NotFoundError):
             await store.get_transfer("p0")
         assert (await store.get_transfer("p29")).state == "done"
+    run(body())
+
+
+def test_a_routed_transfer_takes_blocks_on_both_sides_in_one_step() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.store.allocate_blocks("prefill-0", 2)
+        record = await c.submit_routed("prefill-0", "decode-0", 3, block_hashes=(7, 8, 9))
+        plan = record.plan
+        assert (plan.plan_id, plan.src_blocks, plan.dst_blocks) == ("x0", (2, 3, 4), (0, 1, 2))
+        assert plan.block_hashes == (7, 8, 9)
+        assert (await c.store.get_worker("prefill-0")).free_blocks == 11
+        assert (await c.store.get_worker("decode-0")).free_blocks == 13
+        assert [j.kind for j in await c.store.wait_jobs("decode-0", 0)] == ["execute"]
+        assert [j.kind for j in await c.store.wait_jobs("prefill-0", 0)] == ["await"]
+        await c.store.allocate_blocks("decode-0", 5)
+        with pytest.raises(UnschedulableError, match="decode-0 has 8 free KV blocks, 9 needed"):
+            await c.submit_routed("prefill-0", "decode-0", 9)
+        assert (await c.store.get_worker("prefill-0")).free_blocks == 11  # nothing taken
+        with pytest.raises(ValidationError, match="blocks"):
+            await c.submit_routed("prefill-0", "decode-0", 0)
+    run(body())
+
+
+def test_a_routed_transfer_that_cannot_start_gives_both_sides_blocks_back() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        with pytest.raises(ValidationError, match="block_hashes"):
+            await c.submit_routed("prefill-0", "decode-0", 2, block_hashes=(1, 2, 3))
+        for name in ("prefill-0", "decode-0"):
+            assert (await c.store.get_worker(name)).free_blocks == 16
+    run(body())
+
+
+def test_a_plan_id_taken_meanwhile_gives_the_blocks_back() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        # Generated ids are not looked up first: the store refuses the second one.
+        c = TransferCoordinator(MemoryStore(clock), clock=clock, new_id=lambda: "same")
+        await _two(c)
+        await c.submit_routed("prefill-0", "decode-0", 2)
+        with pytest.raises(ConflictError, match="same"):
+            await c.submit_routed("prefill-0", "decode-0", 2)
+        with pytest.raises(ConflictError, match="same"):
+            await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(9,)))
+        assert (await c.store.get_worker("prefill-0")).free_blocks == 14
+        assert (await c.store.get_worker("decode-0")).free_blocks == 14
+        assert len(await c.store.wait_jobs("decode-0", 0)) == 1
+    run(body())
+
+
+def test_explicit_destination_blocks_are_claimed() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        record = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                src_blocks=(0, 1), dst_blocks=(5, 9)))
+        assert record.plan.dst_blocks == (5, 9)
+        assert await c.store.allocate_blocks("decode-0", 6) == [0, 1, 2, 3, 4, 6]
+    run(body())
+
+
+def test_a_routed_transfer_with_a_bad_request_gives_the_blocks_back() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        with pytest.raises(pydantic.ValidationError):
+            await c.submit_routed("prefill-0", "decode-0", 1,
+                                  block_hashes=("not a hash",))  # type: ignore[arg-type]
+        for name in ("prefill-0", "decode-0"):
+            assert (await c.store.get_worker(name)).free_blocks == 16
     run(body())

@@ -1,0 +1,309 @@
+"""The Lua scripts of :class:`~scheduler.state.redis_store.RedisStore` (text only, no client).
+
+Every check-then-change is one script, so two replicas never hand out the same block
+or oversubscribe a worker. Scripts that change what a listing shows (a lease, free
+blocks, a load, a registration) record the change: ``INCR seq`` and
+``ZADD changes seq NAME`` (:data:`CHANGED`, whose keys are always ``KEYS[1]`` and
+``KEYS[2]``). A replica keeps its listing and asks only for the workers changed since
+the ``seq`` it last saw (:data:`SYNC`).
+
+Keys are declared (``KEYS``) everywhere except in :data:`SYNC`, which reads the keys of
+the workers it finds in the change log: like the multi-key scripts, that assumes one
+Redis (or a Sentinel primary), not Redis Cluster.
+"""
+
+from __future__ import annotations
+
+#: Prelude of the scripts that change a listing: ``KEYS[1]`` seq, ``KEYS[2]`` changes.
+CHANGED = """
+local function changed(name)
+  redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[1]), name)
+end
+"""
+
+# KEYS: seq, changes, workers, w, epoch, used, jobs.
+# ARGV: name, registration JSON, ttl, expires, nblocks, safety ms, rid.
+REGISTER = CHANGED + """
+local epoch = redis.call('INCR', KEYS[5])
+redis.call('DEL', KEYS[4], KEYS[6], KEYS[7])
+redis.call('HSET', KEYS[4], 'reg', ARGV[2], 'rid', ARGV[7], 'epoch', epoch, 'ttl', ARGV[3],
+           'expires', ARGV[4], 'nblocks', ARGV[5], 'safety', ARGV[6])
+redis.call('ZADD', KEYS[3], ARGV[4], ARGV[1])
+redis.call('PEXPIRE', KEYS[4], ARGV[6])
+changed(ARGV[1])
+return epoch
+"""
+
+# The safety-net TTL (ms) of a worker's keys is kept in its hash ('safety').
+
+# KEYS: seq, changes, workers, w, used, jobs. ARGV: name, now.
+HEARTBEAT = CHANGED + """
+local h = redis.call('HMGET', KEYS[4], 'expires', 'ttl', 'epoch', 'safety')
+if not h[1] or tonumber(h[1]) <= tonumber(ARGV[2]) then return false end
+local expires = string.format('%.17g', tonumber(ARGV[2]) + tonumber(h[2]))
+redis.call('HSET', KEYS[4], 'expires', expires)
+redis.call('ZADD', KEYS[3], expires, ARGV[1])
+for i = 4, 6 do redis.call('PEXPIRE', KEYS[i], h[4]) end
+changed(ARGV[1])
+return {h[3], h[2], expires}
+"""
+
+# KEYS: seq, changes, workers, w, used, jobs. ARGV: name, now ('' removes unconditionally).
+REMOVE = CHANGED + """
+if ARGV[2] ~= '' then
+  local score = redis.call('ZSCORE', KEYS[3], ARGV[1])
+  if not score or tonumber(score) > tonumber(ARGV[2]) then return 0 end
+end
+local gone = redis.call('ZREM', KEYS[3], ARGV[1]) + redis.call('DEL', KEYS[4])
+redis.call('DEL', KEYS[5], KEYS[6])
+redis.call('RPUSH', KEYS[6], '')
+redis.call('PEXPIRE', KEYS[6], 10000)
+if gone > 0 then
+  changed(ARGV[1])
+  return 1
+end
+return 0
+"""
+
+# Several workers' entries, taking blocks of each, all or nothing: first every check,
+# then every change. KEYS: seq, changes, then w, used per worker. ARGV: now, then name,
+# count, known rid per worker. The registration JSON comes back only when the worker's
+# rid is not the one the caller knows (it caches parsed registrations by rid).
+# {-1, i}: worker i not live; {-2, i, free}: too few free blocks;
+# {0, {epoch, ttl, expires, free after, rid, JSON or false, {blocks}} per worker}.
+TAKE = CHANGED + """
+local now = tonumber(ARGV[1])
+local seen = {}
+for i = 1, (#KEYS - 2) / 2 do
+  local h = redis.call('HMGET', KEYS[1 + 2 * i], 'expires', 'nblocks', 'safety', 'epoch',
+                       'ttl', 'rid')
+  if not h[1] or tonumber(h[1]) <= now then return {-1, i} end
+  local free = tonumber(h[2]) - redis.call('BITCOUNT', KEYS[2 + 2 * i])
+  local count = tonumber(ARGV[3 * i])
+  if count > free then return {-2, i, free} end
+  seen[i] = {h, free, count}
+end
+local out = {0}
+for i, s in ipairs(seen) do
+  local h, used, name = s[1], KEYS[2 + 2 * i], ARGV[3 * i - 1]
+  local blocks = {}
+  local byte = 0
+  for _ = 1, s[3] do
+    local pos = redis.call('BITPOS', used, 0, byte)
+    if pos < 0 then pos = redis.call('STRLEN', used) * 8 end
+    redis.call('SETBIT', used, pos, 1)
+    blocks[#blocks + 1] = pos
+    byte = math.floor(pos / 8)
+  end
+  if s[3] > 0 then
+    redis.call('PEXPIRE', used, h[3])
+    changed(name)
+  end
+  local reg = false
+  if h[6] ~= ARGV[3 * i + 1] then reg = redis.call('HGET', KEYS[1 + 2 * i], 'reg') end
+  out[#out + 1] = {h[4], h[5], h[1], s[2] - s[3], h[6] or '', reg, blocks}
+end
+return out
+"""
+
+# KEYS: w per worker. Per worker: rid ('' when none), epoch, registration JSON (or false).
+REGISTRATIONS = """
+local out = {}
+for i = 1, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'rid', 'epoch', 'reg')
+  out[#out + 1] = h[1] or ''
+  out[#out + 1] = h[2]
+  out[#out + 1] = h[3]
+end
+return out
+"""
+
+# KEYS: w. ARGV: now. The block count of a live worker, nil when it is not live.
+LIVE = """
+local h = redis.call('HMGET', KEYS[1], 'expires', 'nblocks')
+if not h[1] or tonumber(h[1]) <= tonumber(ARGV[1]) then return nil end
+return tonumber(h[2])
+"""
+
+# KEYS: seq, changes, w, used. ARGV: name, now (or '' to skip the lease check), bit,
+# blocks...
+SET_BLOCKS = CHANGED + """
+local h = redis.call('HMGET', KEYS[3], 'expires', 'nblocks', 'safety')
+if not h[1] then return -1 end
+if ARGV[2] ~= '' and tonumber(h[1]) <= tonumber(ARGV[2]) then return -1 end
+local n = tonumber(h[2])
+for i = 4, #ARGV do
+  local b = tonumber(ARGV[i])
+  if b >= 0 and b < n then redis.call('SETBIT', KEYS[4], b, tonumber(ARGV[3])) end
+end
+if redis.call('EXISTS', KEYS[4]) == 1 then redis.call('PEXPIRE', KEYS[4], h[3]) end
+changed(ARGV[1])
+return 0
+"""
+
+# KEYS: w, jobs. ARGV: now, job.
+PUT_JOB = """
+local h = redis.call('HMGET', KEYS[1], 'expires', 'safety')
+if not h[1] or tonumber(h[1]) <= tonumber(ARGV[1]) then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], h[2])
+return 1
+"""
+
+# A new pending transfer and its jobs, all or nothing. KEYS: t:PLAN, pending:SRC,
+# pending:DST, then w, jobs per job. ARGV: now, plan id, record JSON, job JSON per job.
+# -1: the plan id exists; i > 0: job i's worker is not live; 0: stored and queued.
+START_TRANSFER = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local now = tonumber(ARGV[1])
+local safety = {}
+for i = 4, #KEYS, 2 do
+  local h = redis.call('HMGET', KEYS[i], 'expires', 'safety')
+  if not h[1] or tonumber(h[1]) <= now then return (i - 2) / 2 end
+  safety[i] = h[2]
+end
+redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', 1)
+redis.call('SADD', KEYS[2], ARGV[2])
+redis.call('SADD', KEYS[3], ARGV[2])
+for i = 4, #KEYS, 2 do
+  redis.call('RPUSH', KEYS[i + 1], ARGV[3 + (i - 2) / 2])
+  redis.call('PEXPIRE', KEYS[i + 1], safety[i])
+end
+return 0
+"""
+
+# KEYS: seq, changes, delayed, w, used. ARGV: member (JSON [name, blocks, nonce]).
+TAKE_DELAYED = CHANGED + """
+if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
+local n = tonumber(redis.call('HGET', KEYS[4], 'nblocks'))
+if not n then return 0 end
+local member = cjson.decode(ARGV[1])
+for _, b in ipairs(member[2]) do
+  if b >= 0 and b < n then redis.call('SETBIT', KEYS[5], b, 0) end
+end
+changed(member[1])
+return 1
+"""
+
+# Load on several workers, all or nothing (amounts on one worker add up).
+# KEYS: seq, changes, load per item. ARGV: name, tokens, requests per item.
+# {1, 0}: reserved; {0, i}: item i's worker is full; {-1, i}: it has no capacity.
+RESERVE = CHANGED + """
+local want = {}
+for i = 3, #KEYS do
+  local w = want[KEYS[i]] or {0, 0}
+  want[KEYS[i]] = {w[1] + tonumber(ARGV[3 * i - 7]), w[2] + tonumber(ARGV[3 * i - 6])}
+end
+for i = 3, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'tokens', 'requests', 'max_tokens', 'max_requests')
+  if not h[3] then return {-1, i - 2} end
+  local w = want[KEYS[i]]
+  if tonumber(h[1]) + w[1] > tonumber(h[3]) or tonumber(h[2]) + w[2] > tonumber(h[4]) then
+    return {0, i - 2}
+  end
+end
+for i = 3, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[3 * i - 7])
+  redis.call('HINCRBY', KEYS[i], 'requests', ARGV[3 * i - 6])
+  changed(ARGV[3 * i - 8])
+end
+return {1, 0}
+"""
+
+# KEYS: seq, changes, load. ARGV: name, tokens, requests.
+RELEASE_LOAD = CHANGED + """
+local h = redis.call('HMGET', KEYS[3], 'tokens', 'requests')
+if not h[1] then return 0 end
+redis.call('HSET', KEYS[3], 'tokens', math.max(0, tonumber(h[1]) - tonumber(ARGV[2])),
+           'requests', math.max(0, tonumber(h[2]) - tonumber(ARGV[3])))
+changed(ARGV[1])
+return 1
+"""
+
+# KEYS: seq, changes, load, loads. ARGV: name, max_tokens, max_requests.
+SET_CAPACITY = CHANGED + """
+redis.call('HSET', KEYS[3], 'max_tokens', ARGV[2], 'max_requests', ARGV[3])
+redis.call('HSETNX', KEYS[3], 'tokens', 0)
+redis.call('HSETNX', KEYS[3], 'requests', 0)
+redis.call('SADD', KEYS[4], ARGV[1])
+changed(ARGV[1])
+"""
+
+# KEYS: seq, changes, load, loads. ARGV: name. 1 when the worker had a capacity.
+DROP_LOAD = CHANGED + """
+local gone = redis.call('DEL', KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[1])
+if gone > 0 then changed(ARGV[1]) end
+return gone
+"""
+
+#: Fields of one worker in a :data:`SYNC` answer, in order.
+SYNC_FIELDS = ("name", "rid", "epoch", "ttl", "expires", "nblocks", "used", "tokens",
+               "requests", "max_tokens", "max_requests")
+
+# What changed since the caller's view: {view id, seq, full (1/0), then per worker the
+# SYNC_FIELDS (false where its hash is gone)}. Everything (every registered worker and
+# every worker with a capacity) when the caller's view is of another dataset or server
+# run, predates the trimmed part of the change log, or the caller asks for it. The view
+# id is a random id kept in Redis (gone after a flush or a restart without persistence)
+# joined to the server's run_id: a restart or a failover may have lost the last writes,
+# so seq may have gone back and grown again past the caller's view.
+# KEYS: seq, changes, view id, floor, workers, loads.
+# ARGV: key prefix, caller's view id ('' for everything), caller's seq, a fresh view id.
+SYNC = """
+local id = redis.call('GET', KEYS[3])
+if not id then
+  id = ARGV[4]
+  redis.call('SET', KEYS[3], id)
+end
+-- INFO after the one write: servers before Redis 5 refuse writes after it.
+id = id .. ':' .. string.match(redis.call('INFO', 'server'), 'run_id:(%w+)')
+local seq = tonumber(redis.call('GET', KEYS[1]) or '0')
+local last = tonumber(ARGV[3])
+local full = id ~= ARGV[2] or last > seq or last < tonumber(redis.call('GET', KEYS[4]) or '0')
+local names
+if full then
+  names = redis.call('ZRANGE', KEYS[5], 0, -1)
+  local seen = {}
+  for _, name in ipairs(names) do seen[name] = true end
+  for _, name in ipairs(redis.call('SMEMBERS', KEYS[6])) do
+    if not seen[name] then names[#names + 1] = name end
+  end
+else
+  names = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[3], '+inf')
+end
+local out = {id, seq, full and 1 or 0}
+local p = ARGV[1]
+for _, name in ipairs(names) do
+  local h = redis.call('HMGET', p .. 'w:' .. name, 'rid', 'epoch', 'ttl', 'expires', 'nblocks')
+  local used = false
+  if h[2] then used = redis.call('BITCOUNT', p .. 'used:' .. name) end
+  local l = redis.call('HMGET', p .. 'load:' .. name, 'tokens', 'requests', 'max_tokens',
+                       'max_requests')
+  out[#out + 1] = name
+  for i = 1, 5 do out[#out + 1] = h[i] end
+  out[#out + 1] = used
+  for i = 1, 4 do out[#out + 1] = l[i] end
+end
+return out
+"""
+
+# Forget change-log entries older than seq - ARGV[1]; a view older than that reads
+# everything (the floor). KEYS: seq, changes, floor. ARGV: lag.
+TRIM = """
+local cutoff = tonumber(redis.call('GET', KEYS[1]) or '0') - tonumber(ARGV[1])
+if cutoff <= 0 or redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', cutoff) == 0 then
+  return 0
+end
+if cutoff > tonumber(redis.call('GET', KEYS[3]) or '0') then
+  redis.call('SET', KEYS[3], cutoff)
+end
+return 1
+"""
+
+#: Every script by the name the store runs it under.
+SCRIPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "remove": REMOVE, "take": TAKE,
+           "registrations": REGISTRATIONS, "live": LIVE, "set_blocks": SET_BLOCKS,
+           "put_job": PUT_JOB, "start_transfer": START_TRANSFER,
+           "take_delayed": TAKE_DELAYED, "reserve": RESERVE, "release_load": RELEASE_LOAD,
+           "set_capacity": SET_CAPACITY, "drop_load": DROP_LOAD, "sync": SYNC, "trim": TRIM}
