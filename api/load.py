@@ -58,11 +58,9 @@ async def release(loads: LoadStore, reservations: Sequence[Reservation]) -> None
 
 
 async def reserve(loads: LoadStore, reservations: Sequence[Reservation]) -> None:
-    """Reserve all or nothing; a worker at capacity makes the request unschedulable."""
-    done: list[Reservation] = []
-    for item in reservations:
-        if not await loads.reserve(item.worker, item.tokens, item.requests):
-            await release(loads, done)
-            raise UnschedulableError([f"worker {item.worker} is at capacity (another "
-                                      "replica took its last slot); retry"])
-        done.append(item)
+    """Reserve all or nothing, in one store step; a worker at capacity makes the request
+    unschedulable."""
+    full = await loads.reserve_all([(r.worker, r.tokens, r.requests) for r in reservations])
+    if full is not None:
+        raise UnschedulableError([f"worker {full} is at capacity (another replica took its "
+                                  "last slot); retry"])

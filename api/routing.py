@@ -16,7 +16,7 @@ from policies.snapshot import Worker
 from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import load_models
 from scheduler.router.router import Decision, Router
-from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
+from scheduler.transfer.coordinator import TransferCoordinator
 from topology.distance import DistanceModel
 from topology.errors import NotFoundError
 from topology.spec import FabricSpec
@@ -64,20 +64,13 @@ async def deliver_plan(coordinator: TransferCoordinator, decision: Decision) -> 
     """Queue the decision's KV transfer for the two sidecars; its plan id (None: nothing
     moves, e.g. local prefill or the decode side holds every block).
 
-    The prompt's blocks on the prefill side are taken from its free list, as the
-    coordinator does for the destination: the prefill engine writes them there.
+    The prompt's blocks are taken from the prefill side's free list (its engine writes
+    them there) and the decode side's in one store step; the coordinator gives them
+    back if the transfer cannot start.
     """
     blocks = decision.transfer.blocks
     src, dst = decision.prefill.worker, decision.decode.worker
     if decision.mode != "disaggregated" or blocks == 0 or src == dst:
         return None
-    store = coordinator.store
-    src_blocks = await store.allocate_blocks(src, blocks)
-    try:
-        record = await coordinator.submit(TransferRequest(
-            src=src, dst=dst, src_blocks=tuple(src_blocks),
-            block_hashes=decision.transfer.block_hashes))
-    except BaseException:
-        await store.release_blocks(src, src_blocks)
-        raise
+    record = await coordinator.submit_routed(src, dst, blocks, decision.transfer.block_hashes)
     return record.plan.plan_id

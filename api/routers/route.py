@@ -120,9 +120,9 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
     started = time.perf_counter()
     current = services.current
+    entries, loads = await coordinator.store.list_with_loads(runtime.loads)
     snapshot = services.snapshots.snapshot(
-        fabric, await coordinator.store.list_workers(), await runtime.loads.loads(),
-        body.model, kv_bytes=kv_bytes_for(body.model),
+        fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
         pairings=current.placement.pairings if current else ())
     result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
