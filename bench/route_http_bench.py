@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -55,63 +56,65 @@ WORKERS = 256
 #: Findings kept with the report: the in-process profile behind the changes, and what
 #: is left (cProfile over 1,000 route requests through the ASGI app, same setup).
 NOTES = """
-## Where the time goes, and what was changed
+## Where the time went, and what was changed (this round)
 
-Profiled in process (cProfile, 1,000 route requests through the ASGI app, 256
-workers) before this round, the route request cost about 2.6 ms of CPU; the
-changes that took it to about 2.2 ms there (1.8–2.0 ms of server CPU per request
-in the runs above; the previous report estimated 2.5–3 ms) were:
+The previous report had the route at 2.5 ms of server CPU in memory (396 req/s) and
+10.3 ms on Redis (94 req/s). In-process profiles (cProfile and `time.process_time`
+over 1,000–5,000 route requests through the ASGI app, same 256 workers) found:
 
-* the memory store keeps its worker listing and refreshes only the workers whose
-  lease or free-block count changed (a route request changes two), and builds
-  entries with `model_construct` (the fields were validated when stored) instead
-  of validating 256 `WorkerEntry` objects per request;
-* the snapshot builder reuses each Worker while the store hands out the same entry
-  (or an equal registration with the same free count);
-* the route endpoint's own dependencies are `async def`: FastAPI runs plain `def`
-  dependencies in a worker thread (this and the Worker reuse above together saved
-  ≈ 0.4 ms per request in process);
-* the coordinator caches transport hints per (src, dst) pair while both
-  registrations are unchanged (deriving them rebuilt a set of the fabric's 512
-  GPU names per plan);
-* `gc.freeze()` once the app has started: full collections no longer walk the
-  start-up heap (modules, validators, the fabric). The old report traced its p99
-  of 159 ms at 200 req/s to those pauses; that p99 is now about 4 ms;
-* Redis: worker listing is one Lua script returning one JSON text instead of a
-  pipeline of two commands per worker (redis-py parsed ~1,500 reply elements per
-  route request: most of ~70 ms of CPU per route in process), and registrations
-  are parsed once per distinct JSON text.
+* **Load reservations rebuilt every Worker.** Once routes reserved load, every worker
+  carried a load, and the snapshot step copied all 256 `Worker` objects per request
+  with `dataclasses.replace` (~1 ms). `api/snapshots.py` now keeps, per model, the
+  listing it last saw and the snapshot built from it; an identity sweep (in C, via
+  `map(operator.is_not, …)`) finds the entries or loads that changed, and
+  `Snapshot.updated` copies and patches the five load arrays for those positions
+  only. Anything structural (a worker registered, gone, re-registered; a new
+  fabric, placement or model) rebuilds. A test checks patched snapshots against
+  fresh ones through 200 random load changes. 2.3 → 1.0 ms in process.
+* **FastAPI's per-request machinery.** The route endpoint reads its body once with
+  `RouteInput.model_validate_json` (a 422 names each bad field, as before; the
+  schema is declared with `openapi_extra`), takes the app's state directly instead
+  of three dependencies, and returns pre-serialised JSON (no response-model
+  re-validation). The route router is matched first. ≈ 0.2 ms.
+* **Router and default policy.** Per-request terms are computed once for all
+  workers and shared by pair costs, local costs and the estimate; the cost model and
+  pair table are kept while the snapshot's workers are the same objects; one stable
+  sort per top-k instead of several. A golden check of 5,040 decisions (59 seeded
+  scenarios, all 7 policies) is identical before and after. 0.37–0.48 → 0.24 ms.
+* **Block allocation and plan building.** The memory store sorted a 4,096-id free
+  set twice per route; `build_plan` validated the plan twice. ≈ 0.15 ms.
+* **Garbage-collector pauses set the p99.** After 3,000 routes a full collection
+  took 53 ms: it walked every retained transfer record (pydantic models) and every
+  worker's free-block set (256 × 4,096 ints). The memory store now keeps free blocks
+  as a bitmap (`bytearray`), and transfer records and queued jobs as JSON text, as
+  the Redis store does: a full collection after 3,000 routes takes 1.4 ms, and
+  after `gc.freeze()` at start-up no generation-2 collection ran in 5,000 routes.
+  The cost: a transfer report now parses and re-serialises its record (report
+  ingestion in memory went from ~0.36 to ~0.50 ms of CPU per report).
+* **Redis round trips.** Each replica keeps its own parsed copy of the workers and
+  loads, fed by a change log in Redis (a counter plus a sorted set written by every
+  script that changes a listing): one script returns only the workers changed since
+  the replica's last read; registrations travel only when the replica lacks their
+  content id. The write side is all-or-nothing scripts: `reserve_all` (load on both
+  workers), `take_blocks` (both sides' blocks, replacing two allocations and a
+  claim) and `start_transfer` (record and both jobs, refusing a duplicate id). A
+  route is 4 round trips (was ~15, and 834 Redis commands, now ~61, most inside
+  scripts). The replica re-reads everything when Redis's run id changes, its view
+  key is gone, its position is older than the trimmed log, or every 10 s.
 
-What is left per route request in memory (in-process profile, ≈ 2.2 ms): the
-router and default policy ≈ 0.7 ms, FastAPI/Starlette routing, validation and the
-auth dependency ≈ 0.6 ms (the auth dependency in `api/security.py` is a plain `def`,
-so it still runs in a worker thread on every request), plan building ≈ 0.4 ms
-(`build_plan` validates the plan twice: rules, then a dump/validate round trip),
-the snapshot ≈ 0.4 ms (`Snapshot.__post_init__` rebuilds seven per-worker arrays
-though only two free-block counts change), and uvicorn's pure-Python h11 parser
-(neither httptools nor uvloop is installed; `/healthz` alone costs the server
-about 0.25 ms). One server process is one core, so about 2 ms of CPU per request
-caps it near 500 req/s; 1,000 req/s needs that halved, or several processes.
+## What is left
 
-With Redis the server spends several ms of CPU per route on about ten Redis round
-trips through redis-py (pure-Python RESP parsing; hiredis is not installed): the
-listing, two allocations, the plan's existence check, the claim, the record
-pipeline and two job pushes. Two replicas sharing Redis add throughput only as far
-as the two cores allow (client, both replicas and redis-server share them).
-Concurrent route requests on Redis (in one replica, whose store calls really yield,
-or across replicas) race on the last free blocks of a worker: both see four free
-blocks, one allocation fails, that request gets 503 (the errors column). Without
-sidecars no block is ever freed, and the default policy fills one prefill/decode
-pair before it moves to the next, so the race shows up about every 1,024 requests.
-
-Two runs of this code on this machine gave 506 and 557 route req/s in memory (4 in
-flight) and a p99 at 500 req/s of 506 and 90 ms: 500 req/s is at one process's
-capacity here, so that tail is queueing and varies from run to run, while at
-200 req/s the p99 stayed near 4 ms in both.
-
-A transfer report with an unknown `tier` (e.g. `"rack"`) gets 500 instead of 422:
-`TransferSample` rejects it after the report was accepted (seen while writing this
-benchmark; reports here use `same_leaf`).
+In memory the route costs ~0.6 ms of CPU in process (~0.8 ms in the server above,
+with HTTP parsing): router and policy ~0.24 ms, pydantic models of the decision,
+plan, record and jobs (~20 validations per route) ~0.15 ms, FastAPI/Starlette and
+the middleware ~0.1 ms, the snapshot sweep ~0.05 ms. On Redis each of the 4 round
+trips costs ~0.1 ms of redis-py CPU (command packing and the asyncio connection
+pool) on top; with server, redis-server and the load generator sharing two cores,
+a single replica saturates near 650–750 route req/s, so 500 req/s runs at 70–80 %
+of that and its tail is queueing (p99 anywhere from ~10 ms to several hundred ms
+between runs). Merging `reserve_all` into the take script would save one round
+trip; a second replica adds no throughput on two cores (both replicas, Redis and
+the client share them). Run-to-run spread on this shared machine is 10–30 %.
 """
 MODEL = "llama-3-70b"
 
@@ -537,8 +540,10 @@ def _tables(result: dict[str, Any], lanes: int) -> tuple[str, str, str]:
 
 
 def _verdicts(result: dict[str, Any]) -> list[str]:
-    """The issue's targets (stated for one process in memory), checked for every setup."""
-    return [line for run in result["runs"] for line in _setup_verdicts(run)]
+    """The issue's targets (stated for one process in memory), checked for every setup;
+    the other setups are held to the same figures for comparison."""
+    return [line if run["setup"] == "memory" else f"{line} (same figures, for comparison)"
+            for run in result["runs"] for line in _setup_verdicts(run)]
 
 
 def _setup_verdicts(run: dict[str, Any]) -> list[str]:
@@ -554,6 +559,13 @@ def _setup_verdicts(run: dict[str, Any]) -> list[str]:
                     f"(p99 {at_500['p99_ms']:.2f} ms{state})"]
 
 
+def _http_stack() -> str:
+    """Which of uvicorn's fast parts are installed (it uses them when present)."""
+    fast = [name for name in ("uvloop", "httptools") if importlib.util.find_spec(name)]
+    return (" and ".join(fast) + " installed") if fast else \
+        "pure-Python h11 and asyncio: neither uvloop nor httptools is installed"
+
+
 def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
     closed, opened, reports = _tables(result, args.in_flight)
     verdicts = "\n".join(f"* {line}" for line in _verdicts(result))
@@ -564,9 +576,9 @@ def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 `{command}` on {result['machine']}; load average before {result['load_before']},
 after {result['load_after']} ({result['seconds']:.0f} s in all). Replicas are
-`toposched serve` processes (uvicorn, h11 HTTP parser: neither uvloop nor httptools is
-installed) with a 512-GPU synthetic fabric and {WORKERS} registered workers (128 prefill
-+ 128 decode, no sidecars, so plans queue up); Redis is a private redis-server. The
+`toposched serve` processes (uvicorn; {_http_stack()}) with a 512-GPU synthetic
+fabric and {WORKERS} registered workers (128 prefill + 128 decode, no sidecars, so
+plans queue up); Redis is a private redis-server. The
 load generator is a minimal keep-alive HTTP/1.1 client in this process, on the same
 two cores as the servers.
 
@@ -610,12 +622,12 @@ Dynamo's frontend spends about 6.5 ms of CPU per request; compare the CPU column
 
 ## What one route request does
 
-Parse and validate the body; list the 256 registrations from the store; build the
-snapshot (Worker objects and locality arrays reused while unchanged); run the default
-policy over the prefill × decode pairs; take the prefix blocks on the prefill side;
-build, validate and queue the NIXL transfer plan for both sidecars; serialise the
-explained decision. With Redis, listing is one sorted-set read plus one Lua script
-over the workers' hashes, and the allocations, plan record and jobs are Redis writes.
+Parse and validate the body; list the 256 registrations and their loads from the
+store; patch the live snapshot where a worker's free blocks or load changed; run the
+default policy over the prefill × decode pairs; reserve load on both workers; take
+the blocks on both sides; build, validate and queue the NIXL transfer plan for both
+sidecars; serialise the explained decision. With Redis, that is 4 round trips: the
+change-log listing, `reserve_all`, `take_blocks` and `start_transfer`.
 {NOTES}"""
 
 

@@ -151,10 +151,16 @@ return 1
 """
 
 # A new pending transfer and its jobs, all or nothing. KEYS: t:PLAN, pending:SRC,
-# pending:DST, then w, jobs per job. ARGV: now, plan id, record JSON, job JSON per job.
-# -1: the plan id exists; i > 0: job i's worker is not live; 0: stored and queued.
+# pending:DST, then w, jobs per job. ARGV: now, plan id, token, record JSON, job JSON
+# per job. -1: the plan id exists; i > 0: job i's worker is not live; 0: stored and
+# queued. The token is the caller's, the same on redis-py's retry: a retry of a call
+# that did run (its answer lost to a timeout) finds its own token and succeeds, rather
+# than calling its own transfer a conflict and freeing the blocks it uses.
 START_TRANSFER = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  if redis.call('HGET', KEYS[1], 'token') == ARGV[3] then return 0 end
+  return -1
+end
 local now = tonumber(ARGV[1])
 local safety = {}
 for i = 4, #KEYS, 2 do
@@ -162,11 +168,11 @@ for i = 4, #KEYS, 2 do
   if not h[1] or tonumber(h[1]) <= now then return (i - 2) / 2 end
   safety[i] = h[2]
 end
-redis.call('HSET', KEYS[1], 'record', ARGV[3], 'version', 1)
+redis.call('HSET', KEYS[1], 'record', ARGV[4], 'version', 1, 'token', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
 for i = 4, #KEYS, 2 do
-  redis.call('RPUSH', KEYS[i + 1], ARGV[3 + (i - 2) / 2])
+  redis.call('RPUSH', KEYS[i + 1], ARGV[4 + (i - 2) / 2])
   redis.call('PEXPIRE', KEYS[i + 1], safety[i])
 end
 return 0

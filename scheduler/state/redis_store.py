@@ -398,7 +398,7 @@ class RedisStore:
                 self._k("pending", plan.dst.worker)]
         keys += [key for name, _ in jobs for key in (self._k("w", name), self._k("jobs", name))]
         done = int(await self._run("start_transfer", keys, [
-            repr(self._clock()), plan.plan_id, record.model_dump_json(),
+            repr(self._clock()), plan.plan_id, uuid.uuid4().hex, record.model_dump_json(),
             *(job.model_dump_json() for _, job in jobs)]))
         if done < 0:
             raise ConflictError(f"transfer {plan.plan_id!r} already exists")

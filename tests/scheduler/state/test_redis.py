@@ -27,7 +27,7 @@ from tests.scheduler.state.harness import (
 from tests.scheduler.state.test_contract import job, record
 from tests.scheduler.transfer.builders import registration
 from tests.servers import RedisServer, start_redis
-from topology.errors import NotFoundError
+from topology.errors import ConflictError, NotFoundError
 
 pytestmark = pytest.mark.process
 
@@ -451,3 +451,21 @@ def test_each_change_reaches_another_replicas_listing(redis: RedisServer, change
             await a.aclose()
             await b.aclose()
     asyncio.run(main())
+
+
+def test_a_retried_start_transfer_is_its_own_not_a_conflict(
+        shared: Backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    """redis-py re-sends a command once after a timeout: when the first send ran, the
+    retry must succeed (not call it a conflict, which frees the blocks it uses)."""
+    fixed = uuid.uuid4()
+    monkeypatch.setattr(uuid, "uuid4", lambda: fixed)  # the store draws its token here
+
+    async def body(store: RedisStore, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0"), 30.0)
+        await store.start_transfer(record(), [("w0", job())])
+        await store.start_transfer(record(), [("w0", job())])  # the retry: same token
+        assert len(await store.wait_jobs("w0", 0)) == 1  # queued once
+        monkeypatch.undo()
+        with pytest.raises(ConflictError):  # another caller's id: a conflict
+            await store.start_transfer(record(), [("w0", job())])
+    shared.run(body)
