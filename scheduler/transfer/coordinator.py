@@ -13,6 +13,7 @@ waiting and recomputes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +38,8 @@ from scheduler.transfer.plan import (
 from topology.distance import DistanceModel
 from topology.errors import ConflictError, Issue, NotFoundError, ValidationError
 from topology.spec import FabricSpec
+
+log = logging.getLogger(__name__)
 
 
 class TransferRequest(BaseModel):
@@ -159,19 +162,37 @@ class TransferCoordinator:
     async def _start(self, plan_id: str, request: TransferRequest, src: WorkerEntry,
                      dst: WorkerEntry, dst_blocks: Sequence[int] | None,
                      taken: Mapping[str, Sequence[int]]) -> TransferRecord:
-        """Build the plan, store it with both jobs; blocks in ``taken`` go back on failure."""
+        """Build the plan, store it with both jobs; blocks in ``taken`` go back on failure
+        unless the transfer may have been stored (see :meth:`_store`)."""
         try:
             plan = self._plan(plan_id, request, src, dst, dst_blocks)
             if request.dst_blocks is not None:
                 await self.store.claim_blocks(dst.registration.name, plan.dst_blocks)
             record = TransferRecord(plan=plan, created_at=self._clock())
-            await self.store.start_transfer(record, [
-                (plan.initiator, TransferJob(kind="execute", plan_id=plan_id, plan=plan)),
-                (plan.target, TransferJob(kind="await", plan_id=plan_id, plan=plan))])
         except BaseException:
             await self._give_back(taken)
             raise
+        await self._store(record, taken)
         return record
+
+    async def _store(self, record: TransferRecord, taken: Mapping[str, Sequence[int]]) -> None:
+        """Store the record and queue both jobs. A refusal (the id exists, a worker is
+        gone) stored nothing, so the blocks go back; any other failure (Redis
+        unreachable, a timeout, cancellation) may have come after the store ran, and
+        then the jobs use the blocks: they stay taken, a leak until the worker
+        re-registers rather than the same blocks handed to two transfers."""
+        plan = record.plan
+        try:
+            await self.store.start_transfer(record, [
+                (plan.initiator, TransferJob(kind="execute", plan_id=plan.plan_id, plan=plan)),
+                (plan.target, TransferJob(kind="await", plan_id=plan.plan_id, plan=plan))])
+        except (ConflictError, NotFoundError):
+            await self._give_back(taken)
+            raise
+        except BaseException:
+            log.warning("transfer %s: outcome of storing it unknown; its blocks stay taken",
+                        plan.plan_id)
+            raise
 
     async def _give_back(self, taken: Mapping[str, Sequence[int]]) -> None:
         for name, blocks in taken.items():

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from typing import TypeVar
 
 import pydantic
 import pytest
 
 from scheduler.state.memory import MemoryStore
+from scheduler.state.reservations import StoreUnavailableError
 from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
-from scheduler.transfer.plan import TransferReport
+from scheduler.transfer.plan import TransferJob, TransferRecord, TransferReport
 from tests.scheduler.transfer.builders import registration
 from topology.errors import ConflictError, NotFoundError, UnschedulableError, ValidationError
 
@@ -330,4 +331,28 @@ def test_a_routed_transfer_with_a_bad_request_gives_the_blocks_back() -> None:
                                   block_hashes=("not a hash",))  # type: ignore[arg-type]
         for name in ("prefill-0", "decode-0"):
             assert (await c.store.get_worker(name)).free_blocks == 16
+    run(body())
+
+
+class _AnswerLost(MemoryStore):
+    """Stores the transfer, then fails as a timed-out Redis call whose command ran."""
+
+    async def start_transfer(self, record: TransferRecord,
+                             jobs: Sequence[tuple[str, TransferJob]]) -> None:
+        await super().start_transfer(record, jobs)
+        raise StoreUnavailableError("start_transfer", "timed out")
+
+
+def test_a_transfer_whose_store_outcome_is_unknown_keeps_its_blocks() -> None:
+    async def body() -> None:
+        clock = FakeClock()
+        c = TransferCoordinator(_AnswerLost(clock), clock=clock)
+        await _two(c)
+        with pytest.raises(StoreUnavailableError):
+            await c.submit_routed("prefill-0", "decode-0", 2)
+        # The jobs were queued and use the blocks: handing them out again would let two
+        # transfers write the same KV blocks.
+        assert len(await c.store.wait_jobs("decode-0", 0)) == 1
+        for name in ("prefill-0", "decode-0"):
+            assert (await c.store.get_worker(name)).free_blocks == 14
     run(body())
