@@ -7,7 +7,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
@@ -17,10 +17,14 @@ from api.routers import transfers, workers
 from api.runtime import Runtime, build_runtime, replicate_kv_events
 from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
+from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
 from topology.distance import DistanceModel
 from topology.spec import load_fabric
+
+if TYPE_CHECKING:
+    from api.service import ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +39,27 @@ async def _expire_loop(coordinator: TransferCoordinator, interval_s: float) -> N
             continue
         if gone:
             log.warning("leases expired: %s", ", ".join(gone))
+
+
+async def _follow_loop(services: ServiceState, interval_s: float) -> None:
+    """Adopt topology and placement changes made through other replicas, forever."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            await services.refresh()
+        except StoreUnavailableError as exc:
+            log.warning("shared documents unavailable: %s", exc.detail)
+        except Exception:  # one bad document must not stop the replica following
+            log.exception("following the shared documents failed")
+
+
+async def _start_services(services: ServiceState) -> None:
+    """Load the shared topology and placement before serving (Redis down: the follow
+    loop loads them once it answers)."""
+    try:
+        await services.start()
+    except StoreUnavailableError as exc:
+        log.warning("shared documents unavailable at start-up: %s", exc.detail)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -66,9 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services: ServiceState = app.state.services
+        await _start_services(services)
         tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
+            tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
         _freeze_startup_heap()
         try:
             yield
@@ -76,11 +104,16 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
-            close = getattr(runtime.store, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(close(), 2.0)
+            for closable in (runtime.store, runtime.docs):
+                await _close(closable)
     return lifespan
+
+
+async def _close(resource: object) -> None:
+    close = getattr(resource, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(close(), 2.0)
 
 
 def _freeze_startup_heap() -> None:

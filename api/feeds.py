@@ -4,6 +4,10 @@ A host's ``nvidia-smi topo -m``, LLDP and NCCL captures (and the cluster's Kuber
 node list) arrive as text. Each is parsed once on arrival (errors name the request as
 their source); the fabric is then rebuilt in memory from the inventory and every
 host's latest parse, through the same builder the CLI uses, minus the file reading.
+
+Replicas share the feeds as posted (texts) with the fabric built from them, in one
+document (:class:`SharedTopology`); a replica re-parses only the texts it has not
+parsed before (:func:`read_shared`).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from topology.build import Captures, build_fabric
+from topology.documents import parse_document, validate
 from topology.errors import ConflictError, Issue, ValidationError
 from topology.inventory import Inventory
 from topology.k8s import parse_k8s_nodes
@@ -43,6 +48,20 @@ class Feeds:
     inventory: Inventory | None = None
     hosts: Mapping[str, Mapping[FeedKind, Capture]] = field(default_factory=dict)
     k8s: Capture | None = None
+    #: The inventory as posted: what replicas share (they parse it again).
+    inventory_text: str | None = None
+
+    def with_inventory(self, inventory: Inventory, text: str) -> Feeds:
+        """These feeds with the inventory replaced (``text``: as posted)."""
+        return replace(self, inventory=inventory, inventory_text=text)
+
+    def with_k8s(self, capture: Capture) -> Feeds:
+        """These feeds with the Kubernetes node list replaced."""
+        return replace(self, k8s=capture)
+
+    def is_empty(self) -> bool:
+        """True before the first feed."""
+        return self.inventory is None and not self.hosts and self.k8s is None
 
     def with_capture(self, host: str, kind: FeedKind, capture: Capture) -> Feeds:
         """These feeds with ``host``'s ``kind`` capture replaced."""
@@ -63,6 +82,14 @@ def parse_capture(kind: FeedKind, text: str, source: str) -> Capture:
 def parse_k8s(text: str, source: str) -> Capture:
     """Parse a posted Kubernetes node list (``kubectl get nodes -o json|yaml``)."""
     return Capture(text=text, parsed=parse_k8s_nodes(text, source))
+
+
+def parse_inventory(text: str, source: str) -> Inventory:
+    """Parse and validate an inventory posted over HTTP (no capture paths, no includes)."""
+    inventory = validate(Inventory, parse_document(text, source, "an inventory (version, zones)"),
+                         source)
+    check_http_inventory(inventory, source)
+    return inventory
 
 
 def check_http_inventory(inventory: Inventory, source: str) -> None:
@@ -96,6 +123,47 @@ def build_from_feeds(feeds: Feeds) -> FabricSpec:
     if spec.conflicts:
         raise FeedConflict(spec.conflicts)
     return spec
+
+
+class SharedTopology(BaseModel):
+    """The topology as replicas share it: every feed as posted, and the fabric in force
+    (built from the feeds, or the start-up fabric document while there is none)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    inventory: str | None = None
+    hosts: dict[str, dict[FeedKind, str]] = Field(default_factory=dict)
+    k8s: str | None = None
+    fabric: FabricSpec | None = None
+
+
+def shared_text(feeds: Feeds, fabric: FabricSpec | None) -> str:
+    """The shared document (JSON) of ``feeds`` and ``fabric``."""
+    hosts = {host: {kind: c.text for kind, c in captures.items()}
+             for host, captures in feeds.hosts.items()}
+    return SharedTopology(inventory=feeds.inventory_text, hosts=hosts,
+                          k8s=feeds.k8s.text if feeds.k8s else None,
+                          fabric=fabric).model_dump_json()
+
+
+def read_shared(text: str, known: Feeds) -> tuple[Feeds, FabricSpec | None]:
+    """The feeds and fabric of a shared document; texts that ``known`` holds keep their
+    parse (a capture is parsed once per replica, not once per change)."""
+    doc = SharedTopology.model_validate_json(text)
+    source = "shared topology"
+    inventory = known.inventory if doc.inventory == known.inventory_text else (
+        parse_inventory(doc.inventory, f"{source}: inventory") if doc.inventory else None)
+    hosts = {host: {kind: _reparsed(known.hosts.get(host, {}).get(kind), kind, text,
+                                    f"{source}: {host} {kind}")
+                    for kind, text in captures.items()}
+             for host, captures in doc.hosts.items()}
+    k8s = known.k8s if known.k8s and known.k8s.text == doc.k8s else (
+        parse_k8s(doc.k8s, f"{source}: k8s nodes") if doc.k8s is not None else None)
+    return Feeds(inventory=inventory, hosts=hosts, k8s=k8s,
+                 inventory_text=doc.inventory), doc.fabric
+
+
+def _reparsed(held: Capture | None, kind: FeedKind, text: str, source: str) -> Capture:
+    return held if held is not None and held.text == text else parse_capture(kind, text, source)
 
 
 class FeedConflict(ConflictError):

@@ -2,6 +2,10 @@
 
 Solves run in a worker thread (``asyncio.to_thread``): OR-Tools must never block the
 event loop. Each job keeps the solver's progress lines, its result or its error.
+
+A job runs on the replica that started it; :class:`SharedJobs` publishes its record to
+the shared documents (so every replica answers for it) and numbers jobs from a shared
+counter (so ids stay unique across replicas and restarts).
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -18,8 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.capacity import Workload
 from scheduler.placement import Placement, PlacementRequest, SolverOptions, check, prepare
+from scheduler.state.docs import ABSENT, SharedDocs
+from scheduler.state.reservations import StoreUnavailableError
 from topology.distance import DistanceModel
-from topology.errors import ToposchedError
+from topology.errors import ConflictError, ToposchedError
 from topology.spec import FabricSpec
 
 log = logging.getLogger(__name__)
@@ -27,6 +34,11 @@ JobStatus = Literal["queued", "running", "done", "failed"]
 #: Finished jobs kept for GET /v1/placement/jobs/{id}; the oldest are forgotten first.
 MAX_JOBS = 256
 MAX_PROGRESS_LINES = 200
+#: Shared document whose version counts the jobs ever started (the next id's number).
+JOB_IDS = "placement-job-ids"
+#: Compare-and-set attempts at the job counter before giving up (409).
+MAX_ID_TRIES = 16
+_JOB_ID = re.compile(r"place-([1-9][0-9]{0,17})")
 
 
 class PlacementTarget(BaseModel):
@@ -83,10 +95,11 @@ class JobBook:
         self._jobs: OrderedDict[str, PlacementJob] = OrderedDict()
         self._ids = itertools.count(1)
 
-    def new(self, kind: Literal["solve", "re-solve"], reason: str | None = None) -> PlacementJob:
-        """Record a queued job."""
-        job = PlacementJob(id=f"place-{next(self._ids)}", kind=kind, status="queued",
-                           reason=reason, created_at=time.time())
+    def new(self, kind: Literal["solve", "re-solve"], reason: str | None = None,
+            job_id: str | None = None) -> PlacementJob:
+        """Record a queued job (numbered here unless ``job_id`` is given)."""
+        job = PlacementJob(id=job_id or f"place-{next(self._ids)}", kind=kind,
+                           status="queued", reason=reason, created_at=time.time())
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS:
             self._jobs.popitem(last=False)
@@ -161,3 +174,100 @@ async def run_job(book: JobBook, job_id: str, request: PlacementRequest,
         return None
     book.update(job_id, status="done", result=result, finished_at=time.time())
     return result
+
+
+def _doc(job_id: str) -> str:
+    return f"placement-job:{job_id}"
+
+
+class SharedJobs:
+    """Placement jobs as every replica sees them.
+
+    Jobs this replica runs live in :attr:`book` (fresh to the last progress line) and
+    are published to the shared documents when created, and then every ``flush_s``
+    while their record changes, up to the final one; other replicas read them from
+    there. The newest :data:`MAX_JOBS` are kept: making job ``n`` drops job
+    ``n - MAX_JOBS``.
+    """
+
+    def __init__(self, docs: SharedDocs, flush_s: float = 0.5) -> None:
+        self.book = JobBook()
+        self._docs = docs
+        self._flush_s = flush_s
+        self._count = ABSENT
+        #: Version and record last published per running job (version -1: dropped).
+        self._published: dict[str, tuple[int, PlacementJob]] = {}
+
+    async def new(self, kind: Literal["solve", "re-solve"],
+                  reason: str | None = None) -> PlacementJob:
+        """Record and publish a queued job under the next shared number."""
+        number = await self._next_number()
+        job = self.book.new(kind, reason, job_id=f"place-{number}")
+        try:
+            await self._publish(job.id)
+            if number > MAX_JOBS:
+                await self._docs.delete(_doc(f"place-{number - MAX_JOBS}"))
+        except StoreUnavailableError:  # the caller gets 503; the record says why here
+            self.book.update(job.id, status="failed", error="state store unavailable",
+                             finished_at=time.time())
+            raise
+        return job
+
+    async def _next_number(self) -> int:
+        for _ in range(MAX_ID_TRIES):
+            number = await self._docs.put(JOB_IDS, "", self._count)
+            if number is not None:
+                self._count = number
+                return number
+            self._count = (await self._docs.versions([JOB_IDS]))[JOB_IDS]
+        raise ConflictError("placement jobs are being started too fast to number; retry")
+
+    async def get(self, job_id: str) -> PlacementJob | None:
+        """The job ``job_id`` (run here, or published by another replica), or None."""
+        job = self.book.get(job_id)
+        if job is not None or not _JOB_ID.fullmatch(job_id):
+            return job
+        found = await self._docs.get(_doc(job_id))
+        return PlacementJob.model_validate_json(found[1]) if found else None
+
+    async def all(self) -> list[PlacementJob]:
+        """The newest :data:`MAX_JOBS` jobs of every replica, oldest first."""
+        count = (await self._docs.versions([JOB_IDS]))[JOB_IDS]
+        ids = [f"place-{n}" for n in range(max(1, count - MAX_JOBS + 1), count + 1)]
+        found = await self._docs.get_many([_doc(job_id) for job_id in ids])
+        jobs = []
+        for job_id in ids:
+            job = self.book.get(job_id)
+            if job is None and _doc(job_id) in found:
+                job = PlacementJob.model_validate_json(found[_doc(job_id)][1])
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    async def run(self, job_id: str, request: PlacementRequest,
+                  distance: DistanceModel) -> Placement | None:
+        """:func:`run_job` here, publishing the record while it runs and when it ends."""
+        task = asyncio.ensure_future(run_job(self.book, job_id, request, distance))
+        try:
+            while not task.done():
+                await asyncio.wait({task}, timeout=self._flush_s)
+                await self._publish_quietly(job_id)
+        finally:
+            self._published.pop(job_id, None)
+        return task.result()
+
+    async def _publish_quietly(self, job_id: str) -> None:
+        try:
+            await self._publish(job_id)
+        except StoreUnavailableError as exc:  # the next flush tries again
+            log.warning("could not publish placement job %s: %s", job_id, exc.detail)
+
+    async def _publish(self, job_id: str) -> None:
+        job = self.book.get(job_id)
+        held = self._published.get(job_id)
+        if job is None or (held is not None and (held[1] is job or held[0] < 0)):
+            return
+        version = await self._docs.put(_doc(job_id), job.model_dump_json(),
+                                       held[0] if held else ABSENT)
+        # None: newer jobs dropped this one; writing it again would bring it back
+        self._published[job_id] = (-1 if version is None else version, job)

@@ -1,8 +1,9 @@
 """What one scheduler replica holds at run time, built at start-up from its settings.
 
 Shared state (workers, leases, free blocks, jobs, transfers, load reservations, the
-KV-event log) lives in the store: in memory for one process, in Redis when several
-replicas serve one cluster. Each replica keeps its own prefix index, replicated from
+KV-event log, and the shared documents: topology feeds and fabric, the placement in
+force, placement jobs) lives in the store: in memory for one process, in Redis when
+several replicas serve one cluster. Each replica keeps its own prefix index, replicated from
 the KV-event log (``docs/state.md`` has the benchmark behind that choice), and its own
 telemetry.
 """
@@ -17,6 +18,7 @@ from typing import Any
 from api.settings import Settings
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
+from scheduler.state.docs import MemoryDocs, SharedDocs
 from scheduler.state.memory import MemoryStore
 from scheduler.state.reservations import (
     KvEventLog,
@@ -42,6 +44,8 @@ class Runtime:
     loads: LoadStore
     prefix: PrefixIndex
     telemetry: Telemetry
+    #: Topology, placement and placement jobs, as documents every replica reads.
+    docs: SharedDocs = field(default_factory=MemoryDocs)
     distance: DistanceModel | None = None
     #: Other replicas share the store: KV events go through its log to all of them.
     replicated: bool = False
@@ -76,12 +80,15 @@ class Runtime:
 
 
 def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime:
-    """The store (memory or Redis), the local prefix index and telemetry."""
+    """The store and shared documents (memory or Redis), the local prefix index and
+    telemetry."""
     if settings.redis_url:
+        from scheduler.state.redis_docs import RedisDocs
         from scheduler.state.redis_store import RedisStore
 
         shared = RedisStore(settings.redis_url, prefix=settings.redis_prefix)
         runtime = _runtime(shared, shared, shared, distance)
+        runtime.docs = RedisDocs(settings.redis_url, prefix=settings.redis_prefix)
         runtime.replicated = True
         return runtime
     memory = MemoryLoads()

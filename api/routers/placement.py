@@ -2,31 +2,20 @@
 
 from __future__ import annotations
 
-import time
-
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from api.placement_jobs import CurrentPlacement, PlacementJob, PlacementTarget, violations
-from api.routing import Fabric
-from api.service import Services, ServiceState
+from api.placement_jobs import CurrentPlacement, PlacementJob, PlacementTarget
+from api.service import Services
 from scheduler.placement import Placement
-from topology.errors import Issue, NotFoundError, ValidationError
+from topology.errors import NotFoundError
 
 reads = APIRouter(prefix="/v1/placement", tags=["placement"])
 writes = APIRouter(prefix="/v1/placement", tags=["placement"])
 
 
-
-
-def _fabric(services: ServiceState) -> Fabric:
-    if services.fabric is None:
-        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-    return services.fabric
-
-
 class JobAccepted(BaseModel):
-    """A queued solve job; poll ``location`` for its progress and result."""
+    """A queued solve job; poll ``location`` (on any replica) for its progress and result."""
 
     model_config = ConfigDict(frozen=True)
     job: PlacementJob
@@ -44,16 +33,14 @@ class ApplyPlacement(BaseModel):
 @writes.post("/solve", status_code=202)
 async def solve(target: PlacementTarget, services: Services) -> JobAccepted:
     """Start a solve on the current fabric; its result becomes the placement in force."""
-    fabric = _fabric(services)
-    job = services.jobs.new("solve")
-    services.background(services.solve(job.id, target, fabric))
+    job = await services.start_solve(target)
     return JobAccepted(job=job, location=f"/v1/placement/jobs/{job.id}")
 
 
 @reads.get("/jobs/{job_id}")
 async def get_job(job_id: str, services: Services) -> PlacementJob:
-    """A solve job: status, progress lines, result or error."""
-    job = services.jobs.get(job_id)
+    """A solve job (started on any replica): status, progress lines, result or error."""
+    job = await services.jobs.get(job_id)
     if job is None:
         raise NotFoundError("placement job", job_id)
     return job
@@ -61,8 +48,8 @@ async def get_job(job_id: str, services: Services) -> PlacementJob:
 
 @reads.get("/jobs")
 async def list_jobs(services: Services) -> list[PlacementJob]:
-    """Every job kept (the newest 256), oldest first."""
-    return services.jobs.all()
+    """Every job kept (the newest 256, of every replica), oldest first."""
+    return await services.jobs.all()
 
 
 @reads.get("")
@@ -76,11 +63,4 @@ async def get_placement(services: Services) -> CurrentPlacement:
 @writes.put("")
 async def apply_placement(body: ApplyPlacement, services: Services) -> CurrentPlacement:
     """Put a placement in force after checking it on the current fabric (422 otherwise)."""
-    fabric = _fabric(services)
-    broken = violations(body.target, body.placement, fabric.spec, fabric.distance)
-    if broken:
-        raise ValidationError("PUT /v1/placement",
-                              [Issue("placement", message) for message in broken])
-    services.current = CurrentPlacement(placement=body.placement, target=body.target,
-                                        origin="apply", applied_at=time.time())
-    return services.current
+    return await services.apply_placement(body.placement, body.target, "PUT /v1/placement")

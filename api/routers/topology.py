@@ -1,5 +1,6 @@
 """Topology: the inventory and per-host capture feeds in; the fabric, drawings and
-distances out. Every feed rebuilds the fabric in place and says what changed."""
+distances out. Every feed rebuilds the fabric in place and says what changed; the feeds
+and the fabric are shared with the other replicas (see :mod:`api.service`)."""
 
 from __future__ import annotations
 
@@ -14,17 +15,15 @@ from api.feeds import (
     FeedConflict,
     FeedKind,
     Feeds,
-    check_http_inventory,
     parse_capture,
+    parse_inventory,
     parse_k8s,
 )
 from api.problems import problem
 from api.routing import Fabric
 from api.service import Services
-from topology.documents import parse_document, validate
 from topology.draw import to_svg
-from topology.errors import Location, NotFoundError, ParseError
-from topology.inventory import Inventory
+from topology.errors import Location, ParseError
 from topology.source import MAX_CAPTURE_BYTES, decode_capture
 from topology.spec import FabricSpec
 from topology.summary import FabricSummary, summarize
@@ -33,13 +32,8 @@ reads = APIRouter(prefix="/v1/topology", tags=["topology"])
 writes = APIRouter(prefix="/v1/topology", tags=["topology"])
 
 
-
-
 def _fabric(services: Services) -> Fabric:
-    fabric = services.fabric
-    if fabric is None:
-        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-    return fabric
+    return services.require_fabric()
 
 
 CurrentFabric = Annotated[Fabric, Depends(_fabric)]
@@ -108,12 +102,10 @@ async def put_inventory(request: Request, services: Services) -> FeedResult | Re
     """Load an inventory (YAML or JSON); capture paths are refused (post feeds instead)."""
     source = "PUT /v1/topology/inventory"
     text = await _read_text(request, source)
-    data = parse_document(text, source, "an inventory (version, zones)")
-    inventory = validate(Inventory, data, source)
-    check_http_inventory(inventory, source)
+    inventory = parse_inventory(text, source)
 
     def edit(feeds: Feeds) -> Feeds:
-        return Feeds(inventory=inventory, hosts=feeds.hosts, k8s=feeds.k8s)
+        return feeds.with_inventory(inventory, text)
 
     return await _apply(services, request, None, "inventory", edit)
 
@@ -151,7 +143,7 @@ async def put_k8s_nodes(request: Request, services: Services) -> FeedResult | Re
     def edit(feeds: Feeds) -> Feeds | None:
         if feeds.k8s is not None and feeds.k8s.text == text:
             return None
-        return Feeds(inventory=feeds.inventory, hosts=feeds.hosts, k8s=capture)
+        return feeds.with_k8s(capture)
 
     return await _apply(services, request, None, "k8s-nodes", edit)
 

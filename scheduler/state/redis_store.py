@@ -36,21 +36,19 @@ Redis down: each method raises :class:`StoreUnavailableError` within about
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.redis_errors import translate as _translate
 from scheduler.state.redis_scripts import SCRIPTS
 from scheduler.state.redis_view import (
     Fetched,
@@ -79,7 +77,6 @@ from topology.errors import (
 
 __all__ = ["RedisStore", "StoreUnavailableError"]
 
-_P = ParamSpec("_P")
 _T = TypeVar("_T")
 #: Most jobs handed out by one long-poll answer.
 _MAX_JOBS = 10_000
@@ -88,17 +85,6 @@ _WAKE = ""
 #: Changes the log keeps before a sweep trims older ones (a listing older than that
 #: reads everything once): bounds the log as workers come and go under new names.
 TRIM_LAG = 100_000
-
-
-def _translate(fn: Callable[_P, Awaitable[_T]]) -> Callable[_P, Coroutine[Any, Any, _T]]:
-    """Turn a lost or slow Redis into :class:`StoreUnavailableError` (foreign → domain)."""
-    @functools.wraps(fn)
-    async def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
-        try:
-            return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError, OSError, TimeoutError) as exc:
-            raise StoreUnavailableError(fn.__name__, str(exc) or type(exc).__name__) from exc
-    return wrapper
 
 
 def _texts(reply: object) -> list[str]:

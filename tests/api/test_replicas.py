@@ -3,7 +3,8 @@
 Sidecars register through one replica and transfers are submitted through the other;
 NIXL moves real bytes between the sidecar processes and the destination's fake engine
 verifies its whole pool. Then the faults: a replica restart, Redis stopped and started
-again (append-only file: nothing is lost), a sidecar killed.
+again (append-only file: nothing is lost), a sidecar killed. Topology feeds put through
+one replica are served by the other.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api.service_builders import cluster, inventory_yaml
 from tests.servers import RedisServer, start_redis
 from tests.sidecar.harness import (
     START_TIMEOUT_S,
@@ -28,6 +30,7 @@ from tests.sidecar.harness import (
     free_port,
     wait_for,
 )
+from topology.writers import lldp_json0, nvsmi_text
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 BLOCK = 16384
@@ -156,3 +159,23 @@ def test_killed_sidecar_lease_expires_and_transfers_fail_cleanly(tmp_path: Path)
         refused = _submit(a, "to-the-dead")
         assert refused.status_code == 404
         assert refused.headers["content-type"] == "application/problem+json"
+
+
+def test_topology_put_through_one_replica_is_served_by_the_other(tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (_, a, b, _sidecars):
+        spec = cluster(hosts=2)
+        for host in spec.hosts:
+            for path, text in (("nvidia-smi", nvsmi_text(host)), ("lldp", lldp_json0(host))):
+                answer = httpx.put(f"{a.url}/v1/topology/hosts/{host.name}/{path}",
+                                   content=text, timeout=10)
+                assert answer.status_code == 200, answer.text
+        answer = httpx.put(f"{b.url}/v1/topology/inventory", content=inventory_yaml(spec),
+                           timeout=10)
+        assert answer.status_code == 200 and answer.json()["fabric_loaded"], answer.text
+        fabric = wait_for(lambda: _fabric(a), 10, "replica A serves the fabric built on B")
+        assert fabric == _fabric(b) and len(fabric["hosts"]) == 2
+
+
+def _fabric(replica: Replica) -> dict[str, Any] | None:
+    answer = httpx.get(f"{replica.url}/v1/topology/fabric", timeout=5)
+    return answer.json() if answer.status_code == 200 else None
