@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 
 from api import problems
 from api.routers import transfers, workers
+from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events
 from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
@@ -82,10 +83,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AuthError, auth_error_handler)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
+    _follow_fabric(app.state.services, coordinator, runtime)
     app.include_router(workers.router, dependencies=[require(Role.WORKER)])
     app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
     return app
+
+
+def _follow_fabric(services: ServiceState, coordinator: TransferCoordinator,
+                   runtime: Runtime) -> None:
+    """Every fabric put in force (from feeds, or another replica) reaches the transfer
+    hints, the telemetry labels and reference figures, and gets the calibrated factors."""
+    def adopt(fabric: Fabric) -> None:
+        coordinator.use_fabric(fabric.spec, fabric.distance)
+        runtime.use_fabric(fabric.distance)
+        fabric.router.set_tier_scales(runtime.telemetry.scales().factors)
+    services.fabric_listeners.append(adopt)
+
+
+async def _calibrate_loop(services: ServiceState, runtime: Runtime, interval_s: float) -> None:
+    """Feed the calibrated per-tier figures into the router's cost model, forever."""
+    while True:
+        await asyncio.sleep(interval_s)
+        fabric = services.fabric
+        try:
+            if fabric is not None and fabric.router.set_tier_scales(
+                    runtime.telemetry.scales().factors):
+                log.info("cost model recalibrated from measured transfers")
+        except Exception:  # a bad fit must not stop calibration for good
+            log.exception("calibration round failed")
 
 
 def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
@@ -93,7 +119,8 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
         await _start_services(services)
-        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s))]
+        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s)),
+                 _task(_calibrate_loop(services, runtime, settings.calibrate_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
@@ -146,6 +173,9 @@ def _observability(app: FastAPI, runtime: Runtime) -> None:
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse)
     async def metrics() -> PlainTextResponse:
         """Prometheus text exposition: transfers by tier, routing, placement, alerts."""
+        inflight = runtime.inflight
+        runtime.telemetry.set_link_inflight(inflight.bytes_by_link(),
+                                            inflight.transfers_by_link())
         return PlainTextResponse(runtime.telemetry.render_prometheus(),
                                  media_type="text/plain; version=0.0.4")
 

@@ -27,6 +27,7 @@ from scheduler.state.reservations import (
     StoreUnavailableError,
 )
 from scheduler.telemetry import DomainMapper, Telemetry, reference_figures, sample_from_record
+from scheduler.telemetry.inflight import InflightLinks
 from scheduler.transfer.plan import TransferRecord, WorkerRegistration
 from topology.distance import DistanceModel
 from topology.errors import InputError
@@ -50,11 +51,23 @@ class Runtime:
     #: Other replicas share the store: KV events go through its log to all of them.
     replicated: bool = False
     worker_domains: dict[str, str] = field(default_factory=dict)
+    worker_gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Transfers this replica queued, per shared link, until they finish.
+    inflight: InflightLinks = field(default_factory=InflightLinks)
     _mapper: DomainMapper | None = None
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
         """Note a worker's locality domain (for transfer telemetry labels)."""
+        self.worker_gpus[reg.name] = reg.gpus
         self.worker_domains[reg.name] = self._domain_of(reg.gpus)
+
+    def use_fabric(self, distance: DistanceModel) -> None:
+        """Label transfers and calibrate against a new fabric (built from feeds, say)."""
+        self.distance = distance
+        self._mapper = DomainMapper(distance, level="pod")
+        self.telemetry.use_reference(reference_figures(distance))
+        self.worker_domains = {name: self._domain_of(gpus)
+                               for name, gpus in self.worker_gpus.items()}
 
     def _domain_of(self, gpus: tuple[str, ...]) -> str:
         if self._mapper is None or not gpus:
@@ -66,6 +79,7 @@ class Runtime:
 
     def record_transfer(self, record: TransferRecord) -> None:
         """Feed a finished transfer into metrics, drift detection and calibration."""
+        self.inflight.done(record.plan.plan_id)
         sample = sample_from_record(
             record, lambda worker: self.worker_domains.get(worker, UNKNOWN_DOMAIN))
         if sample is not None:

@@ -43,6 +43,7 @@ from scheduler.prefix import PrefixIndex
 from scheduler.router.router import Router
 from scheduler.state.docs import ABSENT, MemoryDocs, SharedDocs
 from scheduler.state.reservations import StoreUnavailableError
+from scheduler.telemetry import Telemetry
 from topology.distance import DistanceModel
 from topology.errors import ConflictError, Issue, NotFoundError, ValidationError
 from topology.spec import FabricSpec, load_fabric
@@ -77,6 +78,10 @@ class ServiceState:
         self.decision_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self.decisions = 0
         self.snapshots = LiveSnapshots()
+        #: Where solve times go (the app's telemetry; None in bare service tests).
+        self.telemetry: Telemetry | None = None
+        #: Told of every new fabric put in force (transfer hints, telemetry labels).
+        self.fabric_listeners: list[Callable[[Fabric], None]] = []
         self._start_spec = spec
         #: Version of each shared document that the copies here are current to.
         self._seen = {TOPOLOGY: ABSENT, PLACEMENT: ABSENT}
@@ -182,6 +187,8 @@ class ServiceState:
             self.fabric = None
         elif self.fabric is None or self.fabric.spec != spec:
             self.fabric = self.make_fabric(spec)
+            for listener in self.fabric_listeners:
+                listener(self.fabric)
 
     # -- topology -----------------------------------------------------------------
 
@@ -305,6 +312,8 @@ class ServiceState:
         result = await self.jobs.run(job_id, request, fabric.distance)
         if result is None:
             return
+        if self.telemetry is not None:
+            self.telemetry.observe_placement(result.solve_time_s, method=result.method)
         current = CurrentPlacement(placement=result, target=target, origin=origin,
                                    applied_at=time.time())
         try:
@@ -326,6 +335,7 @@ def install_services(app: FastAPI, settings: Settings) -> None:
     app.state.services = ServiceState(policy, app.state.prefix_index, spec,
                                       docs=runtime.docs if runtime is not None else None,
                                       poll_s=settings.shared_poll_s)
+    app.state.services.telemetry = runtime.telemetry if runtime is not None else None
     if not hasattr(app.state, "auth"):
         app.state.auth = TokenAuth(None, None)  # auth off unless the app configured tokens
     app.add_exception_handler(AuthError, auth_error_handler)

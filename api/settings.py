@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     transfer_deadline_s: float = Field(default=10.0, gt=0, le=3600)
     long_poll_max_s: float = Field(default=30.0, gt=0, le=300)
     expire_interval_s: float = Field(default=0.5, gt=0, le=60)
+    calibrate_interval_s: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="how often measured transfer figures are fed into the router's costs")
     fabric: Path | None = Field(default=None, description="fabric document for tiers/NICs")
     redis_url: str | None = Field(
         default=None, description="share state with other replicas through this Redis "

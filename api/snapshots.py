@@ -87,10 +87,12 @@ class LiveSnapshots:
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
-                 pairings: Sequence[Any]) -> Snapshot:
+                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None
+                 ) -> Snapshot:
         """The snapshot of ``entries`` (with their reserved ``loads``) routable for
         ``model``; ``pairings`` are the placement's, kept where both sides are
-        registered under the placement's instance ids."""
+        registered under the placement's instance ids; ``link_load``: transfers in
+        flight per shared link."""
         if fabric is not self._fabric or len(self._views) > MAX_MODELS:
             self._fabric, self._views = fabric, {}
         view = self._views.setdefault(model, _ModelView())
@@ -99,6 +101,8 @@ class LiveSnapshots:
             self._rebuild(view, fabric, entries, loads, model)
             view.pairings, view.kv_bytes = pairings, kv_bytes
             view.snapshot = self._build(fabric, view, kv_bytes, pairings)
+        if link_load and link_load != view.snapshot.link_load:
+            return view.snapshot.with_link_load(link_load)
         return view.snapshot
 
     @staticmethod

@@ -166,6 +166,12 @@ class Snapshot:
             put(new, name, values)
         return new
 
+    def with_link_load(self, link_load: Mapping[str, int]) -> Snapshot:
+        """This snapshot with other in-flight transfer counts per link (workers shared)."""
+        new = copy.copy(self)
+        object.__setattr__(new, "link_load", MappingProxyType(dict(link_load)))
+        return new
+
     def worker(self, worker_id: str) -> Worker | None:
         """The worker with this id, or ``None``."""
         pos = self.position.get(worker_id)

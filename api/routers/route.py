@@ -108,6 +108,7 @@ async def route(request: Request) -> Response:
     except BaseException:
         await release(runtime.loads, reservations)
         raise
+    _observe(runtime, body, result, plan_id, state.coordinator.deadline_s)
     output = RouteOutput(decision=result, plan_id=plan_id, reservations=reservations)
     return Response(output.model_dump_json(), media_type="application/json")
 
@@ -123,9 +124,24 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     entries, loads = await coordinator.store.list_with_loads(runtime.loads)
     snapshot = services.snapshots.snapshot(
         fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
-        pairings=current.placement.pairings if current else ())
+        pairings=current.placement.pairings if current else (),
+        link_load=runtime.inflight.transfers_by_link())
     result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
-    services.record_decision(time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    services.record_decision(seconds)
+    runtime.telemetry.observe_routing(seconds)
     return result
+
+
+def _observe(runtime: Runtime, body: RouteInput, decision: Decision, plan_id: str | None,
+             deadline_s: float) -> None:
+    """Count the prefix blocks the prefill side held, and the queued transfer on the
+    shared links of its path (the next decisions see it as ``link_load``)."""
+    total = len(body.block_hashes) if body.block_hashes is not None else \
+        body.prompt_tokens // BLOCK_TOKENS
+    runtime.telemetry.observe_prefix(min(decision.prefill.cached_blocks, total), total)
+    if plan_id is not None:
+        runtime.inflight.add(plan_id, decision.transfer.links, decision.transfer.bytes,
+                             time.time() + deadline_s)

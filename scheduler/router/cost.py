@@ -76,8 +76,18 @@ class PairTable:
         for i in range(n):
             tiers, lat_us, bw, _ = distance.costs_from(int(self.gpu[i]), self.gpu)
             self.tier[i], self.latency_s[i], self.bandwidth[i] = tiers, lat_us * 1e-6, bw
+        #: The fabric's own figures; ``latency_s`` / ``bandwidth`` are these × the
+        #: calibrated factors of each pair's tier (see :meth:`scale`).
+        self._model_latency_s = self.latency_s.copy()
+        self._model_bandwidth = self.bandwidth.copy()
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
         self._figures: dict[tuple[int, int], tuple[tuple[str, float, bool], ...]] = {}
+
+    def scale(self, factors: FloatArray) -> None:
+        """Set the figures to the fabric's times per-tier ``factors`` (rows indexed by tier
+        code: latency factor, bandwidth factor), e.g. from measured transfers."""
+        self.latency_s[:] = self._model_latency_s * factors[self.tier, 0]
+        self.bandwidth[:] = self._model_bandwidth * factors[self.tier, 1]
 
     @staticmethod
     def key(workers: Sequence[Worker]) -> tuple[tuple[str, ...], ...]:

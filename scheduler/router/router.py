@@ -23,6 +23,7 @@ from operator import itemgetter
 from typing import Annotated, Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from policies.contracts import PairChoice, Refusal
@@ -33,6 +34,7 @@ from scheduler.router.cost import CostParams, FabricCostModel, PairTable, TtftTe
 from topology.distance import DistanceModel
 from topology.documents import validate
 from topology.errors import Issue, ValidationError
+from topology.tiers import Tier
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,8 @@ class Router:
         self._match_order: tuple[tuple[str, ...], Mapping[str, int], IntArray] | None = None
         #: The snapshot the cost model was last asked for, its workers' GPUs and the model.
         self._model: tuple[Snapshot, tuple[tuple[str, ...], ...], FabricCostModel] | None = None
+        #: Calibrated (latency, bandwidth) factors per tier code; None: the fabric's own.
+        self._tier_factors: npt.NDArray[np.float64] | None = None
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         """The cost model for ``snapshot`` (kept, with its pair table, while GPUs match)."""
@@ -170,11 +174,34 @@ class Router:
             return known[2]
         key = PairTable.key(snapshot.workers)
         if known is None or known[1] != key:
-            model = FabricCostModel(PairTable(self.distance, snapshot.workers), self.cost_params)
+            table = PairTable(self.distance, snapshot.workers)
+            if self._tier_factors is not None:
+                table.scale(self._tier_factors)
+            model = FabricCostModel(table, self.cost_params)
         else:
             model = known[2]
         self._model = (snapshot, key, model)
         return model
+
+    @property
+    def pair_table(self) -> PairTable | None:
+        """The pair figures of the last snapshot routed over (None before the first)."""
+        return self._model[2].table if self._model is not None else None
+
+    def set_tier_scales(self, factors: Mapping[str, tuple[float, float]]) -> bool:
+        """Scale each tier's latency and bandwidth by measured ``(latency, bandwidth)``
+        factors (tier label → factors; unlisted tiers keep the fabric's figures), as
+        calibration learns them. True when the figures changed."""
+        table = np.ones((len(Tier), 2))
+        for label, pair in factors.items():
+            table[Tier.from_label(label)] = pair
+        current = self._tier_factors if self._tier_factors is not None else np.ones_like(table)
+        if np.array_equal(table, current):
+            return False
+        self._tier_factors = table
+        if self._model is not None:
+            self._model[2].table.scale(table)
+        return True
 
     def session(self, name: str) -> tuple[str, str] | None:
         """The (prefill, decode) pair the session ``name`` was last routed to."""

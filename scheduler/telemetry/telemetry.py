@@ -136,8 +136,16 @@ class Telemetry:
         self.metrics = _Families(self.config)
         self.drift = DriftDetector(self.config.drift, clock=clock)
         self.calibrator = Calibrator(reference or {}, self.config.calibration)
+        self._reference = dict(reference or {})
         self.clock = clock
         self._pairs: set[tuple[str, str]] = set()
+
+    def use_reference(self, reference: Mapping[str, TierFigures]) -> None:
+        """Calibrate against new configured figures (a new fabric); unchanged figures
+        keep what was learnt, changed ones start the fits over."""
+        if dict(reference) != self._reference:
+            self._reference = dict(reference)
+            self.calibrator = Calibrator(reference, self.config.calibration)
 
     # -- ingest ----------------------------------------------------------------------
     def record_transfer(self, sample: TransferSample) -> None:

@@ -216,6 +216,12 @@ class TransferCoordinator:
                           deadline_s=deadline_s, not_after=self._wall() + deadline_s,
                           notify=request.notify, block_hashes=request.block_hashes)
 
+    def use_fabric(self, spec: FabricSpec, model: DistanceModel | None = None) -> None:
+        """Derive transport hints (NICs, tiers) from ``spec`` from now on."""
+        self._spec = spec
+        self._model = model if model is not None else DistanceModel(spec)
+        self._hints.clear()
+
     def _hints_for(self, src: WorkerRegistration, dst: WorkerRegistration) -> TransportHints:
         """Hints for the pair, reused while both registrations are unchanged."""
         key = (src.name, dst.name)

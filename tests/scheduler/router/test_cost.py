@@ -21,6 +21,7 @@ from tests.scheduler.router.builders import (
     snapshot,
     worker,
 )
+from topology.tiers import Tier
 
 
 def _workers() -> list[Worker]:
@@ -112,3 +113,26 @@ def test_the_router_keeps_its_pair_table_while_the_workers_gpus_hold() -> None:
 def test_pair_table_key_is_the_gpus_in_order() -> None:
     workers = _workers()
     assert PairTable.key(workers) == tuple(w.gpus for w in workers)
+
+
+def test_calibrated_tier_factors_scale_the_pair_figures_and_can_be_undone() -> None:
+    router = Router(fabric(), policy())
+    snap = snapshot(_workers())
+    table = router.cost_model(snap).table
+    base_lat, base_bw = table.latency_s.copy(), table.bandwidth.copy()
+    slow = Tier.from_label("cross_zone")
+    assert router.set_tier_scales({"cross_zone": (2.0, 0.25)})
+    assert not router.set_tier_scales({"cross_zone": (2.0, 0.25)})  # unchanged: no work
+    hit = table.tier == int(slow)
+    assert hit.any() and (~hit).any()
+    assert np.allclose(table.latency_s[hit], base_lat[hit] * 2.0)
+    assert np.allclose(table.bandwidth[hit], base_bw[hit] * 0.25)
+    assert np.array_equal(table.bandwidth[~hit], base_bw[~hit])
+    moved = _workers()
+    moved[3] = replace(moved[3], gpus=(SAME_RAIL.replace("gpu0", "gpu3"),))
+    fresh = router.cost_model(snapshot(moved)).table  # a new table gets the factors too
+    far = fresh.tier == int(slow)
+    assert far.any()
+    assert np.allclose(fresh.bandwidth[far], PairTable(fabric(), moved).bandwidth[far] * 0.25)
+    assert router.set_tier_scales({})
+    assert np.array_equal(router.cost_model(snap).table.bandwidth, base_bw)
