@@ -11,7 +11,6 @@ counter (so ids stay unique across replicas and restarts).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import re
 import time
@@ -88,18 +87,21 @@ class PlacementJob(BaseModel):
     finished_at: float | None = None
 
 
+#: Attempts (one flush interval apart) to publish a finished job's final record.
+FINAL_PUBLISH_TRIES = 20
+
+
 class JobBook:
     """Jobs by id (bounded); records are replaced, never mutated in place."""
 
     def __init__(self) -> None:
         self._jobs: OrderedDict[str, PlacementJob] = OrderedDict()
-        self._ids = itertools.count(1)
 
-    def new(self, kind: Literal["solve", "re-solve"], reason: str | None = None,
-            job_id: str | None = None) -> PlacementJob:
-        """Record a queued job (numbered here unless ``job_id`` is given)."""
-        job = PlacementJob(id=job_id or f"place-{next(self._ids)}", kind=kind,
-                           status="queued", reason=reason, created_at=time.time())
+    def new(self, job_id: str, kind: Literal["solve", "re-solve"],
+            reason: str | None = None) -> PlacementJob:
+        """Record a queued job under ``job_id``."""
+        job = PlacementJob(id=job_id, kind=kind, status="queued", reason=reason,
+                           created_at=time.time())
         self._jobs[job.id] = job
         while len(self._jobs) > MAX_JOBS:
             self._jobs.popitem(last=False)
@@ -202,7 +204,7 @@ class SharedJobs:
                   reason: str | None = None) -> PlacementJob:
         """Record and publish a queued job under the next shared number."""
         number = await self._next_number()
-        job = self.book.new(kind, reason, job_id=f"place-{number}")
+        job = self.book.new(f"place-{number}", kind, reason)
         try:
             await self._publish(job.id)
             if number > MAX_JOBS:
@@ -252,15 +254,22 @@ class SharedJobs:
             while not task.done():
                 await asyncio.wait({task}, timeout=self._flush_s)
                 await self._publish_quietly(job_id)
+            for _ in range(FINAL_PUBLISH_TRIES):  # the end must reach the other replicas
+                if await self._publish_quietly(job_id):
+                    break
+                await asyncio.sleep(self._flush_s)
         finally:
             self._published.pop(job_id, None)
         return task.result()
 
-    async def _publish_quietly(self, job_id: str) -> None:
+    async def _publish_quietly(self, job_id: str) -> bool:
+        """Publish; False (logged) when the store is unavailable."""
         try:
             await self._publish(job_id)
         except StoreUnavailableError as exc:  # the next flush tries again
             log.warning("could not publish placement job %s: %s", job_id, exc.detail)
+            return False
+        return True
 
     async def _publish(self, job_id: str) -> None:
         job = self.book.get(job_id)

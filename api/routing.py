@@ -17,6 +17,7 @@ from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import load_models
 from scheduler.router.router import Decision, Router
 from scheduler.transfer.coordinator import TransferCoordinator
+from scheduler.transfer.plan import TransferRecord
 from topology.distance import DistanceModel
 from topology.errors import NotFoundError
 from topology.spec import FabricSpec
@@ -60,8 +61,9 @@ def preferred_pairs(pairings: Sequence[Any], workers: Sequence[Worker]
             if p.prefill in names and p.decode in names}
 
 
-async def deliver_plan(coordinator: TransferCoordinator, decision: Decision) -> str | None:
-    """Queue the decision's KV transfer for the two sidecars; its plan id (None: nothing
+async def deliver_plan(coordinator: TransferCoordinator, decision: Decision
+                       ) -> TransferRecord | None:
+    """Queue the decision's KV transfer for the two sidecars; its record (None: nothing
     moves, e.g. local prefill or the decode side holds every block).
 
     The prompt's blocks are taken from the prefill side's free list (its engine writes
@@ -72,5 +74,4 @@ async def deliver_plan(coordinator: TransferCoordinator, decision: Decision) -> 
     src, dst = decision.prefill.worker, decision.decode.worker
     if decision.mode != "disaggregated" or blocks == 0 or src == dst:
         return None
-    record = await coordinator.submit_routed(src, dst, blocks, decision.transfer.block_hashes)
-    return record.plan.plan_id
+    return await coordinator.submit_routed(src, dst, blocks, decision.transfer.block_hashes)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Annotated, Any, Literal
 
@@ -49,8 +48,6 @@ from topology.errors import ConflictError, Issue, NotFoundError, ValidationError
 from topology.spec import FabricSpec, load_fabric
 
 log = logging.getLogger(__name__)
-#: Decision latencies kept for the metrics endpoint (the newest win).
-LATENCY_WINDOW = 10_000
 #: Names of the shared documents: the feeds with the fabric, and the placement in force.
 TOPOLOGY, PLACEMENT = "topology", "placement"
 #: Compare-and-set attempts of one write before it gives up (409): each lost attempt
@@ -75,8 +72,6 @@ class ServiceState:
         self.current: CurrentPlacement | None = None
         self.jobs = SharedJobs(self.docs, flush_s=poll_s)
         self.lock = asyncio.Lock()
-        self.decision_latency_s: deque[float] = deque(maxlen=LATENCY_WINDOW)
-        self.decisions = 0
         self.snapshots = LiveSnapshots()
         #: Where solve times go (the app's telemetry; None in bare service tests).
         self.telemetry: Telemetry | None = None
@@ -98,11 +93,6 @@ class ServiceState:
         if self.fabric is None:
             raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
         return self.fabric
-
-    def record_decision(self, seconds: float) -> None:
-        """Count one routing decision and keep its latency."""
-        self.decisions += 1
-        self.decision_latency_s.append(seconds)
 
     def background(self, work: Coroutine[Any, Any, Any]) -> None:
         """Run ``work`` after the response, keeping a reference until it ends."""
@@ -188,7 +178,10 @@ class ServiceState:
         elif self.fabric is None or self.fabric.spec != spec:
             self.fabric = self.make_fabric(spec)
             for listener in self.fabric_listeners:
-                listener(self.fabric)
+                try:
+                    listener(self.fabric)
+                except Exception:  # the fabric is in force; one listener must not stop the rest
+                    log.exception("a fabric listener failed")
 
     # -- topology -----------------------------------------------------------------
 

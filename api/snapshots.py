@@ -101,7 +101,7 @@ class LiveSnapshots:
             self._rebuild(view, fabric, entries, loads, model)
             view.pairings, view.kv_bytes = pairings, kv_bytes
             view.snapshot = self._build(fabric, view, kv_bytes, pairings)
-        if link_load and link_load != view.snapshot.link_load:
+        if link_load:  # the kept snapshot has none: it changes with every transfer
             return view.snapshot.with_link_load(link_load)
         return view.snapshot
 

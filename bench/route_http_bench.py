@@ -109,12 +109,13 @@ with HTTP parsing): router and policy ~0.24 ms, pydantic models of the decision,
 plan, record and jobs (~20 validations per route) ~0.15 ms, FastAPI/Starlette and
 the middleware ~0.1 ms, the snapshot sweep ~0.05 ms. On Redis each of the 4 round
 trips costs ~0.1 ms of redis-py CPU (command packing and the asyncio connection
-pool) on top; with server, redis-server and the load generator sharing two cores,
-a single replica saturates near 650–750 route req/s, so 500 req/s runs at 70–80 %
-of that and its tail is queueing (p99 anywhere from ~10 ms to several hundred ms
-between runs). Merging `reserve_all` into the take script would save one round
-trip; a second replica adds no throughput on two cores (both replicas, Redis and
-the client share them). Run-to-run spread on this shared machine is 10–30 %.
+pool) on top, so a single replica spends 1.3–1.7 ms of CPU per route and saturates
+near 600–750 route req/s here (two runs of this code: 737 and 592 req/s); at 500
+req/s it runs at 70–85 % of that and its tail is queueing (p99 from ~10 ms to a few
+hundred ms between runs). Two replicas do better than one (855 req/s, p99 7.3 ms at
+500 req/s in the run above): while one waits on Redis the other uses the CPU. Merging
+`reserve_all` into the take script would save one round trip. Run-to-run spread on
+this shared machine is 10–30 %.
 """
 MODEL = "llama-3-70b"
 

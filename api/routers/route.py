@@ -17,7 +17,8 @@ from api.runtime import Runtime
 from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from scheduler.transfer.coordinator import TransferCoordinator
-from topology.errors import NotFoundError
+from scheduler.transfer.plan import TransferRecord
+from topology.errors import ConflictError, InputError, NotFoundError, UnschedulableError
 
 router = APIRouter(prefix="/v1", tags=["route"])
 BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
@@ -67,6 +68,8 @@ class RouteOutput(BaseModel):
                     "/v1/workers/{worker}/load/release when the request leaves the worker")
 
 
+#: Failures that certainly queued nothing: the reserved load goes back.
+REFUSED = (UnschedulableError, NotFoundError, ConflictError, InputError)
 _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
 #: The body is parsed in the endpoint (see ``route``), so its schema is declared here.
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {
@@ -104,12 +107,15 @@ async def route(request: Request) -> Response:
     reservations = reservations_for(result, body.prompt_tokens)
     await reserve(runtime.loads, reservations)
     try:
-        plan_id = await deliver_plan(state.coordinator, result)
-    except BaseException:
+        record = await deliver_plan(state.coordinator, result)
+    except REFUSED:
         await release(runtime.loads, reservations)
         raise
-    _observe(runtime, body, result, plan_id, state.coordinator.deadline_s)
-    output = RouteOutput(decision=result, plan_id=plan_id, reservations=reservations)
+    # Any other failure (Redis gone, a timeout, cancellation) may come after the
+    # transfer was queued: then it runs, so its load stays counted, like its blocks.
+    _observe(runtime, body, result, record)
+    output = RouteOutput(decision=result, reservations=reservations,
+                         plan_id=record.plan.plan_id if record is not None else None)
     return Response(output.model_dump_json(), media_type="application/json")
 
 
@@ -129,19 +135,18 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
-    seconds = time.perf_counter() - started
-    services.record_decision(seconds)
-    runtime.telemetry.observe_routing(seconds)
+    runtime.telemetry.observe_routing(time.perf_counter() - started)
     return result
 
 
-def _observe(runtime: Runtime, body: RouteInput, decision: Decision, plan_id: str | None,
-             deadline_s: float) -> None:
+def _observe(runtime: Runtime, body: RouteInput, decision: Decision,
+             record: TransferRecord | None) -> None:
     """Count the prefix blocks the prefill side held, and the queued transfer on the
-    shared links of its path (the next decisions see it as ``link_load``)."""
+    shared links of its path until its deadline (the next decisions see it as
+    ``link_load``)."""
     total = len(body.block_hashes) if body.block_hashes is not None else \
         body.prompt_tokens // BLOCK_TOKENS
     runtime.telemetry.observe_prefix(min(decision.prefill.cached_blocks, total), total)
-    if plan_id is not None:
-        runtime.inflight.add(plan_id, decision.transfer.links, decision.transfer.bytes,
-                             time.time() + deadline_s)
+    if record is not None:
+        runtime.inflight.add(record.plan.plan_id, decision.transfer.links,
+                             decision.transfer.bytes, record.plan.not_after)

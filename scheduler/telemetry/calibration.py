@@ -146,6 +146,14 @@ class Calibrator:
         self._tiers = {tier: _TierFit(figures, np.zeros(window), np.zeros(window))
                        for tier, figures in reference.items()}
 
+    def rebased(self, reference: Mapping[str, TierFigures]) -> Calibrator:
+        """A calibrator for new reference figures that keeps the fits (samples and
+        factors) of every tier whose figures are unchanged."""
+        fresh = Calibrator(reference, self.config)
+        fresh._tiers.update({tier: fit for tier, fit in self._tiers.items()
+                             if reference.get(tier) == fit.reference})
+        return fresh
+
     def add(self, sample: TransferSample) -> None:
         """Take one sample; failures, zero durations and unknown tiers are ignored."""
         fit = self._tiers.get(sample.tier)

@@ -141,11 +141,11 @@ class Telemetry:
         self._pairs: set[tuple[str, str]] = set()
 
     def use_reference(self, reference: Mapping[str, TierFigures]) -> None:
-        """Calibrate against new configured figures (a new fabric); unchanged figures
-        keep what was learnt, changed ones start the fits over."""
+        """Calibrate against new configured figures (a new fabric): tiers whose figures
+        are unchanged keep what was learnt, the others start over."""
         if dict(reference) != self._reference:
             self._reference = dict(reference)
-            self.calibrator = Calibrator(reference, self.config.calibration)
+            self.calibrator = self.calibrator.rebased(reference)
 
     # -- ingest ----------------------------------------------------------------------
     def record_transfer(self, sample: TransferSample) -> None:

@@ -8,7 +8,9 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from scheduler.state.reservations import StoreUnavailableError
 from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from topology.errors import ConflictError
 
 
 @pytest.fixture
@@ -68,3 +70,31 @@ def test_a_worker_at_capacity_is_unschedulable(client: TestClient) -> None:
 def test_unknown_worker_load_is_404(client: TestClient) -> None:
     answer = client.get("/v1/workers/ghost/load", headers=bearer(WORKER))
     assert answer.status_code == 404
+
+
+def test_a_route_whose_transfer_may_have_been_queued_keeps_its_load(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+    stored = store.start_transfer
+
+    async def stored_then_lost(*args: object) -> None:
+        await stored(*args)  # queued, then the answer is lost (a Redis timeout, say)
+        raise StoreUnavailableError("start_transfer", "timed out")
+    monkeypatch.setattr(store, "start_transfer", stored_then_lost)
+    answer = client.post("/v1/route", json={"block_hashes": [21, 22], "model": "llama-3-70b"},
+                         headers=bearer(WORKER))
+    assert answer.status_code == 503
+    assert _load(client, "decode-0")["requests"] == 1  # the transfer may run: still counted
+
+
+def test_a_refused_transfer_gives_its_load_back(client: TestClient,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+
+    async def refused(*args: object) -> None:
+        raise ConflictError("transfer 'x' already exists")
+    monkeypatch.setattr(store, "start_transfer", refused)
+    answer = client.post("/v1/route", json={"block_hashes": [23, 24], "model": "llama-3-70b"},
+                         headers=bearer(WORKER))
+    assert answer.status_code == 409
+    assert _load(client, "decode-0")["requests"] == 0

@@ -57,13 +57,16 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
 
 
 def test_route_hashes_tokens_and_records_latency(client: TestClient) -> None:
-    services = client.app.state.services  # type: ignore[attr-defined]
     answer = client.post("/v1/route", json={"tokens": list(range(1100)), "model":
                                             "llama-3-70b", "session": "chat-1"},
                          headers=bearer(WORKER))
     assert answer.status_code == 200, answer.text
     assert answer.json()["decision"]["transfer"]["blocks"] == 2  # 1100 tokens / 512
-    assert services.decisions == 1 and services.decision_latency_s[0] > 0
+    metrics = client.get("/metrics").text.splitlines()
+    assert "toposched_routing_decision_seconds_count 1" in metrics
+    total = next(line for line in metrics if line.startswith("toposched_routing_decision"
+                                                             "_seconds_sum"))
+    assert float(total.rsplit(" ", 1)[1]) > 0
 
 
 def test_no_worker_for_the_model_is_503_with_reasons(client: TestClient) -> None:

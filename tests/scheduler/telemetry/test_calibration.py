@@ -141,3 +141,17 @@ def test_calibrated_scales_come_from_figures() -> None:
     feed(cal, np.random.default_rng(6), 320, latency_us=9.0, gb_per_s=40.0)
     fig = cal.figures().tiers["same_pod"]
     assert cal.scales().scale("same_pod") == (fig.latency_factor, fig.bandwidth_factor)
+
+
+def test_a_new_reference_keeps_the_fits_of_unchanged_tiers_only() -> None:
+    other = SAME_POD.model_copy(update={"bandwidth_gb_per_s": SAME_POD.bandwidth_gb_per_s * 2})
+    cal = Calibrator({"same_pod": SAME_POD, "cross_pod": SAME_POD}, CalibrationConfig())
+    rng = np.random.default_rng(3)
+    for s in sized_stream(rng, 400, latency_us=15.0, gb_per_s=40.0):
+        cal.add(s)
+        cal.add(s.model_copy(update={"tier": "cross_pod"}))
+    learnt = cal.figures().tiers
+    assert {"same_pod", "cross_pod"} <= learnt.keys()
+    moved = cal.rebased({"same_pod": SAME_POD, "cross_pod": other}).figures().tiers
+    assert moved["same_pod"] == learnt["same_pod"]  # unchanged figures: kept
+    assert "cross_pod" not in moved  # changed figures: no fit yet
