@@ -59,7 +59,6 @@ from typing import Any, TypeVar
 
 import httpx
 import numpy as np
-import yaml
 from redis import Redis
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,10 +71,11 @@ from policies.registry import default_registry  # noqa: E402
 from scheduler.capacity import Workload  # noqa: E402
 from scheduler.prefix import PrefixIndex  # noqa: E402
 from scheduler.state.redis_docs import RedisDocs  # noqa: E402
+from tests.api.service_builders import cluster, inventory_yaml  # noqa: E402
 from tests.servers import RedisServer, free_port, start_redis  # noqa: E402
 from topology.spec import FabricSpec, HostSpec  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
-from topology.writers import inventory_document, lldp_json0, nvsmi_text  # noqa: E402
+from topology.writers import lldp_json0, nvsmi_text  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 T = TypeVar("T")
@@ -110,29 +110,11 @@ def summary_ms(samples_s: Sequence[float]) -> dict[str, float]:
 
 # -- the cluster -----------------------------------------------------------------------
 
-def small_cluster(hosts: int) -> FabricSpec:
-    """One pod of ``hosts`` HGX H100 hosts, one per rack, rail-optimised (8 rail leaves)."""
-    return synth_cluster(SynthParams(zones=1, pods_per_zone=1, racks_per_pod=hosts,
-                                     hosts_per_rack=1))
-
-
 def big_cluster(hosts: int) -> FabricSpec:
     """``hosts`` HGX H100 hosts, 4 per rack, 8 racks per pod (one zone)."""
     pods = max(1, hosts // 32)
     return synth_cluster(SynthParams(zones=1, pods_per_zone=pods, racks_per_pod=8,
                                      hosts_per_rack=max(1, hosts // (8 * pods))))
-
-
-def inventory_yaml(spec: FabricSpec) -> str:
-    """The cluster's inventory without capture paths (captures arrive as feeds)."""
-    doc = inventory_document(spec)
-    for zone in doc["zones"]:
-        for pod in zone["pods"]:
-            for rack in pod["racks"]:
-                for host in rack["hosts"]:
-                    host.pop("nvsmi")
-                    host.pop("lldp")
-    return yaml.safe_dump(doc, sort_keys=False)
 
 
 def moved_lldp(host: HostSpec) -> str:
@@ -321,10 +303,10 @@ def run_poll(redis: RedisServer, poll_s: float, index: int, args: argparse.Names
         raise
     probe_s = args.probe_ms / 1e3
     try:
-        load_topology(a, b, small_cluster(args.hosts), probe_s)
+        load_topology(a, b, cluster(args.hosts), probe_s)
         progress(f"poll {poll_s} s: {args.rounds} fabric rounds")
         result: dict[str, Any] = {"poll_s": poll_s, "fabric": fabric_rounds(
-            a, b, small_cluster(args.hosts), args.rounds, poll_s, probe_s)}
+            a, b, cluster(args.hosts), args.rounds, poll_s, probe_s)}
         progress(f"poll {poll_s} s: placement solve and {args.rounds} placement rounds")
         result["placement"] = placement_rounds(a, b, args.rounds, poll_s, probe_s)
         progress(f"poll {poll_s} s: {args.idle_s:g} s idle")

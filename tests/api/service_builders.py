@@ -94,3 +94,13 @@ def worker_json(name: str, role: str, gpus: list[str], *, num_blocks: int = 256,
     """A worker registration (fake NIXL metadata) as JSON."""
     reg = registration(name, gpus=gpus, num_blocks=num_blocks)
     return reg.model_copy(update={"role": role, "model": model}).model_dump(mode="json")
+
+
+def register_pair(client: TestClient, spec: FabricSpec) -> None:
+    """``prefill-0`` on the first host and ``decode-0`` on the second, two GPUs each."""
+    h0, h1 = (h.name for h in spec.hosts[:2])
+    for name, role, gpus in (("prefill-0", "prefill", [f"{h0}/gpu0", f"{h0}/gpu1"]),
+                             ("decode-0", "decode", [f"{h1}/gpu0", f"{h1}/gpu1"])):
+        answer = client.post("/v1/workers", json=worker_json(name, role, gpus),
+                             headers=bearer(WORKER))
+        assert answer.status_code == 201, answer.text

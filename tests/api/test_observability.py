@@ -11,7 +11,14 @@ from fastapi.testclient import TestClient
 
 from api.settings import Settings
 from scheduler.telemetry import TransferSample
-from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from tests.api.service_builders import (
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    register_pair,
+)
 from topology.spec import FabricSpec
 
 
@@ -25,12 +32,7 @@ def client(spec: FabricSpec) -> Iterator[TestClient]:
     app = make_app(settings=Settings(calibrate_interval_s=0.05))
     with TestClient(app) as test_client:
         load_cluster(test_client, spec)  # the fabric arrives as feeds, not --fabric
-        h0, h1 = (h.name for h in spec.hosts)
-        for name, role, gpus in (("prefill-0", "prefill", [f"{h0}/gpu0", f"{h0}/gpu1"]),
-                                 ("decode-0", "decode", [f"{h1}/gpu0", f"{h1}/gpu1"])):
-            answer = test_client.post("/v1/workers", json=worker_json(name, role, gpus),
-                                      headers=bearer(WORKER))
-            assert answer.status_code == 201, answer.text
+        register_pair(test_client, spec)
         yield test_client
 
 

@@ -13,6 +13,7 @@ from tests.api.service_builders import (
     cluster,
     load_cluster,
     make_app,
+    register_pair,
     worker_json,
 )
 from topology.spec import FabricSpec
@@ -27,12 +28,7 @@ def spec() -> FabricSpec:
 def client(spec: FabricSpec) -> Iterator[TestClient]:
     with TestClient(make_app()) as test_client:
         load_cluster(test_client, spec)
-        h0, h1 = (h.name for h in spec.hosts)
-        for name, role, gpus in (("prefill-0", "prefill", [f"{h0}/gpu0", f"{h0}/gpu1"]),
-                                 ("decode-0", "decode", [f"{h1}/gpu0", f"{h1}/gpu1"])):
-            answer = test_client.post("/v1/workers", json=worker_json(name, role, gpus),
-                                      headers=bearer(WORKER))
-            assert answer.status_code == 201, answer.text
+        register_pair(test_client, spec)
         yield test_client
 
 
