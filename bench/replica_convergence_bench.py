@@ -72,7 +72,7 @@ from scheduler.capacity import Workload  # noqa: E402
 from scheduler.prefix import PrefixIndex  # noqa: E402
 from scheduler.state.redis_docs import RedisDocs  # noqa: E402
 from tests.api.service_builders import cluster, inventory_yaml  # noqa: E402
-from tests.servers import RedisServer, free_port, start_redis  # noqa: E402
+from tests.servers import RedisServer, free_port, start_redis, stop_process  # noqa: E402
 from topology.spec import FabricSpec, HostSpec  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
 from topology.writers import lldp_json0, nvsmi_text  # noqa: E402
@@ -145,12 +145,7 @@ class Replica:
     def stop(self) -> None:
         """Close the client; stop the process (SIGTERM, then SIGKILL)."""
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(timeout=10)
+        stop_process(self.process)
 
 
 def start_replica(redis_url: str, prefix: str, poll_s: float, logs: Path) -> Replica:

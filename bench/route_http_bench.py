@@ -48,7 +48,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.servers import RedisServer, free_port, start_redis  # noqa: E402
+from tests.servers import RedisServer, free_port, start_redis, stop_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -143,15 +143,6 @@ def _start_server(port: int, fabric: Path, redis_url: str | None) -> subprocess.
         command += ["--redis", redis_url]
     with (fabric.parent / f"server-{port}.log").open("wb") as log:
         return subprocess.Popen(command, cwd=ROOT, env=env, stderr=log)
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -456,7 +447,7 @@ async def start_setup(pool: Pool, fabric: Path, replicas: int,
 def stop_setup(setup: Setup) -> None:
     """Stop the replicas (Redis is stopped by the caller)."""
     for process in setup.servers.values():
-        _stop(process)
+        stop_process(process)
 
 
 async def run_setup(name: str, fabric: Path, gpus: list[str], args: argparse.Namespace,

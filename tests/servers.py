@@ -47,13 +47,19 @@ class RedisServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process, timeout_s=5)
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 10) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL it if it outlives ``timeout_s``."""
+    if process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout_s)
 
 
 def start_redis(port: int | None = None, data_dir: Path | None = None) -> RedisServer:
