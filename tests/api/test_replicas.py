@@ -20,16 +20,16 @@ import httpx
 import pytest
 
 from tests.api.service_builders import cluster, inventory_yaml
-from tests.servers import RedisServer, start_redis
+from tests.servers import RedisServer, free_port, start_redis
 from tests.sidecar.harness import (
     START_TIMEOUT_S,
     Cluster,
     Proc,
     _cli,
     _spawn,
-    free_port,
     wait_for,
 )
+from topology.spec import FabricSpec
 from topology.writers import lldp_json0, nvsmi_text
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
@@ -179,3 +179,36 @@ def test_topology_put_through_one_replica_is_served_by_the_other(tmp_path: Path)
 def _fabric(replica: Replica) -> dict[str, Any] | None:
     answer = httpx.get(f"{replica.url}/v1/topology/fabric", timeout=5)
     return answer.json() if answer.status_code == 200 else None
+
+
+def test_a_request_routed_through_b_moves_real_bytes_between_sidecars_registered_on_a(
+        tmp_path: Path) -> None:
+    with two_replicas(tmp_path) as (_, a, b, sidecars):
+        spec = cluster(hosts=2)
+        _put_feeds(a, spec)
+        h0, h1 = (host.name for host in spec.hosts)
+        for name, role, gpu in (("prefill-0", "prefill", f"{h0}/gpu0"),
+                                ("decode-0", "decode", f"{h1}/gpu0")):
+            sidecars.sidecar(name, block_bytes=BLOCK, extra=(
+                "--role", role, "--gpu", gpu, "--model", "llama-3-70b"))
+        wait_for(lambda: _fabric(b), 10, "replica B serves the fabric posted to A")
+        answer = httpx.post(f"{b.url}/v1/route", timeout=10, json={
+            "block_hashes": [11, 12, 13], "model": "llama-3-70b"})
+        assert answer.status_code == 200, answer.text
+        decision, plan_id = answer.json()["decision"], answer.json()["plan_id"]
+        assert (decision["prefill"]["worker"], decision["decode"]["worker"]) == (
+            "prefill-0", "decode-0")
+        assert decision["transfer"]["blocks"] == 3 and plan_id
+        record = _finished(a, plan_id)                        # moved, seen from A
+        assert record["state"] == "done" and _verified(record), record
+
+
+def _put_feeds(replica: Replica, spec: FabricSpec) -> None:
+    for host in spec.hosts:
+        for path, text in (("nvidia-smi", nvsmi_text(host)), ("lldp", lldp_json0(host))):
+            answer = httpx.put(f"{replica.url}/v1/topology/hosts/{host.name}/{path}",
+                               content=text, timeout=10)
+            assert answer.status_code == 200, answer.text
+    answer = httpx.put(f"{replica.url}/v1/topology/inventory", content=inventory_yaml(spec),
+                       timeout=10)
+    assert answer.status_code == 200, answer.text
