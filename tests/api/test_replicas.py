@@ -164,14 +164,8 @@ def test_killed_sidecar_lease_expires_and_transfers_fail_cleanly(tmp_path: Path)
 def test_topology_put_through_one_replica_is_served_by_the_other(tmp_path: Path) -> None:
     with two_replicas(tmp_path) as (_, a, b, _sidecars):
         spec = cluster(hosts=2)
-        for host in spec.hosts:
-            for path, text in (("nvidia-smi", nvsmi_text(host)), ("lldp", lldp_json0(host))):
-                answer = httpx.put(f"{a.url}/v1/topology/hosts/{host.name}/{path}",
-                                   content=text, timeout=10)
-                assert answer.status_code == 200, answer.text
-        answer = httpx.put(f"{b.url}/v1/topology/inventory", content=inventory_yaml(spec),
-                           timeout=10)
-        assert answer.status_code == 200 and answer.json()["fabric_loaded"], answer.text
+        _put_captures(a, spec)
+        assert _put_inventory(b, spec)["fabric_loaded"]
         fabric = wait_for(lambda: _fabric(a), 10, "replica A serves the fabric built on B")
         assert fabric == _fabric(b) and len(fabric["hosts"]) == 2
 
@@ -204,11 +198,21 @@ def test_a_request_routed_through_b_moves_real_bytes_between_sidecars_registered
 
 
 def _put_feeds(replica: Replica, spec: FabricSpec) -> None:
+    _put_captures(replica, spec)
+    _put_inventory(replica, spec)
+
+
+def _put_captures(replica: Replica, spec: FabricSpec) -> None:
     for host in spec.hosts:
         for path, text in (("nvidia-smi", nvsmi_text(host)), ("lldp", lldp_json0(host))):
             answer = httpx.put(f"{replica.url}/v1/topology/hosts/{host.name}/{path}",
                                content=text, timeout=10)
             assert answer.status_code == 200, answer.text
+
+
+def _put_inventory(replica: Replica, spec: FabricSpec) -> dict[str, Any]:
     answer = httpx.put(f"{replica.url}/v1/topology/inventory", content=inventory_yaml(spec),
                        timeout=10)
     assert answer.status_code == 200, answer.text
+    body: dict[str, Any] = answer.json()
+    return body
