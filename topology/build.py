@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from topology.cabling import Claim, ClaimRegistry
 from topology.documents import validate
 from topology.errors import ConflictError, NotFoundError
 from topology.host_merge import HostInputs, MergeReport, merge_host
@@ -72,6 +73,7 @@ class _FabricBuilder:
         self.leaf_entries: dict[str, tuple[float | None, float | None]] = {}
         self.pod_entries: dict[str, PodEntry] = {}
         self.zone_entries: dict[str, ZoneEntry] = {}
+        self.claims = ClaimRegistry()
 
     def build(self) -> FabricSpec:
         for zone in self.inv.zones:
@@ -80,6 +82,7 @@ class _FabricBuilder:
         k8s = self._k8s()
         domains = self._domains(k8s)
         self._unknown_uplinks()
+        self.report.conflicts += self.claims.conflicts()
         leaves = self._leaves()
         return FabricSpec(
             name=self.inv.name, links=self.links, zones=self._sized_zones(),
@@ -128,12 +131,29 @@ class _FabricBuilder:
             lldp=self._parse(entry.name, "lldp", entry.lldp, parse_lldp),
             netdevs=dict(entry.netdevs))
         host = merge_host(inputs, self.report)
+        self._claim(inputs, host)
         if entry.gpu_type:
             host = host.model_copy(update={"gpu_type": entry.gpu_type})
         if entry.nic_gbit:
             host = host.model_copy(update={"nics": tuple(
                 n.model_copy(update={"gbit": entry.nic_gbit}) for n in host.nics)})
         self.hosts[entry.name] = host
+
+    def _claim(self, inputs: HostInputs, host: HostSpec) -> None:
+        """Record the switch ports and NIC GUIDs this host's captures claim."""
+        devices = {nic.device for nic in host.nics}
+        to_device = {netdev: dev for dev, netdev in inputs.netdevs.items()}
+        for seen in inputs.lldp.neighbors if inputs.lldp else []:
+            switch, port = seen.chassis_name or seen.chassis_id, seen.port_id
+            if switch and port:
+                nic = to_device.get(seen.interface, seen.interface)
+                self.claims.port(switch, port, Claim(
+                    host.name, seen.interface, nic if nic in devices else None,
+                    inputs.lldp.source if inputs.lldp else ""))
+        for net in inputs.nccl.nets if inputs.nccl else []:
+            if net.guid:
+                self.claims.guid(net.guid, Claim(host.name, net.name, net.name,
+                                                 inputs.nccl.source if inputs.nccl else ""))
 
     def _template(self, entry: HostEntry) -> HostTemplate | None:
         name = entry.template or self.inv.defaults.template
