@@ -55,7 +55,16 @@ class K8sNode(BaseModel, frozen=True):
     nvlink_clique: str | None = Field(default=None, description="<ClusterUUID>.<CliqueID>")
     gpu_count: int = Field(default=0, ge=0)
     gpu_product: str | None = None
+    provider_id: str | None = Field(default=None, description="spec.providerID")
     labels: dict[str, str] = Field(default_factory=dict)
+
+    @property
+    def instance_id(self) -> str | None:
+        """The cloud instance behind the node: the last part of ``spec.providerID``
+        (``aws:///us-east-2b/i-0a1b…`` → ``i-0a1b…``, ``gce://p/zone/name`` → ``name``)."""
+        if not self.provider_id:
+            return None
+        return self.provider_id.rstrip("/").rsplit("/", 1)[-1] or None
 
 
 class K8sNodes(BaseModel, frozen=True):
@@ -187,6 +196,8 @@ def _node(obj: dict[str, Any], path: str, source: str) -> K8sNode:
     metadata = _mapping(obj.get("metadata"), _join(path, "metadata"), source)
     name = _name(metadata.get("name"), _join(path, "metadata.name"), source)
     labels = _labels(metadata.get("labels"), _join(path, "metadata.labels"), source)
+    spec = _mapping(obj.get("spec"), _join(path, "spec"), source)
+    provider = spec.get("providerID")
     status = _mapping(obj.get("status"), _join(path, "status"), source)
     capacity = _mapping(status.get("capacity"), _join(path, "status.capacity"), source)
     gpu_path = f'{_join(path, "status.capacity")}["{GPU_RESOURCE}"]'
@@ -202,6 +213,7 @@ def _node(obj: dict[str, Any], path: str, source: str) -> K8sNode:
         nvlink_clique=labels.get(NVLINK_CLIQUE) or None,
         gpu_count=_gpu_count(capacity.get(GPU_RESOURCE), gpu_path, source),
         gpu_product=labels.get(GPU_PRODUCT) or None,
+        provider_id=provider.strip() or None if isinstance(provider, str) else None,
         labels=labels,
     )
 
