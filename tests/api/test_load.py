@@ -9,14 +9,22 @@ import pytest
 from fastapi.testclient import TestClient
 
 from scheduler.state.reservations import StoreUnavailableError
-from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from tests.api.service_builders import (
+    MOONCAKE_BLOCKS,
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    worker_json,
+)
 from topology.errors import ConflictError
 
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     spec = cluster(hosts=2)
-    with TestClient(make_app()) as test_client:
+    with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as test_client:
         load_cluster(test_client, spec)
         h0, h1 = (h.name for h in spec.hosts)
         for name, role, gpu in (("prefill-0", "prefill", f"{h0}/gpu0"),

@@ -20,7 +20,7 @@ import random
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ SEEDS_PER_SHAPE = 4
 REQUESTS = 8
 
 
-@lru_cache(maxsize=None)
+@cache
 def distance(template: str, rails: bool, nvl: bool) -> DistanceModel:
     """The distance model of one small synthetic fabric."""
     return DistanceModel(synth_cluster(SynthParams(
