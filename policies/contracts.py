@@ -108,6 +108,15 @@ class PairCostModel(Protocol):
         """
         ...
 
+    def decode_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Decode-side price (seconds, not part of TTFT) of each decode candidate: the
+        slowdown its batch takes and gives, and its KV occupancy."""
+        ...
+
+    def local_stall(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """What a local prefill on each decode candidate costs its running requests."""
+        ...
+
 
 @runtime_checkable
 class Filter(Protocol):

@@ -33,16 +33,37 @@ from topology.tiers import Tier
 
 
 class CostParams(BaseModel):
-    """Constants of the admission term at the decode worker.
+    """Constants of the admission term and of the decode-side price.
 
-    A decode worker takes a new request in at its next step; a step lasts longer the
-    more requests it runs (``step_s_per_running`` each), and past its batch slots the
-    request also waits ``admission_step_s`` per request ahead of it.
+    Admission (part of TTFT): a decode worker takes a new request in at its next step;
+    a step lasts longer the more requests it runs (``step_s_per_running`` each), and
+    past its batch slots the request also waits ``admission_step_s`` per request
+    ahead of it.
+
+    Decode side (not TTFT, but what a choice costs the requests that decode there;
+    :meth:`FabricCostModel.decode_costs`, :meth:`FabricCostModel.local_stall`):
+
+    * batch slowdown: every request a decode step carries makes the step
+      ``decode_s_per_running`` longer (the engine's ITL slope at typical context),
+      so joining a worker with ``n`` requests costs the newcomer ``n`` of those per
+      output token and each of the ``n`` one more — ``(2n + 1) × slope × output``
+      for ``expected_output_tokens`` tokens, weighted by ``decode_weight``;
+    * KV occupancy: past ``kv_high_watermark`` of the worker's blocks, admission
+      waits and eviction start; the price rises linearly to ``kv_pressure_s`` at full;
+    * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
+      every running request for the prefill's compute time, ``stall_weight`` per
+      request-second.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     admission_step_s: float = Field(default=0.02, ge=0.0)
     step_s_per_running: float = Field(default=1e-4, ge=0.0)
+    decode_s_per_running: float = Field(default=4e-4, ge=0.0)
+    expected_output_tokens: float = Field(default=256.0, ge=0.0)
+    decode_weight: float = Field(default=1.0, ge=0.0)
+    kv_high_watermark: float = Field(default=0.8, ge=0.0, lt=1.0)
+    kv_pressure_s: float = Field(default=2.0, ge=0.0)
+    stall_weight: float = Field(default=1.0, ge=0.0)
 
 
 class TtftTerms(BaseModel):
@@ -148,6 +169,7 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
+        self._capacities: tuple[tuple[Worker, ...], FloatArray] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -175,6 +197,39 @@ class FabricCostModel:
         """Wait at each decode worker: its current step, and a batch slot if it is full."""
         snap = ctx.snapshot
         return self._admission(snap.running[decode], snap.max_running[decode])
+
+    def decode_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Decode-side price (seconds) of sending the request to each decode worker:
+        batch slowdown for it and the requests already there, and KV occupancy (see
+        :class:`CostParams`)."""
+        snap, p = ctx.snapshot, self.params
+        running = snap.running[decode].astype(np.float64)
+        batch = (2.0 * running + 1.0) * (p.decode_s_per_running * p.expected_output_tokens
+                                         * p.decode_weight)
+        capacity = self._capacity(snap)[decode]
+        need = np.maximum(ctx.request.blocks - ctx.cached[decode], 0)
+        used = np.where(capacity > 0, 1.0 - (snap.free_kv[decode] - need) / np.maximum(
+            capacity, 1.0), 0.0)
+        over = np.clip((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0, 1.0)
+        result: FloatArray = batch + over * p.kv_pressure_s
+        return result
+
+    def local_stall(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """What prefilling on each decode worker costs the requests it runs: its
+        compute time once per running request (``stall_weight`` each)."""
+        terms = self._worker_terms(ctx)
+        running = ctx.snapshot.running[decode].astype(np.float64)
+        result: FloatArray = running * terms.compute[decode] * self.params.stall_weight
+        return result
+
+    def _capacity(self, snap: Snapshot) -> FloatArray:
+        """KV blocks of each snapshot worker (kept while the worker tuple is the same)."""
+        found = self._capacities
+        if found is None or found[0] is not snap.workers:
+            found = (snap.workers, np.array([w.capacity_kv_blocks for w in snap.workers],
+                                            dtype=np.float64))
+            self._capacities = found
+        return found[1]
 
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""
