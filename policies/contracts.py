@@ -113,8 +113,9 @@ class PairCostModel(Protocol):
         slowdown its batch takes and gives, and its KV occupancy."""
         ...
 
-    def local_stall(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
-        """What a local prefill on each decode candidate costs its running requests."""
+    def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
+        """What a prefill on each worker costs the requests it decodes (zero on a
+        prefill-only worker)."""
         ...
 
 

@@ -145,15 +145,14 @@ class Simulation:
 
     def _cost_params(self) -> CostParams:
         """The router's decode-side constants for this engine and trace, as an operator
-        would set them from the engine's profile and the observed output lengths."""
+        would set them from the engine's profile and the observed output lengths (the
+        step curve linearised at a third of the KV capacity)."""
         reqs = self.trace.requests
-        count = max(len(reqs), 1)
-        output = sum(r.output_tokens for r in reqs) / count
-        context = sum(r.prompt_tokens for r in reqs) / count + output / 2
+        output = sum(r.output_tokens for r in reqs) / max(len(reqs), 1)
         instance = next(iter(self.instances.values()), None)
         capacity = instance.capacity_tokens if instance else 1
-        batch = max(1, min(self.timing.max_num_seqs, int(capacity // max(context, 1.0)) // 2))
-        return CostParams(decode_s_per_running=self.timing.decode_slope_s(context, capacity, batch),
+        per_running, per_token = self.timing.decode_slopes_s(capacity / 3, capacity)
+        return CostParams(decode_s_per_running=per_running, decode_s_per_kv_token=per_token,
                           expected_output_tokens=output)
 
     # -- the loop ---------------------------------------------------------------------

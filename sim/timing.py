@@ -111,13 +111,14 @@ class EngineTiming(BaseModel):
         return (n * alpha + beta * (n * a0 + b * k1)
                 + gamma * (n * a0 * a0 + 2.0 * a0 * b * k1 + b * b * k2))
 
-    def decode_slope_s(self, context_tokens: float, capacity_tokens: int, batch: int) -> float:
-        """Seconds one more running request adds to a decode step at ``batch`` sequences
-        of ``context_tokens`` each (the router's ``decode_s_per_running``)."""
-        active = batch * context_tokens
-        before = self.decode.ms(batch, round(active), capacity_tokens)
-        after = self.decode.ms(batch + 1, round(active + context_tokens), capacity_tokens)
-        return max(after - before, 0.0) / 1e3
+    def decode_slopes_s(self, active_tokens: float, capacity_tokens: int) -> tuple[float, float]:
+        """Seconds one more running request, and one more context token, add to a decode
+        step at ``active_tokens`` (the router's ``decode_s_per_running`` and
+        ``decode_s_per_kv_token``: the step curve linearised there)."""
+        d, cap = self.decode, max(capacity_tokens, 1)
+        per_token = (d.per_token_ms + d.util_ms / cap
+                     + 2.0 * d.util_sq_ms * active_tokens / (cap * cap))
+        return d.per_seq_ms / 1e3, max(per_token, 0.0) / 1e3
 
 
 def from_profile(profile: InstanceProfile, *, max_num_batched_tokens: int | None = 8192,

@@ -80,6 +80,7 @@ class _Options:
     decode: IntArray
     factor: FloatArray
     extra: FloatArray
+    prefill_extra: FloatArray
     cost: FloatArray
 
     def at(self, i: int) -> tuple[int, int, bool]:
@@ -102,7 +103,8 @@ class _Options:
         """The decode-side price (not TTFT) in the cost of option ``i``, before bonuses."""
         if i < len(self.local):
             return float(self.local_extra[i])
-        return float(self.extra[(i - len(self.local)) % len(self.decode)])
+        row, col = divmod(i - len(self.local), len(self.decode))
+        return float(self.extra[col] + self.prefill_extra[row])
 
 
 class FabricCostHandler:
@@ -187,18 +189,20 @@ class FabricCostHandler:
     def _options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
         # Local options first: on equal cost, not moving anything wins the tie.
         extra = ctx.cost.decode_costs(ctx, d_pos)
+        # A prefill worker that also decodes (aggregated) stalls its own batch.
+        stall = ctx.cost.local_stall(ctx, p_pos)
         local, local_factor, local_extra, local_cost = self._local_options(
             ctx, p_pos, d_pos, extra)
-        factor, cost = self._pair_options(ctx, p_pos, d_pos, extra)
-        return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra,
+        factor, cost = self._pair_options(ctx, p_pos, d_pos, extra, stall)
+        return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
                         np.concatenate((local_cost, cost)))
 
     def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
-                      extra: FloatArray) -> tuple[FloatArray, FloatArray]:
+                      extra: FloatArray, stall: FloatArray) -> tuple[FloatArray, FloatArray]:
         """The bonus factor (rows: prefill, columns: decode) and flat cost of each pair."""
         if len(p_pos) == 0:
             return np.empty((0, len(d_pos))), np.empty(0)
-        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s + extra
+        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s + extra + stall[:, None]
         factor = np.ones_like(total)
         self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
