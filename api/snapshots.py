@@ -60,6 +60,10 @@ class _ModelView:
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
+    #: Engine instances (from the engine registry) after the listing's workers, and the
+    #: block size the snapshot was built with.
+    engines: tuple[Worker, ...] = ()
+    block_tokens: int = BLOCK_TOKENS
 
 
 def _load_key(load: WorkerLoad | None) -> LoadKey:
@@ -87,19 +91,26 @@ class LiveSnapshots:
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
-                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None
+                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None,
+                 engines: Sequence[Worker] = (), block_tokens: int = BLOCK_TOKENS
                  ) -> Snapshot:
         """The snapshot of ``entries`` (with their reserved ``loads``) routable for
         ``model``; ``pairings`` are the placement's, kept where both sides are
         registered under the placement's instance ids; ``link_load``: transfers in
-        flight per shared link."""
+        flight per shared link. ``engines`` are engine instances already built as
+        workers (load merged), placed after the listing's workers; ``block_tokens`` the
+        tokens per block prompts are hashed with."""
         if fabric is not self._fabric or len(self._views) > MAX_MODELS:
             self._fabric, self._views = fabric, {}
         view = self._views.setdefault(model, _ModelView())
+        engines = tuple(w for w in engines if all(g in fabric.known for g in w.gpus))
         if (view.snapshot is None or pairings is not view.pairings
-                or kv_bytes != view.kv_bytes or not self._patch(view, entries, loads)):
+                or kv_bytes != view.kv_bytes or block_tokens != view.block_tokens
+                or not self._patch(view, entries, loads)
+                or not self._patch_engines(view, engines)):
             self._rebuild(view, fabric, entries, loads, model)
             view.pairings, view.kv_bytes = pairings, kv_bytes
+            view.engines, view.block_tokens = engines, block_tokens
             view.snapshot = self._build(fabric, view, kv_bytes, pairings)
         if link_load:  # the kept snapshot has none: it changes with every transfer
             return view.snapshot.with_link_load(link_load)
@@ -133,6 +144,27 @@ class LiveSnapshots:
         return True
 
     @staticmethod
+    def _patch_engines(view: _ModelView, engines: tuple[Worker, ...]) -> bool:
+        """Patch the engine workers' load figures; False when the engine set changed."""
+        old = view.engines
+        if engines is old or engines == old:
+            return True
+        if len(engines) != len(old) or any(
+                (a.id, a.role, a.gpus) != (b.id, b.role, b.gpus)
+                for a, b in zip(engines, old, strict=True)):
+            return False
+        snapshot = view.snapshot
+        assert snapshot is not None
+        changed: dict[int, Worker] = {}
+        for new, was in zip(engines, old, strict=True):
+            pos = snapshot.position.get(new.id)
+            if new is not was and pos is not None and snapshot.workers[pos] is was:
+                changed[pos] = new  # (a listed worker of the same name keeps its slot)
+        view.snapshot = snapshot.updated(changed) if changed else snapshot
+        view.engines = engines
+        return True
+
+    @staticmethod
     def _rebuild(view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None) -> None:
         view.entries = list(entries)
@@ -149,9 +181,11 @@ class LiveSnapshots:
 
     def _build(self, fabric: Fabric, view: _ModelView, kv_bytes: int,
                pairings: Sequence[Any]) -> Snapshot:
+        listed = {s.worker.id for s in view.seen if s.worker is not None}
         workers = [s.worker for s in view.seen if s.worker is not None]
+        workers += [w for w in view.engines if w.id not in listed]
         key = (id(fabric), tuple((w.id, w.gpus) for w in workers))
         if self._domains is None or self._domains[0] != key:
             self._domains = (key, domain_arrays(fabric.distance, workers))
         return Snapshot(tuple(workers), self._domains[1], preferred_pairs(pairings, workers),
-                        {}, BLOCK_TOKENS, kv_bytes)
+                        {}, view.block_tokens, kv_bytes)

@@ -41,6 +41,9 @@ class SidecarConfig:
     #: the poll's HTTP work competes with the copy for CPU on small hosts.
     post_wait_s: float = 0.05
     debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
+    #: Instance document of the engine next to this sidecar, announced to the scheduler.
+    engine_instance: Path | None = None
+    announce_every_s: float = 5.0
 
 
 
@@ -58,6 +61,9 @@ class SidecarConfig:
         for gpu in self.gpus:
             argv += ["--gpu", gpu]
         optional = (("--model", self.model), ("--ucx-devices", self.ucx_devices),
-                    ("--state-file", str(self.state_file) if self.state_file else None))
+                    ("--state-file", str(self.state_file) if self.state_file else None),
+                    ("--engine-instance",
+                     str(self.engine_instance) if self.engine_instance else None))
+        argv += ["--announce-every", repr(self.announce_every_s)]
         argv += [item for flag, value in optional if value for item in (flag, value)]
         return [*argv, "--progress-thread"] if self.progress_thread else argv

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fabric", default=None, help="fabric.json to serve (tiers, NICs)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="share state with other replicas through this Redis")
+    parser.add_argument("--instances", default=None, metavar="FILE",
+                        help="engine instance document (vLLM/SGLang engines to route to; "
+                             "docs/engines.md)")
     parser.add_argument("--log-level", default="warning",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(handler=handle_serve)
@@ -36,7 +39,8 @@ def handle_serve(args: argparse.Namespace) -> int:
     overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
                                                 ("transfer_mode", args.mode),
                                                 ("fabric", args.fabric),
-                                                ("redis_url", args.redis))
+                                                ("redis_url", args.redis),
+                                                ("instances", args.instances))
                  if value is not None}
     settings = Settings(**overrides)
     if not (settings.worker_token or settings.operator_token):
