@@ -27,6 +27,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness, topology_inputs  # noqa: E402
 from topology.distance import DistanceModel  # noqa: E402
 from topology.graph import build_graph, gpu_node, path_figures, shortest_path  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
@@ -123,15 +124,41 @@ def main() -> None:
     parser.add_argument("--arg", default="")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--hosts-per-rack", type=int, default=PARAMS["hosts_per_rack"])
+    parser.add_argument("--inputs-only", action="store_true",
+                        help="only the topology-input rows (bench/topology_inputs.py), "
+                        "appended to the existing report")
+    harness.add_arguments(parser, repeats=3)
     args = parser.parse_args()
     if args.child:
         result = child_build_from_spec(json.loads(args.arg)) if args.child == "spec" \
             else child_build_from_captures(args.arg)
         print(json.dumps(result))
         return
-    params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
-    report = run_all(params)
-    write_report(report, Path(args.out))
+    with harness.session(args, tag="topology") as session:
+        if not args.inputs_only:
+            params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
+            write_report(run_all(params), Path(args.out))
+        with harness.cpu_condition(session.conditions[0]) as condition:
+            inputs = topology_inputs.run(session.repeats, session.warmup, condition)
+        env = session.finish()
+    append_inputs(inputs, env, Path(args.out))
+
+
+def append_inputs(inputs: dict[str, Any], env: dict[str, Any], out: Path) -> None:
+    """Add the topology-input rows (with the harness's environment lines) to the report,
+    replacing an earlier run's."""
+    report = out / "topology.md"
+    kept = report.read_text().split("\n## Topology inputs")[0].rstrip("\n") + "\n"
+    lines = topology_inputs.markdown(inputs)
+    lines[2:2] = [*harness.environment_markdown(
+        env, "bench/topology_bench.py", ".venv/bin/python bench/topology_bench.py"), "",
+        harness.condition_line(inputs["rails"].condition), ""]
+    report.write_text(kept + "\n".join(lines) + "\n")
+    data = {key: value.as_dict() if hasattr(value, "as_dict") else value
+            for key, value in inputs.items() if key != "parse"}
+    data["parse"] = {k: v.as_dict() for k, v in inputs["parse"].items()}
+    harness.write_json(out / "topology_inputs.json", {"environment": env, **data})
+    print("\n".join(lines))
 
 
 def run_all(params: dict[str, int]) -> dict[str, Any]:

@@ -129,43 +129,55 @@ def ibnetdiscover_text(spec: FabricSpec, spines_per_pod: int = 2, cores: int = 2
     """``ibnetdiscover`` (plain form) of the fabric as a three-level InfiniBand fat tree:
     every leaf cabled to each of its pod's spines, every spine to each core; each host
     NIC an HCA described ``<host> <device>``."""
-    switches: dict[str, list[tuple[int, str, int]]] = {}  # name → [(port, peer, peer port)]
-    lids: dict[str, int] = {}
-    cas: dict[tuple[str, str], tuple[str, int]] = {}      # (host, device) → (leaf, port)
-
-    def cable(a: str, b: str) -> None:
-        pa, pb = len(switches.setdefault(a, [])) + 1, len(switches.setdefault(b, [])) + 1
-        switches[a].append((pa, b, pb))
-        switches[b].append((pb, a, pa))
-
+    cabling = _IbCabling()
     for host in spec.hosts:
         for nic in host.nics:
-            leaf = host.leaf_of(nic)
-            if leaf is not None:
-                port = len(switches.setdefault(leaf, [])) + 1
-                switches[leaf].append((port, f"ca:{host.name}/{nic.device}", 1))
-                cas[(host.name, nic.device)] = (leaf, port)
-    spine_names = {pod.name: [f"{pod.name}-spine{k}" for k in range(spines_per_pod)]
-                   for pod in spec.pods}
+            switch = host.leaf_of(nic)
+            if switch is not None:
+                cabling.hca(host.name, nic.device, switch)
+    spines = {pod.name: [f"{pod.name}-spine{k}" for k in range(spines_per_pod)]
+              for pod in spec.pods}
     for leaf in spec.leaves:
-        for spine in spine_names[leaf.pod]:
-            cable(leaf.name, spine)
-    for spines in spine_names.values():
-        for spine in spines:
-            for k in range(cores):
-                cable(spine, f"core{k}")
-    for i, name in enumerate(switches):
-        lids[name] = i + 1
-    lines = ["#", "# Topology file: written by toposched (synthetic)", "#"]
-    for name, ports in switches.items():
-        lines += _ib_switch(name, ports, lids)
-    for (host, device), (leaf, port) in cas.items():
-        guid = _guid(f"{host}/{device}")
-        lines += ["", "vendid=0x2c9", "devid=0x1021", f"caguid=0x{guid}",
-                  f'Ca\t1 "H-{guid}"\t\t# "{host} {device}"',
-                  f'[1]({guid}) \t"S-{_guid(leaf)}"[{port}]\t\t# lid {len(lids) + 1} lmc 0 '
-                  f'"MF0;{leaf}:MQM9700/U1" lid {lids[leaf]} 4xNDR']
-    return "\n".join(lines) + "\n"
+        for spine in spines[leaf.pod]:
+            cabling.cable(leaf.name, spine)
+    for spine in (s for pod_spines in spines.values() for s in pod_spines):
+        for k in range(cores):
+            cabling.cable(spine, f"core{k}")
+    return cabling.text()
+
+
+class _IbCabling:
+    """Switch ports as they get cabled; prints the subnet as ibnetdiscover would."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, list[tuple[int, str, int]]] = {}  # switch → (port, peer, port)
+        self.cas: dict[tuple[str, str], tuple[str, int]] = {}   # (host, device) → switch port
+
+    def _next(self, switch: str) -> int:
+        return len(self.ports.setdefault(switch, [])) + 1
+
+    def hca(self, host: str, device: str, switch: str) -> None:
+        port = self._next(switch)
+        self.ports[switch].append((port, f"ca:{host}/{device}", 1))
+        self.cas[(host, device)] = (switch, port)
+
+    def cable(self, a: str, b: str) -> None:
+        pa, pb = self._next(a), self._next(b)
+        self.ports[a].append((pa, b, pb))
+        self.ports[b].append((pb, a, pa))
+
+    def text(self) -> str:
+        lids = {name: i + 1 for i, name in enumerate(self.ports)}
+        lines = ["#", "# Topology file: written by toposched (synthetic)", "#"]
+        for name, ports in self.ports.items():
+            lines += _ib_switch(name, ports, lids)
+        for (host, device), (switch, port) in self.cas.items():
+            guid = _guid(f"{host}/{device}")
+            lines += ["", "vendid=0x2c9", "devid=0x1021", f"caguid=0x{guid}",
+                      f'Ca\t1 "H-{guid}"\t\t# "{host} {device}"',
+                      f'[1]({guid}) \t"S-{_guid(switch)}"[{port}]\t\t# lid {len(lids) + 1} '
+                      f'lmc 0 "MF0;{switch}:MQM9700/U1" lid {lids[switch]} 4xNDR']
+        return "\n".join(lines) + "\n"
 
 
 def _ib_switch(name: str, ports: list[tuple[int, str, int]], lids: dict[str, int]) -> list[str]:
