@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from topology.aws_topology import parse_aws_topology
 from topology.build import Captures, build_fabric
-from topology.cabling import rail_breaks
+from topology.cabling import RailBreak, rail_breaks
 from topology.documents import parse_document, validate
 from topology.errors import ConflictError, Issue, ValidationError
 from topology.ibnetdiscover import parse_ibnetdiscover
@@ -241,19 +241,6 @@ class NicMove(BaseModel):
     port: str | None = None
 
 
-class RailBreakOut(BaseModel):
-    """A NIC cabled to a leaf of another rail: host, NIC, switch and port."""
-
-    model_config = ConfigDict(frozen=True)
-    host: str
-    nic: str
-    rail: int
-    leaf: str
-    port: str | None
-    leaf_rail: int
-    message: str
-
-
 class FabricChange(BaseModel):
     """What a rebuild changed: hosts, GPUs, NIC leaves and NIC-leaf links, and rail
     breaks (mis-cabling) that appeared or were mended."""
@@ -266,18 +253,16 @@ class FabricChange(BaseModel):
     gpus_removed: tuple[str, ...] = ()
     nics_moved: tuple[NicMove, ...] = ()
     links_gone: tuple[str, ...] = ()
-    rail_breaks: tuple[RailBreakOut, ...] = ()
-    rail_breaks_mended: tuple[RailBreakOut, ...] = ()
+    rail_breaks: tuple[RailBreak, ...] = ()
+    rail_breaks_mended: tuple[RailBreak, ...] = ()
 
 
 def _nic_links(spec: FabricSpec) -> dict[tuple[str, str], tuple[str | None, str | None]]:
     return {(h.name, n.device): (n.leaf, n.port) for h in spec.hosts for n in h.nics}
 
 
-def _breaks(spec: FabricSpec | None) -> dict[tuple[str, str], RailBreakOut]:
-    return {(b.host, b.nic): RailBreakOut(host=b.host, nic=b.nic, rail=b.rail, leaf=b.leaf,
-                                          port=b.port, leaf_rail=b.leaf_rail, message=str(b))
-            for b in (rail_breaks(spec) if spec is not None else [])}
+def _breaks(spec: FabricSpec | None) -> dict[tuple[str, str], RailBreak]:
+    return {(b.host, b.nic): b for b in (rail_breaks(spec) if spec is not None else [])}
 
 
 def diff_fabrics(before: FabricSpec | None, after: FabricSpec) -> FabricChange:

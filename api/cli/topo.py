@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import socket
@@ -69,28 +70,20 @@ def _read_input(name: str) -> tuple[str, str]:
     return read_capture(name), name
 
 
+#: Format → (module, parser); imported on use so that ``topo`` starts fast.
+_PARSERS = {"nvidia-smi": ("topology.nvsmi", "parse_nvidia_smi"),
+            "lldp": ("topology.lldp", "parse_lldp"),
+            "nccl-xml": ("topology.nccl", "parse_nccl_xml"),
+            "k8s-nodes": ("topology.k8s", "parse_k8s_nodes"),
+            "ibnetdiscover": ("topology.ibnetdiscover", "parse_ibnetdiscover"),
+            "rdma-devices": ("topology.rdma_devices", "parse_rdma_devices"),
+            "aws-topology": ("topology.aws_topology", "parse_aws_topology")}
+
+
 def _parse_as(fmt: str, text: str, source: str) -> Any:
-    if fmt == "nvidia-smi":
-        from topology.nvsmi import parse_nvidia_smi
-        return parse_nvidia_smi(text, source)
-    if fmt == "lldp":
-        from topology.lldp import parse_lldp
-        return parse_lldp(text, source)
-    if fmt == "nccl-xml":
-        from topology.nccl import parse_nccl_xml
-        return parse_nccl_xml(text, source)
-    if fmt == "k8s-nodes":
-        from topology.k8s import parse_k8s_nodes
-        return parse_k8s_nodes(text, source)
-    if fmt == "ibnetdiscover":
-        from topology.ibnetdiscover import parse_ibnetdiscover
-        return parse_ibnetdiscover(text, source)
-    if fmt == "rdma-devices":
-        from topology.rdma_devices import parse_rdma_devices
-        return parse_rdma_devices(text, source)
-    if fmt == "aws-topology":
-        from topology.aws_topology import parse_aws_topology
-        return parse_aws_topology(text, source)
+    if fmt in _PARSERS:
+        module, name = _PARSERS[fmt]
+        return getattr(importlib.import_module(module), name)(text, source)
     from topology.documents import parse_yaml, validate
     from topology.inventory import Inventory
     return validate(Inventory, parse_yaml(text, source), source)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.cli.main import run
 from tests.api.service_builders import WORKER, bearer, make_app
+from tests.topology.builders import one_rack_inventory
 from topology.aws_topology import parse_aws_topology
 from topology.build import Captures, build_fabric
 from topology.distance import DistanceModel
@@ -123,16 +124,8 @@ def test_labels_and_the_api_disagreeing_is_warned_and_the_api_wins() -> None:
 
 def test_labels_place_hosts_of_an_inventory(tmp_path: Path) -> None:
     names = _names(EKS)
-    hosts = "".join(f"              - {{name: {n}, nvsmi: {NVSMI}}}\n" for n in names)
-    (tmp_path / "inv.yaml").write_text(f"""version: 1
-zones:
-  - name: us-east-2b
-    pods:
-      - name: p
-        racks:
-          - name: r
-            hosts:
-{hosts}""")
+    (tmp_path / "inv.yaml").write_text(
+        one_rack_inventory({n: {"nvsmi": NVSMI} for n in names}, zone="us-east-2b"))
     spec = build_fabric(load_inventory(tmp_path / "inv.yaml"),
                         Captures(k8s_nodes=EKS))
     model = DistanceModel(spec)

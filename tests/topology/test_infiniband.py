@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from api.cli.main import run
 from tests.api.service_builders import WORKER, bearer, make_app
+from tests.topology.builders import one_rack_inventory
 from topology.build import Captures, build_fabric
 from topology.distance import DistanceModel
 from topology.errors import ParseError
@@ -136,18 +137,9 @@ def test_an_inventory_names_the_subnet_and_guids_match_without_descriptions(
     anonymous = subnet_text.replace(f'"{C01} HCA-1"', '"MT4129 ConnectX7   Mellanox Technologies"')
     (tmp_path / "subnet.out").write_text(anonymous)
     (tmp_path / "c01.rdma").write_text("CA 'mlx5_0'\n\tNode GUID: 0xe09d7303008594bc\n")
-    hosts = "".join(f"              - {{name: {h}, nvsmi: {NVSMI}"
-                    + (", rdma: c01.rdma" if h == C01 else "") + "}\n" for h in HOSTS)
-    (tmp_path / "inventory.yaml").write_text(f"""version: 1
-ibnetdiscover: [subnet.out]
-zones:
-  - name: z
-    pods:
-      - name: p
-        racks:
-          - name: r
-            hosts:
-{hosts}""")
+    hosts = {h: {"nvsmi": NVSMI, **({"rdma": "c01.rdma"} if h == C01 else {})} for h in HOSTS}
+    (tmp_path / "inventory.yaml").write_text(
+        one_rack_inventory(hosts, zone="z", top="ibnetdiscover: [subnet.out]\n"))
     spec = build_fabric(load_inventory(tmp_path / "inventory.yaml"))
     assert spec.host(C01).nic("mlx5_0").leaf == "A09-P1-IBLEAF-01-02"
     leaf = next(f for f in spec.leaves if f.name == "A09-P1-IBLEAF-01-02")
