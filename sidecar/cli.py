@@ -44,7 +44,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ucx-devices", default=None, metavar="DEV",
                    help="pin UCX to these devices, e.g. mlx5_0:1")
     p.add_argument("--verify", choices=("full", "moved", "off"), default="full",
-                   help="fake engine: check received bytes (whole pool / moved / off)")
+                   help="fake engine: check received bytes (moved blocks and every block "
+                        "still held from earlier transfers / moved only / off)")
     p.add_argument("--state-file", type=Path, default=None,
                    help="write the sidecar's state (serving / final) as JSON here")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
@@ -52,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
                    help="seconds the job loop lets a new transfer post before polling again "
                         "(0 on hosts with cores to spare)")
+    p.add_argument("--fake-decode-ms", type=float, default=1000.0, metavar="MS",
+                   help="fake engine: a received request decodes this long, then ends and "
+                        "its KV blocks are released at the scheduler (negative: never)")
     p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
                    help=argparse.SUPPRESS)
 
@@ -66,7 +70,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold)
+        post_wait_s=args.post_wait, fake_decode_ms=args.fake_decode_ms,
+        debug_hold_s=args.debug_hold)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
