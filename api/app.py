@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     coordinator = TransferCoordinator(runtime.store, mode=settings.transfer_mode,
                                       lease_ttl_s=settings.lease_ttl_s,
                                       deadline_s=settings.transfer_deadline_s, spec=spec)
+    coordinator.listeners.append(runtime.transfer_ended)
     app = FastAPI(title="toposched", version="0.1.0",
                   lifespan=_lifespan(coordinator, runtime, settings),
                   description="Topology-aware scheduler for disaggregated LLM inference.")

@@ -93,6 +93,21 @@ class Runtime:
         if sample is not None:
             self.telemetry.record_transfer(sample)
 
+    async def transfer_ended(self, record: TransferRecord) -> None:
+        """A transfer ended (the coordinator calls this once per transfer, on the replica
+        that ended it): count it, and end its route reservation's part on the prefill
+        worker, whose work for the request is over."""
+        self.record_transfer(record)
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id,
+                                               [record.plan.src.worker])
+
+    async def request_ended(self, record: TransferRecord) -> None:
+        """The decode side's request that used ``record``'s KV ended: the rest of its
+        route reservation ends too."""
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id)
+
     async def publish_events(self, events: list[Any]) -> None:
         """Share validated KV events with the other replicas (one process: nothing to do)."""
         if not self.replicated:

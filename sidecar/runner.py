@@ -69,6 +69,7 @@ class Sidecar:
         """Build the engine (default: a fake engine over a fresh pool), register its pool."""
         self.config = config
         self.engine: EngineHook = (engine or _fake_engine)(config)
+        self.engine.set_release(self._request_ended)
         self.pool = self.engine.pool
         self.recompute: list[str] = []
         #: block id → the prefix hash it holds (announced to the index; replaced on reuse)
@@ -359,6 +360,16 @@ class Sidecar:
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
 
+    def _request_ended(self, plan: TransferPlan) -> None:
+        """The engine's request that used ``plan``'s blocks ended: the scheduler frees
+        them (the epoch in the plan guards against freeing a later registration's)."""
+        if self.stop.is_set():
+            return  # deregistering: every block goes with the registration
+        try:
+            self.client.release(plan.plan_id, self.config.name)
+        except ToposchedError as exc:
+            log.warning("release of %s not delivered: %s", plan.plan_id, exc)
+
     def _events(self, *events: dict[str, Any]) -> None:
         # Numbering and sending under one lock: the index reads a seq gap as lost events.
         with self._publish:
@@ -409,7 +420,8 @@ def _fake_engine(config: SidecarConfig) -> EngineHook:
     pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
                   kind=config.layout, regions=config.regions, mem=config.mem,
                   device_id=config.device_id)
-    return FakeEngine(pool, config.name, config.verify)
+    decode_s = config.fake_decode_ms / 1000 if config.fake_decode_ms >= 0 else None
+    return FakeEngine(pool, config.name, config.verify, decode_s)
 
 
 def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:

@@ -75,7 +75,8 @@ class _Families:
             "(bytes / duration) by tier and domain pair.", transfer,
             buckets=cfg.bandwidth_buckets, max_series=pair_series))
         self.transfers = reg.add(Counter(
-            f"{ns}_transfers_total", "KV transfers by tier and outcome.", ("tier", "outcome")))
+            f"{ns}_transfers_total", "KV transfers by tier and outcome (ok, failed, "
+            "expired).", ("tier", "outcome")))
         self.bytes = reg.add(Counter(
             f"{ns}_transfer_bytes_total", "Bytes moved by successful KV transfers.", ("tier",)))
         self.routing = reg.add(Histogram(
@@ -151,7 +152,8 @@ class Telemetry:
     def record_transfer(self, sample: TransferSample) -> None:
         """Count one finished transfer into metrics, drift detection and calibration."""
         m = self.metrics
-        m.transfers.inc((sample.tier, "ok" if sample.ok else "failed"))
+        outcome = "ok" if sample.ok else "expired" if sample.expired else "failed"
+        m.transfers.inc((sample.tier, outcome))
         if not sample.ok:
             return
         labels = (sample.tier, *self._pair(sample.src_domain, sample.dst_domain))

@@ -219,7 +219,8 @@ class TransferReport(_Frozen):
         return value
 
 
-TransferState = Literal["pending", "done", "failed"]
+#: ``expired``: nobody reported an outcome by the plan's deadline (plus a grace).
+TransferState = Literal["pending", "done", "failed", "expired"]
 
 
 class TransferRecord(_Frozen):
@@ -244,3 +245,6 @@ class TransferRecord(_Frozen):
     reservation_id: str | None = Field(
         default=None, description="the route's load reservation: its part on the source "
                                   "worker ends with the transfer")
+    dst_released: bool = Field(
+        default=False, description="the destination's request ended and its blocks of "
+                                   "this (done) transfer went back to the free list")
