@@ -110,7 +110,8 @@ def test_the_service_builds_routes_and_prices_it(client: TestClient) -> None:
         answer = client.post("/v1/workers", json=worker_json(name, role, [f"{host}/gpu0"]),
                              headers=bearer(WORKER))
         assert answer.status_code == 201, answer.text
-    route = client.post("/v1/route", json={"block_hashes": [1, 2, 3], "model": "llama-3-70b"},
+    route = client.post("/v1/route", json={"block_hashes": list(range(1, 41)),  # 640 tokens
+                                           "model": "llama-3-70b"},
                         headers=bearer(WORKER))
     assert route.status_code == 200, route.text
     assert route.json()["decision"]["transfer"]["tier"] == "same_pod"
