@@ -14,6 +14,7 @@ from fastapi.responses import PlainTextResponse
 
 from api import problems
 from api.engine_feeds import EngineFeeds
+from api.outages import Outage
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events, sweep_reservations
@@ -28,6 +29,7 @@ from api.security import (
     require,
 )
 from api.settings import Settings
+from api.strict_numbers import StrictNumbers
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -43,13 +45,15 @@ log = logging.getLogger(__name__)
 async def _expire_loop(coordinator: TransferCoordinator, runtime: Runtime,
                        settings: Settings) -> None:
     """Sweep, forever: lapsed worker leases, overdue transfers, ended reservations."""
+    outage = Outage("lease sweep", log)
     while True:
         try:
             await sweep_reservations(runtime, settings.replica_lease_ttl_s)
             gone = await coordinator.expire()
-        except Exception:  # the sweeper must survive one bad round (Redis down, say)
-            log.exception("lease sweep failed")
+        except Exception as exc:  # the sweeper must survive one bad round (Redis down, say)
+            outage.failed(exc)
         else:
+            outage.ok()
             if gone:
                 log.warning("leases expired: %s", ", ".join(gone))
         await asyncio.sleep(settings.expire_interval_s)
@@ -57,14 +61,15 @@ async def _expire_loop(coordinator: TransferCoordinator, runtime: Runtime,
 
 async def _follow_loop(services: ServiceState, interval_s: float) -> None:
     """Adopt topology and placement changes made through other replicas, forever."""
+    outage = Outage("following the shared documents", log)
     while True:
         await asyncio.sleep(interval_s)
         try:
             await services.refresh()
-        except StoreUnavailableError as exc:
-            log.warning("shared documents unavailable: %s", exc.detail)
-        except Exception:  # one bad document must not stop the replica following
-            log.exception("following the shared documents failed")
+        except Exception as exc:  # one bad document must not stop the replica following
+            outage.failed(exc)
+        else:
+            outage.ok()
 
 
 async def _start_services(services: ServiceState) -> None:
@@ -95,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = TokenAuth(_secret(settings.worker_token), _secret(settings.operator_token))
     problems.install(app)
     app.add_exception_handler(AuthError, auth_error_handler)
+    app.add_middleware(StrictNumbers, routes_of=app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.body_timeout_s)
     # outermost: no body is read before the token is checked
@@ -144,11 +150,29 @@ async def _calibrate_loop(services: ServiceState, runtime: Runtime, interval_s: 
             log.exception("calibration round failed")
 
 
+async def _check_persistence(url: str) -> None:
+    """Warn at start-up when Redis would lose the shared state on a restart."""
+    from scheduler.state.redis_persistence import RedisError, missing_persistence
+
+    try:
+        missing = await missing_persistence(url)
+    except (RedisError, OSError) as exc:
+        log.warning("could not check whether Redis persists its data (CONFIG GET: %s); "
+                    "without persistence a Redis restart loses workers and transfers", exc)
+        return
+    if missing is not None:
+        log.warning("Redis has no persistence: %s. A Redis restart loses every worker, "
+                    "lease, reservation and transfer in flight; run it with "
+                    "--appendonly yes (docs/state.md)", missing)
+
+
 def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
         feeds: EngineFeeds = app.state.engine_feeds
+        if settings.redis_url:
+            await _check_persistence(settings.redis_url)
         await _start_services(services)
         await feeds.start()
         tasks = [_task(_expire_loop(coordinator, runtime, settings)),

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.outages import Outage
 from api.settings import Settings
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
@@ -158,13 +159,15 @@ async def replicate_kv_events(runtime: Runtime, block_ms: int) -> None:
     sequence numbers it has seen, so applying twice is harmless.
     """
     last_id = "0"  # from the start: a restarted replica rebuilds its index from the log
+    outage = Outage("reading the KV-event log", log)
     while True:
         try:
             batch, last_id = await runtime.events.kv_events_since(last_id, block_ms)
         except StoreUnavailableError as exc:
-            log.warning("KV-event log unavailable: %s", exc.detail)
+            outage.failed(exc)
             await asyncio.sleep(1.0)
             continue
+        outage.ok()
         for text in batch:
             try:
                 runtime.prefix.apply(parse_event(text, source="kv-event log"))

@@ -34,8 +34,9 @@ def serving(settings: Settings | None = None, *, fabric: bool = True,
             workers: bool = True) -> Iterator[TestClient]:
     """A replica (lifespan and sweeps running) with a prefill and a decode worker."""
     spec = cluster(hosts=2)
-    settings = settings or MOONCAKE_BLOCKS
-    with TestClient(make_app(settings=settings)) as test_client:
+    # the block hashes here stand for 512-token blocks (as in Mooncake traces)
+    blocks512 = (settings or Settings()).model_copy(update={"block_tokens": 512})
+    with TestClient(make_app(settings=blocks512)) as test_client:
         if fabric:
             load_cluster(test_client, spec)
         h0, h1 = (h.name for h in spec.hosts)
