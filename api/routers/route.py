@@ -105,8 +105,8 @@ async def route(request: Request) -> Response:
     body = _parse(await request.body())
     state = request.app.state
     services: ServiceState = state.services
-    result = await _decide(body, services, state.coordinator, state.runtime,
-                           state.engine_feeds.registry)
+    result, block_tokens = await _decide(body, services, state.coordinator, state.runtime,
+                                         state.engine_feeds.registry)
     if isinstance(result, Unschedulable):
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
@@ -126,8 +126,7 @@ async def route(request: Request) -> Response:
     # Any other failure (Redis gone, a timeout, cancellation) may come after the
     # transfer was queued: then it runs, so its load stays reserved (until the transfer
     # ends or the reservation expires), like its blocks.
-    _observe(runtime, body, result, record,
-             feeds.registry.block_size(body.model) or BLOCK_TOKENS)
+    _observe(runtime, body, result, record, block_tokens)
     feeds.note(result)
     output = RouteOutput(decision=result, reservation_id=reservation_id, reservations=items,
                          plan_id=record.plan.plan_id if record is not None else None)
@@ -135,10 +134,12 @@ async def route(request: Request) -> Response:
 
 
 async def _decide(body: RouteInput, services: ServiceState, coordinator: TransferCoordinator,
-                  runtime: Runtime, engines: EngineRegistry) -> Decision | Unschedulable:
+                  runtime: Runtime, engines: EngineRegistry
+                  ) -> tuple[Decision | Unschedulable, int]:
     """The decision over a snapshot of the live workers and routable engine instances
-    (their loads included); prompts are hashed with the engines' block size when
-    instances serve the model."""
+    (their loads included), and the block size prompts were hashed with: the engines'
+    when instances serve the model, else what the workers registered or the settings
+    say (:class:`~api.snapshots.BlockSizes`)."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
@@ -150,12 +151,12 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link(),
         engines=engines.workers(body.model, loads),
-        block_tokens=engines.block_size(body.model) or BLOCK_TOKENS)
+        block_tokens=engines.block_size(body.model))
     result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
-    return result
+    return result, snapshot.block_tokens
 
 
 def _observe(runtime: Runtime, body: RouteInput, decision: Decision,
