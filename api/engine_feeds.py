@@ -32,7 +32,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from api.load import DEFAULT_MAX_TOKENS
 from api.runtime import UNKNOWN_DOMAIN, Runtime
 from api.settings import Settings
-from engines.exposition import render
 from engines.handoffs import HandoffLedger
 from engines.instance import EngineInstance, InstanceDocument, load_instances, set_issues
 from engines.live import DEFAULT_MAX_REQUESTS
@@ -242,6 +241,10 @@ class EngineFeeds:
 
     def render_metrics(self) -> str:
         """The registry's Prometheus families ('' without instances)."""
+        if not self.registry.instances():
+            return ""
+        from engines.exposition import render  # prometheus_client: only once engines exist
+
         return render(self.registry, self.unattributed)
 
 
