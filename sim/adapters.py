@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from policies.profile import Policy, resolve_policy
-from policies.registry import default_registry
+from policies.registry import installed_registry, plugin_allowlist
 from policies.snapshot import Role, Snapshot, Worker
 from scheduler.capacity import Workload
 from scheduler.models_config import ModelShape
@@ -36,6 +36,7 @@ from sim.workloads import SimRequest
 from topology.distance import DistanceModel
 from topology.errors import UnschedulableError
 from topology.spec import FabricSpec
+from topology.tiers import Tier
 
 PlacementMethod = Literal["solver", "greedy", "unaware"]
 
@@ -104,8 +105,9 @@ def aggregated(outcome: PlacementOutcome) -> PlacementOutcome:
 
 
 def load_policy(name: str) -> Policy:
-    """A packaged policy by name (or a policy document by path)."""
-    return resolve_policy(name, default_registry())
+    """A packaged policy by name (or a policy document by path), plugin packages loaded
+    (those ``TOPOSCHED_PLUGINS`` lists, when set)."""
+    return resolve_policy(name, installed_registry(plugin_allowlist()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +119,17 @@ class Choice:
     local: bool
 
 
+#: Per-tier (latency, bandwidth) factors that make every transfer free.
+_FREE = np.tile((0.0, np.inf), (len(Tier), 1))
+
+
 class _FabricBlindRouter(Router):
     """The real router pricing every transfer as free: a topology-unaware router, and the
     right one for an infinitely fast fabric."""
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         model = super().cost_model(snapshot)
-        table = model.table
-        if not getattr(table, "_sim_infinite", False):
-            table.bandwidth[:] = np.inf
-            table.latency_s[:] = 0.0
-            table._sim_infinite = True  # type: ignore[attr-defined]
+        model.table.scale(_FREE)  # every tier: no latency, infinite bandwidth
         return model
 
 
