@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from api.settings import Settings
 from scheduler.state.reservations import StoreUnavailableError
 from tests.api.service_builders import (
-    MOONCAKE_BLOCKS,
     WORKER,
     bearer,
     cluster,
@@ -25,8 +24,8 @@ from tests.api.service_builders import (
 from tests.servers import RedisServer, redis_server
 from topology.errors import ConflictError
 
-#: Reservations that expire within a test (routes hash 512-token blocks).
-SHORT_RESERVATIONS = Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)
+#: Reservations that expire within a test.
+SHORT_RESERVATIONS = Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)
 
 
 @contextmanager
@@ -190,8 +189,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.mark.process
 @pytest.mark.timeout(60)
 def test_a_dead_replicas_reservations_are_closed_by_the_survivor(redis: RedisServer) -> None:
-    shared = Settings(block_tokens=512, redis_url=redis.url,
-                      redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
+    shared = Settings(redis_url=redis.url, redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
                       shared_poll_s=0.1, replica_lease_ttl_s=2.0, expire_interval_s=0.05)
     with serving(shared) as survivor:
         with serving(shared, fabric=False, workers=False) as doomed:
