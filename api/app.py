@@ -87,6 +87,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workers.router, dependencies=[require(Role.WORKER)])
     app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
+    if settings.gateway:
+        from api.gateway.setup import install_gateway
+
+        install_gateway(app, settings)
     return app
 
 
@@ -124,6 +128,11 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            from api.gateway.setup import start_gateway
+
+            await start_gateway(gateway)
         _freeze_startup_heap()
         try:
             yield
@@ -131,6 +140,10 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
+            if gateway is not None:
+                from api.gateway.setup import stop_gateway
+
+                await stop_gateway(gateway)
             for closable in (runtime.store, runtime.docs):
                 await _close(closable)
     return lifespan
