@@ -77,7 +77,30 @@ class PairChooser:
         if isinstance(result, Unschedulable):
             return result
         named = {i.name: i for i in instances}
-        return self._route(result, named, prompt_tokens, snapshot.block_tokens)
+        route = self._route(result, named, prompt_tokens, snapshot.block_tokens)
+        if isinstance(route, Route) and route.prefill is None and \
+                not protocol_for(route.decode.engine).can_serve_alone(route.decode):
+            return self._pair_anyway(fabric, route, named)
+        return route
+
+    @staticmethod
+    def _pair_anyway(fabric: Fabric, route: Route, named: Mapping[str, EngineInstance]
+                     ) -> Route | Unschedulable:
+        """A decode engine that cannot run alone (an SGLang decode server) gets the
+        nearest compatible prefill even when the router preferred no transfer."""
+        decode = route.decode
+        options = [i for i in named.values() if i.can_prefill and i.name != decode.name
+                   and pair_problem(i, decode) is None]
+        if not options:
+            return Unschedulable(request_id=route.decision.request_id, policy="gateway",
+                                 reasons=(f"{decode.name} needs a prefill engine and no "
+                                          "compatible one is in routing",))
+        costs = [fabric.distance.pair(i.gpu_names[0], decode.gpu_names[0]) for i in options]
+        best = min(range(len(options)), key=lambda k: (costs[k].tier, costs[k].latency_us))
+        tier = costs[best].tier.label
+        return replace(route, mode="disaggregated", prefill=options[best], tier=tier,
+                       reason=f"{decode.name} cannot run alone: nearest prefill "
+                              f"{options[best].name} ({tier})")
 
     def snapshot(self, fabric: Fabric, instances: Sequence[EngineInstance],
                  loads: Mapping[str, WorkerLoad], model: str | None) -> Snapshot:
@@ -102,7 +125,8 @@ class PairChooser:
         alone = protocol_for(decode.engine).can_serve_alone(decode)
         if prefill.name == decode.name:
             mode: Mode = "aggregated" if decode.role == "both" else "decode-only"
-            return Route(mode, decode, None, LOCAL, "the router chose a local prefill",
+            return Route(mode, decode, None, LOCAL, "the router chose a local prefill "
+                         f"(decode holds {d_cached} of {prompt_tokens} prompt tokens)",
                          prompt_tokens, d_cached, decision, block_tokens)
         if alone and prompt_tokens - d_cached < self.min_uncached_tokens:
             return Route("decode-only", decode, None, LOCAL,

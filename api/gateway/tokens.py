@@ -28,7 +28,8 @@ CHARS_PER_TOKEN = 4
 
 @dataclass(frozen=True)
 class PromptTokens:
-    """The prompt's token ids (empty: unknown) and its length in tokens."""
+    """The prompt's token ids (empty: unknown) and its length in tokens (at least 1:
+    an empty prompt is the engine's to refuse)."""
 
     ids: tuple[int, ...]
     count: int
@@ -66,15 +67,15 @@ class Tokens:
         """The prompt's tokens: given, local, from an engine, or only estimated."""
         given = _given_ids(body.get("prompt"))
         if given is not None:
-            return PromptTokens(tuple(given), len(given), "request")
+            return PromptTokens(tuple(given), max(len(given), 1), "request")
         text = _prompt_text(body.get("prompt"))
         if text is not None and self.local is not None:
             ids = self.local.encode(text)
-            return PromptTokens(tuple(ids), len(ids), "local")
+            return PromptTokens(tuple(ids), max(len(ids), 1), "local")
         for engine in engines[:1]:
             asked = await self._ask(engine, body)
             if asked is not None:
-                return PromptTokens(tuple(asked), len(asked), "engine")
+                return PromptTokens(tuple(asked), max(len(asked), 1), "engine")
         size = len(text or str(body.get("messages", "")))
         return PromptTokens((), max(size // CHARS_PER_TOKEN, 1), "estimate")
 

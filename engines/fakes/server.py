@@ -19,7 +19,10 @@ What it does like the real engines (../shared/docs/ENGINES.md):
 
 What real engines cannot show on demand is configurable: leg delays (slow legs), lease
 length (expiry), TP size (mixed TP). ``/_fake/state`` reports what happened (legs
-served, aborted requests, stale reads, parameters altered on the way) for tests.
+served, aborted requests, stale reads, parameters altered on the way) for tests, and
+``POST /_fake/gate {"open": false}`` holds every stream after its first token (and
+every vLLM prefill leg before its answer) until the gate opens again: a request in
+flight, without racing it.
 """
 
 from __future__ import annotations
@@ -102,6 +105,10 @@ class FakeEngine:
         self.bytes_read = 0
         self.xfer_seconds = 0.0
         self._http: httpx.AsyncClient | None = None
+        #: Streams pause after their first token while the gate is closed (tests use it
+        #: to look at a request in flight without racing it).
+        self.gate = asyncio.Event()
+        self.gate.set()
 
     @property
     def http(self) -> httpx.AsyncClient:
@@ -165,6 +172,9 @@ class FakeEngine:
             tokens = tokenize_text(text) if text is not None else prompt_tokens(body)
             await _json(send, 200, {"count": len(tokens), "max_model_len": 1 << 16,
                                     "tokens": tokens})
+        elif path == "/_fake/gate":
+            (self.gate.set if body.get("open", True) else self.gate.clear)()
+            await _json(send, 200, {"open": self.gate.is_set()})
         elif path == "/_fake/nixl/read":
             await _json(send, *self._side_channel_read(body))
         elif path in ("/v1/completions", "/v1/chat/completions"):
@@ -231,6 +241,7 @@ class FakeEngine:
         self.counts["prefill_leg"] += 1
         self._sweep()
         await asyncio.sleep(self.config.prefill_s_per_token * len(tokens))
+        await self.gate.wait()
         blocks = self.pool.store(tokens)
         request_id = f"fake-{uuid.uuid4().hex[:12]}"
         params = {"do_remote_prefill": True, "do_remote_decode": False,
@@ -326,6 +337,7 @@ class FakeEngine:
             chunk = _chunk(self.config.model, token, chat, last=i == len(out) - 1)
             await send({"type": "http.response.body", "more_body": True,
                         "body": b"data: " + json.dumps(chunk).encode() + b"\n\n"})
+            await self.gate.wait()
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n"})
 
     def metrics(self) -> str:

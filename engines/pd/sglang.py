@@ -1,7 +1,7 @@
 """SGLang's bootstrap protocol (../shared/docs/ENGINES.md, "SGLang prefill/decode").
 
 The same body goes to the prefill and the decode server at once, with three fields
-added: ``bootstrap_host`` (the prefill's host), ``bootstrap_port`` (its
+added: ``bootstrap_host`` (the prefill's address, from its URL), ``bootstrap_port`` (its
 ``--disaggregation-bootstrap-port``) and ``bootstrap_room`` (a random 63-bit integer
 naming this transfer; with DP the decode side finds the prefill rank as
 ``room % dp_size``). The engines meet in the room and move the KV themselves; the
@@ -18,6 +18,7 @@ import contextlib
 import random
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -39,8 +40,14 @@ def bootstrap_body(body: Mapping[str, Any], prefill: EngineEndpoint,
                    room: int) -> dict[str, Any]:
     """The body both legs carry: the client's plus the bootstrap fields."""
     port = getattr(prefill, "bootstrap_port", None) or DEFAULT_BOOTSTRAP_PORT
-    return {**body, "bootstrap_host": prefill.host, "bootstrap_port": port,
+    return {**body, "bootstrap_host": bootstrap_host(prefill), "bootstrap_port": port,
             "bootstrap_room": room}
+
+
+def bootstrap_host(prefill: EngineEndpoint) -> str:
+    """The address the decode server reaches the prefill's bootstrap server on: the
+    host of its OpenAI URL (its fabric ``host`` name need not resolve)."""
+    return urlsplit(prefill.base_url).hostname or prefill.host
 
 
 def new_room() -> int:
