@@ -50,8 +50,10 @@ class Gateway:
 
     def __init__(self, runtime: Runtime, services: ServiceState, pool: InstancePool,
                  tokens: Tokens, client: httpx.AsyncClient, *, min_uncached_tokens: int,
-                 lease_s: float, engine_headers: Mapping[str, str] | None = None) -> None:
+                 lease_s: float, reservation_ttl_s: float = 600.0,
+                 engine_headers: Mapping[str, str] | None = None) -> None:
         """Wire the gateway to the app's runtime and services."""
+        self.reservation_ttl_s = reservation_ttl_s
         self.runtime, self.services, self.pool = runtime, services, pool
         self.tokens, self.client = tokens, client
         self.chooser = PairChooser(min_uncached_tokens)
@@ -96,7 +98,8 @@ class Gateway:
     async def _attempt(self, request: Request, route: Route, body: dict[str, Any], path: str,
                        request_id: str) -> Response | set[str]:
         """The relayed answer, or the engines found unreachable (route again)."""
-        held = Held(self.runtime.loads, route)
+        held = Held(self.runtime.loads, route, owner=self.runtime.replica_id,
+                    ttl_s=self.reservation_ttl_s)
         await held.reserve()
         timeline = Timeline()
         plan = LegPlan(path=path, body=body, request_id=request_id, decode=route.decode,

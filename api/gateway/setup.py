@@ -33,7 +33,8 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
     gateway = Gateway(app.state.runtime, app.state.services, pool,
                       Tokens(client, local, headers), client,
                       min_uncached_tokens=settings.pd_min_uncached_tokens,
-                      lease_s=settings.kv_lease_s, engine_headers=headers)
+                      lease_s=settings.kv_lease_s,
+                      reservation_ttl_s=settings.reservation_ttl_s, engine_headers=headers)
     app.state.gateway = gateway
     client_token = settings.client_token
     app.state.client_auth = TokenAuth(
