@@ -104,20 +104,29 @@ class Gateway:
 
 def start_gateway(engines: Sequence[Engine], workdir: Path, *,
                   env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Gateway:
-    """``toposched gateway`` over ``engines`` on a two-host synthetic fabric."""
+    """``toposched gateway`` over fake ``engines`` on a two-host synthetic fabric."""
+    gateway = start_gateway_for([e.instance for e in engines], workdir, env=env, args=args)
+    gateway.engines = {e.name: e for e in engines}
+    return gateway
+
+
+def start_gateway_for(instances: Sequence[Mapping[str, Any]], workdir: Path, *,
+                      env: Mapping[str, str] | None = None, args: Sequence[str] = ()
+                      ) -> Gateway:
+    """``toposched gateway`` over ``instances`` (instance document entries) on a two-host
+    synthetic fabric (hosts :data:`HOSTS`)."""
     fabric = workdir / "fabric.json"
     if not fabric.exists():
         cluster(hosts=2).save(fabric)
     document = workdir / "instances.yaml"
-    document.write_text(yaml.safe_dump({"version": 1,
-                                        "instances": [e.instance for e in engines]}))
+    document.write_text(yaml.safe_dump({"version": 1, "instances": list(map(dict, instances))}))
     port = free_port()
     command = [sys.executable, "-m", "api.cli.main", "gateway", "--instances", str(document),
                "--fabric", str(fabric), "--port", str(port), *args]
     with (workdir / "gateway.log").open("ab") as log:
         process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "TOPOSCHED_DEBUG": "1", **(env or {})})
-    gateway = Gateway(port, process, {e.name: e for e in engines})
+    gateway = Gateway(port, process)
     try:
         wait_ready(f"{gateway.url}/healthz", process)
     except BaseException:
