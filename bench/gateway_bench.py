@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import random
@@ -169,10 +170,11 @@ def _measure(gw: Gateway, args: argparse.Namespace, run: harness.Session) -> dic
                              ops=len(latency))],
                 repeats=run.repeats, warmup=run.warmup, condition=cond, tag="gateway")
             thr = harness.compare([
-                harness.Side("direct", lambda: _concurrent(gw, _direct, load, args.concurrency,
-                                                           cpu, "direct"), ops=len(load)),
-                harness.Side("gateway", lambda: _concurrent(
-                    gw, _via_gateway, load, args.concurrency, cpu, "gateway"),
+                harness.Side("direct", functools.partial(
+                    _concurrent, gw, _direct, load, args.concurrency, cpu, "direct"),
+                    ops=len(load)),
+                harness.Side("gateway", functools.partial(
+                    _concurrent, gw, _via_gateway, load, args.concurrency, cpu, "gateway"),
                     ops=len(load))],
                 repeats=run.repeats, warmup=run.warmup, condition=cond, tag="gateway")
         out[condition] = {"latency": lat, "throughput": thr,
