@@ -56,6 +56,7 @@ class Gateway:
         self.reservation_ttl_s = reservation_ttl_s
         self.runtime, self.services, self.pool = runtime, services, pool
         self.tokens, self.client = tokens, client
+        tokens.unreachable = lambda name: self._out_of_routing({name}, "tokenize")
         self.chooser = PairChooser(min_uncached_tokens)
         self.lease_s = lease_s
         self.engine_headers = dict(engine_headers or {})

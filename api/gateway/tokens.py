@@ -4,14 +4,15 @@ Token-id prompts are used as they are. Text prompts are tokenized by the model's
 tokenizer when its files are given (``--tokenizer``: a ``tokenizer.json``, read with
 Hugging Face ``tokenizers``); otherwise, and for chat messages (whose chat template
 only the engine applies exactly), the engine's ``/tokenize`` endpoint answers (vLLM's
-shape: ``{"model", "prompt"}`` or ``{"model", "messages"}`` → ``{"tokens": [...]}``). When
-no tokens can be had, the request is routed without prefix affinity.
+shape: ``{"model", "prompt"}`` or ``{"model", "messages"}`` → ``{"tokens": [...]}``); an
+engine that cannot be reached is reported (out of routing) and the next one asked.
+When no tokens can be had, the request is routed without prefix affinity.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,8 @@ from topology.errors import InputError
 log = logging.getLogger(__name__)
 #: Rough characters per token, to size a prompt nobody could tokenize.
 CHARS_PER_TOKEN = 4
+#: Engines asked for tokens before routing without them (each failure costs a round trip).
+ASK_AT_MOST = 2
 
 
 @dataclass(frozen=True)
@@ -58,9 +61,12 @@ class Tokens:
     """Finds a request's token ids by the cheapest exact way available."""
 
     def __init__(self, client: httpx.AsyncClient, local: LocalTokenizer | None = None,
-                 headers: Mapping[str, str] | None = None) -> None:
-        """``client`` asks the engines; ``local`` tokenizes text prompts here."""
+                 headers: Mapping[str, str] | None = None,
+                 unreachable: Callable[[str], None] | None = None) -> None:
+        """``client`` asks the engines; ``local`` tokenizes text prompts here;
+        ``unreachable`` hears of an engine that did not answer (out of routing)."""
         self.client, self.local, self.headers = client, local, dict(headers or {})
+        self.unreachable = unreachable
 
     async def of(self, body: Mapping[str, Any], engines: Sequence[EngineInstance]
                  ) -> PromptTokens:
@@ -72,7 +78,7 @@ class Tokens:
         if text is not None and self.local is not None:
             ids = self.local.encode(text)
             return PromptTokens(tuple(ids), max(len(ids), 1), "local")
-        for engine in engines[:1]:
+        for engine in engines[:ASK_AT_MOST]:
             asked = await self._ask(engine, body)
             if asked is not None:
                 return PromptTokens(tuple(asked), max(len(asked), 1), "engine")
@@ -90,6 +96,11 @@ class Tokens:
             answer = await self.client.post(f"{engine.base_url}/tokenize", json=query,
                                             headers=self.headers)
             tokens = answer.json().get("tokens") if answer.status_code == 200 else None
+        except httpx.TransportError as exc:
+            log.warning("tokenize on %s failed: %s", engine.name, type(exc).__name__)
+            if self.unreachable is not None:
+                self.unreachable(engine.name)
+            return None
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("tokenize on %s failed: %s", engine.name, type(exc).__name__)
             return None

@@ -196,12 +196,13 @@ def test_engine_deaths_end_cleanly_and_leave_routing(tmp_path: Path) -> None:
 
 def _prefill_dies(gateway: Gateway) -> None:
     gateway.engines["p0"].kill()
-    answer = _completion(gateway)
+    ids = prompt_tokens({"prompt": LONG})  # token ids: the prefill leg meets the corpse
+    answer = _completion(gateway, prompt=ids)
     assert answer.status_code == 200
     assert answer.headers["x-toposched-mode"] == "decode-only"
     assert "unreachable" in answer.headers["x-toposched-reason"]
     decode = gateway.engines[answer.headers["x-toposched-decode"]]
-    expected = _direct(decode.url, {"model": MODEL, "prompt": LONG, "max_tokens": 4})
+    expected = _direct(decode.url, {"model": MODEL, "prompt": ids, "max_tokens": 4})
     assert answer.json()["choices"][0]["token_ids"] == expected
     assert _in_routing(gateway) == {"p0": False, "d0": True, "d1": True}
     assert _completion(gateway).headers["x-toposched-prefill"] == "-"

@@ -123,12 +123,15 @@ def test_prefill_death_falls_back_to_decode_only(vllm_fleet: EngineFleet, vllm_p
     gw = start_gateway_for([_instance(doomed, 2), _instance(vllm_pair.decode, 1)], tmp_path,
                            args=["--pd-min-uncached-tokens", "0"])
     try:
-        body = {"model": MODEL_NAME, "prompt": _prompt("prefill-death"), **GREEDY}
+        # token ids (the byte tokenizer's): no /tokenize, the prefill leg meets the corpse
+        ids = list(_prompt("prefill-death").encode())
+        body = {"model": MODEL_NAME, "prompt": ids, **GREEDY}
         direct = vllm_pair.prefill.post("/v1/completions", body)
         doomed.kill()
         answer = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=120)
         assert answer.status_code == 200, answer.text
         assert answer.headers["x-toposched-mode"] == "decode-only"
+        assert "unreachable" in answer.headers["x-toposched-reason"]
         assert answer.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"]
         health = httpx.get(f"{gw.url}/v1/gateway/health").json()
         assert {e["name"]: e["in_routing"] for e in health["engines"]}[doomed.name] is False
