@@ -114,6 +114,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # a reservation id is its own capability: whoever sees the request end releases it
     app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
+    if settings.gateway:
+        from api.gateway.setup import install_gateway
+
+        install_gateway(app, settings)
     return app
 
 
@@ -181,6 +185,11 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
             tasks.append(_task(feeds.follow()))
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            from api.gateway.setup import start_gateway
+
+            await start_gateway(gateway)
         _freeze_startup_heap()
         try:
             yield
@@ -189,6 +198,10 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
             await feeds.close()
+            if gateway is not None:
+                from api.gateway.setup import stop_gateway
+
+                await stop_gateway(gateway)
             for closable in (runtime.store, runtime.docs):
                 await _close(closable)
     return lifespan

@@ -78,6 +78,10 @@ class Runtime:
         self.worker_domains = {name: self._domain_of(gpus)
                                for name, gpus in self.worker_gpus.items()}
 
+    def domain_of(self, gpus: tuple[str, ...]) -> str:
+        """The locality domain (pod) of the first of ``gpus``, for telemetry labels."""
+        return self._domain_of(gpus)
+
     def _domain_of(self, gpus: tuple[str, ...]) -> str:
         if self._mapper is None or not gpus:
             return UNKNOWN_DOMAIN

@@ -30,6 +30,7 @@ from scheduler.telemetry.calibration import (
     TierScales,
 )
 from scheduler.telemetry.drift import Alert, Clock, DriftConfig, DriftDetector
+from scheduler.telemetry.handoff import HandoffTelemetry
 from scheduler.telemetry.metrics import (
     BANDWIDTH_BUCKETS,
     LATENCY_BUCKETS,
@@ -140,6 +141,9 @@ class Telemetry:
         self._reference = dict(reference or {})
         self.clock = clock
         self._pairs: set[tuple[str, str]] = set()
+        #: The gateway's per-request P/D figures by tier (same registry, own drift).
+        self.handoff = HandoffTelemetry(self.metrics.registry, self.config.namespace,
+                                        self.config.drift, clock)
 
     def use_reference(self, reference: Mapping[str, TierFigures]) -> None:
         """Calibrate against new configured figures (a new fabric): tiers whose figures
@@ -215,7 +219,8 @@ class Telemetry:
     def alerts(self, *, include_resolved: bool = True) -> list[Alert]:
         """Drift alerts, evaluated now: firing first, then recently resolved."""
         self.drift.evaluate()
-        return self.drift.alerts(include_resolved=include_resolved)
+        return [*self.drift.alerts(include_resolved=include_resolved),
+                *self.handoff.alerts(include_resolved=include_resolved)]
 
     def calibration(self) -> CalibratedFigures:
         """Calibrated figures per tier (fits pending samples first)."""
@@ -230,8 +235,10 @@ class Telemetry:
         """Every metric in the Prometheus text format (alert and calibration gauges fresh)."""
         self.drift.evaluate()
         m = self.metrics
-        m.alerts.replace((("transfer_latency_drift", tier), float(self.drift.firing(tier)))
-                         for tier in self.drift.tiers())
+        self.handoff.drift.evaluate()
+        m.alerts.replace(((detector.kind, tier), float(detector.firing(tier)))
+                         for detector in (self.drift, self.handoff.drift)
+                         for tier in detector.tiers())
         figures = self.calibrator.figures()
         m.calibration.replace(
             item for tier, c in figures.tiers.items()
