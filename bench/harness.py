@@ -325,6 +325,17 @@ class Comparison:
         return Stats(tuple((a / anch.ops) / (c / cand.ops)
                            for c, a in zip(cand.wall.values, anch.wall.values, strict=True)))
 
+    def cpu_ratio(self, candidate: str, anchor: str) -> Stats:
+        """Like :meth:`ratio` on process CPU time (all threads) per operation.
+
+        On a loaded machine wall time measures the scheduler's favour as much as the
+        code (a side that blocks and wakes is preferred over one that computes); CPU
+        time per operation is the work each side did. Report it beside wall time.
+        """
+        cand, anch = self.sides[candidate], self.sides[anchor]
+        return Stats(tuple((a / anch.ops) / (c / cand.ops)
+                           for c, a in zip(cand.cpu.values, anch.cpu.values, strict=True)))
+
     def latency_ratio(self, candidate: str, anchor: str, q: float = 50) -> float:
         """Anchor percentile / candidate percentile of the pooled samples (> 1: faster)."""
         return self.sides[anchor].latency(q) / self.sides[candidate].latency(q)
@@ -335,7 +346,9 @@ class Comparison:
                 "order": self.order, "condition": self.condition,
                 "sides": {n: s.as_dict() for n, s in self.sides.items()},
                 "paired_ratio_vs_first": {n: self.ratio(n, names[0]).as_dict()
-                                          for n in names[1:]}}
+                                          for n in names[1:]},
+                "paired_cpu_ratio_vs_first": {n: self.cpu_ratio(n, names[0]).as_dict()
+                                              for n in names[1:]}}
 
 
 def _run_once(side: Side) -> tuple[float, float, Any]:
