@@ -43,7 +43,7 @@ from scheduler.prefix.models import (
     WorkerSnapshot,
 )
 from scheduler.prefix.predictions import PredictionTable
-from scheduler.prefix.wire import WireCleared, WireRemoved, WireStored, decode_event
+from scheduler.prefix.wire import AnyEvent, WireCleared, WireRemoved, WireStored, decode_event
 from topology.errors import Issue, ValidationError
 
 _TIER_BITS: dict[str, int] = {"gpu": GPU, "host": HOST}
@@ -148,9 +148,12 @@ class PrefixIndex:
         — but the worker is flagged until :meth:`resync`.
         """
         if isinstance(event, bytes | str):
-            event = decode_event(event)
-        elif not isinstance(event, _EVENT_TYPES):
-            event = parse_event(event)
+            return self._apply_event(decode_event(event))
+        if not isinstance(event, _EVENT_TYPES):  # a mapping; parse_event words any other type
+            return self._apply_event(parse_event(event))
+        return self._apply_event(event)
+
+    def _apply_event(self, event: AnyEvent) -> ResyncRequest | None:
         idx = self._register(event.worker)
         outcome = self._check_seq(idx, event.worker, event.seq)
         if outcome is _DUPLICATE:
