@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,9 @@ class Runtime:
     worker_gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Transfers this replica queued, per shared link, until they finish.
     inflight: InflightLinks = field(default_factory=InflightLinks)
+    #: This replica's name as the owner of the load reservations it makes: they end
+    #: when it stops renewing its lease (:func:`sweep_reservations`).
+    replica_id: str = field(default_factory=lambda: f"replica-{uuid.uuid4().hex[:12]}")
     _mapper: DomainMapper | None = None
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
@@ -91,6 +95,15 @@ class Runtime:
             return
         for event in events:
             await self.events.publish_kv_event(event.model_dump_json())
+
+
+async def sweep_reservations(runtime: Runtime, lease_ttl_s: float) -> None:
+    """Renew this replica's owner lease, then close reservations that ended (their
+    lifetime passed, or their owner stopped renewing)."""
+    await runtime.loads.renew_owner(runtime.replica_id, lease_ttl_s)
+    for reservation in await runtime.loads.expire_reservations():
+        log.info("reservation %s of %s expired; load given back: %s", reservation.id,
+                 reservation.owner, ", ".join(i.worker for i in reservation.items))
 
 
 def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime:
