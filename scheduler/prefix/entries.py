@@ -201,13 +201,20 @@ class EntryTable:
         other = self.masks[HOST if tier == GPU else GPU]
         masks = self.masks[tier]
         bit = self._bits[idx]
-        on_tier = list(compress(keys, map(and_, map(masks.get, keys, repeat(0)), repeat(bit))))
+        held = self.held[idx]
+        before = len(held)
+        olds = list(map(masks.get, keys, repeat(0)))
+        if not other and olds.count(bit) == len(olds):
+            # Common case: each key held by this worker alone, on this tier alone.
+            _drain(map(masks.pop, keys, repeat(None)))
+            _drain(map(held.pop, keys, repeat(None)))
+            self.count -= before - len(held)
+            return
+        on_tier = list(compress(keys, map(and_, olds, repeat(bit))))
         if not on_tier:
             return
-        held = self.held[idx]
-        # Common case: the other tier is empty, so every key goes.
+        # Keys also on the other tier stay held (on that tier).
         gone = [key for key in on_tier if not other.get(key, 0) & bit] if other else on_tier
-        before = len(held)
         _drain(map(held.pop, gone, repeat(None)))
         self.count -= before - len(held)
         self._unmask_many(idx, on_tier, tier)
