@@ -205,6 +205,12 @@ class TransferReport(_Frozen):
     error: str | None = None
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
+    received_at: float | None = Field(
+        default=None, description="when the sidecar received the job: its host's "
+        "monotonic clock, in seconds (comparable with the record's times on one host)")
+    started_at: float | None = Field(
+        default=None, description="when the sidecar created the NIXL request (same "
+        "clock); it completed ``duration_s`` later")
 
     @field_validator("tier")
     @classmethod
