@@ -143,7 +143,7 @@ class EntryTable:
         if not n:
             return
         held = self.held[idx]
-        rkeys = keys[::-1] if isinstance(keys, list | tuple) else list(reversed(keys))
+        rkeys = keys[::-1] if type(keys) in (tuple, list) else list(reversed(keys))
         base = self._stamp
         self._stamp = base + n
         record: Record = (range(base, base + n), rkeys)

@@ -154,24 +154,34 @@ class PrefixIndex:
         return self._apply_event(event)
 
     def _apply_event(self, event: AnyEvent) -> ResyncRequest | None:
-        idx = self._register(event.worker)
-        outcome = self._check_seq(idx, event.worker, event.seq)
+        worker = event.worker
+        idx = self._ids.get(worker)
+        if idx is None:
+            idx = self._register(worker)
+        last, seq = self._last_seq[idx], event.seq
+        # In order (the common case) needs no call; anything else is a replay or a gap.
+        outcome = None if last is not None and seq == last + 1 else self._check_seq(
+            idx, worker, seq)
         if outcome is _DUPLICATE:
             return None
+        self._last_seq[idx] = seq
+        pred = self._pred
         if isinstance(event, _STORED):
             keys = _keys(event.block_hashes, event.model)
             self._table.store(idx, keys, _TIER_BITS[event.tier])
-            if len(self._pred):
-                self._pred.confirm(idx, keys)
-            if self._capacity[idx] is not None or self._max_entries is not None:
+            if pred.masks:
+                pred.confirm(idx, keys)
+            if self._capacity[idx] is not None or (
+                    self._max_entries is not None and self._table.count > self._max_entries):
                 self._enforce(idx)
         elif isinstance(event, _REMOVED):
             keys = _keys(event.block_hashes, event.model)
             self._table.remove(idx, keys, _TIER_BITS[event.tier])
-            self._pred.discard(idx, keys)
+            if pred.masks:
+                pred.discard(idx, keys)
         else:
             self._table.clear(idx)
-            self._pred.drop_worker(idx)
+            pred.drop_worker(idx)
         self._counters["events"] += 1
         return outcome if isinstance(outcome, ResyncRequest) else None
 
