@@ -41,9 +41,11 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.bare_nixl import BarePair, rotated  # noqa: E402
-from tests.sidecar.harness import Cluster, cluster  # noqa: E402
+from tests.sidecar.harness import Cluster, cluster, wait_for  # noqa: E402
 
 MIB = 1 << 20
+#: Seconds a sidecar may take to fill and register its pool (256 MiB under load).
+SIDECAR_START_S = 300.0
 #: Bare NIXL doing what the sidecar does for a READ plan: no progress thread, no NIXL
 #: notification (READ plans tell the target through the scheduler).
 SIDECAR_LIKE: dict[str, Any] = {"prog_thread": False, "notif": "none", "target_poll_s": 0.005}
@@ -188,8 +190,10 @@ def start_pair(c: Cluster, *, block_bytes: int, blocks: int, regions: int = 1) -
     c.sidecars.clear()
     layout = ("--layout", "per_layer", "--regions", str(regions)) if regions > 1 else ()
     extra = ("--verify", "off", "--poll-wait", "10", "--mem", MEM["mem"], *layout)
-    for name in ("prefill", "decode"):
-        c.sidecar(name, kv_blocks=blocks, block_bytes=block_bytes, extra=extra)
+    started = [c.sidecar(name, kv_blocks=blocks, block_bytes=block_bytes, extra=extra,
+                         wait=False) for name in ("prefill", "decode")]
+    for proc in started:  # big pools take a while to fill and register on a loaded host
+        wait_for(lambda proc=proc: c._serving(proc), SIDECAR_START_S, "a sidecar")
     sidecar_run(c, f"warm-up-{block_bytes}-{regions}", [0], 1, blocks)
 
 
