@@ -16,7 +16,16 @@ from api import problems
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events, sweep_reservations
-from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
+from api.security import (
+    Authenticate,
+    AuthError,
+    BodyLimit,
+    Role,
+    TokenAuth,
+    auth_error_handler,
+    own_worker,
+    require,
+)
 from api.settings import Settings
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
@@ -84,14 +93,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = TokenAuth(_secret(settings.worker_token), _secret(settings.operator_token))
     problems.install(app)
     app.add_exception_handler(AuthError, auth_error_handler)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
+    # outermost: no body is read before the token is checked
+    app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
     _follow_fabric(app.state.services, coordinator, runtime)
-    app.include_router(workers.router, dependencies=[require(Role.WORKER)])
-    app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
+    workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]
+    app.include_router(workers.router, dependencies=workers_only)
+    app.include_router(transfers.router, dependencies=workers_only)
+    # a reservation id is its own capability: whoever sees the request end releases it
     app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
     return app
+
+
+#: Path prefixes that need a token whenever authentication is on (answered 401 before
+#: their body is read). The health probes, metrics and API docs stay open.
+PROTECTED_PATHS = ("/v1/workers", "/v1/sidecars", "/v1/transfers", "/v1/kv-events",
+                   "/v1/route", "/v1/topology", "/v1/placement", "/v1/alerts",
+                   "/v1/reservations")
+#: Worker routes any worker credential may use for any worker (reading its load).
+SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name}/load"})
 
 
 def _follow_fabric(services: ServiceState, coordinator: TransferCoordinator,

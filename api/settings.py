@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -47,8 +47,37 @@ class Settings(BaseSettings):
                                              description="bearer token of operators")
     max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0,
                                 description="larger request bodies get 413")
+    body_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a request body must arrive within this time from its first read (408)")
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a connection must send a request's headers within this time (closed)")
+    max_connections: int | None = Field(
+        default=None, ge=1,
+        description="concurrent connections and requests beyond which the server answers "
+                    "503 (uvicorn's limit_concurrency; every sidecar holds one long-poll)")
     kv_event_poll_ms: int = Field(default=500, gt=0, le=10_000,
                                   description="how long a replica blocks on the KV-event log")
+    policy: str = Field(default="fabric-cost", min_length=1,
+                        description="routing policy: a packaged name or a policy document path")
+    plugins: str | None = Field(
+        default=None, description="entry points of group toposched.policies that may load, "
+                                  "comma-separated (unset: every installed one; empty: none)")
+    block_tokens: int = Field(
+        default=16, ge=1, le=1 << 16,
+        description="tokens per KV block of a model whose workers register no block size "
+                    "(vLLM's default is 16)")
+    model_block_tokens: dict[str, Annotated[int, Field(ge=1, le=1 << 16)]] = Field(
+        default_factory=dict, description='per-model block sizes, JSON: {"llama-3-70b": 32}')
+    prefix_approx_ttl_s: float | None = Field(
+        default=None, gt=0, le=86_400,
+        description="approximate prefix mode: count each routed request's blocks as cached "
+                    "on the chosen workers for this long (engines without KV events)")
+    prefill_cache_ttl_s: float = Field(
+        default=300.0, ge=0, le=86_400,
+        description="after a disaggregated route, count the prompt's blocks as cached on "
+                    "the prefill worker (which computed them) for this long; 0: never")
     shared_poll_s: float = Field(
         default=0.5, gt=0, le=60,
         description="how often a replica looks for topology and placement changes made "

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar.config import SidecarConfig
+from sidecar.config import TOKEN_ENV, SidecarConfig
+from topology.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -52,6 +54,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
                    help="seconds the job loop lets a new transfer post before polling again "
                         "(0 on hosts with cores to spare)")
+    p.add_argument("--block-tokens", type=int, default=None, metavar="N",
+                   help="the engine's KV block size in tokens, registered with the worker "
+                        "(the scheduler hashes this model's prompts into such blocks)")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help=f"read the scheduler's worker token from FILE (else ${TOKEN_ENV})")
+    p.add_argument("--token", default=None,
+                   help="the token itself; a command line is visible to every user of the "
+                        f"host (ps): prefer ${TOKEN_ENV} or --token-file")
     p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
                    help=argparse.SUPPRESS)
 
@@ -66,7 +76,24 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold)
+        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold,
+        block_tokens=args.block_tokens, token=read_token(args.token, args.token_file))
+
+
+def read_token(flag: str | None, path: Path | None) -> str | None:
+    """The scheduler token: ``--token``, else the first line of ``--token-file``, else
+    ``$TOPOSCHED_WORKER_TOKEN`` (None: the scheduler runs without authentication)."""
+    if flag:
+        return flag
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--token-file {path}: {exc.strerror or exc}") from exc
+        if not token:
+            raise InputError(f"--token-file {path}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

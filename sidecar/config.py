@@ -41,11 +41,14 @@ class SidecarConfig:
     #: the poll's HTTP work competes with the copy for CPU on small hosts.
     post_wait_s: float = 0.05
     debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
-
-
+    #: The engine's KV block size in tokens, registered with the worker.
+    block_tokens: int | None = None
+    #: Bearer token for the scheduler (never put on a command line: see :meth:`to_env`).
+    token: str | None = field(default=None, repr=False)
 
     def to_argv(self) -> list[str]:
-        """Command-line flags that rebuild this config (``python -m sidecar …``)."""
+        """Command-line flags that rebuild this config (``python -m sidecar …``), all but
+        the token, which travels in the environment (:meth:`to_env`)."""
         argv = ["--scheduler", self.scheduler, "--name", self.name,
                 "--kv-blocks", str(self.kv_blocks), "--block-bytes", str(self.block_bytes),
                 "--mem", self.mem, "--device-id", str(self.device_id), "--layout", self.layout,
@@ -58,6 +61,15 @@ class SidecarConfig:
         for gpu in self.gpus:
             argv += ["--gpu", gpu]
         optional = (("--model", self.model), ("--ucx-devices", self.ucx_devices),
-                    ("--state-file", str(self.state_file) if self.state_file else None))
+                    ("--state-file", str(self.state_file) if self.state_file else None),
+                    ("--block-tokens", str(self.block_tokens) if self.block_tokens else None))
         argv += [item for flag, value in optional if value for item in (flag, value)]
         return [*argv, "--progress-thread"] if self.progress_thread else argv
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that carry what :meth:`to_argv` leaves out (the token)."""
+        return {TOKEN_ENV: self.token} if self.token else {}
+
+
+#: Where the sidecar reads its scheduler token (the worker token of ``toposched serve``).
+TOKEN_ENV = "TOPOSCHED_WORKER_TOKEN"

@@ -76,7 +76,7 @@ class Sidecar:
                                    ucx_devices=config.ucx_devices)
         self.adapter.register(self.pool.registration(), self.pool.layout(),
                               self.pool.mem_type, config.device_id)
-        self.client = SchedulerClient(config.scheduler)
+        self.client = SchedulerClient(config.scheduler, token=config.token)
         self.stop = threading.Event()
         self.lease: Lease | None = None
         self.outcomes: Counter[str] = Counter()
@@ -99,7 +99,8 @@ class Sidecar:
         return WorkerRegistration(
             name=c.name, agent_name=c.name, agent_metadata_b64=encode_metadata(
                 self.adapter.metadata()), mem_type=self.pool.mem_type, device_id=c.device_id,
-            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus)
+            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus,
+            block_tokens=c.block_tokens)
 
     def register(self) -> Lease:
         """Register, retrying until ``connect_timeout_s``; then announce an empty cache."""

@@ -97,6 +97,10 @@ class WorkerRegistration(_Frozen):
     gpus: tuple[str, ...] = Field(default=(), description="fabric GPU names, e.g. 'h0/gpu3'")
     sidecar_url: str | None = Field(default=None, max_length=1024,
                                     description="how to reach the sidecar, if it listens")
+    block_tokens: int | None = Field(
+        default=None, ge=1, le=1 << 16,
+        description="the engine's KV block size in tokens: the router hashes this model's "
+                    "prompts into blocks of this size (None: the service's setting)")
 
 
 class Lease(_Frozen):

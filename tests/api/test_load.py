@@ -13,7 +13,15 @@ from fastapi.testclient import TestClient
 
 from api.settings import Settings
 from scheduler.state.reservations import StoreUnavailableError
-from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from tests.api.service_builders import (
+    MOONCAKE_BLOCKS,
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    worker_json,
+)
 from tests.servers import RedisServer, redis_server
 from topology.errors import ConflictError
 
@@ -23,6 +31,7 @@ def serving(settings: Settings | None = None, *, fabric: bool = True,
             workers: bool = True) -> Iterator[TestClient]:
     """A replica (lifespan and sweeps running) with a prefill and a decode worker."""
     spec = cluster(hosts=2)
+    settings = settings or MOONCAKE_BLOCKS
     with TestClient(make_app(settings=settings)) as test_client:
         if fabric:
             load_cluster(test_client, spec)
@@ -99,7 +108,7 @@ def test_routes_reserve_load_and_releasing_by_id_gives_it_back_once(client: Test
 
 
 def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
-    with serving(Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
+    with serving(Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
         routed = _route(client, [1, 2])
         renewed = client.post(f"/v1/reservations/{routed['reservation_id']}/renew",
                               json={"ttl_s": 30}, headers=bearer(WORKER))
@@ -111,7 +120,7 @@ def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
 
 
 def test_without_any_release_the_load_expires_and_routing_goes_on() -> None:
-    with serving(Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
+    with serving(Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
         _capacity(client, "decode-0", 3)
         for i in range(3):
             _route(client, [10 * i + 1, 10 * i + 2])
@@ -177,7 +186,8 @@ def redis() -> Iterator[RedisServer]:
 @pytest.mark.process
 @pytest.mark.timeout(60)
 def test_a_dead_replicas_reservations_are_closed_by_the_survivor(redis: RedisServer) -> None:
-    shared = Settings(redis_url=redis.url, redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
+    shared = Settings(block_tokens=512, redis_url=redis.url,
+                      redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
                       shared_poll_s=0.1, replica_lease_ttl_s=2.0, expire_interval_s=0.05)
     with serving(shared) as survivor:
         with serving(shared, fabric=False, workers=False) as doomed:
