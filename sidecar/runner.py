@@ -208,12 +208,16 @@ class Sidecar:
         watchdog.daemon = True
         with self._lock:
             self._watchdogs[(plan.plan_id, role)] = watchdog
-        watchdog.start()
+        posted = None
         if job.kind == "await":
             self._executor.submit(self._await, plan, deadline)
-            return None
-        posted = threading.Event()
-        self._executor.submit(self._execute, plan, deadline, posted)
+        else:
+            posted = threading.Event()
+            self._executor.submit(self._execute, plan, deadline, posted)
+        # Registered above, started only now: starting a thread waits for it to run, and
+        # the transfer need not wait for that. A job that finished first cancelled it,
+        # and a cancelled timer's thread exits at once.
+        watchdog.start()
         return posted
 
     def _overdue(self, plan: TransferPlan, role: str) -> None:
