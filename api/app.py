@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from api import problems
+from api.engine_feeds import EngineFeeds
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events, sweep_reservations
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
+    _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)
     workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]
     app.include_router(workers.router, dependencies=workers_only)
@@ -112,7 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 #: their body is read). The health probes, metrics and API docs stay open.
 PROTECTED_PATHS = ("/v1/workers", "/v1/sidecars", "/v1/transfers", "/v1/kv-events",
                    "/v1/route", "/v1/topology", "/v1/placement", "/v1/alerts",
-                   "/v1/reservations")
+                   "/v1/reservations", "/v1/instances")
 #: Worker routes any worker credential may use for any worker (reading its load).
 SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name}/load"})
 
@@ -145,12 +147,15 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
+        feeds: EngineFeeds = app.state.engine_feeds
         await _start_services(services)
+        await feeds.start()
         tasks = [_task(_expire_loop(coordinator, runtime, settings)),
                  _task(_calibrate_loop(services, runtime, settings.calibrate_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
+            tasks.append(_task(feeds.follow()))
         _freeze_startup_heap()
         try:
             yield
@@ -158,6 +163,7 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
+            await feeds.close()
             for closable in (runtime.store, runtime.docs):
                 await _close(closable)
     return lifespan
@@ -203,13 +209,25 @@ def _observability(app: FastAPI, runtime: Runtime) -> None:
         inflight = runtime.inflight
         runtime.telemetry.set_link_inflight(inflight.bytes_by_link(),
                                             inflight.transfers_by_link())
-        return PlainTextResponse(runtime.telemetry.render_prometheus(),
+        feeds: EngineFeeds = app.state.engine_feeds
+        return PlainTextResponse(runtime.telemetry.render_prometheus()
+                                 + feeds.render_metrics(),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/alerts", tags=["telemetry"], dependencies=[require(Role.WORKER)])
     async def alerts(include_resolved: bool = False) -> list[Alert]:
         """Transfer-latency drift alerts by tier, naming the domains involved."""
         return runtime.telemetry.alerts(include_resolved=include_resolved)
+
+
+def _install_engines(app: FastAPI, settings: Settings) -> None:
+    """Engine instances (vLLM, SGLang): registry, REST, and their feeds into routing."""
+    from api.routers import instances
+
+    app.state.engine_feeds = EngineFeeds(app.state.runtime, settings)
+    app.include_router(instances.reads, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.announcements, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.writes, dependencies=[require()])
 
 
 def _install_services(app: FastAPI, settings: Settings) -> None:

@@ -62,8 +62,12 @@ class Runtime:
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
         """Note a worker's locality domain (for transfer telemetry labels)."""
-        self.worker_gpus[reg.name] = reg.gpus
-        self.worker_domains[reg.name] = self._domain_of(reg.gpus)
+        self.remember_gpus(reg.name, reg.gpus)
+
+    def remember_gpus(self, worker: str, gpus: tuple[str, ...]) -> None:
+        """Note the GPUs of a worker (or engine instance) for telemetry labels."""
+        self.worker_gpus[worker] = gpus
+        self.worker_domains[worker] = self._domain_of(gpus)
 
     def use_fabric(self, distance: DistanceModel) -> None:
         """Label transfers and calibrate against a new fabric (built from feeds, say)."""

@@ -82,3 +82,20 @@ class Settings(BaseSettings):
         default=0.5, gt=0, le=60,
         description="how often a replica looks for topology and placement changes made "
                     "through other replicas (and publishes a running solve's progress)")
+
+    # -- engine instances (engines/: health, /metrics, KV events) ----------------------
+    instances: Path | None = Field(
+        default=None, description="engine instance document (YAML/JSON, version 1) "
+                                  "registered at start-up unless the store holds instances")
+    engine_scrape_interval_s: float = Field(
+        default=1.0, ge=0.01, le=300,
+        description="how often each engine's /health and /metrics are read")
+    engine_scrape_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    engine_stale_after_s: float | None = Field(
+        default=None, gt=0, le=3600,
+        description="an engine whose /health has not answered for this long leaves "
+                    "routing (default: the worker lease, lease_ttl_s)")
+    kv_events_bind: str | None = Field(
+        default=None, max_length=512,
+        description="ZMQ address of the one bound SUB socket that engines in kv_events "
+                    "bind mode connect to (e.g. tcp://*:5557)")

@@ -98,6 +98,10 @@ class _ModelView:
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
+    #: Engine instances (from the engine registry) after the listing's workers, and the
+    #: block size they set (None: :class:`BlockSizes` decides).
+    engines: tuple[Worker, ...] = ()
+    block_tokens: int | None = None
 
 
 def _load_key(load: WorkerLoad | None) -> LoadKey:
@@ -135,21 +139,31 @@ class LiveSnapshots:
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
-                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None
+                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None,
+                 engines: Sequence[Worker] = (), block_tokens: int | None = None
                  ) -> Snapshot:
         """The snapshot of ``entries`` (with their reserved ``loads``) routable for
         ``model``; ``pairings`` are the placement's, kept where both sides are
         registered under the placement's instance ids; ``link_load``: transfers in
-        flight per shared link."""
+        flight per shared link. ``engines`` are engine instances already built as
+        workers (load merged), placed after the listing's workers; ``block_tokens`` the
+        engines' block size (None: :class:`BlockSizes` decides)."""
         if fabric is not self._fabric or len(self._views) > MAX_MODELS:
             self._fabric, self._views, self._gpus = fabric, {}, GpuIndex(fabric.distance)
         view = self._views.setdefault(model, _ModelView())
-        if view.snapshot is None or pairings is not view.pairings or kv_bytes != view.kv_bytes:
+        engines = tuple(w for w in engines if all(g in fabric.known for g in w.gpus))
+        if (view.snapshot is None or pairings is not view.pairings
+                or kv_bytes != view.kv_bytes or block_tokens != view.block_tokens):
             self._merge(view, fabric, entries, loads, model)
             view.pairings, view.kv_bytes = pairings, kv_bytes
+            view.engines, view.block_tokens = engines, block_tokens
             view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
         elif not self._patch(view, entries, loads):
             self._merge(view, fabric, entries, loads, model)
+            view.engines = engines
+            view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
+        elif not self._patch_engines(view, engines):
+            view.engines = engines
             view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
         if link_load:  # the kept snapshot has none: it changes with every transfer
             return view.snapshot.with_link_load(link_load)
@@ -183,6 +197,27 @@ class LiveSnapshots:
         return True
 
     @staticmethod
+    def _patch_engines(view: _ModelView, engines: tuple[Worker, ...]) -> bool:
+        """Patch the engine workers' load figures; False when the engine set changed."""
+        old = view.engines
+        if engines is old or engines == old:
+            return True
+        if len(engines) != len(old) or any(
+                (a.id, a.role, a.gpus) != (b.id, b.role, b.gpus)
+                for a, b in zip(engines, old, strict=True)):
+            return False
+        snapshot = view.snapshot
+        assert snapshot is not None
+        changed: dict[int, Worker] = {}
+        for new, was in zip(engines, old, strict=True):
+            pos = snapshot.position.get(new.id)
+            if new is not was and pos is not None and snapshot.workers[pos] is was:
+                changed[pos] = new  # (a listed worker of the same name keeps its slot)
+        view.snapshot = snapshot.updated(changed) if changed else snapshot
+        view.engines = engines
+        return True
+
+    @staticmethod
     def _merge(view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                loads: Mapping[str, WorkerLoad], model: str | None) -> None:
         """Take ``entries`` as the new listing, keeping what is known of unchanged names.
@@ -212,7 +247,11 @@ class LiveSnapshots:
                pairings: Sequence[Any], model: str | None) -> Snapshot:
         routable = [s for s in view.seen if s.worker is not None]
         workers = [s.worker for s in routable if s.worker is not None]
-        block_tokens = self.block_sizes.of(model, [s.registration for s in routable])
+        if view.engines:
+            listed = set(map(attrgetter("id"), workers))
+            workers += [w for w in view.engines if w.id not in listed]
+        block_tokens = view.block_tokens or self.block_sizes.of(
+            model, [s.registration for s in routable])
         assert self._gpus is not None  # set with the fabric
         domains = domain_arrays(fabric.distance, workers, self._gpus.first_gpus(workers))
         return Snapshot(tuple(workers), domains, preferred_pairs(pairings, workers), {},

@@ -24,9 +24,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sidecar's flags."""
     p.add_argument("--scheduler", required=True, metavar="URL", help="scheduler base URL")
     p.add_argument("--name", required=True, help="worker name (also the NIXL agent name)")
-    p.add_argument("--kv-blocks", type=int, required=True, metavar="N")
-    p.add_argument("--block-bytes", type=int, required=True, metavar="B",
+    p.add_argument("--kv-blocks", type=int, default=0, metavar="N",
+                   help="KV pool blocks (required unless the sidecar only announces)")
+    p.add_argument("--block-bytes", type=int, default=0, metavar="B",
                    help="bytes of one whole KV block (all layers)")
+    p.add_argument("--engine-instance", type=Path, default=None, metavar="FILE",
+                   help="instance document of the engine next to this sidecar: announced to "
+                        "the scheduler (docs/engines.md); alone, the sidecar only announces")
+    p.add_argument("--announce-every", type=float, default=5.0, metavar="S",
+                   help="seconds between announcements")
     p.add_argument("--mem", choices=("dram", "vram"), default="dram",
                    help="host memory, or CUDA memory (needs torch with CUDA)")
     p.add_argument("--device-id", type=int, default=0)
@@ -77,7 +83,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
         post_wait_s=args.post_wait, debug_hold_s=args.debug_hold,
-        block_tokens=args.block_tokens, token=read_token(args.token, args.token_file))
+        block_tokens=args.block_tokens, token=read_token(args.token, args.token_file),
+        engine_instance=args.engine_instance, announce_every_s=args.announce_every)
 
 
 def read_token(flag: str | None, path: Path | None) -> str | None:
@@ -105,10 +112,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("sidecar").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from sidecar.runner import run_sidecar  # loads NIXL: only in the sidecar process
     from topology.errors import ToposchedError
     try:
-        return run_sidecar(config_from_args(args))
+        config = config_from_args(args)
+        if config.kv_blocks <= 0 or config.block_bytes <= 0:
+            if config.engine_instance is None:
+                parser.error("--kv-blocks and --block-bytes are required (positive) unless "
+                             "--engine-instance makes the sidecar only announce")
+            return announce_only(config)
+        from sidecar.runner import run_sidecar  # loads NIXL: only in the sidecar process
+        return run_sidecar(config)
     except ToposchedError as exc:
         print(f"toposched sidecar: {exc.title}: {exc}", file=sys.stderr)
         return 2
+
+
+def announce_only(config: SidecarConfig) -> int:
+    """Announce the engine instance(s) until SIGTERM (no NIXL pool)."""
+    import signal
+
+    from sidecar.announce import Announcer, load_announcement
+
+    assert config.engine_instance is not None
+    announcer = Announcer(config.scheduler, load_announcement(config.engine_instance),
+                          config.announce_every_s)
+    announcer.announce()  # a refusal is reported now, not retried for ever
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: announcer.stop.set())
+    announcer.run()
+    return 0

@@ -45,6 +45,9 @@ class SidecarConfig:
     block_tokens: int | None = None
     #: Bearer token for the scheduler (never put on a command line: see :meth:`to_env`).
     token: str | None = field(default=None, repr=False)
+    #: Instance document of the engine next to this sidecar, announced to the scheduler.
+    engine_instance: Path | None = None
+    announce_every_s: float = 5.0
 
     def to_argv(self) -> list[str]:
         """Command-line flags that rebuild this config (``python -m sidecar …``), all but
@@ -62,7 +65,10 @@ class SidecarConfig:
             argv += ["--gpu", gpu]
         optional = (("--model", self.model), ("--ucx-devices", self.ucx_devices),
                     ("--state-file", str(self.state_file) if self.state_file else None),
-                    ("--block-tokens", str(self.block_tokens) if self.block_tokens else None))
+                    ("--block-tokens", str(self.block_tokens) if self.block_tokens else None),
+                    ("--engine-instance",
+                     str(self.engine_instance) if self.engine_instance else None))
+        argv += ["--announce-every", repr(self.announce_every_s)]
         argv += [item for flag, value in optional if value for item in (flag, value)]
         return [*argv, "--progress-thread"] if self.progress_thread else argv
 

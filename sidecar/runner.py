@@ -41,6 +41,7 @@ from scheduler.transfer.plan import (
     WorkerRegistration,
 )
 from scheduler.transfer.validate import validate_plan
+from sidecar.announce import Announcer, load_announcement
 from sidecar.client import SchedulerClient
 from sidecar.config import SidecarConfig
 from sidecar.engine import EngineHook, FakeEngine
@@ -435,6 +436,16 @@ def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:
     return not waiter.is_alive()
 
 
+def _start_announcer(config: SidecarConfig) -> Announcer | None:
+    """Announce the engine next to this sidecar in the background (``--engine-instance``)."""
+    if config.engine_instance is None:
+        return None
+    announcer = Announcer(config.scheduler, load_announcement(config.engine_instance),
+                          config.announce_every_s, token=config.token)
+    threading.Thread(target=announcer.run, name="announce", daemon=True).start()
+    return announcer
+
+
 def run_sidecar(config: SidecarConfig) -> int:
     """Run a sidecar until SIGTERM/SIGINT; returns the process exit code."""
     # Threads here mostly wait on NIXL or sockets; a short GIL switch interval keeps a
@@ -443,6 +454,7 @@ def run_sidecar(config: SidecarConfig) -> int:
     sidecar = Sidecar(config)
     previous = {sig: signal.signal(sig, lambda *_: sidecar.stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    announcer = _start_announcer(config)
     try:
         try:
             sidecar.register()
@@ -454,6 +466,8 @@ def run_sidecar(config: SidecarConfig) -> int:
             pass
         state = sidecar.shutdown()
     finally:
+        if announcer is not None:
+            announcer.stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if state["drained"] and not state["leaked_handles"] else 1

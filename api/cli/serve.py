@@ -33,6 +33,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "(default fabric-cost; env TOPOSCHED_POLICY); plugin packages "
                              "of entry-point group toposched.policies load (only those "
                              "TOPOSCHED_PLUGINS lists, when set)")
+    parser.add_argument("--instances", default=None, metavar="FILE",
+                        help="engine instance document (vLLM/SGLang engines to route to; "
+                             "docs/engines.md)")
     parser.add_argument("--log-level", default="warning",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(handler=handle_serve)
@@ -44,7 +47,8 @@ def handle_serve(args: argparse.Namespace) -> int:
                                                 ("transfer_mode", args.mode),
                                                 ("fabric", args.fabric),
                                                 ("redis_url", args.redis),
-                                                ("policy", args.policy))
+                                                ("policy", args.policy),
+                                                ("instances", args.instances))
                  if value is not None}
     settings = Settings(**overrides)
     if not (settings.worker_token or settings.operator_token):

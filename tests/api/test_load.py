@@ -25,6 +25,9 @@ from tests.api.service_builders import (
 from tests.servers import RedisServer, redis_server
 from topology.errors import ConflictError
 
+#: Reservations that expire within a test (routes hash 512-token blocks).
+SHORT_RESERVATIONS = Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)
+
 
 @contextmanager
 def serving(settings: Settings | None = None, *, fabric: bool = True,
@@ -108,8 +111,7 @@ def test_routes_reserve_load_and_releasing_by_id_gives_it_back_once(client: Test
 
 
 def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
-    settings = Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)
-    with serving(settings) as client:
+    with serving(SHORT_RESERVATIONS) as client:
         routed = _route(client, [1, 2])
         renewed = client.post(f"/v1/reservations/{routed['reservation_id']}/renew",
                               json={"ttl_s": 30}, headers=bearer(WORKER))
@@ -121,8 +123,7 @@ def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
 
 
 def test_without_any_release_the_load_expires_and_routing_goes_on() -> None:
-    settings = Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)
-    with serving(settings) as client:
+    with serving(SHORT_RESERVATIONS) as client:
         _capacity(client, "decode-0", 3)
         for i in range(3):
             _route(client, [10 * i + 1, 10 * i + 2])
