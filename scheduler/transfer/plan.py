@@ -209,6 +209,12 @@ class TransferReport(_Frozen):
     error: str | None = None
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
+    received_at: float | None = Field(
+        default=None, description="when the sidecar received the job: its host's wall "
+        "clock (time.time), like the record's times (exactly comparable on one host)")
+    started_at: float | None = Field(
+        default=None, description="when the sidecar created the NIXL request (same "
+        "clock); it completed ``duration_s`` later")
 
     @field_validator("tier")
     @classmethod

@@ -44,7 +44,15 @@ def test_read_full_then_delta_moves_only_missing_blocks(tmp_path: Path) -> None:
         assert full["plan"]["initiator"] == "decode-0"
         assert full["plan"]["dst_blocks"] == list(range(8))   # from the free list
         assert full["plan"]["descriptors"] == 4                # one run × 4 regions
-        assert _report(full, "decode-0")["verified"] is True
+        initiator = _report(full, "decode-0")
+        assert initiator["verified"] is True
+        # The stages of the transfer, in order on one clock (one host): queued, handed to
+        # the long-poll, received by the sidecar, NIXL request created, done, reported.
+        stamps = [full["created_at"], full["delivered_at"], initiator["received_at"],
+                  initiator["started_at"], initiator["started_at"] + initiator["duration_s"],
+                  full["finished_at"]]
+        assert all(isinstance(t, float) for t in stamps), stamps
+        assert stamps == sorted(stamps), stamps
 
         # The decode side holds the first 8 blocks of a 12-block chain: move 4.
         response = c.submit(src="prefill-0", dst="decode-0", src_blocks=list(range(12)),
