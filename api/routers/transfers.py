@@ -45,9 +45,10 @@ async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
 @router.post("/transfers/{plan_id}/report")
 async def report_transfer(plan_id: str, report: TransferReport, coordinator: Coordinator,
                           runtime: RuntimeDep) -> TransferRecord:
-    """A sidecar's report; moves the transfer to done or failed (and into telemetry)."""
-    record = await coordinator.report(plan_id, report)
-    if record.state != "pending":
+    """A sidecar's report; moves the transfer to done or failed (and, once, into
+    telemetry: both sides report)."""
+    record, finished = await coordinator.report(plan_id, report)
+    if finished:
         runtime.record_transfer(record)
     return record
 

@@ -246,15 +246,21 @@ class TransferCoordinator:
                         update={"delivered_at": now}))
         return jobs
 
-    async def report(self, plan_id: str, report: TransferReport) -> TransferRecord:
-        """Record one sidecar's report and move the transfer to done or failed."""
+    async def report(self, plan_id: str, report: TransferReport
+                     ) -> tuple[TransferRecord, bool]:
+        """Record one sidecar's report and move the transfer to done or failed.
+
+        Returns the record and whether this report finished the transfer: true for one
+        report per transfer (both sides report; telemetry must count the transfer once).
+        """
         record = await self.store.get_transfer(plan_id)
         plan = record.plan
         if report.plan_id != plan_id or report.worker not in (plan.src.worker, plan.dst.worker):
             raise ValidationError(f"report for {plan_id!r}", [Issue(
                 "worker", f"{report.worker!r} is not a side of transfer {plan_id!r}")])
         record = record.model_copy(update={"reports": (*record.reports, report)})
-        if record.state == "pending":
+        was_pending = record.state == "pending"
+        if was_pending:
             if report.outcome != "ok":
                 record = await self._failed(record, report.error or report.outcome,
                                             skip=report.worker)
@@ -267,7 +273,7 @@ class TransferCoordinator:
                         await self.store.put_job(plan.target, TransferJob(
                             kind="complete", plan_id=plan_id))
         await self.store.put_transfer(record)
-        return record
+        return record, was_pending and record.state != "pending"
 
     async def _failed(self, record: TransferRecord, reason: str, skip: str) -> TransferRecord:
         plan = record.plan
