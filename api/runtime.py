@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from api.settings import Settings
+from api.ui.decisions import RecentDecisions
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
 from scheduler.state.docs import MemoryDocs, SharedDocs
@@ -54,6 +55,8 @@ class Runtime:
     worker_gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Transfers this replica queued, per shared link, until they finish.
     inflight: InflightLinks = field(default_factory=InflightLinks)
+    #: The newest routing results, by reference, for the operator's page (``/ui``).
+    decisions: RecentDecisions = field(default_factory=RecentDecisions)
     _mapper: DomainMapper | None = None
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
