@@ -18,6 +18,7 @@ from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events
 from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
+from api.ui.router import install_ui
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -87,6 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(workers.router, dependencies=[require(Role.WORKER)])
     app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
+    install_ui(app, settings)
     return app
 
 

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
                                 description="larger request bodies get 413")
     kv_event_poll_ms: int = Field(default=500, gt=0, le=10_000,
                                   description="how long a replica blocks on the KV-event log")
+    ui_interval_s: float = Field(
+        default=1.0, ge=0.05, le=60,
+        description="how often the operator's page (/ui) gets what changed, while one is open")
     shared_poll_s: float = Field(
         default=0.5, gt=0, le=60,
         description="how often a replica looks for topology and placement changes made "
