@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from api import problems
-from api.routers import transfers, workers
+from api.routers import reservations, transfers, workers
 from api.routing import Fabric
-from api.runtime import Runtime, build_runtime, replicate_kv_events
+from api.runtime import Runtime, build_runtime, replicate_kv_events, sweep_reservations
 from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
 from api.ui.router import install_ui
@@ -31,16 +31,19 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-async def _expire_loop(coordinator: TransferCoordinator, interval_s: float) -> None:
+async def _expire_loop(coordinator: TransferCoordinator, runtime: Runtime,
+                       settings: Settings) -> None:
+    """Sweep, forever: lapsed worker leases, overdue transfers, ended reservations."""
     while True:
-        await asyncio.sleep(interval_s)
         try:
+            await sweep_reservations(runtime, settings.replica_lease_ttl_s)
             gone = await coordinator.expire()
         except Exception:  # the sweeper must survive one bad round (Redis down, say)
             log.exception("lease sweep failed")
-            continue
-        if gone:
-            log.warning("leases expired: %s", ", ".join(gone))
+        else:
+            if gone:
+                log.warning("leases expired: %s", ", ".join(gone))
+        await asyncio.sleep(settings.expire_interval_s)
 
 
 async def _follow_loop(services: ServiceState, interval_s: float) -> None:
@@ -87,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _follow_fabric(app.state.services, coordinator, runtime)
     app.include_router(workers.router, dependencies=[require(Role.WORKER)])
     app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
+    app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
     install_ui(app, settings)
     return app
@@ -121,7 +125,7 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
         await _start_services(services)
-        tasks = [_task(_expire_loop(coordinator, settings.expire_interval_s)),
+        tasks = [_task(_expire_loop(coordinator, runtime, settings)),
                  _task(_calibrate_loop(services, runtime, settings.calibrate_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))

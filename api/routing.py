@@ -61,17 +61,19 @@ def preferred_pairs(pairings: Sequence[Any], workers: Sequence[Worker]
             if p.prefill in names and p.decode in names}
 
 
-async def deliver_plan(coordinator: TransferCoordinator, decision: Decision
-                       ) -> TransferRecord | None:
+async def deliver_plan(coordinator: TransferCoordinator, decision: Decision,
+                       reservation_id: str | None = None) -> TransferRecord | None:
     """Queue the decision's KV transfer for the two sidecars; its record (None: nothing
     moves, e.g. local prefill or the decode side holds every block).
 
     The prompt's blocks are taken from the prefill side's free list (its engine writes
     them there) and the decode side's in one store step; the coordinator gives them
-    back if the transfer cannot start.
+    back if the transfer cannot start. ``reservation_id`` (the route's load reservation)
+    is kept on the record: its prefill part ends with the transfer.
     """
     blocks = decision.transfer.blocks
     src, dst = decision.prefill.worker, decision.decode.worker
     if decision.mode != "disaggregated" or blocks == 0 or src == dst:
         return None
-    return await coordinator.submit_routed(src, dst, blocks, decision.transfer.block_hashes)
+    return await coordinator.submit_routed(src, dst, blocks, decision.transfer.block_hashes,
+                                           reservation_id=reservation_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +58,9 @@ class Runtime:
     inflight: InflightLinks = field(default_factory=InflightLinks)
     #: The newest routing results, by reference, for the operator's page (``/ui``).
     decisions: RecentDecisions = field(default_factory=RecentDecisions)
+    #: This replica's name as the owner of the load reservations it makes: they end
+    #: when it stops renewing its lease (:func:`sweep_reservations`).
+    replica_id: str = field(default_factory=lambda: f"replica-{uuid.uuid4().hex[:12]}")
     _mapper: DomainMapper | None = None
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
@@ -94,6 +98,15 @@ class Runtime:
             return
         for event in events:
             await self.events.publish_kv_event(event.model_dump_json())
+
+
+async def sweep_reservations(runtime: Runtime, lease_ttl_s: float) -> None:
+    """Renew this replica's owner lease, then close reservations that ended (their
+    lifetime passed, or their owner stopped renewing)."""
+    await runtime.loads.renew_owner(runtime.replica_id, lease_ttl_s)
+    for reservation in await runtime.loads.expire_reservations():
+        log.info("reservation %s of %s expired; load given back: %s", reservation.id,
+                 reservation.owner, ", ".join(i.worker for i in reservation.items))
 
 
 def build_runtime(settings: Settings, distance: DistanceModel | None) -> Runtime:

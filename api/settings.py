@@ -23,6 +23,14 @@ class Settings(BaseSettings):
         default="READ", description="READ: decode pulls (vLLM); WRITE: prefill pushes")
     lease_ttl_s: float = Field(default=10.0, gt=0, le=3600)
     transfer_deadline_s: float = Field(default=10.0, gt=0, le=3600)
+    reservation_ttl_s: float = Field(
+        default=600.0, gt=0, le=86_400,
+        description="a route's load reservation ends after this long unless renewed or "
+                    "released first (POST /v1/reservations/{id}/renew | release)")
+    replica_lease_ttl_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a replica renews its lease every expire_interval_s; once it lapses "
+                    "(the replica died) the others close the reservations it made")
     long_poll_max_s: float = Field(default=30.0, gt=0, le=300)
     expire_interval_s: float = Field(default=0.5, gt=0, le=60)
     calibrate_interval_s: float = Field(

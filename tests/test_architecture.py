@@ -8,15 +8,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = ("topology", "policies", "scheduler", "api", "sidecar", "sim")
+PACKAGES = ("topology", "policies", "scheduler", "engines", "api", "sidecar", "sim")
 #: What each package may import from the project (ARCHITECTURE.md's layout table).
 ALLOWED = {
     "topology": set(),
     "policies": {"topology"},
     "scheduler": {"topology", "policies"},
-    "api": {"topology", "policies", "scheduler", "sidecar", "sim"},
-    "sidecar": {"topology", "scheduler"},
-    "sim": {"topology", "policies", "scheduler"},
+    "engines": {"topology", "policies", "scheduler"},
+    "api": {"topology", "policies", "scheduler", "engines", "sidecar", "sim"},
+    "sidecar": {"topology", "scheduler", "engines"},
+    "sim": {"topology", "policies", "scheduler", "engines"},
 }
 #: Heavy libraries and the only place (path prefix) allowed to import each.
 HEAVY = {
@@ -24,6 +25,10 @@ HEAVY = {
     "redis": "scheduler/state/redis",
     "fastapi": "api/",
     "nixl": "sidecar/nixl_adapter.py",
+    "zmq": "engines/",
+    "msgspec": "engines/",
+    "msgpack": "engines/",
+    "prometheus_client": "engines/",
 }
 
 

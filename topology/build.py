@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from topology.cabling import Claim, ClaimRegistry
 from topology.documents import validate
 from topology.errors import ConflictError, NotFoundError
 from topology.host_merge import HostInputs, MergeReport, merge_host
@@ -18,9 +19,11 @@ from topology.nccl import parse_nccl_xml
 from topology.nvsmi import parse_nvidia_smi
 from topology.source import read_capture
 from topology.spec import (
+    UNKNOWN_UPLINK_PREFIX,
     FabricSpec,
     HostSpec,
     LeafSpec,
+    NicSpec,
     NvlinkDomainSpec,
     PodSpec,
     RackSpec,
@@ -70,6 +73,7 @@ class _FabricBuilder:
         self.leaf_entries: dict[str, tuple[float | None, float | None]] = {}
         self.pod_entries: dict[str, PodEntry] = {}
         self.zone_entries: dict[str, ZoneEntry] = {}
+        self.claims = ClaimRegistry()
 
     def build(self) -> FabricSpec:
         for zone in self.inv.zones:
@@ -77,6 +81,8 @@ class _FabricBuilder:
         self._check_captures_named_hosts()
         k8s = self._k8s()
         domains = self._domains(k8s)
+        self._unknown_uplinks()
+        self.report.conflicts += self.claims.conflicts()
         leaves = self._leaves()
         return FabricSpec(
             name=self.inv.name, links=self.links, zones=self._sized_zones(),
@@ -125,12 +131,29 @@ class _FabricBuilder:
             lldp=self._parse(entry.name, "lldp", entry.lldp, parse_lldp),
             netdevs=dict(entry.netdevs))
         host = merge_host(inputs, self.report)
+        self._claim(inputs, host)
         if entry.gpu_type:
             host = host.model_copy(update={"gpu_type": entry.gpu_type})
         if entry.nic_gbit:
             host = host.model_copy(update={"nics": tuple(
                 n.model_copy(update={"gbit": entry.nic_gbit}) for n in host.nics)})
         self.hosts[entry.name] = host
+
+    def _claim(self, inputs: HostInputs, host: HostSpec) -> None:
+        """Record the switch ports and NIC GUIDs this host's captures claim."""
+        devices = {nic.device for nic in host.nics}
+        to_device = {netdev: dev for dev, netdev in inputs.netdevs.items()}
+        for seen in inputs.lldp.neighbors if inputs.lldp else []:
+            switch, port = seen.chassis_name or seen.chassis_id, seen.port_id
+            if switch and port:
+                nic = to_device.get(seen.interface, seen.interface)
+                self.claims.port(switch, port, Claim(
+                    host.name, seen.interface, nic if nic in devices else None,
+                    inputs.lldp.source if inputs.lldp else ""))
+        for net in inputs.nccl.nets if inputs.nccl else []:
+            if net.guid:
+                self.claims.guid(net.guid, Claim(host.name, net.name, net.name,
+                                                 inputs.nccl.source if inputs.nccl else ""))
 
     def _template(self, entry: HostEntry) -> HostTemplate | None:
         name = entry.template or self.inv.defaults.template
@@ -160,6 +183,32 @@ class _FabricBuilder:
                                         "in the inventory")
 
     # -- switch levels ----------------------------------------------------------------------
+    def _unknown_uplinks(self) -> None:
+        """Give every host with a NIC (or no NIC) that no input places a leaf of its own.
+
+        Nothing says which switch those NICs reach, so no two such hosts are assumed to
+        share one: their transfers are priced through the pod's aggregation layer
+        (tier same_pod) and the invented leaf's uplink is the host's own line rate.
+        """
+        unplaced = []
+        for name, host in self.hosts.items():
+            if host.uplink_leaf is not None:
+                continue
+            missing = [nic for nic in host.nics if nic.leaf is None]
+            if host.nics and not missing:
+                continue
+            leaf = f"{UNKNOWN_UPLINK_PREFIX}{name}"
+            gbit = sum(nic.gbit for nic in missing) or self.inv.defaults.nic_gbit
+            self._declare_leaf(leaf, self._pod_of_rack(host.rack), gbit, None)
+            self.hosts[name] = host.model_copy(update={"uplink_leaf": leaf})
+            unplaced.append(f"{name} ({_nic_list(host, missing)})")
+        if unplaced:
+            self.report.warnings.append(
+                f"{len(unplaced)} host(s) have no switch information (no LLDP, ibnetdiscover, "
+                f"rack leaf or cloud network labels): {_first(unplaced)}; each is priced "
+                f"through a leaf of its own ({UNKNOWN_UPLINK_PREFIX}HOST), so transfers "
+                "between them cross the pod aggregation (tier same_pod)")
+
     def _leaves(self) -> list[LeafSpec]:
         """Every leaf with its pod, uplink and rail (discovered from NIC indices)."""
         attached: dict[str, list[tuple[str, int, float]]] = defaultdict(list)
@@ -244,6 +293,20 @@ class _FabricBuilder:
     def _zone_of_host(self, host: HostSpec) -> str:
         pod = self._pod_of_rack(host.rack)
         return next(z.name for z in self.inv.zones if any(p.name == pod for p in z.pods))
+
+
+def _nic_list(host: HostSpec, nics: list[NicSpec]) -> str:
+    if not host.nics:
+        return "no NIC"
+    if len(nics) == len(host.nics):
+        return f"all {len(nics)} NICs"
+    return ", ".join(nic.device for nic in nics)
+
+
+def _first(items: list[str], shown: int = 5) -> str:
+    """The first few items of a long list, and how many more there are."""
+    head = ", ".join(items[:shown])
+    return head if len(items) <= shown else f"{head} … and {len(items) - shown} more"
 
 
 def _cliques(k8s: K8sNodes | None) -> dict[str, list[str]]:

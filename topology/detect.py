@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from topology.errors import Location, ParseError
+from topology.source import strip_bom
 
 Format = Literal["nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes"]
 FORMATS: tuple[Format, ...] = ("nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes")
@@ -29,6 +30,7 @@ def looks_like_inventory(text: str) -> bool:
 
 def detect_format(text: str, source: str) -> Format:
     """The format of a capture, or a ParseError listing what is accepted."""
+    text = strip_bom(text)
     for name, sniff in _sniffers():
         if sniff(text):
             return name

@@ -30,7 +30,7 @@ import numpy.typing as npt
 
 from topology.errors import NotFoundError
 from topology.graph import gpu_node, host_pcie_graph, nic_node, nvswitch_based, path_figures
-from topology.spec import PCIE_CODES, FabricSpec, HostSpec, nvlink_count
+from topology.spec import PCIE_CODES, UNKNOWN_UPLINK_PREFIX, FabricSpec, HostSpec, nvlink_count
 from topology.tiers import LinkConfig, Tier
 
 FloatArray = npt.NDArray[np.float64]
@@ -338,6 +338,7 @@ class _Coordinates:
         pod_index = {name: i for i, name in enumerate(m._pods)}
         self.zone_index, self.pod_index = zone_index, pod_index
         self.leaf_index = {name: i for i, name in enumerate(m._leaves)}
+        self.leaf_pod = {f.name: pod_index[f.pod] for f in spec.leaves}
         self.rack_index = {name: i for i, name in enumerate(m._racks)}
         self.rack_pod = {r.name: pod_index[r.pod] for r in spec.racks}
         self.pod_zone = {p.name: zone_index[p.zone] for p in spec.pods}
@@ -381,19 +382,19 @@ class _Coordinates:
                  matrices: HostMatrices, domain: tuple[int, int] | None) -> None:
         nic_device = matrices.nic[local]
         nic = host.nic(nic_device) if nic_device else None
-        leaf = nic.leaf if nic is not None else None
-        pod = self.spec_leaf_pod(leaf) if leaf else self.rack_pod[host.rack]
+        leaf = host.leaf_of(nic) or self._unknown_leaf(host)
+        pod = self.leaf_pod[leaf] if leaf in self.leaf_pod else self.rack_pod[host.rack]
         pod_name = self.m._pods[pod]
         zone = self.pod_zone[pod_name]
         per_link = self.links.edges.nvlink.bandwidth_gb_per_s
         values = {
             "host": h, "local": local, "rack": self.rack_index[host.rack],
-            "leaf": self.leaf_index[leaf] if leaf else -1, "pod": pod, "zone": zone,
+            "leaf": self.leaf_index[leaf], "pod": pod, "zone": zone,
             "nvd": domain[0] if domain else -1,
             "nvd_bw": domain[1] * per_link if domain else 0.0,
             "nic_lat": matrices.nic_latency[local], "nic_bw": matrices.nic_bandwidth[local],
             "nic_hops": matrices.nic_hops[local],
-            "leaf_up": self.leaf_bw[leaf] if leaf else np.inf, "pod_up": self.pod_bw[pod_name],
+            "leaf_up": self.leaf_bw[leaf], "pod_up": self.pod_bw[pod_name],
             "zone_up": self.zone_bw[zone], "zone_lat": self.zone_latency[zone],
         }
         for key, value in values.items():
@@ -403,11 +404,22 @@ class _Coordinates:
         if nic is not None:
             self.m._link_capacity[f"nic:{host.name}/{nic_device}"] = nic.gbit / 8
 
-    def spec_leaf_pod(self, leaf: str) -> int:
-        for spec_leaf in self.spec.leaves:
-            if spec_leaf.name == leaf:
-                return self.pod_index[spec_leaf.pod]
-        raise NotFoundError("leaf", leaf)
+    def _unknown_leaf(self, host: HostSpec) -> str:
+        """A leaf of ``host`` alone, for fabrics that say nothing about its switch.
+
+        Pricing it as its own leaf never claims that two hosts share a switch: their
+        transfers cross the pod's aggregation layer, and the leaf's uplink is the host's
+        own line rate. ``topo build`` writes such leaves into the fabric (with a warning);
+        this covers fabric documents written before it did.
+        """
+        name = f"{UNKNOWN_UPLINK_PREFIX}{host.name}"
+        if name not in self.leaf_index:
+            self.leaf_index[name] = len(self.m._leaves)
+            self.m._leaves.append(name)
+            gbit = sum(nic.gbit for nic in host.nics)
+            self.leaf_bw[name] = gbit / 8 if gbit else self.links.edges.leaf_agg.bandwidth_gb_per_s
+            self.m._link_capacity[f"leaf:{name}"] = self.leaf_bw[name]
+        return name
 
 
 def _gbs(gbit: float | None, default: float) -> float:

@@ -22,7 +22,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from topology.errors import Issue, Location, ParseError, ValidationError
-from topology.source import read_capture
+from topology.source import decode_capture, read_capture, strip_bom
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
@@ -142,14 +142,9 @@ def read_text(path: str | Path, expected: str) -> str:
             raw = handle.read(MAX_DOCUMENT_BYTES + 1)
     except OSError as exc:
         raise ParseError(f"cannot read file: {exc.strerror or exc}", where, expected) from exc
-    if len(raw) > MAX_DOCUMENT_BYTES or b"\x00" in raw:
-        raise ParseError("file is too large or binary", where, expected)
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(f"invalid UTF-8 at byte {exc.start}", Location(str(path), line),
-                         expected) from exc
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        raise ParseError("file is too large", where, expected)
+    return decode_capture(raw, str(path), expected)
 
 
 def parse_yaml(text: str, source: str, expected: str | None = None) -> Any:
@@ -158,7 +153,7 @@ def parse_yaml(text: str, source: str, expected: str | None = None) -> Any:
     Syntax errors and duplicate keys name the line and column.
     """
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+        return yaml.load(strip_bom(text), Loader=_UniqueKeyLoader)  # a SafeLoader subclass
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -176,7 +171,7 @@ def parse_document(text: str, source: str, expected: str, as_json: bool = False)
     if not as_json:
         return parse_yaml(text, source, expected)
     try:
-        return json.loads(text)
+        return json.loads(strip_bom(text))
     except json.JSONDecodeError as exc:
         raise ParseError(f"invalid JSON: {exc.msg}", Location(source, exc.lineno),
                          expected) from exc

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import defaultdict
 from html import escape
 
-from topology.spec import FabricSpec
+from topology.spec import FabricSpec, HostSpec
 
 _MAX_HOSTS_PER_LEAF = 4
 
@@ -31,7 +31,7 @@ def to_dot(spec: FabricSpec) -> str:
     for host in spec.hosts:
         lines.append(f'  "host:{host.name}" [label="{host.name}\\n{len(host.gpus)}x '
                      f'{host.gpu_type}", shape=component];')
-        for leaf_name in sorted({n.leaf for n in host.nics if n.leaf}):
+        for leaf_name in _host_leaves(host):
             lines.append(f'  "leaf:{leaf_name}" -- "host:{host.name}";')
     for domain in spec.nvlink_domains:
         members = " ".join(f'"host:{h}"' for h in domain.hosts)
@@ -44,7 +44,7 @@ def to_svg(spec: FabricSpec) -> str:
     """A layered SVG drawing: spine per zone, pods, leaves, then hosts per leaf."""
     hosts_by_leaf: dict[str, list[str]] = defaultdict(list)
     for host in spec.hosts:
-        for leaf_name in sorted({n.leaf for n in host.nics if n.leaf}):
+        for leaf_name in _host_leaves(host):
             hosts_by_leaf[leaf_name].append(host.name)
     width = max(len(spec.leaves), 1) * 150 + 40
     items: list[str] = []
@@ -93,3 +93,9 @@ def _box(x: float, y: float, label: str, fill: str) -> str:
 def _line(x1: float, y1: float, x2: float, y2: float) -> str:
     return (f'<line x1="{x1 + 70}" y1="{y1 + 8}" x2="{x2 + 70}" y2="{y2}" '
             'stroke="#789"/>')
+
+
+def _host_leaves(host: HostSpec) -> list[str]:
+    """The leaves a host's NICs (or the host itself) land on, sorted."""
+    leaves = {host.leaf_of(nic) for nic in host.nics} | {host.uplink_leaf}
+    return sorted(leaf for leaf in leaves if leaf)

@@ -142,8 +142,9 @@ def _add_host(graph: nx.Graph, spec: FabricSpec, host: HostSpec, domain: str | N
         _add_edge(graph, a, b, "nvlink", links, count * per_link)
     for nic in host.nics:
         _member(graph, f"host:{host.name}", nic_node(host.name, nic.device))
-        if nic.leaf is not None:
-            _add_edge(graph, nic_node(host.name, nic.device), f"leaf:{nic.leaf}", "nic_leaf",
+        leaf = host.leaf_of(nic)
+        if leaf is not None:
+            _add_edge(graph, nic_node(host.name, nic.device), f"leaf:{leaf}", "nic_leaf",
                       links, nic.gbit / 8)
 
 

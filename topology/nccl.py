@@ -25,7 +25,7 @@ from xml.parsers import expat
 from pydantic import BaseModel
 
 from topology.errors import Location, NotFoundError, ParseError
-from topology.source import MAX_CAPTURE_BYTES
+from topology.source import MAX_CAPTURE_BYTES, strip_bom
 
 #: PCI class of the far end of an NVLink that goes to an NVSwitch.
 NVSWITCH_CLASS = "0x068000"
@@ -162,6 +162,7 @@ def parse_nccl_xml(text: str, source: str = "<input>") -> NcclTopology:
     if len(text) > MAX_CAPTURE_BYTES:
         raise ParseError(f"input is larger than {MAX_CAPTURE_BYTES // (1024 * 1024)} MiB",
                          Location(source), "an NCCL topology XML")
+    text = strip_bom(text)
     _refuse_declarations(text, source)
     root, lines = _read_tree(text, source)
     if root.tag != "system":

@@ -5,7 +5,7 @@ joined: a bonded set of NVLinks (``NV#``) or a PCIe path ranked by how far it cl
 (``PIX`` < ``PXB`` < ``PHB`` < ``NODE`` < ``SYS``). GPU rows also carry the CPU and
 NUMA affinity of the GPU.
 
-Real captures are messy (docs/FORMATS.md): ANSI escapes, ``\\r``, tabs turned into
+Real captures are messy (docs/topology-inputs.md): ANSI escapes, ``\\r``, tabs turned into
 runs of spaces or single spaces, indented pastes, wrapped, truncated or missing
 legends, old driver spellings. So the parser reads whitespace tokens and takes one
 cell per device column by position; what is left of a GPU row is its affinity,
@@ -47,6 +47,7 @@ from topology.nvsmi_legend import (
     is_pcie_only,
     read_legends,
 )
+from topology.source import BOM
 
 __all__ = [
     "MAX_CPU_ID", "MAX_DEVICES", "MAX_LINE_CHARS", "MAX_NUMA_ID", "SNIFF_CHARS", "WANTED",
@@ -213,7 +214,7 @@ def parse_nvidia_smi(text: str, source: str = "<input>") -> NvsmiTopology:
     links = _links(header, rows, source)
     legends = _legends_after(lines, end)
     pcie_only = is_pcie_only(any(link.type is LinkType.NV for link in links),
-                             command_mode(lines, start), legends.codes)
+                             command_mode(lines, start), legends)
     return NvsmiTopology(
         source=source, pcie_only=pcie_only,
         gpus=tuple(_gpu(rows[name], source) for name in header.devices if _is_gpu(name)),
@@ -236,8 +237,9 @@ def looks_like_nvidia_smi(text: str) -> bool:
 # --- finding the matrix -------------------------------------------------------------
 
 def _clean_lines(text: str) -> list[str]:
-    """Split into lines without ANSI escapes or ``\\r``, keeping line numbers."""
-    return _ANSI.sub("", text).replace("\r", "").split("\n")
+    """Split into lines without ANSI escapes, ``\\r`` or byte-order marks (a BOM may
+    start any pasted part), keeping line numbers."""
+    return _ANSI.sub("", text).replace("\r", "").replace(BOM, "").split("\n")
 
 
 def _first_token(line: str) -> str | None:

@@ -22,10 +22,12 @@ _COMMAND_WINDOW = 10
 
 @dataclass(frozen=True)
 class Legends:
-    """What the legends after the matrix say: the codes listed and the NIC names."""
+    """What the legends after the matrix say: the codes listed, the NIC names, and
+    whether the code legend is known to be whole (a NIC legend follows it)."""
 
     codes: frozenset[str] | None
     nic_devices: dict[str, str]
+    codes_complete: bool = False
 
 
 def _tokens(lines: Sequence[str], start: int, stop: int) -> Iterator[str]:
@@ -43,11 +45,12 @@ def read_legends(lines: Sequence[str], end: int, stop: int) -> Legends:
     """
     codes: set[str] | None = None
     nic: dict[str, str] = {}
-    mode, previous, pending, nic_seen = "", "", "", False
+    mode, previous, pending, nic_seen, complete = "", "", "", False, False
     for token in _tokens(lines, end, stop):
         if token == "Legend:":
             if (nic_seen if previous == "NIC" else codes is not None):
                 break
+            complete = complete or (previous == "NIC" and codes is not None)
             mode = "nic" if previous == "NIC" else "codes"
             nic_seen = nic_seen or mode == "nic"
             codes = set() if codes is None and mode == "codes" else codes
@@ -56,7 +59,7 @@ def read_legends(lines: Sequence[str], end: int, stop: int) -> Legends:
         elif mode == "nic":
             mode, pending = _nic_token(token, pending, nic)
         previous = token
-    return Legends(frozenset(codes) if codes is not None else None, nic)
+    return Legends(frozenset(codes) if codes is not None else None, nic, complete)
 
 
 def _nic_token(token: str, pending: str, nic: dict[str, str]) -> tuple[str, str]:
@@ -91,18 +94,23 @@ def command_mode(lines: Sequence[str], start: int) -> str | None:
     return None
 
 
-def is_pcie_only(has_nvlink: bool, command: str | None, codes: frozenset[str] | None) -> bool:
+def is_pcie_only(has_nvlink: bool, command: str | None, legends: Legends) -> bool:
     """Decide whether the matrix is ``topo -mp`` output.
 
     NV cells settle it; then the pasted command line; then the legend, which lists
-    ``NV#`` under ``-m`` but not under ``-mp``. Legends without NODE come from old
-    drivers, whose ``-m`` legend may lack NV# too, so they are not taken as evidence.
+    ``NV#`` (last) under ``-m`` but not under ``-mp`` — evidence only when the legend is
+    known to be whole (the NIC legend follows it): a capture cut just before the NV#
+    line reads exactly like ``-mp``, so a legend without an end proves nothing. Legends
+    without NODE come from old drivers, whose ``-m`` legend may lack NV# too, so they
+    are not taken as evidence either.
     """
     if has_nvlink:
         return False
     if command in ("m", "mp"):
         return command == "mp"
-    return codes is not None and {"PIX", "NODE"} <= codes and "NV#" not in codes
+    codes = legends.codes
+    return (legends.codes_complete and codes is not None and {"PIX", "NODE"} <= codes
+            and "NV#" not in codes)
 
 
 def identify_other(lines: Sequence[str]) -> tuple[str, int] | None:

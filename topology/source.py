@@ -8,6 +8,9 @@ from topology.errors import Location, ParseError
 
 #: Real captures are kilobytes; anything this large is not a topology capture.
 MAX_CAPTURE_BYTES = 16 * 1024 * 1024
+#: The byte-order mark some editors put first; it is never part of a capture.
+BOM = "\ufeff"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
 def read_capture(path: str | Path, max_bytes: int = MAX_CAPTURE_BYTES) -> str:
@@ -27,17 +30,42 @@ def read_capture(path: str | Path, max_bytes: int = MAX_CAPTURE_BYTES) -> str:
     return decode_capture(raw, str(path))
 
 
-def decode_capture(raw: bytes, source: str) -> str:
-    """Decode capture bytes as UTF-8 text, refusing binary data with a clear error."""
+def decode_capture(raw: bytes, source: str, expected: str = "a text capture") -> str:
+    """Decode capture bytes as text, refusing binary data with a clear error.
+
+    UTF-8 is expected; a byte-order mark is dropped (Windows editors add one), and a
+    UTF-16 mark means UTF-16 (PowerShell's ``>`` writes that), so such files read the
+    same as their plain UTF-8 twins.
+    """
     where = Location(source)
-    if b"\x00" in raw[:65536]:
-        raise ParseError("file holds binary data (NUL bytes)", where, "a text capture")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise ParseError(f"invalid UTF-8 at byte {exc.start}", Location(source, line),
-                         "a text capture") from exc
+    text = _decode_utf16(raw, source, expected) if raw.startswith(_UTF16_BOMS) else None
+    if text is None:
+        if b"\x00" in raw[:65536]:
+            raise ParseError("file holds binary data (NUL bytes)", where, expected)
+        text = _decode_utf8(raw, source, expected)
+    text = strip_bom(text)
     if not text.strip():
         raise ParseError("file is empty", where, "a topology capture")
     return text
+
+
+def strip_bom(text: str) -> str:
+    """``text`` without a leading byte-order mark (U+FEFF)."""
+    return text[1:] if text.startswith(BOM) else text
+
+
+def _decode_utf8(raw: bytes, source: str, expected: str) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ParseError(f"invalid UTF-8 at byte {exc.start}", Location(source, line),
+                         expected) from exc
+
+
+def _decode_utf16(raw: bytes, source: str, expected: str) -> str:
+    try:
+        return raw.decode("utf-16")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"invalid UTF-16 at byte {exc.start} (the file starts with a "
+                         "UTF-16 byte-order mark)", Location(source), expected) from exc

@@ -21,6 +21,9 @@ from topology.documents import load_document
 from topology.errors import NotFoundError
 from topology.tiers import LinkConfig
 
+#: Name prefix of a leaf invented for a host whose switch no input names (see
+#: docs/inventory.md, "Hosts without switch information").
+UNKNOWN_UPLINK_PREFIX = "uplink-unknown-"
 #: Intra-host link codes, as nvidia-smi prints them: ``NV<count>``, or a PCIe level.
 PCIE_CODES = ("PIX", "PXB", "PHB", "NODE", "SYS")
 
@@ -63,11 +66,18 @@ class HostSpec(_Frozen):
     gpu_links: tuple[tuple[str, ...], ...] = Field(
         description="GPU x GPU link codes: 'X' on the diagonal, 'NV<n>' or a PCIe code")
     nvlink_domain: str | None = None
+    uplink_leaf: str | None = Field(
+        default=None, description="leaf for GPUs whose NIC has no leaf (or that have no "
+        "NIC): a cloud network node, or an unknown-uplink leaf of this host alone")
     sources: tuple[str, ...] = Field(default=(), description="captures merged into it")
 
     def gpu_name(self, index: int) -> str:
         """Fabric-wide name of local GPU ``index``."""
         return f"{self.name}/gpu{index}"
+
+    def leaf_of(self, nic: NicSpec | None) -> str | None:
+        """The leaf a NIC of this host (or, for ``None``, the host itself) enters by."""
+        return (nic.leaf if nic is not None else None) or self.uplink_leaf
 
     def nic(self, device: str) -> NicSpec:
         """The NIC with this device name."""

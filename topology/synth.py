@@ -14,6 +14,7 @@ from topology.spec import (
     FabricSpec,
     HostSpec,
     LeafSpec,
+    NicSpec,
     NvlinkDomainSpec,
     PodSpec,
     RackSpec,
@@ -93,7 +94,7 @@ class _SynthBuilder:
             if not self.p.rails:
                 down = self.p.hosts_per_rack * self.t.nics * self.t.nic_gbit
                 leaf_uplinks += self._leaf(f"{rack}-tor", pod, down, None)
-            self._add_hosts(pod, rack)
+            self._add_hosts(pod, rack, r)
         uplink = leaf_uplinks / self.p.pod_oversubscription
         self.pods.append(PodSpec(name=pod, zone=zone, uplink_gbit=uplink))
         return uplink
@@ -103,13 +104,24 @@ class _SynthBuilder:
         self.leaves.append(LeafSpec(name=name, pod=pod, uplink_gbit=uplink, rail=rail))
         return uplink
 
-    def _add_hosts(self, pod: str, rack: str) -> None:
+    def _add_hosts(self, pod: str, rack: str, r: int) -> None:
         names = [f"{rack}-h{h:02d}" for h in range(self.p.hosts_per_rack)]
-        for name in names:
+        for h, name in enumerate(names):
             leaves = tuple(f"{pod}-rail{i}" if self.p.rails else f"{rack}-tor"
                            for i in range(self.t.nics))
-            self.hosts.append(host_from_template(self.t, name, rack, leaves))
+            host = host_from_template(self.t, name, rack, leaves)
+            self.hosts.append(host.model_copy(update={"nics": self._cabled(host, r, h)}))
         if self.p.nvlink_domain_per_rack:
             self.domains.append(NvlinkDomainSpec(
                 name=f"{rack}-nvl", hosts=tuple(names),
                 nvlinks_per_gpu=self.t.nvlink.links_per_gpu))
+
+    def _cabled(self, host: HostSpec, r: int, h: int) -> tuple[NicSpec, ...]:
+        """The host's NICs with their switch ports (SONiC names), each port used once:
+        a rail leaf serves one NIC of every host of the pod, a ToR every NIC of a rack."""
+        if self.p.rails:
+            ports = [r * self.p.hosts_per_rack + h] * len(host.nics)
+        else:
+            ports = [h * len(host.nics) + i for i in range(len(host.nics))]
+        return tuple(nic.model_copy(update={"port": f"Ethernet{port * 8}"})
+                     for nic, port in zip(host.nics, ports, strict=True))

@@ -127,11 +127,14 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def _host_files(values: list[str], flag: str) -> dict[str, Path]:
-    result = {}
+    result: dict[str, Path] = {}
     for value in values:
         host, sep, path = value.partition("=")
         if not sep or not host or not path:
             raise InputError(f"{flag} {value!r}: expected HOST=FILE")
+        if host in result:
+            raise InputError(f"{flag} names host {host} twice ({result[host]} and {path}); "
+                             "give one capture per host")
         result[host] = Path(path)
     return result
 

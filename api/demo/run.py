@@ -64,7 +64,7 @@ class DemoDriver:
         self._seq: Counter[str] = Counter()
         self._held: dict[str, set[int]] = defaultdict(set)
         #: reservations of requests still "decoding": released IN_FLIGHT requests later
-        self._decoding: deque[dict[str, Any]] = deque()
+        self._decoding: deque[str] = deque()
 
     def close(self) -> None:
         """Close the HTTP client."""
@@ -86,21 +86,19 @@ class DemoDriver:
         if body["plan_id"]:
             self._await_transfer(body["plan_id"], body["decision"]["transfer"]["tier"])
         self._engine_stored(body["decision"]["prefill"]["worker"], hashes)
-        self._retire(body["decision"], body["reservations"])
+        self._retire(body["decision"], body["reservation_id"])
 
-    def _retire(self, decision: dict[str, Any], reservations: list[dict[str, Any]]) -> None:
+    def _retire(self, decision: dict[str, Any], reservation_id: str) -> None:
         """Prefill load ends now; decode load when IN_FLIGHT newer requests have come."""
-        for item in reservations:
-            if item["worker"] == decision["decode"]["worker"]:
-                self._decoding.append(item)
-            else:
-                self._release(item)
+        if decision["prefill"]["worker"] != decision["decode"]["worker"]:
+            self._release(reservation_id, [decision["prefill"]["worker"]])
+        self._decoding.append(reservation_id)
         while len(self._decoding) > IN_FLIGHT:
             self._release(self._decoding.popleft())
 
-    def _release(self, item: dict[str, Any]) -> None:
-        self.http.post(f"/v1/workers/{item['worker']}/load/release",
-                       json={"tokens": item["tokens"], "requests": item["requests"]})
+    def _release(self, reservation_id: str, workers: list[str] | None = None) -> None:
+        self.http.post(f"/v1/reservations/{reservation_id}/release",
+                       json={"workers": workers} if workers else None)
 
     def finish(self) -> None:
         """Release what is still reserved and close the HTTP client."""

@@ -10,12 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
-from api.load import Reservation, release, reservations_for, reserve
+from api.load import new_reservation_id, reservations_for, reserve
 from api.problems import problem
 from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for
 from api.runtime import Runtime
 from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from scheduler.state.reservations import LoadItem
 from scheduler.transfer.coordinator import TransferCoordinator
 from scheduler.transfer.plan import TransferRecord
 from topology.errors import ConflictError, InputError, NotFoundError, UnschedulableError
@@ -63,9 +64,12 @@ class RouteOutput(BaseModel):
     decision: Decision
     plan_id: str | None = Field(description="None when nothing moves (local prefill, "
                                 "or the decode side already holds every block)")
-    reservations: list[Reservation] = Field(
-        description="load reserved on each worker; release it with POST "
-                    "/v1/workers/{worker}/load/release when the request leaves the worker")
+    reservation_id: str = Field(
+        description="the reservation holding the load below: its prefill part ends with "
+                    "the transfer, the rest when the request ends (POST /v1/reservations/"
+                    "{id}/release, or the decode engine releasing the transfer); it expires "
+                    "otherwise")
+    reservations: list[LoadItem] = Field(description="load reserved on each worker")
 
 
 #: Failures that certainly queued nothing: the reserved load goes back.
@@ -104,17 +108,19 @@ async def route(request: Request) -> Response:
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
-    reservations = reservations_for(result, body.prompt_tokens)
-    await reserve(runtime.loads, reservations)
+    items, reservation_id = reservations_for(result, body.prompt_tokens), new_reservation_id()
+    await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
+                  state.settings.reservation_ttl_s)
     try:
-        record = await deliver_plan(state.coordinator, result)
+        record = await deliver_plan(state.coordinator, result, reservation_id)
     except REFUSED:
-        await release(runtime.loads, reservations)
+        await runtime.loads.close_reservation(reservation_id)
         raise
     # Any other failure (Redis gone, a timeout, cancellation) may come after the
-    # transfer was queued: then it runs, so its load stays counted, like its blocks.
+    # transfer was queued: then it runs, so its load stays reserved (until the transfer
+    # ends or the reservation expires), like its blocks.
     _observe(runtime, body, result, record)
-    output = RouteOutput(decision=result, reservations=reservations,
+    output = RouteOutput(decision=result, reservation_id=reservation_id, reservations=items,
                          plan_id=record.plan.plan_id if record is not None else None)
     return Response(output.model_dump_json(), media_type="application/json")
 

@@ -70,20 +70,6 @@ async def free_blocks(name: str, body: FreedBlocks, coordinator: Coordinator) ->
     return Response(status_code=204)
 
 
-class LoadRelease(BaseModel):
-    """Load a request gives back when it leaves a worker (what its route reserved)."""
-
-    tokens: int = Field(default=0, ge=0, le=1 << 40)
-    requests: int = Field(default=1, ge=0, le=1 << 20)
-
-
-@router.post("/workers/{name}/load/release", status_code=204)
-async def release_load(name: str, body: LoadRelease, runtime: RuntimeDep) -> Response:
-    """A request left the worker (finished, or moved on after prefill): free its load."""
-    await runtime.loads.release(name, body.tokens, body.requests)
-    return Response(status_code=204)
-
-
 @router.get("/workers/{name}/load")
 async def worker_load(name: str, runtime: RuntimeDep) -> WorkerLoad:
     """A worker's reserved load and capacity."""

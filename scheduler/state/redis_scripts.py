@@ -216,6 +216,116 @@ end
 return {1, 0}
 """
 
+# Reservations. A reservation is the hash rsv:ID (owner, items as JSON [[worker, tokens,
+# requests], …], expires), a member of rsv-due (by expires) and of rsv-of:OWNER.
+
+# Load of a reservation, all or nothing, as RESERVE does, and the reservation itself.
+# KEYS: seq, changes, rsv:ID, rsv-due, rsv-of:OWNER, then load per item.
+# ARGV: id, owner, items JSON, expires, then name, tokens, requests per item.
+# {1, 0}: reserved (or the id is open already: a retry); {0, i}: item i's worker is full;
+# {-1, i}: it has no capacity.
+OPEN_RESERVATION = CHANGED + """
+if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
+local want = {}
+for i = 6, #KEYS do
+  local w = want[KEYS[i]] or {0, 0}
+  want[KEYS[i]] = {w[1] + tonumber(ARGV[3 * i - 12]), w[2] + tonumber(ARGV[3 * i - 11])}
+end
+for i = 6, #KEYS do
+  local h = redis.call('HMGET', KEYS[i], 'tokens', 'requests', 'max_tokens', 'max_requests')
+  if not h[3] then return {-1, i - 5} end
+  local w = want[KEYS[i]]
+  if tonumber(h[1]) + w[1] > tonumber(h[3]) or tonumber(h[2]) + w[2] > tonumber(h[4]) then
+    return {0, i - 5}
+  end
+end
+for i = 6, #KEYS do
+  redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[3 * i - 12])
+  redis.call('HINCRBY', KEYS[i], 'requests', ARGV[3 * i - 11])
+  changed(ARGV[3 * i - 13])
+end
+redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'items', ARGV[3], 'expires', ARGV[4])
+redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+redis.call('SADD', KEYS[5], ARGV[1])
+return {1, 0}
+"""
+
+# Closing (part of) a reservation: give its items' load back and forget them. The load
+# and owner keys are built from the prefix (not declared; one Redis, as SYNC).
+CLOSE = CHANGED + """
+local function close(p, id, only)
+  local key = p .. 'rsv:' .. id
+  local h = redis.call('HMGET', key, 'owner', 'items', 'expires')
+  if not h[1] then return nil end
+  local released, rest = {}, {}
+  for _, item in ipairs(cjson.decode(h[2])) do
+    if only == nil or only[item[1]] then
+      local load = p .. 'load:' .. item[1]
+      local l = redis.call('HMGET', load, 'tokens', 'requests')
+      if l[1] then
+        redis.call('HSET', load, 'tokens', math.max(0, tonumber(l[1]) - item[2]),
+                   'requests', math.max(0, tonumber(l[2]) - item[3]))
+        changed(item[1])
+      end
+      released[#released + 1] = item
+    else
+      rest[#rest + 1] = item
+    end
+  end
+  if #rest > 0 then
+    redis.call('HSET', key, 'items', cjson.encode(rest))
+  else
+    redis.call('DEL', key)
+    redis.call('ZREM', p .. 'rsv-due', id)
+    redis.call('SREM', p .. 'rsv-of:' .. h[1], id)
+  end
+  return {id, h[1], h[3], cjson.encode(released)}
+end
+"""
+
+# KEYS: seq, changes, rsv:ID. ARGV: prefix, id, now ('' closes unconditionally; else only
+# a reservation due by then), workers JSON ('' for all).
+# {} when not open (or not due); else {id, owner, expires, released items JSON}.
+CLOSE_RESERVATION = CLOSE + """
+if ARGV[3] ~= '' then
+  local expires = redis.call('HGET', KEYS[3], 'expires')
+  if not expires or tonumber(expires) > tonumber(ARGV[3]) then return {} end
+end
+local only = nil
+if ARGV[4] ~= '' then
+  only = {}
+  for _, w in ipairs(cjson.decode(ARGV[4])) do only[w] = true end
+end
+return close(ARGV[1], ARGV[2], only) or {}
+"""
+
+# An owner whose lease lapsed: every reservation it holds. KEYS: seq, changes, owners,
+# rsv-of:OWNER. ARGV: prefix, owner, now. Per closed reservation the four fields of
+# CLOSE_RESERVATION's answer, flat; {} when the owner's lease did not lapse.
+CLOSE_OWNER = CLOSE + """
+local deadline = redis.call('ZSCORE', KEYS[3], ARGV[2])
+if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then return {} end
+redis.call('ZREM', KEYS[3], ARGV[2])
+local out = {}
+for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
+  local got = close(ARGV[1], id, nil)
+  if got then
+    for _, field in ipairs(got) do out[#out + 1] = field end
+  end
+end
+redis.call('DEL', KEYS[4])
+return out
+"""
+
+# KEYS: rsv:ID, rsv-due. ARGV: id, expires. {owner, items JSON} or {} when not open.
+RENEW_RESERVATION = """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'items')
+if not h[1] then return {} end
+redis.call('HSET', KEYS[1], 'expires', ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return h
+"""
+
 # KEYS: seq, changes, load. ARGV: name, tokens, requests.
 RELEASE_LOAD = CHANGED + """
 local h = redis.call('HMGET', KEYS[3], 'tokens', 'requests')
@@ -312,4 +422,6 @@ SCRIPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "remove": REMOVE, "take
            "registrations": REGISTRATIONS, "live": LIVE, "set_blocks": SET_BLOCKS,
            "put_job": PUT_JOB, "start_transfer": START_TRANSFER,
            "take_delayed": TAKE_DELAYED, "reserve": RESERVE, "release_load": RELEASE_LOAD,
-           "set_capacity": SET_CAPACITY, "drop_load": DROP_LOAD, "sync": SYNC, "trim": TRIM}
+           "set_capacity": SET_CAPACITY, "drop_load": DROP_LOAD, "sync": SYNC, "trim": TRIM,
+           "open_reservation": OPEN_RESERVATION, "close_reservation": CLOSE_RESERVATION,
+           "close_owner": CLOSE_OWNER, "renew_reservation": RENEW_RESERVATION}

@@ -4,7 +4,11 @@ Two small protocols sit next to :class:`~scheduler.state.base.TransferStore`:
 
 * :class:`LoadStore` — each worker has a capacity (tokens, requests); ``reserve``
   checks it and adds the load in one step, so two replicas routing at the same time
-  never oversubscribe a worker; ``release`` gives the load back when a request ends.
+  never oversubscribe a worker. A *reservation* (:meth:`LoadStore.open_reservation`)
+  does the same under an id, for an owner and a lifetime: closing it gives back
+  exactly what it holds (once, whoever closes it), and the sweep
+  (:meth:`LoadStore.expire_reservations`) closes it when its lifetime ends or its
+  owner's lease lapses, so load never leaks (docs/state.md, "Load reservations").
 * :class:`KvEventLog` — an append-only, capped log of KV events (JSON text). Every
   replica reads it from its last id and feeds its own
   :class:`~scheduler.prefix.PrefixIndex` (the decision is argued in docs/state.md).
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -60,6 +66,28 @@ class WorkerLoad(BaseModel):
                 and self.requests + requests <= self.max_requests)
 
 
+class LoadItem(BaseModel):
+    """Load held on one worker: prompt tokens still to compute and running requests."""
+
+    model_config = ConfigDict(frozen=True)
+
+    worker: str
+    tokens: int = Field(ge=0)
+    requests: int = Field(ge=0)
+
+
+class Reservation(BaseModel):
+    """Load reserved for one request until it is closed or ``expires_at`` passes."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    owner: str = Field(description="who holds it (a replica, a gateway process); when "
+                                   "the owner's lease lapses the reservation is closed")
+    items: tuple[LoadItem, ...]
+    expires_at: float = Field(description="store clock (unix time by default)")
+
+
 class LoadStore(Protocol):
     """Per-worker load reservations, atomic across scheduler replicas."""
 
@@ -82,6 +110,35 @@ class LoadStore(Protocol):
 
     async def drop_load(self, worker: str) -> bool:
         """Forget a worker's capacity and load; False when it had none."""
+
+    async def open_reservation(self, reservation_id: str, owner: str,
+                               items: Sequence[LoadItem], ttl_s: float) -> str | None:
+        """Reserve ``items`` as :meth:`reserve_all` does and keep them under
+        ``reservation_id`` for ``owner`` until closed or ``ttl_s`` passes; None when
+        reserved (also when the id is open already: a retried call), else the first full
+        worker (nothing reserved)."""
+
+    async def close_reservation(self, reservation_id: str,
+                                workers: Sequence[str] | None = None) -> list[LoadItem]:
+        """Give back the reservation's items on ``workers`` (None: all) and forget them;
+        the reservation ends with its last item. Returns what was given back (empty
+        when the reservation is not open: closed or expired already)."""
+
+    async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
+        """Move an open reservation's end to ``ttl_s`` from now (:class:`NotFoundError`
+        when it is not open)."""
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        """An open reservation (:class:`NotFoundError` when it is not open)."""
+
+    async def renew_owner(self, owner: str, ttl_s: float) -> None:
+        """Extend ``owner``'s lease by ``ttl_s``: once it lapses, the sweep closes every
+        reservation of the owner. An owner that never renews has no lease (its
+        reservations end by their own lifetime only)."""
+
+    async def expire_reservations(self) -> list[Reservation]:
+        """Close every reservation whose lifetime ended or whose owner's lease lapsed;
+        returns them as they were (each reported by exactly one caller)."""
 
 
 class KvEventLog(Protocol):
@@ -115,10 +172,29 @@ def check_amounts(tokens: int, requests: int) -> None:
         raise ValidationError("load reservation", issues)
 
 
+#: A reservation at rest in memory: owner, ((worker, tokens, requests), …), deadline.
+#: Tuples of strings and numbers, not models: the garbage collector stops walking them.
+_Held = tuple[str, tuple[tuple[str, int, int], ...], float]
+
+
+def _reservation(reservation_id: str, held: _Held) -> Reservation:
+    owner, items, expires = held
+    return Reservation(id=reservation_id, owner=owner, expires_at=expires, items=tuple(
+        LoadItem(worker=w, tokens=t, requests=r) for w, t, r in items))
+
+
 class MemoryLoads:
     """:class:`LoadStore` and :class:`KvEventLog` in process memory (one event loop)."""
 
-    def __init__(self, *, event_maxlen: int = DEFAULT_EVENT_MAXLEN) -> None:
+    def __init__(self, *, event_maxlen: int = DEFAULT_EVENT_MAXLEN,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._held: dict[str, _Held] = {}
+        #: (deadline, id) of every open reservation; stale entries (renewed or closed
+        #: reservations) are skipped when they come up.
+        self._due: list[tuple[float, str]] = []
+        self._owned: dict[str, set[str]] = {}
+        self._owners: dict[str, float] = {}
         self._loads: dict[str, WorkerLoad] = {}
         #: Whether ``_loads`` is in name order (set_capacity of a new worker breaks it).
         self._sorted = True
@@ -172,6 +248,79 @@ class MemoryLoads:
     async def drop_load(self, worker: str) -> bool:
         """Forget a worker's capacity and load; False when it had none."""
         return self._loads.pop(worker, None) is not None
+
+    async def open_reservation(self, reservation_id: str, owner: str,
+                               items: Sequence[LoadItem], ttl_s: float) -> str | None:
+        """Reserve ``items`` under ``reservation_id`` for ``owner``, for ``ttl_s``."""
+        if reservation_id in self._held:
+            return None
+        rows = tuple((i.worker, i.tokens, i.requests) for i in items)
+        full = await self.reserve_all(rows)
+        if full is None:
+            expires = self._clock() + ttl_s
+            self._held[reservation_id] = (owner, rows, expires)
+            heapq.heappush(self._due, (expires, reservation_id))
+            self._owned.setdefault(owner, set()).add(reservation_id)
+        return full
+
+    async def close_reservation(self, reservation_id: str,
+                                workers: Sequence[str] | None = None) -> list[LoadItem]:
+        """Give back the reservation's items on ``workers`` (None: all)."""
+        held = self._held.get(reservation_id)
+        if held is None:
+            return []
+        owner, rows, expires = held
+        picked = [row for row in rows if workers is None or row[0] in workers]
+        rest = tuple(row for row in rows if workers is not None and row[0] not in workers)
+        for worker, tokens, requests in picked:
+            await self.release(worker, tokens, requests)
+        if rest:
+            self._held[reservation_id] = (owner, rest, expires)
+        else:
+            del self._held[reservation_id]
+            self._owned.get(owner, set()).discard(reservation_id)
+        return [LoadItem(worker=w, tokens=t, requests=r) for w, t, r in picked]
+
+    async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
+        """Move an open reservation's end to ``ttl_s`` from now."""
+        owner, rows, _ = self._open(reservation_id)
+        expires = self._clock() + ttl_s
+        self._held[reservation_id] = (owner, rows, expires)
+        heapq.heappush(self._due, (expires, reservation_id))
+        return _reservation(reservation_id, self._held[reservation_id])
+
+    async def get_reservation(self, reservation_id: str) -> Reservation:
+        """An open reservation."""
+        return _reservation(reservation_id, self._open(reservation_id))
+
+    def _open(self, reservation_id: str) -> _Held:
+        held = self._held.get(reservation_id)
+        if held is None:
+            raise NotFoundError("reservation", reservation_id,
+                                "it was closed or expired (its load is given back)")
+        return held
+
+    async def renew_owner(self, owner: str, ttl_s: float) -> None:
+        """Extend ``owner``'s lease by ``ttl_s``."""
+        self._owners[owner] = self._clock() + ttl_s
+
+    async def expire_reservations(self) -> list[Reservation]:
+        """Close reservations past their end or of owners whose lease lapsed."""
+        now, gone = self._clock(), []
+        while self._due and self._due[0][0] <= now:
+            expires, reservation_id = heapq.heappop(self._due)
+            held = self._held.get(reservation_id)
+            if held is not None and held[2] == expires:
+                gone.append(await self._close_all(reservation_id, held))
+        for owner in [o for o, deadline in self._owners.items() if deadline <= now]:
+            del self._owners[owner]
+            for reservation_id in sorted(self._owned.pop(owner, set())):
+                gone.append(await self._close_all(reservation_id, self._held[reservation_id]))
+        return gone
+
+    async def _close_all(self, reservation_id: str, held: _Held) -> Reservation:
+        await self.close_reservation(reservation_id)
+        return _reservation(reservation_id, held)
 
     async def publish_kv_event(self, event_json: str) -> str:
         """Append one event; returns its id."""

@@ -139,7 +139,8 @@ class TransferCoordinator:
                                  taken={request.dst: dst.blocks} if take else {})
 
     async def submit_routed(self, src: str, dst: str, blocks: int,
-                            block_hashes: Sequence[int] = ()) -> TransferRecord:
+                            block_hashes: Sequence[int] = (), *,
+                            reservation_id: str | None = None) -> TransferRecord:
         """Queue a routed transfer of ``blocks`` blocks: taken from the prefill worker's
         free list (its engine writes the prompt's KV there) and from the decode worker's
         in one store step, and given back on both sides if the transfer cannot start.
@@ -157,18 +158,22 @@ class TransferCoordinator:
             await self._give_back(taken)
             raise
         return await self._start(self._new_id(), request, grants[src].entry,
-                                 grants[dst].entry, grants[dst].blocks, taken=taken)
+                                 grants[dst].entry, grants[dst].blocks, taken=taken,
+                                 reservation_id=reservation_id)
 
     async def _start(self, plan_id: str, request: TransferRequest, src: WorkerEntry,
                      dst: WorkerEntry, dst_blocks: Sequence[int] | None,
-                     taken: Mapping[str, Sequence[int]]) -> TransferRecord:
+                     taken: Mapping[str, Sequence[int]],
+                     reservation_id: str | None = None) -> TransferRecord:
         """Build the plan, store it with both jobs; blocks in ``taken`` go back on failure
         unless the transfer may have been stored (see :meth:`_store`)."""
         try:
             plan = self._plan(plan_id, request, src, dst, dst_blocks)
             if request.dst_blocks is not None:
                 await self.store.claim_blocks(dst.registration.name, plan.dst_blocks)
-            record = TransferRecord(plan=plan, created_at=self._clock())
+            record = TransferRecord(plan=plan, created_at=self._clock(),
+                                    src_blocks_taken=src.registration.name in taken,
+                                    reservation_id=reservation_id)
         except BaseException:
             await self._give_back(taken)
             raise

@@ -234,3 +234,9 @@ class TransferRecord(_Frozen):
     delivered_at: float | None = Field(default=None,
                                        description="when the initiator's job was handed out")
     finished_at: float | None = None
+    src_blocks_taken: bool = Field(
+        default=False, description="the scheduler took src_blocks from the source's free "
+                                   "list for this transfer (routed): they go back when it ends")
+    reservation_id: str | None = Field(
+        default=None, description="the route's load reservation: its part on the source "
+                                  "worker ends with the transfer")

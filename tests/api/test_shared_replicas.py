@@ -135,7 +135,9 @@ def test_an_edit_on_b_keeps_the_edits_made_on_a(settings: Settings) -> None:
 
 
 def _move_first_nic(client: TestClient, host: Any) -> int:
-    moved = lldp_json0(host).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
+    # NIC0 moves to rail1 on a port of its own: rail1's port for this host is NIC1's
+    moved = (lldp_json0(host).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
+             .replace('"value": "Ethernet', '"value": "Ethernet9', 1))
     answer = client.put(f"/v1/topology/hosts/{host.name}/lldp", content=moved,
                         headers=bearer())
     status: int = answer.status_code

@@ -49,7 +49,9 @@ def test_an_lldp_change_moves_a_nic_and_changes_the_distance(
         client: TestClient, spec: FabricSpec) -> None:
     h0, h1 = (h.name for h in spec.hosts[:2])
     assert _distance(client, f"{h0}/gpu0", f"{h1}/gpu0")["tier"] == "same_leaf"
-    moved = lldp_json0(spec.hosts[1]).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
+    nics = spec.hosts[1].nics  # NIC 0 recabled to a free port of the rail-1 leaf
+    recabled = nics[0].model_copy(update={"leaf": "z0-p0-rail1", "port": "Ethernet248"})
+    moved = lldp_json0(spec.hosts[1].model_copy(update={"nics": (recabled, *nics[1:])}))
     answer = client.put(f"/v1/topology/hosts/{h1}/lldp", content=moved, headers=bearer())
     assert answer.status_code == 200, answer.text
     change = answer.json()["change"]

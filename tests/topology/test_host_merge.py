@@ -34,13 +34,20 @@ zones:
     return path
 
 
-def _dgx_host(name: str) -> str:
+def _dgx_host(name: str, tmp: Path, cable: int) -> str:
+    """A DGX whose NICs sit on switch ports ``…{cable}`` and whose NIC GUIDs end in it
+    (two hosts cannot share ports or GUIDs: the second host gets its own captures)."""
+    lldp, nccl = tmp / f"{name}.lldp.json0", tmp / f"{name}.nccl.xml"
+    lldp.write_text((FIXTURES / "lldp" / "rail_host.json0").read_text()
+                    .replace("swp17s0", f"swp{cable}s0").replace("Ethernet17", f"Ethernet{cable}"))
+    nccl.write_text((FIXTURES / "nccl" / "hgx_h100_8gpu.xml").read_text()
+                    .replace('guid="0xa088c2', f'guid="0x{cable:02x}88c2'))
     netdevs = ", ".join(f"{k}: {v}" for k, v in NETDEVS.items())
     return f"""              - name: {name}
                 gpu_type: H100
                 nvsmi: {FIXTURES}/nvsmi/dgx_h100_m.txt
-                lldp: {FIXTURES}/lldp/rail_host.json0
-                nccl: {FIXTURES}/nccl/hgx_h100_8gpu.xml
+                lldp: {lldp}
+                nccl: {nccl}
                 netdevs: {{{netdevs}}}
 """
 
@@ -48,7 +55,8 @@ def _dgx_host(name: str) -> str:
 @pytest.fixture(scope="module")
 def dgx_pair(tmp_path_factory: pytest.TempPathFactory) -> FabricSpec:
     tmp = tmp_path_factory.mktemp("dgx")
-    return build_fabric(load_inventory(_inventory(tmp, _dgx_host("dgx-01") + _dgx_host("dgx-02"))))
+    hosts = _dgx_host("dgx-01", tmp, 17) + _dgx_host("dgx-02", tmp, 18)
+    return build_fabric(load_inventory(_inventory(tmp, hosts)))
 
 
 def test_nvsmi_gives_shape_numa_and_pcie_switches(dgx_pair: FabricSpec) -> None:
@@ -64,7 +72,7 @@ def test_nvsmi_gives_shape_numa_and_pcie_switches(dgx_pair: FabricSpec) -> None:
 
 def test_lldp_places_nics_and_rails_are_discovered(dgx_pair: FabricSpec) -> None:
     host = dgx_pair.host("dgx-02")
-    assert host.nic("mlx5_6").leaf == "leaf-r4" and host.nic("mlx5_6").port == "swp17s0"
+    assert host.nic("mlx5_6").leaf == "leaf-r4" and host.nic("mlx5_6").port == "swp18s0"
     rails = {leaf.name: leaf.rail for leaf in dgx_pair.leaves}
     assert rails == {f"leaf-r{i}": i for i in range(8)}
     assert any("discovered by LLDP" in w for w in dgx_pair.warnings)

@@ -246,8 +246,23 @@ def test_m_command_line_wins_over_a_legend_cut_before_nv() -> None:
     text = load("workstation_pcie_m.txt")
     cut = text[: text.index("  NV#")]
     assert parse_nvidia_smi(cut).pcie_only is False
-    # Without the command line the cut legend reads like -mp: the one ambiguity left.
-    assert parse_nvidia_smi(cut.split("\n", 1)[1]).pcie_only is True
+    # Without the command line a legend cut before NV# proves nothing: still -m.
+    assert parse_nvidia_smi(cut.split("\n", 1)[1]).pcie_only is False
+
+
+def test_a_truncated_legend_does_not_flip_pcie_only() -> None:
+    """Issue 11 item 13: every cut of a PCIe-only -m capture's legend still reads as -m
+    (the workstation board has no NVLink, so only the legend could say -mp)."""
+    text = load("workstation_pcie_m.txt").split("\n", 1)[1]  # without the command line
+    start = text.index("Legend:")
+    for end in range(start, len(text), 3):
+        assert parse_nvidia_smi(text[:end]).pcie_only is False, end
+
+
+def test_an_mp_legend_followed_by_the_nic_legend_is_evidence() -> None:
+    text = load("dgx_h100_mp.txt").split("\n", 1)[1]  # no command line
+    assert parse_nvidia_smi(text).pcie_only is True
+    assert parse_nvidia_smi(text[: text.index("NIC Legend:")]).pcie_only is False
 
 
 def test_m_followed_by_p2p_matrix_parses_the_m_matrix() -> None:

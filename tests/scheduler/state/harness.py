@@ -59,7 +59,7 @@ class Backend:
     def open(self, clock: FakeClock, replicas: int, loads: bool) -> list[Any]:
         """``replicas`` views of one fresh state (memory: the same object each time)."""
         if self.kind == "memory":
-            store: Any = MemoryLoads() if loads else MemoryStore(clock)
+            store: Any = MemoryLoads(clock=clock) if loads else MemoryStore(clock)
             return [store] * replicas
         assert self.url is not None
         prefix = f"test-{uuid.uuid4().hex[:8]}:"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from scheduler.state.redis_store import RedisStore
-from scheduler.state.reservations import FIRST_EVENT_ID, MemoryLoads
+from scheduler.state.reservations import FIRST_EVENT_ID, LoadItem, MemoryLoads
 from scheduler.transfer.plan import TransferJob, TransferRecord
 from tests.scheduler.state.harness import Backend, FakeClock
 from tests.scheduler.transfer.builders import plan, registration
@@ -336,6 +336,99 @@ def test_concurrent_reservations_from_two_replicas_never_oversubscribe(
         assert sum(results) == 7
         assert (await b.loads())["w0"].requests == 7
         assert (await a.loads())["w0"].tokens == 700
+    backend.run(body, replicas=2, loads=True)
+
+
+# -- reservations -------------------------------------------------------------------
+
+
+def _items(*rows: tuple[str, int, int]) -> list[LoadItem]:
+    return [LoadItem(worker=w, tokens=t, requests=r) for w, t, r in rows]
+
+
+async def _usage(loads: Any) -> dict[str, tuple[int, int]]:
+    return {name: (load.tokens, load.requests) for name, load in (await loads.loads()).items()}
+
+
+def test_a_reservation_gives_back_exactly_what_it_holds_once(backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        await loads.set_capacity("p", 1000, 4)
+        await loads.set_capacity("d", 1000, 1)
+        held = _items(("p", 300, 1), ("d", 0, 1))
+        assert await loads.open_reservation("r1", "replica-a", held, 60.0) is None
+        assert await loads.open_reservation("r1", "replica-a", held, 60.0) is None  # a retry
+        assert await _usage(loads) == {"p": (300, 1), "d": (0, 1)}
+        assert await loads.open_reservation("r2", "replica-a", held, 60.0) == "d"  # full
+        with pytest.raises(NotFoundError, match="r2"):
+            await loads.get_reservation("r2")
+        got = await loads.get_reservation("r1")
+        assert (got.owner, list(got.items), got.expires_at) == ("replica-a", held,
+                                                               clock.now + 60.0)
+        assert await loads.close_reservation("r1", ["p"]) == held[:1]  # prefill done
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 1)}
+        assert list((await loads.get_reservation("r1")).items) == held[1:]
+        assert await loads.close_reservation("r1") == held[1:]
+        assert await loads.close_reservation("r1") == []  # closed: nothing given twice
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 0)}
+        with pytest.raises(NotFoundError, match="nobody"):
+            await loads.open_reservation("r3", "x", _items(("nobody", 1, 1)), 60.0)
+        with pytest.raises(NotFoundError):
+            await loads.renew_reservation("r1", 10.0)
+    backend.run(body, loads=True)
+
+
+def test_reservations_expire_at_their_end_unless_renewed(backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        await loads.set_capacity("d", 1000, 8)
+        await loads.open_reservation("short", "replica-a", _items(("d", 10, 1)), 5.0)
+        await loads.open_reservation("long", "replica-a", _items(("d", 20, 1)), 5.0)
+        clock.advance(4.0)
+        renewed = await loads.renew_reservation("long", 10.0)
+        assert renewed.expires_at == clock.now + 10.0
+        assert await loads.expire_reservations() == []
+        clock.advance(1.0)
+        gone = await loads.expire_reservations()
+        assert [(r.id, list(r.items)) for r in gone] == [("short", _items(("d", 10, 1)))]
+        assert await _usage(loads) == {"d": (20, 1)}
+        clock.advance(9.0)
+        assert [r.id for r in await loads.expire_reservations()] == ["long"]
+        assert await loads.expire_reservations() == []
+        assert await _usage(loads) == {"d": (0, 0)}
+    backend.run(body, loads=True)
+
+
+def test_an_owner_whose_lease_lapses_loses_every_reservation(backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        await loads.set_capacity("d", 1000, 8)
+        await loads.renew_owner("replica-a", 10.0)
+        for name, owner in (("a1", "replica-a"), ("a2", "replica-a"), ("b1", "replica-b")):
+            await loads.open_reservation(name, owner, _items(("d", 1, 1)), 600.0)
+        clock.advance(9.0)
+        await loads.renew_owner("replica-a", 10.0)
+        assert await loads.expire_reservations() == []
+        clock.advance(10.0)  # replica-a stopped renewing (it died)
+        gone = await loads.expire_reservations()
+        assert sorted(r.id for r in gone) == ["a1", "a2"]
+        assert await _usage(loads) == {"d": (1, 1)}  # b1: no lease, its own end only
+        assert (await loads.get_reservation("b1")).owner == "replica-b"
+        assert await loads.expire_reservations() == []
+    backend.run(body, loads=True)
+
+
+def test_two_replicas_sweeping_at_once_close_each_reservation_once(backend: Backend) -> None:
+    async def body(a: Any, b: Any, clock: FakeClock) -> None:
+        await a.set_capacity("d", 10_000, 100)
+        await a.renew_owner("dead", 1.0)
+        for i in range(20):
+            await a.open_reservation(f"r{i}", "dead" if i % 2 else "live",
+                                     _items(("d", 10, 1)), 5.0 if i % 4 == 0 else 60.0)
+        clock.advance(5.0)
+        swept = await asyncio.gather(*(store.expire_reservations()
+                                       for _ in range(3) for store in (a, b)))
+        ids = [r.id for batch in swept for r in batch]
+        assert sorted(ids) == sorted({f"r{i}" for i in range(20) if i % 2 or i % 4 == 0})
+        assert len(ids) == len(set(ids))
+        assert await _usage(b) == {"d": (50, 5)}
     backend.run(body, replicas=2, loads=True)
 
 
