@@ -40,7 +40,7 @@ class Service:
 
 @contextmanager
 def serve(workdir: Path, fabric: Path | None = None, *, tokens: bool = True,
-          **settings: str) -> Iterator[Service]:
+          start_timeout_s: float = 60, **settings: str) -> Iterator[Service]:
     """Start ``toposched serve`` on a free port; ``settings`` become TOPOSCHED_* variables."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1",
@@ -57,7 +57,7 @@ def serve(workdir: Path, fabric: Path | None = None, *, tokens: bool = True,
                                    stderr=subprocess.STDOUT)
     service = Service(f"http://127.0.0.1:{port}", log, process)
     try:
-        wait_for(lambda: _healthy(service), 60, f"the scheduler (log: {log})")
+        wait_for(lambda: _healthy(service), start_timeout_s, f"the scheduler (log: {log})")
         yield service
     finally:
         stop_process(process)

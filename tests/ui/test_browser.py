@@ -167,7 +167,8 @@ def test_8192_gpus_draw_a_tile_per_host_and_fetch_gpus_on_zoom(
     fabric = tmp_path / "fabric.json"
     synth_cluster(SynthParams(zones=2, pods_per_zone=4, racks_per_pod=8,
                               hosts_per_rack=16)).save(fabric)
-    with serve(tmp_path, fabric, tokens=False) as service:
+    # Start-up takes ~20 s here on an idle machine (the fabric's distance model, twice).
+    with serve(tmp_path, fabric, tokens=False, start_timeout_s=300) as service:
         browser.navigate(f"{service.url}/ui")
         browser.wait_for("document.querySelectorAll('a.host').length === 1024",
                          what="1,024 host tiles", timeout_s=60)

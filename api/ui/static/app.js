@@ -34,16 +34,20 @@ function renderCounts(ov) {
   fill($("counts"), [["zones", c.zones], ["pods", c.pods], ["leaves", c.leaves], ["hosts", c.hosts],
     ["GPUs", c.gpus], ["NICs", c.nics], ["workers", c.workers], ["placed", c.instances]].map(([k, v]) =>
     el("span.count", {}, el("b", {text: v.toLocaleString()}), ` ${k}`)));
-  fill($("tiers"), ov.tiers.map((t) => el("span.edge", {title: `${t.kind}: ${t.latency_us} µs, ${t.bandwidth_gb_per_s} GB/s per edge`},
+  fill($("tiers"), el("span.tiers-title", {text: "link figures of the cost model"}), ov.tiers.map((t) => el("span.edge", {title: `${t.kind}: ${t.latency_us} µs, ${t.bandwidth_gb_per_s} GB/s per edge`},
     el("b", {text: t.kind.replace("_", " ")}), ` ${t.latency_us} µs · ${t.bandwidth_gb_per_s} GB/s`)));
 }
 
-function setLive(state) {
+function showState(state) {
   const node = $("live");
   node.dataset.state = state;
   node.textContent = {live: "live", reconnecting: "reconnecting…", unauthorized: "token needed",
                       connecting: "connecting…"}[state] || state;
-  if (state === "unauthorized") askToken("The service refused the token (or needs one).");
+}
+
+function setLive(state) {
+  showState(state);
+  if (state === "unauthorized") askToken("The service refused the token.");
 }
 
 function onEvent(name, data) {
@@ -60,7 +64,7 @@ function onEvent(name, data) {
 }
 
 function report(err) {
-  if (err instanceof Unauthorized) askToken(err.message);
+  if (err instanceof Unauthorized) askToken(api.token ? `The service refused the token: ${err.message}.` : "");
   else { console.error(err); toast(String(err.message || err)); }
 }
 
@@ -72,6 +76,7 @@ function toast(text) {
 
 function askToken(reason) {
   if (closeStream) { closeStream(); closeStream = null; }
+  showState("unauthorized");
   $("login-reason").textContent = reason || "";
   $("login").hidden = false;
   $("token").focus();

@@ -194,9 +194,14 @@ export class TrafficPanel {
       chart.append(svg("rect", {x: 4 + (i - lo) * bw + 1, y: H - h, width: bw - 2, height: h, class: `bar t-${tier}`},
         svg("title", {text: `${lower} – ${upper}: ${counts[i]} transfer(s)`})));
     }
+    const edge = (i) => (i === 0 ? "0" : i - 1 < bounds.length ? fmtSeconds(bounds[i - 1]) : "∞");
+    const mid = Math.round((lo + hi + 1) / 2);
     chart.append(svg("line", {x1: 4, y1: H + 0.5, x2: W - 4, y2: H + 0.5, class: "axis"}),
-      svg("text", {x: 4, y: H + 13, class: "tick", text: lo === 0 ? "0" : fmtSeconds(bounds[lo - 1])}),
-      svg("text", {x: W - 4, y: H + 13, class: "tick end", text: hi < bounds.length ? fmtSeconds(bounds[hi]) : "∞"}));
+      svg("text", {x: 4, y: H + 13, class: "tick", text: edge(lo)}),
+      svg("text", {x: 4 + (mid - lo) * bw, y: H + 13, class: "tick middle", text: edge(mid)}),
+      svg("line", {x1: 4 + (mid - lo) * bw, y1: H + 0.5, x2: 4 + (mid - lo) * bw, y2: H + 4, class: "axis"}),
+      svg("text", {x: W - 4, y: H + 13, class: "tick end", text: edge(hi + 1)}),
+      svg("text", {x: W - 4, y: 9, class: "tick end", text: `peak ${peak}`}));
     const count = t ? t.count : 0;
     return el("figure.histogram", {dataset: {tier, count: String(count)}},
       el("figcaption", {}, tierBadge(tier), el("span.muted", {text: ` ${count} transfer${count === 1 ? "" : "s"}` +
