@@ -25,7 +25,7 @@ from fastapi.responses import StreamingResponse
 from api.security import Role, require
 from api.settings import Settings
 from api.ui.decisions import decision_view
-from api.ui.fabric_view import host_detail, overview, pod_detail
+from api.ui.fabric_view import FabricIndex, Occupancy, host_detail, overview, pod_detail
 from api.ui.models import HostDetail, Overview, PodDetail
 from api.ui.state import UiState
 from api.ui.stream import UiFeed
@@ -89,7 +89,7 @@ def _ui(request: Request) -> UiState:
     return ui
 
 
-async def _view(request: Request) -> Any:
+async def _view(request: Request) -> tuple[FabricIndex, Occupancy, str]:
     view = await _ui(request).view()
     if view is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import secrets
 from typing import Any
 
 from api.placement_jobs import PlacementJob
@@ -45,6 +46,9 @@ class UiState:
         self._occupancy: Occupancy | None = None
         self._occupancy_version = 0
         self._placement_version = -1
+        #: Tells this process's versions and decision numbers from another's (a restarted
+        #: or different replica), so that a reconnecting page starts afresh.
+        self.boot = secrets.token_hex(4)
 
     async def view(self) -> tuple[FabricIndex, Occupancy, str] | None:
         """The fabric in force (None before the first), who runs where, and the version
@@ -64,7 +68,8 @@ class UiState:
             self._regs, self._placement_version = regs, self.tracker.version
             self._occupancy_version += 1
         assert self._index is not None
-        return self._index, self._occupancy, f"{self._fabric_version}.{self._occupancy_version}"
+        version = f"{self.boot}.{self._fabric_version}.{self._occupancy_version}"
+        return self._index, self._occupancy, version
 
     async def _registrations(self) -> list[WorkerRegistration]:
         try:
@@ -96,4 +101,5 @@ class UiState:
 
 
 def _same_objects(a: list[Any], b: list[Any]) -> bool:
-    return len(a) == len(b) and all(map(operator.is_, a, b))
+    """Equal lists, by identity first (the stores hand back the objects they keep)."""
+    return len(a) == len(b) and (all(map(operator.is_, a, b)) or a == b)

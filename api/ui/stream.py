@@ -156,7 +156,7 @@ class UiFeed:
         """A new page's start, as of the frame just built: the newest decisions, then the
         version, placement and traffic last built."""
         items, skipped = self.ui.decisions.newest(0, DECISIONS_IN_SNAPSHOT)
-        hello = event("hello", {"interval_s": self.interval_s,
+        hello = event("hello", {"interval_s": self.interval_s, "boot": self.ui.boot,
                                 "decisions_kept": len(self.ui.decisions)})
         decisions = event("decisions", {"items": [decision_view(*item) for item in items],
                                         "skipped": skipped})

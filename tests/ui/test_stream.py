@@ -84,6 +84,7 @@ class _State:
 
     def __init__(self) -> None:
         self.decisions = RecentDecisions()
+        self.boot = "b00t"
         self.version = "1.1"
         self.views = 0
 

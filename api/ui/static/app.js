@@ -12,6 +12,7 @@ const decisions = new DecisionsPanel($("decisions"), $("decision-detail"), $("de
 const traffic = new TrafficPanel({histograms: $("histograms"), pairs: $("pair-select"), tiers: $("tier-table"),
                                   links: $("links"), alerts: $("alerts")}, fabric, toast);
 let version = null;
+let boot = null;
 let closeStream = null;
 
 function route() {
@@ -52,7 +53,11 @@ function setLive(state) {
 
 function onEvent(name, data) {
   $("updated").textContent = `updated ${fmtClock(Date.now() / 1000)}`;
-  if (name === "hello") setLive("live");
+  if (name === "hello") {
+    setLive("live");
+    if (boot !== null && data.boot !== boot) decisions.clear();  // another process now
+    boot = data.boot;
+  }
   else if (name === "decisions") decisions.add(data);
   else if (name === "traffic") traffic.set(data);
   else if (name === "placement") renderPlacement($("placement"), data);

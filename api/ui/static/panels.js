@@ -25,6 +25,14 @@ export class DecisionsPanel {
     this.skipped = 0;
   }
 
+  /** Forget every decision (the stream now comes from another process). */
+  clear() {
+    this.items = [];
+    this.pinned = null;
+    this.skipped = 0;
+    this.render();
+  }
+
   add(batch) {
     const newest = this.items.length ? this.items[0].seq : 0;
     const fresh = batch.items.filter((d) => d.seq > newest).reverse();
