@@ -17,12 +17,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from api.cli.demo import DEMO_WORKERS
 from api.demo.cluster import DemoCluster
 from api.demo.run import DemoDriver
 from api.demo.workload import AgenticWorkload
+from tests.api.service_builders import target
 from tests.ui.browser import Browser
 from tests.ui.service import OPERATOR_TOKEN, WORKER_TOKEN, serve
 from topology.build import build_fabric
@@ -133,6 +135,45 @@ def test_the_page_shows_the_fabric_a_route_and_its_transfer_live(
     browser.wait_for("document.querySelectorAll('.pod-detail .gpu').length === 32",
                      what="the pod zoom (4 hosts x 8 GPUs)")
     _shot(browser, "5-pod-zoom.png")
+    assert browser.errors == []
+
+
+def test_the_page_shows_the_placement_and_what_its_last_change_moved(
+        demo: DemoCluster, browser: Browser) -> None:
+    spec = build_fabric(load_inventory(packaged_config("clusters/example.yaml")))
+    busy = [h.gpu_name(g.index) for h in spec.hosts if h.rack.startswith("a1-") for g in h.gpus]
+    with httpx.Client(base_url=demo.url, timeout=30, trust_env=False) as http:
+        answer = http.post("/v1/placement/solve", json=target(gpu_type="H100", exclude=busy))
+        assert answer.status_code == 202, answer.text
+        browser.navigate(f"{demo.url}/ui")
+        browser.wait_for("document.querySelector('#placement .kv b')?.textContent === 'solve'",
+                         what="the solved placement", timeout_s=60)
+        placed = http.get("/v1/placement").json()["placement"]
+        pod = placed["instances"][0]["pod"]
+        browser.evaluate(f"location.hash = '#/pod/{pod}'")
+        inside = sum(len(i["gpus"]) for i in placed["instances"] if i["pod"] == pod)
+        browser.wait_for(f"document.querySelectorAll('.pod-detail .gpu.prefill, "
+                         f".pod-detail .gpu.decode').length === {inside}",
+                         what=f"the {inside} placed GPUs of pod {pod} coloured by role")
+        _shot(browser, "9-placement-pod-zoom.png")
+
+        # The operator asks for one more decode instance: the page says what moved.
+        answer = http.post("/v1/placement/solve", json=target(gpu_type="H100", exclude=busy,
+                                                              decode=3))
+        assert answer.status_code == 202, answer.text
+        heading = browser.wait_for(
+            "(document.querySelector('#placement .change h4')?.textContent || '')"
+            ".startsWith('last change')", what="what the new placement moved", timeout_s=60)
+        assert heading
+        after = http.get("/v1/placement").json()["placement"]
+    before_keys = {(i["role"], tuple(sorted(i["gpus"]))) for i in placed["instances"]}
+    added = [i for i in after["instances"]
+             if (i["role"], tuple(sorted(i["gpus"]))) not in before_keys]
+    assert added, "the second solve placed nothing new"
+    shown = browser.evaluate("[...document.querySelectorAll('#placement .moved.add b')]"
+                             ".map(n => n.textContent)")
+    assert sorted(shown) == sorted(i["id"] for i in added)
+    _shot(browser, "10-placement-change.png")
     assert browser.errors == []
 
 

@@ -213,12 +213,12 @@ export class FabricView {
   }
 
   gpuCell(gpu) {
-    const who = gpu.worker || gpu.instance;
     const title = `${gpu.name}` + (gpu.role ? ` · ${gpu.role}` : " · idle") +
       (gpu.instance ? ` · instance ${gpu.instance}` : "") + (gpu.worker ? ` · worker ${gpu.worker}` : "") +
       (gpu.tp ? ` · TP${gpu.tp}` : "");
     return el(`span.gpu${gpu.role ? "." + gpu.role : ""}${gpu.worker ? ".live" : ""}`,
-              {title, dataset: {gpu: gpu.name, who: who || ""}}, this.compact ? null : String(gpu.index));
+              {title, dataset: {gpu: gpu.name, instance: gpu.instance || "", worker: gpu.worker || ""}},
+              this.compact ? null : String(gpu.index));
   }
 
   instanceList(d) {
@@ -243,7 +243,7 @@ export class FabricView {
 
   focusInstance(id) {
     for (const node of this.root.querySelectorAll(".gpu")) {
-      node.classList.toggle("focus", id !== null && node.dataset.who === id);
+      node.classList.toggle("focus", id !== null && (node.dataset.instance === id || node.dataset.worker === id));
     }
     for (const path of this.root.querySelectorAll(".pair-layer path")) {
       const hit = id !== null && (path.dataset.prefill === id || path.dataset.decode === id);
@@ -256,9 +256,17 @@ export class FabricView {
     const layer = this.pairLayer, d = this.detail;
     if (!layer || !d || !layer.isConnected) return;
     const box = layer.getBoundingClientRect();
+    const cellsOf = new Map();
+    for (const cell of this.root.querySelectorAll(".gpu")) {
+      for (const who of new Set([cell.dataset.instance, cell.dataset.worker])) {
+        if (!who) continue;
+        if (!cellsOf.has(who)) cellsOf.set(who, []);
+        cellsOf.get(who).push(cell);
+      }
+    }
     const centre = (id) => {
-      const cells = [...this.root.querySelectorAll(".gpu")].filter((n) => n.dataset.who === id);
-      if (!cells.length) return null;
+      const cells = cellsOf.get(id);
+      if (!cells) return null;
       const r = cells[0].getBoundingClientRect(), s = cells[cells.length - 1].getBoundingClientRect();
       return [(r.left + s.right) / 2 - box.left, (r.top + s.bottom) / 2 - box.top];
     };

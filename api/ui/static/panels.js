@@ -23,6 +23,7 @@ export class DecisionsPanel {
     this.items = [];
     this.pinned = null;
     this.skipped = 0;
+    this.render();
   }
 
   /** Forget every decision (the stream now comes from another process). */
@@ -142,6 +143,7 @@ export class TrafficPanel {
     fill(select, el("option", {value: "", text: `all domain pairs (${keys.length})`}),
          keys.map((k) => el("option", {value: k, text: k})));
     select.value = keys.includes(this.pair) ? this.pair : "";
+    select.hidden = keys.length === 0;
     this.pair = select.value;
   }
 
