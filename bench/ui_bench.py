@@ -48,9 +48,9 @@ sys.path.insert(0, str(ROOT))
 from bench import harness  # noqa: E402
 from bench.route_http_bench import (  # noqa: E402
     Pool,
+    _wait_ready,
     closed_loop,
     cpu_seconds,
-    encode,
     register_workers,
     route_request,
 )
@@ -114,19 +114,6 @@ def server(fabric: Path, interval_s: float) -> Iterator[tuple[int, subprocess.Po
         raise
     finally:
         stop_process(process)
-
-
-async def wait_ready(pool: Pool, port: int, limit_s: float = 300.0) -> None:
-    """Until ``/readyz`` answers 200 (a large fabric takes a while to load)."""
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        try:
-            if (await pool.call(port, encode("GET", "/readyz")))[0] == 200:
-                return
-        except OSError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"server on port {port} not ready in {limit_s:.0f} s")
 
 
 class Pages:
@@ -212,7 +199,7 @@ def compare_pages(fabric: Path, gpus: list[str], interval_s: float,
     with server(fabric, interval_s) as (port, process):
         crowd = Pages(port)
         try:
-            loop.run_until_complete(wait_ready(pool, port))
+            loop.run_until_complete(_wait_ready(pool, port, 300))
             loop.run_until_complete(register_workers(pool, port, gpus))
             loop.run_until_complete(closed_loop(_sender(pool, port, 10_000_000), 300, 2, 60))
             sides = [_side(name, pages, process.pid, crowd, loop, pool, args, server_cpu)
@@ -289,7 +276,7 @@ def browser_render(fabric: Path, workdir: Path) -> dict[str, Any] | None:
         return None
     pool, loop = Pool(), asyncio.new_event_loop()
     with server(fabric, 1.0) as (port, _):
-        loop.run_until_complete(wait_ready(pool, port))
+        loop.run_until_complete(_wait_ready(pool, port, 300))
         pool.close()
         loop.close()
         browser = Browser(workdir)

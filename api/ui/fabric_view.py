@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from api.ui.models import (
-    Counts,
     DomainView,
     EdgeTier,
     GpuCell,
@@ -35,6 +34,7 @@ from scheduler.placement import Placement
 from scheduler.transfer.plan import WorkerRegistration
 from topology.errors import NotFoundError
 from topology.spec import FabricSpec, HostSpec, LeafSpec, nvlink_count
+from topology.summary import summarize
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,19 +179,12 @@ def overview(index: FabricIndex, occupancy: Occupancy, version: str) -> Overview
                            pods=tuple(_pod_view(index, occupancy, p.name, p.uplink_gbit)
                                       for p in spec.pods if p.zone == z.name))
                   for z in spec.zones)
-    gpu_types: dict[str, int] = defaultdict(int)
-    for host in spec.hosts:
-        gpu_types[host.gpu_type] += len(host.gpus)
-    counts = Counts(zones=len(spec.zones), pods=len(spec.pods), leaves=len(spec.leaves),
-                    racks=len(spec.racks), hosts=len(spec.hosts), gpus=sum(gpu_types.values()),
-                    nics=sum(len(h.nics) for h in spec.hosts), workers=occupancy.workers,
-                    instances=occupancy.placed)
     tiers = tuple(EdgeTier(kind=kind, latency_us=figures.latency_us,
                            bandwidth_gb_per_s=figures.bandwidth_gb_per_s)
                   for kind, figures in spec.links.edges)
-    return Overview(version=version, name=spec.name, counts=counts, gpu_types=dict(gpu_types),
-                    tiers=tiers, nvlink_domains=tuple(index.domains.values()), zones=zones,
-                    warnings=spec.warnings + spec.conflicts)
+    return Overview(version=version, summary=summarize(spec), workers=occupancy.workers,
+                    instances=occupancy.placed, tiers=tiers,
+                    nvlink_domains=tuple(index.domains.values()), zones=zones)
 
 
 def _pod_view(index: FabricIndex, occupancy: Occupancy, pod: str,

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from topology.summary import FabricSummary
+
 Role = Literal["prefill", "decode", "both"]
 
 
@@ -84,31 +86,16 @@ class DomainView(_Out):
     nvlinks_per_gpu: int
 
 
-class Counts(_Out):
-    """How big the fabric is."""
-
-    zones: int
-    pods: int
-    leaves: int
-    racks: int
-    hosts: int
-    gpus: int
-    nics: int
-    workers: int = Field(description="registered workers")
-    instances: int = Field(description="instances of the placement in force")
-
-
 class Overview(_Out):
     """The whole fabric at cluster zoom (no GPU-level detail)."""
 
     version: str = Field(description="changes with the fabric, placement or workers")
-    name: str
-    counts: Counts
-    gpu_types: dict[str, int]
+    summary: FabricSummary
+    workers: int = Field(description="registered workers")
+    instances: int = Field(description="instances of the placement in force")
     tiers: tuple[EdgeTier, ...]
     nvlink_domains: tuple[DomainView, ...]
     zones: tuple[ZoneView, ...]
-    warnings: tuple[str, ...]
 
 
 class GpuCell(_Out):

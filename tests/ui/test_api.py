@@ -88,7 +88,7 @@ def test_every_read_takes_the_api_token(client: TestClient, path: str) -> None:
 def test_the_cluster_zoom_is_one_tile_per_host_with_roles(client: TestClient,
                                                           spec: FabricSpec) -> None:
     overview = _get(client, "/v1/ui/overview")
-    assert overview["counts"]["gpus"] == 24 and overview["counts"]["workers"] == 2
+    assert overview["summary"]["gpus"] == 24 and overview["workers"] == 2
     tiles = {t["name"]: t for z in overview["zones"] for p in z["pods"] for r in p["racks"]
              for t in r["hosts"]}
     assert set(tiles) == {h.name for h in spec.hosts}

@@ -30,11 +30,14 @@ async function loadOverview() {
 
 function renderCounts(ov) {
   if (!ov) { fill($("counts"), el("span.muted", {text: "no fabric"})); return; }
-  const c = ov.counts;
-  fill($("cluster-name"), ov.name);
+  const c = ov.summary;
+  fill($("cluster-name"), c.name);
   fill($("counts"), [["zones", c.zones], ["pods", c.pods], ["leaves", c.leaves], ["hosts", c.hosts],
-    ["GPUs", c.gpus], ["NICs", c.nics], ["workers", c.workers], ["placed", c.instances]].map(([k, v]) =>
-    el("span.count", {}, el("b", {text: v.toLocaleString()}), ` ${k}`)));
+    ["GPUs", c.gpus], ["NICs", c.nics], ["workers", ov.workers], ["placed", ov.instances]].map(([k, v]) =>
+    el("span.count", {}, el("b", {text: v.toLocaleString()}), ` ${k}`)),
+    c.warnings.length || c.conflicts.length ? el("span.warnings", {
+      title: [...c.conflicts.map((x) => `CONFLICT: ${x}`), ...c.warnings].join("\n"),
+      text: `⚠ ${c.conflicts.length + c.warnings.length} fabric warning(s)`}) : null);
   fill($("tiers"), el("span.tiers-title", {text: "link figures of the cost model"}), ov.tiers.map((t) => el("span.edge", {title: `${t.kind}: ${t.latency_us} µs, ${t.bandwidth_gb_per_s} GB/s per edge`},
     el("b", {text: t.kind.replace("_", " ")}), ` ${t.latency_us} µs · ${t.bandwidth_gb_per_s} GB/s`)));
 }

@@ -116,7 +116,7 @@ export class FabricView {
   }
 
   renderCrumbs() {
-    const parts = [el("a", {href: "#/", text: this.overview ? this.overview.name : "cluster"})];
+    const parts = [el("a", {href: "#/", text: this.overview ? this.overview.summary.name : "cluster"})];
     const d = this.detail;
     if (d && this.route.level === "pod") parts.push(el("span", {text: d.zone}), el("b", {text: d.name}));
     if (d && this.route.level === "host") {
@@ -129,7 +129,7 @@ export class FabricView {
   // -- cluster ---------------------------------------------------------------------
   cluster() {
     const ov = this.overview;
-    this.big = ov.counts.hosts <= BIG_TILES_UP_TO;
+    this.big = ov.summary.hosts <= BIG_TILES_UP_TO;
     return el("div.zones", {}, ov.zones.map((zone) => el("section.zone", {dataset: {zone: zone.name}},
       el("header", {},
         el("h3", {text: zone.name}), zone.region ? el("span.muted", {text: zone.region}) : null,
