@@ -47,17 +47,23 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.route_http_bench import (  # noqa: E402
+    WORKERS,
     Pool,
+    _registration,
     _wait_ready,
     closed_loop,
     cpu_seconds,
-    register_workers,
+    encode,
     route_request,
 )
 from tests.servers import free_port, stop_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 TAG = "ui"
+#: KV blocks per worker: no sidecar finishes the queued transfers, so each route keeps
+#: its blocks; prefix affinity sends a family of prompts to the same pair, and 4,096
+#: blocks (the route bench's) ran out on some decode workers within one run.
+BLOCKS = 65_536
 #: A page: reads the event stream, parses each event's JSON as the page's script does,
 #: says "connected" on its first event and its totals (JSON) when told to stop.
 PAGE = r"""
@@ -150,6 +156,14 @@ class Pages:
         if got:
             self.received.setdefault(self.owner, []).append(_sum(got))
         self.open = []
+
+
+async def register_workers(pool: Pool, port: int, gpus: list[str]) -> None:
+    """256 workers, two GPUs each, alternating prefill and decode, ``BLOCKS`` each."""
+    for i in range(WORKERS):
+        reg = _registration(f"w{i:03d}", "prefill" if i % 2 == 0 else "decode",
+                            gpus[2 * i:2 * i + 2], BLOCKS)
+        await pool.expect(port, encode("POST", "/v1/workers", reg), 201)
 
 
 # -- the comparison ------------------------------------------------------------------------------
@@ -380,7 +394,7 @@ def main() -> None:
     """Run everything and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_arguments(parser, repeats=5, warmup=1)
-    parser.add_argument("--requests", type=int, default=4000, help="routes per repetition")
+    parser.add_argument("--requests", type=int, default=3000, help="routes per repetition")
     parser.add_argument("--in-flight", type=int, default=4)
     parser.add_argument("--intervals", default="1,0.1", help="page ticks to compare at (s)")
     parser.add_argument("--no-browser", action="store_true")
