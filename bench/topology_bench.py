@@ -36,11 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-<<<<<<< HEAD
 from bench import harness, topology_inputs  # noqa: E402
-=======
-from bench import harness  # noqa: E402
->>>>>>> main
 from topology.distance import DistanceModel  # noqa: E402
 from topology.graph import build_graph, gpu_node, path_figures, shortest_path  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
@@ -176,59 +172,44 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arg", default="")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--hosts-per-rack", type=int, default=PARAMS["hosts_per_rack"])
-<<<<<<< HEAD
     parser.add_argument("--inputs-only", action="store_true",
-                        help="only the topology-input rows (bench/topology_inputs.py), "
-                        "appended to the existing report")
-    harness.add_arguments(parser, repeats=3)
-    args = parser.parse_args()
-=======
+                        help="only the topology-input rows (bench/topology_inputs.py), put "
+                        "in place of an earlier run's in the existing report")
     harness.add_arguments(parser, conditions=("awake",), repeats=5, warmup=1)
     args = parser.parse_args(argv)
->>>>>>> main
     if args.child:
         result = child_build_from_spec(json.loads(args.arg)) if args.child == "spec" \
             else child_build_from_captures(args.arg)
         print(json.dumps(result))
         return
-<<<<<<< HEAD
-    with harness.session(args, tag="topology") as session:
-        if not args.inputs_only:
-            params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
-            write_report(run_all(params), Path(args.out))
-        with harness.cpu_condition(session.conditions[0]) as condition:
-            inputs = topology_inputs.run(session.repeats, session.warmup, condition)
-        env = session.finish()
-    append_inputs(inputs, env, Path(args.out))
+    params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
+    command = ("flock /tmp/toposched-bench.lock .venv/bin/python bench/topology_bench.py "
+               + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    with harness.session(args, tag="topology-bench") as run, \
+            harness.cpu_condition(run.conditions[0]) as cond:
+        report = None if args.inputs_only else run_all(params, run)
+        inputs = topology_inputs.run(run.repeats, run.warmup, cond)
+    env = run.finish()
+    if report is not None:
+        report.update(environment=env, condition=cond.as_dict(), command=command)
+        write_report(report, Path(args.out))
+    append_inputs(inputs, env, command, Path(args.out))
 
 
-def append_inputs(inputs: dict[str, Any], env: dict[str, Any], out: Path) -> None:
-    """Add the topology-input rows (with the harness's environment lines) to the report,
-    replacing an earlier run's."""
+def append_inputs(inputs: dict[str, Any], env: dict[str, Any], command: str, out: Path) -> None:
+    """Put the topology-input rows (issues 11 and 16) in the report, replacing an earlier
+    run's, with their own environment lines; their data go to topology_inputs.json."""
     report = out / "topology.md"
     kept = report.read_text().split("\n## Topology inputs")[0].rstrip("\n") + "\n"
     lines = topology_inputs.markdown(inputs)
-    lines[2:2] = [*harness.environment_markdown(
-        env, "bench/topology_bench.py", ".venv/bin/python bench/topology_bench.py"), "",
-        harness.condition_line(inputs["rails"].condition), ""]
+    lines[2:2] = [*harness.environment_markdown(env, "bench/topology_bench.py", command),
+                  harness.condition_line(inputs["rails"].condition), ""]
     report.write_text(kept + "\n".join(lines) + "\n")
     data = {key: value.as_dict() if hasattr(value, "as_dict") else value
             for key, value in inputs.items() if key != "parse"}
     data["parse"] = {k: v.as_dict() for k, v in inputs["parse"].items()}
     harness.write_json(out / "topology_inputs.json", {"environment": env, **data})
     print("\n".join(lines))
-=======
-    params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
-    with harness.session(args, tag="topology-bench") as run, \
-            harness.cpu_condition(run.conditions[0]) as cond:
-        report = run_all(params, run)
-    report["environment"] = run.finish()
-    report["condition"] = cond.as_dict()
-    report["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
-                         "bench/topology_bench.py " + " ".join(
-                             argv if argv is not None else sys.argv[1:])).rstrip()
-    write_report(report, Path(args.out))
->>>>>>> main
 
 
 def run_all(params: dict[str, int], run: harness.Session) -> dict[str, Any]:
