@@ -258,6 +258,7 @@ class FabricBuilder:
         if not fabrics:
             return
         self.ib = analyse(fabrics)
+        self.ib.adopt_names(self.leaf_pod)
         hosts = [HostNics(h.name, tuple(n.device for n in h.nics), self.guids.get(h.name, {}))
                  for h in self.hosts.values()]
         placement = place_nics(self.ib, hosts)

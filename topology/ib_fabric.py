@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from topology.ibnetdiscover import AGGREGATION_NODE, IbFabric, IbLink, IbNode
 
@@ -65,6 +65,26 @@ class IbTopology:
     def host_cas(self) -> list[IbNode]:
         """HCAs that hang off a leaf (aggregation nodes and switches excluded)."""
         return [self.nodes[guid] for guid in self.attachments]
+
+    def adopt_names(self, declared: Iterable[str]) -> None:
+        """Call switches by the names an inventory declares for them: a declared leaf
+        that equals (ignoring case) a switch's fabric name, description, id
+        (``S-<guid>``) or GUID names that switch."""
+        wanted = {name.lower(): name for name in declared}
+        renames = {}
+        for guid, name in self.switch_name.items():
+            node = self.nodes[guid]
+            for alias in (name, node.description, f"S-{guid[2:]}", guid, guid[2:]):
+                if alias.lower() in wanted and wanted[alias.lower()] != name:
+                    renames[name] = wanted[alias.lower()]
+                    break
+        if not renames:
+            return
+        self.switch_name = {g: renames.get(n, n) for g, n in self.switch_name.items()}
+        self.pod_of_leaf = {renames.get(n, n): p for n, p in self.pod_of_leaf.items()}
+        self.leaf_uplink_gbit = {renames.get(n, n): g for n, g in self.leaf_uplink_gbit.items()}
+        self.attachments = {guid: [replace(a, switch=renames.get(a.switch, a.switch))
+                                   for a in found] for guid, found in self.attachments.items()}
 
 
 def analyse(fabrics: Sequence[IbFabric]) -> IbTopology:

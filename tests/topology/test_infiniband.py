@@ -194,3 +194,19 @@ def test_a_broken_subnet_capture_is_422_naming_the_line(client: TestClient) -> N
                         headers=bearer())
     assert answer.status_code == 422
     assert ":2: cannot read this port line" in answer.json()["detail"]
+
+
+def test_an_inventory_may_name_the_leaves_its_own_way(subnet_text: str, tmp_path: Path) -> None:
+    """Rails declared by GUID, by description or in another case still match the switch."""
+    (tmp_path / "subnet.out").write_text(subnet_text)
+    rails = "['0x2c5eab0300b87a80', a09-p1-ibleaf-02-02, 'MF0;A09-P1-IBLEAF-03-02:MQM9701/U1', " \
+            "S-2c5eab0300b87bc0]"
+    hosts = {h: {"nvsmi": NVSMI} for h in HOSTS}
+    text = one_rack_inventory(hosts, top="ibnetdiscover: [subnet.out]\n")
+    (tmp_path / "inventory.yaml").write_text(text.replace("          - name: r\n",
+                                                          f"          - name: r\n"
+                                                          f"            rails: {rails}\n"))
+    spec = build_fabric(load_inventory(tmp_path / "inventory.yaml"))
+    assert not spec.conflicts
+    leaves = {n.device: n.leaf for n in spec.host(C01).nics if n.device in ("mlx5_0", "mlx5_5")}
+    assert leaves == {"mlx5_0": "0x2c5eab0300b87a80", "mlx5_5": "S-2c5eab0300b87bc0"}
