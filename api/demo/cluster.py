@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,11 +28,12 @@ class DemoError(ToposchedError):
 
 @dataclass(frozen=True)
 class SidecarSpec:
-    """One worker of the demo: its name, role and fabric GPU."""
+    """One worker of the demo: its name, role, fabric GPU and KV pool (blocks)."""
 
     name: str
     role: str
     gpu: str
+    kv_blocks: int
 
 
 @dataclass
@@ -41,7 +43,10 @@ class DemoCluster:
     workdir: Path
     model: str
     block_bytes: int
-    kv_blocks: int
+    #: Tokens per KV block the sidecars register (the demo hashes prompts with it).
+    block_tokens: int
+    #: How long each fake engine's decode request runs before it releases its KV.
+    decode_ms: float
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -57,16 +62,19 @@ class DemoCluster:
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                    "scheduler")
 
-    def start_sidecar(self, spec: SidecarSpec) -> None:
-        """Start one sidecar (NIXL agent, fake engine) and wait until it serves."""
-        state = self.workdir / f"{spec.name}.state.json"
-        self._spawn(spec.name, [
-            "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
-            "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(self.kv_blocks),
-            "--block-bytes", str(self.block_bytes), "--state-file", str(state),
-            "--poll-wait", "2", "--host", spec.gpu.split("/")[0]])
-        self._wait(lambda: state.exists() and json.loads(state.read_text())["state"] == "serving",
-                   f"sidecar {spec.name}")
+    def start_sidecars(self, specs: Sequence[SidecarSpec]) -> None:
+        """Start the sidecars (NIXL agents, fake engines) at once; wait until all serve."""
+        states = {spec.name: self.workdir / f"{spec.name}.state.json" for spec in specs}
+        for spec in specs:
+            self._spawn(spec.name, [
+                "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
+                "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(spec.kv_blocks),
+                "--block-bytes", str(self.block_bytes), "--block-tokens",
+                str(self.block_tokens), "--fake-decode-ms", str(self.decode_ms),
+                "--state-file", str(states[spec.name]), "--poll-wait", "2",
+                "--host", spec.gpu.split("/")[0]])
+        for name, state in states.items():
+            self._wait(_serving(state), f"sidecar {name}")
 
     def _spawn(self, name: str, args: list[str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
@@ -75,12 +83,12 @@ class DemoCluster:
                                             stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
 
-    def _wait(self, ready: object, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                if ready():  # type: ignore[operator]
+                if ready():
                     return
             except (httpx.TransportError, OSError, ValueError, KeyError):
                 pass
@@ -106,6 +114,11 @@ class DemoCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def _serving(state: Path) -> Callable[[], bool]:
+    """Whether the sidecar writing ``state`` serves."""
+    return lambda: state.exists() and json.loads(state.read_text())["state"] == "serving"
 
 
 def _free_port() -> int:
