@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 
@@ -81,7 +82,7 @@ def test_routes_follow_the_pairings_of_a_solved_placement(tmp_path: Path) -> Non
         assert len(pairs) == 2 and all("/" in name for pair in pairs for name in pair)
         for instance in placement["instances"]:
             gpus = [arg for gpu in instance["gpus"] for arg in ("--gpu", gpu)]
-            c.sidecar(instance["id"], kv_blocks=64, extra=(
+            c.sidecar(instance["id"], kv_blocks=64, decode_ms=300, extra=(
                 "--role", instance["role"], "--model", MODEL, *gpus))
         time.sleep(LEASE_TTL_S)  # every sidecar renews its lease at least twice
         assert _route_rounds(c, 0) == pairs  # every route on a pairing, both used
@@ -100,3 +101,13 @@ def test_routes_follow_the_pairings_of_a_solved_placement(tmp_path: Path) -> Non
         assert sorted(w["registration"]["name"] for w in workers) == sorted(
             i["id"] for i in placement["instances"])
         assert {w["lease"]["epoch"] for w in workers} == {1}, "nobody registered again"
+        # Nobody released anything by hand: each transfer's end gave back the prefill
+        # load, each fake engine's end of its request the decode load and blocks.
+        wait_for(lambda: _idle(c, workers), 15, "every load and block to come back")
+
+
+def _idle(c: Cluster, workers: list[dict[str, Any]]) -> bool:
+    loads = [c.http.get(f"{c.url}/v1/workers/{quote(w['registration']['name'], safe='')}"
+                        "/load").json() for w in workers]
+    free = [w["free_blocks"] for w in c.http.get(f"{c.url}/v1/workers").json()]
+    return all(load["tokens"] == load["requests"] == 0 for load in loads) and free == [64] * 4
