@@ -177,8 +177,8 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
     ``name`` it registers, the ``worker`` of the reports and KV events it posts. The
     shared worker token may register any worker (the answer carries that worker's own
     token in ``X-Worker-Token``) but not act on one by name; operators may do anything.
-    Route paths in ``shared`` (templates, e.g. ``/v1/workers/{name}/load/release``)
-    are open to any worker credential.
+    Route paths in ``shared`` (templates as the routes declare them, e.g.
+    ``/v1/workers/{name:path}/load``) are open to any worker credential.
     """
     async def dependency(request: Request, response: Response) -> None:
         auth: TokenAuth = request.app.state.auth
@@ -238,6 +238,7 @@ WORKER_TOKEN_HEADER = "X-Worker-Token"
 #: Requests whose body names the worker(s) they act for: (method, route) → field.
 _BODY_WORKER = {("POST", REGISTER_PATH): "name",
                 ("POST", "/v1/transfers/{plan_id}/report"): "worker",
+                ("POST", "/v1/transfers/{plan_id}/release"): "worker",
                 ("POST", "/v1/kv-events"): "worker"}
 _SCOPE_KEY = "toposched.identity"
 
