@@ -34,8 +34,8 @@ KV_BYTES = 2_684_354_560  # an 8K-token Llama-3-70B prompt in fp16 (320 KiB/toke
 #: decode worker with room to spare and no prefill worker: the router sends KV across
 #: the zones when zone a's decode memory is taken, and keeps it close otherwise.
 DEMO_WORKERS = (
-    SidecarSpec("prefill-a0", "prefill", "a1-r0-h00/gpu0", kv_blocks=64),
-    SidecarSpec("prefill-a1", "prefill", "a1-r0-h01/gpu0", kv_blocks=64),
+    SidecarSpec("prefill-a", "prefill", "a1-r0-h00/gpu0", kv_blocks=64),
+    SidecarSpec("prefill-a2", "prefill", "a1-r0-h01/gpu0", kv_blocks=64),
     SidecarSpec("decode-a-nvlink", "decode", "a1-r0-h00/gpu4", kv_blocks=16),
     SidecarSpec("decode-a-rail", "decode", "a1-r1-h00/gpu0", kv_blocks=16),
     SidecarSpec("decode-b", "decode", "b1-r0-h00/gpu0", kv_blocks=96),

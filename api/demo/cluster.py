@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from api.demo.workload import BLOCK_TOKENS
 from topology.errors import ToposchedError
 
 START_TIMEOUT_S = 30.0
@@ -28,12 +29,13 @@ class DemoError(ToposchedError):
 
 @dataclass(frozen=True)
 class SidecarSpec:
-    """One worker of the demo: its name, role, fabric GPU and KV pool (blocks)."""
+    """One worker of the demo: its name, role, fabric GPU and KV pool (blocks; None: the
+    cluster's default)."""
 
     name: str
     role: str
     gpu: str
-    kv_blocks: int
+    kv_blocks: int | None = None
 
 
 @dataclass
@@ -43,10 +45,12 @@ class DemoCluster:
     workdir: Path
     model: str
     block_bytes: int
+    #: KV blocks of a sidecar whose spec names none.
+    kv_blocks: int = 256
     #: Tokens per KV block the sidecars register (the demo hashes prompts with it).
-    block_tokens: int
+    block_tokens: int = BLOCK_TOKENS
     #: How long each fake engine's decode request runs before it releases its KV.
-    decode_ms: float
+    decode_ms: float = 1000.0
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -62,13 +66,18 @@ class DemoCluster:
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                    "scheduler")
 
+    def start_sidecar(self, spec: SidecarSpec) -> None:
+        """Start one sidecar and wait until it serves."""
+        self.start_sidecars([spec])
+
     def start_sidecars(self, specs: Sequence[SidecarSpec]) -> None:
         """Start the sidecars (NIXL agents, fake engines) at once; wait until all serve."""
         states = {spec.name: self.workdir / f"{spec.name}.state.json" for spec in specs}
         for spec in specs:
             self._spawn(spec.name, [
                 "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
-                "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(spec.kv_blocks),
+                "--gpu", spec.gpu, "--model", self.model,
+                "--kv-blocks", str(spec.kv_blocks or self.kv_blocks),
                 "--block-bytes", str(self.block_bytes), "--block-tokens",
                 str(self.block_tokens), "--fake-decode-ms", str(self.decode_ms),
                 "--state-file", str(states[spec.name]), "--poll-wait", "2",
