@@ -134,7 +134,7 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     started = time.perf_counter()
     current = services.current
     entries, loads = await coordinator.store.list_with_loads(runtime.loads)
-    snapshot = services.snapshots.snapshot(
+    snapshot = await services.snapshots.current(
         fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link())

@@ -67,7 +67,7 @@ class TtftTerms(BaseModel):
 ROW_BUDGET_BYTES = 64 << 20
 #: Rows kept whatever the budget: more than the prefill candidates of one decision.
 MIN_ROWS = 48
-_ENTRY_BYTES = 1 + 8 + 8
+_ENTRY_BYTES = 8 + 8 + 8
 #: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
 _MAX_MEMO = 65_536
 
@@ -90,7 +90,7 @@ class FabricRows:
         budget = ROW_BUDGET_BYTES if budget_bytes is None else budget_bytes
         self.capacity = max(MIN_ROWS, budget // max(self.size * _ENTRY_BYTES, 1))
         # np.empty reserves address space; pages are touched only as rows are filled.
-        self.tier = np.empty((self.capacity, self.size), dtype=np.int8)
+        self.tier = np.empty((self.capacity, self.size), dtype=np.int64)
         self.latency_s = np.empty((self.capacity, self.size))
         self.bandwidth = np.empty((self.capacity, self.size))
         self._slot_of = np.full(self.size, -1, dtype=np.int64)
@@ -98,6 +98,8 @@ class FabricRows:
         self._used = np.zeros(self.capacity, dtype=np.int64)
         self._tick = 0
         self._filled = 0
+        #: Grows whenever a row is evicted: row offsets remembered elsewhere are stale.
+        self.generation = 0
         #: Fabric index of GPU names, for the pair tables built over these rows.
         self.gpu_index = GpuIndex(distance)
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
@@ -142,6 +144,7 @@ class FabricRows:
         if used[slot] == np.iinfo(np.int64).max:
             raise ValueError(f"one decision needs more than {self.capacity} fabric rows")
         self._slot_of[self._gpu_in[slot]] = -1
+        self.generation += 1
         return slot
 
     def links(self, a: int, b: int) -> tuple[str, ...]:
@@ -182,9 +185,15 @@ class PairTable:
         self.distance = distance
         self.rows = rows if rows is not None else FabricRows(distance)
         self.gpu = self.rows.gpu_index.first_gpus(workers)
-        self.count = np.fromiter(map(len, map(_GPUS, workers)), dtype=np.int64,
+        self.count = np.fromiter(map(len, map(_GPUS, workers)), dtype=np.float64,
                                  count=len(workers))
+        uniform = len(workers) > 0 and self.count.min() == self.count.max()
+        self._lanes = float(self.count[0]) if uniform else None  # all workers alike
         self._factors: FloatArray | None = None
+        #: Per position, where its first GPU's row starts in the rows' flat arrays (-1:
+        #: not looked up yet), valid while no row was evicted (``rows.generation``).
+        self._offset = np.full(len(workers), -1, dtype=np.int64)
+        self._generation = -1
 
     def scale(self, factors: FloatArray | None) -> None:
         """Multiply the fabric's figures by per-tier ``factors`` (rows indexed by tier
@@ -193,25 +202,46 @@ class PairTable:
         self._factors = None if factors is None else np.array(factors, dtype=np.float64)
 
     def figures(self, prefill: IntArray, decode: IntArray
-                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
         """Tier, latency (s), bandwidth (GB/s) and lanes of every (prefill, decode) pair of
-        snapshot positions (rows: prefill, columns: decode)."""
+        snapshot positions (rows: prefill, columns: decode); the lanes are one number
+        when every worker has as many GPUs."""
         rows = self.rows
-        flat = rows.slots(self.gpu[prefill])[:, None] * rows.size + self.gpu[decode]
-        tier = rows.tier.take(flat).astype(np.int64)
+        flat = self._offsets(prefill)[:, None] + self.gpu.take(decode)
+        tier = rows.tier.take(flat)
         latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
         if self._factors is not None:
             latency = latency * self._factors[tier, 0]
             bandwidth = bandwidth * self._factors[tier, 1]
-        lanes = np.minimum(self.count[prefill][:, None], self.count[decode]).astype(np.float64)
+        if self._lanes is not None:
+            return tier, latency, bandwidth, self._lanes
+        lanes = np.minimum(self.count[prefill][:, None], self.count[decode])
         return tier, latency, bandwidth, lanes
+
+    def _offsets(self, prefill: IntArray) -> IntArray:
+        """Row offsets of the prefill positions, computing and remembering missing ones."""
+        rows = self.rows
+        if self._generation == rows.generation and len(prefill):
+            offsets: IntArray = self._offset.take(prefill)
+            if offsets.min() >= 0:
+                return offsets
+        slots = rows.slots(self.gpu[prefill])  # may evict rows: then forget every offset
+        if self._generation != rows.generation:
+            self._offset.fill(-1)
+            self._generation = rows.generation
+        self._offset[prefill] = slots * rows.size
+        found: IntArray = self._offset.take(prefill)
+        return found
 
     def pair(self, p: int, d: int) -> tuple[int, float, float, int]:
         """Tier, latency (s), bandwidth (GB/s) and lanes of the pair of positions (p, d)."""
-        rows, gpu = self.rows, int(self.gpu[d])
-        slot = rows.slot(int(self.gpu[p]))
-        tier = int(rows.tier[slot, gpu])
-        latency, bandwidth = rows.latency_s[slot, gpu], rows.bandwidth[slot, gpu]
+        rows = self.rows
+        offset = int(self._offset[p]) if self._generation == rows.generation else -1
+        if offset < 0:
+            offset = int(self._offsets(np.array([p], dtype=np.int64))[0])
+        at = offset + int(self.gpu[d])
+        tier = int(rows.tier.item(at))
+        latency, bandwidth = rows.latency_s.flat[at], rows.bandwidth.flat[at]
         if self._factors is not None:
             latency, bandwidth = (latency * self._factors[tier, 0],
                                   bandwidth * self._factors[tier, 1])
