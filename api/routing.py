@@ -22,8 +22,6 @@ from topology.distance import DistanceModel
 from topology.errors import NotFoundError
 from topology.spec import FabricSpec
 
-#: Tokens per KV block when hashing token ids (the state document's default).
-BLOCK_TOKENS = 512
 #: KV bytes per token when the request names no known model (Llama-3-70B fp16).
 DEFAULT_KV_BYTES_PER_TOKEN = 327_680
 

@@ -51,7 +51,8 @@ class StrictNumbers:
         messages, body = await _read(receive)
         document = None
         if b"true" in body or b"false" in body:  # else there is no boolean to find
-            with contextlib.suppress(ValueError):  # not JSON: the route's parsing answers it
+            # not JSON (or nested too deep to parse): the route's own parsing answers it
+            with contextlib.suppress(ValueError, RecursionError):
                 document = json.loads(body)
         found = list(_booleans(document, schema, schema.get("$defs", {}), ("body",)))
         if not found:

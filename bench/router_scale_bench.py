@@ -392,7 +392,19 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Namespace) -> str:
+def decision_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| workers | decisions | n x n table (anchor) CPU p50 / p99 µs | fabric rows "
+             "(candidate) CPU p50 / p99 µs | same decisions |",
+             "| ---: | ---: | ---: | ---: | --- |"]
+    lines += [f"| {r['workers']:,} | {r['decisions']:,} | {r['anchor_cpu_p50_us']} / "
+              f"{r['anchor_cpu_p99_us']} | {r['candidate_cpu_p50_us']} / "
+              f"{r['candidate_cpu_p99_us']} | {'yes' if r['same_decisions'] else 'NO'} |"
+              for r in rows]
+    return "\n".join(lines)
+
+
+def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Namespace,
+           decisions: list[dict[str, Any]]) -> str:
     return "\n".join([
         "# Routing at scale", "",
         f"`bench/router_scale_bench.py` on {platform.machine()} (Python "
@@ -408,7 +420,15 @@ def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Name
         "CPU* is the server process's CPU time over that request; the /healthz columns are "
         "the answers of a probe running all through the changes, so their maximum bounds "
         "how long the event loop stalled. Past 10,240 workers, workers share GPUs (the "
-        "fabric stays at 10,240 GPUs): what grows is the worker count.", ""])
+        "fabric stays at 10,240 GPUs): what grows is the worker count.", "",
+        "## Per-decision cost (in process)", "",
+        "One `Router.route` with the default policy over `bench/router_bench.py`'s setup "
+        "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
+        "index), CPU time per call: the previous pair table (tier, latency, bandwidth "
+        "and lanes of all n² worker pairs precomputed, kept in this bench as the anchor) "
+        "against fabric rows computed per source GPU on first use. Both routers take the "
+        "same requests in alternating rounds; their decisions are compared in full.", "",
+        decision_table(decisions), ""])
 
 
 def main() -> None:
@@ -423,6 +443,8 @@ def main() -> None:
                         help="largest size the anchor runs (its pair table is quadratic)")
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--ready-s", type=float, default=600.0)
+    parser.add_argument("--decisions", type=int, default=4000,
+                        help="decisions per router in the per-decision comparison (0: skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
@@ -449,11 +471,13 @@ def main() -> None:
             agreement.append(f"{workers:,} workers: anchor and candidate made "
                              f"{'the same' if same else 'DIFFERENT'} {len(run.decisions)} "
                              "decisions.")
+    decisions = [decision_ab(n, args.decisions) for n in (256, 1024)] if args.decisions else []
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "router_scale.json").write_text(json.dumps(
-        {"rows": rows, "agreement": agreement}, indent=2) + "\n")
-    (args.out / "router_scale.md").write_text(report(rows, agreement, args))
-    print(report(rows, agreement, args))
+        {"rows": rows, "agreement": agreement, "decisions": decisions}, indent=2) + "\n")
+    text = report(rows, agreement, args, decisions)
+    (args.out / "router_scale.md").write_text(text)
+    print(text)
 
 
 if __name__ == "__main__":

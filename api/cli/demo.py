@@ -15,7 +15,7 @@ from rich.table import Table
 from api.cli.output import print_json
 from api.demo.cluster import DemoCluster, SidecarSpec
 from api.demo.run import DemoDriver, DemoStats, drive
-from api.demo.workload import AgenticWorkload
+from api.demo.workload import BLOCK_TOKENS, AgenticWorkload
 from topology.build import build_fabric
 from topology.distance import DistanceModel
 from topology.documents import packaged_config
@@ -77,7 +77,7 @@ def _live(spec: FabricSpec, args: argparse.Namespace) -> int:
         workdir = Path(tmp)
         spec.save(workdir / "fabric.json")
         cluster = DemoCluster(workdir, model="llama-3-8b", block_bytes=args.block_mib << 20,
-                              kv_blocks=256)
+                              kv_blocks=256, block_tokens=BLOCK_TOKENS)
         try:
             console.print(render_text(summarize(spec)))
             console.print("starting the scheduler and 5 sidecars (NIXL agents) …")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -42,8 +43,17 @@ class DemoCluster:
     model: str
     block_bytes: int
     kv_blocks: int
+    block_tokens: int = 16
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Authentication is on, as in a deployment: fresh tokens for every run.
+    worker_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the demo's own calls (it acts for every worker: operator)."""
+        return {"Authorization": f"Bearer {self.operator_token}"}
 
     @property
     def url(self) -> str:
@@ -53,7 +63,9 @@ class DemoCluster:
     def start_scheduler(self, fabric: Path) -> None:
         """Start ``toposched serve`` on a free loopback port with the fabric loaded."""
         self.port = _free_port()
-        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)])
+        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)],
+                    {"TOPOSCHED_WORKER_TOKEN": self.worker_token,
+                     "TOPOSCHED_OPERATOR_TOKEN": self.operator_token})
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                    "scheduler")
 
@@ -64,13 +76,15 @@ class DemoCluster:
             "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
             "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(self.kv_blocks),
             "--block-bytes", str(self.block_bytes), "--state-file", str(state),
-            "--poll-wait", "2", "--host", spec.gpu.split("/")[0]])
+            "--block-tokens", str(self.block_tokens),
+            "--poll-wait", "2", "--host", spec.gpu.split("/")[0]],
+            {"TOPOSCHED_WORKER_TOKEN": self.worker_token})  # never on the command line
         self._wait(lambda: state.exists() and json.loads(state.read_text())["state"] == "serving",
                    f"sidecar {spec.name}")
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env_extra: dict[str, str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "api.cli.main", *args],
                                             stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)

@@ -59,7 +59,7 @@ class DemoDriver:
 
     def __init__(self, cluster: DemoCluster) -> None:
         self.cluster = cluster
-        self.http = httpx.Client(base_url=cluster.url, timeout=30.0)
+        self.http = httpx.Client(base_url=cluster.url, timeout=30.0, headers=cluster.auth)
         self.stats = DemoStats()
         self._seq: Counter[str] = Counter()
         self._held: dict[str, set[int]] = defaultdict(set)

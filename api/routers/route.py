@@ -12,7 +12,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from api.load import new_reservation_id, reservations_for, reserve
 from api.problems import problem
-from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for
+from api.routing import deliver_plan, kv_bytes_for
 from api.runtime import Runtime
 from api.service import ServiceState
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
@@ -44,11 +44,15 @@ class RouteInput(BaseModel):
             raise ValueError("the prompt is empty")
         return self
 
-    @property
-    def prompt_tokens(self) -> int:
-        """Prompt length in tokens (block hashes count as full blocks)."""
+    def prompt_tokens(self, block_tokens: int) -> int:
+        """Prompt length in tokens (block hashes count as full blocks of the model's size)."""
         return len(self.tokens) if self.tokens is not None else \
-            len(self.block_hashes or ()) * BLOCK_TOKENS
+            len(self.block_hashes or ()) * block_tokens
+
+    def blocks(self, block_tokens: int) -> int:
+        """Full blocks of the prompt (what the prefix index can hold of it)."""
+        return len(self.block_hashes) if self.block_hashes is not None else \
+            self.prompt_tokens(block_tokens) // block_tokens
 
     def to_request(self) -> RouteRequest:
         """The router's request."""
@@ -103,12 +107,13 @@ async def route(request: Request) -> Response:
     body = _parse(await request.body())
     state = request.app.state
     services: ServiceState = state.services
-    result = await _decide(body, services, state.coordinator, state.runtime)
+    result, block_tokens = await _decide(body, services, state.coordinator, state.runtime)
     if isinstance(result, Unschedulable):
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
-    items, reservation_id = reservations_for(result, body.prompt_tokens), new_reservation_id()
+    items = reservations_for(result, body.prompt_tokens(block_tokens))
+    reservation_id = new_reservation_id()
     await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
                   state.settings.reservation_ttl_s)
     try:
@@ -119,15 +124,16 @@ async def route(request: Request) -> Response:
     # Any other failure (Redis gone, a timeout, cancellation) may come after the
     # transfer was queued: then it runs, so its load stays reserved (until the transfer
     # ends or the reservation expires), like its blocks.
-    _observe(runtime, body, result, record)
+    _observe(runtime, body.blocks(block_tokens), result, record)
     output = RouteOutput(decision=result, reservation_id=reservation_id, reservations=items,
                          plan_id=record.plan.plan_id if record is not None else None)
     return Response(output.model_dump_json(), media_type="application/json")
 
 
 async def _decide(body: RouteInput, services: ServiceState, coordinator: TransferCoordinator,
-                  runtime: Runtime) -> Decision | Unschedulable:
-    """The decision over a snapshot of the live workers (their loads included)."""
+                  runtime: Runtime) -> tuple[Decision | Unschedulable, int]:
+    """The decision over a snapshot of the live workers (their loads included), and the
+    model's KV block size (tokens) it was made with."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
@@ -142,16 +148,14 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
-    return result
+    return result, snapshot.block_tokens
 
 
-def _observe(runtime: Runtime, body: RouteInput, decision: Decision,
+def _observe(runtime: Runtime, total: int, decision: Decision,
              record: TransferRecord | None) -> None:
-    """Count the prefix blocks the prefill side held, and the queued transfer on the
-    shared links of its path until its deadline (the next decisions see it as
-    ``link_load``)."""
-    total = len(body.block_hashes) if body.block_hashes is not None else \
-        body.prompt_tokens // BLOCK_TOKENS
+    """Count the prefix blocks (of ``total``) the prefill side held, and the queued
+    transfer on the shared links of its path until its deadline (the next decisions see
+    it as ``link_load``)."""
     runtime.telemetry.observe_prefix(min(decision.prefill.cached_blocks, total), total)
     if record is not None:
         runtime.inflight.add(record.plan.plan_id, decision.transfer.links,
