@@ -72,6 +72,10 @@ _ENTRY_BYTES = 8 + 8 + 8
 _MAX_MEMO = 65_536
 
 
+class RowsFullError(Exception):
+    """One call asks for more source GPUs than :class:`FabricRows` may hold."""
+
+
 class FabricRows:
     """Tier, latency and bandwidth from one GPU to every GPU of the fabric, per source GPU.
 
@@ -116,15 +120,6 @@ class FabricRows:
         self._used[slots] = self._tick
         return slots
 
-    def slot(self, source: int) -> int:
-        """The row slot of one source GPU (computed if not held)."""
-        found = int(self._slot_of[source])
-        if found < 0:
-            found = self._fill(source, protect=np.array([source], dtype=np.int64))
-        self._tick += 1
-        self._used[found] = self._tick
-        return found
-
     def _fill(self, gpu: int, protect: IntArray) -> int:
         slot = self._free_slot(protect)
         tiers, lat_us, bw, _ = self.distance.costs_from(gpu, np.arange(self.size))
@@ -142,7 +137,7 @@ class FabricRows:
         used[held[held >= 0]] = np.iinfo(np.int64).max  # rows this call needs stay
         slot = int(used.argmin())
         if used[slot] == np.iinfo(np.int64).max:
-            raise ValueError(f"one decision needs more than {self.capacity} fabric rows")
+            raise RowsFullError(f"one call needs more than {self.capacity} fabric rows")
         self._slot_of[self._gpu_in[slot]] = -1
         self.generation += 1
         return slot
@@ -207,9 +202,13 @@ class PairTable:
         snapshot positions (rows: prefill, columns: decode); the lanes are one number
         when every worker has as many GPUs."""
         rows = self.rows
-        flat = self._offsets(prefill)[:, None] + self.gpu.take(decode)
-        tier = rows.tier.take(flat)
-        latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        try:
+            flat = self._offsets(prefill)[:, None] + self.gpu.take(decode)
+        except RowsFullError:  # more prefill candidates than rows: computed, not kept
+            tier, latency, bandwidth = self._direct(prefill, decode)
+        else:
+            tier = rows.tier.take(flat)
+            latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
         if self._factors is not None:
             latency = latency * self._factors[tier, 0]
             bandwidth = bandwidth * self._factors[tier, 1]
@@ -217,6 +216,16 @@ class PairTable:
             return tier, latency, bandwidth, self._lanes
         lanes = np.minimum(self.count[prefill][:, None], self.count[decode])
         return tier, latency, bandwidth, lanes
+
+    def _direct(self, prefill: IntArray, decode: IntArray
+                ) -> tuple[IntArray, FloatArray, FloatArray]:
+        """The figures of every pair computed from the fabric, one prefill row at a time."""
+        shape, targets = (len(prefill), len(decode)), self.gpu.take(decode)
+        tier, latency, bandwidth = np.empty(shape, np.int64), np.empty(shape), np.empty(shape)
+        for i, source in enumerate(self.gpu.take(prefill).tolist()):
+            tiers, lat_us, bw, _ = self.distance.costs_from(source, targets)
+            tier[i], latency[i], bandwidth[i] = tiers, lat_us * 1e-6, bw
+        return tier, latency, bandwidth
 
     def _offsets(self, prefill: IntArray) -> IntArray:
         """Row offsets of the prefill positions, computing and remembering missing ones."""
