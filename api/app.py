@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from api import problems
+from api.engine_feeds import EngineFeeds
 from api.outages import Outage
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
@@ -29,6 +30,7 @@ from api.security import (
 )
 from api.settings import Settings
 from api.strict_numbers import StrictNumbers
+from api.ui.router import install_ui
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -88,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     coordinator = TransferCoordinator(runtime.store, mode=settings.transfer_mode,
                                       lease_ttl_s=settings.lease_ttl_s,
                                       deadline_s=settings.transfer_deadline_s, spec=spec)
+    coordinator.listeners.append(runtime.transfer_ended)
     app = FastAPI(title="toposched", version="0.1.0",
                   lifespan=_lifespan(coordinator, runtime, settings),
                   description="Topology-aware scheduler for disaggregated LLM inference.")
@@ -104,12 +107,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
+    _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)
     workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]
     app.include_router(workers.router, dependencies=workers_only)
     app.include_router(transfers.router, dependencies=workers_only)
+    # a reservation id is its own capability: whoever sees the request end releases it
     app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
+    if settings.gateway:
+        from api.gateway.setup import install_gateway
+
+        install_gateway(app, settings)
+    install_ui(app, settings)
     return app
 
 
@@ -117,8 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 #: their body is read). The health probes, metrics and API docs stay open.
 PROTECTED_PATHS = ("/v1/workers", "/v1/sidecars", "/v1/transfers", "/v1/kv-events",
                    "/v1/route", "/v1/topology", "/v1/placement", "/v1/alerts",
-                   "/v1/reservations")
-#: Worker routes any worker credential may read for any worker.
+                   "/v1/reservations", "/v1/instances")
+#: Worker routes any worker credential may use for any worker (reading its load).
 SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name}/load"})
 
 
@@ -166,14 +176,22 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
+        feeds: EngineFeeds = app.state.engine_feeds
         if settings.redis_url:
             await _check_persistence(settings.redis_url)
         await _start_services(services)
+        await feeds.start()
         tasks = [_task(_expire_loop(coordinator, runtime, settings)),
                  _task(_calibrate_loop(services, runtime, settings.calibrate_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
+            tasks.append(_task(feeds.follow()))
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            from api.gateway.setup import start_gateway
+
+            await start_gateway(gateway)
         _freeze_startup_heap()
         try:
             yield
@@ -181,6 +199,11 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
+            await feeds.close()
+            if gateway is not None:
+                from api.gateway.setup import stop_gateway
+
+                await stop_gateway(gateway)
             for closable in (runtime.store, runtime.docs):
                 await _close(closable)
     return lifespan
@@ -226,13 +249,25 @@ def _observability(app: FastAPI, runtime: Runtime) -> None:
         inflight = runtime.inflight
         runtime.telemetry.set_link_inflight(inflight.bytes_by_link(),
                                             inflight.transfers_by_link())
-        return PlainTextResponse(runtime.telemetry.render_prometheus(),
+        feeds: EngineFeeds = app.state.engine_feeds
+        return PlainTextResponse(runtime.telemetry.render_prometheus()
+                                 + feeds.render_metrics(),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/alerts", tags=["telemetry"], dependencies=[require(Role.WORKER)])
     async def alerts(include_resolved: bool = False) -> list[Alert]:
         """Transfer-latency drift alerts by tier, naming the domains involved."""
         return runtime.telemetry.alerts(include_resolved=include_resolved)
+
+
+def _install_engines(app: FastAPI, settings: Settings) -> None:
+    """Engine instances (vLLM, SGLang): registry, REST, and their feeds into routing."""
+    from api.routers import instances
+
+    app.state.engine_feeds = EngineFeeds(app.state.runtime, settings)
+    app.include_router(instances.reads, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.announcements, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.writes, dependencies=[require()])
 
 
 def _install_services(app: FastAPI, settings: Settings) -> None:

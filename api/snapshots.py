@@ -48,7 +48,7 @@ DEFAULT_BLOCK_TOKENS = 16
 _ROLES = {role.value: role for role in Role}
 _NAME = attrgetter("registration.name")
 _REGISTRATION, _WORKER = attrgetter("registration"), attrgetter("worker")
-_BLOCK_TOKENS = attrgetter("block_tokens")
+_BLOCK_TOKENS, _ID = attrgetter("block_tokens"), attrgetter("id")
 #: (queued tokens, running requests, max requests) of a worker; None: no capacity set.
 LoadKey = tuple[int, int, int] | None
 
@@ -105,6 +105,10 @@ class _ModelView:
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
+    #: Engine instances (from the engine registry) after the listing's workers, and the
+    #: block size they set (None: :class:`BlockSizes` decides).
+    engines: tuple[Worker, ...] = ()
+    block_tokens: int | None = None
 
 
 def _load_key(load: WorkerLoad | None) -> LoadKey:
@@ -143,30 +147,37 @@ class LiveSnapshots:
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
-                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None
+                 pairings: Sequence[Any], link_load: Mapping[str, int] | None = None,
+                 engines: Sequence[Worker] = (), block_tokens: int | None = None
                  ) -> Snapshot:
         """The snapshot of ``entries`` (with their reserved ``loads``) routable for
         ``model``; ``pairings`` are the placement's, kept where both sides are
         registered under the placement's instance ids; ``link_load``: transfers in
-        flight per shared link. For one thread; the service uses :meth:`current`."""
-        view = self._view(fabric, model)
-        if not self._patched(view, entries, loads, kv_bytes, pairings):
-            self._rebuild(view, fabric, entries, loads, model, kv_bytes, pairings)
+        flight per shared link. ``engines`` are engine instances already built as
+        workers (load merged), placed after the listing's workers; ``block_tokens`` the
+        engines' block size (None: :class:`BlockSizes` decides). For one thread; the
+        service uses :meth:`current`."""
+        view, known = self._view(fabric, model), _on_fabric(fabric, engines)
+        if not self._patched(view, entries, loads, kv_bytes, pairings, known, block_tokens):
+            self._rebuild(view, fabric, entries, loads, model, kv_bytes, pairings, known,
+                          block_tokens)
         return _with_load(view, link_load)
 
     async def current(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                       loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
-                      pairings: Sequence[Any], link_load: Mapping[str, int] | None = None
+                      pairings: Sequence[Any], link_load: Mapping[str, int] | None = None,
+                      engines: Sequence[Worker] = (), block_tokens: int | None = None
                       ) -> Snapshot:
         """:meth:`snapshot` for the event loop: a rebuild over many workers runs in a
         worker thread (one at a time), so the loop keeps answering (health probes,
         heartbeats) while a worker joins a cluster of thousands."""
         async with self._lock:
-            view = self._view(fabric, model)
-            if not self._patched(view, entries, loads, kv_bytes, pairings):
+            view, known = self._view(fabric, model), _on_fabric(fabric, engines)
+            if not self._patched(view, entries, loads, kv_bytes, pairings, known,
+                                 block_tokens):
                 rebuild = functools.partial(self._rebuild, view, fabric, entries, loads, model,
-                                            kv_bytes, pairings)
-                if len(entries) >= THREAD_REBUILD_FROM:
+                                            kv_bytes, pairings, known, block_tokens)
+                if len(entries) + len(known) >= THREAD_REBUILD_FROM:
                     await asyncio.to_thread(rebuild)
                 else:
                     rebuild()
@@ -178,18 +189,21 @@ class LiveSnapshots:
         return self._views.setdefault(model, _ModelView())
 
     def _patched(self, view: _ModelView, entries: Sequence[WorkerEntry],
-                 loads: Mapping[str, WorkerLoad], kv_bytes: int, pairings: Sequence[Any]
-                 ) -> bool:
+                 loads: Mapping[str, WorkerLoad], kv_bytes: int, pairings: Sequence[Any],
+                 engines: tuple[Worker, ...], block_tokens: int | None) -> bool:
         """Whether ``view`` could be brought up to date in place (load changes only)."""
-        if view.snapshot is None or pairings is not view.pairings or kv_bytes != view.kv_bytes:
+        if (view.snapshot is None or pairings is not view.pairings
+                or kv_bytes != view.kv_bytes or block_tokens != view.block_tokens):
             return False
-        return self._patch(view, entries, loads)
+        return self._patch(view, entries, loads) and self._patch_engines(view, engines)
 
     def _rebuild(self, view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, kv_bytes: int,
-                 pairings: Sequence[Any]) -> None:
+                 pairings: Sequence[Any], engines: tuple[Worker, ...],
+                 block_tokens: int | None) -> None:
         self._merge(view, fabric, entries, loads, model)
         view.pairings, view.kv_bytes = pairings, kv_bytes
+        view.engines, view.block_tokens = engines, block_tokens
         view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
 
     @staticmethod
@@ -220,6 +234,27 @@ class LiveSnapshots:
         return True
 
     @staticmethod
+    def _patch_engines(view: _ModelView, engines: tuple[Worker, ...]) -> bool:
+        """Patch the engine workers' load figures; False when the engine set changed."""
+        old = view.engines
+        if engines is old or engines == old:
+            return True
+        if len(engines) != len(old) or any(
+                (a.id, a.role, a.gpus) != (b.id, b.role, b.gpus)
+                for a, b in zip(engines, old, strict=True)):
+            return False
+        snapshot = view.snapshot
+        assert snapshot is not None
+        changed: dict[int, Worker] = {}
+        for new, was in zip(engines, old, strict=True):
+            pos = snapshot.position.get(new.id)
+            if new is not was and pos is not None and snapshot.workers[pos] is was:
+                changed[pos] = new  # (a listed worker of the same name keeps its slot)
+        view.snapshot = snapshot.updated(changed) if changed else snapshot
+        view.engines = engines
+        return True
+
+    @staticmethod
     def _merge(view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                loads: Mapping[str, WorkerLoad], model: str | None) -> None:
         """Take ``entries`` as the new listing, keeping what is known of unchanged names.
@@ -246,11 +281,20 @@ class LiveSnapshots:
                pairings: Sequence[Any], model: str | None) -> Snapshot:
         routable = list(compress(view.seen, map(is_not, map(_WORKER, view.seen), repeat(None))))
         workers: list[Worker] = list(map(_WORKER, routable))
-        block_tokens = self.block_sizes.of(model, list(map(_REGISTRATION, routable)))
+        if view.engines:
+            listed = set(map(_ID, workers))
+            workers += [w for w in view.engines if w.id not in listed]
+        block_tokens = view.block_tokens or self.block_sizes.of(
+            model, list(map(_REGISTRATION, routable)))
         assert self._gpus is not None  # set with the fabric
         domains = domain_arrays(fabric.distance, workers, self._gpus.first_gpus(workers))
         return Snapshot(tuple(workers), domains, preferred_pairs(pairings, workers), {},
                         block_tokens, kv_bytes)
+
+
+def _on_fabric(fabric: Fabric, engines: Sequence[Worker]) -> tuple[Worker, ...]:
+    """The engine workers whose GPUs are all on ``fabric``."""
+    return tuple(w for w in engines if all(g in fabric.known for g in w.gpus))
 
 
 def _with_load(view: _ModelView, link_load: Mapping[str, int] | None) -> Snapshot:

@@ -36,16 +36,44 @@ from topology.tiers import Tier
 
 
 class CostParams(BaseModel):
-    """Constants of the admission term at the decode worker.
+    """Constants of the admission term and of the decode-side price.
 
-    A decode worker takes a new request in at its next step; a step lasts longer the
-    more requests it runs (``step_s_per_running`` each), and past its batch slots the
-    request also waits ``admission_step_s`` per request ahead of it.
+    Admission (part of TTFT): a decode worker takes a new request in at its next step;
+    a step lasts longer the more requests it runs (``step_s_per_running`` each), and
+    past its batch slots the request also waits ``admission_step_s`` per request
+    ahead of it.
+
+    Decode side (not TTFT, but what a choice costs the requests that decode there;
+    :meth:`FabricCostModel.decode_costs`, :meth:`FabricCostModel.local_stall`):
+
+    * batch slowdown: a decode step lasts ``decode_s_per_running`` longer per request
+      it carries and ``decode_s_per_kv_token`` longer per context token it reads (the
+      engine's step curve, linearised). Joining a worker that runs ``B`` requests over
+      ``A`` KV tokens with a prompt of ``c`` tokens makes the newcomer's steps
+      ``B·per_running + A·per_token`` slower than on an empty worker and each of the
+      ``B`` others ``per_running + c·per_token`` slower: per step
+      ``(2B + 1)·per_running + (A + (B + 1)·c)·per_token``, for
+      ``expected_output_tokens`` steps, weighted by ``decode_weight``. ``A`` is read
+      from the worker's KV blocks in use;
+    * KV occupancy: past ``kv_high_watermark`` of the worker's blocks, admission
+      waits and eviction start; the price rises linearly to ``kv_pressure_s`` at full;
+    * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
+      every running request for the prefill's compute time, ``stall_weight`` per
+      request-second. A stall lands mid-stream, on the TPOT of requests already
+      decoding; weighting it 3 (not 1) cut the agentic workload's TPOT p99 from 31.7
+      to 28.4 ms with TTFT unchanged (``bench/results/simulation.md``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     admission_step_s: float = Field(default=0.02, ge=0.0)
     step_s_per_running: float = Field(default=1e-4, ge=0.0)
+    decode_s_per_running: float = Field(default=8e-5, ge=0.0)
+    decode_s_per_kv_token: float = Field(default=3.4e-8, ge=0.0)
+    expected_output_tokens: float = Field(default=256.0, ge=0.0)
+    decode_weight: float = Field(default=1.0, ge=0.0)
+    kv_high_watermark: float = Field(default=0.8, ge=0.0, lt=1.0)
+    kv_pressure_s: float = Field(default=2.0, ge=0.0)
+    stall_weight: float = Field(default=3.0, ge=0.0)
 
 
 class TtftTerms(BaseModel):
@@ -304,6 +332,7 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
+        self._capacities: tuple[tuple[Worker, ...], FloatArray] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -331,6 +360,43 @@ class FabricCostModel:
         """Wait at each decode worker: its current step, and a batch slot if it is full."""
         snap = ctx.snapshot
         return self._admission(snap.running[decode], snap.max_running[decode])
+
+    def decode_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Decode-side price (seconds) of sending the request to each decode worker:
+        batch slowdown for it and the requests already there, and KV occupancy (see
+        :class:`CostParams`)."""
+        snap, p = ctx.snapshot, self.params
+        running = snap.running[decode].astype(np.float64)
+        capacity = self._capacity(snap)[decode]
+        in_use = np.maximum(capacity - snap.free_kv[decode], 0.0)
+        prompt = float(ctx.request.prompt_tokens)
+        per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
+                    + (in_use * snap.block_tokens + (running + 1.0) * prompt)
+                    * p.decode_s_per_kv_token)
+        batch = per_step * (p.expected_output_tokens * p.decode_weight)
+        need = np.maximum(ctx.request.blocks - ctx.cached[decode], 0)
+        used = np.where(capacity > 0, (in_use + need) / np.maximum(capacity, 1.0), 0.0)
+        over = np.clip((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0, 1.0)
+        result: FloatArray = batch + over * p.kv_pressure_s
+        return result
+
+    def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
+        """What prefilling on each worker costs the requests it decodes: its compute time
+        once per running request (``stall_weight`` each); nothing on a prefill-only
+        worker, which decodes nothing."""
+        snap, terms = ctx.snapshot, self._worker_terms(ctx)
+        running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
+        result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
+        return result
+
+    def _capacity(self, snap: Snapshot) -> FloatArray:
+        """KV blocks of each snapshot worker (kept while the worker tuple is the same)."""
+        found = self._capacities
+        if found is None or found[0] is not snap.workers:
+            found = (snap.workers, np.array([w.capacity_kv_blocks for w in snap.workers],
+                                            dtype=np.float64))
+            self._capacities = found
+        return found[1]
 
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""

@@ -163,12 +163,15 @@ def test_a_worker_token_acts_on_its_own_worker_only() -> None:
         assert names == []
 
 
-def test_any_worker_credential_may_read_a_workers_load() -> None:
+def test_any_worker_credential_may_read_load_and_release_reservations() -> None:
     with _service() as client:
         _register(client, "a-worker")
         for token in (WORKER, own_bearer("b-worker")["Authorization"].split()[1]):
-            answer = client.get("/v1/workers/a-worker/load", headers=bearer(token))
-            assert answer.status_code == 200, answer.text
+            load = client.get("/v1/workers/a-worker/load", headers=bearer(token))
+            assert load.status_code == 200, load.text
+            # the reservation id is the capability: no owner check (releasing is idempotent)
+            release = client.post("/v1/reservations/no-such-id/release", headers=bearer(token))
+            assert release.status_code == 200, release.text
 
 
 def test_forged_or_foreign_own_tokens_are_401() -> None:
