@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from policies.snapshot import Worker
@@ -54,7 +55,9 @@ def kv_bytes_for(model: str | None) -> int:
 def preferred_pairs(pairings: Sequence[Any], workers: Sequence[Worker]
                     ) -> dict[tuple[str, str], float]:
     """Placement pairings between workers that are registered under the instance ids."""
-    names = {w.id for w in workers}
+    if not pairings:
+        return {}
+    names = set(map(attrgetter("id"), workers))
     return {(p.prefill, p.decode): p.weight for p in pairings
             if p.prefill in names and p.decode in names}
 

@@ -264,7 +264,7 @@ class LiveSnapshots:
         """
         names = list(map(_NAME, entries))
         filler = len(view.entries)
-        where = [filler if i is None else i for i in map(view.index.get, names)]
+        where = list(map(view.index.get, names, repeat(filler)))
         now_loads = list(map(loads.get, names))
         before = _gather([*view.entries, None], where)
         seen = _gather([*view.seen, None], where)

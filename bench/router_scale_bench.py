@@ -69,7 +69,9 @@ class Run:
     cold_route_ms: float = 0.0
     first_ms: list[float] = field(default_factory=list)
     first_cpu_ms: list[float] = field(default_factory=list)
+    first_loop_ms: list[float] = field(default_factory=list)
     steady_ms: list[float] = field(default_factory=list)
+    steady_loop_ms: list[float] = field(default_factory=list)
     probe_ms: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     decisions: list[tuple[str, str]] = field(default_factory=list)
@@ -113,6 +115,12 @@ def memory_mb(pid: int) -> tuple[float, float]:
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text()
                   .splitlines() if ":" in line)
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+
+
+def loop_cpu_s(pid: int) -> float:
+    """CPU seconds of the server's main thread, which runs its event loop (nanosecond
+    resolution, from the scheduler's own accounting)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
 
 
 def load_average() -> str:
@@ -231,11 +239,14 @@ async def measure(run: Run, port: int, pid: int, gpus: list[str], changes: int) 
         await asyncio.sleep(0.2)
         for k in range(changes):
             await change(pool, port, k, gpus)
-            cpu = cpu_seconds(pid)
+            cpu, loop = cpu_seconds(pid), loop_cpu_s(pid)
             run.first_ms.append(await timed_route(pool, port, 10 + 10 * k, run))
             run.first_cpu_ms.append((cpu_seconds(pid) - cpu) * 1e3)
+            run.first_loop_ms.append((loop_cpu_s(pid) - loop) * 1e3)
             for j in range(1, 4):
+                loop = loop_cpu_s(pid)
                 run.steady_ms.append(await timed_route(pool, port, 10 + 10 * k + j, run))
+                run.steady_loop_ms.append((loop_cpu_s(pid) - loop) * 1e3)
         stop.set()
         await prober
     finally:
@@ -354,24 +365,30 @@ def summary(run: Run, label: str) -> dict[str, Any]:
             "first_route_p50_ms": round(_p(run.first_ms, 50), 1),
             "first_route_max_ms": round(max(run.first_ms, default=float("nan")), 1),
             "first_route_cpu_p50_ms": round(_p(run.first_cpu_ms, 50), 1),
+            "first_route_loop_p50_ms": round(_p(run.first_loop_ms, 50), 1),
+            "first_route_loop_max_ms": round(max(run.first_loop_ms, default=float("nan")), 1),
             "steady_route_p50_ms": round(_p(run.steady_ms, 50), 1),
+            "steady_route_loop_p50_ms": round(_p(run.steady_loop_ms, 50), 1),
             "healthz_p99_ms": round(_p(run.probe_ms, 99), 1),
             "healthz_max_ms": round(max(run.probe_ms, default=float("nan")), 1),
             "probes": len(run.probe_ms), "errors": run.errors[:5], "load": run.load}
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| code | workers | GPUs | register s | RSS MB (peak) | first route after change "
-            "p50 / max ms | its server CPU p50 ms (10 ms ticks) | steady route p50 ms | "
-            "/healthz p99 / max ms | errors | load average |\n| --- | ---: | ---: | ---: | ---: "
-            "| ---: | ---: | ---: | ---: | ---: | --- |")
+    head = ("| code | workers | GPUs | register s | RSS MB (peak) | first route after change: "
+            "wall p50 / max ms | its event-loop CPU p50 / max ms | its process CPU p50 ms "
+            "(10 ms ticks) | steady route: wall p50 ms, loop CPU p50 ms | /healthz p99 / max "
+            "ms | errors | load average |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | "
+            "---: | ---: | ---: | ---: | --- |")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['label']} | {r['workers']:,} | {r['gpus']:,} | {r['register_s']} | "
                      f"{r['rss_mb']:,} ({r['peak_rss_mb']:,}) | {r['first_route_p50_ms']} / "
-                     f"{r['first_route_max_ms']} | {r['first_route_cpu_p50_ms']} | "
-                     f"{r['steady_route_p50_ms']} | {r['healthz_p99_ms']} / "
-                     f"{r['healthz_max_ms']} | {len(r['errors'])} | {r['load']} |")
+                     f"{r['first_route_max_ms']} | {r['first_route_loop_p50_ms']} / "
+                     f"{r['first_route_loop_max_ms']} | {r['first_route_cpu_p50_ms']} | "
+                     f"{r['steady_route_p50_ms']}, {r['steady_route_loop_p50_ms']} | "
+                     f"{r['healthz_p99_ms']} / {r['healthz_max_ms']} | {len(r['errors'])} | "
+                     f"{r['load']} |")
     return "\n".join(lines)
 
 
@@ -381,9 +398,11 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
         if r["label"] != "candidate" or r["workers"] != 10_000:
             continue
         out.append(f"10,000 workers: first route after a change p50 {r['first_route_p50_ms']} "
-                   f"ms, max {r['first_route_max_ms']} ms (target ≤ {TARGET_FIRST_ROUTE_MS:g}"
-                   f" ms); longest /healthz answer {r['healthz_max_ms']} ms (target: no stall "
-                   f"over {TARGET_STALL_MS:g} ms).")
+                   f"ms, max {r['first_route_max_ms']} ms wall (target ≤ "
+                   f"{TARGET_FIRST_ROUTE_MS:g} ms), of which the event loop ran "
+                   f"{r['first_route_loop_p50_ms']} / {r['first_route_loop_max_ms']} ms "
+                   f"(p50 / max); longest /healthz answer {r['healthz_max_ms']} ms (target: "
+                   f"no stall over {TARGET_STALL_MS:g} ms).")
     cand = [(r["workers"], r["rss_mb"]) for r in rows if r["label"] == "candidate"]
     if len(cand) >= 2:
         (n0, m0), (n1, m1) = cand[0], cand[-1]
@@ -419,8 +438,13 @@ def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Name
         "table for the new worker set, cold fabric rows for new candidates); *its server "
         "CPU* is the server process's CPU time over that request; the /healthz columns are "
         "the answers of a probe running all through the changes, so their maximum bounds "
-        "how long the event loop stalled. Past 10,240 workers, workers share GPUs (the "
-        "fabric stays at 10,240 GPUs): what grows is the worker count.", "",
+        "how long the event loop stalled (on a machine with idle cores; with other jobs "
+        "it also counts the probe's own wait for a core). *Event-loop CPU* is the CPU time "
+        "of the server's main thread (`/proc/PID/task/PID/schedstat`) over the request: "
+        "what the loop itself spent on it, rebuilds run in a worker thread excluded; a "
+        "stall cannot be shorter than the longest of its slices. Past 10,240 workers, "
+        "workers share GPUs (the fabric stays at 10,240 GPUs): what grows is the worker "
+        "count.", "",
         "## Per-decision cost (in process)", "",
         "One `Router.route` with the default policy over `bench/router_bench.py`'s setup "
         "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
