@@ -96,6 +96,8 @@ ROW_BUDGET_BYTES = 64 << 20
 #: Rows kept whatever the budget: more than the prefill candidates of one decision.
 MIN_ROWS = 48
 _ENTRY_BYTES = 8 + 8 + 8
+#: The row offset of a position not looked up yet: out of range of any row array.
+_UNKNOWN = 1 << 62
 #: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
 _MAX_MEMO = 65_536
 
@@ -213,9 +215,10 @@ class PairTable:
         uniform = len(workers) > 0 and self.count.min() == self.count.max()
         self._lanes = float(self.count[0]) if uniform else None  # all workers alike
         self._factors: FloatArray | None = None
-        #: Per position, where its first GPU's row starts in the rows' flat arrays (-1:
-        #: not looked up yet), valid while no row was evicted (``rows.generation``).
-        self._offset = np.full(len(workers), -1, dtype=np.int64)
+        #: Per position, where its first GPU's row starts in the rows' flat arrays
+        #: (:data:`_UNKNOWN`: not looked up yet), valid while no row was evicted
+        #: (``rows.generation``).
+        self._offset = np.full(len(workers), _UNKNOWN, dtype=np.int64)
         self._generation = -1
 
     def scale(self, factors: FloatArray | None) -> None:
@@ -229,14 +232,26 @@ class PairTable:
         """Tier, latency (s), bandwidth (GB/s) and lanes of every (prefill, decode) pair of
         snapshot positions (rows: prefill, columns: decode); the lanes are one number
         when every worker has as many GPUs."""
-        rows = self.rows
+        rows, targets = self.rows, self.gpu.take(decode)
         try:
-            flat = self._offsets(prefill)[:, None] + self.gpu.take(decode)
-        except RowsFullError:  # more prefill candidates than rows: computed, not kept
-            tier, latency, bandwidth = self._direct(prefill, decode)
-        else:
+            if self._generation != rows.generation:
+                raise IndexError  # rows were evicted: offsets are stale
+            # an offset not looked up yet is far out of range: take() raises, no check
+            flat = self._offset.take(prefill)[:, None] + targets
             tier = rows.tier.take(flat)
-            latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        except IndexError:
+            try:
+                flat = self._offsets(prefill)[:, None] + targets
+            except RowsFullError:  # more prefill candidates than rows: computed, not kept
+                return self._direct(prefill, decode)
+            tier = rows.tier.take(flat)
+        latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        return self._finish(prefill, decode, tier, latency, bandwidth)
+
+    def _finish(self, prefill: IntArray, decode: IntArray, tier: IntArray, latency: FloatArray,
+                bandwidth: FloatArray
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
+        """The fabric's figures of a grid scaled by tier, with the grid's lanes."""
         if self._factors is not None:
             latency = latency * self._factors[tier, 0]
             bandwidth = bandwidth * self._factors[tier, 1]
@@ -246,25 +261,21 @@ class PairTable:
         return tier, latency, bandwidth, lanes
 
     def _direct(self, prefill: IntArray, decode: IntArray
-                ) -> tuple[IntArray, FloatArray, FloatArray]:
-        """The figures of every pair computed from the fabric, one prefill row at a time."""
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
+        """:meth:`figures` computed from the fabric, one prefill row at a time."""
         shape, targets = (len(prefill), len(decode)), self.gpu.take(decode)
         tier, latency, bandwidth = np.empty(shape, np.int64), np.empty(shape), np.empty(shape)
         for i, source in enumerate(self.gpu.take(prefill).tolist()):
             tiers, lat_us, bw, _ = self.distance.costs_from(source, targets)
             tier[i], latency[i], bandwidth[i] = tiers, lat_us * 1e-6, bw
-        return tier, latency, bandwidth
+        return self._finish(prefill, decode, tier, latency, bandwidth)
 
     def _offsets(self, prefill: IntArray) -> IntArray:
         """Row offsets of the prefill positions, computing and remembering missing ones."""
         rows = self.rows
-        if self._generation == rows.generation and len(prefill):
-            offsets: IntArray = self._offset.take(prefill)
-            if offsets.min() >= 0:
-                return offsets
         slots = rows.slots(self.gpu[prefill])  # may evict rows: then forget every offset
         if self._generation != rows.generation:
-            self._offset.fill(-1)
+            self._offset.fill(_UNKNOWN)
             self._generation = rows.generation
         self._offset[prefill] = slots * rows.size
         found: IntArray = self._offset.take(prefill)
@@ -273,8 +284,8 @@ class PairTable:
     def pair(self, p: int, d: int) -> tuple[int, float, float, int]:
         """Tier, latency (s), bandwidth (GB/s) and lanes of the pair of positions (p, d)."""
         rows = self.rows
-        offset = int(self._offset[p]) if self._generation == rows.generation else -1
-        if offset < 0:
+        offset = int(self._offset[p]) if self._generation == rows.generation else _UNKNOWN
+        if offset == _UNKNOWN:
             offset = int(self._offsets(np.array([p], dtype=np.int64))[0])
         at = offset + int(self.gpu[d])
         tier = int(rows.tier.item(at))
