@@ -184,7 +184,7 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
         auth: TokenAuth = request.app.state.auth
         if not auth.enabled:
             return
-        identity, path = _identity(request), getattr(request.scope.get("route"), "path", "")
+        identity, path = _identity(request), _route_template(request)
         if path in shared:
             return
         subject = request.path_params.get("name")
@@ -202,6 +202,12 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
                 response.headers[WORKER_TOKEN_HEADER] = token
 
     return Depends(dependency)
+
+
+def _route_template(request: Request) -> str:
+    """The matched route's path with plain parameters (``{name}``, not ``{name:path}``)."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
 
 
 def _only(identity: Identity, subjects: set[str], what: str) -> None:

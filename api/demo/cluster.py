@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -53,6 +54,14 @@ class DemoCluster:
     decode_ms: float = 1000.0
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Authentication is on, as in a deployment: fresh tokens for every run.
+    worker_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the demo's own calls (it acts for every worker: operator)."""
+        return {"Authorization": f"Bearer {self.operator_token}"}
 
     @property
     def url(self) -> str:
@@ -62,7 +71,9 @@ class DemoCluster:
     def start_scheduler(self, fabric: Path) -> None:
         """Start ``toposched serve`` on a free loopback port with the fabric loaded."""
         self.port = _free_port()
-        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)])
+        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)],
+                    {"TOPOSCHED_WORKER_TOKEN": self.worker_token,
+                     "TOPOSCHED_OPERATOR_TOKEN": self.operator_token})
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                    "scheduler")
 
@@ -81,13 +92,14 @@ class DemoCluster:
                 "--block-bytes", str(self.block_bytes), "--block-tokens",
                 str(self.block_tokens), "--fake-decode-ms", str(self.decode_ms),
                 "--state-file", str(states[spec.name]), "--poll-wait", "2",
-                "--host", spec.gpu.split("/")[0]])
+                "--host", spec.gpu.split("/")[0]],
+                {"TOPOSCHED_WORKER_TOKEN": self.worker_token})  # never on the command line
         for name, state in states.items():
             self._wait(_serving(state), f"sidecar {name}")
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], env_extra: dict[str, str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "api.cli.main", *args],
                                             stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)

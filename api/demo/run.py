@@ -82,7 +82,7 @@ class DemoDriver:
 
     def __init__(self, cluster: DemoCluster) -> None:
         self.cluster = cluster
-        self.http = httpx.Client(base_url=cluster.url, timeout=30.0)
+        self.http = httpx.Client(base_url=cluster.url, timeout=30.0, headers=cluster.auth)
         self.stats = DemoStats()
         #: (when it ends, reservation id) of requests with nothing to move
         self._running: deque[tuple[float, str]] = deque()
