@@ -18,8 +18,8 @@ checked outputs, CPU condition and machine load recorded):
 2. **Lag to routing**: a ``toposched serve`` process with a fabric and ``--lag-engines``
    fake engines registered as instances (HTTP ``/health`` + ``/metrics`` and a publisher
    in this process). Each trial takes a fresh 16-block prompt; the clock starts when the
-   event is handed over, and ``POST /v1/route`` is sent in a loop until the decision shows
-   the blocks on that engine. Candidate: the engine publishes ``BlockStored`` on ZMQ.
+   event is handed over, and ``POST /v1/route`` is sent in a loop until the decision
+   routes to that engine with the blocks counted as cached. Candidate: the engine publishes ``BlockStored`` on ZMQ.
    Anchor: the same blocks posted as toposched's own JSON event to ``POST /v1/kv-events``
    (the pre-existing path). The lag includes one route round trip of probing.
 
@@ -281,10 +281,12 @@ class LagRig:
         raise RuntimeError("the service did not bring its instances up")
 
     def cached_on(self, prompt: list[int], engine: str) -> bool:
-        answer = self.http.post("/v1/route", json={"model": MODEL, "tokens": prompt,
-                                                   "decode_worker": engine})
-        answer.raise_for_status()
-        return bool(answer.json()["decision"]["decode"]["cached_blocks"])
+        answer = self.http.post("/v1/route", json={"model": MODEL, "tokens": prompt})
+        if answer.status_code != 200:
+            raise RuntimeError(f"route answered {answer.status_code}: {answer.text}")
+        decision = answer.json()["decision"]
+        return any(decision[side]["worker"] == engine and decision[side]["cached_blocks"]
+                   for side in ("prefill", "decode"))
 
     def trial(self, via: str, rng: random.Random) -> float:
         engine = self.engines[rng.randrange(len(self.engines))]
