@@ -19,9 +19,10 @@ checked outputs, CPU condition and machine load recorded):
    fake engines registered as instances (HTTP ``/health`` + ``/metrics`` and a publisher
    in this process). Each trial takes a fresh 16-block prompt; the clock starts when the
    event is handed over, and ``POST /v1/route`` is sent in a loop until the decision
-   routes to that engine with the blocks counted as cached. Candidate: the engine publishes ``BlockStored`` on ZMQ.
-   Anchor: the same blocks posted as toposched's own JSON event to ``POST /v1/kv-events``
-   (the pre-existing path). The lag includes one route round trip of probing.
+   routes to that engine with the blocks counted as cached. Candidate: the engine
+   publishes ``BlockStored`` on ZMQ. Anchor: the same blocks posted as toposched's own
+   JSON event to ``POST /v1/kv-events`` (the pre-existing path). The lag includes one
+   route round trip of probing.
 
 Writes bench/results/engine_events.{md,json}.
 
