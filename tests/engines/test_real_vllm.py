@@ -209,3 +209,26 @@ def _hand_over(pair: VllmPair, prompt: list[int]) -> None:
         "model": MODEL_NAME, "prompt": prompt, "max_tokens": 2, "temperature": 0,
         "kv_transfer_params": first.json()["kv_transfer_params"]}, timeout_s=300)
     assert second.status_code == 200, second.text
+
+
+def test_engine_events_steer_the_gateways_routing(vllm_pair: VllmPair,
+                                                  fabric_file: Path) -> None:
+    settings = Settings(fabric=fabric_file, engine_scrape_interval_s=0.1, gateway=True)
+    with TestClient(make_app(settings=settings)) as client:
+        for gpu, engine in enumerate((vllm_pair.prefill, vllm_pair.decode)):
+            answer = client.put(f"/v1/instances/{engine.name}", headers=bearer(), json=engine
+                                .instance(host=HOST, gpus=[6 + gpu], role="both")
+                                .model_dump(mode="json"))
+            assert answer.status_code == 201, answer.text
+        for engine in (vllm_pair.prefill, vllm_pair.decode):
+            _until(lambda e=engine: _status(client, e.name)["block_size"], "block size")
+        for engine in (vllm_pair.prefill, vllm_pair.decode):
+            prompt = _prompt(24)
+            _complete(engine, prompt)
+            _until(lambda p=prompt: _decode_side(client, p)["cached_blocks"] == 24,
+                   "the engine's blocks indexed")
+            answer = client.post("/v1/completions", json={
+                "model": MODEL_NAME, "prompt": prompt, "max_tokens": 2, "temperature": 0})
+            assert answer.status_code == 200, answer.text
+            assert answer.headers["x-toposched-decode"] == engine.name
+            assert answer.headers["x-toposched-decode-cached-tokens"] == str(24 * BLOCK_SIZE)
