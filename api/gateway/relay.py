@@ -72,6 +72,7 @@ class Gateway:
         """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
         body = parse_body(await request.body(), path)
         model: str = body["model"]
+        self._follow_registry()
         if not self.pool.serving(model):
             raise NotFoundError("model", model, "served: " + (", ".join(self.pool.models)
                                                               or "none"))
@@ -91,7 +92,6 @@ class Gateway:
         fabric = self.services.fabric
         if fabric is None:
             raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-        self._follow_registry()
         instances = self._in_routing(self.pool.routable(model, exclude))
         if not instances:
             raise UnschedulableError([f"no instance of {model} is in routing "
