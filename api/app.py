@@ -30,6 +30,7 @@ from api.security import (
 )
 from api.settings import Settings
 from api.strict_numbers import StrictNumbers
+from api.ui.router import install_ui
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -118,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from api.gateway.setup import install_gateway
 
         install_gateway(app, settings)
+    install_ui(app, settings)
     return app
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from api.outages import Outage
 from api.settings import Settings
+from api.ui.decisions import RecentDecisions
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
 from scheduler.state.docs import MemoryDocs, SharedDocs
@@ -56,6 +57,8 @@ class Runtime:
     worker_gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Transfers this replica queued, per shared link, until they finish.
     inflight: InflightLinks = field(default_factory=InflightLinks)
+    #: The newest routing results, by reference, for the operator's page (``/ui``).
+    decisions: RecentDecisions = field(default_factory=RecentDecisions)
     #: This replica's name as the owner of the load reservations it makes: they end
     #: when it stops renewing its lease (:func:`sweep_reservations`).
     replica_id: str = field(default_factory=lambda: f"replica-{uuid.uuid4().hex[:12]}")

@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         default=300.0, ge=0, le=86_400,
         description="after a disaggregated route, count the prompt's blocks as cached on "
                     "the prefill worker (which computed them) for this long; 0: never")
+    ui_interval_s: float = Field(
+        default=1.0, ge=0.05, le=60,
+        description="how often the operator's page (/ui) gets what changed, while one is open")
     shared_poll_s: float = Field(
         default=0.5, gt=0, le=60,
         description="how often a replica looks for topology and placement changes made "

