@@ -612,7 +612,9 @@ def unbounded_caches(bench: Bench, quick: bool) -> str:
     lines = ["| cluster · workload | prefix hits | ideal | share of ideal |",
              "| --- | --- | --- | --- |"]
     huge = EngineSpec(kv_blocks=10_000_000)
-    for spec in (f"mooncake-conversation:scale=8,limit={600 if quick else 1000}",
+    limit = 300 if quick else 1000
+    for spec in (f"mooncake-conversation:scale=1,limit={limit}",
+                 f"mooncake-conversation:scale=8,limit={limit}",
                  f"agentic:sessions={100 if quick else 300},scale=4"):
         s = bench.run("three-level", spec, Variant("unbounded caches", {"engine": huge}),
                       keep=False).summary
