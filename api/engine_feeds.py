@@ -30,9 +30,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.load import DEFAULT_MAX_TOKENS
+from api.outages import Outage
 from api.runtime import UNKNOWN_DOMAIN, Runtime
 from api.settings import Settings
-from engines.exposition import render
 from engines.handoffs import HandoffLedger
 from engines.instance import EngineInstance, InstanceDocument, load_instances, set_issues
 from engines.live import DEFAULT_MAX_REQUESTS
@@ -117,14 +117,15 @@ class EngineFeeds:
 
     async def follow(self) -> None:
         """Adopt instance changes made through other replicas, forever."""
+        outage = Outage("following the instance document", log)
         while True:
             await asyncio.sleep(self.poll_s)
             try:
                 await self.refresh()
-            except StoreUnavailableError as exc:
-                log.warning("instance document unavailable: %s", exc.detail)
-            except Exception:  # one bad round must not stop following
-                log.exception("following the instance document failed")
+            except Exception as exc:  # one bad round must not stop following
+                outage.failed(exc)
+            else:
+                outage.ok()
 
     async def refresh(self) -> None:
         """Load the shared document if it changed since this replica last looked."""
@@ -242,6 +243,10 @@ class EngineFeeds:
 
     def render_metrics(self) -> str:
         """The registry's Prometheus families ('' without instances)."""
+        if not self.registry.instances():
+            return ""
+        from engines.exposition import render  # prometheus_client: only once engines exist
+
         return render(self.registry, self.unattributed)
 
 

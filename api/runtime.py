@@ -16,7 +16,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.outages import Outage
 from api.settings import Settings
+from api.ui.decisions import RecentDecisions
 from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import TransferStore
 from scheduler.state.docs import MemoryDocs, SharedDocs
@@ -55,6 +57,8 @@ class Runtime:
     worker_gpus: dict[str, tuple[str, ...]] = field(default_factory=dict)
     #: Transfers this replica queued, per shared link, until they finish.
     inflight: InflightLinks = field(default_factory=InflightLinks)
+    #: The newest routing results, by reference, for the operator's page (``/ui``).
+    decisions: RecentDecisions = field(default_factory=RecentDecisions)
     #: This replica's name as the owner of the load reservations it makes: they end
     #: when it stops renewing its lease (:func:`sweep_reservations`).
     replica_id: str = field(default_factory=lambda: f"replica-{uuid.uuid4().hex[:12]}")
@@ -77,6 +81,10 @@ class Runtime:
         self.worker_domains = {name: self._domain_of(gpus)
                                for name, gpus in self.worker_gpus.items()}
 
+    def domain_of(self, gpus: tuple[str, ...]) -> str:
+        """The locality domain (pod) of the first of ``gpus``, for telemetry labels."""
+        return self._domain_of(gpus)
+
     def _domain_of(self, gpus: tuple[str, ...]) -> str:
         if self._mapper is None or not gpus:
             return UNKNOWN_DOMAIN
@@ -92,6 +100,21 @@ class Runtime:
             record, lambda worker: self.worker_domains.get(worker, UNKNOWN_DOMAIN))
         if sample is not None:
             self.telemetry.record_transfer(sample)
+
+    async def transfer_ended(self, record: TransferRecord) -> None:
+        """A transfer ended (the coordinator calls this once per transfer, on the replica
+        that ended it): count it, and end its route reservation's part on the prefill
+        worker, whose work for the request is over."""
+        self.record_transfer(record)
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id,
+                                               [record.plan.src.worker])
+
+    async def request_ended(self, record: TransferRecord) -> None:
+        """The decode side's request that used ``record``'s KV ended: the rest of its
+        route reservation ends too."""
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id)
 
     async def publish_events(self, events: list[Any]) -> None:
         """Share validated KV events with the other replicas (one process: nothing to do)."""
@@ -143,13 +166,15 @@ async def replicate_kv_events(runtime: Runtime, block_ms: int) -> None:
     sequence numbers it has seen, so applying twice is harmless.
     """
     last_id = "0"  # from the start: a restarted replica rebuilds its index from the log
+    outage = Outage("reading the KV-event log", log)
     while True:
         try:
             batch, last_id = await runtime.events.kv_events_since(last_id, block_ms)
         except StoreUnavailableError as exc:
-            log.warning("KV-event log unavailable: %s", exc.detail)
+            outage.failed(exc)
             await asyncio.sleep(1.0)
             continue
+        outage.ok()
         for text in batch:
             try:
                 runtime.prefix.apply(parse_event(text, source="kv-event log"))

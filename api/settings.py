@@ -78,6 +78,9 @@ class Settings(BaseSettings):
         default=300.0, ge=0, le=86_400,
         description="after a disaggregated route, count the prompt's blocks as cached on "
                     "the prefill worker (which computed them) for this long; 0: never")
+    ui_interval_s: float = Field(
+        default=1.0, ge=0.05, le=60,
+        description="how often the operator's page (/ui) gets what changed, while one is open")
     shared_poll_s: float = Field(
         default=0.5, gt=0, le=60,
         description="how often a replica looks for topology and placement changes made "
@@ -99,3 +102,30 @@ class Settings(BaseSettings):
         default=None, max_length=512,
         description="ZMQ address of the one bound SUB socket that engines in kv_events "
                     "bind mode connect to (e.g. tcp://*:5557)")
+    # -- the OpenAI-compatible P/D gateway (``toposched gateway``) ---------------------
+    gateway: bool = Field(default=False, description="serve /v1/completions, "
+                          "/v1/chat/completions and /v1/models in front of the engines")
+    tokenizer: Path | None = Field(
+        default=None, description="directory (or tokenizer.json) of the model's tokenizer: "
+                                  "prompts are tokenized here for prefix routing instead of "
+                                  "by the engine's /tokenize")
+    pd_min_uncached_tokens: int = Field(
+        default=256, ge=0, le=1 << 24,
+        description="disaggregate only when the decode engine lacks at least this many "
+                    "prompt tokens; fewer and it computes them itself (0: always)")
+    kv_lease_s: float = Field(default=30.0, gt=0, le=3600,
+                              description="the engines' kv_lease_duration: how long a "
+                                          "prefill keeps KV for its decode leg")
+    engine_connect_timeout_s: float = Field(default=5.0, gt=0, le=600)
+    engine_read_timeout_s: float = Field(
+        default=600.0, gt=0, le=86400,
+        description="longest silence of an engine within one leg before it counts as hung")
+    engine_quarantine_s: float = Field(
+        default=10.0, ge=0, le=3600,
+        description="an engine that could not be reached stays out of routing this long")
+    engine_api_key: SecretStr | None = Field(default=None,
+                                             description="bearer token sent to the engines")
+    client_token: SecretStr | None = Field(
+        default=None, description="bearer token clients must send to the OpenAI endpoints "
+                                  "(open when unset)")
+

@@ -31,6 +31,8 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from itertools import compress, count
+from operator import is_not
 
 import httpx
 import zmq.asyncio
@@ -77,6 +79,17 @@ class NixlDelta:
     expired: float
 
 
+@dataclass
+class _ModelView:
+    """The routable instances of one model as last built, and their workers."""
+
+    version: int
+    names: list[str]
+    lives: list[LiveInstance]
+    loads: list[WorkerLoad | None]
+    workers: list[Worker]
+
+
 class EngineRegistry:
     """Registered engine instances and what is learned from them (see module docstring)."""
 
@@ -94,6 +107,8 @@ class EngineRegistry:
         self._http: httpx.AsyncClient | None = None
         self._central: CentralSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._views: dict[str | None, _ModelView] = {}
+        self._version = 0
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -139,6 +154,7 @@ class EngineRegistry:
         live = LiveInstance(instance, KeyTranslator(instance.name, instance.model,
                                                     instance.block_size))
         self._live[instance.name] = live
+        self._changed()
         if self._context is not None:
             self._start_feeds(live)
         return old is None
@@ -150,6 +166,7 @@ class EngineRegistry:
             return False
         self._stop(live)
         self._nixl.pop(name, None)
+        self._changed()
         return True
 
     def replace_all(self, instances: Iterable[EngineInstance]) -> None:
@@ -181,11 +198,33 @@ class EngineRegistry:
 
     def workers(self, model: str | None, reserved: Mapping[str, WorkerLoad]
                 ) -> tuple[Worker, ...]:
-        """The routable instances serving ``model`` (None: any) as policy workers."""
+        """The routable instances serving ``model`` (None: any) as policy workers.
+
+        On the route path: the routable set and its workers are kept per model and
+        rebuilt only when something changed (an instance, a health state, or a scrape
+        round ended); per call only the instances whose reservation changed (an identity
+        sweep in C) get new workers, so 10,000 instances cost little per route.
+        """
+        view = self._views.get(model)
+        if view is None or view.version != self._version:
+            view = self._views[model] = self._view(model)
+        loads = list(map(reserved.get, view.names))
+        for i in compress(count(), map(is_not, loads, view.loads)):
+            view.workers[i] = view.lives[i].worker(loads[i])
+        view.loads = loads
+        return tuple(view.workers)
+
+    def _view(self, model: str | None) -> _ModelView:
         now, stale = self.clock(), self.settings.stale_after_s
-        return tuple(live.worker(reserved.get(live.name)) for live in self._live.values()
-                     if (model is None or live.instance.model == model)
-                     and live.state(now, stale) == "up")
+        lives = [live for live in self._live.values()
+                 if (model is None or live.instance.model == model)
+                 and live.state(now, stale) == "up"]
+        return _ModelView(self._version, [live.name for live in lives], lives,
+                          [None] * len(lives), [live.worker(None) for live in lives])
+
+    def _changed(self) -> None:
+        """Something routing reads changed: the per-model views are rebuilt on next use."""
+        self._version += 1
 
     def block_size(self, model: str | None) -> int | None:
         """The engines' block size for ``model`` (the most common among its instances)."""
@@ -271,6 +310,7 @@ class EngineRegistry:
         while True:
             started = self.clock()
             await asyncio.gather(*(one(live) for live in list(self._live.values())))
+            self._changed()  # new load figures, index holdings, staleness
             spent = self.clock() - started
             await asyncio.sleep(max(self.settings.scrape_interval_s - spent, 0.0))
 
@@ -311,6 +351,8 @@ class EngineRegistry:
 
     def _came_up(self, live: LiveInstance) -> None:
         live.last_ok = self.clock()
+        if live.up is not True:
+            self._changed()
         if live.up is False:
             log.warning("engine %s answers again", live.name)
             for stream in live.streams:
@@ -323,6 +365,7 @@ class EngineRegistry:
             return
         log.warning("engine %s out of routing: %s", live.name, reason)
         live.up = False
+        self._changed()
         live.translator = KeyTranslator(live.name, live.instance.model, live.block_size)
         for stream in live.streams:
             stream.reset()

@@ -69,6 +69,25 @@ if [ "$mode" = test ] && ! command -v redis-server >/dev/null 2>&1; then
   fi
 fi
 
+# The /ui browser tests drive Debian's headless Chromium over the DevTools protocol
+# (tests/ui/browser.py). Install it when it is missing and we may (root or sudo, apt);
+# without it those tests fail saying so (they never skip). TOPOSCHED_CHROMIUM names
+# another Chromium binary.
+if [ "$mode" = test ] && [ -z "${TOPOSCHED_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then
+  as_root=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root="sudo -n"
+  fi
+  if { [ "$(id -u)" = 0 ] || [ -n "$as_root" ]; } && command -v apt-get >/dev/null 2>&1; then
+    echo "== installing chromium (apt)"
+    ($as_root apt-get update -qq && $as_root env DEBIAN_FRONTEND=noninteractive apt-get install \
+      -y -qq --no-install-recommends chromium fonts-liberation) >/dev/null 2>&1 \
+      || echo "   apt install of chromium failed: the /ui browser tests will fail"
+  else
+    echo "   no chromium, and no apt-get as root to install it: the /ui browser tests will fail"
+  fi
+fi
+
 case "$mode" in
   demo) exec .venv/bin/toposched demo "$@" ;;
   test) exec .venv/bin/python -m pytest "$@" ;;

@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ucx-devices", default=None, metavar="DEV",
                    help="pin UCX to these devices, e.g. mlx5_0:1")
     p.add_argument("--verify", choices=("full", "moved", "off"), default="full",
-                   help="fake engine: check received bytes (whole pool / moved / off)")
+                   help="fake engine: check received bytes (moved blocks and every block "
+                        "still held from earlier transfers / moved only / off)")
     p.add_argument("--state-file", type=Path, default=None,
                    help="write the sidecar's state (serving / final) as JSON here")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
@@ -68,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None,
                    help="the token itself; a command line is visible to every user of the "
                         f"host (ps): prefer ${TOKEN_ENV} or --token-file")
+    p.add_argument("--fake-decode-ms", type=float, default=1000.0, metavar="MS",
+                   help="fake engine: a received request decodes this long, then ends and "
+                        "its KV blocks are released at the scheduler (negative: never)")
     p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
                    help=argparse.SUPPRESS)
 
@@ -82,7 +86,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold,
+        post_wait_s=args.post_wait, fake_decode_ms=args.fake_decode_ms,
+        debug_hold_s=args.debug_hold,
         block_tokens=args.block_tokens, token=read_token(args.token, args.token_file),
         engine_instance=args.engine_instance, announce_every_s=args.announce_every)
 

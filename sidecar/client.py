@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -20,6 +21,12 @@ from topology.errors import ConflictError, InputError, NotFoundError, ToposchedE
 
 #: The registration answer's header with the worker's own token (see ``api.security``).
 WORKER_TOKEN_HEADER = "X-Worker-Token"
+
+
+def _segment(name: str) -> str:
+    """``name`` as one URL path segment: worker names may hold ``/`` (placement instance
+    ids are ``prefill-HOST/gpuN``), which must not split the path."""
+    return quote(name, safe="")
 
 
 def _problem(response: httpx.Response) -> ToposchedError:
@@ -95,22 +102,28 @@ class SchedulerClient:
 
     def heartbeat(self, name: str) -> Lease:
         """Renew the lease."""
-        return Lease.model_validate(self._call("POST", f"/v1/workers/{name}/heartbeat"))
+        return Lease.model_validate(self._call("POST",
+                                               f"/v1/workers/{_segment(name)}/heartbeat"))
 
     def deregister(self, name: str) -> None:
         """Remove this worker (its metadata is no longer handed out)."""
-        self._call("DELETE", f"/v1/workers/{name}")
+        self._call("DELETE", f"/v1/workers/{_segment(name)}")
 
     def poll_jobs(self, name: str, wait_s: float) -> list[TransferJob]:
         """Long-poll for jobs: returns at the first job or after ``wait_s``."""
-        data = self._call("GET", f"/v1/sidecars/{name}/jobs", params={"wait_s": wait_s},
+        data = self._call("GET", f"/v1/sidecars/{_segment(name)}/jobs", params={"wait_s": wait_s},
                           timeout_s=wait_s + self.timeout_s)
         return [TransferJob.model_validate(job) for job in data["jobs"]]
 
     def report(self, report: TransferReport) -> None:
         """Send one transfer report."""
-        self._call("POST", f"/v1/transfers/{report.plan_id}/report",
+        self._call("POST", f"/v1/transfers/{_segment(report.plan_id)}/report",
                    body=report.model_dump(mode="json"))
+
+    def release(self, plan_id: str, worker: str) -> None:
+        """The request that used a received transfer's blocks ended on ``worker``."""
+        self._call("POST", f"/v1/transfers/{_segment(plan_id)}/release",
+                   body={"worker": worker})
 
     def kv_events(self, events: list[dict[str, Any]]) -> None:
         """Publish KV events (block_stored / block_removed …), in order, in one request."""

@@ -40,6 +40,9 @@ class SidecarConfig:
     #: How long the job thread lets a handed-over transfer post before its next poll:
     #: the poll's HTTP work competes with the copy for CPU on small hosts.
     post_wait_s: float = 0.05
+    #: Fake engine: how long a received request "decodes" before it ends and its blocks
+    #: are released at the scheduler (negative: never).
+    fake_decode_ms: float = 1000.0
     debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
     #: The engine's KV block size in tokens, registered with the worker.
     block_tokens: int | None = None
@@ -60,6 +63,7 @@ class SidecarConfig:
                 "--verify", self.verify, "--connect-timeout", repr(self.connect_timeout_s),
                 "--drain-timeout", repr(self.drain_timeout_s),
                 "--post-wait", repr(self.post_wait_s),
+                "--fake-decode-ms", repr(self.fake_decode_ms),
                 "--debug-hold", repr(self.debug_hold_s)]
         for gpu in self.gpus:
             argv += ["--gpu", gpu]

@@ -69,6 +69,7 @@ class Sidecar:
         """Build the engine (default: a fake engine over a fresh pool), register its pool."""
         self.config = config
         self.engine: EngineHook = (engine or _fake_engine)(config)
+        self.engine.set_release(self._request_ended)
         self.pool = self.engine.pool
         self.recompute: list[str] = []
         #: block id → the prefix hash it holds (announced to the index; replaced on reuse)
@@ -88,7 +89,7 @@ class Sidecar:
         self._lock = threading.Lock()
         self._publish = threading.Lock()
         self._seq = 0
-        #: (plan id, role) → (job received, NIXL request created), monotonic, for the report
+        #: (plan id, role) → (job received, NIXL request created), wall clock, for the report
         self._stamps: dict[tuple[str, str], tuple[float | None, float | None]] = {}
         self._active_at = 0.0
         self._posting = 0
@@ -178,8 +179,9 @@ class Sidecar:
     def dispatch(self, job: TransferJob, received: float) -> threading.Event | None:
         """Route one job: abort/complete wake a waiter, execute/await go to the executor.
 
-        ``received`` is the monotonic time the job arrived (reported, with the time
-        the NIXL request was created, so a transfer splits into its stages).
+        ``received`` is the monotonic time the job arrived (it starts the deadline; the
+        report carries it on the wall clock, like the record's times, with the time the
+        NIXL request was created, so a transfer splits into its stages).
         Returns, for an ``execute`` job, an event set once its request is posted.
         """
         if job.kind in ("abort", "complete"):
@@ -196,7 +198,8 @@ class Sidecar:
         plan = job.plan
         role = "initiator" if job.kind == "execute" else "target"
         with self._lock:
-            self._stamps[(plan.plan_id, role)] = (received, None)
+            self._stamps[(plan.plan_id, role)] = (
+                time.time() - (time.monotonic() - received), None)
         if plan.notify == "nixl":
             self.touch()  # notifications will flow: poll hot so they are acknowledged
         # The plan's own window (not_after, wall clock) bounds a job that waited in the
@@ -251,7 +254,7 @@ class Sidecar:
             with self._lock:
                 self._posting += 1
                 key = (plan.plan_id, "initiator")
-                self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.monotonic())
+                self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.time())
             try:
                 result = self.adapter.execute(plan, deadline)
             finally:
@@ -375,6 +378,16 @@ class Sidecar:
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
 
+    def _request_ended(self, plan: TransferPlan) -> None:
+        """The engine's request that used ``plan``'s blocks ended: the scheduler frees
+        them (the epoch in the plan guards against freeing a later registration's)."""
+        if self.stop.is_set():
+            return  # deregistering: every block goes with the registration
+        try:
+            self.client.release(plan.plan_id, self.config.name)
+        except ToposchedError as exc:
+            log.warning("release of %s not delivered: %s", plan.plan_id, exc)
+
     def _events(self, *events: dict[str, Any]) -> None:
         # Numbering and sending under one lock: the index reads a seq gap as lost events.
         with self._publish:
@@ -425,7 +438,8 @@ def _fake_engine(config: SidecarConfig) -> EngineHook:
     pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
                   kind=config.layout, regions=config.regions, mem=config.mem,
                   device_id=config.device_id)
-    return FakeEngine(pool, config.name, config.verify)
+    decode_s = config.fake_decode_ms / 1000 if config.fake_decode_ms >= 0 else None
+    return FakeEngine(pool, config.name, config.verify, decode_s)
 
 
 def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:

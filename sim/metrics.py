@@ -156,6 +156,17 @@ def _itl(jobs: Sequence[Job], tpots: Sequence[float | None]) -> Percentiles:
     return percentiles(np.repeat(values, weights))
 
 
+def met_slo(jobs: Sequence[Job], slo: Slo) -> int:
+    """How many of ``jobs`` met both of ``slo``'s objectives."""
+    good = 0
+    for job in jobs:
+        tpot = _tpot(job)
+        good += (job.first_token_s - job.request.arrival_s
+                 <= slo.ttft_target_s(job.request.prompt_tokens)
+                 and (tpot is None or tpot <= slo.tpot_s))
+    return good
+
+
 def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: float,
               arrival_span_s: float, slo: Slo, ideal_hit_ratio: float,
               utilisation: tuple[float, float, float], refusals: int, events: int,
@@ -164,9 +175,7 @@ def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: f
     ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
     tpots = [_tpot(j) for j in jobs]
     prompt_tokens = sum(j.request.prompt_tokens for j in jobs) or 1
-    good = sum(1 for j, t, tp in zip(jobs, ttft, tpots, strict=True)
-               if t <= slo.ttft_target_s(j.request.prompt_tokens)
-               and (tp is None or tp <= slo.tpot_s))
+    good = met_slo(jobs, slo)
     blocks = sum(len(j.request.block_hashes) for j in jobs) or 1
     tiers = transfers_by_tier(jobs)
     moved = sum(t.bytes for t in tiers)

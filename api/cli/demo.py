@@ -82,6 +82,7 @@ def _live(spec: FabricSpec, args: argparse.Namespace) -> int:
             console.print(render_text(summarize(spec)))
             console.print("starting the scheduler and 5 sidecars (NIXL agents) …")
             cluster.start_scheduler(workdir / "fabric.json")
+            console.print(f"live view of the fabric, placement and traffic: {cluster.url}/ui")
             for worker in DEMO_WORKERS:
                 cluster.start_sidecar(worker)
             driver = DemoDriver(cluster)
@@ -101,8 +102,8 @@ def _finish(console: Console, cluster: DemoCluster, stats: DemoStats,
         console.print()
         console.print(f"[bold]done[/bold]: {stats.routed} requests routed, "
                       f"{sum(stats.tiers.values())} KV transfers verified byte for byte.")
-        console.print(f"API docs: {cluster.url}/docs   metrics: {cluster.url}/metrics   "
-                      f"logs: {cluster.workdir}")
+        console.print(f"live view: {cluster.url}/ui   API docs: {cluster.url}/docs   "
+                      f"metrics: {cluster.url}/metrics   logs: {cluster.workdir}")
     if args.keep_running:
         console.print("running until Ctrl-C …")
         with contextlib.suppress(KeyboardInterrupt):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -43,14 +44,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle_serve(args: argparse.Namespace) -> int:
     """Build settings (env + flags), create the app and run it until interrupted."""
-    overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
-                                                ("transfer_mode", args.mode),
-                                                ("fabric", args.fabric),
-                                                ("redis_url", args.redis),
-                                                ("policy", args.policy),
-                                                ("instances", args.instances))
-                 if value is not None}
-    settings = Settings(**overrides)
+    return run_service(args, transfer_mode=args.mode, policy=args.policy,
+                       instances=args.instances)
+
+
+def run_service(args: argparse.Namespace, **extra: Any) -> int:
+    """Build settings (env, then the common flags and ``extra``), create the app and
+    run it until interrupted."""
+    given = {"host": args.host, "port": args.port, "fabric": args.fabric,
+             "redis_url": args.redis, **extra}
+    settings = Settings(**{key: value for key, value in given.items() if value is not None})
     if not (settings.worker_token or settings.operator_token):
         if not is_loopback(settings.host):
             raise InputError(f"refusing to bind {settings.host} without authentication: set "

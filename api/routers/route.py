@@ -156,6 +156,7 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
+    runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
     return result, snapshot.block_tokens
 
 

@@ -133,6 +133,10 @@ class Counter(_Family):
         """Current value of one series (0 when never incremented)."""
         return self._values.get(values, 0.0)
 
+    def series(self) -> dict[LabelValues, float]:
+        """Every series' value by label values (a copy)."""
+        return dict(self._values)
+
     def lines(self) -> Iterator[str]:
         """Every line of this family in the text format."""
         yield from self.header()
@@ -223,6 +227,12 @@ class Histogram(_Family):
     def series_count(self) -> int:
         """Distinct label sets held (the overflow series included)."""
         return len(self._series)
+
+    def series(self) -> list[tuple[LabelValues, tuple[int, ...], float, int]]:
+        """Every series as (label values, per-bucket counts, sum, count), sorted as
+        rendered; the counts are per bucket (not cumulative), the last one for ``+Inf``."""
+        return [(values, tuple(s.buckets), s.sum, s.count)
+                for values, s in sorted(self._series.items())]
 
     def lines(self) -> Iterator[str]:
         """Every line of this family in the text format."""

@@ -210,8 +210,8 @@ class TransferReport(_Frozen):
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
     received_at: float | None = Field(
-        default=None, description="when the sidecar received the job: its host's "
-        "monotonic clock, in seconds (comparable with the record's times on one host)")
+        default=None, description="when the sidecar received the job: its host's wall "
+        "clock (time.time), like the record's times (exactly comparable on one host)")
     started_at: float | None = Field(
         default=None, description="when the sidecar created the NIXL request (same "
         "clock); it completed ``duration_s`` later")
@@ -225,7 +225,8 @@ class TransferReport(_Frozen):
         return value
 
 
-TransferState = Literal["pending", "done", "failed"]
+#: ``expired``: nobody reported an outcome by the plan's deadline (plus a grace).
+TransferState = Literal["pending", "done", "failed", "expired"]
 
 
 class TransferRecord(_Frozen):
@@ -250,3 +251,6 @@ class TransferRecord(_Frozen):
     reservation_id: str | None = Field(
         default=None, description="the route's load reservation: its part on the source "
                                   "worker ends with the transfer")
+    dst_released: bool = Field(
+        default=False, description="the destination's request ended and its blocks of "
+                                   "this (done) transfer went back to the free list")

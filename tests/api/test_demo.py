@@ -19,6 +19,7 @@ def test_demo_routes_requests_and_moves_verified_kv() -> None:
                            "--turns", "2", "--json"], capture_output=True, text=True,
                           cwd=ROOT, timeout=170, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert "/ui" in done.stderr  # the live page's address (stderr: --json keeps stdout clean)
     summary = json.loads(done.stdout)
     assert summary["routed"] == 6 and summary["unschedulable"] == 0
     assert summary["failed_transfers"] == 0

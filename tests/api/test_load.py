@@ -14,7 +14,6 @@ from fastapi.testclient import TestClient
 from api.settings import Settings
 from scheduler.state.reservations import StoreUnavailableError
 from tests.api.service_builders import (
-    MOONCAKE_BLOCKS,
     WORKER,
     bearer,
     cluster,
@@ -25,8 +24,8 @@ from tests.api.service_builders import (
 from tests.servers import RedisServer, redis_server
 from topology.errors import ConflictError
 
-#: Reservations that expire within a test (routes hash 512-token blocks).
-SHORT_RESERVATIONS = Settings(block_tokens=512, reservation_ttl_s=0.5, expire_interval_s=0.05)
+#: Reservations that expire within a test.
+SHORT_RESERVATIONS = Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)
 
 
 @contextmanager
@@ -34,8 +33,9 @@ def serving(settings: Settings | None = None, *, fabric: bool = True,
             workers: bool = True) -> Iterator[TestClient]:
     """A replica (lifespan and sweeps running) with a prefill and a decode worker."""
     spec = cluster(hosts=2)
-    settings = settings or MOONCAKE_BLOCKS
-    with TestClient(make_app(settings=settings)) as test_client:
+    # the block hashes here stand for 512-token blocks (as in Mooncake traces)
+    blocks512 = (settings or Settings()).model_copy(update={"block_tokens": 512})
+    with TestClient(make_app(settings=blocks512)) as test_client:
         if fabric:
             load_cluster(test_client, spec)
         h0, h1 = (h.name for h in spec.hosts)
@@ -189,8 +189,7 @@ def redis() -> Iterator[RedisServer]:
 @pytest.mark.process
 @pytest.mark.timeout(60)
 def test_a_dead_replicas_reservations_are_closed_by_the_survivor(redis: RedisServer) -> None:
-    shared = Settings(block_tokens=512, redis_url=redis.url,
-                      redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
+    shared = Settings(redis_url=redis.url, redis_prefix=f"t-{uuid.uuid4().hex[:8]}:",
                       shared_poll_s=0.1, replica_lease_ttl_s=2.0, expire_interval_s=0.05)
     with serving(shared) as survivor:
         with serving(shared, fabric=False, workers=False) as doomed:

@@ -3,6 +3,7 @@ from feeds reaching transfer hints and telemetry, calibration reaching the route
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator
 
@@ -19,6 +20,7 @@ from tests.api.service_builders import (
     load_cluster,
     make_app,
     register_pair,
+    worker_json,
 )
 from topology.spec import FabricSpec
 
@@ -70,6 +72,22 @@ def test_routes_show_in_routing_prefix_and_link_metrics(client: TestClient) -> N
     assert _metric(client, "toposched_link_inflight_bytes") == 0
 
 
+def test_a_transfer_both_sides_report_is_counted_once(client: TestClient) -> None:
+    body = _route(client, [31, 32])
+    decision = body["decision"]
+    assert isinstance(decision, dict)
+    tier = decision["transfer"]["tier"]
+    initiator = {"plan_id": body["plan_id"], "worker": "decode-0", "role": "initiator",
+                 "outcome": "ok", "bytes": 1, "duration_s": 0.01, "tier": tier}
+    target = {**initiator, "worker": "prefill-0", "role": "target"}
+    for report in (initiator, target):
+        answer = client.post(f"/v1/transfers/{body['plan_id']}/report", json=report,
+                             headers=bearer(WORKER))
+        assert answer.status_code == 200, answer.text
+    assert _metric(client, f'toposched_transfers_total{{tier="{tier}",outcome="ok"}}') == 1
+    assert _metric(client, "toposched_transfer_latency_seconds_count") == 1
+
+
 def test_a_fabric_from_feeds_reaches_transfer_hints_and_telemetry(client: TestClient) -> None:
     body = _route(client, [5, 6])
     record = client.get(f"/v1/transfers/{body['plan_id']}", headers=bearer(WORKER)).json()
@@ -108,3 +126,54 @@ def test_calibration_reaches_the_routers_cost_model(client: TestClient) -> None:
 def _tier_code(label: str) -> int:
     from topology.tiers import Tier
     return int(Tier.from_label(label))
+
+
+def _report(client: TestClient, plan_id: object, worker: str, role: str,
+            seconds: float = 0.01, nbytes: int = 1 << 20) -> None:
+    report = {"plan_id": plan_id, "worker": worker, "role": role, "outcome": "ok",
+              "bytes": nbytes, "duration_s": seconds}
+    answer = client.post(f"/v1/transfers/{plan_id}/report", json=report,
+                         headers=bearer(WORKER))
+    assert answer.status_code == 200, answer.text
+
+
+def test_each_transfer_is_counted_once_though_both_sides_report(client: TestClient) -> None:
+    body = _route(client, [11, 12])
+    decision = body["decision"]
+    assert isinstance(decision, dict)
+    _report(client, body["plan_id"], "decode-0", "initiator")  # READ: decode pulls, done
+    _report(client, body["plan_id"], "prefill-0", "target")
+    tier = decision["transfer"]["tier"]
+    assert _metric(client, f'toposched_transfers_total{{tier="{tier}",outcome="ok"}}') == 1
+    assert _metric(client, f'toposched_transfer_latency_seconds_count{{tier="{tier}"') == 1
+    assert _metric(client, f'toposched_transfer_bytes_total{{tier="{tier}"}}') == 1 << 20
+
+
+def test_a_tenfold_slowdown_over_hundreds_of_transfers_raises_a_drift_alert(
+        spec: FabricSpec) -> None:
+    """Samples from the service's own records, aged by wall time: 550 transfers at
+    ~1 ms, then 100 at ~10 ms on the same tier. (Records stamped with a monotonic clock
+    looked hours old to the detector, and it dropped every sample.)"""
+    jitter = random.Random(3)
+    with TestClient(make_app()) as client:
+        load_cluster(client, spec)
+        h0, h1 = (h.name for h in spec.hosts)
+        for name, role, gpu in (("prefill-0", "prefill", f"{h0}/gpu0"),
+                                ("decode-0", "decode", f"{h1}/gpu0")):
+            answer = client.post("/v1/workers", headers=bearer(WORKER),
+                                 json=worker_json(name, role, [gpu], num_blocks=1024))
+            assert answer.status_code == 201, answer.text
+        for i in range(650):
+            if i % 100 == 0:  # no sidecars here: keep their leases (10 s) alive
+                for name in ("prefill-0", "decode-0"):
+                    client.post(f"/v1/workers/{name}/heartbeat", headers=bearer(WORKER))
+            submitted = client.post("/v1/transfers", headers=bearer(WORKER), json={
+                "src": "prefill-0", "dst": "decode-0", "src_blocks": [i % 1024]})
+            assert submitted.status_code == 201, submitted.text
+            plan = submitted.json()["plan"]
+            seconds = (1e-3 if i < 550 else 1e-2) * jitter.uniform(0.8, 1.2)
+            _report(client, plan["plan_id"], "decode-0", "initiator", seconds)
+        alerts = client.get("/v1/alerts", headers=bearer(WORKER)).json()
+        assert [(a["tier"], a["state"]) for a in alerts] == [(plan["hints"]["tier"], "firing")]
+        assert alerts[0]["factor"] > 5
+        assert _metric(client, "toposched_alerts_firing") == 1

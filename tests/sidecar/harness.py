@@ -19,7 +19,7 @@ import httpx
 from tests.servers import free_port
 
 ROOT = Path(__file__).parents[2]
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0  # generous: 2 shared cores under other jobs start processes slowly
 #: Every real-process test runs with authentication on, as a deployment would.
 WORKER_TOKEN, OPERATOR_TOKEN = "harness-worker-token", "harness-operator-token"
 #: The scheduler's environment: both tokens.
@@ -101,15 +101,18 @@ class Cluster:
 
     def sidecar(self, name: str, *, kv_blocks: int = 32, block_bytes: int = 16384,
                 extra: tuple[str, ...] = (), wait: bool = True,
-                env: dict[str, str] | None = None) -> Proc:
+                env: dict[str, str] | None = None, decode_ms: float = -1) -> Proc:
         """Start ``toposched sidecar`` and wait until it registered (``env``: instead of
-        the worker token in its environment)."""
+        the worker token in its environment). ``decode_ms``: how long the fake engine's
+        requests run before their blocks are released (default: never, so that tests see
+        the blocks they moved stay where they are)."""
         state = self.workdir / f"{name}.state.json"
         state.unlink(missing_ok=True)
         log = self.workdir / f"{name}.log"
         args = _cli("sidecar", "--scheduler", self.url, "--name", name, "--kv-blocks",
                     str(kv_blocks), "--block-bytes", str(block_bytes), "--poll-wait", "2",
-                    "--state-file", str(state), "--host", "loopback", *extra)
+                    "--state-file", str(state), "--host", "loopback",
+                    "--fake-decode-ms", str(decode_ms), *extra)
         proc = Proc(_spawn(args, log, SIDECAR_TOKEN if env is None else env), log, state)
         self.sidecars[name] = proc
         if wait:
@@ -121,6 +124,14 @@ class Cluster:
             raise AssertionError(f"sidecar exited {proc.popen.returncode}:\n{proc.text()}")
         return proc.state_file is not None and proc.state_file.exists() and \
             proc.state()["state"] == "serving"
+
+    def free_blocks(self, name: str) -> int:
+        """A live worker's free KV blocks at the scheduler."""
+        found = [w["free_blocks"] for w in self.http.get(f"{self.url}/v1/workers").json()
+                 if w["registration"]["name"] == name]
+        assert found, f"{name} is not registered"
+        count: int = found[0]
+        return count
 
     def workers(self) -> list[str]:
         """Names of the live workers."""
