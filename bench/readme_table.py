@@ -128,7 +128,7 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
 
 def table() -> list[str]:
     """The table's lines: one row per figure of every report written by the harness."""
-    lines = ["| report | figure | anchor | ratio (as stated; > 1: toposched better) | condition | "
+    lines = ["| report | figure | anchor | ratio (as stated in the row) | condition | "
              "command |", "| --- | --- | --- | --- | --- | --- |"]
     for name, rows in SOURCES.items():
         data = _load(name)
