@@ -83,7 +83,7 @@ async def load(services: ServiceState, spec: FabricSpec) -> None:
 
 def moved_lldp(host: HostSpec) -> str:
     """``host``'s LLDP with its first NIC on the next rail leaf, on a port of its own
-    (rail1's port for this host is its second NIC's)."""
+    (rail1's port for this host is NIC1's; two NICs on one port are mis-cabling)."""
     return (lldp_json0(host).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
             .replace('"value": "Ethernet', '"value": "Ethernet9', 1))
 
