@@ -13,11 +13,23 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
 from api import problems
+from api.engine_feeds import EngineFeeds
+from api.outages import Outage
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
 from api.runtime import Runtime, build_runtime, replicate_kv_events, sweep_reservations
-from api.security import AuthError, BodyLimit, Role, TokenAuth, auth_error_handler, require
+from api.security import (
+    Authenticate,
+    AuthError,
+    BodyLimit,
+    Role,
+    TokenAuth,
+    auth_error_handler,
+    own_worker,
+    require,
+)
 from api.settings import Settings
+from api.strict_numbers import StrictNumbers
 from api.ui.router import install_ui
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
@@ -34,13 +46,15 @@ log = logging.getLogger(__name__)
 async def _expire_loop(coordinator: TransferCoordinator, runtime: Runtime,
                        settings: Settings) -> None:
     """Sweep, forever: lapsed worker leases, overdue transfers, ended reservations."""
+    outage = Outage("lease sweep", log)
     while True:
         try:
             await sweep_reservations(runtime, settings.replica_lease_ttl_s)
             gone = await coordinator.expire()
-        except Exception:  # the sweeper must survive one bad round (Redis down, say)
-            log.exception("lease sweep failed")
+        except Exception as exc:  # the sweeper must survive one bad round (Redis down, say)
+            outage.failed(exc)
         else:
+            outage.ok()
             if gone:
                 log.warning("leases expired: %s", ", ".join(gone))
         await asyncio.sleep(settings.expire_interval_s)
@@ -48,14 +62,15 @@ async def _expire_loop(coordinator: TransferCoordinator, runtime: Runtime,
 
 async def _follow_loop(services: ServiceState, interval_s: float) -> None:
     """Adopt topology and placement changes made through other replicas, forever."""
+    outage = Outage("following the shared documents", log)
     while True:
         await asyncio.sleep(interval_s)
         try:
             await services.refresh()
-        except StoreUnavailableError as exc:
-            log.warning("shared documents unavailable: %s", exc.detail)
-        except Exception:  # one bad document must not stop the replica following
-            log.exception("following the shared documents failed")
+        except Exception as exc:  # one bad document must not stop the replica following
+            outage.failed(exc)
+        else:
+            outage.ok()
 
 
 async def _start_services(services: ServiceState) -> None:
@@ -75,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     coordinator = TransferCoordinator(runtime.store, mode=settings.transfer_mode,
                                       lease_ttl_s=settings.lease_ttl_s,
                                       deadline_s=settings.transfer_deadline_s, spec=spec)
+    coordinator.listeners.append(runtime.transfer_ended)
     app = FastAPI(title="toposched", version="0.1.0",
                   lifespan=_lifespan(coordinator, runtime, settings),
                   description="Topology-aware scheduler for disaggregated LLM inference.")
@@ -85,15 +101,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.auth = TokenAuth(_secret(settings.worker_token), _secret(settings.operator_token))
     problems.install(app)
     app.add_exception_handler(AuthError, auth_error_handler)
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(StrictNumbers, routes_of=app)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
+    # outermost: no body is read before the token is checked
+    app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
+    _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)
-    app.include_router(workers.router, dependencies=[require(Role.WORKER)])
-    app.include_router(transfers.router, dependencies=[require(Role.WORKER)])
+    workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]
+    app.include_router(workers.router, dependencies=workers_only)
+    app.include_router(transfers.router, dependencies=workers_only)
+    # a reservation id is its own capability: whoever sees the request end releases it
     app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
+    if settings.gateway:
+        from api.gateway.setup import install_gateway
+
+        install_gateway(app, settings)
     install_ui(app, settings)
     return app
+
+
+#: Path prefixes that need a token whenever authentication is on (answered 401 before
+#: their body is read). The health probes, metrics and API docs stay open.
+PROTECTED_PATHS = ("/v1/workers", "/v1/sidecars", "/v1/transfers", "/v1/kv-events",
+                   "/v1/route", "/v1/topology", "/v1/placement", "/v1/alerts",
+                   "/v1/reservations", "/v1/instances")
+#: Worker routes any worker credential may use for any worker (reading its load).
+SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name}/load"})
 
 
 def _follow_fabric(services: ServiceState, coordinator: TransferCoordinator,
@@ -120,16 +156,42 @@ async def _calibrate_loop(services: ServiceState, runtime: Runtime, interval_s: 
             log.exception("calibration round failed")
 
 
+async def _check_persistence(url: str) -> None:
+    """Warn at start-up when Redis would lose the shared state on a restart."""
+    from scheduler.state.redis_persistence import RedisError, missing_persistence
+
+    try:
+        missing = await missing_persistence(url)
+    except (RedisError, OSError) as exc:
+        log.warning("could not check whether Redis persists its data (CONFIG GET: %s); "
+                    "without persistence a Redis restart loses workers and transfers", exc)
+        return
+    if missing is not None:
+        log.warning("Redis has no persistence: %s. A Redis restart loses every worker, "
+                    "lease, reservation and transfer in flight; run it with "
+                    "--appendonly yes (docs/state.md)", missing)
+
+
 def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Settings) -> Any:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services: ServiceState = app.state.services
+        feeds: EngineFeeds = app.state.engine_feeds
+        if settings.redis_url:
+            await _check_persistence(settings.redis_url)
         await _start_services(services)
+        await feeds.start()
         tasks = [_task(_expire_loop(coordinator, runtime, settings)),
                  _task(_calibrate_loop(services, runtime, settings.calibrate_interval_s))]
         if runtime.replicated:  # one process applies events on receipt; nothing to replay
             tasks.append(_task(replicate_kv_events(runtime, settings.kv_event_poll_ms)))
             tasks.append(_task(_follow_loop(services, settings.shared_poll_s)))
+            tasks.append(_task(feeds.follow()))
+        gateway = getattr(app.state, "gateway", None)
+        if gateway is not None:
+            from api.gateway.setup import start_gateway
+
+            await start_gateway(gateway)
         _freeze_startup_heap()
         try:
             yield
@@ -137,6 +199,11 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             for task in tasks:
                 task.cancel()
             await asyncio.wait(tasks, timeout=2.0)
+            await feeds.close()
+            if gateway is not None:
+                from api.gateway.setup import stop_gateway
+
+                await stop_gateway(gateway)
             for closable in (runtime.store, runtime.docs):
                 await _close(closable)
     return lifespan
@@ -182,13 +249,25 @@ def _observability(app: FastAPI, runtime: Runtime) -> None:
         inflight = runtime.inflight
         runtime.telemetry.set_link_inflight(inflight.bytes_by_link(),
                                             inflight.transfers_by_link())
-        return PlainTextResponse(runtime.telemetry.render_prometheus(),
+        feeds: EngineFeeds = app.state.engine_feeds
+        return PlainTextResponse(runtime.telemetry.render_prometheus()
+                                 + feeds.render_metrics(),
                                  media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/alerts", tags=["telemetry"], dependencies=[require(Role.WORKER)])
     async def alerts(include_resolved: bool = False) -> list[Alert]:
         """Transfer-latency drift alerts by tier, naming the domains involved."""
         return runtime.telemetry.alerts(include_resolved=include_resolved)
+
+
+def _install_engines(app: FastAPI, settings: Settings) -> None:
+    """Engine instances (vLLM, SGLang): registry, REST, and their feeds into routing."""
+    from api.routers import instances
+
+    app.state.engine_feeds = EngineFeeds(app.state.runtime, settings)
+    app.include_router(instances.reads, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.announcements, dependencies=[require(Role.WORKER)])
+    app.include_router(instances.writes, dependencies=[require()])
 
 
 def _install_services(app: FastAPI, settings: Settings) -> None:

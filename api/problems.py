@@ -1,17 +1,20 @@
 """RFC 9457 problem details: the one place where the error tree becomes HTTP.
 
 invalid input → 422, unknown name → 404, conflict → 409, unschedulable → 503 with
-``Retry-After``, anything else → 500 without internals.
+``Retry-After``, anything else → 500 without internals; Starlette's own answers (no such
+route, wrong method) become problems too, and the OpenAPI document declares them all.
 """
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.state.reservations import StoreUnavailableError
 from topology.errors import (
@@ -60,13 +63,84 @@ async def _request(request: Request, exc: Exception) -> JSONResponse:
                    request.url.path, errors=errors)
 
 
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own answers (no such route 404, wrong method 405, …) as problems."""
+    assert isinstance(exc, StarletteHTTPException)
+    try:
+        title = HTTPStatus(exc.status_code).phrase.lower()
+    except ValueError:
+        title = "error"
+    response = problem(exc.status_code, title, str(exc.detail), request.url.path)
+    response.headers.update(exc.headers or {})
+    return response
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return problem(500, "internal error", "see the server log", request.url.path)
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+    """Register the handlers on ``app``, and document them in its OpenAPI schema."""
     app.add_exception_handler(ToposchedError, _tree)
     app.add_exception_handler(RequestValidationError, _request)
+    app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _unexpected)
+    app.openapi = _documented(app)  # type: ignore[method-assign]
+
+
+#: The shape of every error answer (RFC 9457, with this service's two extensions).
+PROBLEM_SCHEMA: dict[str, Any] = {
+    "type": "object", "title": "Problem", "required": ["type", "title", "status", "detail"],
+    "description": "RFC 9457 problem details (application/problem+json).",
+    "properties": {
+        "type": {"type": "string", "example": "about:blank"},
+        "title": {"type": "string"}, "status": {"type": "integer"},
+        "detail": {"type": "string"}, "instance": {"type": "string"},
+        "errors": {"type": "array", "description": "each invalid field: its path and why",
+                   "items": {"type": "object", "required": ["path", "message"], "properties": {
+                       "path": {"type": "string"}, "message": {"type": "string"}}}},
+        "reasons": {"type": "array", "items": {"type": "string"},
+                    "description": "why a request cannot be scheduled (503)"}}}
+_PROBLEM = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+#: Answers any /v1 operation may give, and what they mean.
+_COMMON = {"401": "missing or invalid bearer token", "403": "the token may not do this",
+           "404": "a named resource (or the fabric or placement it needs) does not exist",
+           "422": "invalid input: each bad field with its path",
+           "500": "internal error (details only in the server log)",
+           "503": "the state store does not answer, or the request cannot be scheduled "
+                  "now (Retry-After)"}
+_WITH_BODY = {"408": "the request body did not arrive in time",
+              "413": "the request body is too large"}
+
+
+def _documented(app: FastAPI) -> Any:
+    """``app.openapi`` with every error answer declared as problem+json."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = generate()
+            schemas = schema.setdefault("components", {}).setdefault("schemas", {})
+            schemas["Problem"] = PROBLEM_SCHEMA
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values():
+                    _declare_problems(operation, path.startswith("/v1/"))
+            for unused in ("HTTPValidationError", "ValidationError"):
+                schemas.pop(unused, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi
+
+
+def _declare_problems(operation: dict[str, Any], api: bool) -> None:
+    responses = operation.setdefault("responses", {})
+    wanted = {"500": _COMMON["500"]}
+    if api:
+        wanted = {**_COMMON, **(_WITH_BODY if "requestBody" in operation else {})}
+    for code, description in wanted.items():
+        responses.setdefault(code, {"description": description})
+    for code, answer in responses.items():
+        if code[0] in "45":
+            answer["content"] = _PROBLEM

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.outages import Outage
 from api.settings import Settings
 from api.ui.decisions import RecentDecisions
 from scheduler.prefix import PrefixIndex, parse_event
@@ -65,8 +66,12 @@ class Runtime:
 
     def remember_worker(self, reg: WorkerRegistration) -> None:
         """Note a worker's locality domain (for transfer telemetry labels)."""
-        self.worker_gpus[reg.name] = reg.gpus
-        self.worker_domains[reg.name] = self._domain_of(reg.gpus)
+        self.remember_gpus(reg.name, reg.gpus)
+
+    def remember_gpus(self, worker: str, gpus: tuple[str, ...]) -> None:
+        """Note the GPUs of a worker (or engine instance) for telemetry labels."""
+        self.worker_gpus[worker] = gpus
+        self.worker_domains[worker] = self._domain_of(gpus)
 
     def use_fabric(self, distance: DistanceModel) -> None:
         """Label transfers and calibrate against a new fabric (built from feeds, say)."""
@@ -75,6 +80,10 @@ class Runtime:
         self.telemetry.use_reference(reference_figures(distance))
         self.worker_domains = {name: self._domain_of(gpus)
                                for name, gpus in self.worker_gpus.items()}
+
+    def domain_of(self, gpus: tuple[str, ...]) -> str:
+        """The locality domain (pod) of the first of ``gpus``, for telemetry labels."""
+        return self._domain_of(gpus)
 
     def _domain_of(self, gpus: tuple[str, ...]) -> str:
         if self._mapper is None or not gpus:
@@ -91,6 +100,21 @@ class Runtime:
             record, lambda worker: self.worker_domains.get(worker, UNKNOWN_DOMAIN))
         if sample is not None:
             self.telemetry.record_transfer(sample)
+
+    async def transfer_ended(self, record: TransferRecord) -> None:
+        """A transfer ended (the coordinator calls this once per transfer, on the replica
+        that ended it): count it, and end its route reservation's part on the prefill
+        worker, whose work for the request is over."""
+        self.record_transfer(record)
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id,
+                                               [record.plan.src.worker])
+
+    async def request_ended(self, record: TransferRecord) -> None:
+        """The decode side's request that used ``record``'s KV ended: the rest of its
+        route reservation ends too."""
+        if record.reservation_id is not None:
+            await self.loads.close_reservation(record.reservation_id)
 
     async def publish_events(self, events: list[Any]) -> None:
         """Share validated KV events with the other replicas (one process: nothing to do)."""
@@ -142,13 +166,15 @@ async def replicate_kv_events(runtime: Runtime, block_ms: int) -> None:
     sequence numbers it has seen, so applying twice is harmless.
     """
     last_id = "0"  # from the start: a restarted replica rebuilds its index from the log
+    outage = Outage("reading the KV-event log", log)
     while True:
         try:
             batch, last_id = await runtime.events.kv_events_since(last_id, block_ms)
         except StoreUnavailableError as exc:
-            log.warning("KV-event log unavailable: %s", exc.detail)
+            outage.failed(exc)
             await asyncio.sleep(1.0)
             continue
+        outage.ok()
         for text in batch:
             try:
                 runtime.prefix.apply(parse_event(text, source="kv-event log"))

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Request
@@ -34,9 +35,9 @@ from api.placement_jobs import (
 from api.routing import Fabric
 from api.security import AuthError, Role, TokenAuth, auth_error_handler, require
 from api.settings import Settings
-from api.snapshots import LiveSnapshots
+from api.snapshots import BlockSizes, LiveSnapshots
 from policies.profile import Policy, resolve_policy
-from policies.registry import default_registry
+from policies.registry import installed_registry
 from scheduler.placement import Placement, PlacementRequest
 from scheduler.prefix import PrefixIndex
 from scheduler.router.router import Router
@@ -58,21 +59,38 @@ TopologyEdit = Callable[[Feeds, FabricSpec | None],
                         Awaitable[tuple[Feeds, FabricSpec | None] | None]]
 
 
+@dataclass(frozen=True)
+class RoutingOptions:
+    """How the route path reads prefixes: block sizes, approximate mode, prefill caches
+    (the ``block_tokens``, ``prefix_approx_ttl_s`` and ``prefill_cache_ttl_s`` settings)."""
+
+    block_sizes: BlockSizes = field(default_factory=BlockSizes)
+    approx_ttl_s: float | None = None
+    prefill_ttl_s: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RoutingOptions:
+        """The options a ``toposched serve`` process was started with."""
+        return cls(BlockSizes(settings.block_tokens, dict(settings.model_block_tokens)),
+                   settings.prefix_approx_ttl_s, settings.prefill_cache_ttl_s)
+
+
 class ServiceState:
     """What the topology, placement and route resources share in one process."""
 
     def __init__(self, policy: Policy, prefix_index: PrefixIndex,
                  spec: FabricSpec | None = None, *, docs: SharedDocs | None = None,
-                 poll_s: float = 0.5) -> None:
+                 poll_s: float = 0.5, routing: RoutingOptions | None = None) -> None:
         self.policy = policy
         self.prefix_index = prefix_index
+        self.routing = routing or RoutingOptions()
         self.docs: SharedDocs = docs if docs is not None else MemoryDocs()
         self.feeds = Feeds()
         self.fabric: Fabric | None = self.make_fabric(spec) if spec is not None else None
         self.current: CurrentPlacement | None = None
         self.jobs = SharedJobs(self.docs, flush_s=poll_s)
         self.lock = asyncio.Lock()
-        self.snapshots = LiveSnapshots()
+        self.snapshots = LiveSnapshots(self.routing.block_sizes)
         #: Where solve times go (the app's telemetry; None in bare service tests).
         self.telemetry: Telemetry | None = None
         #: Told of every new fabric put in force (transfer hints, telemetry labels).
@@ -85,7 +103,10 @@ class ServiceState:
     def make_fabric(self, spec: FabricSpec) -> Fabric:
         """A fabric bundle whose router shares the app's prefix index."""
         distance = DistanceModel(spec)
-        router = Router(distance, self.policy, index=self.prefix_index)
+        options = self.routing
+        router = Router(distance, self.policy, index=self.prefix_index,
+                        predict_ttl_s=options.approx_ttl_s,
+                        prefill_ttl_s=options.prefill_ttl_s or None)
         return Fabric(spec, distance, router, frozenset(distance.names))
 
     def require_fabric(self) -> Fabric:
@@ -323,11 +344,12 @@ def install_services(app: FastAPI, settings: Settings) -> None:
     from api.routers import health, placement, route, topology
 
     spec = load_fabric(settings.fabric) if settings.fabric else None
-    policy = resolve_policy(None, default_registry())
+    policy = resolve_policy(settings.policy, installed_registry(settings.plugins))
     runtime = getattr(app.state, "runtime", None)
     app.state.services = ServiceState(policy, app.state.prefix_index, spec,
                                       docs=runtime.docs if runtime is not None else None,
-                                      poll_s=settings.shared_poll_s)
+                                      poll_s=settings.shared_poll_s,
+                                      routing=RoutingOptions.from_settings(settings))
     app.state.services.telemetry = runtime.telemetry if runtime is not None else None
     if not hasattr(app.state, "auth"):
         app.state.auth = TokenAuth(None, None)  # auth off unless the app configured tokens

@@ -325,6 +325,17 @@ class Comparison:
         return Stats(tuple((a / anch.ops) / (c / cand.ops)
                            for c, a in zip(cand.wall.values, anch.wall.values, strict=True)))
 
+    def cpu_ratio(self, candidate: str, anchor: str) -> Stats:
+        """Like :meth:`ratio` on process CPU time (all threads) per operation.
+
+        On a loaded machine wall time measures the scheduler's favour as much as the
+        code (a side that blocks and wakes is preferred over one that computes); CPU
+        time per operation is the work each side did. Report it beside wall time.
+        """
+        cand, anch = self.sides[candidate], self.sides[anchor]
+        return Stats(tuple((a / anch.ops) / (c / cand.ops)
+                           for c, a in zip(cand.cpu.values, anch.cpu.values, strict=True)))
+
     def latency_ratio(self, candidate: str, anchor: str, q: float = 50) -> float:
         """Anchor percentile / candidate percentile of the pooled samples (> 1: faster)."""
         return self.sides[anchor].latency(q) / self.sides[candidate].latency(q)
@@ -335,7 +346,9 @@ class Comparison:
                 "order": self.order, "condition": self.condition,
                 "sides": {n: s.as_dict() for n, s in self.sides.items()},
                 "paired_ratio_vs_first": {n: self.ratio(n, names[0]).as_dict()
-                                          for n in names[1:]}}
+                                          for n in names[1:]},
+                "paired_cpu_ratio_vs_first": {n: self.cpu_ratio(n, names[0]).as_dict()
+                                              for n in names[1:]}}
 
 
 def _run_once(side: Side) -> tuple[float, float, Any]:
@@ -496,14 +509,19 @@ def bench_lock(tag: str = "bench") -> Iterator[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser, *, conditions: Sequence[str] = ("awake",),
-                  repeats: int = 5, warmup: int = 1) -> None:
-    """``--conditions``, ``--repeats``, ``--warmup`` and ``--no-lock`` with these defaults."""
+                  repeats: int = 5, warmup: int = 1, timing: bool = True) -> None:
+    """``--conditions``, ``--repeats``, ``--warmup`` and ``--no-lock`` with these defaults
+    (``timing=False``: a benchmark with its own ``--repeats``; only the others)."""
     parser.add_argument("--conditions", nargs="+", choices=CONDITIONS, default=list(conditions),
                         help="CPU conditions to measure under, in order (default: %(default)s)")
-    parser.add_argument("--repeats", type=int, default=repeats,
-                        help="timed alternating repetitions per comparison (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=warmup,
-                        help="untimed repetitions first (default: %(default)s)")
+    if timing:
+        parser.add_argument("--repeats", type=int, default=repeats,
+                            help="timed alternating repetitions per comparison "
+                                 "(default: %(default)s)")
+        parser.add_argument("--warmup", type=int, default=warmup,
+                            help="untimed repetitions first (default: %(default)s)")
+    else:
+        parser.set_defaults(warmup=0)
     parser.add_argument("--no-lock", action="store_true",
                         help=f"do not take {LOCK_PATH} (for quick trial runs only)")
 
@@ -547,8 +565,13 @@ def session(args: argparse.Namespace, *, packages: Sequence[str] = (),
 # ------------------------------------------------------------------ report helpers
 
 
-def environment_markdown(env: dict[str, Any], script: str, command: str) -> list[str]:
-    """The standard header lines of a report: how it was made and on what."""
+def environment_markdown(env: dict[str, Any], script: str, command: str, *,
+                         compared: bool = True) -> list[str]:
+    """The standard header lines of a report: how it was made and on what.
+
+    ``compared``: the report's figures come from :func:`compare` (else the header says
+    the harness recorded only the machine, load and CPU condition).
+    """
     packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
     dirty = " (uncommitted changes)" if env.get("dirty") else ""
     lines = [
@@ -563,12 +586,42 @@ def environment_markdown(env: dict[str, Any], script: str, command: str) -> list
         "",
         f"Method (bench/harness.py): {env.get('repeats', '?')} timed repetitions after "
         f"{env.get('warmup', '?')} warm-up, sides alternating in order each repetition "
-        "(A B, B A, …), same inputs, outputs compared every repetition; figures are "
-        "medians with [min–max]; ratios are per-repetition paired ratios (median "
-        "[min–max]); GC on, drained before each timed body; set-up untimed on every side.",
+        "(A B, B A, …), same inputs, outputs compared every repetition unless stated; "
+        "figures are medians with [min–max]; ratios are per-repetition paired ratios "
+        "(median [min–max]); GC on, drained before each timed body; set-up untimed on "
+        "every side." if compared else
+        "Method: the timings below are this benchmark's own (described with each "
+        "table); bench/harness.py held the bench lock, recorded the machine, load and "
+        "versions, and held the CPU condition for the whole run.",
         "",
     ]
     return lines
+
+
+def wrap_main(args: argparse.Namespace, tag: str, packages: Sequence[str],
+              run_body: Callable[[], dict[str, Any]], script: str,
+              argv: Sequence[str] | None) -> dict[str, Any]:
+    """Run a benchmark body under the lock and the first CPU condition asked for.
+
+    Returns the body's result with ``environment``, ``condition`` and ``command``
+    added (for benchmarks whose timings are their own, not :func:`compare`'s).
+    """
+    with session(args, packages=packages, tag=tag) as run, \
+            cpu_condition(run.conditions[0]) as cond:
+        result = run_body()
+    result["environment"] = run.finish()
+    result["condition"] = cond.as_dict()
+    given = list(argv if argv is not None else sys.argv[1:])
+    result["command"] = " ".join(["flock", str(LOCK_PATH), ".venv/bin/python", script,
+                                  *given])
+    return result
+
+
+def header_markdown(result: dict[str, Any], script: str, *, compared: bool) -> list[str]:
+    """Environment lines and the CPU condition of a :func:`wrap_main` result."""
+    return [*environment_markdown(result["environment"], script, result["command"],
+                                  compared=compared),
+            condition_line(result["condition"]), ""]
 
 
 def condition_line(cond: dict[str, Any] | None) -> str:

@@ -1,7 +1,7 @@
 """Benchmark: the placement solver against greedy and topology-unaware placement.
 
 Run: ``.venv/bin/python bench/placement_bench.py [--sizes 64,512,1024,2048,8192]
-[--out bench/results]``
+[--out bench/results] [--repeats 3] [--conditions awake]``
 
 Writes ``bench/results/placement.json`` and ``placement.md``. Synthetic clusters of
 HGX-H100 hosts in 2 zones, rail-optimised leaves, pod uplinks 2:1 and zone uplinks
@@ -11,7 +11,9 @@ the placed GPUs — at the request rate that fills the cluster. Two scenarios: *
 (all GPUs free, TP 4 for both roles, ~90 % used) and *fragmented* (10 % of GPUs drained
 at random, prefill TP 2, decode TP 4, ~80 % of the free GPUs used).
 
-For each size: solve time (targets: 1,024 GPUs ≤ 2 s, 8,192 GPUs ≤ 30 s on 2 cores);
+For each size: solve time (targets: 1,024 GPUs ≤ 2 s, 8,192 GPUs ≤ 30 s on 2 cores),
+timed with :mod:`bench.harness` against the greedy heuristic, alternating, with
+problem set-up (``prepare``) and validation (``assemble``) counted on both sides;
 expected KV transfer cost and the share of KV traffic inside an NVLink domain and a rack
 for the solver (the API's answer, and the CP-SAT search's own solution), the greedy
 heuristic and a topology-unaware placement, as ratios to the lower bound; the busiest
@@ -21,10 +23,6 @@ uplink; and churn after one host fails (incremental re-solve vs a from-scratch s
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
-import json
-import os
-import platform
 import random
 import sys
 import time
@@ -35,6 +33,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
 from scheduler.capacity import Workload, instances_needed  # noqa: E402
 from scheduler.placement import (  # noqa: E402
     Placement,
@@ -128,7 +127,44 @@ def cpsat_only(problem: Problem, limit: float) -> tuple[dict[int, Role] | None, 
     return roles, time.perf_counter() - started
 
 
-def run_size(gpus: int, scenario: str) -> dict[str, Any]:
+def timed_sides(request: PlacementRequest, dm: DistanceModel,
+                run: harness.Session) -> tuple[dict[str, Any], Placement, float]:
+    """Greedy (anchor) and ``place()`` alternately, set-up and validation on both sides.
+
+    Outputs differ by design (the solver may improve on greedy), so they are not
+    required to be equal; the placer's cost must be at or below greedy's instead.
+    """
+    kept: dict[str, Any] = {}
+
+    def prepare_greedy() -> Any:
+        def body() -> float:
+            problem = prepare(request, dm)
+            placement, _ = assemble(
+                problem, greedy(problem) or {}, method="greedy", status="heuristic",
+                solve_time_s=0.0, lower_bound_ms=0.0, lower_bound_source="")
+            kept["greedy"] = placement
+            return placement.objective.transfer_cost_ms
+        return body
+
+    def prepare_placer() -> Any:
+        def body() -> float:
+            kept["placer"] = place(request, dm=dm)
+            return float(kept["placer"].objective.transfer_cost_ms)
+        return body
+
+    result = harness.compare([harness.Side("greedy", prepare_greedy),
+                              harness.Side("placer", prepare_placer)],
+                             repeats=run.repeats, warmup=run.warmup, check=False,
+                             tag="placement-bench")
+    solved: Placement = kept["placer"]
+    greedy_cost = kept["greedy"].objective.transfer_cost_ms
+    if solved.objective.transfer_cost_ms > greedy_cost * (1 + 1e-9):
+        raise harness.Disagreement(f"placer cost {solved.objective.transfer_cost_ms} above "
+                                   f"greedy's {greedy_cost}")
+    return result.as_dict(), solved, result.sides["placer"].wall.median
+
+
+def run_size(gpus: int, scenario: str, run: harness.Session) -> dict[str, Any]:
     """Every measurement for one cluster size and scenario."""
     zones, pods, racks, hosts = SHAPES[gpus]
     spec = synth_cluster(SynthParams(zones=zones, pods_per_zone=pods, racks_per_pod=racks,
@@ -143,9 +179,7 @@ def run_size(gpus: int, scenario: str) -> dict[str, Any]:
     request = PlacementRequest(fabric=spec, workload=workload, tp_prefill=tp_prefill,
                                tp_decode=tp_decode, exclude=drained,
                                options=SolverOptions(time_limit_s=limit))
-    started = time.perf_counter()
-    solved = place(request, dm=dm)
-    solve_s = time.perf_counter() - started
+    timing, solved, solve_s = timed_sides(request, dm, run)
     problem = prepare(request, dm)
     bound = solved.lower_bound_ms
     started = time.perf_counter()
@@ -158,7 +192,7 @@ def run_size(gpus: int, scenario: str) -> dict[str, Any]:
         "candidates": len(problem.candidates), "rate_rps": workload.rate_rps,
         "prefill": prefill, "decode": decode,
         "prefill_gpu_share": prefill * tp_prefill / (prefill * tp_prefill + decode * tp_decode),
-        "time_limit_s": limit, "solve_s": solve_s, "method": solved.method,
+        "time_limit_s": limit, "solve_s": solve_s, "timing": timing, "method": solved.method,
         "status": solved.status, "lower_bound_ms": bound,
         "lower_bound_source": solved.lower_bound_source,
         "solver": {**figures(solved, bound), "violations": []},
@@ -188,13 +222,19 @@ def churn_after_failure(request: PlacementRequest, current: Placement,
     }
 
 
-def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
+def markdown(results: list[dict[str, Any]], data: dict[str, Any]) -> str:
     """The committed report."""
-    lines = [
-        "# Placement benchmark", "",
-        "Generated by `bench/placement_bench.py` on "
-        f"{machine['cpus']} CPU(s), Python {machine['python']}, OR-Tools "
-        f"{machine['ortools']}, {machine['date']}.", "",
+    lines = ["# Placement benchmark", "",
+             *harness.environment_markdown(data["environment"], "bench/placement_bench.py",
+                                           data["command"]),
+             harness.condition_line(data["condition"]), "",
+             "Solve time: `place()` (prepare, greedy, bound, CP-SAT unless the bound "
+             "proves greedy good enough, validation) against the greedy heuristic alone "
+             "(prepare, greedy, validation), alternating on the same request and fabric "
+             "model; *solver / greedy* is the placer's wall time over greedy's (paired "
+             "per repetition; > 1 means the solver costs that many times greedy's time). "
+             "Outputs are not required to be equal: the placer's cost must be at or below "
+             "greedy's, checked every run.", "",
         "Clusters: HGX-H100 hosts (8 GPUs, 8 × 400 Gb/s NICs) in 2 zones, rail-optimised "
         "leaves, pod uplinks 2:1 and zone uplinks 32:1 oversubscribed. Workload: "
         "Llama-3-70B, 4,000-token prompts (p90 6,000), 1,200-token answers, TTFT 2 s, "
@@ -221,14 +261,20 @@ def markdown(results: list[dict[str, Any]], machine: dict[str, Any]) -> str:
 def _scenario_tables(scenario: str, rows: list[dict[str, Any]]) -> list[str]:
     lines = [f"## {scenario}", "", "### Solve time", "",
              "| GPUs | drained | candidates | prefill + decode (GPU share) | rate (rps) | "
-             "limit (s) | solve (s) | method | status |",
-             "|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+             "limit (s) | placer (s) | greedy (s) | solver / greedy | method | status |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     for r in rows:
+        t = r["timing"]["sides"]
+        placer_s = harness.Stats(tuple(t["placer"]["wall_seconds"]["values"]))
+        greedy_s = harness.Stats(tuple(t["greedy"]["wall_seconds"]["values"]))
+        slower = harness.Stats(tuple(p / g for p, g in zip(placer_s.values, greedy_s.values,
+                                                           strict=True)))
         lines.append(
             f"| {r['gpus']:,} | {r['drained_gpus']} | {r['candidates']:,} | {r['prefill']} × "
             f"TP{r['tp_prefill']} + {r['decode']} × TP{r['tp_decode']} "
             f"({r['prefill_gpu_share']:.0%}) | {r['rate_rps']:,.1f} | {r['time_limit_s']:g} | "
-            f"{r['solve_s']:.2f} | {r['method']} | {r['status']} |")
+            f"{harness.fmt_rate(placer_s, 2)} | {harness.fmt_rate(greedy_s, 2)} | "
+            f"{harness.fmt_ratio(slower)} | {r['method']} | {r['status']} |")
     lines += ["", "### Expected KV transfer cost", "",
               "| GPUs | bound (ms) | placer | CP-SAT alone | greedy | topology-unaware |",
               "|---:|---:|---:|---:|---:|---:|"]
@@ -273,26 +319,30 @@ def _pct(entry: dict[str, Any], key: str) -> str:
     return f"{entry[key]:.1%}" if entry.get(key) is not None else "n/a"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the sizes asked for and write the JSON and Markdown reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default=",".join(str(s) for s in SHAPES))
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
-    args = parser.parse_args()
-    machine = {"cpus": os.cpu_count(), "python": platform.python_version(),
-               "ortools": importlib.metadata.version("ortools"), "date": time.strftime("%Y-%m-%d")}
+    harness.add_arguments(parser, conditions=("awake",), repeats=3, warmup=0)
+    args = parser.parse_args(argv)
     results = []
-    for scenario in args.scenarios.split(","):
-        for size in (int(s) for s in args.sizes.split(",")):
-            print(f"{scenario}: placing on {size:,} GPUs…", file=sys.stderr, flush=True)
-            results.append(run_size(size, scenario))
+    with harness.session(args, packages=["ortools"], tag="placement-bench") as run, \
+            harness.cpu_condition(run.conditions[0]) as cond:
+        for scenario in args.scenarios.split(","):
+            for size in (int(s) for s in args.sizes.split(",")):
+                harness.progress("placement-bench", f"{scenario}: placing on {size:,} GPUs")
+                results.append(run_size(size, scenario, run))
+    env = run.finish()
+    command = "flock /tmp/toposched-bench.lock .venv/bin/python bench/placement_bench.py" + (
+        " " + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
+    data = {"environment": env, "command": command, "condition": cond.as_dict(),
+            "results": results}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "placement.json").write_text(
-        json.dumps({"machine": machine, "results": results}, indent=1) + "\n", encoding="utf-8")
-    (out / "placement.md").write_text(markdown(results, machine), encoding="utf-8")
-    print(markdown(results, machine))
+    harness.write_json(out / "placement.json", data)
+    (out / "placement.md").write_text(markdown(results, data), encoding="utf-8")
+    print(markdown(results, data))
 
 
 if __name__ == "__main__":

@@ -42,10 +42,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import operator
 import os
-import platform
 import random
 import subprocess
 import sys
@@ -66,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 
 from api.feeds import FeedKind, Feeds, parse_capture, parse_inventory  # noqa: E402
 from api.service import ServiceState  # noqa: E402
+from bench import harness  # noqa: E402
 from policies.profile import resolve_policy  # noqa: E402
 from policies.registry import default_registry  # noqa: E402
 from scheduler.capacity import Workload  # noqa: E402
@@ -118,11 +117,14 @@ def big_cluster(hosts: int) -> FabricSpec:
 
 
 def moved_lldp(host: HostSpec) -> str:
-    """``host``'s LLDP capture with its first NIC moved to the next rail leaf."""
+    """``host``'s LLDP capture with its first NIC moved to the next rail leaf, on a port
+    of its own (the next leaf's port for this host is the second NIC's: two NICs on one
+    switch port are refused as mis-cabling)."""
     leaf = host.nics[0].leaf
     if leaf is None or not leaf.endswith("rail0"):  # the synthetic layout is assumed
         raise ValueError(f"{host.name}: first NIC on leaf {leaf!r}, not a rail-0 leaf")
-    return lldp_json0(host).replace(f'"{leaf}"', f'"{leaf[:-1]}1"')
+    return (lldp_json0(host).replace(f'"{leaf}"', f'"{leaf[:-1]}1"')
+            .replace('"value": "Ethernet', '"value": "Ethernet9', 1))
 
 
 def placement_target() -> dict[str, Any]:
@@ -464,14 +466,12 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
     follow = result["follow"]
     polls = [run["poll_s"] for run in result["runs"]]
     lines = [
-        f"# Convergence between replicas ({result['date']})", "",
-        f"`bench/replica_convergence_bench.py --rounds {args.rounds} --polls {args.polls} "
-        f"--probe-ms {args.probe_ms:g} --idle-s {args.idle_s:g} --big-hosts "
-        f"{args.big_hosts}` on {result['machine']}; redis-server {result['redis_version']} "
-        f"on loopback. Load average before {result['load_before']}, after "
-        f"{result['load_after']} ({result['seconds']:.0f} s in all). The machine is "
-        "shared and the client, both replicas and Redis run on its two cores: the "
-        "wall-clock figures below are loose.", "",
+        "# Convergence between replicas", "",
+        *harness.header_markdown(result, "bench/replica_convergence_bench.py",
+                                 compared=False),
+        f"redis-server {result['redis_version']} on loopback. The client, both replicas "
+        "and Redis share the machine's two vCPUs: the wall-clock figures below are loose.",
+        "",
         f"Two `toposched serve --redis` processes, A and B, per poll interval "
         f"(`TOPOSCHED_SHARED_POLL_S`); a {args.hosts}-host cluster posted to A as feeds. "
         f"Each round waits a random time (uniform over one poll interval), changes "
@@ -509,7 +509,7 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
 
 # -- main ------------------------------------------------------------------------------------------
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--polls", default="0.5,0.1",
@@ -529,7 +529,8 @@ def parse_args() -> argparse.Namespace:
                         help="idle refresh() calls measured in process")
     parser.add_argument("--seed", type=int, default=1, help="seed of the random phases")
     parser.add_argument("--out", type=Path, default=RESULTS, help="report directory")
-    return parser.parse_args()
+    harness.add_arguments(parser, conditions=("awake",), timing=False)
+    return parser.parse_args(argv)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -562,20 +563,14 @@ def redis_version(redis: RedisServer) -> str:
         client.close()
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write the reports."""
-    args = parse_args()
+    args = parse_args(argv)
     random.seed(args.seed)
-    started, load_before = time.perf_counter(), load_average()
-    result = run(args)
-    result.update(date=time.strftime("%Y-%m-%d"), load_before=load_before,
-                  load_after=load_average(), seconds=round(time.perf_counter() - started, 1),
-                  machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}",
-                  arguments={k: str(v) if isinstance(v, Path) else v
-                             for k, v in vars(args).items()})
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "replica_convergence.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = harness.wrap_main(args, "convergence-bench", ["redis"], lambda: run(args),
+                               "bench/replica_convergence_bench.py", argv)
+    result["arguments"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    harness.write_json(args.out / "replica_convergence.json", result)
     (args.out / "replica_convergence.md").write_text(markdown(result, args))
     progress(f"wrote {args.out / 'replica_convergence.md'}")
 

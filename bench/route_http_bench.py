@@ -32,7 +32,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
 from tests.servers import RedisServer, free_port, start_redis, stop_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -561,13 +561,12 @@ def _http_stack() -> str:
 def _report(result: dict[str, Any], args: argparse.Namespace) -> str:
     closed, opened, reports = _tables(result, args.in_flight)
     verdicts = "\n".join(f"* {line}" for line in _verdicts(result))
-    command = (f"bench/route_http_bench.py --requests {args.requests} --in-flight "
-               f"{args.in_flight} --rates {args.rates} --open-s {args.open_s} "
-               f"--transfers {args.transfers}")
+    head = "\n".join(harness.header_markdown(result, "bench/route_http_bench.py",
+                                             compared=False))
     return f"""# Route and transfer reports over HTTP
 
-`{command}` on {result['machine']}; load average before {result['load_before']},
-after {result['load_after']} ({result['seconds']:.0f} s in all). Replicas are
+{head}
+Replicas are
 `toposched serve` processes (uvicorn; {_http_stack()}) with a 512-GPU synthetic
 fabric and {WORKERS} registered workers (128 prefill + 128 decode, no sidecars, so
 plans queue up); Redis is a private redis-server. The
@@ -623,7 +622,7 @@ change-log listing, `reserve_all`, `take_blocks` and `start_transfer`.
 {NOTES}"""
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write its reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000,
@@ -642,21 +641,18 @@ def main() -> None:
                         help="a closed-loop run stops after this many seconds")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the .md from the .json of the last run")
-    args = parser.parse_args()
+    harness.add_arguments(parser, conditions=("awake",), repeats=1, warmup=0)
+    args = parser.parse_args(argv)
     if args.render:
         result = json.loads((RESULTS / "route_http.json").read_text())
         (RESULTS / "route_http.md").write_text(_report(result, argparse.Namespace(
             **result["args"])))
         return
-    started = time.perf_counter()
-    load_before = load_average()
-    result = asyncio.run(_run(args))
-    result.update(load_before=load_before, load_after=load_average(),
-                  seconds=time.perf_counter() - started, args=vars(args),
-                  machine=f"{platform.machine()}, {os.cpu_count()} cores, Python "
-                          f"{platform.python_version()}")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "route_http.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = harness.wrap_main(args, "route-http-bench", ["uvicorn", "fastapi", "redis"],
+                               lambda: asyncio.run(_run(args)), "bench/route_http_bench.py",
+                               argv)
+    result["args"] = vars(args)
+    harness.write_json(RESULTS / "route_http.json", result)
     (RESULTS / "route_http.md").write_text(_report(result, args))
     print(_report(result, args))
 

@@ -31,7 +31,6 @@ import gc
 import heapq
 import json
 import math
-import platform
 import random
 import sys
 import time
@@ -41,11 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench import harness  # noqa: E402
 from policies.profile import Policy, policy_names, resolve_policy  # noqa: E402
 from policies.registry import default_registry  # noqa: E402
 from policies.snapshot import Role, Worker  # noqa: E402
@@ -127,37 +125,47 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
 
 
-def time_decisions(router: Router, snap: Any, reqs: list[dict[str, Any]]) -> dict[str, float]:
-    """p50/p99/mean of ``Router.route`` in microseconds (after 50 warm-up calls)."""
-    for req in reqs[:50]:
-        router.route(req, snap)
-    wall, cpu = [], []
-    for req in reqs:
-        started, started_cpu = time.perf_counter(), time.thread_time()
-        router.route(req, snap)
-        cpu.append((time.thread_time() - started_cpu) * 1e6)
-        wall.append((time.perf_counter() - started) * 1e6)
-    return {"p50_us": percentile(wall, 0.5), "p99_us": percentile(wall, 0.99),
-            "mean_us": sum(wall) / len(wall), "cpu_p50_us": percentile(cpu, 0.5),
-            "cpu_p99_us": percentile(cpu, 0.99), "decisions": len(wall)}
+def decisions_side(name: str, router: Router, snap: Any,
+                   reqs: list[dict[str, Any]]) -> harness.Side:
+    """One policy as a harness side: wall and CPU time of every ``Router.route``."""
+    def prepare() -> Any:
+        def body() -> harness.Samples:
+            wall, cpu = [], []
+            for req in reqs:
+                started, started_cpu = time.perf_counter(), time.thread_time()
+                router.route(req, snap)
+                cpu.append(time.thread_time() - started_cpu)
+                wall.append(time.perf_counter() - started)
+            return harness.Samples(None, wall, {"cpu": cpu})
+        return body
+    return harness.Side(name, prepare, ops=len(reqs))
 
 
-def time_lookups(index: PrefixIndex, reqs: list[dict[str, Any]]) -> dict[str, float]:
-    """p50/p99 of the prefix-index lookup alone, for comparison."""
-    times = []
-    for req in reqs:
-        started = time.perf_counter()
-        index.match(req["block_hashes"])
-        times.append((time.perf_counter() - started) * 1e6)
-    return {"p50_us": percentile(times, 0.5), "p99_us": percentile(times, 0.99)}
+def lookup_side(index: PrefixIndex, reqs: list[dict[str, Any]]) -> harness.Side:
+    """The prefix-index lookup alone, for scale."""
+    def prepare() -> Any:
+        def body() -> harness.Samples:
+            times = []
+            for req in reqs:
+                started = time.perf_counter()
+                index.match(req["block_hashes"])
+                times.append(time.perf_counter() - started)
+            return harness.Samples(None, times)
+        return body
+    return harness.Side("index lookup", prepare, ops=len(reqs))
 
 
-def latency(decisions: int, policies: Sequence[str]) -> list[dict[str, Any]]:
-    """Decision latency per worker count and policy."""
+def latency(decisions: int, policies: Sequence[str], run: harness.Session,
+            worker_counts: Sequence[int] = WORKER_COUNTS) -> list[dict[str, Any]]:
+    """Decision latency per worker count: the policies alternate (:mod:`bench.harness`).
+
+    Policies decide differently by design, so their outputs are not compared; the first
+    policy is the reference the others' time is given against.
+    """
     distance = big_fabric()
     registry = default_registry()
     rows = []
-    for n in WORKER_COUNTS:
+    for n in worker_counts:
         rng = random.Random(n)
         workers = spread_workers(distance, n, rng)
         docs = max(4 * INDEXED_BLOCKS // DOC_BLOCKS // n, 64) * 4
@@ -168,18 +176,17 @@ def latency(decisions: int, policies: Sequence[str]) -> list[dict[str, Any]]:
         snap = build_snapshot(distance, workers, block_tokens=512,
                               kv_bytes_per_token=KV_BYTES_8B)
         reqs = requests(decisions, docs, rng)
-        lookup = time_lookups(index, reqs)
+        sides, first_call = [], {}
         for name in policies:
             router = Router(distance, resolve_policy(name, registry), index=index)
             started = time.perf_counter()
             router.route(reqs[0], snap)
-            table_s = time.perf_counter() - started
-            row = {"workers": n, "policy": name, "indexed_entries": index.stats().entries,
-                   "first_call_s": table_s, "lookup": lookup,
-                   **time_decisions(router, snap, reqs)}
-            progress(f"{n} workers, {name}: p50 {row['p50_us']:.0f} µs, "
-                     f"p99 {row['p99_us']:.0f} µs")
-            rows.append(row)
+            first_call[name] = time.perf_counter() - started
+            sides.append(decisions_side(name, router, snap, reqs))
+        result = harness.compare([*sides, lookup_side(index, reqs)], repeats=run.repeats,
+                                 warmup=run.warmup, check=False, tag="router-bench")
+        rows.append({"workers": n, "indexed_entries": index.stats().entries,
+                     "first_call_s": first_call, **result.as_dict()})
         del index
         gc.collect()
     return rows
@@ -332,27 +339,40 @@ def replay(policy: Policy, rows: Sequence[dict[str, Any]], capacity: int,
 
 def render(result: dict[str, Any]) -> str:
     """The Markdown report."""
-    meta = result["meta"]
     lines = ["# Router benchmark", "",
-             f"`{meta['command']}` on {meta['machine']} (Python {meta['python']}), "
-             f"{meta['date']}. Method: see the docstring of `bench/router_bench.py`.", "",
+             *harness.environment_markdown(result["environment"], "bench/router_bench.py",
+                                           result["command"]),
+             harness.condition_line(result["condition"]), "",
              "## Decision latency (one `Router.route`, 1,000,000 indexed blocks)", "",
+             "Policies alternate repetition by repetition on the same requests, snapshot "
+             "and index (outputs differ by design and are not compared). Percentiles pool "
+             "every decision of every repetition; *CPU* is `thread_time` over the same "
+             "call (the decision's own cost); *vs prefix-only* is prefix-only's CPU p50 "
+             "over the policy's (the simplest policy as the reference).", "",
              "| workers | policy | wall p50 µs | wall p99 µs | CPU p50 µs | CPU p99 µs "
-             "| index lookup p50 / p99 µs | first call (pair table) s |",
+             "| vs prefix-only (CPU p50) | first call (pair table) s |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in result["latency"]:
-        lk = row["lookup"]
-        lines.append(f"| {row['workers']:,} | {row['policy']} | {row['p50_us']:.0f} | "
-                     f"{row['p99_us']:.0f} | {row['cpu_p50_us']:.0f} | "
-                     f"{row['cpu_p99_us']:.0f} | {lk['p50_us']:.0f} / "
-                     f"{lk['p99_us']:.0f} | {row['first_call_s']:.2f} |")
-    target = next(r for r in result["latency"]
-                  if r["workers"] == 256 and r["policy"] == "fabric-cost")
-    lines += ["", f"Target p99 ≤ 1 ms at 256 workers (fabric-cost): CPU-time p99 "
-              f"{target['cpu_p99_us']:.0f} µs — "
-              f"{'met' if target['cpu_p99_us'] <= 1000 else 'missed'}; wall-clock p99 "
-              f"{target['p99_us']:.0f} µs — "
-              f"{'met' if target['p99_us'] <= 1000 else 'missed on this shared machine'}."]
+        base = row["sides"]["prefix-only"]["stages_seconds"]["cpu"]["p50"]
+        for name, side in row["sides"].items():
+            if name == "index lookup":
+                continue
+            wall, cpu = side["latency_seconds"], side["stages_seconds"]["cpu"]
+            lines.append(f"| {row['workers']:,} | {name} | {wall['p50'] * 1e6:.0f} | "
+                         f"{wall['p99'] * 1e6:.0f} | {cpu['p50'] * 1e6:.0f} | "
+                         f"{cpu['p99'] * 1e6:.0f} | {base / cpu['p50']:.2f}× | "
+                         f"{row['first_call_s'][name]:.2f} |")
+        lookup = row["sides"]["index lookup"]["latency_seconds"]
+        lines.append(f"| {row['workers']:,} | (index lookup alone) | {lookup['p50'] * 1e6:.0f}"
+                     f" | {lookup['p99'] * 1e6:.0f} | | | | |")
+    target = next(r for r in result["latency"] if r["workers"] == 256) \
+        if any(r["workers"] == 256 for r in result["latency"]) else None
+    if target is not None:
+        fc = target["sides"]["fabric-cost"]
+        cpu99, wall99 = fc["stages_seconds"]["cpu"]["p99"] * 1e6, fc["latency_seconds"]["p99"] * 1e6
+        lines += ["", f"Target p99 ≤ 1 ms at 256 workers (fabric-cost): CPU-time p99 "
+                  f"{cpu99:.0f} µs — {'met' if cpu99 <= 1000 else 'missed'}; wall-clock p99 "
+                  f"{wall99:.0f} µs — {'met' if wall99 <= 1000 else 'missed under this load'}."]
     hit = result["hit_ratio"]
     lines += ["", "## Cache hit ratio on the Mooncake conversation trace", "",
               f"{hit['requests']:,} requests replayed ({hit['share_of_trace']:.0%} of the "
@@ -388,11 +408,10 @@ NOTES = [
     "prunes candidates, which is why it scales best to 1,024 workers.",
     "- round-robin never crosses hosts only because the replay lists each host's prefill "
     "and decode workers in the same order: its n-th prefill and n-th decode share a host.",
-    "- Latency: single-threaded CPython on a 2-core machine shared with other jobs. "
+    "- Latency: single-threaded CPython on a 2-vCPU machine shared with other jobs. "
     "'Wall' is `perf_counter` around `Router.route`; its p99 includes the time the "
-    "process was preempted by other jobs (about one decision in ten waited several ms "
-    "for a core during these runs). 'CPU' is `thread_time` over the same call: the "
-    "decision's own cost, what a dedicated core would see.",
+    "process was preempted by other jobs. 'CPU' is `thread_time` over the same call: "
+    "the decision's own cost, what a dedicated core would see.",
 ]
 
 
@@ -405,6 +424,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=1000, help="blocks per worker")
     parser.add_argument("--decode-tps", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    parser.add_argument("--workers", type=int, nargs="+", default=list(WORKER_COUNTS))
+    harness.add_arguments(parser, conditions=("awake",), repeats=5, warmup=1)
     args = parser.parse_args(argv)
     names = policy_names()
     rows = trace_rows(args.requests or None)
@@ -416,11 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress(f"replay {name}: hit {hit_rows[-1]['hit_ratio']:.2%} "
                  f"in {hit_rows[-1]['replay_s']:.0f} s")
     total = sum(1 for _ in TRACE.open())
+    with harness.session(args, tag="router-bench") as run, \
+            harness.cpu_condition(run.conditions[0]) as cond:
+        timed = latency(args.decisions, ["prefix-only", "label-curve", "fabric-cost"], run,
+                        args.workers)
     result = {
-        "meta": {"command": " ".join(["bench/router_bench.py", *(argv or sys.argv[1:])]),
-                 "machine": platform.machine(), "python": platform.python_version(),
-                 "date": time.strftime("%Y-%m-%d"), "numpy": np.__version__},
-        "latency": latency(args.decisions, ["fabric-cost", "label-curve", "prefix-only"]),
+        "environment": run.finish(), "condition": cond.as_dict(),
+        "command": "flock /tmp/toposched-bench.lock .venv/bin/python bench/router_bench.py "
+                   + " ".join(argv if argv is not None else sys.argv[1:]),
+        "latency": timed,
         "hit_ratio": {"requests": len(rows), "share_of_trace": len(rows) / total,
                       "capacity": args.capacity, "decode_tps": args.decode_tps,
                       "ideal_replayed": ideal_ratio(rows), "ideal_full_trace": IDEAL_FULL_TRACE,
@@ -428,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "notes": NOTES,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "router.json").write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_json(args.out / "router.json", result)
     (args.out / "router.md").write_text(render(result))
     progress(f"wrote {args.out / 'router.md'}")
     return 0

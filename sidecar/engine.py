@@ -2,18 +2,23 @@
 
 A real integration implements :class:`EngineHook`: it hands over the KV memory as a
 :class:`~sidecar.pool.KvPool` (built around the engine's tensors), names the content
-of blocks for KV events, and hears about every finished or failed transfer, so the
-decode side can recompute instead of waiting for KV that will not arrive.
+of blocks for KV events, hears about every finished or failed transfer, so the
+decode side can recompute instead of waiting for KV that will not arrive, and says
+when the request that used received blocks ended, so the scheduler can hand them out
+again (:meth:`EngineHook.set_release`).
 
 :class:`FakeEngine` fills every block with bytes derived from (worker, block, region),
 so the destination can regenerate what must have arrived and check it byte for byte.
+It "decodes" each received request for ``decode_s`` and then ends it, so a
+scheduler with fake engines never runs out of blocks.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, Protocol
 
 import numpy as np
@@ -23,6 +28,8 @@ from sidecar.pool import Bytes, KvPool
 
 VerifyMode = Literal["full", "moved", "off"]
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+#: Told that the request which used a received plan's blocks ended.
+Release = Callable[[TransferPlan], None]
 
 
 class EngineHook(Protocol):
@@ -41,6 +48,11 @@ class EngineHook(Protocol):
     def on_failed(self, plan: TransferPlan, reason: str) -> None:
         """A transfer into (or out of) this engine failed; the decode side recomputes."""
 
+    def set_release(self, release: Release) -> None:
+        """Take the function to call, with the received plan, once the request that used
+        its blocks ended (finished, or failed and recomputed): the sidecar then tells the
+        scheduler, which frees the blocks and the rest of the request's load."""
+
 
 def pattern(worker: str, block: int, region: int, nbytes: int) -> Bytes:
     """Deterministic bytes of block ``block`` / region ``region`` filled by ``worker``."""
@@ -54,23 +66,43 @@ def pattern(worker: str, block: int, region: int, nbytes: int) -> Bytes:
 
 
 class FakeEngine:
-    """An engine stand-in with deterministic, verifiable block contents."""
+    """An engine stand-in with deterministic, verifiable block contents.
 
-    def __init__(self, pool: KvPool, worker: str, verify: VerifyMode = "full") -> None:
+    Verification (``verify``): ``moved`` checks the blocks a transfer wrote; ``full``
+    also every block this engine still holds from earlier transfers (received, request
+    not ended). Free blocks are never checked: the scheduler may have handed them to a
+    transfer that is writing them right now, one this engine may not even have heard
+    of yet (a WRITE's initiator can post before the target's job arrives).
+    """
+
+    def __init__(self, pool: KvPool, worker: str, verify: VerifyMode = "full",
+                 decode_s: float | None = None) -> None:
+        """``decode_s``: how long each received request runs before it ends (None:
+        never; the blocks stay held)."""
         self._pool = pool
         self.worker = worker
         self.verify_mode: VerifyMode = verify
+        self.decode_s = decode_s
         #: Which (worker, block) each local block's bytes came from; None: undefined (the
         #: destination of a failed transfer, which a late writer may still have touched).
         self.content: list[tuple[str, int] | None] = [(worker, b)
                                                        for b in range(pool.num_blocks)]
+        #: Blocks received by requests that have not ended: nobody may write them.
+        self.held: set[int] = set()
         self.recompute: list[str] = []
+        self._release: Release | None = None
+        #: Executor and timer threads both change content and held blocks.
+        self._lock = threading.Lock()
         self.fill()
 
     @property
     def pool(self) -> KvPool:
         """The KV memory of this fake engine."""
         return self._pool
+
+    def set_release(self, release: Release) -> None:
+        """Take the function that ends a request at the scheduler."""
+        self._release = release
 
     def fill(self) -> None:
         """Write every block's own pattern."""
@@ -87,14 +119,17 @@ class FakeEngine:
                 for b in blocks]
 
     def on_received(self, plan: TransferPlan) -> bool | None:
-        """Record where the new blocks came from and check the pool byte for byte."""
-        for src, dst in zip(plan.src_blocks, plan.dst_blocks, strict=True):
-            self.content[dst] = (plan.src.worker, src)
-        if self.verify_mode == "off":
-            return None
-        blocks = (range(self._pool.num_blocks) if self.verify_mode == "full"
-                  else plan.dst_blocks)
-        return not self.mismatches(blocks)
+        """Record where the new blocks came from, check them (and, ``full``, the blocks
+        held from earlier transfers) byte for byte, and start the request."""
+        with self._lock:
+            for src, dst in zip(plan.src_blocks, plan.dst_blocks, strict=True):
+                self.content[dst] = (plan.src.worker, src)
+            self.held.update(plan.dst_blocks)
+            checked = sorted(self.held) if self.verify_mode == "full" else plan.dst_blocks
+            result = None if self.verify_mode == "off" else not self.mismatches(checked)
+        if result is not False:  # a mismatch fails the transfer: on_failed follows
+            self._start_request(plan)
+        return result
 
     def mismatches(self, blocks: Sequence[int] | range) -> list[int]:
         """Blocks whose bytes differ from what their recorded origin must hold."""
@@ -111,8 +146,27 @@ class FakeEngine:
 
     def on_failed(self, plan: TransferPlan, reason: str) -> None:
         """Remember that ``plan`` must be recomputed (a real engine re-runs prefill); as
-        its destination, treat the target blocks as undefined from now on."""
-        if plan.dst.worker == self.worker:
+        its destination, treat the target blocks as undefined from now on (they are not
+        held: the scheduler quarantines them) and run the recomputed request."""
+        if plan.dst.worker != self.worker:
+            return
+        with self._lock:
             self.recompute.append(plan.plan_id)
             for block in plan.dst_blocks:
                 self.content[block] = None
+                self.held.discard(block)
+        self._start_request(plan)
+
+    def _start_request(self, plan: TransferPlan) -> None:
+        if self.decode_s is None:
+            return
+        timer = threading.Timer(self.decode_s, self._end_request, (plan,))
+        timer.daemon = True
+        timer.start()
+
+    def _end_request(self, plan: TransferPlan) -> None:
+        """The request is over: its blocks are no longer held; tell the scheduler."""
+        with self._lock:
+            self.held.difference_update(plan.dst_blocks)
+        if self._release is not None:
+            self._release(plan)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from topology.errors import ToposchedError
+from topology.errors import InputError, ToposchedError
 
 FailureKind = Literal["failed", "timeout", "aborted"]
 
@@ -24,3 +24,9 @@ class SchedulerUnavailableError(ToposchedError):
     """The scheduler did not answer (connection refused, timeout, 5xx) after retries."""
 
     title = "scheduler unavailable"
+
+
+class AuthenticationError(InputError):
+    """The scheduler refused the sidecar's credentials (401) or their scope (403)."""
+
+    title = "not authorised"

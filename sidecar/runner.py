@@ -41,6 +41,7 @@ from scheduler.transfer.plan import (
     WorkerRegistration,
 )
 from scheduler.transfer.validate import validate_plan
+from sidecar.announce import Announcer, load_announcement
 from sidecar.client import SchedulerClient
 from sidecar.config import SidecarConfig
 from sidecar.engine import EngineHook, FakeEngine
@@ -68,6 +69,7 @@ class Sidecar:
         """Build the engine (default: a fake engine over a fresh pool), register its pool."""
         self.config = config
         self.engine: EngineHook = (engine or _fake_engine)(config)
+        self.engine.set_release(self._request_ended)
         self.pool = self.engine.pool
         self.recompute: list[str] = []
         #: block id → the prefix hash it holds (announced to the index; replaced on reuse)
@@ -76,7 +78,7 @@ class Sidecar:
                                    ucx_devices=config.ucx_devices)
         self.adapter.register(self.pool.registration(), self.pool.layout(),
                               self.pool.mem_type, config.device_id)
-        self.client = SchedulerClient(config.scheduler)
+        self.client = SchedulerClient(config.scheduler, token=config.token)
         self.stop = threading.Event()
         self.lease: Lease | None = None
         self.outcomes: Counter[str] = Counter()
@@ -87,6 +89,8 @@ class Sidecar:
         self._lock = threading.Lock()
         self._publish = threading.Lock()
         self._seq = 0
+        #: (plan id, role) → (job received, NIXL request created), wall clock, for the report
+        self._stamps: dict[tuple[str, str], tuple[float | None, float | None]] = {}
         self._active_at = 0.0
         self._posting = 0
 
@@ -97,7 +101,8 @@ class Sidecar:
         return WorkerRegistration(
             name=c.name, agent_name=c.name, agent_metadata_b64=encode_metadata(
                 self.adapter.metadata()), mem_type=self.pool.mem_type, device_id=c.device_id,
-            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus)
+            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus,
+            block_tokens=c.block_tokens)
 
     def register(self) -> Lease:
         """Register, retrying until ``connect_timeout_s``; then announce an empty cache."""
@@ -163,7 +168,8 @@ class Sidecar:
                 log.warning("job poll failed: %s", exc)
                 self.stop.wait(0.5)
                 continue
-            posted = [self.dispatch(job, time.monotonic()) for job in jobs]
+            received = time.monotonic()
+            posted = [self.dispatch(job, received) for job in jobs]
             # Let the transfers just handed over post before this thread's next request
             # competes with them for the GIL (bounded: a big copy may take a while).
             for event in posted:
@@ -173,6 +179,9 @@ class Sidecar:
     def dispatch(self, job: TransferJob, received: float) -> threading.Event | None:
         """Route one job: abort/complete wake a waiter, execute/await go to the executor.
 
+        ``received`` is the monotonic time the job arrived (it starts the deadline; the
+        report carries it on the wall clock, like the record's times, with the time the
+        NIXL request was created, so a transfer splits into its stages).
         Returns, for an ``execute`` job, an event set once its request is posted.
         """
         if job.kind in ("abort", "complete"):
@@ -187,25 +196,32 @@ class Sidecar:
                          "rejected", error="sidecar is shutting down")
             return None
         plan = job.plan
+        role = "initiator" if job.kind == "execute" else "target"
+        with self._lock:
+            self._stamps[(plan.plan_id, role)] = (
+                time.time() - (time.monotonic() - received), None)
         if plan.notify == "nixl":
             self.touch()  # notifications will flow: poll hot so they are acknowledged
         # The plan's own window (not_after, wall clock) bounds a job that waited in the
         # queue or reached a sidecar that was stalled.
         budget = min(plan.deadline_s, plan.not_after - time.time())
         deadline = received + budget
-        role = "initiator" if job.kind == "execute" else "target"
         self._cancel(plan.plan_id)
         watchdog = threading.Timer(max(0.0, budget) + _WATCHDOG_GRACE_S, self._overdue,
                                    (plan, role))
         watchdog.daemon = True
         with self._lock:
             self._watchdogs[(plan.plan_id, role)] = watchdog
-        watchdog.start()
+        posted = None
         if job.kind == "await":
             self._executor.submit(self._await, plan, deadline)
-            return None
-        posted = threading.Event()
-        self._executor.submit(self._execute, plan, deadline, posted)
+        else:
+            posted = threading.Event()
+            self._executor.submit(self._execute, plan, deadline, posted)
+        # Registered above, started only now: starting a thread waits for it to run, and
+        # the transfer need not wait for that. A job that finished first cancelled it,
+        # and a cancelled timer's thread exits at once.
+        watchdog.start()
         return posted
 
     def _overdue(self, plan: TransferPlan, role: str) -> None:
@@ -237,6 +253,8 @@ class Sidecar:
                                     "posting (nothing was moved)", "aborted")
             with self._lock:
                 self._posting += 1
+                key = (plan.plan_id, "initiator")
+                self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.time())
             try:
                 result = self.adapter.execute(plan, deadline)
             finally:
@@ -340,13 +358,16 @@ class Sidecar:
                 verified: bool | None = None) -> None:
         duration = result.duration_s if result else 0.0
         nbytes = result.nbytes if result and outcome == "ok" else 0
+        with self._lock:
+            received_at, started_at = self._stamps.pop((plan.plan_id, role), (None, None))
         report = TransferReport(
             plan_id=plan.plan_id, worker=self.config.name,
             role="initiator" if role == "initiator" else "target", outcome=outcome,
             bytes=nbytes, descriptors=result.descriptors if result else 0, duration_s=duration,
             gb_per_s=nbytes / duration / 1e9 if duration > 0 else 0.0, tier=plan.hints.tier,
             error=error, verified=verified,
-            recompute=outcome != "ok" and plan.dst.worker == self.config.name)
+            recompute=outcome != "ok" and plan.dst.worker == self.config.name,
+            received_at=received_at, started_at=started_at)
         with self._lock:
             self.outcomes[outcome] += 1
         log.info("transfer %s %s %s bytes=%d desc=%d %.6fs %.2f GB/s %s", plan.plan_id, role,
@@ -356,6 +377,16 @@ class Sidecar:
             self.client.report(report)
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
+
+    def _request_ended(self, plan: TransferPlan) -> None:
+        """The engine's request that used ``plan``'s blocks ended: the scheduler frees
+        them (the epoch in the plan guards against freeing a later registration's)."""
+        if self.stop.is_set():
+            return  # deregistering: every block goes with the registration
+        try:
+            self.client.release(plan.plan_id, self.config.name)
+        except ToposchedError as exc:
+            log.warning("release of %s not delivered: %s", plan.plan_id, exc)
 
     def _events(self, *events: dict[str, Any]) -> None:
         # Numbering and sending under one lock: the index reads a seq gap as lost events.
@@ -407,7 +438,8 @@ def _fake_engine(config: SidecarConfig) -> EngineHook:
     pool = KvPool(num_blocks=config.kv_blocks, block_bytes=config.block_bytes,
                   kind=config.layout, regions=config.regions, mem=config.mem,
                   device_id=config.device_id)
-    return FakeEngine(pool, config.name, config.verify)
+    decode_s = config.fake_decode_ms / 1000 if config.fake_decode_ms >= 0 else None
+    return FakeEngine(pool, config.name, config.verify, decode_s)
 
 
 def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:
@@ -418,6 +450,16 @@ def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:
     return not waiter.is_alive()
 
 
+def _start_announcer(config: SidecarConfig) -> Announcer | None:
+    """Announce the engine next to this sidecar in the background (``--engine-instance``)."""
+    if config.engine_instance is None:
+        return None
+    announcer = Announcer(config.scheduler, load_announcement(config.engine_instance),
+                          config.announce_every_s, token=config.token)
+    threading.Thread(target=announcer.run, name="announce", daemon=True).start()
+    return announcer
+
+
 def run_sidecar(config: SidecarConfig) -> int:
     """Run a sidecar until SIGTERM/SIGINT; returns the process exit code."""
     # Threads here mostly wait on NIXL or sockets; a short GIL switch interval keeps a
@@ -426,6 +468,7 @@ def run_sidecar(config: SidecarConfig) -> int:
     sidecar = Sidecar(config)
     previous = {sig: signal.signal(sig, lambda *_: sidecar.stop.set())
                 for sig in (signal.SIGTERM, signal.SIGINT)}
+    announcer = _start_announcer(config)
     try:
         try:
             sidecar.register()
@@ -437,6 +480,8 @@ def run_sidecar(config: SidecarConfig) -> int:
             pass
         state = sidecar.shutdown()
     finally:
+        if announcer is not None:
+            announcer.stop.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0 if state["drained"] and not state["leaked_handles"] else 1

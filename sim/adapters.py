@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 
 from policies.profile import Policy, resolve_policy
-from policies.registry import default_registry
+from policies.registry import installed_registry, plugin_allowlist
 from policies.snapshot import Role, Snapshot, Worker
 from scheduler.capacity import Workload
 from scheduler.models_config import ModelShape
@@ -28,7 +28,7 @@ from scheduler.placement.assemble import assemble
 from scheduler.placement.greedy import greedy
 from scheduler.placement.unaware import unaware
 from scheduler.prefix import PrefixIndex
-from scheduler.router.cost import FabricCostModel
+from scheduler.router.cost import CostParams, FabricCostModel
 from scheduler.router.router import Decision, Router, RouteRequest
 from scheduler.router.snapshot import domain_arrays
 from sim.engines import Instance
@@ -36,6 +36,7 @@ from sim.workloads import SimRequest
 from topology.distance import DistanceModel
 from topology.errors import UnschedulableError
 from topology.spec import FabricSpec
+from topology.tiers import Tier
 
 PlacementMethod = Literal["solver", "greedy", "unaware"]
 
@@ -104,8 +105,9 @@ def aggregated(outcome: PlacementOutcome) -> PlacementOutcome:
 
 
 def load_policy(name: str) -> Policy:
-    """A packaged policy by name (or a policy document by path)."""
-    return resolve_policy(name, default_registry())
+    """A packaged policy by name (or a policy document by path), plugin packages loaded
+    (those ``TOPOSCHED_PLUGINS`` lists, when set)."""
+    return resolve_policy(name, installed_registry(plugin_allowlist()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +119,17 @@ class Choice:
     local: bool
 
 
+#: Per-tier (latency, bandwidth) factors that make every transfer free.
+_FREE = np.tile((0.0, np.inf), (len(Tier), 1))
+
+
 class _FabricBlindRouter(Router):
     """The real router pricing every transfer as free: a topology-unaware router, and the
     right one for an infinitely fast fabric."""
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         model = super().cost_model(snapshot)
-        table = model.table
-        if not getattr(table, "_sim_infinite", False):
-            table.bandwidth[:] = np.inf
-            table.latency_s[:] = 0.0
-            table._sim_infinite = True  # type: ignore[attr-defined]
+        model.table.scale(_FREE)  # every tier: no latency, infinite bandwidth
         return model
 
 
@@ -137,27 +139,28 @@ class RouterAdapter:
     def __init__(self, distance: DistanceModel, policy: Policy, instances: Sequence[Instance],
                  index: PrefixIndex, *, pairings: Mapping[tuple[str, str], float],
                  block_tokens: int, kv_bytes_per_token: int, prefill_tokens_per_s: float,
-                 seed: int = 0, blind_fabric: bool = False, aggregated: bool = False) -> None:
+                 seed: int = 0, blind_fabric: bool = False,
+                 cost: CostParams | None = None) -> None:
         """Route over ``instances`` (fixed for the run) with ``policy``; ``blind_fabric``:
-        transfers are priced as free; ``aggregated``: every request stays on the decode
-        worker the policy picks."""
+        transfers are priced as free; ``cost``: the router's cost-model constants."""
         kind = _FabricBlindRouter if blind_fabric else Router
         self.blind_fabric = blind_fabric
-        self.router = kind(distance, policy, index=index, seed=seed)
+        self.router = kind(distance, policy, index=index, seed=seed, cost=cost)
         self.instances = tuple(instances)
         self.pairings = dict(pairings)
         self.block_tokens, self.kv_bytes_per_token = block_tokens, kv_bytes_per_token
         self.prefill_rate = prefill_tokens_per_s
-        self.aggregated = aggregated
         static = [self._worker(i) for i in self.instances]
         self._domains: dict[str, Any] = domain_arrays(distance, static)
         self.refusals = 0
+        #: Decisions that split a request over two aggregated workers (executed as made).
+        self.split_in_aggregated = 0
 
     def _worker(self, inst: Instance) -> Worker:
         cache = inst.cache
         return Worker(inst.id, inst.role, inst.gpus, queued_tokens=inst.queued_tokens,
                       running_requests=inst.load_requests,
-                      max_running_requests=inst.profile.max_batch, free_kv_blocks=cache.free,
+                      max_running_requests=inst.timing.max_num_seqs, free_kv_blocks=cache.free,
                       capacity_kv_blocks=cache.capacity, prefill_tokens_per_s=self.prefill_rate)
 
     def snapshot(self, link_load: Mapping[str, int]) -> Snapshot:
@@ -175,6 +178,8 @@ class RouterAdapter:
         if not isinstance(result, Decision):
             self.refusals += 1
             return None
-        local = result.mode == "local-prefill" or self.aggregated
+        local = result.mode == "local-prefill" or result.prefill.worker == result.decode.worker
+        if not local and self.instances[0].role is Role.BOTH:
+            self.split_in_aggregated += 1
         prefill = result.decode.worker if local else result.prefill.worker
         return Choice(prefill, result.decode.worker, local)

@@ -17,7 +17,7 @@ class EventKind(IntEnum):
 
     ARRIVAL = 0
     RETRY = 1
-    PREFILL_DONE = 2
+    STEP_END = 2
     EPOCH_END = 3
     FLOW_DONE = 4
     KV_ARRIVED = 5

@@ -1,18 +1,25 @@
-"""Serving engines: per-instance KV caches, prefill queues and continuous-batching decode.
+"""Serving engines: per-instance KV caches, chunked prefill and continuous-batching decode.
 
-An :class:`Instance` is one engine over ``tp`` GPUs. Its GPU runs one thing at a
-time: a prefill (from its FIFO queue, timed by the capacity model for the tokens
-its cache lacks) or a *decode epoch*. Continuous batching is simulated epoch by
-epoch instead of step by step: between two batch changes the step time is
-``base + per_seq·B + per_token·ΣC`` with every context growing by one token per
-step, so the time of ``n`` steps has a closed form and an epoch ends at the next
-completion — or earlier, at the next step boundary, when new work arrives. A
-million decode steps become a few events per request.
+An :class:`Instance` is one engine over ``tp`` GPUs, stepping as vLLM's scheduler
+does (:mod:`sim.timing`): each step carries a token of every running decode and,
+within ``max_num_batched_tokens``, chunks of one or more queued prefills (FIFO; a
+prefill starts once its KV blocks fit). A step with prefill chunks is one event;
+a run of pure-decode steps is one *epoch* whose duration has a closed form, ending
+at the next completion — or earlier, at the next step boundary, when new work
+arrives. A million decode steps become a few events per request.
+
+A request prefilled where it decodes (local prefill, aggregated serving) emits its
+first token at the end of the step that finishes its prefill and then needs
+``output − 1`` decode steps; a request whose KV arrives from a prefill worker emits
+its first token at the end of its first decode step (as Dynamo's disaggregated
+workers do).
 
 :class:`KvCache` holds blocks by id with reference counts: blocks of running or
-in-flight requests are pinned, the rest are an LRU prefix cache. Every change is
-reported to the real :class:`~scheduler.prefix.PrefixIndex` as the same
-``block_stored`` / ``block_removed`` events engines send through their sidecars.
+in-flight requests are pinned, the rest are an LRU prefix cache. A finished request
+frees its blocks tail first (vLLM: the end of a chain is evicted before its shared
+prefix) or parent first. Every change is reported to the real
+:class:`~scheduler.prefix.PrefixIndex` as the same ``block_stored`` /
+``block_removed`` events engines send through their sidecars.
 """
 
 from __future__ import annotations
@@ -21,25 +28,30 @@ import heapq
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Literal
 
 from policies.snapshot import Role
-from scheduler.capacity import InstanceProfile
 from scheduler.prefix import BlockRemoved, BlockStored, PrefixIndex
 from sim.clock import EventKind, EventQueue
+from sim.timing import EngineTiming
 from sim.workloads import SimRequest
+
+#: Which of a finished request's blocks the LRU evicts first.
+EvictionOrder = Literal["tail-first", "parent-first"]
 
 
 class KvCache:
     """Block ids held by one instance: pinned (in use) or cached (LRU, evictable)."""
 
-    def __init__(self, worker: str, capacity_blocks: int,
-                 index: PrefixIndex | None = None) -> None:
+    def __init__(self, worker: str, capacity_blocks: int, index: PrefixIndex | None = None,
+                 eviction: EvictionOrder = "tail-first") -> None:
         """An empty cache of ``capacity_blocks`` blocks reporting to ``index``."""
         self.worker = worker
         self.capacity = capacity_blocks
         self.index = index
+        self.tail_first = eviction == "tail-first"
         self._refs: dict[int, int] = {}
         self._lru: OrderedDict[int, None] = OrderedDict()
         self._private = 0
@@ -91,9 +103,10 @@ class KvCache:
             self._emit(BlockStored, stored)
 
     def release(self, hashes: Sequence[int], extra: int = 0) -> None:
-        """Unpin what :meth:`acquire` pinned; blocks stay cached until evicted."""
+        """Unpin what :meth:`acquire` pinned; blocks stay cached until evicted (the
+        chain's tail first, or its first block first: see ``eviction``)."""
         refs, lru = self._refs, self._lru
-        for block in hashes:
+        for block in (reversed(hashes) if self.tail_first else hashes):
             count = refs[block] - 1
             refs[block] = count
             if count == 0:
@@ -136,6 +149,7 @@ class Job:
     first_token_s: float = -1.0
     done_s: float = -1.0
     prefill_cached: int = 0
+    prefill_cached_tokens: int = 0
     decode_cached: int = 0
     transfer_bytes: int = 0
     transfer_tier: int = -1
@@ -145,11 +159,30 @@ class Job:
     attempts: int = 0
 
 
+@dataclass(slots=True)
+class _Prefill:
+    """A prefill under way: its KV is allocated, ``remaining`` tokens still to compute
+    after ``context`` computed (or cached) ones."""
+
+    job: Job
+    remaining: int
+    context: int
+    extra: int = 0
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What a step or an epoch finished: decodes done, prefills done elsewhere's KV."""
+
+    done: list[Job] = field(default_factory=list)
+    prefilled: list[Job] = field(default_factory=list)
+
+
 class Busy(Enum):
     """What an instance's GPU is doing."""
 
     IDLE = 0
-    PREFILL = 1
+    STEP = 1
     DECODE = 2
 
 
@@ -157,13 +190,15 @@ class Instance:
     """One serving engine: prefill queue, decode batch, KV cache and its GPU."""
 
     def __init__(self, worker_id: str, role: Role, gpus: tuple[str, ...],
-                 profile: InstanceProfile, cache: KvCache, block_tokens: int,
+                 timing: EngineTiming, cache: KvCache, block_tokens: int,
                  queue: EventQueue) -> None:
         """Create an idle instance scheduling its events on ``queue``."""
         self.id, self.role, self.gpus = worker_id, role, gpus
-        self.profile, self.cache, self.block_tokens = profile, cache, block_tokens
+        self.timing, self.cache, self.block_tokens = timing, cache, block_tokens
+        self.capacity_tokens = cache.capacity * block_tokens
         self.queue = queue
         self.prefills: deque[Job] = deque()
+        self.chunking: list[_Prefill] = []
         self.queued_tokens = 0
         self.waiting: deque[Job] = deque()
         self.alloc_wait: deque[Job] = deque()
@@ -176,51 +211,74 @@ class Instance:
         self._since = 0.0
         self._token = 0
         self._admitted = 0  # tie-break of the running heap: admission order, not id()
-        self._epoch: tuple[float, int, float, float, int] = (0.0, 0, 0.0, 0.0, 0)
+        self._step: tuple[list[tuple[_Prefill, int]], int] = ([], 0)
+        self._epoch: tuple[float, int, int, int] = (0.0, 0, 0, 0)
 
     # -- what the router sees -----------------------------------------------------------
     @property
     def load_requests(self) -> int:
         """Requests this instance carries: queued prefills, or decodes assigned to it."""
         if self.role is Role.PREFILL:
-            return len(self.prefills)
-        return len(self.running) + len(self.waiting) + self.incoming + len(self.prefills)
+            return len(self.prefills) + len(self.chunking)
+        return (len(self.running) + len(self.waiting) + self.incoming + len(self.prefills)
+                + len(self.chunking))
 
     # -- prefill ------------------------------------------------------------------------
     def enqueue_prefill(self, job: Job) -> None:
-        """Queue a prefill (FIFO) and start it if the GPU is free."""
+        """Queue a prefill (FIFO) and start it at the next step if its KV fits."""
         self.prefills.append(job)
         self.queued_tokens += job.request.prompt_tokens
         self.kick()
 
-    def _start_prefill(self, now: float) -> bool:
-        job = self.prefills[0]
-        request = job.request
-        extra = self._output_blocks(request) if job.local else 0
-        if not self.cache.fits(request.block_hashes, extra):
-            return False
-        self.prefills.popleft()
-        cached = self.cache.match(request.block_hashes)
-        self.cache.acquire(request.block_hashes, extra)
-        job.prefill_cached, job.prefill_start_s = cached, now
-        if job.local:
-            job.decode_cached, job.decode_blocks = cached, extra
-        context = min(cached * self.block_tokens, request.prompt_tokens - 1)
-        seconds = self.profile.prefill_ms(request.prompt_tokens - context, context) / 1e3
-        self._set_busy(Busy.PREFILL, now)
-        self.queue.schedule(now + seconds, EventKind.PREFILL_DONE, (self, job))
-        return True
-
-    def finish_prefill(self, job: Job) -> None:
-        """The prefill of ``job`` completed: free the GPU (the caller moves the KV)."""
-        now = self.queue.now()
-        self.queued_tokens -= job.request.prompt_tokens
-        job.prefill_end_s = now
-        self._set_busy(Busy.IDLE, now)
-
     def _output_blocks(self, request: SimRequest) -> int:
         total = math.ceil((request.prompt_tokens + request.output_tokens) / self.block_tokens)
         return max(total - len(request.block_hashes), 0)
+
+    def _head_fits(self) -> bool:
+        job = self.prefills[0]
+        extra = self._output_blocks(job.request) if job.local else 0
+        return self.cache.fits(job.request.block_hashes, extra)
+
+    def _start_prefill(self, now: float) -> _Prefill:
+        job = self.prefills.popleft()
+        request = job.request
+        extra = self._output_blocks(request) if job.local else 0
+        cached = self.cache.match(request.block_hashes)
+        self.cache.acquire(request.block_hashes, extra)
+        # At least the last prompt token is computed (vLLM): a fully cached prompt
+        # reuses the whole blocks before it.
+        tokens = min(cached, (request.prompt_tokens - 1) // self.block_tokens) * self.block_tokens
+        job.prefill_cached, job.prefill_cached_tokens = cached, tokens
+        job.prefill_start_s = now
+        if job.local:
+            job.decode_cached, job.decode_blocks = cached, extra
+        entry = _Prefill(job, request.prompt_tokens - tokens, tokens, extra)
+        self.chunking.append(entry)
+        return entry
+
+    def _chunks(self, now: float) -> list[tuple[_Prefill, int]]:
+        """The prefill chunks of the next step (starting queued prefills that fit)."""
+        limit = self.timing.max_num_batched_tokens
+        if limit is None:  # no chunking: one whole prompt per step
+            if not self.chunking and self.prefills and self._head_fits():
+                self._start_prefill(now)
+            return [(self.chunking[0], self.chunking[0].remaining)] if self.chunking else []
+        budget = limit - len(self.running)
+        out: list[tuple[_Prefill, int]] = []
+        for entry in self.chunking:
+            if budget <= 0:
+                return out
+            n = min(entry.remaining, budget)
+            out.append((entry, n))
+            budget -= n
+        seqs = len(self.running) + len(self.chunking)
+        while (budget > 0 and self.prefills and seqs < self.timing.max_num_seqs
+               and self._head_fits()):
+            entry = self._start_prefill(now)
+            n = min(entry.remaining, budget)
+            out.append((entry, n))
+            budget, seqs = budget - n, seqs + 1
+        return out
 
     # -- decode -------------------------------------------------------------------------
     def try_reserve(self, job: Job) -> bool:
@@ -244,89 +302,145 @@ class Instance:
         self.cache.release(job.request.block_hashes)
         self.kick()
 
-    def end_epoch(self, token: int) -> list[Job]:
-        """An epoch's last step ended; returns the requests that finished (stale: none)."""
-        if token != self._token or self.busy is not Busy.DECODE:
-            return []
-        now = self.queue.now()
-        _, batch, _, _, steps = self._epoch
-        self.steps += steps
-        self.ctx_sum += batch * steps
-        finished = []
-        while self.running and self.running[0][0] <= self.steps:
-            _, _, job = heapq.heappop(self.running)
-            job.done_s = now
-            self.ctx_sum -= job.request.prompt_tokens + job.request.output_tokens
-            self.cache.release(job.request.block_hashes, job.decode_blocks)
-            finished.append(job)
-        self._set_busy(Busy.IDLE, now)
-        self.kick()
-        return finished
-
-    # -- the GPU ------------------------------------------------------------------------
-    def kick(self) -> None:
-        """Start the next piece of work, or cut the current epoch at the next step."""
-        now = self.queue.now()
-        if self.busy is Busy.DECODE:
-            if self.waiting or self._prefill_ready():
-                self._interrupt(now)
-            return
-        if self.busy is Busy.PREFILL:
-            return
-        if self.prefills and self._start_prefill(now):
-            return
-        if self.waiting or self.running:
-            self._start_epoch(now)
-
-    def _prefill_ready(self) -> bool:
-        if not self.prefills:
-            return False
-        job = self.prefills[0]
-        extra = self._output_blocks(job.request) if job.local else 0
-        return self.cache.fits(job.request.block_hashes, extra)
-
-    def _start_epoch(self, now: float) -> None:
-        limit = self.profile.max_batch
+    def _admit(self) -> None:
+        """Waiting decodes join the batch (first token at the end of their first step)."""
+        limit = self.timing.max_num_seqs - len(self.chunking)
         while self.waiting and len(self.running) < limit:
             job = self.waiting.popleft()
-            self.incoming -= 0 if job.local else 1
-            job.finish_step = self.steps + job.request.output_tokens
-            self.ctx_sum += job.request.prompt_tokens
-            self._admitted += 1
-            heapq.heappush(self.running, (job.finish_step, self._admitted, job))
-            job.first_token_s = -2.0  # set below once the first step's time is known
+            self.incoming -= 1
+            self._join(job, job.request.output_tokens, job.request.prompt_tokens)
+            job.first_token_s = -2.0  # set once the first step's end is known
+
+    def _join(self, job: Job, steps: int, context: int) -> None:
+        job.finish_step = self.steps + steps
+        self.ctx_sum += context
+        self._admitted += 1
+        heapq.heappush(self.running, (job.finish_step, self._admitted, job))
+
+    def _finish(self, now: float, result: StepResult) -> None:
+        """Pop the requests whose last step has run."""
+        while self.running and self.running[0][0] <= self.steps:
+            _, _, job = heapq.heappop(self.running)
+            self._done(job, now, result)
+
+    def _done(self, job: Job, now: float, result: StepResult) -> None:
+        job.done_s = now
+        request = job.request
+        self.ctx_sum -= request.prompt_tokens + request.output_tokens
+        self.cache.release(request.block_hashes, job.decode_blocks)
+        result.done.append(job)
+
+    # -- steps ----------------------------------------------------------------------------
+    def kick(self) -> None:
+        """Plan the next step, or cut the current epoch at the next step boundary."""
+        now = self.queue.now()
+        if self.busy is Busy.DECODE:
+            if self.waiting or (self.prefills and self._head_fits()):
+                self._interrupt(now)
+            return
+        if self.busy is Busy.STEP:
+            return
+        self._admit()
+        chunks = self._chunks(now)
+        if chunks:
+            batch = len(self.running)
+            ms = self.timing.step_ms([(n, e.context) for e, n in chunks], batch,
+                                     self.ctx_sum, self.capacity_tokens)
+            self._step = (chunks, batch)
+            self._token += 1
+            self._set_busy(Busy.STEP, now)
+            self.queue.schedule(now + ms / 1e3, EventKind.STEP_END, (self, self._token))
+        elif self.running:
+            self._start_epoch(now)
+
+    def end_step(self, token: int) -> StepResult:
+        """A step with prefill chunks ended: decodes advance a token, chunks complete."""
+        result = StepResult()
+        if token != self._token or self.busy is not Busy.STEP:
+            return result
+        now = self.queue.now()
+        chunks, batch = self._step
+        if batch:
+            self._first_tokens(now)
+            self.steps += 1
+            self.ctx_sum += batch
+            self._finish(now, result)
+        for entry, n in chunks:
+            entry.remaining -= n
+            entry.context += n
+            if entry.remaining == 0:
+                self._prefilled(entry, now, result)
+        self._set_busy(Busy.IDLE, now)
+        self.kick()
+        return result
+
+    def _prefilled(self, entry: _Prefill, now: float, result: StepResult) -> None:
+        job = entry.job
+        self.chunking.remove(entry)
+        self.queued_tokens -= job.request.prompt_tokens
+        job.prefill_end_s = now
+        if not job.local:
+            result.prefilled.append(job)
+            return
+        job.kv_ready_s = job.first_token_s = now  # the prefill step samples the first token
+        if job.request.output_tokens <= 1:
+            self.ctx_sum += job.request.prompt_tokens + job.request.output_tokens
+            self._done(job, now, result)
+        else:
+            self._join(job, job.request.output_tokens - 1, job.request.prompt_tokens + 1)
+
+    def _first_tokens(self, now: float) -> None:
+        for _, _, job in self.running:
+            if job.first_token_s == -2.0:
+                job.first_token_s = now
+
+    def _start_epoch(self, now: float) -> None:
         batch = len(self.running)
-        d = self.profile.decode
-        first = d.base_ms + d.per_seq_ms * batch + d.per_token_ms * self.ctx_sum
+        first = self.timing.decode_run_ms(1, batch, self.ctx_sum, self.capacity_tokens)
         for _, _, job in self.running:
             if job.first_token_s == -2.0:
                 job.first_token_s = now + first / 1e3
         steps = self.running[0][0] - self.steps
-        self._epoch = (now, batch, first, d.per_token_ms * batch / 2.0, steps)
+        self._epoch = (now, batch, self.ctx_sum, steps)
         self._token += 1
         self._set_busy(Busy.DECODE, now)
         self.queue.schedule(now + self._epoch_ms(steps) / 1e3, EventKind.EPOCH_END,
                             (self, self._token))
 
     def _epoch_ms(self, steps: int) -> float:
-        _, _, first, half, _ = self._epoch
-        return first * steps + half * steps * (steps - 1)
+        _, batch, active, _ = self._epoch
+        return self.timing.decode_run_ms(steps, batch, active, self.capacity_tokens)
 
     def _interrupt(self, now: float) -> None:
-        start, batch, first, half, planned = self._epoch
+        start, _, _, planned = self._epoch
         elapsed = (now - start) * 1e3
-        lin = first - half
-        n = (math.ceil((-lin + math.sqrt(lin * lin + 4 * half * elapsed)) / (2 * half))
-             if half > 0 else math.ceil(elapsed / first))
-        n = max(1, n)
-        while n > 1 and self._epoch_ms(n - 1) >= elapsed:
-            n -= 1
-        if n >= planned:
+        low, high = 1, planned  # the first step count whose end is not before now
+        while low < high:
+            mid = (low + high) // 2
+            if self._epoch_ms(mid) >= elapsed:
+                high = mid
+            else:
+                low = mid + 1
+        if low >= planned:
             return
-        self._epoch = (start, batch, first, half, n)
+        self._epoch = (*self._epoch[:3], low)
         self._token += 1
-        self.queue.schedule(start + self._epoch_ms(n) / 1e3, EventKind.EPOCH_END,
+        self.queue.schedule(start + self._epoch_ms(low) / 1e3, EventKind.EPOCH_END,
                             (self, self._token))
+
+    def end_epoch(self, token: int) -> StepResult:
+        """An epoch's last step ended; returns the requests that finished (stale: none)."""
+        result = StepResult()
+        if token != self._token or self.busy is not Busy.DECODE:
+            return result
+        now = self.queue.now()
+        _, batch, _, steps = self._epoch
+        self.steps += steps
+        self.ctx_sum += batch * steps
+        self._finish(now, result)
+        self._set_busy(Busy.IDLE, now)
+        self.kick()
+        return result
 
     def _set_busy(self, state: Busy, now: float) -> None:
         if self.busy is not Busy.IDLE:

@@ -1,8 +1,12 @@
 """What a run measured: latency percentiles, goodput under SLO, transfers by tier, cache hits.
 
-TTFT runs from arrival to the end of the request's first decode step (the first
-token the user sees), so it includes queueing, prefill, the KV transfer and decode
-admission. TPOT is the mean time between later tokens. Goodput counts requests
+TTFT runs from arrival to the first token the user sees — the end of the request's
+first decode step, or of its last prefill step where it was prefilled on its decode
+worker — so it includes queueing, prefill, the KV transfer and decode admission.
+TPOT is a request's mean time between later tokens; ITL weighs every inter-token
+interval alike (a request of ``n`` tokens counts ``n − 1`` times, as Dynamo's mocker
+reports it). Prefix reuse is counted in blocks (``prefix_hit_ratio``, against the
+trace's ideal) and in prompt tokens not computed (``reused_token_ratio``). Goodput counts requests
 that met both SLOs per second of the trace's arrival window (the same denominator for
 every policy, so a run's drain time does not count against it). The TTFT SLO grows with the prompt
 (``ttft_base_s + ttft_per_1k_tokens_s × prompt / 1000``): a fixed TTFT target is
@@ -59,6 +63,15 @@ class TierTransfers(BaseModel):
     histogram: tuple[int, ...]
 
 
+class Drops(BaseModel):
+    """Requests that did not complete: larger than any instance's KV, or refused by the
+    router on every retry."""
+
+    model_config = _FROZEN
+    too_big: int = 0
+    gave_up: int = 0
+
+
 class Summary(BaseModel):
     """Everything one simulated run reports."""
 
@@ -66,9 +79,12 @@ class Summary(BaseModel):
     requests: int
     completed: int
     dropped: int
+    dropped_too_big: int = 0
+    dropped_after_retries: int = 0
     duration_s: float
     ttft: Percentiles
     tpot: Percentiles
+    itl: Percentiles = Percentiles(p50=0.0, p90=0.0, p99=0.0, mean=0.0)
     e2e: Percentiles
     goodput_rps: float
     slo_attainment: float
@@ -78,12 +94,14 @@ class Summary(BaseModel):
     bytes_no_uplink_share: float
     local_prefill_share: float
     prefix_hit_ratio: float
+    reused_token_ratio: float = 0.0
     decode_reuse_ratio: float
     ideal_hit_ratio: float
     gpu_utilisation: float
     prefill_utilisation: float
     decode_utilisation: float
     refusals: int
+    split_in_aggregated: int = 0
     events: int
     wall_s: float
 
@@ -128,16 +146,36 @@ def transfers_by_tier(jobs: Sequence[Job]) -> tuple[TierTransfers, ...]:
     return tuple(out)
 
 
-def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: float,
+def _itl(jobs: Sequence[Job], tpots: Sequence[float | None]) -> Percentiles:
+    """Inter-token latency over every interval (a request's mean, ``n − 1`` times)."""
+    values = np.array([t for t in tpots if t is not None], dtype=np.float64)
+    weights = np.array([j.request.output_tokens - 1 for j, t in zip(jobs, tpots, strict=True)
+                        if t is not None], dtype=np.int64)
+    if values.size == 0:
+        return percentiles([])
+    return percentiles(np.repeat(values, weights))
+
+
+def met_slo(jobs: Sequence[Job], slo: Slo) -> int:
+    """How many of ``jobs`` met both of ``slo``'s objectives."""
+    good = 0
+    for job in jobs:
+        tpot = _tpot(job)
+        good += (job.first_token_s - job.request.arrival_s
+                 <= slo.ttft_target_s(job.request.prompt_tokens)
+                 and (tpot is None or tpot <= slo.tpot_s))
+    return good
+
+
+def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: float,
               arrival_span_s: float, slo: Slo, ideal_hit_ratio: float,
               utilisation: tuple[float, float, float], refusals: int, events: int,
-              wall_s: float) -> Summary:
+              wall_s: float, split_in_aggregated: int = 0) -> Summary:
     """The :class:`Summary` of the completed ``jobs`` of a run."""
     ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
     tpots = [_tpot(j) for j in jobs]
-    good = sum(1 for j, t, tp in zip(jobs, ttft, tpots, strict=True)
-               if t <= slo.ttft_target_s(j.request.prompt_tokens)
-               and (tp is None or tp <= slo.tpot_s))
+    prompt_tokens = sum(j.request.prompt_tokens for j in jobs) or 1
+    good = met_slo(jobs, slo)
     blocks = sum(len(j.request.block_hashes) for j in jobs) or 1
     tiers = transfers_by_tier(jobs)
     moved = sum(t.bytes for t in tiers)
@@ -145,15 +183,19 @@ def summarise(jobs: Sequence[Job], *, requests: int, dropped: int, duration_s: f
     span = max(duration_s, 1e-9)
     window = arrival_span_s if arrival_span_s > 0 else span
     return Summary(
-        requests=requests, completed=len(jobs), dropped=dropped, duration_s=duration_s,
-        ttft=percentiles(ttft), tpot=percentiles([t for t in tpots if t is not None]),
+        requests=requests, completed=len(jobs), dropped=drops.too_big + drops.gave_up,
+        dropped_too_big=drops.too_big, dropped_after_retries=drops.gave_up,
+        duration_s=duration_s, ttft=percentiles(ttft),
+        tpot=percentiles([t for t in tpots if t is not None]), itl=_itl(jobs, tpots),
         e2e=percentiles([j.done_s - j.request.arrival_s for j in jobs]),
         goodput_rps=good / window, slo_attainment=good / max(requests, 1),
         throughput_rps=len(jobs) / span, transfers=tiers, bytes_moved=moved,
         bytes_no_uplink_share=no_uplink / moved if moved else 1.0,
         local_prefill_share=sum(j.local for j in jobs) / max(len(jobs), 1),
         prefix_hit_ratio=sum(j.prefill_cached for j in jobs) / blocks,
+        reused_token_ratio=sum(j.prefill_cached_tokens for j in jobs) / prompt_tokens,
         decode_reuse_ratio=sum(j.decode_cached for j in jobs if not j.local) / blocks,
         ideal_hit_ratio=ideal_hit_ratio, gpu_utilisation=utilisation[0],
         prefill_utilisation=utilisation[1], decode_utilisation=utilisation[2],
-        refusals=refusals, events=events, wall_s=wall_s)
+        refusals=refusals, split_in_aggregated=split_in_aggregated, events=events,
+        wall_s=wall_s)

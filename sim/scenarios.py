@@ -3,7 +3,10 @@
 A workload is named ``NAME[:key=value,...]``: ``mooncake-conversation:scale=10,limit=2000``
 replays the first 2,000 requests of the Mooncake conversation trace ten times faster.
 Keys: ``scale`` (arrival-rate multiplier), ``limit`` (first N requests), ``unshared``
-(``1``: every block id made unique, no prefix reuse), ``sessions`` (agentic only).
+(``1``: every block id made unique, no prefix reuse), ``arrivals`` (``spread``, the
+default: a quantised trace's requests are spread over their timestamp bucket;
+``raw``: replayed at the trace's own timestamps), and for the agentic generator
+``sessions``, ``system_tokens``, ``turn_tokens`` and ``output_tokens``.
 """
 
 from __future__ import annotations
@@ -82,7 +85,7 @@ def cluster(name: str) -> ClusterScenario:
 def _mooncake(file: str) -> Callable[[dict[str, str], int], Trace]:
     def load(opts: dict[str, str], seed: int) -> Trace:
         return load_mooncake(TRACE_DIR / "mooncake" / file, seed=seed,
-                             limit=_int(opts, "limit"))
+                             limit=_int(opts, "limit"), spread=opts.get("arrivals") != "raw")
     return load
 
 
@@ -93,8 +96,9 @@ def _azure(file: str) -> Callable[[dict[str, str], int], Trace]:
 
 
 def _agentic(opts: dict[str, str], seed: int) -> Trace:
-    sessions = _int(opts, "sessions") or 400
-    return agentic(AgenticParams(sessions=sessions), seed)
+    shape = {key: value for key in ("sessions", "system_tokens", "turn_tokens", "output_tokens")
+             if (value := _int(opts, key)) is not None}
+    return agentic(AgenticParams(**{"sessions": 400, **shape}), seed)
 
 
 WORKLOADS: dict[str, Callable[[dict[str, str], int], Trace]] = {
@@ -105,7 +109,8 @@ WORKLOADS: dict[str, Callable[[dict[str, str], int], Trace]] = {
     "agentic": _agentic,
 }
 
-_KEYS = ("scale", "limit", "unshared", "sessions")
+_KEYS = ("scale", "limit", "unshared", "arrivals", "sessions", "system_tokens", "turn_tokens",
+         "output_tokens")
 
 
 def workload(spec: str, seed: int = 0) -> Trace:
@@ -132,6 +137,8 @@ def _options(text: str, spec: str) -> dict[str, str]:
             raise InputError(f"workload {spec!r}: bad option {part!r} "
                              f"(expected key=value with key in {', '.join(_KEYS)})")
         opts[key] = value
+    if opts.get("arrivals", "spread") not in ("spread", "raw"):
+        raise InputError(f"workload {spec!r}: arrivals must be spread or raw")
     if "scale" in opts:
         try:
             if float(opts["scale"]) <= 0:

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policies.snapshot import Role
-from scheduler.capacity import InstanceProfile, Workload, build_profile
+from scheduler.capacity import Workload, build_profile
 from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import ModelShape, load_models
 from scheduler.prefix import PrefixIndex
+from scheduler.router.cost import CostParams
 from sim.adapters import (
     PlacementMethod,
     PlacementOutcome,
@@ -28,9 +29,10 @@ from sim.adapters import (
     make_placement,
 )
 from sim.clock import EventKind, EventQueue
-from sim.engines import Instance, Job, KvCache
-from sim.metrics import Slo, Summary, summarise
+from sim.engines import Instance, Job, KvCache, StepResult
+from sim.metrics import Drops, Slo, Summary, summarise
 from sim.network import Flow, Network
+from sim.timing import EngineSpec, EngineTiming
 from sim.workloads import SimRequest, Trace, ideal_hit_ratio
 from topology.distance import DistanceModel
 from topology.spec import FabricSpec
@@ -57,6 +59,9 @@ class SimConfig:
     blind_prefix: bool = False
     seed: int = 0
     slo: Slo = field(default_factory=Slo)
+    engine: EngineSpec = field(default_factory=EngineSpec)
+    #: Constants of the router's cost model; ``None``: derived from the engine and trace.
+    cost: CostParams | None = None
     retry_s: float = 0.05
     solver_time_limit_s: float = 10.0
 
@@ -92,13 +97,14 @@ class Simulation:
         self.distance = distance or DistanceModel(fabric)
         shape = load_models().get(config.model)
         self.profile = build_profile(shape, fabric.hosts[0].gpu_type, config.tp)
+        self.timing = config.engine.timing(self.profile)
         self.kv_bytes_per_token = kv_bytes_per_token(shape)
         self.placement = placement or self._place(fabric, shape)
         if config.aggregated:
             self.placement = aggregated(self.placement)
         self.queue = EventQueue()
         self.index = PrefixIndex(max_entries=None, clock=self.queue.now)
-        self.instances = self._engines(self.profile)
+        self.instances = self._engines(self.timing)
         self.network = Network(self.distance, self.queue, infinite=config.infinite_fabric)
         # A prefix-blind router reads an index no engine reports to: it never sees a hit.
         routed_index = PrefixIndex(max_entries=None) if config.blind_prefix else self.index
@@ -108,9 +114,9 @@ class Simulation:
             kv_bytes_per_token=self.kv_bytes_per_token,
             prefill_tokens_per_s=self._typical_rate(), seed=config.seed,
             blind_fabric=config.infinite_fabric or config.blind_fabric,
-            aggregated=config.aggregated)
+            cost=config.cost or self._cost_params())
         self.finished: list[Job] = []
-        self.dropped = 0
+        self.too_big = self.gave_up = 0
         self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
 
     def _place(self, fabric: FabricSpec, shape: ModelShape) -> PlacementOutcome:
@@ -120,17 +126,34 @@ class Simulation:
                               prefill=c.prefill, decode=c.decode, tp=c.tp, seed=c.seed,
                               time_limit_s=c.solver_time_limit_s)
 
-    def _engines(self, profile: InstanceProfile) -> dict[str, Instance]:
-        blocks = profile.kv_capacity_tokens // self.trace.block_tokens
-        return {p.id: Instance(p.id, p.role, p.gpus, profile,
-                               KvCache(p.id, blocks, self.index), self.trace.block_tokens,
+    def _engines(self, timing: EngineTiming) -> dict[str, Instance]:
+        engine, block = self.config.engine, self.trace.block_tokens
+        blocks = engine.kv_capacity_blocks(self.profile, block)
+        return {p.id: Instance(p.id, p.role, p.gpus, timing,
+                               KvCache(p.id, blocks, self.index, engine.eviction), block,
                                self.queue)
                 for p in self.placement.instances}
 
     def _typical_rate(self) -> float:
+        """Prefill tokens per second of the engine on the trace's mean prompt."""
         reqs = self.trace.requests
-        mean = sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1)
-        return self.profile.prefill_tokens_per_s(max(mean, 1.0))
+        mean = max(sum(r.prompt_tokens for r in reqs) / max(len(reqs), 1), 1.0)
+        chunk = self.timing.max_num_batched_tokens or int(mean)
+        pieces = [(min(chunk, int(mean) - done), done) for done in range(0, int(mean), chunk)]
+        seconds = sum(self.timing.prefill.ms([piece]) for piece in pieces) / 1e3
+        return mean / max(seconds, 1e-9)
+
+    def _cost_params(self) -> CostParams:
+        """The router's decode-side constants for this engine and trace, as an operator
+        would set them from the engine's profile and the observed output lengths (the
+        step curve linearised at a third of the KV capacity)."""
+        reqs = self.trace.requests
+        output = sum(r.output_tokens for r in reqs) / max(len(reqs), 1)
+        instance = next(iter(self.instances.values()), None)
+        capacity = instance.capacity_tokens if instance else 1
+        per_running, per_token = self.timing.decode_slopes_s(capacity / 3, capacity)
+        return CostParams(decode_s_per_running=per_running, decode_s_per_kv_token=per_token,
+                          expected_output_tokens=output)
 
     # -- the loop ---------------------------------------------------------------------
     def run(self, progress: Progress | None = None) -> Summary:
@@ -144,21 +167,21 @@ class Simulation:
             kind, payload = event
             handlers[kind](payload)
             if progress is not None and self.queue.processed % 5000 == 0:
-                progress(len(self.finished) + self.dropped, total)
+                progress(len(self.finished) + self.too_big + self.gave_up, total)
         if progress is not None:
             progress(total, total)
         return self._summary(time.perf_counter() - started, first)
 
     def _handlers(self) -> dict[EventKind, Callable[[Any], None]]:
         return {EventKind.ARRIVAL: self._arrival, EventKind.RETRY: self._route,
-                EventKind.PREFILL_DONE: self._prefill_done, EventKind.EPOCH_END: self._epoch_end,
+                EventKind.STEP_END: self._step_end, EventKind.EPOCH_END: self._epoch_end,
                 EventKind.FLOW_DONE: self._flow_done, EventKind.KV_ARRIVED: self._kv_arrived}
 
     def _arrival(self, request: SimRequest) -> None:
         job = Job(request)
         need = math.ceil((request.prompt_tokens + request.output_tokens) / self.trace.block_tokens)
         if need > self._largest_cache:
-            self.dropped += 1
+            self.too_big += 1
             return
         self._route(job)
 
@@ -167,7 +190,7 @@ class Simulation:
         if choice is None:
             job.attempts += 1
             if job.attempts >= MAX_ATTEMPTS:
-                self.dropped += 1
+                self.gave_up += 1
             else:
                 self.queue.schedule(self.queue.now() + self.config.retry_s, EventKind.RETRY, job)
             return
@@ -179,18 +202,27 @@ class Simulation:
             self.instances[job.decode].incoming += 1
             self.instances[job.prefill].enqueue_prefill(job)
 
-    def _prefill_done(self, payload: tuple[Instance, Job]) -> None:
-        inst, job = payload
-        inst.finish_prefill(job)
-        if job.local:
-            inst.add_decode(job)
-            return
-        decode = self.instances[job.decode]
-        if decode.try_reserve(job):
-            self._transfer(job)
-        else:
-            decode.alloc_wait.append(job)
-        inst.kick()
+    def _step_end(self, payload: tuple[Instance, int]) -> None:
+        inst, token = payload
+        self._settle(inst, inst.end_step(token))
+
+    def _epoch_end(self, payload: tuple[Instance, int]) -> None:
+        inst, token = payload
+        self._settle(inst, inst.end_epoch(token))
+
+    def _settle(self, inst: Instance, result: StepResult) -> None:
+        """Record finished requests, free room for transfers waiting on ``inst``, and
+        send the KV of prefills finished on ``inst`` to their decode workers."""
+        if result.done:
+            self.finished.extend(result.done)
+            while inst.alloc_wait and inst.try_reserve(inst.alloc_wait[0]):
+                self._transfer(inst.alloc_wait.popleft())
+        for job in result.prefilled:
+            decode = self.instances[job.decode]
+            if decode.try_reserve(job):
+                self._transfer(job)
+            else:
+                decode.alloc_wait.append(job)
 
     def _transfer(self, job: Job) -> None:
         prefill, decode = self.instances[job.prefill], self.instances[job.decode]
@@ -215,15 +247,6 @@ class Simulation:
         job.kv_ready_s, job.transfer_s = now, now - job.transfer_s
         self.instances[job.decode].add_decode(job)
 
-    def _epoch_end(self, payload: tuple[Instance, int]) -> None:
-        inst, token = payload
-        done = inst.end_epoch(token)
-        if not done:
-            return
-        self.finished.extend(done)
-        while inst.alloc_wait and inst.try_reserve(inst.alloc_wait[0]):
-            self._transfer(inst.alloc_wait.popleft())
-
     # -- results ----------------------------------------------------------------------
     def _summary(self, wall_s: float, first_s: float) -> Summary:
         horizon = self.queue.now() - first_s
@@ -236,12 +259,14 @@ class Simulation:
             if inst.role is not Role.PREFILL:
                 by_role["decode"].append(share)
         mean = {k: sum(v) / len(v) if v else 0.0 for k, v in by_role.items()}
-        return summarise(self.finished, requests=len(self.trace.requests), dropped=self.dropped,
+        drops = Drops(too_big=self.too_big, gave_up=self.gave_up)
+        return summarise(self.finished, requests=len(self.trace.requests), drops=drops,
                          duration_s=horizon, arrival_span_s=self.trace.duration_s,
                          slo=self.config.slo,
                          ideal_hit_ratio=ideal_hit_ratio(self.trace),
                          utilisation=(mean["all"], mean["prefill"], mean["decode"]),
                          refusals=self.router.refusals, events=self.queue.processed,
+                         split_in_aggregated=self.router.split_in_aggregated,
                          wall_s=wall_s)
 
 

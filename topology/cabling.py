@@ -1,4 +1,4 @@
-"""Cabling checks: one switch port per NIC, one NIC per GUID.
+"""Cabling checks: one switch port per NIC, one NIC per GUID, one rail per leaf.
 
 A switch port is cabled to one NIC, and a NIC GUID belongs to one NIC; when two hosts
 claim the same one, an input was given for the wrong host (the same LLDP capture or
@@ -8,8 +8,11 @@ built; :meth:`ClaimRegistry.conflicts` names every double claim.
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from topology.spec import FabricSpec, HostSpec
 
 
 @dataclass(frozen=True)
@@ -84,3 +87,76 @@ def _claimants(claims: list[Claim]) -> str:
     seen = dict.fromkeys(f"{c.host} ({c.local}{f', {c.source}' if c.source else ''})"
                          for c in claims)
     return " and ".join(seen)
+
+
+# -- rails -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RailBreak:
+    """A NIC cabled to a leaf of another rail: host, NIC, switch and port named."""
+
+    host: str
+    nic: str
+    rail: int
+    """The NIC's rail: the GPU it serves (or its position)."""
+    leaf: str
+    port: str | None
+    leaf_rail: int
+
+    def __str__(self) -> str:
+        where = f"{self.leaf} port {self.port}" if self.port else self.leaf
+        return (f"rail break: host {self.host} NIC {self.nic} (rail {self.rail}) is cabled "
+                f"to {where}, a rail-{self.leaf_rail} leaf")
+
+
+def rail_keys(host: HostSpec) -> dict[str, int]:
+    """Each NIC's rail on its host: the GPU it serves (the lowest, if it serves several);
+    NICs that serve no GPU have none. Hosts whose GPUs name no NIC (template-only) number
+    their NICs by position."""
+    served = [gpu.nic for gpu in host.gpus if gpu.nic is not None]
+    if not served:
+        return {nic.device: i for i, nic in enumerate(host.nics)}
+    keys: dict[str, int] = {}
+    for gpu in host.gpus:
+        if gpu.nic is not None:
+            keys.setdefault(gpu.nic, gpu.index)
+    return keys
+
+
+def rail_breaks(spec: FabricSpec) -> list[RailBreak]:
+    """Every NIC whose leaf is a rail leaf of another rail, hosts in fabric order."""
+    leaf_rail = {leaf.name: leaf.rail for leaf in spec.leaves if leaf.rail is not None}
+    found = []
+    for host in spec.hosts:
+        keys = rail_keys(host)
+        for nic in host.nics:
+            rail, key = leaf_rail.get(nic.leaf or ""), keys.get(nic.device)
+            if rail is not None and key is not None and rail != key:
+                found.append(RailBreak(host.name, nic.device, key, nic.leaf or "", nic.port,
+                                       rail))
+    return found
+
+
+def discover_rails(attached: Mapping[str, Sequence[tuple[str, int | None]]]) -> dict[str, int]:
+    """Rail per leaf when the fabric is rail-optimised.
+
+    ``attached[leaf]`` lists (host, rail key) of every NIC landing on the leaf. A leaf is
+    rail *k* when most of its NICs (more than half) have key *k*, at least two hosts land
+    on it, and each of those hosts spreads its NICs over several leaves; the NICs of
+    another key there are rail breaks (:func:`rail_breaks`), not a reason to lose the
+    rail.
+    """
+    leaves_per_host: dict[str, set[str]] = defaultdict(set)
+    for leaf, users in attached.items():
+        for host, _ in users:
+            leaves_per_host[host].add(leaf)
+    rails = {}
+    for leaf, users in attached.items():
+        keys = Counter(key for _, key in users if key is not None)
+        hosts = {host for host, _ in users}
+        if not keys or len(hosts) < 2 or any(len(leaves_per_host[h]) < 2 for h in hosts):
+            continue
+        key, count = keys.most_common(1)[0]
+        if 2 * count > len(users):
+            rails[leaf] = key
+    return rails

@@ -22,7 +22,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from topology.errors import Issue, Location, ParseError, ValidationError
-from topology.source import decode_capture, read_capture, strip_bom
+from topology.source import MAX_INT_DIGITS, bounded_int, decode_capture, read_capture, strip_bom
 
 ModelT = TypeVar("ModelT", bound=pydantic.BaseModel)
 
@@ -131,7 +131,28 @@ def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict[An
     return loader.construct_mapping(node, deep=True)
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+
+
+def _bounded_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Any:
+    digits = sum(char.isdigit() for char in str(node.value))
+    if digits > MAX_INT_DIGITS:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"a {digits}-digit number (at most {MAX_INT_DIGITS} digits)",
+            node.start_mark)
+    return yaml.constructor.SafeConstructor.construct_yaml_int(loader, node)
+
+
 _UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+_UniqueKeyLoader.add_constructor(_INT_TAG, _bounded_int)
+
+
+class FastSafeLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """libyaml's safe loader (an order of magnitude faster on big lists) with bounded
+    integers; for large machine-written documents (``kubectl get nodes -o yaml``)."""
+
+
+FastSafeLoader.add_constructor(_INT_TAG, _bounded_int)
 
 
 def read_text(path: str | Path, expected: str) -> str:
@@ -171,10 +192,12 @@ def parse_document(text: str, source: str, expected: str, as_json: bool = False)
     if not as_json:
         return parse_yaml(text, source, expected)
     try:
-        return json.loads(strip_bom(text))
+        return json.loads(strip_bom(text), parse_int=bounded_int)
     except json.JSONDecodeError as exc:
         raise ParseError(f"invalid JSON: {exc.msg}", Location(source, exc.lineno),
                          expected) from exc
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
+        raise ParseError(f"invalid JSON: {exc}", Location(source), expected) from exc
 
 
 def read_document(path: str | Path, expected: str) -> Any:

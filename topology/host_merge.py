@@ -214,10 +214,11 @@ def _apply_rack_leaves(host: HostSpec, leaves: tuple[str | None, ...]) -> HostSp
 
 def _by_device(nics: tuple[NicSpec, ...]) -> list[NicSpec]:
     """NICs in natural device order (mlx5_2 before mlx5_10)."""
-    def key(nic: NicSpec) -> tuple[str, int]:
+    def key(nic: NicSpec) -> tuple[str, int, str]:
         stem = nic.device.rstrip("0123456789")
-        digits = nic.device[len(stem):]
-        return stem, int(digits) if digits else -1
+        digits = nic.device[len(stem):].lstrip("0") or "0"
+        # compared as text of a length: a name's digits can be any number of them
+        return stem, len(digits) if nic.device != stem else -1, digits
     return sorted(nics, key=key)
 
 
@@ -226,11 +227,12 @@ def _apply_lldp(host: HostSpec, inputs: HostInputs, report: MergeReport) -> Host
     to_device = {netdev: dev for dev, netdev in inputs.netdevs.items()}
     devices = {n.device for n in host.nics}
     seen: dict[str, tuple[str, str | None]] = {}
-    for iface, neighbours in inputs.lldp.by_interface().items():
+    for iface, sightings in inputs.lldp.by_interface().items():
         device = to_device.get(iface, iface)
-        if device not in devices:
-            continue
-        switches = {n.chassis_name or n.chassis_id or "?" for n in neighbours}
+        neighbours = [n for n in sightings if n.chassis_name or n.chassis_id]
+        if device not in devices or not neighbours:
+            continue  # a neighbour that names no switch places nothing
+        switches = {n.chassis_name or n.chassis_id or "" for n in neighbours}
         if len(switches) > 1:
             report.conflicts.append(f"host {host.name}: NIC {device} ({iface}) is seen on "
                                     f"several switches: {', '.join(sorted(switches))}")

@@ -56,6 +56,8 @@ class HostEntry(_Strict):
     nvsmi: str | None = None
     lldp: str | None = None
     nccl: str | None = None
+    rdma: str | None = Field(default=None, description="rdma-devices capture (topo collect, "
+                             "rdma link, ibdev2netdev or ibstat output)")
     netdevs: dict[str, str] = Field(default_factory=dict,
                                     description="RDMA device → network interface")
     nic_gbit: float | None = Field(default=None, gt=0)
@@ -152,6 +154,10 @@ class Inventory(_Strict):
                                   description="overrides merged over config/links.yaml")
     zones: tuple[ZoneEntry, ...] = Field(min_length=1)
     nvlink_domains: tuple[DomainEntry, ...] = ()
+    ibnetdiscover: tuple[str, ...] = Field(default=(), description="ibnetdiscover captures "
+                                           "(plain or -p) of the cluster's subnets")
+    aws_topology: tuple[str, ...] = Field(default=(), description="describe-instance-topology "
+                                          "outputs")
     include: tuple[str, ...] = ()
     base_dir: str = Field(default=".", exclude=True)
 
@@ -186,8 +192,15 @@ def merge_inventories(base: Inventory, extra: Inventory) -> Inventory:
     return base.model_copy(update={
         "zones": tuple(zones.values()),
         "nvlink_domains": base.nvlink_domains + extra.nvlink_domains,
+        "ibnetdiscover": base.ibnetdiscover + _rebased(extra, extra.ibnetdiscover),
+        "aws_topology": base.aws_topology + _rebased(extra, extra.aws_topology),
         "templates": {**extra.templates, **base.templates},
     })
+
+
+def _rebased(extra: Inventory, paths: tuple[str, ...]) -> tuple[str, ...]:
+    """Paths named by an included file (relative to it), made absolute."""
+    return tuple(str((Path(extra.base_dir) / p).resolve()) for p in paths)
 
 
 def _merge_zone(a: ZoneEntry, b: ZoneEntry) -> ZoneEntry:

@@ -31,6 +31,8 @@ from topology.source import MAX_CAPTURE_BYTES, strip_bom
 NVSWITCH_CLASS = "0x068000"
 #: PCI classes of the far end of an NVLink that goes to a peer GPU.
 GPU_LINK_CLASSES = frozenset({"0x030000", "0x030200"})
+#: Integers in real dumps (speeds in Mb/s, device numbers) have a few digits.
+MAX_INT_DIGITS = 18
 #: Real dumps nest about ten deep; the bound keeps the tree walk's recursion finite.
 MAX_DEPTH = 64
 
@@ -404,6 +406,11 @@ class _Walker:
         if not re.fullmatch(r"\s*[+-]?[0-9]+\s*", value):
             raise ParseError(f"attribute {name}=\"{_shown(value)}\" is not a number",
                              self._at(element, path), "an integer")
+        digits = len(value.strip().lstrip("+-"))
+        if digits > MAX_INT_DIGITS:  # int() itself refuses past 4,300 digits
+            raise ParseError(f"attribute {name} is a {digits}-digit number",
+                             self._at(element, path),
+                             f"an integer of at most {MAX_INT_DIGITS} digits")
         number = int(value)
         if minimum is not None and number < minimum:
             raise ParseError(f"attribute {name}=\"{_shown(value)}\" is below {minimum}",

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from topology.errors import Location, ParseError
@@ -11,6 +15,9 @@ MAX_CAPTURE_BYTES = 16 * 1024 * 1024
 #: The byte-order mark some editors put first; it is never part of a capture.
 BOM = "\ufeff"
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+#: Numbers in captures are counts, ids and speeds; Python refuses ``int()`` past 4,300
+#: digits with an error that talks about its own settings.
+MAX_INT_DIGITS = 64
 
 
 def read_capture(path: str | Path, max_bytes: int = MAX_CAPTURE_BYTES) -> str:
@@ -49,6 +56,14 @@ def decode_capture(raw: bytes, source: str, expected: str = "a text capture") ->
     return text
 
 
+def bounded_int(digits: str) -> int:
+    """``int(digits)`` for JSON's ``parse_int``, refusing absurdly long numbers plainly."""
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"a {len(digits.lstrip('-'))}-digit number "
+                         f"(at most {MAX_INT_DIGITS} digits)")
+    return int(digits)
+
+
 def strip_bom(text: str) -> str:
     """``text`` without a leading byte-order mark (U+FEFF)."""
     return text[1:] if text.startswith(BOM) else text
@@ -69,3 +84,36 @@ def _decode_utf16(raw: bytes, source: str, expected: str) -> str:
     except UnicodeDecodeError as exc:
         raise ParseError(f"invalid UTF-16 at byte {exc.start} (the file starts with a "
                          "UTF-16 byte-order mark)", Location(source), expected) from exc
+
+
+_gc_lock = threading.Lock()
+_gc_pauses = 0
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Run a parse without the cyclic garbage collector, then restore it.
+
+    A parse allocates a small container or model per line or element and frees none
+    until it ends, and nothing it builds is cyclic garbage; the collector still walks
+    every live object on each full collection, which made parsing superlinear (LLDP,
+    measured: 40k interfaces 2.6 s CPU, 160k 11.6 s; paused: 1.5 s and 6.1 s). Nested
+    and concurrent pauses (the service parses in threads) count, so the collector
+    comes back only when the last one ends, and only if it was on before.
+    """
+    global _gc_pauses
+    with _gc_lock:
+        if _gc_pauses == 0:
+            _gc_state["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_pauses += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0 and _gc_state["was_enabled"]:
+                gc.enable()
+
+
+_gc_state = {"was_enabled": True}

@@ -27,6 +27,7 @@ COMMANDS = {
     "place": "place prefill/decode instances on a fabric (CP-SAT)",
     "route": "route one request to a (prefill, decode) pair",
     "serve": "run the scheduler's REST API",
+    "gateway": "serve OpenAI endpoints in front of P/D engine pairs (and the REST API)",
     "sidecar": "run a KV-transfer sidecar (NIXL agent) next to an engine",
     "simulate": "replay a trace on a simulated cluster and compare policies",
 }

@@ -16,7 +16,7 @@ from typing import Any
 
 from api.cli.output import print_json
 from policies.profile import DEFAULT_POLICY, policy_names, resolve_policy
-from policies.registry import default_registry
+from policies.registry import installed_registry, plugin_allowlist
 from scheduler.router.router import Decision, Router, RouteResult, parse_route_request
 from scheduler.router.snapshot import (
     index_from_state,
@@ -49,7 +49,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                         help="request as JSON text, or @FILE")
     parser.add_argument("--policy", default=DEFAULT_POLICY, metavar="NAME",
                         help=f"packaged policy ({', '.join(policy_names())}) or a policy "
-                             f"document path (default {DEFAULT_POLICY})")
+                             f"document path (default {DEFAULT_POLICY}); plugin packages "
+                             "installed under entry-point group toposched.policies are "
+                             "loaded (only those TOPOSCHED_PLUGINS lists, when set)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random choices")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(handler=handle_route)
@@ -61,7 +63,7 @@ def handle_route(args: argparse.Namespace) -> int:
     state = load_state(args.state)
     pairings = read_pairings(args.placement) if args.placement else None
     snapshot = snapshot_from_state(state, distance, source=args.state, pairings=pairings)
-    policy = resolve_policy(args.policy, default_registry())
+    policy = resolve_policy(args.policy, installed_registry(plugin_allowlist()))
     router = Router(distance, policy, index=index_from_state(state), seed=args.seed)
     data = _request_data(args.request)
     if isinstance(data, dict) and state.model is not None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
+from typing import Any
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from api.app import create_app
 from api.security import is_loopback
@@ -26,6 +29,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fabric", default=None, help="fabric.json to serve (tiers, NICs)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="share state with other replicas through this Redis")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="routing policy: a packaged name or a policy document path "
+                             "(default fabric-cost; env TOPOSCHED_POLICY); plugin packages "
+                             "of entry-point group toposched.policies load (only those "
+                             "TOPOSCHED_PLUGINS lists, when set)")
+    parser.add_argument("--instances", default=None, metavar="FILE",
+                        help="engine instance document (vLLM/SGLang engines to route to; "
+                             "docs/engines.md)")
     parser.add_argument("--log-level", default="warning",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(handler=handle_serve)
@@ -33,20 +44,66 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle_serve(args: argparse.Namespace) -> int:
     """Build settings (env + flags), create the app and run it until interrupted."""
-    overrides = {key: value for key, value in (("host", args.host), ("port", args.port),
-                                                ("transfer_mode", args.mode),
-                                                ("fabric", args.fabric),
-                                                ("redis_url", args.redis))
-                 if value is not None}
-    settings = Settings(**overrides)
+    return run_service(args, transfer_mode=args.mode, policy=args.policy,
+                       instances=args.instances)
+
+
+def run_service(args: argparse.Namespace, **extra: Any) -> int:
+    """Build settings (env, then the common flags and ``extra``), create the app and
+    run it until interrupted."""
+    given = {"host": args.host, "port": args.port, "fabric": args.fabric,
+             "redis_url": args.redis, **extra}
+    settings = Settings(**{key: value for key, value in given.items() if value is not None})
     if not (settings.worker_token or settings.operator_token):
         if not is_loopback(settings.host):
             raise InputError(f"refusing to bind {settings.host} without authentication: set "
                              "TOPOSCHED_OPERATOR_TOKEN and TOPOSCHED_WORKER_TOKEN")
         print(f"toposched: no tokens configured: authentication is off, serving on "
               f"{settings.host} only", file=sys.stderr)
+    protocol = type("TimedH11Protocol", (HeaderTimeout,),
+                    {"header_timeout_s": settings.header_timeout_s})
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port,
-                log_level=args.log_level, access_log=False,
+                log_level=args.log_level, access_log=False, http=protocol,
+                limit_concurrency=settings.max_connections,
                 # long-polls would otherwise hold a graceful shutdown for their full wait
                 timeout_graceful_shutdown=2)
     return 0
+
+
+class HeaderTimeout(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline on each request's headers.
+
+    uvicorn times out idle keep-alive connections, but any byte received re-arms
+    nothing: a client sending its headers one byte at a time holds the connection
+    forever. Here every connection must complete a request's headers within
+    ``header_timeout_s`` of being opened (or of its previous response); otherwise it is
+    closed. The body has its own limit (``api.security.BodyLimit``).
+    """
+
+    header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        before = self.cycle  # a new request replaces it once its headers are complete
+        self._header_timer = self.loop.call_later(self.header_timeout_s,
+                                                  self._headers_late, before)
+
+    def _headers_late(self, before: object) -> None:
+        idle = self.cycle is None or self.cycle.response_complete  # no request under way
+        if idle and self.cycle is before and not self.transport.is_closing():
+            self.transport.close()

@@ -26,8 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 def handle_sidecar(args: argparse.Namespace) -> int:
     """Replace this process with ``python -m sidecar`` running the same settings."""
-    argv = config_from_args(args).to_argv() + (["--verbose"] if args.verbose else [])
+    config = config_from_args(args)
+    argv = config.to_argv() + (["--verbose"] if args.verbose else [])
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", "sidecar", *argv])
+    # the token goes through the environment: a command line is visible to every user
+    os.execve(sys.executable, [sys.executable, "-m", "sidecar", *argv],
+              {**os.environ, **config.to_env()})
     return 1  # not reached: execv only returns by raising

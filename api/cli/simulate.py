@@ -1,5 +1,10 @@
 """``toposched simulate``: replay a workload on a cluster with several policies and compare.
 
+``--scenario NAME|FILE`` takes everything from a scenario document
+(:mod:`sim.scenario_file`: cluster, instances, engine, workload, arrivals, SLOs,
+transfers, policies); ``--cluster``, ``--workload``, ``--policies``, ``--prefill``,
+``--decode``, ``--tp``, ``--model`` and ``--seed`` override it when given.
+
 Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+FLAG...]``: a packaged policy
 (or a policy file), optionally with its own placement method (else ``--placement``),
 and flags: ``+aggregated`` (every instance prefills and decodes its own requests),
@@ -18,8 +23,9 @@ from typing import Any, get_args
 from api.cli.output import print_json
 from sim.adapters import PlacementMethod
 from sim.report import RunRecord, SimReport, comparison_table, write_report
+from sim.scenario_file import Scenario, load_scenario, packaged_scenarios
 from sim.scenarios import CLUSTERS, ClusterScenario, cluster, workload
-from sim.simulator import SimConfig, simulate
+from sim.simulator import simulate
 from topology.distance import DistanceModel
 from topology.errors import InputError
 from topology.spec import FabricSpec, load_fabric
@@ -63,17 +69,20 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Discrete-event simulation with the real router, policies and placement. "
                     f"Clusters: {', '.join(sorted(CLUSTERS))} or a fabric file (then give "
                     "--prefill/--decode). Workloads: NAME[:scale=X,limit=N,unshared=1].")
-    parser.add_argument("--cluster", required=True, help="cluster scenario name or fabric file")
-    parser.add_argument("--workload", required=True, help="workload spec")
-    parser.add_argument("--policies", default="fabric-cost",
+    parser.add_argument("--scenario", default=None, metavar="NAME|FILE",
+                        help="scenario document (packaged: "
+                             f"{', '.join(packaged_scenarios())}); flags below override it")
+    parser.add_argument("--cluster", default=None, help="cluster scenario name or fabric file")
+    parser.add_argument("--workload", default=None, help="workload spec")
+    parser.add_argument("--policies", default=None,
                         help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]"
-                             "[+fabric-blind][+prefix-blind]")
-    parser.add_argument("--placement", default="solver", choices=get_args(PlacementMethod))
+                             "[+fabric-blind][+prefix-blind] (default fabric-cost)")
+    parser.add_argument("--placement", default=None, choices=get_args(PlacementMethod))
     parser.add_argument("--prefill", type=int, default=None, help="prefill instances")
     parser.add_argument("--decode", type=int, default=None, help="decode instances")
     parser.add_argument("--tp", type=int, default=None, help="GPUs per instance (default 4)")
-    parser.add_argument("--model", default="llama-3-70b")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model (default llama-3-70b)")
+    parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--infinite-fabric", action="store_true",
                         help="transfers take no time (sanity check)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
@@ -94,29 +103,60 @@ def _cluster(args: argparse.Namespace) -> tuple[str, FabricSpec, int, int, int]:
     return fabric.name, fabric, args.prefill, args.decode, args.tp or 4
 
 
+def _scenario(args: argparse.Namespace) -> Scenario:
+    """The scenario the flags describe: the document's, with the flags given on top."""
+    if args.scenario is None:
+        if args.cluster is None or args.workload is None:
+            raise InputError("give --scenario, or both --cluster and --workload")
+        doc = Scenario.model_validate({
+            "version": 1, "name": "command-line", "cluster": {"name": "small"},
+            "instances": {"prefill": 1, "decode": 1}, "workload": args.workload})
+    else:
+        doc = load_scenario(args.scenario)
+    inst = doc.instances
+    update: dict[str, Any] = {
+        "instances": inst.model_copy(update={
+            key: value for key, value in (("prefill", args.prefill), ("decode", args.decode),
+                                          ("tp", args.tp)) if value is not None})}
+    for key, value in (("workload", args.workload), ("model", args.model),
+                       ("seed", args.seed), ("placement", args.placement)):
+        if value is not None:
+            update[key] = value
+    if args.policies is not None:
+        update["policies"] = tuple(p.strip() for p in args.policies.split(","))
+    if args.infinite_fabric:
+        update["transfers"] = "infinite"
+    return doc.model_copy(update=update)
+
+
 def handle_simulate(args: argparse.Namespace) -> int:
     """Run every requested policy and print or write the comparison."""
-    runs = parse_runs(args.policies, args.placement)
-    name, fabric, prefill, decode, tp = _cluster(args)
-    trace = workload(args.workload, args.seed)
+    doc = _scenario(args)
+    runs = parse_runs(",".join(doc.policies), doc.placement)
+    if args.cluster is not None:
+        name, fabric, prefill, decode, tp = _cluster(args)
+        doc = doc.model_copy(update={"instances": doc.instances.model_copy(
+            update={"prefill": prefill, "decode": decode, "tp": tp})})
+    else:
+        name, fabric = doc.name, doc.fabric(Path(args.scenario).parent if args.scenario else None)
+    spec_text = doc.workload_spec() if args.scenario else doc.workload
+    trace = workload(spec_text, doc.seed)
     distance = DistanceModel(fabric)
     records = []
     with _Progress(enabled=not args.json and sys.stderr.isatty()) as bar:
         for spec in runs:
-            config = SimConfig(policy=spec.policy, placement=spec.placement, model=args.model,
-                               tp=tp, prefill=prefill, decode=decode,
-                               aggregated="aggregated" in spec.flags,
-                               blind_fabric="fabric-blind" in spec.flags,
-                               blind_prefix="prefix-blind" in spec.flags,
-                               infinite_fabric=args.infinite_fabric, seed=args.seed)
+            config = doc.config(spec.policy, placement=spec.placement,
+                                aggregated=("aggregated" in spec.flags) or None,
+                                blind_fabric="fabric-blind" in spec.flags,
+                                blind_prefix="prefix-blind" in spec.flags)
             summary = simulate(fabric, trace, config, distance=distance,
                                progress=bar.task(config.label))
-            records.append(RunRecord(label=config.label, cluster=name, workload=args.workload,
+            records.append(RunRecord(label=config.label, cluster=name, workload=spec_text,
                                      policy=spec.policy, placement=spec.placement,
                                      aggregated=config.aggregated,
-                                     infinite_fabric=args.infinite_fabric, seed=args.seed,
+                                     infinite_fabric=config.infinite_fabric, seed=doc.seed,
                                      summary=summary))
-    report = SimReport(title=f"Simulation: {name} · {args.workload}", runs=tuple(records))
+    report = SimReport(title=f"Simulation: {name} · {spec_text}", runs=tuple(records))
     if args.output:
         write_report(report, args.output, draw=not args.no_plots)
     if args.json:

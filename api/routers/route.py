@@ -10,11 +10,13 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from api.engine_feeds import EngineFeeds
 from api.load import new_reservation_id, reservations_for, reserve
 from api.problems import problem
 from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for
 from api.runtime import Runtime
 from api.service import ServiceState
+from engines.registry import EngineRegistry
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from scheduler.state.reservations import LoadItem
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -103,7 +105,8 @@ async def route(request: Request) -> Response:
     body = _parse(await request.body())
     state = request.app.state
     services: ServiceState = state.services
-    result = await _decide(body, services, state.coordinator, state.runtime)
+    result, block_tokens = await _decide(body, services, state.coordinator, state.runtime,
+                                         state.engine_feeds.registry)
     if isinstance(result, Unschedulable):
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
@@ -111,23 +114,32 @@ async def route(request: Request) -> Response:
     items, reservation_id = reservations_for(result, body.prompt_tokens), new_reservation_id()
     await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
                   state.settings.reservation_ttl_s)
+    feeds: EngineFeeds = state.engine_feeds
     try:
-        record = await deliver_plan(state.coordinator, result, reservation_id)
+        # Engine instances move the KV themselves (vLLM's NixlConnector, SGLang): no
+        # sidecar plan; their NIXL figures are labelled with this pair's tier.
+        record = None if feeds.engine_driven(result) else \
+            await deliver_plan(state.coordinator, result, reservation_id)
     except REFUSED:
         await runtime.loads.close_reservation(reservation_id)
         raise
     # Any other failure (Redis gone, a timeout, cancellation) may come after the
     # transfer was queued: then it runs, so its load stays reserved (until the transfer
     # ends or the reservation expires), like its blocks.
-    _observe(runtime, body, result, record)
+    _observe(runtime, body, result, record, block_tokens)
+    feeds.note(result)
     output = RouteOutput(decision=result, reservation_id=reservation_id, reservations=items,
                          plan_id=record.plan.plan_id if record is not None else None)
     return Response(output.model_dump_json(), media_type="application/json")
 
 
 async def _decide(body: RouteInput, services: ServiceState, coordinator: TransferCoordinator,
-                  runtime: Runtime) -> Decision | Unschedulable:
-    """The decision over a snapshot of the live workers (their loads included)."""
+                  runtime: Runtime, engines: EngineRegistry
+                  ) -> tuple[Decision | Unschedulable, int]:
+    """The decision over a snapshot of the live workers and routable engine instances
+    (their loads included), and the block size prompts were hashed with: the engines'
+    when instances serve the model, else what the workers registered or the settings
+    say (:class:`~api.snapshots.BlockSizes`)."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
@@ -137,22 +149,24 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     snapshot = services.snapshots.snapshot(
         fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
         pairings=current.placement.pairings if current else (),
-        link_load=runtime.inflight.transfers_by_link())
+        link_load=runtime.inflight.transfers_by_link(),
+        engines=engines.workers(body.model, loads),
+        block_tokens=engines.block_size(body.model))
     result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
         Unschedulable(request_id=body.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {body.model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
     runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
-    return result
+    return result, snapshot.block_tokens
 
 
 def _observe(runtime: Runtime, body: RouteInput, decision: Decision,
-             record: TransferRecord | None) -> None:
+             record: TransferRecord | None, block_tokens: int) -> None:
     """Count the prefix blocks the prefill side held, and the queued transfer on the
     shared links of its path until its deadline (the next decisions see it as
     ``link_load``)."""
     total = len(body.block_hashes) if body.block_hashes is not None else \
-        body.prompt_tokens // BLOCK_TOKENS
+        body.prompt_tokens // block_tokens
     runtime.telemetry.observe_prefix(min(decision.prefill.cached_blocks, total), total)
     if record is not None:
         runtime.inflight.add(record.plan.plan_id, decision.transfer.links,

@@ -40,8 +40,19 @@ CurrentFabric = Annotated[Fabric, Depends(_fabric)]
 
 
 def _text_body(media: str, example: str) -> dict[str, Any]:
+    """A capture sent as it is: text of ``media`` (the raw file, not a JSON string)."""
     return {"requestBody": {"required": True, "content": {
         media: {"schema": {"type": "string"}, "example": example}}}}
+
+
+def _json_body(example: Any, *, text: str | None = None) -> dict[str, Any]:
+    """A capture that is a JSON document: the document itself (an object, never a quoted
+    string), or with ``text`` also its text form (``text/plain``)."""
+    content: dict[str, Any] = {"application/json": {"schema": {"type": "object"},
+                                                    "example": example}}
+    if text is not None:
+        content["text/plain"] = {"schema": {"type": "string"}, "example": text}
+    return {"requestBody": {"required": True, "content": content}}
 
 
 async def _read_text(request: Request, source: str) -> str:
@@ -119,7 +130,7 @@ async def put_nvidia_smi(host: str, request: Request,
 
 
 @writes.put("/hosts/{host}/lldp", response_model=FeedResult, responses=_RESPONSES,
-            openapi_extra=_text_body("application/json", '{"lldp": []}'))
+            openapi_extra=_json_body({"lldp": []}, text="lldp.ens1np0.chassis.name=leaf1\n"))
 async def put_lldp(host: str, request: Request, services: Services) -> FeedResult | Response:
     """A host's ``lldpctl -f json0`` / ``-f json`` / ``-f keyvalue`` capture."""
     return await _host_feed(services, request, host, "lldp")
@@ -133,7 +144,7 @@ async def put_nccl(host: str, request: Request, services: Services) -> FeedResul
 
 
 @writes.put("/k8s-nodes", response_model=FeedResult, responses=_RESPONSES,
-            openapi_extra=_text_body("application/json", '{"items": []}'))
+            openapi_extra=_json_body({"items": []}))
 async def put_k8s_nodes(request: Request, services: Services) -> FeedResult | Response:
     """The cluster's nodes (``kubectl get nodes -o json|yaml``): zones, cliques, GPUs."""
     source = "PUT /v1/topology/k8s-nodes"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Coordinator, Prefix, RuntimeDep
 from scheduler.prefix import ResyncRequest, parse_event
@@ -43,14 +43,35 @@ async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
 
 
 @router.post("/transfers/{plan_id}/report")
-async def report_transfer(plan_id: str, report: TransferReport, coordinator: Coordinator,
-                          runtime: RuntimeDep) -> TransferRecord:
+async def report_transfer(plan_id: str, report: TransferReport,
+                          coordinator: Coordinator) -> TransferRecord:
     """A sidecar's report; moves the transfer to done or failed (and, once, into
-    telemetry: both sides report)."""
-    record, finished = await coordinator.report(plan_id, report)
-    if finished:
-        runtime.record_transfer(record)
-    return record
+    telemetry: the coordinator tells the service when a transfer ends)."""
+    return await coordinator.report(plan_id, report)
+
+
+class ReleaseTransfer(BaseModel):
+    """Who releases: the transfer's destination worker."""
+
+    model_config = ConfigDict(extra="forbid")
+    worker: str = Field(min_length=1, max_length=256)
+
+
+class TransferReleased(BaseModel):
+    """Whether the destination blocks went back to the free list now (False: released
+    before, the transfer did not end done, or its worker registered again since)."""
+
+    blocks_released: bool
+
+
+@router.post("/transfers/{plan_id}/release")
+async def release_transfer(plan_id: str, body: ReleaseTransfer, coordinator: Coordinator,
+                           runtime: RuntimeDep) -> TransferReleased:
+    """The destination's request that used this transfer's KV ended: its blocks go back
+    to the free list and the rest of the route's load reservation ends."""
+    released = await coordinator.release(plan_id, body.worker)
+    await runtime.request_ended(await coordinator.store.get_transfer(plan_id))
+    return TransferReleased(blocks_released=released)
 
 
 @router.post("/kv-events")

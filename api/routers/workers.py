@@ -12,7 +12,7 @@ from api.load import register_capacity
 from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
-from topology.errors import NotFoundError
+from topology.errors import ConflictError, NotFoundError
 
 router = APIRouter(prefix="/v1", tags=["workers"])
 
@@ -34,13 +34,13 @@ async def register_worker(reg: WorkerRegistration, coordinator: Coordinator,
     return lease
 
 
-@router.post("/workers/{name}/heartbeat")
+@router.post("/workers/{name:path}/heartbeat")
 async def heartbeat(name: str, coordinator: Coordinator) -> Lease:
     """Renew a worker's lease (404 once it lapsed: register again)."""
     return await coordinator.store.heartbeat(name)
 
 
-@router.delete("/workers/{name}", status_code=204)
+@router.delete("/workers/{name:path}", status_code=204)
 async def remove_worker(name: str, coordinator: Coordinator, prefix: Prefix,
                         runtime: RuntimeDep) -> Response:
     """Remove a worker; its pending transfers fail and peers are told to recompute."""
@@ -60,17 +60,22 @@ class FreedBlocks(BaseModel):
     """KV blocks a worker's engine evicted: the scheduler may allocate them again."""
 
     blocks: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=1 << 20)
+    epoch: int | None = Field(default=None, ge=1, description="the registration epoch the "
+                              "blocks belong to (recommended: a release that arrives after "
+                              "the worker registered again is refused, 409)")
 
 
-@router.post("/workers/{name}/free-blocks", status_code=204)
+@router.post("/workers/{name:path}/free-blocks", status_code=204)
 async def free_blocks(name: str, body: FreedBlocks, coordinator: Coordinator) -> Response:
     """Return evicted blocks to the worker's free list (404 for an unknown worker)."""
     await coordinator.store.get_worker(name)
-    await coordinator.store.release_blocks(name, body.blocks)
+    if not await coordinator.store.release_blocks(name, body.blocks, body.epoch):
+        raise ConflictError(f"worker {name!r} is no longer at epoch {body.epoch}: its "
+                            "blocks started free when it registered again")
     return Response(status_code=204)
 
 
-@router.get("/workers/{name}/load")
+@router.get("/workers/{name:path}/load")
 async def worker_load(name: str, runtime: RuntimeDep) -> WorkerLoad:
     """A worker's reserved load and capacity."""
     load = (await runtime.loads.loads()).get(name)
@@ -79,7 +84,7 @@ async def worker_load(name: str, runtime: RuntimeDep) -> WorkerLoad:
     return load
 
 
-@router.get("/sidecars/{name}/jobs")
+@router.get("/sidecars/{name:path}/jobs")
 async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
                     wait_s: Annotated[float, Query(ge=0)] = 10.0) -> JobBatch:
     """Long-poll: answers at the first queued job or after ``wait_s`` (capped)."""

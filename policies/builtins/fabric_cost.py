@@ -5,12 +5,16 @@ pairs: for every candidate pair it asks the context's
 :class:`~policies.contracts.PairCostModel` for the time to first token — queue wait
 and compute for the uncached part at the prefill worker, transfer of the blocks the
 decode worker lacks over the fabric path between them, admission at the decode
-worker — and takes the cheapest. Placement pairings and the request's session make
+worker — adds the decode side's price (the batch slowdown the request takes and
+gives at the decode worker, and its KV occupancy: ``decode_costs`` of the cost
+model) and takes the cheapest. Placement pairings and the request's session make
 a pair up to ``paired_bonus`` / ``session_bonus`` cheaper.
 
 *Conditional disaggregation*: a decode worker that misses at most
 ``local_prefill_max_tokens`` prompt tokens, or already holds ``local_prefill_min_hit``
-of the prompt, may prefill the rest itself; that option competes on the same cost.
+of the prompt, may prefill the rest itself; that option competes on the same cost
+plus the stall its prefill causes every request the worker runs (``local_stall``),
+so it wins only where that stall is cheaper than queueing and moving the KV.
 
 *Pruning* keeps big clusters fast: the ``top_k_prefill`` prefill workers by cache
 hit and the same number by load; every decode worker sharing a host or NVLink domain
@@ -71,9 +75,12 @@ class _Options:
 
     local: IntArray
     local_factor: FloatArray
+    local_extra: FloatArray
     prefill: IntArray
     decode: IntArray
     factor: FloatArray
+    extra: FloatArray
+    prefill_extra: FloatArray
     cost: FloatArray
 
     def at(self, i: int) -> tuple[int, int, bool]:
@@ -91,6 +98,13 @@ class _Options:
             return float(self.local_factor[i])
         row, col = divmod(i - len(self.local), len(self.decode))
         return float(self.factor[row, col])
+
+    def extra_at(self, i: int) -> float:
+        """The decode-side price (not TTFT) in the cost of option ``i``, before bonuses."""
+        if i < len(self.local):
+            return float(self.local_extra[i])
+        row, col = divmod(i - len(self.local), len(self.decode))
+        return float(self.extra[col] + self.prefill_extra[row])
 
 
 class FabricCostHandler:
@@ -174,25 +188,30 @@ class FabricCostHandler:
     # -- options -------------------------------------------------------------------
     def _options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray) -> _Options:
         # Local options first: on equal cost, not moving anything wins the tie.
-        local, local_factor, local_cost = self._local_options(ctx, p_pos, d_pos)
-        factor, cost = self._pair_options(ctx, p_pos, d_pos)
-        return _Options(local, local_factor, p_pos, d_pos, factor,
+        extra = ctx.cost.decode_costs(ctx, d_pos)
+        # A prefill worker that also decodes (aggregated) stalls its own batch.
+        stall = ctx.cost.local_stall(ctx, p_pos)
+        local, local_factor, local_extra, local_cost = self._local_options(
+            ctx, p_pos, d_pos, extra)
+        factor, cost = self._pair_options(ctx, p_pos, d_pos, extra, stall)
+        return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
                         np.concatenate((local_cost, cost)))
 
-    def _pair_options(self, ctx: CycleContext, p_pos: IntArray,
-                      d_pos: IntArray) -> tuple[FloatArray, FloatArray]:
+    def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
+                      extra: FloatArray, stall: FloatArray) -> tuple[FloatArray, FloatArray]:
         """The bonus factor (rows: prefill, columns: decode) and flat cost of each pair."""
         if len(p_pos) == 0:
             return np.empty((0, len(d_pos))), np.empty(0)
-        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s
+        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s + extra + stall[:, None]
         factor = np.ones_like(total)
         self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
         return factor, (total * factor).ravel()
 
-    def _local_options(self, ctx: CycleContext, p_pos: IntArray,
-                       d_pos: IntArray) -> tuple[IntArray, FloatArray, FloatArray]:
-        """Decode workers that may prefill themselves, their bonus factor and cost."""
+    def _local_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
+                       extra: FloatArray) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        """Decode workers that may prefill themselves, their bonus factor, decode-side
+        price (``extra`` plus the stall of their running requests) and cost."""
         snap, request = ctx.snapshot, ctx.request
         cached = ctx.cached[d_pos]
         missing = request.prompt_tokens - cached * snap.block_tokens
@@ -204,7 +223,8 @@ class FabricCostHandler:
         if ctx.session_pair is not None:
             session_decode = ctx.snapshot.position.get(ctx.session_pair[1], -1)
             factor[local == session_decode] = 1.0 - self.params.session_bonus
-        return local, factor, ctx.cost.local_costs(ctx, local) * factor
+        price = extra[eligible] + ctx.cost.local_stall(ctx, local)
+        return local, factor, price, (ctx.cost.local_costs(ctx, local) + price) * factor
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                         factor: FloatArray) -> None:
@@ -270,7 +290,8 @@ class FabricCostHandler:
             if loaded:
                 p, d, local = options.at(i)
                 if not local:
-                    cost = ctx.cost.contended_total(ctx, p, d) * options.factor_at(i)
+                    cost = ((ctx.cost.contended_total(ctx, p, d) + options.extra_at(i))
+                            * options.factor_at(i))
                     recosted += 1
             refined[i] = cost
             best = min(best, cost)
@@ -281,11 +302,11 @@ class FabricCostHandler:
         value = float(options.cost[i]) if cost is None else cost
         snap = ctx.snapshot
         p, d, local = options.at(i)
-        # The score compares the costs the choice used (bonuses included); ttft_s is the
-        # plain estimate.
+        # The score compares the costs the choice used (bonuses and the decode-side
+        # price included); ttft_s is the plain TTFT estimate.
         return PairOption(snap.workers[p].id, snap.workers[d].id,
                           best / value if value > 0 else 1.0, local,
-                          value / options.factor_at(i))
+                          value / options.factor_at(i) - options.extra_at(i))
 
 
 def _first_k(first: FloatArray, then: FloatArray, k: int) -> IntArray:

@@ -4,6 +4,13 @@ Every candidate solution — CP-SAT's (whole or decomposed) and the greedy heuri
 goes through the validator, which prices it on the real fabric. The best valid one by
 (transfer cost, churn, imbalance) is returned, so the result is never worse than the
 greedy fallback, and a solver that runs out of time still answers.
+
+Short-circuit: greedy runs first; when its validated placement is already within
+``gap_tolerance`` of the analytic lower bound (the same test that stops CP-SAT's
+search) and it moves nothing (or there is no current placement to keep), the
+search is skipped — no placement can be more than that tolerance cheaper, and
+CP-SAT would stop on its first solution anyway. On uniform clusters this turns a
+search that ran for its whole time limit into the greedy pass (``placement.md``).
 """
 
 from __future__ import annotations
@@ -23,6 +30,32 @@ from topology.distance import DistanceModel
 from topology.errors import UnschedulableError
 
 Found = tuple[dict[int, Role], Method, Status]
+_ANALYTIC = "analytic tree bound (each node keeps at most what its free GPUs allow)"
+
+
+def _greedy_if_proved(problem: Problem, roles: dict[int, Role], bound: float,
+                      started: float) -> Placement | None:
+    """Greedy's placement when the bound proves it good enough, else None.
+
+    Good enough: valid, within ``gap_tolerance`` of the lower bound, and moving no
+    instance of a current placement (with one, a search could trade cost for churn).
+    """
+    tolerance = problem.request.options.gap_tolerance
+    placement, violations = assemble(
+        problem, roles, method="greedy", status="heuristic",
+        solve_time_s=time.monotonic() - started, lower_bound_ms=bound,
+        lower_bound_source=_ANALYTIC)
+    cost = placement.objective.transfer_cost_ms
+    if violations or cost > bound * (1 + tolerance) + 1e-12 or (
+            problem.current and placement.objective.churn):
+        return None
+    optimal = cost <= bound * (1 + 1e-6) + 1e-12  # equal up to float rounding
+    note = (f"the greedy placement is within {tolerance:.1%} of the lower bound "
+            f"({cost:.4g} vs {bound:.4g} ms/request), so the CP-SAT search was skipped")
+    return placement.model_copy(update={
+        "status": "optimal" if optimal else "feasible",
+        "solve_time_s": time.monotonic() - started,
+        "notes": (*placement.notes, note)})
 
 
 def place(request: PlacementRequest, *, dm: DistanceModel | None = None,
@@ -45,7 +78,12 @@ def solve(problem: Problem, *, progress: Progress | None = None,
     if reasons:
         raise UnschedulableError(reasons)
     hint = greedy(problem)
-    search = _Search(problem, hint, progress)
+    bound = analytic_bound_ms(problem)
+    if hint is not None:
+        proved = _greedy_if_proved(problem, hint, bound, started)
+        if proved is not None:
+            return proved
+    search = _Search(problem, hint, progress, bound)
     found = search.run()
     if hint is not None:
         found.append((hint, "greedy", "heuristic"))
@@ -60,11 +98,11 @@ class _Search:
     """CP-SAT on the whole problem, or on its parts when it is big (whole as a fallback)."""
 
     def __init__(self, problem: Problem, hint: dict[int, Role] | None,
-                 progress: Progress | None) -> None:
+                 progress: Progress | None, bound: float) -> None:
         self.problem, self.hint, self.progress = problem, hint, progress
         self.started = time.monotonic()
-        self.bound = analytic_bound_ms(problem)
-        self.source = "analytic tree bound (each node keeps at most what its free GPUs allow)"
+        self.bound = bound
+        self.source = _ANALYTIC
 
     def run(self) -> list[Found]:
         """Solutions found (empty when the search found none in time)."""

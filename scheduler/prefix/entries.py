@@ -1,25 +1,107 @@
 """Confirmed (worker, block) entries: tier bitmasks per block, LRU order per worker.
 
 * ``masks[tier]`` maps a block key to an ``int`` bitmask of the worker indices that
-  hold it on that tier — what the prefix walk intersects;
-* ``held[idx]`` is worker ``idx``'s ``OrderedDict`` key → ``stamp << 2 | tier bits``
-  in least-recently-used-first order (stamps grow with every use);
+  hold it on that tier — what the prefix walk intersects, and the only record of
+  tiers;
+* every store or touch of worker ``idx`` is one *use record* ``(stamps, keys)``:
+  the keys in use order and their stamps (a ``range`` — stamps grow with every
+  use, so the smallest is the least recently used);
+* ``held[idx]`` maps each key worker ``idx`` holds to the record of its latest
+  use (one shared tuple per store, so an entry costs a dict slot, not an object);
+* the worker's *use log* lists its records oldest first. Walking it from the
+  front finds the least recently used entry without sorting: a key whose
+  ``held`` value is no longer that record was used again (or removed) since.
+  Records are compacted once stale uses outnumber the live entries;
 * a heap of (oldest stamp, worker) finds the globally least recently used entry.
 
 Eviction is **LRU by last use** (store or touch). A chain is stamped leaf first,
 so its first block is the most recent and evictions take chain ends before the
 prefixes they share, as vLLM's free-block queue does.
+
+Speed and size. Stores, removals and touches update whole events at once through
+``dict.update``/``map``/``zip`` over the event's keys, so per-block work runs in C,
+not in a Python loop, and allocates nothing per block: the record is shared and a
+fresh block's mask is the worker's own bit object (measured in
+``bench/results/prefix_index.md``). Per-key decisions (a key on both tiers) take a
+plain loop.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Iterable, Sequence
+from itertools import compress, repeat
+from operator import and_, is_, not_
 
 GPU = 1
 HOST = 2
 TIERS = (GPU, HOST)
+
+#: (stamps, keys): the stamps of one use of ``keys`` (same length, use order).
+Record = tuple[Sequence[int], Sequence[int]]
+
+
+def _drain(iterator: Iterable[object]) -> None:
+    """Run an iterator to its end in C (``map`` used for its side effects)."""
+    deque(iterator, maxlen=0)
+
+
+class _UseLog:
+    """One worker's use records, oldest first, with a read position."""
+
+    __slots__ = ("logged", "offset", "records")
+
+    def __init__(self) -> None:
+        self.records: deque[Record] = deque()
+        self.offset = 0  # position in records[0] of the next use to look at
+        self.logged = 0  # uses in the records from the read position on
+
+    def append(self, record: Record) -> None:
+        self.records.append(record)
+        self.logged += len(record[1])
+
+    def oldest(self, held: dict[int, Record]) -> tuple[int, int] | None:
+        """(key, stamp) of the least recently used entry of ``held``, skipping stale uses."""
+        records = self.records
+        while records:
+            stamps, keys = record = records[0]
+            get = held.get
+            for offset in range(self.offset, len(keys)):
+                key = keys[offset]
+                if get(key) is record:
+                    self.logged -= offset - self.offset
+                    self.offset = offset
+                    return key, stamps[offset]
+            self.logged -= len(keys) - self.offset
+            records.popleft()
+            self.offset = 0
+        return None
+
+    def compact(self, held: dict[int, Record]) -> None:
+        """Drop stale uses once they outnumber the live entries (amortised O(1) per use)."""
+        if self.logged <= 2 * len(held) + 64:
+            return
+        kept: deque[Record] = deque()
+        first = True
+        for record in self.records:
+            stamps, keys = record
+            if first:
+                stamps, keys, first = stamps[self.offset:], keys[self.offset:], False
+            live = list(map(is_, map(held.get, keys), repeat(record)))
+            if not any(live):
+                continue
+            fresh = (list(compress(stamps, live)), list(compress(keys, live)))
+            held.update(zip(fresh[1], repeat(fresh), strict=False))
+            kept.append(fresh)
+        self.records = kept
+        self.offset = 0
+        self.logged = sum(len(keys) for _, keys in kept)
+
+    def clear(self) -> None:
+        self.records.clear()
+        self.offset = 0
+        self.logged = 0
 
 
 class EntryTable:
@@ -28,11 +110,12 @@ class EntryTable:
     def __init__(self) -> None:
         """An empty table; worker slots are added with :meth:`ensure_slot`."""
         self.masks: dict[int, dict[int, int]] = {GPU: {}, HOST: {}}
-        self.held: list[OrderedDict[int, int]] = []
+        self.held: list[dict[int, Record]] = []
         self.count = 0
-        self.tier_count = {GPU: 0, HOST: 0}
         self.evicted_global = 0
         self.evicted_capacity = 0
+        self._logs: list[_UseLog] = []
+        self._bits: list[int] = []
         self._stamp = 0
         self._heap: list[tuple[int, int]] = []
         self._in_heap: list[bool] = []
@@ -40,84 +123,123 @@ class EntryTable:
     def ensure_slot(self, idx: int) -> None:
         """Make worker index ``idx`` usable (slots are reused after :meth:`clear`)."""
         while len(self.held) <= idx:
-            self.held.append(OrderedDict())
+            self._bits.append(1 << len(self.held))
+            self.held.append({})
+            self._logs.append(_UseLog())
             self._in_heap.append(False)
+
+    def tiers_of(self, idx: int, key: int) -> int:
+        """Tier bits (GPU | HOST) worker ``idx`` holds ``key`` on (0: not held)."""
+        return (self.masks[GPU].get(key, 0) >> idx & 1) | (
+            (self.masks[HOST].get(key, 0) >> idx & 1) << 1)
+
+    def tier_count(self, tier: int) -> int:
+        """(worker, block) pairs on ``tier`` (O(blocks); for statistics)."""
+        return sum(map(int.bit_count, self.masks[tier].values()))
 
     def store(self, idx: int, keys: Sequence[int], tier: int) -> None:
         """Worker ``idx`` holds ``keys`` (chain order) on ``tier``; they count as just used."""
+        n = len(keys)
+        if not n:
+            return
         held = self.held[idx]
-        held_get = held.get
-        masks = self.masks[tier]
-        masks_get = masks.get
-        bit = 1 << idx
-        stamp = self._stamp
-        added = tiered = 0
-        for key in reversed(keys):
-            value = held_get(key)
-            if value is None:
-                added += 1
-                tiered += 1
-                masks[key] = masks_get(key, 0) | bit
-                held[key] = stamp << 2 | tier
-            else:
-                if not value & tier:
-                    tiered += 1
-                    masks[key] = masks_get(key, 0) | bit
-                held[key] = stamp << 2 | (value & 3) | tier
-                held.move_to_end(key)
-            stamp += 1
-        self._stamp = stamp
+        rkeys = keys[::-1] if type(keys) in (tuple, list) else list(reversed(keys))
+        base = self._stamp
+        self._stamp = base + n
+        record: Record = (range(base, base + n), rkeys)
+        before = len(held)
+        held.update(zip(rkeys, repeat(record, n), strict=False))
+        added = len(held) - before
+        if added != n and len(set(rkeys)) != n:
+            record = self._dedupe(held, rkeys, base)
         self.count += added
-        self.tier_count[tier] += tiered
-        if held and not self._in_heap[idx]:
-            heapq.heappush(self._heap, (next(iter(held.values())) >> 2, idx))
+        masks = self.masks[tier]
+        bit = self._bits[idx]
+        if masks.keys().isdisjoint(rkeys):  # fresh blocks: share the worker's bit object
+            masks.update(zip(rkeys, repeat(bit, n), strict=False))
+        else:
+            masks.update(zip(rkeys, map(int.__or__, map(masks.get, rkeys, repeat(0, n)),
+                                        repeat(bit, n)), strict=True))
+        log = self._logs[idx]
+        log.append(record)
+        if log.logged > 2 * len(held) + 64:
+            log.compact(held)
+        if not self._in_heap[idx]:
+            heapq.heappush(self._heap, (record[0][0], idx))
             self._in_heap[idx] = True
+
+    @staticmethod
+    def _dedupe(held: dict[int, Record], rkeys: Sequence[int], base: int) -> Record:
+        """A key used twice in one event counts at its last use (as separate stamps would)."""
+        last = {key: i for i, key in enumerate(rkeys)}
+        order = sorted(last.values())
+        record: Record = ([base + i for i in order], [rkeys[i] for i in order])
+        held.update(zip(record[1], repeat(record), strict=False))
+        return record
 
     def touch(self, idx: int, keys: Sequence[int]) -> int:
         """Refresh the LRU position of the ``keys`` worker ``idx`` holds; returns how many."""
         held = self.held[idx]
-        stamp = self._stamp
-        touched = 0
-        for key in reversed(keys):
-            value = held.get(key)
-            if value is not None:
-                held[key] = stamp << 2 | (value & 3)
-                held.move_to_end(key)
-                stamp += 1
-                touched += 1
-        self._stamp = stamp
-        return touched
+        rkeys = keys[::-1] if isinstance(keys, list | tuple) else list(reversed(keys))
+        hits = list(compress(rkeys, map(held.__contains__, rkeys)))
+        if not hits:
+            return 0
+        n = len(hits)
+        base = self._stamp
+        self._stamp = base + n
+        record: Record = (range(base, base + n), hits)
+        held.update(zip(hits, repeat(record, n), strict=False))
+        if len(set(hits)) != n:
+            record = self._dedupe(held, hits, base)
+        log = self._logs[idx]
+        log.append(record)
+        log.compact(held)
+        return n
 
-    def remove(self, idx: int, keys: Iterable[int], tier: int) -> None:
+    def remove(self, idx: int, keys: Sequence[int], tier: int) -> None:
         """Worker ``idx`` no longer holds ``keys`` on ``tier`` (other tier kept)."""
+        other = self.masks[HOST if tier == GPU else GPU]
+        masks = self.masks[tier]
+        bit = self._bits[idx]
         held = self.held[idx]
-        for key in keys:
-            value = held.get(key)
-            if value is None or not value & tier:
-                continue
-            self._unmask(idx, key, tier)
-            if value & 3 & ~tier:
-                held[key] = value & ~tier
-            else:
-                del held[key]
-                self.count -= 1
+        before = len(held)
+        olds = list(map(masks.get, keys, repeat(0)))
+        if not other and olds.count(bit) == len(olds):
+            # Common case: each key held by this worker alone, on this tier alone.
+            _drain(map(masks.pop, keys, repeat(None)))
+            _drain(map(held.pop, keys, repeat(None)))
+            self.count -= before - len(held)
+            return
+        on_tier = list(compress(keys, map(and_, olds, repeat(bit))))
+        if not on_tier:
+            return
+        # Keys also on the other tier stay held (on that tier).
+        gone = [key for key in on_tier if not other.get(key, 0) & bit] if other else on_tier
+        _drain(map(held.pop, gone, repeat(None)))
+        self.count -= before - len(held)
+        self._unmask_many(idx, on_tier, tier)
 
     def clear(self, idx: int) -> None:
         """Drop every entry of worker ``idx``."""
         held = self.held[idx]
-        for key, value in held.items():
-            self._drop_masks(idx, key, value)
+        keys = list(held)
+        for tier in TIERS:
+            if self.masks[tier]:
+                self._unmask_many(idx, keys, tier)
         self.count -= len(held)
         held.clear()
+        self._logs[idx].clear()
 
     def enforce(self, idx: int, capacity: int | None, max_entries: int | None) -> None:
         """Evict until worker ``idx`` fits ``capacity`` and the table ``max_entries``."""
         held = self.held[idx]
-        if capacity is not None:
+        if capacity is not None and len(held) > capacity:
+            log = self._logs[idx]
             while len(held) > capacity:
-                key, value = held.popitem(last=False)
-                self._drop_masks(idx, key, value)
-                self.count -= 1
+                oldest = log.oldest(held)
+                if oldest is None:  # cannot happen: every held key has a live use
+                    raise AssertionError("prefix index use log lost a live entry")
+                self._drop(idx, oldest[0])
                 self.evicted_capacity += 1
         if max_entries is not None and self.count > max_entries:
             self._evict_global(max_entries)
@@ -132,32 +254,35 @@ class EntryTable:
         while self.count > limit and self._heap:
             stamp, idx = heapq.heappop(self._heap)
             held = self.held[idx]
-            if not held:
+            oldest = self._logs[idx].oldest(held)
+            if oldest is None:
                 self._in_heap[idx] = False
                 continue
-            key, value = next(iter(held.items()))
-            if value >> 2 != stamp:
-                heapq.heappush(self._heap, (value >> 2, idx))
+            key, current = oldest
+            if current != stamp:
+                heapq.heappush(self._heap, (current, idx))
                 continue
-            held.popitem(last=False)
-            self._drop_masks(idx, key, value)
-            self.count -= 1
+            self._drop(idx, key)
             self.evicted_global += 1
-            if held:
-                heapq.heappush(self._heap, (next(iter(held.values())) >> 2, idx))
+            following = self._logs[idx].oldest(held)
+            if following is not None:
+                heapq.heappush(self._heap, (following[1], idx))
             else:
                 self._in_heap[idx] = False
 
-    def _unmask(self, idx: int, key: int, tier: int) -> None:
-        masks = self.masks[tier]
-        mask = masks[key] & ~(1 << idx)
-        if mask:
-            masks[key] = mask
-        else:
-            del masks[key]
-        self.tier_count[tier] -= 1
-
-    def _drop_masks(self, idx: int, key: int, value: int) -> None:
+    def _drop(self, idx: int, key: int) -> None:
+        del self.held[idx][key]
+        self.count -= 1
         for tier in TIERS:
-            if value & tier:
-                self._unmask(idx, key, tier)
+            if self.masks[tier].get(key, 0) >> idx & 1:
+                self._unmask_many(idx, (key,), tier)
+
+    def _unmask_many(self, idx: int, keys: Sequence[int], tier: int) -> None:
+        """Clear worker ``idx``'s bit on ``tier`` for ``keys``; drop masks left empty."""
+        if not keys:
+            return
+        masks = self.masks[tier]
+        cleared = list(map(and_, map(masks.get, keys, repeat(0)), repeat(~self._bits[idx])))
+        masks.update(zip(keys, cleared, strict=True))
+        if 0 in cleared:
+            _drain(map(masks.pop, compress(keys, map(not_, cleared)), repeat(None)))

@@ -43,6 +43,7 @@ from scheduler.prefix.models import (
     WorkerSnapshot,
 )
 from scheduler.prefix.predictions import PredictionTable
+from scheduler.prefix.wire import AnyEvent, WireCleared, WireRemoved, WireStored, decode_event
 from topology.errors import Issue, ValidationError
 
 _TIER_BITS: dict[str, int] = {"gpu": GPU, "host": HOST}
@@ -51,7 +52,12 @@ DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_MAX_PREDICTED = 200_000
 
 Event = BlockStored | BlockRemoved | AllBlocksCleared
+_EVENT_TYPES = (BlockStored, BlockRemoved, AllBlocksCleared, WireStored, WireRemoved, WireCleared)
+_STORED = (BlockStored, WireStored)
+_REMOVED = (BlockRemoved, WireRemoved)
 _DUPLICATE = object()
+#: Cached all-workers results, one per match length (see ``PrefixIndex._template``).
+_MAX_TEMPLATES = 16
 
 
 def _positive(name: str, value: int | None) -> None:
@@ -61,20 +67,23 @@ def _positive(name: str, value: int | None) -> None:
 
 
 def _keys(hashes: Sequence[int], model: str | None) -> Sequence[int]:
+    if not model:
+        return hashes
     salt = namespace_salt(model)
-    return [h ^ salt for h in hashes] if salt else hashes
+    return [h ^ salt for h in hashes]
 
 
 _BYTE_BITS = tuple(tuple(i for i in range(8) if value >> i & 1) for value in range(256))
 
 
-def _bits(mask: int) -> list[int]:
+def _bits(mask: int, *, sparse: bool = False) -> list[int]:
     """Indices of the set bits of ``mask``, lowest first.
 
     Wide masks go byte by byte: peeling bits off a 1,024-bit int one at a time
-    costs a new 1,024-bit int per bit, which is quadratic in the worker count.
+    costs a new 1,024-bit int per bit, which is quadratic in the worker count
+    (``sparse``: the caller knows there are few bits, so peeling is cheaper).
     """
-    if mask.bit_length() <= 64:
+    if sparse or mask.bit_length() <= 64:
         out = []
         while mask:
             low = mask & -mask
@@ -122,38 +131,57 @@ class PrefixIndex:
         self._stale: set[int] = set()
         self._pred = PredictionTable(max_predicted)
         self._all_mask = 0
-        self._template: dict[str, MatchInfo] | None = None
+        self._templates: dict[int, dict[str, MatchInfo]] = {}
         self._byte_names: dict[int, tuple[str, ...]] = {}
         self._counters = dict.fromkeys(("events", "duplicates", "gaps", "resyncs"), 0)
 
     # ----------------------------------------------------------------- events
 
-    def apply(self, event: Event | Mapping[str, Any]) -> ResyncRequest | None:
+    def apply(self, event: Event | Mapping[str, Any] | bytes | str) -> ResyncRequest | None:
         """Apply one KV event; returns a :class:`ResyncRequest` when events were lost.
 
-        A mapping is validated first (bad fields raise ``ValidationError`` with their
-        paths). An event whose ``seq`` is not above the worker's last one is a replay
-        and is ignored. One that skips ahead is still applied — a store or removal
-        reported now is true now — but the worker is flagged until :meth:`resync`.
+        JSON text or a mapping is validated first (bad fields raise
+        ``ValidationError`` with their paths, bad JSON ``ParseError``, as
+        :func:`~scheduler.prefix.events.parse_event` does). An event whose ``seq``
+        is not above the worker's last one is a replay and is ignored. One that
+        skips ahead is still applied — a store or removal reported now is true now
+        — but the worker is flagged until :meth:`resync`.
         """
-        if not isinstance(event, BlockStored | BlockRemoved | AllBlocksCleared):
-            event = parse_event(event)
-        idx = self._register(event.worker)
-        outcome = self._check_seq(idx, event.worker, event.seq)
+        if isinstance(event, bytes | str):
+            return self._apply_event(decode_event(event))
+        if not isinstance(event, _EVENT_TYPES):  # a mapping; parse_event words any other type
+            return self._apply_event(parse_event(event))
+        return self._apply_event(event)
+
+    def _apply_event(self, event: AnyEvent) -> ResyncRequest | None:
+        worker = event.worker
+        idx = self._ids.get(worker)
+        if idx is None:
+            idx = self._register(worker)
+        last, seq = self._last_seq[idx], event.seq
+        # In order (the common case) needs no call; anything else is a replay or a gap.
+        outcome = None if last is not None and seq == last + 1 else self._check_seq(
+            idx, worker, seq)
         if outcome is _DUPLICATE:
             return None
-        if isinstance(event, BlockStored):
+        self._last_seq[idx] = seq
+        pred = self._pred
+        if isinstance(event, _STORED):
             keys = _keys(event.block_hashes, event.model)
             self._table.store(idx, keys, _TIER_BITS[event.tier])
-            self._pred.confirm(idx, keys)
-            self._enforce(idx)
-        elif isinstance(event, BlockRemoved):
+            if pred.masks:
+                pred.confirm(idx, keys)
+            if self._capacity[idx] is not None or (
+                    self._max_entries is not None and self._table.count > self._max_entries):
+                self._enforce(idx)
+        elif isinstance(event, _REMOVED):
             keys = _keys(event.block_hashes, event.model)
             self._table.remove(idx, keys, _TIER_BITS[event.tier])
-            self._pred.discard(idx, keys)
+            if pred.masks:
+                pred.discard(idx, keys)
         else:
             self._table.clear(idx)
-            self._pred.drop_worker(idx)
+            pred.drop_worker(idx)
         self._counters["events"] += 1
         return outcome if isinstance(outcome, ResyncRequest) else None
 
@@ -199,7 +227,7 @@ class PrefixIndex:
         self._last_seq[idx] = None
         self._stale.discard(idx)
         self._all_mask &= ~(1 << idx)
-        self._template = None
+        self._templates.clear()
         self._byte_names.clear()
         heapq.heappush(self._free, idx)
         return True
@@ -253,10 +281,71 @@ class PrefixIndex:
         """
         if len(self._pred):
             self._pred.expire(self._clock())
+        keys = _keys(block_hashes, model)
+        if workers is None and not self._table.masks[HOST] and not self._pred.masks:
+            result = self._match_all_gpu(keys)
+        else:
+            result = self._match_general(keys, workers)
+        if self._stale:
+            self._flag_stale(result)
+        return result
+
+    def _match_all_gpu(self, keys: Sequence[int]) -> dict[str, MatchInfo]:
+        """Every worker, GPU tier only, no predictions: the router's common case.
+
+        The walk yields (length, workers) groups; the result starts as a copy of a
+        cached all-workers dict for the largest group's length (a C-level copy),
+        and only the other groups' workers are written one by one.
+        """
+        mask = self._all_mask
+        if not keys or not mask:
+            return self._template(0).copy()
+        get = self._table.masks[GPU].get
+        groups: list[tuple[int, int]] = []
+        alive = mask
+        for pos, key in enumerate(keys):
+            held = alive & get(key, 0)
+            if held != alive:
+                groups.append((pos, alive ^ held))
+                if not held:
+                    break
+                alive = held
+        else:
+            groups.append((len(keys), alive))
+        if len(groups) == 1:
+            return self._template(groups[0][0]).copy()
+        largest = max(range(len(groups)), key=lambda i: groups[i][1].bit_count())
+        result = self._template(groups[largest][0]).copy()
+        for i, (length, bits) in enumerate(groups):
+            if i != largest:
+                info = MatchInfo(length, length, length) if length else NO_MATCH
+                result.update(dict.fromkeys(self._names_of(bits), info))
+        return result
+
+    def _template(self, length: int) -> dict[str, MatchInfo]:
+        """A cached {worker: match of ``length`` blocks} over all workers (copy before use)."""
+        template = self._templates.get(length)
+        if template is None:
+            if len(self._templates) >= _MAX_TEMPLATES:
+                self._templates.clear()
+            info = MatchInfo(length, length, length) if length else NO_MATCH
+            template = self._templates[length] = dict.fromkeys(self._ids, info)
+        return template
+
+    def _flag_stale(self, result: dict[str, MatchInfo]) -> None:
+        names = self._names
+        for idx in self._stale:
+            name = names[idx]
+            if name is not None and name in result:
+                result[name] = result[name]._replace(needs_resync=True)
+
+    def _match_general(self, keys: Sequence[int], workers: Collection[str] | None,
+                       ) -> dict[str, MatchInfo]:
+        """Any selection of workers, host tier and predictions included."""
         result, mask = self._selection(workers)
-        if not mask or not block_hashes:
+        if not mask or not keys:
             return result
-        any_drops, conf_drops, host = self._walk(_keys(block_hashes, model), mask)
+        any_drops, conf_drops, host = self._walk(keys, mask)
         names = self._names
         if not host and any_drops == conf_drops:
             # Common case: whole groups of workers share one (immutable) result.
@@ -272,19 +361,13 @@ class PrefixIndex:
                     name = names[idx]
                     if name is not None:
                         result[name] = MatchInfo(length, conf, conf - on_host, on_host)
-        for idx in self._stale:
-            name = names[idx]
-            if name is not None and mask >> idx & 1:
-                result[name] = result[name]._replace(needs_resync=True)
         return result
 
     def _selection(self, workers: Collection[str] | None) -> tuple[dict[str, MatchInfo], int]:
         """A fresh all-zero result for the selected workers, and their bitmask."""
         if workers is None:
-            if self._template is None:
-                self._template = dict.fromkeys(self._ids, NO_MATCH)
             # Copying a prepared dict is several times cheaper than rebuilding it.
-            return self._template.copy(), self._all_mask
+            return self._template(0).copy(), self._all_mask
         mask = 0
         for name in workers:
             idx = self._ids.get(name)
@@ -341,8 +424,8 @@ class PrefixIndex:
         turns that into ~128 dict hits instead of a bit-by-bit scan.
         """
         names = self._names
-        if mask.bit_length() <= 64:
-            return [name for i in _bits(mask) if (name := names[i]) is not None]
+        if mask.bit_length() <= 64 or mask.bit_count() <= 8:
+            return [name for i in _bits(mask, sparse=True) if (name := names[i]) is not None]
         cache = self._byte_names
         out: list[str] = []
         for base, byte in enumerate(mask.to_bytes((mask.bit_length() + 7) // 8, "little")):
@@ -369,7 +452,7 @@ class PrefixIndex:
         c = self._counters
         return IndexStats(
             workers=len(self._ids), blocks=len(keys), entries=table.count,
-            gpu_entries=table.tier_count[GPU], host_entries=table.tier_count[HOST],
+            gpu_entries=table.tier_count(GPU), host_entries=table.tier_count(HOST),
             predicted_entries=len(self._pred), max_entries=self._max_entries,
             events_applied=c["events"], duplicates_ignored=c["duplicates"],
             gaps_detected=c["gaps"], resyncs=c["resyncs"],
@@ -387,11 +470,12 @@ class PrefixIndex:
             self._worker_snapshot(name, idx) for name, idx in self._ids.items()))
 
     def _worker_snapshot(self, name: str, idx: int) -> WorkerSnapshot:
-        held = self._table.held[idx]
+        table = self._table
+        tiers = {key: table.tiers_of(idx, key) for key in table.held[idx]}
         return WorkerSnapshot(
             name=name,
-            gpu=frozenset(k for k, v in held.items() if v & GPU),
-            host=frozenset(k for k, v in held.items() if v & HOST),
+            gpu=frozenset(k for k, v in tiers.items() if v & GPU),
+            host=frozenset(k for k, v in tiers.items() if v & HOST),
             predicted=self._pred.keys_of(idx), last_seq=self._last_seq[idx],
             needs_resync=idx in self._stale, capacity=self._capacity[idx])
 
@@ -414,7 +498,7 @@ class PrefixIndex:
             self._table.ensure_slot(idx)
         self._ids[worker] = idx
         self._all_mask |= 1 << idx
-        self._template = None
+        self._templates.clear()
         self._byte_names.clear()
         return idx
 

@@ -13,8 +13,10 @@ from the first GPU of each worker. With transfers already in flight, each link o
 the path shares its capacity with them: the lane's bandwidth is capped at
 ``capacity / (in flight + 1)`` of the bottleneck link (:meth:`contended_total`).
 
-Figures between workers are precomputed once per worker set (:class:`PairTable`),
-so a decision only indexes arrays.
+Figures between GPUs are computed per source GPU when a decision first needs them and
+kept, bounded (:class:`FabricRows`); a snapshot's :class:`PairTable` only maps its
+workers to GPUs. Nothing is quadratic in workers: a worker joining or leaving costs
+one pass over the worker list, and a decision indexes the rows of its candidates.
 """
 
 from __future__ import annotations
@@ -28,21 +30,50 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.contracts import PairCosts
 from policies.snapshot import CycleContext, FloatArray, IntArray, Snapshot, Worker
+from scheduler.router.snapshot import GpuIndex
 from topology.distance import DistanceModel
 from topology.tiers import Tier
 
 
 class CostParams(BaseModel):
-    """Constants of the admission term at the decode worker.
+    """Constants of the admission term and of the decode-side price.
 
-    A decode worker takes a new request in at its next step; a step lasts longer the
-    more requests it runs (``step_s_per_running`` each), and past its batch slots the
-    request also waits ``admission_step_s`` per request ahead of it.
+    Admission (part of TTFT): a decode worker takes a new request in at its next step;
+    a step lasts longer the more requests it runs (``step_s_per_running`` each), and
+    past its batch slots the request also waits ``admission_step_s`` per request
+    ahead of it.
+
+    Decode side (not TTFT, but what a choice costs the requests that decode there;
+    :meth:`FabricCostModel.decode_costs`, :meth:`FabricCostModel.local_stall`):
+
+    * batch slowdown: a decode step lasts ``decode_s_per_running`` longer per request
+      it carries and ``decode_s_per_kv_token`` longer per context token it reads (the
+      engine's step curve, linearised). Joining a worker that runs ``B`` requests over
+      ``A`` KV tokens with a prompt of ``c`` tokens makes the newcomer's steps
+      ``B·per_running + A·per_token`` slower than on an empty worker and each of the
+      ``B`` others ``per_running + c·per_token`` slower: per step
+      ``(2B + 1)·per_running + (A + (B + 1)·c)·per_token``, for
+      ``expected_output_tokens`` steps, weighted by ``decode_weight``. ``A`` is read
+      from the worker's KV blocks in use;
+    * KV occupancy: past ``kv_high_watermark`` of the worker's blocks, admission
+      waits and eviction start; the price rises linearly to ``kv_pressure_s`` at full;
+    * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
+      every running request for the prefill's compute time, ``stall_weight`` per
+      request-second. A stall lands mid-stream, on the TPOT of requests already
+      decoding; weighting it 3 (not 1) cut the agentic workload's TPOT p99 from 31.7
+      to 28.4 ms with TTFT unchanged (``bench/results/simulation.md``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     admission_step_s: float = Field(default=0.02, ge=0.0)
     step_s_per_running: float = Field(default=1e-4, ge=0.0)
+    decode_s_per_running: float = Field(default=8e-5, ge=0.0)
+    decode_s_per_kv_token: float = Field(default=3.4e-8, ge=0.0)
+    expected_output_tokens: float = Field(default=256.0, ge=0.0)
+    decode_weight: float = Field(default=1.0, ge=0.0)
+    kv_high_watermark: float = Field(default=0.8, ge=0.0, lt=1.0)
+    kv_pressure_s: float = Field(default=2.0, ge=0.0)
+    stall_weight: float = Field(default=3.0, ge=0.0)
 
 
 class TtftTerms(BaseModel):
@@ -60,34 +91,159 @@ class TtftTerms(BaseModel):
     links: tuple[str, ...]
 
 
-class PairTable:
-    """Tier, latency and bandwidth between the first GPUs of every pair of workers."""
+#: Memory the fabric rows of one router may hold (tier, latency, bandwidth per entry).
+ROW_BUDGET_BYTES = 64 << 20
+#: Rows kept whatever the budget: more than the prefill candidates of one decision.
+MIN_ROWS = 48
+_ENTRY_BYTES = 1 + 8 + 8
+#: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
+_MAX_MEMO = 65_536
 
-    def __init__(self, distance: DistanceModel, workers: Sequence[Worker]) -> None:
-        """Precompute the |workers|² figures (about 1 ms per 100 workers)."""
+
+class FabricRows:
+    """Tier, latency and bandwidth from one GPU to every GPU of the fabric, per source GPU.
+
+    A row is computed on first use (one vectorised :meth:`DistanceModel.costs_from`)
+    and kept in a least-recently-used set bounded by ``budget_bytes``: memory is
+    linear in the fabric's GPUs, never quadratic, and rows stay valid while workers
+    come and go (they depend on the fabric alone). A decision touches the rows of its
+    prefill candidates only, so the working set is small and stays warm.
+    """
+
+    def __init__(self, distance: DistanceModel, budget_bytes: int | None = None) -> None:
+        """Create an empty row set for the fabric of ``distance`` (``budget_bytes``
+        default: :data:`ROW_BUDGET_BYTES`)."""
         self.distance = distance
-        self.gpu = np.array([distance.index(w.gpus[0]) for w in workers], dtype=np.int64)
-        count = np.array([len(w.gpus) for w in workers], dtype=np.int64)
-        self.lanes = np.minimum.outer(count, count).astype(np.float64)
-        n = len(workers)
-        self.tier = np.empty((n, n), dtype=np.int64)
-        self.latency_s = np.empty((n, n))
-        self.bandwidth = np.empty((n, n))
-        for i in range(n):
-            tiers, lat_us, bw, _ = distance.costs_from(int(self.gpu[i]), self.gpu)
-            self.tier[i], self.latency_s[i], self.bandwidth[i] = tiers, lat_us * 1e-6, bw
-        #: The fabric's own figures; ``latency_s`` / ``bandwidth`` are these × the
-        #: calibrated factors of each pair's tier (see :meth:`scale`).
-        self._model_latency_s = self.latency_s.copy()
-        self._model_bandwidth = self.bandwidth.copy()
+        self.size = len(distance.names)
+        budget = ROW_BUDGET_BYTES if budget_bytes is None else budget_bytes
+        self.capacity = max(MIN_ROWS, budget // max(self.size * _ENTRY_BYTES, 1))
+        # np.empty reserves address space; pages are touched only as rows are filled.
+        self.tier = np.empty((self.capacity, self.size), dtype=np.int8)
+        self.latency_s = np.empty((self.capacity, self.size))
+        self.bandwidth = np.empty((self.capacity, self.size))
+        self._slot_of = np.full(self.size, -1, dtype=np.int64)
+        self._gpu_in = np.full(self.capacity, -1, dtype=np.int64)
+        self._used = np.zeros(self.capacity, dtype=np.int64)
+        self._tick = 0
+        self._filled = 0
+        #: Fabric index of GPU names, for the pair tables built over these rows.
+        self.gpu_index = GpuIndex(distance)
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
         self._figures: dict[tuple[int, int], tuple[tuple[str, float, bool], ...]] = {}
 
-    def scale(self, factors: FloatArray) -> None:
-        """Set the figures to the fabric's times per-tier ``factors`` (rows indexed by tier
-        code: latency factor, bandwidth factor), e.g. from measured transfers."""
-        self.latency_s[:] = self._model_latency_s * factors[self.tier, 0]
-        self.bandwidth[:] = self._model_bandwidth * factors[self.tier, 1]
+    def slots(self, sources: IntArray) -> IntArray:
+        """The row slot of each source GPU, computing the rows not held yet."""
+        slots = self._slot_of[sources]
+        if (slots < 0).any():
+            for gpu in np.unique(sources[slots < 0]).tolist():
+                self._fill(gpu, protect=sources)
+            slots = self._slot_of[sources]
+        self._tick += 1
+        self._used[slots] = self._tick
+        return slots
+
+    def slot(self, source: int) -> int:
+        """The row slot of one source GPU (computed if not held)."""
+        found = int(self._slot_of[source])
+        if found < 0:
+            found = self._fill(source, protect=np.array([source], dtype=np.int64))
+        self._tick += 1
+        self._used[found] = self._tick
+        return found
+
+    def _fill(self, gpu: int, protect: IntArray) -> int:
+        slot = self._free_slot(protect)
+        tiers, lat_us, bw, _ = self.distance.costs_from(gpu, np.arange(self.size))
+        self.tier[slot], self.latency_s[slot], self.bandwidth[slot] = tiers, lat_us * 1e-6, bw
+        self._slot_of[gpu], self._gpu_in[slot] = slot, gpu
+        self._used[slot] = self._tick
+        return slot
+
+    def _free_slot(self, protect: IntArray) -> int:
+        if self._filled < self.capacity:
+            self._filled += 1
+            return self._filled - 1
+        used = self._used.copy()
+        held = self._slot_of[protect]
+        used[held[held >= 0]] = np.iinfo(np.int64).max  # rows this call needs stay
+        slot = int(used.argmin())
+        if used[slot] == np.iinfo(np.int64).max:
+            raise ValueError(f"one decision needs more than {self.capacity} fabric rows")
+        self._slot_of[self._gpu_in[slot]] = -1
+        return slot
+
+    def links(self, a: int, b: int) -> tuple[str, ...]:
+        """Shared links on the path from GPU ``a`` to GPU ``b`` (memoised, bounded)."""
+        found = self._links.get((a, b))
+        if found is None:
+            if len(self._links) >= _MAX_MEMO:
+                self._links.clear()
+            found = self.distance.path_links(a, b)
+            self._links[(a, b)] = found
+        return found
+
+    def link_figures(self, a: int, b: int) -> tuple[tuple[str, float, bool], ...]:
+        """Each link of :meth:`links` with its capacity (GB/s) and whether it is a NIC."""
+        found = self._figures.get((a, b))
+        if found is None:
+            if len(self._figures) >= _MAX_MEMO:
+                self._figures.clear()
+            capacity = self.distance.link_capacity_gb_per_s
+            found = tuple((link, capacity(link), link.startswith("nic:"))
+                          for link in self.links(a, b))
+            self._figures[(a, b)] = found
+        return found
+
+
+class PairTable:
+    """Tier, latency, bandwidth and lanes between the workers of one snapshot.
+
+    Holds per worker only its first GPU and GPU count (linear in workers); the
+    figures of a pair come from the fabric's rows (:class:`FabricRows`, shared by
+    every table of a router) when a decision asks for them, times the calibrated
+    factors of the pair's tier (:meth:`scale`).
+    """
+
+    def __init__(self, distance: DistanceModel, workers: Sequence[Worker],
+                 rows: FabricRows | None = None) -> None:
+        """Index ``workers`` on the fabric of ``distance`` (``rows``: shared rows)."""
+        self.distance = distance
+        self.rows = rows if rows is not None else FabricRows(distance)
+        self.gpu = self.rows.gpu_index.first_gpus(workers)
+        self.count = np.fromiter(map(len, map(_GPUS, workers)), dtype=np.int64,
+                                 count=len(workers))
+        self._factors: FloatArray | None = None
+
+    def scale(self, factors: FloatArray | None) -> None:
+        """Multiply the fabric's figures by per-tier ``factors`` (rows indexed by tier
+        code: latency factor, bandwidth factor), e.g. from measured transfers; ``None``:
+        the fabric's own figures."""
+        self._factors = None if factors is None else np.array(factors, dtype=np.float64)
+
+    def figures(self, prefill: IntArray, decode: IntArray
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+        """Tier, latency (s), bandwidth (GB/s) and lanes of every (prefill, decode) pair of
+        snapshot positions (rows: prefill, columns: decode)."""
+        rows = self.rows
+        flat = rows.slots(self.gpu[prefill])[:, None] * rows.size + self.gpu[decode]
+        tier = rows.tier.take(flat).astype(np.int64)
+        latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        if self._factors is not None:
+            latency = latency * self._factors[tier, 0]
+            bandwidth = bandwidth * self._factors[tier, 1]
+        lanes = np.minimum(self.count[prefill][:, None], self.count[decode]).astype(np.float64)
+        return tier, latency, bandwidth, lanes
+
+    def pair(self, p: int, d: int) -> tuple[int, float, float, int]:
+        """Tier, latency (s), bandwidth (GB/s) and lanes of the pair of positions (p, d)."""
+        rows, gpu = self.rows, int(self.gpu[d])
+        slot = rows.slot(int(self.gpu[p]))
+        tier = int(rows.tier[slot, gpu])
+        latency, bandwidth = rows.latency_s[slot, gpu], rows.bandwidth[slot, gpu]
+        if self._factors is not None:
+            latency, bandwidth = (latency * self._factors[tier, 0],
+                                  bandwidth * self._factors[tier, 1])
+        return tier, float(latency), float(bandwidth), int(min(self.count[p], self.count[d]))
 
     @staticmethod
     def key(workers: Sequence[Worker]) -> tuple[tuple[str, ...], ...]:
@@ -96,23 +252,12 @@ class PairTable:
         return tuple(map(_GPUS, workers))
 
     def links(self, p: int, d: int) -> tuple[str, ...]:
-        """Shared links on the path from worker ``p``'s first GPU to ``d``'s (memoised)."""
-        found = self._links.get((p, d))
-        if found is None:
-            found = self.distance.path_links(int(self.gpu[p]), int(self.gpu[d]))
-            self._links[(p, d)] = found
-        return found
+        """Shared links on the path from worker ``p``'s first GPU to ``d``'s."""
+        return self.rows.links(int(self.gpu[p]), int(self.gpu[d]))
 
     def link_figures(self, p: int, d: int) -> tuple[tuple[str, float, bool], ...]:
-        """Each link of :meth:`links` with its capacity (GB/s) and whether it is a NIC
-        (memoised: in-flight load re-costs the same few pairs decision after decision)."""
-        found = self._figures.get((p, d))
-        if found is None:
-            capacity = self.distance.link_capacity_gb_per_s
-            found = tuple((link, capacity(link), link.startswith("nic:"))
-                          for link in self.links(p, d))
-            self._figures[(p, d)] = found
-        return found
+        """Each link of :meth:`links` with its capacity (GB/s) and whether it is a NIC."""
+        return self.rows.link_figures(int(self.gpu[p]), int(self.gpu[d]))
 
 
 _GPUS = attrgetter("gpus")
@@ -148,6 +293,7 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
+        self._capacities: tuple[tuple[Worker, ...], FloatArray] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -176,19 +322,55 @@ class FabricCostModel:
         snap = ctx.snapshot
         return self._admission(snap.running[decode], snap.max_running[decode])
 
+    def decode_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """Decode-side price (seconds) of sending the request to each decode worker:
+        batch slowdown for it and the requests already there, and KV occupancy (see
+        :class:`CostParams`)."""
+        snap, p = ctx.snapshot, self.params
+        running = snap.running[decode].astype(np.float64)
+        capacity = self._capacity(snap)[decode]
+        in_use = np.maximum(capacity - snap.free_kv[decode], 0.0)
+        prompt = float(ctx.request.prompt_tokens)
+        per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
+                    + (in_use * snap.block_tokens + (running + 1.0) * prompt)
+                    * p.decode_s_per_kv_token)
+        batch = per_step * (p.expected_output_tokens * p.decode_weight)
+        need = np.maximum(ctx.request.blocks - ctx.cached[decode], 0)
+        used = np.where(capacity > 0, (in_use + need) / np.maximum(capacity, 1.0), 0.0)
+        over = np.clip((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0, 1.0)
+        result: FloatArray = batch + over * p.kv_pressure_s
+        return result
+
+    def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
+        """What prefilling on each worker costs the requests it decodes: its compute time
+        once per running request (``stall_weight`` each); nothing on a prefill-only
+        worker, which decodes nothing."""
+        snap, terms = ctx.snapshot, self._worker_terms(ctx)
+        running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
+        result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
+        return result
+
+    def _capacity(self, snap: Snapshot) -> FloatArray:
+        """KV blocks of each snapshot worker (kept while the worker tuple is the same)."""
+        found = self._capacities
+        if found is None or found[0] is not snap.workers:
+            found = (snap.workers, np.array([w.capacity_kv_blocks for w in snap.workers],
+                                            dtype=np.float64))
+            self._capacities = found
+        return found[1]
+
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""
-        terms, table = self._worker_terms(ctx), self.table
+        terms = self._worker_terms(ctx)
         queue, compute = terms.queue[prefill], terms.compute[prefill]
         nbytes = terms.nbytes[decode]
-        # One flat index into the n×n tables instead of an np.ix_ grid per table.
-        flat = prefill[:, None] * len(table.gpu) + decode
-        bandwidth = table.bandwidth.take(flat) * 1e9 * table.lanes.take(flat)
-        transfer = np.where(nbytes > 0, table.latency_s.take(flat) + nbytes / bandwidth, 0.0)
+        tier, latency, bandwidth, lanes = self.table.figures(prefill, decode)
+        bandwidth = bandwidth * 1e9 * lanes
+        transfer = np.where(nbytes > 0, latency + nbytes / bandwidth, 0.0)
         transfer[prefill[:, None] == decode] = 0.0
         admission = terms.admission[decode]
         total = (queue + compute)[:, None] + transfer + admission
-        return PairCosts(queue, compute, transfer, admission, total, table.tier.take(flat))
+        return PairCosts(queue, compute, transfer, admission, total, tier)
 
     def local_costs(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
         """TTFT when each decode worker prefills what it lacks itself."""
@@ -208,7 +390,7 @@ class FabricCostModel:
         """The full estimate of one choice (``local``: ``decode`` prefills itself)."""
         queue, compute, admission, nbytes = self._scalars(ctx, prefill, decode, local=local)
         transfer, bottleneck, links = self._transfer(ctx, prefill, decode, nbytes)
-        tier = Tier(int(self.table.tier[decode if local else prefill, decode])).label
+        tier = Tier(self.table.pair(decode if local else prefill, decode)[0]).label
         return TtftTerms(queue_s=queue, prefill_compute_s=compute, transfer_s=transfer,
                          admission_s=admission, total_s=queue + compute + transfer + admission,
                          transfer_bytes=nbytes, tier=tier, bottleneck_gb_per_s=bottleneck,
@@ -228,11 +410,10 @@ class FabricCostModel:
         if nbytes <= 0:
             return 0.0, None, ()
         table, load = self.table, ctx.snapshot.link_load
-        lanes = int(table.lanes[p, d])
-        lane_bw = float(table.bandwidth[p, d])
+        _, latency, lane_bw, lanes = table.pair(p, d)
         for link, capacity, nic in table.link_figures(p, d):
             share = capacity / (load.get(link, 0) + 1)
             # a NIC carries one lane; an uplink carries every lane of the transfer at once
             lane_bw = min(lane_bw, share if nic else share / lanes)
-        seconds = float(table.latency_s[p, d]) + nbytes / (lane_bw * 1e9 * lanes)
+        seconds = latency + nbytes / (lane_bw * 1e9 * lanes)
         return seconds, lane_bw, table.links(p, d)

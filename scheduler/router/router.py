@@ -30,7 +30,7 @@ from policies.contracts import PairChoice, Refusal
 from policies.profile import Policy
 from policies.snapshot import CycleContext, IntArray, RequestView, Snapshot, Worker
 from scheduler.prefix import PrefixIndex, block_hashes
-from scheduler.router.cost import CostParams, FabricCostModel, PairTable, TtftTerms
+from scheduler.router.cost import CostParams, FabricCostModel, FabricRows, PairTable, TtftTerms
 from topology.distance import DistanceModel
 from topology.documents import validate
 from topology.errors import Issue, ValidationError
@@ -145,15 +145,19 @@ class Router:
     def __init__(self, distance: DistanceModel, policy: Policy, *,
                  index: PrefixIndex | None = None, cost: CostParams | None = None,
                  seed: int = 0, max_sessions: int = 100_000,
-                 predict_ttl_s: float | None = None) -> None:
+                 predict_ttl_s: float | None = None, prefill_ttl_s: float | None = None) -> None:
         """Create a router; ``index`` defaults to an empty prefix index.
 
         ``predict_ttl_s``: after each decision, count the request's blocks as held by
         the chosen workers for that long (for engines without KV events, and to
         bridge the gap until their first event), as Dynamo's approximate mode does.
+        ``prefill_ttl_s``: count the request's blocks as held by the worker that
+        prefills it for that long: it computes every block of the prompt, while KV
+        events (the sidecar's) announce only the blocks a transfer delivers.
         """
         self.distance = distance
         self.predict_ttl_s = predict_ttl_s
+        self.prefill_ttl_s = prefill_ttl_s
         self.policy = policy
         self.index = index if index is not None else PrefixIndex()
         self.cost_params = cost or CostParams()
@@ -166,6 +170,8 @@ class Router:
         self._model: tuple[Snapshot, tuple[tuple[str, ...], ...], FabricCostModel] | None = None
         #: Calibrated (latency, bandwidth) factors per tier code; None: the fabric's own.
         self._tier_factors: npt.NDArray[np.float64] | None = None
+        #: Fabric figures per source GPU, shared by the pair tables of every worker set.
+        self._rows: FabricRows | None = None
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         """The cost model for ``snapshot`` (kept, with its pair table, while GPUs match)."""
@@ -174,9 +180,10 @@ class Router:
             return known[2]
         key = PairTable.key(snapshot.workers)
         if known is None or known[1] != key:
-            table = PairTable(self.distance, snapshot.workers)
-            if self._tier_factors is not None:
-                table.scale(self._tier_factors)
+            if self._rows is None:
+                self._rows = FabricRows(self.distance)
+            table = PairTable(self.distance, snapshot.workers, self._rows)
+            table.scale(self._tier_factors)
             model = FabricCostModel(table, self.cost_params)
         else:
             model = known[2]
@@ -198,9 +205,10 @@ class Router:
         current = self._tier_factors if self._tier_factors is not None else np.ones_like(table)
         if np.array_equal(table, current):
             return False
-        self._tier_factors = table
+        # all ones: the fabric's own figures (×1.0 is exact, so skipping it changes nothing)
+        self._tier_factors = None if (table == 1.0).all() else table
         if self._model is not None:
-            self._model[2].table.scale(table)
+            self._model[2].table.scale(self._tier_factors)
         return True
 
     def session(self, name: str) -> tuple[str, str] | None:
@@ -280,10 +288,16 @@ class Router:
         return self._match_order[2]
 
     def _predict(self, view: RequestView, choice: PairChoice) -> None:
-        if self.predict_ttl_s is None or not view.block_hashes:
+        if not view.block_hashes:
             return
-        for worker in dict.fromkeys((choice.prefill.id, choice.decode.id)):
-            self.index.predict(worker, view.block_hashes, self.predict_ttl_s, model=view.model)
+        ttl: dict[str, float] = {}
+        if self.predict_ttl_s is not None:
+            ttl = dict.fromkeys((choice.prefill.id, choice.decode.id), self.predict_ttl_s)
+        if self.prefill_ttl_s:
+            computes = choice.decode.id if choice.local else choice.prefill.id
+            ttl[computes] = max(ttl.get(computes, 0.0), self.prefill_ttl_s)
+        for worker, seconds in ttl.items():
+            self.index.predict(worker, view.block_hashes, seconds, model=view.model)
 
     def _remember(self, session: str | None, choice: PairChoice) -> None:
         if session is None:

@@ -29,13 +29,15 @@ State document (YAML or JSON, ``version: 1``)::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from operator import attrgetter, itemgetter
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.snapshot import Role, Snapshot, Worker
+from policies.snapshot import IntArray, Role, Snapshot, Worker
 from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import load_models
 from scheduler.prefix import PrefixIndex
@@ -102,20 +104,55 @@ class PlacementPairings(BaseModel):
     pairings: list[PlacementPairing] = Field(default_factory=list)
 
 
-def domain_arrays(distance: DistanceModel, workers: Sequence[Worker]) -> dict[str, Any]:
-    """Per-worker domain ids at every locality level, from each worker's first GPU."""
-    gpu = np.array([distance.index(w.gpus[0]) for w in workers], dtype=np.int64)
-    regions: dict[str | None, int] = {}
-    region = [regions.setdefault(distance.locality(int(g)).region, len(regions)) for g in gpu]
-    region_ids = np.array(region, dtype=np.int64)
-    if None in regions:
-        region_ids[region_ids == regions[None]] = -1
+class GpuIndex(dict[str, int]):
+    """Fabric index of GPU names, memoised: known names are looked up in C."""
+
+    def __init__(self, distance: DistanceModel) -> None:
+        """An empty memo over the GPUs of ``distance``."""
+        super().__init__()
+        self.distance = distance
+
+    def __missing__(self, name: str) -> int:
+        found = self[name] = self.distance.index(name)
+        return found
+
+    def first_gpus(self, workers: Sequence[Worker]) -> IntArray:
+        """The fabric index of each worker's first GPU (the one that locates it)."""
+        return np.fromiter(map(self.__getitem__, map(_FIRST, map(_GPUS, workers))),
+                           dtype=np.int64, count=len(workers))
+
+
+_GPUS, _FIRST = attrgetter("gpus"), itemgetter(0)
+
+
+def domain_arrays(distance: DistanceModel, workers: Sequence[Worker],
+                  gpu: IntArray | None = None) -> dict[str, Any]:
+    """Per-worker domain ids at every locality level, from each worker's first GPU
+    (``gpu``: those GPUs' fabric indices when known already).
+
+    Ids only compare equal within one call (-1: no domain at that level).
+    """
+    gpu = GpuIndex(distance).first_gpus(workers) if gpu is None else gpu
     domains = {"host": distance.host_of[gpu], "nvlink_domain": distance.nvd_of[gpu],
                "rack": distance.rack_of[gpu], "pod": distance.pod_of[gpu],
-               "zone": distance.zone_of[gpu], "region": region_ids}
+               "zone": distance.zone_of[gpu], "region": _zone_regions(distance)[
+                   distance.zone_of[gpu]]}
     for ids in domains.values():
         ids.flags.writeable = False
     return domains
+
+
+@lru_cache(maxsize=4)
+def _zone_regions(distance: DistanceModel) -> IntArray:
+    """A region id per zone of the fabric (-1: the zone names no region)."""
+    zones, first = np.unique(distance.zone_of, return_index=True)
+    ids: dict[str, int] = {}
+    result = np.full(int(zones.max()) + 1 if len(zones) else 0, -1, dtype=np.int64)
+    for zone, gpu in zip(zones.tolist(), first.tolist(), strict=True):
+        region = distance.locality(gpu).region
+        if region is not None:
+            result[zone] = ids.setdefault(region, len(ids))
+    return result
 
 
 def build_snapshot(distance: DistanceModel, workers: Sequence[Worker], *,

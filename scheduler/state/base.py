@@ -3,7 +3,8 @@
 Every method is ``async`` so that a networked store (Redis) implements the same
 protocol as :class:`~scheduler.state.memory.MemoryStore`. Times come from an injected
 clock (seconds, monotonic within one store) so lease expiry is testable without
-sleeping. Errors: an unknown or expired worker raises
+sleeping; the default is wall time (``time.time``), the clock transfer plans' deadlines
+(``not_after``) and records are stamped with. Errors: an unknown or expired worker raises
 :class:`~topology.errors.NotFoundError`; too few free blocks raises
 :class:`~topology.errors.UnschedulableError`.
 """
@@ -80,11 +81,17 @@ class TransferStore(Protocol):
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
 
-    async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
-        """Return blocks to a worker's free list (failed transfer, evicted KV)."""
+    async def release_blocks(self, name: str, blocks: Sequence[int],
+                             epoch: int | None = None) -> bool:
+        """Return blocks to a worker's free list (an ended transfer, evicted KV); True
+        when returned. With ``epoch``, only while the worker is at that registration
+        epoch: a release meant for an earlier registration would free blocks that the
+        new one (whose blocks all started free) has handed out since."""
 
-    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
-        """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""
+    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float,
+                                epoch: int | None = None) -> None:
+        """Return blocks to the free list once the clock reaches ``when`` (quarantine);
+        ``epoch`` as in :meth:`release_blocks`, checked when the release is due."""
 
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
@@ -100,6 +107,18 @@ class TransferStore(Protocol):
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""
+
+    async def read_transfer(self, plan_id: str) -> tuple[TransferRecord, int]:
+        """A transfer record and its version (count of stores)."""
+
+    async def replace_transfer(self, record: TransferRecord, version: int) -> int | None:
+        """Store ``record`` only if its stored version is still ``version`` (compare and
+        set); the new version, or None (nothing stored) when another store came first.
+        :class:`NotFoundError` when there is no such record."""
+
+    async def due_transfers(self, now: float, limit: int = 1000) -> list[str]:
+        """Plan ids of pending transfers whose plan's ``not_after`` is ``now`` or earlier
+        (oldest deadline first, at most ``limit``)."""
 
     async def get_transfer(self, plan_id: str) -> TransferRecord:
         """A transfer record by plan id."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -99,7 +100,7 @@ class _Worker:
 class MemoryStore:
     """Workers, leases, free lists, job queues and transfer records in process memory."""
 
-    def __init__(self, clock: Clock = time.monotonic, *, max_transfers: int = 100_000) -> None:
+    def __init__(self, clock: Clock = time.time, *, max_transfers: int = 100_000) -> None:
         self._clock = clock
         #: Finished transfer records beyond this many are forgotten, oldest first.
         self.max_transfers = max_transfers
@@ -118,9 +119,12 @@ class MemoryStore:
         #: the process for about a second). Tuples of strings are not walked.
         self._transfers: dict[str, tuple[str, str, str, str]] = {}
         self._versions: dict[str, int] = {}
+        #: (not_after, plan id) of transfers stored pending; finished ones are dropped
+        #: when they come up.
+        self._deadlines: list[tuple[float, str]] = []
         self._changed = asyncio.Condition()
         self._wakeups: dict[str, asyncio.Condition] = {}
-        self._delayed: list[tuple[float, str, tuple[int, ...]]] = []
+        self._delayed: list[tuple[float, str, tuple[int, ...], int | None]] = []
 
     def _cond(self, name: str) -> asyncio.Condition:
         return self._wakeups.setdefault(name, asyncio.Condition())
@@ -197,8 +201,8 @@ class MemoryStore:
             await self.remove_worker(name)
         due = [item for item in self._delayed if item[0] <= now]
         self._delayed = [item for item in self._delayed if item[0] > now]
-        for _, name, blocks in due:
-            await self.release_blocks(name, blocks)
+        for _, name, blocks, epoch in due:
+            await self.release_blocks(name, blocks, epoch)
         return gone
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
@@ -227,16 +231,20 @@ class MemoryStore:
         self._live(name).free.take(blocks)
         self._dirty.add(name)
 
-    async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
-        """Return blocks to a worker's free list (failed transfer, evicted KV)."""
+    async def release_blocks(self, name: str, blocks: Sequence[int],
+                             epoch: int | None = None) -> bool:
+        """Return blocks to a worker's free list (of registration ``epoch`` if given)."""
         worker = self._workers.get(name)
-        if worker is not None:
-            worker.free.give_back(blocks)
-            self._dirty.add(name)
+        if worker is None or epoch not in (None, worker.lease.epoch):
+            return False
+        worker.free.give_back(blocks)
+        self._dirty.add(name)
+        return True
 
-    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
+    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float,
+                                epoch: int | None = None) -> None:
         """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""
-        self._delayed.append((when, name, tuple(blocks)))
+        self._delayed.append((when, name, tuple(blocks), epoch))
 
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
@@ -274,8 +282,11 @@ class MemoryStore:
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""
         plan_id = record.plan.plan_id
+        was = self._transfers.get(plan_id)
         self._transfers[plan_id] = (record.state, record.plan.src.worker,
                                     record.plan.dst.worker, record.model_dump_json())
+        if record.state == "pending" and (was is None or was[0] != "pending"):
+            heapq.heappush(self._deadlines, (record.plan.not_after, plan_id))
         self._versions[plan_id] = self._versions.get(plan_id, 0) + 1
         if len(self._transfers) > self.max_transfers:
             self._forget_finished()
@@ -288,6 +299,31 @@ class MemoryStore:
         for plan_id in finished[:max(1, self.max_transfers // 10)]:
             del self._transfers[plan_id]
             self._versions.pop(plan_id, None)
+
+    async def read_transfer(self, plan_id: str) -> tuple[TransferRecord, int]:
+        """A transfer record and its version."""
+        return await self.get_transfer(plan_id), self._versions.get(plan_id, 0)
+
+    async def replace_transfer(self, record: TransferRecord, version: int) -> int | None:
+        """Store ``record`` if its version is still ``version``; the new version."""
+        plan_id = record.plan.plan_id
+        if plan_id not in self._transfers:
+            raise NotFoundError("transfer", plan_id)
+        if self._versions.get(plan_id, 0) != version:
+            return None
+        await self.put_transfer(record)
+        return self._versions[plan_id]
+
+    async def due_transfers(self, now: float, limit: int = 1000) -> list[str]:
+        """Pending transfers whose ``not_after`` is ``now`` or earlier."""
+        due: list[tuple[float, str]] = []
+        while self._deadlines and self._deadlines[0][0] <= now and len(due) < limit:
+            item = heapq.heappop(self._deadlines)
+            if self._transfers.get(item[1], ("",))[0] == "pending":
+                due.append(item)
+        for item in due:  # still pending: they stay due until they end
+            heapq.heappush(self._deadlines, item)
+        return [plan_id for _, plan_id in due]
 
     async def wait_transfer(self, plan_id: str, timeout_s: float,
                             version: int) -> tuple[TransferRecord, int]:

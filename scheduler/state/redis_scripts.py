@@ -126,13 +126,14 @@ return tonumber(h[2])
 """
 
 # KEYS: seq, changes, w, used. ARGV: name, now (or '' to skip the lease check), bit,
-# blocks...
+# epoch (or '' for any), blocks... -1: not live; -2: at another epoch; 0: done.
 SET_BLOCKS = CHANGED + """
-local h = redis.call('HMGET', KEYS[3], 'expires', 'nblocks', 'safety')
+local h = redis.call('HMGET', KEYS[3], 'expires', 'nblocks', 'safety', 'epoch')
 if not h[1] then return -1 end
 if ARGV[2] ~= '' and tonumber(h[1]) <= tonumber(ARGV[2]) then return -1 end
+if ARGV[4] ~= '' and h[4] ~= ARGV[4] then return -2 end
 local n = tonumber(h[2])
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local b = tonumber(ARGV[i])
   if b >= 0 and b < n then redis.call('SETBIT', KEYS[4], b, tonumber(ARGV[3])) end
 end
@@ -151,11 +152,12 @@ return 1
 """
 
 # A new pending transfer and its jobs, all or nothing. KEYS: t:PLAN, pending:SRC,
-# pending:DST, then w, jobs per job. ARGV: now, plan id, token, record JSON, job JSON
-# per job. -1: the plan id exists; i > 0: job i's worker is not live; 0: stored and
-# queued. The token is the caller's, the same on redis-py's retry: a retry of a call
-# that did run (its answer lost to a timeout) finds its own token and succeeds, rather
-# than calling its own transfer a conflict and freeing the blocks it uses.
+# pending:DST, deadlines, then w, jobs per job. ARGV: now, plan id, token, record JSON,
+# not_after, job JSON per job. -1: the plan id exists; i > 0: job i's worker is
+# not live; 0: stored and queued. The token is the caller's, the same on redis-py's
+# retry: a retry of a call that did run (its answer lost to a timeout) finds its own
+# token and succeeds, rather than calling its own transfer a conflict and freeing the
+# blocks it uses.
 START_TRANSFER = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   if redis.call('HGET', KEYS[1], 'token') == ARGV[3] then return 0 end
@@ -163,27 +165,57 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
 end
 local now = tonumber(ARGV[1])
 local safety = {}
-for i = 4, #KEYS, 2 do
+for i = 5, #KEYS, 2 do
   local h = redis.call('HMGET', KEYS[i], 'expires', 'safety')
-  if not h[1] or tonumber(h[1]) <= now then return (i - 2) / 2 end
+  if not h[1] or tonumber(h[1]) <= now then return (i - 3) / 2 end
   safety[i] = h[2]
 end
 redis.call('HSET', KEYS[1], 'record', ARGV[4], 'version', 1, 'token', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
-for i = 4, #KEYS, 2 do
-  redis.call('RPUSH', KEYS[i + 1], ARGV[4 + (i - 2) / 2])
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
+for i = 5, #KEYS, 2 do
+  redis.call('RPUSH', KEYS[i + 1], ARGV[5 + (i - 3) / 2])
   redis.call('PEXPIRE', KEYS[i + 1], safety[i])
 end
 return 0
 """
 
-# KEYS: seq, changes, delayed, w, used. ARGV: member (JSON [name, blocks, nonce]).
+# A transfer record stored only if its version is still the caller's (compare and set).
+# KEYS: t:PLAN, pending:SRC, pending:DST, deadlines. ARGV: expected version, record
+# JSON, state, plan id, not_after, finished TTL ms, channel. -1: no such record; 0: the
+# version moved on (nothing stored); else the new version.
+REPLACE_TRANSFER = """
+local version = redis.call('HGET', KEYS[1], 'version')
+if not version then return -1 end
+if tonumber(version) ~= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'record', ARGV[2])
+local new = redis.call('HINCRBY', KEYS[1], 'version', 1)
+if ARGV[3] == 'pending' then
+  redis.call('SADD', KEYS[2], ARGV[4])
+  redis.call('SADD', KEYS[3], ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+  redis.call('PERSIST', KEYS[1])
+else
+  redis.call('SREM', KEYS[2], ARGV[4])
+  redis.call('SREM', KEYS[3], ARGV[4])
+  redis.call('ZREM', KEYS[4], ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[6])
+end
+redis.call('PUBLISH', ARGV[7], '1')
+return new
+"""
+
+# KEYS: seq, changes, delayed, w, used. ARGV: member (JSON [name, blocks, nonce, epoch];
+# the epoch, when present and not null, must still be the worker's).
 TAKE_DELAYED = CHANGED + """
 if redis.call('ZREM', KEYS[3], ARGV[1]) == 0 then return 0 end
-local n = tonumber(redis.call('HGET', KEYS[4], 'nblocks'))
+local h = redis.call('HMGET', KEYS[4], 'nblocks', 'epoch')
+local n = tonumber(h[1])
 if not n then return 0 end
 local member = cjson.decode(ARGV[1])
+local epoch = member[4]
+if epoch ~= nil and epoch ~= cjson.null and tonumber(h[2]) ~= epoch then return 0 end
 for _, b in ipairs(member[2]) do
   if b >= 0 and b < n then redis.call('SETBIT', KEYS[5], b, 0) end
 end
@@ -424,4 +456,5 @@ SCRIPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "remove": REMOVE, "take
            "take_delayed": TAKE_DELAYED, "reserve": RESERVE, "release_load": RELEASE_LOAD,
            "set_capacity": SET_CAPACITY, "drop_load": DROP_LOAD, "sync": SYNC, "trim": TRIM,
            "open_reservation": OPEN_RESERVATION, "close_reservation": CLOSE_RESERVATION,
-           "close_owner": CLOSE_OWNER, "renew_reservation": RENEW_RESERVATION}
+           "close_owner": CLOSE_OWNER, "renew_reservation": RENEW_RESERVATION,
+           "replace_transfer": REPLACE_TRANSFER}

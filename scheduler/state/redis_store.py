@@ -15,6 +15,7 @@ Keys (all under ``prefix``, see docs/state.md):
 * ``jobs:NAME`` — list of queued :class:`TransferJob` JSON (RPUSH / BLPOP);
 * ``delayed`` — sorted set of quarantined releases by due time;
 * ``t:PLAN`` — hash: record JSON and version; ``pending:NAME`` — plan ids in flight;
+  ``deadlines`` — sorted set of pending plan ids by their plan's ``not_after``;
 * ``load:NAME`` + ``loads`` — reserved load; ``rsv:ID``, ``rsv-due``, ``rsv-of:OWNER``,
   ``owners`` — reservations, their deadlines, their owners and the owners' leases;
   ``kv-events`` — the KV event stream;
@@ -351,22 +352,26 @@ class RedisStore:
     @_translate
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
-        if await self._set_blocks(name, blocks, 1, repr(self._clock())) < 0:
+        if await self._set_blocks(name, blocks, 1, repr(self._clock()), None) < 0:
             raise _not_live(name)
 
     @_translate
-    async def release_blocks(self, name: str, blocks: Sequence[int]) -> None:
-        """Return blocks to a worker's free list (failed transfer, evicted KV)."""
-        await self._set_blocks(name, blocks, 0, "")
+    async def release_blocks(self, name: str, blocks: Sequence[int],
+                             epoch: int | None = None) -> bool:
+        """Return blocks to a worker's free list (of registration ``epoch`` if given)."""
+        return await self._set_blocks(name, blocks, 0, "", epoch) == 0
 
-    async def _set_blocks(self, name: str, blocks: Sequence[int], bit: int, now: str) -> int:
+    async def _set_blocks(self, name: str, blocks: Sequence[int], bit: int, now: str,
+                          epoch: int | None) -> int:
         keys = [*self._log_keys(), self._k("w", name), self._k("used", name)]
-        return int(await self._run("set_blocks", keys, [name, now, bit, *map(int, blocks)]))
+        return int(await self._run("set_blocks", keys, [
+            name, now, bit, "" if epoch is None else str(epoch), *map(int, blocks)]))
 
     @_translate
-    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float) -> None:
+    async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float,
+                                epoch: int | None = None) -> None:
         """Return blocks to the free list once the clock reaches ``when`` (quarantine)."""
-        member = json.dumps([name, [int(b) for b in blocks], uuid.uuid4().hex])
+        member = json.dumps([name, [int(b) for b in blocks], uuid.uuid4().hex, epoch])
         await self._r.zadd(self._k("delayed"), {member: when})
 
     # -- jobs ---------------------------------------------------------------------
@@ -413,11 +418,11 @@ class RedisStore:
         """Store a new pending record and queue its jobs in one script, all or nothing."""
         plan = record.plan
         keys = [self._k("t", plan.plan_id), self._k("pending", plan.src.worker),
-                self._k("pending", plan.dst.worker)]
+                self._k("pending", plan.dst.worker), self._k("deadlines")]
         keys += [key for name, _ in jobs for key in (self._k("w", name), self._k("jobs", name))]
         done = int(await self._run("start_transfer", keys, [
             repr(self._clock()), plan.plan_id, uuid.uuid4().hex, record.model_dump_json(),
-            *(job.model_dump_json() for _, job in jobs)]))
+            repr(plan.not_after), *(job.model_dump_json() for _, job in jobs)]))
         if done < 0:
             raise ConflictError(f"transfer {plan.plan_id!r} already exists")
         if done > 0:
@@ -438,11 +443,38 @@ class RedisStore:
             else:
                 pipe.srem(side, plan.plan_id)
         if record.state == "pending":
+            pipe.zadd(self._k("deadlines"), {plan.plan_id: plan.not_after})
             pipe.persist(key)
         else:
+            pipe.zrem(self._k("deadlines"), plan.plan_id)
             pipe.pexpire(key, self._finished_ms)
         pipe.publish(self._k("tchan", plan.plan_id), "1")
         await pipe.execute()
+
+    @_translate
+    async def read_transfer(self, plan_id: str) -> tuple[TransferRecord, int]:
+        """A transfer record and its version."""
+        return await self._read_transfer(plan_id)
+
+    @_translate
+    async def replace_transfer(self, record: TransferRecord, version: int) -> int | None:
+        """Store ``record`` if its version is still ``version`` (one script); the new
+        version."""
+        plan = record.plan
+        keys = [self._k("t", plan.plan_id), self._k("pending", plan.src.worker),
+                self._k("pending", plan.dst.worker), self._k("deadlines")]
+        done = int(await self._run("replace_transfer", keys, [
+            version, record.model_dump_json(), record.state, plan.plan_id,
+            repr(plan.not_after), self._finished_ms, self._k("tchan", plan.plan_id)]))
+        if done < 0:
+            raise NotFoundError("transfer", plan.plan_id)
+        return done or None
+
+    @_translate
+    async def due_transfers(self, now: float, limit: int = 1000) -> list[str]:
+        """Pending transfers whose ``not_after`` is ``now`` or earlier (one ZRANGEBYSCORE)."""
+        return _texts(await self._r.zrangebyscore(self._k("deadlines"), "-inf", repr(now),
+                                                  start=0, num=limit))
 
     async def _read_transfer(self, plan_id: str) -> tuple[TransferRecord, int]:
         text, version = cast(list[str | None],

@@ -38,6 +38,9 @@ from scheduler.telemetry.stats import KsResult, ks_2samp, quantile
 from topology.errors import InputError
 
 AlertState = Literal["firing", "resolved"]
+#: What drifted: engine-reported KV transfers, or the gateway's P/D handoff (decode
+#: time to first token of disaggregated requests).
+AlertKind = Literal["transfer_latency_drift", "pd_handoff_drift"]
 Clock = Callable[[], float]
 
 
@@ -87,7 +90,7 @@ class Alert(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     id: str
-    kind: Literal["transfer_latency_drift"] = "transfer_latency_drift"
+    kind: AlertKind = "transfer_latency_drift"
     tier: str
     domains: tuple[str, ...] = Field(description="domains of the pairs behind the shift")
     pairs: tuple[PairShare, ...]
@@ -129,9 +132,12 @@ class _Comparison:
 class DriftDetector:
     """Per-tier drift detection over transfer samples (see the module docstring)."""
 
-    def __init__(self, config: DriftConfig | None = None, *, clock: Clock = time.time) -> None:
-        """Create an empty detector; ``clock`` stamps alerts and ages samples."""
+    def __init__(self, config: DriftConfig | None = None, *, clock: Clock = time.time,
+                 kind: AlertKind = "transfer_latency_drift") -> None:
+        """Create an empty detector; ``clock`` stamps alerts and ages samples; ``kind``
+        names what its alerts are about."""
         self.config = config or DriftConfig()
+        self.kind: AlertKind = kind
         self.clock = clock
         self._tiers: dict[str, _Tier] = {}
         self._resolved: deque[Alert] = deque(maxlen=self.config.max_resolved)
@@ -250,7 +256,8 @@ class DriftDetector:
         pairs = self._culprits(state, comparison.baseline_p99)
         domains = sorted({d for p in pairs for d in (p.src_domain, p.dst_domain)})
         return Alert(
-            id=previous.id if previous else f"drift-{tier}-{self._next_id}", tier=tier,
+            id=previous.id if previous else f"{self._prefix}-{tier}-{self._next_id}",
+            kind=self.kind, tier=tier,
             domains=tuple(domains), pairs=pairs,
             baseline_p99_ms=comparison.baseline_p99 * 1e3,
             recent_p99_ms=comparison.recent_p99 * 1e3, factor=comparison.ratio,
@@ -272,6 +279,10 @@ class DriftDetector:
         return tuple(PairShare(src_domain=p[0], dst_domain=p[1], slow_samples=slow[p],
                                samples=totals[p], share=slow[p] / all_slow)
                      for p in ranked[:self.config.top_pairs] if slow[p] > tail * totals[p])
+
+    @property
+    def _prefix(self) -> str:
+        return "drift" if self.kind == "transfer_latency_drift" else "handoff-drift"
 
     # -- queries ---------------------------------------------------------------------
     def alerts(self, *, include_resolved: bool = True) -> list[Alert]:

@@ -35,6 +35,7 @@ class TransferSample(BaseModel):
     nbytes: int = Field(ge=0)
     seconds: float = Field(ge=0, allow_inf_nan=False)
     ok: bool = True
+    expired: bool = Field(default=False, description="ended with no outcome reported")
     ts: float = Field(default=0.0, allow_inf_nan=False, description="unix time of completion")
 
     @field_validator("tier")
@@ -99,14 +100,16 @@ def sample_from_record(record: TransferRecord, domain_of: Callable[[str], str],
     (e.g. ``lambda w: mapper.of_gpu(registration[w].gpus[0])``). The tier falls back
     to the plan's transport hint when the report leaves it empty.
     """
-    if record.state == "pending" or not record.reports:
+    if record.state == "pending":
         return None
     plan = record.plan
-    report = next((r for r in record.reports if r.role == "initiator"), record.reports[-1])
     when = ts if ts is not None else (record.finished_at or record.created_at)
-    sample = sample_from_report(report, src_domain=domain_of(plan.src.worker),
-                                dst_domain=domain_of(plan.dst.worker), ts=when,
-                                tier=report.tier or plan.hints.tier)
-    if record.state == "failed" and sample.ok:
-        sample = sample.model_copy(update={"ok": False})
+    domains = {"src_domain": domain_of(plan.src.worker), "dst_domain": domain_of(plan.dst.worker)}
+    if not record.reports:  # failed or expired with no side reporting
+        return TransferSample(tier=plan.hints.tier, nbytes=0, seconds=0.0, ok=False,
+                              expired=record.state == "expired", ts=when, **domains)
+    report = next((r for r in record.reports if r.role == "initiator"), record.reports[-1])
+    sample = sample_from_report(report, ts=when, tier=report.tier or plan.hints.tier, **domains)
+    if record.state != "done":
+        sample = sample.model_copy(update={"ok": False, "expired": record.state == "expired"})
     return sample

@@ -30,6 +30,7 @@ from scheduler.telemetry.calibration import (
     TierScales,
 )
 from scheduler.telemetry.drift import Alert, Clock, DriftConfig, DriftDetector
+from scheduler.telemetry.handoff import HandoffTelemetry
 from scheduler.telemetry.metrics import (
     BANDWIDTH_BUCKETS,
     LATENCY_BUCKETS,
@@ -75,7 +76,8 @@ class _Families:
             "(bytes / duration) by tier and domain pair.", transfer,
             buckets=cfg.bandwidth_buckets, max_series=pair_series))
         self.transfers = reg.add(Counter(
-            f"{ns}_transfers_total", "KV transfers by tier and outcome.", ("tier", "outcome")))
+            f"{ns}_transfers_total", "KV transfers by tier and outcome (ok, failed, "
+            "expired).", ("tier", "outcome")))
         self.bytes = reg.add(Counter(
             f"{ns}_transfer_bytes_total", "Bytes moved by successful KV transfers.", ("tier",)))
         self.routing = reg.add(Histogram(
@@ -139,6 +141,9 @@ class Telemetry:
         self._reference = dict(reference or {})
         self.clock = clock
         self._pairs: set[tuple[str, str]] = set()
+        #: The gateway's per-request P/D figures by tier (same registry, own drift).
+        self.handoff = HandoffTelemetry(self.metrics.registry, self.config.namespace,
+                                        self.config.drift, clock)
 
     def use_reference(self, reference: Mapping[str, TierFigures]) -> None:
         """Calibrate against new configured figures (a new fabric): tiers whose figures
@@ -151,7 +156,8 @@ class Telemetry:
     def record_transfer(self, sample: TransferSample) -> None:
         """Count one finished transfer into metrics, drift detection and calibration."""
         m = self.metrics
-        m.transfers.inc((sample.tier, "ok" if sample.ok else "failed"))
+        outcome = "ok" if sample.ok else "expired" if sample.expired else "failed"
+        m.transfers.inc((sample.tier, outcome))
         if not sample.ok:
             return
         labels = (sample.tier, *self._pair(sample.src_domain, sample.dst_domain))
@@ -213,7 +219,8 @@ class Telemetry:
     def alerts(self, *, include_resolved: bool = True) -> list[Alert]:
         """Drift alerts, evaluated now: firing first, then recently resolved."""
         self.drift.evaluate()
-        return self.drift.alerts(include_resolved=include_resolved)
+        return [*self.drift.alerts(include_resolved=include_resolved),
+                *self.handoff.alerts(include_resolved=include_resolved)]
 
     def calibration(self) -> CalibratedFigures:
         """Calibrated figures per tier (fits pending samples first)."""
@@ -228,8 +235,10 @@ class Telemetry:
         """Every metric in the Prometheus text format (alert and calibration gauges fresh)."""
         self.drift.evaluate()
         m = self.metrics
-        m.alerts.replace((("transfer_latency_drift", tier), float(self.drift.firing(tier)))
-                         for tier in self.drift.tiers())
+        self.handoff.drift.evaluate()
+        m.alerts.replace(((detector.kind, tier), float(detector.firing(tier)))
+                         for detector in (self.drift, self.handoff.drift)
+                         for tier in detector.tiers())
         figures = self.calibrator.figures()
         m.calibration.replace(
             item for tier, c in figures.tiers.items()

@@ -2,12 +2,25 @@
 
 Transport-free: the REST layer calls these methods; a store holds the state. One
 transfer goes: ``submit`` builds and validates a plan, queues ``execute`` for the
-initiator and ``await`` for the target; each sidecar reports once. The transfer is
-``done`` when the destination side reports success; any failure, or the lease of a
-side running out, marks it ``failed`` with ``recompute`` set, gives the destination
-blocks back once the plan's deadline has passed (a hung initiator may still write
-until then) and sends ``abort`` to the side still waiting, so the decode side stops
-waiting and recomputes.
+initiator and ``await`` for the target; each sidecar reports once. Every transfer ends,
+exactly once, in one of three states:
+
+* ``done`` — the destination side reported success;
+* ``failed`` — a side reported a failure, or a side's lease ran out, it deregistered or
+  registered again; ``recompute`` is set and ``abort`` goes to the side still waiting;
+* ``expired`` — no outcome by the plan's ``not_after`` plus ``expiry_grace_s``: the
+  sweep (:meth:`TransferCoordinator.expire`) ends it, with ``recompute`` set.
+
+Each state change is a compare-and-set on the record's version
+(:meth:`~scheduler.state.base.TransferStore.replace_transfer`), so of two replicas
+taking the two sides' reports at once, or a report racing the sweep, exactly one
+ends the transfer; only that one gives its blocks back and tells the listeners
+(:attr:`TransferCoordinator.listeners`: the service's telemetry and load reservations).
+Blocks: source blocks the scheduler took for the transfer (a routed one) go back when
+it ends, whatever the state; the destination's blocks of a failed or expired transfer
+are quarantined until the plan's deadline has passed (a hung initiator may still write
+until then); those of a done transfer belong to the decode request, and come back when
+its engine releases them (:meth:`TransferCoordinator.release`).
 """
 
 from __future__ import annotations
@@ -16,7 +29,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +45,7 @@ from scheduler.transfer.plan import (
     TransferPlan,
     TransferRecord,
     TransferReport,
+    TransferState,
     TransportHints,
     WorkerRegistration,
 )
@@ -65,6 +79,14 @@ class TransferRequest(BaseModel):
 
 #: Extra seconds a failed transfer's destination blocks stay unused after ``not_after``.
 QUARANTINE_SLACK_S = 1.0
+#: Seconds past ``not_after`` before the sweep expires a transfer nobody reported: each
+#: side stops at ``not_after`` and reports within its watchdog's half second.
+EXPIRY_GRACE_S = 1.0
+#: Compare-and-set attempts on one record before giving up (many writers at once).
+MAX_CHANGE_TRIES = 32
+
+#: Told once about every transfer that ended (done, failed or expired).
+EndListener = Callable[[TransferRecord], Awaitable[None]]
 
 
 #: Cached (src, dst) transport hints kept at most (256 × 256 workers would fill it).
@@ -85,17 +107,21 @@ class TransferCoordinator:
 
     def __init__(self, store: TransferStore, *, mode: Mode = "READ", lease_ttl_s: float = 10.0,
                  deadline_s: float = DEFAULT_DEADLINE_S, spec: FabricSpec | None = None,
-                 clock: Clock = time.monotonic, wall: Clock = time.time,
+                 clock: Clock = time.time, expiry_grace_s: float = EXPIRY_GRACE_S,
                  new_id: Callable[[], str] = _new_id) -> None:
+        """``clock``: wall time (plans' ``not_after`` and records are stamped with it, and
+        replicas on several hosts compare them)."""
         self.store = store
         self.mode: Mode = mode
         self.lease_ttl_s = lease_ttl_s
         self.deadline_s = deadline_s
+        self.expiry_grace_s = expiry_grace_s
         self._spec = spec
         self._model = DistanceModel(spec) if spec is not None else None
         self._clock = clock
-        self._wall = wall
         self._new_id = new_id
+        #: Called once per ended transfer, by the coordinator that ended it.
+        self.listeners: list[EndListener] = []
         #: Transport hints per (src, dst) name pair with the registrations they were
         #: derived from: deriving them walks the fabric, and a router sends most
         #: requests over the same few hundred pairs.
@@ -114,10 +140,16 @@ class TransferCoordinator:
         await self._fail_pending(name, f"{name} deregistered")
 
     async def expire(self) -> list[str]:
-        """Drop workers whose lease ran out and fail their pending transfers."""
+        """Drop workers whose lease ran out and fail their pending transfers; expire
+        transfers with no outcome ``expiry_grace_s`` past their deadline. Returns the
+        names of the dropped workers."""
         gone = await self.store.expire()
         for name in gone:
             await self._fail_pending(name, f"lease of {name} expired")
+        for plan_id in await self.store.due_transfers(self._clock() - self.expiry_grace_s):
+            with contextlib.suppress(NotFoundError):
+                await self._end(plan_id, "expired", "no outcome reported before the "
+                                "transfer's deadline", skip=None)
         return gone
 
     async def submit(self, request: TransferRequest) -> TransferRecord:
@@ -218,7 +250,7 @@ class TransferCoordinator:
                           src_blocks=request.src_blocks, dst_blocks=dst_blocks,
                           cached_prefix=request.cached_prefix, mode=request.mode or self.mode,
                           hints=hints, epochs=(src.lease.epoch, dst.lease.epoch),
-                          deadline_s=deadline_s, not_after=self._wall() + deadline_s,
+                          deadline_s=deadline_s, not_after=self._clock() + deadline_s,
                           notify=request.notify, block_hashes=request.block_hashes)
 
     def use_fabric(self, spec: FabricSpec, model: DistanceModel | None = None) -> None:
@@ -246,56 +278,112 @@ class TransferCoordinator:
         for job in jobs:
             if job.kind == "execute":
                 with contextlib.suppress(NotFoundError):
-                    record = await self.store.get_transfer(job.plan_id)
-                    await self.store.put_transfer(record.model_copy(
-                        update={"delivered_at": now}))
+                    await self._change(job.plan_id, lambda r: r.model_copy(
+                        update={"delivered_at": now})
+                        if r.state == "pending" and r.delivered_at is None else None)
         return jobs
 
-    async def report(self, plan_id: str, report: TransferReport
-                     ) -> tuple[TransferRecord, bool]:
-        """Record one sidecar's report and move the transfer to done or failed.
-
-        Returns the record and whether this report finished the transfer: true for one
-        report per transfer (both sides report; telemetry must count the transfer once).
-        """
+    async def report(self, plan_id: str, report: TransferReport) -> TransferRecord:
+        """Record one sidecar's report and move the transfer to done or failed."""
         record = await self.store.get_transfer(plan_id)
         plan = record.plan
         if report.plan_id != plan_id or report.worker not in (plan.src.worker, plan.dst.worker):
             raise ValidationError(f"report for {plan_id!r}", [Issue(
                 "worker", f"{report.worker!r} is not a side of transfer {plan_id!r}")])
-        record = record.model_copy(update={"reports": (*record.reports, report)})
-        was_pending = record.state == "pending"
-        if was_pending:
-            if report.outcome != "ok":
-                record = await self._failed(record, report.error or report.outcome,
-                                            skip=report.worker)
-            else:
-                if report.worker == plan.dst.worker:
-                    record = record.model_copy(update={"state": "done",
-                                                       "finished_at": self._clock()})
-                if report.worker == plan.initiator and plan.notify == "scheduler":
-                    with contextlib.suppress(NotFoundError):
-                        await self.store.put_job(plan.target, TransferJob(
-                            kind="complete", plan_id=plan_id))
-        await self.store.put_transfer(record)
-        return record, was_pending and record.state != "pending"
+        before, after = await self._change(plan_id, lambda r: self._with_report(r, report))
+        if (before.state == "pending" and report.outcome == "ok"
+                and report.worker == plan.initiator and plan.notify == "scheduler"):
+            with contextlib.suppress(NotFoundError):
+                await self.store.put_job(plan.target, TransferJob(kind="complete",
+                                                                  plan_id=plan_id))
+        if before.state == "pending" and after.state != "pending":
+            await self._ended(after, skip=report.worker)
+        return after
 
-    async def _failed(self, record: TransferRecord, reason: str, skip: str) -> TransferRecord:
+    def _with_report(self, record: TransferRecord, report: TransferReport) -> TransferRecord:
+        """``record`` with ``report`` added, and the state it leads to."""
+        update: dict[str, object] = {"reports": (*record.reports, report)}
+        if record.state == "pending" and report.outcome != "ok":
+            update.update(state="failed", recompute=True,
+                          error=report.error or report.outcome, finished_at=self._clock())
+        elif record.state == "pending" and report.worker == record.plan.dst.worker:
+            update.update(state="done", finished_at=self._clock())
+        return record.model_copy(update=update)
+
+    async def release(self, plan_id: str, worker: str) -> bool:
+        """The destination's request that used a done transfer's KV ended: its blocks
+        go back to the free list. True when they did (False: not done, released
+        already, or the destination registered again since)."""
+        record = await self.store.get_transfer(plan_id)
         plan = record.plan
-        # A hung initiator may still write into these blocks until the plan's not_after
-        # (submission + deadline_s); hand them out again only after that, plus slack for
-        # clock skew between hosts.
-        await self.store.release_blocks_at(
-            plan.dst.worker, plan.dst_blocks,
-            record.created_at + plan.deadline_s + QUARANTINE_SLACK_S)
-        for side in {plan.src.worker, plan.dst.worker} - {skip}:
+        if worker != plan.dst.worker:
+            raise ValidationError(f"release of {plan_id!r}", [Issue(
+                "worker", f"{worker!r} is not the destination of transfer {plan_id!r}")])
+        before, after = await self._change(plan_id, lambda r: r.model_copy(
+            update={"dst_released": True})
+            if r.state == "done" and not r.dst_released else None)
+        if after is before:
+            return False
+        return await self.store.release_blocks(plan.dst.worker, plan.dst_blocks,
+                                               epoch=plan.dst.epoch)
+
+    async def _change(self, plan_id: str,
+                      change: Callable[[TransferRecord], TransferRecord | None]
+                      ) -> tuple[TransferRecord, TransferRecord]:
+        """Apply ``change`` to the latest record by compare-and-set (again when another
+        writer came first); the record before and after (the same object when ``change``
+        answered None: nothing to do)."""
+        for _ in range(MAX_CHANGE_TRIES):
+            record, version = await self.store.read_transfer(plan_id)
+            changed = change(record)
+            if changed is None:
+                return record, record
+            if await self.store.replace_transfer(changed, version) is not None:
+                return record, changed
+        raise ConflictError(f"transfer {plan_id!r} changed {MAX_CHANGE_TRIES} times during "
+                            "one update; retry")
+
+    async def _end(self, plan_id: str, state: TransferState, reason: str,
+                   skip: str | None) -> None:
+        """End a pending transfer as ``state`` (failed or expired); nothing when it ended
+        meanwhile."""
+        before, after = await self._change(plan_id, lambda r: r.model_copy(update={
+            "state": state, "recompute": True, "error": reason,
+            "finished_at": self._clock()}) if r.state == "pending" else None)
+        if before.state == "pending":
+            await self._ended(after, skip=skip)
+
+    async def _ended(self, record: TransferRecord, skip: str | None) -> None:
+        """What follows the end of a transfer, done once by whoever ended it: blocks back
+        (or quarantined), ``abort`` to a side still waiting, the listeners told."""
+        plan = record.plan
+        if record.src_blocks_taken:
+            await self.store.release_blocks(plan.src.worker, plan.src_blocks,
+                                            epoch=plan.src.epoch)
+        if record.state != "done":
+            # A hung initiator may still write into these blocks until the plan's
+            # not_after (submission + deadline_s); hand them out again only after that,
+            # plus slack for clock skew between hosts.
+            await self.store.release_blocks_at(
+                plan.dst.worker, plan.dst_blocks,
+                record.created_at + plan.deadline_s + QUARANTINE_SLACK_S, epoch=plan.dst.epoch)
+        if record.state == "failed":  # expired: both sides stopped waiting long ago
+            await self._abort(record, skip)
+        for listener in self.listeners:
+            try:
+                await listener(record)
+            except Exception:  # a listener must not undo the end of the transfer
+                log.exception("transfer %s: end listener failed", plan.plan_id)
+
+    async def _abort(self, record: TransferRecord, skip: str | None) -> None:
+        plan = record.plan
+        for side in sorted({plan.src.worker, plan.dst.worker} - {skip}):
             # A side that is gone has nobody waiting to be told.
             with contextlib.suppress(NotFoundError):
-                await self.store.put_job(side, TransferJob(kind="abort", plan_id=plan.plan_id,
-                                                           reason=reason))
-        return record.model_copy(update={"state": "failed", "recompute": True, "error": reason,
-                                         "finished_at": self._clock()})
+                await self.store.put_job(side, TransferJob(
+                    kind="abort", plan_id=plan.plan_id, reason=record.error))
 
     async def _fail_pending(self, name: str, reason: str) -> None:
         for record in await self.store.transfers_of(name):
-            await self.store.put_transfer(await self._failed(record, reason, skip=name))
+            with contextlib.suppress(NotFoundError):
+                await self._end(record.plan.plan_id, "failed", reason, skip=name)

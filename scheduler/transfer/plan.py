@@ -97,6 +97,10 @@ class WorkerRegistration(_Frozen):
     gpus: tuple[str, ...] = Field(default=(), description="fabric GPU names, e.g. 'h0/gpu3'")
     sidecar_url: str | None = Field(default=None, max_length=1024,
                                     description="how to reach the sidecar, if it listens")
+    block_tokens: int | None = Field(
+        default=None, ge=1, le=1 << 16,
+        description="the engine's KV block size in tokens: the router hashes this model's "
+                    "prompts into blocks of this size (None: the service's setting)")
 
 
 class Lease(_Frozen):
@@ -205,6 +209,12 @@ class TransferReport(_Frozen):
     error: str | None = None
     verified: bool | None = Field(default=None, description="destination bytes checked")
     recompute: bool = Field(default=False, description="decode side must recompute")
+    received_at: float | None = Field(
+        default=None, description="when the sidecar received the job: its host's wall "
+        "clock (time.time), like the record's times (exactly comparable on one host)")
+    started_at: float | None = Field(
+        default=None, description="when the sidecar created the NIXL request (same "
+        "clock); it completed ``duration_s`` later")
 
     @field_validator("tier")
     @classmethod
@@ -215,7 +225,8 @@ class TransferReport(_Frozen):
         return value
 
 
-TransferState = Literal["pending", "done", "failed"]
+#: ``expired``: nobody reported an outcome by the plan's deadline (plus a grace).
+TransferState = Literal["pending", "done", "failed", "expired"]
 
 
 class TransferRecord(_Frozen):
@@ -240,3 +251,6 @@ class TransferRecord(_Frozen):
     reservation_id: str | None = Field(
         default=None, description="the route's load reservation: its part on the source "
                                   "worker ends with the transfer")
+    dst_released: bool = Field(
+        default=False, description="the destination's request ended and its blocks of "
+                                   "this (done) transfer went back to the free list")

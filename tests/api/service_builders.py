@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from api.app import create_app
+from api.security import TokenAuth
 from api.settings import Settings
 from scheduler.capacity import Workload
 from tests.scheduler.transfer.builders import registration
@@ -17,11 +18,20 @@ from topology.synth import SynthParams, synth_cluster
 from topology.writers import inventory_document, lldp_json0, nvsmi_text
 
 WORKER, OPERATOR = "w-token", "o-token"
+#: Settings for tests whose block hashes stand for 512-token blocks (as in Mooncake traces).
+MOONCAKE_BLOCKS = Settings(block_tokens=512)
 
 
 def bearer(token: str = OPERATOR) -> dict[str, str]:
     """An Authorization header."""
     return {"Authorization": f"Bearer {token}"}
+
+
+def own_bearer(worker: str, shared: str = WORKER) -> dict[str, str]:
+    """An Authorization header with ``worker``'s own token (what its registration returns)."""
+    token = TokenAuth(shared, None).worker_token(worker)
+    assert token is not None
+    return bearer(token)
 
 
 def make_app(*, worker: str | None = WORKER, operator: str | None = OPERATOR,

@@ -13,9 +13,19 @@ from fastapi.testclient import TestClient
 
 from api.settings import Settings
 from scheduler.state.reservations import StoreUnavailableError
-from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from tests.api.service_builders import (
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    worker_json,
+)
 from tests.servers import RedisServer, redis_server
 from topology.errors import ConflictError
+
+#: Reservations that expire within a test.
+SHORT_RESERVATIONS = Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)
 
 
 @contextmanager
@@ -23,7 +33,9 @@ def serving(settings: Settings | None = None, *, fabric: bool = True,
             workers: bool = True) -> Iterator[TestClient]:
     """A replica (lifespan and sweeps running) with a prefill and a decode worker."""
     spec = cluster(hosts=2)
-    with TestClient(make_app(settings=settings)) as test_client:
+    # the block hashes here stand for 512-token blocks (as in Mooncake traces)
+    blocks512 = (settings or Settings()).model_copy(update={"block_tokens": 512})
+    with TestClient(make_app(settings=blocks512)) as test_client:
         if fabric:
             load_cluster(test_client, spec)
         h0, h1 = (h.name for h in spec.hosts)
@@ -99,7 +111,7 @@ def test_routes_reserve_load_and_releasing_by_id_gives_it_back_once(client: Test
 
 
 def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
-    with serving(Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
+    with serving(SHORT_RESERVATIONS) as client:
         routed = _route(client, [1, 2])
         renewed = client.post(f"/v1/reservations/{routed['reservation_id']}/renew",
                               json={"ttl_s": 30}, headers=bearer(WORKER))
@@ -111,7 +123,7 @@ def test_a_renewed_reservation_outlives_its_first_lifetime() -> None:
 
 
 def test_without_any_release_the_load_expires_and_routing_goes_on() -> None:
-    with serving(Settings(reservation_ttl_s=0.5, expire_interval_s=0.05)) as client:
+    with serving(SHORT_RESERVATIONS) as client:
         _capacity(client, "decode-0", 3)
         for i in range(3):
             _route(client, [10 * i + 1, 10 * i + 2])

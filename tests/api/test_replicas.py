@@ -22,6 +22,8 @@ import pytest
 from tests.api.service_builders import cluster, inventory_yaml
 from tests.servers import RedisServer, free_port, start_redis
 from tests.sidecar.harness import (
+    AUTH,
+    SERVER_TOKENS,
     START_TIMEOUT_S,
     Cluster,
     Proc,
@@ -35,7 +37,7 @@ from topology.writers import lldp_json0, nvsmi_text
 pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
 BLOCK = 16384
 ENV = {"TOPOSCHED_LEASE_TTL_S": "3", "TOPOSCHED_EXPIRE_INTERVAL_S": "0.2",
-       "TOPOSCHED_TRANSFER_DEADLINE_S": "5"}
+       "TOPOSCHED_TRANSFER_DEADLINE_S": "5", **SERVER_TOKENS}
 
 
 @dataclass
@@ -83,7 +85,7 @@ def two_replicas(workdir: Path) -> Iterator[tuple[RedisServer, Replica, Replica,
 
 
 def _submit(replica: Replica, plan_id: str, blocks: int = 8) -> httpx.Response:
-    return httpx.post(f"{replica.url}/v1/transfers", timeout=10,
+    return httpx.post(f"{replica.url}/v1/transfers", headers=AUTH, timeout=10,
                       json={"src": "prefill-0", "dst": "decode-0",
                             "src_blocks": list(range(blocks)), "plan_id": plan_id})
 
@@ -91,6 +93,7 @@ def _submit(replica: Replica, plan_id: str, blocks: int = 8) -> httpx.Response:
 def _finished(replica: Replica, plan_id: str, timeout_s: float = 20.0) -> dict[str, Any]:
     def done() -> dict[str, Any] | None:
         record: dict[str, Any] = httpx.get(f"{replica.url}/v1/transfers/{plan_id}",
+                                           headers=AUTH,
                                            params={"wait_s": 1.0}, timeout=5).json()
         finished = record.get("state") == "failed" or (
             record.get("state") == "done" and len(record["reports"]) >= 2)
@@ -104,7 +107,7 @@ def _verified(record: dict[str, Any]) -> bool:
 
 
 def _workers(replica: Replica) -> list[str]:
-    data = httpx.get(f"{replica.url}/v1/workers", timeout=5).json()
+    data = httpx.get(f"{replica.url}/v1/workers", headers=AUTH, timeout=5).json()
     return sorted(w["registration"]["name"] for w in data)
 
 
@@ -135,7 +138,7 @@ def test_redis_outage_is_503_then_recovers_with_nothing_lost(tmp_path: Path) -> 
         sidecars.sidecar("prefill-0", block_bytes=BLOCK)
         sidecars.sidecar("decode-0", block_bytes=BLOCK)
         redis.stop()
-        response = httpx.get(f"{a.url}/v1/workers", timeout=10)
+        response = httpx.get(f"{a.url}/v1/workers", headers=AUTH, timeout=10)
         assert response.status_code == 503
         assert response.headers["retry-after"]
         assert response.headers["content-type"] == "application/problem+json"
@@ -171,7 +174,7 @@ def test_topology_put_through_one_replica_is_served_by_the_other(tmp_path: Path)
 
 
 def _fabric(replica: Replica) -> dict[str, Any] | None:
-    answer = httpx.get(f"{replica.url}/v1/topology/fabric", timeout=5)
+    answer = httpx.get(f"{replica.url}/v1/topology/fabric", headers=AUTH, timeout=5)
     return answer.json() if answer.status_code == 200 else None
 
 
@@ -184,9 +187,9 @@ def test_a_request_routed_through_b_moves_real_bytes_between_sidecars_registered
         for name, role, gpu in (("prefill-0", "prefill", f"{h0}/gpu0"),
                                 ("decode-0", "decode", f"{h1}/gpu0")):
             sidecars.sidecar(name, block_bytes=BLOCK, extra=(
-                "--role", role, "--gpu", gpu, "--model", "llama-3-70b"))
+                "--role", role, "--gpu", gpu, "--model", "llama-3-70b", "--block-tokens", "512"))
         wait_for(lambda: _fabric(b), 10, "replica B serves the fabric posted to A")
-        answer = httpx.post(f"{b.url}/v1/route", timeout=10, json={
+        answer = httpx.post(f"{b.url}/v1/route", headers=AUTH, timeout=10, json={
             "block_hashes": [11, 12, 13], "model": "llama-3-70b"})
         assert answer.status_code == 200, answer.text
         decision, plan_id = answer.json()["decision"], answer.json()["plan_id"]
@@ -206,13 +209,14 @@ def _put_captures(replica: Replica, spec: FabricSpec) -> None:
     for host in spec.hosts:
         for path, text in (("nvidia-smi", nvsmi_text(host)), ("lldp", lldp_json0(host))):
             answer = httpx.put(f"{replica.url}/v1/topology/hosts/{host.name}/{path}",
+                               headers=AUTH,
                                content=text, timeout=10)
             assert answer.status_code == 200, answer.text
 
 
 def _put_inventory(replica: Replica, spec: FabricSpec) -> dict[str, Any]:
-    answer = httpx.put(f"{replica.url}/v1/topology/inventory", content=inventory_yaml(spec),
-                       timeout=10)
+    answer = httpx.put(f"{replica.url}/v1/topology/inventory", headers=AUTH,
+                       content=inventory_yaml(spec), timeout=10)
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
     return body

@@ -8,11 +8,13 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.api.service_builders import (
+    MOONCAKE_BLOCKS,
     WORKER,
     bearer,
     cluster,
     load_cluster,
     make_app,
+    own_bearer,
     register_pair,
     worker_json,
 )
@@ -26,7 +28,7 @@ def spec() -> FabricSpec:
 
 @pytest.fixture
 def client(spec: FabricSpec) -> Iterator[TestClient]:
-    with TestClient(make_app()) as test_client:
+    with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as test_client:
         load_cluster(test_client, spec)
         register_pair(test_client, spec)
         yield test_client
@@ -43,7 +45,7 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
     assert decision["transfer"]["blocks"] == 3
     plan_id = body["plan_id"]
     jobs = {name: client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
-                             headers=bearer(WORKER)).json()["jobs"]
+                             headers=own_bearer(name)).json()["jobs"]
             for name in ("prefill-0", "decode-0")}
     kinds = sorted(job["kind"] for batch in jobs.values() for job in batch)
     assert kinds == ["await", "execute"]
@@ -74,7 +76,7 @@ def test_no_worker_for_the_model_is_503_with_reasons(client: TestClient) -> None
 
 
 def test_no_decode_capacity_is_503_problem(spec: FabricSpec) -> None:
-    with TestClient(make_app()) as client:
+    with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as client:
         load_cluster(client, spec)
         gpus = [f"{spec.hosts[0].name}/gpu0"]
         client.post("/v1/workers", json=worker_json("only-prefill", "prefill", gpus),

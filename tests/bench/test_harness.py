@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -92,3 +93,22 @@ def test_a_run_under_flock_is_not_blocked_by_its_own_lock(tmp_path: Path) -> Non
     wrapped = subprocess.run(["flock", str(lock), sys.executable, "-c", probe], cwd=ROOT,
                              env=env, capture_output=True, text=True, timeout=60, check=True)
     assert (alone.stdout.strip(), wrapped.stdout.strip()) == ("acquired", "inherited")
+
+
+@pytest.mark.process
+def test_prefix_bench_runs_both_sides_and_checks_their_answers(tmp_path: Path) -> None:
+    """The prefix benchmark end to end on a slice of the trace: every figure compared."""
+    pytest.importorskip("dynamo._core", reason="ai-dynamo-runtime is installed in test mode")
+    done = subprocess.run(
+        [sys.executable, "bench/prefix_index.py", "--requests", "300", "--queries", "40",
+         "--workers", "8", "--repeats", "1", "--warmup", "0", "--conditions", "idle",
+         "--no-lock", "--no-memory", "--out", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=True)
+    assert "done in" in done.stderr
+    data = json.loads((tmp_path / "prefix_index.json").read_text())
+    (row,) = data["conditions"][0]["scales"]
+    for figure in ("events", "lookups", "route"):
+        assert row[figure]["agreed"] is True
+        assert set(row[figure]["sides"]) == {"dynamo", "toposched"}
+        assert row[figure]["paired_ratio_vs_first"]["toposched"]["median"] > 0
+    assert "toposched / Dynamo (CPU)" in (tmp_path / "prefix_index.md").read_text()

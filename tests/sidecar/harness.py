@@ -19,7 +19,16 @@ import httpx
 from tests.servers import free_port
 
 ROOT = Path(__file__).parents[2]
-START_TIMEOUT_S = 20.0
+START_TIMEOUT_S = 60.0  # generous: 2 shared cores under other jobs start processes slowly
+#: Every real-process test runs with authentication on, as a deployment would.
+WORKER_TOKEN, OPERATOR_TOKEN = "harness-worker-token", "harness-operator-token"
+#: The scheduler's environment: both tokens.
+SERVER_TOKENS = {"TOPOSCHED_WORKER_TOKEN": WORKER_TOKEN,
+                 "TOPOSCHED_OPERATOR_TOKEN": OPERATOR_TOKEN}
+#: What a sidecar gets: the worker token, in its environment (never on its command line).
+SIDECAR_TOKEN = {"TOPOSCHED_WORKER_TOKEN": WORKER_TOKEN}
+#: Headers of the tests' own calls (operators may do anything).
+AUTH = {"Authorization": f"Bearer {OPERATOR_TOKEN}"}
 
 
 def wait_for(check: Callable[[], Any], timeout_s: float, what: str,
@@ -88,18 +97,23 @@ class Cluster:
     workdir: Path
     server: Proc
     sidecars: dict[str, Proc] = field(default_factory=dict)
-    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0))
+    http: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=10.0, headers=AUTH))
 
     def sidecar(self, name: str, *, kv_blocks: int = 32, block_bytes: int = 16384,
-                extra: tuple[str, ...] = (), wait: bool = True) -> Proc:
-        """Start ``toposched sidecar`` and wait until it registered."""
+                extra: tuple[str, ...] = (), wait: bool = True,
+                env: dict[str, str] | None = None, decode_ms: float = -1) -> Proc:
+        """Start ``toposched sidecar`` and wait until it registered (``env``: instead of
+        the worker token in its environment). ``decode_ms``: how long the fake engine's
+        requests run before their blocks are released (default: never, so that tests see
+        the blocks they moved stay where they are)."""
         state = self.workdir / f"{name}.state.json"
         state.unlink(missing_ok=True)
         log = self.workdir / f"{name}.log"
         args = _cli("sidecar", "--scheduler", self.url, "--name", name, "--kv-blocks",
                     str(kv_blocks), "--block-bytes", str(block_bytes), "--poll-wait", "2",
-                    "--state-file", str(state), "--host", "loopback", *extra)
-        proc = Proc(_spawn(args, log), log, state)
+                    "--state-file", str(state), "--host", "loopback",
+                    "--fake-decode-ms", str(decode_ms), *extra)
+        proc = Proc(_spawn(args, log, SIDECAR_TOKEN if env is None else env), log, state)
         self.sidecars[name] = proc
         if wait:
             wait_for(lambda: self._serving(proc), START_TIMEOUT_S, f"sidecar {name}")
@@ -110,6 +124,14 @@ class Cluster:
             raise AssertionError(f"sidecar exited {proc.popen.returncode}:\n{proc.text()}")
         return proc.state_file is not None and proc.state_file.exists() and \
             proc.state()["state"] == "serving"
+
+    def free_blocks(self, name: str) -> int:
+        """A live worker's free KV blocks at the scheduler."""
+        found = [w["free_blocks"] for w in self.http.get(f"{self.url}/v1/workers").json()
+                 if w["registration"]["name"] == name]
+        assert found, f"{name} is not registered"
+        count: int = found[0]
+        return count
 
     def workers(self) -> list[str]:
         """Names of the live workers."""
@@ -148,7 +170,7 @@ def cluster(workdir: Path, *, mode: str = "READ", lease_ttl_s: float = 3.0,
     """A running scheduler; every process is stopped on exit."""
     port = free_port()
     env = {"TOPOSCHED_LEASE_TTL_S": str(lease_ttl_s), "TOPOSCHED_EXPIRE_INTERVAL_S": "0.2",
-           "TOPOSCHED_TRANSFER_DEADLINE_S": str(deadline_s)}
+           "TOPOSCHED_TRANSFER_DEADLINE_S": str(deadline_s), **SERVER_TOKENS}
     server = Proc(_spawn(_cli("serve", "--port", str(port), "--mode", mode),
                          workdir / "serve.log", env), workdir / "serve.log")
     url = f"http://127.0.0.1:{port}"

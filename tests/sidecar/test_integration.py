@@ -1,8 +1,9 @@
 """Real processes on loopback: a scheduler, sidecars with NIXL agents, real bytes moved.
 
-The destination sidecar's fake engine checks its whole pool byte for byte after every
-transfer (moved blocks hold the source's bytes, every other block its previous bytes)
-and reports ``verified``; the tests assert on those reports and on the records.
+The destination sidecar's fake engine checks, byte for byte after every transfer, the
+moved blocks (the source's bytes) and every block it still holds from earlier transfers
+(their bytes unchanged), and reports ``verified``; the tests assert on those reports
+and on the records.
 """
 
 from __future__ import annotations
@@ -43,7 +44,15 @@ def test_read_full_then_delta_moves_only_missing_blocks(tmp_path: Path) -> None:
         assert full["plan"]["initiator"] == "decode-0"
         assert full["plan"]["dst_blocks"] == list(range(8))   # from the free list
         assert full["plan"]["descriptors"] == 4                # one run × 4 regions
-        assert _report(full, "decode-0")["verified"] is True
+        initiator = _report(full, "decode-0")
+        assert initiator["verified"] is True
+        # The stages of the transfer, in order on one clock (one host): queued, handed to
+        # the long-poll, received by the sidecar, NIXL request created, done, reported.
+        stamps = [full["created_at"], full["delivered_at"], initiator["received_at"],
+                  initiator["started_at"], initiator["started_at"] + initiator["duration_s"],
+                  full["finished_at"]]
+        assert all(isinstance(t, float) for t in stamps), stamps
+        assert stamps == sorted(stamps), stamps
 
         # The decode side holds the first 8 blocks of a 12-block chain: move 4.
         response = c.submit(src="prefill-0", dst="decode-0", src_blocks=list(range(12)),
@@ -53,9 +62,24 @@ def test_read_full_then_delta_moves_only_missing_blocks(tmp_path: Path) -> None:
         assert delta["plan"]["src_blocks"] == [8, 9, 10, 11]
         assert delta["plan"]["dst_blocks"] == [8, 9, 10, 11]
         dst = _report(delta, "decode-0")
-        # verified covers the whole pool: blocks 0-7 kept the first transfer's bytes.
+        # verified covers the held blocks too: 0-7 kept the first transfer's bytes.
         assert dst["verified"] is True and dst["bytes"] == 4 * BLOCK
         assert _report(delta, "prefill-0")["outcome"] == "ok"
+
+
+def test_fake_engines_end_their_requests_so_a_small_pool_serves_for_ever(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path, mode="READ") as c:
+        c.sidecar("prefill-0", kv_blocks=8, block_bytes=BLOCK)
+        c.sidecar("decode-0", kv_blocks=8, block_bytes=BLOCK, decode_ms=50)
+        for i in range(6):  # 24 blocks through a pool of 8
+            assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0, 1, 2, 3],
+                            plan_id=f"turn-{i}").status_code == 201
+            record = c.finished(f"turn-{i}")
+            assert record["state"] == "done"
+            wait_for(lambda: c.free_blocks("decode-0") == 8, 10,
+                     "the decode request to end and its blocks to come back")
+            assert c.transfer(f"turn-{i}")["dst_released"] is True
 
 
 def test_write_mode_scattered_blocks_and_clean_shutdown(tmp_path: Path) -> None:

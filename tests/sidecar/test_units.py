@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import httpx
 import numpy as np
@@ -59,13 +60,43 @@ def test_fake_engine_verifies_received_blocks_byte_for_byte() -> None:
     assert engine.mismatches(range(64)) == [6]
 
 
-def test_fake_engine_notices_an_untouched_block_that_changed() -> None:
-    pool = KvPool(num_blocks=64, block_bytes=4096)
-    engine = FakeEngine(pool, "decode-0")
-    pool.write(0, 40, pattern("x", 0, 0, 4096))
-    p = plan(src_blocks=(0,), dst_blocks=(5,))
-    pool.write(0, 5, pattern("prefill-0", 0, 0, 4096))
-    assert engine.on_received(p) is False
+def _receive(engine: FakeEngine, src_blocks: tuple[int, ...], dst_blocks: tuple[int, ...],
+             plan_id: str = "req-1") -> bool | None:
+    p = plan(src_blocks=src_blocks, dst_blocks=dst_blocks, plan_id=plan_id)
+    for src, dst in zip(src_blocks, dst_blocks, strict=True):
+        engine.pool.write(0, dst, pattern("prefill-0", src, 0, 4096))
+    return engine.on_received(p)
+
+
+def test_fake_engine_notices_a_held_block_that_changed() -> None:
+    engine = FakeEngine(KvPool(num_blocks=64, block_bytes=4096), "decode-0")
+    assert _receive(engine, (0,), (5,)) is True
+    engine.pool.write(0, 5, pattern("x", 0, 0, 4096))  # held by a running request
+    assert _receive(engine, (1,), (6,), "req-2") is False
+
+
+def test_fake_engine_ignores_free_blocks_another_transfer_may_be_writing() -> None:
+    engine = FakeEngine(KvPool(num_blocks=64, block_bytes=4096), "decode-0")
+    engine.pool.write(0, 40, pattern("x", 0, 0, 4096)[:2048].repeat(2))  # half written
+    assert _receive(engine, (0,), (5,)) is True
+    assert engine.held == {5}
+
+
+def test_fake_engine_ends_its_requests_and_releases_their_blocks() -> None:
+    released: list[str] = []
+    ended = threading.Event()
+
+    def release(p: object) -> None:
+        released.append(p.plan_id)
+        ended.set()
+    engine = FakeEngine(KvPool(num_blocks=64, block_bytes=4096), "decode-0", decode_s=0.01)
+    engine.set_release(release)
+    assert _receive(engine, (0, 1), (5, 6)) is True
+    assert ended.wait(5.0) and released == ["req-1"]
+    assert engine.held == set()
+    never = FakeEngine(KvPool(num_blocks=8, block_bytes=4096), "decode-1", decode_s=None)
+    never.set_release(release)
+    assert _receive(never, (0,), (5,)) is True and never.held == {5}
 
 
 def test_config_round_trips_through_its_flags() -> None:

@@ -75,7 +75,7 @@ def test_lldp_places_nics_and_rails_are_discovered(dgx_pair: FabricSpec) -> None
     assert host.nic("mlx5_6").leaf == "leaf-r4" and host.nic("mlx5_6").port == "swp18s0"
     rails = {leaf.name: leaf.rail for leaf in dgx_pair.leaves}
     assert rails == {f"leaf-r{i}": i for i in range(8)}
-    assert any("discovered by LLDP" in w for w in dgx_pair.warnings)
+    assert any("were discovered (LLDP, ibnetdiscover)" in w for w in dgx_pair.warnings)
 
 
 def test_merged_hosts_answer_distances(dgx_pair: FabricSpec) -> None:

@@ -88,7 +88,9 @@ def test_eks_p5_exact_values() -> None:
     assert first.model_dump(exclude={"labels", "network_layers"}) == {
         "name": names[0], "hostname": names[0], "region": "us-east-2", "zone": "us-east-2b",
         "gce_block": None, "gce_subblock": None, "gce_host": None, "nvlink_clique": None,
-        "gpu_count": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3"}
+        "gpu_count": 8, "gpu_product": "NVIDIA-H100-80GB-HBM3",
+        "provider_id": "aws:///us-east-2b/i-0a1b2c3d4e5f60718"}
+    assert first.instance_id == "i-0a1b2c3d4e5f60718"
     assert first.labels["topology.k8s.aws/zone-id"] == "use2-az2"
     assert len(first.labels) == 24
     assert {n.gpu_count for n in nodes.nodes} == {8}

@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.cli.main import run
-from tests.api.service_builders import WORKER, bearer, make_app, worker_json
+from tests.api.service_builders import MOONCAKE_BLOCKS, WORKER, bearer, make_app, worker_json
 from topology.build import build_fabric
 from topology.distance import DistanceModel
 from topology.inventory import load_inventory
@@ -87,7 +87,7 @@ def test_a_loaded_fabric_round_trips(inventory: Path, tmp_path: Path) -> None:
 
 @pytest.fixture
 def client() -> Iterator[TestClient]:
-    with TestClient(make_app()) as test_client:
+    with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as test_client:
         yield test_client
 
 
@@ -110,7 +110,10 @@ def test_the_service_builds_routes_and_prices_it(client: TestClient) -> None:
         answer = client.post("/v1/workers", json=worker_json(name, role, [f"{host}/gpu0"]),
                              headers=bearer(WORKER))
         assert answer.status_code == 201, answer.text
-    route = client.post("/v1/route", json={"block_hashes": [1, 2, 3], "model": "llama-3-70b"},
-                        headers=bearer(WORKER))
+    # a long prompt: prefilling it on the prefill worker and moving it wins
+    route = client.post("/v1/route", json={"block_hashes": list(range(1, 33)),
+                                           "model": "llama-3-70b"}, headers=bearer(WORKER))
     assert route.status_code == 200, route.text
-    assert route.json()["decision"]["transfer"]["tier"] == "same_pod"
+    decision = route.json()["decision"]
+    assert decision["mode"] == "disaggregated", decision
+    assert decision["transfer"]["tier"] == "same_pod"

@@ -10,8 +10,9 @@ import pytest
 
 from scheduler.kv import kv_bytes_per_token_per_gpu
 from scheduler.models_config import load_models
-from scheduler.placement import Placement, SolverOptions, check, place, prepare
+from scheduler.placement import Placement, SolverOptions, check, place, placer, prepare
 from scheduler.placement.assemble import assemble
+from scheduler.placement.bounds import analytic_bound_ms
 from scheduler.placement.greedy import greedy
 from scheduler.placement.problem import Problem
 from scheduler.placement.result import Role
@@ -160,3 +161,40 @@ def test_decomposed_solve_is_valid() -> None:
     _assert_sound(prepare(req), placement)
     assert placement.method in ("decomposed", "greedy")
     assert placement.status != "optimal"
+
+
+def test_greedy_at_the_bound_skips_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uniform cluster: greedy meets the lower bound, so CP-SAT never runs."""
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("CP-SAT ran although greedy met the bound")
+
+    monkeypatch.setattr(placer, "solve_cpsat", no_search)
+    monkeypatch.setattr(placer, "solve_decomposed", no_search)
+    placement = place(request())
+    assert placement.method == "greedy"
+    assert placement.status in ("optimal", "feasible")  # never "heuristic": it is proved
+    assert placement.gap <= 1 + SolverOptions().gap_tolerance
+    assert any("CP-SAT search was skipped" in note for note in placement.notes)
+
+
+def test_greedy_above_the_bound_still_searches() -> None:
+    fabric = synth_cluster(SynthParams(zones=2, pods_per_zone=2, racks_per_pod=2,
+                                       hosts_per_rack=4))
+    req = request(fabric=fabric, tp_prefill=2, tp_decode=2, prefill=45, decode=70,
+                  workload=workload(rate_rps=60.0))
+    problem = prepare(req)
+    assert _cost(problem, greedy(problem)) > analytic_bound_ms(problem) * 1.005
+    placement = place(req)
+    assert not any("CP-SAT search was skipped" in note for note in placement.notes)
+
+
+def test_greedy_that_moves_instances_does_not_skip_the_search() -> None:
+    """With a current placement, an equally cheap placement that moves less may exist."""
+    first = place(request())
+    moved = [i for i in first.instances if i.role == "decode"][:2]
+    current = first.model_copy(update={"instances": tuple(
+        i.model_copy(update={"role": "prefill" if i in moved else i.role})
+        for i in first.instances)})
+    placement = place(request(current=current))
+    skipped = any("CP-SAT search was skipped" in note for note in placement.notes)
+    assert not skipped or placement.moved == 0

@@ -16,11 +16,13 @@ MODELS = st.sampled_from([None, None, "m"])
 TIERS = st.sampled_from(["gpu", "gpu", "host"])
 CHAIN = st.lists(st.integers(0, 7), min_size=1, max_size=6)
 SEQ_STEP = st.sampled_from([1, 1, 1, 1, 0, -1, 2, 3])
+#: How an event reaches the index: a validated model, or its JSON wire form (fast decoder).
+VIA = st.sampled_from(["model", "json"])
 
 OPERATIONS = st.one_of(
-    st.tuples(st.just("store"), WORKERS, SEQ_STEP, CHAIN, TIERS, MODELS),
-    st.tuples(st.just("remove"), WORKERS, SEQ_STEP, CHAIN, TIERS, MODELS),
-    st.tuples(st.just("clear"), WORKERS, SEQ_STEP),
+    st.tuples(st.just("store"), WORKERS, SEQ_STEP, CHAIN, TIERS, MODELS, VIA),
+    st.tuples(st.just("remove"), WORKERS, SEQ_STEP, CHAIN, TIERS, MODELS, VIA),
+    st.tuples(st.just("clear"), WORKERS, SEQ_STEP, VIA),
     st.tuples(st.just("predict"), WORKERS, CHAIN, st.sampled_from([0.5, 1.0, 3.0]), MODELS),
     st.tuples(st.just("tick"), st.sampled_from([0.25, 0.5, 1.0, 2.0])),
     st.tuples(st.just("touch"), WORKERS, CHAIN, MODELS),
@@ -48,7 +50,7 @@ def _apply(op: tuple[Any, ...], idx: Any, ref: ReferenceIndex, clock: FakeClock)
                                  tier=op[4], model=op[5])
         else:
             event = AllBlocksCleared(worker=worker, seq=seq)
-        resync = idx.apply(event)
+        resync = idx.apply(event.model_dump_json().encode() if op[-1] == "json" else event)
         applied, gap = ref.check_seq(worker, seq)
         assert (resync is not None) == gap
         if applied and kind == "store":
@@ -101,5 +103,46 @@ def test_match_equals_brute_force(operations: list[tuple[Any, ...]],
         got = idx.match(chain, subset, model=model)
         assert set(got) == set(subset)
         assert all(got[w] == expected.get(w, got[w]) for w in subset)
-    assert idx.stats().entries == ref.entries()
+    stats = idx.stats()
+    assert stats.entries == ref.entries()
+    assert stats.gpu_entries == sum(1 for w in ref.workers.values()
+                                    for t in w.tiers.values() if t & GPU)
+    assert stats.host_entries == sum(1 for w in ref.workers.values()
+                                     for t in w.tiers.values() if t & HOST)
     assert set(idx.workers()) == set(ref.workers)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    stores=st.lists(st.tuples(st.integers(0, 299), st.lists(st.integers(0, 5), min_size=1,
+                                                             max_size=5)), max_size=80),
+    removals=st.lists(st.tuples(st.integers(0, 299), st.lists(st.integers(0, 5), min_size=1,
+                                                               max_size=3)), max_size=20),
+    capacity=st.sampled_from([None, 2]),
+    queries=st.lists(CHAIN, min_size=1, max_size=4),
+)
+def test_wide_clusters_match_brute_force(stores: list[tuple[int, list[int]]],
+                                         removals: list[tuple[int, list[int]]],
+                                         capacity: int | None, queries: list[list[int]]) -> None:
+    """300 workers: masks wider than a machine word, cached whole-cluster results."""
+    idx = index(max_entries=None, worker_capacity=capacity)
+    ref = ReferenceIndex(max_entries=None, worker_capacity=capacity)
+    seqs: dict[str, int] = {}
+    for w in range(300):  # every worker known, as in a cluster
+        idx.set_capacity(f"w{w}", capacity)
+        ref.set_capacity(f"w{w}", capacity)
+    ops = [("store", *s) for s in stores] + [("remove", *r) for r in removals]
+    for kind, w, chain in sorted(ops, key=lambda op: hash((op[1], tuple(op[2]))) % 97):
+        name = f"w{w}"
+        seqs[name] = seqs.get(name, -1) + 1
+        cls = BlockStored if kind == "store" else BlockRemoved
+        idx.apply(cls(worker=name, seq=seqs[name], block_hashes=tuple(chain)))
+        ref.check_seq(name, seqs[name])
+        if kind == "store":
+            ref.store(name, chain, GPU, None)
+            ref.enforce(name)
+        else:
+            ref.remove(name, chain, GPU, None)
+        assert idx.match(queries[0]) == ref.match(queries[0], 0.0, None)
+    for chain in queries:
+        assert idx.match(chain) == ref.match(chain, 0.0, None)

@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 
 from policies.snapshot import CycleContext, Worker
-from scheduler.router.cost import FabricCostModel, PairTable
+from scheduler.router.cost import MIN_ROWS, FabricCostModel, FabricRows, PairTable
 from scheduler.router.router import Router
 from tests.scheduler.router.builders import (
     CROSS_ZONE,
@@ -48,8 +48,8 @@ def test_pair_costs_are_the_documented_formula() -> None:
     uncached = np.maximum(120 - ctx.cached * snap.block_tokens, 0)
     queue, compute = snap.queued[prefill] / rate, uncached[prefill] / rate
     nbytes = (uncached[decode] * snap.kv_bytes_per_token).astype(np.float64)
-    grid = np.ix_(prefill, decode)
-    seconds = table.latency_s[grid] + nbytes / (table.bandwidth[grid] * 1e9 * table.lanes[grid])
+    tier, latency, bandwidth, lanes = table.figures(prefill, decode)
+    seconds = latency + nbytes / (bandwidth * 1e9 * lanes)
     transfer = np.where(nbytes > 0, seconds, 0.0)
     transfer[1, 0] = 0.0  # "b" to itself moves nothing
     running = snap.running[decode].astype(np.float64)
@@ -60,7 +60,7 @@ def test_pair_costs_are_the_documented_formula() -> None:
     assert np.array_equal(got.transfer_s, transfer)
     assert np.array_equal(got.admission_s, admission)
     assert np.array_equal(got.total_s, (queue + compute)[:, None] + transfer + admission)
-    assert np.array_equal(got.tier, table.tier[grid])
+    assert np.array_equal(got.tier, tier)
     local = (snap.queued[decode] / snap.prefill_rate[decode]
              + uncached[decode] / snap.prefill_rate[decode] + admission)
     assert np.array_equal(model.local_costs(ctx, decode), local)
@@ -104,9 +104,10 @@ def test_the_router_keeps_its_pair_table_while_the_workers_gpus_hold() -> None:
     moved[2] = replace(moved[2], gpus=(SAME_RAIL.replace("gpu0", "gpu3"),))
     other = router.cost_model(snapshot(moved))
     assert other is not model
-    expected = PairTable(fabric(), moved)
-    assert np.array_equal(other.table.latency_s, expected.latency_s)
-    assert np.array_equal(other.table.lanes, expected.lanes)
+    everyone = np.arange(len(moved), dtype=np.int64)
+    for got, want in zip(other.table.figures(everyone, everyone),
+                         PairTable(fabric(), moved).figures(everyone, everyone), strict=True):
+        assert np.array_equal(got, want)
     assert router.cost_model(snap) is not other  # back to the first GPUs: rebuilt again
 
 
@@ -115,24 +116,50 @@ def test_pair_table_key_is_the_gpus_in_order() -> None:
     assert PairTable.key(workers) == tuple(w.gpus for w in workers)
 
 
+def _grid(table: PairTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    everyone = np.arange(len(table.gpu), dtype=np.int64)
+    tier, latency, bandwidth, _ = table.figures(everyone, everyone)
+    return tier, latency, bandwidth
+
+
 def test_calibrated_tier_factors_scale_the_pair_figures_and_can_be_undone() -> None:
     router = Router(fabric(), policy())
     snap = snapshot(_workers())
     table = router.cost_model(snap).table
-    base_lat, base_bw = table.latency_s.copy(), table.bandwidth.copy()
+    tier, base_lat, base_bw = _grid(table)
     slow = Tier.from_label("cross_zone")
     assert router.set_tier_scales({"cross_zone": (2.0, 0.25)})
     assert not router.set_tier_scales({"cross_zone": (2.0, 0.25)})  # unchanged: no work
-    hit = table.tier == int(slow)
+    _, lat, bw = _grid(table)
+    hit = tier == int(slow)
     assert hit.any() and (~hit).any()
-    assert np.allclose(table.latency_s[hit], base_lat[hit] * 2.0)
-    assert np.allclose(table.bandwidth[hit], base_bw[hit] * 0.25)
-    assert np.array_equal(table.bandwidth[~hit], base_bw[~hit])
+    assert np.allclose(lat[hit], base_lat[hit] * 2.0)
+    assert np.allclose(bw[hit], base_bw[hit] * 0.25)
+    assert np.array_equal(bw[~hit], base_bw[~hit])
+    assert table.pair(0, 2)[2] == bw[0, 2]  # the scalar path agrees
     moved = _workers()
     moved[3] = replace(moved[3], gpus=(SAME_RAIL.replace("gpu0", "gpu3"),))
-    fresh = router.cost_model(snapshot(moved)).table  # a new table gets the factors too
-    far = fresh.tier == int(slow)
+    fresh_tier, _, fresh_bw = _grid(router.cost_model(snapshot(moved)).table)  # a new table
+    far = fresh_tier == int(slow)
     assert far.any()
-    assert np.allclose(fresh.bandwidth[far], PairTable(fabric(), moved).bandwidth[far] * 0.25)
+    assert np.allclose(fresh_bw[far], _grid(PairTable(fabric(), moved))[2][far] * 0.25)
     assert router.set_tier_scales({})
-    assert np.array_equal(router.cost_model(snap).table.bandwidth, base_bw)
+    assert np.array_equal(_grid(router.cost_model(snap).table)[2], base_bw)
+
+
+def test_pair_figures_need_memory_linear_in_workers_and_survive_row_eviction() -> None:
+    distance = fabric()
+    rows = FabricRows(distance, budget_bytes=0)  # the minimum: rows get evicted
+    assert rows.capacity == MIN_ROWS < len(distance.names)
+    workers = [worker(f"w{i}", gpu=name) for i, name in enumerate(distance.names)]
+    table, alone = PairTable(distance, workers, rows), PairTable(distance, workers)
+    everyone = np.arange(len(workers), dtype=np.int64)
+    for start in range(0, len(workers), MIN_ROWS // 2):
+        some = everyone[start:start + MIN_ROWS // 2]
+        for got, want in zip(table.figures(some, everyone), alone.figures(some, everyone),
+                             strict=True):
+            assert np.array_equal(got, want)
+    assert rows.tier.shape == (MIN_ROWS, len(distance.names))
+    tier, latency, bandwidth, lanes = alone.figures(everyone[5:6], everyone[77:78])
+    assert table.pair(5, 77) == (int(tier[0, 0]), float(latency[0, 0]), float(bandwidth[0, 0]),
+                                 int(lanes[0, 0]))

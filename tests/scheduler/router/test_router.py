@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scheduler.router.cost import CostParams
 from scheduler.router.router import Decision, Router, Unschedulable
 from tests.scheduler.router.builders import (
     BLOCK,
@@ -17,7 +19,9 @@ from tests.scheduler.router.builders import (
     SAME_RAIL_2,
     SOURCE,
     chain,
+    context,
     fabric,
+    index_with,
     policy,
     router,
     snapshot,
@@ -226,3 +230,43 @@ def test_pruning_keeps_the_exhaustive_optimum_within_reach(seed: int) -> None:
     assert pruned.considered <= full.considered
     assert full.estimate.total_s <= pruned.estimate.total_s * (1 + 1e-9)
     assert pruned.estimate.total_s <= full.estimate.total_s * 1.25
+
+
+# -- the decode side's price ---------------------------------------------------------------
+
+
+def test_a_busy_decode_worker_holding_the_prefix_loses_to_an_idle_one() -> None:
+    # The prefix on "busy" saves a few milliseconds of transfer; its 40 running requests
+    # would each be slowed, and the newcomer's every token too: the idle worker wins.
+    hashes = chain(40)
+    snap = snapshot([worker("p", "prefill", SOURCE),
+                     worker("busy", "decode", SAME_RAIL, running_requests=40,
+                            free_kv_blocks=60_000),
+                     worker("idle", "decode", SAME_RAIL_2)])
+    decision = _decided(router(cached={"p": hashes, "busy": hashes}).route(
+        {"block_hashes": hashes}, snap))
+    assert decision.decode.worker == "idle" and decision.mode == "disaggregated"
+    # with the decode side priced at zero, the cache holder wins again (the old behaviour)
+    blind = Router(fabric(), policy(), index=index_with({"p": hashes, "busy": hashes}),
+                   cost=CostParams(decode_weight=0.0, kv_pressure_s=0.0, stall_weight=0.0))
+    assert _decided(blind.route({"block_hashes": hashes}, snap)).decode.worker == "busy"
+
+
+def test_local_prefill_is_refused_where_it_would_stall_a_full_batch() -> None:
+    hashes = chain(40)
+    idle = snapshot([worker("p", "prefill", SOURCE), worker("d", "decode", SAME_RAIL)])
+    cached = {"d": hashes[:30]}
+    assert _decided(router(cached=cached).route(
+        {"block_hashes": hashes}, idle)).mode == "local-prefill"
+    busy = snapshot([worker("p", "prefill", SOURCE),
+                     worker("d", "decode", SAME_RAIL, running_requests=64)])
+    decision = _decided(router(cached=cached).route({"block_hashes": hashes}, busy))
+    assert decision.mode == "disaggregated" and decision.prefill.worker == "p"
+
+
+def test_kv_occupancy_past_the_watermark_is_priced() -> None:
+    snap = snapshot([worker("roomy", "decode", SAME_RAIL),
+                     worker("full", "decode", SAME_RAIL_2, free_kv_blocks=5_000)])
+    ctx = context(snap, chain(4))
+    costs = ctx.cost.decode_costs(ctx, np.arange(2))
+    assert costs[1] - costs[0] > 0.9 * CostParams().kv_pressure_s

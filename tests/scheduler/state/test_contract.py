@@ -20,11 +20,11 @@ def job(plan_id: str = "req-1", *, kind: str = "abort", reason: str | None = "te
     return TransferJob.model_validate({"kind": kind, "plan_id": plan_id, "reason": reason})
 
 
-def record(plan_id: str = "req-1", *, state: str = "pending", created_at: float = 1.0
-           ) -> TransferRecord:
+def record(plan_id: str = "req-1", *, state: str = "pending", created_at: float = 1.0,
+           not_after: float = 2_000.0) -> TransferRecord:
     """A transfer record between prefill-0 and decode-0."""
-    return TransferRecord.model_validate({"plan": plan(plan_id=plan_id), "state": state,
-                                          "created_at": created_at})
+    return TransferRecord.model_validate({"plan": plan(plan_id=plan_id, not_after=not_after),
+                                          "state": state, "created_at": created_at})
 
 
 # -- workers and leases -------------------------------------------------------------
@@ -154,6 +154,25 @@ def test_quarantined_blocks_return_only_when_the_clock_reaches_their_time(
     backend.run(body)
 
 
+def test_releases_meant_for_an_earlier_registration_are_ignored(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0", num_blocks=8), 100.0)
+        await store.allocate_blocks("w0", 4)
+        await store.release_blocks_at("w0", [0, 1], clock.now + 5.0, epoch=1)
+        await store.register_worker(registration("w0", num_blocks=8), 100.0)  # epoch 2
+        assert await store.allocate_blocks("w0", 2) == [0, 1]  # in use by epoch 2 now
+        assert await store.release_blocks("w0", [0], epoch=1) is False
+        clock.advance(6.0)
+        await store.expire()
+        assert (await store.get_worker("w0")).free_blocks == 6, "epoch 1's quarantine " \
+            "must not free the blocks epoch 2 handed out"
+        assert await store.release_blocks("w0", [0], epoch=2) is True
+        assert await store.release_blocks("w0", [1]) is True  # no epoch: any
+        assert (await store.get_worker("w0")).free_blocks == 8
+        assert await store.release_blocks("ghost", [1]) is False
+    backend.run(body)
+
+
 # -- jobs ---------------------------------------------------------------------------
 
 
@@ -249,6 +268,38 @@ def test_starting_a_transfer_stores_it_and_queues_its_jobs_all_or_nothing(
         with pytest.raises(NotFoundError):
             await store.get_transfer("req-2")
         assert await store.wait_jobs("decode-0", 0) == []
+    backend.run(body)
+
+
+def test_a_record_is_replaced_only_at_the_version_it_was_read_at(backend: Backend) -> None:
+    async def body(a: Any, b: Any, clock: FakeClock) -> None:
+        await a.put_transfer(record())
+        got, version = await b.read_transfer("req-1")
+        assert (got, version) == (record(), 1)
+        assert await a.replace_transfer(record(state="done"), version) == 2
+        assert await b.replace_transfer(record(state="failed"), version) is None  # too late
+        assert await b.read_transfer("req-1") == (record(state="done"), 2)
+        assert await b.transfers_of("decode-0") == []
+        with pytest.raises(NotFoundError):
+            await a.replace_transfer(record("nope"), 1)
+        with pytest.raises(NotFoundError):
+            await a.read_transfer("nope")
+    backend.run(body, replicas=2)
+
+
+def test_due_transfers_are_the_pending_ones_past_their_deadline(backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("prefill-0"), 100.0)
+        await store.register_worker(registration("decode-0"), 100.0)
+        for plan_id, not_after in (("late", 30.0), ("early", 10.0), ("mid", 20.0)):
+            await store.start_transfer(record(plan_id, not_after=not_after), [])
+        assert await store.due_transfers(5.0) == []
+        assert await store.due_transfers(20.0) == ["early", "mid"]
+        assert await store.due_transfers(20.0) == ["early", "mid"], "due until they end"
+        assert await store.due_transfers(99.0, limit=1) == ["early"]
+        _, version = await store.read_transfer("early")
+        await store.replace_transfer(record("early", state="expired", not_after=10.0), version)
+        assert await store.due_transfers(99.0) == ["mid", "late"]
     backend.run(body)
 
 

@@ -1,0 +1,55 @@
+"""The load one gateway request holds, given back as each engine is done with it.
+
+Reserved when the request is routed, as one reservation (:mod:`api.load`) owned by this
+replica, all or nothing and shared across replicas through the store: the prefill
+engine's uncached prompt tokens and one request, the decode engine's one request
+(decode-only: the uncached tokens too). The prefill part goes back when the prefill
+leg ends, the rest when the response ends, fails or the client leaves — every path
+through :mod:`api.gateway.relay` ends in :meth:`Held.release_all`. Should this replica
+die first, its owner lease lapses and the sweep closes the reservation.
+"""
+
+from __future__ import annotations
+
+from api.gateway.decide import Route
+from api.load import new_reservation_id, reserve
+from scheduler.state.reservations import LoadItem, LoadStore
+
+
+def reservations_of(route: Route) -> tuple[LoadItem | None, LoadItem]:
+    """(prefill part or None, decode part) of ``route``."""
+    uncached = route.uncached_tokens
+    if route.prefill is None:
+        return None, LoadItem(worker=route.decode.name, tokens=uncached, requests=1)
+    return (LoadItem(worker=route.prefill.name, tokens=uncached, requests=1),
+            LoadItem(worker=route.decode.name, tokens=0, requests=1))
+
+
+class Held:
+    """Reserved load of one request; each part is released once."""
+
+    def __init__(self, loads: LoadStore, route: Route, *, owner: str, ttl_s: float) -> None:
+        """Not reserved yet: call :meth:`reserve`."""
+        self.loads, self.owner, self.ttl_s = loads, owner, ttl_s
+        self.id = new_reservation_id()
+        self.prefill: LoadItem | None
+        self.decode: LoadItem | None
+        self.prefill, self.decode = reservations_of(route)
+
+    async def reserve(self) -> None:
+        """Reserve both parts in one store step (unschedulable when a side is full)."""
+        items = [r for r in (self.prefill, self.decode) if r is not None]
+        await reserve(self.loads, self.id, self.owner, items, self.ttl_s)
+
+    async def release_prefill(self) -> None:
+        """The prefill leg ended."""
+        part, self.prefill = self.prefill, None
+        if part is not None:
+            await self.loads.close_reservation(self.id, [part.worker])
+
+    async def release_all(self) -> None:
+        """The request ended (any way)."""
+        if self.prefill is None and self.decode is None:
+            return
+        self.prefill = self.decode = None
+        await self.loads.close_reservation(self.id)

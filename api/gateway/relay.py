@@ -1,0 +1,266 @@
+"""One OpenAI request through the gateway, end to end.
+
+parse → token ids → route (pair, conditional disaggregation) → reserve load → the
+engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte for byte →
+release load → record the phases by tier. An engine that cannot be reached is taken
+out of routing and the request is routed again without it (up to
+:data:`MAX_ATTEMPTS` routes); a client that leaves cancels every leg still running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Mapping
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from api.gateway.decide import LOCAL, PairChooser, Route
+from api.gateway.instances import InstancePool
+from api.gateway.load import Held
+from api.gateway.tokens import PromptTokens, Tokens
+from api.runtime import Runtime
+from api.service import ServiceState
+from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
+from scheduler.router.router import RouteRequest, Unschedulable
+from scheduler.telemetry.handoff import Handoff
+from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
+
+log = logging.getLogger(__name__)
+#: Routes tried for one request before giving up (each try excludes the engines found
+#: unreachable by the ones before).
+MAX_ATTEMPTS = 3
+#: Status sent (to the log and metrics; the client is gone) for a cancelled request.
+CLIENT_CLOSED = 499
+
+
+class ClientGoneError(Exception):
+    """The client closed the connection before the answer started."""
+
+
+class Gateway:
+    """The gateway's shared parts: instances, tokenizer, pair chooser, engine client."""
+
+    def __init__(self, runtime: Runtime, services: ServiceState, pool: InstancePool,
+                 tokens: Tokens, client: httpx.AsyncClient, *, min_uncached_tokens: int,
+                 lease_s: float, reservation_ttl_s: float = 600.0,
+                 engine_headers: Mapping[str, str] | None = None) -> None:
+        """Wire the gateway to the app's runtime and services."""
+        self.reservation_ttl_s = reservation_ttl_s
+        self.runtime, self.services, self.pool = runtime, services, pool
+        self.tokens, self.client = tokens, client
+        tokens.unreachable = lambda name: self._out_of_routing({name}, "tokenize")
+        self.chooser = PairChooser(min_uncached_tokens)
+        self.lease_s = lease_s
+        self.engine_headers = dict(engine_headers or {})
+
+    async def handle(self, request: Request, path: str) -> Response:
+        """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
+        body = parse_body(await request.body(), path)
+        model: str = body["model"]
+        if not self.pool.serving(model):
+            raise NotFoundError("model", model, "served: " + (", ".join(self.pool.models)
+                                                              or "none"))
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        tokens = await self.tokens.of(body, self.pool.routable(model))
+        exclude: set[str] = set()
+        for _ in range(MAX_ATTEMPTS):
+            route = await self._route(model, tokens, request_id, frozenset(exclude))
+            answer = await self._attempt(request, route, body, path, request_id)
+            if isinstance(answer, Response):
+                return answer
+            exclude |= answer
+        raise UnschedulableError([f"engines unreachable: {', '.join(sorted(exclude))}"])
+
+    async def _route(self, model: str, tokens: PromptTokens, request_id: str,
+                     exclude: frozenset[str]) -> Route:
+        fabric = self.services.fabric
+        if fabric is None:
+            raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
+        instances = self.pool.routable(model, exclude)
+        if not instances:
+            raise UnschedulableError([f"no instance of {model} is in routing "
+                                      f"(out: {', '.join(self.pool.quarantined()) or '-'})"])
+        loads = await self.runtime.loads.loads()
+        request = RouteRequest(request_id=request_id[:256], model=model,
+                               token_ids=list(tokens.ids), prompt_tokens=tokens.count)
+        result = self.chooser.choose(fabric, instances, loads, request, tokens.count)
+        if isinstance(result, Unschedulable):
+            raise UnschedulableError(list(result.reasons))
+        return result
+
+    async def _attempt(self, request: Request, route: Route, body: dict[str, Any], path: str,
+                       request_id: str) -> Response | set[str]:
+        """The relayed answer, or the engines found unreachable (route again)."""
+        held = Held(self.runtime.loads, route, owner=self.runtime.replica_id,
+                    ttl_s=self.reservation_ttl_s)
+        await held.reserve()
+        timeline = Timeline()
+        plan = LegPlan(path=path, body=body, request_id=request_id, decode=route.decode,
+                       prefill=route.prefill, lease_s=self.lease_s, headers=self.engine_headers)
+        protocol = protocol_for(route.decode.engine)
+        try:
+            answer = await until_disconnect(request.receive,
+                                            protocol.open(self.client, plan, timeline))
+        except EngineUnreachableError as exc:
+            await held.release_all()
+            gone = {exc.engine, *timeline.unreachable}
+            self._out_of_routing(gone, exc.detail)
+            self._record(route, timeline, "engine-error")
+            return gone
+        except ClientGoneError:
+            await held.release_all()
+            self._record(route, timeline, "cancelled")
+            return Response(status_code=CLIENT_CLOSED)
+        except BaseException:
+            await held.release_all()
+            raise
+        self._out_of_routing(set(timeline.unreachable), "prefill leg")
+        await held.release_prefill()
+        return RelayResponse(answer, route, held, self)
+
+    def _out_of_routing(self, names: set[str], detail: str) -> None:
+        for name in names:
+            log.warning("engine %s unreachable (%s): out of routing for %.0f s", name, detail,
+                        self.pool.quarantine_s)
+            self.pool.quarantine(name)
+
+    def _record(self, route: Route, timeline: Timeline, outcome: str) -> None:
+        moved = timeline.disaggregated
+        mode = "fallback" if timeline.fallback else route.mode
+        tier = route.tier if moved else LOCAL
+        self.runtime.telemetry.handoff.record(Handoff(
+            tier=tier, mode=mode, outcome=outcome, prefill_s=timeline.prefill_s,
+            handoff_s=timeline.handoff_s if moved else None,
+            decode_ttft_s=timeline.decode_ttft_s,
+            kv_bytes=route.decision.transfer.bytes if moved and outcome == "ok" else 0,
+            src_domain=self.runtime.domain_of(route.prefill.gpu_names) if route.prefill
+            else "unknown", dst_domain=self.runtime.domain_of(route.decode.gpu_names)))
+
+
+class RelayResponse(Response):
+    """Streams an engine's answer to the client as it arrives, ends every leg when the
+    client leaves, and gives the request's load back however it ends."""
+
+    def __init__(self, answer: UpstreamAnswer, route: Route, held: Held,
+                 gateway: Gateway) -> None:
+        """Relay ``answer`` (headers: the engine's content type and the decision's)."""
+        self.answer, self.route, self.held, self.gateway = answer, route, held, gateway
+        self.status_code, self.background = answer.status_code, None
+        self.init_headers(explain(route, answer.timeline, answer.response.headers))
+        self.outcome = "ok" if answer.status_code < 400 else (
+            "client-error" if answer.status_code < 500 else "engine-error")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Send the head, then the body chunk by chunk until the end or a disconnect."""
+        try:
+            await send({"type": "http.response.start", "status": self.status_code,
+                        "headers": self.raw_headers})
+            await until_disconnect(receive, self._pump(send))
+        except ClientGoneError:
+            self.outcome = "cancelled"
+        finally:
+            await self.answer.aclose()
+            await self.held.release_all()
+            self.gateway._record(self.route, self.answer.timeline, self.outcome)
+
+    async def _pump(self, send: Send) -> None:
+        sse = (self.answer.media_type or "").startswith("text/event-stream")
+        try:
+            async for chunk in self.answer.chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except httpx.TransportError as exc:
+            self.outcome = "engine-error"
+            self.gateway._out_of_routing({self.route.decode.name}, type(exc).__name__)
+            if sse:
+                await send({"type": "http.response.body", "more_body": True,
+                            "body": _sse_error(f"decode engine {self.route.decode.name} "
+                                               f"failed mid-stream ({type(exc).__name__})")})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
+    """``work``'s result; raises :class:`ClientGoneError` (cancelling ``work``) when the
+    client disconnects first."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    finally:
+        watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        late = await task
+        if isinstance(late, UpstreamAnswer):
+            await late.aclose()
+    raise ClientGoneError
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+def explain(route: Route, timeline: Timeline, upstream: httpx.Headers) -> dict[str, str]:
+    """The response headers: the engine's content type and the decision, explained."""
+    mode = "decode-only" if timeline.fallback else route.mode
+    headers = {
+        "x-toposched-decode": route.decode.name,
+        "x-toposched-prefill": route.prefill.name if timeline.disaggregated and route.prefill
+        else "-",
+        "x-toposched-mode": mode,
+        "x-toposched-tier": route.tier if timeline.disaggregated else LOCAL,
+        "x-toposched-prompt-tokens": str(route.prompt_tokens),
+        "x-toposched-decode-cached-tokens": str(route.decode_cached_tokens),
+        "x-toposched-reason": _ascii(timeline.fallback or route.reason),
+        "x-toposched-request-id": _ascii(route.decision.request_id)}
+    if timeline.prefill_s is not None:
+        headers["x-toposched-prefill-ms"] = f"{timeline.prefill_s * 1e3:.2f}"
+    for name in ("content-type", "content-length"):
+        if name in upstream:
+            headers[name] = upstream[name]
+    return headers
+
+
+def _ascii(text: str) -> str:
+    return text.encode("ascii", "replace").decode()[:512]
+
+
+def _sse_error(message: str) -> bytes:
+    payload = {"error": {"message": message, "type": "engine_error", "code": 502}}
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+def parse_body(raw: bytes, path: str) -> dict[str, Any]:
+    """The request's JSON object, checked as far as routing needs (422 naming fields)."""
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise ValidationError(path, [Issue("body", f"not JSON: {exc}")]) from None
+    if not isinstance(body, dict):
+        raise ValidationError(path, [Issue("body", "must be a JSON object")])
+    issues = []
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        issues.append(Issue("body.model", "required: the model's name (GET /v1/models)"))
+    prompt_field = "messages" if path.endswith("chat/completions") else "prompt"
+    if prompt_field not in body:
+        issues.append(Issue(f"body.{prompt_field}", "required"))
+    if prompt_field == "messages" and not isinstance(body.get("messages"), list):
+        issues.append(Issue("body.messages", "must be a list of chat messages"))
+    if "stream" in body and not isinstance(body["stream"], bool):
+        issues.append(Issue("body.stream", "must be true or false"))
+    if issues:
+        raise ValidationError(path, issues)
+    return body

@@ -1,0 +1,73 @@
+"""OpenAI-compatible endpoints of the gateway: completions, chat completions, models.
+
+Bodies are the OpenAI API's (and the engines' extensions, passed through untouched);
+answers are the decode engine's, streamed as they arrive, with the routing decision
+in ``x-toposched-*`` headers. Errors of the gateway itself are problem+json (422 bad
+body, 404 unknown model, 503 nothing routable, with ``Retry-After``); errors the
+engines answer pass through as they are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from api.gateway.relay import Gateway
+from api.security import TokenAuth
+
+_BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
+    "type": "object", "required": ["model"], "additionalProperties": True,
+    "properties": {"model": {"type": "string"}, "stream": {"type": "boolean"}}}}}}}
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "the engine's answer (JSON, or server-sent events when streaming)"},
+    404: {"description": "no instance serves the model"},
+    422: {"description": "invalid body (problem+json naming each field)"},
+    503: {"description": "no engine pair can take the request now (Retry-After)"}}
+
+
+async def _client(request: Request) -> None:
+    auth: TokenAuth = request.app.state.client_auth
+    auth.check(request.headers.get("authorization"), frozenset())
+
+
+router = APIRouter(tags=["openai"], dependencies=[Depends(_client)])
+
+
+def _gateway(request: Request) -> Gateway:
+    gateway: Gateway = request.app.state.gateway
+    return gateway
+
+
+@router.post("/v1/completions", openapi_extra=_BODY, responses=_ANSWERS)
+async def completions(request: Request) -> Response:
+    """A completion, run through the (prefill, decode) pair toposched picks."""
+    return await _gateway(request).handle(request, "/v1/completions")
+
+
+@router.post("/v1/chat/completions", openapi_extra=_BODY, responses=_ANSWERS)
+async def chat_completions(request: Request) -> Response:
+    """A chat completion, run through the (prefill, decode) pair toposched picks."""
+    return await _gateway(request).handle(request, "/v1/chat/completions")
+
+
+@router.get("/v1/models")
+async def models(request: Request) -> dict[str, Any]:
+    """The models some engine instance serves (OpenAI's list shape)."""
+    pool = _gateway(request).pool
+    return {"object": "list", "data": [
+        {"id": model, "object": "model", "created": 0, "owned_by": "toposched",
+         "instances": len(pool.serving(model))} for model in pool.models]}
+
+
+@router.get("/v1/gateway/health")
+async def health(request: Request) -> dict[str, Any]:
+    """The engines the gateway routes to and which are out of routing now."""
+    pool = _gateway(request).pool
+    out = set(pool.quarantined())
+    engines = [{"name": i.name, "engine": i.engine, "role": i.role, "model": i.model,
+                "base_url": i.base_url, "in_routing": i.name not in out} for i in pool.all()]
+    ready = any(e["in_routing"] for e in engines)
+    return {"status": "ok" if ready and not out else ("degraded" if ready else "down"),
+            "engines": engines}

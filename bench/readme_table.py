@@ -1,0 +1,151 @@
+"""Rewrite the figures table of bench/README.md from the reports in bench/results.
+
+Run: ``.venv/bin/python bench/readme_table.py`` (after any benchmark). Only the lines
+between the ``<!-- figures -->`` markers change; every number comes from a report's
+JSON, so the table cannot drift from the reports.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"
+START, END = "<!-- figures -->", "<!-- /figures -->"
+Row = tuple[str, str, str, str, str, str]
+
+
+def _ratio(values: list[float]) -> str:
+    ordered = sorted(values)
+    mid = ordered[len(ordered) // 2] if len(ordered) % 2 else (
+        ordered[len(ordered) // 2 - 1] + ordered[len(ordered) // 2]) / 2
+    return f"{mid:.2f}× [{ordered[0]:.2f}–{ordered[-1]:.2f}]"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    if not path.exists():
+        return None
+    data: dict[str, Any] = json.loads(path.read_text())
+    return data if "environment" in data and "command" in data else None
+
+
+def _cond(data: dict[str, Any], key: str = "condition") -> str:
+    cond = data.get(key) or {}
+    load = (cond.get("load_before") or [float("nan")])[0]
+    return f"{cond.get('name', '?')} (load {load:.1f})"
+
+
+def prefix_rows(data: dict[str, Any]) -> Iterator[Row]:
+    labels = {"events": "stored events/s", "lookups": "raw lookups/s",
+              "route": "route-then-store req/s"}
+    for cond in data["conditions"]:
+        for scale in cond["scales"]:
+            for key, label in labels.items():
+                if key not in scale:
+                    continue
+                cmp_ = scale[key]
+                wall = _ratio(cmp_["paired_ratio_vs_first"]["toposched"]["values"])
+                cpu = _ratio(cmp_["paired_cpu_ratio_vs_first"]["toposched"]["values"])
+                yield ("prefix_index.md", f"{label}, {scale['workers']:,} workers",
+                       "Dynamo RadixTree", f"wall {wall}; CPU {cpu}",
+                       _cond(cond), data["command"])
+
+
+def _p50(side: dict[str, Any]) -> float:
+    return float(side["latency_seconds"]["p50"])
+
+
+def transfer_rows(data: dict[str, Any]) -> Iterator[Row]:
+    best = "bare NIXL (best: progress thread off)"
+    for row in data["throughput"]:
+        sides = row["sides"]
+        ratio = _p50(sides[best]) / _p50(sides["sidecar end-to-end"])
+        yield ("transfers.md", f"sidecar end-to-end throughput, {row['size_mib']} MiB",
+               "bare NIXL, best settings", f"{ratio:.2f}× (p50)", _cond(data),
+               data["command"])
+    for row in data["small"]:
+        cp = row["control_plane_seconds"]["p50"] * 1e3
+        yield ("transfers.md", f"control plane per transfer, {row['size']} (p50)",
+               "— (target ≤ 1 ms)", f"{cp:.2f} ms", _cond(data), data["command"])
+
+
+def placement_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for r in data["results"]:
+        t = r["timing"]["sides"]
+        slower = [p / g for p, g in zip(t["placer"]["wall_seconds"]["values"],
+                                        t["greedy"]["wall_seconds"]["values"], strict=True)]
+        cost = r["greedy"]["cost_ms"] / r["solver"]["cost_ms"]
+        yield ("placement.md", f"{r['scenario']}, {r['gpus']:,} GPUs: solve time "
+               f"({r['method']}), cost", "greedy (set-up counted on both sides)",
+               f"time {_ratio(slower)} of greedy's; greedy cost / solver cost {cost:.3f}",
+               _cond(data), data["command"])
+
+
+def topology_rows(data: dict[str, Any]) -> Iterator[Row]:
+    q = data["queries"]
+    for key, label in (("single", "single pair query"), ("rows", "one-vs-all pair query")):
+        values = q[key]["paired_ratio_vs_first"]["distance model"]["values"]
+        yield ("topology.md", f"{label}, {q['gpus']:,} GPUs (speed)",
+               f"dense precomputed table ({q['table_mb']:,.0f} MB)", _ratio(values),
+               _cond(data), data["command"])
+
+
+def router_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for row in data["latency"]:
+        base = row["sides"]["prefix-only"]["stages_seconds"]["cpu"]["p50"]
+        fc = row["sides"]["fabric-cost"]["stages_seconds"]["cpu"]
+        yield ("router.md", f"fabric-cost decision, {row['workers']:,} workers: CPU p50 / p99",
+               "prefix-only policy (CPU p50)",
+               f"{fc['p50'] * 1e6:.0f} / {fc['p99'] * 1e6:.0f} µs; {base / fc['p50']:.2f}×",
+               _cond(data), data["command"])
+
+
+def own_rows(name: str, what: str) -> Callable[[dict[str, Any]], Iterator[Row]]:
+    def rows(data: dict[str, Any]) -> Iterator[Row]:
+        yield (f"{name}.md", what, "— (absolute figures; see the report)", "—", _cond(data),
+               data["command"])
+    return rows
+
+
+SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
+    "prefix_index": prefix_rows, "transfers": transfer_rows, "placement": placement_rows,
+    "topology": topology_rows, "router": router_rows,
+    "route_http": own_rows("route_http", "route and report requests over HTTP"),
+    "state": own_rows("state", "memory vs Redis store operations, job delivery"),
+    "telemetry": own_rows("telemetry", "telemetry ingest and rendering"),
+    "replica_convergence": own_rows("replica_convergence", "convergence lag between replicas"),
+}
+
+
+def table() -> list[str]:
+    """The table's lines: one row per figure of every report written by the harness."""
+    lines = ["| report | figure | anchor | ratio (> 1: toposched better) | condition | "
+             "command |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, rows in SOURCES.items():
+        data = _load(name)
+        if data is None:
+            lines.append(f"| {name}.md | (not yet regenerated with the harness) | | | | |")
+            continue
+        lines += ["| " + " | ".join(cells[:5]) + f" | `{cells[5]}` |" for cells in rows(data)]
+    return lines
+
+
+def main() -> int:
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"{README}: no {START} … {END} markers", file=sys.stderr)
+        return 1
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    README.write_text(head + START + "\n" + "\n".join(table()) + "\n" + END + tail)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,45 @@
+"""Leg plumbing shared by the engine kinds: send one leg, translate transport errors."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from engines.pd.base import EngineEndpoint, EngineUnreachableError, LegPlan
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    """A JSON body as engines expect it (UTF-8, compact)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def describe(exc: httpx.TransportError) -> str:
+    """A transport failure in a few words, without the request's content."""
+    kind = type(exc).__name__
+    text = str(exc)
+    return f"{kind}: {text}" if text else kind
+
+
+async def send(client: httpx.AsyncClient, plan: LegPlan, engine: EngineEndpoint,
+               body: Mapping[str, Any], *, leg: str, stream: bool) -> httpx.Response:
+    """POST ``body`` to ``engine`` at the plan's path; an unreachable engine raises
+    :class:`EngineUnreachableError` (a streamed answer's body stays unread)."""
+    request = client.build_request(
+        "POST", plan.url(engine), content=encode(body),
+        headers={**plan.leg_headers(), "Content-Type": "application/json"})
+    try:
+        return await client.send(request, stream=stream)
+    except httpx.TransportError as exc:
+        raise EngineUnreachableError(engine.name, leg, describe(exc)) from exc
+
+
+def json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The answer's JSON object, or None when it is not one."""
+    try:
+        data = response.json()
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None

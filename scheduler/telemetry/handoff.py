@@ -1,0 +1,81 @@
+"""Per-request P/D handoff figures from the gateway, by the pair's topology tier.
+
+For each request the gateway runs through a (prefill, decode) pair it records: the
+prefill leg (sent → answered), the handoff gap (prefill answered → decode leg sent),
+the decode leg's time to first byte (which includes the decode engine's KV read) and,
+where the decode engine reports it, its NIXL transfer time. Each goes into a histogram
+labelled by tier; the decode time to first byte of disaggregated requests also feeds
+a drift detector per tier (alerts of kind ``pd_handoff_drift``), so a pair class that
+gets slower is flagged like a slow transfer tier.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from scheduler.telemetry.drift import Alert, Clock, DriftConfig, DriftDetector
+from scheduler.telemetry.metrics import LATENCY_BUCKETS, Counter, Histogram, Registry
+from scheduler.telemetry.samples import TIER_LABELS, TransferSample
+
+#: Tier label of requests that moved no KV (decode-only, aggregated).
+LOCAL = "local"
+PHASES = ("prefill", "handoff", "decode_ttft", "nixl_transfer")
+
+
+class Handoff(BaseModel):
+    """What one request through the gateway measured (seconds; None: not this path)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    tier: str = Field(description="the pair's tier, or 'local' when no KV moved")
+    mode: str = Field(description="disaggregated, decode-only or aggregated")
+    outcome: str = Field(description="ok, client-error, engine-error, cancelled")
+    prefill_s: float | None = None
+    handoff_s: float | None = None
+    decode_ttft_s: float | None = None
+    nixl_transfer_s: float | None = None
+    kv_bytes: int = 0
+    src_domain: str = "unknown"
+    dst_domain: str = "unknown"
+
+
+class HandoffTelemetry:
+    """The gateway's metric families (in the app's registry) and its drift detector."""
+
+    def __init__(self, registry: Registry, namespace: str, drift: DriftConfig,
+                 clock: Clock) -> None:
+        """Register the families in ``registry`` under ``namespace``."""
+        tiers = len(TIER_LABELS) + 2
+        self.phases = registry.add(Histogram(
+            f"{namespace}_gateway_phase_seconds", "Gateway requests by phase (prefill leg, "
+            "handoff gap, decode time to first byte, engine NIXL transfer) and pair tier.",
+            ("phase", "tier"), buckets=LATENCY_BUCKETS, max_series=len(PHASES) * tiers))
+        self.requests = registry.add(Counter(
+            f"{namespace}_gateway_requests_total", "Gateway requests by path taken and "
+            "outcome.", ("mode", "outcome"), max_series=64))
+        self.kv_bytes = registry.add(Counter(
+            f"{namespace}_gateway_kv_bytes_total", "KV bytes the engines moved for gateway "
+            "requests (as the decode engines report), by tier.", ("tier",), max_series=tiers))
+        self.drift = DriftDetector(drift, clock=clock, kind="pd_handoff_drift")
+
+    def record(self, handoff: Handoff) -> None:
+        """Count one finished request."""
+        self.requests.inc((handoff.mode, handoff.outcome))
+        for phase, seconds in zip(PHASES, (handoff.prefill_s, handoff.handoff_s,
+                                           handoff.decode_ttft_s, handoff.nixl_transfer_s),
+                                  strict=True):
+            if seconds is not None:
+                self.phases.observe((phase, handoff.tier), seconds)
+        if handoff.kv_bytes:
+            self.kv_bytes.inc((handoff.tier,), handoff.kv_bytes)
+        if handoff.outcome == "ok" and handoff.tier in TIER_LABELS \
+                and handoff.decode_ttft_s is not None:
+            self.drift.add(TransferSample(
+                tier=handoff.tier, src_domain=handoff.src_domain,
+                dst_domain=handoff.dst_domain, nbytes=handoff.kv_bytes,
+                seconds=handoff.decode_ttft_s))
+
+    def alerts(self, *, include_resolved: bool) -> list[Alert]:
+        """Handoff drift alerts, evaluated now."""
+        self.drift.evaluate()
+        return self.drift.alerts(include_resolved=include_resolved)

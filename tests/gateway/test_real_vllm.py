@@ -1,0 +1,165 @@
+"""The gateway in front of REAL vLLM engines (CPU build, NixlConnector over host memory):
+disaggregated for real (the decode engine's NIXL byte counter grows by the prompt's KV
+bytes), tokens equal to one engine serving the same request with a cold cache, and
+prefill death, decode death and client disconnect each ending cleanly.
+
+Engines come from the session-wide harness (tests/engines/vllm_harness.py: the shared
+P/D pair is never killed here; the engines that die are started for the test)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.engines.vllm_fixtures import VllmPair
+from tests.engines.vllm_harness import MODEL_NAME, EngineFleet, EngineOptions, VllmEngine
+from tests.gateway.harness import HOSTS, Gateway, start_gateway_for, wait_for
+
+pytestmark = [pytest.mark.engine, pytest.mark.process]
+#: KV bytes per token of the tiny model: K and V × 2 layers × 2 KV heads × 64 × float32.
+KV_BYTES_PER_TOKEN = 2 * 2 * 2 * 64 * 4
+BLOCK_TOKENS = 32
+GREEDY = {"temperature": 0.0, "max_tokens": 12}
+#: Output tokens of a request that must still be running when it is cut (prompt plus
+#: output stay within the engines' max_model_len of 2,048).
+LONG_OUTPUT = 1200
+
+
+def _instance(engine: VllmEngine, gpu: int) -> dict[str, Any]:
+    return engine.instance(host=HOSTS[0], gpus=[gpu], block_size=BLOCK_TOKENS).model_dump(
+        mode="json", exclude_none=True)
+
+
+@pytest.fixture(scope="module")
+def gateway(vllm_pair: VllmPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """The gateway over the session's shared P/D pair (always disaggregate)."""
+    instances = [_instance(vllm_pair.prefill, 0), _instance(vllm_pair.decode, 1)]
+    gw = start_gateway_for(instances, tmp_path_factory.mktemp("gw-vllm"),
+                           args=["--pd-min-uncached-tokens", "0"])
+    yield gw
+    gw.stop()
+
+
+def _metric(engine: VllmEngine, name: str, **labels: str) -> float:
+    """Sum of a metric's samples on ``engine`` (matching ``labels``)."""
+    total = 0.0
+    for family in text_string_to_metric_families(engine.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v
+                                           for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+def _prompt(tag: str, repeats: int = 14) -> str:
+    return f"[{tag}] " + "a gateway routes each request to a pair of engines. " * repeats
+
+
+def test_completion_is_disaggregated_for_real_and_equals_a_cold_direct_run(
+        gateway: Gateway, vllm_pair: VllmPair) -> None:
+    prompt = _prompt("completion")
+    body = {"model": MODEL_NAME, "prompt": prompt, **GREEDY}
+    direct = vllm_pair.prefill.post("/v1/completions", body)  # cold: prompt never seen
+    assert direct.status_code == 200, direct.text
+    moved = _metric(vllm_pair.decode, "vllm:nixl_bytes_transferred_sum")
+    answer = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=120)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-toposched-mode"] == "disaggregated"
+    assert answer.headers["x-toposched-prefill"] == vllm_pair.prefill.name
+    assert answer.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"]
+    tokens = answer.json()["usage"]["prompt_tokens"]
+    grew = _metric(vllm_pair.decode, "vllm:nixl_bytes_transferred_sum") - moved
+    blocks = grew / (BLOCK_TOKENS * KV_BYTES_PER_TOKEN)
+    assert blocks == int(blocks) and tokens // BLOCK_TOKENS <= blocks <= -(-tokens // 32), \
+        f"{grew} bytes moved for {tokens} prompt tokens"
+    assert gateway.load(vllm_pair.decode.name)["requests"] == 0
+
+
+def test_streamed_chat_is_disaggregated_and_equals_a_cold_direct_run(
+        gateway: Gateway, vllm_pair: VllmPair) -> None:
+    messages = [{"role": "user", "content": _prompt("chat")}]
+    direct = vllm_pair.prefill.post("/v1/chat/completions",
+                                    {"model": MODEL_NAME, "messages": messages, **GREEDY})
+    assert direct.status_code == 200, direct.text
+    moved = _metric(vllm_pair.decode, "vllm:nixl_bytes_transferred_sum")
+    body = {"model": MODEL_NAME, "messages": messages, "stream": True, **GREEDY}
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", json=body,
+                      timeout=120) as r:
+        assert r.status_code == 200
+        assert r.headers["x-toposched-mode"] == "disaggregated"
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
+                   for e in events[:-1] if json.loads(e)["choices"])
+    assert text == direct.json()["choices"][0]["message"]["content"]
+    assert _metric(vllm_pair.decode, "vllm:nixl_bytes_transferred_sum") > moved
+
+
+def test_client_disconnect_aborts_the_decode_and_frees_load(
+        gateway: Gateway, vllm_pair: VllmPair) -> None:
+    decode = vllm_pair.decode
+    generated = _metric(decode, "vllm:generation_tokens_total")
+    body = {"model": MODEL_NAME, "prompt": _prompt("leave", 4), "stream": True,
+            "max_tokens": LONG_OUTPUT, "ignore_eos": True, "temperature": 0.0}
+    with httpx.stream("POST", f"{gateway.url}/v1/completions", json=body, timeout=120) as r:
+        next(line for line in r.iter_lines() if line.startswith("data: "))
+    wait_for(lambda: _metric(decode, "vllm:num_requests_running") == 0,
+             "the decode engine no longer running the request", timeout_s=120)
+    # ended early: fewer tokens than asked for were generated
+    assert _metric(decode, "vllm:generation_tokens_total") - generated < LONG_OUTPUT
+    wait_for(lambda: gateway.load(decode.name)["requests"] == 0, "decode load released")
+
+
+def test_prefill_death_falls_back_to_decode_only(vllm_fleet: EngineFleet, vllm_pair: VllmPair,
+                                                 tmp_path: Path) -> None:
+    (doomed,) = vllm_fleet.start(EngineOptions("vllm-prefill-doomed", role="prefill",
+                                               nixl=True, kv_events=False))
+    gw = start_gateway_for([_instance(doomed, 2), _instance(vllm_pair.decode, 1)], tmp_path,
+                           args=["--pd-min-uncached-tokens", "0"])
+    try:
+        # token ids (the byte tokenizer's): no /tokenize, the prefill leg meets the corpse
+        ids = list(_prompt("prefill-death").encode())
+        body = {"model": MODEL_NAME, "prompt": ids, **GREEDY}
+        direct = vllm_pair.prefill.post("/v1/completions", body)
+        doomed.kill()
+        answer = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert answer.headers["x-toposched-mode"] == "decode-only"
+        assert "unreachable" in answer.headers["x-toposched-reason"]
+        assert answer.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"]
+        health = httpx.get(f"{gw.url}/v1/gateway/health").json()
+        assert {e["name"]: e["in_routing"] for e in health["engines"]}[doomed.name] is False
+        assert gw.load(doomed.name)["requests"] == 0
+        assert gw.load(vllm_pair.decode.name)["requests"] == 0
+    finally:
+        gw.stop()
+
+
+def test_decode_death_mid_stream_ends_cleanly(vllm_fleet: EngineFleet, vllm_pair: VllmPair,
+                                              tmp_path: Path) -> None:
+    (doomed,) = vllm_fleet.start(EngineOptions("vllm-decode-doomed", role="decode",
+                                               nixl=True, kv_events=False))
+    gw = start_gateway_for([_instance(vllm_pair.prefill, 0), _instance(doomed, 2)], tmp_path,
+                           args=["--pd-min-uncached-tokens", "0"])
+    try:
+        body = {"model": MODEL_NAME, "prompt": _prompt("decode-death", 4), "stream": True,
+                "max_tokens": LONG_OUTPUT, "ignore_eos": True, "temperature": 0.0}
+        with httpx.stream("POST", f"{gw.url}/v1/completions", json=body, timeout=120) as r:
+            lines = r.iter_lines()
+            next(line for line in lines if line.startswith("data: "))
+            doomed.kill()
+            rest = [line for line in lines if line.startswith("data: ")]
+        assert "error" in json.loads(rest[-1][6:])
+        wait_for(lambda: gw.load(doomed.name)["requests"] == 0, "decode load released")
+        again = httpx.post(f"{gw.url}/v1/completions", timeout=60, json={
+            "model": MODEL_NAME, "prompt": _prompt("after"), **GREEDY})
+        assert again.status_code == 503  # the only decode engine is out of routing
+        assert gw.load(vllm_pair.prefill.name)["requests"] == 0
+    finally:
+        gw.stop()

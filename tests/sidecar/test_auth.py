@@ -1,0 +1,53 @@
+"""``toposched sidecar`` against a scheduler with authentication on (real processes)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sidecar.harness import START_TIMEOUT_S, WORKER_TOKEN, Cluster, cluster, wait_for
+
+pytestmark = [pytest.mark.process, pytest.mark.timeout(120)]
+NO_TOKEN = {"TOPOSCHED_WORKER_TOKEN": ""}
+
+
+def _command_line(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def _stays_registered(sidecars: Cluster, name: str, lease_ttl_s: float) -> None:
+    """Listed for two lease lifetimes: its heartbeats (own token) are accepted."""
+    deadline = time.monotonic() + 2 * lease_ttl_s
+    while time.monotonic() < deadline:
+        assert name in sidecars.workers()
+        time.sleep(0.3)
+
+
+def test_a_sidecar_authenticates_from_its_environment_and_keeps_the_token_off_its_command_line(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path, lease_ttl_s=2.0) as sidecars:
+        proc = sidecars.sidecar("w-env")
+        assert WORKER_TOKEN not in _command_line(proc.popen.pid)
+        _stays_registered(sidecars, "w-env", 2.0)
+        assert "401" not in proc.text() and "403" not in proc.text()
+
+
+def test_a_sidecar_reads_its_token_from_a_file(tmp_path: Path) -> None:
+    token_file = tmp_path / "worker.token"
+    token_file.write_text(WORKER_TOKEN + "\n")
+    token_file.chmod(0o600)
+    with cluster(tmp_path, lease_ttl_s=2.0) as sidecars:
+        sidecars.sidecar("w-file", extra=("--token-file", str(token_file)), env=NO_TOKEN)
+        _stays_registered(sidecars, "w-file", 2.0)
+
+
+def test_a_sidecar_without_a_token_exits_2_saying_what_to_give_it(tmp_path: Path) -> None:
+    with cluster(tmp_path) as sidecars:
+        proc = sidecars.sidecar("w-none", env=NO_TOKEN, wait=False)
+        assert proc.popen.wait(START_TIMEOUT_S) == 2
+        wait_for(lambda: "TOPOSCHED_WORKER_TOKEN" in proc.text(), 5, "the message")
+        text = proc.text()
+        assert "401" in text and "Traceback" not in text
+        assert "w-none" not in sidecars.workers()
