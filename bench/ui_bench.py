@@ -37,6 +37,7 @@ import sys
 import tempfile
 import time
 import timeit
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -194,10 +195,16 @@ def _sum(got: list[dict[str, int]]) -> dict[str, int]:
     return {key: sum(g[key] for g in got) for key in got[0]}
 
 
+#: Why routes were refused (503), over the whole run: the sides must route alike.
+REFUSALS: Counter[str] = Counter()
+
+
 def _sender(pool: Pool, port: int, start: int) -> Callable[[int], Any]:
     async def send(i: int) -> bool:
         code, body = await pool.call(port, route_request(start + i))
-        if code not in (200, 503):
+        if code == 503:
+            REFUSALS[json.loads(body).get("detail", "?")[:200]] += 1
+        elif code != 200:
             raise RuntimeError(f"{code}: {body[:300]!r}")
         return code == 200
     return send
@@ -218,8 +225,12 @@ def compare_pages(fabric: Path, gpus: list[str], interval_s: float,
             loop.run_until_complete(closed_loop(_sender(pool, port, 10_000_000), 300, 2, 60))
             sides = [_side(name, pages, process.pid, crowd, loop, pool, args, server_cpu)
                      for name, pages in names]
-            result = harness.compare(sides, repeats=args.repeats, warmup=args.warmup,
-                                     condition=condition, tag=TAG)
+            try:
+                result = harness.compare(sides, repeats=args.repeats, warmup=args.warmup,
+                                         condition=condition, tag=TAG)
+            except harness.Disagreement:
+                harness.progress(TAG, f"refusals so far: {REFUSALS.most_common(3)}")
+                raise
         finally:
             crowd.close()
             pool.close()

@@ -51,10 +51,16 @@ def _get(client: TestClient, path: str) -> Any:
 
 
 def _route(client: TestClient, hashes: list[int], request_id: str) -> dict[str, Any]:
+    """Route a prompt whose blocks prefill-0 holds (so its KV moves to decode-0)."""
+    stored = client.post("/v1/kv-events", headers=bearer(WORKER), json={
+        "kind": "block_stored", "worker": "prefill-0", "seq": hashes[0],
+        "block_hashes": hashes, "parent_hash": None, "model": "llama-3-70b"})
+    assert stored.status_code == 200, stored.text
     answer = client.post("/v1/route", headers=bearer(WORKER), json={
         "block_hashes": hashes, "model": "llama-3-70b", "request_id": request_id})
     assert answer.status_code == 200, answer.text
     body: dict[str, Any] = answer.json()
+    assert body["plan_id"], f"the prompt's KV should move: {body['decision']['notes']}"
     return body
 
 
@@ -119,14 +125,14 @@ def test_zooming_in_reads_a_pod_and_a_host(client: TestClient, spec: FabricSpec)
 
 def test_a_route_shows_in_the_decisions_with_its_reasons(client: TestClient) -> None:
     before = _get(client, "/v1/ui/decisions")["items"]
-    _route(client, [11, 12, 13], "req-ui-1")
+    routed = _route(client, [11, 12, 13], "req-ui-1")["decision"]
     items = _get(client, "/v1/ui/decisions")["items"]
     assert len(items) == len(before) + 1
     decision = items[-1]
     assert decision["request_id"] == "req-ui-1" and decision["status"] == "scheduled"
-    assert decision["prefill"]["worker"] == "prefill-0"
-    assert decision["decode"]["worker"] == "decode-0"
-    assert decision["estimate"]["total_s"] > 0 and decision["notes"]
+    assert decision["prefill"] == routed["prefill"] and decision["decode"] == routed["decode"]
+    assert decision["estimate"]["total_s"] == routed["estimate"]["total_s"] > 0
+    assert decision["notes"] == routed["notes"] and decision["score"] == routed["score"]
     later = _get(client, f"/v1/ui/decisions?after={decision['seq']}")
     assert later["items"] == []
 

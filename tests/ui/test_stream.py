@@ -55,6 +55,10 @@ def test_a_page_gets_the_state_first_then_what_changes(service: Service,
         answer = http.post("/v1/workers", json=worker_json(name, role, [f"{host}/gpu0"]))
         assert answer.status_code == 201, answer.text
     events.next("version")  # who runs where changed: the page re-reads its zoom
+    held = http.post("/v1/kv-events", json={  # p-ui holds the prompt: its KV will move
+        "kind": "block_stored", "worker": "p-ui", "seq": 1, "block_hashes": [101, 102, 103, 104],
+        "parent_hash": None, "model": "llama-3-70b"})
+    assert held.status_code == 200, held.text
     answer = http.post("/v1/route", json={"block_hashes": [101, 102, 103, 104],
                                           "model": "llama-3-70b", "request_id": "live-1"})
     assert answer.status_code == 200, answer.text
