@@ -201,8 +201,8 @@ def append_inputs(inputs: dict[str, Any], env: dict[str, Any], command: str, out
     run's, with their own environment lines; their data go to topology_inputs.json."""
     report = out / "topology.md"
     kept = report.read_text().split("\n## Topology inputs")[0].rstrip("\n") + "\n"
-    lines = topology_inputs.markdown(inputs)
-    lines[2:2] = [*harness.environment_markdown(env, "bench/topology_bench.py", command),
+    lines = topology_inputs.markdown(inputs)  # "", heading, "", text …
+    lines[3:3] = [*harness.environment_markdown(env, "bench/topology_bench.py", command),
                   harness.condition_line(inputs["rails"].condition), ""]
     report.write_text(kept + "\n".join(lines) + "\n")
     data = {key: value.as_dict() if hasattr(value, "as_dict") else value

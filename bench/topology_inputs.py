@@ -238,15 +238,23 @@ def peak_rss_mb(kind: str, folder: Path) -> float:
 
 def _child(kind: str, folder: Path) -> None:
     """In a fresh process: one build from the files a parent wrote in ``folder``."""
-    import resource
-
     nvsmi = {path.name.removesuffix(".nvsmi.txt"): path
              for path in (folder / "captures").glob("*.nvsmi.txt")}
     if kind == "ibnetdiscover":
         build_fabric(None, Captures(nvsmi=nvsmi, ibnetdiscover=[folder / "subnet.txt"]))
     else:
         build_fabric(None, Captures(nvsmi=nvsmi, k8s_nodes=folder / "nodes.json"))
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    print(_high_water_mb())
+
+
+def _high_water_mb() -> float:
+    """This process's peak RSS. Not ``ru_maxrss``: Linux carries that over fork and exec,
+    so a child of a big parent reports the parent's peak; ``VmHWM`` starts with the exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run(repeats: int, warmup: int,
