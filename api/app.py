@@ -129,7 +129,7 @@ PROTECTED_PATHS = ("/v1/workers", "/v1/sidecars", "/v1/transfers", "/v1/kv-event
                    "/v1/route", "/v1/topology", "/v1/placement", "/v1/alerts",
                    "/v1/reservations", "/v1/instances")
 #: Worker routes any worker credential may use for any worker (reading its load).
-SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name:path}/load"})
+SHARED_WORKER_PATHS = frozenset({"/v1/workers/{name}/load"})
 
 
 def _follow_fabric(services: ServiceState, coordinator: TransferCoordinator,

@@ -177,8 +177,9 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
     ``name`` it registers, the ``worker`` of the reports and KV events it posts. The
     shared worker token may register any worker (the answer carries that worker's own
     token in ``X-Worker-Token``) but not act on one by name; operators may do anything.
-    Route paths in ``shared`` (templates as the routes declare them, e.g.
-    ``/v1/workers/{name:path}/load``) are open to any worker credential.
+    Route paths in ``shared`` (templates with plain parameters, e.g.
+    ``/v1/workers/{name}/load`` for a route declared with ``{name:path}``) are open to
+    any worker credential.
     """
     async def dependency(request: Request, response: Response) -> None:
         auth: TokenAuth = request.app.state.auth
