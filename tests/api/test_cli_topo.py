@@ -107,12 +107,14 @@ def test_build_rejects_malformed_host_file_flag(capsys: pytest.CaptureFixture[st
 
 
 def test_collect_reports_missing_tools_without_traceback() -> None:
-    done = subprocess.run([sys.executable, "-m", "api.cli.main", "topo", "collect", "--json"],
+    done = subprocess.run([sys.executable, "-m", "api.cli.main", "topo", "collect", "--json",
+                           "--sysfs-root", "/nonexistent"],  # no RDMA device, whatever the host
                           capture_output=True, text=True, env={"PATH": "/nonexistent"},
                           check=False)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     result = json.loads(done.stdout)
     assert "not installed" in result["nvidia-smi"]["error"]
+    assert "no RDMA device under /nonexistent" in result["rdma-devices"]["error"]
 
 
 def test_collect_post_to_an_unreachable_scheduler_is_one_clear_line(tmp_path: Path) -> None:
