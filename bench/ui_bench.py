@@ -367,6 +367,15 @@ def browser_render(fabric: Path, workdir: Path) -> dict[str, Any] | None:
     return {"runs": runs, "dom_elements_at_pod_zoom": nodes}
 
 
+READING = """How to read the two tables: every figure is end to end (a client process,
+the server process, the page processes, on the same two vCPUs), and on a shared VM the
+repetitions of one side spread widely (see the [min–max]); a paired ratio inside that
+spread cannot be told from no effect. What a page costs the server does not depend on the route
+rate: one frame per tick, built once for all pages (its CPU is measured below, in
+process, where the noise is small), plus one socket write of the same bytes per page. The
+route path itself pays only the ring append measured after that."""
+
+
 # -- report ------------------------------------------------------------------------------------
 
 def _rate(cmp: dict[str, Any], side: str) -> str:
@@ -412,6 +421,7 @@ def report(result: dict[str, Any], args: argparse.Namespace) -> str:
             lines.append(f"| {side} | {_rate(cmp, side)} | {_cpu(cmp, side)} | {ratio} | "
                          f"{_received(cmp, side)} |")
         lines.append("")
+    lines += [READING, ""]
     ring = result["ring"]
     cpu_route = result["pages"][0]["server_cpu_s_per_route"]["no page"]["median"]
     lines += ["## The route path's own share", "",
