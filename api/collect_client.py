@@ -8,14 +8,19 @@ from urllib.parse import quote
 
 import httpx
 
-#: ``topo collect`` result name → feed path under /v1/topology/hosts/{host}/.
-FEED_PATHS = {"nvidia-smi": "nvidia-smi", "lldp": "lldp", "nccl": "nccl"}
+#: ``topo collect`` result name → feed path (``{host}``: the host posting).
+FEED_PATHS = {"nvidia-smi": "/v1/topology/hosts/{host}/nvidia-smi",
+              "lldp": "/v1/topology/hosts/{host}/lldp",
+              "nccl": "/v1/topology/hosts/{host}/nccl",
+              "rdma-devices": "/v1/topology/hosts/{host}/rdma",
+              "ibnetdiscover": "/v1/topology/ibnetdiscover/{host}"}
 
 
 def post_captures(url: str, host: str, results: Mapping[str, Mapping[str, Any]],
                   token: str | None = None, *, timeout_s: float = 30.0,
                   transport: httpx.BaseTransport | None = None) -> dict[str, dict[str, Any]]:
-    """PUT every successful capture of ``results`` to the scheduler at ``url``.
+    """PUT every successful capture of ``results`` to the scheduler at ``url`` (host
+    captures under the host; an ibnetdiscover capture as the subnet this host sees).
 
     Returns, per capture, ``{"status": HTTP status, "body": parsed JSON}``; a capture
     that was not collected is skipped. Network failures raise ``httpx.HTTPError``.
@@ -28,7 +33,7 @@ def post_captures(url: str, host: str, results: Mapping[str, Mapping[str, Any]],
             feed = FEED_PATHS.get(name)
             if feed is None or not result.get("ok"):
                 continue
-            response = client.put(f"/v1/topology/hosts/{quote(host, safe='')}/{feed}",
+            response = client.put(feed.format(host=quote(host, safe="")),
                                   content=str(result["output"]).encode(),
                                   headers={"Content-Type": "text/plain"})
             answers[name] = {"status": response.status_code, "body": _json(response)}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 from policies.snapshot import Worker
@@ -22,8 +23,6 @@ from topology.distance import DistanceModel
 from topology.errors import NotFoundError
 from topology.spec import FabricSpec
 
-#: Tokens per KV block when hashing token ids (the state document's default).
-BLOCK_TOKENS = 512
 #: KV bytes per token when the request names no known model (Llama-3-70B fp16).
 DEFAULT_KV_BYTES_PER_TOKEN = 327_680
 
@@ -56,7 +55,9 @@ def kv_bytes_for(model: str | None) -> int:
 def preferred_pairs(pairings: Sequence[Any], workers: Sequence[Worker]
                     ) -> dict[tuple[str, str], float]:
     """Placement pairings between workers that are registered under the instance ids."""
-    names = {w.id for w in workers}
+    if not pairings:
+        return {}
+    names = set(map(attrgetter("id"), workers))
     return {(p.prefill, p.decode): p.weight for p in pairings
             if p.prefill in names and p.decode in names}
 

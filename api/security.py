@@ -177,14 +177,15 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
     ``name`` it registers, the ``worker`` of the reports and KV events it posts. The
     shared worker token may register any worker (the answer carries that worker's own
     token in ``X-Worker-Token``) but not act on one by name; operators may do anything.
-    Route paths in ``shared`` (templates, e.g. ``/v1/workers/{name}/load/release``)
-    are open to any worker credential.
+    Route paths in ``shared`` (templates with plain parameters, e.g.
+    ``/v1/workers/{name}/load`` for a route declared with ``{name:path}``) are open to
+    any worker credential.
     """
     async def dependency(request: Request, response: Response) -> None:
         auth: TokenAuth = request.app.state.auth
         if not auth.enabled:
             return
-        identity, path = _identity(request), getattr(request.scope.get("route"), "path", "")
+        identity, path = _identity(request), _route_template(request)
         if path in shared:
             return
         subject = request.path_params.get("name")
@@ -202,6 +203,12 @@ def own_worker(shared: frozenset[str] = frozenset()) -> Any:
                 response.headers[WORKER_TOKEN_HEADER] = token
 
     return Depends(dependency)
+
+
+def _route_template(request: Request) -> str:
+    """The matched route's path with plain parameters (``{name}``, not ``{name:path}``)."""
+    route = request.scope.get("route")
+    return str(getattr(route, "path_format", None) or getattr(route, "path", ""))
 
 
 def _only(identity: Identity, subjects: set[str], what: str) -> None:
@@ -238,6 +245,7 @@ WORKER_TOKEN_HEADER = "X-Worker-Token"
 #: Requests whose body names the worker(s) they act for: (method, route) → field.
 _BODY_WORKER = {("POST", REGISTER_PATH): "name",
                 ("POST", "/v1/transfers/{plan_id}/report"): "worker",
+                ("POST", "/v1/transfers/{plan_id}/release"): "worker",
                 ("POST", "/v1/kv-events"): "worker"}
 _SCOPE_KEY = "toposched.identity"
 

@@ -212,14 +212,16 @@ class ServiceState:
         the placement.
 
         ``edit`` returns None when there is nothing new (a re-posted capture). Returns what
-        changed and the id of a re-solve job when the placement broke. Without an
-        inventory the feeds are kept for later and nothing changes. Failed builds
-        (conflicts, unknown hosts) leave feeds and fabric as they were.
+        changed and the id of a re-solve job when the placement broke. Until the feeds
+        can build a fabric (an inventory, or node labels / a subnet / AWS topology to
+        build without one: ``Feeds.buildable``) they are kept for later and nothing
+        changes. Failed builds (conflicts, unknown hosts) leave feeds and fabric as they
+        were.
         """
         async def rebuilt(feeds: Feeds, spec: FabricSpec | None
                           ) -> tuple[Feeds, FabricSpec | None] | None:
             edited = edit(feeds)
-            if edited is None or edited.inventory is None:
+            if edited is None or not edited.buildable():
                 return None if edited is None else (edited, spec)
             return edited, await asyncio.to_thread(build_from_feeds, edited)
 

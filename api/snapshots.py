@@ -19,11 +19,13 @@ else the service default. Token ids are hashed into blocks of that size.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, count
+from itertools import accumulate, compress, count, repeat
 from operator import attrgetter, is_not, itemgetter
 from typing import Any
 
@@ -39,11 +41,14 @@ log = logging.getLogger(__name__)
 MAX_MODELS = 64
 #: A worker's concurrent-request limit when it has no declared capacity.
 DEFAULT_MAX_RUNNING = 256
+#: Listings from this many workers are rebuilt in a worker thread (:meth:`LiveSnapshots.current`).
+THREAD_REBUILD_FROM = 1024
 #: Tokens per KV block when neither the workers nor the settings say (vLLM's default).
 DEFAULT_BLOCK_TOKENS = 16
 _ROLES = {role.value: role for role in Role}
 _NAME = attrgetter("registration.name")
-_REGISTRATION = attrgetter("registration")
+_REGISTRATION, _WORKER = attrgetter("registration"), attrgetter("worker")
+_BLOCK_TOKENS, _ID = attrgetter("block_tokens"), attrgetter("id")
 #: (queued tokens, running requests, max requests) of a worker; None: no capacity set.
 LoadKey = tuple[int, int, int] | None
 
@@ -58,14 +63,14 @@ class BlockSizes:
 
     def of(self, model: str | None, registrations: Sequence[WorkerRegistration]) -> int:
         """The block size of ``model`` served by ``registrations``."""
-        counts = Counter(reg.block_tokens for reg in registrations
-                         if reg.block_tokens is not None)
+        counts: Counter[int | None] = Counter(map(_BLOCK_TOKENS, registrations))
+        counts.pop(None, None)
         if counts:
-            size, _ = counts.most_common(1)[0]
+            size = int(counts.most_common(1)[0][0] or self.default)
             if len(counts) > 1:
                 log.warning("workers of model %s register different KV block sizes %s; "
                             "routing hashes prompts into %d-token blocks", model,
-                            sorted(counts), size)
+                            sorted(filter(None, counts)), size)
             return size
         configured = self.per_model.get(model) if model is not None else None
         return configured if configured is not None else self.default
@@ -79,7 +84,6 @@ class _Seen:
     free_blocks: int
     load: LoadKey
     worker: Worker | None
-    position: int = -1  # in the snapshot; -1 when not routable
 
 
 @dataclass
@@ -95,6 +99,9 @@ class _ModelView:
     names: list[str] = field(default_factory=list)
     #: name → index in the listing above.
     index: dict[str, int] = field(default_factory=dict)
+    #: Per listing index, how many routable workers come up to and including it (the
+    #: snapshot position of a routable worker is its count - 1).
+    counts: list[int] = field(default_factory=list)
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
@@ -136,6 +143,7 @@ class LiveSnapshots:
         self._fabric: Fabric | None = None
         self._views: dict[str | None, _ModelView] = {}
         self._gpus: GpuIndex | None = None
+        self._lock = asyncio.Lock()
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
@@ -147,27 +155,56 @@ class LiveSnapshots:
         registered under the placement's instance ids; ``link_load``: transfers in
         flight per shared link. ``engines`` are engine instances already built as
         workers (load merged), placed after the listing's workers; ``block_tokens`` the
-        engines' block size (None: :class:`BlockSizes` decides)."""
+        engines' block size (None: :class:`BlockSizes` decides). For one thread; the
+        service uses :meth:`current`."""
+        view, known = self._view(fabric, model), _on_fabric(fabric, engines)
+        if not self._patched(view, entries, loads, kv_bytes, pairings, known, block_tokens):
+            self._rebuild(view, fabric, entries, loads, model, kv_bytes, pairings, known,
+                          block_tokens)
+        return _with_load(view, link_load)
+
+    async def current(self, fabric: Fabric, entries: Sequence[WorkerEntry],
+                      loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
+                      pairings: Sequence[Any], link_load: Mapping[str, int] | None = None,
+                      engines: Sequence[Worker] = (), block_tokens: int | None = None
+                      ) -> Snapshot:
+        """:meth:`snapshot` for the event loop: a rebuild over many workers runs in a
+        worker thread (one at a time), so the loop keeps answering (health probes,
+        heartbeats) while a worker joins a cluster of thousands."""
+        async with self._lock:
+            view, known = self._view(fabric, model), _on_fabric(fabric, engines)
+            if not self._patched(view, entries, loads, kv_bytes, pairings, known,
+                                 block_tokens):
+                rebuild = functools.partial(self._rebuild, view, fabric, entries, loads, model,
+                                            kv_bytes, pairings, known, block_tokens)
+                if len(entries) + len(known) >= THREAD_REBUILD_FROM:
+                    await asyncio.to_thread(rebuild)
+                else:
+                    rebuild()
+            return _with_load(view, link_load)
+
+    def _view(self, fabric: Fabric, model: str | None) -> _ModelView:
         if fabric is not self._fabric or len(self._views) > MAX_MODELS:
             self._fabric, self._views, self._gpus = fabric, {}, GpuIndex(fabric.distance)
-        view = self._views.setdefault(model, _ModelView())
-        engines = tuple(w for w in engines if all(g in fabric.known for g in w.gpus))
+        return self._views.setdefault(model, _ModelView())
+
+    def _patched(self, view: _ModelView, entries: Sequence[WorkerEntry],
+                 loads: Mapping[str, WorkerLoad], kv_bytes: int, pairings: Sequence[Any],
+                 engines: tuple[Worker, ...], block_tokens: int | None) -> bool:
+        """Whether ``view`` could be brought up to date in place (load changes only)."""
         if (view.snapshot is None or pairings is not view.pairings
                 or kv_bytes != view.kv_bytes or block_tokens != view.block_tokens):
-            self._merge(view, fabric, entries, loads, model)
-            view.pairings, view.kv_bytes = pairings, kv_bytes
-            view.engines, view.block_tokens = engines, block_tokens
-            view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
-        elif not self._patch(view, entries, loads):
-            self._merge(view, fabric, entries, loads, model)
-            view.engines = engines
-            view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
-        elif not self._patch_engines(view, engines):
-            view.engines = engines
-            view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
-        if link_load:  # the kept snapshot has none: it changes with every transfer
-            return view.snapshot.with_link_load(link_load)
-        return view.snapshot
+            return False
+        return self._patch(view, entries, loads) and self._patch_engines(view, engines)
+
+    def _rebuild(self, view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
+                 loads: Mapping[str, WorkerLoad], model: str | None, kv_bytes: int,
+                 pairings: Sequence[Any], engines: tuple[Worker, ...],
+                 block_tokens: int | None) -> None:
+        self._merge(view, fabric, entries, loads, model)
+        view.pairings, view.kv_bytes = pairings, kv_bytes
+        view.engines, view.block_tokens = engines, block_tokens
+        view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
 
     @staticmethod
     def _patch(view: _ModelView, entries: Sequence[WorkerEntry],
@@ -190,7 +227,7 @@ class LiveSnapshots:
             seen.free_blocks, seen.load = free, load
             if seen.worker is not None:
                 seen.worker = _worker(reg, free, load)
-                changed[seen.position] = seen.worker
+                changed[view.counts[i] - 1] = seen.worker
         view.entries, view.loads = list(entries), now_loads
         if changed:
             view.snapshot = view.snapshot.updated(changed)
@@ -227,7 +264,7 @@ class LiveSnapshots:
         """
         names = list(map(_NAME, entries))
         filler = len(view.entries)
-        where = [filler if i is None else i for i in map(view.index.get, names)]
+        where = list(map(view.index.get, names, repeat(filler)))
         now_loads = list(map(loads.get, names))
         before = _gather([*view.entries, None], where)
         seen = _gather([*view.seen, None], where)
@@ -238,24 +275,33 @@ class LiveSnapshots:
             seen[i] = _refreshed(seen[i], entries[i], now_loads[i], fabric, model)
         view.entries, view.loads, view.names, view.seen = list(entries), now_loads, names, seen
         view.index = dict(zip(names, count()))
-        position = 0
-        for record in seen:
-            if record.worker is not None:
-                record.position, position = position, position + 1
+        view.counts = list(accumulate(map(is_not, map(_WORKER, seen), repeat(None))))
 
     def _build(self, fabric: Fabric, view: _ModelView, kv_bytes: int,
                pairings: Sequence[Any], model: str | None) -> Snapshot:
-        routable = [s for s in view.seen if s.worker is not None]
-        workers = [s.worker for s in routable if s.worker is not None]
+        routable = list(compress(view.seen, map(is_not, map(_WORKER, view.seen), repeat(None))))
+        workers: list[Worker] = list(map(_WORKER, routable))
         if view.engines:
-            listed = set(map(attrgetter("id"), workers))
+            listed = set(map(_ID, workers))
             workers += [w for w in view.engines if w.id not in listed]
         block_tokens = view.block_tokens or self.block_sizes.of(
-            model, [s.registration for s in routable])
+            model, list(map(_REGISTRATION, routable)))
         assert self._gpus is not None  # set with the fabric
         domains = domain_arrays(fabric.distance, workers, self._gpus.first_gpus(workers))
         return Snapshot(tuple(workers), domains, preferred_pairs(pairings, workers), {},
                         block_tokens, kv_bytes)
+
+
+def _on_fabric(fabric: Fabric, engines: Sequence[Worker]) -> tuple[Worker, ...]:
+    """The engine workers whose GPUs are all on ``fabric``."""
+    return tuple(w for w in engines if all(g in fabric.known for g in w.gpus))
+
+
+def _with_load(view: _ModelView, link_load: Mapping[str, int] | None) -> Snapshot:
+    assert view.snapshot is not None
+    if link_load:  # the kept snapshot has none: it changes with every transfer
+        return view.snapshot.with_link_load(link_load)
+    return view.snapshot
 
 
 def _refreshed(old: _Seen | None, entry: WorkerEntry, load_now: WorkerLoad | None,

@@ -13,6 +13,7 @@ in a number-only position; other bodies go on to the route unchanged
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator, Mapping
@@ -48,10 +49,11 @@ class StrictNumbers:
             await self.app(scope, receive, send)
             return
         messages, body = await _read(receive)
-        try:
-            document = json.loads(body) if body else None
-        except ValueError:  # not JSON: the route's own parsing answers it
-            document = None
+        document = None
+        if b"true" in body or b"false" in body:  # else there is no boolean to find
+            # not JSON (or nested too deep to parse): the route's own parsing answers it
+            with contextlib.suppress(ValueError, RecursionError):
+                document = json.loads(body)
         found = list(_booleans(document, schema, schema.get("$defs", {}), ("body",)))
         if not found:
             await self.app(scope, _replay(messages, receive), send)

@@ -17,11 +17,13 @@ checked outputs, CPU condition and machine load recorded):
    Reported: events/s in total and per engine, and the consumer's CPU per event.
 2. **Lag to routing**: a ``toposched serve`` process with a fabric and ``--lag-engines``
    fake engines registered as instances (HTTP ``/health`` + ``/metrics`` and a publisher
-   in this process). Each trial takes a fresh 16-block prompt; the clock starts when the
-   event is handed over, and ``POST /v1/route`` is sent in a loop until the decision shows
-   the blocks on that engine. Candidate: the engine publishes ``BlockStored`` on ZMQ.
-   Anchor: the same blocks posted as toposched's own JSON event to ``POST /v1/kv-events``
-   (the pre-existing path). The lag includes one route round trip of probing.
+   in this process; half of them take the candidate's events, half the anchor's). Each
+   trial takes a fresh 16-block prompt; the clock starts when the event is handed over,
+   and ``POST /v1/route`` is sent in a loop until the decision routes to that engine
+   with the blocks counted as cached. Candidate: the engine
+   publishes ``BlockStored`` on ZMQ. Anchor: the same blocks posted as toposched's own
+   JSON event to ``POST /v1/kv-events`` (the pre-existing path). The lag includes one
+   route round trip of probing.
 
 Writes bench/results/engine_events.{md,json}.
 
@@ -281,13 +283,19 @@ class LagRig:
         raise RuntimeError("the service did not bring its instances up")
 
     def cached_on(self, prompt: list[int], engine: str) -> bool:
-        answer = self.http.post("/v1/route", json={"model": MODEL, "tokens": prompt,
-                                                   "decode_worker": engine})
-        answer.raise_for_status()
-        return bool(answer.json()["decision"]["decode"]["cached_blocks"])
+        answer = self.http.post("/v1/route", json={"model": MODEL, "tokens": prompt})
+        if answer.status_code != 200:
+            raise RuntimeError(f"route answered {answer.status_code}: {answer.text}")
+        decision = answer.json()["decision"]
+        return any(decision[side]["worker"] == engine and decision[side]["cached_blocks"]
+                   for side in ("prefill", "decode"))
 
     def trial(self, via: str, rng: random.Random) -> float:
-        engine = self.engines[rng.randrange(len(self.engines))]
+        # Each path has its own engines: an instance's index entries follow one sequence
+        # numbering (its KV-event stream's), so JSON events under its name would collide.
+        half = len(self.engines) // 2
+        group = self.engines[:half] if via == "zmq" else self.engines[half:]
+        engine = group[rng.randrange(len(group))]
         prompt = [rng.randrange(1 << 16) for _ in range(16 * BLOCK)]
         started = time.perf_counter()
         if via == "zmq":
@@ -385,7 +393,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=100,
                         help="request chains per engine")
     parser.add_argument("--chain-blocks", type=int, default=16)
-    parser.add_argument("--lag-engines", type=int, default=4)
+    parser.add_argument("--lag-engines", type=int, default=4,
+                        help="fake engines (half take ZMQ events, half JSON events)")
     parser.add_argument("--trials", type=int, default=50, help="lag trials per repetition")
     args = parser.parse_args()
     command = "python " + " ".join(["bench/engine_events_bench.py", *sys.argv[1:]])

@@ -67,8 +67,18 @@ def mocker_engine(doc: Scenario, worker_type: str) -> dict[str, Any]:
 
 
 def run_mocker(trace_file: Path, doc: Scenario, *, disaggregated: bool, router: str,
-               scale: float) -> Figures:
-    """Replay ``trace_file`` through Dynamo's mocker."""
+               scale: float, repeat: int) -> tuple[Figures, tuple[float, float]]:
+    """Replay ``trace_file`` through Dynamo's mocker ``repeat`` times: the run with the
+    median TTFT p50, and the range of TTFT p50 over the runs (the KV router's event
+    threads make its choices vary a little from run to run)."""
+    runs = sorted((_mocker_once(trace_file, doc, disaggregated=disaggregated, router=router,
+                                scale=scale) for _ in range(repeat)),
+                  key=lambda f: f.ttft_p50_ms)
+    return runs[len(runs) // 2], (runs[0].ttft_p50_ms, runs[-1].ttft_p50_ms)
+
+
+def _mocker_once(trace_file: Path, doc: Scenario, *, disaggregated: bool, router: str,
+                 scale: float) -> Figures:
     from dynamo._core import run_mocker_trace_replay
 
     inst = doc.instances
@@ -111,12 +121,13 @@ RUNS = (  # (mode, mocker router, our policy)
 )
 
 
-def compare(limit: int, scale: float) -> list[dict[str, Any]]:
+def compare(limit: int, scale: float, repeat: int) -> list[dict[str, Any]]:
     """Every run of :data:`RUNS`, mocker and ours alternating on the same trace."""
     doc = load_scenario("dynamo-mocker")
     spec = f"mooncake-conversation:limit={limit},arrivals=raw" + (
         f",scale={scale:g}" if scale != 1 else "")
-    rows, mocked = [], {}
+    rows: list[dict[str, Any]] = []
+    mocked: dict[tuple[str, str], tuple[Figures, tuple[float, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         trace_file = Path(tmp) / "trace.jsonl"
         with TRACE.open() as src, trace_file.open("w") as dst:
@@ -125,12 +136,14 @@ def compare(limit: int, scale: float) -> list[dict[str, Any]]:
             disagg = mode != "aggregated"
             if (mode, router) not in mocked:
                 mocked[(mode, router)] = run_mocker(trace_file, doc, disaggregated=disagg,
-                                                    router=router, scale=scale)
+                                                    router=router, scale=scale, repeat=repeat)
+            theirs, spread = mocked[(mode, router)]
             ours = run_ours(doc, spec, disaggregated=disagg, policy=policy)
             rows.append({"mode": mode, "mocker_router": router, "policy": policy,
-                         "mocker": mocked[(mode, router)].__dict__, "ours": ours.__dict__})
+                         "mocker": theirs.__dict__, "mocker_ttft_p50_range_ms": spread,
+                         "ours": ours.__dict__})
             print(f"[mocker_compare] {mode} {router} / {policy}: TTFT p50 "
-                  f"{mocked[(mode, router)].ttft_p50_ms:.0f} vs {ours.ttft_p50_ms:.0f} ms",
+                  f"{theirs.ttft_p50_ms:.0f} vs {ours.ttft_p50_ms:.0f} ms",
                   file=sys.stderr, flush=True)
     return rows
 
@@ -142,8 +155,9 @@ def _ratio(ours: float, theirs: float) -> str:
 def table(rows: Sequence[dict[str, Any]]) -> str:
     """The side-by-side table (ours / mocker, ratio)."""
     lines = ["| mode | routing (mocker / ours) | TTFT mean (ms) | TTFT p50 (ms) | "
-             "TTFT p99 (ms) | ITL mean (ms) | reuse | completed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "TTFT p99 (ms) | ITL mean (ms) | reuse | completed | mocker TTFT p50 over "
+             "runs (ms) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m, o = r["mocker"], r["ours"]
         cells = [f"{o[k]:,.0f} / {m[k]:,.0f} ({_ratio(o[k], m[k])})"
@@ -153,6 +167,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         cells.append(f"{o['reuse']:.1%} / {m['reuse']:.1%} "
                      f"({(o['reuse'] - m['reuse']) * 100:+.1f} pt)")
         cells.append(f"{o['completed']} / {m['completed']}")
+        low, high = r["mocker_ttft_p50_range_ms"]
+        cells.append(f"{low:.0f}–{high:.0f}")
         lines.append(f"| {r['mode']} | {r['mocker_router']} / {r['policy']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -163,13 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=3000, help="first N trace requests")
     parser.add_argument("--scale", type=float, default=1.0, help="arrival-rate multiplier")
+    parser.add_argument("--repeat", type=int, default=3, help="mocker runs per setup")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = parser.parse_args(argv)
-    rows = compare(args.limit, args.scale)
+    rows = compare(args.limit, args.scale, args.repeat)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"limit": args.limit, "scale": args.scale, "machine": platform.platform(),
-            "python": platform.python_version()}
+    meta = {"limit": args.limit, "scale": args.scale, "repeat": args.repeat,
+            "machine": platform.platform(), "python": platform.python_version()}
     (out / "mocker_compare.json").write_text(json.dumps({"meta": meta, "runs": rows},
                                                         indent=2) + "\n")
     (out / "mocker_compare.md").write_text(REPORT_HEAD.format(**meta) + table(rows) + "\n"
@@ -187,12 +204,31 @@ arrival-rate ×{scale:g}), same engine (the packaged `dynamo-mocker` scenario ag
 8,192 tokens, polynomial timing, instant KV transfer). Each cell is **ours / mocker
 (ratio)**; reuse is prompt tokens served from cache over all prompt tokens.
 Reproduce: `.venv/bin/python bench/mocker_compare.py --limit {limit} --scale {scale:g}`
-(machine: {machine}, Python {python}; both simulators are deterministic, so the
-machine's load changes only their wall time).
+(machine: {machine}, Python {python}). Our simulator is deterministic; the mocker is
+too with round-robin, but its KV router applies cache events on background threads,
+so its choices vary a little between runs: each mocker setup ran {repeat} times and
+the row shows the run with the median TTFT p50 (last column: the range).
 
 """
 
 REPORT_TAIL = """
+**Engine.** With the same routing (round-robin) the two simulators agree within 2 %
+on TTFT mean, p50 and p99 and on ITL, and within 0.1 point on reuse, aggregated and
+4P+4D: the scenario states the mocker's engine (chunked prefill at 8,192 tokens with
+several prompts per step, the prefill polynomial on the step's new tokens, the decode
+polynomial in KV utilisation, 832 blocks of 512 tokens, LRU freeing a chain tail
+first, the last prompt token always computed, raw arrival times). Single-request
+probes of the mocker fixed each of these (a step's time is the prefill polynomial of
+all its new tokens plus, when it carries decodes, the decode polynomial; a
+disaggregated request's first token comes from its first decode step).
+
+**Prefix-aware routing.** `single-domain`'s `kv-router-scorer` states the cost
+Dynamo's KV router documents (blocks to prefill plus blocks in use, cheapest wins);
+against the mocker's KV router it agrees within 2 % on TTFT p99 and ITL and within
+0.5 point on reuse; TTFT p50 is within 10 % in 4P+4D and 10–15 % above it aggregated
+(the router's tie-breaking and the timing of its cache events differ). The other
+rows compare different algorithms on the same engine: toposched's default
+(`fabric-cost`, TTFT plus the decode side's price) and SGLang's cache-aware policy.
 """
 
 

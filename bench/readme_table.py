@@ -53,7 +53,7 @@ def prefix_rows(data: dict[str, Any]) -> Iterator[Row]:
                 wall = _ratio(cmp_["paired_ratio_vs_first"]["toposched"]["values"])
                 cpu = _ratio(cmp_["paired_cpu_ratio_vs_first"]["toposched"]["values"])
                 yield ("prefix_index.md", f"{label}, {scale['workers']:,} workers",
-                       "Dynamo RadixTree", f"wall {wall}; CPU {cpu}",
+                       "Dynamo RadixTree", f"toposched / Dynamo: wall {wall}; CPU {cpu}",
                        _cond(cond), data["command"])
 
 
@@ -67,7 +67,7 @@ def transfer_rows(data: dict[str, Any]) -> Iterator[Row]:
         sides = row["sides"]
         ratio = _p50(sides[best]) / _p50(sides["sidecar end-to-end"])
         yield ("transfers.md", f"sidecar end-to-end throughput, {row['size_mib']} MiB",
-               "bare NIXL, best settings", f"{ratio:.2f}× (p50)", _cond(data),
+               "bare NIXL, best settings", f"sidecar / bare: {ratio:.2f}× (p50 GB/s)", _cond(data),
                data["command"])
     for row in data["small"]:
         cp = row["control_plane_seconds"]["p50"] * 1e3
@@ -83,7 +83,8 @@ def placement_rows(data: dict[str, Any]) -> Iterator[Row]:
         cost = r["greedy"]["cost_ms"] / r["solver"]["cost_ms"]
         yield ("placement.md", f"{r['scenario']}, {r['gpus']:,} GPUs: solve time "
                f"({r['method']}), cost", "greedy (set-up counted on both sides)",
-               f"time {_ratio(slower)} of greedy's; greedy cost / solver cost {cost:.3f}",
+               f"solver takes {_ratio(slower)} greedy's time; greedy cost / solver cost "
+               f"{cost:.3f}",
                _cond(data), data["command"])
 
 
@@ -92,7 +93,8 @@ def topology_rows(data: dict[str, Any]) -> Iterator[Row]:
     for key, label in (("single", "single pair query"), ("rows", "one-vs-all pair query")):
         values = q[key]["paired_ratio_vs_first"]["distance model"]["values"]
         yield ("topology.md", f"{label}, {q['gpus']:,} GPUs (speed)",
-               f"dense precomputed table ({q['table_mb']:,.0f} MB)", _ratio(values),
+               f"dense precomputed table ({q['table_mb']:,.0f} MB)",
+               f"model / table speed: {_ratio(values)}",
                _cond(data), data["command"])
 
 
@@ -102,7 +104,8 @@ def router_rows(data: dict[str, Any]) -> Iterator[Row]:
         fc = row["sides"]["fabric-cost"]["stages_seconds"]["cpu"]
         yield ("router.md", f"fabric-cost decision, {row['workers']:,} workers: CPU p50 / p99",
                "prefix-only policy (CPU p50)",
-               f"{fc['p50'] * 1e6:.0f} / {fc['p99'] * 1e6:.0f} µs; {base / fc['p50']:.2f}×",
+               f"{fc['p50'] * 1e6:.0f} / {fc['p99'] * 1e6:.0f} µs; prefix-only / fabric-cost "
+               f"CPU p50 {base / fc['p50']:.2f}×",
                _cond(data), data["command"])
 
 
@@ -125,7 +128,7 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
 
 def table() -> list[str]:
     """The table's lines: one row per figure of every report written by the harness."""
-    lines = ["| report | figure | anchor | ratio (> 1: toposched better) | condition | "
+    lines = ["| report | figure | anchor | ratio (as stated in the row) | condition | "
              "command |", "| --- | --- | --- | --- | --- | --- |"]
     for name, rows in SOURCES.items():
         data = _load(name)

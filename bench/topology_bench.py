@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench import harness  # noqa: E402
+from bench import harness, topology_inputs  # noqa: E402
 from topology.distance import DistanceModel  # noqa: E402
 from topology.graph import build_graph, gpu_node, path_figures, shortest_path  # noqa: E402
 from topology.synth import SynthParams, synth_cluster  # noqa: E402
@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arg", default="")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--hosts-per-rack", type=int, default=PARAMS["hosts_per_rack"])
+    parser.add_argument("--inputs-only", action="store_true",
+                        help="only the topology-input rows (bench/topology_inputs.py), put "
+                        "in place of an earlier run's in the existing report")
     harness.add_arguments(parser, conditions=("awake",), repeats=5, warmup=1)
     args = parser.parse_args(argv)
     if args.child:
@@ -180,15 +183,33 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(result))
         return
     params = {**PARAMS, "hosts_per_rack": args.hosts_per_rack}
+    command = ("flock /tmp/toposched-bench.lock .venv/bin/python bench/topology_bench.py "
+               + " ".join(argv if argv is not None else sys.argv[1:])).rstrip()
     with harness.session(args, tag="topology-bench") as run, \
             harness.cpu_condition(run.conditions[0]) as cond:
-        report = run_all(params, run)
-    report["environment"] = run.finish()
-    report["condition"] = cond.as_dict()
-    report["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
-                         "bench/topology_bench.py " + " ".join(
-                             argv if argv is not None else sys.argv[1:])).rstrip()
-    write_report(report, Path(args.out))
+        report = None if args.inputs_only else run_all(params, run)
+        inputs = topology_inputs.run(run.repeats, run.warmup, cond)
+    env = run.finish()
+    if report is not None:
+        report.update(environment=env, condition=cond.as_dict(), command=command)
+        write_report(report, Path(args.out))
+    append_inputs(inputs, env, command, Path(args.out))
+
+
+def append_inputs(inputs: dict[str, Any], env: dict[str, Any], command: str, out: Path) -> None:
+    """Put the topology-input rows (issues 11 and 16) in the report, replacing an earlier
+    run's, with their own environment lines; their data go to topology_inputs.json."""
+    report = out / "topology.md"
+    kept = report.read_text().split("\n## Topology inputs")[0].rstrip("\n") + "\n"
+    lines = topology_inputs.markdown(inputs)
+    lines[2:2] = [*harness.environment_markdown(env, "bench/topology_bench.py", command),
+                  harness.condition_line(inputs["rails"].condition), ""]
+    report.write_text(kept + "\n".join(lines) + "\n")
+    data = {key: value.as_dict() if hasattr(value, "as_dict") else value
+            for key, value in inputs.items() if key != "parse"}
+    data["parse"] = {k: v.as_dict() for k, v in inputs["parse"].items()}
+    harness.write_json(out / "topology_inputs.json", {"environment": env, **data})
+    print("\n".join(lines))
 
 
 def run_all(params: dict[str, int], run: harness.Session) -> dict[str, Any]:

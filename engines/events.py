@@ -31,7 +31,9 @@ EngineHash = int | bytes
 END_OF_REPLAY = -1
 
 
-class _MapStored(msgspec.Struct, tag="BlockStored", tag_field="type", frozen=True):
+class _Stored(msgspec.Struct, frozen=True):
+    """BlockStored's fields, in the order of the positional encoding."""
+
     block_hashes: list[EngineHash]
     parent_block_hash: EngineHash | None = None
     token_ids: list[int] = []
@@ -43,35 +45,39 @@ class _MapStored(msgspec.Struct, tag="BlockStored", tag_field="type", frozen=Tru
     group_idx: int | None = None
 
 
-class _MapRemoved(msgspec.Struct, tag="BlockRemoved", tag_field="type", frozen=True):
+class _Removed(msgspec.Struct, frozen=True):
+    """BlockRemoved's fields, in the order of the positional encoding."""
+
     block_hashes: list[EngineHash]
     medium: str | None = None
     group_idx: int | None = None
 
 
-class _MapCleared(msgspec.Struct, tag="AllBlocksCleared", tag_field="type", frozen=True):
+class _Cleared(msgspec.Struct, frozen=True):
     pass
 
 
-class _ArrayStored(msgspec.Struct, tag="BlockStored", array_like=True, frozen=True):
-    block_hashes: list[EngineHash]
-    parent_block_hash: EngineHash | None = None
-    token_ids: list[int] = []
-    block_size: int = 0
-    lora_id: int | None = None
-    medium: str | None = None
-    lora_name: str | None = None
-    extra_keys: list[Any] | None = None
-    group_idx: int | None = None
+class _MapStored(_Stored, tag="BlockStored", tag_field="type", frozen=True):
+    pass
 
 
-class _ArrayRemoved(msgspec.Struct, tag="BlockRemoved", array_like=True, frozen=True):
-    block_hashes: list[EngineHash]
-    medium: str | None = None
-    group_idx: int | None = None
+class _MapRemoved(_Removed, tag="BlockRemoved", tag_field="type", frozen=True):
+    pass
 
 
-class _ArrayCleared(msgspec.Struct, tag="AllBlocksCleared", array_like=True, frozen=True):
+class _MapCleared(_Cleared, tag="AllBlocksCleared", tag_field="type", frozen=True):
+    pass
+
+
+class _ArrayStored(_Stored, tag="BlockStored", array_like=True, frozen=True):
+    pass
+
+
+class _ArrayRemoved(_Removed, tag="BlockRemoved", array_like=True, frozen=True):
+    pass
+
+
+class _ArrayCleared(_Cleared, tag="AllBlocksCleared", array_like=True, frozen=True):
     pass
 
 
@@ -168,13 +174,13 @@ def _decode_event(raw: msgspec.Raw) -> EngineEvent | None:
 
 
 def _native(event: _MapEvent | _ArrayEvent) -> EngineEvent:
-    if isinstance(event, _MapStored | _ArrayStored):
+    if isinstance(event, _Stored):
         return BlocksStored(
             tuple(event.block_hashes), event.parent_block_hash, tuple(event.token_ids),
             event.block_size, event.medium, event.lora_id, event.lora_name,
             tuple(event.extra_keys) if event.extra_keys is not None else None,
             event.group_idx)
-    if isinstance(event, _MapRemoved | _ArrayRemoved):
+    if isinstance(event, _Removed):
         return BlocksRemoved(tuple(event.block_hashes), event.medium, event.group_idx)
     return AllCleared()
 

@@ -191,6 +191,11 @@ class EngineRegistry:
 
     # -- what routing reads ------------------------------------------------------------
 
+    def state_of(self, name: str) -> str | None:
+        """``starting``, ``up``, ``stale`` or ``down`` (None: not registered)."""
+        live = self._live.get(name)
+        return None if live is None else live.state(self.clock(), self.settings.stale_after_s)
+
     def routable(self, name: str) -> bool:
         """Whether the instance answers its /health (recently enough)."""
         live = self._live.get(name)

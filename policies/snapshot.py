@@ -15,7 +15,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from itertools import count
+from itertools import count, repeat
 from operator import attrgetter
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -158,10 +158,11 @@ class Snapshot:
         for name, attr in _LOAD_ARRAYS:
             dtype = np.float64 if name == "prefill_rate" else np.int64
             put(self, name, _frozen_column(ws, attr, dtype))
-        decode_only = _frozen_array(list(map(Role.DECODE.__eq__, map(_ROLE, ws))), np.bool_)
-        prefill_only = _frozen_array(list(map(Role.PREFILL.__eq__, map(_ROLE, ws))), np.bool_)
-        put(self, "prefill_mask", _frozen(~decode_only))
-        put(self, "decode_mask", _frozen(~prefill_only))
+        # Role is a str enum: str's own comparison runs in C (the enum's hash and __eq__ not)
+        for name, other in (("prefill_mask", Role.DECODE.value), ("decode_mask",
+                                                                  Role.PREFILL.value)):
+            put(self, name, _frozen(np.fromiter(map(str.__ne__, map(_ROLE, ws), repeat(other)),
+                                                dtype=np.bool_, count=len(ws))))
 
     def updated(self, changed: Mapping[int, Worker]) -> Snapshot:
         """This snapshot with the workers at the given positions replaced by new load

@@ -99,7 +99,7 @@ def _without_inventory(captures: Captures) -> FabricSpec:
     first = FabricBuilder(flat_inventory(names, captures.template), captures)
     first.build()
     inventory = derive_inventory(first)
-    spec = FabricBuilder(inventory, captures).build()
+    spec = FabricBuilder(inventory, captures, merged=first.merged).build()
     notes = [f"no inventory: the hierarchy was derived from {first.locality_sources()}"]
     if skipped:
         notes.append(f"{len(skipped)} Kubernetes GPU node(s) have no capture and no template "

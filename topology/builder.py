@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -56,11 +57,23 @@ if TYPE_CHECKING:
     from topology.build import Captures
 
 
+@dataclass(frozen=True)
+class Merged:
+    """One host as merged from its captures, with what the merge reported."""
+
+    host: HostSpec
+    rack_leaves: tuple[str | None, ...]
+    report: MergeReport
+
+
 class FabricBuilder:
     """Builds one FabricSpec from an inventory and captures (see the module docstring)."""
 
-    def __init__(self, inventory: Inventory, captures: Captures) -> None:
+    def __init__(self, inventory: Inventory, captures: Captures,
+                 merged: dict[str, Merged] | None = None) -> None:
         self.inv = inventory
+        #: Hosts merged by an earlier build over the same captures (reused, rack aside).
+        self.merged: dict[str, Merged] = merged if merged is not None else {}
         self.captures = captures
         self.base = Path(inventory.base_dir)
         self.templates = {**load_templates(), **inventory.templates}
@@ -150,7 +163,7 @@ class FabricBuilder:
             nccl=self._parse(entry.name, "nccl", entry.nccl, parse_nccl_xml),
             lldp=self._parse(entry.name, "lldp", entry.lldp, parse_lldp),
             netdevs=self._netdevs(entry, rdma))
-        host = merge_host(inputs, self.report)
+        host = self._merge(inputs)
         self._claim(inputs, host, rdma)
         if entry.gpu_type:
             host = host.model_copy(update={"gpu_type": entry.gpu_type})
@@ -161,6 +174,17 @@ class FabricBuilder:
         if rdma is not None:
             host = host.model_copy(update={"sources": (*host.sources, rdma.source)})
         self.hosts[entry.name] = host
+
+    def _merge(self, inputs: HostInputs) -> HostSpec:
+        """Merge one host, or reuse an earlier build's merge of the same inputs."""
+        held = self.merged.get(inputs.name)
+        if held is None or held.rack_leaves != inputs.rack_leaves:
+            report = MergeReport()
+            held = Merged(merge_host(inputs, report), inputs.rack_leaves, report)
+            self.merged[inputs.name] = held
+        self.report.warnings += held.report.warnings
+        self.report.conflicts += held.report.conflicts
+        return held.host.model_copy(update={"rack": inputs.rack})
 
     def _netdevs(self, entry: HostEntry, rdma: RdmaDevices | None) -> dict[str, str]:
         """The inventory's ``netdevs`` over the RDMA capture's; disagreements warned."""

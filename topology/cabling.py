@@ -12,6 +12,8 @@ from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
 from topology.spec import FabricSpec, HostSpec
 
 
@@ -91,22 +93,27 @@ def _claimants(claims: list[Claim]) -> str:
 
 # -- rails -----------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class RailBreak:
+class RailBreak(BaseModel):
     """A NIC cabled to a leaf of another rail: host, NIC, switch and port named."""
 
+    model_config = ConfigDict(frozen=True)
     host: str
     nic: str
-    rail: int
-    """The NIC's rail: the GPU it serves (or its position)."""
+    rail: int = Field(description="the NIC's rail: the GPU it serves (or its position)")
     leaf: str
     port: str | None
     leaf_rail: int
 
-    def __str__(self) -> str:
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def message(self) -> str:
+        """The break as one sentence (what ``topo build`` warns)."""
         where = f"{self.leaf} port {self.port}" if self.port else self.leaf
         return (f"rail break: host {self.host} NIC {self.nic} (rail {self.rail}) is cabled "
                 f"to {where}, a rail-{self.leaf_rail} leaf")
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def rail_keys(host: HostSpec) -> dict[str, int]:
@@ -132,8 +139,8 @@ def rail_breaks(spec: FabricSpec) -> list[RailBreak]:
         for nic in host.nics:
             rail, key = leaf_rail.get(nic.leaf or ""), keys.get(nic.device)
             if rail is not None and key is not None and rail != key:
-                found.append(RailBreak(host.name, nic.device, key, nic.leaf or "", nic.port,
-                                       rail))
+                found.append(RailBreak(host=host.name, nic=nic.device, rail=key,
+                                       leaf=nic.leaf or "", port=nic.port, leaf_rail=rail))
     return found
 
 

@@ -8,18 +8,25 @@ from typing import Literal
 from topology.errors import Location, ParseError
 from topology.source import strip_bom
 
-Format = Literal["nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes"]
-FORMATS: tuple[Format, ...] = ("nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes")
+Format = Literal["nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes",
+                 "ibnetdiscover", "rdma-devices", "aws-topology"]
+FORMATS: tuple[Format, ...] = ("nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes",
+                               "ibnetdiscover", "rdma-devices", "aws-topology")
 
 
 def _sniffers() -> list[tuple[Format, Callable[[str], bool]]]:
+    from topology.aws_topology import looks_like_aws_topology
+    from topology.ibnetdiscover import looks_like_ibnetdiscover
     from topology.k8s import looks_like_k8s_nodes
     from topology.lldp import looks_like_lldp
     from topology.nccl import looks_like_nccl_xml
     from topology.nvsmi import looks_like_nvidia_smi
+    from topology.rdma_devices import looks_like_rdma_devices
 
     return [("nccl-xml", looks_like_nccl_xml), ("k8s-nodes", looks_like_k8s_nodes),
-            ("lldp", looks_like_lldp), ("nvidia-smi", looks_like_nvidia_smi),
+            ("aws-topology", looks_like_aws_topology), ("lldp", looks_like_lldp),
+            ("ibnetdiscover", looks_like_ibnetdiscover),
+            ("rdma-devices", looks_like_rdma_devices), ("nvidia-smi", looks_like_nvidia_smi),
             ("inventory", looks_like_inventory)]
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from topology.errors import NotFoundError
 from topology.lldp import LldpCapture
 from topology.nccl import NcclTopology
-from topology.nvsmi import LinkType, NvsmiTopology, pcie_level
+from topology.nvsmi import LinkType, NvsmiTopology, SmiLink, pcie_level
 from topology.spec import GpuSpec, HostSpec, NicSpec
 from topology.templates import HostTemplate, host_from_template
 
@@ -85,26 +85,47 @@ def _compare_counts(base: HostSpec, measured: HostSpec, report: MergeReport) -> 
                                     f"the capture shows {b} (the capture is used)")
 
 
+class _Links:
+    """One capture's links by ordered device pair: the merge asks a few hundred times
+    per host, and :meth:`NvsmiTopology.link` checks its arguments on every call."""
+
+    def __init__(self, topo: NvsmiTopology) -> None:
+        self.topo = topo
+        self.by_pair: dict[tuple[str, str], SmiLink] = {}
+        for link in topo.links:
+            self.by_pair[(link.a, link.b)] = self.by_pair[(link.b, link.a)] = link
+
+    def type(self, a: str, b: str) -> LinkType:
+        return self.by_pair[(a, b)].type
+
+    def nearest_nics(self, gpu: str) -> list[str]:
+        """The NICs with the lowest PCIe level to ``gpu``, in column order."""
+        levels = [(pcie_level(self.type(gpu, nic.name)), nic.name) for nic in self.topo.nics]
+        best = min(level for level, _ in levels)
+        return [name for level, name in levels if level == best]
+
+
 def host_from_nvsmi(topo: NvsmiTopology, name: str, rack: str, nic_gbit: float,
                     report: MergeReport) -> HostSpec:
     """A host spec from one ``nvidia-smi topo -m`` capture."""
+    links = _Links(topo)
     switches = _pcie_switch_groups(topo)
     gpu_numa = _gpu_numa(topo)
     nics = tuple(NicSpec(device=nic.device, gbit=nic_gbit,
-                         numa=_nic_numa(topo, nic.name, gpu_numa),
+                         numa=_nic_numa(links, nic.name, gpu_numa),
                          pcie_switch=switches.get(nic.name)) for nic in topo.nics)
-    nearest = _nearest_nics(topo, name, report)
+    nearest = _nearest_nics(links, name, report)
     gpus = tuple(GpuSpec(index=g.index, numa=gpu_numa[g.name], pcie_switch=switches.get(g.name),
                          nic=nearest.get(g.name)) for g in topo.gpus)
-    matrix = tuple(tuple(_code(topo, a.name, b.name) for b in topo.gpus) for a in topo.gpus)
+    matrix = tuple(tuple(_code(links, a.name, b.name) for b in topo.gpus) for a in topo.gpus)
     return HostSpec(name=name, rack=rack, sockets=max(len(set(gpu_numa.values())), 1),
                     gpus=gpus, nics=nics, gpu_links=matrix)
 
 
-def _code(topo: NvsmiTopology, a: str, b: str) -> str:
+def _code(links: _Links, a: str, b: str) -> str:
     if a == b:
         return "X"
-    link = topo.link(a, b)
+    link = links.by_pair[(a, b)]
     return f"NV{link.nvlinks}" if link.type == LinkType.NV else link.type.value
 
 
@@ -121,10 +142,11 @@ def _pcie_switch_groups(topo: NvsmiTopology) -> dict[str, str]:
         if link.type in (LinkType.PIX, LinkType.PXB):
             parent[find(link.a)] = find(link.b)
     order = [d.name for d in topo.gpus] + [n.name for n in topo.nics]
+    joined = set(parent) | set(parent.values())
     roots: dict[str, str] = {}
     groups = {}
     for device in order:
-        if device in parent or any(p == device for p in parent.values()):
+        if device in joined:
             root = find(device)
             groups[device] = roots.setdefault(root, f"sw{len(roots)}")
     return groups
@@ -144,28 +166,29 @@ def _gpu_numa(topo: NvsmiTopology) -> dict[str, int]:
     return result
 
 
-def _nic_numa(topo: NvsmiTopology, nic: str, gpu_numa: dict[str, int]) -> int:
-    best = min(topo.gpus, key=lambda g: pcie_level(topo.link(g.name, nic).type), default=None)
-    if best is None or topo.link(best.name, nic).type == LinkType.SYS:
+def _nic_numa(links: _Links, nic: str, gpu_numa: dict[str, int]) -> int:
+    best = min(links.topo.gpus, key=lambda g: pcie_level(links.type(g.name, nic)), default=None)
+    if best is None or links.type(best.name, nic) == LinkType.SYS:
         return 0
     return gpu_numa[best.name]
 
 
-def _nearest_nics(topo: NvsmiTopology, host: str, report: MergeReport) -> dict[str, str]:
+def _nearest_nics(links: _Links, host: str, report: MergeReport) -> dict[str, str]:
     """Each GPU's NIC: the nearest one; ties go to the NIC at the GPU's own position.
 
     On boards where every GPU-NIC cell is SYS (GB200) nvidia-smi says nothing about
     locality, so GPU i is assumed to use NIC i, with a warning.
     """
+    topo = links.topo
     if not topo.nics:
         return {}
     devices = {n.name: n.device for n in topo.nics}
-    if all(topo.link(g.name, n.name).type == LinkType.SYS for g in topo.gpus for n in topo.nics):
+    if all(links.type(g.name, n.name) == LinkType.SYS for g in topo.gpus for n in topo.nics):
         report.warnings.append(f"host {host}: every GPU-NIC pair is SYS (GB200-like); "
                                "GPU i is assumed to use NIC i")
     result = {}
     for i, gpu in enumerate(topo.gpus):
-        names = topo.nics_nearest(gpu.name)
+        names = links.nearest_nics(gpu.name)
         own = topo.nics[i % len(topo.nics)].name
         result[gpu.name] = devices[own if own in names else names[0]]
     return result

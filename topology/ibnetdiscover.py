@@ -196,7 +196,7 @@ class _Reader:
             if not _PORTS_START.match(line):
                 continue
             found = _PORTS_LINE.match(line)
-            if found is None:
+            if found is None or (found.group(7) is None and found.group(12).startswith("-")):
                 raise ParseError(f"cannot read this port line: {line[:80]!r}",
                                  Location(self.source, number), _EXPECTED_PORTS)
             self._ports_line(found)

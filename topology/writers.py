@@ -6,6 +6,7 @@ Legend, ``lldpctl -f json0``, and an inventory YAML naming those files per host.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -115,3 +116,124 @@ def _host_entry(host: HostSpec) -> dict[str, Any]:
             "nvsmi": f"captures/{host.name}.nvsmi.txt",
             "lldp": f"captures/{host.name}.lldp.json",
             "netdevs": {nic.device: netdev_of(nic, i) for i, nic in enumerate(host.nics)}}
+
+
+# -- cluster captures (synthetic data: round-trip tests and benchmarks) ----------------------
+
+def _guid(name: str) -> str:
+    """A stable 64-bit GUID (16 hex digits) for a synthetic device name."""
+    return hashlib.blake2b(name.encode(), digest_size=8).hexdigest()
+
+
+def ibnetdiscover_text(spec: FabricSpec, spines_per_pod: int = 2, cores: int = 2) -> str:
+    """``ibnetdiscover`` (plain form) of the fabric as a three-level InfiniBand fat tree:
+    every leaf cabled to each of its pod's spines, every spine to each core; each host
+    NIC an HCA described ``<host> <device>``."""
+    cabling = _IbCabling()
+    for host in spec.hosts:
+        for nic in host.nics:
+            switch = host.leaf_of(nic)
+            if switch is not None:
+                cabling.hca(host.name, nic.device, switch)
+    spines = {pod.name: [f"{pod.name}-spine{k}" for k in range(spines_per_pod)]
+              for pod in spec.pods}
+    for leaf in spec.leaves:
+        for spine in spines[leaf.pod]:
+            cabling.cable(leaf.name, spine)
+    for spine in (s for pod_spines in spines.values() for s in pod_spines):
+        for k in range(cores):
+            cabling.cable(spine, f"core{k}")
+    return cabling.text()
+
+
+class _IbCabling:
+    """Switch ports as they get cabled; prints the subnet as ibnetdiscover would."""
+
+    def __init__(self) -> None:
+        self.ports: dict[str, list[tuple[int, str, int]]] = {}  # switch → (port, peer, port)
+        self.cas: dict[tuple[str, str], tuple[str, int]] = {}   # (host, device) → switch port
+
+    def _next(self, switch: str) -> int:
+        return len(self.ports.setdefault(switch, [])) + 1
+
+    def hca(self, host: str, device: str, switch: str) -> None:
+        port = self._next(switch)
+        self.ports[switch].append((port, f"ca:{host}/{device}", 1))
+        self.cas[(host, device)] = (switch, port)
+
+    def cable(self, a: str, b: str) -> None:
+        pa, pb = self._next(a), self._next(b)
+        self.ports[a].append((pa, b, pb))
+        self.ports[b].append((pb, a, pa))
+
+    def text(self) -> str:
+        lids = {name: i + 1 for i, name in enumerate(self.ports)}
+        lines = ["#", "# Topology file: written by toposched (synthetic)", "#"]
+        for name, ports in self.ports.items():
+            lines += _ib_switch(name, ports, lids)
+        for (host, device), (switch, port) in self.cas.items():
+            guid = _guid(f"{host}/{device}")
+            lines += ["", "vendid=0x2c9", "devid=0x1021", f"caguid=0x{guid}",
+                      f'Ca\t1 "H-{guid}"\t\t# "{host} {device}"',
+                      f'[1]({guid}) \t"S-{_guid(switch)}"[{port}]\t\t# lid {len(lids) + 1} '
+                      f'lmc 0 "MF0;{switch}:MQM9700/U1" lid {lids[switch]} 4xNDR']
+        return "\n".join(lines) + "\n"
+
+
+def _ib_switch(name: str, ports: list[tuple[int, str, int]], lids: dict[str, int]) -> list[str]:
+    guid = _guid(name)
+    lines = ["", "vendid=0x2c9", "devid=0xd2f2", f"switchguid=0x{guid}({guid})",
+             f'Switch\t{len(ports)} "S-{guid}"\t\t# "MF0;{name}:MQM9700/U1" enhanced port 0 '
+             f"lid {lids[name]} lmc 0"]
+    for port, peer, peer_port in ports:
+        if peer.startswith("ca:"):
+            host, device = peer[3:].split("/", 1)
+            ca = _guid(f"{host}/{device}")
+            lines.append(f'[{port}]\t"H-{ca}"[1]({ca}) \t\t# "{host} {device}" lid 0 4xNDR')
+        else:
+            lines.append(f'[{port}]\t"S-{_guid(peer)}"[{peer_port}]\t\t# '
+                         f'"MF0;{peer}:MQM9700/U1" lid {lids[peer]} 4xNDR')
+    return lines
+
+
+def rdma_devices_text(host: HostSpec) -> str:
+    """``ibdev2netdev`` output for a host: each RDMA device and its interface."""
+    return "".join(f"{nic.device} port 1 ==> {netdev_of(nic, i)} (Up)\n"
+                   for i, nic in enumerate(host.nics))
+
+
+def k8s_nodes_json(spec: FabricSpec) -> str:
+    """``kubectl get nodes -o json`` with the AWS labels of the fabric's places: layer 1
+    the zone's spine, layer 2 the pod, layer 3 the host's first leaf."""
+    pod_zone = {pod.name: pod.zone for pod in spec.pods}
+    leaf_pod = {leaf.name: leaf.pod for leaf in spec.leaves}
+    rack_pod = {rack.name: rack.pod for rack in spec.racks}
+    regions = {zone.name: zone.region for zone in spec.zones}
+    items = []
+    for host in spec.hosts:
+        leaf = host.leaf_of(host.nics[0] if host.nics else None)
+        pod = leaf_pod.get(leaf or "", rack_pod[host.rack])
+        zone = pod_zone[pod]
+        labels = {"kubernetes.io/hostname": host.name, "topology.kubernetes.io/zone": zone,
+                  "topology.k8s.aws/network-node-layer-1": f"nn-{_guid(zone)}",
+                  "topology.k8s.aws/network-node-layer-2": f"nn-{_guid(pod)}",
+                  "topology.k8s.aws/network-node-layer-3": f"nn-{_guid(leaf or host.name)}"}
+        if regions.get(zone):
+            labels["topology.kubernetes.io/region"] = regions[zone] or ""
+        items.append({"kind": "Node", "metadata": {"name": host.name, "labels": labels},
+                      "spec": {"providerID": f"aws:///{zone}/i-{_guid(host.name)}"},
+                      "status": {"capacity": {"nvidia.com/gpu": str(len(host.gpus))}}})
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": items})
+
+
+def aws_topology_json(spec: FabricSpec) -> str:
+    """``describe-instance-topology`` output for the fabric, instances named after the
+    k8s nodes of :func:`k8s_nodes_json` (``i-<guid of the host>``)."""
+    nodes = json.loads(k8s_nodes_json(spec))["items"]
+    instances = [{"InstanceId": node["spec"]["providerID"].rsplit("/", 1)[-1],
+                  "InstanceType": "p5.48xlarge",
+                  "NetworkNodes": [node["metadata"]["labels"][
+                      f"topology.k8s.aws/network-node-layer-{k}"] for k in (1, 2, 3)],
+                  "AvailabilityZone": node["metadata"]["labels"]["topology.kubernetes.io/zone"]}
+                 for node in nodes]
+    return json.dumps({"Instances": instances, "NextToken": None}, indent=1)

@@ -15,7 +15,7 @@ from rich.table import Table
 from api.cli.output import print_json
 from api.demo.cluster import DemoCluster, SidecarSpec
 from api.demo.run import DemoDriver, DemoStats, drive
-from api.demo.workload import AgenticWorkload
+from api.demo.workload import BLOCK_TOKENS, AgenticWorkload
 from topology.build import build_fabric
 from topology.distance import DistanceModel
 from topology.documents import packaged_config
@@ -28,15 +28,20 @@ from topology.tiers import Tier
 KV_BYTES = 2_684_354_560  # an 8K-token Llama-3-70B prompt in fp16 (320 KiB/token)
 
 
-#: The demo's workers on the example cluster: one prefill per zone, decode workers at
-#: increasing distance (same host over NVLink, same rail leaf, another zone).
+#: The demo's workers on the example cluster. Zone a has the prefill workers and two
+#: decode workers with little KV memory: one on a prefill worker's host (NVLink), one
+#: in the next rack on the same rail leaf (RDMA through one switch). Zone b has one
+#: decode worker with room to spare and no prefill worker: the router sends KV across
+#: the zones when zone a's decode memory is taken, and keeps it close otherwise.
 DEMO_WORKERS = (
-    SidecarSpec("prefill-a", "prefill", "a1-r0-h00/gpu0"),
-    SidecarSpec("decode-a-nvlink", "decode", "a1-r0-h00/gpu4"),
-    SidecarSpec("decode-a-rail", "decode", "a1-r1-h00/gpu0"),
-    SidecarSpec("prefill-b", "prefill", "b1-r0-h00/gpu0"),
-    SidecarSpec("decode-b", "decode", "b1-r0-h01/gpu1"),
+    SidecarSpec("prefill-a", "prefill", "a1-r0-h00/gpu0", kv_blocks=64),
+    SidecarSpec("prefill-a2", "prefill", "a1-r0-h01/gpu0", kv_blocks=64),
+    SidecarSpec("decode-a-nvlink", "decode", "a1-r0-h00/gpu4", kv_blocks=16),
+    SidecarSpec("decode-a-rail", "decode", "a1-r1-h00/gpu0", kv_blocks=16),
+    SidecarSpec("decode-b", "decode", "b1-r0-h00/gpu0", kv_blocks=96),
 )
+#: How long a fake engine "decodes" a request before its KV blocks are released.
+DECODE_MS = 5000.0
 
 
 def register(subparsers: Any) -> None:
@@ -77,15 +82,17 @@ def _live(spec: FabricSpec, args: argparse.Namespace) -> int:
         workdir = Path(tmp)
         spec.save(workdir / "fabric.json")
         cluster = DemoCluster(workdir, model="llama-3-8b", block_bytes=args.block_mib << 20,
-                              kv_blocks=256)
+                              block_tokens=BLOCK_TOKENS, decode_ms=DECODE_MS)
         try:
             console.print(render_text(summarize(spec)))
-            console.print("starting the scheduler and 5 sidecars (NIXL agents) …")
+            console.print(f"starting the scheduler and {len(DEMO_WORKERS)} sidecars (NIXL "
+                          "agents) …")
             cluster.start_scheduler(workdir / "fabric.json")
             console.print(f"live view of the fabric, placement and traffic: {cluster.url}/ui")
-            for worker in DEMO_WORKERS:
-                cluster.start_sidecar(worker)
+            cluster.start_sidecars(DEMO_WORKERS)
             driver = DemoDriver(cluster)
+            driver.stats.model = {row["tier"]: (row["latency_us"], row["bandwidth_gb_per_s"])
+                                  for row in tier_examples(DistanceModel(spec))}
             stats = drive(driver, workload, show=not args.json)
             driver.finish()
             _finish(console, cluster, stats, args)
@@ -100,8 +107,10 @@ def _finish(console: Console, cluster: DemoCluster, stats: DemoStats,
         print_json(stats.as_json())
     else:
         console.print()
-        console.print(f"[bold]done[/bold]: {stats.routed} requests routed, "
-                      f"{sum(stats.tiers.values())} KV transfers verified byte for byte.")
+        tiers = ", ".join(f"{count} over {tier}" for tier, count in stats.tiers.items())
+        console.print(f"[bold]done[/bold]: {stats.routed} requests routed; "
+                      f"{sum(stats.tiers.values())} KV transfers from a prefill worker to a "
+                      f"decode worker, verified byte for byte: {tiers or 'none'}.")
         console.print(f"live view: {cluster.url}/ui   API docs: {cluster.url}/docs   "
                       f"metrics: {cluster.url}/metrics   logs: {cluster.workdir}")
     if args.keep_running:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import socket
@@ -69,19 +70,20 @@ def _read_input(name: str) -> tuple[str, str]:
     return read_capture(name), name
 
 
+#: Format → (module, parser); imported on use so that ``topo`` starts fast.
+_PARSERS = {"nvidia-smi": ("topology.nvsmi", "parse_nvidia_smi"),
+            "lldp": ("topology.lldp", "parse_lldp"),
+            "nccl-xml": ("topology.nccl", "parse_nccl_xml"),
+            "k8s-nodes": ("topology.k8s", "parse_k8s_nodes"),
+            "ibnetdiscover": ("topology.ibnetdiscover", "parse_ibnetdiscover"),
+            "rdma-devices": ("topology.rdma_devices", "parse_rdma_devices"),
+            "aws-topology": ("topology.aws_topology", "parse_aws_topology")}
+
+
 def _parse_as(fmt: str, text: str, source: str) -> Any:
-    if fmt == "nvidia-smi":
-        from topology.nvsmi import parse_nvidia_smi
-        return parse_nvidia_smi(text, source)
-    if fmt == "lldp":
-        from topology.lldp import parse_lldp
-        return parse_lldp(text, source)
-    if fmt == "nccl-xml":
-        from topology.nccl import parse_nccl_xml
-        return parse_nccl_xml(text, source)
-    if fmt == "k8s-nodes":
-        from topology.k8s import parse_k8s_nodes
-        return parse_k8s_nodes(text, source)
+    if fmt in _PARSERS:
+        module, name = _PARSERS[fmt]
+        return getattr(importlib.import_module(module), name)(text, source)
     from topology.documents import parse_yaml, validate
     from topology.inventory import Inventory
     return validate(Inventory, parse_yaml(text, source), source)
@@ -97,11 +99,20 @@ def _describe(fmt: str, result: Any, host: str | None) -> str:
 # -- build --------------------------------------------------------------------------------
 def _register_build(sub: Any) -> None:
     p = sub.add_parser("build", help="build fabric.json from an inventory and captures")
-    p.add_argument("--inventory", required=True, help="inventory YAML")
-    for kind in ("nvsmi", "lldp", "nccl"):
+    p.add_argument("--inventory", help="inventory YAML (optional: without it the hosts and "
+                   "their places come from the captures and node labels)")
+    for kind, what in (("nvsmi", "nvidia-smi topo -m"), ("lldp", "lldpctl"),
+                       ("nccl", "NCCL topology XML"),
+                       ("rdma", "RDMA devices (topo collect, rdma link, ibdev2netdev, ibstat)")):
         p.add_argument(f"--{kind}", action="append", default=[], metavar="HOST=FILE",
-                       help=f"{kind} capture for a host (repeatable)")
+                       help=f"{what} capture for a host (repeatable)")
     p.add_argument("--k8s-nodes", help="`kubectl get nodes -o json` output")
+    p.add_argument("--ibnetdiscover", action="append", default=[], metavar="FILE",
+                   help="ibnetdiscover (or -p) output of a subnet (repeatable)")
+    p.add_argument("--aws-topology", action="append", default=[], metavar="FILE",
+                   help="`aws ec2 describe-instance-topology` output (repeatable)")
+    p.add_argument("--template", help="host template for hosts without a capture "
+                   "(builds without an inventory)")
     p.add_argument("--keep-going", action="store_true",
                    help="record conflicts in the fabric instead of failing")
     p.add_argument("-o", "--output", default="fabric.json", help="where to write the fabric")
@@ -114,8 +125,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     captures = Captures(nvsmi=_host_files(args.nvsmi, "--nvsmi"),
                         lldp=_host_files(args.lldp, "--lldp"),
                         nccl=_host_files(args.nccl, "--nccl"),
-                        k8s_nodes=Path(args.k8s_nodes) if args.k8s_nodes else None)
-    spec = build_fabric(load_inventory(args.inventory), captures, keep_going=args.keep_going)
+                        rdma=_host_files(args.rdma, "--rdma"),
+                        k8s_nodes=Path(args.k8s_nodes) if args.k8s_nodes else None,
+                        ibnetdiscover=[Path(p) for p in args.ibnetdiscover],
+                        aws_topology=[Path(p) for p in args.aws_topology],
+                        template=args.template)
+    inventory = load_inventory(args.inventory) if args.inventory else None
+    spec = build_fabric(inventory, captures, keep_going=args.keep_going)
     spec.save(args.output)
     summary = summarize(spec)
     if args.json:
@@ -218,24 +234,36 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # -- collect ------------------------------------------------------------------------------------
-_COLLECTORS = {"nvidia-smi": ["nvidia-smi", "topo", "-m"], "lldp": ["lldpctl", "-f", "json0"]}
+#: Captures taken by running a tool: name → command.
+_COLLECTORS = {"nvidia-smi": ["nvidia-smi", "topo", "-m"], "lldp": ["lldpctl", "-f", "json0"],
+               "ibnetdiscover": ["ibnetdiscover"]}
+#: Where each capture is written with --out-dir.
+_COLLECTED_FILES = {"nvidia-smi": "nvidia-smi.txt", "lldp": "lldp.txt",
+                    "rdma-devices": "rdma-devices.json", "ibnetdiscover": "ibnetdiscover.txt"}
 
 
 def _register_collect(sub: Any) -> None:
-    p = sub.add_parser("collect", help="run nvidia-smi topo -m and lldpctl on this host")
+    p = sub.add_parser("collect", help="capture this host: nvidia-smi topo -m, lldpctl, RDMA "
+                       "devices (sysfs) and ibnetdiscover")
     p.add_argument("--out-dir", help="write each capture to a file here instead of stdout")
     p.add_argument("--post", metavar="URL",
                    help="also PUT the captures to a scheduler (e.g. http://sched:8000)")
     p.add_argument("--host", default=None, help="host name to post as (default: this host's)")
+    p.add_argument("--sysfs-root", default=None, metavar="DIR",
+                   help="where /sys/class/infiniband is (a container with the host's /sys "
+                   "mounted elsewhere)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_collect)
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
     """Collect this host's captures; a missing tool is reported, not fatal to the others."""
+    from topology.rdma_sysfs import SYSFS_ROOT
+
     results: dict[str, dict[str, Any]] = {}
-    for name, command in _COLLECTORS.items():
-        results[name] = _run_collector(command)
+    for name in _COLLECTED_FILES:
+        results[name] = _rdma_devices(Path(args.sysfs_root or SYSFS_ROOT)) \
+            if name == "rdma-devices" else _run_collector(_COLLECTORS[name])
     if args.post:
         _post(args, results)
     if args.out_dir:
@@ -243,7 +271,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
         for name, result in results.items():
             if result["ok"]:
-                path = out / f"{name}.txt"
+                path = out / _COLLECTED_FILES[name]
                 path.write_text(result["output"])
                 result["file"] = str(path)
     if args.json:
@@ -255,6 +283,16 @@ def cmd_collect(args: argparse.Namespace) -> int:
             if result["ok"] and not args.out_dir:
                 print(result["output"])
     return 0 if any(r["ok"] for r in results.values()) else 1
+
+
+def _rdma_devices(root: Path) -> dict[str, Any]:
+    """The RDMA device map read from sysfs (no tool needed)."""
+    from topology.rdma_sysfs import rdma_devices_text
+
+    text = rdma_devices_text(root)
+    if text is None:
+        return {"ok": False, "error": f"no RDMA device under {root}", "output": ""}
+    return {"ok": True, "error": None, "output": text}
 
 
 def _post(args: argparse.Namespace, results: dict[str, dict[str, Any]]) -> None:
@@ -276,8 +314,8 @@ def _run_collector(command: list[str]) -> dict[str, Any]:
     if shutil.which(command[0]) is None:
         return {"ok": False, "error": f"{command[0]} is not installed or not on PATH",
                 "output": ""}
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    try:  # ibnetdiscover walks a whole subnet: allow it a while
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"ok": False, "error": str(exc), "output": ""}
     if done.returncode != 0:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 
+from api.demo.workload import BLOCK_TOKENS
 from topology.errors import ToposchedError
 
 START_TIMEOUT_S = 30.0
@@ -27,11 +30,13 @@ class DemoError(ToposchedError):
 
 @dataclass(frozen=True)
 class SidecarSpec:
-    """One worker of the demo: its name, role and fabric GPU."""
+    """One worker of the demo: its name, role, fabric GPU and KV pool (blocks; None: the
+    cluster's default)."""
 
     name: str
     role: str
     gpu: str
+    kv_blocks: int | None = None
 
 
 @dataclass
@@ -41,9 +46,22 @@ class DemoCluster:
     workdir: Path
     model: str
     block_bytes: int
-    kv_blocks: int
+    #: KV blocks of a sidecar whose spec names none.
+    kv_blocks: int = 256
+    #: Tokens per KV block the sidecars register (the demo hashes prompts with it).
+    block_tokens: int = BLOCK_TOKENS
+    #: How long each fake engine's decode request runs before it releases its KV.
+    decode_ms: float = 1000.0
     port: int = 0
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    #: Authentication is on, as in a deployment: fresh tokens for every run.
+    worker_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    operator_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers of the demo's own calls (it acts for every worker: operator)."""
+        return {"Authorization": f"Bearer {self.operator_token}"}
 
     @property
     def url(self) -> str:
@@ -53,34 +71,45 @@ class DemoCluster:
     def start_scheduler(self, fabric: Path) -> None:
         """Start ``toposched serve`` on a free loopback port with the fabric loaded."""
         self.port = _free_port()
-        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)])
+        self._spawn("scheduler", ["serve", "--port", str(self.port), "--fabric", str(fabric)],
+                    {"TOPOSCHED_WORKER_TOKEN": self.worker_token,
+                     "TOPOSCHED_OPERATOR_TOKEN": self.operator_token})
         self._wait(lambda: httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200,
                    "scheduler")
 
     def start_sidecar(self, spec: SidecarSpec) -> None:
-        """Start one sidecar (NIXL agent, fake engine) and wait until it serves."""
-        state = self.workdir / f"{spec.name}.state.json"
-        self._spawn(spec.name, [
-            "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
-            "--gpu", spec.gpu, "--model", self.model, "--kv-blocks", str(self.kv_blocks),
-            "--block-bytes", str(self.block_bytes), "--state-file", str(state),
-            "--poll-wait", "2", "--host", spec.gpu.split("/")[0]])
-        self._wait(lambda: state.exists() and json.loads(state.read_text())["state"] == "serving",
-                   f"sidecar {spec.name}")
+        """Start one sidecar and wait until it serves."""
+        self.start_sidecars([spec])
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def start_sidecars(self, specs: Sequence[SidecarSpec]) -> None:
+        """Start the sidecars (NIXL agents, fake engines) at once; wait until all serve."""
+        states = {spec.name: self.workdir / f"{spec.name}.state.json" for spec in specs}
+        for spec in specs:
+            self._spawn(spec.name, [
+                "sidecar", "--scheduler", self.url, "--name", spec.name, "--role", spec.role,
+                "--gpu", spec.gpu, "--model", self.model,
+                "--kv-blocks", str(spec.kv_blocks or self.kv_blocks),
+                "--block-bytes", str(self.block_bytes), "--block-tokens",
+                str(self.block_tokens), "--fake-decode-ms", str(self.decode_ms),
+                "--state-file", str(states[spec.name]), "--poll-wait", "2",
+                "--host", spec.gpu.split("/")[0]],
+                {"TOPOSCHED_WORKER_TOKEN": self.worker_token})  # never on the command line
+        for name, state in states.items():
+            self._wait(_serving(state), f"sidecar {name}")
+
+    def _spawn(self, name: str, args: list[str], env_extra: dict[str, str]) -> None:
         log = (self.workdir / f"{name}.log").open("wb")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         self.procs[name] = subprocess.Popen([sys.executable, "-m", "api.cli.main", *args],
                                             stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
 
-    def _wait(self, ready: object, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                if ready():  # type: ignore[operator]
+                if ready():
                     return
             except (httpx.TransportError, OSError, ValueError, KeyError):
                 pass
@@ -106,6 +135,11 @@ class DemoCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def _serving(state: Path) -> Callable[[], bool]:
+    """Whether the sidecar writing ``state`` serves."""
+    return lambda: state.exists() and json.loads(state.read_text())["state"] == "serving"
 
 
 def _free_port() -> int:

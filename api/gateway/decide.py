@@ -20,6 +20,7 @@ from typing import Literal
 from api.routing import Fabric, kv_bytes_for
 from engines.instance import EngineInstance
 from engines.pd import protocol_for
+from engines.registry import EngineRegistry
 from policies.snapshot import Role, Snapshot, Worker
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from scheduler.router.snapshot import domain_arrays
@@ -67,9 +68,11 @@ class PairChooser:
 
     def choose(self, fabric: Fabric, instances: Sequence[EngineInstance],
                loads: Mapping[str, WorkerLoad], request: RouteRequest,
-               prompt_tokens: int) -> Route | Unschedulable:
-        """The route of ``request`` over ``instances`` (all serving its model)."""
-        snapshot = self.snapshot(fabric, instances, loads, request.model)
+               prompt_tokens: int, engines: EngineRegistry | None = None
+               ) -> Route | Unschedulable:
+        """The route of ``request`` over ``instances`` (all serving its model);
+        ``engines``: the service's engine registry (engine load, block size)."""
+        snapshot = self.snapshot(fabric, instances, loads, request.model, engines)
         if not snapshot.workers:
             return Unschedulable(request_id=request.request_id, policy="gateway", reasons=(
                 f"no instance of {request.model} sits on GPUs of the fabric",))
@@ -103,16 +106,23 @@ class PairChooser:
                               f"{options[best].name} ({tier})")
 
     def snapshot(self, fabric: Fabric, instances: Sequence[EngineInstance],
-                 loads: Mapping[str, WorkerLoad], model: str | None) -> Snapshot:
-        """The instances as workers with their reserved load."""
-        key = (id(fabric), tuple(map(id, instances)))
+                 loads: Mapping[str, WorkerLoad], model: str | None,
+                 engines: EngineRegistry | None = None) -> Snapshot:
+        """The instances as workers with their reserved load; with the engine registry,
+        with the engines' own load figures merged in (:mod:`engines.live`) and prompts
+        hashed with the engines' block size (what their KV events are indexed under)."""
+        blocks = engines.block_size(model) if engines is not None else None
+        key = (id(fabric), tuple(map(id, instances)), blocks)
         if self._base is None or self._base[0] != key:
-            self._base = (key, _base_snapshot(fabric, instances, model))
+            self._base = (key, _base_snapshot(fabric, instances, model, blocks))
         base = self._base[1]
+        measured = {w.id: w for w in engines.workers(model, loads)} if engines else {}
         changed = {}
         for pos, worker in enumerate(base.workers):
             load = loads.get(worker.id)
-            if load is not None and (load.tokens or load.requests):
+            if worker.id in measured:
+                changed[pos] = measured[worker.id]
+            elif load is not None and (load.tokens or load.requests):
                 changed[pos] = replace(worker, queued_tokens=load.tokens,
                                        running_requests=load.requests)
         return base.updated(changed) if changed else base
@@ -168,9 +178,10 @@ def _compatible_runner_up(decision: Decision, named: Mapping[str, EngineInstance
 
 
 def _base_snapshot(fabric: Fabric, instances: Sequence[EngineInstance],
-                   model: str | None) -> Snapshot:
+                   model: str | None, engine_blocks: int | None = None) -> Snapshot:
     workers = [_worker(i) for i in instances if all(g in fabric.known for g in i.gpu_names)]
-    blocks = next((i.block_size for i in instances if i.block_size), DEFAULT_BLOCK_TOKENS)
+    blocks = engine_blocks or next((i.block_size for i in instances if i.block_size),
+                                   DEFAULT_BLOCK_TOKENS)
     domains = domain_arrays(fabric.distance, workers) if workers else {}
     return Snapshot(tuple(workers), domains, {}, {}, blocks, kv_bytes_for(model))
 

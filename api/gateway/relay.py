@@ -22,12 +22,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.engine_feeds import EngineFeeds
 from api.gateway.decide import LOCAL, PairChooser, Route
 from api.gateway.instances import InstancePool
 from api.gateway.load import Held
 from api.gateway.tokens import PromptTokens, Tokens
 from api.runtime import Runtime
 from api.service import ServiceState
+from engines.instance import EngineInstance
 from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
 from scheduler.router.router import RouteRequest, Unschedulable
 from scheduler.telemetry.handoff import Handoff
@@ -51,8 +53,13 @@ class Gateway:
     def __init__(self, runtime: Runtime, services: ServiceState, pool: InstancePool,
                  tokens: Tokens, client: httpx.AsyncClient, *, min_uncached_tokens: int,
                  lease_s: float, reservation_ttl_s: float = 600.0,
-                 engine_headers: Mapping[str, str] | None = None) -> None:
-        """Wire the gateway to the app's runtime and services."""
+                 engine_headers: Mapping[str, str] | None = None,
+                 engines: EngineFeeds | None = None) -> None:
+        """Wire the gateway to the app's runtime and services; ``engines``: the service's
+        engine instances (registered through the API too, with health, load and block
+        size from the engines themselves)."""
+        self.engines = engines
+        self._document: object = None
         self.reservation_ttl_s = reservation_ttl_s
         self.runtime, self.services, self.pool = runtime, services, pool
         self.tokens, self.client = tokens, client
@@ -65,6 +72,7 @@ class Gateway:
         """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
         body = parse_body(await request.body(), path)
         model: str = body["model"]
+        self._follow_registry()
         if not self.pool.serving(model):
             raise NotFoundError("model", model, "served: " + (", ".join(self.pool.models)
                                                               or "none"))
@@ -84,17 +92,37 @@ class Gateway:
         fabric = self.services.fabric
         if fabric is None:
             raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-        instances = self.pool.routable(model, exclude)
+        instances = self._in_routing(self.pool.routable(model, exclude))
         if not instances:
             raise UnschedulableError([f"no instance of {model} is in routing "
                                       f"(out: {', '.join(self.pool.quarantined()) or '-'})"])
         loads = await self.runtime.loads.loads()
         request = RouteRequest(request_id=request_id[:256], model=model,
                                token_ids=list(tokens.ids), prompt_tokens=tokens.count)
-        result = self.chooser.choose(fabric, instances, loads, request, tokens.count)
+        registry = self.engines.registry if self.engines is not None else None
+        result = self.chooser.choose(fabric, instances, loads, request, tokens.count, registry)
         if isinstance(result, Unschedulable):
             raise UnschedulableError(list(result.reasons))
+        if self.engines is not None and result.prefill is not None \
+                and result.mode == "disaggregated":  # labels the engines' NIXL figures
+            self.engines.handoffs.note(result.decode.name, result.prefill.name, result.tier)
         return result
+
+    def _follow_registry(self) -> None:
+        """Route to the service's registered instances (they change through the API)."""
+        if self.engines is not None and self.engines.document is not self._document:
+            self._document = self.engines.document
+            if self.engines.document.instances:
+                self.pool.replace(self.engines.document.instances)
+
+    def _in_routing(self, instances: tuple[EngineInstance, ...]
+                    ) -> tuple[EngineInstance, ...]:
+        """Leave out the instances the registry found down or stale (its /health)."""
+        if self.engines is None:
+            return instances
+        registry = self.engines.registry
+        return tuple(i for i in instances if i.name not in registry or
+                     registry.state_of(i.name) in ("up", "starting"))
 
     async def _attempt(self, request: Request, route: Route, body: dict[str, Any], path: str,
                        request_id: str) -> Response | set[str]:

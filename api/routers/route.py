@@ -13,7 +13,7 @@ from pydantic import ValidationError as PydanticValidationError
 from api.engine_feeds import EngineFeeds
 from api.load import new_reservation_id, reservations_for, reserve
 from api.problems import problem
-from api.routing import BLOCK_TOKENS, deliver_plan, kv_bytes_for
+from api.routing import deliver_plan, kv_bytes_for
 from api.runtime import Runtime
 from api.service import ServiceState
 from engines.registry import EngineRegistry
@@ -46,11 +46,15 @@ class RouteInput(BaseModel):
             raise ValueError("the prompt is empty")
         return self
 
-    @property
-    def prompt_tokens(self) -> int:
-        """Prompt length in tokens (block hashes count as full blocks)."""
+    def prompt_tokens(self, block_tokens: int) -> int:
+        """Prompt length in tokens (block hashes count as full blocks of the model's size)."""
         return len(self.tokens) if self.tokens is not None else \
-            len(self.block_hashes or ()) * BLOCK_TOKENS
+            len(self.block_hashes or ()) * block_tokens
+
+    def blocks(self, block_tokens: int) -> int:
+        """Full blocks of the prompt (what the prefix index can hold of it)."""
+        return len(self.block_hashes) if self.block_hashes is not None else \
+            self.prompt_tokens(block_tokens) // block_tokens
 
     def to_request(self) -> RouteRequest:
         """The router's request."""
@@ -111,7 +115,8 @@ async def route(request: Request) -> Response:
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
-    items, reservation_id = reservations_for(result, body.prompt_tokens), new_reservation_id()
+    items = reservations_for(result, body.prompt_tokens(block_tokens))
+    reservation_id = new_reservation_id()
     await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
                   state.settings.reservation_ttl_s)
     feeds: EngineFeeds = state.engine_feeds
@@ -126,7 +131,7 @@ async def route(request: Request) -> Response:
     # Any other failure (Redis gone, a timeout, cancellation) may come after the
     # transfer was queued: then it runs, so its load stays reserved (until the transfer
     # ends or the reservation expires), like its blocks.
-    _observe(runtime, body, result, record, block_tokens)
+    _observe(runtime, body.blocks(block_tokens), result, record)
     feeds.note(result)
     output = RouteOutput(decision=result, reservation_id=reservation_id, reservations=items,
                          plan_id=record.plan.plan_id if record is not None else None)
@@ -146,7 +151,7 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     started = time.perf_counter()
     current = services.current
     entries, loads = await coordinator.store.list_with_loads(runtime.loads)
-    snapshot = services.snapshots.snapshot(
+    snapshot = await services.snapshots.current(
         fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link(),
@@ -160,13 +165,11 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
     return result, snapshot.block_tokens
 
 
-def _observe(runtime: Runtime, body: RouteInput, decision: Decision,
-             record: TransferRecord | None, block_tokens: int) -> None:
-    """Count the prefix blocks the prefill side held, and the queued transfer on the
-    shared links of its path until its deadline (the next decisions see it as
-    ``link_load``)."""
-    total = len(body.block_hashes) if body.block_hashes is not None else \
-        body.prompt_tokens // block_tokens
+def _observe(runtime: Runtime, total: int, decision: Decision,
+             record: TransferRecord | None) -> None:
+    """Count the prefix blocks (of ``total``) the prefill side held, and the queued
+    transfer on the shared links of its path until its deadline (the next decisions see
+    it as ``link_load``)."""
     runtime.telemetry.observe_prefix(min(decision.prefill.cached_blocks, total), total)
     if record is not None:
         runtime.inflight.add(record.plan.plan_id, decision.transfer.links,

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict
 
 from api.feeds import (
@@ -15,7 +15,9 @@ from api.feeds import (
     FeedConflict,
     FeedKind,
     Feeds,
+    parse_aws_feed,
     parse_capture,
+    parse_ibnetdiscover_feed,
     parse_inventory,
     parse_k8s,
 )
@@ -157,6 +159,49 @@ async def put_k8s_nodes(request: Request, services: Services) -> FeedResult | Re
         return feeds.with_k8s(capture)
 
     return await _apply(services, request, None, "k8s-nodes", edit)
+
+
+@writes.put("/hosts/{host}/rdma", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("text/plain", "mlx5_0 port 1 ==> ens1np0 (Up)\n"))
+async def put_rdma(host: str, request: Request, services: Services) -> FeedResult | Response:
+    """A host's RDMA devices: ``topo collect``'s JSON, ``rdma link show``, ``ibdev2netdev``
+    or ``ibstat`` output (device → interface map, GUIDs)."""
+    return await _host_feed(services, request, host, "rdma")
+
+
+async def _cluster_feed(services: Services, request: Request, kind: str, name: str | None,
+                        parse: Any, held: Any, replace: Any) -> FeedResult | Response:
+    """A cluster-wide capture: parsed off the event loop, swapped into the feeds."""
+    source = f"{request.method} {request.url.path}"
+    text = await _read_text(request, source)
+    capture = await asyncio.to_thread(parse, text, source)
+
+    def edit(feeds: Feeds) -> Feeds | None:
+        current = held(feeds)
+        return None if current is not None and current.text == text else replace(feeds, capture)
+
+    return await _apply(services, request, name, kind, edit)
+
+
+@writes.put("/ibnetdiscover/{name}", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("text/plain", 'Switch\t41 "S-08c0eb03008cc87c"\t\t# '
+                                     '"MF0;leaf-1:MQM8700/U1" enhanced port 0 lid 3 lmc 0\n'))
+async def put_ibnetdiscover(name: Annotated[str, Path(max_length=128)], request: Request,
+                            services: Services) -> FeedResult | Response:
+    """An InfiniBand subnet as ``ibnetdiscover`` (or ``-p``) prints it; ``name`` tells
+    subnets (or the hosts that captured them) apart, and each replaces its own."""
+    return await _cluster_feed(
+        services, request, "ibnetdiscover", name, parse_ibnetdiscover_feed,
+        lambda feeds: feeds.ib.get(name), lambda feeds, c: feeds.with_ib(name, c))
+
+
+@writes.put("/aws-instance-topology", response_model=FeedResult, responses=_RESPONSES,
+            openapi_extra=_text_body("application/json", '{"Instances": []}'))
+async def put_aws_topology(request: Request, services: Services) -> FeedResult | Response:
+    """``aws ec2 describe-instance-topology`` output: instances under network nodes."""
+    return await _cluster_feed(
+        services, request, "aws-instance-topology", None, parse_aws_feed,
+        lambda feeds: feeds.aws, lambda feeds, c: feeds.with_aws(c))
 
 
 @reads.get("/fabric")

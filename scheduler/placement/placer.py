@@ -82,6 +82,11 @@ def solve(problem: Problem, *, progress: Progress | None = None,
     if hint is not None:
         proved = _greedy_if_proved(problem, hint, bound, started)
         if proved is not None:
+            if progress is not None:
+                progress(f"{proved.solve_time_s:6.1f} s  greedy: "
+                         f"{proved.objective.transfer_cost_ms:.3f} ms/request, within "
+                         f"{problem.request.options.gap_tolerance:.1%} of the lower bound "
+                         f"{bound:.3f}: search skipped")
             return proved
     search = _Search(problem, hint, progress, bound)
     found = search.run()

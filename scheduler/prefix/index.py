@@ -43,7 +43,7 @@ from scheduler.prefix.models import (
     WorkerSnapshot,
 )
 from scheduler.prefix.predictions import PredictionTable
-from scheduler.prefix.wire import AnyEvent, WireCleared, WireRemoved, WireStored, decode_event
+from scheduler.prefix.wire import WireEvent, decode_event
 from topology.errors import Issue, ValidationError
 
 _TIER_BITS: dict[str, int] = {"gpu": GPU, "host": HOST}
@@ -52,9 +52,7 @@ DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_MAX_PREDICTED = 200_000
 
 Event = BlockStored | BlockRemoved | AllBlocksCleared
-_EVENT_TYPES = (BlockStored, BlockRemoved, AllBlocksCleared, WireStored, WireRemoved, WireCleared)
-_STORED = (BlockStored, WireStored)
-_REMOVED = (BlockRemoved, WireRemoved)
+_EVENT_TYPES = (BlockStored, BlockRemoved, AllBlocksCleared, WireEvent)
 _DUPLICATE = object()
 #: Cached all-workers results, one per match length (see ``PrefixIndex._template``).
 _MAX_TEMPLATES = 16
@@ -153,7 +151,7 @@ class PrefixIndex:
             return self._apply_event(parse_event(event))
         return self._apply_event(event)
 
-    def _apply_event(self, event: AnyEvent) -> ResyncRequest | None:
+    def _apply_event(self, event: Event | WireEvent) -> ResyncRequest | None:
         worker = event.worker
         idx = self._ids.get(worker)
         if idx is None:
@@ -166,7 +164,9 @@ class PrefixIndex:
             return None
         self._last_seq[idx] = seq
         pred = self._pred
-        if isinstance(event, _STORED):
+        kind = event.kind
+        if kind == "block_stored":
+            assert not isinstance(event, BlockRemoved | AllBlocksCleared)  # for the type checker
             keys = _keys(event.block_hashes, event.model)
             self._table.store(idx, keys, _TIER_BITS[event.tier])
             if pred.masks:
@@ -174,7 +174,8 @@ class PrefixIndex:
             if self._capacity[idx] is not None or (
                     self._max_entries is not None and self._table.count > self._max_entries):
                 self._enforce(idx)
-        elif isinstance(event, _REMOVED):
+        elif kind == "block_removed":
+            assert not isinstance(event, BlockStored | AllBlocksCleared)  # for the type checker
             keys = _keys(event.block_hashes, event.model)
             self._table.remove(idx, keys, _TIER_BITS[event.tier])
             if pred.masks:

@@ -1,85 +1,84 @@
-"""Fast decoding of KV-event JSON for :meth:`PrefixIndex.apply` (msgspec).
+"""Fast decoding of KV-event JSON for :meth:`PrefixIndex.apply`.
 
-:func:`scheduler.prefix.events.parse_event` (pydantic) is the reference: it defines
-which events are valid and words every error. Decoding the same JSON with
-pydantic costs ~2.5 µs per typical event and building a pydantic model from
-already-checked fields ~3 µs more, against ~0.7 µs for msgspec straight into
-these structs (measured on this repo's 2-vCPU VM; ``bench/results/prefix_index.md``
-is the end-to-end figure). The index applies an event from its fields, so it
-takes these structs as they are.
+:func:`scheduler.prefix.events.parse_event` is the reference: it defines which events
+are valid and words every error. It builds a pydantic model per event (~2.7 µs for a
+15-block event on this repo's 2-vCPU VM); the index only needs the fields, so this
+module validates the same JSON with the *same* pydantic field constraints into plain
+``TypedDict`` values (~1.7 µs; msgspec would be ~1.2 µs but lives in ``engines/`` alone,
+tests/test_architecture.py) and hands the index a small tuple.
 
-Validity is the reference's: the structs carry the same constraints (tag, field
-names and types, no unknown fields, lengths, non-negative integers), the one bound
-msgspec cannot state (hashes below 2**64) is checked after decoding, and
-whatever this decoder refuses is decoded again by :func:`parse_event` so that
-the error is the reference's error, word for word. ``tests/scheduler/prefix/
-test_wire.py`` checks both agree on generated valid and invalid events.
+Whatever this decoder refuses is decoded again by :func:`parse_event`, so an error is
+the reference's error, word for word. ``tests/scheduler/prefix/test_wire.py`` checks
+that both accept the same events with the same fields.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, NamedTuple, NotRequired
 
-import msgspec
+import pydantic
+from pydantic import ConfigDict, Field
+from typing_extensions import TypedDict
 
-from scheduler.prefix.events import AllBlocksCleared, BlockRemoved, BlockStored, parse_event
+from scheduler.prefix.events import BlockHash, Seq, Tier, WorkerName, parse_event
 
-_U64_MAX = (1 << 64) - 1
-_Hash = Annotated[int, msgspec.Meta(ge=0)]
-_Hashes = Annotated[tuple[_Hash, ...], msgspec.Meta(min_length=1)]
-_Worker = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
-_Seq = Annotated[int, msgspec.Meta(ge=0)]
+_Hashes = Annotated[tuple[BlockHash, ...], Field(min_length=1)]
+_FORBID = ConfigDict(extra="forbid")
 
 
-class WireStored(msgspec.Struct, tag_field="kind", tag="block_stored",
-                 forbid_unknown_fields=True, frozen=True):
-    """``block_stored``, as :class:`~scheduler.prefix.events.BlockStored`."""
-
-    worker: _Worker
-    seq: _Seq
+class _Stored(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    kind: Literal["block_stored"]
+    worker: WorkerName
+    seq: Seq
     block_hashes: _Hashes
-    parent_hash: _Hash | None = None
-    tier: Literal["gpu", "host"] = "gpu"
-    model: str | None = None
+    parent_hash: NotRequired[BlockHash | None]
+    tier: NotRequired[Tier]
+    model: NotRequired[str | None]
 
 
-class WireRemoved(msgspec.Struct, tag_field="kind", tag="block_removed",
-                  forbid_unknown_fields=True, frozen=True):
-    """``block_removed``, as :class:`~scheduler.prefix.events.BlockRemoved`."""
-
-    worker: _Worker
-    seq: _Seq
+class _Removed(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    kind: Literal["block_removed"]
+    worker: WorkerName
+    seq: Seq
     block_hashes: _Hashes
-    tier: Literal["gpu", "host"] = "gpu"
+    tier: NotRequired[Tier]
+    model: NotRequired[str | None]
+
+
+class _Cleared(TypedDict):
+    __pydantic_config__ = _FORBID  # type: ignore[misc]
+    kind: Literal["all_blocks_cleared"]
+    worker: WorkerName
+    seq: Seq
+
+
+_ADAPTER: pydantic.TypeAdapter[Any] = pydantic.TypeAdapter(
+    Annotated[_Stored | _Removed | _Cleared, Field(discriminator="kind")])
+
+
+class WireEvent(NamedTuple):
+    """One validated event's fields (``block_hashes`` empty for ``all_blocks_cleared``)."""
+
+    kind: str
+    worker: str
+    seq: int
+    block_hashes: tuple[int, ...] = ()
+    tier: str = "gpu"
     model: str | None = None
+    parent_hash: int | None = None
 
 
-class WireCleared(msgspec.Struct, tag_field="kind", tag="all_blocks_cleared",
-                  forbid_unknown_fields=True, frozen=True):
-    """``all_blocks_cleared``, as :class:`~scheduler.prefix.events.AllBlocksCleared`."""
-
-    worker: _Worker
-    seq: _Seq
-
-
-WireEvent = WireStored | WireRemoved | WireCleared
-AnyEvent = BlockStored | BlockRemoved | AllBlocksCleared | WireEvent
-_DECODER = msgspec.json.Decoder(WireEvent)
-
-
-def decode_event(data: bytes | str, *, source: str = "<kv event>") -> AnyEvent:
-    """One KV event from JSON: a wire struct, or the reference's error.
+def decode_event(data: bytes | str, *, source: str = "<kv event>") -> WireEvent:
+    """One KV event from JSON, validated as :func:`parse_event` validates it.
 
     Raises exactly what :func:`parse_event` raises for ``data`` when it is invalid.
     """
     try:
-        event = _DECODER.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return parse_event(data, source=source)
-    if isinstance(event, WireCleared):
-        return event
-    if max(event.block_hashes) > _U64_MAX or (
-            isinstance(event, WireStored) and event.parent_hash is not None
-            and event.parent_hash > _U64_MAX):
-        return parse_event(data, source=source)
-    return event
+        event = _ADAPTER.validate_json(data)
+    except pydantic.ValidationError:
+        event = parse_event(data, source=source).model_dump()  # raises the reference's error
+    get = event.get
+    return WireEvent(event["kind"], event["worker"], event["seq"], get("block_hashes", ()),
+                     get("tier", "gpu"), get("model"), get("parent_hash"))

@@ -95,9 +95,15 @@ class TtftTerms(BaseModel):
 ROW_BUDGET_BYTES = 64 << 20
 #: Rows kept whatever the budget: more than the prefill candidates of one decision.
 MIN_ROWS = 48
-_ENTRY_BYTES = 1 + 8 + 8
+_ENTRY_BYTES = 8 + 8 + 8
+#: The row offset of a position not looked up yet: out of range of any row array.
+_UNKNOWN = 1 << 62
 #: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
 _MAX_MEMO = 65_536
+
+
+class RowsFullError(Exception):
+    """One call asks for more source GPUs than :class:`FabricRows` may hold."""
 
 
 class FabricRows:
@@ -118,7 +124,7 @@ class FabricRows:
         budget = ROW_BUDGET_BYTES if budget_bytes is None else budget_bytes
         self.capacity = max(MIN_ROWS, budget // max(self.size * _ENTRY_BYTES, 1))
         # np.empty reserves address space; pages are touched only as rows are filled.
-        self.tier = np.empty((self.capacity, self.size), dtype=np.int8)
+        self.tier = np.empty((self.capacity, self.size), dtype=np.int64)
         self.latency_s = np.empty((self.capacity, self.size))
         self.bandwidth = np.empty((self.capacity, self.size))
         self._slot_of = np.full(self.size, -1, dtype=np.int64)
@@ -126,6 +132,8 @@ class FabricRows:
         self._used = np.zeros(self.capacity, dtype=np.int64)
         self._tick = 0
         self._filled = 0
+        #: Grows whenever a row is evicted: row offsets remembered elsewhere are stale.
+        self.generation = 0
         #: Fabric index of GPU names, for the pair tables built over these rows.
         self.gpu_index = GpuIndex(distance)
         self._links: dict[tuple[int, int], tuple[str, ...]] = {}
@@ -141,15 +149,6 @@ class FabricRows:
         self._tick += 1
         self._used[slots] = self._tick
         return slots
-
-    def slot(self, source: int) -> int:
-        """The row slot of one source GPU (computed if not held)."""
-        found = int(self._slot_of[source])
-        if found < 0:
-            found = self._fill(source, protect=np.array([source], dtype=np.int64))
-        self._tick += 1
-        self._used[found] = self._tick
-        return found
 
     def _fill(self, gpu: int, protect: IntArray) -> int:
         slot = self._free_slot(protect)
@@ -168,8 +167,9 @@ class FabricRows:
         used[held[held >= 0]] = np.iinfo(np.int64).max  # rows this call needs stay
         slot = int(used.argmin())
         if used[slot] == np.iinfo(np.int64).max:
-            raise ValueError(f"one decision needs more than {self.capacity} fabric rows")
+            raise RowsFullError(f"one call needs more than {self.capacity} fabric rows")
         self._slot_of[self._gpu_in[slot]] = -1
+        self.generation += 1
         return slot
 
     def links(self, a: int, b: int) -> tuple[str, ...]:
@@ -210,9 +210,16 @@ class PairTable:
         self.distance = distance
         self.rows = rows if rows is not None else FabricRows(distance)
         self.gpu = self.rows.gpu_index.first_gpus(workers)
-        self.count = np.fromiter(map(len, map(_GPUS, workers)), dtype=np.int64,
+        self.count = np.fromiter(map(len, map(_GPUS, workers)), dtype=np.float64,
                                  count=len(workers))
+        uniform = len(workers) > 0 and self.count.min() == self.count.max()
+        self._lanes = float(self.count[0]) if uniform else None  # all workers alike
         self._factors: FloatArray | None = None
+        #: Per position, where its first GPU's row starts in the rows' flat arrays
+        #: (:data:`_UNKNOWN`: not looked up yet), valid while no row was evicted
+        #: (``rows.generation``).
+        self._offset = np.full(len(workers), _UNKNOWN, dtype=np.int64)
+        self._generation = -1
 
     def scale(self, factors: FloatArray | None) -> None:
         """Multiply the fabric's figures by per-tier ``factors`` (rows indexed by tier
@@ -221,25 +228,68 @@ class PairTable:
         self._factors = None if factors is None else np.array(factors, dtype=np.float64)
 
     def figures(self, prefill: IntArray, decode: IntArray
-                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
         """Tier, latency (s), bandwidth (GB/s) and lanes of every (prefill, decode) pair of
-        snapshot positions (rows: prefill, columns: decode)."""
-        rows = self.rows
-        flat = rows.slots(self.gpu[prefill])[:, None] * rows.size + self.gpu[decode]
-        tier = rows.tier.take(flat).astype(np.int64)
+        snapshot positions (rows: prefill, columns: decode); the lanes are one number
+        when every worker has as many GPUs."""
+        rows, targets = self.rows, self.gpu.take(decode)
+        try:
+            if self._generation != rows.generation:
+                raise IndexError  # rows were evicted: offsets are stale
+            # an offset not looked up yet is far out of range: take() raises, no check
+            flat = self._offset.take(prefill)[:, None] + targets
+            tier = rows.tier.take(flat)
+        except IndexError:
+            try:
+                flat = self._offsets(prefill)[:, None] + targets
+            except RowsFullError:  # more prefill candidates than rows: computed, not kept
+                return self._direct(prefill, decode)
+            tier = rows.tier.take(flat)
         latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        return self._finish(prefill, decode, tier, latency, bandwidth)
+
+    def _finish(self, prefill: IntArray, decode: IntArray, tier: IntArray, latency: FloatArray,
+                bandwidth: FloatArray
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
+        """The fabric's figures of a grid scaled by tier, with the grid's lanes."""
         if self._factors is not None:
             latency = latency * self._factors[tier, 0]
             bandwidth = bandwidth * self._factors[tier, 1]
-        lanes = np.minimum(self.count[prefill][:, None], self.count[decode]).astype(np.float64)
+        if self._lanes is not None:
+            return tier, latency, bandwidth, self._lanes
+        lanes = np.minimum(self.count[prefill][:, None], self.count[decode])
         return tier, latency, bandwidth, lanes
+
+    def _direct(self, prefill: IntArray, decode: IntArray
+                ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
+        """:meth:`figures` computed from the fabric, one prefill row at a time."""
+        shape, targets = (len(prefill), len(decode)), self.gpu.take(decode)
+        tier, latency, bandwidth = np.empty(shape, np.int64), np.empty(shape), np.empty(shape)
+        for i, source in enumerate(self.gpu.take(prefill).tolist()):
+            tiers, lat_us, bw, _ = self.distance.costs_from(source, targets)
+            tier[i], latency[i], bandwidth[i] = tiers, lat_us * 1e-6, bw
+        return self._finish(prefill, decode, tier, latency, bandwidth)
+
+    def _offsets(self, prefill: IntArray) -> IntArray:
+        """Row offsets of the prefill positions, computing and remembering missing ones."""
+        rows = self.rows
+        slots = rows.slots(self.gpu[prefill])  # may evict rows: then forget every offset
+        if self._generation != rows.generation:
+            self._offset.fill(_UNKNOWN)
+            self._generation = rows.generation
+        self._offset[prefill] = slots * rows.size
+        found: IntArray = self._offset.take(prefill)
+        return found
 
     def pair(self, p: int, d: int) -> tuple[int, float, float, int]:
         """Tier, latency (s), bandwidth (GB/s) and lanes of the pair of positions (p, d)."""
-        rows, gpu = self.rows, int(self.gpu[d])
-        slot = rows.slot(int(self.gpu[p]))
-        tier = int(rows.tier[slot, gpu])
-        latency, bandwidth = rows.latency_s[slot, gpu], rows.bandwidth[slot, gpu]
+        rows = self.rows
+        offset = int(self._offset[p]) if self._generation == rows.generation else _UNKNOWN
+        if offset == _UNKNOWN:
+            offset = int(self._offsets(np.array([p], dtype=np.int64))[0])
+        at = offset + int(self.gpu[d])
+        tier = int(rows.tier.item(at))
+        latency, bandwidth = rows.latency_s.flat[at], rows.bandwidth.flat[at]
         if self._factors is not None:
             latency, bandwidth = (latency * self._factors[tier, 0],
                                   bandwidth * self._factors[tier, 1])

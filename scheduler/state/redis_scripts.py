@@ -223,29 +223,38 @@ changed(member[1])
 return 1
 """
 
-# Load on several workers, all or nothing (amounts on one worker add up).
-# KEYS: seq, changes, load per item. ARGV: name, tokens, requests per item.
-# {1, 0}: reserved; {0, i}: item i's worker is full; {-1, i}: it has no capacity.
-RESERVE = CHANGED + """
-local want = {}
-for i = 3, #KEYS do
-  local w = want[KEYS[i]] or {0, 0}
-  want[KEYS[i]] = {w[1] + tonumber(ARGV[3 * i - 7]), w[2] + tonumber(ARGV[3 * i - 6])}
-end
-for i = 3, #KEYS do
-  local h = redis.call('HMGET', KEYS[i], 'tokens', 'requests', 'max_tokens', 'max_requests')
-  if not h[3] then return {-1, i - 2} end
-  local w = want[KEYS[i]]
-  if tonumber(h[1]) + w[1] > tonumber(h[3]) or tonumber(h[2]) + w[2] > tonumber(h[4]) then
-    return {0, i - 2}
+# Load on several workers, all or nothing (amounts on one worker add up): every check,
+# then every change. The load hashes are KEYS[k0 + 1 …]; item i's name, tokens and
+# requests are ARGV[a0 + 3i - 2 …]. {1, 0}: reserved; {0, i}: item i's worker is
+# full; {-1, i}: it has no capacity.
+RESERVE_ITEMS = """
+local function reserve_items(k0, a0)
+  local want = {}
+  for i = k0 + 1, #KEYS do
+    local j, w = a0 + 3 * (i - k0 - 1), want[KEYS[i]] or {0, 0}
+    want[KEYS[i]] = {w[1] + tonumber(ARGV[j + 2]), w[2] + tonumber(ARGV[j + 3])}
   end
+  for i = k0 + 1, #KEYS do
+    local h = redis.call('HMGET', KEYS[i], 'tokens', 'requests', 'max_tokens', 'max_requests')
+    if not h[3] then return {-1, i - k0} end
+    local w = want[KEYS[i]]
+    if tonumber(h[1]) + w[1] > tonumber(h[3]) or tonumber(h[2]) + w[2] > tonumber(h[4]) then
+      return {0, i - k0}
+    end
+  end
+  for i = k0 + 1, #KEYS do
+    local j = a0 + 3 * (i - k0 - 1)
+    redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[j + 2])
+    redis.call('HINCRBY', KEYS[i], 'requests', ARGV[j + 3])
+    changed(ARGV[j + 1])
+  end
+  return {1, 0}
 end
-for i = 3, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[3 * i - 7])
-  redis.call('HINCRBY', KEYS[i], 'requests', ARGV[3 * i - 6])
-  changed(ARGV[3 * i - 8])
-end
-return {1, 0}
+"""
+
+# KEYS: seq, changes, load per item. ARGV: name, tokens, requests per item.
+RESERVE = CHANGED + RESERVE_ITEMS + """
+return reserve_items(2, 0)
 """
 
 # Reservations. A reservation is the hash rsv:ID (owner, items as JSON [[worker, tokens,
@@ -254,32 +263,16 @@ return {1, 0}
 # Load of a reservation, all or nothing, as RESERVE does, and the reservation itself.
 # KEYS: seq, changes, rsv:ID, rsv-due, rsv-of:OWNER, then load per item.
 # ARGV: id, owner, items JSON, expires, then name, tokens, requests per item.
-# {1, 0}: reserved (or the id is open already: a retry); {0, i}: item i's worker is full;
-# {-1, i}: it has no capacity.
-OPEN_RESERVATION = CHANGED + """
+# As RESERVE; {1, 0} also when the id is open already (a retry: nothing reserved again).
+OPEN_RESERVATION = CHANGED + RESERVE_ITEMS + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
-local want = {}
-for i = 6, #KEYS do
-  local w = want[KEYS[i]] or {0, 0}
-  want[KEYS[i]] = {w[1] + tonumber(ARGV[3 * i - 12]), w[2] + tonumber(ARGV[3 * i - 11])}
+local done = reserve_items(5, 4)
+if done[1] == 1 then
+  redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'items', ARGV[3], 'expires', ARGV[4])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
+  redis.call('SADD', KEYS[5], ARGV[1])
 end
-for i = 6, #KEYS do
-  local h = redis.call('HMGET', KEYS[i], 'tokens', 'requests', 'max_tokens', 'max_requests')
-  if not h[3] then return {-1, i - 5} end
-  local w = want[KEYS[i]]
-  if tonumber(h[1]) + w[1] > tonumber(h[3]) or tonumber(h[2]) + w[2] > tonumber(h[4]) then
-    return {0, i - 5}
-  end
-end
-for i = 6, #KEYS do
-  redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[3 * i - 12])
-  redis.call('HINCRBY', KEYS[i], 'requests', ARGV[3 * i - 11])
-  changed(ARGV[3 * i - 13])
-end
-redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'items', ARGV[3], 'expires', ARGV[4])
-redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
-redis.call('SADD', KEYS[5], ARGV[1])
-return {1, 0}
+return done
 """
 
 # Closing (part of) a reservation: give its items' load back and forget them. The load

@@ -52,6 +52,7 @@ from redis.exceptions import ResponseError
 
 from scheduler.state.base import BlockGrant, Clock, WorkerEntry
 from scheduler.state.redis_errors import translate as _translate
+from scheduler.state.redis_reservations import RedisReservations
 from scheduler.state.redis_scripts import SCRIPTS
 from scheduler.state.redis_view import (
     Fetched,
@@ -63,9 +64,7 @@ from scheduler.state.redis_view import (
 )
 from scheduler.state.reservations import (
     DEFAULT_EVENT_MAXLEN,
-    LoadItem,
     LoadStore,
-    Reservation,
     StoreUnavailableError,
     WorkerLoad,
     check_amounts,
@@ -101,26 +100,6 @@ def _not_live(name: str) -> NotFoundError:
     return NotFoundError("worker", name, "register it first (POST /v1/workers)")
 
 
-def _not_open(reservation_id: str) -> NotFoundError:
-    return NotFoundError("reservation", reservation_id,
-                         "it was closed or expired (its load is given back)")
-
-
-def _items(text: str) -> tuple[LoadItem, ...]:
-    rows = json.loads(text)  # Lua's cjson writes an empty list as {}
-    return tuple(LoadItem(worker=w, tokens=int(t), requests=int(r))
-                 for w, t, r in (rows if isinstance(rows, list) else []))
-
-
-def _reservation(reservation_id: str, owner: str, items: str, expires: float) -> Reservation:
-    return Reservation(id=reservation_id, owner=owner, items=_items(items), expires_at=expires)
-
-
-def _closed(reply: Sequence[Any]) -> Reservation:
-    """A closed reservation from a script's ``{id, owner, expires, released items}``."""
-    return _reservation(str(reply[0]), str(reply[1]), str(reply[3]), float(reply[2]))
-
-
 def _grant(name: str, reg: WorkerRegistration, row: Sequence[Any]) -> BlockGrant:
     """One worker of a ``take`` answer: [epoch, ttl, expires, free, rid, JSON, blocks]."""
     epoch, ttl, expires, free, _, _, blocks = row
@@ -131,7 +110,7 @@ def _grant(name: str, reg: WorkerRegistration, row: Sequence[Any]) -> BlockGrant
     return BlockGrant(entry, tuple(int(b) for b in blocks))
 
 
-class RedisStore:
+class RedisStore(RedisReservations):
     """Workers, leases, free blocks, jobs, transfers, loads and KV events in Redis."""
 
     def __init__(self, url: str, *, prefix: str = "toposched:", clock: Clock = time.time,
@@ -569,78 +548,6 @@ class RedisStore:
         """Forget a worker's capacity and load; False when it had none."""
         return bool(await self._run("drop_load", [*self._log_keys(), self._k("load", worker),
                                                   self._k("loads")], [worker]))
-
-    # -- reservations -------------------------------------------------------------
-
-    @_translate
-    async def open_reservation(self, reservation_id: str, owner: str,
-                               items: Sequence[LoadItem], ttl_s: float) -> str | None:
-        """Reserve ``items`` under ``reservation_id`` for ``owner``, in one script."""
-        rows = [(i.worker, i.tokens, i.requests) for i in items]
-        wanted(rows)  # checks the amounts
-        keys = [*self._log_keys(), self._k("rsv", reservation_id), self._k("rsv-due"),
-                self._k("rsv-of", owner), *(self._k("load", w) for w, _, _ in rows)]
-        args = [reservation_id, owner, json.dumps(rows), repr(self._clock() + ttl_s),
-                *(arg for row in rows for arg in row)]
-        done, index = await self._run("open_reservation", keys, args)
-        if done < 0:
-            raise NotFoundError("worker", rows[index - 1][0], "set its capacity first")
-        return None if done == 1 else rows[index - 1][0]
-
-    @_translate
-    async def close_reservation(self, reservation_id: str,
-                                workers: Sequence[str] | None = None) -> list[LoadItem]:
-        """Give back the reservation's items on ``workers`` (None: all), in one script."""
-        only = "" if workers is None else json.dumps(list(workers))
-        reply = await self._run("close_reservation",
-                                [*self._log_keys(), self._k("rsv", reservation_id)],
-                                [self._prefix, reservation_id, "", only])
-        return list(_closed(reply).items) if reply else []
-
-    @_translate
-    async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
-        """Move an open reservation's end to ``ttl_s`` from now."""
-        expires = self._clock() + ttl_s
-        reply = await self._run("renew_reservation", [self._k("rsv", reservation_id),
-                                                      self._k("rsv-due")],
-                                [reservation_id, repr(expires)])
-        if not reply:
-            raise _not_open(reservation_id)
-        return _reservation(reservation_id, reply[0], reply[1], expires)
-
-    @_translate
-    async def get_reservation(self, reservation_id: str) -> Reservation:
-        """An open reservation."""
-        owner, items, expires = cast(list[str | None], await self._r.hmget(
-            self._k("rsv", reservation_id), ["owner", "items", "expires"]))
-        if owner is None or items is None or expires is None:
-            raise _not_open(reservation_id)
-        return _reservation(reservation_id, owner, items, float(expires))
-
-    @_translate
-    async def renew_owner(self, owner: str, ttl_s: float) -> None:
-        """Extend ``owner``'s lease by ``ttl_s``."""
-        await self._r.zadd(self._k("owners"), {owner: self._clock() + ttl_s})
-
-    @_translate
-    async def expire_reservations(self) -> list[Reservation]:
-        """Close reservations past their end or of owners whose lease lapsed (one script
-        each, re-checking the deadline: each is reported by exactly one replica)."""
-        now = repr(self._clock())
-        gone = []
-        for reservation_id in _texts(await self._r.zrangebyscore(
-                self._k("rsv-due"), "-inf", now, start=0, num=_MAX_JOBS)):
-            reply = await self._run("close_reservation", [
-                *self._log_keys(), self._k("rsv", reservation_id)],
-                [self._prefix, reservation_id, now, ""])
-            if reply:
-                gone.append(_closed(reply))
-        for owner in _texts(await self._r.zrangebyscore(self._k("owners"), "-inf", now)):
-            reply = await self._run("close_owner", [*self._log_keys(), self._k("owners"),
-                                                    self._k("rsv-of", owner)],
-                                    [self._prefix, owner, now])
-            gone += [_closed(reply[i:i + 4]) for i in range(0, len(reply), 4)]
-        return gone
 
     # -- KV events ----------------------------------------------------------------
 

@@ -259,9 +259,17 @@ class MemoryLoads:
         if full is None:
             expires = self._clock() + ttl_s
             self._held[reservation_id] = (owner, rows, expires)
-            heapq.heappush(self._due, (expires, reservation_id))
+            self._push_due(expires, reservation_id)
             self._owned.setdefault(owner, set()).add(reservation_id)
         return full
+
+    def _push_due(self, expires: float, reservation_id: str) -> None:
+        """Queue a deadline; drop the stale ones when they outnumber the open reservations
+        (most requests end long before their lifetime: the heap would keep them all)."""
+        heapq.heappush(self._due, (expires, reservation_id))
+        if len(self._due) > 2 * len(self._held) + 1024:
+            self._due = [(held[2], rid) for rid, held in self._held.items()]
+            heapq.heapify(self._due)
 
     async def close_reservation(self, reservation_id: str,
                                 workers: Sequence[str] | None = None) -> list[LoadItem]:
@@ -286,7 +294,7 @@ class MemoryLoads:
         owner, rows, _ = self._open(reservation_id)
         expires = self._clock() + ttl_s
         self._held[reservation_id] = (owner, rows, expires)
-        heapq.heappush(self._due, (expires, reservation_id))
+        self._push_due(expires, reservation_id)
         return _reservation(reservation_id, self._held[reservation_id])
 
     async def get_reservation(self, reservation_id: str) -> Reservation:

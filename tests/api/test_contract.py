@@ -156,3 +156,11 @@ def _wait_for(check: object, timeout_s: float = 20.0) -> None:
     while not check():  # type: ignore[operator]
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
+
+
+def test_a_body_nested_too_deep_is_a_problem_not_a_crash(client: TestClient) -> None:
+    deep = b"[" * 100_000 + b"true" + b"]" * 100_000
+    answer = client.post("/v1/transfers", content=deep, headers={
+        **bearer(), "Content-Type": "application/json"})
+    assert 400 <= answer.status_code < 500
+    assert answer.headers["content-type"] == PROBLEM

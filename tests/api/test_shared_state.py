@@ -1,8 +1,9 @@
 """Two replicas' service states over one set of shared documents (in memory, one loop).
 
-The memory documents never yield inside a call, so the interleavings below are fixed
-by the awaits in the service code: both replicas read the same version before either
-writes, and the loser must re-read and re-apply its edit.
+The memory documents never yield inside a call, but the service builds fabrics in
+worker threads (``asyncio.to_thread``), so which replica writes first depends on
+thread scheduling. Tests that assert an order force it with :class:`WatchedDocs`
+hooks (one replica's write waits for the other's) instead of hoping for it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class WatchedDocs:
         self.inner = inner
         self.lost = 0
         self.before_put: dict[str, Callable[[], Awaitable[None]]] = {}
+        #: Set by every write that landed.
+        self.wrote = asyncio.Event()
 
     async def get(self, name: str) -> tuple[int, str] | None:
         return await self.inner.get(name)
@@ -44,6 +47,8 @@ class WatchedDocs:
             await hook()
         version = await self.inner.put(name, text, expected_version)
         self.lost += version is None
+        if version is not None:
+            self.wrote.set()
         return version
 
     async def delete(self, name: str) -> bool:
@@ -77,8 +82,10 @@ async def load(services: ServiceState, spec: FabricSpec) -> None:
 
 
 def moved_lldp(host: HostSpec) -> str:
-    """``host``'s LLDP with its first NIC on the next rail leaf."""
-    return lldp_json0(host).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
+    """``host``'s LLDP with its first NIC on the next rail leaf, on a port of its own
+    (rail1's port for this host is NIC1's; two NICs on one port are mis-cabling)."""
+    return (lldp_json0(host).replace('"z0-p0-rail0"', '"z0-p0-rail1"')
+            .replace('"value": "Ethernet', '"value": "Ethernet9', 1))
 
 
 def nic_leaf(spec: FabricSpec, host: str, nic: str = "mlx5_0") -> str | None:
@@ -118,9 +125,14 @@ def test_a_replica_serves_what_another_wrote_after_a_refresh() -> None:
 def test_racing_edits_on_two_replicas_keep_both() -> None:
     async def body() -> None:
         spec, shared = cluster(), MemoryDocs()
-        a, b = replica(WatchedDocs(shared)), replica(watched := WatchedDocs(shared))
+        first = WatchedDocs(shared)
+        a, b = replica(first), replica(watched := WatchedDocs(shared))
         await load(a, spec)
         h1, h2 = spec.hosts[1], spec.hosts[2]
+        # Both read the same version before either writes (neither yields before its
+        # build thread); b's write then waits for a's, whichever build ends first.
+        first.wrote.clear()
+        watched.before_put[TOPOLOGY] = first.wrote.wait
         await asyncio.gather(
             a.update_feeds(capture(h1.name, "lldp", moved_lldp(h1))),
             b.update_feeds(capture(h2.name, "nvsmi", nvsmi_text(fewer_gpus(h2)))))

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
 
 import numpy as np
 import pytest
 
 from api.routing import Fabric
 from api.service import ServiceState
-from api.snapshots import LiveSnapshots
+from api.snapshots import THREAD_REBUILD_FROM, LiveSnapshots
 from policies.profile import resolve_policy
 from policies.registry import default_registry
 from policies.snapshot import Role, Snapshot, Worker
@@ -117,3 +119,53 @@ def test_updated_refuses_a_worker_that_is_not_the_same_worker() -> None:
     patched = snapshot.updated({0: Worker("a", Role.PREFILL, ("g0",), queued_tokens=7)})
     assert patched.queued.tolist() == [7] and snapshot.queued.tolist() == [0]
 
+
+
+def test_joins_leaves_and_re_registrations_merge_into_fresh_equal_snapshots() -> None:
+    fabric, rng = _fabric(), random.Random(5)
+    pool = _entries(fabric, 16)
+    entries = pool[:8]
+    loads = {e.registration.name: _load() for e in pool}
+    live = LiveSnapshots()
+    live.snapshot(fabric, entries, loads, "m", kv_bytes=10, pairings=())
+    for _ in range(150):
+        roll = rng.random()
+        if roll < 0.3 and len(entries) > 1:
+            leaving = rng.choice(entries)
+            entries = [e for e in entries if e is not leaving]
+        elif roll < 0.6:
+            joining = rng.choice([e for e in pool if e not in entries] or pool)
+            entries = sorted({e.registration.name: e for e in [*entries, joining]}.values(),
+                             key=lambda e: e.registration.name)
+        elif roll < 0.8:  # re-registered with other GPUs or role
+            i = rng.randrange(len(entries))
+            reg = entries[i].registration.model_copy(update={
+                "role": rng.choice(["prefill", "decode", "both"]),
+                "gpus": (sorted(fabric.known)[rng.randrange(16)],)})
+            entries = [*entries[:i], entries[i].model_copy(update={"registration": reg}),
+                       *entries[i + 1:]]
+        else:
+            name = rng.choice(entries).registration.name
+            loads[name] = _load(rng.randrange(5000), rng.randrange(9))
+        got = live.snapshot(fabric, entries, loads, "m", kv_bytes=10, pairings=())
+        _same(got, _fresh(fabric, entries, loads, "m"))
+
+
+def test_the_service_path_rebuilds_large_listings_off_the_event_loop() -> None:
+    fabric = _fabric()
+    gpus = sorted(fabric.known)
+    template = _entries(fabric, 1)[0]
+    entries = [template.model_copy(update={"registration": template.registration.model_copy(
+        update={"name": f"w{i:05d}", "gpus": (gpus[i % len(gpus)],)})})
+        for i in range(THREAD_REBUILD_FROM + 10)]
+    live, seen_threads = LiveSnapshots(), set()
+    rebuild = live._rebuild
+
+    def spying(*args: object) -> None:
+        seen_threads.add(threading.get_ident())
+        rebuild(*args)  # type: ignore[arg-type]
+
+    live._rebuild = spying  # type: ignore[method-assign]
+    got = asyncio.run(live.current(fabric, entries, {}, None, kv_bytes=10, pairings=()))
+    _same(got, _fresh(fabric, entries, {}, None))
+    assert seen_threads and threading.get_ident() not in seen_threads

@@ -57,8 +57,11 @@ def test_an_lldp_change_moves_a_nic_and_changes_the_distance(
     change = answer.json()["change"]
     assert change["changed"]
     assert change["nics_moved"] == [{"host": h1, "nic": "mlx5_0", "before": "z0-p0-rail0",
-                                     "after": "z0-p0-rail1"}]
+                                     "after": "z0-p0-rail1", "port": "Ethernet248"}]
     assert change["links_gone"] == [f"{h1}/mlx5_0->z0-p0-rail0"]
+    (broken,) = change["rail_breaks"]  # the rail-0 NIC now sits on the rail-1 leaf
+    assert (broken["host"], broken["nic"], broken["leaf"], broken["port"]) == (
+        h1, "mlx5_0", "z0-p0-rail1", "Ethernet248")
     after = _distance(client, f"{h0}/gpu0", f"{h1}/gpu0")
     assert after["tier"] == "same_pod"
     assert after["transfer_time_s"] > 0
@@ -75,7 +78,8 @@ def test_reposting_the_same_capture_changes_nothing(client: TestClient,
         assert answer.json()["change"] == {"changed": False, "hosts_added": [],
                                            "hosts_removed": [], "gpus_added": [],
                                            "gpus_removed": [], "nics_moved": [],
-                                           "links_gone": []}
+                                           "links_gone": [], "rail_breaks": [],
+                                           "rail_breaks_mended": []}
     assert client.get("/v1/topology/fabric", headers=bearer()).json() == before
 
 

@@ -12,7 +12,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api.settings import Settings
-from tests.api.service_builders import WORKER, bearer, cluster, load_cluster, make_app, worker_json
+from tests.api.service_builders import (
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    own_bearer,
+    worker_json,
+)
 
 BLOCKS = 8
 MODEL = "llama-3-70b"
@@ -21,7 +29,8 @@ MODEL = "llama-3-70b"
 @pytest.fixture
 def client() -> Iterator[TestClient]:
     spec = cluster(hosts=2)
-    settings = Settings(transfer_deadline_s=1.0, expire_interval_s=0.05)
+    # block hashes here stand for 512-token blocks (Mooncake traces): no local prefill
+    settings = Settings(block_tokens=512, transfer_deadline_s=1.0, expire_interval_s=0.05)
     with TestClient(make_app(settings=settings)) as test_client:
         load_cluster(test_client, spec)
         h0, h1 = (h.name for h in spec.hosts)
@@ -89,12 +98,15 @@ def test_releasing_a_done_transfer_frees_its_blocks_and_ends_its_reservation(
     assert _get(client, "/v1/workers/prefill-0/load")["requests"] == 0
     assert _get(client, f"/v1/reservations/{reservation}")["items"] == [
         {"worker": "decode-0", "tokens": 0, "requests": 1}]
-    wrong = client.post(f"/v1/transfers/{plan_id}/release", headers=bearer(WORKER),
+    wrong = client.post(f"/v1/transfers/{plan_id}/release", headers=bearer(),
                         json={"worker": "prefill-0"})
-    assert wrong.status_code == 422
+    assert wrong.status_code == 422  # not the destination
+    stranger = client.post(f"/v1/transfers/{plan_id}/release", headers=own_bearer("prefill-0"),
+                           json={"worker": "decode-0"})
+    assert stranger.status_code == 403  # a worker's own token releases its own only
     for expected in (True, False):  # a second release gives nothing back twice
-        answer = client.post(f"/v1/transfers/{plan_id}/release", headers=bearer(WORKER),
-                             json={"worker": "decode-0"})
+        answer = client.post(f"/v1/transfers/{plan_id}/release", json={"worker": "decode-0"},
+                             headers=own_bearer("decode-0"))
         assert answer.status_code == 200 and answer.json() == {"blocks_released": expected}
     assert _free(client) == {"prefill-0": BLOCKS, "decode-0": BLOCKS}
     assert _get(client, "/v1/workers/decode-0/load")["requests"] == 0

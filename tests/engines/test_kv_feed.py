@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import zmq.asyncio
@@ -51,6 +52,20 @@ def _batch(n: int) -> list:  # type: ignore[type-arg]
     return [stored([n] * 32, 32)]
 
 
+@pytest.fixture
+def publishers() -> Iterator[Callable[..., FakePublisher]]:
+    """Makes publishers; closes them after the test."""
+    made: list[FakePublisher] = []
+
+    def make(**options: Any) -> FakePublisher:
+        made.append(FakePublisher(**options))
+        return made[-1]
+
+    yield make
+    for publisher in made:
+        publisher.close()
+
+
 async def _following(publisher: FakePublisher,
                      body: Callable[[PublisherStream, Sink], Awaitable[None]]) -> None:
     context = zmq.asyncio.Context()
@@ -68,8 +83,8 @@ async def _following(publisher: FakePublisher,
 
 @pytest.mark.parametrize("encoding", ["map", "array"])
 def test_history_from_before_subscribing_and_later_batches_arrive_in_order(
-        encoding: str) -> None:
-    publisher = FakePublisher(encoding=encoding)  # type: ignore[arg-type]
+        encoding: str, publishers: Callable[..., FakePublisher]) -> None:
+    publisher = publishers(encoding=encoding)
     publisher.publish(_batch(0))
     publisher.publish(_batch(1))
 
@@ -81,14 +96,12 @@ def test_history_from_before_subscribing_and_later_batches_arrive_in_order(
         assert sink.seen == list(range(40)) and sink.resets == 0
         assert stream.stats.last_seq == 39
 
-    try:
-        asyncio.run(_following(publisher, body))
-    finally:
-        publisher.close()
+    asyncio.run(_following(publisher, body))
 
 
-def test_a_gap_is_filled_from_the_replay_endpoint() -> None:
-    publisher = FakePublisher()
+def test_a_gap_is_filled_from_the_replay_endpoint(
+        publishers: Callable[..., FakePublisher]) -> None:
+    publisher = publishers()
 
     async def body(stream: PublisherStream, sink: Sink) -> None:
         publisher.publish(_batch(0))
@@ -100,14 +113,12 @@ def test_a_gap_is_filled_from_the_replay_endpoint() -> None:
         assert sink.seen == [0, 1, 2, 3] and sink.resets == 0
         assert stream.stats.gaps >= 1 and stream.stats.replayed_batches >= 2
 
-    try:
-        asyncio.run(_following(publisher, body))
-    finally:
-        publisher.close()
+    asyncio.run(_following(publisher, body))
 
 
-def test_a_gap_the_replay_cannot_fill_drops_the_engines_entries() -> None:
-    publisher = FakePublisher()
+def test_a_gap_the_replay_cannot_fill_drops_the_engines_entries(
+        publishers: Callable[..., FakePublisher]) -> None:
+    publisher = publishers()
 
     async def body(stream: PublisherStream, sink: Sink) -> None:
         publisher.publish(_batch(0))
@@ -119,14 +130,12 @@ def test_a_gap_the_replay_cannot_fill_drops_the_engines_entries() -> None:
         assert sink.resets == 1 and stream.stats.lost_batches == 1
         assert 1 not in sink.seen
 
-    try:
-        asyncio.run(_following(publisher, body))
-    finally:
-        publisher.close()
+    asyncio.run(_following(publisher, body))
 
 
-def test_a_restarted_publisher_is_followed_from_its_new_start() -> None:
-    publisher = FakePublisher()
+def test_a_restarted_publisher_is_followed_from_its_new_start(
+        publishers: Callable[..., FakePublisher]) -> None:
+    publisher = publishers()
 
     async def body(stream: PublisherStream, sink: Sink) -> None:
         for n in range(3):
@@ -138,10 +147,7 @@ def test_a_restarted_publisher_is_followed_from_its_new_start() -> None:
         await _until(lambda: sink.seen[-2:] == [100, 101], "second life")
         assert stream.stats.restarts == 1 and sink.resets == 1
 
-    try:
-        asyncio.run(_following(publisher, body))
-    finally:
-        publisher.close()
+    asyncio.run(_following(publisher, body))
 
 
 def test_centralised_mode_binds_once_and_dispatches_by_topic() -> None:

@@ -174,3 +174,65 @@ def _route(base: str, prompt: list[int]) -> dict[str, Any]:
     assert answer.status_code == 200, answer.text
     decision: dict[str, Any] = answer.json()["decision"]
     return decision
+
+
+def test_real_nixl_transfers_land_in_the_pairs_tier(vllm_pair: VllmPair,
+                                                    fabric_file: Path) -> None:
+    settings = Settings(fabric=fabric_file, engine_scrape_interval_s=0.1)
+    with TestClient(make_app(settings=settings)) as client:
+        for gpu, engine in enumerate((vllm_pair.prefill, vllm_pair.decode)):
+            answer = client.put(f"/v1/instances/{engine.name}", headers=bearer(), json=engine
+                                .instance(host=HOST, gpus=[4 + gpu]).model_dump(mode="json"))
+            assert answer.status_code == 201, answer.text
+        for engine in (vllm_pair.prefill, vllm_pair.decode):
+            _until(lambda e=engine: _status(client, e.name)["load"], "first scrape")
+        prompt = _prompt(24)
+        routed = client.post("/v1/route", json={"model": MODEL_NAME, "tokens": prompt},
+                             headers=bearer(WORKER)).json()["decision"]
+        assert routed["mode"] == "disaggregated"
+        assert (routed["prefill"]["worker"], routed["decode"]["worker"]) == (
+            vllm_pair.prefill.name, vllm_pair.decode.name)
+        _hand_over(vllm_pair, prompt)
+        wanted = f'toposched_transfers_total{{tier="{routed["transfer"]["tier"]}",outcome="ok"}}'
+        _until(lambda: wanted in client.get("/metrics").text, "the NIXL transfer by tier")
+
+
+def _hand_over(pair: VllmPair, prompt: list[int]) -> None:
+    """Run the two legs of vLLM's NixlConnector protocol by hand."""
+    first = pair.prefill.post("/v1/completions", {
+        "model": MODEL_NAME, "prompt": prompt, "max_tokens": 1, "temperature": 0,
+        "kv_transfer_params": {"do_remote_decode": True, "do_remote_prefill": False,
+                               "remote_engine_id": None, "remote_block_ids": None,
+                               "remote_host": None, "remote_port": None}}, timeout_s=300)
+    assert first.status_code == 200, first.text
+    second = pair.decode.post("/v1/completions", {
+        "model": MODEL_NAME, "prompt": prompt, "max_tokens": 2, "temperature": 0,
+        "kv_transfer_params": first.json()["kv_transfer_params"]}, timeout_s=300)
+    assert second.status_code == 200, second.text
+
+
+def test_engine_events_steer_the_gateways_routing(vllm_pair: VllmPair,
+                                                  fabric_file: Path) -> None:
+    settings = Settings(fabric=fabric_file, engine_scrape_interval_s=0.1, gateway=True)
+    with TestClient(make_app(settings=settings)) as client:
+        for gpu, engine in enumerate((vllm_pair.prefill, vllm_pair.decode)):
+            answer = client.put(f"/v1/instances/{engine.name}", headers=bearer(), json=engine
+                                .instance(host=HOST, gpus=[6 + gpu], role="both")
+                                .model_dump(mode="json"))
+            assert answer.status_code == 201, answer.text
+        for engine in (vllm_pair.prefill, vllm_pair.decode):
+            _until(lambda e=engine: _status(client, e.name)["block_size"], "block size")
+        for engine in (vllm_pair.prefill, vllm_pair.decode):
+            prompt = _prompt(24)
+            _complete(engine, prompt)
+            _until(lambda p=prompt: _decode_side(client, p)["cached_blocks"] == 24,
+                   "the engine's blocks indexed")
+            answer = client.post("/v1/completions", json={
+                "model": MODEL_NAME, "prompt": prompt, "max_tokens": 2, "temperature": 0})
+            assert answer.status_code == 200, answer.text
+            chosen = {k: v for k, v in answer.headers.items() if k.startswith("x-toposched")}
+            if chosen["x-toposched-mode"] == "disaggregated":  # prefill where the KV is
+                assert chosen["x-toposched-prefill"] == engine.name, chosen
+            else:  # or the engine holding it computes nothing and decodes
+                assert chosen["x-toposched-decode"] == engine.name, chosen
+                assert chosen["x-toposched-decode-cached-tokens"] == str(24 * BLOCK_SIZE)

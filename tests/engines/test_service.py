@@ -231,3 +231,46 @@ def test_localhost_side_channel_across_hosts_is_refused(
     answer = client.put("/v1/instances/d", json=instance.model_dump(mode="json"),
                         headers=bearer(OPERATOR))
     assert answer.status_code == 422 and "p.nixl_side_channel" in answer.text
+
+
+def test_centralised_mode_one_bound_socket_for_all_engines(fabric_file: Path) -> None:
+    from engines.fake import FakePublisher
+
+    settings = Settings(fabric=fabric_file, engine_scrape_interval_s=0.05,
+                        kv_events_bind="tcp://127.0.0.1:0")
+    engine = FakeEngine("c0")
+    with TestClient(make_app(settings=settings)) as client:
+        bound = _until(lambda: client.get("/v1/instances", headers=bearer(WORKER)).json()
+                       ["kv_events_bound"], "the bound socket")
+        publisher = FakePublisher(endpoint=bound, connect=True, topic="kv@c0",
+                                  encoding="array")
+        try:
+            _register(client, engine, kv_events={"mode": "bind", "topic": "kv@c0",
+                                                 "replay_endpoint": publisher.replay_endpoint})
+            _up(client, "c0")
+            prompt = list(range(300, 300 + 5 * BLOCK))
+            publisher.publish([stored(prompt, BLOCK)])
+            _until(lambda: _status(client, "c0")["indexed_blocks"] == 5, "bound events")
+            assert _route(client, prompt).json()["decision"]["decode"]["cached_blocks"] == 5
+        finally:
+            publisher.close()
+            engine.kill()
+
+
+def test_instances_are_shared_between_replicas(fabric_file: Path) -> None:
+    from tests.servers import redis_server
+
+    engine = FakeEngine("r0")
+    with redis_server() as redis:
+        settings = Settings(fabric=fabric_file, redis_url=redis.url, shared_poll_s=0.05,
+                            engine_scrape_interval_s=0.05)
+        with TestClient(make_app(settings=settings)) as a, \
+                TestClient(make_app(settings=settings)) as b:
+            _register(a, engine)
+            _until(lambda: b.get("/v1/instances/r0", headers=bearer(WORKER)).status_code
+                   == 200, "B follows A's instance")
+            _up(b, "r0")  # B scrapes the engine itself
+            assert b.delete("/v1/instances/r0", headers=bearer()).status_code == 204
+            _until(lambda: a.get("/v1/instances/r0", headers=bearer(WORKER)).status_code
+                   == 404, "A follows B's removal")
+    engine.kill()

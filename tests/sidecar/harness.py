@@ -104,11 +104,12 @@ class Cluster:
                 env: dict[str, str] | None = None, decode_ms: float = -1) -> Proc:
         """Start ``toposched sidecar`` and wait until it registered (``env``: instead of
         the worker token in its environment). ``decode_ms``: how long the fake engine's
-        requests run before their blocks are released (default: never, so that tests see
-        the blocks they moved stay where they are)."""
-        state = self.workdir / f"{name}.state.json"
+        requests run before their blocks are released (default: never, so that tests
+        see the blocks they moved stay where they are)."""
+        file_name = name.replace("/", "_")  # placement instance ids hold a "/"
+        state = self.workdir / f"{file_name}.state.json"
         state.unlink(missing_ok=True)
-        log = self.workdir / f"{name}.log"
+        log = self.workdir / f"{file_name}.log"
         args = _cli("sidecar", "--scheduler", self.url, "--name", name, "--kv-blocks",
                     str(kv_blocks), "--block-bytes", str(block_bytes), "--poll-wait", "2",
                     "--state-file", str(state), "--host", "loopback",

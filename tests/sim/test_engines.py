@@ -170,3 +170,17 @@ def test_several_prefills_share_a_step_and_decodes_ride_along() -> None:
     step = MOCK.prefill.ms([(1500, 0), (1200, 0)]) + 5.0
     assert b.first_token_s - b.prefill_start_s == pytest.approx(step / 1e3)
     assert a.done_s > b.done_s
+
+
+def test_a_decode_run_in_closed_form_equals_its_steps_summed() -> None:
+    # batch, per-token and utilisation terms (the mocker's curve is quadratic in it)
+    timing = EngineTiming(prefill=PrefillCurve(),
+                          decode=DecodeCurve(base_ms=5.0, per_seq_ms=0.1, per_token_ms=1e-4,
+                                             util_ms=54.0, util_sq_ms=-25.7))
+    capacity, batch, active = 400_000, 12, 90_000
+    steps = [timing.decode.ms(batch, active + batch * k, capacity) for k in range(300)]
+    assert timing.decode_run_ms(300, batch, active, capacity) == pytest.approx(sum(steps))
+    per_running, per_token = timing.decode_slopes_s(active, capacity)
+    assert per_running == pytest.approx(0.1e-3)
+    assert per_token == pytest.approx((1e-4 + (54.0 - 2 * 25.7 * active / capacity) / capacity)
+                                      / 1e3)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from topology.spec import FabricSpec
@@ -38,3 +39,14 @@ TIER_PEERS = {
     "cross_zone": "z1-p0-r0-h00/gpu0",
 }
 SOURCE = "z0-p0-r0-h00/gpu0"
+
+
+def one_rack_inventory(hosts: Mapping[str, Mapping[str, object]], *, zone: str = "z",
+                       top: str = "") -> str:
+    """Inventory YAML with one zone, pod ``p`` and rack ``r`` holding ``hosts`` (name →
+    its fields, e.g. ``{"nvsmi": path}``); ``top``: more top-level lines."""
+    entries = "".join(
+        "              - {name: " + name + "".join(f", {k}: {v}" for k, v in fields.items())
+        + "}\n" for name, fields in hosts.items())
+    return (f"version: 1\n{top}zones:\n  - name: {zone}\n    pods:\n      - name: p\n"
+            f"        racks:\n          - name: r\n            hosts:\n{entries}")

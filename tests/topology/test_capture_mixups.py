@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from api.cli.main import run
 from api.cli.topo import _parse_as
 from tests.api.service_builders import bearer, make_app
+from tests.topology.builders import one_rack_inventory
 from topology.detect import detect_format
 from topology.errors import ToposchedError
 from topology.source import decode_capture, read_capture
@@ -27,19 +28,9 @@ NETDEVS = ("{mlx5_0: enp26s0np0, mlx5_3: enp60s0np0, mlx5_4: enp77s0np0, "
 
 def _inventory(tmp_path: Path, **captures: str) -> Path:
     """Two hosts h1, h2 in one rack; ``captures`` gives both the same capture of a kind."""
-    lines = "".join(f", {kind}: {path}" for kind, path in captures.items())
     path = tmp_path / "inventory.yaml"
-    path.write_text(f"""version: 1
-zones:
-  - name: z
-    pods:
-      - name: p
-        racks:
-          - name: r
-            hosts:
-              - {{name: h1, nvsmi: {NVSMI}{lines}, netdevs: {NETDEVS}}}
-              - {{name: h2, nvsmi: {NVSMI}{lines}, netdevs: {NETDEVS}}}
-""")
+    path.write_text(one_rack_inventory({h: {"nvsmi": NVSMI, **captures, "netdevs": NETDEVS}
+                                        for h in ("h1", "h2")}))
     return path
 
 
@@ -87,17 +78,7 @@ def client() -> Iterator[TestClient]:
 
 
 def test_the_service_refuses_the_second_host_with_the_same_lldp(client: TestClient) -> None:
-    body = f"""version: 1
-zones:
-  - name: z
-    pods:
-      - name: p
-        racks:
-          - name: r
-            hosts:
-              - {{name: h1, netdevs: {NETDEVS}}}
-              - {{name: h2, netdevs: {NETDEVS}}}
-"""
+    body = one_rack_inventory({h: {"netdevs": NETDEVS} for h in ("h1", "h2")})
     text = LLDP.read_text()
     for host in ("h1", "h2"):
         answer = client.put(f"/v1/topology/hosts/{host}/nvidia-smi", content=NVSMI.read_text(),

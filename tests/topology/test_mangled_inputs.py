@@ -38,7 +38,19 @@ def _valid_fixtures() -> list[tuple[str, str]]:
     return found
 
 
-VALID = _valid_fixtures()
+#: Outputs of the RDMA tools, written here in their documented shapes (the tools'
+#: outputs are one line per port; no capture files for them ship in fixtures/).
+_RDMA_SAMPLES = [
+    ("rdma/ibdev2netdev", "mlx5_0 port 1 ==> ens1np0 (Up)\nmlx5_1 port 1 ==> ib0 (Down)\n"),
+    ("rdma/rdma-link", "link mlx5_0/1 state ACTIVE physical_state LINK_UP netdev ens1np0\n"
+                       "link mlx5_1/1 state DOWN physical_state DISABLED\n"),
+    ("rdma/ibstat", "CA 'mlx5_0'\n\tCA type: MT4129\n\tNode GUID: 0x1c34da0300a1b2c3\n"
+                    "\tPort 1:\n\t\tState: Active\n\t\tRate: 400\n"
+                    "\t\tPort GUID: 0x1c34da0300a1b2c3\n\t\tLink layer: InfiniBand\n"),
+    ("rdma/json", '{"rdma_devices": [{"device": "mlx5_0", "node_guid": "0x1c34da0300a1b2c3", '
+                  '"ports": [{"port": 1, "netdev": "ens1np0", "rate_gbit": 400}]}]}\n'),
+]
+VALID = _valid_fixtures() + _RDMA_SAMPLES
 
 
 def _mangle(text: str, data: st.DataObject) -> str:

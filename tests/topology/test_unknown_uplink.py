@@ -117,3 +117,4 @@ def test_the_service_builds_routes_and_prices_it(client: TestClient) -> None:
     decision = route.json()["decision"]
     assert decision["mode"] == "disaggregated", decision
     assert decision["transfer"]["tier"] == "same_pod"
+    assert f"leaf:{UNKNOWN_UPLINK_PREFIX}h1:up" in decision["transfer"]["links"]

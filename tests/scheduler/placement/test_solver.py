@@ -170,7 +170,9 @@ def test_greedy_at_the_bound_skips_the_search(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(placer, "solve_cpsat", no_search)
     monkeypatch.setattr(placer, "solve_decomposed", no_search)
-    placement = place(request())
+    lines: list[str] = []
+    placement = place(request(), progress=lines.append)
+    assert len(lines) == 1 and "search skipped" in lines[0]
     assert placement.method == "greedy"
     assert placement.status in ("optimal", "feasible")  # never "heuristic": it is proved
     assert placement.gap <= 1 + SolverOptions().gap_tolerance

@@ -40,15 +40,11 @@ EVENT = st.one_of(
     VALID)
 
 
-KINDS = {"BlockStored": "stored", "WireStored": "stored", "BlockRemoved": "removed",
-         "WireRemoved": "removed", "AllBlocksCleared": "cleared", "WireCleared": "cleared"}
-
-
 def _fields(event: Any) -> dict[str, Any]:
-    names = ("worker", "seq", "block_hashes", "parent_hash", "tier", "model")
-    out = {name: getattr(event, name) for name in names if hasattr(event, name)}
-    out["kind"] = KINDS[type(event).__name__]
-    return out
+    """The fields an event carries; absent ones read as their defaults."""
+    defaults = {"block_hashes": (), "parent_hash": None, "tier": "gpu", "model": None}
+    out = {name: getattr(event, name, default) for name, default in defaults.items()}
+    return {**out, "kind": event.kind, "worker": event.worker, "seq": event.seq}
 
 
 def _outcome(function: Any, raw: bytes) -> tuple[str, Any]:

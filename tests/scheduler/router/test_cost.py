@@ -160,6 +160,10 @@ def test_pair_figures_need_memory_linear_in_workers_and_survive_row_eviction() -
                              strict=True):
             assert np.array_equal(got, want)
     assert rows.tier.shape == (MIN_ROWS, len(distance.names))
+    # more prefill candidates than rows at once: computed for the call, not kept
+    for got, want in zip(table.figures(everyone, everyone), alone.figures(everyone, everyone),
+                         strict=True):
+        assert np.array_equal(got, want)
     tier, latency, bandwidth, lanes = alone.figures(everyone[5:6], everyone[77:78])
     assert table.pair(5, 77) == (int(tier[0, 0]), float(latency[0, 0]), float(bandwidth[0, 0]),
-                                 int(lanes[0, 0]))
+                                 int(np.broadcast_to(lanes, tier.shape)[0, 0]))
