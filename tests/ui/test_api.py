@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,7 @@ from tests.api.service_builders import (
     target,
 )
 from topology.spec import FabricSpec
+from topology.synth import SynthParams, synth_cluster
 from topology.writers import nvsmi_text
 
 READS = ("/v1/ui/overview", "/v1/ui/pods/p", "/v1/ui/hosts/h", "/v1/ui/decisions",
@@ -208,3 +210,21 @@ def test_the_placement_and_what_a_re_solve_moved(client: TestClient,
     assert sum(i["placed"] for i in pod["instances"]) == 4
     assert len(pod["pairings"]) == len(client.get("/v1/placement", headers=bearer())
                                        .json()["placement"]["pairings"])
+
+
+def test_nvlink_domains_spanning_hosts_show_at_every_zoom(tmp_path: Path) -> None:
+    spec = synth_cluster(SynthParams(zones=1, pods_per_zone=1, racks_per_pod=2,
+                                     hosts_per_rack=2, nvlink_domain_per_rack=True))
+    spec.save(tmp_path / "fabric.json")
+    settings = Settings(fabric=tmp_path / "fabric.json")
+    with TestClient(make_app(settings=settings)) as client:
+        overview = _get(client, "/v1/ui/overview")
+        domains = {d["name"]: d["hosts"] for d in overview["nvlink_domains"]}
+        assert len(domains) == 2 and all(len(hosts) == 2 for hosts in domains.values())
+        tiles = [t for z in overview["zones"] for p in z["pods"] for r in p["racks"]
+                 for t in r["hosts"]]
+        assert all(t["domain"] in domains and t["name"] in domains[t["domain"]] for t in tiles)
+        host = _get(client, f"/v1/ui/hosts/{spec.hosts[0].name}")
+        assert host["domain"]["hosts"] == list(domains[tiles[0]["domain"]])
+        pod = _get(client, f"/v1/ui/pods/{spec.pods[0].name}")
+        assert {h["domain"] for h in pod["hosts"]} == set(domains)

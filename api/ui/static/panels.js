@@ -175,6 +175,7 @@ export class TrafficPanel {
     const shown = TIERS.filter(([tier]) => tiers.has(tier) || outcomes.has(tier));
     fill(this.parts.histograms, shown.length ? shown.map(([tier, name]) => this.histogram(tier, name, bounds, tiers.get(tier)))
       : el("p.empty", {text: "No transfer measured yet: sidecars report each one, and it lands here by tier."}));
+    if (!shown.length) { fill(this.parts.tiers); return; }
     fill(this.parts.tiers, el("table.tier-table", {},
       el("thead", {}, el("tr", {}, ["tier", "transfers", "failed", "bytes", "mean", "p50 ≤", "p99 ≤"].map((h) => el("th", {text: h})))),
       el("tbody", {}, shown.map(([tier]) => {
