@@ -13,10 +13,14 @@ follows the engines, and what they feed into routing and telemetry.
   engines connect to; with several replicas use connect mode.
 * An instance gets a load capacity in the shared load store when it appears (routes
   reserve load on it like on any worker) and loses it when it goes.
-* NIXL transfer totals that grew on a decode engine become per-tier transfer samples:
-  each new transfer takes the oldest handoff the route path noted for that engine
-  (:mod:`engines.handoffs`); the mean time and bytes of the scrape window are used, as
-  the engine publishes histograms, not single transfers.
+* NIXL transfer totals that grew on a decode engine become per-tier transfer samples
+  (``toposched_transfer_latency_seconds{tier}``, transfer drift alerts, calibration):
+  each new transfer takes the oldest handoff noted for that engine
+  (:mod:`engines.handoffs`: by ``POST /v1/route`` when it routes a pair of instances, by
+  the gateway just before its decode leg carries the prefill's KV); the mean time and
+  bytes of the scrape window are used, as the engine publishes histograms, not single
+  transfers. A gateway request's transfer also goes into the gateway's ``nixl_transfer``
+  phase and KV bytes by tier.
 """
 
 from __future__ import annotations
@@ -234,11 +238,15 @@ class EngineFeeds:
         seconds, nbytes = delta.seconds / delta.transfers, delta.bytes / delta.transfers
         now, ok_left = time.time(), int(delta.transfers)
         domains = self.runtime.worker_domains
+        telemetry = self.runtime.telemetry
         for handoff in taken:
-            self.runtime.telemetry.record_transfer(TransferSample(
+            ok = ok_left > 0
+            telemetry.record_transfer(TransferSample(
                 tier=handoff.tier, src_domain=domains.get(handoff.prefill, UNKNOWN_DOMAIN),
                 dst_domain=domains.get(decode, UNKNOWN_DOMAIN), nbytes=int(nbytes),
-                seconds=max(seconds, 0.0), ok=ok_left > 0, ts=now))
+                seconds=max(seconds, 0.0), ok=ok, ts=now))
+            if ok and handoff.via == "gateway":
+                telemetry.handoff.observe_nixl(handoff.tier, max(seconds, 0.0), int(nbytes))
             ok_left -= 1
 
     def render_metrics(self) -> str:

@@ -120,9 +120,6 @@ class Settings(BaseSettings):
     engine_read_timeout_s: float = Field(
         default=600.0, gt=0, le=86400,
         description="longest silence of an engine within one leg before it counts as hung")
-    engine_quarantine_s: float = Field(
-        default=10.0, ge=0, le=3600,
-        description="an engine that could not be reached stays out of routing this long")
     engine_api_key: SecretStr | None = Field(default=None,
                                              description="bearer token sent to the engines")
     client_token: SecretStr | None = Field(

@@ -26,6 +26,8 @@ class Handoff:
     prefill: str
     tier: str
     at: float
+    #: Who routed it: ``gateway`` (it ran the legs) or ``route`` (``POST /v1/route``).
+    via: str = "route"
 
 
 @dataclass
@@ -37,10 +39,10 @@ class HandoffLedger:
     clock: Callable[[], float] = time.monotonic
     _notes: dict[str, deque[Handoff]] = field(default_factory=dict)
 
-    def note(self, decode: str, prefill: str, tier: str) -> None:
+    def note(self, decode: str, prefill: str, tier: str, via: str = "route") -> None:
         """A request was routed to hand KV from ``prefill`` to ``decode`` over ``tier``."""
         queue = self._notes.setdefault(decode, deque(maxlen=self.max_notes))
-        queue.append(Handoff(prefill, tier, self.clock()))
+        queue.append(Handoff(prefill, tier, self.clock(), via))
 
     def take(self, decode: str, count: int) -> list[Handoff]:
         """Up to ``count`` of ``decode``'s oldest live notes (removed)."""

@@ -205,3 +205,11 @@ def _nixl(pick: dict[str, _Family]) -> NixlTotals | None:
         bytes=_total(bytes_family, "_sum") if bytes_family else 0.0,
         failed=_gauge(pick.get("nixl_failed")) or 0.0,
         expired=_gauge(pick.get("nixl_expired")) or 0.0)
+
+
+def samples_of(text: str, families: Iterable[str]) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample (name, labels, value) of the named ``families`` in Prometheus text
+    (a histogram family's ``_count``/``_sum``/``_bucket`` samples included)."""
+    wanted = {name: name for name in families}
+    return [sample for family in _families(text, wanted).values()
+            for sample in family.samples]

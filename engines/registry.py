@@ -109,6 +109,8 @@ class EngineRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._views: dict[str | None, _ModelView] = {}
         self._version = 0
+        #: Registered instances per model (any state).
+        self._models: dict[str, int] = {}
 
     # -- lifetime ----------------------------------------------------------------------
 
@@ -151,9 +153,11 @@ class EngineRegistry:
             return False
         if old is not None:
             self._stop(old)
+            self._count_model(old.instance.model, -1)
         live = LiveInstance(instance, KeyTranslator(instance.name, instance.model,
                                                     instance.block_size))
         self._live[instance.name] = live
+        self._count_model(instance.model, +1)
         self._changed()
         if self._context is not None:
             self._start_feeds(live)
@@ -165,6 +169,7 @@ class EngineRegistry:
         if live is None:
             return False
         self._stop(live)
+        self._count_model(live.instance.model, -1)
         self._nixl.pop(name, None)
         self._changed()
         return True
@@ -189,6 +194,21 @@ class EngineRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._live
 
+    def models(self) -> list[str]:
+        """Models some registered instance serves (in routing or not), sorted."""
+        return sorted(self._models)
+
+    def serves(self, model: str) -> int:
+        """How many registered instances serve ``model`` (in routing or not)."""
+        return self._models.get(model, 0)
+
+    def _count_model(self, model: str, change: int) -> None:
+        left = self._models.get(model, 0) + change
+        if left > 0:
+            self._models[model] = left
+        else:
+            self._models.pop(model, None)
+
     # -- what routing reads ------------------------------------------------------------
 
     def state_of(self, name: str) -> str | None:
@@ -210,14 +230,22 @@ class EngineRegistry:
         round ended); per call only the instances whose reservation changed (an identity
         sweep in C) get new workers, so 10,000 instances cost little per route.
         """
-        view = self._views.get(model)
-        if view is None or view.version != self._version:
-            view = self._views[model] = self._view(model)
+        view = self._current_view(model)
         loads = list(map(reserved.get, view.names))
         for i in compress(count(), map(is_not, loads, view.loads)):
             view.workers[i] = view.lives[i].worker(loads[i])
         view.loads = loads
         return tuple(view.workers)
+
+    def routable_instances(self, model: str | None) -> list[EngineInstance]:
+        """The instances of ``model`` (None: any) in routing now."""
+        return [live.instance for live in self._current_view(model).lives]
+
+    def _current_view(self, model: str | None) -> _ModelView:
+        view = self._views.get(model)
+        if view is None or view.version != self._version:
+            view = self._views[model] = self._view(model)
+        return view
 
     def _view(self, model: str | None) -> _ModelView:
         now, stale = self.clock(), self.settings.stale_after_s
@@ -318,6 +346,19 @@ class EngineRegistry:
             self._changed()  # new load figures, index holdings, staleness
             spent = self.clock() - started
             await asyncio.sleep(max(self.settings.scrape_interval_s - spent, 0.0))
+
+    async def scrape_all(self) -> None:
+        """One scrape of every instance now (e.g. before serving: instances are out of
+        routing until their /health has answered once)."""
+        await asyncio.gather(*(self.scrape(live) for live in list(self._live.values())))
+        self._changed()
+
+    def mark_down(self, name: str, reason: str) -> None:
+        """Take an instance out of routing now: a caller could not reach it (refused,
+        reset, timed out). The next scrape brings it back if its /health answers."""
+        live = self._live.get(name)
+        if live is not None:
+            self._went_down(live, reason)
 
     async def scrape(self, live: LiveInstance) -> None:
         """Ask one engine for /health and /metrics and update what is known."""

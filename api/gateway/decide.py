@@ -1,9 +1,9 @@
 """The gateway's decision: which engines run a request, and whether KV moves at all.
 
-The router (:class:`~scheduler.router.router.Router`, with the app's prefix index and
-fabric cost model) picks the (prefill, decode) pair over a snapshot of the instances
-serving the model, with their reserved load. Then, as llm-d's prefix-based decider
-does, the request runs **decode-only** when the decode engine already holds all but
+The service's decision path (:func:`api.decide.decide`: the router with the app's prefix
+index, fabric cost model and the placement's pairings) picks the (prefill, decode) pair
+over the engine instances in routing, with their load. Then, as llm-d's prefix-based
+decider does, the request runs **decode-only** when the decode engine already holds all but
 fewer than ``min_uncached_tokens`` of the prompt (moving KV would cost more than
 computing the rest), when the router itself chose a local prefill, or when the pair
 cannot hand KV over (different engine kinds, models, dtypes or version classes; then
@@ -13,27 +13,19 @@ decode candidate at once; chosen for both sides it runs the request **aggregated
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from api.routing import Fabric, kv_bytes_for
+from api.routing import Fabric
 from engines.instance import EngineInstance
 from engines.pd import protocol_for
-from engines.registry import EngineRegistry
-from policies.snapshot import Role, Snapshot, Worker
-from scheduler.router.router import Decision, RouteRequest, Unschedulable
-from scheduler.router.snapshot import domain_arrays
-from scheduler.state.reservations import WorkerLoad
+from scheduler.router.router import Decision, Unschedulable
 
 Mode = Literal["disaggregated", "decode-only", "aggregated"]
-#: Tokens per KV block when no instance of the model says (vLLM's default).
-DEFAULT_BLOCK_TOKENS = 16
-#: KV blocks an instance is assumed to have free until its metrics say otherwise.
-ASSUMED_FREE_BLOCKS = 1 << 20
-#: Concurrent requests an instance takes unless it declares ``max_requests``.
-DEFAULT_MAX_REQUESTS = 256
 LOCAL = "local"
+#: An instance by name (None: not registered).
+Lookup = Callable[[str], EngineInstance | None]
 
 
 @dataclass(frozen=True)
@@ -59,40 +51,31 @@ class Route:
 
 
 class PairChooser:
-    """Builds instance snapshots (kept while the instance set holds) and decides."""
+    """Turns the router's decision into the route a request runs (see module docstring)."""
 
     def __init__(self, min_uncached_tokens: int) -> None:
         """``min_uncached_tokens``: the conditional-disaggregation threshold."""
         self.min_uncached_tokens = min_uncached_tokens
-        self._base: tuple[object, Snapshot] | None = None
 
-    def choose(self, fabric: Fabric, instances: Sequence[EngineInstance],
-               loads: Mapping[str, WorkerLoad], request: RouteRequest,
-               prompt_tokens: int, engines: EngineRegistry | None = None
-               ) -> Route | Unschedulable:
-        """The route of ``request`` over ``instances`` (all serving its model);
-        ``engines``: the service's engine registry (engine load, block size)."""
-        snapshot = self.snapshot(fabric, instances, loads, request.model, engines)
-        if not snapshot.workers:
-            return Unschedulable(request_id=request.request_id, policy="gateway", reasons=(
-                f"no instance of {request.model} sits on GPUs of the fabric",))
-        result = fabric.router.route(request, snapshot)
-        if isinstance(result, Unschedulable):
-            return result
-        named = {i.name: i for i in instances}
-        route = self._route(result, named, prompt_tokens, snapshot.block_tokens)
+    def choose(self, decision: Decision, named: Lookup, fabric: Fabric,
+               candidates: Callable[[], Sequence[EngineInstance]], prompt_tokens: int,
+               block_tokens: int) -> Route | Unschedulable:
+        """The route of ``decision``: ``named`` finds an instance by name,
+        ``candidates`` lists the instances of the model in routing (asked only when a
+        decode engine that cannot run alone needs another prefill)."""
+        route = self._route(decision, named, prompt_tokens, block_tokens)
         if isinstance(route, Route) and route.prefill is None and \
                 not protocol_for(route.decode.engine).can_serve_alone(route.decode):
-            return self._pair_anyway(fabric, route, named)
+            return self._pair_anyway(fabric, route, candidates())
         return route
 
     @staticmethod
-    def _pair_anyway(fabric: Fabric, route: Route, named: Mapping[str, EngineInstance]
+    def _pair_anyway(fabric: Fabric, route: Route, instances: Sequence[EngineInstance]
                      ) -> Route | Unschedulable:
         """A decode engine that cannot run alone (an SGLang decode server) gets the
         nearest compatible prefill even when the router preferred no transfer."""
         decode = route.decode
-        options = [i for i in named.values() if i.can_prefill and i.name != decode.name
+        options = [i for i in instances if i.can_prefill and i.name != decode.name
                    and pair_problem(i, decode) is None]
         if not options:
             return Unschedulable(request_id=route.decision.request_id, policy="gateway",
@@ -105,32 +88,13 @@ class PairChooser:
                        reason=f"{decode.name} cannot run alone: nearest prefill "
                               f"{options[best].name} ({tier})")
 
-    def snapshot(self, fabric: Fabric, instances: Sequence[EngineInstance],
-                 loads: Mapping[str, WorkerLoad], model: str | None,
-                 engines: EngineRegistry | None = None) -> Snapshot:
-        """The instances as workers with their reserved load; with the engine registry,
-        with the engines' own load figures merged in (:mod:`engines.live`) and prompts
-        hashed with the engines' block size (what their KV events are indexed under)."""
-        blocks = engines.block_size(model) if engines is not None else None
-        key = (id(fabric), tuple(map(id, instances)), blocks)
-        if self._base is None or self._base[0] != key:
-            self._base = (key, _base_snapshot(fabric, instances, model, blocks))
-        base = self._base[1]
-        measured = {w.id: w for w in engines.workers(model, loads)} if engines else {}
-        changed = {}
-        for pos, worker in enumerate(base.workers):
-            load = loads.get(worker.id)
-            if worker.id in measured:
-                changed[pos] = measured[worker.id]
-            elif load is not None and (load.tokens or load.requests):
-                changed[pos] = replace(worker, queued_tokens=load.tokens,
-                                       running_requests=load.requests)
-        return base.updated(changed) if changed else base
-
-    def _route(self, decision: Decision, named: Mapping[str, EngineInstance],
-               prompt_tokens: int, block_tokens: int) -> Route | Unschedulable:
-        decode = named[decision.decode.worker]
-        prefill = named[decision.prefill.worker]
+    def _route(self, decision: Decision, named: Lookup, prompt_tokens: int,
+               block_tokens: int) -> Route | Unschedulable:
+        decode = named(decision.decode.worker)
+        prefill = named(decision.prefill.worker)
+        if decode is None or prefill is None:  # deregistered since the snapshot
+            return Unschedulable(request_id=decision.request_id, policy=decision.policy,
+                                 reasons=("the chosen instances were deregistered; retry",))
         d_cached = min(decision.decode.cached_blocks * block_tokens, prompt_tokens)
         alone = protocol_for(decode.engine).can_serve_alone(decode)
         if prefill.name == decode.name:
@@ -167,26 +131,11 @@ def pair_problem(prefill: EngineInstance, decode: EngineInstance) -> str | None:
     return protocol_for(decode.engine).incompatibility(prefill, decode)
 
 
-def _compatible_runner_up(decision: Decision, named: Mapping[str, EngineInstance],
-                          decode: EngineInstance) -> EngineInstance | None:
+def _compatible_runner_up(decision: Decision, named: Lookup, decode: EngineInstance
+                          ) -> EngineInstance | None:
     for option in decision.runners_up:
-        candidate = named.get(option.prefill)
+        candidate = named(option.prefill)
         if option.decode == decode.name and not option.local_prefill \
                 and candidate is not None and pair_problem(candidate, decode) is None:
             return candidate
     return None
-
-
-def _base_snapshot(fabric: Fabric, instances: Sequence[EngineInstance],
-                   model: str | None, engine_blocks: int | None = None) -> Snapshot:
-    workers = [_worker(i) for i in instances if all(g in fabric.known for g in i.gpu_names)]
-    blocks = engine_blocks or next((i.block_size for i in instances if i.block_size),
-                                   DEFAULT_BLOCK_TOKENS)
-    domains = domain_arrays(fabric.distance, workers) if workers else {}
-    return Snapshot(tuple(workers), domains, {}, {}, blocks, kv_bytes_for(model))
-
-
-def _worker(instance: EngineInstance) -> Worker:
-    return Worker(instance.name, Role(instance.role), instance.gpu_names,
-                  max_running_requests=instance.max_requests or DEFAULT_MAX_REQUESTS,
-                  free_kv_blocks=ASSUMED_FREE_BLOCKS, capacity_kv_blocks=ASSUMED_FREE_BLOCKS)

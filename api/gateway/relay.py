@@ -3,8 +3,9 @@
 parse → token ids → route (pair, conditional disaggregation) → reserve load → the
 engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte for byte →
 release load → record the phases by tier. An engine that cannot be reached is taken
-out of routing and the request is routed again without it (up to
-:data:`MAX_ATTEMPTS` routes); a client that leaves cancels every leg still running.
+out of routing in the engine registry (until its /health answers again) and the
+request is routed again without it (up to :data:`MAX_ATTEMPTS` routes); a client that
+leaves cancels every leg still running.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import httpx
@@ -22,22 +23,22 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from api.decide import decide
 from api.engine_feeds import EngineFeeds
 from api.gateway.decide import LOCAL, PairChooser, Route
-from api.gateway.instances import InstancePool
 from api.gateway.load import Held
 from api.gateway.tokens import PromptTokens, Tokens
 from api.runtime import Runtime
 from api.service import ServiceState
-from engines.instance import EngineInstance
+from api.snapshots import LiveSnapshots
 from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
 from scheduler.router.router import RouteRequest, Unschedulable
 from scheduler.telemetry.handoff import Handoff
 from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
 
 log = logging.getLogger(__name__)
-#: Routes tried for one request before giving up (each try excludes the engines found
-#: unreachable by the ones before).
+#: Routes tried for one request before giving up (each try goes without the engines
+#: found unreachable by the ones before: the registry took them out of routing).
 MAX_ATTEMPTS = 3
 #: Status sent (to the log and metrics; the client is gone) for a cancelled request.
 CLIENT_CLOSED = 499
@@ -48,81 +49,70 @@ class ClientGoneError(Exception):
 
 
 class Gateway:
-    """The gateway's shared parts: instances, tokenizer, pair chooser, engine client."""
+    """The gateway's shared parts: the engine registry it routes to, tokenizer, pair
+    chooser, engine client."""
 
-    def __init__(self, runtime: Runtime, services: ServiceState, pool: InstancePool,
+    def __init__(self, runtime: Runtime, services: ServiceState, feeds: EngineFeeds,
                  tokens: Tokens, client: httpx.AsyncClient, *, min_uncached_tokens: int,
                  lease_s: float, reservation_ttl_s: float = 600.0,
-                 engine_headers: Mapping[str, str] | None = None,
-                 engines: EngineFeeds | None = None) -> None:
-        """Wire the gateway to the app's runtime and services; ``engines``: the service's
-        engine instances (registered through the API too, with health, load and block
-        size from the engines themselves)."""
-        self.engines = engines
-        self._document: object = None
-        self.reservation_ttl_s = reservation_ttl_s
-        self.runtime, self.services, self.pool = runtime, services, pool
+                 engine_headers: Mapping[str, str] | None = None) -> None:
+        """Wire the gateway to the app's runtime, services and engine instances (the
+        registry is the one source of what is in routing: its /health scrapes, and this
+        gateway's reports of engines it could not reach)."""
+        self.runtime, self.services, self.feeds = runtime, services, feeds
+        self.registry = feeds.registry
         self.tokens, self.client = tokens, client
         tokens.unreachable = lambda name: self._out_of_routing({name}, "tokenize")
         self.chooser = PairChooser(min_uncached_tokens)
-        self.lease_s = lease_s
+        self.snapshots = LiveSnapshots()
+        self.lease_s, self.reservation_ttl_s = lease_s, reservation_ttl_s
         self.engine_headers = dict(engine_headers or {})
 
     async def handle(self, request: Request, path: str) -> Response:
         """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
         body = parse_body(await request.body(), path)
         model: str = body["model"]
-        self._follow_registry()
-        if not self.pool.serving(model):
-            raise NotFoundError("model", model, "served: " + (", ".join(self.pool.models)
-                                                              or "none"))
+        if not self.registry.serves(model):
+            raise NotFoundError("model", model, "served: " + (
+                ", ".join(self.registry.models()) or "none"))
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        tokens = await self.tokens.of(body, self.pool.routable(model))
-        exclude: set[str] = set()
+        tokens = await self.tokens.of(body, self.registry.routable_instances(model))
+        gone: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
-            route = await self._route(model, tokens, request_id, frozenset(exclude))
+            route = await self._route(model, tokens, request_id)
             answer = await self._attempt(request, route, body, path, request_id)
             if isinstance(answer, Response):
                 return answer
-            exclude |= answer
-        raise UnschedulableError([f"engines unreachable: {', '.join(sorted(exclude))}"])
+            gone |= answer
+        raise UnschedulableError([f"engines unreachable: {', '.join(sorted(gone))}"])
 
-    async def _route(self, model: str, tokens: PromptTokens, request_id: str,
-                     exclude: frozenset[str]) -> Route:
-        fabric = self.services.fabric
-        if fabric is None:
-            raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-        instances = self._in_routing(self.pool.routable(model, exclude))
-        if not instances:
-            raise UnschedulableError([f"no instance of {model} is in routing "
-                                      f"(out: {', '.join(self.pool.quarantined()) or '-'})"])
-        loads = await self.runtime.loads.loads()
+    async def _route(self, model: str, tokens: PromptTokens, request_id: str) -> Route:
+        """The route over the instances in routing now (an engine found unreachable by
+        an earlier attempt is out of routing already)."""
+        if not self.registry.routable_instances(model):
+            raise UnschedulableError([f"no instance of {model} is in routing (states: "
+                                      f"{self._states(model)})"])
         request = RouteRequest(request_id=request_id[:256], model=model,
                                token_ids=list(tokens.ids), prompt_tokens=tokens.count)
-        registry = self.engines.registry if self.engines is not None else None
-        result = self.chooser.choose(fabric, instances, loads, request, tokens.count, registry)
+        decision, snapshot = await decide(
+            request, self.services, self.runtime, self.registry, entries=(),
+            loads=await self.runtime.loads.loads(), snapshots=self.snapshots)
+        if isinstance(decision, Unschedulable):
+            raise UnschedulableError(list(decision.reasons))
+        fabric = self.services.fabric
+        assert fabric is not None  # decide() refuses without one
+        result = self.chooser.choose(
+            decision, self.registry.get, fabric,
+            lambda: self.registry.routable_instances(model), tokens.count,
+            snapshot.block_tokens)
         if isinstance(result, Unschedulable):
             raise UnschedulableError(list(result.reasons))
-        if self.engines is not None and result.prefill is not None \
-                and result.mode == "disaggregated":  # labels the engines' NIXL figures
-            self.engines.handoffs.note(result.decode.name, result.prefill.name, result.tier)
         return result
 
-    def _follow_registry(self) -> None:
-        """Route to the service's registered instances (they change through the API)."""
-        if self.engines is not None and self.engines.document is not self._document:
-            self._document = self.engines.document
-            if self.engines.document.instances:
-                self.pool.replace(self.engines.document.instances)
-
-    def _in_routing(self, instances: tuple[EngineInstance, ...]
-                    ) -> tuple[EngineInstance, ...]:
-        """Leave out the instances the registry found down or stale (its /health)."""
-        if self.engines is None:
-            return instances
-        registry = self.engines.registry
-        return tuple(i for i in instances if i.name not in registry or
-                     registry.state_of(i.name) in ("up", "starting"))
+    def _states(self, model: str) -> str:
+        states = [f"{s.name} {s.state}" for s in self.registry.status()
+                  if (i := self.registry.get(s.name)) is not None and i.model == model]
+        return ", ".join(states[:8]) + (" …" if len(states) > 8 else "")
 
     async def _attempt(self, request: Request, route: Route, body: dict[str, Any], path: str,
                        request_id: str) -> Response | set[str]:
@@ -132,7 +122,8 @@ class Gateway:
         await held.reserve()
         timeline = Timeline()
         plan = LegPlan(path=path, body=body, request_id=request_id, decode=route.decode,
-                       prefill=route.prefill, lease_s=self.lease_s, headers=self.engine_headers)
+                       prefill=route.prefill, lease_s=self.lease_s, headers=self.engine_headers,
+                       on_handoff=self._handoff_noter(route))
         protocol = protocol_for(route.decode.engine)
         try:
             answer = await until_disconnect(request.receive,
@@ -154,11 +145,20 @@ class Gateway:
         await held.release_prefill()
         return RelayResponse(answer, route, held, self)
 
+    def _handoff_noter(self, route: Route) -> Callable[[], None]:
+        """Called when the decode leg is about to carry the prefill's KV: the decode
+        engine's next NIXL transfer is this pair's (labels its figures by tier)."""
+        def note() -> None:
+            if route.prefill is not None:
+                self.feeds.handoffs.note(route.decode.name, route.prefill.name, route.tier,
+                                         via="gateway")
+        return note
+
     def _out_of_routing(self, names: set[str], detail: str) -> None:
         for name in names:
-            log.warning("engine %s unreachable (%s): out of routing for %.0f s", name, detail,
-                        self.pool.quarantine_s)
-            self.pool.quarantine(name)
+            log.warning("engine %s unreachable (%s): out of routing until its /health "
+                        "answers", name, detail)
+            self.registry.mark_down(name, f"unreachable from the gateway: {detail}")
 
     def _record(self, route: Route, timeline: Timeline, outcome: str) -> None:
         moved = timeline.disaggregated

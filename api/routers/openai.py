@@ -55,19 +55,22 @@ async def chat_completions(request: Request) -> Response:
 @router.get("/v1/models")
 async def models(request: Request) -> dict[str, Any]:
     """The models some engine instance serves (OpenAI's list shape)."""
-    pool = _gateway(request).pool
+    registry = _gateway(request).registry
     return {"object": "list", "data": [
         {"id": model, "object": "model", "created": 0, "owned_by": "toposched",
-         "instances": len(pool.serving(model))} for model in pool.models]}
+         "instances": registry.serves(model)} for model in registry.models()]}
 
 
 @router.get("/v1/gateway/health")
 async def health(request: Request) -> dict[str, Any]:
-    """The engines the gateway routes to and which are out of routing now."""
-    pool = _gateway(request).pool
-    out = set(pool.quarantined())
+    """The engines the gateway routes to and which are in routing now (the engine
+    registry's view: their /health, and engines the gateway could not reach)."""
+    registry = _gateway(request).registry
+    statuses = registry.status()
     engines = [{"name": i.name, "engine": i.engine, "role": i.role, "model": i.model,
-                "base_url": i.base_url, "in_routing": i.name not in out} for i in pool.all()]
-    ready = any(e["in_routing"] for e in engines)
-    return {"status": "ok" if ready and not out else ("degraded" if ready else "down"),
-            "engines": engines}
+                "base_url": i.base_url, "state": s.state, "in_routing": s.routable,
+                "last_error": s.last_error}
+               for s in statuses if (i := registry.get(s.name)) is not None]
+    ready = sum(s.routable for s in statuses)
+    return {"status": "ok" if statuses and ready == len(statuses) else
+            ("degraded" if ready else "down"), "engines": engines}

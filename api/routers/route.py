@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
@@ -10,10 +9,11 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from api.decide import decide
 from api.engine_feeds import EngineFeeds
 from api.load import new_reservation_id, reservations_for, reserve
 from api.problems import problem
-from api.routing import deliver_plan, kv_bytes_for
+from api.routing import deliver_plan
 from api.runtime import Runtime
 from api.service import ServiceState
 from engines.registry import EngineRegistry
@@ -141,27 +141,11 @@ async def route(request: Request) -> Response:
 async def _decide(body: RouteInput, services: ServiceState, coordinator: TransferCoordinator,
                   runtime: Runtime, engines: EngineRegistry
                   ) -> tuple[Decision | Unschedulable, int]:
-    """The decision over a snapshot of the live workers and routable engine instances
-    (their loads included), and the block size prompts were hashed with: the engines'
-    when instances serve the model, else what the workers registered or the settings
-    say (:class:`~api.snapshots.BlockSizes`)."""
-    fabric = services.fabric
-    if fabric is None:
-        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
-    started = time.perf_counter()
-    current = services.current
+    """The decision over the live workers and routable engine instances (their loads
+    included), and the block size prompts were hashed with (:func:`api.decide.decide`)."""
     entries, loads = await coordinator.store.list_with_loads(runtime.loads)
-    snapshot = await services.snapshots.current(
-        fabric, entries, loads, body.model, kv_bytes=kv_bytes_for(body.model),
-        pairings=current.placement.pairings if current else (),
-        link_load=runtime.inflight.transfers_by_link(),
-        engines=engines.workers(body.model, loads),
-        block_tokens=engines.block_size(body.model))
-    result = fabric.router.route(body.to_request(), snapshot) if snapshot.workers else \
-        Unschedulable(request_id=body.request_id, policy=services.policy.name,
-                      reasons=(f"no registered worker on the fabric serves {body.model}",))
-    runtime.telemetry.observe_routing(time.perf_counter() - started)
-    runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
+    result, snapshot = await decide(body.to_request(), services, runtime, engines,
+                                    entries=entries, loads=loads)
     return result, snapshot.block_tokens
 
 

@@ -353,11 +353,14 @@ class FakeEngine:
                 f"vllm:num_requests_waiting{label} 0\nvllm:kv_cache_usage_perc{label} 0.0\n"
                 f'vllm:cache_config_info{{block_size="{c.block_size}",'
                 f'num_gpu_blocks="{c.num_blocks}"}} 1\n'
+                "# TYPE vllm:nixl_bytes_transferred histogram\n"
                 f"vllm:nixl_bytes_transferred_sum{label} {self.bytes_read}\n"
                 f"vllm:nixl_bytes_transferred_count{label} {self.counts['transfers']}\n"
+                "# TYPE vllm:nixl_xfer_time_seconds histogram\n"
                 f"vllm:nixl_xfer_time_seconds_sum{label} {self.xfer_seconds}\n"
                 f"vllm:nixl_xfer_time_seconds_count{label} {self.counts['transfers']}\n"
-                f"vllm:nixl_num_kv_expired_reqs{label} {self.counts['expired']}\n")
+                "# TYPE vllm:nixl_num_kv_expired_reqs counter\n"
+                f"vllm:nixl_num_kv_expired_reqs_total{label} {self.counts['expired']}\n")
 
 
 def _answer(model: str, out: list[int], chat: bool) -> dict[str, Any]:

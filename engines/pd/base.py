@@ -16,7 +16,7 @@ try another pair; anything the engines *answer* (2xx, 4xx, 5xx) comes back as an
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -75,6 +75,14 @@ class LegPlan:
     lease_s: float = 30.0
     #: Headers sent on every leg (e.g. an engine API key).
     headers: Mapping[str, str] = field(default_factory=dict)
+    #: Called once, just before a leg that makes the decode engine take the prefill's
+    #: KV is sent (the caller labels the decode engine's next KV transfer with it).
+    on_handoff: Callable[[], None] | None = None
+
+    def handoff(self) -> None:
+        """Tell the caller the KV is about to move (see :attr:`on_handoff`)."""
+        if self.on_handoff is not None:
+            self.on_handoff()
 
     def url(self, engine: EngineEndpoint) -> str:
         """The request's URL on ``engine``."""

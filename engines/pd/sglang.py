@@ -69,6 +69,7 @@ class SglangProtocol:
                                   stream=True)
             return UpstreamAnswer(response, timeline)
         body = bootstrap_body(plan.body, plan.prefill, new_room())
+        plan.handoff()
         timeline.prefill_sent = timeline.decode_sent = Timeline.now()
         prefill = asyncio.create_task(self._prefill(client, plan, plan.prefill, body, timeline))
         decode = asyncio.create_task(send(client, plan, plan.decode, body, leg="decode",

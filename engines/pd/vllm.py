@@ -79,6 +79,7 @@ class VllmProtocol:
             if outcome is not None:
                 body = decode_body(plan.body, outcome)
                 timeline.disaggregated = True
+                plan.handoff()
         timeline.decode_sent = Timeline.now()
         response = await send(client, plan, plan.decode, body, leg="decode", stream=True)
         if timeline.disaggregated and response.status_code >= 500:

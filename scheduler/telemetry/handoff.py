@@ -3,10 +3,12 @@
 For each request the gateway runs through a (prefill, decode) pair it records: the
 prefill leg (sent → answered), the handoff gap (prefill answered → decode leg sent),
 the decode leg's time to first byte (which includes the decode engine's KV read) and,
-where the decode engine reports it, its NIXL transfer time. Each goes into a histogram
-labelled by tier; the decode time to first byte of disaggregated requests also feeds
-a drift detector per tier (alerts of kind ``pd_handoff_drift``), so a pair class that
-gets slower is flagged like a slow transfer tier.
+where the decode engine reports it, its NIXL transfer time and bytes (joined when the
+engine's metrics are next scraped: :meth:`HandoffTelemetry.observe_nixl`). Each goes
+into a histogram labelled by tier; the decode time to first byte of disaggregated
+requests also feeds a drift detector per tier (alerts of kind ``pd_handoff_drift``), so
+a pair class that gets slower is flagged like a slow transfer tier; the NIXL transfers
+feed the transfer drift detector.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ class HandoffTelemetry:
             "outcome.", ("mode", "outcome"), max_series=64))
         self.kv_bytes = registry.add(Counter(
             f"{namespace}_gateway_kv_bytes_total", "KV bytes the engines moved for gateway "
-            "requests (as the decode engines report), by tier.", ("tier",), max_series=tiers))
+            "requests (as the decode engines' NIXL figures report), by tier.", ("tier",),
+            max_series=tiers))
         self.drift = DriftDetector(drift, clock=clock, kind="pd_handoff_drift")
 
     def record(self, handoff: Handoff) -> None:
@@ -66,14 +69,19 @@ class HandoffTelemetry:
                                   strict=True):
             if seconds is not None:
                 self.phases.observe((phase, handoff.tier), seconds)
-        if handoff.kv_bytes:
-            self.kv_bytes.inc((handoff.tier,), handoff.kv_bytes)
         if handoff.outcome == "ok" and handoff.tier in TIER_LABELS \
                 and handoff.decode_ttft_s is not None:
             self.drift.add(TransferSample(
                 tier=handoff.tier, src_domain=handoff.src_domain,
                 dst_domain=handoff.dst_domain, nbytes=handoff.kv_bytes,
                 seconds=handoff.decode_ttft_s))
+
+    def observe_nixl(self, tier: str, seconds: float, nbytes: int) -> None:
+        """One NIXL transfer a decode engine reported for a gateway request on ``tier``
+        (its drift is watched with the other transfers: ``Telemetry.record_transfer``)."""
+        self.phases.observe(("nixl_transfer", tier), seconds)
+        if nbytes > 0:
+            self.kv_bytes.inc((tier,), nbytes)
 
     def alerts(self, *, include_resolved: bool) -> list[Alert]:
         """Handoff drift alerts, evaluated now."""

@@ -13,8 +13,8 @@ from tests.engines.vllm_harness import (
     BLOCK_SIZE,
     MODEL_NAME,
     VllmEngine,
-    _site_dir,
     process_tree,
+    site_dir,
     vllm_python,
 )
 
@@ -30,7 +30,7 @@ def _probe(env: dict[str, str]) -> str:
 def test_sitecustomize_turns_the_nixl_progress_thread_off(tmp_path: Path) -> None:
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert _probe(plain) == "True"  # NIXL's own default: a busy-polling thread
-    assert _probe({**plain, "PYTHONPATH": str(_site_dir(tmp_path))}) == "False"
+    assert _probe({**plain, "PYTHONPATH": str(site_dir(tmp_path))}) == "False"
 
 
 def _affinities(engine: VllmEngine) -> set[frozenset[int]]:

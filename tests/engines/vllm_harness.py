@@ -1,373 +1,41 @@
-"""Real vLLM engines (CPU build) for tests: a tiny random-weight model, started, pinned, stopped.
-
-The engines run from their own environment: ``$TOPOSCHED_VLLM_PYTHON``, else the
-repository's ``.venv-vllm/bin/python`` (``./scripts/bootstrap.sh test`` creates it).
-When it is missing the tests that need it FAIL with that instruction; they never skip.
-
-What the harness does for each engine (ENGINES.md, "Running real vLLM"):
-
-* serves ``tiny_model.py``'s random-weight Llama (head_dim 64, float32, a byte-level
-  tokenizer whose id b is byte b, a chat template) as ``tiny-llama`` with
-  ``--enforce-eager --seed 0 --block-size 32``,
-  ``VLLM_CPU_KVCACHE_SPACE=1`` and free ports;
-* optionally publishes KV events on ZMQ (PUB bound on a free port, a replay ROUTER) and
-  runs vLLM's NixlConnector with host-memory buffers (``VLLM_NIXL_SIDE_CHANNEL_HOST``
-  127.0.0.1, a distinct side-channel port per engine);
-* the two traps of a 2-core machine: each engine is pinned to its own core, and the
-  pinning is re-applied to every thread of its process tree once ``/health`` answers
-  (vLLM's NIXL worker pins itself to the last core); NIXL's progress thread is switched
-  off by a ``sitecustomize`` on the engine's ``PYTHONPATH`` (it busy-polls a core).
+"""Real vLLM engines for tests: the product's launcher (:mod:`engines.launch`) plus what
+only a shared test machine needs.
 
 Only one test run on the machine starts engines at a time: :class:`EngineLock` takes
 ``/tmp/toposched-vllm.lock`` (unless a parent process, e.g. ``flock``, holds it already).
+:class:`EngineFleet` starts engines during a session and stops them all at its end.
+When the vLLM environment is missing the tests that need it FAIL with the command that
+installs it; they never skip.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
-import signal
-import subprocess
-import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import httpx
+from engines.launch import (
+    BLOCK_SIZE,
+    KV_BYTES_PER_TOKEN,
+    MODEL_NAME,
+    EngineOptions,
+    VllmEngine,
+    parent_of,
+    process_tree,
+    site_dir,
+    start_engines,
+    vllm_python,
+    write_tiny_model,
+)
 
-from engines.instance import EngineInstance
-from tests.servers import free_port
-
-ROOT = Path(__file__).parents[2]
+__all__ = ["BLOCK_SIZE", "KV_BYTES_PER_TOKEN", "MODEL_NAME", "EngineFleet", "EngineLock",
+           "EngineOptions", "VllmEngine", "fleet", "process_tree", "site_dir", "vllm_python",
+           "write_tiny_model"]
 LOCK_PATH = Path(os.environ.get("TOPOSCHED_VLLM_LOCK", "/tmp/toposched-vllm.lock"))
-MODEL_NAME = "tiny-llama"
-BLOCK_SIZE = 32
-#: Seconds an engine may take to answer /health (~30 s alone, ~95 s on a busy machine).
-START_TIMEOUT_S = float(os.environ.get("TOPOSCHED_VLLM_START_TIMEOUT_S", "420"))
-NIXL_CONFIG = {"kv_connector": "NixlConnector", "kv_role": "kv_both",
-               "kv_buffer_device": "cpu"}
-#: Makes every NIXL agent the engine creates run without its busy-polling progress
-#: thread: vLLM's own per-step NIXL calls keep transfers moving (ENGINES.md).
-SITECUSTOMIZE = '''\
-"""toposched test harness: NIXL agents without the progress thread (see vllm_harness.py)."""
-import importlib.abc
-import importlib.util
-import sys
-
-_TARGETS = {"nixl._api", "nixl_cu12._api", "nixl_cu13._api"}
-
-
-def _patch(module):
-    config = getattr(module, "nixl_agent_config", None)
-    init = getattr(config, "__init__", None)
-    if init is not None and init.__defaults__:
-        init.__defaults__ = (False, *init.__defaults__[1:])
-
-
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name not in _TARGETS:
-            return None
-        sys.meta_path.remove(self)
-        try:
-            spec = importlib.util.find_spec(name)
-        finally:
-            sys.meta_path.insert(0, self)
-        if spec is None or spec.loader is None:
-            return spec
-        original = spec.loader.exec_module
-
-        def exec_module(module):
-            original(module)
-            _patch(module)
-
-        spec.loader.exec_module = exec_module
-        return spec
-
-
-sys.meta_path.insert(0, _Finder())
-'''
-
-
-class VllmEnvironmentMissing(RuntimeError):
-    """The vLLM environment the real-engine tests need is not installed."""
-
-
-def vllm_python() -> Path:
-    """The interpreter of the vLLM environment (fails with the fix when it is missing)."""
-    configured = os.environ.get("TOPOSCHED_VLLM_PYTHON")
-    path = Path(configured) if configured else ROOT / ".venv-vllm" / "bin" / "python"
-    if not path.exists():
-        raise VllmEnvironmentMissing(
-            f"no vLLM interpreter at {path}: run ./scripts/bootstrap.sh test (creates "
-            ".venv-vllm) or set TOPOSCHED_VLLM_PYTHON")
-    return path
-
-
-def write_tiny_model(directory: Path, seed: int = 0) -> Path:
-    """Write the tiny random-weight checkpoint (with tokenizer) into ``directory``."""
-    script = Path(__file__).with_name("tiny_model.py")
-    subprocess.run([str(vllm_python()), str(script), str(directory), str(seed)], check=True,
-                   capture_output=True, timeout=300)
-    return directory
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How to start one engine; ``role`` only labels its :class:`EngineInstance`."""
-
-    name: str
-    role: Literal["prefill", "decode", "both"] = "both"
-    kv_events: bool = True
-    nixl: bool = False
-    block_size: int = BLOCK_SIZE
-    max_model_len: int = 2048
-    skip_tokenizer_init: bool = False
-    #: Leave NIXL's busy-polling progress thread on (the harness turns it off).
-    nixl_progress_thread: bool = False
-    extra_args: tuple[str, ...] = ()
-    extra_env: tuple[tuple[str, str], ...] = ()
-
-
-@dataclass(frozen=True)
-class EnginePorts:
-    """Free ports one engine listens on (None: that feature is off)."""
-
-    http: int
-    kv: int | None = None
-    replay: int | None = None
-    side_channel: int | None = None
-    topic: str = ""
-
-    @classmethod
-    def pick(cls, options: EngineOptions) -> EnginePorts:
-        """Fresh free ports for what ``options`` turns on."""
-        http = free_port()
-        kv, replay = (free_port(), free_port()) if options.kv_events else (None, None)
-        return cls(http, kv, replay, free_port() if options.nixl else None,
-                   f"kv@127.0.0.1:{http}@{MODEL_NAME}" if options.kv_events else "")
-
-
-@dataclass
-class VllmEngine:
-    """A running vLLM OpenAI server over the tiny model."""
-
-    options: EngineOptions
-    ports: EnginePorts
-    cpu: int
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def name(self) -> str:
-        """The engine's (and its instance's) name."""
-        return self.options.name
-
-    @property
-    def base_url(self) -> str:
-        """OpenAI base URL, without /v1."""
-        return f"http://127.0.0.1:{self.ports.http}"
-
-    @property
-    def kv_endpoint(self) -> str | None:
-        """Where its KV-event publisher is bound (None: events off)."""
-        return None if self.ports.kv is None else f"tcp://127.0.0.1:{self.ports.kv}"
-
-    @property
-    def replay_endpoint(self) -> str | None:
-        """Its KV-event replay ROUTER (None: events off)."""
-        port = self.ports.replay
-        return None if port is None else f"tcp://127.0.0.1:{port}"
-
-    def instance(self, *, host: str = "h0", gpus: Sequence[int] = (0,),
-                 **overrides: Any) -> EngineInstance:
-        """This engine as toposched declares it (fields replaced by ``overrides``)."""
-        data: dict[str, Any] = {
-            "name": self.name, "engine": "vllm", "role": self.options.role,
-            "model": MODEL_NAME, "base_url": self.base_url, "host": host, "gpus": list(gpus),
-            "dtype": "float32", "engine_version": "0.32.0"}
-        if self.kv_endpoint is not None:
-            data["kv_events"] = {"endpoint": self.kv_endpoint,
-                                 "replay_endpoint": self.replay_endpoint,
-                                 "topic": self.ports.topic}
-        if self.ports.side_channel is not None:
-            data["nixl_side_channel"] = f"127.0.0.1:{self.ports.side_channel}"
-        data.update(overrides)
-        return EngineInstance.model_validate(data)
-
-    def get(self, path: str, timeout_s: float = 10.0) -> httpx.Response:
-        """GET ``path`` on the engine."""
-        return httpx.get(self.base_url + path, timeout=timeout_s)
-
-    def post(self, path: str, body: dict[str, Any], timeout_s: float = 60.0) -> httpx.Response:
-        """POST a JSON body to ``path`` on the engine."""
-        return httpx.post(self.base_url + path, json=body, timeout=timeout_s)
-
-    def alive(self) -> bool:
-        """Whether the server process still runs."""
-        return self.process.poll() is None
-
-    def healthy(self) -> bool:
-        """Whether /health answers 200."""
-        try:
-            return self.get("/health", timeout_s=2.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def pin(self) -> None:
-        """Pin every thread of the engine's process tree to its core."""
-        for pid in process_tree(self.process.pid):
-            for tid in _threads(pid):
-                with contextlib.suppress(OSError):
-                    os.sched_setaffinity(tid, {self.cpu})
-
-    def log_tail(self, lines: int = 40) -> str:
-        """The last lines of the engine's log."""
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-    def kill(self) -> None:
-        """SIGKILL the engine's whole process group (an engine crash)."""
-        self._kill_group()
-        self.process.wait(timeout=30)
-
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """SIGTERM the server (it stops its engine core); SIGKILL its process group if
-        anything of it outlives ``timeout_s``."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=timeout_s)
-        self._kill_group()
-        self.process.wait(timeout=10)
-
-    def _kill_group(self) -> None:
-        # The engine was started in its own session: its group holds only its processes.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def process_tree(root: int) -> list[int]:
-    """``root`` and all its descendants (from /proc), parents first."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            parent = _parent_of(int(entry))
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry))
-    tree, queue = [], [root]
-    while queue:
-        pid = queue.pop(0)
-        tree.append(pid)
-        queue.extend(children.get(pid, ()))
-    return tree
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])
-
-
-def _command(model_dir: Path, options: EngineOptions, ports: EnginePorts) -> list[str]:
-    args = [str(vllm_python()), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", str(model_dir), "--served-model-name", MODEL_NAME,
-            "--host", "127.0.0.1", "--port", str(ports.http), "--enforce-eager",
-            "--seed", "0", "--block-size", str(options.block_size), "--dtype", "float32",
-            "--max-model-len", str(options.max_model_len), "--enable-prefix-caching",
-            "--disable-uvicorn-access-log"]
-    if options.skip_tokenizer_init:
-        args.append("--skip-tokenizer-init")
-    if ports.kv is not None:
-        args += ["--kv-events-config", json.dumps({
-            "enable_kv_cache_events": True, "publisher": "zmq",
-            "endpoint": f"tcp://*:{ports.kv}", "replay_endpoint": f"tcp://*:{ports.replay}",
-            "topic": ports.topic})]
-    if options.nixl:
-        args += ["--kv-transfer-config", json.dumps(NIXL_CONFIG)]
-    return [*args, *options.extra_args]
-
-
-def _environment(site_dir: Path, options: EngineOptions, ports: EnginePorts
-                 ) -> dict[str, str]:
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-           "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
-    env.pop("VIRTUAL_ENV", None)
-    env.pop("PYTHONPATH", None)
-    if not options.nixl_progress_thread:
-        env["PYTHONPATH"] = str(site_dir)
-    if ports.side_channel is not None:
-        env.update(VLLM_NIXL_SIDE_CHANNEL_HOST="127.0.0.1",
-                   VLLM_NIXL_SIDE_CHANNEL_PORT=str(ports.side_channel))
-    env.update(dict(options.extra_env))
-    return env
-
-
-def _site_dir(workdir: Path) -> Path:
-    site = workdir / "site"
-    site.mkdir(parents=True, exist_ok=True)
-    (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
-    return site
-
-
-def launch(model_dir: Path, options: EngineOptions, workdir: Path, cpu: int) -> VllmEngine:
-    """Start one engine (does not wait for it); pinned to ``cpu`` from the start."""
-    log = workdir / f"{options.name.replace('/', '_')}.log"
-    ports = EnginePorts.pick(options)
-    env = _environment(_site_dir(workdir), options, ports)
-    with log.open("wb") as out:
-        process = subprocess.Popen(_command(model_dir, options, ports), cwd=workdir,
-                                   stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   start_new_session=True)
-    os.sched_setaffinity(process.pid, {cpu})  # its children inherit the mask
-    return VllmEngine(options, ports, cpu, process, log)
-
-
-def wait_ready(engine: VllmEngine, timeout_s: float = START_TIMEOUT_S) -> VllmEngine:
-    """Wait until /health answers, then re-pin every thread; a dead or late engine fails
-    with its log tail."""
-    deadline = time.monotonic() + timeout_s
-    while not engine.healthy():
-        if not engine.alive():
-            raise RuntimeError(f"vLLM engine {engine.name} exited with "
-                               f"{engine.process.returncode}:\n{engine.log_tail()}")
-        if time.monotonic() > deadline:
-            engine.stop()
-            raise RuntimeError(f"vLLM engine {engine.name} not ready after {timeout_s:.0f} s:"
-                               f"\n{engine.log_tail()}")
-        time.sleep(0.5)
-    engine.pin()
-    return engine
-
-
-def start_engines(model_dir: Path, options: Sequence[EngineOptions], workdir: Path,
-                  first_cpu: int = 0) -> list[VllmEngine]:
-    """Start engines side by side (each on its own core, round robin) and wait for all;
-    if one fails, all are stopped."""
-    cpus = sorted(os.sched_getaffinity(0))
-    engines = [launch(model_dir, option, workdir, cpus[(first_cpu + i) % len(cpus)])
-               for i, option in enumerate(options)]
-    try:
-        with ThreadPoolExecutor(len(engines)) as pool:
-            list(pool.map(wait_ready, engines))
-    except BaseException:
-        for engine in engines:
-            engine.stop()
-        raise
-    return engines
 
 
 class EngineLock:
@@ -409,7 +77,7 @@ def _held_by_ancestor(path: Path) -> bool:
     while pid > 1:
         if pid in holders:
             return True
-        pid = _parent_of(pid) or 0
+        pid = parent_of(pid) or 0
     return False
 
 

@@ -53,9 +53,10 @@ class Engine:
 
 
 def start_engine(name: str, *, host: str, gpu: int, role: str = "both",
-                 flavour: str = "vllm", **options: Any) -> Engine:
-    """Start a fake engine; ``options`` are :class:`FakeConfig` fields."""
-    port = free_port()
+                 flavour: str = "vllm", port: int | None = None, **options: Any) -> Engine:
+    """Start a fake engine (on ``port``, else a free one); ``options`` are
+    :class:`FakeConfig` fields."""
+    port = port or free_port()
     args = [sys.executable, "-m", "engines.fakes", "--port", str(port), "--flavour", flavour,
             "--role", role, "--model", MODEL]
     for key, value in options.items():

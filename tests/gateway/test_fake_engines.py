@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engines.fakes.model import generate, prompt_tokens
 from engines.instance import EngineInstance
@@ -288,3 +289,64 @@ def test_a_loopback_side_channel_across_hosts_is_refused_at_start(tmp_path: Path
     finally:
         for engine in engines:
             engine.kill()
+
+
+def _samples(gateway: Gateway, name: str, **labels: str) -> float:
+    """Sum of the gateway's samples called ``name`` whose labels include ``labels``."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples
+               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+def test_the_decode_engines_nixl_figures_are_joined_by_the_pairs_tier(vllm: Gateway) -> None:
+    decode = vllm.engines["d0"]
+    phase = {"phase": "nixl_transfer", "tier": "nvlink"}
+    count = "toposched_gateway_phase_seconds_count"
+    before = (decode.state()["counts"].get("transfers", 0), _samples(vllm, count, **phase),
+              _samples(vllm, "toposched_transfer_latency_seconds_count", tier="nvlink"),
+              _samples(vllm, "toposched_gateway_kv_bytes_total", tier="nvlink"),
+              decode.state()["bytes_read"])
+    assert _completion(vllm).headers["x-toposched-mode"] == "disaggregated"
+    moved = decode.state()["counts"]["transfers"] - before[0]
+    assert moved == 1
+    # the next scrape of the decode engine's /metrics joins its transfer to this pair
+    wait_for(lambda: _samples(vllm, count, **phase) == before[1] + moved,
+             "a tier-labelled nixl_transfer sample")
+    assert _samples(vllm, "toposched_transfer_latency_seconds_count", tier="nvlink") == \
+        before[2] + moved
+    assert _samples(vllm, "toposched_gateway_kv_bytes_total", tier="nvlink") - before[3] == \
+        decode.state()["bytes_read"] - before[4] > 0
+    assert "toposched_engine_nixl_unattributed_transfers_total{" not in \
+        httpx.get(f"{vllm.url}/metrics").text
+
+
+def test_the_registry_alone_says_what_is_in_routing(tmp_path: Path) -> None:
+    """An engine the gateway could not reach is out of routing until its /health answers
+    again; an instance registered through the API is routed to at once."""
+    engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
+               start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
+    gateway = start_gateway(engines, tmp_path, args=["--pd-min-uncached-tokens", "0"])
+    try:
+        port = engines[1].port
+        engines[1].kill()
+        assert _completion(gateway).status_code == 503
+        assert _in_routing(gateway) == {"p0": True, "d0": False}
+        gateway.engines["d0"] = start_engine("d0", host=HOSTS[0], gpu=1, role="decode",
+                                             port=port)
+        wait_for(lambda: _in_routing(gateway)["d0"], "d0 back in routing")
+        assert _completion(gateway).status_code == 200
+        extra = start_engine("d1", host=HOSTS[0], gpu=2, role="decode")
+        gateway.engines["d1"] = extra
+        put = httpx.put(f"{gateway.url}/v1/instances/d1", json=extra.instance, timeout=10)
+        assert put.status_code == 201, put.text
+        gateway.engines["d0"].kill()
+        wait_for(lambda: not _in_routing(gateway)["d0"] and _in_routing(gateway)["d1"],
+                 "d0 out and d1 in routing (the registry's scrapes)")
+        answer = _completion(gateway)
+        assert answer.status_code == 200 and answer.headers["x-toposched-decode"] == "d1"
+        assert httpx.delete(f"{gateway.url}/v1/instances/d1", timeout=10).status_code == 204
+        assert "d1" not in _in_routing(gateway)
+        assert _completion(gateway).status_code == 503
+    finally:
+        gateway.stop()

@@ -98,7 +98,7 @@ def _decision(prefill: str, decode: str, d_cached: int, blocks: int) -> Decision
     (50, 0, "disaggregated"), (10, 10_000, "decode-only")])
 def test_conditional_disaggregation(d_cached: int, threshold: int, mode: str) -> None:
     named = {"p": _instance("p", "prefill"), "d": _instance("d", "decode")}
-    route = PairChooser(threshold)._route(_decision("p", "d", d_cached, 64), named,
+    route = PairChooser(threshold)._route(_decision("p", "d", d_cached, 64), named.get,
                                           64 * 16, 16)
     assert isinstance(route, Route) and route.mode == mode
     if mode == "decode-only":

@@ -3,8 +3,9 @@ disaggregated for real (the decode engine's NIXL byte counter grows by the promp
 bytes), tokens equal to one engine serving the same request with a cold cache, and
 prefill death, decode death and client disconnect each ending cleanly.
 
-Engines come from the session-wide harness (tests/engines/vllm_harness.py: the shared
-P/D pair is never killed here; the engines that die are started for the test)."""
+Engines come from the session-wide harness (engines/launch.py through
+tests/engines/vllm_harness.py: the shared P/D pair is never killed here; the engines that
+die are started for the test)."""
 
 from __future__ import annotations
 

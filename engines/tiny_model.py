@@ -1,12 +1,14 @@
 """Write a tiny random-weight Llama checkpoint with a byte-level tokenizer.
 
-Run by the vLLM interpreter (it needs torch, safetensors and tokenizers), not imported
-by the tests: ``python tiny_model.py OUT_DIR [SEED]``. Random weights, not vLLM's
-``--load-format dummy``: dummy weights make every output depend on the last token
-only, so comparing a disaggregated run's tokens with a direct run's would prove nothing
-(ENGINES.md). A few MB; head_dim 64 as vLLM's CPU attention wants; float32, because
-with bfloat16 and 32-token blocks vLLM picks its AMX attention kernel, and that kernel
-died with SIGILL in the decode engine right after a NIXL KV load on our machines.
+A script for the vLLM environment's interpreter (it needs torch and safetensors, which
+toposched's own environment does not have), never imported by toposched:
+``python engines/tiny_model.py OUT_DIR [SEED]`` (:func:`engines.launch.write_tiny_model`
+runs it). Random weights, not vLLM's ``--load-format dummy``: dummy weights make every
+output depend on the last token only, so comparing a disaggregated run's tokens with a
+direct run's would prove nothing (ENGINES.md). A few MB; head_dim 64 as vLLM's CPU
+attention wants; float32, because with bfloat16 and 32-token blocks vLLM picks its AMX
+attention kernel, and that kernel died with SIGILL in the decode engine right after a
+NIXL KV load on our machines.
 """
 
 from __future__ import annotations
@@ -14,13 +16,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
 SPECIALS = ("<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>")
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama",
     "hidden_size": 256, "intermediate_size": 512, "num_hidden_layers": 2,
     "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
@@ -32,7 +35,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{%
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")
 
 
-def _shapes(cfg: dict[str, int]) -> dict[str, tuple[int, ...]]:
+def _shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     hidden, inner, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     kv = cfg["num_key_value_heads"] * cfg["head_dim"]
     q = cfg["num_attention_heads"] * cfg["head_dim"]

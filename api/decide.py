@@ -1,0 +1,52 @@
+"""The routing decision over live state, shared by ``POST /v1/route`` and the gateway.
+
+One path for both front doors: a snapshot of the workers (the sidecar-registered
+listing, if any) and of the engine instances in routing (the registry's: their own
+load figures merged with the reservations), with the placement's pairings and the
+transfers in flight on shared links, scored by the service's router. The route path
+passes the whole listing; the OpenAI gateway, which can only send requests to engine
+instances, passes none and keeps its own snapshot cache (:class:`LiveSnapshots` keeps
+one listing per model, and the two would otherwise evict each other).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+
+from api.routing import kv_bytes_for
+from api.runtime import Runtime
+from api.service import ServiceState
+from api.snapshots import LiveSnapshots
+from engines.registry import EngineRegistry
+from policies.snapshot import Snapshot
+from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from scheduler.state.base import WorkerEntry
+from scheduler.state.reservations import WorkerLoad
+from topology.errors import NotFoundError
+
+
+async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime,
+                 engines: EngineRegistry, *, entries: Sequence[WorkerEntry],
+                 loads: Mapping[str, WorkerLoad], snapshots: LiveSnapshots | None = None
+                 ) -> tuple[Decision | Unschedulable, Snapshot]:
+    """The decision for ``request`` and the snapshot it was made on (its block size is
+    what prompts were hashed with: the engines' when instances serve the model, else
+    what the workers registered or the settings say)."""
+    fabric = services.fabric
+    if fabric is None:
+        raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
+    started = time.perf_counter()
+    current = services.current
+    model = request.model
+    snapshot = await (snapshots or services.snapshots).current(
+        fabric, entries, loads, model, kv_bytes=kv_bytes_for(model),
+        pairings=current.placement.pairings if current else (),
+        link_load=runtime.inflight.transfers_by_link(),
+        engines=engines.workers(model, loads), block_tokens=engines.block_size(model))
+    result = fabric.router.route(request, snapshot) if snapshot.workers else \
+        Unschedulable(request_id=request.request_id, policy=services.policy.name,
+                      reasons=(f"no registered worker on the fabric serves {model}",))
+    runtime.telemetry.observe_routing(time.perf_counter() - started)
+    runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
+    return result, snapshot
