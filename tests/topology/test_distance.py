@@ -106,3 +106,34 @@ def test_tor_fabric_keeps_a_rack_on_one_leaf() -> None:
     model = DistanceModel(small_fabric(rails=False))
     assert model.tier(SOURCE, "z0-p0-r0-h01/gpu3") == Tier.SAME_LEAF
     assert model.tier(SOURCE, "z0-p0-r1-h00/gpu0") == Tier.SAME_POD
+
+
+def test_hosts_of_one_shape_share_one_intra_host_computation() -> None:
+    """Hosts cabled to different leaves and ports are still one shape: the intra-host
+    matrices are computed once (a per-host field in the cache key made an 8,192-GPU
+    build run 1,024 Dijkstra passes, 13 s instead of 0.1 s)."""
+    from topology import distance
+    from topology.synth import SynthParams, synth_cluster
+
+    spec = synth_cluster(SynthParams(zones=1, pods_per_zone=2, racks_per_pod=2,
+                                     hosts_per_rack=3))
+    cabling = {tuple((nic.leaf, nic.port) for nic in host.nics) for host in spec.hosts}
+    assert len(cabling) == len(spec.hosts)  # every host is cabled differently
+    distance._shape_matrices.cache_clear()
+    model = DistanceModel(spec)
+    assert distance._shape_matrices.cache_info().misses == 1
+    assert model.pair(0, 1) == DistanceModel(spec).pair(0, 1)
+
+
+def test_host_shape_keeps_what_the_matrices_depend_on() -> None:
+    from topology.distance import host_shape
+    from topology.synth import SynthParams, synth_cluster
+
+    host = synth_cluster(SynthParams(zones=1, pods_per_zone=1, racks_per_pod=1,
+                                     hosts_per_rack=1)).hosts[0]
+    moved = host.model_copy(update={"nics": (
+        host.nics[0].model_copy(update={"pcie_switch": "elsewhere"}), *host.nics[1:])})
+    assert host_shape(moved) != host_shape(host)
+    recabled = host.model_copy(update={"name": "other", "nics": tuple(
+        nic.model_copy(update={"leaf": "x", "port": "p9"}) for nic in host.nics)})
+    assert host_shape(recabled) == host_shape(host)
