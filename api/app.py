@@ -31,6 +31,7 @@ from api.security import (
 from api.settings import Settings
 from api.strict_numbers import StrictNumbers
 from api.ui.router import install_ui
+from scheduler.background import stop_tasks
 from scheduler.state.reservations import StoreUnavailableError
 from scheduler.telemetry import Alert
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -196,9 +197,7 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
         try:
             yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=2.0)
+            await stop_tasks(tasks)
             await feeds.close()
             if gateway is not None:
                 from api.gateway.setup import stop_gateway
@@ -230,7 +229,7 @@ def _freeze_startup_heap() -> None:
 
 
 def _task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-    return asyncio.create_task(coro)
+    return asyncio.create_task(coro, name=getattr(coro, "__qualname__", None))
 
 
 def _secret(value: Any) -> str | None:

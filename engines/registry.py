@@ -50,6 +50,7 @@ from engines.live import InstanceStatus, LiveInstance
 from engines.metrics import NixlTotals, parse_metrics
 from engines.translate import KeyTranslator, NativeEvent
 from policies.snapshot import Worker
+from scheduler.background import stop_tasks
 from scheduler.state.reservations import WorkerLoad
 
 log = logging.getLogger(__name__)
@@ -128,9 +129,7 @@ class EngineRegistry:
     async def close(self) -> None:
         """Stop every task and close sockets and connections."""
         tasks = self._tasks + [t for live in self._live.values() for t in live.tasks]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await stop_tasks(tasks)
         self._tasks.clear()
         if self._http is not None:
             await self._http.aclose()

@@ -29,6 +29,7 @@ from api.ui.fabric_view import FabricIndex, Occupancy, host_detail, overview, po
 from api.ui.models import HostDetail, Overview, PodDetail
 from api.ui.state import UiState
 from api.ui.stream import UiFeed
+from scheduler.background import stop_tasks
 from topology.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ def _watch_placement(app: FastAPI, ui: UiState, feed: UiFeed) -> None:
             try:
                 yield state
             finally:
-                task.cancel()
+                await stop_tasks([task])
                 await feed.close()
 
     app.router.lifespan_context = lifespan

@@ -27,6 +27,7 @@ from pydantic_core import to_json
 
 from api.ui.decisions import decision_view
 from api.ui.state import UiState
+from scheduler.background import stop_tasks
 
 log = logging.getLogger(__name__)
 #: Routing results sent per tick (the rest are counted as skipped).
@@ -100,9 +101,7 @@ class UiFeed:
         for queue in [*self._subscribers, *self._fresh]:
             self._cut(queue)
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_tasks([self._task])
 
     async def _run(self, wake: asyncio.Event) -> None:
         while self._subscribers or self._fresh:

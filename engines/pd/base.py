@@ -161,7 +161,13 @@ class UpstreamAnswer:
         return found
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body as it arrives (raw bytes: SSE frames pass through untouched)."""
+        """The body as it arrives (raw bytes: SSE frames pass through untouched); an
+        answer already read whole (a prefill's refusal) is its decoded content."""
+        if self.response.is_stream_consumed:
+            self.timeline.first_byte = self.timeline.first_byte or Timeline.now()
+            yield self.response.content
+            self.timeline.done = Timeline.now()
+            return
         async for chunk in self.response.aiter_raw():
             if self.timeline.first_byte is None and chunk:
                 self.timeline.first_byte = Timeline.now()

@@ -179,6 +179,26 @@ def test_a_decode_leg_past_the_lease_goes_decode_only(vllm: Gateway) -> None:
     assert vllm.engines["d0"].state()["counts"].get("transfers", 0) == transfers
 
 
+def test_a_prefill_refusal_is_relayed_whole(vllm: Gateway) -> None:
+    """The prefill leg's 4xx (read whole, not streamed) reaches the client as the
+    engine's answer, whichever route the gateway took for the request."""
+    p0, d0 = (_endpoint(vllm.engines[n]) for n in ("p0", "d0"))
+    plan = LegPlan(path="/v1/completions", body={"model": MODEL, "prompt": "",
+                                                 "max_tokens": 2},
+                   request_id="refused-1", decode=d0, prefill=p0, lease_s=30)
+
+    async def run() -> tuple[int, bytes]:
+        async with httpx.AsyncClient() as client:
+            answer = await protocol_for("vllm").open(client, plan, Timeline())
+            body = b"".join([chunk async for chunk in answer.chunks()])
+            await answer.aclose()
+            return answer.status_code, body
+
+    status, body = asyncio.run(run())
+    assert status == 400
+    assert "empty" in json.loads(body)["error"]["message"]
+
+
 def _endpoint(engine: Engine) -> EngineInstance:
     return EngineInstance.model_validate(engine.instance)
 

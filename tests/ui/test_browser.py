@@ -80,6 +80,17 @@ def _count_attr(selector: str, attribute: str) -> str:
             f"return n ? Number(n.dataset.{attribute}) : 0; }})()")
 
 
+def _open_signed_in(browser: Browser, demo: DemoCluster) -> None:
+    """Open the page the way an operator does: the token prompt, then the fabric."""
+    browser.navigate(f"{demo.url}/ui")
+    browser.evaluate("sessionStorage.clear()")
+    browser.navigate(f"{demo.url}/ui")
+    browser.wait_for("!document.getElementById('login').hidden", what="the token prompt")
+    browser.type_into("#token", demo.operator_token)
+    browser.click("#login-form button")
+    browser.wait_for("document.getElementById('login').hidden", what="the token accepted")
+
+
 def _route_until_kv_moves(driver: DemoDriver, workload: AgenticWorkload) -> tuple[str, str]:
     """Run the demo's requests until one moves KV between two sidecars: its id and tier."""
     for request in workload.requests():
@@ -93,7 +104,7 @@ def _route_until_kv_moves(driver: DemoDriver, workload: AgenticWorkload) -> tupl
 
 def test_the_page_shows_the_fabric_a_route_and_its_transfer_live(
         demo: DemoCluster, browser: Browser) -> None:
-    browser.navigate(f"{demo.url}/ui")
+    _open_signed_in(browser, demo)
     browser.wait_for("document.querySelectorAll('a.host').length === 12", what="12 host tiles")
     browser.wait_for("document.getElementById('live').dataset.state === 'live'",
                      what="the event stream")
@@ -142,10 +153,11 @@ def test_the_page_shows_the_placement_and_what_its_last_change_moved(
         demo: DemoCluster, browser: Browser) -> None:
     spec = build_fabric(load_inventory(packaged_config("clusters/example.yaml")))
     busy = [h.gpu_name(g.index) for h in spec.hosts if h.rack.startswith("a1-") for g in h.gpus]
-    with httpx.Client(base_url=demo.url, timeout=30, trust_env=False) as http:
+    with httpx.Client(base_url=demo.url, timeout=30, trust_env=False,
+                      headers=demo.auth) as http:
         answer = http.post("/v1/placement/solve", json=target(gpu_type="H100", exclude=busy))
         assert answer.status_code == 202, answer.text
-        browser.navigate(f"{demo.url}/ui")
+        _open_signed_in(browser, demo)
         browser.wait_for("document.querySelector('#placement .kv b')?.textContent === 'solve'",
                          what="the solved placement", timeout_s=60)
         placed = http.get("/v1/placement").json()["placement"]
