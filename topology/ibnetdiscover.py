@@ -34,7 +34,8 @@ from topology.cabling import normal_guid
 from topology.errors import Location, ParseError
 from topology.source import paused_gc, strip_bom
 
-IbVariant = Literal["plain", "ports"]
+#: ibnetdiscover's plain and ``-p`` forms; iblinkinfo's classic and ``-l`` (line) forms.
+IbVariant = Literal["plain", "ports", "classic", "line"]
 NodeKind = Literal["switch", "ca", "router"]
 
 #: Nominal per-lane signalling of each InfiniBand generation, Gb/s (4x NDR = 400).
