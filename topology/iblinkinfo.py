@@ -57,7 +57,7 @@ _LINE_LOCAL = re.compile(_GUID + r'\s+"(.*)"\s+' + _PORT + r"$")
 _REMOTE = re.compile(r"(?:" + _GUID + r"\s+)?" + _PORT + r'\s*"(.*)"\s*\(([^()]*)\)$')
 _NO_REMOTE = re.compile(r'\[[^\]]{0,8}\]\s*""\s*\(\s*\)$|"Port not available"$')
 _STATE = re.compile(r"([A-Za-z]+)/\s*([A-Za-z ]+?)\s*\)")
-_WIDTH_RATE = re.compile(r"(\d{1,2})X\s+(\d{1,3}(?:\.\d{1,6})?)\s*Gbps(\s*\(FDR10\))?")
+_WIDTH_RATE = re.compile(r"\b(\d{1,2})X\s+(\d{1,3}(?:\.\d{1,6})?)\s*Gbps(\s*\(FDR10\))?")
 _MANAGED_SWITCH = re.compile(r"[^;:\s]*;[^;:]+:")
 _SNIFF = re.compile(r"^\s*(?:0x[0-9a-fA-F]{16}\s+(?:\"[^\"\n]*\"\s+)?)?\d+\s+\d+\[[^\]\n]*\]"
                     r"\s*==\(", re.M)

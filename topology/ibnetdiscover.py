@@ -73,7 +73,8 @@ class IbNode(BaseModel, frozen=True):
     """A switch, CA (HCA or aggregation node) or router of the subnet."""
 
     kind: NodeKind
-    guid: str = Field(description="node GUID (plain form) or port GUID (-p form), 0x + 16 hex")
+    guid: str = Field(description="node GUID (plain form) or port GUID (-p form, iblinkinfo), "
+                      "0x + 16 hex; iblinkinfo's far ends known only by LID: lid:<n>@<file>")
     description: str = Field(description="NodeDescription, e.g. 'node01 mlx5_0'")
     ports: int | None = Field(default=None, description="port count from the header")
     lid: int | None = None
