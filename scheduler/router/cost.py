@@ -58,8 +58,10 @@ class CostParams(BaseModel):
       from the worker's KV blocks in use plus the blocks promised to requests routed
       there whose KV has not landed yet (their load reservations);
     * KV occupancy: past ``kv_high_watermark`` of the worker's blocks (in use and
-      promised, as above), admission waits and eviction start; the price rises
-      linearly to ``kv_pressure_s`` at full;
+      promised, as above, plus the blocks the request itself takes: what it lacks of
+      the prompt and ``expected_output_tokens``), admission waits and eviction start;
+      the price rises linearly to ``kv_pressure_s`` at full and on past it (the
+      request would wait for blocks that others free);
     * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
       every running request for the prefill's compute time, ``stall_weight`` per
       request-second. A stall lands mid-stream, on the TPOT of requests already
@@ -390,16 +392,19 @@ class FabricCostModel:
         capacity = self._capacity(snap)[decode]
         # blocks promised to requests still prefilling elsewhere will land here: a
         # worker about to fill up is priced as full now, not after the transfers
-        in_use = np.clip(capacity - snap.free_kv[decode] + snap.promised_kv[decode],
-                         0.0, capacity)
+        in_use = np.maximum(capacity - snap.free_kv[decode] + snap.promised_kv[decode], 0.0)
         prompt = float(ctx.request.prompt_tokens)
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
-                    + (in_use * snap.block_tokens + (running + 1.0) * prompt)
+                    + (np.minimum(in_use, capacity) * snap.block_tokens
+                       + (running + 1.0) * prompt)
                     * p.decode_s_per_kv_token)
         batch = per_step * (p.expected_output_tokens * p.decode_weight)
-        need = np.maximum(ctx.request.blocks - ctx.cached[decode], 0)
+        # the request takes what it lacks of the prompt and its output, as its load
+        # reservation promises (past full it waits for blocks others free: no ceiling)
+        need = p.promised_blocks(0, snap.block_tokens) + np.maximum(
+            ctx.request.blocks - ctx.cached[decode], 0)
         used = np.where(capacity > 0, (in_use + need) / np.maximum(capacity, 1.0), 0.0)
-        over = np.clip((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0, 1.0)
+        over = np.maximum((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0)
         result: FloatArray = batch + over * p.kv_pressure_s
         return result
 
