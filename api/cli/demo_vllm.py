@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import shutil
 import signal
 import tempfile
 import time
@@ -24,29 +25,44 @@ from topology.spec import FabricSpec
 
 
 def run_vllm_demo(spec: FabricSpec, args: argparse.Namespace) -> int:
-    """Start the engines and the gateway, send the demo's requests, report, stop all."""
+    """Start the engines and the gateway, send the demo's requests, report, stop all.
+    The work directory (model, logs) is removed afterwards, unless something failed:
+    then its logs are kept and their place printed."""
     vllm_python()  # a missing vLLM environment fails here, saying how to create it
     console = Console(stderr=args.json)
-    with tempfile.TemporaryDirectory(prefix="toposched-demo-vllm-") as tmp, \
-            _sigterm_interrupts():
-        stack = VllmStack(Path(tmp))
-        spec.save(stack.workdir / "fabric.json")
+    stack = VllmStack(Path(tempfile.mkdtemp(prefix="toposched-demo-vllm-")))
+    keep = True
+    with _sigterm_interrupts():
         try:
-            stack.start(stack.workdir / "fabric.json", console.print)
-            console.print(f"gateway: {stack.url}/v1   live view: {stack.url}/ui")
-            with httpx.Client() as client:
-                results = [_one(stack, client, request, console, args.json)
-                           for request in demo_requests()]
-            _report(console, stack, results, args.json)
-            if args.keep_running:
-                console.print("running until Ctrl-C …")
-                with contextlib.suppress(KeyboardInterrupt):
-                    while True:
-                        time.sleep(3600)
+            _run(stack, spec, console, args)
+            keep = False
+        except KeyboardInterrupt:
+            keep = False
+            raise
         finally:
             console.print("stopping the gateway and the engines …")
             stack.stop()
+            if keep:
+                console.print(f"logs kept in {stack.workdir}")
+            else:
+                shutil.rmtree(stack.workdir, ignore_errors=True)
     return 0
+
+
+def _run(stack: VllmStack, spec: FabricSpec, console: Console,
+         args: argparse.Namespace) -> None:
+    spec.save(stack.workdir / "fabric.json")
+    stack.start(stack.workdir / "fabric.json", console.print)
+    console.print(f"gateway: {stack.url}/v1   live view: {stack.url}/ui")
+    with httpx.Client() as client:
+        results = [_one(stack, client, request, console, args.json)
+                   for request in demo_requests()]
+    _report(console, stack, results, args.json)
+    if args.keep_running:
+        console.print("running until Ctrl-C …")
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                time.sleep(3600)
 
 
 def _one(stack: VllmStack, client: httpx.Client, request: DemoRequest, console: Console,
@@ -90,8 +106,7 @@ def _report(console: Console, stack: VllmStack, results: list[RequestResult],
                   "by the decode engine's vllm:nixl_bytes_transferred). Both engines run on "
                   f"this machine's CPUs; on the example fabric they stand for {HOST}/gpu0 "
                   "and /gpu4 (an NVLink pair), hence the tier.")
-    console.print(f"live view: {stack.url}/ui   metrics: {stack.url}/metrics   logs: "
-                  f"{stack.workdir}")
+    console.print(f"live view: {stack.url}/ui   metrics: {stack.url}/metrics")
 
 
 def _ms(value: float | None) -> str:

@@ -5,6 +5,7 @@ started must be gone when it ends, whether it finished or was interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -28,11 +29,12 @@ def _command() -> list[str]:
     return [sys.executable, "-m", "api.cli.main", "demo", "--engines", "vllm", "--json"]
 
 
-def _environment(tmp_path: Path, mark: str) -> dict[str, str]:
-    """The demo's environment: the vLLM interpreter, files under ``tmp_path``, and a
-    marker every process it starts inherits (to find strays)."""
+def _environment(mark: str) -> dict[str, str]:
+    """The demo's environment: the vLLM interpreter and a marker every process it starts
+    inherits (to find strays). TMPDIR stays: vLLM's IPC socket paths live under it, and a
+    pytest directory makes them longer than a Unix socket path may be."""
     return {**os.environ, "TOPOSCHED_VLLM_PYTHON": str(vllm_python()),
-            "TMPDIR": str(tmp_path), "TOPOSCHED_TEST_MARK": mark}
+            "TOPOSCHED_TEST_MARK": mark}
 
 
 def _marked(mark: str) -> list[int]:
@@ -85,11 +87,11 @@ def _check_kv_moved(request: dict[str, Any], block_bytes: int, block_tokens: int
 
 @pytest.mark.timeout(900)
 def test_vllm_demo_moves_the_kv_with_nixl_and_leaves_nothing_running(
-        vllm_fleet: EngineFleet, tmp_path: Path) -> None:
+        vllm_fleet: EngineFleet) -> None:
     vllm_fleet.lock.acquire()  # one run of real engines on the machine at a time
     mark = uuid.uuid4().hex
     done = subprocess.run(_command(), capture_output=True, text=True, cwd=ROOT, timeout=840,
-                          env=_environment(tmp_path, mark), check=False)
+                          env=_environment(mark), check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     block_tokens = report["block_tokens"]
@@ -109,11 +111,14 @@ def test_vllm_demo_moves_the_kv_with_nixl_and_leaves_nothing_running(
 
 @pytest.mark.timeout(600)
 def test_vllm_demo_interrupted_while_engines_start_stops_them(
-        vllm_fleet: EngineFleet, tmp_path: Path) -> None:
+        vllm_fleet: EngineFleet) -> None:
     vllm_fleet.lock.acquire()
     mark = uuid.uuid4().hex
+    # as a terminal's Ctrl-C finds it: SIGINT at its default (a shell's background job
+    # would inherit it ignored, and Python then leaves it ignored)
     demo = subprocess.Popen(_command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True, cwd=ROOT, env=_environment(tmp_path, mark))
+                            text=True, cwd=ROOT, env=_environment(mark),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert demo.stderr is not None
         for line in demo.stderr:
@@ -127,6 +132,14 @@ def test_vllm_demo_interrupted_while_engines_start_stops_them(
         assert demo.wait(timeout=120) == 130
         assert "interrupted" in demo.stderr.read()
     finally:
-        if demo.poll() is None:
+        if demo.poll() is None:  # the test failed: leave nothing behind either
             demo.kill()
+            demo.wait()
+            _kill(_marked(mark))
     assert not _wait_gone(mark), "engines of the interrupted demo still running"
+
+
+def _kill(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
