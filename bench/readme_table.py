@@ -172,8 +172,9 @@ def ui_rows(data: dict[str, Any]) -> Iterator[Row]:
 
 
 def topology_input_rows(data: dict[str, Any]) -> Iterator[Row]:
-    for key in ("rails", "tors", "lldp_keyvalue", "lldp_json0"):
-        cmp_ = data[key]
+    for key, cmp_ in data.items():
+        if not isinstance(cmp_, dict) or "paired_ratio_vs_first" not in cmp_:
+            continue  # not a harness comparison (cluster shapes, memory, parse times)
         anchor, *candidates = cmp_["sides"]
         for candidate in candidates:
             yield ("topology_inputs.json", f"{key}: {candidate}", anchor,
@@ -186,8 +187,9 @@ def router_scale_rows(data: dict[str, Any]) -> Iterator[Row]:
         if row["label"] != "candidate":
             continue
         anchor = anchors.get(row["workers"])
-        versus = (f"; anchor / candidate {anchor['first_route_p50_ms'] / row['first_route_p50_ms']:.1f}×"
-                  if anchor else "")
+        p50 = row["first_route_p50_ms"]
+        versus = f"; anchor / candidate {anchor['first_route_p50_ms'] / p50:.1f}×" if anchor \
+            else ""
         yield ("router_scale.md", f"first route after a worker-set change, {row['workers']:,} "
                "workers (wall p50)", "the previous code (where measured)" if anchor else "—",
                f"{row['first_route_p50_ms']:.1f} ms{versus}",
