@@ -11,7 +11,6 @@ import msgspec
 
 from engines.pd.base import EngineEndpoint, EngineUnreachableError, LegPlan
 
-
 _ENCODER = msgspec.json.Encoder()
 
 
