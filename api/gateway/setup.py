@@ -25,7 +25,7 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
     seeds them, the instance API changes them: :mod:`api.engine_feeds`)."""
     timeout = httpx.Timeout(settings.engine_read_timeout_s,
                             connect=settings.engine_connect_timeout_s)
-    client = httpx.AsyncClient(timeout=timeout, cookies=NoCookies(), limits=httpx.Limits(
+    client = EngineClient(timeout=timeout, limits=httpx.Limits(
         max_connections=None, max_keepalive_connections=KEEPALIVE))
     key = settings.engine_api_key
     headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
@@ -45,15 +45,42 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
 
 
 class NoCookies(CookieJar):
-    """The engine client's cookie jar: keeps nothing and sends nothing. A cookie one
-    engine answer set must not ride along on other clients' requests (and reading every
-    answer's headers for them cost CPU on each leg)."""
+    """A cookie jar that keeps nothing and sends nothing."""
 
     def extract_cookies(self, response: Any, request: Any) -> None:
         """Keep no cookie."""
 
     def add_cookie_header(self, request: Any) -> None:
         """Send no cookie."""
+
+
+class _NoCookies(httpx.Cookies):
+    """httpx's cookie store over :class:`NoCookies`, skipping the per-answer work: httpx
+    wraps every answer and its request in urllib objects (parsing the URL again) before
+    it asks the jar whether to keep a cookie; two legs a request paid ~3 % of the
+    gateway's CPU for it (docs/dev-notes.md)."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        """Keep no cookie."""
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        """Send no cookie."""
+
+
+class EngineClient(httpx.AsyncClient):
+    """The engine client: keeps no cookies and sends none. A cookie one engine answer
+    set must not ride along on other clients' requests."""
+
+    _none: httpx.Cookies = _NoCookies(NoCookies())
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        """Always empty."""
+        return self._none
+
+    @cookies.setter
+    def cookies(self, cookies: object) -> None:
+        """Ignored (httpx's constructor sets it)."""
 
 
 async def start_gateway(gateway: Gateway) -> None:
