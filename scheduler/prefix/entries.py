@@ -18,12 +18,16 @@ Eviction is **LRU by last use** (store or touch). A chain is stamped leaf first,
 so its first block is the most recent and evictions take chain ends before the
 prefixes they share, as vLLM's free-block queue does.
 
-Speed and size. Stores, removals and touches update whole events at once through
-``dict.update``/``map``/``zip`` over the event's keys, so per-block work runs in C,
-not in a Python loop, and allocates nothing per block: the record is shared and a
-fresh block's mask is the worker's own bit object (measured in
-``bench/results/prefix_index.md``). Per-key decisions (a key on both tiers) take a
-plain loop.
+Speed and size (measured in ``bench/results/prefix_index.md``; instruction counts by
+callgrind in docs/dev-notes.md). Per block, a store costs one insert into the
+worker's ``held`` dict (a plain loop: cheaper than ``zip``/``fromkeys`` bulk forms at
+~15 keys) and one ``setdefault`` pass over the tier's masks through ``map`` (a fresh
+block gets the worker's own bit object); a removal one ``pop`` pass over the masks
+and one over ``held``. Nothing is allocated per block: the use record is shared by
+the event's keys, the constant arguments come from endless ``repeat`` iterators
+made once, and a block held by another worker is merged in a second pass only
+when the first pass saw one. Per-key decisions (a key on both tiers) take a plain
+loop.
 """
 
 from __future__ import annotations
