@@ -83,7 +83,7 @@ class Worker:
 #: Per-worker arrays of a snapshot that load changes touch, and the Worker field each holds.
 _LOAD_ARRAYS = (("queued", "queued_tokens"), ("running", "running_requests"),
                 ("max_running", "max_running_requests"), ("free_kv", "free_kv_blocks"),
-                ("prefill_rate", "prefill_tokens_per_s"))
+                ("capacity_kv", "capacity_kv_blocks"), ("prefill_rate", "prefill_tokens_per_s"))
 
 
 _ID, _ROLE = attrgetter("id"), attrgetter("role")
@@ -137,6 +137,7 @@ class Snapshot:
     running: IntArray = field(init=False, repr=False, compare=False)
     max_running: IntArray = field(init=False, repr=False, compare=False)
     free_kv: IntArray = field(init=False, repr=False, compare=False)
+    capacity_kv: IntArray = field(init=False, repr=False, compare=False)
     prefill_rate: FloatArray = field(init=False, repr=False, compare=False)
     prefill_mask: BoolArray = field(init=False, repr=False, compare=False)
     decode_mask: BoolArray = field(init=False, repr=False, compare=False)

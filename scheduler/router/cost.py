@@ -343,7 +343,6 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
-        self._capacities: tuple[tuple[Worker, ...], FloatArray] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -378,7 +377,7 @@ class FabricCostModel:
         :class:`CostParams`)."""
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
-        capacity = self._capacity(snap)[decode]
+        capacity = snap.capacity_kv[decode].astype(np.float64)
         in_use = np.maximum(capacity - snap.free_kv[decode], 0.0)
         prompt = float(ctx.request.prompt_tokens)
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
@@ -399,15 +398,6 @@ class FabricCostModel:
         running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
         result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
         return result
-
-    def _capacity(self, snap: Snapshot) -> FloatArray:
-        """KV blocks of each snapshot worker (kept while the worker tuple is the same)."""
-        found = self._capacities
-        if found is None or found[0] is not snap.workers:
-            found = (snap.workers, np.array([w.capacity_kv_blocks for w in snap.workers],
-                                            dtype=np.float64))
-            self._capacities = found
-        return found[1]
 
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""
