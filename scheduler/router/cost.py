@@ -21,9 +21,11 @@ one pass over the worker list, and a decision indexes the rows of its candidates
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -33,6 +35,8 @@ from policies.snapshot import CycleContext, FloatArray, IntArray, Snapshot, Work
 from scheduler.router.snapshot import GpuIndex
 from topology.distance import DistanceModel
 from topology.tiers import Tier
+
+_Array = TypeVar("_Array", IntArray, FloatArray)
 
 
 class CostParams(BaseModel):
@@ -295,6 +299,20 @@ class PairTable:
                                   bandwidth * self._factors[tier, 1])
         return tier, float(latency), float(bandwidth), int(min(self.count[p], self.count[d]))
 
+    def spliced(self, at: int, removed: int, added: Sequence[Worker]) -> PairTable:
+        """This table for the worker set with the ``removed`` workers from position ``at``
+        on replaced by ``added`` (:meth:`Snapshot.spliced`): the arrays are spliced,
+        nothing is looked up again for the workers that stayed."""
+        new = copy.copy(self)
+        new.gpu = _splice(self.gpu, at, removed, self.rows.gpu_index.first_gpus(added))
+        new.count = _splice(self.count, at, removed, np.fromiter(
+            map(len, map(_GPUS, added)), dtype=np.float64, count=len(added)))
+        uniform = len(new.count) > 0 and new.count.min() == new.count.max()
+        new._lanes = float(new.count[0]) if uniform else None
+        new._offset = _splice(self._offset, at, removed,
+                              np.full(len(added), _UNKNOWN, dtype=np.int64))
+        return new
+
     @staticmethod
     def key(workers: Sequence[Worker]) -> tuple[tuple[str, ...], ...]:
         """What the table depends on: each worker's GPUs, in snapshot order."""
@@ -311,6 +329,12 @@ class PairTable:
 
 
 _GPUS = attrgetter("gpus")
+
+
+def _splice(array: _Array, at: int, removed: int, added: _Array) -> _Array:
+    """``array`` with ``removed`` entries from ``at`` on replaced by ``added``."""
+    spliced: _Array = np.concatenate((array[:at], added, array[at + removed:]))
+    return spliced
 
 
 @dataclass(frozen=True, slots=True)
