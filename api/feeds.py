@@ -23,7 +23,7 @@ from topology.build import Captures, build_fabric
 from topology.cabling import RailBreak, rail_breaks
 from topology.documents import parse_document, validate
 from topology.errors import ConflictError, Issue, ValidationError
-from topology.ibnetdiscover import parse_ibnetdiscover
+from topology.iblinkinfo import parse_subnet_capture
 from topology.inventory import Inventory
 from topology.k8s import parse_k8s_nodes
 from topology.lldp import parse_lldp
@@ -140,8 +140,9 @@ def check_http_inventory(inventory: Inventory, source: str) -> None:
 
 
 def parse_ibnetdiscover_feed(text: str, source: str) -> Capture:
-    """Parse a posted ibnetdiscover capture (plain or ``-p``)."""
-    return Capture(text=text, parsed=parse_ibnetdiscover(text, source))
+    """Parse a posted subnet capture: ibnetdiscover (plain or ``-p``) or iblinkinfo
+    (classic or ``-l``), detected."""
+    return Capture(text=text, parsed=parse_subnet_capture(text, source))
 
 
 def parse_aws_feed(text: str, source: str) -> Capture:

@@ -7,13 +7,16 @@ GPU pairs; the harness refuses the run if any side prices a pair differently.
 
 * rail-optimised InfiniBand-style cluster (1 zone, 8 pods × 8 racks × 16 HGX H100 hosts):
   the inventory + LLDP path (``netdevs`` written in the inventory) is the anchor; against
-  it the same inventory with RDMA device captures instead of ``netdevs``, and
-  ibnetdiscover + nvidia-smi with no inventory at all;
+  it the same inventory with RDMA device captures instead of ``netdevs``,
+  ibnetdiscover + nvidia-smi and iblinkinfo + nvidia-smi with no inventory at all (the
+  iblinkinfo capture is the same subnet as the ibnetdiscover one, printed by
+  ``topology.writers.iblinkinfo_text``);
 * ToR cloud-style cluster (2 zones × 4 pods × 8 racks × 16 hosts): inventory + LLDP
   against node labels + nvidia-smi and instance topology + nvidia-smi, no inventory;
 * LLDP parsing, the previous parser (before issue 11 item 13's fix) against the
   current one on the same 50,000-interface captures;
-* parse-only rows for each new format at this size.
+* parse-only rows for each new format at this size, and the subnet parsed from
+  ibnetdiscover (anchor) against iblinkinfo classic and ``-l`` (same cables checked).
 
 Run through ``bench/topology_bench.py`` (which appends these rows to ``topology.md``).
 """
@@ -35,7 +38,8 @@ from bench import harness
 from topology.aws_topology import parse_aws_topology
 from topology.build import Captures, build_fabric
 from topology.distance import DistanceModel
-from topology.ibnetdiscover import parse_ibnetdiscover
+from topology.iblinkinfo import parse_iblinkinfo
+from topology.ibnetdiscover import IbFabric, parse_ibnetdiscover
 from topology.inventory import load_inventory
 from topology.k8s import parse_k8s_nodes
 from topology.rdma_devices import parse_rdma_devices
@@ -43,6 +47,7 @@ from topology.spec import FabricSpec
 from topology.synth import SynthParams, synth_cluster
 from topology.writers import (
     aws_topology_json,
+    iblinkinfo_text,
     ibnetdiscover_text,
     k8s_nodes_json,
     rdma_devices_text,
@@ -87,9 +92,15 @@ def rails_cluster(folder: Path) -> Cluster:
     no_netdevs.write_text(_without_netdevs(doc, spec))
     subnet = folder / "subnet.txt"
     subnet.write_text(ibnetdiscover_text(spec))
+    parsed = parse_ibnetdiscover(subnet.read_text(), str(subnet))
+    links = {"classic": folder / "subnet.iblinkinfo.txt",
+             "line": folder / "subnet.iblinkinfo-l.txt"}
+    for form, path in links.items():
+        path.write_text(iblinkinfo_text(parsed, line=form == "line"))
     nvsmi = {h.name: folder / "captures" / f"{h.name}.nvsmi.txt" for h in spec.hosts}
     return Cluster(spec, folder, inventory, _pairs(spec),
-                   {"rdma_inventory": no_netdevs, "subnet": subnet, "nvsmi": nvsmi})
+                   {"rdma_inventory": no_netdevs, "subnet": subnet, "nvsmi": nvsmi,
+                    "iblinkinfo": links["classic"], "iblinkinfo_line": links["line"]})
 
 
 def _without_netdevs(inventory: str, spec: FabricSpec) -> str:
@@ -140,13 +151,16 @@ def _side(name: str, cluster: Cluster, build: Callable[[], FabricSpec],
 
 
 def rails_sides(c: Cluster) -> list[harness.Side]:
-    """Anchor: inventory + LLDP; candidates: RDMA captures, ibnetdiscover (no inventory)."""
+    """Anchor: inventory + LLDP; candidates: RDMA captures, ibnetdiscover, iblinkinfo (no
+    inventory)."""
     return [
         _side("inventory + LLDP", c, lambda: build_fabric(load_inventory(c.inventory))),
         _side("inventory + LLDP + RDMA captures", c,
               lambda: build_fabric(load_inventory(c.files["rdma_inventory"]))),
         _side("ibnetdiscover + nvidia-smi, no inventory", c, lambda: build_fabric(
             None, Captures(nvsmi=c.files["nvsmi"], ibnetdiscover=[c.files["subnet"]]))),
+        _side("iblinkinfo + nvidia-smi, no inventory", c, lambda: build_fabric(
+            None, Captures(nvsmi=c.files["nvsmi"], ibnetdiscover=[c.files["iblinkinfo"]]))),
     ]
 
 
@@ -229,6 +243,24 @@ def parse_sides(rails: Cluster, tors: Cluster) -> dict[str, harness.Side]:
     }
 
 
+def subnet_parse_sides(rails: Cluster) -> list[harness.Side]:
+    """The same subnet parsed from ibnetdiscover (anchor), iblinkinfo and iblinkinfo -l;
+    the harness checks all three give the same cables."""
+    texts = {"ibnetdiscover": (rails.files["subnet"], parse_ibnetdiscover),
+             "iblinkinfo": (rails.files["iblinkinfo"], parse_iblinkinfo),
+             "iblinkinfo -l": (rails.files["iblinkinfo_line"], parse_iblinkinfo)}
+
+    def side(name: str) -> harness.Side:
+        path, parse = texts[name]
+        text = path.read_text()
+        return harness.Side(name, lambda: lambda: parse(text, "subnet"), canonical=_cables)
+    return [side(name) for name in texts]
+
+
+def _cables(fabric: IbFabric) -> list[tuple[str, int, str, int, float | None]]:
+    return sorted((link.a, link.a_port, link.b, link.b_port, link.gbit) for link in fabric.links)
+
+
 def peak_rss_mb(kind: str, folder: Path) -> float:
     """Peak RSS of one end-to-end build in a fresh process (``kind``: a side's builder)."""
     done = subprocess.run([sys.executable, "-m", "bench.topology_inputs", kind, str(folder)],
@@ -240,8 +272,9 @@ def _child(kind: str, folder: Path) -> None:
     """In a fresh process: one build from the files a parent wrote in ``folder``."""
     nvsmi = {path.name.removesuffix(".nvsmi.txt"): path
              for path in (folder / "captures").glob("*.nvsmi.txt")}
-    if kind == "ibnetdiscover":
-        build_fabric(None, Captures(nvsmi=nvsmi, ibnetdiscover=[folder / "subnet.txt"]))
+    if kind in ("ibnetdiscover", "iblinkinfo"):
+        subnet = folder / ("subnet.txt" if kind == "ibnetdiscover" else "subnet.iblinkinfo.txt")
+        build_fabric(None, Captures(nvsmi=nvsmi, ibnetdiscover=[subnet]))
     else:
         build_fabric(None, Captures(nvsmi=nvsmi, k8s_nodes=folder / "nodes.json"))
     print(_high_water_mb())
@@ -279,8 +312,12 @@ def run(repeats: int, warmup: int,
         out["parse"] = {label: harness.compare([side], repeats=repeats, warmup=warmup,
                                                condition=condition)
                         for label, side in parse_sides(rails, tors).items()}
+        harness.progress("topology", "the subnet parsed: ibnetdiscover vs iblinkinfo")
+        out["parse_subnet"] = harness.compare(subnet_parse_sides(rails), repeats=repeats,
+                                              warmup=warmup, condition=condition)
         harness.progress("topology", "peak RSS of the no-inventory builds (fresh processes)")
         out["rss_mb"] = {"ibnetdiscover + nvidia-smi": peak_rss_mb("ibnetdiscover", rails.folder),
+                         "iblinkinfo + nvidia-smi": peak_rss_mb("iblinkinfo", rails.folder),
                          "node labels + nvidia-smi": peak_rss_mb("k8s", tors.folder)}
     return out
 
@@ -312,6 +349,14 @@ def markdown(results: dict[str, Any]) -> list[str]:
               "| captures | parse |", "| --- | ---: |"]
     for label, result in results["parse"].items():
         lines.append(f"| {label} | {_seconds(next(iter(result.sides.values())).wall)} |")
+    result = results["parse_subnet"]
+    lines += ["", "The rail cluster's subnet (8,192 HCAs and every switch cable) parsed from "
+              "each tool's output, same cables checked (ratio = anchor time / side time):", "",
+              "| capture | parse | ratio to ibnetdiscover |", "| --- | ---: | ---: |"]
+    for side, found in result.sides.items():
+        ratio = ("anchor" if side == "ibnetdiscover"
+                 else harness.fmt_ratio(result.ratio(side, "ibnetdiscover")))
+        lines.append(f"| {side} | {_seconds(found.wall)} | {ratio} |")
     lines += ["", "Peak RSS of one build without an inventory, fresh process: " + ", ".join(
         f"{k} {v:.0f} MB" for k, v in results["rss_mb"].items()) + "."]
     return lines

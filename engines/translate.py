@@ -40,8 +40,7 @@ from engines.events import (
     encode_extra,
 )
 from scheduler.prefix import AllBlocksCleared, BlockRemoved, BlockStored
-from scheduler.prefix.hashing import DYNAMO_XXH3_SEED, block_hashes, chain_hash, local_block_hash
-from scheduler.prefix.xxh3 import xxh3_64
+from scheduler.prefix.hashing import block_hashes, chain_hash, dynamo_hash, local_block_hash
 
 NativeEvent = BlockStored | BlockRemoved | AllBlocksCleared
 Tier = Literal["gpu", "host"]
@@ -87,7 +86,7 @@ def own_keys(tokens: Sequence[int], block_size: int, parent: int | None,
     for i in range(len(tokens) // block_size):
         local = local_block_hash(tokens[i * block_size:(i + 1) * block_size])
         if i < len(extras) and extras[i] is not None:
-            local = chain_hash(local, xxh3_64(encode_extra(extras[i]), DYNAMO_XXH3_SEED))
+            local = chain_hash(local, dynamo_hash(encode_extra(extras[i])))
         previous = chain_hash(previous, local)
         keys.append(previous)
     return keys

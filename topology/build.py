@@ -19,7 +19,8 @@ from topology.aws_topology import AwsTopology, parse_aws_topology
 from topology.builder import FabricBuilder
 from topology.derive import derive_inventory, flat_inventory, host_names
 from topology.errors import ConflictError, InputError
-from topology.ibnetdiscover import IbFabric, parse_ibnetdiscover
+from topology.iblinkinfo import parse_subnet_capture
+from topology.ibnetdiscover import IbFabric
 from topology.inventory import Inventory
 from topology.k8s import K8sNodes, parse_k8s_nodes
 from topology.lldp import parse_lldp
@@ -68,7 +69,7 @@ class Captures:
             k8s = parse_k8s_nodes(read_capture(self.k8s_nodes), str(self.k8s_nodes))
         return Captures(
             parsed=parsed, k8s_parsed=k8s, template=self.template,
-            ib_parsed=[*self.ib_parsed, *(parse_ibnetdiscover(read_capture(p), str(p))
+            ib_parsed=[*self.ib_parsed, *(parse_subnet_capture(read_capture(p), str(p))
                                           for p in self.ibnetdiscover)],
             aws_parsed=[*self.aws_parsed, *(parse_aws_topology(read_capture(p), str(p))
                                             for p in self.aws_topology)])

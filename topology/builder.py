@@ -31,7 +31,8 @@ from topology.documents import validate
 from topology.errors import NotFoundError
 from topology.host_merge import HostInputs, MergeReport, merge_host
 from topology.ib_fabric import HostNics, IbTopology, analyse, place_nics
-from topology.ibnetdiscover import IbFabric, parse_ibnetdiscover
+from topology.iblinkinfo import parse_subnet_capture
+from topology.ibnetdiscover import IbFabric
 from topology.inventory import HostEntry, Inventory, PodEntry, RackEntry, ZoneEntry
 from topology.k8s import K8sNodes, parse_k8s_nodes
 from topology.lldp import parse_lldp
@@ -254,7 +255,7 @@ class FabricBuilder:
     def _infiniband(self) -> None:
         fabrics: list[IbFabric] = self._cluster_captures(
             self.captures.ibnetdiscover, self.inv.ibnetdiscover, self.captures.ib_parsed,
-            parse_ibnetdiscover)
+            parse_subnet_capture)
         if not fabrics:
             return
         self.ib = analyse(fabrics)

@@ -9,13 +9,15 @@ from topology.errors import Location, ParseError
 from topology.source import strip_bom
 
 Format = Literal["nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes",
-                 "ibnetdiscover", "rdma-devices", "aws-topology"]
+                 "ibnetdiscover", "iblinkinfo", "rdma-devices", "aws-topology"]
 FORMATS: tuple[Format, ...] = ("nvidia-smi", "lldp", "nccl-xml", "inventory", "k8s-nodes",
-                               "ibnetdiscover", "rdma-devices", "aws-topology")
+                               "ibnetdiscover", "iblinkinfo", "rdma-devices",
+                               "aws-topology")
 
 
 def _sniffers() -> list[tuple[Format, Callable[[str], bool]]]:
     from topology.aws_topology import looks_like_aws_topology
+    from topology.iblinkinfo import looks_like_iblinkinfo
     from topology.ibnetdiscover import looks_like_ibnetdiscover
     from topology.k8s import looks_like_k8s_nodes
     from topology.lldp import looks_like_lldp
@@ -25,7 +27,7 @@ def _sniffers() -> list[tuple[Format, Callable[[str], bool]]]:
 
     return [("nccl-xml", looks_like_nccl_xml), ("k8s-nodes", looks_like_k8s_nodes),
             ("aws-topology", looks_like_aws_topology), ("lldp", looks_like_lldp),
-            ("ibnetdiscover", looks_like_ibnetdiscover),
+            ("ibnetdiscover", looks_like_ibnetdiscover), ("iblinkinfo", looks_like_iblinkinfo),
             ("rdma-devices", looks_like_rdma_devices), ("nvidia-smi", looks_like_nvidia_smi),
             ("inventory", looks_like_inventory)]
 

@@ -197,8 +197,15 @@ def switch_names(switches: Iterable[IbNode]) -> dict[str, str]:
     found = list(switches)
     bases = {node.guid: _base_name(node) for node in found}
     counts = Counter(bases.values())
-    return {guid: base if base and counts[base] == 1 else f"S-{guid[2:]}"
+    return {guid: base if base and counts[base] == 1 else _id_name(guid)
             for guid, base in bases.items()}
+
+
+def _id_name(guid: str) -> str:
+    """``S-<guid>``; a switch iblinkinfo knew only by LID (``lid:4@file``) is ``S-lid4``."""
+    if guid.startswith("lid:"):
+        return "S-lid" + guid[4:].partition("@")[0]
+    return f"S-{guid[2:]}"
 
 
 def _base_name(node: IbNode) -> str | None:

@@ -34,7 +34,8 @@ from topology.cabling import normal_guid
 from topology.errors import Location, ParseError
 from topology.source import paused_gc, strip_bom
 
-IbVariant = Literal["plain", "ports"]
+#: ibnetdiscover's plain and ``-p`` forms; iblinkinfo's classic and ``-l`` (line) forms.
+IbVariant = Literal["plain", "ports", "classic", "line"]
 NodeKind = Literal["switch", "ca", "router"]
 
 #: Nominal per-lane signalling of each InfiniBand generation, Gb/s (4x NDR = 400).
@@ -72,7 +73,8 @@ class IbNode(BaseModel, frozen=True):
     """A switch, CA (HCA or aggregation node) or router of the subnet."""
 
     kind: NodeKind
-    guid: str = Field(description="node GUID (plain form) or port GUID (-p form), 0x + 16 hex")
+    guid: str = Field(description="node GUID (plain form) or port GUID (-p form, iblinkinfo), "
+                      "0x + 16 hex; iblinkinfo's far ends known only by LID: lid:<n>@<file>")
     description: str = Field(description="NodeDescription, e.g. 'node01 mlx5_0'")
     ports: int | None = Field(default=None, description="port count from the header")
     lid: int | None = None

@@ -154,8 +154,9 @@ class Inventory(_Strict):
                                   description="overrides merged over config/links.yaml")
     zones: tuple[ZoneEntry, ...] = Field(min_length=1)
     nvlink_domains: tuple[DomainEntry, ...] = ()
-    ibnetdiscover: tuple[str, ...] = Field(default=(), description="ibnetdiscover captures "
-                                           "(plain or -p) of the cluster's subnets")
+    ibnetdiscover: tuple[str, ...] = Field(default=(), description="subnet captures of the "
+                                           "cluster: ibnetdiscover (plain or -p) or iblinkinfo "
+                                           "(classic or -l), detected")
     aws_topology: tuple[str, ...] = Field(default=(), description="describe-instance-topology "
                                           "outputs")
     include: tuple[str, ...] = ()

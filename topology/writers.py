@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from topology.iblinkinfo import RATE_GENERATION
+from topology.ibnetdiscover import IbFabric, IbLink
 from topology.spec import FabricSpec, HostSpec, NicSpec
 from topology.templates import pcie_code
 
@@ -194,6 +196,44 @@ def _ib_switch(name: str, ports: list[tuple[int, str, int]], lids: dict[str, int
             lines.append(f'[{port}]\t"S-{_guid(peer)}"[{peer_port}]\t\t# '
                          f'"MF0;{peer}:MQM9700/U1" lid {lids[peer]} 4xNDR')
     return lines
+
+
+def iblinkinfo_text(fabric: IbFabric, line: bool = False) -> str:
+    """``iblinkinfo`` (classic, or ``-l`` with ``line``) of a parsed subnet, as the tool
+    lays it out: every node's cabled ports with their far ends, switches first. Nodes
+    without a LID get one above the highest known; a CA's port GUID is its node GUID."""
+    ports: dict[str, list[tuple[int, IbLink, str, int]]] = {}
+    for link in fabric.links:
+        ports.setdefault(link.a, []).append((link.a_port, link, link.b, link.b_port))
+        ports.setdefault(link.b, []).append((link.b_port, link, link.a, link.a_port))
+    nodes = fabric.by_guid()
+    spare = iter(range(max((n.lid or 0 for n in fabric.nodes), default=0) + 1, 1 << 30))
+    lids = {n.guid: n.lid if n.lid is not None else next(spare) for n in fabric.nodes}
+    lines: list[str] = []
+    for node in sorted(fabric.nodes, key=lambda n: n.kind != "switch"):
+        if node.guid not in ports:
+            continue
+        if not line:
+            lines.append(f"Switch: {node.guid} {node.description}:" if node.kind == "switch"
+                         else f"{_LINKINFO_KIND[node.kind]}: {node.description}:")
+        for port, link, far, far_port in sorted(ports[node.guid], key=lambda p: p[0]):
+            near = (f'{node.guid} "{node.description:>30}" {lids[node.guid]:>6}' if line
+                    else f"      {lids[node.guid]:>6}" if node.kind == "switch"
+                    else f"      {node.guid} {lids[node.guid]:>6}")
+            far_id = f"{far} " if line else ""
+            lines.append(f"{near} {port:>4}[  ] =={_link_state(link)}==>  {far_id}"
+                         f'{lids[far]:>6} {far_port:>4}[  ] "{nodes[far].description}" ( )')
+    return "\n".join(lines) + "\n"
+
+
+_LINKINFO_KIND = {"switch": "Switch", "ca": "CA", "router": "Router"}
+
+
+def _link_state(link: IbLink) -> str:
+    rate = {gen: rate for rate, gen in RATE_GENERATION.items()}.get(link.speed or "")
+    if link.width is None or rate is None:
+        return "(                Active/  LinkUp)"
+    return f"({link.width.upper():>3} {rate + ' Gbps':>18} Active/  LinkUp)"
 
 
 def rdma_devices_text(host: HostSpec) -> str:

@@ -76,6 +76,7 @@ _PARSERS = {"nvidia-smi": ("topology.nvsmi", "parse_nvidia_smi"),
             "nccl-xml": ("topology.nccl", "parse_nccl_xml"),
             "k8s-nodes": ("topology.k8s", "parse_k8s_nodes"),
             "ibnetdiscover": ("topology.ibnetdiscover", "parse_ibnetdiscover"),
+            "iblinkinfo": ("topology.iblinkinfo", "parse_iblinkinfo"),
             "rdma-devices": ("topology.rdma_devices", "parse_rdma_devices"),
             "aws-topology": ("topology.aws_topology", "parse_aws_topology")}
 
@@ -108,7 +109,11 @@ def _register_build(sub: Any) -> None:
                        help=f"{what} capture for a host (repeatable)")
     p.add_argument("--k8s-nodes", help="`kubectl get nodes -o json` output")
     p.add_argument("--ibnetdiscover", action="append", default=[], metavar="FILE",
-                   help="ibnetdiscover (or -p) output of a subnet (repeatable)")
+                   help="ibnetdiscover (or -p) output of a subnet (repeatable; iblinkinfo "
+                   "output is detected and read too)")
+    p.add_argument("--iblinkinfo", action="append", dest="ibnetdiscover", metavar="FILE",
+                   help="iblinkinfo (or -l) output of a subnet (repeatable; same list as "
+                   "--ibnetdiscover, the form is detected)")
     p.add_argument("--aws-topology", action="append", default=[], metavar="FILE",
                    help="`aws ec2 describe-instance-topology` output (repeatable)")
     p.add_argument("--template", help="host template for hosts without a capture "

@@ -188,7 +188,8 @@ async def _cluster_feed(services: Services, request: Request, kind: str, name: s
                                      '"MF0;leaf-1:MQM8700/U1" enhanced port 0 lid 3 lmc 0\n'))
 async def put_ibnetdiscover(name: Annotated[str, Path(max_length=128)], request: Request,
                             services: Services) -> FeedResult | Response:
-    """An InfiniBand subnet as ``ibnetdiscover`` (or ``-p``) prints it; ``name`` tells
+    """An InfiniBand subnet as ``ibnetdiscover`` (or ``-p``) or ``iblinkinfo`` (or ``-l``)
+    prints it, the form detected; ``name`` tells
     subnets (or the hosts that captured them) apart, and each replaces its own."""
     return await _cluster_feed(
         services, request, "ibnetdiscover", name, parse_ibnetdiscover_feed,

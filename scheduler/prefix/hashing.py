@@ -36,7 +36,9 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 
-from scheduler.prefix.xxh3 import xxh3_64
+import cbor2
+from xxhash import xxh3_64_intdigest as xxh3_64
+
 from topology.errors import Issue, Location, ParseError, ValidationError
 
 DEFAULT_BLOCK_SIZE = 16
@@ -45,6 +47,11 @@ DYNAMO_XXH3_SEED = 1337
 U64_MASK = (1 << 64) - 1
 _U32_LIMIT = 1 << 32
 _PAIR = struct.Struct("<QQ")
+
+
+def dynamo_hash(data: bytes) -> int:
+    """XXH3-64 of ``data`` with Dynamo's seed (the hash of every block and salt)."""
+    return xxh3_64(data, DYNAMO_XXH3_SEED)
 
 
 def _check_block_size(block_size: int) -> None:
@@ -145,35 +152,12 @@ def namespaced(hashes: Sequence[int], model: str | None) -> list[int]:
     return [h ^ salt for h in hashes] if salt else list(hashes)
 
 
-def _cbor_head(major: int, value: int) -> bytes:
-    if value < 24:
-        return bytes([major << 5 | value])
-    for extra, width in ((24, 1), (25, 2), (26, 4), (27, 8)):
-        if value < 1 << (8 * width):
-            return bytes([major << 5 | extra]) + value.to_bytes(width, "big")
-    raise ValidationError("cbor", [Issue("value", f"{value} does not fit in 64 bits")])
-
-
-def _cbor(item: object) -> bytes:
-    """Canonical CBOR for the value shapes vLLM hashes: None, ints, bytes, str, tuples."""
-    if item is None:
-        return b"\xf6"
-    if isinstance(item, bool):
-        return b"\xf5" if item else b"\xf4"
-    if isinstance(item, int):
-        return _cbor_head(0, item) if item >= 0 else _cbor_head(1, -1 - item)
-    if isinstance(item, bytes):
-        return _cbor_head(2, len(item)) + item
-    if isinstance(item, str):
-        raw = item.encode("utf-8")
-        return _cbor_head(3, len(raw)) + raw
-    if isinstance(item, tuple | list):
-        return _cbor_head(4, len(item)) + b"".join(_cbor(part) for part in item)
-    raise ValidationError("cbor", [Issue("extra_keys", f"unsupported type {type(item).__name__}")])
-
-
 def _sha256_cbor(item: object) -> bytes:
-    return hashlib.sha256(_cbor(item)).digest()
+    """sha256 of ``item`` in canonical CBOR, as vLLM's ``sha256_cbor`` encodes it."""
+    try:
+        return hashlib.sha256(cbor2.dumps(item, canonical=True)).digest()
+    except (cbor2.CBOREncodeError, OverflowError) as exc:
+        raise ValidationError("cbor", [Issue("extra_keys", str(exc))]) from exc
 
 
 def vllm_block_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE, *,

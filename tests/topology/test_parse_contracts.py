@@ -34,6 +34,21 @@ def test_ibnetdiscover_contract(name: str, variant: str,
     assert link["a"] < link["b"] or (link["a"] == link["b"] and link["a_port"] < link["b_port"])
 
 
+@pytest.mark.parametrize(("name", "variant"), [("madsys_qdr_dual_port.txt", "classic"),
+                                               ("switchib_line.txt", "line")])
+def test_iblinkinfo_contract(name: str, variant: str,
+                             capsys: pytest.CaptureFixture[str]) -> None:
+    result = _parse(capsys, FIXTURES / "iblinkinfo" / name)
+    assert (result["format"], result["variant"], result["host"]) == ("iblinkinfo", variant, "h1")
+    node = result["nodes"][0]  # type: ignore[index]
+    link = result["links"][0]  # type: ignore[index]
+    down = result["down_ports"][0]  # type: ignore[index]
+    assert set(node) == {"kind", "guid", "description", "ports", "lid"}
+    assert set(link) == {"a", "a_port", "b", "b_port", "width", "speed", "gbit"}
+    assert set(down) == {"node", "port", "state", "phys_state"}
+    assert (link["width"], down["state"], down["phys_state"]) == ("4x", "Down", "Polling")
+
+
 def test_rdma_devices_contract(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "rdma.txt"
     path.write_text("mlx5_0 port 1 ==> ens1np0 (Up)\nlink mlx5_1/1 state ACTIVE netdev ib0\n")

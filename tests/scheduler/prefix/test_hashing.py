@@ -8,6 +8,7 @@ import struct
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from xxhash import xxh3_64_intdigest as xxh3_64
 
 from scheduler.prefix.hashing import (
     as_u64,
@@ -20,7 +21,6 @@ from scheduler.prefix.hashing import (
     namespaced,
     vllm_block_hashes,
 )
-from scheduler.prefix.xxh3 import xxh3_64, xxh3_64_pure
 from topology.errors import InputError, ParseError, ValidationError
 
 TOKENS = st.lists(st.integers(0, 2**32 - 1), max_size=80)
@@ -42,7 +42,6 @@ XXH3_VECTORS = [
 @pytest.mark.parametrize(("length", "seed", "expected"), XXH3_VECTORS)
 def test_xxh3_known_vectors(length: int, seed: int, expected: int) -> None:
     data = (bytes(range(256)) * 4)[:length]
-    assert xxh3_64_pure(data, seed) == expected
     assert xxh3_64(data, seed) == expected
 
 
@@ -151,14 +150,14 @@ def test_vllm_hashes_chain_and_depend_on_seed_and_salt() -> None:
     assert vllm_block_hashes(tokens[:40], hash_seed="0") == base[:2]
 
 
-def test_pure_xxh3_matches_dynamo_when_installed() -> None:
-    core = pytest.importorskip("dynamo._core")
+def test_xxh3_matches_dynamo() -> None:
+    import dynamo._core as core
     rnd = random.Random(5)
     for block_size in (1, 2, 4, 16, 60, 64, 300):
         tokens = [rnd.randrange(2**32) for _ in range(block_size * 3 + 1)]
         expected = core.compute_block_hash_for_seq(tokens, block_size)
         count = len(tokens) // block_size
-        mine = [xxh3_64_pure(struct.pack(f"<{block_size}I",
+        mine = [xxh3_64(struct.pack(f"<{block_size}I",
                                          *tokens[i * block_size:(i + 1) * block_size]), 1337)
                 for i in range(count)]
         assert mine == expected[:count]
