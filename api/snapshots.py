@@ -6,11 +6,14 @@ chosen pair changed (two free-block counts, two loads), so :class:`LiveSnapshots
 keeps, per model, the last listing it saw and the snapshot built from it, and
 compares the new listing entry by entry: unchanged workers keep their
 :class:`~policies.snapshot.Worker` objects, changed loads patch the snapshot's
-arrays (:meth:`Snapshot.updated`). When the worker set itself changes (a worker
-registered, gone, or re-registered differently) the listing is merged by name: only
-the entries that changed get new Worker objects, and the snapshot is assembled from
-the kept ones with passes that run in C. A worker joining a 10,000-worker cluster
-costs a few milliseconds, not a rebuild of every worker (bench/router_scale_bench.py).
+arrays (:meth:`Snapshot.updated`). When one worker joins or leaves between two
+requests, it is spliced in or out: its listing entry, and its row of every per-worker
+array of the snapshot (:meth:`Snapshot.spliced`, which the router follows with its
+pair table); only the entries of other workers that are not the same objects as
+before are looked at, in Python. Any other change of the worker set (several at
+once, a re-registration) merges the listing by name: only the entries that changed
+get new Worker objects, and the snapshot is assembled from the kept ones with passes
+that run in C, in a worker thread past :data:`THREAD_REBUILD_FROM` workers.
 
 Each model's snapshot carries that model's KV block size (:class:`BlockSizes`): what
 its workers registered (the engine's own block size), else the per-model setting,
