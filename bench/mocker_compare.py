@@ -223,12 +223,14 @@ all its new tokens plus, when it carries decodes, the decode polynomial; a
 disaggregated request's first token comes from its first decode step).
 
 **Prefix-aware routing.** `single-domain`'s `kv-router-scorer` states the cost
-Dynamo's KV router documents (blocks to prefill plus blocks in use, cheapest wins);
-against the mocker's KV router it agrees within 2 % on TTFT p99 and ITL and within
-0.5 point on reuse; TTFT p50 is within 10 % in 4P+4D and 10–15 % above it aggregated
-(the router's tie-breaking and the timing of its cache events differ). The other
-rows compare different algorithms on the same engine: toposched's default
-(`fabric-cost`, TTFT plus the decode side's price) and SGLang's cache-aware policy.
+Dynamo's KV router documents (blocks to prefill plus blocks in use, cheapest wins; a
+request's blocks count from the moment it is routed, so queued prompts count in both
+terms); against the mocker's KV router it agrees within 5 % on TTFT mean, p50 and p99
+and on ITL, and within 0.5 point on reuse, aggregated and 4P+4D. (Counting only the
+blocks an engine has pinned left out prompts still queued and put the aggregated TTFT
+p50 14–20 % above the mocker's.) The other rows compare different algorithms on the
+same engine: toposched's default (`fabric-cost`, TTFT plus the decode side's price)
+and SGLang's cache-aware policy.
 """
 
 

@@ -157,6 +157,7 @@ class Job:
     decode_blocks: int = 0
     finish_step: int = 0
     attempts: int = 0
+    queued_tokens: int = 0
 
 
 @dataclass(slots=True)
@@ -227,8 +228,17 @@ class Instance:
     def enqueue_prefill(self, job: Job) -> None:
         """Queue a prefill (FIFO) and start it at the next step if its KV fits."""
         self.prefills.append(job)
-        self.queued_tokens += job.request.prompt_tokens
+        # What the prefill will compute, as far as the cache tells now (corrected when
+        # it starts): a real engine's queue holds work, not prompt length.
+        job.queued_tokens = job.request.prompt_tokens - self._reused_tokens(job.request)
+        self.queued_tokens += job.queued_tokens
         self.kick()
+
+    def _reused_tokens(self, request: SimRequest) -> int:
+        """Prompt tokens a prefill starting now would take from the cache: whole cached
+        blocks, the last prompt token always computed (vLLM)."""
+        cached = self.cache.match(request.block_hashes)
+        return min(cached, (request.prompt_tokens - 1) // self.block_tokens) * self.block_tokens
 
     def _output_blocks(self, request: SimRequest) -> int:
         total = math.ceil((request.prompt_tokens + request.output_tokens) / self.block_tokens)
@@ -244,11 +254,10 @@ class Instance:
         request = job.request
         extra = self._output_blocks(request) if job.local else 0
         cached = self.cache.match(request.block_hashes)
+        tokens = self._reused_tokens(request)
         self.cache.acquire(request.block_hashes, extra)
-        # At least the last prompt token is computed (vLLM): a fully cached prompt
-        # reuses the whole blocks before it.
-        tokens = min(cached, (request.prompt_tokens - 1) // self.block_tokens) * self.block_tokens
         job.prefill_cached, job.prefill_cached_tokens = cached, tokens
+        self.queued_tokens += request.prompt_tokens - tokens - job.queued_tokens
         job.prefill_start_s = now
         if job.local:
             job.decode_cached, job.decode_blocks = cached, extra
@@ -368,6 +377,7 @@ class Instance:
         for entry, n in chunks:
             entry.remaining -= n
             entry.context += n
+            self.queued_tokens -= n
             if entry.remaining == 0:
                 self._prefilled(entry, now, result)
         self._set_busy(Busy.IDLE, now)
@@ -377,7 +387,6 @@ class Instance:
     def _prefilled(self, entry: _Prefill, now: float, result: StepResult) -> None:
         job = entry.job
         self.chunking.remove(entry)
-        self.queued_tokens -= job.request.prompt_tokens
         job.prefill_end_s = now
         if not job.local:
             result.prefilled.append(job)

@@ -3,7 +3,8 @@
 ``kv-router-scorer`` follows Dynamo's KV router: a worker's cost is
 ``overlap_weight × blocks it must prefill + blocks it already has in use``, where the
 blocks to prefill are the request's uncached blocks plus the prompt tokens already
-queued there; the cheapest worker wins. The scorer maps cost to
+queued there, and the blocks in use count queued prompts too (Dynamo counts a request's
+blocks from the moment it routes it); the cheapest worker wins. The scorer maps cost to
 ``1 - cost / max cost`` (Dynamo also normalises by the largest cost).
 ``same-domain-filter`` (a *required* constraint) keeps only workers in the peer's
 domain at ``level``; ``same-domain-scorer`` (*preferred*) gives them 1 and the others
@@ -48,10 +49,12 @@ class KvRouterScorer:
 
     def _cost(self, ctx: CycleContext, worker: Worker) -> float:
         # Prefill blocks: the request's uncached blocks plus the prompt tokens already
-        # queued on the worker, in blocks; decode blocks: the blocks it has in use.
+        # queued on the worker, in blocks. Decode blocks: Dynamo counts a request's
+        # blocks from the moment it is routed; the engine's blocks in use miss those of
+        # prefills not started yet, which the queued tokens stand for.
         queued = worker.queued_tokens / ctx.snapshot.block_tokens
         to_prefill = max(ctx.request.blocks - ctx.cached_of(worker), 0) + queued
-        in_use = max(worker.capacity_kv_blocks - worker.free_kv_blocks, 0)
+        in_use = max(worker.capacity_kv_blocks - worker.free_kv_blocks, 0) + queued
         return self.params.overlap_weight * to_prefill + in_use
 
 

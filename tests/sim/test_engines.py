@@ -184,3 +184,24 @@ def test_a_decode_run_in_closed_form_equals_its_steps_summed() -> None:
     assert per_running == pytest.approx(0.1e-3)
     assert per_token == pytest.approx((1e-4 + (54.0 - 2 * 25.7 * active / capacity) / capacity)
                                       / 1e3)
+
+
+def test_queued_tokens_count_the_work_left_not_the_prompt() -> None:
+    # The router reads queued_tokens as work waiting (a live engine's reservations hold
+    # the uncached tokens): cached blocks are not queued, computed chunks leave the queue.
+    queue = EventQueue()
+    inst = _decode_instance(queue, Role.BOTH, MOCK)
+    shared = request(rid="s", prompt_tokens=4096)
+    inst.cache.acquire(shared.block_hashes)
+    inst.cache.release(shared.block_hashes)
+    tail = tuple(range(900, 912))  # 12 more blocks: 6,144 uncached tokens
+    job = Job(request(rid="x", prompt_tokens=10_240, output_tokens=2,
+                      blocks=shared.block_hashes + tail), local=True)
+    inst.enqueue_prefill(job)
+    assert inst.queued_tokens == 10_240 - 4096
+    event = queue.pop()
+    assert event is not None
+    inst.end_step(event[1][1])  # one 4,096-token chunk computed
+    assert inst.queued_tokens == 10_240 - 4096 - 4096
+    _drain(queue, inst)
+    assert inst.queued_tokens == 0 and job.prefill_cached == 8
