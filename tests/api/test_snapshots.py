@@ -204,3 +204,13 @@ def test_a_join_or_leave_is_spliced_in_equal_to_a_fresh_snapshot_without_a_merge
         assert got.origin is not None or got.block_tokens != before.block_tokens
         before = got
     assert not merges
+
+
+def test_a_spliced_snapshot_drops_the_pairings_of_a_removed_worker() -> None:
+    workers = (Worker("a", Role.PREFILL, ("g0",)), Worker("b", Role.DECODE, ("g1",)),
+               Worker("c", Role.DECODE, ("g2",)))
+    pairs = {("a", "b"): 1.0, ("a", "c"): 0.5}
+    whole = Snapshot(workers, preferred_pairs=pairs)
+    spliced = whole.spliced(1, 1, (), {})
+    _same(spliced, Snapshot(workers[::2], preferred_pairs={("a", "c"): 0.5}))
+    assert spliced.origin is not None and spliced.origin.parent is whole.position
