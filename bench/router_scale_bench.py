@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -467,7 +468,9 @@ def report(result: dict[str, Any]) -> str:
         "it also counts the probe's own wait for a core). *Event-loop CPU* is the CPU time "
         "of the server's main thread (`/proc/PID/task/PID/schedstat`) over the request: "
         "what the loop itself spent on it, rebuilds run in a worker thread excluded; a "
-        "stall cannot be shorter than the longest of its slices. Past 10,240 workers, "
+        "stall cannot be shorter than the longest of its slices (the candidate's route "
+        "yields to the loop between its passes over the workers, so its loop CPU is "
+        "spread over several slices). Past 10,240 workers, "
         "workers share GPUs (the fabric stays at 10,240 GPUs): what grows is the worker "
         "count.", "",
         "## Per-decision cost (in process)", "",
@@ -507,6 +510,9 @@ def main(argv: list[str] | None = None) -> None:
     else:
         result = harness.wrap_main(args, "router-scale-bench", ["uvicorn", "fastapi"],
                                    lambda: _run(args), "bench/router_scale_bench.py", argv)
+        result["command"] = shlex.join(["flock", str(harness.LOCK_PATH), ".venv/bin/python",
+                                        "bench/router_scale_bench.py",
+                                        *(sys.argv[1:] if argv is None else argv)])
         result["args"] = {k: str(v) if isinstance(v, Path) else v
                           for k, v in vars(args).items()}
         harness.write_json(args.out / "router_scale.json", result)
