@@ -7,7 +7,8 @@ as one *reservation* with an id, an owner and a lifetime, so two replicas never 
 worker past its capacity and nothing stays reserved for ever:
 
 * the prefill worker's part is given back when the request's KV transfer ends (done,
-  failed or expired: :meth:`api.runtime.Runtime.transfer_ended`);
+  failed or expired: :meth:`api.runtime.Runtime.transfer_ended`), and with it the KV
+  blocks promised on the decode worker (the KV has landed, or never will);
 * the rest when the request ends: the decode side's engine releases the transfer
   (``POST /v1/transfers/{id}/release``), or whoever sees the response end (the
   gateway, a client) closes the reservation (``POST /v1/reservations/{id}/release``);
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import uuid
 
+from scheduler.router.cost import CostParams
 from scheduler.router.router import Decision
 from scheduler.state.reservations import LoadItem, LoadStore
 from topology.errors import UnschedulableError
@@ -27,6 +29,8 @@ from topology.errors import UnschedulableError
 DEFAULT_MAX_REQUESTS = 256
 #: Queued prompt tokens a worker takes (bounds the prefill queue a router may build).
 DEFAULT_MAX_TOKENS = 4_000_000
+#: The cost model's figures (expected output) for the blocks a route promises.
+_COST = CostParams()
 
 
 async def register_capacity(loads: LoadStore, worker: str) -> None:
@@ -34,16 +38,31 @@ async def register_capacity(loads: LoadStore, worker: str) -> None:
     await loads.set_capacity(worker, DEFAULT_MAX_TOKENS, DEFAULT_MAX_REQUESTS)
 
 
-def reservations_for(decision: Decision, prompt_tokens: int) -> list[LoadItem]:
-    """Prefill: the tokens it must compute; decode: one running request."""
+def promised_blocks(prompt_blocks: int, block_tokens: int) -> int:
+    """KV blocks a request will take on its decode worker once its KV lands there:
+    ``prompt_blocks`` (those not taken from its free list yet) and its expected output
+    (:meth:`CostParams.promised_blocks`)."""
+    return _COST.promised_blocks(prompt_blocks, block_tokens)
+
+
+def reservations_for(decision: Decision, prompt_tokens: int, *, block_tokens: int,
+                     blocks_taken: bool = False) -> list[LoadItem]:
+    """Prefill: the tokens it must compute; decode: one running request and, when the
+    prefill runs elsewhere, the KV blocks it will take there (:func:`promised_blocks`;
+    ``blocks_taken``: the transfer's blocks come out of its free list at once, as the
+    sidecar path does, so only the output is promised). A local prefill promises
+    nothing: the decode worker's own engine allocates as it goes."""
     cached = decision.prefill.cached_blocks
     total_blocks = max(len(decision.transfer.block_hashes) + decision.decode.cached_blocks,
                        cached, 1)
     uncached = max(prompt_tokens - prompt_tokens * cached // total_blocks, 0)
     if decision.mode == "local-prefill":
         return [LoadItem(worker=decision.decode.worker, tokens=uncached, requests=1)]
+    prompt = 0 if blocks_taken else decision.transfer.blocks
+    remote = decision.prefill.worker != decision.decode.worker
     return [LoadItem(worker=decision.prefill.worker, tokens=uncached, requests=1),
-            LoadItem(worker=decision.decode.worker, tokens=0, requests=1)]
+            LoadItem(worker=decision.decode.worker, tokens=0, requests=1,
+                     blocks=promised_blocks(prompt, block_tokens) if remote else 0)]
 
 
 def new_reservation_id() -> str:

@@ -104,11 +104,12 @@ class Runtime:
     async def transfer_ended(self, record: TransferRecord) -> None:
         """A transfer ended (the coordinator calls this once per transfer, on the replica
         that ended it): count it, and end its route reservation's part on the prefill
-        worker, whose work for the request is over."""
+        worker, whose work for the request is over, and the KV blocks it promised on the
+        decode worker (landed, or never will)."""
         self.record_transfer(record)
         if record.reservation_id is not None:
             await self.loads.close_reservation(record.reservation_id,
-                                               [record.plan.src.worker])
+                                               [record.plan.src.worker], landed=True)
 
     async def request_ended(self, record: TransferRecord) -> None:
         """The decode side's request that used ``record``'s KV ended: the rest of its

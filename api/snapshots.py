@@ -55,8 +55,9 @@ _ROLES = {role.value: role for role in Role}
 _NAME = attrgetter("registration.name")
 _REGISTRATION, _WORKER = attrgetter("registration"), attrgetter("worker")
 _BLOCK_TOKENS, _ID = attrgetter("block_tokens"), attrgetter("id")
-#: (queued tokens, running requests, max requests) of a worker; None: no capacity set.
-LoadKey = tuple[int, int, int] | None
+#: (queued tokens, running requests, max requests, promised KV blocks) of a worker;
+#: None: no capacity set.
+LoadKey = tuple[int, int, int, int] | None
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,8 @@ class _ModelView:
 
 
 def _load_key(load: WorkerLoad | None) -> LoadKey:
-    return None if load is None else (load.tokens, load.requests, load.max_requests)
+    return None if load is None else (load.tokens, load.requests, load.max_requests,
+                                      load.blocks)
 
 
 def _routable(reg: WorkerRegistration, fabric: Fabric, model: str | None) -> bool:
@@ -134,9 +136,10 @@ def _routable(reg: WorkerRegistration, fabric: Fabric, model: str | None) -> boo
 
 
 def _worker(reg: WorkerRegistration, free_blocks: int, load: LoadKey) -> Worker:
-    tokens, requests, max_requests = load or (0, 0, 0)
+    tokens, requests, max_requests, promised = load or (0, 0, 0, 0)
     return Worker(reg.name, _ROLES[reg.role], reg.gpus, tokens, requests,
-                  max_requests or DEFAULT_MAX_RUNNING, free_blocks, reg.layout.num_blocks)
+                  max_requests or DEFAULT_MAX_RUNNING, free_blocks, reg.layout.num_blocks,
+                  promised_kv_blocks=promised)
 
 
 def _gather(items: list[Any], where: list[int]) -> list[Any]:

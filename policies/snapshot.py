@@ -54,7 +54,9 @@ class Worker:
     """One serving instance (an engine process over one or more GPUs) and its load.
 
     ``queued_tokens``: prompt tokens waiting for prefill; ``free_kv_blocks``: blocks
-    it can allocate now (cached blocks nobody uses count as free, engines evict them).
+    it can allocate now (cached blocks nobody uses count as free, engines evict them);
+    ``promised_kv_blocks``: blocks that requests already routed here will take once
+    their KV lands (prefilling elsewhere now), not yet out of ``free_kv_blocks``.
     """
 
     id: str
@@ -68,6 +70,7 @@ class Worker:
     prefill_tokens_per_s: float = 20_000.0
     #: Blocks the worker's prefix cache holds, for any request (SGLang's "tree size").
     cached_kv_blocks: int = 0
+    promised_kv_blocks: int = 0
 
     @property
     def can_prefill(self) -> bool:
@@ -83,7 +86,8 @@ class Worker:
 #: Per-worker arrays of a snapshot that load changes touch, and the Worker field each holds.
 _LOAD_ARRAYS = (("queued", "queued_tokens"), ("running", "running_requests"),
                 ("max_running", "max_running_requests"), ("free_kv", "free_kv_blocks"),
-                ("capacity_kv", "capacity_kv_blocks"), ("prefill_rate", "prefill_tokens_per_s"))
+                ("capacity_kv", "capacity_kv_blocks"), ("promised_kv", "promised_kv_blocks"),
+                ("prefill_rate", "prefill_tokens_per_s"))
 
 
 _ID, _ROLE = attrgetter("id"), attrgetter("role")
@@ -175,6 +179,7 @@ class Snapshot:
     max_running: IntArray = field(init=False, repr=False, compare=False)
     free_kv: IntArray = field(init=False, repr=False, compare=False)
     capacity_kv: IntArray = field(init=False, repr=False, compare=False)
+    promised_kv: IntArray = field(init=False, repr=False, compare=False)
     prefill_rate: FloatArray = field(init=False, repr=False, compare=False)
     prefill_mask: BoolArray = field(init=False, repr=False, compare=False)
     decode_mask: BoolArray = field(init=False, repr=False, compare=False)

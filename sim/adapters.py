@@ -117,6 +117,8 @@ class Choice:
     prefill: str
     decode: str
     local: bool
+    #: Prompt blocks the decode worker lacks (what moves to it).
+    lacks: int = 0
 
 
 #: Per-tier (latency, bandwidth) factors that make every transfer free.
@@ -161,7 +163,8 @@ class RouterAdapter:
         return Worker(inst.id, inst.role, inst.gpus, queued_tokens=inst.queued_tokens,
                       running_requests=inst.load_requests,
                       max_running_requests=inst.timing.max_num_seqs, free_kv_blocks=cache.free,
-                      capacity_kv_blocks=cache.capacity, prefill_tokens_per_s=self.prefill_rate)
+                      capacity_kv_blocks=cache.capacity, prefill_tokens_per_s=self.prefill_rate,
+                      promised_kv_blocks=inst.promised_blocks)
 
     def snapshot(self, link_load: Mapping[str, int]) -> Snapshot:
         """The router's view of the engines now."""
@@ -182,4 +185,4 @@ class RouterAdapter:
         if not local and self.instances[0].role is Role.BOTH:
             self.split_in_aggregated += 1
         prefill = result.decode.worker if local else result.prefill.worker
-        return Choice(prefill, result.decode.worker, local)
+        return Choice(prefill, result.decode.worker, local, result.transfer.blocks)

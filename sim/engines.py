@@ -158,6 +158,8 @@ class Job:
     finish_step: int = 0
     attempts: int = 0
     queued_tokens: int = 0
+    #: KV blocks its route reservation promises the decode worker until they are taken.
+    promised_blocks: int = 0
 
 
 @dataclass(slots=True)
@@ -205,6 +207,9 @@ class Instance:
         self.alloc_wait: deque[Job] = deque()
         self.running: list[tuple[int, int, Job]] = []
         self.incoming = 0
+        #: KV blocks promised to remote prefills routed here and not taken yet, as the
+        #: live router's load reservations hold them (``api.load.reservations_for``).
+        self.promised_blocks = 0
         self.steps = 0
         self.ctx_sum = 0
         self.busy = Busy.IDLE
@@ -299,6 +304,8 @@ class Instance:
         job.decode_cached = self.cache.match(request.block_hashes)
         self.cache.acquire(request.block_hashes, extra)
         job.decode_blocks = extra
+        self.promised_blocks -= job.promised_blocks  # taken now: out of the free count
+        job.promised_blocks = 0
         return True
 
     def add_decode(self, job: Job) -> None:

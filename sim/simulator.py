@@ -108,13 +108,14 @@ class Simulation:
         self.network = Network(self.distance, self.queue, infinite=config.infinite_fabric)
         # A prefix-blind router reads an index no engine reports to: it never sees a hit.
         routed_index = PrefixIndex(max_entries=None) if config.blind_prefix else self.index
+        self.cost = config.cost or self._cost_params()
         self.router = RouterAdapter(
             self.distance, load_policy(config.policy), list(self.instances.values()),
             routed_index, pairings=self.placement.pairings, block_tokens=trace.block_tokens,
             kv_bytes_per_token=self.kv_bytes_per_token,
             prefill_tokens_per_s=self._typical_rate(), seed=config.seed,
             blind_fabric=config.infinite_fabric or config.blind_fabric,
-            cost=config.cost or self._cost_params())
+            cost=self.cost)
         self.finished: list[Job] = []
         self.too_big = self.gave_up = 0
         self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
@@ -199,7 +200,11 @@ class Simulation:
         if job.local:
             self.instances[job.decode].enqueue_prefill(job)
         else:
-            self.instances[job.decode].incoming += 1
+            decode = self.instances[job.decode]
+            decode.incoming += 1
+            job.promised_blocks = self.cost.promised_blocks(choice.lacks,
+                                                            self.trace.block_tokens)
+            decode.promised_blocks += job.promised_blocks
             self.instances[job.prefill].enqueue_prefill(job)
 
     def _step_end(self, payload: tuple[Instance, int]) -> None:

@@ -2,9 +2,11 @@
 
 Reserved when the request is routed, as one reservation (:mod:`api.load`) owned by this
 replica, all or nothing and shared across replicas through the store: the prefill
-engine's uncached prompt tokens and one request, the decode engine's one request
-(decode-only: the uncached tokens too). The prefill part goes back when the prefill
-leg ends, the rest when the response ends, fails or the client leaves — every path
+engine's uncached prompt tokens and one request, the decode engine's one request and
+the KV blocks it will take for the prompt and the expected output (decode-only: the
+uncached tokens instead, no promise). The prefill part, and the promised blocks, go
+back when the prefill leg ends (the decode engine pulls the KV then), the rest when
+the response ends, fails or the client leaves — every path
 through :mod:`api.gateway.relay` ends in :meth:`Held.release_all`. Should this replica
 die first, its owner lease lapses and the sweep closes the reservation.
 """
@@ -12,7 +14,7 @@ die first, its owner lease lapses and the sweep closes the reservation.
 from __future__ import annotations
 
 from api.gateway.decide import Route
-from api.load import new_reservation_id, reserve
+from api.load import new_reservation_id, promised_blocks, reserve
 from scheduler.state.reservations import LoadItem, LoadStore
 
 
@@ -21,8 +23,10 @@ def reservations_of(route: Route) -> tuple[LoadItem | None, LoadItem]:
     uncached = route.uncached_tokens
     if route.prefill is None:
         return None, LoadItem(worker=route.decode.name, tokens=uncached, requests=1)
+    lacks = route.decision.transfer.blocks
     return (LoadItem(worker=route.prefill.name, tokens=uncached, requests=1),
-            LoadItem(worker=route.decode.name, tokens=0, requests=1))
+            LoadItem(worker=route.decode.name, tokens=0, requests=1,
+                     blocks=promised_blocks(lacks, route.block_tokens)))
 
 
 class Held:
@@ -42,10 +46,10 @@ class Held:
         await reserve(self.loads, self.id, self.owner, items, self.ttl_s)
 
     async def release_prefill(self) -> None:
-        """The prefill leg ended."""
+        """The prefill leg ended (its KV goes to the decode engine now)."""
         part, self.prefill = self.prefill, None
         if part is not None:
-            await self.loads.close_reservation(self.id, [part.worker])
+            await self.loads.close_reservation(self.id, [part.worker], landed=True)
 
     async def release_all(self) -> None:
         """The request ended (any way)."""

@@ -21,6 +21,9 @@ class ReleaseRequest(BaseModel):
     workers: list[WorkerName] | None = Field(
         default=None, max_length=64, description="release only the load on these workers "
                                                  "(e.g. the prefill worker once it is done)")
+    landed: bool = Field(default=True, description="with ``workers``: the request's KV is on "
+                         "its decode worker now (or never will be), so the KV blocks promised "
+                         "there are given back too; false keeps them until a later release")
 
 
 class Released(BaseModel):
@@ -52,7 +55,9 @@ async def release_reservation(reservation_id: str, runtime: RuntimeDep,
     Safe to call more than once and from any replica: load is given back once.
     """
     workers = body.workers if body is not None else None
-    return Released(released=await runtime.loads.close_reservation(reservation_id, workers))
+    landed = body.landed if body is not None else True
+    return Released(released=await runtime.loads.close_reservation(reservation_id, workers,
+                                                                   landed=landed))
 
 
 @router.post("/reservations/{reservation_id}/renew")

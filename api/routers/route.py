@@ -117,16 +117,19 @@ async def route(request: Request) -> Response:
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
     await asyncio.sleep(0)  # between two passes over the workers (api/decide.py)
-    items = reservations_for(result, body.prompt_tokens(block_tokens))
+    feeds: EngineFeeds = state.engine_feeds
+    # Engine instances move the KV themselves (vLLM's NixlConnector, SGLang): no
+    # sidecar plan (their NIXL figures are labelled with this pair's tier), and their
+    # decode blocks are not taken until the KV lands.
+    sidecar = not feeds.engine_driven(result)
+    items = reservations_for(result, body.prompt_tokens(block_tokens),
+                             block_tokens=block_tokens, blocks_taken=sidecar)
     reservation_id = new_reservation_id()
     await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
                   state.settings.reservation_ttl_s)
-    feeds: EngineFeeds = state.engine_feeds
     try:
-        # Engine instances move the KV themselves (vLLM's NixlConnector, SGLang): no
-        # sidecar plan; their NIXL figures are labelled with this pair's tier.
-        record = None if feeds.engine_driven(result) else \
-            await deliver_plan(state.coordinator, result, reservation_id)
+        record = await deliver_plan(state.coordinator, result, reservation_id) \
+            if sidecar else None
     except REFUSED:
         await runtime.loads.close_reservation(reservation_id)
         raise

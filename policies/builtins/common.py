@@ -49,12 +49,17 @@ def stage_positions(ctx: CycleContext, stage: Stage) -> IntArray:
     return positions
 
 
-def fits_kv(ctx: CycleContext, positions: IntArray, headroom: int = 0) -> BoolArray:
-    """Which workers have free KV blocks for the part of the prompt they lack."""
+def fits_kv(ctx: CycleContext, positions: IntArray, headroom: int = 0, *,
+            promised: bool = False) -> BoolArray:
+    """Which workers have free KV blocks for the part of the prompt they lack
+    (``promised``: once the blocks promised to requests routed there are taken)."""
     need = np.maximum(ctx.request.blocks - ctx.cached[positions], 0)
     if headroom:
         need += headroom
-    fits: BoolArray = ctx.snapshot.free_kv[positions] >= need
+    free = ctx.snapshot.free_kv[positions]
+    if promised:
+        free = free - ctx.snapshot.promised_kv[positions]
+    fits: BoolArray = free >= need
     return fits
 
 

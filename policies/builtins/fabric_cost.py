@@ -123,6 +123,10 @@ class FabricCostHandler:
         p_all = _filtered(ctx, profiles, Stage.PREFILL)
         d_all = _filtered(ctx, profiles, Stage.DECODE)
         d_fit = d_all[fits_kv(ctx, d_all)]
+        # Workers with room once the KV promised to them lands, where there are some:
+        # elsewhere the request would wait for blocks after its prefill.
+        d_room = d_fit[fits_kv(ctx, d_fit, promised=True)]
+        d_fit = d_room if len(d_room) else d_fit
         if len(d_fit) == 0:
             total = len(stage_positions(ctx, Stage.DECODE))
             reason = empty_reason(Stage.DECODE, None, total)

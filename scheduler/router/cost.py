@@ -22,6 +22,7 @@ one pass over the worker list, and a decision indexes the rows of its candidates
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
@@ -58,9 +59,13 @@ class CostParams(BaseModel):
       ``B`` others ``per_running + c·per_token`` slower: per step
       ``(2B + 1)·per_running + (A + (B + 1)·c)·per_token``, for
       ``expected_output_tokens`` steps, weighted by ``decode_weight``. ``A`` is read
-      from the worker's KV blocks in use;
-    * KV occupancy: past ``kv_high_watermark`` of the worker's blocks, admission
-      waits and eviction start; the price rises linearly to ``kv_pressure_s`` at full;
+      from the worker's KV blocks in use plus the blocks promised to requests routed
+      there whose KV has not landed yet (their load reservations);
+    * KV occupancy: past ``kv_high_watermark`` of the worker's blocks (in use and
+      promised, as above, plus the blocks the request itself takes: what it lacks of
+      the prompt and ``expected_output_tokens``), admission waits and eviction start;
+      the price rises linearly to ``kv_pressure_s`` at full and on past it (the
+      request would wait for blocks that others free);
     * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
       every running request for the prefill's compute time, ``stall_weight`` per
       request-second. A stall lands mid-stream, on the TPOT of requests already
@@ -78,6 +83,12 @@ class CostParams(BaseModel):
     kv_high_watermark: float = Field(default=0.8, ge=0.0, lt=1.0)
     kv_pressure_s: float = Field(default=2.0, ge=0.0)
     stall_weight: float = Field(default=3.0, ge=0.0)
+
+    def promised_blocks(self, prompt_blocks: int, block_tokens: int) -> int:
+        """KV blocks a request will take on its decode worker when its KV lands there:
+        ``prompt_blocks`` the worker lacks and ``expected_output_tokens`` of output (what
+        a route's load reservation promises that worker)."""
+        return prompt_blocks + math.ceil(self.expected_output_tokens / max(block_tokens, 1))
 
 
 class TtftTerms(BaseModel):
@@ -402,15 +413,21 @@ class FabricCostModel:
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
         capacity = snap.capacity_kv[decode].astype(np.float64)
-        in_use = np.maximum(capacity - snap.free_kv[decode], 0.0)
+        # blocks promised to requests still prefilling elsewhere will land here: a
+        # worker about to fill up is priced as full now, not after the transfers
+        in_use = np.maximum(capacity - snap.free_kv[decode] + snap.promised_kv[decode], 0.0)
         prompt = float(ctx.request.prompt_tokens)
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
-                    + (in_use * snap.block_tokens + (running + 1.0) * prompt)
+                    + (np.minimum(in_use, capacity) * snap.block_tokens
+                       + (running + 1.0) * prompt)
                     * p.decode_s_per_kv_token)
         batch = per_step * (p.expected_output_tokens * p.decode_weight)
-        need = np.maximum(ctx.request.blocks - ctx.cached[decode], 0)
+        # the request takes what it lacks of the prompt and its output, as its load
+        # reservation promises (past full it waits for blocks others free: no ceiling)
+        need = p.promised_blocks(0, snap.block_tokens) + np.maximum(
+            ctx.request.blocks - ctx.cached[decode], 0)
         used = np.where(capacity > 0, (in_use + need) / np.maximum(capacity, 1.0), 0.0)
-        over = np.clip((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0, 1.0)
+        over = np.maximum((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0)
         result: FloatArray = batch + over * p.kv_pressure_s
         return result
 

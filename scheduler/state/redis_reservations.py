@@ -45,8 +45,10 @@ def _not_open(reservation_id: str) -> NotFoundError:
 
 def _items(text: str) -> tuple[LoadItem, ...]:
     rows = json.loads(text)  # Lua's cjson writes an empty list as {}
-    return tuple(LoadItem(worker=w, tokens=int(t), requests=int(r))
-                 for w, t, r in (rows if isinstance(rows, list) else []))
+    # items written before promised blocks existed have three fields
+    return tuple(LoadItem(worker=row[0], tokens=int(row[1]), requests=int(row[2]),
+                          blocks=int(row[3]) if len(row) > 3 else 0)
+                 for row in (rows if isinstance(rows, list) else []))
 
 
 def _reservation(reservation_id: str, owner: str, items: str, expires: float) -> Reservation:
@@ -66,10 +68,10 @@ class RedisReservations:
     async def open_reservation(self: _Store, reservation_id: str, owner: str,
                                items: Sequence[LoadItem], ttl_s: float) -> str | None:
         """Reserve ``items`` under ``reservation_id`` for ``owner``, in one script."""
-        rows = [(i.worker, i.tokens, i.requests) for i in items]
-        wanted(rows)  # checks the amounts
+        rows = [(i.worker, i.tokens, i.requests, i.blocks) for i in items]
+        wanted([row[:3] for row in rows])  # checks the amounts (blocks: by LoadItem)
         keys = [*self._log_keys(), self._k("rsv", reservation_id), self._k("rsv-due"),
-                self._k("rsv-of", owner), *(self._k("load", w) for w, _, _ in rows)]
+                self._k("rsv-of", owner), *(self._k("load", row[0]) for row in rows)]
         args = [reservation_id, owner, json.dumps(rows), repr(self._clock() + ttl_s),
                 *(arg for row in rows for arg in row)]
         done, index = await self._run("open_reservation", keys, args)
@@ -79,12 +81,15 @@ class RedisReservations:
 
     @_translate
     async def close_reservation(self: _Store, reservation_id: str,
-                                workers: Sequence[str] | None = None) -> list[LoadItem]:
-        """Give back the reservation's items on ``workers`` (None: all), in one script."""
+                                workers: Sequence[str] | None = None, *,
+                                landed: bool = False) -> list[LoadItem]:
+        """Give back the reservation's items on ``workers`` (None: all), in one script;
+        ``landed``: the promised blocks of the others too."""
         only = "" if workers is None else json.dumps(list(workers))
         reply = await self._run("close_reservation",
                                 [*self._log_keys(), self._k("rsv", reservation_id)],
-                                [self._prefix, reservation_id, "", only])
+                                [self._prefix, reservation_id, "", only,
+                                 "1" if landed else ""])
         return list(_closed(reply).items) if reply else []
 
     @_translate
@@ -122,7 +127,7 @@ class RedisReservations:
                 self._k("rsv-due"), "-inf", now, start=0, num=_MAX_DUE)):
             reply = await self._run("close_reservation", [
                 *self._log_keys(), self._k("rsv", reservation_id)],
-                [self._prefix, reservation_id, now, ""])
+                [self._prefix, reservation_id, now, "", ""])
             if reply:
                 gone.append(_closed(reply))
         for owner in _texts(await self._r.zrangebyscore(self._k("owners"), "-inf", now)):

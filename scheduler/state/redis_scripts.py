@@ -225,13 +225,14 @@ return 1
 
 # Load on several workers, all or nothing (amounts on one worker add up): every check,
 # then every change. The load hashes are KEYS[k0 + 1 …]; item i's name, tokens and
-# requests are ARGV[a0 + 3i - 2 …]. {1, 0}: reserved; {0, i}: item i's worker is
-# full; {-1, i}: it has no capacity.
+# requests are ARGV[a0 + n(i - 1) + 1 …] (n = 3), followed by its promised blocks when
+# n = 4 (no capacity: promises are a price, not a limit). {1, 0}: reserved; {0, i}:
+# item i's worker is full; {-1, i}: it has no capacity.
 RESERVE_ITEMS = """
-local function reserve_items(k0, a0)
+local function reserve_items(k0, a0, n)
   local want = {}
   for i = k0 + 1, #KEYS do
-    local j, w = a0 + 3 * (i - k0 - 1), want[KEYS[i]] or {0, 0}
+    local j, w = a0 + n * (i - k0 - 1), want[KEYS[i]] or {0, 0}
     want[KEYS[i]] = {w[1] + tonumber(ARGV[j + 2]), w[2] + tonumber(ARGV[j + 3])}
   end
   for i = k0 + 1, #KEYS do
@@ -243,9 +244,12 @@ local function reserve_items(k0, a0)
     end
   end
   for i = k0 + 1, #KEYS do
-    local j = a0 + 3 * (i - k0 - 1)
+    local j = a0 + n * (i - k0 - 1)
     redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[j + 2])
     redis.call('HINCRBY', KEYS[i], 'requests', ARGV[j + 3])
+    if n == 4 and tonumber(ARGV[j + 4]) > 0 then
+      redis.call('HINCRBY', KEYS[i], 'blocks', ARGV[j + 4])
+    end
     changed(ARGV[j + 1])
   end
   return {1, 0}
@@ -254,19 +258,20 @@ end
 
 # KEYS: seq, changes, load per item. ARGV: name, tokens, requests per item.
 RESERVE = CHANGED + RESERVE_ITEMS + """
-return reserve_items(2, 0)
+return reserve_items(2, 0, 3)
 """
 
 # Reservations. A reservation is the hash rsv:ID (owner, items as JSON [[worker, tokens,
-# requests], …], expires), a member of rsv-due (by expires) and of rsv-of:OWNER.
+# requests, promised blocks], …], expires), a member of rsv-due (by expires) and of
+# rsv-of:OWNER.
 
 # Load of a reservation, all or nothing, as RESERVE does, and the reservation itself.
 # KEYS: seq, changes, rsv:ID, rsv-due, rsv-of:OWNER, then load per item.
-# ARGV: id, owner, items JSON, expires, then name, tokens, requests per item.
+# ARGV: id, owner, items JSON, expires, then name, tokens, requests, blocks per item.
 # As RESERVE; {1, 0} also when the id is open already (a retry: nothing reserved again).
 OPEN_RESERVATION = CHANGED + RESERVE_ITEMS + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
-local done = reserve_items(5, 4)
+local done = reserve_items(5, 4, 4)
 if done[1] == 1 then
   redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'items', ARGV[3], 'expires', ARGV[4])
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
@@ -278,23 +283,32 @@ return done
 # Closing (part of) a reservation: give its items' load back and forget them. The load
 # and owner keys are built from the prefix (not declared; one Redis, as SYNC).
 CLOSE = CHANGED + """
-local function close(p, id, only)
+local function give_back(p, item, tokens, requests, blocks)
+  local load = p .. 'load:' .. item[1]
+  local l = redis.call('HMGET', load, 'tokens', 'requests', 'blocks')
+  if l[1] then
+    redis.call('HSET', load, 'tokens', math.max(0, tonumber(l[1]) - tokens),
+               'requests', math.max(0, tonumber(l[2]) - requests),
+               'blocks', math.max(0, tonumber(l[3] or '0') - blocks))
+    changed(item[1])
+  end
+end
+local function close(p, id, only, landed)
   local key = p .. 'rsv:' .. id
   local h = redis.call('HMGET', key, 'owner', 'items', 'expires')
   if not h[1] then return nil end
   local released, rest = {}, {}
   for _, item in ipairs(cjson.decode(h[2])) do
+    local blocks = tonumber(item[4] or 0)
     if only == nil or only[item[1]] then
-      local load = p .. 'load:' .. item[1]
-      local l = redis.call('HMGET', load, 'tokens', 'requests')
-      if l[1] then
-        redis.call('HSET', load, 'tokens', math.max(0, tonumber(l[1]) - item[2]),
-                   'requests', math.max(0, tonumber(l[2]) - item[3]))
-        changed(item[1])
-      end
-      released[#released + 1] = item
+      give_back(p, item, item[2], item[3], blocks)
+      released[#released + 1] = {item[1], item[2], item[3], blocks}
     else
-      rest[#rest + 1] = item
+      if landed and blocks > 0 then
+        give_back(p, item, 0, 0, blocks)
+        released[#released + 1] = {item[1], 0, 0, blocks}
+      end
+      rest[#rest + 1] = {item[1], item[2], item[3], landed and 0 or blocks}
     end
   end
   if #rest > 0 then
@@ -309,7 +323,8 @@ end
 """
 
 # KEYS: seq, changes, rsv:ID. ARGV: prefix, id, now ('' closes unconditionally; else only
-# a reservation due by then), workers JSON ('' for all).
+# a reservation due by then), workers JSON ('' for all), '1' when the KV landed (the
+# promised blocks of the items kept are given back too).
 # {} when not open (or not due); else {id, owner, expires, released items JSON}.
 CLOSE_RESERVATION = CLOSE + """
 if ARGV[3] ~= '' then
@@ -321,7 +336,7 @@ if ARGV[4] ~= '' then
   only = {}
   for _, w in ipairs(cjson.decode(ARGV[4])) do only[w] = true end
 end
-return close(ARGV[1], ARGV[2], only) or {}
+return close(ARGV[1], ARGV[2], only, ARGV[5] == '1') or {}
 """
 
 # An owner whose lease lapsed: every reservation it holds. KEYS: seq, changes, owners,
@@ -333,7 +348,7 @@ if not deadline or tonumber(deadline) > tonumber(ARGV[3]) then return {} end
 redis.call('ZREM', KEYS[3], ARGV[2])
 local out = {}
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[4])) do
-  local got = close(ARGV[1], id, nil)
+  local got = close(ARGV[1], id, nil, false)
   if got then
     for _, field in ipairs(got) do out[#out + 1] = field end
   end
@@ -380,7 +395,7 @@ return gone
 
 #: Fields of one worker in a :data:`SYNC` answer, in order.
 SYNC_FIELDS = ("name", "rid", "epoch", "ttl", "expires", "nblocks", "used", "tokens",
-               "requests", "max_tokens", "max_requests")
+               "requests", "max_tokens", "max_requests", "blocks")
 
 # What changed since the caller's view: {view id, seq, full (1/0), then per worker the
 # SYNC_FIELDS (false where its hash is gone)}. Everything (every registered worker and
@@ -420,11 +435,11 @@ for _, name in ipairs(names) do
   local used = false
   if h[2] then used = redis.call('BITCOUNT', p .. 'used:' .. name) end
   local l = redis.call('HMGET', p .. 'load:' .. name, 'tokens', 'requests', 'max_tokens',
-                       'max_requests')
+                       'max_requests', 'blocks')
   out[#out + 1] = name
   for i = 1, 5 do out[#out + 1] = h[i] end
   out[#out + 1] = used
-  for i = 1, 4 do out[#out + 1] = l[i] end
+  for i = 1, 5 do out[#out + 1] = l[i] end
 end
 return out
 """

@@ -59,6 +59,8 @@ class WorkerLoad(BaseModel):
     requests: int = Field(ge=0)
     max_tokens: int = Field(ge=0)
     max_requests: int = Field(ge=0)
+    blocks: int = Field(default=0, ge=0, description="KV blocks promised to requests routed "
+                                                     "here whose KV has not landed yet")
 
     def fits(self, tokens: int, requests: int) -> bool:
         """Whether ``tokens`` / ``requests`` more stay within the capacity."""
@@ -67,13 +69,16 @@ class WorkerLoad(BaseModel):
 
 
 class LoadItem(BaseModel):
-    """Load held on one worker: prompt tokens still to compute and running requests."""
+    """Load held on one worker: prompt tokens still to compute, running requests and KV
+    blocks promised to a request whose KV has not landed there yet (``blocks``; given
+    back when it lands, :meth:`LoadStore.close_reservation` with ``landed``)."""
 
     model_config = ConfigDict(frozen=True)
 
     worker: str
     tokens: int = Field(ge=0)
     requests: int = Field(ge=0)
+    blocks: int = Field(default=0, ge=0)
 
 
 class Reservation(BaseModel):
@@ -119,10 +124,13 @@ class LoadStore(Protocol):
         worker (nothing reserved)."""
 
     async def close_reservation(self, reservation_id: str,
-                                workers: Sequence[str] | None = None) -> list[LoadItem]:
+                                workers: Sequence[str] | None = None, *,
+                                landed: bool = False) -> list[LoadItem]:
         """Give back the reservation's items on ``workers`` (None: all) and forget them;
-        the reservation ends with its last item. Returns what was given back (empty
-        when the reservation is not open: closed or expired already)."""
+        the reservation ends with its last item. ``landed``: the request's KV is on its
+        decode worker now, so the promised blocks of the items kept are given back too
+        (returned as items of blocks only). Returns what was given back (empty when the
+        reservation is not open: closed or expired already)."""
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now (:class:`NotFoundError`
@@ -172,15 +180,21 @@ def check_amounts(tokens: int, requests: int) -> None:
         raise ValidationError("load reservation", issues)
 
 
-#: A reservation at rest in memory: owner, ((worker, tokens, requests), …), deadline.
-#: Tuples of strings and numbers, not models: the garbage collector stops walking them.
-_Held = tuple[str, tuple[tuple[str, int, int], ...], float]
+#: One item at rest: worker, tokens, requests, promised blocks.
+_Row = tuple[str, int, int, int]
+#: A reservation at rest in memory: owner, (rows, …), deadline. Tuples of strings and
+#: numbers, not models: the garbage collector stops walking them.
+_Held = tuple[str, tuple[_Row, ...], float]
+
+
+def _item(row: _Row) -> LoadItem:
+    return LoadItem(worker=row[0], tokens=row[1], requests=row[2], blocks=row[3])
 
 
 def _reservation(reservation_id: str, held: _Held) -> Reservation:
     owner, items, expires = held
-    return Reservation(id=reservation_id, owner=owner, expires_at=expires, items=tuple(
-        LoadItem(worker=w, tokens=t, requests=r) for w, t, r in items))
+    return Reservation(id=reservation_id, owner=owner, expires_at=expires,
+                       items=tuple(map(_item, items)))
 
 
 class MemoryLoads:
@@ -206,7 +220,8 @@ class MemoryLoads:
         old = self._loads.get(worker)
         self._loads[worker] = WorkerLoad(tokens=old.tokens if old else 0,
                                          requests=old.requests if old else 0,
-                                         max_tokens=max_tokens, max_requests=max_requests)
+                                         max_tokens=max_tokens, max_requests=max_requests,
+                                         blocks=old.blocks if old else 0)
 
     async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
         """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
@@ -250,14 +265,22 @@ class MemoryLoads:
         """Reserve ``items`` under ``reservation_id`` for ``owner``, for ``ttl_s``."""
         if reservation_id in self._held:
             return None
-        rows = tuple((i.worker, i.tokens, i.requests) for i in items)
-        full = await self.reserve_all(rows)
+        rows = tuple((i.worker, i.tokens, i.requests, i.blocks) for i in items)
+        full = await self.reserve_all([row[:3] for row in rows])
         if full is None:
+            for worker, _, _, blocks in rows:
+                self._promise(worker, blocks)
             expires = self._clock() + ttl_s
             self._held[reservation_id] = (owner, rows, expires)
             self._push_due(expires, reservation_id)
             self._owned.setdefault(owner, set()).add(reservation_id)
         return full
+
+    def _promise(self, worker: str, blocks: int) -> None:
+        """Add ``blocks`` (negative: give back, never below zero) to a worker's promises."""
+        load = self._loads.get(worker)
+        if blocks and load is not None:
+            self._loads[worker] = load.model_copy(update={"blocks": max(0, load.blocks + blocks)})
 
     def _push_due(self, expires: float, reservation_id: str) -> None:
         """Queue a deadline; drop the stale ones when they outnumber the open reservations
@@ -268,22 +291,28 @@ class MemoryLoads:
             heapq.heapify(self._due)
 
     async def close_reservation(self, reservation_id: str,
-                                workers: Sequence[str] | None = None) -> list[LoadItem]:
-        """Give back the reservation's items on ``workers`` (None: all)."""
+                                workers: Sequence[str] | None = None, *,
+                                landed: bool = False) -> list[LoadItem]:
+        """Give back the reservation's items on ``workers`` (None: all); ``landed``: the
+        promised blocks of the others too."""
         held = self._held.get(reservation_id)
         if held is None:
             return []
         owner, rows, expires = held
         picked = [row for row in rows if workers is None or row[0] in workers]
         rest = tuple(row for row in rows if workers is not None and row[0] not in workers)
-        for worker, tokens, requests in picked:
+        if landed:
+            picked += [(w, 0, 0, b) for w, _, _, b in rest if b]
+            rest = tuple((w, t, r, 0) for w, t, r, _ in rest)
+        for worker, tokens, requests, blocks in picked:
             await self.release(worker, tokens, requests)
+            self._promise(worker, -blocks)
         if rest:
             self._held[reservation_id] = (owner, rest, expires)
         else:
             del self._held[reservation_id]
             self._owned.get(owner, set()).discard(reservation_id)
-        return [LoadItem(worker=w, tokens=t, requests=r) for w, t, r in picked]
+        return list(map(_item, picked))
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now."""

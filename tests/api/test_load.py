@@ -98,9 +98,13 @@ def test_routes_reserve_load_and_releasing_by_id_gives_it_back_once(client: Test
     held = client.get(f"/v1/reservations/{first['reservation_id']}", headers=bearer(WORKER))
     assert held.status_code == 200 and held.json()["items"] == first["reservations"]
     assert held.json()["owner"] == client.app.state.runtime.replica_id  # type: ignore[attr-defined]
+    # the sidecar takes the prompt's blocks at once: one 512-token block of output promised
+    assert _load(client, "decode-0")["blocks"] == 2
     prefill = _release(client, first["reservation_id"], {"workers": ["prefill-0"]})
-    assert [item["worker"] for item in prefill] == ["prefill-0"]
+    assert [(item["worker"], item["blocks"]) for item in prefill] == [
+        ("prefill-0", 0), ("decode-0", 1)]  # the KV landed (the default): promise kept
     assert _load(client, "prefill-0")["tokens"] == 3 * 512
+    assert _load(client, "decode-0")["blocks"] == 1
     assert [item["worker"] for item in _release(client, first["reservation_id"])] == \
         ["decode-0"]
     assert _release(client, first["reservation_id"]) == []  # a second release: nothing

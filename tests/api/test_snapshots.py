@@ -23,8 +23,8 @@ from scheduler.transfer.plan import Lease
 from tests.api.service_builders import cluster
 from tests.scheduler.transfer.builders import registration
 
-ARRAYS = ("queued", "running", "max_running", "free_kv", "capacity_kv", "prefill_rate",
-          "prefill_mask", "decode_mask")
+ARRAYS = ("queued", "running", "max_running", "free_kv", "capacity_kv", "promised_kv",
+          "prefill_rate", "prefill_mask", "decode_mask")
 
 
 def _fabric() -> Fabric:

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policies.profile import policy_names
+from sim.engines import Job
 from sim.metrics import Summary
 from sim.simulator import SimConfig, Simulation
 from sim.workloads import Trace, load_mooncake, without_sharing
@@ -143,10 +144,27 @@ def test_after_a_run_every_block_link_and_slot_is_released(seed: int, policy: st
     for inst in sim.instances.values():
         assert inst.cache.pinned == 0
         assert not inst.running and not inst.waiting and not inst.prefills
-        assert inst.incoming == 0 and inst.queued_tokens == 0
+        assert inst.incoming == 0 and inst.queued_tokens == 0 and inst.promised_blocks == 0
     for job in sim.finished:
         r = job.request
         assert r.arrival_s <= job.prefill_start_s <= job.prefill_end_s <= job.first_token_s
         assert job.first_token_s < job.done_s or r.output_tokens == 1
         if not job.local:
             assert job.prefill_end_s <= job.kv_ready_s <= job.first_token_s
+
+
+def test_a_routed_remote_prefill_promises_its_decode_worker_blocks_until_they_are_taken(
+) -> None:
+    fabric, distance = small_fabric()
+    trace = small_trace(sessions=2, seed=0)
+    sim = Simulation(fabric, trace, SimConfig(placement="greedy", prefill=5, decode=3),
+                     distance=distance)
+    job = Job(max(trace.requests, key=lambda r: r.prompt_tokens))
+    sim._route(job)
+    assert not job.local
+    decode = sim.instances[job.decode]
+    blocks = sim.cost.promised_blocks(len(job.request.block_hashes), trace.block_tokens)
+    assert job.promised_blocks == decode.promised_blocks == blocks > 0
+    assert sim.router.snapshot({}).worker(job.decode).promised_kv_blocks == blocks
+    assert decode.try_reserve(job)  # the blocks are taken: out of the free count instead
+    assert job.promised_blocks == decode.promised_blocks == 0

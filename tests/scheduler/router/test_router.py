@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -270,3 +271,37 @@ def test_kv_occupancy_past_the_watermark_is_priced() -> None:
     ctx = context(snap, chain(4))
     costs = ctx.cost.decode_costs(ctx, np.arange(2))
     assert costs[1] - costs[0] > 0.9 * CostParams().kv_pressure_s
+
+
+def test_kv_promised_to_requests_still_prefilling_is_priced_as_in_use() -> None:
+    params = CostParams()
+    # the same blocks in use, or free but promised to requests whose KV has not landed
+    snap = snapshot([worker("used", "decode", SAME_RAIL, free_kv_blocks=60_000),
+                     worker("promised", "decode", SAME_RAIL_2, promised_kv_blocks=40_000),
+                     worker("idle", "decode", SAME_RAIL_2)])
+    ctx = context(snap, chain(4))
+    costs = ctx.cost.decode_costs(ctx, np.arange(3))
+    assert costs[0] == costs[1] > costs[2]
+    # promised past the watermark: the occupancy price, as for blocks in use
+    over = snapshot([worker("promised", "decode", SAME_RAIL, promised_kv_blocks=95_000),
+                     worker("idle", "decode", SAME_RAIL_2)])
+    ctx = context(over, chain(4))
+    costs = ctx.cost.decode_costs(ctx, np.arange(2))
+    assert costs[0] - costs[1] > 0.9 * params.kv_pressure_s
+
+
+def test_a_decode_worker_without_room_once_its_promises_land_is_passed_over() -> None:
+    hashes = chain(40)  # both decode workers at the occupancy price's ceiling
+    workers = [worker("p", "prefill", SOURCE),
+               worker("near", "decode", SAME_RAIL, free_kv_blocks=50, capacity_kv_blocks=100),
+               worker("far", "decode", SAME_RAIL_2, free_kv_blocks=40, capacity_kv_blocks=100,
+                      running_requests=8)]
+    assert _decided(router().route({"block_hashes": hashes},
+                                   snapshot(workers))).decode.worker == "near"
+    workers[1] = replace(workers[1], promised_kv_blocks=20)  # 30 left: the prompt needs 40
+    assert _decided(router().route({"block_hashes": hashes},
+                                   snapshot(workers))).decode.worker == "far"
+    # no worker with room once its promises land: those with room now still serve
+    workers[2] = replace(workers[2], promised_kv_blocks=10)
+    assert _decided(router().route({"block_hashes": hashes},
+                                   snapshot(workers))).decode.worker == "near"

@@ -428,6 +428,41 @@ def test_a_reservation_gives_back_exactly_what_it_holds_once(backend: Backend) -
     backend.run(body, loads=True)
 
 
+async def _promised(loads: Any) -> dict[str, int]:
+    return {name: load.blocks for name, load in (await loads.loads()).items()}
+
+
+def test_promised_blocks_go_back_when_the_kv_lands_the_request_ends_or_expires(
+        backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        for worker in ("p", "d"):
+            await loads.set_capacity(worker, 1000, 8)
+        held = [LoadItem(worker="p", tokens=300, requests=1),
+                LoadItem(worker="d", tokens=0, requests=1, blocks=20)]
+        for rid in ("landed", "ended", "expired"):
+            assert await loads.open_reservation(rid, "replica-a", held, 60.0) is None
+        assert await _promised(loads) == {"p": 0, "d": 60}
+        await loads.set_capacity("d", 1000, 9)  # a new capacity keeps the promises
+        assert list((await loads.get_reservation("landed")).items) == held
+        # the transfer ended: the prefill part and the decode side's promise go back
+        assert await loads.close_reservation("landed", ["p"], landed=True) == [
+            held[0], LoadItem(worker="d", tokens=0, requests=0, blocks=20)]
+        assert list((await loads.get_reservation("landed")).items) == [
+            LoadItem(worker="d", tokens=0, requests=1)]
+        assert await _promised(loads) == {"p": 0, "d": 40}
+        assert await loads.close_reservation("ended", ["p"]) == held[:1]  # not landed
+        assert await _promised(loads) == {"p": 0, "d": 40}
+        assert await loads.close_reservation("ended") == held[1:]
+        assert await loads.close_reservation("landed") == [
+            LoadItem(worker="d", tokens=0, requests=1)]  # nothing promised twice
+        assert await _promised(loads) == {"p": 0, "d": 20}
+        clock.advance(61.0)
+        assert [r.id for r in await loads.expire_reservations()] == ["expired"]
+        assert await _promised(loads) == {"p": 0, "d": 0}
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 0)}
+    backend.run(body, loads=True)
+
+
 def test_reservations_expire_at_their_end_unless_renewed(backend: Backend) -> None:
     async def body(loads: Any, clock: FakeClock) -> None:
         await loads.set_capacity("d", 1000, 8)

@@ -38,8 +38,8 @@ def frees(view: ListingView, now: float = 0.0) -> dict[str, int]:
 
 
 def test_the_script_reply_parses_into_rows() -> None:
-    flat: list[Any] = ["a", "rid", "2", "10.0", "99.5", "8", 3, "5", "1", "100", "4"]
-    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 10])
+    flat: list[Any] = ["a", "rid", "2", "10.0", "99.5", "8", 3, "5", "1", "100", "4", "6"]
+    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 11])
     assert (parsed.view_id, parsed.seq, parsed.full) == ("v1", 7, True)
     assert parsed.rows[0] == Row(*flat)
     assert parsed.rows[1].name == "gone" and parsed.rows[1].epoch is None
