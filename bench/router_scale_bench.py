@@ -416,12 +416,14 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
 
 def _targets(r: dict[str, Any]) -> list[str]:
     first_ok = r["first_route_p50_ms"] <= TARGET_FIRST_ROUTE_MS
+    at_max = " and the max" if r["first_route_max_ms"] <= TARGET_FIRST_ROUTE_MS else \
+        ", not at the max"
     stall_ok = r["healthz_max_ms"] <= TARGET_STALL_MS
     return [
         f"10,000 workers, first route after a change: p50 {r['first_route_p50_ms']} ms, max "
         f"{r['first_route_max_ms']} ms wall (target ≤ {TARGET_FIRST_ROUTE_MS:g} ms: "
         f"{'met at the p50' if first_ok else 'NOT met'}"
-        f"{'' if r['first_route_max_ms'] <= TARGET_FIRST_ROUTE_MS else ', not at the max'}); "
+        f"{at_max}); "
         f"the event loop ran {r['first_route_loop_p50_ms']} / {r['first_route_loop_max_ms']} "
         "ms of CPU for it (p50 / max).",
         f"10,000 workers, event-loop stalls: longest /healthz answer {r['healthz_max_ms']} ms, "
@@ -455,7 +457,7 @@ def report(result: dict[str, Any]) -> str:
         "Method: see the module docstring (first route after each of "
         f"{args['changes']} worker-set changes, /healthz probed every 5 ms meanwhile)."
         f"{anchor}", "",
-        table(rows), "", *[f"- {v}" for v in verdicts(rows)],
+        table(rows), "", *[f"- {v}" for v in verdicts(rows)], *_across(result),
         *[f"- {a}" for a in agreement], "",
         "Reading the columns: *first route after change* is the client's wall time of the "
         "`POST /v1/route` sent right after a worker joined or left (in the candidate: the "
@@ -473,6 +475,7 @@ def report(result: dict[str, Any]) -> str:
         "spread over several slices). Past 10,240 workers, "
         "workers share GPUs (the fabric stays at 10,240 GPUs): what grows is the worker "
         "count.", "",
+        *other_runs_table(result.get("other_runs", [])),
         "## Per-decision cost (in process)", "",
         "One `Router.route` with the default policy over `bench/router_bench.py`'s setup "
         "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
@@ -502,6 +505,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the .md from the .json of the last run")
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="reports (.json) of other runs of this bench, listed at 10,000 "
+                             "workers next to this one (how much runs vary)")
     harness.add_arguments(parser, conditions=("awake",), timing=False)
     parser.set_defaults(repeats=1)  # one pass over the sizes; the changes are the samples
     args = parser.parse_args(argv)
@@ -516,9 +522,50 @@ def main(argv: list[str] | None = None) -> None:
         result["args"] = {k: str(v) if isinstance(v, Path) else v
                           for k, v in vars(args).items()}
         harness.write_json(args.out / "router_scale.json", result)
+    if args.also:
+        result["other_runs"] = [_other_run(json.loads(path.read_text())) for path in args.also]
+        harness.write_json(args.out / "router_scale.json", result)
     text = report(result)
     (args.out / "router_scale.md").write_text(text)
     print(text)
+
+
+def _across(result: dict[str, Any]) -> list[str]:
+    """How the candidate's 10,000-worker stall figure fared in this and the other runs."""
+    rows = [r for run in [{"rows": result["rows"]}, *result.get("other_runs", [])]
+            for r in run["rows"] if r["label"] == "candidate" and r["workers"] == 10_000]
+    if len(rows) < 2:
+        return []
+    met = sum(r["healthz_max_ms"] <= TARGET_STALL_MS for r in rows)
+    return [f"- Across {len(rows)} runs of this bench today (this one and those under *Other "
+            f"runs*), the stall target held at 10,000 workers in {met}: the longest /healthz "
+            f"answers were {', '.join(str(r['healthz_max_ms']) for r in rows)} ms."]
+
+
+def _other_run(data: dict[str, Any]) -> dict[str, Any]:
+    """The 10,000-worker rows of another run's report, with when and how it ran."""
+    env, cond = data.get("environment", {}), data.get("condition") or {}
+    return {"date": env.get("date", "?"), "commit": env.get("commit", "?"),
+            "condition": cond.get("name", "?"), "load": (cond.get("load_before") or [None])[0],
+            "rows": [r for r in data["rows"] if r["workers"] == 10_000]}
+
+
+def other_runs_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Other runs at 10,000 workers, one line per code and run."""
+    if not runs:
+        return []
+    lines = ["## Other runs at 10,000 workers", "",
+             "The same bench run earlier (the machine is shared: other jobs set the load).",
+             "", "| run | commit | condition, 1-min load | code | first route p50 / max ms | "
+             "/healthz max ms | /healthz over 20 ms |", "| --- | --- | --- | --- | ---: | ---: "
+             "| ---: |"]
+    for run in runs:
+        load = f"{run['load']:.2f}" if run["load"] is not None else "?"
+        lines += [f"| {run['date']} | `{run['commit']}` | {run['condition']}, {load} | "
+                  f"{r['label']} | {r['first_route_p50_ms']} / {r['first_route_max_ms']} | "
+                  f"{r['healthz_max_ms']} | {r.get('healthz_over_target', '?')} of "
+                  f"{r['probes']} |" for r in run["rows"]]
+    return [*lines, ""]
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
