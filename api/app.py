@@ -107,7 +107,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        timeout_s=settings.body_timeout_s)
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
-    _install_services(app, settings)  # first: routes are matched in order, /v1/route is hot
+    if settings.gateway:  # first of all: routes are matched in order, these are its hot path
+        from api.routers import openai
+
+        app.include_router(openai.router)
+    _install_services(app, settings)  # next: /v1/route is hot
     _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)
     workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]

@@ -57,6 +57,12 @@ from tests.gateway.harness import (  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 PROMPT_TOKENS = 1024
 MAX_TOKENS = 8
+#: The prefill fake's KV pool (blocks of 16 tokens). Its pool is a ring that reuses the
+#: oldest block ids without looking at leases; with the default 4,096 blocks (64
+#: prompts) a decode leg that lagged 64 prefills behind under load read reused blocks
+#: and answered other tokens (a Disagreement between the sides). 32,768 blocks hold
+#: 512 prompts, far more than are ever in flight here.
+PREFILL_BLOCKS = 32_768
 
 
 def _requests(count: int, seed: int) -> list[dict[str, Any]]:
@@ -146,7 +152,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="toposched-gw-bench-") as tmp, \
             harness.session(args, tag="gateway") as run:
-        engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
+        engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill",
+                                num_blocks=PREFILL_BLOCKS),
                    start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
         gw = start_gateway(engines, Path(tmp), args=["--pd-min-uncached-tokens", "0"])
         try:
@@ -183,11 +190,13 @@ def _measure(gw: Gateway, args: argparse.Namespace, run: harness.Session) -> dic
 
 
 def _report(results: dict[str, Any], env: dict[str, Any], args: argparse.Namespace) -> None:
-    data: dict[str, Any] = {"environment": env, "prompt_tokens": PROMPT_TOKENS,
+    command = " ".join(["flock", str(harness.LOCK_PATH), ".venv/bin/python",
+                        "bench/gateway_bench.py", *sys.argv[1:]])
+    data: dict[str, Any] = {"environment": env, "command": command,
+                            "conditions": list(results), "prompt_tokens": PROMPT_TOKENS,
                             "max_tokens": MAX_TOKENS, "concurrency": args.concurrency}
     lines = ["# Gateway: added latency and throughput (fake engines)", "",
-             *harness.environment_markdown(env, "bench/gateway_bench.py",
-                                           "python bench/gateway_bench.py"),
+             *harness.environment_markdown(env, "bench/gateway_bench.py", command),
              f"Work: streamed completions, {PROMPT_TOKENS}-token prompts as token ids, "
              f"{MAX_TOKENS} output tokens, through a prefill and a decode fake engine "
              "(vLLM dialect, no delays). Anchor: the client runs vLLM's reference two-leg "

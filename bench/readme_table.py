@@ -8,6 +8,7 @@ JSON, so the table cannot drift from the reports.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +33,21 @@ def _load(name: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     data: dict[str, Any] = json.loads(path.read_text())
-    return data if "environment" in data and "command" in data else None
+    if "command" not in data:
+        command = _command_of(name)
+        if command is not None:
+            data["command"] = command
+    return data if "command" in data else None
+
+
+def _command_of(name: str) -> str | None:
+    """The command a report states in its Markdown (None: it states none)."""
+    report = RESULTS / f"{name}.md"
+    found = COMMAND_LINES.search(report.read_text()) if report.exists() else None
+    if found is not None:
+        return found.group(1)
+    script = SCRIPTS.get(name)
+    return f".venv/bin/python {script}" if script else None
 
 
 def _cond(data: dict[str, Any], key: str = "condition") -> str:
@@ -116,6 +131,80 @@ def own_rows(name: str, what: str) -> Callable[[dict[str, Any]], Iterator[Row]]:
     return rows
 
 
+def gateway_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for condition in data["conditions"]:
+        found = data[condition]
+        lat = found["latency"]["sides"]
+        direct, gateway = (lat[s]["latency_seconds"]["p50"] * 1e3 for s in ("direct", "gateway"))
+        thr = found["throughput"]["paired_ratio_vs_first"]["gateway"]["values"]
+        yield ("gateway.md", f"added latency per streamed request, p50 (target ≤ 1 ms); "
+               f"throughput with {data['concurrency']} in flight", "vLLM's two-leg proxy flow "
+               "run by the client, same fake engines", f"+{gateway - direct:.2f} ms "
+               f"({gateway:.2f} vs {direct:.2f} ms); gateway / direct req/s {_ratio(thr)}",
+               _cond(found["latency"]), data["command"])
+
+
+def _speed(cmp_: dict[str, Any], candidate: str) -> str:
+    return _ratio(cmp_["paired_ratio_vs_first"][candidate]["values"])
+
+
+def engine_event_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for row in data["ingestion"]:
+        for cmp_ in row["comparisons"].values():
+            yield ("engine_events.md", f"KV events ZMQ → decode → prefix index, "
+                   f"{row['engines']} engine(s)", "the same events applied to the index alone",
+                   f"toposched / index alone speed: {_speed(cmp_, 'zmq-to-index')}",
+                   _cond(cmp_), data["command"])
+    for cmp_ in data["lag"]["comparisons"].values():
+        yield ("engine_events.md", f"BlockStored → routing decision lag, "
+               f"{data['lag']['engines']} engines", "events POSTed as JSON over HTTP",
+               f"ZMQ / HTTP speed: {_speed(cmp_, 'zmq')}", _cond(cmp_), data["command"])
+
+
+def ui_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for page in data["pages"]:
+        cmp_ = page["comparison"]
+        for candidate in list(cmp_["sides"])[1:]:
+            yield ("ui.md", f"route requests/s with {candidate} of /ui open (refresh "
+                   f"{page['interval_s']:g} s)", "no page open",
+                   f"with / without pages: {_speed(cmp_, candidate)}", _cond(cmp_),
+                   data["command"])
+
+
+def topology_input_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for key, cmp_ in data.items():
+        if not isinstance(cmp_, dict) or "paired_ratio_vs_first" not in cmp_:
+            continue  # not a harness comparison (cluster shapes, memory, parse times)
+        anchor, *candidates = cmp_["sides"]
+        for candidate in candidates:
+            yield ("topology_inputs.json", f"{key}: {candidate}", anchor,
+                   f"speed vs anchor: {_speed(cmp_, candidate)}", _cond(cmp_), data["command"])
+
+
+def router_scale_rows(data: dict[str, Any]) -> Iterator[Row]:
+    anchors = {r["workers"]: r for r in data["rows"] if r["label"] == "anchor"}
+    for row in data["rows"]:
+        if row["label"] != "candidate":
+            continue
+        anchor = anchors.get(row["workers"])
+        p50 = row["first_route_p50_ms"]
+        versus = f"; anchor / candidate {anchor['first_route_p50_ms'] / p50:.1f}×" if anchor \
+            else ""
+        yield ("router_scale.md", f"first route after a worker-set change, {row['workers']:,} "
+               "workers (wall p50)", "the previous code (where measured)" if anchor else "—",
+               f"{row['first_route_p50_ms']:.1f} ms{versus}",
+               f"not controlled (load {row['load'].split()[0]})", data["command"])
+
+
+def mocker_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for run in data["runs"]:
+        ours, theirs = run["ours"]["ttft_p50_ms"], run["mocker"]["ttft_p50_ms"]
+        yield ("mocker_compare.md", f"simulated TTFT p50, {run['mode']}, {run['policy']}",
+               f"NVIDIA Dynamo's mocker ({run['mocker_router']})",
+               f"ours / mocker {ours / theirs:.2f}× ({ours:.0f} / {theirs:.0f} ms)",
+               "— (simulated time)", data["command"])
+
+
 SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "prefix_index": prefix_rows, "transfers": transfer_rows, "placement": placement_rows,
     "topology": topology_rows, "router": router_rows,
@@ -123,7 +212,16 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "state": own_rows("state", "memory vs Redis store operations, job delivery"),
     "telemetry": own_rows("telemetry", "telemetry ingest and rendering"),
     "replica_convergence": own_rows("replica_convergence", "convergence lag between replicas"),
+    "gateway": gateway_rows, "engine_events": engine_event_rows, "ui": ui_rows,
+    "topology_inputs": topology_input_rows, "router_scale": router_scale_rows,
+    "mocker_compare": mocker_rows,
 }
+#: Reports written before the harness recorded their command: it is read from the
+#: report's Markdown ("Rerun: `…`" and the like), or from the generating script's own
+#: docstring when the report has no Markdown.
+COMMAND_LINES = re.compile(r"(?:Rerun|Command|Reproduce): `([^`]+)`")
+SCRIPTS = {"topology_inputs": "bench/topology_inputs.py", "router_scale":
+           "bench/router_scale_bench.py", "mocker_compare": "bench/mocker_compare.py"}
 
 
 def table() -> list[str]:

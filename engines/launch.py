@@ -382,20 +382,25 @@ def start_engines(model_dir: Path, options: Sequence[EngineOptions], workdir: Pa
     """Start engines side by side (each on its own core, round robin) and wait for all
     (``on_ready`` hears of each as it answers); if one fails, all are stopped."""
     cpus = sorted(os.sched_getaffinity(0))
-    engines = [launch(model_dir, option, workdir, cpus[(first_cpu + i) % len(cpus)])
-               for i, option in enumerate(options)]
+    engines: list[VllmEngine] = []
 
     def ready(engine: VllmEngine) -> None:
         wait_ready(engine)
         if on_ready is not None:
             on_ready(engine)
 
+    pool = ThreadPoolExecutor(max(len(options), 1))
     try:
-        with ThreadPoolExecutor(len(engines)) as pool:
-            list(pool.map(ready, engines))
+        for i, option in enumerate(options):
+            engines.append(launch(model_dir, option, workdir, cpus[(first_cpu + i) % len(cpus)]))
+        list(pool.map(ready, engines))
     except BaseException:
+        # stopped first: the waits still running then see a dead engine and end at once
+        # (an interrupted start does not sit out the engines' start-up)
         for engine in engines:
             engine.stop()
         raise
+    finally:
+        pool.shutdown(wait=True)
     return engines
 

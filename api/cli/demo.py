@@ -42,6 +42,8 @@ DEMO_WORKERS = (
 )
 #: How long a fake engine "decodes" a request before its KV blocks are released.
 DECODE_MS = 5000.0
+#: ``--engines``: the sidecars' fake engines, or real vLLM engines behind the gateway.
+ENGINE_KINDS = ("fake", "vllm")
 
 
 def register(subparsers: Any) -> None:
@@ -51,28 +53,54 @@ def register(subparsers: Any) -> None:
         description="Starts the scheduler (in memory), registers the example cluster, "
                     "launches sidecars with fake engines that move real bytes with NIXL, "
                     "sends an agentic request stream and shows what happens.")
+    p.add_argument("--engines", choices=ENGINE_KINDS, default="fake",
+                   help="fake: sidecars with fake engines (default, quick); vllm: two real "
+                        "CPU vLLM engines behind the gateway, the KV moved by vLLM's "
+                        "NixlConnector (needs .venv-vllm: ./scripts/bootstrap.sh test, or "
+                        "TOPOSCHED_VLLM_PYTHON)")
     p.add_argument("--inventory", help="use this inventory instead of the embedded example")
     p.add_argument("--static", action="store_true",
                    help="only print the fabric and one KV transfer per tier (no processes)")
-    p.add_argument("--sessions", type=int, default=8, help="agent sessions (default 8)")
-    p.add_argument("--turns", type=int, default=4, help="turns per session (default 4)")
-    p.add_argument("--block-mib", type=int, default=1,
-                   help="MiB per KV block in the sidecars' pools (default 1)")
+    p.add_argument("--sessions", type=int, help="agent sessions (default 8; fake engines)")
+    p.add_argument("--turns", type=int, help="turns per session (default 4; fake engines)")
+    p.add_argument("--block-mib", type=int,
+                   help="MiB per KV block in the sidecars' pools (default 1; fake engines)")
     p.add_argument("--keep-running", action="store_true",
-                   help="leave the scheduler and sidecars up until Ctrl-C")
+                   help="leave the processes up until Ctrl-C")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=cmd_demo)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Run the demo (or, with ``--static``, print the fabric's cost table)."""
+    if args.engines == "vllm":
+        return _vllm(args)
     path = args.inventory or packaged_config("clusters/example.yaml")
     spec = build_fabric(load_inventory(path))
     if args.static:
         return _static(spec, args.json)
+    for name, default in (("sessions", 8), ("turns", 4), ("block_mib", 1)):
+        if getattr(args, name) is None:
+            setattr(args, name, default)
     if args.sessions < 1 or args.turns < 1 or args.block_mib < 1:
         raise InputError("--sessions, --turns and --block-mib must be at least 1")
     return _live(spec, args)
+
+
+def _vllm(args: argparse.Namespace) -> int:
+    """The demo on real vLLM engines (fixed: one engine pair on the example cluster)."""
+    from api.cli.demo_vllm import run_vllm_demo
+
+    given = [flag for flag, value in (("--inventory", args.inventory), ("--static", args.static),
+                                      ("--sessions", args.sessions), ("--turns", args.turns),
+                                      ("--block-mib", args.block_mib))
+             if value not in (None, False)]
+    if given:
+        raise InputError(f"demo --engines vllm: {', '.join(given)} only apply to the fake "
+                         "engines' demo (the vLLM demo runs one engine pair on the example "
+                         "cluster)")
+    return run_vllm_demo(build_fabric(load_inventory(packaged_config("clusters/example.yaml"))),
+                         args)
 
 
 def _live(spec: FabricSpec, args: argparse.Namespace) -> int:

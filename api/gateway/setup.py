@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from http.cookiejar import CookieJar
+from typing import Any
+
 import httpx
 from fastapi import FastAPI
 
@@ -15,15 +18,14 @@ KEEPALIVE = 64
 
 
 def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
-    """Mount the OpenAI endpoints and put a :class:`Gateway` on ``app.state.gateway``.
+    """Put a :class:`Gateway` on ``app.state.gateway``, which the OpenAI endpoints
+    (:mod:`api.routers.openai`, mounted first by :func:`api.app.create_app`) serve with.
 
     The engines it routes to are the service's registered instances (``--instances``
     seeds them, the instance API changes them: :mod:`api.engine_feeds`)."""
-    from api.routers import openai
-
     timeout = httpx.Timeout(settings.engine_read_timeout_s,
                             connect=settings.engine_connect_timeout_s)
-    client = httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(
+    client = httpx.AsyncClient(timeout=timeout, cookies=NoCookies(), limits=httpx.Limits(
         max_connections=None, max_keepalive_connections=KEEPALIVE))
     key = settings.engine_api_key
     headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
@@ -39,8 +41,19 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
         client_token.get_secret_value() if client_token else None,
         settings.operator_token.get_secret_value()
         if client_token and settings.operator_token else None)
-    app.include_router(openai.router)
     return gateway
+
+
+class NoCookies(CookieJar):
+    """The engine client's cookie jar: keeps nothing and sends nothing. A cookie one
+    engine answer set must not ride along on other clients' requests (and reading every
+    answer's headers for them cost CPU on each leg)."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """Keep no cookie."""
+
+    def add_cookie_header(self, request: Any) -> None:
+        """Send no cookie."""
 
 
 async def start_gateway(gateway: Gateway) -> None:

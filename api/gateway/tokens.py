@@ -104,7 +104,7 @@ class Tokens:
         except (httpx.HTTPError, ValueError) as exc:
             log.warning("tokenize on %s failed: %s", engine.name, type(exc).__name__)
             return None
-        if isinstance(tokens, list) and all(isinstance(t, int) for t in tokens):
+        if isinstance(tokens, list) and all_ints(tokens):
             return tokens
         return None
 
@@ -113,9 +113,15 @@ def _given_ids(prompt: Any) -> list[int] | None:
     """Token ids given in the request (the first prompt of a batch)."""
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
         prompt = prompt[0]
-    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+    if isinstance(prompt, list) and prompt and all_ints(prompt):
         return prompt
     return None
+
+
+def all_ints(values: list[Any]) -> bool:
+    """Whether every item is an ``int`` (not a ``bool``): one pass in C, a few times
+    faster than ``isinstance`` over a long prompt."""
+    return set(map(type, values)) == {int}
 
 
 def _prompt_text(prompt: Any) -> str | None:

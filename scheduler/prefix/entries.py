@@ -18,21 +18,25 @@ Eviction is **LRU by last use** (store or touch). A chain is stamped leaf first,
 so its first block is the most recent and evictions take chain ends before the
 prefixes they share, as vLLM's free-block queue does.
 
-Speed and size. Stores, removals and touches update whole events at once through
-``dict.update``/``map``/``zip`` over the event's keys, so per-block work runs in C,
-not in a Python loop, and allocates nothing per block: the record is shared and a
-fresh block's mask is the worker's own bit object (measured in
-``bench/results/prefix_index.md``). Per-key decisions (a key on both tiers) take a
-plain loop.
+Speed and size (measured in ``bench/results/prefix_index.md``; instruction counts by
+callgrind in docs/dev-notes.md). Per block, a store costs one insert into the
+worker's ``held`` dict (a plain loop: cheaper than ``zip``/``fromkeys`` bulk forms at
+~15 keys) and one ``setdefault`` pass over the tier's masks through ``map`` (a fresh
+block gets the worker's own bit object); a removal one ``pop`` pass over the masks
+and one over ``held``. Nothing is allocated per block: the use record is shared by
+the event's keys, the constant arguments come from endless ``repeat`` iterators
+made once, and a block held by another worker is merged in a second pass only
+when the first pass saw one. Per-key decisions (a key on both tiers) take a plain
+loop.
 """
 
 from __future__ import annotations
 
 import heapq
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from itertools import compress, repeat
-from operator import and_, is_, not_
+from operator import and_, is_, not_, or_
 
 GPU = 1
 HOST = 2
@@ -42,9 +46,13 @@ TIERS = (GPU, HOST)
 Record = tuple[Sequence[int], Sequence[int]]
 
 
-def _drain(iterator: Iterable[object]) -> None:
-    """Run an iterator to its end in C (``map`` used for its side effects)."""
-    deque(iterator, maxlen=0)
+#: Runs an iterator to its end in C (``map`` used for its side effects). One shared
+#: zero-length deque: building ``deque(it, maxlen=0)`` per call parses keywords.
+_drain: Callable[[Iterable[object]], None] = deque[object](maxlen=0).extend
+#: Endless constant iterators, shared: ``map(f, keys, _NONES)`` calls ``f(key, None)``
+#: (``map`` stops with ``keys``; a ``repeat`` without a count never runs out).
+_NONES = repeat(None)
+_ZEROS = repeat(0)
 
 
 class _UseLog:
@@ -116,6 +124,7 @@ class EntryTable:
         self.evicted_capacity = 0
         self._logs: list[_UseLog] = []
         self._bits: list[int] = []
+        self._bit_iters: list[repeat[int]] = []  # endless repeat(bit) per worker
         self._stamp = 0
         self._heap: list[tuple[int, int]] = []
         self._in_heap: list[bool] = []
@@ -124,6 +133,7 @@ class EntryTable:
         """Make worker index ``idx`` usable (slots are reused after :meth:`clear`)."""
         while len(self.held) <= idx:
             self._bits.append(1 << len(self.held))
+            self._bit_iters.append(repeat(self._bits[-1]))
             self.held.append({})
             self._logs.append(_UseLog())
             self._in_heap.append(False)
@@ -148,20 +158,22 @@ class EntryTable:
         self._stamp = base + n
         record: Record = (range(base, base + n), rkeys)
         before = len(held)
-        held.update(zip(rkeys, repeat(record, n), strict=False))
+        for key in rkeys:  # cheaper than any C-level bulk form (zip, fromkeys) for ~15 keys
+            held[key] = record
         added = len(held) - before
         if added != n and len(set(rkeys)) != n:
             record = self._dedupe(held, rkeys, base)
         self.count += added
         masks = self.masks[tier]
         bit = self._bits[idx]
-        if masks.keys().isdisjoint(rkeys):  # fresh blocks: share the worker's bit object
-            masks.update(zip(rkeys, repeat(bit, n), strict=False))
-        else:
-            masks.update(zip(rkeys, map(int.__or__, map(masks.get, rkeys, repeat(0, n)),
-                                        repeat(bit, n)), strict=True))
+        # One pass: a fresh block gets the worker's own bit object; if any block was
+        # already held by another worker, its old mask comes back and is or-ed in.
+        olds = list(map(masks.setdefault, rkeys, self._bit_iters[idx]))
+        if olds.count(bit) != n:
+            masks.update(zip(rkeys, map(or_, olds, self._bit_iters[idx]), strict=False))
         log = self._logs[idx]
-        log.append(record)
+        log.records.append(record)
+        log.logged += n
         if log.logged > 2 * len(held) + 64:
             log.compact(held)
         if not self._in_heap[idx]:
@@ -203,13 +215,14 @@ class EntryTable:
         bit = self._bits[idx]
         held = self.held[idx]
         before = len(held)
-        olds = list(map(masks.get, keys, repeat(0)))
+        olds = list(map(masks.pop, keys, _ZEROS))
         if not other and olds.count(bit) == len(olds):
             # Common case: each key held by this worker alone, on this tier alone.
-            _drain(map(masks.pop, keys, repeat(None)))
-            _drain(map(held.pop, keys, repeat(None)))
+            _drain(map(held.pop, keys, _NONES))
             self.count -= before - len(held)
             return
+        # Put back what was popped (a key listed twice popped 0 the second time).
+        masks.update([(key, old) for key, old in zip(keys, olds, strict=True) if old])
         on_tier = list(compress(keys, map(and_, olds, repeat(bit))))
         if not on_tier:
             return

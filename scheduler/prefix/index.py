@@ -43,7 +43,7 @@ from scheduler.prefix.models import (
     WorkerSnapshot,
 )
 from scheduler.prefix.predictions import PredictionTable
-from scheduler.prefix.wire import WireEvent, decode_event
+from scheduler.prefix.wire import WireCleared, WireEvent, WireRemoved, WireStored, decode_event
 from topology.errors import Issue, ValidationError
 
 _TIER_BITS: dict[str, int] = {"gpu": GPU, "host": HOST}
@@ -52,7 +52,9 @@ DEFAULT_MAX_ENTRIES = 2_000_000
 DEFAULT_MAX_PREDICTED = 200_000
 
 Event = BlockStored | BlockRemoved | AllBlocksCleared
-_EVENT_TYPES = (BlockStored, BlockRemoved, AllBlocksCleared, WireEvent)
+_STORED = (WireStored, BlockStored)
+_REMOVED = (WireRemoved, BlockRemoved)
+_EVENT_TYPES = (*_STORED, *_REMOVED, AllBlocksCleared, WireCleared)
 _DUPLICATE = object()
 #: Cached all-workers results, one per match length (see ``PrefixIndex._template``).
 _MAX_TEMPLATES = 16
@@ -145,7 +147,7 @@ class PrefixIndex:
         skips ahead is still applied — a store or removal reported now is true now
         — but the worker is flagged until :meth:`resync`.
         """
-        if isinstance(event, bytes | str):
+        if isinstance(event, (bytes, str)):  # a tuple: cheaper than a union here
             return self._apply_event(decode_event(event))
         if not isinstance(event, _EVENT_TYPES):  # a mapping; parse_event words any other type
             return self._apply_event(parse_event(event))
@@ -157,34 +159,36 @@ class PrefixIndex:
         if idx is None:
             idx = self._register(worker)
         last, seq = self._last_seq[idx], event.seq
+        outcome = None
         # In order (the common case) needs no call; anything else is a replay or a gap.
-        outcome = None if last is not None and seq == last + 1 else self._check_seq(
-            idx, worker, seq)
-        if outcome is _DUPLICATE:
-            return None
+        if last is None or seq != last + 1:
+            outcome = self._check_seq(idx, worker, seq)
+            if outcome is _DUPLICATE:
+                return None
         self._last_seq[idx] = seq
-        pred = self._pred
-        kind = event.kind
-        if kind == "block_stored":
-            assert not isinstance(event, BlockRemoved | AllBlocksCleared)  # for the type checker
-            keys = _keys(event.block_hashes, event.model)
-            self._table.store(idx, keys, _TIER_BITS[event.tier])
-            if pred.masks:
-                pred.confirm(idx, keys)
-            if self._capacity[idx] is not None or (
-                    self._max_entries is not None and self._table.count > self._max_entries):
-                self._enforce(idx)
-        elif kind == "block_removed":
-            assert not isinstance(event, BlockStored | AllBlocksCleared)  # for the type checker
-            keys = _keys(event.block_hashes, event.model)
+        if isinstance(event, _STORED):
+            self._store(idx, event)
+        elif isinstance(event, _REMOVED):
+            keys = event.block_hashes if not event.model else _keys(event.block_hashes,
+                                                                      event.model)
             self._table.remove(idx, keys, _TIER_BITS[event.tier])
-            if pred.masks:
-                pred.discard(idx, keys)
+            if self._pred.masks:
+                self._pred.discard(idx, keys)
         else:
             self._table.clear(idx)
-            pred.drop_worker(idx)
+            self._pred.drop_worker(idx)
         self._counters["events"] += 1
         return outcome if isinstance(outcome, ResyncRequest) else None
+
+    def _store(self, idx: int, event: BlockStored | WireStored) -> None:
+        keys = event.block_hashes if not event.model else _keys(event.block_hashes, event.model)
+        table = self._table
+        table.store(idx, keys, _TIER_BITS[event.tier])
+        if self._pred.masks:
+            self._pred.confirm(idx, keys)
+        if self._capacity[idx] is not None or (
+                self._max_entries is not None and table.count > self._max_entries):
+            self._enforce(idx)
 
     def _check_seq(self, idx: int, worker: str, seq: int) -> object:
         last = self._last_seq[idx]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -39,3 +40,23 @@ def test_the_default_demo_moves_kv_between_workers_on_three_tiers() -> None:
         < model["cross_zone"]["latency_us"]
     assert summary["prefill_cache_hit_ratio"] > 0  # the sessions share system prompts
     print(f"demo took {elapsed:.1f} s: {tiers}")
+
+
+@pytest.mark.process
+def test_the_vllm_demo_without_a_vllm_environment_says_how_to_create_it(tmp_path: Path) -> None:
+    env = {**os.environ, "TOPOSCHED_VLLM_PYTHON": str(tmp_path / "no-venv" / "python")}
+    done = subprocess.run([sys.executable, "-m", "api.cli.main", "demo", "--engines", "vllm"],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+                          check=False)
+    assert done.returncode == 2, done.stderr
+    assert "./scripts/bootstrap.sh test" in done.stderr
+    assert "TOPOSCHED_VLLM_PYTHON" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.process
+def test_the_vllm_demo_refuses_the_fake_engine_demos_options() -> None:
+    done = subprocess.run([sys.executable, "-m", "api.cli.main", "demo", "--engines", "vllm",
+                           "--sessions", "3", "--static"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=60, check=False)
+    assert done.returncode == 2, done.stderr
+    assert "--static, --sessions only apply to the fake engines' demo" in done.stderr

@@ -207,7 +207,12 @@ def test_engine_deaths_end_cleanly_and_leave_routing(tmp_path: Path) -> None:
     engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
                start_engine("d0", host=HOSTS[0], gpu=1, role="decode"),
                start_engine("d1", host=HOSTS[0], gpu=2, role="decode")]
-    gateway = start_gateway(engines, tmp_path, args=["--pd-min-uncached-tokens", "0"])
+    # Only the legs may find the deaths: a health scrape noticing p0 first would make
+    # the gateway prefill locally without ever meeting the corpse (a race under load).
+    quiet = {"TOPOSCHED_ENGINE_SCRAPE_INTERVAL_S": "300",
+             "TOPOSCHED_ENGINE_STALE_AFTER_S": "3600"}
+    gateway = start_gateway(engines, tmp_path, env=quiet,
+                            args=["--pd-min-uncached-tokens", "0"])
     try:
         _prefill_dies(gateway)
         _decode_dies_mid_stream(gateway)

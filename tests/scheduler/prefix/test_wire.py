@@ -47,7 +47,7 @@ def _fields(event: Any) -> dict[str, Any]:
     return {**out, "kind": event.kind, "worker": event.worker, "seq": event.seq}
 
 
-def _outcome(function: Any, raw: bytes) -> tuple[str, Any]:
+def _outcome(function: Any, raw: bytes | str) -> tuple[str, Any]:
     try:
         return "ok", _fields(function(raw))
     except (ParseError, ValidationError) as exc:
@@ -68,6 +68,15 @@ def test_fast_decoder_agrees_with_parse_event(body: dict[str, Any]) -> None:
     b'"parent_hash": 18446744073709551616}',
     b'{"kind": "block_removed", "worker": "w", "seq": 1, "block_hashes": [1, 2.0]}',
     b'{"kind": "block_stored", "worker": "w", "seq": 1, "block_hashes": [18446744073709551615]}',
+    b'{"kind": "block_stored", "kind": "block_removed", "worker": "w", "seq": 1, '
+    b'"block_hashes": [1]}',
+    b'{"worker": "w", "seq": 1, "seq": 2, "block_hashes": [1], "kind": "block_stored"}',
+    b'{"worker": "w", "seq": 1, "block_hashes": [1], "kind": "block_stored", "tier": "gpu", '
+    b'"tier": "nvme"}',
+    b'{"worker": "w", "seq": 1, "block_hashes": [1], "kind": "block_stored"} x',
+    b'\xef\xbb\xbf{"worker": "w", "seq": 1, "block_hashes": [1], "kind": "block_stored"}',
+    '{"worker": "w\udc80", "seq": 1, "block_hashes": [1], "kind": "block_stored"}',
+    '{"worker": "w\u00e9", "seq": 1, "block_hashes": [1], "kind": "block_stored"}',
 ])
-def test_malformed_and_boundary_events_get_the_reference_answer(raw: bytes) -> None:
+def test_malformed_and_boundary_events_get_the_reference_answer(raw: bytes | str) -> None:
     assert _outcome(decode_event, raw) == _outcome(parse_event, raw)
