@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -14,6 +13,7 @@ from fastapi.responses import PlainTextResponse
 
 from api import problems
 from api.engine_feeds import EngineFeeds
+from api.heap import long_lived_heap
 from api.outages import Outage
 from api.routers import reservations, transfers, workers
 from api.routing import Fabric
@@ -197,9 +197,9 @@ def _lifespan(coordinator: TransferCoordinator, runtime: Runtime, settings: Sett
             from api.gateway.setup import start_gateway
 
             await start_gateway(gateway)
-        _freeze_startup_heap()
         try:
-            yield
+            with long_lived_heap():
+                yield
         finally:
             await stop_tasks(tasks)
             await feeds.close()
@@ -217,19 +217,6 @@ async def _close(resource: object) -> None:
     if close is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(close(), 2.0)
-
-
-def _freeze_startup_heap() -> None:
-    """Move everything allocated so far out of the garbage collector's reach.
-
-    Start-up leaves a large, permanent heap (modules, pydantic validators, the fabric
-    and its distance matrices). Every full collection walked all of it: the route
-    benchmark saw generation-2 pauses of ~100 ms, which set its p99. Frozen objects are
-    never collected, which is right for state that lives as long as the process; what
-    start-up already discarded is collected first so that it is not frozen with it.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 def _task(coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:

@@ -11,6 +11,7 @@ one listing per model, and the two would otherwise evict each other).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping, Sequence
 
@@ -39,11 +40,16 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
     started = time.perf_counter()
     current = services.current
     model = request.model
+    # Each step below is a pass over every worker (10,000: milliseconds each) and the
+    # memory store's awaits never suspend: let the loop answer what is waiting (health
+    # probes, heartbeats) between them, so that a stall is one step, not the request.
+    await asyncio.sleep(0)
     snapshot = await (snapshots or services.snapshots).current(
         fabric, entries, loads, model, kv_bytes=kv_bytes_for(model),
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link(),
         engines=engines.workers(model, loads), block_tokens=engines.block_size(model))
+    await asyncio.sleep(0)
     result = fabric.router.route(request, snapshot) if snapshot.workers else \
         Unschedulable(request_id=request.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {model}",))

@@ -6,11 +6,14 @@ chosen pair changed (two free-block counts, two loads), so :class:`LiveSnapshots
 keeps, per model, the last listing it saw and the snapshot built from it, and
 compares the new listing entry by entry: unchanged workers keep their
 :class:`~policies.snapshot.Worker` objects, changed loads patch the snapshot's
-arrays (:meth:`Snapshot.updated`). When the worker set itself changes (a worker
-registered, gone, or re-registered differently) the listing is merged by name: only
-the entries that changed get new Worker objects, and the snapshot is assembled from
-the kept ones with passes that run in C. A worker joining a 10,000-worker cluster
-costs a few milliseconds, not a rebuild of every worker (bench/router_scale_bench.py).
+arrays (:meth:`Snapshot.updated`). When one worker joins or leaves between two
+requests, it is spliced in or out: its listing entry, and its row of every per-worker
+array of the snapshot (:meth:`Snapshot.spliced`, which the router follows with its
+pair table); only the entries of other workers that are not the same objects as
+before are looked at, in Python. Any other change of the worker set (several at
+once, a re-registration) merges the listing by name: only the entries that changed
+get new Worker objects, and the snapshot is assembled from the kept ones with passes
+that run in C, in a worker thread past :data:`THREAD_REBUILD_FROM` workers.
 
 Each model's snapshot carries that model's KV block size (:class:`BlockSizes`): what
 its workers registered (the engine's own block size), else the per-model setting,
@@ -20,17 +23,20 @@ else the service default. Token ids are hashed into blocks of that size.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import accumulate, compress, count, repeat
+from itertools import accumulate, compress, count, islice, repeat
 from operator import attrgetter, is_not, itemgetter
 from typing import Any
 
+import numpy as np
+
 from api.routing import Fabric, preferred_pairs
-from policies.snapshot import Role, Snapshot, Worker
+from policies.snapshot import IntArray, Role, Snapshot, Worker
 from scheduler.router.snapshot import GpuIndex, domain_arrays
 from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
@@ -64,8 +70,12 @@ class BlockSizes:
 
     def of(self, model: str | None, registrations: Sequence[WorkerRegistration]) -> int:
         """The block size of ``model`` served by ``registrations``."""
-        counts: Counter[int | None] = Counter(map(_BLOCK_TOKENS, registrations))
-        counts.pop(None, None)
+        return self.counted(model, Counter(map(_BLOCK_TOKENS, registrations)))
+
+    def counted(self, model: str | None, registered: Counter[int | None]) -> int:
+        """The block size of ``model`` whose workers registered these block sizes (how
+        many workers each; None: a worker that did not say)."""
+        counts = Counter({size: n for size, n in registered.items() if size is not None and n})
         if counts:
             size = int(counts.most_common(1)[0][0] or self.default)
             if len(counts) > 1:
@@ -91,6 +101,7 @@ class _Seen:
 class _ModelView:
     """The last listing seen for one model and the snapshot built from it."""
 
+    model: str | None = None
     seen: list[_Seen] = field(default_factory=list)
     #: The listing's entry and load objects as last handed out, and the names. The
     #: memory store hands out the same objects until they change, so an identity
@@ -98,11 +109,13 @@ class _ModelView:
     entries: list[WorkerEntry] = field(default_factory=list)
     loads: list[WorkerLoad | None] = field(default_factory=list)
     names: list[str] = field(default_factory=list)
-    #: name → index in the listing above.
-    index: dict[str, int] = field(default_factory=dict)
+    #: name → index in the listing above (None: not kept up to date by a splice).
+    index: dict[str, int] | None = None
     #: Per listing index, how many routable workers come up to and including it (the
     #: snapshot position of a routable worker is its count - 1).
-    counts: list[int] = field(default_factory=list)
+    counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: How many routable workers registered each block size.
+    block_counts: Counter[int | None] = field(default_factory=Counter)
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
@@ -189,7 +202,10 @@ class LiveSnapshots:
     def _view(self, fabric: Fabric, model: str | None) -> _ModelView:
         if fabric is not self._fabric or len(self._views) > MAX_MODELS:
             self._fabric, self._views, self._gpus = fabric, {}, GpuIndex(fabric.distance)
-        return self._views.setdefault(model, _ModelView())
+        view = self._views.get(model)
+        if view is None:
+            view = self._views[model] = _ModelView(model)
+        return view
 
     def _patched(self, view: _ModelView, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], kv_bytes: int, pairings: Sequence[Any],
@@ -198,7 +214,69 @@ class LiveSnapshots:
         if (view.snapshot is None or pairings is not view.pairings
                 or kv_bytes != view.kv_bytes or block_tokens != view.block_tokens):
             return False
+        if len(entries) != len(view.seen) and not self._splice(view, entries, loads):
+            return False
         return self._patch(view, entries, loads) and self._patch_engines(view, engines)
+
+    def _splice(self, view: _ModelView, entries: Sequence[WorkerEntry],
+                loads: Mapping[str, WorkerLoad]) -> bool:
+        """Take one worker joining or leaving into ``view`` (listing, snapshot) in place;
+        False when the listing changed otherwise. The other entries are left for
+        :meth:`_patch` (their loads may have changed too)."""
+        grow = len(entries) - len(view.entries)
+        if grow not in (1, -1) or view.engines or self._fabric is None:
+            return False
+        at = _first_moved(view.entries, entries)
+        longer, shorter = (entries, view.entries) if grow == 1 else (view.entries, entries)
+        if not _aligned(longer, shorter, at):
+            return False
+        if grow == 1:
+            self._insert(view, self._fabric, entries[at], loads, at)
+        else:
+            self._remove(view, at)
+        return True
+
+    def _insert(self, view: _ModelView, fabric: Fabric, entry: WorkerEntry,
+                loads: Mapping[str, WorkerLoad], at: int) -> None:
+        name = entry.registration.name
+        seen = _refreshed(None, entry, loads.get(name), fabric, view.model)
+        view.entries.insert(at, entry)
+        view.loads.insert(at, loads.get(name))
+        view.names.insert(at, name)
+        view.seen.insert(at, seen)
+        view.index = None
+        pos = int(view.counts[at - 1]) if at else 0
+        view.counts = np.insert(view.counts, at, pos)
+        if seen.worker is not None:
+            view.counts[at:] += 1
+            view.block_counts[entry.registration.block_tokens] += 1
+            self._respliced(view, fabric, pos, 0, (seen.worker,))
+
+    def _remove(self, view: _ModelView, at: int) -> None:
+        seen = view.seen.pop(at)
+        del view.entries[at], view.loads[at], view.names[at]
+        view.index = None
+        pos = int(view.counts[at]) - 1
+        view.counts = np.delete(view.counts, at)
+        if seen.worker is not None:
+            view.counts[at:] -= 1
+            view.block_counts[seen.registration.block_tokens] -= 1
+            assert self._fabric is not None
+            self._respliced(view, self._fabric, pos, 1, ())
+
+    def _respliced(self, view: _ModelView, fabric: Fabric, pos: int, removed: int,
+                   added: tuple[Worker, ...]) -> None:
+        """Splice the view's snapshot as :meth:`_build` would have built it anew."""
+        snapshot = view.snapshot
+        assert snapshot is not None and self._gpus is not None
+        domains = domain_arrays(fabric.distance, added, self._gpus.first_gpus(added))
+        snapshot = snapshot.spliced(pos, removed, added, domains)
+        if view.pairings:
+            snapshot = snapshot.with_pairs(preferred_pairs(view.pairings, snapshot.workers))
+        size = view.block_tokens or self.block_sizes.counted(view.model, view.block_counts)
+        if size != snapshot.block_tokens:
+            snapshot = dataclasses.replace(snapshot, block_tokens=size)
+        view.snapshot = snapshot
 
     def _rebuild(self, view: _ModelView, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, kv_bytes: int,
@@ -230,7 +308,7 @@ class LiveSnapshots:
             seen.free_blocks, seen.load = free, load
             if seen.worker is not None:
                 seen.worker = _worker(reg, free, load)
-                changed[view.counts[i] - 1] = seen.worker
+                changed[int(view.counts[i]) - 1] = seen.worker
         view.entries, view.loads = list(entries), now_loads
         if changed:
             view.snapshot = view.snapshot.updated(changed)
@@ -267,7 +345,8 @@ class LiveSnapshots:
         """
         names = list(map(_NAME, entries))
         filler = len(view.entries)
-        where = list(map(view.index.get, names, repeat(filler)))
+        index = view.index if view.index is not None else dict(zip(view.names, count()))
+        where = list(map(index.get, names, repeat(filler)))
         now_loads = list(map(loads.get, names))
         before = _gather([*view.entries, None], where)
         seen = _gather([*view.seen, None], where)
@@ -278,7 +357,8 @@ class LiveSnapshots:
             seen[i] = _refreshed(seen[i], entries[i], now_loads[i], fabric, model)
         view.entries, view.loads, view.names, view.seen = list(entries), now_loads, names, seen
         view.index = dict(zip(names, count()))
-        view.counts = list(accumulate(map(is_not, map(_WORKER, seen), repeat(None))))
+        view.counts = np.fromiter(accumulate(map(is_not, map(_WORKER, seen), repeat(None))),
+                                  dtype=np.int64, count=len(seen))
 
     def _build(self, fabric: Fabric, view: _ModelView, kv_bytes: int,
                pairings: Sequence[Any], model: str | None) -> Snapshot:
@@ -287,12 +367,29 @@ class LiveSnapshots:
         if view.engines:
             listed = set(map(_ID, workers))
             workers += [w for w in view.engines if w.id not in listed]
-        block_tokens = view.block_tokens or self.block_sizes.of(
-            model, list(map(_REGISTRATION, routable)))
+        view.block_counts = Counter(map(_BLOCK_TOKENS, map(_REGISTRATION, routable)))
+        block_tokens = view.block_tokens or self.block_sizes.counted(model, view.block_counts)
         assert self._gpus is not None  # set with the fabric
         domains = domain_arrays(fabric.distance, workers, self._gpus.first_gpus(workers))
         return Snapshot(tuple(workers), domains, preferred_pairs(pairings, workers), {},
                         block_tokens, kv_bytes)
+
+
+def _first_moved(old: Sequence[WorkerEntry], new: Sequence[WorkerEntry]) -> int:
+    """The first index where ``old`` and ``new`` list different workers (the length of
+    the shorter one when it is a prefix of the other by name)."""
+    for i in compress(count(), map(is_not, new, old)):  # entries that are not the same
+        if new[i].registration.name != old[i].registration.name:
+            return i
+    return min(len(old), len(new))
+
+
+def _aligned(longer: Sequence[WorkerEntry], shorter: Sequence[WorkerEntry], at: int) -> bool:
+    """Whether ``longer`` is ``shorter`` with one more worker at ``at`` (by name; the
+    entries that are not the same objects are few, and only those are looked at)."""
+    tail = map(is_not, islice(longer, at + 1, None), islice(shorter, at, None))
+    return all(longer[at + 1 + k].registration.name == shorter[at + k].registration.name
+               for k in compress(count(), tail))
 
 
 def _on_fabric(fabric: Fabric, engines: Sequence[Worker]) -> tuple[Worker, ...]:

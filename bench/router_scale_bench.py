@@ -28,7 +28,7 @@ import argparse
 import asyncio
 import json
 import os
-import platform
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -47,6 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from route_http_bench import Connection, Pool, cpu_seconds, encode  # noqa: E402
 
+from bench import harness  # noqa: E402
 from tests.servers import free_port, stop_process  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -371,6 +372,7 @@ def summary(run: Run, label: str) -> dict[str, Any]:
             "steady_route_loop_p50_ms": round(_p(run.steady_loop_ms, 50), 1),
             "healthz_p99_ms": round(_p(run.probe_ms, 99), 1),
             "healthz_max_ms": round(max(run.probe_ms, default=float("nan")), 1),
+            "healthz_over_target": sum(ms > TARGET_STALL_MS for ms in run.probe_ms),
             "probes": len(run.probe_ms), "errors": run.errors[:5], "load": run.load}
 
 
@@ -378,8 +380,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     head = ("| code | workers | GPUs | register s | RSS MB (peak) | first route after change: "
             "wall p50 / max ms | its event-loop CPU p50 / max ms | its process CPU p50 ms "
             "(10 ms ticks) | steady route: wall p50 ms, loop CPU p50 ms | /healthz p99 / max "
-            "ms | errors | load average |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | "
-            "---: | ---: | ---: | ---: | --- |")
+            "ms | /healthz over 20 ms | errors | load average |\n| --- | ---: | ---: | ---: | "
+            "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     lines = [head]
     for r in rows:
         lines.append(f"| {r['label']} | {r['workers']:,} | {r['gpus']:,} | {r['register_s']} | "
@@ -387,28 +389,48 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{r['first_route_max_ms']} | {r['first_route_loop_p50_ms']} / "
                      f"{r['first_route_loop_max_ms']} | {r['first_route_cpu_p50_ms']} | "
                      f"{r['steady_route_p50_ms']}, {r['steady_route_loop_p50_ms']} | "
-                     f"{r['healthz_p99_ms']} / {r['healthz_max_ms']} | {len(r['errors'])} | "
-                     f"{r['load']} |")
+                     f"{r['healthz_p99_ms']} / {r['healthz_max_ms']} | "
+                     f"{r.get('healthz_over_target', '?')} of {r['probes']} | "
+                     f"{len(r['errors'])} | {r['load']} |")
     return "\n".join(lines)
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
+    """The targets of issue 11 item 2, met or not, from the candidate's rows."""
     out = []
     for r in rows:
-        if r["label"] != "candidate" or r["workers"] != 10_000:
-            continue
-        out.append(f"10,000 workers: first route after a change p50 {r['first_route_p50_ms']} "
-                   f"ms, max {r['first_route_max_ms']} ms wall (target ≤ "
-                   f"{TARGET_FIRST_ROUTE_MS:g} ms), of which the event loop ran "
-                   f"{r['first_route_loop_p50_ms']} / {r['first_route_loop_max_ms']} ms "
-                   f"(p50 / max); longest /healthz answer {r['healthz_max_ms']} ms (target: "
-                   f"no stall over {TARGET_STALL_MS:g} ms).")
+        if r["label"] == "candidate" and r["workers"] == 10_000:
+            out += _targets(r)
+        if r["label"] == "candidate" and r["workers"] >= 100_000:
+            out.append(f"{r['workers']:,} workers: {len(r['errors'])} errors over "
+                       f"{r['probes']} probes and every route "
+                       f"({'target met' if not r['errors'] else 'target NOT met'}: must not "
+                       "fail).")
     cand = [(r["workers"], r["rss_mb"]) for r in rows if r["label"] == "candidate"]
     if len(cand) >= 2:
         (n0, m0), (n1, m1) = cand[0], cand[-1]
         out.append(f"Memory: {m0:,} MB at {n0:,} workers, {m1:,} MB at {n1:,} "
                    f"({(m1 - m0) / max(n1 - n0, 1) * 1024:.1f} KiB per added worker).")
     return out
+
+
+def _targets(r: dict[str, Any]) -> list[str]:
+    first_ok = r["first_route_p50_ms"] <= TARGET_FIRST_ROUTE_MS
+    at_max = " and the max" if r["first_route_max_ms"] <= TARGET_FIRST_ROUTE_MS else \
+        ", not at the max"
+    stall_ok = r["healthz_max_ms"] <= TARGET_STALL_MS
+    return [
+        f"10,000 workers, first route after a change: p50 {r['first_route_p50_ms']} ms, max "
+        f"{r['first_route_max_ms']} ms wall (target ≤ {TARGET_FIRST_ROUTE_MS:g} ms: "
+        f"{'met at the p50' if first_ok else 'NOT met'}"
+        f"{at_max}); "
+        f"the event loop ran {r['first_route_loop_p50_ms']} / {r['first_route_loop_max_ms']} "
+        "ms of CPU for it (p50 / max).",
+        f"10,000 workers, event-loop stalls: longest /healthz answer {r['healthz_max_ms']} ms, "
+        f"p99 {r['healthz_p99_ms']} ms, {r.get('healthz_over_target', '?')} of {r['probes']} "
+        f"answers over {TARGET_STALL_MS:g} ms (target: no stall over {TARGET_STALL_MS:g} ms: "
+        f"{'met' if stall_ok else 'NOT met'}).",
+    ]
 
 
 def decision_table(rows: list[dict[str, Any]]) -> str:
@@ -422,29 +444,38 @@ def decision_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Namespace,
-           decisions: list[dict[str, Any]]) -> str:
+def report(result: dict[str, Any]) -> str:
+    """The Markdown report of a run (``result``: what :func:`main` writes as JSON)."""
+    rows, agreement = result["rows"], result["agreement"]
+    decisions, args = result["decisions"], result["args"]
+    anchor = (f" The anchor is {args['anchor_note'] or 'the code at --anchor'}; it runs "
+              f"the sizes up to {args['anchor_max']:,} workers, alternately with the "
+              "candidate (which goes first alternates too)." if args["anchor"] else "")
     return "\n".join([
         "# Routing at scale", "",
-        f"`bench/router_scale_bench.py` on {platform.machine()} (Python "
-        f"{platform.python_version()}, {os.cpu_count()} cores), "
-        f"{time.strftime('%Y-%m-%d')}. Command: `{' '.join(sys.argv)}`. Method: see the "
-        "module docstring (first route after each of "
-        f"{args.changes} worker-set changes, /healthz probed every 5 ms meanwhile).", "",
-        table(rows), "", *[f"- {v}" for v in verdicts(rows)],
+        *harness.header_markdown(result, "bench/router_scale_bench.py", compared=False),
+        "Method: see the module docstring (first route after each of "
+        f"{args['changes']} worker-set changes, /healthz probed every 5 ms meanwhile)."
+        f"{anchor}", "",
+        table(rows), "", *[f"- {v}" for v in verdicts(rows)], *_across(result),
         *[f"- {a}" for a in agreement], "",
         "Reading the columns: *first route after change* is the client's wall time of the "
-        "`POST /v1/route` sent right after a worker joined or left (snapshot merge, pair "
-        "table for the new worker set, cold fabric rows for new candidates); *its server "
+        "`POST /v1/route` sent right after a worker joined or left (in the candidate: the "
+        "worker spliced into the live snapshot and the router's pair table, cold fabric "
+        "rows for new candidates; in the anchor: the listing merged, the snapshot and the "
+        "pair table rebuilt in a worker thread); *its server "
         "CPU* is the server process's CPU time over that request; the /healthz columns are "
         "the answers of a probe running all through the changes, so their maximum bounds "
         "how long the event loop stalled (on a machine with idle cores; with other jobs "
         "it also counts the probe's own wait for a core). *Event-loop CPU* is the CPU time "
         "of the server's main thread (`/proc/PID/task/PID/schedstat`) over the request: "
         "what the loop itself spent on it, rebuilds run in a worker thread excluded; a "
-        "stall cannot be shorter than the longest of its slices. Past 10,240 workers, "
+        "stall cannot be shorter than the longest of its slices (the candidate's route "
+        "yields to the loop between its passes over the workers, so its loop CPU is "
+        "spread over several slices). Past 10,240 workers, "
         "workers share GPUs (the fabric stays at 10,240 GPUs): what grows is the worker "
         "count.", "",
+        *other_runs_table(result.get("other_runs", [])),
         "## Per-decision cost (in process)", "",
         "One `Router.route` with the default policy over `bench/router_bench.py`'s setup "
         "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
@@ -455,7 +486,7 @@ def report(rows: list[dict[str, Any]], agreement: list[str], args: argparse.Name
         decision_table(decisions), ""])
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000,2000,5000,10000",
                         help="worker counts, comma-separated")
@@ -463,14 +494,82 @@ def main() -> None:
                         help="one more size, candidate only (0: skip)")
     parser.add_argument("--anchor", type=Path, default=None,
                         help="checkout of the code to compare with (same sizes, alternately)")
+    parser.add_argument("--anchor-note", default="",
+                        help="what the anchor is, for the report (e.g. 'main at 02b8979')")
     parser.add_argument("--anchor-max", type=int, default=2000,
-                        help="largest size the anchor runs (its pair table is quadratic)")
+                        help="largest size the anchor runs")
     parser.add_argument("--changes", type=int, default=20)
     parser.add_argument("--ready-s", type=float, default=600.0)
     parser.add_argument("--decisions", type=int, default=4000,
                         help="decisions per router in the per-decision comparison (0: skip)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--render", action="store_true",
+                        help="only rewrite the .md from the .json of the last run")
+    parser.add_argument("--also", type=Path, nargs="*", default=[],
+                        help="reports (.json) of other runs of this bench, listed at 10,000 "
+                             "workers next to this one (how much runs vary)")
+    harness.add_arguments(parser, conditions=("awake",), timing=False)
+    parser.set_defaults(repeats=1)  # one pass over the sizes; the changes are the samples
+    args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads((args.out / "router_scale.json").read_text())
+    else:
+        result = harness.wrap_main(args, "router-scale-bench", ["uvicorn", "fastapi"],
+                                   lambda: _run(args), "bench/router_scale_bench.py", argv)
+        result["command"] = shlex.join(["flock", str(harness.LOCK_PATH), ".venv/bin/python",
+                                        "bench/router_scale_bench.py",
+                                        *(sys.argv[1:] if argv is None else argv)])
+        result["args"] = {k: str(v) if isinstance(v, Path) else v
+                          for k, v in vars(args).items()}
+        harness.write_json(args.out / "router_scale.json", result)
+    if args.also:
+        result["other_runs"] = [_other_run(json.loads(path.read_text())) for path in args.also]
+        harness.write_json(args.out / "router_scale.json", result)
+    text = report(result)
+    (args.out / "router_scale.md").write_text(text)
+    print(text)
+
+
+def _across(result: dict[str, Any]) -> list[str]:
+    """How the candidate's 10,000-worker stall figure fared in this and the other runs."""
+    rows = [r for run in [{"rows": result["rows"]}, *result.get("other_runs", [])]
+            for r in run["rows"] if r["label"] == "candidate" and r["workers"] == 10_000]
+    if len(rows) < 2:
+        return []
+    met = sum(r["healthz_max_ms"] <= TARGET_STALL_MS for r in rows)
+    return [f"- Across {len(rows)} runs of this bench today (this one and those under *Other "
+            f"runs*), the stall target held at 10,000 workers in {met}: the longest /healthz "
+            f"answers were {', '.join(str(r['healthz_max_ms']) for r in rows)} ms."]
+
+
+def _other_run(data: dict[str, Any]) -> dict[str, Any]:
+    """The 10,000-worker rows of another run's report, with when and how it ran."""
+    env, cond = data.get("environment", {}), data.get("condition") or {}
+    return {"date": env.get("date", "?"), "commit": env.get("commit", "?"),
+            "condition": cond.get("name", "?"), "load": (cond.get("load_before") or [None])[0],
+            "rows": [r for r in data["rows"] if r["workers"] == 10_000]}
+
+
+def other_runs_table(runs: list[dict[str, Any]]) -> list[str]:
+    """Other runs at 10,000 workers, one line per code and run."""
+    if not runs:
+        return []
+    lines = ["## Other runs at 10,000 workers", "",
+             "The same bench run earlier (the machine is shared: other jobs set the load).",
+             "", "| run | commit | condition, 1-min load | code | first route p50 / max ms | "
+             "/healthz max ms | /healthz over 20 ms |", "| --- | --- | --- | --- | ---: | ---: "
+             "| ---: |"]
+    for run in runs:
+        load = f"{run['load']:.2f}" if run["load"] is not None else "?"
+        lines += [f"| {run['date']} | `{run['commit']}` | {run['condition']}, {load} | "
+                  f"{r['label']} | {r['first_route_p50_ms']} / {r['first_route_max_ms']} | "
+                  f"{r['healthz_max_ms']} | {r.get('healthz_over_target', '?')} of "
+                  f"{r['probes']} |" for r in run["rows"]]
+    return [*lines, ""]
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    """Every size on the candidate (and the anchor), then the per-decision comparison."""
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -496,12 +595,7 @@ def main() -> None:
                              f"{'the same' if same else 'DIFFERENT'} {len(run.decisions)} "
                              "decisions.")
     decisions = [decision_ab(n, args.decisions) for n in (256, 1024)] if args.decisions else []
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "router_scale.json").write_text(json.dumps(
-        {"rows": rows, "agreement": agreement, "decisions": decisions}, indent=2) + "\n")
-    text = report(rows, agreement, args, decisions)
-    (args.out / "router_scale.md").write_text(text)
-    print(text)
+    return {"rows": rows, "agreement": agreement, "decisions": decisions}
 
 
 if __name__ == "__main__":

@@ -86,7 +86,8 @@ class Worker:
 #: Per-worker arrays of a snapshot that load changes touch, and the Worker field each holds.
 _LOAD_ARRAYS = (("queued", "queued_tokens"), ("running", "running_requests"),
                 ("max_running", "max_running_requests"), ("free_kv", "free_kv_blocks"),
-                ("promised_kv", "promised_kv_blocks"), ("prefill_rate", "prefill_tokens_per_s"))
+                ("capacity_kv", "capacity_kv_blocks"), ("promised_kv", "promised_kv_blocks"),
+                ("prefill_rate", "prefill_tokens_per_s"))
 
 
 _ID, _ROLE = attrgetter("id"), attrgetter("role")
@@ -109,10 +110,47 @@ def _frozen_column(workers: Sequence[Worker], attr: str, dtype: type) -> Any:
                                count=len(workers)))
 
 
+def _columns(workers: Sequence[Worker]) -> dict[str, Any]:
+    """The per-worker arrays of a snapshot (load figures and role masks), read-only."""
+    columns = {name: _frozen_column(workers, attr, np.float64 if name == "prefill_rate"
+                                    else np.int64) for name, attr in _LOAD_ARRAYS}
+    # Role is a str enum: str's own comparison runs in C (the enum's hash and __eq__ not)
+    for name, other in (("prefill_mask", Role.DECODE.value), ("decode_mask", Role.PREFILL.value)):
+        columns[name] = _frozen(np.fromiter(map(str.__ne__, map(_ROLE, workers), repeat(other)),
+                                            dtype=np.bool_, count=len(workers)))
+    return columns
+
+
+def _spliced(array: npt.NDArray[Any], at: int, removed: int, added: npt.NDArray[Any]) -> Any:
+    """``array`` with ``removed`` entries from ``at`` on replaced by ``added``, read-only."""
+    return _frozen(np.concatenate((array[:at], added, array[at + removed:])))
+
+
+def _grouped(pairs: Mapping[tuple[str, str], float]
+             ) -> Mapping[str, tuple[tuple[str, float], ...]]:
+    """Placement pairings grouped by prefill worker: id → ((decode id, weight), …)."""
+    grouped: dict[str, list[tuple[str, float]]] = {}
+    for (prefill, decode), weight in pairs.items():
+        grouped.setdefault(prefill, []).append((decode, weight))
+    return MappingProxyType({k: tuple(v) for k, v in grouped.items()})
+
+
 def _read_only(array: IntArray) -> IntArray:
     view: IntArray = np.asarray(array).view()
     view.flags.writeable = False
     return view
+
+
+@dataclass(frozen=True, slots=True)
+class Splice:
+    """How a snapshot came from another (:meth:`Snapshot.spliced`): ``removed`` workers
+    at position ``at`` of the one with the position map ``parent`` replaced by
+    ``added`` workers. Lets whoever keeps per-worker data for the parent patch it."""
+
+    parent: Mapping[str, int]
+    at: int
+    removed: int
+    added: int
 
 
 @dataclass(frozen=True)
@@ -140,10 +178,13 @@ class Snapshot:
     running: IntArray = field(init=False, repr=False, compare=False)
     max_running: IntArray = field(init=False, repr=False, compare=False)
     free_kv: IntArray = field(init=False, repr=False, compare=False)
+    capacity_kv: IntArray = field(init=False, repr=False, compare=False)
     promised_kv: IntArray = field(init=False, repr=False, compare=False)
     prefill_rate: FloatArray = field(init=False, repr=False, compare=False)
     prefill_mask: BoolArray = field(init=False, repr=False, compare=False)
     decode_mask: BoolArray = field(init=False, repr=False, compare=False)
+    #: How this snapshot was spliced from another (None: built from its workers).
+    origin: Splice | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Every per-worker pass below runs in C (map over attrgetter, np.fromiter): a
@@ -154,19 +195,11 @@ class Snapshot:
         put(self, "position", MappingProxyType(dict(zip(map(_ID, ws), count()))))
         put(self, "domains", MappingProxyType({k: _read_only(v) for k, v in self.domains.items()}))
         put(self, "preferred_pairs", MappingProxyType(dict(self.preferred_pairs)))
-        grouped: dict[str, list[tuple[str, float]]] = {}
-        for (prefill, decode), weight in self.preferred_pairs.items():
-            grouped.setdefault(prefill, []).append((decode, weight))
-        put(self, "partners", MappingProxyType({k: tuple(v) for k, v in grouped.items()}))
+        put(self, "partners", _grouped(self.preferred_pairs))
         put(self, "link_load", MappingProxyType(dict(self.link_load)))
-        for name, attr in _LOAD_ARRAYS:
-            dtype = np.float64 if name == "prefill_rate" else np.int64
-            put(self, name, _frozen_column(ws, attr, dtype))
-        # Role is a str enum: str's own comparison runs in C (the enum's hash and __eq__ not)
-        for name, other in (("prefill_mask", Role.DECODE.value), ("decode_mask",
-                                                                  Role.PREFILL.value)):
-            put(self, name, _frozen(np.fromiter(map(str.__ne__, map(_ROLE, ws), repeat(other)),
-                                                dtype=np.bool_, count=len(ws))))
+        for name, column in _columns(ws).items():
+            put(self, name, column)
+        put(self, "origin", None)
 
     def updated(self, changed: Mapping[int, Worker]) -> Snapshot:
         """This snapshot with the workers at the given positions replaced by new load
@@ -188,6 +221,37 @@ class Snapshot:
                 values[pos] = getattr(worker, attr)
             values.flags.writeable = False
             put(new, name, values)
+        return new
+
+    def spliced(self, at: int, removed: int, added: Sequence[Worker],
+                domains: Mapping[str, IntArray]) -> Snapshot:
+        """This snapshot with the ``removed`` workers from position ``at`` on replaced by
+        ``added`` (``domains``: their ids at every level of :attr:`domains`), as when a
+        worker joins or leaves: equal to building it anew, but the per-worker arrays are
+        spliced in C instead of read from every worker again. Placement pairings naming
+        a removed worker are dropped (:meth:`with_pairs` sets new ones)."""
+        workers = (*self.workers[:at], *added, *self.workers[at + removed:])
+        new = copy.copy(self)
+        put = object.__setattr__
+        put(new, "workers", workers)
+        put(new, "position", MappingProxyType(dict(zip(map(_ID, workers), count()))))
+        put(new, "origin", Splice(self.position, at, removed, len(added)))
+        put(new, "domains", MappingProxyType({
+            level: _read_only(_spliced(ids, at, removed, domains[level]))
+            for level, ids in self.domains.items()}))
+        for name, column in _columns(added).items():
+            put(new, name, _spliced(getattr(self, name), at, removed, column))
+        if removed and self.preferred_pairs:
+            gone = {w.id for w in self.workers[at:at + removed]}
+            return new.with_pairs({pair: weight for pair, weight in self.preferred_pairs.items()
+                                   if not gone.intersection(pair)})
+        return new
+
+    def with_pairs(self, preferred_pairs: Mapping[tuple[str, str], float]) -> Snapshot:
+        """This snapshot with other placement pairings (workers shared)."""
+        new = copy.copy(self)
+        object.__setattr__(new, "preferred_pairs", MappingProxyType(dict(preferred_pairs)))
+        object.__setattr__(new, "partners", _grouped(preferred_pairs))
         return new
 
     def with_link_load(self, link_load: Mapping[str, int]) -> Snapshot:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Request, Response
@@ -115,6 +116,7 @@ async def route(request: Request) -> Response:
         return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
+    await asyncio.sleep(0)  # between two passes over the workers (api/decide.py)
     feeds: EngineFeeds = state.engine_feeds
     # Engine instances move the KV themselves (vLLM's NixlConnector, SGLang): no
     # sidecar plan (their NIXL figures are labelled with this pair's tier), and their

@@ -21,10 +21,12 @@ one pass over the worker list, and a decision indexes the rows of its candidates
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import attrgetter
+from typing import TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -34,6 +36,8 @@ from policies.snapshot import CycleContext, FloatArray, IntArray, Snapshot, Work
 from scheduler.router.snapshot import GpuIndex
 from topology.distance import DistanceModel
 from topology.tiers import Tier
+
+_Array = TypeVar("_Array", IntArray, FloatArray)
 
 
 class CostParams(BaseModel):
@@ -306,6 +310,20 @@ class PairTable:
                                   bandwidth * self._factors[tier, 1])
         return tier, float(latency), float(bandwidth), int(min(self.count[p], self.count[d]))
 
+    def spliced(self, at: int, removed: int, added: Sequence[Worker]) -> PairTable:
+        """This table for the worker set with the ``removed`` workers from position ``at``
+        on replaced by ``added`` (:meth:`Snapshot.spliced`): the arrays are spliced,
+        nothing is looked up again for the workers that stayed."""
+        new = copy.copy(self)
+        new.gpu = _splice(self.gpu, at, removed, self.rows.gpu_index.first_gpus(added))
+        new.count = _splice(self.count, at, removed, np.fromiter(
+            map(len, map(_GPUS, added)), dtype=np.float64, count=len(added)))
+        uniform = len(new.count) > 0 and new.count.min() == new.count.max()
+        new._lanes = float(new.count[0]) if uniform else None
+        new._offset = _splice(self._offset, at, removed,
+                              np.full(len(added), _UNKNOWN, dtype=np.int64))
+        return new
+
     @staticmethod
     def key(workers: Sequence[Worker]) -> tuple[tuple[str, ...], ...]:
         """What the table depends on: each worker's GPUs, in snapshot order."""
@@ -322,6 +340,12 @@ class PairTable:
 
 
 _GPUS = attrgetter("gpus")
+
+
+def _splice(array: _Array, at: int, removed: int, added: _Array) -> _Array:
+    """``array`` with ``removed`` entries from ``at`` on replaced by ``added``."""
+    spliced: _Array = np.concatenate((array[:at], added, array[at + removed:]))
+    return spliced
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +378,6 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
-        self._capacities: tuple[tuple[Worker, ...], FloatArray] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -389,7 +412,7 @@ class FabricCostModel:
         :class:`CostParams`)."""
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
-        capacity = self._capacity(snap)[decode]
+        capacity = snap.capacity_kv[decode].astype(np.float64)
         # blocks promised to requests still prefilling elsewhere will land here: a
         # worker about to fill up is priced as full now, not after the transfers
         in_use = np.maximum(capacity - snap.free_kv[decode] + snap.promised_kv[decode], 0.0)
@@ -416,15 +439,6 @@ class FabricCostModel:
         running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
         result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
         return result
-
-    def _capacity(self, snap: Snapshot) -> FloatArray:
-        """KV blocks of each snapshot worker (kept while the worker tuple is the same)."""
-        found = self._capacities
-        if found is None or found[0] is not snap.workers:
-            found = (snap.workers, np.array([w.capacity_kv_blocks for w in snap.workers],
-                                            dtype=np.float64))
-            self._capacities = found
-        return found[1]
 
     def pair_costs(self, ctx: CycleContext, prefill: IntArray, decode: IntArray) -> PairCosts:
         """TTFT terms for every (prefill, decode) pair, links not shared."""

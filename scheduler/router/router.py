@@ -166,8 +166,10 @@ class Router:
         self._sessions: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._max_sessions = max_sessions
         self._match_order: tuple[tuple[str, ...], Mapping[str, int], IntArray] | None = None
-        #: The snapshot the cost model was last asked for, its workers' GPUs and the model.
-        self._model: tuple[Snapshot, tuple[tuple[str, ...], ...], FabricCostModel] | None = None
+        #: The snapshot the cost model was last asked for, its workers' GPUs (None: not
+        #: worked out yet) and the model.
+        self._model: tuple[Snapshot, tuple[tuple[str, ...], ...] | None,
+                           FabricCostModel] | None = None
         #: Calibrated (latency, bandwidth) factors per tier code; None: the fabric's own.
         self._tier_factors: npt.NDArray[np.float64] | None = None
         #: Fabric figures per source GPU, shared by the pair tables of every worker set.
@@ -178,8 +180,12 @@ class Router:
         known = self._model
         if known is not None and _same_workers(known[0], snapshot):
             return known[2]
+        spliced = self._spliced(known[0], known[2], snapshot) if known is not None else None
+        if spliced is not None:
+            self._model = (snapshot, None, spliced)
+            return spliced
         key = PairTable.key(snapshot.workers)
-        if known is None or known[1] != key:
+        if known is None or (known[1] or PairTable.key(known[0].workers)) != key:
             if self._rows is None:
                 self._rows = FabricRows(self.distance)
             table = PairTable(self.distance, snapshot.workers, self._rows)
@@ -189,6 +195,17 @@ class Router:
             model = known[2]
         self._model = (snapshot, key, model)
         return model
+
+    def _spliced(self, old: Snapshot, model: FabricCostModel, new: Snapshot
+                 ) -> FabricCostModel | None:
+        """The cost model for ``new`` when it was spliced from ``old``'s worker set (a
+        worker joined or left): ``old``'s pair table spliced likewise; else None."""
+        origin = new.origin
+        if origin is None or origin.parent is not old.position:
+            return None
+        added = new.workers[origin.at:origin.at + origin.added]
+        return FabricCostModel(model.table.spliced(origin.at, origin.removed, added),
+                               self.cost_params)
 
     @property
     def pair_table(self) -> PairTable | None:

@@ -187,12 +187,7 @@ class MemoryStore:
         listing = self._listing
         if listing is None:
             return list(self._relist(now))
-        names = self._names
-        for name in self._dirty:
-            slot = bisect_left(names, name)
-            if slot < len(names) and names[slot] == name:
-                listing[slot] = self._workers[name].current()
-        self._dirty.clear()
+        self._refresh_dirty(listing)
         if now >= self._listed_until:
             # Heartbeats moved expiries later: usually nobody expired, and one pass in C
             # finds the new earliest expiry. Only when someone did is the listing rebuilt.
@@ -200,6 +195,15 @@ class MemoryStore:
             if self._listed_until <= now:
                 return list(self._relist(now))
         return list(listing)
+
+    def _refresh_dirty(self, listing: list[WorkerEntry]) -> None:
+        """Bring the listing's entries of heartbeaten workers up to date."""
+        names = self._names
+        for name in self._dirty:
+            slot = bisect_left(names, name)
+            if slot < len(names) and names[slot] == name:
+                listing[slot] = self._workers[name].current()
+        self._dirty.clear()
 
     def _relist(self, now: float) -> list[WorkerEntry]:
         live = [w.current() for _, w in sorted(self._workers.items())
@@ -219,7 +223,7 @@ class MemoryStore:
         """Remove workers whose lease ran out and apply due delayed releases; return the
         names of the removed workers."""
         now = self._clock()
-        gone = [name for name, w in self._workers.items() if w.lease.expires_at <= now]
+        gone = self._expired(now)
         for name in gone:
             await self.remove_worker(name)
         due = [item for item in self._delayed if item[0] <= now]
@@ -227,6 +231,21 @@ class MemoryStore:
         for _, name, blocks, epoch in due:
             await self.release_blocks(name, blocks, epoch)
         return gone
+
+    def _expired(self, now: float) -> list[str]:
+        """Names of the workers whose lease ran out by ``now``. While the listing holds
+        every worker, its earliest expiry bounds them: before it nobody expired and no
+        worker is looked at (this runs every few seconds on the event loop; a pass over
+        10,000 leases in Python took ~30 ms)."""
+        listing = self._listing
+        if listing is not None and len(listing) == len(self._workers):
+            self._refresh_dirty(listing)
+            if now < self._listed_until:
+                return []
+            self._listed_until = min(map(_EXPIRES, listing), default=float("inf"))
+            if now < self._listed_until:
+                return []
+        return [name for name, w in self._workers.items() if w.lease.expires_at <= now]
 
     async def allocate_blocks(self, name: str, count: int) -> list[int]:
         """Take ``count`` free blocks of a worker (lowest ids first)."""

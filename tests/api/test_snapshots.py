@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,8 +23,8 @@ from scheduler.transfer.plan import Lease
 from tests.api.service_builders import cluster
 from tests.scheduler.transfer.builders import registration
 
-ARRAYS = ("queued", "running", "max_running", "free_kv", "prefill_rate", "prefill_mask",
-          "decode_mask")
+ARRAYS = ("queued", "running", "max_running", "free_kv", "capacity_kv", "promised_kv",
+          "prefill_rate", "prefill_mask", "decode_mask")
 
 
 def _fabric() -> Fabric:
@@ -169,3 +170,47 @@ def test_the_service_path_rebuilds_large_listings_off_the_event_loop() -> None:
     got = asyncio.run(live.current(fabric, entries, {}, None, kv_bytes=10, pairings=()))
     _same(got, _fresh(fabric, entries, {}, None))
     assert seen_threads and threading.get_ident() not in seen_threads
+
+
+def _pairing(prefill: str, decode: str) -> SimpleNamespace:
+    return SimpleNamespace(prefill=prefill, decode=decode, weight=0.5)
+
+
+def test_a_join_or_leave_is_spliced_in_equal_to_a_fresh_snapshot_without_a_merge() -> None:
+    fabric, rng = _fabric(), random.Random(11)
+    pool = _entries(fabric, 16)
+    pool[9] = pool[9].model_copy(update={"registration": pool[9].registration.model_copy(
+        update={"block_tokens": 32})})  # joining or leaving changes the block size
+    pairings = [_pairing(f"w{i}", f"w{j}") for i in range(16) for j in range(16) if i != j]
+    entries, loads = pool[:8], {e.registration.name: _load() for e in pool}
+    live, merges = LiveSnapshots(), []
+    before = live.snapshot(fabric, entries, loads, None, kv_bytes=10, pairings=pairings)
+    merge = live._merge
+    live._merge = lambda *args: (merges.append(1), merge(*args))  # type: ignore[method-assign]
+    for _ in range(120):
+        if rng.random() < 0.5 and len(entries) > 1:
+            leaving = rng.choice(entries)
+            entries = [e for e in entries if e is not leaving]
+        else:
+            joining = rng.choice([e for e in pool if e not in entries])
+            entries = sorted([*entries, joining], key=lambda e: e.registration.name)
+        for i in rng.sample(range(len(entries)), min(2, len(entries))):  # loads move too
+            entries[i] = entries[i].model_copy(update={"free_blocks": rng.randrange(100)})
+        got = live.snapshot(fabric, entries, loads, None, kv_bytes=10, pairings=pairings)
+        fresh = LiveSnapshots().snapshot(fabric, entries, loads, None, kv_bytes=10,
+                                         pairings=pairings)
+        _same(got, fresh)
+        # spliced, unless the block size changed (then rebuilt from the kept workers)
+        assert got.origin is not None or got.block_tokens != before.block_tokens
+        before = got
+    assert not merges
+
+
+def test_a_spliced_snapshot_drops_the_pairings_of_a_removed_worker() -> None:
+    workers = (Worker("a", Role.PREFILL, ("g0",)), Worker("b", Role.DECODE, ("g1",)),
+               Worker("c", Role.DECODE, ("g2",)))
+    pairs = {("a", "b"): 1.0, ("a", "c"): 0.5}
+    whole = Snapshot(workers, preferred_pairs=pairs)
+    spliced = whole.spliced(1, 1, (), {})
+    _same(spliced, Snapshot(workers[::2], preferred_pairs={("a", "c"): 0.5}))
+    assert spliced.origin is not None and spliced.origin.parent is whole.position

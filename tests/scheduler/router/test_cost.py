@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from policies.snapshot import CycleContext, Worker
 from scheduler.router.cost import MIN_ROWS, FabricCostModel, FabricRows, PairTable
@@ -167,3 +168,36 @@ def test_pair_figures_need_memory_linear_in_workers_and_survive_row_eviction() -
     tier, latency, bandwidth, lanes = alone.figures(everyone[5:6], everyone[77:78])
     assert table.pair(5, 77) == (int(tier[0, 0]), float(latency[0, 0]), float(bandwidth[0, 0]),
                                  int(np.broadcast_to(lanes, tier.shape)[0, 0]))
+
+
+def test_a_spliced_snapshot_splices_the_routers_pair_table_equal_to_a_fresh_one(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    init = PairTable.__init__
+    monkeypatch.setattr(PairTable, "__init__", lambda self, *args: (built.append(1),
+                                                                     init(self, *args))[1])
+    router = Router(fabric(), policy())
+    router.set_tier_scales({"cross_zone": (2.0, 0.25)})
+    snap = snapshot(_workers())
+    model = router.cost_model(snap)
+    everyone = np.arange(4, dtype=np.int64)
+    model.table.figures(everyone, everyone)  # rows and offsets looked up: spliced as well
+    joined = worker("j", "both", gpus=(CROSS_ZONE, "z1-p0-r0-h00/gpu1"))
+    grown = snap.spliced(2, 0, (joined,), snapshot([joined]).domains)
+    shrunk = grown.updated({}).spliced(0, 1, (), {k: v[:0] for k, v in snap.domains.items()})
+    for spliced in (grown, shrunk):
+        got, tables = router.cost_model(spliced), len(built)
+        assert got is not model and tables == 1  # spliced, not built anew
+        fresh = Router(fabric(), policy())
+        fresh.set_tier_scales({"cross_zone": (2.0, 0.25)})
+        want = fresh.cost_model(snapshot(spliced.workers)).table
+        assert np.array_equal(got.table.gpu, want.gpu)
+        positions = np.arange(len(spliced.workers), dtype=np.int64)
+        for a, b in zip(got.table.figures(positions, positions),
+                        want.figures(positions, positions), strict=True):
+            assert np.array_equal(np.broadcast_to(a, np.shape(b)), b)
+        built.pop()  # the fresh router's
+        model = got
+    lost = snap.spliced(0, 1, (), {k: v[:0] for k, v in snap.domains.items()})
+    router.cost_model(lost)  # spliced from a worker set the router no longer holds
+    assert len(built) == 2
