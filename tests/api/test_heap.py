@@ -5,12 +5,13 @@ cycles (frozen cycles are never reclaimed)."""
 from __future__ import annotations
 
 import gc
-from collections.abc import Iterator
+import weakref
+from collections.abc import Callable, Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
-from api.heap import _freeze_survivors, long_lived_heap
+from api.heap import RECLAIM_EVERY_S, _Freezer, long_lived_heap
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
     WORKER,
@@ -27,13 +28,51 @@ PROJECT = ("api", "scheduler", "policies", "topology", "engines")
 
 def test_young_collection_survivors_are_frozen_until_the_heap_is_closed() -> None:
     with long_lived_heap():
-        assert _freeze_survivors in gc.callbacks
+        assert any(isinstance(c, _Freezer) for c in gc.callbacks)
         frozen = gc.get_freeze_count()
         survivors = [[i] for i in range(100)]
         gc.collect(1)
         assert gc.get_freeze_count() >= frozen + len(survivors)
-    assert _freeze_survivors not in gc.callbacks
+    assert not any(isinstance(c, _Freezer) for c in gc.callbacks)
     assert gc.get_freeze_count() == 0
+
+
+def test_frozen_cycles_are_reclaimed_by_one_full_pass_every_period() -> None:
+    """A cycle frozen while alive is freed once the period has passed: the freezer
+    hands the frozen objects back and freezes again only after a full collection."""
+    now = [0.0]
+    freezer = _Freezer(clock=lambda: now[0])
+    gc.collect()
+    gc.callbacks.append(freezer)
+    try:
+        cycle: list[object] = []
+        cycle.append(cycle)
+        probe = weakref_to(cycle)
+        gc.collect(1)
+        assert gc.get_freeze_count() > 0  # the live cycle is frozen
+        del cycle
+        gc.collect(1)
+        assert probe() is not None  # frozen: young passes do not see it
+        now[0] = RECLAIM_EVERY_S
+        gc.collect(1)  # the period is over: handed back, freezing paused
+        assert freezer.reclaiming and gc.get_freeze_count() == 0
+        gc.collect()  # the next full pass reclaims it and freezing resumes
+        assert probe() is None and not freezer.reclaiming
+    finally:
+        gc.callbacks.remove(freezer)
+        gc.unfreeze()
+
+
+def weakref_to(thing: list[object]) -> Callable[[], object]:
+    """A weak reference to a list (lists take none: through a holder object)."""
+    holder = _Holder(thing)
+    thing.append(holder)
+    return weakref.ref(holder)
+
+
+class _Holder:
+    def __init__(self, thing: object) -> None:
+        self.thing = thing
 
 
 @pytest.fixture
@@ -67,7 +106,7 @@ def test_the_worker_lifecycle_and_routes_make_no_reference_cycles(
     spec = cluster(hosts=2)
     gpus = [f"{host.name}/gpu{i}" for host in spec.hosts for i in range(8)]
     with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as client:
-        assert _freeze_survivors in gc.callbacks  # the app keeps its heap this way
+        assert any(isinstance(c, _Freezer) for c in gc.callbacks)  # the app keeps its heap so
         load_cluster(client, spec)
         gc.collect()
         saved_garbage.clear()  # start-up's own, before any worker
