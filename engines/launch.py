@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -129,12 +130,39 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
+#: Ports handed out by this process (never handed out twice before they are bound).
+_HANDED_OUT: set[int] = set()
+#: Where ports are looked for when the kernel's ephemeral range cannot be read.
+_FALLBACK_RANGE = (20000, 32767)
+
+
+def _unassigned_range() -> tuple[int, int]:
+    """Ports below the kernel's ephemeral range: ``bind(0)`` and outgoing connections
+    never take them, so a port found free here stays free until the engine binds it.
+    (A port from ``bind(0)`` did not: vLLM's own sockets took one between the check and
+    the engine's bind, "Address already in use", in a CI-style run.)"""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _FALLBACK_RANGE
+    return (10000, low - 1) if low > 12000 else _FALLBACK_RANGE
+
+
 def free_port() -> int:
-    """A TCP port free on the loopback interface now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
+    """A TCP port free on every interface now, outside the ephemeral range."""
+    low, high = _unassigned_range()
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("", port))
+            except OSError:
+                continue
+        _HANDED_OUT.add(port)
         return port
+    raise EngineStartError(f"no free TCP port found in {low}-{high}")
 
 
 @dataclass(frozen=True)
