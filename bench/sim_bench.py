@@ -517,6 +517,18 @@ FRONTIER_MODELS = (("llama-3-70b", 4, 10, 6, 1.5, 1500), ("llama-3-8b", 1, 40, 2
 FRONTIER_OVERSUB = (2.0, 8.0, 32.0)
 
 
+def frontier_doc(model: str, tp: int, prefill: int, decode: int, scale: float, limit: int,
+                 over: float, seed: int = 0) -> Scenario:
+    """One frontier point's scenario: the 64-GPU two-zone cluster, zone uplink ``over``:1."""
+    return Scenario.model_validate({
+        "version": 1, "name": f"frontier-{model}-{over:g}", "model": model, "seed": seed,
+        "cluster": {"synth": {"zones": 2, "pods_per_zone": 1, "racks_per_pod": 2,
+                              "hosts_per_rack": 2, "rails": False,
+                              "leaf_oversubscription": 4, "zone_oversubscription": over}},
+        "instances": {"prefill": prefill, "decode": decode, "tp": tp},
+        "workload": f"mooncake-conversation:scale={scale:g},limit={limit}"})
+
+
 def frontier(out: Path, quick: bool) -> tuple[str, list[dict[str, Any]]]:
     """Goodput ratios against zone-uplink oversubscription and KV bytes per prefill-s."""
     points = []
@@ -526,14 +538,7 @@ def frontier(out: Path, quick: bool) -> tuple[str, list[dict[str, Any]]]:
         profile = build_profile(shape, "H100", tp)
         kv_rate = kv_bytes_per_token(shape) * profile.prefill_tokens_per_s(8000) / tp / 1e9
         for over in FRONTIER_OVERSUB:
-            doc = Scenario.model_validate({
-                "version": 1, "name": f"frontier-{model}-{over:g}", "model": model,
-                "cluster": {"synth": {"zones": 2, "pods_per_zone": 1, "racks_per_pod": 2,
-                                      "hosts_per_rack": 2, "rails": False,
-                                      "leaf_oversubscription": 4,
-                                      "zone_oversubscription": over}},
-                "instances": {"prefill": prefill, "decode": decode, "tp": tp},
-                "workload": f"mooncake-conversation:scale={scale:g},limit={limit}"})
+            doc = frontier_doc(model, tp, prefill, decode, scale, limit, over)
             fabric = doc.fabric()
             distance = DistanceModel(fabric)
             placements: dict[str, PlacementOutcome] = {}
@@ -542,7 +547,11 @@ def frontier(out: Path, quick: bool) -> tuple[str, list[dict[str, Any]]]:
                     for label, policy, placement, flags in CLASS_VARIANTS[:3]}
             d, u, sd = (runs[v[0]] for v in CLASS_VARIANTS[:3])
             best = max((u, sd), key=lambda r: r.goodput_rps)
-            points.append({"model": model, "tp": tp, "kv_gb_per_prefill_s_per_gpu": kv_rate,
+            points.append({"model": model, "tp": tp, "scale": scale, "requests": limit,
+                           "prefill": prefill, "decode": decode,
+                           "best": CLASS_VARIANTS[1 if best is u else 2][0],
+                           "default_vs_best_ttft_p99": d.ttft.p99 / max(best.ttft.p99, 1e-9),
+                           "kv_gb_per_prefill_s_per_gpu": kv_rate,
                            "zone_oversubscription": over,
                            "aware_vs_unaware": d.goodput_rps / max(u.goodput_rps, 1e-9),
                            "default_vs_single_domain": d.goodput_rps / max(sd.goodput_rps,
@@ -599,15 +608,21 @@ def _draw_frontier(points: Sequence[dict[str, Any]], path: Path) -> None:
 # -- the report ---------------------------------------------------------------------------
 
 
+def _best_record(records: Sequence[RunRecord], cluster_name: str, spec: str) -> RunRecord:
+    """The best baseline of a comparison: highest goodput, ties by lower TTFT p99 (not
+    the default, the unaware placement alone, or aggregated serving)."""
+    base = [r for r in records if r.cluster == cluster_name and r.workload == spec
+            and r.label not in (VARIANTS[0].label, VARIANTS[1].label, VARIANTS[9].label)]
+    return max(base, key=lambda r: (r.summary.goodput_rps, -r.summary.ttft.p99))
+
+
 def item_bars(records: Sequence[RunRecord], groups: Sequence[tuple[str, str]]) -> str:
     """The default against the best baseline (by goodput) of each comparison."""
     lines = ["| cluster · workload | best baseline | goodput | TPOT p99 | TTFT p99 |",
              "| --- | --- | --- | --- | --- |"]
     for cluster_name, spec in groups:
         default = _find(records, cluster_name, spec, VARIANTS[0].label).summary
-        base = [r for r in records if r.cluster == cluster_name and r.workload == spec
-                and r.label not in (VARIANTS[0].label, VARIANTS[1].label, VARIANTS[9].label)]
-        best = max(base, key=lambda r: (r.summary.goodput_rps, -r.summary.ttft.p99))
+        best = _best_record(records, cluster_name, spec)
         b = best.summary
         lines.append(f"| {cluster_name} · {spec} | {best.label} | "
                      f"{_ratio(default.goodput_rps, b.goodput_rps)} | "
@@ -678,6 +693,92 @@ def unbounded_caches(bench: Bench, quick: bool) -> str:
     return "\n".join(lines)
 
 
+#: Trace seeds the bars are rerun on besides seed 0 (the tables above).
+SPREAD_SEEDS = (1, 2)
+
+
+@dataclass(frozen=True)
+class SpreadRow:
+    """The default against one baseline on one scenario, one ratio triple per seed."""
+
+    scenario: str
+    baseline: str
+    ratios: tuple[tuple[float, float, float], ...]  # goodput, TPOT p99, TTFT p99
+
+
+def _triple(d: Any, b: Any) -> tuple[float, float, float]:
+    return (d.goodput_rps / max(b.goodput_rps, 1e-9), d.tpot.p99 / max(b.tpot.p99, 1e-9),
+            d.ttft.p99 / max(b.ttft.p99, 1e-9))
+
+
+def _class_pair(doc: Scenario, baseline: str) -> tuple[Any, Any]:
+    fabric = doc.fabric()
+    distance = DistanceModel(fabric)
+    placements: dict[str, PlacementOutcome] = {}
+    variants = [v for v in CLASS_VARIANTS if v[0] in (CLASS_VARIANTS[0][0], baseline)]
+    d, b = (run_class(doc, placements, *v, fabric, distance).record.summary for v in variants)
+    return d, b
+
+
+def seed_spread(bench: Bench, groups: Sequence[tuple[str, str]],
+                class_runs: Sequence[ClassRun], points: Sequence[dict[str, Any]],
+                seeds: Sequence[int]) -> list[SpreadRow]:
+    """The default against each scenario's best baseline (chosen on seed 0) on the
+    trace drawn with every seed of ``seeds`` too: how much of a ratio is the draw."""
+    rows = []
+    for cluster_name, spec in groups:
+        best = _best_record(bench.records, cluster_name, spec)
+        variant = next(v for v in VARIANTS if v.label == best.label)
+        ratios = [_triple(_find(bench.records, cluster_name, spec, VARIANTS[0].label).summary,
+                          best.summary)]
+        for seed in seeds:
+            d, b = (bench.run(cluster_name, spec, v, seed=seed, keep=False).summary
+                    for v in (VARIANTS[0], variant))
+            ratios.append(_triple(d, b))
+        rows.append(SpreadRow(f"{cluster_name} · {spec}", best.label, tuple(ratios)))
+    for name in dict.fromkeys(r.scenario for r in class_runs):
+        by = {r.label: r.record.summary for r in class_runs if r.scenario == name}
+        baseline = max((label for label in by if label != CLASS_VARIANTS[0][0]),
+                       key=lambda label: by[label].goodput_rps)
+        ratios = [_triple(by[CLASS_VARIANTS[0][0]], by[baseline])]
+        doc = load_scenario(name)
+        for seed in seeds:
+            ratios.append(_triple(*_class_pair(doc.model_copy(update={"seed": seed}),
+                                               baseline)))
+        rows.append(SpreadRow(name, baseline, tuple(ratios)))
+    for p in points:
+        ratios = [(p["default_vs_best_goodput"], p["default_vs_best_tpot_p99"],
+                   p["default_vs_best_ttft_p99"])]
+        for seed in seeds:
+            doc = frontier_doc(p["model"], p["tp"], p["prefill"], p["decode"], p["scale"],
+                               p["requests"], p["zone_oversubscription"], seed)
+            ratios.append(_triple(*_class_pair(doc, p["best"])))
+        rows.append(SpreadRow(f"frontier {p['model']} (TP{p['tp']}) "
+                              f"{p['zone_oversubscription']:g}:1", p["best"], tuple(ratios)))
+    return rows
+
+
+def seed_spread_text(rows: Sequence[SpreadRow], seeds: Sequence[int]) -> str:
+    """The spread table: per-seed ratios and their mean, per scenario."""
+    names = ", ".join(str(s) for s in (0, *seeds))
+    lines = [f"Each scenario's trace drawn with seeds {names} (seed 0: the tables above; "
+             "the baseline is the one with the best goodput on seed 0; placements are "
+             "solved per seed for the classes and the frontier, reused from seed 0 for the "
+             "three comparisons). Cells: the default's ratio to the baseline per seed, "
+             "then the mean. Bars: goodput ≥ 0.98×, TPOT p99 ≤ 1.1×, TTFT p99 ≤ 1.00× "
+             "(the advantage kept).", "",
+             "| scenario | baseline | goodput | TPOT p99 | TTFT p99 |",
+             "| --- | --- | --- | --- | --- |"]
+    for row in rows:
+        cells = []
+        for k in range(3):
+            values = [r[k] for r in row.ratios]
+            cells.append(" / ".join(f"{v:.2f}" for v in values)
+                         + f" (**{sum(values) / len(values):.3f}**)")
+        lines.append(f"| {row.scenario} | {row.baseline} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -699,6 +800,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     class_runs = classes(CLASSES[:2] if args.quick else CLASSES)
     class_text, class_bars = classes_text(class_runs)
     frontier_text, frontier_points = frontier(out, args.quick)
+    seeds = SPREAD_SEEDS[:1] if args.quick else SPREAD_SEEDS
+    spread = seed_spread(bench, groups, class_runs, frontier_points, seeds)
     sanity = _sanity(bench, args.quick) + "\n\n" + UNBOUNDED_TEXT + "\n\n" + \
         unbounded_caches(bench, args.quick)
     _, distance = bench.fabric("three-level")
@@ -710,6 +813,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("The default against the best baseline", item_bars(bench.records, groups)),
         ("Fabric classes: where topology decides, and where it does not", class_text),
         ("Frontier", frontier_text),
+        ("The bars across trace seeds", seed_spread_text(spread, seeds)),
         ("What the numbers say", ANALYSIS),
         ("Sanity checks", sanity),
         ("Against Dynamo's mocker", "`bench/mocker_compare.py` replays the same trace "
@@ -728,6 +832,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                "strict_goodput_rps": r.strict_goodput_rps,
                                "summary": r.record.summary.model_dump()} for r in class_runs],
                   "class_bars": class_bars, "frontier": frontier_points,
+                  "seed_spread": [{"scenario": r.scenario, "baseline": r.baseline,
+                                   "seeds": [0, *seeds], "ratios": r.ratios} for r in spread],
                   "machine": platform.platform(), "python": platform.python_version(),
                   "load_average": list(os.getloadavg())})
     (out / "simulation.json").write_text(json.dumps(extra, indent=2) + "\n")

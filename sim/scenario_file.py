@@ -7,7 +7,8 @@ curves, ``max_num_batched_tokens``, KV blocks, eviction order), the workload and
 its arrivals are replayed (``raw`` timestamps or quantised buckets ``spread``), the
 SLOs, whether KV transfers use the fabric or are instantaneous, whether the router
 counts a routed prompt as held by its prefill worker before the engine reports it
-(``router.prefill_ttl_s``), the placement and the policies to compare. Errors name the file, the field path and the rule::
+(``router.prefill_ttl_s``), the placement and the policies to compare. Errors name
+the file, the field path and the rule::
 
     scenario.yaml: engine.kv_blocks: must be greater than or equal to 1
 
