@@ -955,19 +955,28 @@ on TTFT mean, p50 and p99 and 0.5 point on reuse, aggregated and 4P+4D), but thi
 is a load-balancing result, not a fabric one.
 
 **Prefix hits (item 3's ≥ 90 % of the ideal, unbounded caches).** Met at ×1 on the
-Mooncake conversation trace (95.8 %) and on the agentic workload (98.1 %); not met at
-×8 (83.3 %, 17.7 % hits against an ideal of 21.2 %). Two things make up the gap. The
-ideal is one cache holding every block in arrival order; at ×8 a conversation's next
-turn often arrives before the previous turn's prefill has finished, so only 18.6 % of
-the blocks had been computed anywhere when their request arrived (88 % of the ideal):
-no router deciding at arrival can see the rest, and 90 % of the ideal is reachable
-only by waiting behind the turn still prefilling. Against what was computed before
-arrival the default finds 94.9 %. The rest is the policy's trade: SGLang-style
-prefix-only, which follows the prefix whatever the queue, reaches 92.4 % of the ideal
-at ×8 but with 0.96× the default's goodput (23.04 against 24.05 req/s) and a 1.28×
-higher TTFT p50 (0.86 against 0.67 s). The default prices a hit as prefill time saved
-against the queue it would wait in, and at ×8 the queue often costs more; it is not
-changed to chase the bar.
+Mooncake conversation trace (95.8 %) and on the agentic workload (98.1 %); not met by
+the default at ×8 (83.3 %: 17.7 % hits against an ideal of 21.2 %). The earlier
+reading, that at ×8 a follow-up often arrives before its prefix has been computed
+and no router deciding at arrival can see it, does not hold: the simulated engines
+look a prompt up when its prefill is scheduled, not when it arrives, and announce a
+prefill's blocks to the router's index when it starts, so a follow-up routed behind
+the prefill of its prefix on the same worker hits it, as on vLLM. Routing-time
+prediction (the router counting a routed prompt on its prefill worker before any
+engine event, as Dynamo's approximate KV router, llm-d's approximate prefix scorer
+and SGLang's cache-aware router do; `router.prefill_ttl_s`) changes nothing at ×8
+(17.7 % with and without). Every one of the 3.54 points the default misses was, when
+the request's prefill started, on a prefill worker the router did not choose; none
+was still to be computed (table below). The ideal is reachable, and the gap is the
+policy's trade: the default prices a hit as the prefill time it saves against the
+queue in front of it, and at ×8 the worker holding a conversation's prefix often has
+the longer wait. SGLang-style prefix-only, which follows the prefix whatever the
+queue, reaches 92.4 % of the ideal with 0.96× the default's goodput (23.04 against
+24.05 req/s) and a 1.28× higher TTFT p50 (0.86 against 0.67 s). The default is not
+changed to chase the bar. Where the simulated engines differ from vLLM here, they
+make hits easier, not harder: a prefill's blocks are announced when it starts (vLLM:
+as each chunk is scheduled), and a decode worker caches transferred blocks when it
+reserves them (vLLM with NIXL: once they have loaded).
 
 **Aggregated serving** on the same GPUs (chunked prefill sharing steps with decodes)
 is within 6 % of disaggregation's goodput here (0.94–1.00×), with a higher TPOT tail; where the
