@@ -17,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engines.fakes.model import generate, prompt_tokens
 from engines.instance import EngineInstance
 from engines.pd import LegPlan, Timeline, protocol_for
+from engines.pd.http import EngineHttp
 from scheduler.prefix.hashing import block_hashes
 from tests.gateway.harness import (
     HOSTS,
@@ -167,11 +168,12 @@ def test_a_decode_leg_past_the_lease_goes_decode_only(vllm: Gateway) -> None:
 
     async def run() -> tuple[int, Timeline]:
         timeline = Timeline()
-        async with httpx.AsyncClient() as client:
-            answer = await protocol_for("vllm").open(client, plan, timeline)
-            await answer.response.aread()
-            await answer.aclose()
-            return answer.status_code, timeline
+        client = EngineHttp(connect_timeout_s=10, read_timeout_s=30)
+        answer = await protocol_for("vllm").open(client, plan, timeline)
+        await answer.response.read()
+        await answer.aclose()
+        await client.aclose()
+        return answer.status_code, timeline
 
     status, timeline = asyncio.run(run())
     assert status == 200 and not timeline.disaggregated
@@ -188,11 +190,12 @@ def test_a_prefill_refusal_is_relayed_whole(vllm: Gateway) -> None:
                    request_id="refused-1", decode=d0, prefill=p0, lease_s=30)
 
     async def run() -> tuple[int, bytes]:
-        async with httpx.AsyncClient() as client:
-            answer = await protocol_for("vllm").open(client, plan, Timeline())
-            body = b"".join([chunk async for chunk in answer.chunks()])
-            await answer.aclose()
-            return answer.status_code, body
+        client = EngineHttp(connect_timeout_s=10, read_timeout_s=30)
+        answer = await protocol_for("vllm").open(client, plan, Timeline())
+        body = b"".join([chunk async for chunk in answer.chunks()])
+        await answer.aclose()
+        await client.aclose()
+        return answer.status_code, body
 
     status, body = asyncio.run(run())
     assert status == 400
@@ -375,3 +378,4 @@ def test_the_registry_alone_says_what_is_in_routing(tmp_path: Path) -> None:
         assert _completion(gateway).status_code == 503
     finally:
         gateway.stop()
+
