@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from tests.gateway.harness import (
     start_gateway,
     wait_for,
 )
+from tests.servers import stop_process
 
 pytestmark = [pytest.mark.process]
 LONG = "the quick brown fox jumps over the lazy dog. " * 90  # ~4,000 tokens (bytes)
@@ -379,3 +381,39 @@ def test_the_registry_alone_says_what_is_in_routing(tmp_path: Path) -> None:
     finally:
         gateway.stop()
 
+
+def test_the_fake_prefill_never_hands_out_a_leased_block_twice() -> None:
+    """A pool of 8 blocks, two 4-block prompts leased: a third prefill waits (a ring would
+    have overwritten the first lease), takes the blocks the first lease's read freed,
+    and the second lease still reads its own tokens."""
+    engine = start_engine("p0", host=HOSTS[0], gpu=0, role="prefill", num_blocks=8)
+    try:
+        prompts = [[100 + 64 * k + i for i in range(64)] for k in range(3)]
+
+        def prefill(prompt: list[int]) -> dict[str, Any]:
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": 1,
+                    "kv_transfer_params": {"do_remote_decode": True}}
+            answer = httpx.post(f"{engine.url}/v1/completions", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            params: dict[str, Any] = answer.json()["kv_transfer_params"]
+            return params
+
+        def read(params: dict[str, Any]) -> list[int]:
+            answer = httpx.post(f"{engine.url}/_fake/nixl/read", json={"params": params},
+                                timeout=30)
+            return list(answer.json()["tokens"])
+
+        first, second = prefill(prompts[0]), prefill(prompts[1])
+        ids = [first["remote_block_ids"][0], second["remote_block_ids"][0]]
+        assert sorted(ids[0] + ids[1]) == list(range(8))
+        with ThreadPoolExecutor(1) as pool:
+            third = pool.submit(prefill, prompts[2])
+            wait_for(lambda: engine.state()["counts"].get("waited_for_blocks") == 1,
+                     "the third prefill to wait for blocks")
+            assert not third.done()
+            assert read(first) == prompts[0]
+            assert sorted(third.result(timeout=30)["remote_block_ids"][0]) == sorted(ids[0])
+        assert read(second) == prompts[1]
+        assert engine.state()["counts"].get("stale_reads", 0) == 0
+    finally:
+        stop_process(engine.process)
