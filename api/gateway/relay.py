@@ -31,7 +31,7 @@ from api.runtime import Runtime
 from api.service import ServiceState
 from api.snapshots import LiveSnapshots
 from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
-from engines.pd.http import EngineHttp, TransportError
+from engines.pd.http import EngineHttp, TransportError, loads
 from scheduler.router.router import RouteRequest, Unschedulable
 from scheduler.telemetry.handoff import Handoff
 from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
@@ -274,7 +274,7 @@ def _sse_error(message: str) -> bytes:
 def parse_body(raw: bytes, path: str) -> dict[str, Any]:
     """The request's JSON object, checked as far as routing needs (422 naming fields)."""
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except ValueError as exc:
         raise ValidationError(path, [Issue("body", f"not JSON: {exc}")]) from None
     if not isinstance(body, dict):

@@ -5,11 +5,12 @@ failures, and a half-read answer closing its connection."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
 
-from engines.pd.http import ConnectError, EngineHttp, ReadTimeout, RemoteProtocolError
+from engines.pd.http import ConnectError, EngineHttp, ReadTimeout, RemoteProtocolError, loads
 
 Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 
@@ -156,3 +157,17 @@ def test_header_text_with_a_line_break_is_refused_before_sending() -> None:
                 await _client().post(f"{url}/x", b"{}", {"X-Request-Id": "a\r\nEvil: 1"})
 
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("text", [
+    b'{"model": "m", "prompt": [1, 2, 3], "stream": true}', b'[NaN, Infinity, 1e400]',
+    b'"\\ud800"', b'{"a": 1, "a": 2}', b'[123456789012345678901234567890, -0.0, 1.5e-7]',
+    '{"é": "ü"}'.encode("utf-16")])
+def test_loads_reads_json_as_the_standard_library_does(text: bytes) -> None:
+    assert repr(loads(text)) == repr(json.loads(text))
+
+
+@pytest.mark.parametrize("text", [b"", b"{", b"[1,]", b"\xff"])
+def test_loads_refuses_what_is_not_json(text: bytes) -> None:
+    with pytest.raises(ValueError):
+        loads(text)
