@@ -101,7 +101,7 @@ class _Connection(asyncio.Protocol):
         self.status = 0
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
-        self.complete = self.keep_alive = False
+        self.complete = self.keep_alive = self.answered = False
         self.error: TransportError | None = None
         self.pieces: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -114,6 +114,7 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's: no subclass
 
     def data_received(self, data: bytes) -> None:
+        self.answered = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -161,6 +162,8 @@ class _Connection(asyncio.Protocol):
 
     async def wait(self) -> None:
         """Until the parser has news (head, body, end) or the connection failed."""
+        if self.error is not None:
+            raise self.error
         waiter = self._waiter = self.loop.create_future()
         self._timer = self.loop.call_later(self.read_timeout_s, self._timed_out)
         try:
@@ -288,7 +291,19 @@ class EngineHttp:
         scheme, host, port, path = origin_of(url)
         key = (scheme, host, port)
         head = _head(path, host, port, len(body), headers)
-        conn = self._pooled(key) or await self._connect(key)
+        conn = self._pooled(key)
+        if conn is not None:
+            try:
+                return await self._exchange(key, conn, head, body)
+            except RemoteProtocolError:
+                if conn.answered:
+                    raise
+                # closed by the engine while it sat in the pool (no answer byte came):
+                # once more on a new connection, as urllib3 and aiohttp do
+        return await self._exchange(key, await self._connect(key), head, body)
+
+    async def _exchange(self, key: tuple[str, str, int], conn: _Connection, head: bytes,
+                        body: bytes) -> Answer:
         try:
             conn.send(head, body)
             while not conn.head_done:

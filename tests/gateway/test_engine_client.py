@@ -78,6 +78,30 @@ def test_keep_alive_reuses_one_connection_and_never_sends_cookies() -> None:
     assert all(b"\r\nX-Request-Id: r1\r\n" in r for r in server.requests)
 
 
+def test_a_pooled_connection_the_engine_closed_unanswered_is_replaced_once() -> None:
+    served: dict[int, int] = {}
+
+    async def close_second(head: bytes, writer: asyncio.StreamWriter) -> None:
+        served[id(writer)] = served.get(id(writer), 0) + 1
+        if served[id(writer)] == 2:  # the keep-alive race: closed, nothing answered
+            writer.transport.abort()
+            return
+        await _answer(head, writer)
+
+    async def run() -> Server:
+        server = Server(close_second)
+        async with server as url:
+            client = _client()
+            for _ in range(2):
+                answer = await client.post(f"{url}/x", b"{}", {})
+                assert answer.status_code == 200 and await answer.read() == b'{"ok": true}'
+            await client.aclose()
+        return server
+
+    server = asyncio.run(run())
+    assert server.connections == 2 and len(server.requests) == 3
+
+
 def test_a_chunked_stream_arrives_piece_by_piece_without_its_framing() -> None:
     release = asyncio.Event()
 
@@ -129,6 +153,19 @@ def test_failures_are_transport_errors() -> None:
         await writer.drain()
         writer.close()
 
+    async def cut_mid_stream(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n")
+        writer.transport.abort()
+
+    async def read_all(client: EngineHttp, url: str) -> list[bytes]:
+        answer = await client.post(f"{url}/x", b"{}", {})
+        pieces = []
+        async for piece in answer.chunks():
+            pieces.append(piece)
+            while not answer._conn.closed:  # the loss arrives while nobody waits
+                await asyncio.sleep(0.01)
+        return pieces
+
     async def silent(head: bytes, writer: asyncio.StreamWriter) -> None:
         await asyncio.sleep(60)
 
@@ -137,6 +174,11 @@ def test_failures_are_transport_errors() -> None:
             answer = await _client().post(f"{url}/x", b"{}", {})
             with pytest.raises(RemoteProtocolError):
                 await answer.read()
+        async with Server(cut_mid_stream) as url:
+            # the loss arrives while nobody waits: the next read raises at once, not
+            # after the read time-out
+            with pytest.raises(RemoteProtocolError):
+                await asyncio.wait_for(read_all(_client(read_timeout_s=60), url), 20)
         async with Server(silent) as url:
             with pytest.raises(ReadTimeout):
                 await _client(read_timeout_s=0.2).post(f"{url}/x", b"{}", {})
