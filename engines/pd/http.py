@@ -3,11 +3,11 @@ connections, the answer's body streamed as it arrives.
 
 Hand-written on asyncio protocols around ``httptools`` (llhttp, the parser uvicorn
 uses; a declared dependency) because the legs are the gateway's hot path, two a
-request. Measured on ``bench/gateway_bench.py``'s work (a 1,024-token prefill leg,
-then a streamed 8-token decode leg to fake engines, uvloop, 300 pairs x 3 alternating
-rounds, client CPU per pair by ``time.process_time``, bodies' JSON encoding included):
-httpx 0.29 2.32 ms, aiohttp 3.14 0.68 ms, this client 0.32 ms. aiohttp would leave
-~0.36 ms a request more against the gateway's 1 ms budget (and bring seven packages).
+request and a 1 ms budget. ``bench/leg_client_bench.py`` (a 1,024-token prefill leg,
+then a streamed 8-token decode leg to fake engines, one at a time, tokens compared)
+measured the client CPU per request (bench/results/leg_client.md): httpx 0.29
+2.08 ms, aiohttp 3.14 0.65 ms, this client 0.39 ms; aiohttp would spend ~0.25 ms a
+request more of that budget (and bring seven packages).
 
 What it does: ``POST`` with the head and body in one write; the answer's status and
 headers, then its body piece by piece (chunked transfer coding removed, content
