@@ -6,7 +6,7 @@ uses; a declared dependency) because the legs are the gateway's hot path, two a
 request and a 1 ms budget. ``bench/leg_client_bench.py`` (a 1,024-token prefill leg,
 then a streamed 8-token decode leg to fake engines, one at a time, tokens compared)
 measured the client CPU per request (bench/results/leg_client.md): httpx 0.29
-2.08 ms, aiohttp 3.14 0.65 ms, this client 0.39 ms; aiohttp would spend ~0.25 ms a
+2.12 ms, aiohttp 3.14 0.65 ms, this client 0.40 ms; aiohttp would spend ~0.25 ms a
 request more of that budget (and bring seven packages).
 
 What it does: ``POST`` with the head and body in one write; the answer's status and
