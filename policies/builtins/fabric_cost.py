@@ -7,11 +7,8 @@ and compute for the uncached part at the prefill worker, transfer of the blocks 
 decode worker lacks over the fabric path between them, admission at the decode
 worker — adds the decode side's price (the batch slowdown the request takes and
 gives at the decode worker, and its KV occupancy: ``decode_costs`` of the cost
-model) and takes the cheapest. The request's session makes a pair up to
-``session_bonus`` cheaper. A placement pairing makes a pair up to ``paired_bonus``
-cheaper, but by no more than ``paired_bonus`` of the prompt's unloaded prefill time
-at the prefill worker: a tie-breaker among near-equal pairs that never makes a
-request wait much longer in a prefill queue for its paired worker.
+model) and takes the cheapest. Placement pairings and the request's session make
+a pair up to ``paired_bonus`` / ``session_bonus`` cheaper.
 
 *Conditional disaggregation*: a decode worker that misses at most
 ``local_prefill_max_tokens`` prompt tokens, or already holds ``local_prefill_min_hit``
@@ -211,7 +208,7 @@ class FabricCostHandler:
             return np.empty((0, len(d_pos))), np.empty(0)
         total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s + extra + stall[:, None]
         factor = np.ones_like(total)
-        self._apply_pairings(ctx, p_pos, d_pos, factor, total)
+        self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
         return factor, (total * factor).ravel()
 
@@ -234,26 +231,16 @@ class FabricCostHandler:
         return local, factor, price, (ctx.cost.local_costs(ctx, local) + price) * factor
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
-                        factor: FloatArray, total: FloatArray) -> None:
-        """Discount paired pairs by ``paired_bonus`` (times the pairing's weight) of
-        their cost, at most that share of the prompt's unloaded prefill time: a
-        discount of the whole cost would grow with the prefill queue and let a
-        request wait seconds for its paired worker."""
+                        factor: FloatArray) -> None:
         snap = ctx.snapshot
         if not snap.partners or self.params.paired_bonus == 0:
             return
         col = {d: j for j, d in enumerate(d_pos.tolist())}
-        tokens = ctx.request.prompt_tokens
         for i, p in enumerate(p_pos.tolist()):
-            # the discount's share of the cost that reaches the bound (1: none)
-            rate = float(snap.prefill_rate[p])
-            bound = tokens / rate if rate > 0 else np.inf
             for decode, weight in snap.partners.get(snap.workers[p].id, ()):
                 j = col.get(snap.position.get(decode, -1))
                 if j is not None:
-                    share = min(bound / total[i, j], 1.0) if total[i, j] > 0 else 1.0
-                    bonus = self.params.paired_bonus * min(max(weight, 0.0), 1.0) * share
-                    factor[i, j] *= 1.0 - bonus
+                    factor[i, j] *= 1.0 - self.params.paired_bonus * min(max(weight, 0.0), 1.0)
 
     def _apply_session(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                        factor: FloatArray) -> None:

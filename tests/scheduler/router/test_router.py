@@ -16,7 +16,6 @@ from tests.scheduler.router.builders import (
     BLOCK,
     CROSS_ZONE,
     KV_BYTES,
-    NVLINK_PEER,
     SAME_RAIL,
     SAME_RAIL_2,
     SOURCE,
@@ -153,20 +152,6 @@ def test_placement_pairing_breaks_a_tie() -> None:
     snap = snapshot(workers, preferred_pairs={("p", "d2"): 1.0})
     decision = _decided(router(cached={"p": chain(4)}).route({"block_hashes": chain(4)}, snap))
     assert decision.decode.worker == "d2"
-
-
-def test_a_placement_pairing_is_not_worth_a_prefill_queue_longer_than_its_bonus() -> None:
-    # 1024 prompt tokens: 51.2 ms of prefill at 20k tokens/s, ~60 ms TTFT to d. A queue
-    # of 5.9 ms at the paired p1 is under 10 % of the pair's whole cost (the bonus once
-    # discounted all of it) but over 10 % of the unloaded prefill (its bound now).
-    workers = [worker("p1", "prefill", SOURCE, queued_tokens=118),
-               worker("p2", "prefill", NVLINK_PEER), worker("d", "decode", CROSS_ZONE)]
-    paired = snapshot(workers, preferred_pairs={("p1", "d"): 1.0})
-    decision = _decided(router().route({"block_hashes": chain(64)}, paired))
-    assert decision.prefill.worker == "p2"
-    shorter = [replace(workers[0], queued_tokens=90), *workers[1:]]  # 4.5 ms: under it
-    paired = snapshot(shorter, preferred_pairs={("p1", "d"): 1.0})
-    assert _decided(router().route({"block_hashes": chain(64)}, paired)).prefill.worker == "p1"
 
 
 def test_links_busy_with_other_transfers_make_a_pair_dearer() -> None:
