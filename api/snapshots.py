@@ -228,9 +228,9 @@ class LiveSnapshots:
             if journaled is not None:
                 if self._caught_up(view, journaled, kv_bytes, pairings, known, block_tokens):
                     return _with_load(view, link_load)
-                versions = journaled.versions()
-                entries = await journaled.store.list_workers()
+                entries = await journaled.store.list_workers()  # (may restart the journal)
                 loads = await journaled.loads.loads()
+                versions = journaled.versions()  # no await since the reads: what they saw
             view.journaled = None  # while the view follows another listing
             if not self._patched(view, entries, loads, kv_bytes, pairings, known,
                                  block_tokens):
