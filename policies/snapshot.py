@@ -200,6 +200,50 @@ class Workers(Sequence[Worker]):
         return Workers(self._base, over)
 
 
+#: Splices a position map may stack (:class:`SplicedPositions`) before it is made one
+#: dict again: a lookup walks the stack, a new dict touches every worker.
+MAX_SPLICES = 8
+
+
+class SplicedPositions(Mapping[str, int]):
+    """The position map of a spliced snapshot (:meth:`Snapshot.spliced`): the parent's,
+    with its ``removed`` positions from ``at`` on gone, ``added`` names there and the
+    later positions moved. A worker joining 100,000 then builds no dict of them all
+    (~15 ms); every :data:`MAX_SPLICES` splices the map is made whole again."""
+
+    __slots__ = ("_added", "_at", "_end", "_len", "_parent", "_shift", "depth")
+
+    def __init__(self, parent: Mapping[str, int], at: int, removed: int,
+                 added: Sequence[str]) -> None:
+        """The map of ``parent``'s snapshot spliced at ``at``."""
+        self._parent = parent
+        self._at, self._end = at, at + removed
+        self._added = dict(zip(added, count(at)))
+        self._shift = len(added) - removed
+        self._len = len(parent) + self._shift
+        self.depth: int = getattr(parent, "depth", 0) + 1
+
+    def __getitem__(self, name: str) -> int:
+        found = self._added.get(name)
+        if found is not None:
+            return found
+        pos = self._parent[name]
+        if pos < self._at:
+            return pos
+        if pos < self._end:
+            raise KeyError(name)
+        return pos + self._shift
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self) -> Iterator[str]:
+        for name, pos in self._parent.items():
+            if not self._at <= pos < self._end and name not in self._added:
+                yield name
+        yield from self._added
+
+
 def _read_only(array: IntArray) -> IntArray:
     view: IntArray = np.asarray(array).view()
     view.flags.writeable = False
@@ -304,7 +348,11 @@ class Snapshot:
         new = copy.copy(self)
         put = object.__setattr__
         put(new, "workers", Workers(workers))
-        put(new, "position", MappingProxyType(dict(zip(map(_ID, workers), count()))))
+        if getattr(self.position, "depth", 0) < MAX_SPLICES:
+            put(new, "position", SplicedPositions(self.position, at, removed,
+                                                  [w.id for w in added]))
+        else:
+            put(new, "position", MappingProxyType(dict(zip(map(_ID, workers), count()))))
         put(new, "origin", Splice(self.position, at, removed, len(added)))
         put(new, "domains", MappingProxyType({
             level: _read_only(_spliced(ids, at, removed, domains[level]))

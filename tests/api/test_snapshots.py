@@ -199,11 +199,12 @@ def test_a_join_or_leave_is_spliced_in_equal_to_a_fresh_snapshot_without_a_merge
     merge = live._merge
     live._merge = lambda *args: (merges.append(1), merge(*args))  # type: ignore[method-assign]
     for _ in range(120):
-        if rng.random() < 0.5 and len(entries) > 1:
+        if (rng.random() < 0.5 or len(entries) == len(pool)) and len(entries) > 1:
             leaving = rng.choice(entries)
             entries = [e for e in entries if e is not leaving]
         else:
-            joining = rng.choice([e for e in pool if e not in entries])
+            listed = {e.registration.name for e in entries}  # (one entry per name)
+            joining = rng.choice([e for e in pool if e.registration.name not in listed])
             entries = sorted([*entries, joining], key=lambda e: e.registration.name)
         for i in rng.sample(range(len(entries)), min(2, len(entries))):  # loads move too
             entries[i] = entries[i].model_copy(update={"free_blocks": rng.randrange(100)})
