@@ -13,10 +13,12 @@ from the first GPU of each worker. With transfers already in flight, each link o
 the path shares its capacity with them: the lane's bandwidth is capped at
 ``capacity / (in flight + 1)`` of the bottleneck link (:meth:`contended_total`).
 
-Figures between GPUs are computed per source GPU when a decision first needs them and
-kept, bounded (:class:`FabricRows`); a snapshot's :class:`PairTable` only maps its
-workers to GPUs. Nothing is quadratic in workers: a worker joining or leaving costs
-one pass over the worker list, and a decision indexes the rows of its candidates.
+Figures between GPUs are kept per source GPU for sources decisions keep asking for
+(bounded, :class:`FabricRows`); for the others a decision computes its own grid of
+candidates only (:meth:`DistanceModel.costs_grid`). A snapshot's :class:`PairTable`
+only maps its workers to GPUs. Nothing is quadratic in workers: a worker joining or
+leaving costs one pass over the worker list, and a decision indexes the rows of its
+candidates or prices their grid.
 """
 
 from __future__ import annotations
@@ -128,8 +130,11 @@ class RowsFullError(Exception):
 class FabricRows:
     """Tier, latency and bandwidth from one GPU to every GPU of the fabric, per source GPU.
 
-    A row is computed on first use (one vectorised :meth:`DistanceModel.costs_from`)
-    and kept in a least-recently-used set bounded by ``budget_bytes``: memory is
+    A row is computed once its source was asked for ``fill_after`` times (one
+    vectorised :meth:`DistanceModel.costs_from` over every GPU: ~0.4 ms at 10,240 GPUs,
+    while candidates come and go with the load; until then :class:`PairTable` prices
+    the decision's grid alone) and kept in a least-recently-used set bounded by
+    ``budget_bytes``: memory is
     linear in the fabric's GPUs, never quadratic, and rows stay valid while workers
     come and go (they depend on the fabric alone). A decision touches the rows of its
     prefill candidates only, so the working set is small and stays warm.
@@ -238,8 +243,8 @@ class PairTable:
 
     Holds per worker only its first GPU and GPU count (linear in workers); the
     figures of a pair come from the fabric's rows (:class:`FabricRows`, shared by
-    every table of a router) when a decision asks for them, times the calibrated
-    factors of the pair's tier (:meth:`scale`).
+    every table of a router) or, for sources without a row, from the fabric for the
+    decision's grid, times the calibrated factors of the pair's tier (:meth:`scale`).
     """
 
     def __init__(self, distance: DistanceModel, workers: Sequence[Worker],
