@@ -62,7 +62,8 @@ DEFAULT_MAX_RUNNING = 256
 THREAD_REBUILD_FROM = 1024
 #: Tokens per KV block when neither the workers nor the settings say (vLLM's default).
 DEFAULT_BLOCK_TOKENS = 16
-#: Changes since the last route past which the listing is read in full instead.
+#: Changes since the last route past which the listing is read in full instead (or a
+#: sixteenth of the workers, if more).
 JOURNAL_LIMIT = 256
 _ROLES = {role.value: role for role in Role}
 _NAME = attrgetter("registration.name")
@@ -261,8 +262,10 @@ class LiveSnapshots:
                 or pairings is not view.pairings or kv_bytes != view.kv_bytes
                 or block_tokens != view.block_tokens or self._fabric is None):
             return False
-        workers = journaled.store.changed_since(view.versions[0], JOURNAL_LIMIT)
-        loads = journaled.loads.journal.since(view.versions[1], JOURNAL_LIMIT)
+        # past this many changes, reading every worker costs less than looking each up
+        limit = max(JOURNAL_LIMIT, len(view.names) // 16)
+        workers = journaled.store.changed_since(view.versions[0], limit)
+        loads = journaled.loads.journal.since(view.versions[1], limit)
         if workers is None or loads is None:
             return False
         versions = journaled.versions()

@@ -120,9 +120,9 @@ class MemoryStore:
         #: deletion here and in the listing: relisting 10,000 workers cost ~50 ms).
         self._names: list[str] = []
         self._dirty: set[str] = set()
-        #: Every worker whose entry may have changed (registered, removed, heartbeaten,
-        #: blocks taken or given back), for readers that catch up by name
-        #: (:meth:`changed_since`).
+        #: Every worker that joined, left or whose free blocks changed (not heartbeats:
+        #: :meth:`changed_since` answers None once a lease may have lapsed), for readers
+        #: that catch up by name.
         self.journal = Journal()
         self._epochs: dict[str, int] = {}
         #: Records at rest, by plan id: (state, source worker, destination worker, JSON
@@ -170,7 +170,9 @@ class MemoryStore:
         worker = self._live(name)
         worker.lease = worker.lease.model_copy(
             update={"expires_at": self._clock() + worker.lease.ttl_s})
-        self._touch(name)
+        # not journaled: a later expiry changes nothing a reader by name looks at, and
+        # thousands of heartbeats would push the routes' changes out of the journal
+        self._dirty.add(name)
         return worker.lease
 
     async def remove_worker(self, name: str) -> bool:
