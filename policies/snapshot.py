@@ -192,6 +192,15 @@ class Workers(Sequence[Worker]):
             self._whole = tuple(items)
         return self._whole
 
+    def spliced(self, at: int, removed: int, added: Sequence[Worker]) -> Workers:
+        """These workers with ``removed`` from position ``at`` on replaced by ``added``
+        (one list and one tuple made, whatever was replaced before)."""
+        items = list(self._base)
+        for pos, worker in self._over.items():
+            items[pos] = worker
+        items[at:at + removed] = added
+        return Workers(tuple(items))
+
     def replaced(self, changed: Mapping[int, Worker]) -> Workers:
         """These workers with the ones at the positions of ``changed`` replaced."""
         over = {**self._over, **changed}
@@ -202,7 +211,7 @@ class Workers(Sequence[Worker]):
 
 #: Splices a position map may stack (:class:`SplicedPositions`) before it is made one
 #: dict again: a lookup walks the stack, a new dict touches every worker.
-MAX_SPLICES = 8
+MAX_SPLICES = 32
 
 
 class SplicedPositions(Mapping[str, int]):
@@ -344,10 +353,12 @@ class Snapshot:
         worker joins or leaves: equal to building it anew, but the per-worker arrays are
         spliced in C instead of read from every worker again. Placement pairings naming
         a removed worker are dropped (:meth:`with_pairs` sets new ones)."""
-        workers = (*self.workers[:at], *added, *self.workers[at + removed:])
+        old = self.workers
+        assert isinstance(old, Workers)
+        workers = old.spliced(at, removed, added)
         new = copy.copy(self)
         put = object.__setattr__
-        put(new, "workers", Workers(workers))
+        put(new, "workers", workers)
         if getattr(self.position, "depth", 0) < MAX_SPLICES:
             put(new, "position", SplicedPositions(self.position, at, removed,
                                                   [w.id for w in added]))
@@ -360,7 +371,7 @@ class Snapshot:
         for name, column in _columns(added).items():
             put(new, name, _spliced(getattr(self, name), at, removed, column))
         if removed and self.preferred_pairs:
-            gone = {w.id for w in self.workers[at:at + removed]}
+            gone = {self.workers[i].id for i in range(at, at + removed)}
             return new.with_pairs({pair: weight for pair, weight in self.preferred_pairs.items()
                                    if not gone.intersection(pair)})
         return new
