@@ -113,9 +113,10 @@ ROW_BUDGET_BYTES = 64 << 20
 #: Rows kept whatever the budget: more than the prefill candidates of one decision.
 MIN_ROWS = 48
 _ENTRY_BYTES = 8 + 8 + 8
-#: Times a source GPU is asked for before its row is computed and kept: a row costs
-#: a pass over every GPU of the fabric (~0.4 ms at 10,240 GPUs), a source's part of a
-#: decision's grid a few µs, so only sources that keep coming back get a row.
+#: Times a source GPU is asked for before its row is computed and kept, per 10,240
+#: GPUs of the fabric: a row costs a pass over every GPU (~0.4 ms at 10,240), a
+#: source's part of a decision's grid a few µs, so on a big fabric only sources that
+#: keep coming back get a row (on 1,024 GPUs, one asked 6 times does).
 FILL_AFTER = 64
 #: The row offset of a position not looked up yet: out of range of any row array.
 _UNKNOWN = 1 << 62
@@ -141,11 +142,12 @@ class FabricRows:
     """
 
     def __init__(self, distance: DistanceModel, budget_bytes: int | None = None,
-                 fill_after: int = FILL_AFTER) -> None:
+                 fill_after: int | None = None) -> None:
         """Create an empty row set for the fabric of ``distance`` (``budget_bytes``
         default: :data:`ROW_BUDGET_BYTES`)."""
         self.distance = distance
-        self.fill_after = fill_after
+        self.fill_after = fill_after if fill_after is not None else max(
+            1, round(FILL_AFTER * len(distance.names) / 10_240))
         #: Source GPUs asked for without a row, and how often (bounded).
         self._asks: dict[int, int] = {}
         self.size = len(distance.names)
@@ -169,7 +171,7 @@ class FabricRows:
 
     def slots(self, sources: IntArray) -> IntArray:
         """The row slot of each source GPU (-1: not held), computing the rows of sources
-        asked for ``fill_after`` times (default :data:`FILL_AFTER`)."""
+        asked for ``fill_after`` times (default: :data:`FILL_AFTER` scaled to the fabric)."""
         slots = self._slot_of[sources]
         missing = slots < 0
         if missing.any():
