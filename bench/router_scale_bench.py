@@ -501,7 +501,8 @@ def report(result: dict[str, Any]) -> str:
         "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
         "index), CPU time per call: the previous pair table (tier, latency, bandwidth "
         "and lanes of all n² worker pairs precomputed, kept in this bench as the anchor) "
-        "against fabric rows computed per source GPU on first use. Both routers take the "
+        "against fabric rows per source GPU, kept for sources asked a few times (6 on this "
+        "fabric), the decision's grid computed for the others. Both routers take the "
         "same requests in alternating rounds; their decisions are compared in full.", "",
         decision_table(decisions), ""])
 
