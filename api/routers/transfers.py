@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from api.deps import Coordinator, Prefix, RuntimeDep
@@ -30,24 +31,39 @@ async def submit_transfer(request: TransferRequest, coordinator: Coordinator) ->
 @router.get("/transfers/{plan_id}")
 async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
                        response: Response, wait_s: Annotated[float, Query(ge=0)] = 0.0,
-                       after: Annotated[int, Query(ge=0)] = 0) -> TransferRecord:
+                       after: Annotated[int, Query(ge=0)] = 0,
+                       ended: bool = False) -> TransferRecord:
     """A transfer's plan, state and reports.
 
     Long-poll with ``wait_s``: answers once the record changed after version ``after``
-    (the ``X-Record-Version`` header of a previous answer), or after ``wait_s``.
+    (the ``X-Record-Version`` header of a previous answer), or after ``wait_s``; with
+    ``ended=true``, only once the transfer is no longer pending (or after ``wait_s``).
     """
     cap: float = request.app.state.settings.long_poll_max_s
+    give_up = time.monotonic() + min(wait_s, cap)
     record, version = await coordinator.store.wait_transfer(plan_id, min(wait_s, cap), after)
+    while ended and record.state == "pending" and (left := give_up - time.monotonic()) > 0:
+        record, version = await coordinator.store.wait_transfer(plan_id, left, version)
     response.headers["X-Record-Version"] = str(version)
     return record
 
 
-@router.post("/transfers/{plan_id}/report")
-async def report_transfer(plan_id: str, report: TransferReport,
-                          coordinator: Coordinator) -> TransferRecord:
+@router.post("/transfers/{plan_id}/report", response_model=TransferRecord,
+             responses={204: {"description": "recorded (the request asked for "
+                                             "`Prefer: return=minimal`)"}})
+async def report_transfer(plan_id: str, report: TransferReport, coordinator: Coordinator,
+                          prefer: Annotated[str | None, Header()] = None) -> Any:
     """A sidecar's report; moves the transfer to done or failed (and, once, into
-    telemetry: the coordinator tells the service when a transfer ends)."""
-    return await coordinator.report(plan_id, report)
+    telemetry: the coordinator tells the service when a transfer ends).
+
+    Answers the record, or 204 and nothing with ``Prefer: return=minimal`` (RFC 7240;
+    what the sidecar sends: it needs no record back, and writing the whole plan again
+    costs more than recording the report).
+    """
+    record = await coordinator.report(plan_id, report)
+    if prefer is not None and "return=minimal" in prefer.replace(" ", "").lower():
+        return Response(status_code=204, headers={"Preference-Applied": "return=minimal"})
+    return record
 
 
 class ReleaseTransfer(BaseModel):

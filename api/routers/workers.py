@@ -1,20 +1,31 @@
-"""Workers: registration with a lease, heartbeats, removal, listing, the job long-poll."""
+"""Workers: registration with a lease, heartbeats, removal, listing, the job channels
+(a long-poll, and a stream that stays open)."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from api.deps import Coordinator, Prefix, RuntimeDep
 from api.load import register_capacity
 from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
-from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
-from topology.errors import ConflictError, NotFoundError
+from scheduler.transfer.coordinator import TransferCoordinator
+from scheduler.transfer.plan import Lease, TransferJob, TransferReport, WorkerRegistration
+from topology.errors import ConflictError, InputError, NotFoundError, ToposchedError
 
 router = APIRouter(prefix="/v1", tags=["workers"])
+log = logging.getLogger(__name__)
 
 
 class JobBatch(BaseModel):
@@ -90,3 +101,112 @@ async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
     """Long-poll: answers at the first queued job or after ``wait_s`` (capped)."""
     cap: float = request.app.state.settings.long_poll_max_s
     return JobBatch(jobs=await coordinator.take_jobs(name, min(wait_s, cap)))
+
+
+#: Media type of the job stream: one JSON job per line (empty lines keep it alive).
+JOB_STREAM_MEDIA_TYPE = "application/x-ndjson"
+
+
+@router.get("/sidecars/{name:path}/jobs/stream", response_class=StreamingResponse)
+async def stream_jobs(name: str, request: Request, coordinator: Coordinator,
+                      keepalive_s: Annotated[float, Query(gt=0)] = 5.0) -> StreamingResponse:
+    """The job stream: one response that stays open, a JSON job per line written the
+    moment it is queued, an empty line after ``keepalive_s`` (capped) without jobs.
+
+    404 at once for a worker that is not registered; the stream ends when its lease
+    lapses or it is removed (the sidecar registers again and reopens it).
+    """
+    cap: float = request.app.state.settings.long_poll_max_s
+    first = await coordinator.next_job_texts(name, 0)  # 404 here, before the stream starts
+    return _JobStream(_job_lines(coordinator, name, first, min(keepalive_s, cap)),
+                      media_type=JOB_STREAM_MEDIA_TYPE,
+                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _JobStream(StreamingResponse):
+    """A streaming response that stops the moment its client goes away: a stream left
+    waiting for jobs after its sidecar reconnected would take (and lose) the next one."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-write
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+async def _job_lines(coordinator: TransferCoordinator, name: str, texts: list[str],
+                     keepalive_s: float) -> AsyncIterator[bytes]:
+    """The stream's body: queued jobs as they come (each write is one chunk)."""
+    while True:
+        if texts:
+            sent_at = coordinator.now()  # stamped after the write, with the time it began
+            yield "".join(f"{text}\n" for text in texts).encode()
+            await coordinator.delivered(texts, sent_at)
+        else:
+            yield b"\n"
+        try:
+            texts = await coordinator.next_job_texts(name, keepalive_s)
+        except NotFoundError:
+            return  # lease lapsed or removed: the sidecar registers again
+
+
+#: Path suffix of the report stream (exempt from the whole-body size and time limits;
+#: each line is held to ``max_body_bytes``).
+REPORT_STREAM_SUFFIX = "/reports/stream"
+
+
+class ReportsTaken(BaseModel):
+    """What a report stream delivered when it ended."""
+
+    reports: int
+    refused: int
+
+
+@router.post("/sidecars/{name:path}/reports/stream")
+async def stream_reports(name: str, request: Request,
+                         coordinator: Coordinator) -> ReportsTaken:
+    """The report stream: a request body that stays open (chunked), one JSON
+    ``TransferReport`` per line, each recorded as it arrives (as ``POST
+    /v1/transfers/{id}/report`` would, without a request per report).
+
+    Reports must come from ``name`` (``worker``); a line that is not a valid report of
+    a transfer of this worker is refused and logged (the stream goes on). Answers when
+    the sidecar ends the body, with the counts.
+    """
+    limit: int = request.app.state.settings.max_body_bytes
+    taken = refused = 0
+    pending = b""
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except (StopAsyncIteration, ClientDisconnect):  # ended, or the sidecar went away
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        if len(pending) > limit:
+            raise InputError(f"a line of the report stream is longer than {limit} bytes")
+        for line in lines:
+            if not line.strip():
+                continue
+            if await _take_report(coordinator, name, line):
+                taken += 1
+            else:
+                refused += 1
+    return ReportsTaken(reports=taken, refused=refused)
+
+
+async def _take_report(coordinator: TransferCoordinator, name: str, line: bytes) -> bool:
+    try:
+        report = TransferReport.model_validate_json(line)
+        if report.worker != name:
+            raise ValueError(f"a report of {report.worker!r} on the stream of {name!r}")
+        await coordinator.report(report.plan_id, report)
+    except (PydanticError, ValueError, ToposchedError) as exc:
+        log.warning("report stream of %s: refused a report: %s", name, exc)
+        return False
+    return True

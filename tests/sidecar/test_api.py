@@ -142,3 +142,31 @@ def test_transfer_long_poll_answers_on_change(client: TestClient) -> None:
     changed = client.get("/v1/transfers/lp", params={"wait_s": 5, "after": version})
     assert changed.json()["state"] == "done"
     assert int(changed.headers["x-record-version"]) > version
+
+
+def test_a_report_can_ask_for_no_record_back(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "min"})
+    report = {"plan_id": "min", "worker": "decode-0", "role": "initiator", "outcome": "ok"}
+    answer = client.post("/v1/transfers/min/report", json=report,
+                         headers={"Prefer": "return=minimal"})
+    assert answer.status_code == 204 and answer.content == b""
+    assert answer.headers["preference-applied"] == "return=minimal"
+    assert client.get("/v1/transfers/min").json()["state"] == "done"  # recorded all the same
+
+
+def test_a_long_poll_can_wait_for_the_end_of_a_transfer(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "end"})
+    # a change that does not end it (the job leaves) does not answer an ended=true poll
+    client.get("/v1/sidecars/decode-0/jobs", params={"wait_s": 0})
+    pending = client.get("/v1/transfers/end", params={"wait_s": 0.2, "ended": True})
+    assert pending.json()["state"] == "pending" and pending.json()["delivered_at"] is not None
+    client.post("/v1/transfers/end/report", json={"plan_id": "end", "worker": "decode-0",
+                                                  "role": "initiator", "outcome": "ok"})
+    done = client.get("/v1/transfers/end", params={"wait_s": 5, "ended": True})
+    assert done.json()["state"] == "done"
