@@ -9,6 +9,7 @@ mapped back onto the error tree from their problem+json body, never retried.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import select
 import socket
@@ -73,6 +74,9 @@ class SchedulerClient:
         #: Reports sent on the report stream / by POST (the stream was unavailable).
         self.reports_streamed = 0
         self.reports_posted = 0
+        #: Batches of KV events sent on the report stream / by POST.
+        self.events_streamed = 0
+        self.events_posted = 0
 
     def _call(self, method: str, path: str, *, body: Any = None, timeout_s: float | None = None,
               params: dict[str, Any] | None = None, prefer_minimal: bool = False) -> Any:
@@ -178,6 +182,15 @@ class SchedulerClient:
         """The request that used a received transfer's blocks ended on ``worker``."""
         self._call("POST", f"/v1/transfers/{_segment(plan_id)}/release",
                    body={"worker": worker})
+
+    def send_events(self, worker: str, events: list[dict[str, Any]]) -> None:
+        """Publish ``worker``'s KV events on its report stream (a JSON list on one line),
+        else (the stream is unavailable) with :meth:`kv_events`."""
+        if self._reports.send(worker, json.dumps(events).encode(), self._token):
+            self.events_streamed += 1
+        else:
+            self.kv_events(events)
+            self.events_posted += 1
 
     def kv_events(self, events: list[dict[str, Any]]) -> None:
         """Publish KV events (block_stored / block_removed …), in order, in one request."""

@@ -12,7 +12,6 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
   NIXL's busy-spinning progress thread (docs/transfers.md);
 * ``watchdog`` — one thread for every job's deadline: reports ``timeout`` for a wait
   nobody ended and for a NIXL call that never returned;
-* ``events`` — publishes KV events in order, off the job thread;
 * executor pool — transfers handed off by the job thread, and WRITE targets waiting
   for their NIXL notification.
 
@@ -29,7 +28,6 @@ import itertools
 import json
 import logging
 import os
-import queue
 import signal
 import sys
 import threading
@@ -70,8 +68,6 @@ _SWITCH_INTERVAL_S = 0.0005
 _WATCHDOG_GRACE_S = 0.5
 #: How often the watchdog looks at the earliest deadline (no wake-up per job).
 _WATCHDOG_TICK_S = 0.05
-#: How long shutdown waits for the KV events still queued.
-_EVENTS_DRAIN_S = 5.0
 
 
 class Watchdog:
@@ -156,10 +152,6 @@ class Sidecar:
         #: Set while the job thread is not in the middle of a job.
         self._idle = threading.Event()
         self._idle.set()
-        self._outbox: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
-        self._publisher = threading.Thread(target=self._publish_loop, name="events",
-                                           daemon=True)
-        self._publisher.start()
         self._lock = threading.Lock()
         self._publish = threading.Lock()
         self._seq = 0
@@ -496,8 +488,8 @@ class Sidecar:
             log.warning("release of %s not delivered: %s", plan.plan_id, exc)
 
     def _events(self, *events: dict[str, Any]) -> None:
-        """Number ``events`` and queue them for the ``events`` thread (in order: the
-        index reads a sequence gap as lost events)."""
+        # Numbering and sending under one lock: the index reads a seq gap as lost events.
+        # They go on the report stream (a socket write), behind this transfer's report.
         with self._publish:
             numbered = []
             for event in events:
@@ -506,15 +498,8 @@ class Sidecar:
                 if self.config.model and event["kind"] != "all_blocks_cleared":
                     item["model"] = self.config.model
                 numbered.append(item)
-            self._outbox.put(numbered)
-
-    def _publish_loop(self) -> None:
-        while True:
-            batch = self._outbox.get()
-            if batch is None:
-                return
             try:
-                self.client.kv_events(batch)
+                self.client.send_events(self.config.name, numbered)
             except ToposchedError as exc:
                 log.warning("KV events not delivered: %s", exc)
 
@@ -526,8 +511,6 @@ class Sidecar:
         drained = _wait_until(lambda: self._idle.is_set() and not self._waiting, give_up)
         drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
             and drained
-        self._outbox.put(None)
-        self._publisher.join(_EVENTS_DRAIN_S)
         deregistered = True
         try:
             self.client.deregister(self.config.name)
@@ -539,7 +522,9 @@ class Sidecar:
         self.client.close()
         return self.write_state("stopped", drained=drained, scheduler_deregistered=deregistered,
                                 reports_streamed=self.client.reports_streamed,
-                                reports_posted=self.client.reports_posted, **asdict(summary))
+                                reports_posted=self.client.reports_posted,
+                                events_streamed=self.client.events_streamed,
+                                events_posted=self.client.events_posted, **asdict(summary))
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -18,6 +19,8 @@ from starlette.types import Receive, Scope, Send
 
 from api.deps import Coordinator, Prefix, RuntimeDep
 from api.load import register_capacity
+from api.runtime import Runtime
+from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
 from scheduler.transfer.coordinator import TransferCoordinator
@@ -161,22 +164,24 @@ REPORT_STREAM_SUFFIX = "/reports/stream"
 
 
 class ReportsTaken(BaseModel):
-    """What a report stream delivered when it ended."""
+    """What a report stream delivered when it ended: lines taken (reports recorded,
+    KV event batches applied) and refused."""
 
-    reports: int
+    taken: int
     refused: int
 
 
 @router.post("/sidecars/{name:path}/reports/stream")
-async def stream_reports(name: str, request: Request,
-                         coordinator: Coordinator) -> ReportsTaken:
-    """The report stream: a request body that stays open (chunked), one JSON
-    ``TransferReport`` per line, each recorded as it arrives (as ``POST
-    /v1/transfers/{id}/report`` would, without a request per report).
+async def stream_reports(name: str, request: Request, coordinator: Coordinator,
+                         prefix: Prefix, runtime: RuntimeDep) -> ReportsTaken:
+    """The report stream: a request body that stays open (chunked), one line per item,
+    each taken as it arrives: a JSON ``TransferReport`` object is recorded as ``POST
+    /v1/transfers/{id}/report`` would record it, a JSON list of KV events is applied as
+    ``POST /v1/kv-events`` would apply it — without a request per report or batch.
 
-    Reports must come from ``name`` (``worker``); a line that is not a valid report of
-    a transfer of this worker is refused and logged (the stream goes on). Answers when
-    the sidecar ends the body, with the counts.
+    Everything must come from ``name`` (``worker`` fields); a line that is not a valid
+    report or batch of this worker is refused and logged (the stream goes on). Answers
+    when the sidecar ends the body, with the counts.
     """
     limit: int = request.app.state.settings.max_body_bytes
     taken = refused = 0
@@ -193,11 +198,12 @@ async def stream_reports(name: str, request: Request,
         for line in lines:
             if not line.strip():
                 continue
-            if await _take_report(coordinator, name, line):
-                taken += 1
+            if line.lstrip().startswith(b"["):
+                ok = await _take_events(prefix, runtime, name, line)
             else:
-                refused += 1
-    return ReportsTaken(reports=taken, refused=refused)
+                ok = await _take_report(coordinator, name, line)
+            taken, refused = taken + ok, refused + (not ok)
+    return ReportsTaken(taken=taken, refused=refused)
 
 
 async def _take_report(coordinator: TransferCoordinator, name: str, line: bytes) -> bool:
@@ -209,4 +215,22 @@ async def _take_report(coordinator: TransferCoordinator, name: str, line: bytes)
     except (PydanticError, ValueError, ToposchedError) as exc:
         log.warning("report stream of %s: refused a report: %s", name, exc)
         return False
+    return True
+
+
+async def _take_events(prefix: PrefixIndex, runtime: Runtime, name: str,
+                       line: bytes) -> bool:
+    try:
+        items = json.loads(line)
+        events = [parse_event(item, source=f"report stream of {name}[{i}]")
+                  for i, item in enumerate(items)]
+        others = {event.worker for event in events} - {name}
+        if others:
+            raise ValueError(f"KV events of {sorted(others)} on the stream of {name!r}")
+    except (ValueError, TypeError, ToposchedError) as exc:
+        log.warning("report stream of %s: refused KV events: %s", name, exc)
+        return False
+    for event in events:
+        prefix.apply(event)
+    await runtime.publish_events(events)
     return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -170,3 +171,26 @@ def test_a_long_poll_can_wait_for_the_end_of_a_transfer(client: TestClient) -> N
                                                   "role": "initiator", "outcome": "ok"})
     done = client.get("/v1/transfers/end", params={"wait_s": 5, "ended": True})
     assert done.json()["state"] == "done"
+
+
+def test_the_report_stream_records_reports_and_applies_kv_events(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "rs"})
+    lines = [
+        {"plan_id": "rs", "worker": "decode-0", "role": "initiator", "outcome": "ok"},
+        [{"kind": "block_stored", "worker": "decode-0", "seq": 1, "block_hashes": [7, 8]}],
+        {"plan_id": "rs", "worker": "prefill-0", "role": "target", "outcome": "ok"},
+        [{"kind": "block_stored", "worker": "prefill-0", "seq": 1, "block_hashes": [9]}],
+        {"plan_id": "nope", "worker": "decode-0", "role": "initiator", "outcome": "ok"},
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines) + "not json\n"
+    answer = client.post("/v1/sidecars/decode-0/reports/stream", content=body)
+    # this worker's report and events taken; another worker's, an unknown transfer and
+    # a line that is not JSON refused, each on its own
+    assert answer.json() == {"taken": 2, "refused": 4}
+    assert client.get("/v1/transfers/rs").json()["state"] == "done"
+    index = client.app.state.prefix_index  # type: ignore[attr-defined]
+    assert index.match([7, 8])["decode-0"].confirmed == 2
+    assert "prefill-0" not in index.match([9])
