@@ -22,17 +22,25 @@ class EventAck(BaseModel):
     resync: ResyncRequest | None = None
 
 
-@router.post("/transfers", status_code=201)
-async def submit_transfer(request: TransferRequest, coordinator: Coordinator) -> TransferRecord:
-    """Build, validate and queue a plan; the sidecars pick it up on their long-poll."""
-    return await coordinator.submit(request)
+@router.post("/transfers", status_code=201, response_model=TransferRecord)
+async def submit_transfer(request: TransferRequest, coordinator: Coordinator) -> Response:
+    """Build, validate and queue a plan; the sidecars' job streams carry it at once."""
+    return _record_response(await coordinator.submit(request), 201)
 
 
-@router.get("/transfers/{plan_id}")
+def _record_response(record: TransferRecord, status: int = 200,
+                     headers: dict[str, str] | None = None) -> Response:
+    """``record`` as JSON, written once: the model is ours and already valid, and a
+    second validation of the whole plan would run while a report waits for the loop."""
+    return Response(record.model_dump_json(by_alias=True), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+@router.get("/transfers/{plan_id}", response_model=TransferRecord)
 async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
-                       response: Response, wait_s: Annotated[float, Query(ge=0)] = 0.0,
+                       wait_s: Annotated[float, Query(ge=0)] = 0.0,
                        after: Annotated[int, Query(ge=0)] = 0,
-                       ended: bool = False) -> TransferRecord:
+                       ended: bool = False) -> Response:
     """A transfer's plan, state and reports.
 
     Long-poll with ``wait_s``: answers once the record changed after version ``after``
@@ -44,8 +52,7 @@ async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
     record, version = await coordinator.store.wait_transfer(plan_id, min(wait_s, cap), after)
     while ended and record.state == "pending" and (left := give_up - time.monotonic()) > 0:
         record, version = await coordinator.store.wait_transfer(plan_id, left, version)
-    response.headers["X-Record-Version"] = str(version)
-    return record
+    return _record_response(record, headers={"X-Record-Version": str(version)})
 
 
 @router.post("/transfers/{plan_id}/report", response_model=TransferRecord,
