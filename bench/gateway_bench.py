@@ -59,12 +59,6 @@ PROMPT_TOKENS = 1024
 MAX_TOKENS = 8
 #: Issue 13's bound on the added p50 latency.
 TARGET_S = 1e-3
-#: The prefill fake's KV pool (blocks of 16 tokens). Its pool is a ring that reuses the
-#: oldest block ids without looking at leases; with the default 4,096 blocks (64
-#: prompts) a decode leg that lagged 64 prefills behind under load read reused blocks
-#: and answered other tokens (a Disagreement between the sides). 32,768 blocks hold
-#: 512 prompts, far more than are ever in flight here.
-PREFILL_BLOCKS = 32_768
 
 
 def _requests(count: int, seed: int) -> list[dict[str, Any]]:
@@ -154,8 +148,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="toposched-gw-bench-") as tmp, \
             harness.session(args, tag="gateway") as run:
-        engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill",
-                                num_blocks=PREFILL_BLOCKS),
+        engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
                    start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
         gw = start_gateway(engines, Path(tmp), args=["--pd-min-uncached-tokens", "0"])
         try:

@@ -139,9 +139,20 @@ def gateway_rows(data: dict[str, Any]) -> Iterator[Row]:
         thr = found["throughput"]["paired_ratio_vs_first"]["gateway"]["values"]
         yield ("gateway.md", f"added latency per streamed request, p50 (target ≤ 1 ms); "
                f"throughput with {data['concurrency']} in flight", "vLLM's two-leg proxy flow "
-               "run by the client, same fake engines", f"+{gateway - direct:.2f} ms "
+               "run by the client, same fake engines", f"{gateway - direct:+.2f} ms "
                f"({gateway:.2f} vs {direct:.2f} ms); gateway / direct req/s {_ratio(thr)}",
                _cond(found["latency"]), data["command"])
+
+
+def leg_client_rows(data: dict[str, Any]) -> Iterator[Row]:
+    for condition in data["environment"]["conditions"]:
+        found = data[condition]
+        cpu = {name: side["cpu_seconds"]["median"] / side["ops"] * 1e3
+               for name, side in found["sides"].items()}
+        figures = ", ".join(f"{name} {ms:.2f} ms" for name, ms in cpu.items())
+        yield ("leg_client.md", "gateway engine-leg client: CPU per two-leg request",
+               "httpx (and aiohttp when installed), same requests", figures,
+               _cond(found), data["command"])
 
 
 def _speed(cmp_: dict[str, Any], candidate: str) -> str:
@@ -231,7 +242,8 @@ SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "state": own_rows("state", "memory vs Redis store operations, job delivery"),
     "telemetry": own_rows("telemetry", "telemetry ingest and rendering"),
     "replica_convergence": own_rows("replica_convergence", "convergence lag between replicas"),
-    "gateway": gateway_rows, "engine_events": engine_event_rows, "ui": ui_rows,
+    "gateway": gateway_rows, "leg_client": leg_client_rows,
+    "engine_events": engine_event_rows, "ui": ui_rows,
     "topology_inputs": topology_input_rows, "router_scale": router_scale_rows,
     "mocker_compare": mocker_rows,
 }

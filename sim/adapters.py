@@ -142,12 +142,15 @@ class RouterAdapter:
                  index: PrefixIndex, *, pairings: Mapping[tuple[str, str], float],
                  block_tokens: int, kv_bytes_per_token: int, prefill_tokens_per_s: float,
                  seed: int = 0, blind_fabric: bool = False,
-                 cost: CostParams | None = None) -> None:
+                 cost: CostParams | None = None, prefill_ttl_s: float | None = None) -> None:
         """Route over ``instances`` (fixed for the run) with ``policy``; ``blind_fabric``:
-        transfers are priced as free; ``cost``: the router's cost-model constants."""
+        transfers are priced as free; ``cost``: the router's cost-model constants;
+        ``prefill_ttl_s``: the router's routing-time prefix prediction
+        (:class:`~scheduler.router.router.Router`)."""
         kind = _FabricBlindRouter if blind_fabric else Router
         self.blind_fabric = blind_fabric
-        self.router = kind(distance, policy, index=index, seed=seed, cost=cost)
+        self.router = kind(distance, policy, index=index, seed=seed, cost=cost,
+                           prefill_ttl_s=prefill_ttl_s)
         self.instances = tuple(instances)
         self.pairings = dict(pairings)
         self.block_tokens, self.kv_bytes_per_token = block_tokens, kv_bytes_per_token

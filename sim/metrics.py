@@ -102,6 +102,8 @@ class Summary(BaseModel):
     decode_utilisation: float
     refusals: int
     split_in_aggregated: int = 0
+    #: Prefix-index entries the router predicted at routing time (``prefill_ttl_s``).
+    predicted_blocks: int = 0
     events: int
     wall_s: float
 
@@ -170,7 +172,8 @@ def met_slo(jobs: Sequence[Job], slo: Slo) -> int:
 def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: float,
               arrival_span_s: float, slo: Slo, ideal_hit_ratio: float,
               utilisation: tuple[float, float, float], refusals: int, events: int,
-              wall_s: float, split_in_aggregated: int = 0) -> Summary:
+              wall_s: float, split_in_aggregated: int = 0,
+              predicted_blocks: int = 0) -> Summary:
     """The :class:`Summary` of the completed ``jobs`` of a run."""
     ttft = [j.first_token_s - j.request.arrival_s for j in jobs]
     tpots = [_tpot(j) for j in jobs]
@@ -197,5 +200,6 @@ def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: f
         decode_reuse_ratio=sum(j.decode_cached for j in jobs if not j.local) / blocks,
         ideal_hit_ratio=ideal_hit_ratio, gpu_utilisation=utilisation[0],
         prefill_utilisation=utilisation[1], decode_utilisation=utilisation[2],
-        refusals=refusals, split_in_aggregated=split_in_aggregated, events=events,
+        refusals=refusals, split_in_aggregated=split_in_aggregated,
+        predicted_blocks=predicted_blocks, events=events,
         wall_s=wall_s)

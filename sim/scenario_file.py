@@ -5,8 +5,10 @@ per-edge overrides and slower NICs on some racks), the instances (prefill / deco
 counts, TP, aggregated or not), the engine (:class:`~sim.timing.EngineSpec`: step
 curves, ``max_num_batched_tokens``, KV blocks, eviction order), the workload and how
 its arrivals are replayed (``raw`` timestamps or quantised buckets ``spread``), the
-SLOs, whether KV transfers use the fabric or are instantaneous, the placement and the
-policies to compare. Errors name the file, the field path and the rule::
+SLOs, whether KV transfers use the fabric or are instantaneous, whether the router
+counts a routed prompt as held by its prefill worker before the engine reports it
+(``router.prefill_ttl_s``), the placement and the policies to compare. Errors name
+the file, the field path and the rule::
 
     scenario.yaml: engine.kv_blocks: must be greater than or equal to 1
 
@@ -78,6 +80,16 @@ class InstancesSection(BaseModel):
     aggregated: bool = False
 
 
+class RouterSection(BaseModel):
+    """How the router reads prefixes besides the engines' KV events."""
+
+    model_config = _STRICT
+    #: Count a routed prompt's blocks as held by the worker that will compute them for
+    #: this many seconds (until its engine reports them), as Dynamo's approximate KV
+    #: router, llm-d's approximate prefix scorer and SGLang's cache-aware router do.
+    prefill_ttl_s: float | None = Field(default=None, gt=0)
+
+
 class Scenario(BaseModel):
     """A scenario document (version 1)."""
 
@@ -95,6 +107,7 @@ class Scenario(BaseModel):
     arrivals: Literal["raw", "spread"] = "spread"
     slo: Slo = Field(default_factory=Slo)
     transfers: Literal["fabric", "infinite"] = "fabric"
+    router: RouterSection = Field(default_factory=RouterSection)
     placement: PlacementMethod = "solver"
     policies: tuple[str, ...] = ("fabric-cost",)
     seed: int = Field(default=0, ge=0)
@@ -115,7 +128,8 @@ class Scenario(BaseModel):
                          aggregated=inst.aggregated if aggregated is None else aggregated,
                          infinite_fabric=self.transfers == "infinite", seed=self.seed,
                          slo=self.slo, engine=self.engine, blind_fabric=blind_fabric,
-                         blind_prefix=blind_prefix)
+                         blind_prefix=blind_prefix,
+                         prefill_ttl_s=self.router.prefill_ttl_s)
 
     def fabric(self, base: Path | None = None) -> FabricSpec:
         """Build the cluster's fabric (``fabric_file`` relative to ``base``)."""

@@ -62,6 +62,9 @@ class SimConfig:
     engine: EngineSpec = field(default_factory=EngineSpec)
     #: Constants of the router's cost model; ``None``: derived from the engine and trace.
     cost: CostParams | None = None
+    #: Seconds the router counts a routed prompt's blocks as held by the worker that
+    #: will compute them (until its engine reports them); ``None``: from KV events only.
+    prefill_ttl_s: float | None = None
     retry_s: float = 0.05
     solver_time_limit_s: float = 10.0
 
@@ -115,7 +118,7 @@ class Simulation:
             kv_bytes_per_token=self.kv_bytes_per_token,
             prefill_tokens_per_s=self._typical_rate(), seed=config.seed,
             blind_fabric=config.infinite_fabric or config.blind_fabric,
-            cost=self.cost)
+            cost=self.cost, prefill_ttl_s=config.prefill_ttl_s)
         self.finished: list[Job] = []
         self.too_big = self.gave_up = 0
         self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
@@ -272,6 +275,7 @@ class Simulation:
                          utilisation=(mean["all"], mean["prefill"], mean["decode"]),
                          refusals=self.router.refusals, events=self.queue.processed,
                          split_in_aggregated=self.router.split_in_aggregated,
+                         predicted_blocks=self.router.router.index.stats().predictions_made,
                          wall_s=wall_s)
 
 

@@ -30,6 +30,8 @@ HEAVY: dict[str, str | tuple[str, ...]] = {
     "msgspec": ("engines/", "scheduler/prefix/wire.py"),
     "msgpack": "engines/",
     "prometheus_client": "engines/",
+    # the engine legs' HTTP/1.1 client (uvicorn drives its own copy on the server side)
+    "httptools": "engines/pd/http.py",
 }
 
 

@@ -18,7 +18,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -32,6 +31,7 @@ from api.runtime import Runtime
 from api.service import ServiceState
 from api.snapshots import LiveSnapshots
 from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
+from engines.pd.http import EngineHttp, TransportError, loads
 from scheduler.router.router import RouteRequest, Unschedulable
 from scheduler.telemetry.handoff import Handoff
 from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
@@ -53,7 +53,7 @@ class Gateway:
     chooser, engine client."""
 
     def __init__(self, runtime: Runtime, services: ServiceState, feeds: EngineFeeds,
-                 tokens: Tokens, client: httpx.AsyncClient, *, min_uncached_tokens: int,
+                 tokens: Tokens, legs: EngineHttp, *, min_uncached_tokens: int,
                  lease_s: float, reservation_ttl_s: float = 600.0,
                  engine_headers: Mapping[str, str] | None = None) -> None:
         """Wire the gateway to the app's runtime, services and engine instances (the
@@ -61,7 +61,7 @@ class Gateway:
         gateway's reports of engines it could not reach)."""
         self.runtime, self.services, self.feeds = runtime, services, feeds
         self.registry = feeds.registry
-        self.tokens, self.client = tokens, client
+        self.tokens, self.legs = tokens, legs
         tokens.unreachable = lambda name: self._out_of_routing({name}, "tokenize")
         self.chooser = PairChooser(min_uncached_tokens)
         self.snapshots = LiveSnapshots()
@@ -127,7 +127,7 @@ class Gateway:
         protocol = protocol_for(route.decode.engine)
         try:
             answer = await until_disconnect(request.receive,
-                                            protocol.open(self.client, plan, timeline))
+                                            protocol.open(self.legs, plan, timeline))
         except EngineUnreachableError as exc:
             await held.release_all()
             gone = {exc.engine, *timeline.unreachable}
@@ -204,7 +204,7 @@ class RelayResponse(Response):
         try:
             async for chunk in self.answer.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             self.outcome = "engine-error"
             self.gateway._out_of_routing({self.route.decode.name}, type(exc).__name__)
             if sse:
@@ -241,7 +241,7 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-def explain(route: Route, timeline: Timeline, upstream: httpx.Headers) -> dict[str, str]:
+def explain(route: Route, timeline: Timeline, upstream: Mapping[str, str]) -> dict[str, str]:
     """The response headers: the engine's content type and the decision, explained."""
     mode = "decode-only" if timeline.fallback else route.mode
     headers = {
@@ -274,7 +274,7 @@ def _sse_error(message: str) -> bytes:
 def parse_body(raw: bytes, path: str) -> dict[str, Any]:
     """The request's JSON object, checked as far as routing needs (422 naming fields)."""
     try:
-        body = json.loads(raw)
+        body = loads(raw)
     except ValueError as exc:
         raise ValidationError(path, [Issue("body", f"not JSON: {exc}")]) from None
     if not isinstance(body, dict):

@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-from http.cookiejar import CookieJar
-from typing import Any
-
-import httpx
 from fastapi import FastAPI
 
 from api.gateway.relay import Gateway
 from api.gateway.tokens import LocalTokenizer, Tokens
 from api.security import TokenAuth
 from api.settings import Settings
-
-#: Idle keep-alive connections kept per engine.
-KEEPALIVE = 64
+from engines.pd.http import EngineHttp
 
 
 def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
@@ -23,10 +17,8 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
 
     The engines it routes to are the service's registered instances (``--instances``
     seeds them, the instance API changes them: :mod:`api.engine_feeds`)."""
-    timeout = httpx.Timeout(settings.engine_read_timeout_s,
-                            connect=settings.engine_connect_timeout_s)
-    client = EngineClient(timeout=timeout, limits=httpx.Limits(
-        max_connections=None, max_keepalive_connections=KEEPALIVE))
+    client = EngineHttp(connect_timeout_s=settings.engine_connect_timeout_s,
+                        read_timeout_s=settings.engine_read_timeout_s)
     key = settings.engine_api_key
     headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key else {}
     local = LocalTokenizer(settings.tokenizer) if settings.tokenizer else None
@@ -44,45 +36,6 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
     return gateway
 
 
-class NoCookies(CookieJar):
-    """A cookie jar that keeps nothing and sends nothing."""
-
-    def extract_cookies(self, response: Any, request: Any) -> None:
-        """Keep no cookie."""
-
-    def add_cookie_header(self, request: Any) -> None:
-        """Send no cookie."""
-
-
-class _NoCookies(httpx.Cookies):
-    """httpx's cookie store over :class:`NoCookies`, skipping the per-answer work: httpx
-    wraps every answer and its request in urllib objects (parsing the URL again) before
-    it asks the jar whether to keep a cookie; two legs a request paid ~3 % of the
-    gateway's CPU for it (docs/dev-notes.md)."""
-
-    def extract_cookies(self, response: httpx.Response) -> None:
-        """Keep no cookie."""
-
-    def set_cookie_header(self, request: httpx.Request) -> None:
-        """Send no cookie."""
-
-
-class EngineClient(httpx.AsyncClient):
-    """The engine client: keeps no cookies and sends none. A cookie one engine answer
-    set must not ride along on other clients' requests."""
-
-    _none: httpx.Cookies = _NoCookies(NoCookies())
-
-    @property
-    def cookies(self) -> httpx.Cookies:
-        """Always empty."""
-        return self._none
-
-    @cookies.setter
-    def cookies(self, cookies: object) -> None:
-        """Ignored (httpx's constructor sets it)."""
-
-
 async def start_gateway(gateway: Gateway) -> None:
     """Ask every instance for its /health once before serving (an instance is out of
     routing until it has answered)."""
@@ -91,4 +44,4 @@ async def start_gateway(gateway: Gateway) -> None:
 
 async def stop_gateway(gateway: Gateway) -> None:
     """Close the engine connections."""
-    await gateway.client.aclose()
+    await gateway.legs.aclose()

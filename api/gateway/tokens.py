@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from engines.instance import EngineInstance
+from engines.pd.http import EngineHttp, TransportError
+from engines.pd.legs import encode
 from topology.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ class LocalTokenizer:
 class Tokens:
     """Finds a request's token ids by the cheapest exact way available."""
 
-    def __init__(self, client: httpx.AsyncClient, local: LocalTokenizer | None = None,
+    def __init__(self, client: EngineHttp, local: LocalTokenizer | None = None,
                  headers: Mapping[str, str] | None = None,
                  unreachable: Callable[[str], None] | None = None) -> None:
         """``client`` asks the engines; ``local`` tokenizes text prompts here;
@@ -93,15 +93,16 @@ class Tokens:
         else:
             query["prompt"] = _prompt_text(body.get("prompt")) or ""
         try:
-            answer = await self.client.post(f"{engine.base_url}/tokenize", json=query,
-                                            headers=self.headers)
+            answer = await self.client.post(f"{engine.base_url}/tokenize", encode(query),
+                                            self.headers)
+            await answer.read()
             tokens = answer.json().get("tokens") if answer.status_code == 200 else None
-        except httpx.TransportError as exc:
+        except TransportError as exc:
             log.warning("tokenize on %s failed: %s", engine.name, type(exc).__name__)
             if self.unreachable is not None:
                 self.unreachable(engine.name)
             return None
-        except (httpx.HTTPError, ValueError) as exc:
+        except (ValueError, AttributeError) as exc:  # not JSON, or not an object
             log.warning("tokenize on %s failed: %s", engine.name, type(exc).__name__)
             return None
         if isinstance(tokens, list) and all_ints(tokens):

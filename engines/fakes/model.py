@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -74,19 +75,34 @@ def detokenize(token: int) -> str:
 
 
 class BlockPool:
-    """A ring of KV blocks: allocation reuses the oldest ids, freeing poisons them."""
+    """KV blocks handed out as an engine's block allocator does: an id is taken from the
+    free queue and not handed out again until it is freed; freed ids go to the back of
+    the queue (the oldest freed is reused first) and their content is gone."""
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
         self.num_blocks, self.block_size = num_blocks, block_size
-        self._next = 0
+        self._free: deque[int] = deque(range(num_blocks))
+        self._taken: set[int] = set()
         self.slots: dict[int, list[int]] = {}
 
-    def store(self, tokens: Sequence[int]) -> list[int]:
-        """Write ``tokens`` into fresh blocks; their ids."""
+    @property
+    def free_blocks(self) -> int:
+        """Blocks no request holds."""
+        return len(self._free)
+
+    def blocks_for(self, tokens: int) -> int:
+        """Blocks a prompt of ``tokens`` tokens takes (a partial last block is one)."""
+        return -(-tokens // self.block_size)
+
+    def store(self, tokens: Sequence[int]) -> list[int] | None:
+        """Write ``tokens`` into free blocks; their ids, or None when too few are free
+        (the request waits, as a real engine queues it)."""
+        if self.blocks_for(len(tokens)) > len(self._free):
+            return None
         ids = []
         for start in range(0, len(tokens), self.block_size):
-            block = self._next % self.num_blocks
-            self._next += 1
+            block = self._free.popleft()
+            self._taken.add(block)
             self.slots[block] = list(tokens[start:start + self.block_size])
             ids.append(block)
         return ids
@@ -99,7 +115,10 @@ class BlockPool:
         return out
 
     def free(self, ids: Sequence[int]) -> None:
-        """Give blocks back: their content is gone (another request may reuse them)."""
+        """Give held blocks back: their content is gone (another request may reuse
+        them); a block not held is left alone."""
         for block in ids:
-            if block in self.slots:
+            if block in self._taken:
+                self._taken.remove(block)
                 self.slots[block] = [POISON] * len(self.slots[block])
+                self._free.append(block)

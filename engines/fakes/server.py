@@ -9,9 +9,11 @@ What it does like the real engines (../shared/docs/ENGINES.md):
   the prompt's KV is kept in blocks for ``lease_s`` and the answer carries
   ``kv_transfer_params`` (block ids per KV group, engine id, side channel, ``tp_size``,
   …); a body with ``do_remote_prefill`` is a decode leg — the KV is read from the
-  prefill engine's side channel (``/_fake/nixl/read`` here) and the blocks freed. Read
-  after the lease, the blocks hold other data and the tokens come out wrong, as with a
-  real engine; an unknown engine id or too few blocks gives 500;
+  prefill engine's side channel (``/_fake/nixl/read`` here) and the blocks freed. Block
+  ids are not handed out again while leased (a prefill finding every block leased
+  waits, as a real engine queues it). Read after the lease, the blocks hold other data
+  and the tokens come out wrong, as with a real engine; an unknown engine id or too
+  few blocks gives 500;
 * SGLang flavour: ``--role prefill`` servers publish the prompt's KV in the bootstrap
   room named by ``bootstrap_room``; ``--role decode`` servers wait for that room on
   ``bootstrap_host:bootstrap_port`` (``/_fake/bootstrap/{room}`` here) and refuse bodies
@@ -47,6 +49,9 @@ from engines.fakes.model import (
     prompt_tokens,
     tokenize_text,
 )
+
+#: How often a prefill leg waiting for free KV blocks looks again.
+BLOCK_WAIT_S = 0.002
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -147,6 +152,7 @@ class FakeEngine:
         elif path == "/_fake/state":
             await _json(send, 200, {"counts": dict(self.counts), "running": self.running,
                                     "leases": len(self.leases), "bytes_read": self.bytes_read,
+                                    "free_blocks": self.pool.free_blocks,
                                     "engine_id": self.config.engine_id})
         elif path.startswith("/_fake/bootstrap/"):
             await self._bootstrap(path.rsplit("/", 1)[1], send)
@@ -242,7 +248,7 @@ class FakeEngine:
         self._sweep()
         await asyncio.sleep(self.config.prefill_s_per_token * len(tokens))
         await self.gate.wait()
-        blocks = self.pool.store(tokens)
+        blocks = await self._blocks(tokens)
         request_id = f"fake-{uuid.uuid4().hex[:12]}"
         params = {"do_remote_prefill": True, "do_remote_decode": False,
                   "remote_block_ids": [blocks], "remote_engine_id": self.config.engine_id,
@@ -254,6 +260,21 @@ class FakeEngine:
         answer = _answer(self.config.model, generate(tokens, 1), chat)
         answer["kv_transfer_params"] = params
         await _json(send, 200, answer)
+
+    async def _blocks(self, tokens: list[int]) -> list[int]:
+        """Blocks holding ``tokens``; while every block is leased the request waits, as
+        a real engine's scheduler keeps it queued (leases end by decode reads or expiry)."""
+        if self.pool.blocks_for(len(tokens)) > self.pool.num_blocks:
+            raise HttpError(400, f"the prompt needs more than the engine's "
+                                 f"{self.pool.num_blocks} KV blocks")
+        blocks = self.pool.store(tokens)
+        if blocks is None:
+            self.counts["waited_for_blocks"] += 1
+        while blocks is None:
+            await asyncio.sleep(BLOCK_WAIT_S)
+            self._sweep()
+            blocks = self.pool.store(tokens)
+        return blocks
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -271,10 +292,11 @@ class FakeEngine:
             self.counts["altered_params"] += 1
         groups = params.get("remote_block_ids") or [[]]
         blocks = [int(b) for b in groups[0]]
-        if lease is None or lease.expires < time.monotonic():
+        stale = lease is None or lease.expires < time.monotonic()
+        if stale:
             self.counts["stale_reads"] += 1
-            if lease is not None:
-                self.pool.free(lease.blocks)
+        if stale and lease is not None:
+            self.pool.free(lease.blocks)  # expired: freed before the read comes
         tokens = self.pool.read(blocks)
         if lease is not None:
             self.pool.free(lease.blocks)  # the decode engine's notification

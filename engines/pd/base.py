@@ -20,8 +20,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import httpx
-
+from engines.pd.http import Answer, EngineHttp
 from topology.errors import ToposchedError
 
 #: Header carrying the request id shared by both legs (vLLM uses it as its request id).
@@ -142,7 +141,7 @@ class UpstreamAnswer:
     decode stream, a concurrent prefill leg) and is safe to call twice.
     """
 
-    def __init__(self, response: httpx.Response, timeline: Timeline,
+    def __init__(self, response: Answer, timeline: Timeline,
                  companions: tuple[Any, ...] = ()) -> None:
         self.response = response
         self.timeline = timeline
@@ -163,12 +162,12 @@ class UpstreamAnswer:
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives (raw bytes: SSE frames pass through untouched); an
         answer already read whole (a prefill's refusal) is its decoded content."""
-        if self.response.is_stream_consumed:
+        if self.response.is_consumed:
             self.timeline.first_byte = self.timeline.first_byte or Timeline.now()
             yield self.response.content
             self.timeline.done = Timeline.now()
             return
-        async for chunk in self.response.aiter_raw():
+        async for chunk in self.response.chunks():
             if self.timeline.first_byte is None and chunk:
                 self.timeline.first_byte = Timeline.now()
             yield chunk
@@ -189,7 +188,7 @@ class PdProtocol(Protocol):
 
     kind: str
 
-    async def open(self, client: httpx.AsyncClient, plan: LegPlan,
+    async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:
         """Run ``plan``'s legs up to the decode answer's headers; the body stays unread."""
 

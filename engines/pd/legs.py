@@ -6,10 +6,10 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
 import msgspec
 
 from engines.pd.base import EngineEndpoint, EngineUnreachableError, LegPlan
+from engines.pd.http import Answer, EngineHttp, TransportError
 
 _ENCODER = msgspec.json.Encoder()
 
@@ -24,27 +24,28 @@ def encode(body: Mapping[str, Any]) -> bytes:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
-def describe(exc: httpx.TransportError) -> str:
+def describe(exc: TransportError) -> str:
     """A transport failure in a few words, without the request's content."""
     kind = type(exc).__name__
     text = str(exc)
     return f"{kind}: {text}" if text else kind
 
 
-async def send(client: httpx.AsyncClient, plan: LegPlan, engine: EngineEndpoint,
-               body: Mapping[str, Any], *, leg: str, stream: bool) -> httpx.Response:
+async def send(client: EngineHttp, plan: LegPlan, engine: EngineEndpoint,
+               body: Mapping[str, Any], *, leg: str, stream: bool) -> Answer:
     """POST ``body`` to ``engine`` at the plan's path; an unreachable engine raises
-    :class:`EngineUnreachableError` (a streamed answer's body stays unread)."""
-    request = client.build_request(
-        "POST", plan.url(engine), content=encode(body),
-        headers={**plan.leg_headers(), "Content-Type": "application/json"})
+    :class:`EngineUnreachableError` (a streamed answer's body stays unread, any other is
+    read whole)."""
     try:
-        return await client.send(request, stream=stream)
-    except httpx.TransportError as exc:
+        answer = await client.post(plan.url(engine), encode(body), plan.leg_headers())
+        if not stream:
+            await answer.read()
+    except TransportError as exc:
         raise EngineUnreachableError(engine.name, leg, describe(exc)) from exc
+    return answer
 
 
-def json_object(response: httpx.Response) -> dict[str, Any] | None:
+def json_object(response: Answer) -> dict[str, Any] | None:
     """The answer's JSON object, or None when it is not one."""
     try:
         data = response.json()

@@ -20,8 +20,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx
-
 from engines.pd.base import (
     EngineEndpoint,
     EngineUnreachableError,
@@ -29,6 +27,7 @@ from engines.pd.base import (
     Timeline,
     UpstreamAnswer,
 )
+from engines.pd.http import Answer, EngineHttp
 from engines.pd.legs import send
 
 #: SGLang's default ``--disaggregation-bootstrap-port``.
@@ -60,7 +59,7 @@ class SglangProtocol:
 
     kind = "sglang"
 
-    async def open(self, client: httpx.AsyncClient, plan: LegPlan,
+    async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:
         """Both legs at once; the decode answer, streamed (decode-only without P)."""
         if plan.prefill is None:
@@ -86,8 +85,8 @@ class SglangProtocol:
         return UpstreamAnswer(decode.result(), timeline, companions=(prefill,))
 
     @staticmethod
-    async def _prefill(client: httpx.AsyncClient, plan: LegPlan, engine: EngineEndpoint,
-                       body: Mapping[str, Any], timeline: Timeline) -> httpx.Response:
+    async def _prefill(client: EngineHttp, plan: LegPlan, engine: EngineEndpoint,
+                       body: Mapping[str, Any], timeline: Timeline) -> Answer:
         try:
             return await send(client, plan, engine, body, leg="prefill", stream=False)
         except EngineUnreachableError as exc:
@@ -110,11 +109,11 @@ class SglangProtocol:
         return None
 
 
-async def _prefill_failed_first(prefill: asyncio.Task[httpx.Response],
-                                decode: asyncio.Task[httpx.Response]) -> httpx.Response | None:
+async def _prefill_failed_first(prefill: asyncio.Task[Answer],
+                                decode: asyncio.Task[Answer]) -> Answer | None:
     """Wait for the decode answer; a prefill error that comes first is returned (an
     unreachable prefill raises)."""
-    pending: set[asyncio.Task[httpx.Response]] = {prefill, decode}
+    pending: set[asyncio.Task[Answer]] = {prefill, decode}
     while decode in pending:
         done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         if prefill in done:
@@ -130,7 +129,7 @@ async def _cancel(*tasks: asyncio.Task[Any]) -> None:
     for task in tasks:
         with contextlib.suppress(BaseException):
             response = await task
-            if isinstance(response, httpx.Response):
+            if isinstance(response, Answer):
                 await response.aclose()
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import httpx
-
 from engines.instance import is_loopback
 from engines.pd.base import (
     EngineEndpoint,
@@ -34,6 +32,7 @@ from engines.pd.base import (
     Timeline,
     UpstreamAnswer,
 )
+from engines.pd.http import EngineHttp
 from engines.pd.legs import json_object, send
 
 #: The parameters asking the prefill engine to keep the KV for a remote decode.
@@ -68,7 +67,7 @@ class VllmProtocol:
 
     kind = "vllm"
 
-    async def open(self, client: httpx.AsyncClient, plan: LegPlan,
+    async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:
         """Prefill leg (unless decode-only), then the decode leg, streamed."""
         body: Mapping[str, Any] = plan.body
@@ -94,7 +93,7 @@ class VllmProtocol:
                                   stream=True)
         return UpstreamAnswer(response, timeline)
 
-    async def _prefill(self, client: httpx.AsyncClient, plan: LegPlan,
+    async def _prefill(self, client: EngineHttp, plan: LegPlan,
                        engine: EngineEndpoint, timeline: Timeline
                        ) -> Any | UpstreamAnswer | None:
         """The prefill's ``kv_transfer_params``; its answer when the client erred (4xx);

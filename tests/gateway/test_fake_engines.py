@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from engines.fakes.model import generate, prompt_tokens
 from engines.instance import EngineInstance
 from engines.pd import LegPlan, Timeline, protocol_for
+from engines.pd.http import EngineHttp
 from scheduler.prefix.hashing import block_hashes
 from tests.gateway.harness import (
     HOSTS,
@@ -27,6 +29,7 @@ from tests.gateway.harness import (
     start_gateway,
     wait_for,
 )
+from tests.servers import stop_process
 
 pytestmark = [pytest.mark.process]
 LONG = "the quick brown fox jumps over the lazy dog. " * 90  # ~4,000 tokens (bytes)
@@ -167,11 +170,12 @@ def test_a_decode_leg_past_the_lease_goes_decode_only(vllm: Gateway) -> None:
 
     async def run() -> tuple[int, Timeline]:
         timeline = Timeline()
-        async with httpx.AsyncClient() as client:
-            answer = await protocol_for("vllm").open(client, plan, timeline)
-            await answer.response.aread()
-            await answer.aclose()
-            return answer.status_code, timeline
+        client = EngineHttp(connect_timeout_s=10, read_timeout_s=30)
+        answer = await protocol_for("vllm").open(client, plan, timeline)
+        await answer.response.read()
+        await answer.aclose()
+        await client.aclose()
+        return answer.status_code, timeline
 
     status, timeline = asyncio.run(run())
     assert status == 200 and not timeline.disaggregated
@@ -188,11 +192,12 @@ def test_a_prefill_refusal_is_relayed_whole(vllm: Gateway) -> None:
                    request_id="refused-1", decode=d0, prefill=p0, lease_s=30)
 
     async def run() -> tuple[int, bytes]:
-        async with httpx.AsyncClient() as client:
-            answer = await protocol_for("vllm").open(client, plan, Timeline())
-            body = b"".join([chunk async for chunk in answer.chunks()])
-            await answer.aclose()
-            return answer.status_code, body
+        client = EngineHttp(connect_timeout_s=10, read_timeout_s=30)
+        answer = await protocol_for("vllm").open(client, plan, Timeline())
+        body = b"".join([chunk async for chunk in answer.chunks()])
+        await answer.aclose()
+        await client.aclose()
+        return answer.status_code, body
 
     status, body = asyncio.run(run())
     assert status == 400
@@ -375,3 +380,40 @@ def test_the_registry_alone_says_what_is_in_routing(tmp_path: Path) -> None:
         assert _completion(gateway).status_code == 503
     finally:
         gateway.stop()
+
+
+def test_the_fake_prefill_never_hands_out_a_leased_block_twice() -> None:
+    """A pool of 8 blocks, two 4-block prompts leased: a third prefill waits (a ring would
+    have overwritten the first lease), takes the blocks the first lease's read freed,
+    and the second lease still reads its own tokens."""
+    engine = start_engine("p0", host=HOSTS[0], gpu=0, role="prefill", num_blocks=8)
+    try:
+        prompts = [[100 + 64 * k + i for i in range(64)] for k in range(3)]
+
+        def prefill(prompt: list[int]) -> dict[str, Any]:
+            body = {"model": MODEL, "prompt": prompt, "max_tokens": 1,
+                    "kv_transfer_params": {"do_remote_decode": True}}
+            answer = httpx.post(f"{engine.url}/v1/completions", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            params: dict[str, Any] = answer.json()["kv_transfer_params"]
+            return params
+
+        def read(params: dict[str, Any]) -> list[int]:
+            answer = httpx.post(f"{engine.url}/_fake/nixl/read", json={"params": params},
+                                timeout=30)
+            return list(answer.json()["tokens"])
+
+        first, second = prefill(prompts[0]), prefill(prompts[1])
+        ids = [first["remote_block_ids"][0], second["remote_block_ids"][0]]
+        assert sorted(ids[0] + ids[1]) == list(range(8))
+        with ThreadPoolExecutor(1) as pool:
+            third = pool.submit(prefill, prompts[2])
+            wait_for(lambda: engine.state()["counts"].get("waited_for_blocks") == 1,
+                     "the third prefill to wait for blocks")
+            assert not third.done()
+            assert read(first) == prompts[0]
+            assert sorted(third.result(timeout=30)["remote_block_ids"][0]) == sorted(ids[0])
+        assert read(second) == prompts[1]
+        assert engine.state()["counts"].get("stale_reads", 0) == 0
+    finally:
+        stop_process(engine.process)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -57,6 +59,7 @@ def test_a_scenario_sets_the_fabric_engine_and_arrivals(tmp_path: Path) -> None:
     (GOOD.replace("version: 1", "version: 2"), "version"),
     (GOOD.replace("rails: false", "rails: false, racks: 3"), "cluster"),
     (GOOD.replace("prefill: 2,", "prefill: -1,"), "instances.prefill"),
+    (GOOD + "router: {prefill_ttl_s: 0}\n", "router.prefill_ttl_s"),
 ])
 def test_bad_scenarios_name_the_field(tmp_path: Path, text: str, path: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -79,6 +82,28 @@ def test_cli_runs_a_scenario_file_and_rejects_a_bad_one(tmp_path: Path) -> None:
     failed = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert failed.returncode != 0
     assert "engine.kv_blocks" in failed.stderr and "Traceback" not in failed.stderr
+
+
+def _cli_runs(path: Path) -> list[dict[str, Any]]:
+    cmd = [sys.executable, "-m", "api.cli.main", "simulate", "--scenario", str(path), "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    runs: list[dict[str, Any]] = json.loads(done.stdout)["runs"]
+    return runs
+
+
+def test_the_router_predicts_a_routed_prompt_on_its_prefill_worker(tmp_path: Path) -> None:
+    # router.prefill_ttl_s: the router counts a routed prompt's blocks as held by the
+    # worker that computes them until its engine reports them (Dynamo's approximate
+    # mode); without it only the engines' KV events feed the prefix index.
+    plain = tmp_path / "plain.yaml"
+    plain.write_text(GOOD.replace("[round-robin]", "[fabric-cost]"))
+    predicted = tmp_path / "predicted.yaml"
+    predicted.write_text(plain.read_text() + "router: {prefill_ttl_s: 30}\n")
+    off, on = _cli_runs(plain)[0]["summary"], _cli_runs(predicted)[0]["summary"]
+    assert off["predicted_blocks"] == 0
+    assert on["predicted_blocks"] > 0
+    assert on["completed"] == off["completed"] == on["requests"]
 
 
 def test_the_mocker_scenario_replays_a_trace_as_dynamos_mocker_does(tmp_path: Path) -> None:
