@@ -104,7 +104,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(AuthError, auth_error_handler)
     app.add_middleware(StrictNumbers, routes_of=app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes,
-                       timeout_s=settings.body_timeout_s)
+                       timeout_s=settings.body_timeout_s,
+                       streams=(workers.REPORT_STREAM_SUFFIX,))
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     if settings.gateway:  # first of all: routes are matched in order, these are its hot path

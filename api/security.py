@@ -309,13 +309,18 @@ class BodyLimit:
     the body is complete (an app waiting for the client to disconnect) are not timed.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float | None = None,
+                 streams: tuple[str, ...] = ()) -> None:
+        """``streams``: path suffixes of POST bodies that stay open on purpose (each
+        line is limited by its route instead)."""
         self.app = app
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.streams = streams
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or (
+                self.streams and str(scope.get("path", "")).endswith(self.streams)):
             await self.app(scope, receive, send)
             return
         declared = dict(scope.get("headers") or []).get(b"content-length")

@@ -45,8 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gpu", action="append", default=[], metavar="HOST/gpuN",
                    help="fabric GPU of this worker (repeatable)")
     p.add_argument("--poll-wait", type=float, default=5.0, metavar="S",
-                   help="long-poll wait per request")
-    p.add_argument("--executors", type=int, default=4, help="transfer threads")
+                   help="seconds between the job stream's keep-alive lines (a silent stream "
+                        "is reopened after this plus the client timeout)")
+    p.add_argument("--executors", type=int, default=4,
+                   help="threads for transfers handed off by the job thread (longer than "
+                        "--post-wait) and WRITE targets waiting for a NIXL notification")
     p.add_argument("--progress-thread", action="store_true",
                    help="enable NIXL's progress thread (busy-spins a core)")
     p.add_argument("--ucx-devices", default=None, metavar="DEV",
@@ -59,8 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--connect-timeout", type=float, default=10.0, metavar="S")
     p.add_argument("--drain-timeout", type=float, default=15.0, metavar="S")
     p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
-                   help="seconds the job loop lets a new transfer post before polling again "
-                        "(0 on hosts with cores to spare)")
+                   help="seconds the job thread drives a transfer it posted itself before "
+                        "handing the rest to an executor thread and reading the next job "
+                        "(0: hand off at once)")
     p.add_argument("--block-tokens", type=int, default=None, metavar="N",
                    help="the engine's KV block size in tokens, registered with the worker "
                         "(the scheduler hashes this model's prompts into such blocks)")

@@ -29,6 +29,7 @@ class SidecarConfig:
     model: str | None = None
     host: str = "localhost"
     gpus: tuple[str, ...] = ()
+    #: Seconds between the job stream's keep-alive lines.
     poll_wait_s: float = 5.0
     executors: int = 4
     progress_thread: bool = False
@@ -37,8 +38,8 @@ class SidecarConfig:
     state_file: Path | None = None
     connect_timeout_s: float = 10.0
     drain_timeout_s: float = 15.0
-    #: How long the job thread lets a handed-over transfer post before its next poll:
-    #: the poll's HTTP work competes with the copy for CPU on small hosts.
+    #: How long the job thread drives a transfer it posted before handing the rest to
+    #: an executor thread (no thread hand-off for anything shorter).
     post_wait_s: float = 0.05
     #: Fake engine: how long a received request "decodes" before it ends and its blocks
     #: are released at the scheduler (negative: never).

@@ -47,9 +47,23 @@ _BAD_METADATA = frozenset({"nixlMismatchError", "nixlInvalidParamError"})
 class _Peer:
     agent: str
     digest: bytes
+    text: str
     epoch: int
     layout: KvLayout
     dlist: Any
+
+
+@dataclass
+class Posted:
+    """A request this agent posted: its handle, state and times (perf_counter)."""
+
+    handle: Any
+    plan: TransferPlan
+    peer: str
+    started: float
+    state: str = "PROC"
+    done_at: float | None = None
+    released: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,12 +127,18 @@ class NixlAdapter:
 
     def ensure_peer(self, peer: PlanEndpoint) -> None:
         """Load a peer's metadata and prepare its descriptor list, once per epoch."""
+        with self._lock:
+            known = self._peers.get(peer.agent_name)
+            if known and (known.text, known.epoch, known.layout) == (
+                    peer.agent_metadata_b64, peer.epoch, peer.layout):
+                return  # the same text again: no need to decode and hash it
         raw = decode_metadata(peer.agent_metadata_b64)
         digest = hashlib.blake2b(raw, digest_size=16).digest()
         with self._lock:
             known = self._peers.get(peer.agent_name)
             if known and (known.digest, known.epoch, known.layout) == (digest, peer.epoch,
                                                                       peer.layout):
+                known.text = peer.agent_metadata_b64
                 return
             if known:
                 self._drop_peer(known)
@@ -140,7 +160,8 @@ class NixlAdapter:
                     f"plan names {peer.agent_name!r}")])
             dlist = self._agent.prep_xfer_dlist(
                 peer.agent_name, descriptor_rows(peer.layout, peer.device_id), peer.mem_type)
-            self._peers[peer.agent_name] = _Peer(peer.agent_name, digest, peer.epoch,
+            self._peers[peer.agent_name] = _Peer(peer.agent_name, digest,
+                                                 peer.agent_metadata_b64, peer.epoch,
                                                  peer.layout, dlist)
 
     def forget_peer(self, agent: str) -> bool:
@@ -164,6 +185,21 @@ class NixlAdapter:
         Raises :class:`TransferError` (``failed`` or ``timeout``); the request handle is
         released either way.
         """
+        posted = self.post(plan, deadline)
+        try:
+            self.drive(posted, deadline)
+        except BaseException:
+            self.release(posted)
+            raise
+        return self.finish(posted)
+
+    def post(self, plan: TransferPlan, deadline: float) -> Posted:
+        """Create and start ``plan``'s request (this agent is its initiator).
+
+        Then :meth:`drive` it to completion and :meth:`finish` it (or :meth:`release` it
+        on failure), on this thread or another. Raises :class:`TransferError`; a request
+        that failed to start is released here.
+        """
         local_is_src = plan.src.agent_name == self.name
         peer = plan.dst if local_is_src else plan.src
         self.ensure_peer(peer)
@@ -178,14 +214,58 @@ class NixlAdapter:
             handle = self._agent.make_prepped_xfer(
                 plan.mode, self._local, row_indices(self._layout, local_blocks),
                 self._peers[peer.agent_name].dlist, row_indices(peer.layout, remote_blocks))
+        posted = Posted(handle, plan, peer.agent_name, started)
         try:
-            self._run(handle, deadline, plan.plan_id)
-        finally:
-            self._release(handle)
-        elapsed = time.perf_counter() - started
+            with self._lock:
+                posted.state = self._agent.transfer(handle)
+        except Exception as exc:  # nixlRemoteDisconnectError and friends
+            self.release(posted)
+            raise TransferError(f"{plan.plan_id}: {type(exc).__name__}: {exc}") from exc
+        return posted
+
+    def drive(self, posted: Posted, deadline: float, until: float | None = None) -> bool:
+        """Check ``posted`` back to back until it is done (True) or ``until`` (monotonic)
+        passed (False: still in flight). Raises :class:`TransferError` on failure or at
+        ``deadline``; the handle stays with the caller (:meth:`release`)."""
+        plan_id = posted.plan.plan_id
+        try:
+            while posted.state == "PROC":
+                now = time.monotonic()
+                if now >= deadline:
+                    raise TransferError(f"{plan_id}: no completion before the deadline "
+                                        "(peer hung?)", "timeout")
+                if until is not None and now >= until:
+                    return False
+                # Each check drives UCX progress, which issues the next fragments of a
+                # large copy: keep checking. sleep(0) only lets other threads of this
+                # process take the GIL between checks.
+                time.sleep(0)
+                with self._lock:
+                    posted.state = self._agent.check_xfer_state(posted.handle)
+        except TransferError:
+            raise
+        except Exception as exc:  # nixlRemoteDisconnectError and friends
+            raise TransferError(f"{plan_id}: {type(exc).__name__}: {exc}") from exc
+        posted.done_at = time.perf_counter()
+        if posted.state != "DONE":
+            raise TransferError(f"{plan_id}: NIXL reported {posted.state}")
+        return True
+
+    def finish(self, posted: Posted) -> XferResult:
+        """Release a completed request, notify the target (``notify: nixl``), and say
+        what it did (``duration_s``: request creation → completion seen)."""
+        self.release(posted)
+        plan = posted.plan
         if plan.notify == "nixl":
-            self._notify(peer.agent_name, plan.notif_tag, plan.plan_id)
-        return XferResult(plan.total_bytes, plan.descriptors, elapsed)
+            self._notify(posted.peer, plan.notif_tag, plan.plan_id)
+        done_at = posted.done_at if posted.done_at is not None else time.perf_counter()
+        return XferResult(plan.total_bytes, plan.descriptors, done_at - posted.started)
+
+    def release(self, posted: Posted) -> None:
+        """Release ``posted``'s handle (kept for shutdown if NIXL refuses); once."""
+        if not posted.released:
+            posted.released = True
+            self._release(posted.handle)
 
     def _notify(self, agent: str, tag: str, plan_id: str) -> None:
         # Sent on its own after completion rather than attached to the request: an
@@ -197,28 +277,6 @@ class NixlAdapter:
         except Exception as exc:
             raise TransferError(f"{plan_id}: data moved but {agent!r} could not be notified: "
                                 f"{type(exc).__name__}: {exc}") from exc
-
-    def _run(self, handle: Any, deadline: float, plan_id: str) -> None:
-        try:
-            with self._lock:
-                state = self._agent.transfer(handle)
-            while state == "PROC":
-                now = time.monotonic()
-                if now >= deadline:
-                    raise TransferError(f"{plan_id}: no completion before the deadline "
-                                        "(peer hung?)", "timeout")
-                # Each check drives UCX progress, which issues the next fragments of a
-                # large copy: keep checking. sleep(0) only lets other threads of this
-                # process take the GIL between checks.
-                time.sleep(0)
-                with self._lock:
-                    state = self._agent.check_xfer_state(handle)
-        except TransferError:
-            raise
-        except Exception as exc:  # nixlRemoteDisconnectError and friends
-            raise TransferError(f"{plan_id}: {type(exc).__name__}: {exc}") from exc
-        if state != "DONE":
-            raise TransferError(f"{plan_id}: NIXL reported {state}")
 
     def _release(self, handle: Any) -> None:
         with self._lock:

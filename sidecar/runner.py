@@ -1,14 +1,19 @@
-"""The sidecar process: register, heartbeat, long-poll jobs, execute them, report, drain.
+"""The sidecar process: register, heartbeat, read the job stream, execute, report, drain.
 
 Threads (there is no event loop; NIXL never runs where one could be blocked):
 
 * main — waits for SIGTERM/SIGINT, then drains and shuts down in order;
-* ``jobs`` — long-polls the scheduler and hands each job to the executor;
+* ``jobs`` — reads the job stream and does the hot path itself, with no hand-off: an
+  ``execute`` job is validated, posted and driven to completion and reported on this
+  thread (handed to the executor only if it runs past ``--post-wait``); an ``await`` of
+  a READ plan is only noted, and its ``complete`` (or ``abort``) job ends it here;
 * ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
 * ``progress`` — polls NIXL notifications every few ms, because the agent runs without
   NIXL's busy-spinning progress thread (docs/transfers.md);
-* executor pool — validates, executes or awaits one transfer each, with the plan's
-  deadline, then reports and publishes KV events.
+* ``watchdog`` — one thread for every job's deadline: reports ``timeout`` for a wait
+  nobody ended and for a NIXL call that never returned;
+* executor pool — transfers handed off by the job thread, and WRITE targets waiting
+  for their NIXL notification.
 
 Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
 deadline) → deregister from the scheduler (its metadata stops being handed out) →
@@ -18,6 +23,8 @@ release peers and handles, deregister memory → write the final state file.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import json
 import logging
 import os
@@ -45,8 +52,8 @@ from sidecar.announce import Announcer, load_announcement
 from sidecar.client import SchedulerClient
 from sidecar.config import SidecarConfig
 from sidecar.engine import EngineHook, FakeEngine
-from sidecar.errors import FailureKind, SchedulerUnavailableError, TransferError
-from sidecar.nixl_adapter import NixlAdapter, XferResult
+from sidecar.errors import SchedulerUnavailableError, TransferError
+from sidecar.nixl_adapter import NixlAdapter, Posted, XferResult
 from sidecar.pool import KvPool
 from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
 
@@ -59,6 +66,61 @@ _HOT_WINDOW_S = 0.05
 _SWITCH_INTERVAL_S = 0.0005
 #: A job's report is forced this long after its deadline if NIXL never returned.
 _WATCHDOG_GRACE_S = 0.5
+#: How often the watchdog looks at the earliest deadline (no wake-up per job).
+_WATCHDOG_TICK_S = 0.05
+
+
+class Watchdog:
+    """Deadlines of every job on one thread: ``arm`` a key with a time and a function,
+    ``disarm`` it when the job ended; the function runs (on the watchdog thread) for
+    keys still armed when their time came. Checked every ``tick_s``, so arming wakes
+    nothing."""
+
+    def __init__(self, stop: threading.Event, tick_s: float = _WATCHDOG_TICK_S) -> None:
+        self._stop = stop
+        self._tick_s = tick_s
+        self._lock = threading.Lock()
+        self._heap: list[tuple[float, int, tuple[str, str]]] = []
+        self._armed: dict[tuple[str, str], Callable[[], None]] = {}
+        self._seq = itertools.count()
+
+    def arm(self, key: tuple[str, str], when: float, fire: Callable[[], None]) -> None:
+        """Run ``fire`` at ``when`` (monotonic) unless ``key`` is disarmed first."""
+        with self._lock:
+            self._armed[key] = fire
+            heapq.heappush(self._heap, (when, next(self._seq), key))
+            if len(self._heap) > 4 * len(self._armed) + 1024:  # drop disarmed entries
+                self._heap = [item for item in self._heap if item[2] in self._armed]
+                heapq.heapify(self._heap)
+
+    def disarm(self, key: tuple[str, str]) -> bool:
+        """Disarm ``key``; True when it was armed (whoever disarms it first wins)."""
+        with self._lock:
+            return self._armed.pop(key, None) is not None
+
+    def armed(self) -> int:
+        """Keys armed now."""
+        with self._lock:
+            return len(self._armed)
+
+    def run(self) -> None:
+        """Fire due keys until stopped (the ``watchdog`` thread)."""
+        while not self._stop.wait(self._tick_s):
+            self.fire_due(time.monotonic())
+
+    def fire_due(self, now: float) -> None:
+        """Run the functions of armed keys due at ``now``."""
+        while True:
+            with self._lock:
+                if not self._heap or self._heap[0][0] > now:
+                    return
+                key = heapq.heappop(self._heap)[2]
+                fire = self._armed.get(key)
+            if fire is not None:
+                try:
+                    fire()
+                except Exception:  # one failing report must not stop the others
+                    log.exception("watchdog of %s failed", key)
 
 
 class Sidecar:
@@ -84,8 +146,12 @@ class Sidecar:
         self.outcomes: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
         self._cancels: dict[str, threading.Event] = {}
-        self._watchdogs: dict[tuple[str, str], threading.Timer] = {}
-        self._completed: set[str] = set()
+        self.watchdog = Watchdog(self.stop)
+        #: READ targets waiting for their ``complete`` job: plan id → (plan, started).
+        self._waiting: dict[str, tuple[TransferPlan, float]] = {}
+        #: Set while the job thread is not in the middle of a job.
+        self._idle = threading.Event()
+        self._idle.set()
         self._lock = threading.Lock()
         self._publish = threading.Lock()
         self._seq = 0
@@ -126,7 +192,8 @@ class Sidecar:
     def serve(self) -> None:
         """Start the background threads (call after :meth:`register`)."""
         for target, name in ((self._job_loop, "jobs"), (self._heartbeat_loop, "heartbeat"),
-                             (self._progress_loop, "progress")):
+                             (self._progress_loop, "progress"),
+                             (self.watchdog.run, "watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def _heartbeat_loop(self) -> None:
@@ -158,45 +225,43 @@ class Sidecar:
         self._active_at = time.monotonic()
 
     def _job_loop(self) -> None:
-        while not self.stop.is_set():
+        # Runs on after stop is set while READ targets still wait for their complete job
+        # (new transfers are rejected then); ends with the stream once deregistered.
+        while not self.stop.is_set() or self._waiting:
             try:
-                jobs = self.client.poll_jobs(self.config.name, self.config.poll_wait_s)
+                for job in self.client.job_stream(self.config.name, self.config.poll_wait_s):
+                    self._idle.clear()
+                    try:
+                        self.dispatch(job, time.monotonic())
+                    finally:
+                        self._idle.set()
+                    if self.stop.is_set() and not self._waiting:
+                        return
             except NotFoundError:
                 self.stop.wait(0.2)  # lease lapsed; the heartbeat thread re-registers
-                continue
             except ToposchedError as exc:
-                log.warning("job poll failed: %s", exc)
+                log.warning("job stream failed: %s", exc)
                 self.stop.wait(0.5)
-                continue
-            received = time.monotonic()
-            posted = [self.dispatch(job, received) for job in jobs]
-            # Let the transfers just handed over post before this thread's next request
-            # competes with them for the GIL (bounded: a big copy may take a while).
-            for event in posted:
-                if event is not None:
-                    event.wait(self.config.post_wait_s)
 
-    def dispatch(self, job: TransferJob, received: float) -> threading.Event | None:
-        """Route one job: abort/complete wake a waiter, execute/await go to the executor.
+    def dispatch(self, job: TransferJob, received: float) -> None:
+        """Do one job on this thread: ``execute`` posts and drives the transfer (handing
+        it off after ``post_wait_s``), ``await`` validates and notes a READ target (a
+        WRITE target waits for its notification on an executor thread), ``complete`` and
+        ``abort`` end a wait.
 
         ``received`` is the monotonic time the job arrived (it starts the deadline; the
         report carries it on the wall clock, like the record's times, with the time the
         NIXL request was created, so a transfer splits into its stages).
-        Returns, for an ``execute`` job, an event set once its request is posted.
         """
         if job.kind in ("abort", "complete"):
-            if job.kind == "complete":
-                with self._lock:
-                    self._completed.add(job.plan_id)
-            self._cancel(job.plan_id).set()
-            return None
+            self._end_wait(job)
+            return
         assert job.plan is not None
-        if self.stop.is_set():
-            self._report(job.plan, "target" if job.kind == "await" else "initiator",
-                         "rejected", error="sidecar is shutting down")
-            return None
         plan = job.plan
         role = "initiator" if job.kind == "execute" else "target"
+        if self.stop.is_set():
+            self._report(plan, role, "rejected", error="sidecar is shutting down")
+            return
         with self._lock:
             self._stamps[(plan.plan_id, role)] = (
                 time.time() - (time.monotonic() - received), None)
@@ -204,34 +269,43 @@ class Sidecar:
             self.touch()  # notifications will flow: poll hot so they are acknowledged
         # The plan's own window (not_after, wall clock) bounds a job that waited in the
         # queue or reached a sidecar that was stalled.
-        budget = min(plan.deadline_s, plan.not_after - time.time())
+        budget = max(0.0, min(plan.deadline_s, plan.not_after - time.time()))
         deadline = received + budget
-        self._cancel(plan.plan_id)
-        watchdog = threading.Timer(max(0.0, budget) + _WATCHDOG_GRACE_S, self._overdue,
-                                   (plan, role))
-        watchdog.daemon = True
+        key = (plan.plan_id, role)
+        if job.kind == "await" and plan.notify == "scheduler":
+            # Nothing to wait on here: the complete or abort job ends it, else its deadline.
+            self.watchdog.arm(key, deadline, lambda: self._finish(
+                plan, role, "timeout", error=f"{plan.plan_id}: timeout before the initiator "
+                "reported completion"))
+            self._await_scheduler(plan)
+            return
+        self.watchdog.arm(key, deadline + _WATCHDOG_GRACE_S, lambda: self._finish(
+            plan, role, "timeout", error="no result before the deadline (a NIXL call is "
+            "stuck)"))
         with self._lock:
-            self._watchdogs[(plan.plan_id, role)] = watchdog
-        posted = None
+            self._cancels.setdefault(plan.plan_id, threading.Event())
         if job.kind == "await":
             self._executor.submit(self._await, plan, deadline)
         else:
-            posted = threading.Event()
-            self._executor.submit(self._execute, plan, deadline, posted)
-        # Registered above, started only now: starting a thread waits for it to run, and
-        # the transfer need not wait for that. A job that finished first cancelled it,
-        # and a cancelled timer's thread exits at once.
-        watchdog.start()
-        return posted
+            self._execute(plan, deadline)
 
-    def _overdue(self, plan: TransferPlan, role: str) -> None:
-        """A job still running past its deadline (a NIXL call that never returns)."""
-        self._finish(plan, role, "timeout",
-                     error="no result before the deadline (a NIXL call is stuck)")
-
-    def _cancel(self, plan_id: str) -> threading.Event:
+    def _end_wait(self, job: TransferJob) -> None:
+        """A ``complete`` or ``abort`` job: end the READ target's wait here; wake a WRITE
+        target's waiter or stop an initiator that has not posted yet."""
         with self._lock:
-            return self._cancels.setdefault(plan_id, threading.Event())
+            waiting = self._waiting.pop(job.plan_id, None)
+            cancel = self._cancels.get(job.plan_id)
+        if cancel is not None:
+            cancel.set()
+        if waiting is None:
+            return
+        plan, started = waiting
+        if job.kind == "complete":
+            self._finish(plan, "target", "ok", result=XferResult(
+                plan.total_bytes, plan.descriptors, time.perf_counter() - started))
+        else:
+            self._finish(plan, "target", "aborted", error=f"{plan.plan_id}: aborted before "
+                         "the initiator reported completion")
 
     # -- transfers ----------------------------------------------------------------
     def _check(self, plan: TransferPlan) -> None:
@@ -242,13 +316,17 @@ class Sidecar:
             raise ValidationError(f"transfer plan {plan.plan_id!r}", [Issue(
                 "layout", "stale plan: this worker's layout or agent changed")])
 
-    def _execute(self, plan: TransferPlan, deadline: float,
-                 posted: threading.Event | None = None) -> None:
+    def _execute(self, plan: TransferPlan, deadline: float) -> None:
+        """Post and drive ``plan`` on this thread; past ``post_wait_s`` the rest goes to
+        an executor thread, so that the next job is read."""
+        posted: Posted | None = None
         try:
             self._check(plan)
             if self.config.debug_hold_s:
                 time.sleep(self.config.debug_hold_s)
-            if self._cancel(plan.plan_id).is_set():
+            with self._lock:
+                cancel = self._cancels.get(plan.plan_id)
+            if cancel is not None and cancel.is_set():
                 raise TransferError(f"{plan.plan_id}: aborted by the scheduler before "
                                     "posting (nothing was moved)", "aborted")
             with self._lock:
@@ -256,35 +334,72 @@ class Sidecar:
                 key = (plan.plan_id, "initiator")
                 self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.time())
             try:
-                result = self.adapter.execute(plan, deadline)
+                posted = self.adapter.post(plan, deadline)
+                if not self.adapter.drive(posted, deadline,
+                                          time.monotonic() + self.config.post_wait_s):
+                    self._executor.submit(self._complete, plan, posted, deadline)
+                    posted = None  # the executor thread owns it now
+                    return
             finally:
                 with self._lock:
                     self._posting -= 1
-                if posted is not None:
-                    posted.set()
-        except ValidationError as exc:
+            result = self.adapter.finish(posted)
+        except Exception as exc:
+            if posted is not None:
+                self.adapter.release(posted)  # before the report: the handle is done with
+            self._initiator_failed(plan, exc)
+        else:
+            self._finish(plan, "initiator", "ok", result=result)
+        finally:
+            with self._lock:
+                self._cancels.pop(plan.plan_id, None)
+
+    def _complete(self, plan: TransferPlan, posted: Posted, deadline: float) -> None:
+        """Drive a handed-off request to its end (an executor thread), then report."""
+        with self._lock:
+            self._posting += 1
+        try:
+            self.adapter.drive(posted, deadline)
+            result = self.adapter.finish(posted)
+        except Exception as exc:
+            self.adapter.release(posted)
+            self._initiator_failed(plan, exc)
+        else:
+            self._finish(plan, "initiator", "ok", result=result)
+        finally:
+            with self._lock:
+                self._posting -= 1
+
+    def _initiator_failed(self, plan: TransferPlan, exc: Exception) -> None:
+        if isinstance(exc, ValidationError):
             self._finish(plan, "initiator", "rejected", error=str(exc))
-        except TransferError as exc:
+        elif isinstance(exc, TransferError):
             if exc.kind == "failed":  # the peer is gone: reload its metadata next time
                 peer = plan.dst if plan.src.worker == self.config.name else plan.src
                 with contextlib.suppress(Exception):
                     self.adapter.forget_peer(peer.agent_name)
             self._finish(plan, "initiator", exc.kind, error=exc.message)
-        except Exception as exc:  # report, never lose a job silently
+        else:  # report, never lose a job silently
             self._finish(plan, "initiator", "failed", error=f"{type(exc).__name__}: {exc}")
-        else:
-            self._finish(plan, "initiator", "ok", result=result)
-        finally:
-            if posted is not None:
-                posted.set()
-            with self._lock:
-                self._cancels.pop(plan.plan_id, None)
+
+    def _await_scheduler(self, plan: TransferPlan) -> None:
+        """A READ target: check the plan, then wait for ``complete`` (no thread waits)."""
+        try:
+            self._check(plan)
+        except ValidationError as exc:
+            self._finish(plan, "target", "rejected", error=str(exc))
+            return
+        with self._lock:
+            self._waiting[plan.plan_id] = (plan, time.perf_counter())
 
     def _await(self, plan: TransferPlan, deadline: float) -> None:
+        """A WRITE target (an executor thread): wait for the initiator's notification."""
         started = time.perf_counter()
         try:
             self._check(plan)
-            self._wait_done(plan, deadline)
+            with self._lock:
+                cancel = self._cancels.setdefault(plan.plan_id, threading.Event())
+            self.adapter.wait_notif(plan.notif_tag, deadline, cancel)
         except ValidationError as exc:
             self._finish(plan, "target", "rejected", error=str(exc))
         except TransferError as exc:
@@ -295,22 +410,6 @@ class Sidecar:
         finally:
             with self._lock:
                 self._cancels.pop(plan.plan_id, None)
-                self._completed.discard(plan.plan_id)
-
-    def _wait_done(self, plan: TransferPlan, deadline: float) -> None:
-        """Wait for the plan's completion signal: the NIXL notification, or the
-        scheduler's ``complete`` job. Raises TransferError on abort or deadline."""
-        event = self._cancel(plan.plan_id)
-        if plan.notify == "nixl":
-            self.adapter.wait_notif(plan.notif_tag, deadline, event)
-            return
-        event.wait(max(0.0, deadline - time.monotonic()))
-        with self._lock:
-            completed = plan.plan_id in self._completed
-        if not completed:
-            kind: FailureKind = "aborted" if event.is_set() else "timeout"
-            raise TransferError(f"{plan.plan_id}: {kind} before the initiator reported "
-                                "completion", kind)
 
     def _finish(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None) -> None:
@@ -318,11 +417,11 @@ class Sidecar:
         itself and its watchdog wins."""
         if plan.notify == "nixl":
             self.touch()
-        with self._lock:
-            watchdog = self._watchdogs.pop((plan.plan_id, role), None)
-            if watchdog is None:
-                return  # already finished (late completion after the watchdog fired)
-        watchdog.cancel()
+        if not self.watchdog.disarm((plan.plan_id, role)):
+            return  # already finished (late completion after the watchdog fired)
+        if role == "target":
+            with self._lock:
+                self._waiting.pop(plan.plan_id, None)
         is_dst = plan.dst.worker == self.config.name
         verified: bool | None = None
         if outcome == "ok" and is_dst:
@@ -374,7 +473,7 @@ class Sidecar:
                  outcome, report.bytes, report.descriptors, duration, report.gb_per_s,
                  error or "")
         try:
-            self.client.report(report)
+            self.client.send_report(report)
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
 
@@ -390,6 +489,7 @@ class Sidecar:
 
     def _events(self, *events: dict[str, Any]) -> None:
         # Numbering and sending under one lock: the index reads a seq gap as lost events.
+        # They go on the report stream (a socket write), behind this transfer's report.
         with self._publish:
             numbered = []
             for event in events:
@@ -399,7 +499,7 @@ class Sidecar:
                     item["model"] = self.config.model
                 numbered.append(item)
             try:
-                self.client.kv_events(numbered)
+                self.client.send_events(self.config.name, numbered)
             except ToposchedError as exc:
                 log.warning("KV events not delivered: %s", exc)
 
@@ -407,7 +507,10 @@ class Sidecar:
     def shutdown(self) -> dict[str, Any]:
         """Drain, deregister everywhere, write and return the final state."""
         self.stop.set()
-        drained = _bounded_shutdown(self._executor, self.config.drain_timeout_s)
+        give_up = time.monotonic() + self.config.drain_timeout_s
+        drained = _wait_until(lambda: self._idle.is_set() and not self._waiting, give_up)
+        drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
+            and drained
         deregistered = True
         try:
             self.client.deregister(self.config.name)
@@ -418,7 +521,10 @@ class Sidecar:
         self.pool.close()
         self.client.close()
         return self.write_state("stopped", drained=drained, scheduler_deregistered=deregistered,
-                                **asdict(summary))
+                                reports_streamed=self.client.reports_streamed,
+                                reports_posted=self.client.reports_posted,
+                                events_streamed=self.client.events_streamed,
+                                events_posted=self.client.events_posted, **asdict(summary))
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""
@@ -440,6 +546,15 @@ def _fake_engine(config: SidecarConfig) -> EngineHook:
                   device_id=config.device_id)
     decode_s = config.fake_decode_ms / 1000 if config.fake_decode_ms >= 0 else None
     return FakeEngine(pool, config.name, config.verify, decode_s)
+
+
+def _wait_until(check: Callable[[], bool], give_up: float) -> bool:
+    """Check every 10 ms until ``check()`` or the monotonic time ``give_up``."""
+    while not check():
+        if time.monotonic() >= give_up:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def _bounded_shutdown(executor: ThreadPoolExecutor, timeout_s: float) -> bool:

@@ -1,20 +1,34 @@
-"""Workers: registration with a lease, heartbeats, removal, listing, the job long-poll."""
+"""Workers: registration with a lease, heartbeats, removal, listing, the job channels
+(a long-poll, and a stream that stays open)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
+from pydantic import ValidationError as PydanticError
+from starlette.requests import ClientDisconnect
+from starlette.types import Receive, Scope, Send
 
 from api.deps import Coordinator, Prefix, RuntimeDep
 from api.load import register_capacity
+from api.runtime import Runtime
+from scheduler.prefix import PrefixIndex, parse_event
 from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
-from scheduler.transfer.plan import Lease, TransferJob, WorkerRegistration
-from topology.errors import ConflictError, NotFoundError
+from scheduler.transfer.coordinator import TransferCoordinator
+from scheduler.transfer.plan import Lease, TransferJob, TransferReport, WorkerRegistration
+from topology.errors import ConflictError, InputError, NotFoundError, ToposchedError
 
 router = APIRouter(prefix="/v1", tags=["workers"])
+log = logging.getLogger(__name__)
 
 
 class JobBatch(BaseModel):
@@ -90,3 +104,133 @@ async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
     """Long-poll: answers at the first queued job or after ``wait_s`` (capped)."""
     cap: float = request.app.state.settings.long_poll_max_s
     return JobBatch(jobs=await coordinator.take_jobs(name, min(wait_s, cap)))
+
+
+#: Media type of the job stream: one JSON job per line (empty lines keep it alive).
+JOB_STREAM_MEDIA_TYPE = "application/x-ndjson"
+
+
+@router.get("/sidecars/{name:path}/jobs/stream", response_class=StreamingResponse)
+async def stream_jobs(name: str, request: Request, coordinator: Coordinator,
+                      keepalive_s: Annotated[float, Query(gt=0)] = 5.0) -> StreamingResponse:
+    """The job stream: one response that stays open, a JSON job per line written the
+    moment it is queued, an empty line after ``keepalive_s`` (capped) without jobs.
+
+    404 at once for a worker that is not registered; the stream ends when its lease
+    lapses or it is removed (the sidecar registers again and reopens it).
+    """
+    cap: float = request.app.state.settings.long_poll_max_s
+    first = await coordinator.next_job_texts(name, 0)  # 404 here, before the stream starts
+    return _JobStream(_job_lines(coordinator, name, first, min(keepalive_s, cap)),
+                      media_type=JOB_STREAM_MEDIA_TYPE,
+                      headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+class _JobStream(StreamingResponse):
+    """A streaming response that stops the moment its client goes away: a stream left
+    waiting for jobs after its sidecar reconnected would take (and lose) the next one."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as group:
+            async def stream() -> None:
+                with contextlib.suppress(OSError):  # the client went away mid-write
+                    await self.stream_response(send)
+                group.cancel_scope.cancel()
+
+            group.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            group.cancel_scope.cancel()
+
+
+async def _job_lines(coordinator: TransferCoordinator, name: str, texts: list[str],
+                     keepalive_s: float) -> AsyncIterator[bytes]:
+    """The stream's body: queued jobs as they come (each write is one chunk)."""
+    while True:
+        if texts:
+            sent_at = coordinator.now()  # stamped after the write, with the time it began
+            yield "".join(f"{text}\n" for text in texts).encode()
+            await coordinator.delivered(texts, sent_at)
+        else:
+            yield b"\n"
+        try:
+            texts = await coordinator.next_job_texts(name, keepalive_s)
+        except NotFoundError:
+            return  # lease lapsed or removed: the sidecar registers again
+
+
+#: Path suffix of the report stream (exempt from the whole-body size and time limits;
+#: each line is held to ``max_body_bytes``).
+REPORT_STREAM_SUFFIX = "/reports/stream"
+
+
+class ReportsTaken(BaseModel):
+    """What a report stream delivered when it ended: lines taken (reports recorded,
+    KV event batches applied) and refused."""
+
+    taken: int
+    refused: int
+
+
+@router.post("/sidecars/{name:path}/reports/stream")
+async def stream_reports(name: str, request: Request, coordinator: Coordinator,
+                         prefix: Prefix, runtime: RuntimeDep) -> ReportsTaken:
+    """The report stream: a request body that stays open (chunked), one line per item,
+    each taken as it arrives: a JSON ``TransferReport`` object is recorded as ``POST
+    /v1/transfers/{id}/report`` would record it, a JSON list of KV events is applied as
+    ``POST /v1/kv-events`` would apply it — without a request per report or batch.
+
+    Everything must come from ``name`` (``worker`` fields); a line that is not a valid
+    report or batch of this worker is refused and logged (the stream goes on). Answers
+    when the sidecar ends the body, with the counts.
+    """
+    limit: int = request.app.state.settings.max_body_bytes
+    taken = refused = 0
+    pending = b""
+    chunks = request.stream()
+    while True:
+        try:
+            chunk = await anext(chunks)
+        except (StopAsyncIteration, ClientDisconnect):  # ended, or the sidecar went away
+            break
+        *lines, pending = (pending + chunk).split(b"\n")
+        if len(pending) > limit:
+            raise InputError(f"a line of the report stream is longer than {limit} bytes")
+        for line in lines:
+            if not line.strip():
+                continue
+            if line.lstrip().startswith(b"["):
+                ok = await _take_events(prefix, runtime, name, line)
+            else:
+                ok = await _take_report(coordinator, name, line)
+            taken, refused = taken + ok, refused + (not ok)
+    return ReportsTaken(taken=taken, refused=refused)
+
+
+async def _take_report(coordinator: TransferCoordinator, name: str, line: bytes) -> bool:
+    try:
+        report = TransferReport.model_validate_json(line)
+        if report.worker != name:
+            raise ValueError(f"a report of {report.worker!r} on the stream of {name!r}")
+        await coordinator.report(report.plan_id, report)
+    except (PydanticError, ValueError, ToposchedError) as exc:
+        log.warning("report stream of %s: refused a report: %s", name, exc)
+        return False
+    return True
+
+
+async def _take_events(prefix: PrefixIndex, runtime: Runtime, name: str,
+                       line: bytes) -> bool:
+    try:
+        items = json.loads(line)
+        events = [parse_event(item, source=f"report stream of {name}[{i}]")
+                  for i, item in enumerate(items)]
+        others = {event.worker for event in events} - {name}
+        if others:
+            raise ValueError(f"KV events of {sorted(others)} on the stream of {name!r}")
+    except (ValueError, TypeError, ToposchedError) as exc:
+        log.warning("report stream of %s: refused KV events: %s", name, exc)
+        return False
+    for event in events:
+        prefix.apply(event)
+    await runtime.publish_events(events)
+    return True

@@ -99,6 +99,10 @@ class TransferStore(Protocol):
     async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
         """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
 
+    async def wait_job_texts(self, name: str, timeout_s: float) -> list[str]:
+        """As :meth:`wait_jobs`, each job as the JSON text it was queued as (what a
+        job stream writes to its sidecar as it is, without parsing it again)."""
+
     async def start_transfer(self, record: TransferRecord,
                              jobs: Sequence[tuple[str, TransferJob]]) -> None:
         """Store a new pending record and queue its ``(worker, job)`` pairs in one step,

@@ -1,7 +1,8 @@
 """In-memory :class:`~scheduler.state.base.TransferStore` for one scheduler process.
 
-Must be used from one asyncio event loop (the API server's); long-polls wait on a
-per-worker :class:`asyncio.Condition`, so a queued job wakes its sidecar at once.
+Must be used from one asyncio event loop (the API server's); a sidecar's job channel
+(long-poll or stream) waits on a future of its own that queuing a job resolves, so a
+queued job wakes it in the next turn of the loop (no lock to take again, no extra task).
 """
 
 from __future__ import annotations
@@ -135,11 +136,14 @@ class MemoryStore:
         #: when they come up.
         self._deadlines: list[tuple[float, str]] = []
         self._changed = asyncio.Condition()
-        self._wakeups: dict[str, asyncio.Condition] = {}
+        #: Futures of the job channels waiting for a worker's first job.
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._delayed: list[tuple[float, str, tuple[int, ...], int | None]] = []
 
-    def _cond(self, name: str) -> asyncio.Condition:
-        return self._wakeups.setdefault(name, asyncio.Condition())
+    def _wake(self, name: str) -> None:
+        for waiter in self._waiters.pop(name, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _live(self, name: str) -> _Worker:
         worker = self._workers.get(name)
@@ -182,8 +186,7 @@ class MemoryStore:
         slot = bisect_left(self._names, name)
         if self._listing is not None and slot < len(self._names) and self._names[slot] == name:
             del self._names[slot], self._listing[slot]
-        async with self._cond(name):
-            self._cond(name).notify_all()
+        self._wake(name)
         return worker is not None
 
     async def get_worker(self, name: str) -> WorkerEntry:
@@ -321,22 +324,31 @@ class MemoryStore:
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
         self._live(name).jobs.append(job.model_dump_json())
-        async with self._cond(name):
-            self._cond(name).notify_all()
+        self._wake(name)
 
     async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
         """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
+        return [TransferJob.model_validate_json(text)
+                for text in await self.wait_job_texts(name, timeout_s)]
+
+    async def wait_job_texts(self, name: str, timeout_s: float) -> list[str]:
+        """As :meth:`wait_jobs`, the jobs as the JSON text they were queued as."""
         worker = self._live(name)
         if not worker.jobs and timeout_s > 0:
-            cond = self._cond(name)
-            async with cond:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(cond.wait_for(lambda: bool(worker.jobs)
-                                                         or name not in self._workers),
-                                           timeout_s)
-        jobs = [TransferJob.model_validate_json(text) for text in worker.jobs]
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(name, set()).add(waiter)
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await waiter
+            except TimeoutError:
+                pass
+            finally:
+                waiting = self._waiters.get(name)
+                if waiting is not None:
+                    waiting.discard(waiter)
+        texts = list(worker.jobs)
         worker.jobs.clear()
-        return jobs
+        return texts
 
     async def start_transfer(self, record: TransferRecord,
                              jobs: Sequence[tuple[str, TransferJob]]) -> None:
@@ -348,8 +360,7 @@ class MemoryStore:
         await self.put_transfer(record)
         for (name, queue), (_, job) in zip(queues, jobs, strict=True):
             queue.append(job.model_dump_json())
-            async with self._cond(name):
-                self._cond(name).notify_all()
+            self._wake(name)
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""

@@ -366,13 +366,19 @@ class RedisStore(RedisReservations):
     @_translate
     async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
         """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
+        return [TransferJob.model_validate_json(text)
+                for text in await self.wait_job_texts(name, timeout_s)]
+
+    @_translate
+    async def wait_job_texts(self, name: str, timeout_s: float) -> list[str]:
+        """As :meth:`wait_jobs`, the jobs as the JSON text they were queued as."""
         if await self._run("live", [self._k("w", name)], [repr(self._clock())]) is None:
             raise _not_live(name)
         key = self._k("jobs", name)
         texts = _texts(await self._r.lpop(key, _MAX_JOBS))
         if not [t for t in texts if t != _WAKE] and timeout_s > 0:
             texts = await self._blocking_call(self._pop_waiting(key, timeout_s), timeout_s)
-        return [TransferJob.model_validate_json(t) for t in texts if t != _WAKE]
+        return [t for t in texts if t != _WAKE]
 
     async def _pop_waiting(self, key: str, timeout_s: float) -> list[str]:
         """Wait for the first job. BLMPOP (Redis ≥ 7) returns every queued job in the

@@ -25,7 +25,9 @@ its engine releases them (:meth:`TransferCoordinator.release`).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -230,6 +232,9 @@ class TransferCoordinator:
             log.warning("transfer %s: outcome of storing it unknown; its blocks stay taken",
                         plan.plan_id)
             raise
+        # Let the sidecars' job channels, woken by the queued jobs, write them out before
+        # this request goes on (answering it serialises the whole record).
+        await asyncio.sleep(0)
 
     async def _give_back(self, taken: Mapping[str, Sequence[int]]) -> None:
         for name, blocks in taken.items():
@@ -273,15 +278,30 @@ class TransferCoordinator:
 
     async def take_jobs(self, name: str, wait_s: float) -> list[TransferJob]:
         """Long-poll a worker's jobs; stamps ``delivered_at`` on the transfers they start."""
-        jobs = await self.store.wait_jobs(name, wait_s)
-        now = self._clock()
-        for job in jobs:
-            if job.kind == "execute":
+        texts = await self.store.wait_job_texts(name, wait_s)
+        await self.delivered(texts)
+        return [TransferJob.model_validate_json(text) for text in texts]
+
+    async def next_job_texts(self, name: str, wait_s: float) -> list[str]:
+        """A worker's queued jobs as JSON text, waiting up to ``wait_s`` for the first
+        (the job stream writes them as they are; call :meth:`delivered` once sent)."""
+        return await self.store.wait_job_texts(name, wait_s)
+
+    def now(self) -> float:
+        """The coordinator's clock (wall time, as on the records)."""
+        return self._clock()
+
+    async def delivered(self, texts: Sequence[str], at: float | None = None) -> None:
+        """Stamp ``delivered_at`` (``at``, default now) on the transfers that ``execute``
+        jobs among ``texts`` start (the job left for its sidecar)."""
+        now = self._clock() if at is None else at
+        for text in texts:
+            job = json.loads(text)
+            if job.get("kind") == "execute":
                 with contextlib.suppress(NotFoundError):
-                    await self._change(job.plan_id, lambda r: r.model_copy(
+                    await self._change(job["plan_id"], lambda r: r.model_copy(
                         update={"delivered_at": now})
                         if r.state == "pending" and r.delivered_at is None else None)
-        return jobs
 
     async def report(self, plan_id: str, report: TransferReport) -> TransferRecord:
         """Record one sidecar's report and move the transfer to done or failed."""

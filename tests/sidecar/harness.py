@@ -148,13 +148,13 @@ class Cluster:
         return data
 
     def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0) -> dict[str, Any]:
-        """Wait (long-polling the record) until the transfer left ``pending`` and has
-        ``reports`` reports."""
+        """Wait (long-polling the record: first for its end, then for more reports)
+        until the transfer left ``pending`` and has ``reports`` reports."""
         deadline = time.monotonic() + timeout_s
         version = 0
         while True:
             response = self.http.get(f"{self.url}/v1/transfers/{plan_id}",
-                                     params={"wait_s": 2.0, "after": version})
+                                     params={"wait_s": 2.0, "after": version, "ended": True})
             record: dict[str, Any] = response.json()
             version = int(response.headers.get("x-record-version", version))
             if record["state"] != "pending" and len(record["reports"]) >= reports:

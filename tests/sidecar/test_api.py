@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -142,3 +143,54 @@ def test_transfer_long_poll_answers_on_change(client: TestClient) -> None:
     changed = client.get("/v1/transfers/lp", params={"wait_s": 5, "after": version})
     assert changed.json()["state"] == "done"
     assert int(changed.headers["x-record-version"]) > version
+
+
+def test_a_report_can_ask_for_no_record_back(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "min"})
+    report = {"plan_id": "min", "worker": "decode-0", "role": "initiator", "outcome": "ok"}
+    answer = client.post("/v1/transfers/min/report", json=report,
+                         headers={"Prefer": "return=minimal"})
+    assert answer.status_code == 204 and answer.content == b""
+    assert answer.headers["preference-applied"] == "return=minimal"
+    assert client.get("/v1/transfers/min").json()["state"] == "done"  # recorded all the same
+
+
+def test_a_long_poll_can_wait_for_the_end_of_a_transfer(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "end"})
+    # a change that does not end it (the job leaves) does not answer an ended=true poll
+    client.get("/v1/sidecars/decode-0/jobs", params={"wait_s": 0})
+    pending = client.get("/v1/transfers/end", params={"wait_s": 0.2, "ended": True})
+    assert pending.json()["state"] == "pending" and pending.json()["delivered_at"] is not None
+    client.post("/v1/transfers/end/report", json={"plan_id": "end", "worker": "decode-0",
+                                                  "role": "initiator", "outcome": "ok"})
+    done = client.get("/v1/transfers/end", params={"wait_s": 5, "ended": True})
+    assert done.json()["state"] == "done"
+
+
+def test_the_report_stream_records_reports_and_applies_kv_events(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0], "plan_id": "rs"})
+    lines = [
+        {"plan_id": "rs", "worker": "decode-0", "role": "initiator", "outcome": "ok"},
+        [{"kind": "block_stored", "worker": "decode-0", "seq": 1, "block_hashes": [7, 8]}],
+        {"plan_id": "rs", "worker": "prefill-0", "role": "target", "outcome": "ok"},
+        [{"kind": "block_stored", "worker": "prefill-0", "seq": 1, "block_hashes": [9]}],
+        {"plan_id": "nope", "worker": "decode-0", "role": "initiator", "outcome": "ok"},
+    ]
+    body = "".join(json.dumps(line) + "\n" for line in lines) + "not json\n"
+    answer = client.post("/v1/sidecars/decode-0/reports/stream", content=body)
+    # this worker's report and events taken; another worker's, an unknown transfer and
+    # a line that is not JSON refused, each on its own
+    assert answer.json() == {"taken": 2, "refused": 4}
+    assert client.get("/v1/transfers/rs").json()["state"] == "done"
+    index = client.app.state.prefix_index  # type: ignore[attr-defined]
+    assert index.match([7, 8])["decode-0"].confirmed == 2
+    assert "prefill-0" not in index.match([9])

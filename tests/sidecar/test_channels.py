@@ -1,0 +1,118 @@
+"""The job stream and the report stream between the scheduler and its sidecars, over
+real HTTP against a ``toposched serve`` process (and real sidecars at the end)."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scheduler.transfer.plan import TransferReport
+from sidecar.client import ReportStream
+from tests.scheduler.transfer.builders import registration
+from tests.sidecar.harness import cluster, wait_for
+
+pytestmark = [pytest.mark.process]
+
+
+def _register(c: httpx.Client, url: str, name: str) -> str:
+    """Register a worker (fake metadata); returns its own token."""
+    reg = registration(name, num_blocks=16, base=0x1000_0000 * (1 + len(name)))
+    answer = c.post(f"{url}/v1/workers", json=reg.model_dump(mode="json"))
+    assert answer.status_code == 201, answer.text
+    return answer.headers["x-worker-token"]
+
+
+def test_a_queued_job_is_written_to_the_open_job_stream_at_once(tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        _register(c.http, c.url, "prefill-0")
+        token = _register(c.http, c.url, "decode-0")
+        stream_url = f"{c.url}/v1/sidecars/decode-0/jobs/stream"
+        own = {"Authorization": f"Bearer {token}"}
+        with c.http.stream("GET", stream_url, params={"keepalive_s": 30}, headers=own,
+                           timeout=60) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("application/x-ndjson")
+            lines = stream.iter_lines()
+            assert next(lines) == ""  # the stream is open: a keep-alive line at once
+            for plan_id in ("s1", "s2"):  # one stream, job after job
+                assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0],
+                                plan_id=plan_id).status_code == 201
+                job = json.loads(next(line for line in lines if line))
+                assert (job["kind"], job["plan_id"]) == ("execute", plan_id)
+                assert job["plan"]["initiator"] == "decode-0"
+                # stamped when written: the queue stage of the record
+                delivered = wait_for(lambda p=plan_id: c.transfer(p)["delivered_at"], 30,
+                                     "delivered_at")
+                assert delivered >= c.transfer(plan_id)["created_at"]
+        missing = c.http.get(f"{c.url}/v1/sidecars/ghost/jobs/stream")
+        assert missing.status_code == 404
+        assert missing.headers["content-type"] == "application/problem+json"
+        # a worker's own token may not read another worker's jobs
+        other = c.http.get(f"{c.url}/v1/sidecars/prefill-0/jobs/stream", headers=own)
+        assert other.status_code == 403
+        anonymous = httpx.get(stream_url, timeout=10)
+        assert anonymous.status_code == 401
+
+
+def test_reports_on_the_open_report_stream_are_recorded_as_they_arrive(
+        tmp_path: Path) -> None:
+    with cluster(tmp_path) as c:
+        _register(c.http, c.url, "prefill-0")
+        token = _register(c.http, c.url, "decode-0")
+        for plan_id in ("r1", "r2"):
+            assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0],
+                            plan_id=plan_id).status_code == 201
+        stream = ReportStream(c.url, timeout_s=10)
+        try:
+            def send(plan_id: str, worker: str = "decode-0") -> bool:
+                report = TransferReport(plan_id=plan_id, worker=worker, role="initiator",
+                                        outcome="ok", bytes=4096)
+                return stream.send("decode-0", report.model_dump_json().encode(), token)
+
+            assert send("r1")
+            # recorded while the body is still open: no request per report
+            record = c.http.get(f"{c.url}/v1/transfers/r1",
+                                params={"wait_s": 30, "ended": True}, timeout=60).json()
+            assert record["state"] == "done" and record["reports"][0]["worker"] == "decode-0"
+            assert send("r2", worker="prefill-0")  # not this stream's worker: refused...
+            assert send("r2")                      # ...and the stream goes on
+            record = c.http.get(f"{c.url}/v1/transfers/r2",
+                                params={"wait_s": 30, "ended": True}, timeout=60).json()
+            assert record["state"] == "done"
+            assert [r["worker"] for r in record["reports"]] == ["decode-0"]
+        finally:
+            stream.close()
+        # the shared worker token may not write a worker's reports: the scheduler answers
+        # (403) and the stream reports it cannot be used
+        refused = ReportStream(c.url, timeout_s=10)
+        try:
+            line = TransferReport(plan_id="r1", worker="decode-0", role="target",
+                                  outcome="ok").model_dump_json().encode()
+            wait_for(lambda: not refused.send("decode-0", line, "harness-worker-token"), 30,
+                     "the refused stream to be noticed")
+        finally:
+            refused.close()
+
+
+def test_sidecars_take_jobs_and_send_reports_on_the_streams(tmp_path: Path) -> None:
+    with cluster(tmp_path, mode="READ") as c:
+        prefill = c.sidecar("prefill-0", block_bytes=16384)
+        decode = c.sidecar("decode-0", block_bytes=16384)
+        for i in range(3):
+            assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[i, i + 4],
+                            plan_id=f"t{i}").status_code == 201
+            record = c.finished(f"t{i}")
+            assert record["state"] == "done", record
+        assert decode.stop(signal.SIGTERM) == 0
+        assert prefill.stop(signal.SIGTERM) == 0
+        for side in (decode, prefill):  # every report and KV event went on the stream
+            state = side.state()
+            assert (state["reports_streamed"], state["reports_posted"]) == (3, 0), state
+            assert state["events_streamed"] >= 1 and state["events_posted"] == 0, state
+        # the decode side announced an empty cache, then each transfer's blocks
+        assert decode.state()["events_streamed"] == 4
+        assert "job stream failed" not in decode.text() + prefill.text()
