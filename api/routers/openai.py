@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
 from api.gateway.relay import Gateway
-from api.security import TokenAuth
+from api.security import Role, TokenAuth
 
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["model"], "additionalProperties": True,
@@ -27,9 +27,13 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     503: {"description": "no engine pair can take the request now (Retry-After)"}}
 
 
+#: The client token holds :class:`TokenAuth`'s worker slot (api/gateway/setup.py).
+_CLIENTS = frozenset({Role.WORKER})
+
+
 async def _client(request: Request) -> None:
     auth: TokenAuth = request.app.state.client_auth
-    auth.check(request.headers.get("authorization"), frozenset())
+    auth.check(request.headers.get("authorization"), _CLIENTS)
 
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(_client)])
