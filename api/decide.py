@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from api.routing import kv_bytes_for
 from api.runtime import Runtime
 from api.service import ServiceState
-from api.snapshots import LiveSnapshots
+from api.snapshots import Journaled, LiveSnapshots
 from engines.registry import EngineRegistry
 from policies.snapshot import Snapshot
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
@@ -29,11 +29,14 @@ from topology.errors import NotFoundError
 
 async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime,
                  engines: EngineRegistry, *, entries: Sequence[WorkerEntry],
-                 loads: Mapping[str, WorkerLoad], snapshots: LiveSnapshots | None = None
+                 loads: Mapping[str, WorkerLoad], snapshots: LiveSnapshots | None = None,
+                 journaled: Journaled | None = None
                  ) -> tuple[Decision | Unschedulable, Snapshot]:
     """The decision for ``request`` and the snapshot it was made on (its block size is
     what prompts were hashed with: the engines' when instances serve the model, else
-    what the workers registered or the settings say)."""
+    what the workers registered or the settings say). With ``journaled`` stores, the
+    workers are read from them by name as they change (``entries`` unused; ``loads``
+    may be a live view), not from a listing of all of them."""
     fabric = services.fabric
     if fabric is None:
         raise NotFoundError("fabric", "current", "PUT /v1/topology/inventory first")
@@ -48,7 +51,8 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
         fabric, entries, loads, model, kv_bytes=kv_bytes_for(model),
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link(),
-        engines=engines.workers(model, loads), block_tokens=engines.block_size(model))
+        engines=engines.workers(model, loads), block_tokens=engines.block_size(model),
+        journaled=journaled)
     await asyncio.sleep(0)
     result = fabric.router.route(request, snapshot) if snapshot.workers else \
         Unschedulable(request_id=request.request_id, policy=services.policy.name,

@@ -8,12 +8,10 @@ itself stays pure.
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
 from typing import Any
 
-from policies.snapshot import Worker
 from scheduler.kv import kv_bytes_per_token
 from scheduler.models_config import load_models
 from scheduler.router.router import Decision, Router
@@ -52,12 +50,12 @@ def kv_bytes_for(model: str | None) -> int:
         return DEFAULT_KV_BYTES_PER_TOKEN
 
 
-def preferred_pairs(pairings: Sequence[Any], workers: Sequence[Worker]
+def preferred_pairs(pairings: Sequence[Any], names: Container[str]
                     ) -> dict[tuple[str, str], float]:
-    """Placement pairings between workers that are registered under the instance ids."""
+    """Placement pairings between workers that are registered under the instance ids
+    (``names``: the ids of the workers)."""
     if not pairings:
         return {}
-    names = set(map(attrgetter("id"), workers))
     return {(p.prefill, p.decode): p.weight for p in pairings
             if p.prefill in names and p.decode in names}
 

@@ -377,14 +377,16 @@ def summary(run: Run, label: str) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("| code | workers | GPUs | register s | RSS MB (peak) | first route after change: "
-            "wall p50 / max ms | its event-loop CPU p50 / max ms | its process CPU p50 ms "
+    head = ("| code | workers (round) | GPUs | register s | RSS MB (peak) | first route after "
+            "change: wall p50 / max ms | its event-loop CPU p50 / max ms | its process CPU p50 ms "
             "(10 ms ticks) | steady route: wall p50 ms, loop CPU p50 ms | /healthz p99 / max "
             "ms | /healthz over 20 ms | errors | load average |\n| --- | ---: | ---: | ---: | "
             "---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['workers']:,} | {r['gpus']:,} | {r['register_s']} | "
+        rnd = f" ({r['round']})" if r.get("rounds", 1) > 1 else ""
+        lines.append(f"| {r['label']} | {r['workers']:,}{rnd} | {r['gpus']:,} | "
+                     f"{r['register_s']} | "
                      f"{r['rss_mb']:,} ({r['peak_rss_mb']:,}) | {r['first_route_p50_ms']} / "
                      f"{r['first_route_max_ms']} | {r['first_route_loop_p50_ms']} / "
                      f"{r['first_route_loop_max_ms']} | {r['first_route_cpu_p50_ms']} | "
@@ -405,7 +407,18 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
             out.append(f"{r['workers']:,} workers: {len(r['errors'])} errors over "
                        f"{r['probes']} probes and every route "
                        f"({'target met' if not r['errors'] else 'target NOT met'}: must not "
-                       "fail).")
+                       f"fail); longest /healthz answer {r['healthz_max_ms']} ms; event-loop "
+                       f"CPU per route {r['steady_route_loop_p50_ms']} ms (steady p50), "
+                       f"{r['first_route_loop_max_ms']} ms (first after a change, max).")
+    tens = [r for r in rows if r["label"] == "candidate" and r["workers"] == 10_000]
+    if len(tens) > 1:
+        held = sum(r["healthz_max_ms"] <= TARGET_STALL_MS for r in tens)
+        anchor = [a["healthz_max_ms"] for a in rows
+                  if a["label"] == "anchor" and a["workers"] == 10_000]
+        out.append(f"10,000 workers, {len(tens)} rounds in this run: the stall target held in "
+                   f"{held} of {len(tens)} (longest /healthz answers "
+                   f"{_listed(r['healthz_max_ms'] for r in tens)} ms; the anchor's: "
+                   f"{_listed(anchor)} ms).")
     cand = [(r["workers"], r["rss_mb"]) for r in rows if r["label"] == "candidate"]
     if len(cand) >= 2:
         (n0, m0), (n1, m1) = cand[0], cand[-1]
@@ -414,19 +427,24 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _listed(values: Any) -> str:
+    return ", ".join(map(str, values))
+
+
 def _targets(r: dict[str, Any]) -> list[str]:
     first_ok = r["first_route_p50_ms"] <= TARGET_FIRST_ROUTE_MS
     at_max = " and the max" if r["first_route_max_ms"] <= TARGET_FIRST_ROUTE_MS else \
         ", not at the max"
     stall_ok = r["healthz_max_ms"] <= TARGET_STALL_MS
+    name = f"10,000 workers (round {r['round']})" if r.get("rounds", 1) > 1 else "10,000 workers"
     return [
-        f"10,000 workers, first route after a change: p50 {r['first_route_p50_ms']} ms, max "
+        f"{name}, first route after a change: p50 {r['first_route_p50_ms']} ms, max "
         f"{r['first_route_max_ms']} ms wall (target ≤ {TARGET_FIRST_ROUTE_MS:g} ms: "
         f"{'met at the p50' if first_ok else 'NOT met'}"
         f"{at_max}); "
         f"the event loop ran {r['first_route_loop_p50_ms']} / {r['first_route_loop_max_ms']} "
         "ms of CPU for it (p50 / max).",
-        f"10,000 workers, event-loop stalls: longest /healthz answer {r['healthz_max_ms']} ms, "
+        f"{name}, event-loop stalls: longest /healthz answer {r['healthz_max_ms']} ms, "
         f"p99 {r['healthz_p99_ms']} ms, {r.get('healthz_over_target', '?')} of {r['probes']} "
         f"answers over {TARGET_STALL_MS:g} ms (target: no stall over {TARGET_STALL_MS:g} ms: "
         f"{'met' if stall_ok else 'NOT met'}).",
@@ -461,18 +479,20 @@ def report(result: dict[str, Any]) -> str:
         *[f"- {a}" for a in agreement], "",
         "Reading the columns: *first route after change* is the client's wall time of the "
         "`POST /v1/route` sent right after a worker joined or left (in the candidate: the "
-        "worker spliced into the live snapshot and the router's pair table, cold fabric "
-        "rows for new candidates; in the anchor: the listing merged, the snapshot and the "
-        "pair table rebuilt in a worker thread); *its server "
+        "names the in-memory stores journaled since the last route read by name, the "
+        "worker spliced into the live snapshot and the router's pair table, pair figures "
+        "of candidates without a fabric row computed for the decision's grid; in the "
+        "anchor: the whole listing and loads read, the worker spliced in, cold fabric rows "
+        "filled for new candidates); *its server "
         "CPU* is the server process's CPU time over that request; the /healthz columns are "
         "the answers of a probe running all through the changes, so their maximum bounds "
         "how long the event loop stalled (on a machine with idle cores; with other jobs "
         "it also counts the probe's own wait for a core). *Event-loop CPU* is the CPU time "
         "of the server's main thread (`/proc/PID/task/PID/schedstat`) over the request: "
         "what the loop itself spent on it, rebuilds run in a worker thread excluded; a "
-        "stall cannot be shorter than the longest of its slices (the candidate's route "
-        "yields to the loop between its passes over the workers, so its loop CPU is "
-        "spread over several slices). Past 10,240 workers, "
+        "stall cannot be shorter than the longest of its slices (both routes yield to the "
+        "loop between their steps, so the loop CPU of one route is spread over several "
+        "slices). Past 10,240 workers, "
         "workers share GPUs (the fabric stays at 10,240 GPUs): what grows is the worker "
         "count.", "",
         *other_runs_table(result.get("other_runs", [])),
@@ -481,7 +501,8 @@ def report(result: dict[str, Any]) -> str:
         "(1,024-GPU fabric, one-GPU workers, documents of 64 chained blocks in the prefix "
         "index), CPU time per call: the previous pair table (tier, latency, bandwidth "
         "and lanes of all n² worker pairs precomputed, kept in this bench as the anchor) "
-        "against fabric rows computed per source GPU on first use. Both routers take the "
+        "against fabric rows per source GPU, kept for sources asked a few times (6 on this "
+        "fabric), the decision's grid computed for the others. Both routers take the "
         "same requests in alternating rounds; their decisions are compared in full.", "",
         decision_table(decisions), ""])
 
@@ -499,6 +520,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--anchor-max", type=int, default=2000,
                         help="largest size the anchor runs")
     parser.add_argument("--changes", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="runs of the --rounds-at size (each alternating with the anchor)")
+    parser.add_argument("--rounds-at", type=int, default=10_000,
+                        help="the size run --rounds times")
     parser.add_argument("--ready-s", type=float, default=600.0)
     parser.add_argument("--decisions", type=int, default=4000,
                         help="decisions per router in the per-decision comparison (0: skip)")
@@ -532,12 +557,12 @@ def main(argv: list[str] | None = None) -> None:
 
 def _across(result: dict[str, Any]) -> list[str]:
     """How the candidate's 10,000-worker stall figure fared in this and the other runs."""
-    rows = [r for run in [{"rows": result["rows"]}, *result.get("other_runs", [])]
+    if not result.get("other_runs"):
+        return []  # (this run's own rounds are summed up with the verdicts)
+    rows = [r for run in [{"rows": result["rows"]}, *result["other_runs"]]
             for r in run["rows"] if r["label"] == "candidate" and r["workers"] == 10_000]
-    if len(rows) < 2:
-        return []
     met = sum(r["healthz_max_ms"] <= TARGET_STALL_MS for r in rows)
-    return [f"- Across {len(rows)} runs of this bench today (this one and those under *Other "
+    return [f"- Across {len(rows)} runs of this bench (this one's and those under *Other "
             f"runs*), the stall target held at 10,000 workers in {met}: the longest /healthz "
             f"answers were {', '.join(str(r['healthz_max_ms']) for r in rows)} ms."]
 
@@ -568,32 +593,41 @@ def other_runs_table(runs: list[dict[str, Any]]) -> list[str]:
     return [*lines, ""]
 
 
+def _round(number: int, workers: int, args: argparse.Namespace) -> str:
+    """", round N" for the size that runs several rounds, else nothing."""
+    return f", round {number}" if workers == args.rounds_at and args.rounds > 1 else ""
+
+
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     """Every size on the candidate (and the anchor), then the per-decision comparison."""
     sizes = [int(s) for s in args.sizes.split(",") if s]
     rows, runs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for workers in sizes + ([args.big] if args.big else []):
+        plan = [(workers, r) for workers in sizes
+                for r in range(args.rounds if workers == args.rounds_at else 1)]
+        for workers, r in plan + ([(args.big, 0)] if args.big else []):
             codes = [("candidate", ROOT)]
             if args.anchor is not None and workers <= args.anchor_max and workers in sizes:
                 codes = [*codes, ("anchor", args.anchor.resolve())]
-                if len(runs) % 2:  # alternate which goes first
+                if len(runs) % 4:  # alternate which goes first
                     codes.reverse()
             for label, code in codes:
-                print(f"{label}: {workers:,} workers …", file=sys.stderr, flush=True)
+                print(f"{label}: {workers:,} workers (round {r + 1}) …", file=sys.stderr,
+                      flush=True)
                 run = one_run(code, workers, work, args.changes, args.ready_s)
-                runs[(label, workers)] = run
-                rows.append(summary(run, label))
+                runs[(label, workers, r)] = run
+                rows.append({**summary(run, label), "round": r + 1,
+                             "rounds": args.rounds if workers == args.rounds_at else 1})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     agreement = []
-    for (label, workers), run in runs.items():
-        anchor = runs.get(("anchor", workers))
+    for (label, workers, r), run in runs.items():
+        anchor = runs.get(("anchor", workers, r))
         if label == "candidate" and anchor is not None:
             same = anchor.decisions == run.decisions
-            agreement.append(f"{workers:,} workers: anchor and candidate made "
-                             f"{'the same' if same else 'DIFFERENT'} {len(run.decisions)} "
-                             "decisions.")
+            agreement.append(f"{workers:,} workers{_round(r + 1, workers, args)}: anchor and "
+                             f"candidate made {'the same' if same else 'DIFFERENT'} "
+                             f"{len(run.decisions)} decisions.")
     decisions = [decision_ab(n, args.decisions) for n in (256, 1024)] if args.decisions else []
     return {"rows": rows, "agreement": agreement, "decisions": decisions}
 

@@ -115,6 +115,10 @@ class DistanceModel:
             raise NotFoundError("GPU", gpu, "GPUs are named HOST/gpuN")
         return found
 
+    def knows(self, gpu: str) -> bool:
+        """Whether the fabric has a GPU of exactly this name (one dict lookup)."""
+        return gpu in self._index
+
     def locality(self, gpu: str | int) -> Locality:
         """Locality domains of one GPU."""
         g = self.index(gpu)
@@ -195,6 +199,30 @@ class DistanceModel:
         """(tier, latency µs, bandwidth GB/s, hops) from GPU ``a`` to each GPU in ``bs``."""
         return self._from(a, bs)
 
+    def costs_grid(self, sources: IntArray, targets: IntArray
+                   ) -> tuple[IntArray, FloatArray, FloatArray, IntArray]:
+        """:meth:`costs_from` for every source GPU at once: arrays of shape (sources,
+        targets), equal to its rows stacked (the same operations, element by element),
+        at a cost that grows with the grid, not with the fabric."""
+        a = np.asarray(sources, dtype=np.int64)[:, None]
+        bs = np.asarray(targets, dtype=np.int64)
+        shape = (len(a), len(bs))
+        tier: IntArray = np.broadcast_to(self._cross_host_tier(a, bs), shape).copy()
+        figures = self._cross_host_figures(a, bs, tier)
+        lat: FloatArray = np.broadcast_to(figures[0], shape).copy()
+        bw: FloatArray = np.broadcast_to(figures[1], shape).copy()
+        hops: IntArray = np.broadcast_to(figures[2], shape).copy()
+        if self.nvlink_across_processes:
+            rows = np.flatnonzero(self.nvd_of[a[:, 0]] >= 0)
+        else:
+            rows = np.empty(0, dtype=np.int64)
+        same_host = (self.host_of[bs] == self.host_of[a]).any(axis=1)
+        for i in rows.tolist():  # row views: the overlays write into the grid
+            self._overlay_nvlink_domain(int(a[i, 0]), bs, tier[i], lat[i], bw[i], hops[i])
+        for i in np.flatnonzero(same_host).tolist():
+            self._overlay_same_host(int(a[i, 0]), bs, tier[i], lat[i], bw[i], hops[i])
+        return tier, lat, bw, hops
+
     def _from(self, a: int, bs: IntArray) -> tuple[IntArray, FloatArray, FloatArray, IntArray]:
         bs = np.asarray(bs, dtype=np.int64)
         tier = self._cross_host_tier(a, bs)
@@ -203,14 +231,14 @@ class DistanceModel:
         self._overlay_same_host(a, bs, tier, lat, bw, hops)
         return tier, lat, bw, hops
 
-    def _cross_host_tier(self, a: int, bs: IntArray) -> IntArray:
+    def _cross_host_tier(self, a: int | IntArray, bs: IntArray) -> IntArray:
         tier = np.where(self.zone_of[bs] == self.zone_of[a], Tier.SAME_ZONE, Tier.CROSS_ZONE)
         pod_a, leaf_a = self.pod_of[a], self.leaf_of[a]
         tier = np.where((self.pod_of[bs] == pod_a) & (pod_a >= 0), Tier.SAME_POD, tier)
         tier = np.where((self.leaf_of[bs] == leaf_a) & (leaf_a >= 0), Tier.SAME_LEAF, tier)
         return tier.astype(np.int64)
 
-    def _cross_host_figures(self, a: int, bs: IntArray,
+    def _cross_host_figures(self, a: int | IntArray, bs: IntArray,
                             tier: IntArray) -> tuple[FloatArray, FloatArray, IntArray]:
         pod_up = tier >= Tier.SAME_POD
         zone_up = tier >= Tier.SAME_ZONE

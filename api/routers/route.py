@@ -17,6 +17,7 @@ from api.problems import problem
 from api.routing import deliver_plan
 from api.runtime import Runtime
 from api.service import ServiceState
+from api.snapshots import Journaled
 from engines.registry import EngineRegistry
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
 from scheduler.state.reservations import LoadItem
@@ -148,9 +149,15 @@ async def _decide(body: RouteInput, services: ServiceState, coordinator: Transfe
                   ) -> tuple[Decision | Unschedulable, int]:
     """The decision over the live workers and routable engine instances (their loads
     included), and the block size prompts were hashed with (:func:`api.decide.decide`)."""
-    entries, loads = await coordinator.store.list_with_loads(runtime.loads)
-    result, snapshot = await decide(body.to_request(), services, runtime, engines,
-                                    entries=entries, loads=loads)
+    journaled = Journaled.of(coordinator.store, runtime.loads)
+    if journaled is not None:  # read by name as workers change: no listing of them all
+        result, snapshot = await decide(body.to_request(), services, runtime, engines,
+                                        entries=(), loads=journaled.loads.live(),
+                                        journaled=journaled)
+    else:
+        entries, loads = await coordinator.store.list_with_loads(runtime.loads)
+        result, snapshot = await decide(body.to_request(), services, runtime, engines,
+                                        entries=entries, loads=loads)
     return result, snapshot.block_tokens
 
 

@@ -13,10 +13,12 @@ from the first GPU of each worker. With transfers already in flight, each link o
 the path shares its capacity with them: the lane's bandwidth is capped at
 ``capacity / (in flight + 1)`` of the bottleneck link (:meth:`contended_total`).
 
-Figures between GPUs are computed per source GPU when a decision first needs them and
-kept, bounded (:class:`FabricRows`); a snapshot's :class:`PairTable` only maps its
-workers to GPUs. Nothing is quadratic in workers: a worker joining or leaving costs
-one pass over the worker list, and a decision indexes the rows of its candidates.
+Figures between GPUs are kept per source GPU for sources decisions keep asking for
+(bounded, :class:`FabricRows`); for the others a decision computes its own grid of
+candidates only (:meth:`DistanceModel.costs_grid`). A snapshot's :class:`PairTable`
+only maps its workers to GPUs. Nothing is quadratic in workers: a worker joining or
+leaving costs one pass over the worker list, and a decision indexes the rows of its
+candidates or prices their grid.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.contracts import PairCosts
-from policies.snapshot import CycleContext, FloatArray, IntArray, Snapshot, Worker
+from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Snapshot, Worker
 from scheduler.router.snapshot import GpuIndex
 from topology.distance import DistanceModel
 from topology.tiers import Tier
@@ -111,6 +113,11 @@ ROW_BUDGET_BYTES = 64 << 20
 #: Rows kept whatever the budget: more than the prefill candidates of one decision.
 MIN_ROWS = 48
 _ENTRY_BYTES = 8 + 8 + 8
+#: Times a source GPU is asked for before its row is computed and kept, per 10,240
+#: GPUs of the fabric: a row costs a pass over every GPU (~0.4 ms at 10,240), a
+#: source's part of a decision's grid a few µs, so on a big fabric only sources that
+#: keep coming back get a row (on 1,024 GPUs, one asked 6 times does).
+FILL_AFTER = 64
 #: The row offset of a position not looked up yet: out of range of any row array.
 _UNKNOWN = 1 << 62
 #: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
@@ -124,17 +131,25 @@ class RowsFullError(Exception):
 class FabricRows:
     """Tier, latency and bandwidth from one GPU to every GPU of the fabric, per source GPU.
 
-    A row is computed on first use (one vectorised :meth:`DistanceModel.costs_from`)
-    and kept in a least-recently-used set bounded by ``budget_bytes``: memory is
+    A row is computed once its source was asked for ``fill_after`` times (one
+    vectorised :meth:`DistanceModel.costs_from` over every GPU: ~0.4 ms at 10,240 GPUs,
+    while candidates come and go with the load; until then :class:`PairTable` prices
+    the decision's grid alone) and kept in a least-recently-used set bounded by
+    ``budget_bytes``: memory is
     linear in the fabric's GPUs, never quadratic, and rows stay valid while workers
     come and go (they depend on the fabric alone). A decision touches the rows of its
     prefill candidates only, so the working set is small and stays warm.
     """
 
-    def __init__(self, distance: DistanceModel, budget_bytes: int | None = None) -> None:
+    def __init__(self, distance: DistanceModel, budget_bytes: int | None = None,
+                 fill_after: int | None = None) -> None:
         """Create an empty row set for the fabric of ``distance`` (``budget_bytes``
         default: :data:`ROW_BUDGET_BYTES`)."""
         self.distance = distance
+        self.fill_after = fill_after if fill_after is not None else max(
+            1, round(FILL_AFTER * len(distance.names) / 10_240))
+        #: Source GPUs asked for without a row, and how often (bounded).
+        self._asks: dict[int, int] = {}
         self.size = len(distance.names)
         budget = ROW_BUDGET_BYTES if budget_bytes is None else budget_bytes
         self.capacity = max(MIN_ROWS, budget // max(self.size * _ENTRY_BYTES, 1))
@@ -155,15 +170,30 @@ class FabricRows:
         self._figures: dict[tuple[int, int], tuple[tuple[str, float, bool], ...]] = {}
 
     def slots(self, sources: IntArray) -> IntArray:
-        """The row slot of each source GPU, computing the rows not held yet."""
+        """The row slot of each source GPU (-1: not held), computing the rows of sources
+        asked for ``fill_after`` times (default: :data:`FILL_AFTER` scaled to the fabric)."""
         slots = self._slot_of[sources]
-        if (slots < 0).any():
-            for gpu in np.unique(sources[slots < 0]).tolist():
+        missing = slots < 0
+        if missing.any():
+            hot = [gpu for gpu in np.unique(sources[missing]).tolist() if self._hot(gpu)]
+            for gpu in hot:
                 self._fill(gpu, protect=sources)
-            slots = self._slot_of[sources]
+            if hot:
+                slots = self._slot_of[sources]
         self._tick += 1
-        self._used[slots] = self._tick
+        self._used[slots[slots >= 0]] = self._tick
         return slots
+
+    def _hot(self, gpu: int) -> bool:
+        """Count one more ask for ``gpu``'s row; True when it is due to be kept."""
+        asked = self._asks.get(gpu, 0) + 1
+        if asked >= self.fill_after:
+            self._asks.pop(gpu, None)
+            return True
+        if len(self._asks) >= _MAX_MEMO:
+            self._asks.clear()
+        self._asks[gpu] = asked
+        return False
 
     def _fill(self, gpu: int, protect: IntArray) -> int:
         slot = self._free_slot(protect)
@@ -215,8 +245,8 @@ class PairTable:
 
     Holds per worker only its first GPU and GPU count (linear in workers); the
     figures of a pair come from the fabric's rows (:class:`FabricRows`, shared by
-    every table of a router) when a decision asks for them, times the calibrated
-    factors of the pair's tier (:meth:`scale`).
+    every table of a router) or, for sources without a row, from the fabric for the
+    decision's grid, times the calibrated factors of the pair's tier (:meth:`scale`).
     """
 
     def __init__(self, distance: DistanceModel, workers: Sequence[Worker],
@@ -256,11 +286,32 @@ class PairTable:
             tier = rows.tier.take(flat)
         except IndexError:
             try:
-                flat = self._offsets(prefill)[:, None] + targets
+                offsets = self._offsets(prefill)
             except RowsFullError:  # more prefill candidates than rows: computed, not kept
                 return self._direct(prefill, decode)
+            cold = offsets == _UNKNOWN
+            if cold.any():  # sources without a row: their part of the grid computed
+                return self._mixed(prefill, decode, offsets, cold)
+            flat = offsets[:, None] + targets
             tier = rows.tier.take(flat)
         latency, bandwidth = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        return self._finish(prefill, decode, tier, latency, bandwidth)
+
+    def _mixed(self, prefill: IntArray, decode: IntArray, offsets: IntArray, cold: BoolArray
+               ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
+        """:meth:`figures` from the rows held and, for the ``cold`` prefill positions,
+        from the fabric for these decode positions only."""
+        rows, targets = self.rows, self.gpu.take(decode)
+        shape = (len(prefill), len(decode))
+        tier, latency, bandwidth = np.empty(shape, np.int64), np.empty(shape), np.empty(shape)
+        warm = ~cold
+        if warm.any():
+            flat = offsets[warm][:, None] + targets
+            tier[warm] = rows.tier.take(flat)
+            latency[warm], bandwidth[warm] = rows.latency_s.take(flat), rows.bandwidth.take(flat)
+        grid_tier, lat_us, grid_bw, _ = self.distance.costs_grid(
+            self.gpu.take(prefill[cold]), targets)
+        tier[cold], latency[cold], bandwidth[cold] = grid_tier, lat_us * 1e-6, grid_bw
         return self._finish(prefill, decode, tier, latency, bandwidth)
 
     def _finish(self, prefill: IntArray, decode: IntArray, tier: IntArray, latency: FloatArray,
@@ -278,12 +329,9 @@ class PairTable:
     def _direct(self, prefill: IntArray, decode: IntArray
                 ) -> tuple[IntArray, FloatArray, FloatArray, FloatArray | float]:
         """:meth:`figures` computed from the fabric, one prefill row at a time."""
-        shape, targets = (len(prefill), len(decode)), self.gpu.take(decode)
-        tier, latency, bandwidth = np.empty(shape, np.int64), np.empty(shape), np.empty(shape)
-        for i, source in enumerate(self.gpu.take(prefill).tolist()):
-            tiers, lat_us, bw, _ = self.distance.costs_from(source, targets)
-            tier[i], latency[i], bandwidth[i] = tiers, lat_us * 1e-6, bw
-        return self._finish(prefill, decode, tier, latency, bandwidth)
+        tier, lat_us, bandwidth, _ = self.distance.costs_grid(self.gpu.take(prefill),
+                                                             self.gpu.take(decode))
+        return self._finish(prefill, decode, tier, lat_us * 1e-6, bandwidth)
 
     def _offsets(self, prefill: IntArray) -> IntArray:
         """Row offsets of the prefill positions, computing and remembering missing ones."""
@@ -292,7 +340,7 @@ class PairTable:
         if self._generation != rows.generation:
             self._offset.fill(_UNKNOWN)
             self._generation = rows.generation
-        self._offset[prefill] = slots * rows.size
+        self._offset[prefill] = np.where(slots >= 0, slots * rows.size, _UNKNOWN)
         found: IntArray = self._offset.take(prefill)
         return found
 
@@ -302,9 +350,17 @@ class PairTable:
         offset = int(self._offset[p]) if self._generation == rows.generation else _UNKNOWN
         if offset == _UNKNOWN:
             offset = int(self._offsets(np.array([p], dtype=np.int64))[0])
+        if offset == _UNKNOWN:  # no row kept for p's GPU
+            tier_, lat_us, bw, _ = self.distance.costs_grid(self.gpu[p:p + 1], self.gpu[d:d + 1])
+            return self._scaled(p, d, int(tier_[0, 0]), float(lat_us[0, 0]) * 1e-6,
+                                float(bw[0, 0]))
         at = offset + int(self.gpu[d])
-        tier = int(rows.tier.item(at))
-        latency, bandwidth = rows.latency_s.flat[at], rows.bandwidth.flat[at]
+        return self._scaled(p, d, int(rows.tier.item(at)), float(rows.latency_s.flat[at]),
+                            float(rows.bandwidth.flat[at]))
+
+    def _scaled(self, p: int, d: int, tier: int, latency: float, bandwidth: float
+                ) -> tuple[int, float, float, int]:
+        """One pair's figures times its tier's calibrated factors, with its lanes."""
         if self._factors is not None:
             latency, bandwidth = (latency * self._factors[tier, 0],
                                   bandwidth * self._factors[tier, 1])

@@ -298,11 +298,12 @@ class Router:
     def _positions(self, names: tuple[str, ...], snapshot: Snapshot) -> IntArray:
         """Snapshot position of each index worker (-1: not in the snapshot), memoised:
         the index lists its workers in the same order until they change."""
-        if self._match_order is None or self._match_order[:2] != (names, snapshot.position):
+        known = self._match_order  # the position map by identity: comparing maps is O(n)
+        if known is None or known[1] is not snapshot.position or known[0] != names:
             pos = snapshot.position
             found = np.array([pos.get(name, -1) for name in names], dtype=np.int64)
-            self._match_order = (names, snapshot.position, found)
-        return self._match_order[2]
+            known = self._match_order = (names, snapshot.position, found)
+        return known[2]
 
     def _predict(self, view: RequestView, choice: PairChoice) -> None:
         if not view.block_hashes:

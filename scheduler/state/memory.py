@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 
 from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.journal import Journal
 from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
 from topology.errors import ConflictError, NotFoundError, UnschedulableError
@@ -119,6 +120,10 @@ class MemoryStore:
         #: deletion here and in the listing: relisting 10,000 workers cost ~50 ms).
         self._names: list[str] = []
         self._dirty: set[str] = set()
+        #: Every worker that joined, left or whose free blocks changed (not heartbeats:
+        #: :meth:`changed_since` answers None once a lease may have lapsed), for readers
+        #: that catch up by name.
+        self.journal = Journal()
         self._epochs: dict[str, int] = {}
         #: Records at rest, by plan id: (state, source worker, destination worker, JSON
         #: text). Up to ``max_transfers`` are kept; as models, every full garbage
@@ -149,6 +154,7 @@ class MemoryStore:
         lease = Lease(worker=reg.name, epoch=epoch, ttl_s=ttl_s,
                       expires_at=self._clock() + ttl_s)
         worker = self._workers[reg.name] = _Worker(reg, lease, FreeBlocks(reg.layout.num_blocks))
+        self.journal.touch(reg.name)
         if self._listing is not None:
             slot = bisect_left(self._names, reg.name)
             if slot < len(self._names) and self._names[slot] == reg.name:
@@ -164,12 +170,15 @@ class MemoryStore:
         worker = self._live(name)
         worker.lease = worker.lease.model_copy(
             update={"expires_at": self._clock() + worker.lease.ttl_s})
+        # not journaled: a later expiry changes nothing a reader by name looks at, and
+        # thousands of heartbeats would push the routes' changes out of the journal
         self._dirty.add(name)
         return worker.lease
 
     async def remove_worker(self, name: str) -> bool:
         """Forget a worker and its queued jobs; False when it was not registered."""
         worker = self._workers.pop(name, None)
+        self.journal.touch(name)
         slot = bisect_left(self._names, name)
         if self._listing is not None and slot < len(self._names) and self._names[slot] == name:
             del self._names[slot], self._listing[slot]
@@ -196,6 +205,10 @@ class MemoryStore:
                 return list(self._relist(now))
         return list(listing)
 
+    def _touch(self, name: str) -> None:
+        self._dirty.add(name)
+        self.journal.touch(name)
+
     def _refresh_dirty(self, listing: list[WorkerEntry]) -> None:
         """Bring the listing's entries of heartbeaten workers up to date."""
         names = self._names
@@ -206,6 +219,7 @@ class MemoryStore:
         self._dirty.clear()
 
     def _relist(self, now: float) -> list[WorkerEntry]:
+        self.journal.forget()
         live = [w.current() for _, w in sorted(self._workers.items())
                 if w.lease.expires_at > now]
         self._listing, self._dirty = live, set()
@@ -213,6 +227,22 @@ class MemoryStore:
         # A heartbeat only moves expiry later, so the earliest one seen stays a safe bound.
         self._listed_until = min((e.lease.expires_at for e in live), default=float("inf"))
         return live
+
+    def changed_since(self, version: int, limit: int) -> set[str] | None:
+        """Names of the workers whose entry may have changed (or who joined or left) since
+        the journal's ``version``; None when that is not known, when more than ``limit``
+        changes happened, or when a lease ran out (read the listing then: it leaves out
+        the lapsed workers until they are removed)."""
+        if self._listing is None or self._clock() >= self._listed_until:
+            return None
+        return self.journal.since(version, limit)
+
+    def entry(self, name: str) -> WorkerEntry | None:
+        """The listing's entry of ``name`` (None: not registered, or its lease ran out)."""
+        worker = self._workers.get(name)
+        if worker is None or worker.lease.expires_at <= self._clock():
+            return None
+        return worker.current()
 
     async def list_with_loads(self, loads: LoadStore
                               ) -> tuple[list[WorkerEntry], dict[str, WorkerLoad]]:
@@ -264,14 +294,14 @@ class MemoryStore:
         for name, count in counts.items():
             taken = workers[name].free.take_lowest(count)
             if taken:
-                self._dirty.add(name)
+                self._touch(name)
             grants[name] = BlockGrant(workers[name].current(), tuple(taken))
         return grants
 
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:
         """Mark given blocks of a worker as used (explicit destination blocks)."""
         self._live(name).free.take(blocks)
-        self._dirty.add(name)
+        self._touch(name)
 
     async def release_blocks(self, name: str, blocks: Sequence[int],
                              epoch: int | None = None) -> bool:
@@ -280,7 +310,7 @@ class MemoryStore:
         if worker is None or epoch not in (None, worker.lease.epoch):
             return False
         worker.free.give_back(blocks)
-        self._dirty.add(name)
+        self._touch(name)
         return True
 
     async def release_blocks_at(self, name: str, blocks: Sequence[int], when: float,

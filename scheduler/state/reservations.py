@@ -25,11 +25,13 @@ import contextlib
 import heapq
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from scheduler.state.journal import Journal
 from topology.errors import Issue, NotFoundError, ToposchedError, ValidationError
 
 #: Events kept by a log before the oldest are dropped (Redis trims approximately).
@@ -210,6 +212,8 @@ class MemoryLoads:
         self._owned: dict[str, set[str]] = {}
         self._owners: dict[str, float] = {}
         self._loads: dict[str, WorkerLoad] = {}
+        #: Every worker whose load changed, for readers that catch up by name.
+        self.journal = Journal()
         self._events: deque[tuple[int, str]] = deque(maxlen=event_maxlen)
         self._next_id = 1
         self._appended = asyncio.Condition()
@@ -218,6 +222,7 @@ class MemoryLoads:
         """Declare (or change) a worker's capacity; its current load is kept."""
         check_amounts(max_tokens, max_requests)
         old = self._loads.get(worker)
+        self.journal.touch(worker)
         self._loads[worker] = WorkerLoad(tokens=old.tokens if old else 0,
                                          requests=old.requests if old else 0,
                                          max_tokens=max_tokens, max_requests=max_requests,
@@ -238,6 +243,7 @@ class MemoryLoads:
                 return worker
         for worker, (tokens, requests) in total.items():
             load = self._loads[worker]
+            self.journal.touch(worker)
             self._loads[worker] = load.model_copy(update={
                 "tokens": load.tokens + tokens, "requests": load.requests + requests})
         return None
@@ -247,6 +253,7 @@ class MemoryLoads:
         check_amounts(tokens, requests)
         load = self._loads.get(worker)
         if load is not None:
+            self.journal.touch(worker)
             self._loads[worker] = load.model_copy(update={
                 "tokens": max(0, load.tokens - tokens),
                 "requests": max(0, load.requests - requests)})
@@ -256,8 +263,17 @@ class MemoryLoads:
         # in no particular order: sorting 10,000 names after each new worker cost ~20 ms
         return dict(self._loads)
 
+    def live(self) -> Mapping[str, WorkerLoad]:
+        """Every worker's load as a read-only view that follows changes (no copy)."""
+        return MappingProxyType(self._loads)
+
+    def load(self, worker: str) -> WorkerLoad | None:
+        """One worker's load (None: no capacity set)."""
+        return self._loads.get(worker)
+
     async def drop_load(self, worker: str) -> bool:
         """Forget a worker's capacity and load; False when it had none."""
+        self.journal.touch(worker)
         return self._loads.pop(worker, None) is not None
 
     async def open_reservation(self, reservation_id: str, owner: str,
@@ -280,6 +296,7 @@ class MemoryLoads:
         """Add ``blocks`` (negative: give back, never below zero) to a worker's promises."""
         load = self._loads.get(worker)
         if blocks and load is not None:
+            self.journal.touch(worker)
             self._loads[worker] = load.model_copy(update={"blocks": max(0, load.blocks + blocks)})
 
     def _push_due(self, expires: float, reservation_id: str) -> None:

@@ -84,10 +84,9 @@ def tier_between(src: WorkerRegistration, dst: WorkerRegistration,
     host counts as ``host_bridge``, different hosts as ``same_zone`` (no rail, no leaf
     known, so the plan makes no NIC claim it cannot back).
     """
-    if model is not None and src.gpus and dst.gpus:
-        names = set(model.names)
-        if src.gpus[0] in names and dst.gpus[0] in names:
-            return model.tier(src.gpus[0], dst.gpus[0])
+    if (model is not None and src.gpus and dst.gpus and model.knows(src.gpus[0])
+            and model.knows(dst.gpus[0])):
+        return model.tier(src.gpus[0], dst.gpus[0])
     return Tier.HOST_BRIDGE if src.host == dst.host else Tier.SAME_ZONE
 
 
@@ -98,7 +97,7 @@ def hints_for_workers(src: WorkerRegistration, dst: WorkerRegistration, *,
     tier = tier_between(src, dst, model)
     nics: tuple[str | None, str | None] = (None, None)
     if model is not None and not tier.same_host and src.gpus and dst.gpus \
-            and {src.gpus[0], dst.gpus[0]} <= set(model.names):
+            and model.knows(src.gpus[0]) and model.knows(dst.gpus[0]):
         nics = path_nics(model, src.gpus[0], dst.gpus[0])
     elif spec is not None and src.gpus and dst.gpus:
         nics = nearest_nic(spec, src.gpus[0]), nearest_nic(spec, dst.gpus[0])

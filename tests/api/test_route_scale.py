@@ -8,6 +8,7 @@ memory allocated (an n x n table shows up quadratically).
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -20,13 +21,14 @@ from fastapi.testclient import TestClient
 
 from api.routing import Fabric
 from api.service import ServiceState
-from api.snapshots import LiveSnapshots
+from api.snapshots import Journaled, LiveSnapshots
 from policies.profile import resolve_policy
 from policies.registry import default_registry
 from scheduler.prefix import PrefixIndex
 from scheduler.router.router import RouteRequest
 from scheduler.state.base import WorkerEntry
-from scheduler.state.reservations import WorkerLoad
+from scheduler.state.memory import MemoryStore
+from scheduler.state.reservations import MemoryLoads, WorkerLoad
 from scheduler.transfer.plan import Lease
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
@@ -153,3 +155,51 @@ def test_joins_and_leaves_reach_the_route_path_without_a_rebuild(merges: list[in
                            headers=headers).status_code == 201
         assert decode_worker() == "decode-1"
         assert merges == [1]  # both changes spliced in
+
+
+async def _journaled_routes(workers: int) -> list[dict[str, int]]:
+    """Work of a route after a load change, after a join and after a leave, with
+    ``workers`` workers in the in-memory stores (read through their journals)."""
+    fabric = _fabric()
+    gpus = sorted(fabric.known)
+    store, loads = MemoryStore(), MemoryLoads()
+    for i in range(workers):
+        entry = _entry(f"w{i:06d}", gpus[i % len(gpus)], "prefill" if i % 2 else "decode")
+        await store.register_worker(entry.registration, ttl_s=3600)
+        await loads.set_capacity(entry.registration.name, 10**9, 256)
+    journaled, live = Journaled(store, loads), LiveSnapshots()
+    request = RouteRequest(block_hashes=list(range(1, 41)), model=None)
+
+    async def route() -> None:
+        snapshot = await live.current(fabric, (), loads.live(), None, kv_bytes=10,
+                                      pairings=(), journaled=journaled)
+        fabric.router.route(request, snapshot)
+
+    await route()
+    await route()
+
+    async def no_listing() -> list[WorkerEntry]:
+        raise AssertionError("a route read the listing of every worker")
+
+    store.list_workers = no_listing  # type: ignore[method-assign]
+    work = []
+    for change in ("load", "join", "leave"):
+        if change == "load":
+            await loads.reserve_all([("w000003", 100, 1)])
+            await store.take_blocks({"w000004": 2})
+        elif change == "join":
+            joined = _entry("w-joined", gpus[3], "decode")
+            await store.register_worker(joined.registration, ttl_s=3600)
+        else:
+            await store.remove_worker(f"w{workers // 3:06d}")
+        with _counting() as counts:
+            await route()
+        work.append(counts)
+    return work
+
+
+def test_routes_over_journaled_stores_do_no_per_worker_python_work() -> None:
+    small, large = asyncio.run(_journaled_routes(1000)), asyncio.run(_journaled_routes(4000))
+    for few, many in zip(small, large, strict=True):
+        assert many["lines"] <= few["lines"] * 1.05 + 20, (few, many)
+        assert many["peak"] <= few["peak"] * 6, (few, many)

@@ -9,18 +9,29 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from fastapi.testclient import TestClient
 
 from api.routing import Fabric
 from api.service import ServiceState
-from api.snapshots import THREAD_REBUILD_FROM, LiveSnapshots
+from api.snapshots import THREAD_REBUILD_FROM, Journaled, LiveSnapshots
 from policies.profile import resolve_policy
 from policies.registry import default_registry
 from policies.snapshot import Role, Snapshot, Worker
 from scheduler.prefix import PrefixIndex
 from scheduler.state.base import WorkerEntry
-from scheduler.state.reservations import WorkerLoad
+from scheduler.state.memory import MemoryStore
+from scheduler.state.reservations import LoadItem, MemoryLoads, WorkerLoad
 from scheduler.transfer.plan import Lease
-from tests.api.service_builders import cluster
+from tests.api.service_builders import (
+    MOONCAKE_BLOCKS,
+    WORKER,
+    bearer,
+    cluster,
+    load_cluster,
+    make_app,
+    own_bearer,
+    worker_json,
+)
 from tests.scheduler.transfer.builders import registration
 
 ARRAYS = ("queued", "running", "max_running", "free_kv", "capacity_kv", "promised_kv",
@@ -188,11 +199,12 @@ def test_a_join_or_leave_is_spliced_in_equal_to_a_fresh_snapshot_without_a_merge
     merge = live._merge
     live._merge = lambda *args: (merges.append(1), merge(*args))  # type: ignore[method-assign]
     for _ in range(120):
-        if rng.random() < 0.5 and len(entries) > 1:
+        if (rng.random() < 0.5 or len(entries) == len(pool)) and len(entries) > 1:
             leaving = rng.choice(entries)
             entries = [e for e in entries if e is not leaving]
         else:
-            joining = rng.choice([e for e in pool if e not in entries])
+            listed = {e.registration.name for e in entries}  # (one entry per name)
+            joining = rng.choice([e for e in pool if e.registration.name not in listed])
             entries = sorted([*entries, joining], key=lambda e: e.registration.name)
         for i in rng.sample(range(len(entries)), min(2, len(entries))):  # loads move too
             entries[i] = entries[i].model_copy(update={"free_blocks": rng.randrange(100)})
@@ -214,3 +226,116 @@ def test_a_spliced_snapshot_drops_the_pairings_of_a_removed_worker() -> None:
     spliced = whole.spliced(1, 1, (), {})
     _same(spliced, Snapshot(workers[::2], preferred_pairs={("a", "c"): 0.5}))
     assert spliced.origin is not None and spliced.origin.parent is whole.position
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _journaled_steps(steps: int, seed: int) -> tuple[int, int]:
+    """Random changes to real in-memory stores; after each, the snapshot caught up from
+    the journals must equal one built from the full listing. Returns (steps caught up
+    from the journals, full reads)."""
+    fabric, rng, clock = _fabric(), random.Random(seed), _Clock()
+    store, loads = MemoryStore(clock=clock), MemoryLoads(clock=clock)
+    journaled = Journaled(store, loads)
+    gpus = sorted(fabric.known)
+    names = [f"w{i:02d}" for i in range(24)]
+    pairings = [_pairing(names[i], names[i + 1]) for i in range(0, 24, 2)]
+
+    async def register(name: str) -> None:
+        i = names.index(name)
+        reg = registration(name, gpus=[gpus[i % len(gpus)]]).model_copy(update={
+            "role": rng.choice(("prefill", "decode", "both")),
+            "model": rng.choice(("m", None, "other"))})
+        await store.register_worker(reg, ttl_s=rng.choice((5.0, 1000.0)))
+        await loads.set_capacity(name, 10**6, 64)
+
+    for name in names[:12]:
+        await register(name)
+    live, fallbacks = LiveSnapshots(), []
+    read = live._merge
+    live._merge = lambda *args: (fallbacks.append(1), read(*args))  # type: ignore[method-assign]
+    open_ids: list[str] = []
+    for step in range(steps):
+        name = rng.choice(names)
+        registered = await store.get_worker(name) if store.entry(name) else None
+        action = rng.random()
+        if action < 0.15 or registered is None:
+            await register(name)  # joins, or registers again (a new epoch)
+        elif action < 0.25:
+            await store.remove_worker(name)
+            await loads.drop_load(name)
+        elif action < 0.4:
+            await store.take_blocks({name: rng.randrange(3)})
+        elif action < 0.5:
+            await store.release_blocks(name, [0, 1])
+        elif action < 0.65:
+            rid = f"r{step}"
+            await loads.open_reservation(rid, "me", [LoadItem(
+                worker=name, tokens=rng.randrange(500), requests=1, blocks=rng.randrange(4))],
+                ttl_s=100)
+            open_ids.append(rid)
+        elif action < 0.75 and open_ids:
+            await loads.close_reservation(open_ids.pop(rng.randrange(len(open_ids))))
+        elif action < 0.85:
+            await store.heartbeat(name)
+        elif action < 0.87:
+            clock.now += 3.0  # short leases lapse: they leave the listing
+        else:
+            for other in rng.sample(names, 6):  # several changes at once
+                await register(other)
+        wanted = rng.choice(("m", None))
+        pairs = pairings if step % 50 else []
+        got = await live.current(fabric, (), loads.live(), wanted, kv_bytes=10,
+                                 pairings=pairs, journaled=journaled)
+        entries, by_name = await store.list_with_loads(loads)
+        fresh = LiveSnapshots().snapshot(fabric, entries, by_name, wanted, kv_bytes=10,
+                                         pairings=pairs)
+        _same(got, fresh)
+    return steps - len(fallbacks), len(fallbacks)
+
+
+def test_snapshots_caught_up_from_the_journals_equal_ones_built_from_the_listing() -> None:
+    for seed in range(4):
+        journal, full = asyncio.run(_journaled_steps(300, seed))
+        # the full listing is read only when the journals cannot say (first use, a
+        # lapsed lease, other pairings, another model's view behind): not most steps
+        assert journal > 2 * full, (journal, full)
+
+
+def test_the_route_endpoint_reads_the_workers_by_name_not_the_whole_listing(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    listings: list[int] = []
+    listing = MemoryStore.list_workers
+
+    async def counted(self: MemoryStore) -> list[WorkerEntry]:
+        listings.append(1)
+        return await listing(self)
+
+    monkeypatch.setattr(MemoryStore, "list_workers", counted)
+    spec = cluster(hosts=2)
+    with TestClient(make_app(settings=MOONCAKE_BLOCKS)) as client:
+        load_cluster(client, spec)
+        gpus = spec.gpu_names()
+        for i in range(8):
+            client.post("/v1/workers", headers=bearer(WORKER), json=worker_json(
+                f"w{i}", "prefill" if i % 2 else "decode", [gpus[i]]))
+        decisions = []
+        for i in range(12):
+            if i == 6:  # a decode worker joins, the others leave: taken from the journals
+                client.post("/v1/workers", headers=bearer(WORKER),
+                            json=worker_json("late", "decode", [gpus[9]]))
+                for gone in ("w0", "w2", "w4", "w6"):
+                    assert client.delete(f"/v1/workers/{gone}",
+                                         headers=own_bearer(gone)).status_code == 204
+            answer = client.post("/v1/route", headers=bearer(), json={
+                "block_hashes": [1, 2, 3], "model": "llama-3-70b", "request_id": f"r{i}"})
+            assert answer.status_code == 200, answer.text
+            decisions.append(answer.json()["decision"]["decode"]["worker"])
+        assert listings == [1]  # the first route read the listing; the rest caught up
+        assert set(decisions[6:]) == {"late"} and "late" not in decisions[:6]
