@@ -112,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from api.routers import openai
 
         app.include_router(openai.router)
+        openai.install_lean_routes(app)
     _install_services(app, settings)  # next: /v1/route is hot
     _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)

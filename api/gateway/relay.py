@@ -92,8 +92,7 @@ class Gateway:
         if not self.registry.routable_instances(model):
             raise UnschedulableError([f"no instance of {model} is in routing (states: "
                                       f"{self._states(model)})"])
-        request = RouteRequest(request_id=request_id[:256], model=model,
-                               token_ids=list(tokens.ids), prompt_tokens=tokens.count)
+        request = route_request(request_id[:256], model, tokens)
         decision, snapshot = await decide(
             request, self.services, self.runtime, self.registry, entries=(),
             loads=await self.runtime.loads.loads(), snapshots=self.snapshots)
@@ -239,6 +238,20 @@ async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
 async def _disconnect(receive: Receive) -> None:
     while (await receive())["type"] != "http.disconnect":
         pass
+
+
+def route_request(request_id: str, model: str, tokens: PromptTokens) -> RouteRequest:
+    """The router's request for ``tokens``. The gateway's token ids are ints already
+    (:func:`api.gateway.tokens.all_ints`), so when they are also non-negative, and the
+    id and count within the model's bounds, the request is built without pydantic's
+    per-item validation (~65 us for 1,024 ids); anything else is validated as before."""
+    ids = list(tokens.ids)
+    if 1 <= len(request_id) <= 256 and tokens.count >= 1 and (not ids or min(ids) >= 0) \
+            and len(ids) <= 1 << 22:
+        return RouteRequest.model_construct(request_id=request_id, model=model,
+                                            token_ids=ids, prompt_tokens=tokens.count)
+    return RouteRequest(request_id=request_id, model=model, token_ids=ids,
+                        prompt_tokens=tokens.count)
 
 
 def explain(route: Route, timeline: Timeline, upstream: Mapping[str, str]) -> dict[str, str]:

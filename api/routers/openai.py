@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
+from starlette.routing import Route
 
 from api.gateway.relay import Gateway
-from api.security import TokenAuth
+from api.security import Role, TokenAuth
 
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["model"], "additionalProperties": True,
@@ -27,9 +28,13 @@ _ANSWERS: dict[int | str, dict[str, Any]] = {
     503: {"description": "no engine pair can take the request now (Retry-After)"}}
 
 
+#: The client token holds :class:`TokenAuth`'s worker slot (api/gateway/setup.py).
+_CLIENTS = frozenset({Role.WORKER})
+
+
 async def _client(request: Request) -> None:
     auth: TokenAuth = request.app.state.client_auth
-    auth.check(request.headers.get("authorization"), frozenset())
+    auth.check(request.headers.get("authorization"), _CLIENTS)
 
 
 router = APIRouter(tags=["openai"], dependencies=[Depends(_client)])
@@ -50,6 +55,26 @@ async def completions(request: Request) -> Response:
 async def chat_completions(request: Request) -> Response:
     """A chat completion, run through the (prefill, decode) pair toposched picks."""
     return await _gateway(request).handle(request, "/v1/chat/completions")
+
+
+def install_lean_routes(app: FastAPI) -> None:
+    """Serve the two completion endpoints ahead of FastAPI's routing: plain Starlette
+    routes at the head of ``app``'s routes (the same middlewares, exception handlers,
+    client-token check and answers), without FastAPI's included-router matching and
+    dependency solving on the gateway's hot path. The FastAPI routes above stay for
+    the OpenAPI document (and are never reached for these two paths)."""
+    async def lean_completions(request: Request) -> Response:
+        await _client(request)
+        return await _gateway(request).handle(request, "/v1/completions")
+
+    async def lean_chat_completions(request: Request) -> Response:
+        await _client(request)
+        return await _gateway(request).handle(request, "/v1/chat/completions")
+
+    app.router.routes[0:0] = [
+        Route("/v1/completions", lean_completions, methods=["POST"], include_in_schema=False),
+        Route("/v1/chat/completions", lean_chat_completions, methods=["POST"],
+              include_in_schema=False)]
 
 
 @router.get("/v1/models")
