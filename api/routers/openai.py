@@ -63,18 +63,17 @@ def install_lean_routes(app: FastAPI) -> None:
     client-token check and answers), without FastAPI's included-router matching and
     dependency solving on the gateway's hot path. The FastAPI routes above stay for
     the OpenAPI document (and are never reached for these two paths)."""
-    async def lean_completions(request: Request) -> Response:
-        await _client(request)
-        return await _gateway(request).handle(request, "/v1/completions")
+    app.router.routes[0:0] = [_lean_route("/v1/completions"),
+                              _lean_route("/v1/chat/completions")]
 
-    async def lean_chat_completions(request: Request) -> Response:
-        await _client(request)
-        return await _gateway(request).handle(request, "/v1/chat/completions")
 
-    app.router.routes[0:0] = [
-        Route("/v1/completions", lean_completions, methods=["POST"], include_in_schema=False),
-        Route("/v1/chat/completions", lean_chat_completions, methods=["POST"],
-              include_in_schema=False)]
+def _lean_route(path: str) -> Route:
+    """``POST path`` through the gateway, the client token checked first."""
+    async def endpoint(request: Request) -> Response:
+        await _client(request)
+        return await _gateway(request).handle(request, path)
+
+    return Route(path, endpoint, methods=["POST"], include_in_schema=False)
 
 
 @router.get("/v1/models")
