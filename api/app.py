@@ -112,7 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from api.routers import openai
 
         app.include_router(openai.router)
-        openai.install_lean_routes(app)
+        # outermost of all for its two POST endpoints (the body limit and client token
+        # checked there, as the layers it skips would)
+        app.add_middleware(openai.CompletionsFastPath, owner=app,
+                           max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s)
     _install_services(app, settings)  # next: /v1/route is hot
     _install_engines(app, settings)
     _follow_fabric(app.state.services, coordinator, runtime)

@@ -323,21 +323,34 @@ class BodyLimit:
                 self.streams and str(scope.get("path", "")).endswith(self.streams)):
             await self.app(scope, receive, send)
             return
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await _refuse(scope, send, 413, "payload too large",
-                          f"request body larger than {self.max_bytes} bytes")
+        if await self.refused_at_once(scope, send):
             return
-        reader = _BodyReader(self, scope, receive, send)
+        reader = self.reader(scope, receive, send)
         try:
             await self.app(scope, reader.receive, reader.send)
         except Exception:
             if not reader.refused:
                 raise
 
+    async def refused_at_once(self, scope: Scope, send: Send) -> bool:
+        """Whether the declared ``Content-Length`` is over the limit (413 sent)."""
+        for name, value in scope.get("headers") or ():
+            if name == b"content-length":
+                if value.isdigit() and int(value) > self.max_bytes:
+                    await _refuse(scope, send, 413, "payload too large",
+                                  f"request body larger than {self.max_bytes} bytes")
+                    return True
+                break
+        return False
 
-class _BodyReader:
-    """One request's body as :class:`BodyLimit` lets the app read it."""
+    def reader(self, scope: Scope, receive: Receive, send: Send) -> BodyReader:
+        """The request's body as this limit lets an app read it."""
+        return BodyReader(self, scope, receive, send)
+
+
+class BodyReader:
+    """One request's body as :class:`BodyLimit` lets the app read it: ``receive`` answers
+    ``http.disconnect`` once the body was refused (408/413 sent, :attr:`refused`)."""
 
     def __init__(self, limit: BodyLimit, scope: Scope, receive: Receive, send: Send) -> None:
         self.limit, self.scope, self._receive, self._send = limit, scope, receive, send
@@ -352,9 +365,9 @@ class _BodyReader:
         else:
             if self.deadline is None:
                 self.deadline = time.monotonic() + self.limit.timeout_s
-            try:
-                message = await asyncio.wait_for(self._receive(),
-                                                 max(self.deadline - time.monotonic(), 0))
+            try:  # a deadline on this task (wait_for would start a task for each read)
+                async with asyncio.timeout(max(self.deadline - time.monotonic(), 0)):
+                    message = await self._receive()
             except TimeoutError:
                 return await self._refuse(408, "request timeout", "the request body did not "
                                           f"arrive within {self.limit.timeout_s:g} s")

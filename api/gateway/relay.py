@@ -11,12 +11,11 @@ leaves cancels every leg still running.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -37,6 +36,7 @@ from scheduler.telemetry.handoff import Handoff
 from topology.errors import Issue, NotFoundError, UnschedulableError, ValidationError
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 #: Routes tried for one request before giving up (each try goes without the engines
 #: found unreachable by the ones before: the registry took them out of routing).
 MAX_ATTEMPTS = 3
@@ -77,13 +77,19 @@ class Gateway:
                 ", ".join(self.registry.models()) or "none"))
         request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
         tokens = await self.tokens.of(body, self.registry.routable_instances(model))
-        gone: set[str] = set()
-        for _ in range(MAX_ATTEMPTS):
-            route = await self._route(model, tokens, request_id)
-            answer = await self._attempt(request, route, body, path, request_id)
-            if isinstance(answer, Response):
-                return answer
-            gone |= answer
+        watch = DisconnectWatch(request.receive)
+        try:
+            gone: set[str] = set()
+            for _ in range(MAX_ATTEMPTS):
+                route = await self._route(model, tokens, request_id)
+                answer = await self._attempt(watch, route, body, path, request_id)
+                if isinstance(answer, Response):
+                    return answer
+                gone |= answer
+        except BaseException:
+            watch.stop()
+            raise
+        watch.stop()
         raise UnschedulableError([f"engines unreachable: {', '.join(sorted(gone))}"])
 
     async def _route(self, model: str, tokens: PromptTokens, request_id: str) -> Route:
@@ -113,9 +119,10 @@ class Gateway:
                   if (i := self.registry.get(s.name)) is not None and i.model == model]
         return ", ".join(states[:8]) + (" …" if len(states) > 8 else "")
 
-    async def _attempt(self, request: Request, route: Route, body: dict[str, Any], path: str,
-                       request_id: str) -> Response | set[str]:
-        """The relayed answer, or the engines found unreachable (route again)."""
+    async def _attempt(self, watch: DisconnectWatch, route: Route, body: dict[str, Any],
+                       path: str, request_id: str) -> Response | set[str]:
+        """The relayed answer (it stops ``watch`` when it ends), or the engines found
+        unreachable (route again)."""
         held = Held(self.runtime.loads, route, owner=self.runtime.replica_id,
                     ttl_s=self.reservation_ttl_s)
         await held.reserve()
@@ -125,8 +132,7 @@ class Gateway:
                        on_handoff=self._handoff_noter(route))
         protocol = protocol_for(route.decode.engine)
         try:
-            answer = await until_disconnect(request.receive,
-                                            protocol.open(self.legs, plan, timeline))
+            answer = await watch.run(protocol.open(self.legs, plan, timeline))
         except EngineUnreachableError as exc:
             await held.release_all()
             gone = {exc.engine, *timeline.unreachable}
@@ -134,6 +140,7 @@ class Gateway:
             self._record(route, timeline, "engine-error")
             return gone
         except ClientGoneError:
+            watch.stop()
             await held.release_all()
             self._record(route, timeline, "cancelled")
             return Response(status_code=CLIENT_CLOSED)
@@ -142,7 +149,7 @@ class Gateway:
             raise
         self._out_of_routing(set(timeline.unreachable), "prefill leg")
         await held.release_prefill()
-        return RelayResponse(answer, route, held, self)
+        return RelayResponse(answer, route, held, self, watch)
 
     def _handoff_noter(self, route: Route) -> Callable[[], None]:
         """Called when the decode leg is about to carry the prefill's KV: the decode
@@ -177,9 +184,11 @@ class RelayResponse(Response):
     client leaves, and gives the request's load back however it ends."""
 
     def __init__(self, answer: UpstreamAnswer, route: Route, held: Held,
-                 gateway: Gateway) -> None:
-        """Relay ``answer`` (headers: the engine's content type and the decision's)."""
+                 gateway: Gateway, watch: DisconnectWatch) -> None:
+        """Relay ``answer`` (headers: the engine's content type and the decision's) while
+        ``watch`` looks out for the client leaving."""
         self.answer, self.route, self.held, self.gateway = answer, route, held, gateway
+        self.watch = watch
         self.status_code, self.background = answer.status_code, None
         self.init_headers(explain(route, answer.timeline, answer.response.headers))
         self.outcome = "ok" if answer.status_code < 400 else (
@@ -190,20 +199,28 @@ class RelayResponse(Response):
         try:
             await send({"type": "http.response.start", "status": self.status_code,
                         "headers": self.raw_headers})
-            await until_disconnect(receive, self._pump(send))
+            await self.watch.run(self._pump(send))
         except ClientGoneError:
             self.outcome = "cancelled"
         finally:
+            self.watch.stop()
             await self.answer.aclose()
             await self.held.release_all()
             self.gateway._record(self.route, self.answer.timeline, self.outcome)
 
     async def _pump(self, send: Send) -> None:
-        sse = (self.answer.media_type or "").startswith("text/event-stream")
+        """Each piece as it arrives; the last one goes with the end of the body (one
+        write to the client, not two)."""
+        answer = self.answer
         try:
-            async for chunk in self.answer.chunks():
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while True:
+                data, last = await answer.read_some()
+                if last:
+                    await send({"type": "http.response.body", "body": data, "more_body": False})
+                    return
+                await send({"type": "http.response.body", "body": data, "more_body": True})
         except TransportError as exc:
+            sse = (answer.media_type or "").startswith("text/event-stream")
             self.outcome = "engine-error"
             self.gateway._out_of_routing({self.route.decode.name}, type(exc).__name__)
             if sse:
@@ -213,31 +230,48 @@ class RelayResponse(Response):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-async def until_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
-    """``work``'s result; raises :class:`ClientGoneError` (cancelling ``work``) when the
-    client disconnects first."""
-    task = asyncio.ensure_future(work)
-    watch = asyncio.ensure_future(_disconnect(receive))
-    try:
-        await asyncio.wait((task, watch), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:
-        task.cancel()
-        raise
-    finally:
-        watch.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    with contextlib.suppress(BaseException):
-        late = await task
-        if isinstance(late, UpstreamAnswer):
-            await late.aclose()
-    raise ClientGoneError
+class DisconnectWatch:
+    """Looks out for one request's client leaving, with one task for the whole request
+    (its legs and its relay): a disconnect while :meth:`run` awaits cancels the
+    request's own task where it waits (the legs and the relay close what they hold),
+    and :meth:`run` raises :class:`ClientGoneError`. Start it once the body is read."""
 
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self._owner = asyncio.current_task()
+        self._armed = self._cancelled = False
+        self._task = asyncio.ensure_future(self._watch(receive))
 
-async def _disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self.gone = True
+        if self._armed and self._owner is not None:
+            self._armed, self._cancelled = False, True
+            self._owner.cancel()
+
+    async def run(self, work: Coroutine[Any, Any, T]) -> T:
+        """``work``'s result; :class:`ClientGoneError` (``work`` cancelled where it
+        waits, or never started) when the client leaves first."""
+        if self.gone:
+            work.close()
+            raise ClientGoneError
+        self._armed = True
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if not self._cancelled:
+                raise
+            self._cancelled = False
+            if self._owner is not None:
+                self._owner.uncancel()
+            raise ClientGoneError from None
+        finally:
+            self._armed = False
+
+    def stop(self) -> None:
+        """Stop watching (the request ended)."""
+        self._task.cancel()
 
 
 def route_request(request_id: str, model: str, tokens: PromptTokens) -> RouteRequest:

@@ -9,14 +9,16 @@ engines answer pass through as they are.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from starlette.routing import Route
+from starlette.exceptions import HTTPException
 
 from api.gateway.relay import Gateway
-from api.security import Role, TokenAuth
+from api.security import ASGIApp, BodyLimit, Receive, Role, Scope, Send, TokenAuth
 
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
     "type": "object", "required": ["model"], "additionalProperties": True,
@@ -57,23 +59,71 @@ async def chat_completions(request: Request) -> Response:
     return await _gateway(request).handle(request, "/v1/chat/completions")
 
 
-def install_lean_routes(app: FastAPI) -> None:
-    """Serve the two completion endpoints ahead of FastAPI's routing: plain Starlette
-    routes at the head of ``app``'s routes (the same middlewares, exception handlers,
-    client-token check and answers), without FastAPI's included-router matching and
-    dependency solving on the gateway's hot path. The FastAPI routes above stay for
-    the OpenAPI document (and are never reached for these two paths)."""
-    app.router.routes[0:0] = [_lean_route("/v1/completions"),
-                              _lean_route("/v1/chat/completions")]
+#: The paths :class:`CompletionsFastPath` serves.
+PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
+Handler = Callable[[Request, Exception], Any]
 
 
-def _lean_route(path: str) -> Route:
-    """``POST path`` through the gateway, the client token checked first."""
-    async def endpoint(request: Request) -> Response:
-        await _client(request)
-        return await _gateway(request).handle(request, path)
+class CompletionsFastPath:
+    """ASGI middleware, the outermost of the app's own: ``POST`` to the two completion
+    endpoints goes straight to the gateway, everything else on to ``app``.
 
-    return Route(path, endpoint, methods=["POST"], include_in_schema=False)
+    It does for these two what the layers below would, in one layer and without their
+    per-request wrappers: the body limit (413 on a declared length at once, 413/408
+    while reading: :class:`api.security.BodyLimit`'s own rules), the client token
+    (401/403 before the body is read), the app's exception handlers (problem+json) for
+    what the gateway raises before answering. :class:`api.security.Authenticate` only
+    refuses protected paths and :class:`api.strict_numbers.StrictNumbers` only bodies
+    with a schema, neither of which these are. The FastAPI routes above stay for the
+    OpenAPI document and are not reached for ``POST``; other methods go on to them
+    (405)."""
+
+    def __init__(self, app: ASGIApp, owner: FastAPI, max_bytes: int,
+                 timeout_s: float | None) -> None:
+        """``owner``: the app whose state (gateway, client token) and exception
+        handlers serve these requests."""
+        self.app, self.owner = app, owner
+        self.limit = BodyLimit(app, max_bytes=max_bytes, timeout_s=timeout_s)
+        self._parts: tuple[Gateway, TokenAuth, dict[Any, Handler]] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path")
+        if path not in PATHS or scope["type"] != "http" or scope["method"] != "POST" \
+                or scope.get("root_path"):
+            await self.app(scope, receive, send)
+            return
+        if await self.limit.refused_at_once(scope, send):
+            return
+        gateway, auth, handlers = self._parts or self._resolve()
+        reader = self.limit.reader(scope, receive, send)
+        request = Request(scope, reader.receive)
+        try:
+            auth.check(request.headers.get("authorization"), _CLIENTS)
+            response = await gateway.handle(request, path)
+        except Exception as exc:
+            if reader.refused:  # 408/413 went out already
+                return
+            handler = _handler(handlers, exc)
+            if handler is None:
+                raise
+            response = handler(request, exc)
+            if inspect.isawaitable(response):
+                response = await response
+        await response(scope, reader.receive, send)
+
+    def _resolve(self) -> tuple[Gateway, TokenAuth, dict[Any, Handler]]:
+        state = self.owner.state
+        handlers = {key: value for key, value in self.owner.exception_handlers.items()
+                    if key not in (500, Exception)}
+        self._parts = (state.gateway, state.client_auth, handlers)
+        return self._parts
+
+
+def _handler(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
+    """The app's handler for ``exc``, found as Starlette's exception middleware finds it."""
+    if isinstance(exc, HTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
+    return next((handlers[kind] for kind in type(exc).__mro__ if kind in handlers), None)
 
 
 @router.get("/v1/models")

@@ -173,6 +173,21 @@ class UpstreamAnswer:
             yield chunk
         self.timeline.done = Timeline.now()
 
+    async def read_some(self) -> tuple[bytes, bool]:
+        """The body bytes that have arrived (waiting until some do), and whether the body
+        ended with them: what :meth:`chunks` yields, with the end known at the last
+        piece (so a relay can send that piece and the end in one write)."""
+        timeline = self.timeline
+        if self.response.is_consumed:
+            data, last = self.response.content, True
+        else:
+            data, last = await self.response.read_some()
+        if timeline.first_byte is None and (data or self.response.is_consumed):
+            timeline.first_byte = Timeline.now()
+        if last:
+            timeline.done = Timeline.now()
+        return data, last
+
     async def aclose(self) -> None:
         """Close the decode stream and cancel any leg still running."""
         if self._closed:

@@ -11,12 +11,14 @@ request more of that budget (and bring seven packages).
 
 What it does: ``POST`` with the head and body in one write; the answer's status and
 headers, then its body piece by piece (chunked transfer coding removed, content
-untouched: no ``Accept-Encoding`` is sent); a connection goes back to the pool only
+untouched: no ``Accept-Encoding`` is sent; a body with neither a length nor chunked
+coding ends when the engine closes the connection); a connection goes back to the pool only
 once its answer was read to the end with keep-alive on, and an idle one is dropped
 after :data:`IDLE_S` (before uvicorn's 5 s keep-alive runs out on the engine's side).
 An answer given up half-read closes its connection, which is how an engine hears that
 the client left. Failures to connect, time-outs and connections lost mid-answer raise
-:class:`TransportError` subclasses. Plain ``http`` and ``https`` (system trust store).
+:class:`TransportError` subclasses. Plain ``http`` and ``https`` (system trust store);
+an IPv6 literal host is sent as ``Host: [addr]:port``.
 """
 
 from __future__ import annotations
@@ -102,6 +104,9 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.head_done = False
         self.complete = self.keep_alive = self.answered = False
+        #: The answer's body ends when the engine closes the connection (no length, not
+        #: chunked: HTTP/1.1 section 6.3, rule 7).
+        self.until_eof = False
         self.error: TransportError | None = None
         self.pieces: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -128,6 +133,8 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if self.until_eof and exc is None and not self.complete and self.error is None:
+            self.complete = True  # a close-delimited body ends here (never kept alive)
         if not self.complete and self.error is None:
             self._fail(RemoteProtocolError("the engine closed the connection mid-answer"))
         self._wake()
@@ -142,6 +149,7 @@ class _Connection(asyncio.Protocol):
             self.headers = []
             return
         self.head_done = True
+        self.until_eof = self.status not in (204, 304) and _close_delimited(self.headers)
 
     def on_body(self, body: bytes) -> None:
         self.pieces.append(body)
@@ -237,6 +245,25 @@ class Answer:
         if self._content is None:
             raise RuntimeError("the answer's body has not been read")
         return self._content
+
+    async def read_some(self) -> tuple[bytes, bool]:
+        """The body bytes received by now (waiting until some arrive), and whether the
+        body ended with them (the connection is then given back). A piece is never held
+        back for a later one: what has arrived is returned at once."""
+        conn = self._conn
+        try:
+            while True:
+                data = conn.take()
+                if conn.complete:
+                    break
+                if data:
+                    return data, False
+                await conn.wait()
+        except BaseException:
+            await self.aclose()
+            raise
+        await self.aclose()
+        return data, True
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body as it arrives, in the pieces received (all bytes received by the
@@ -366,7 +393,8 @@ class EngineHttp:
 
 @lru_cache(maxsize=256)
 def _fixed_head(path: str, host: str, port: int, extra: tuple[tuple[str, str], ...]) -> bytes:
-    lines = [f"POST {_clean(path)} HTTP/1.1", f"Host: {host}:{port}",
+    authority = f"[{host}]" if ":" in host else host  # an IPv6 literal (RFC 9110 7.2)
+    lines = [f"POST {_clean(path)} HTTP/1.1", f"Host: {authority}:{port}",
              "Content-Type: application/json", "Accept: */*"]
     lines += [f"{_clean(name)}: {_clean(value)}" for name, value in extra]
     return ("\r\n".join(lines) + "\r\n").encode("latin-1")
@@ -388,3 +416,15 @@ def _clean(text: str) -> str:
     if "\r" in text or "\n" in text or "\0" in text:
         raise ValueError(f"a request header holds a line break or NUL: {text[:64]!r}")
     return text
+
+
+def _close_delimited(headers: list[tuple[bytes, bytes]]) -> bool:
+    """Whether an answer with these (lower-cased) headers ends its body by closing the
+    connection: no ``Content-Length``, and no ``Transfer-Encoding`` ending in chunked."""
+    coding = b""
+    for name, value in headers:
+        if name == b"content-length":
+            return False
+        if name == b"transfer-encoding":
+            coding = value
+    return coding.rsplit(b",", 1)[-1].strip().lower() != b"chunked"

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -18,17 +20,18 @@ Script = Callable[[bytes, asyncio.StreamWriter], Awaitable[None]]
 class Server:
     """Reads each request (head and Content-Length body) and lets ``script`` answer."""
 
-    def __init__(self, script: Script) -> None:
-        self.script = script
+    def __init__(self, script: Script, host: str = "127.0.0.1") -> None:
+        self.script, self.host = script, host
         self.requests: list[bytes] = []
         self.connections = 0
         self.closed = asyncio.Event()  # a connection ended from the client's side
         self.server: asyncio.Server | None = None
 
     async def __aenter__(self) -> str:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.server = await asyncio.start_server(self._serve, self.host, 0)
         port = self.server.sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{port}"
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.server is not None
@@ -125,6 +128,76 @@ def test_a_chunked_stream_arrives_piece_by_piece_without_its_framing() -> None:
             return pieces
 
     assert asyncio.run(run()) == [b"data 1", b"data 2"]
+
+
+def test_an_ipv6_literal_is_sent_in_brackets_in_the_host_header() -> None:
+    async def run() -> tuple[Server, int]:
+        server = Server(_answer, host="::1")
+        async with server as url:
+            client = _client()
+            answer = await client.post(f"{url}/v1/completions", b"{}", {})
+            assert answer.status_code == 200 and await answer.read() == b'{"ok": true}'
+            await client.aclose()
+            return server, int(url.rsplit(":", 1)[1])
+
+    server, port = asyncio.run(run())
+    assert f"\r\nHost: [::1]:{port}\r\n".encode() in server.requests[0]
+
+
+@pytest.mark.parametrize("version", [b"1.1", b"1.0"])
+def test_a_body_without_length_or_chunking_ends_when_the_engine_closes(version: bytes) -> None:
+    release = asyncio.Event()
+
+    async def until_close(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/" + version + b" 200 OK\r\nContent-Type: text/event-stream\r\n"
+                     b"\r\ndata 1")
+        await writer.drain()
+        await release.wait()  # the first piece is read before the rest exists
+        writer.write(b"data 2")
+        await writer.drain()
+        writer.close()  # the end of the body
+        await writer.wait_closed()
+
+    async def run() -> tuple[Server, list[tuple[bytes, bool]], bytes]:
+        server = Server(until_close)
+        async with server as url:
+            client = _client()
+            answer = await client.post(f"{url}/x", b"{}", {})
+            pieces = [await answer.read_some()]
+            release.set()
+            while not pieces[-1][1]:
+                pieces.append(await answer.read_some())
+            release.clear()
+            second = await client.post(f"{url}/x", b"{}", {})  # not from the pool
+            release.set()
+            whole = await second.read()
+            await client.aclose()
+            return server, pieces, whole
+
+    server, pieces, whole = asyncio.run(run())
+    assert b"".join(p for p, _ in pieces) == b"data 1data 2" and pieces[0] == (b"data 1", False)
+    assert whole == b"data 1data 2" and server.connections == 2
+
+
+def test_a_close_delimited_body_cut_by_a_reset_is_a_transport_error() -> None:
+    async def reset(head: bytes, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npart")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        # a reset, not a close: linger 0 makes close send RST
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def run() -> None:
+        async with Server(reset) as url:
+            client = _client()
+            answer = await client.post(f"{url}/x", b"{}", {})
+            with pytest.raises(RemoteProtocolError):
+                await answer.read()
+            await client.aclose()
+
+    asyncio.run(run())
 
 
 def test_an_answer_given_up_half_read_closes_its_connection() -> None:
