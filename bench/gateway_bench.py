@@ -16,7 +16,10 @@ prompt is token ids (no tokenizer hop), different for every request.
 Latency: requests one at a time; the added latency is the gateway's percentile minus
 the direct flow's, both pooled over alternating repetitions. Throughput: the same
 requests with ``--concurrency`` in flight; requests per second and the gateway
-process's CPU per request (``/proc/PID/stat``). Every answer's tokens are compared
+process's CPU per request (``/proc/PID/stat``). ``--baseline-tree DIR`` adds a third
+side, ``baseline``: the same gateway command run from another checkout (say, main
+before a change) over the same engines, alternating with the others, for a paired
+before/after figure on a machine whose load moves. Every answer's tokens are compared
 between the sides, and every gateway answer must say ``x-toposched-mode:
 disaggregated`` (a gateway that skipped a leg would look faster). Writes
 bench/results/gateway.{md,json}.
@@ -145,43 +148,72 @@ def main() -> None:
     parser.add_argument("--load-requests", type=int, default=400,
                         help="throughput requests per side and repetition")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--baseline-tree", type=Path,
+                        help="also run the gateway of this checkout (a paired baseline)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="toposched-gw-bench-") as tmp, \
             harness.session(args, tag="gateway") as run:
         engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
                    start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
-        gw = start_gateway(engines, Path(tmp), args=["--pd-min-uncached-tokens", "0"])
+        gw_args = ["--pd-min-uncached-tokens", "0"]
+        gw = start_gateway(engines, Path(tmp), args=gw_args)
+        base = None
         try:
-            results = _measure(gw, args, run)
+            if args.baseline_tree is not None:
+                (Path(tmp) / "baseline").mkdir()
+                base = start_gateway(engines, Path(tmp) / "baseline", args=gw_args,
+                                     root=args.baseline_tree.resolve())
+                base.engines = {}  # the engines are stopped once, with ``gw``
+            results = _measure(gw, base, args, run)
         finally:
+            if base is not None:
+                base.stop()
             gw.stop()
         env = run.finish()
     _report(results, env, args)
 
 
-def _measure(gw: Gateway, args: argparse.Namespace, run: harness.Session) -> dict[str, Any]:
+def _measure(gw: Gateway, base: Gateway | None, args: argparse.Namespace,
+             run: harness.Session) -> dict[str, Any]:
     latency, load = _requests(args.requests, 1), _requests(args.load_requests, 2)
+    gateways = {"gateway": gw, **({"baseline": base} if base is not None else {})}
     out: dict[str, Any] = {}
     for condition in run.conditions:
-        cpu: dict[str, list[float]] = {"direct": [], "gateway": []}
+        cpu: dict[str, list[float]] = {name: [] for name in ("direct", *gateways)}
         with harness.cpu_condition(condition) as cond:
             lat = harness.compare([
-                harness.Side("direct", lambda: _sequential(gw, _direct, latency),
+                harness.Side("direct", functools.partial(_sequential, gw, _direct, latency),
                              ops=len(latency)),
-                harness.Side("gateway", lambda: _sequential(gw, _via_gateway, latency),
-                             ops=len(latency))],
+                *(harness.Side(name, functools.partial(_sequential, g, _via_gateway, latency),
+                               ops=len(latency)) for name, g in gateways.items())],
                 repeats=run.repeats, warmup=run.warmup, condition=cond, tag="gateway")
             thr = harness.compare([
                 harness.Side("direct", functools.partial(
                     _concurrent, gw, _direct, load, args.concurrency, cpu, "direct"),
                     ops=len(load)),
-                harness.Side("gateway", functools.partial(
-                    _concurrent, gw, _via_gateway, load, args.concurrency, cpu, "gateway"),
-                    ops=len(load))],
+                *(harness.Side(name, functools.partial(
+                    _concurrent, g, _via_gateway, load, args.concurrency, cpu, name),
+                    ops=len(load)) for name, g in gateways.items())],
                 repeats=run.repeats, warmup=run.warmup, condition=cond, tag="gateway")
         out[condition] = {"latency": lat, "throughput": thr,
-                          "gateway_cpu_per_request_s": cpu["gateway"][run.warmup:]}
+                          **{f"{name}_cpu_per_request_s": cpu[name][run.warmup:]
+                             for name in gateways}}
     return out
+
+
+def _baseline_lines(found: dict[str, Any], tree: Path) -> list[str]:
+    """The paired before/after lines: this checkout's gateway against ``tree``'s."""
+    lat, thr = found["latency"], found["throughput"]
+    d, g, b = (lat.sides[name] for name in ("direct", "gateway", "baseline"))
+    cpu = harness.Stats(tuple(found["baseline_cpu_per_request_s"]))
+    added = [(q, b.latency(q) - d.latency(q), g.latency(q) - d.latency(q)) for q in (50, 90)]
+    return [f"Paired baseline (the gateway of `{tree}`, alternating with the sides above "
+            "over the same engines): added " + ", ".join(
+                f"p{q} {was * 1e3:+.2f} ms before, {now * 1e3:+.2f} ms now"
+                for q, was, now in added)
+            + f"; throughput this / baseline {harness.fmt_ratio(thr.ratio('gateway', 'baseline'))}"
+            f"; baseline gateway CPU {cpu.median * 1e3:.2f} ms per request "
+            f"[{cpu.min * 1e3:.2f}–{cpu.max * 1e3:.2f}].", ""]
 
 
 def _report(results: dict[str, Any], env: dict[str, Any], args: argparse.Namespace) -> None:
@@ -222,6 +254,10 @@ def _report(results: dict[str, Any], env: dict[str, Any], args: argparse.Namespa
                   f"{cpu.max * 1e3:.2f}].", ""]
         data[condition] = {"latency": lat.as_dict(), "throughput": thr.as_dict(),
                            "gateway_cpu_per_request_s": cpu.as_dict()}
+        if "baseline" in lat.sides:
+            lines += _baseline_lines(found, args.baseline_tree)
+            data[condition]["baseline_cpu_per_request_s"] = harness.Stats(
+                tuple(found["baseline_cpu_per_request_s"])).as_dict()
     RESULTS.mkdir(parents=True, exist_ok=True)
     harness.write_json(RESULTS / "gateway.json", data)
     (RESULTS / "gateway.md").write_text("\n".join(lines) + "\n")

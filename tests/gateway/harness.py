@@ -104,16 +104,19 @@ class Gateway:
 
 
 def start_gateway(engines: Sequence[Engine], workdir: Path, *,
-                  env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Gateway:
-    """``toposched gateway`` over fake ``engines`` on a two-host synthetic fabric."""
-    gateway = start_gateway_for([e.instance for e in engines], workdir, env=env, args=args)
+                  env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+                  root: Path = ROOT) -> Gateway:
+    """``toposched gateway`` over fake ``engines`` on a two-host synthetic fabric (the
+    code of the checkout at ``root``: another one for a paired before/after bench)."""
+    gateway = start_gateway_for([e.instance for e in engines], workdir, env=env, args=args,
+                                root=root)
     gateway.engines = {e.name: e for e in engines}
     return gateway
 
 
 def start_gateway_for(instances: Sequence[Mapping[str, Any]], workdir: Path, *,
-                      env: Mapping[str, str] | None = None, args: Sequence[str] = ()
-                      ) -> Gateway:
+                      env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+                      root: Path = ROOT) -> Gateway:
     """``toposched gateway`` over ``instances`` (instance document entries) on a two-host
     synthetic fabric (hosts :data:`HOSTS`)."""
     fabric = workdir / "fabric.json"
@@ -125,7 +128,7 @@ def start_gateway_for(instances: Sequence[Mapping[str, Any]], workdir: Path, *,
     command = [sys.executable, "-m", "api.cli.main", "gateway", "--instances", str(document),
                "--fabric", str(fabric), "--port", str(port), *args]
     with (workdir / "gateway.log").open("ab") as log:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT,
                                    env={**os.environ, "TOPOSCHED_DEBUG": "1", **(env or {})})
     gateway = Gateway(port, process)
     try:
