@@ -58,6 +58,12 @@ def _metric(engine: VllmEngine, name: str, **labels: str) -> float:
     return total
 
 
+def _in_routing(gw: Gateway) -> dict[str, bool]:
+    """Each engine's ``in_routing`` flag, from the gateway's health document."""
+    health = httpx.get(f"{gw.url}/v1/gateway/health", timeout=10).json()
+    return {e["name"]: e["in_routing"] for e in health["engines"]}
+
+
 def _prompt(tag: str, repeats: int = 14) -> str:
     return f"[{tag}] " + "a gateway routes each request to a pair of engines. " * repeats
 
@@ -121,9 +127,16 @@ def test_prefill_death_falls_back_to_decode_only(vllm_fleet: EngineFleet, vllm_p
                                                  tmp_path: Path) -> None:
     (doomed,) = vllm_fleet.start(EngineOptions("vllm-prefill-doomed", role="prefill",
                                                nixl=True, kv_events=False))
+    # No health scrape after the first: the gateway itself must find the dead prefill
+    # engine on the prefill leg (a scrape between the kill and the request would take it
+    # out of routing first, and the request would never meet the corpse).
     gw = start_gateway_for([_instance(doomed, 2), _instance(vllm_pair.decode, 1)], tmp_path,
-                           args=["--pd-min-uncached-tokens", "0"])
+                           args=["--pd-min-uncached-tokens", "0"],
+                           env={"TOPOSCHED_ENGINE_SCRAPE_INTERVAL_S": "300",
+                                "TOPOSCHED_ENGINE_STALE_AFTER_S": "3600"})
     try:
+        wait_for(lambda: _in_routing(gw) == {doomed.name: True, vllm_pair.decode.name: True},
+                 "both engines in routing after the first scrape")
         # token ids (the byte tokenizer's): no /tokenize, the prefill leg meets the corpse
         ids = list(_prompt("prefill-death").encode())
         body = {"model": MODEL_NAME, "prompt": ids, **GREEDY}
@@ -134,8 +147,7 @@ def test_prefill_death_falls_back_to_decode_only(vllm_fleet: EngineFleet, vllm_p
         assert answer.headers["x-toposched-mode"] == "decode-only"
         assert "unreachable" in answer.headers["x-toposched-reason"]
         assert answer.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"]
-        health = httpx.get(f"{gw.url}/v1/gateway/health").json()
-        assert {e["name"]: e["in_routing"] for e in health["engines"]}[doomed.name] is False
+        assert _in_routing(gw)[doomed.name] is False
         assert gw.load(doomed.name)["requests"] == 0
         assert gw.load(vllm_pair.decode.name)["requests"] == 0
     finally:
