@@ -8,7 +8,10 @@ decode worker lacks over the fabric path between them, admission at the decode
 worker — adds the decode side's price (the batch slowdown the request takes and
 gives at the decode worker, and its KV occupancy: ``decode_costs`` of the cost
 model) and takes the cheapest. Placement pairings and the request's session make
-a pair up to ``paired_bonus`` / ``session_bonus`` cheaper.
+a pair's TTFT estimate up to ``paired_bonus`` / ``session_bonus`` lower; the
+decode-side price is not discounted (a pairing says where KV should go, not that the
+requests decoding there are slowed less, and a discount of that price, often
+seconds, would let a request wait seconds longer in a paired prefill queue).
 
 *Conditional disaggregation*: a decode worker that misses at most
 ``local_prefill_max_tokens`` prompt tokens, or already holds ``local_prefill_min_hit``
@@ -68,9 +71,9 @@ class _Options:
     """The priced options: each of ``local`` prefilling itself, then every pair of the
     ``prefill`` × ``decode`` grid row by row.
 
-    ``cost`` (bonuses applied) is flat over both parts; the workers and the bonus
-    factor of an option are looked up (:meth:`at`, :meth:`factor_at`) only for the
-    few options a choice shows.
+    ``cost`` (the TTFT estimate times the bonus factor, plus the decode-side price)
+    is flat over both parts; the workers and the bonus factor of an option are looked
+    up (:meth:`at`, :meth:`factor_at`) only for the few options a choice shows.
     """
 
     local: IntArray
@@ -93,7 +96,7 @@ class _Options:
         return p, d, p == d
 
     def factor_at(self, i: int) -> float:
-        """The bonus factor the cost of option ``i`` carries."""
+        """The bonus factor the TTFT estimate of option ``i`` carries."""
         if i < len(self.local):
             return float(self.local_factor[i])
         row, col = divmod(i - len(self.local), len(self.decode))
@@ -206,11 +209,11 @@ class FabricCostHandler:
         """The bonus factor (rows: prefill, columns: decode) and flat cost of each pair."""
         if len(p_pos) == 0:
             return np.empty((0, len(d_pos))), np.empty(0)
-        total = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s + extra + stall[:, None]
-        factor = np.ones_like(total)
+        ttft = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s
+        factor = np.ones_like(ttft)
         self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
-        return factor, (total * factor).ravel()
+        return factor, (ttft * factor + extra + stall[:, None]).ravel()
 
     def _local_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                        extra: FloatArray) -> tuple[IntArray, FloatArray, FloatArray, FloatArray]:
@@ -228,7 +231,7 @@ class FabricCostHandler:
             session_decode = ctx.snapshot.position.get(ctx.session_pair[1], -1)
             factor[local == session_decode] = 1.0 - self.params.session_bonus
         price = extra[eligible] + ctx.cost.local_stall(ctx, local)
-        return local, factor, price, (ctx.cost.local_costs(ctx, local) + price) * factor
+        return local, factor, price, ctx.cost.local_costs(ctx, local) * factor + price
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                         factor: FloatArray) -> None:
@@ -294,8 +297,8 @@ class FabricCostHandler:
             if loaded:
                 p, d, local = options.at(i)
                 if not local:
-                    cost = ((ctx.cost.contended_total(ctx, p, d) + options.extra_at(i))
-                            * options.factor_at(i))
+                    cost = (ctx.cost.contended_total(ctx, p, d) * options.factor_at(i)
+                            + options.extra_at(i))
                     recosted += 1
             refined[i] = cost
             best = min(best, cost)
@@ -310,7 +313,7 @@ class FabricCostHandler:
         # price included); ttft_s is the plain TTFT estimate.
         return PairOption(snap.workers[p].id, snap.workers[d].id,
                           best / value if value > 0 else 1.0, local,
-                          value / options.factor_at(i) - options.extra_at(i))
+                          (value - options.extra_at(i)) / options.factor_at(i))
 
 
 def _first_k(first: FloatArray, then: FloatArray, k: int) -> IntArray:

@@ -68,6 +68,17 @@ class CostParams(BaseModel):
       the prompt and ``expected_output_tokens``), admission waits and eviction start;
       the price rises linearly to ``kv_pressure_s`` at full and on past it (the
       request would wait for blocks that others free);
+    * step-time tail: TPOT p99 is the requests of the worker with the slowest steps,
+      which the sum above does not see (it sends a long prompt where few requests
+      would be slowed by it, so long contexts gather on one worker and its steps grow
+      slow for all of them). The price is the rise the request causes in the
+      request-steps spent above the cluster's mean step (over decode workers, the
+      ``B·per_running + A·per_token`` part): ``(B + 1)·max(s' − s̄, 0) − B·max(s − s̄,
+      0)`` with ``s`` / ``s'`` the worker's step before / after it joins, for
+      ``expected_output_tokens`` steps, weighted by ``tail_weight``. Nothing where the
+      worker stays at or below the mean. At weight 1 the sum above still outweighs it
+      for long prompts (Llama-3-8B at 8:1: TPOT p99 1.13x topology-unaware's, one
+      worker holding the tail); 3 spread them (0.98x; ``bench/results/simulation.md``);
     * local prefill stall: prefilling on a decode worker stalls (or, chunked, slows)
       every running request for the prefill's compute time, ``stall_weight`` per
       request-second. A stall lands mid-stream, on the TPOT of requests already
@@ -85,6 +96,7 @@ class CostParams(BaseModel):
     kv_high_watermark: float = Field(default=0.8, ge=0.0, lt=1.0)
     kv_pressure_s: float = Field(default=2.0, ge=0.0)
     stall_weight: float = Field(default=3.0, ge=0.0)
+    tail_weight: float = Field(default=3.0, ge=0.0)
 
     def promised_blocks(self, prompt_blocks: int, block_tokens: int) -> int:
         """KV blocks a request will take on its decode worker when its KV lands there:
@@ -469,15 +481,15 @@ class FabricCostModel:
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
         capacity = snap.capacity_kv[decode].astype(np.float64)
-        # blocks promised to requests still prefilling elsewhere will land here: a
-        # worker about to fill up is priced as full now, not after the transfers
-        in_use = np.maximum(capacity - snap.free_kv[decode] + snap.promised_kv[decode], 0.0)
+        in_use = self._kv_in_use(snap, decode)
         prompt = float(ctx.request.prompt_tokens)
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
                     + (np.minimum(in_use, capacity) * snap.block_tokens
                        + (running + 1.0) * prompt)
                     * p.decode_s_per_kv_token)
         batch = per_step * (p.expected_output_tokens * p.decode_weight)
+        if p.tail_weight > 0:
+            batch = batch + self._tail(snap, decode, prompt) * p.expected_output_tokens
         # the request takes what it lacks of the prompt and its output, as its load
         # reservation promises (past full it waits for blocks others free: no ceiling)
         need = p.promised_blocks(0, snap.block_tokens) + np.maximum(
@@ -486,6 +498,40 @@ class FabricCostModel:
         over = np.maximum((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0)
         result: FloatArray = batch + over * p.kv_pressure_s
         return result
+
+    def _kv_in_use(self, snap: Snapshot, workers: IntArray) -> FloatArray:
+        """KV blocks in use at each worker, with those promised to requests still
+        prefilling elsewhere (they will land there: a worker about to fill up is priced
+        as full now, not after the transfers)."""
+        capacity = snap.capacity_kv[workers].astype(np.float64)
+        in_use: FloatArray = np.maximum(
+            capacity - snap.free_kv[workers] + snap.promised_kv[workers], 0.0)
+        return in_use
+
+    def _step(self, snap: Snapshot, workers: IntArray) -> FloatArray:
+        """The load-dependent part of each worker's decode step (seconds)."""
+        p = self.params
+        capacity = snap.capacity_kv[workers].astype(np.float64)
+        tokens = np.minimum(self._kv_in_use(snap, workers), capacity) * snap.block_tokens
+        step: FloatArray = (snap.running[workers] * p.decode_s_per_running
+                            + tokens * p.decode_s_per_kv_token)
+        return step
+
+    def _tail(self, snap: Snapshot, decode: IntArray, prompt: float) -> FloatArray:
+        """Per step, the rise in request-steps above the mean decode step of the
+        cluster if the request joins each worker (:class:`CostParams`, step-time
+        tail), times ``tail_weight``."""
+        p = self.params
+        every = np.flatnonzero(snap.decode_mask)
+        if len(every) == 0:
+            return np.zeros(len(decode))
+        mean = float(self._step(snap, every).mean())
+        before = self._step(snap, decode)
+        after = before + p.decode_s_per_running + prompt * p.decode_s_per_kv_token
+        running = snap.running[decode].astype(np.float64)
+        rise: FloatArray = ((running + 1.0) * np.maximum(after - mean, 0.0)
+                            - running * np.maximum(before - mean, 0.0)) * p.tail_weight
+        return rise
 
     def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
         """What prefilling on each worker costs the requests it decodes: its compute time

@@ -97,8 +97,9 @@ def test_on_a_thin_zone_uplink_awareness_keeps_kv_in_zone() -> None:
     aware = run(trace, thin=True)
     unaware = run(trace, thin=True, placement="unaware", blind_fabric=True)
     # Crossing stays a priced option (a cached prefill worker in the other zone can beat
-    # a queue): measured 40.6 against 75.4 GB with the same prefix hits on both sides.
-    assert _cross_zone_bytes(aware) < 0.6 * _cross_zone_bytes(unaware)
+    # a queue, a decode worker there with faster steps can beat a slow one here): measured
+    # 66.2 against 94.6 GB (40.6 against 75.4 before the decode price's step-time tail).
+    assert _cross_zone_bytes(aware) < 0.75 * _cross_zone_bytes(unaware)
     assert aware.bytes_no_uplink_share > unaware.bytes_no_uplink_share
 
 

@@ -249,7 +249,8 @@ def test_a_busy_decode_worker_holding_the_prefix_loses_to_an_idle_one() -> None:
     assert decision.decode.worker == "idle" and decision.mode == "disaggregated"
     # with the decode side priced at zero, the cache holder wins again (the old behaviour)
     blind = Router(fabric(), policy(), index=index_with({"p": hashes, "busy": hashes}),
-                   cost=CostParams(decode_weight=0.0, kv_pressure_s=0.0, stall_weight=0.0))
+                   cost=CostParams(decode_weight=0.0, kv_pressure_s=0.0, stall_weight=0.0,
+                                   tail_weight=0.0))
     assert _decided(blind.route({"block_hashes": hashes}, snap)).decode.worker == "busy"
 
 
