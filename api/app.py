@@ -119,6 +119,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     workers_only = [require(Role.WORKER), own_worker(SHARED_WORKER_PATHS)]
     app.include_router(workers.router, dependencies=workers_only)
     app.include_router(transfers.router, dependencies=workers_only)
+    transfers.install_lean_routes(app)
     # a reservation id is its own capability: whoever sees the request end releases it
     app.include_router(reservations.router, dependencies=[require(Role.WORKER)])
     _observability(app, runtime)
