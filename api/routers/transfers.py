@@ -186,7 +186,7 @@ async def _lean_submit(request: Request) -> Response:
         if request.headers.get("content-type") != "application/json":
             raise ValueError("not plainly JSON")
         parsed = TransferRequest.model_validate(json.loads(body), from_attributes=True)
-    except (ValueError, PydanticError):  # FastAPI answers it (422, 400) as it always did
+    except (ValueError, RecursionError, PydanticError):  # FastAPI answers it (422, 400)
         return _HandBack(body)
     coordinator: TransferCoordinator = request.app.state.coordinator
     return _record_response(await coordinator.submit(parsed), 201)

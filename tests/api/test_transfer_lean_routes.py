@@ -80,7 +80,7 @@ def _answer(client: TestClient, method: str, path: str, **kwargs: Any) -> tuple[
 
 
 def test_the_lean_routes_come_first() -> None:
-    app = make_app()
+    app = make_app()  # (a gateway's completion routes would go ahead of them)
     first = app.router.routes[:2]
     assert all(isinstance(route, transfers._LeanRoute) for route in first)
 
@@ -101,6 +101,13 @@ SUBMITS: list[tuple[str, dict[str, Any]]] = [
         },
     ),
     ("a list", {"json": [BODY]}),
+    (
+        "nested too deep",
+        {
+            "content": b"[" * 100_000 + b"1" + b"]" * 100_000,
+            "headers": {**bearer(WORKER), "content-type": "application/json"},
+        },
+    ),
     (
         "text/plain",
         {
