@@ -129,7 +129,7 @@ async def kv_event(body: dict[str, Any] | list[dict[str, Any]], prefix: Prefix,
 # scheduler's loop about as much as the work itself. These plain Starlette routes at
 # the head of the app take requests that are plainly valid, with the same token check
 # and the same answers; anything else (a body or query FastAPI would refuse or convert
-# differently) is handed, unread, to the FastAPI routes above.
+# differently) goes on to the FastAPI routes above, its body replayed.
 
 #: Scope key set on a request handed back to FastAPI: the lean routes step aside.
 _FALLBACK = "toposched.lean_fallback"
