@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        streams=(workers.REPORT_STREAM_SUFFIX,))
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
+    # a transfer's submit and long-poll; the gateway's routes go ahead of these
+    transfers.install_lean_routes(app)
     if settings.gateway:  # first of all: routes are matched in order, these are its hot path
         from api.routers import openai
 

@@ -73,7 +73,10 @@ def _initiator(args: dict[str, Any], from_peer: Queue[Any], commands: Queue[Any]
     _run_jobs(args, sides, [("warm-up", [0], 1)])
     results.put("ready")
     while (jobs := commands.get()) is not None:
-        results.put(_run_jobs(args, sides, jobs))
+        if isinstance(jobs, tuple):  # ("pipelined", blocks, count, inflight)
+            results.put(_run_pipelined(args, sides, *jobs[1:]))
+        else:
+            results.put(_run_jobs(args, sides, jobs))
 
 
 def _run_jobs(args: dict[str, Any], sides: tuple[Any, ...],
@@ -106,6 +109,39 @@ def _run_jobs(args: dict[str, Any], sides: tuple[Any, ...],
         out[name] = times
         out[f"{name}/notify"] = notify
     return out
+
+
+def _run_pipelined(args: dict[str, Any], sides: tuple[Any, ...], blocks: list[int],
+                   count: int, inflight: int) -> float:
+    """Seconds for ``count`` transfers (blocks rotated as in :func:`_run_jobs`) with up to
+    ``inflight`` posted at once: post until ``inflight`` are in flight, check each in
+    turn, release and post the next as each completes. From the first post to the
+    last completion released."""
+    from sidecar.descriptors import row_indices
+
+    agent, local, remote, _, pool = sides
+    layout = pool.layout()
+    rows = [row_indices(layout, rotated(blocks, i, args["num_blocks"])) for i in range(count)]
+    posted, active = 0, []
+    start = time.perf_counter()
+    while posted < count or active:
+        while posted < count and len(active) < inflight:
+            handle = agent.make_prepped_xfer("READ", local, rows[posted], remote,
+                                             rows[posted], b"")
+            agent.transfer(handle)
+            active.append(handle)
+            posted += 1
+        still = []
+        for handle in active:
+            state = agent.check_xfer_state(handle)
+            if state == "PROC":
+                still.append(handle)
+                continue
+            agent.release_xfer_handle(handle)
+            if state != "DONE":
+                raise RuntimeError(f"bare pipelined transfer ended {state}")
+        active = still
+    return time.perf_counter() - start
 
 
 class BarePair:
@@ -142,6 +178,13 @@ class BarePair:
         self._commands.put(jobs)
         out: dict[str, list[float]] = self._results.get(timeout=300)
         return out
+
+    def run_pipelined(self, blocks: list[int], count: int, inflight: int) -> float:
+        """Seconds for ``count`` transfers of ``blocks`` with up to ``inflight`` posted at
+        once (the initiator's clock: first post → last completion)."""
+        self._commands.put(("pipelined", blocks, count, inflight))
+        seconds: float = self._results.get(timeout=300)
+        return seconds
 
     def close(self) -> None:
         """Stop both processes."""

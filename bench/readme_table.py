@@ -84,6 +84,18 @@ def transfer_rows(data: dict[str, Any]) -> Iterator[Row]:
         yield ("transfers.md", f"sidecar end-to-end throughput, {row['size_mib']} MiB",
                "bare NIXL, best settings", f"sidecar / bare: {ratio:.2f}× (p50 GB/s)", _cond(data),
                data["command"])
+    for row in data.get("pipelined", []):
+        totals = row["totals"]
+
+        def best(kind: str, totals: dict[str, list[float]] = totals) -> str:
+            return min((n for n in totals if n.startswith(kind)),
+                       key=lambda n: sorted(totals[n])[len(totals[n]) // 2])
+
+        bare, side = best("bare"), best("sidecar")
+        pairs = [b / s for b, s in zip(totals[bare], totals[side], strict=True)]
+        yield ("transfers.md", f"sidecar end-to-end throughput, pipelined, "
+               f"{row['size_mib']} MiB ({side})", f"bare NIXL, best settings ({bare})",
+               f"sidecar / bare: {_ratio(pairs)} (paired)", _cond(data), data["command"])
     for row in data["small"]:
         cp = row["control_plane_seconds"]["p50"] * 1e3
         yield ("transfers.md", f"control plane per transfer, {row['size']} (p50)",

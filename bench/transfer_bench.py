@@ -26,13 +26,17 @@ cache-resident buffers.
 from __future__ import annotations
 
 import argparse
+import http.client
 import importlib
 import itertools
+import json
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -41,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.bare_nixl import BarePair, rotated  # noqa: E402
-from tests.sidecar.harness import Cluster, cluster, wait_for  # noqa: E402
+from tests.sidecar.harness import AUTH, Cluster, cluster, wait_for  # noqa: E402
 
 MIB = 1 << 20
 #: Seconds a sidecar may take to fill and register its pool (256 MiB under load).
@@ -133,11 +137,7 @@ def sidecar_run(c: Cluster, name: str, blocks: list[int], reps: int, pool_blocks
         if record["state"] != "done":
             raise RuntimeError(f"{plan_id} failed: {record['error']}")
         report = next(r for r in record["reports"] if r["role"] == "initiator")
-        done_at = report["started_at"] + report["duration_s"]
-        spans = {"queue": record["delivered_at"] - record["created_at"],
-                 "delivery": report["received_at"] - record["delivered_at"],
-                 "sidecar": report["started_at"] - report["received_at"],
-                 "nixl": report["duration_s"], "report": record["finished_at"] - done_at}
+        spans = _spans(record)
         for stage, value in spans.items():
             out["stages"][stage].append(value)
         out["nixl"].append(report["duration_s"])
@@ -197,14 +197,176 @@ def start_pair(c: Cluster, *, block_bytes: int, blocks: int, regions: int = 1) -
     sidecar_run(c, f"warm-up-{block_bytes}-{regions}", [0], 1, blocks)
 
 
+#: Transfers in flight at once in the pipelined part (1: one after another).
+INFLIGHT = (1, 2, 4)
+
+
+def pipelined_count(nbytes: int) -> int:
+    """Transfers per side per repetition in the pipelined part."""
+    return max(16, min(64, (512 * MIB) // nbytes))
+
+
+class _Caller:
+    """One keep-alive HTTP/1.1 connection to the scheduler (``http.client``: the bench's
+    own requests should load the shared vCPUs as little as they can)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
+                                                timeout=120)
+        self._headers = {**AUTH, "Content-Type": "application/json"}
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        self._conn.request(method, path, body=data, headers=self._headers)
+        response = self._conn.getresponse()
+        text = response.read()
+        if response.status >= 400:
+            raise RuntimeError(f"{method} {path}: {response.status} {text[:300]!r}")
+        answer: dict[str, Any] = json.loads(text)
+        return answer
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def _ended(caller: _Caller, plan_id: str) -> dict[str, Any]:
+    """Long-poll the record until the transfer ended and the initiator reported."""
+    while True:
+        record = caller.call("GET", f"/v1/transfers/{plan_id}?wait_s=2&ended=true")
+        if record["state"] != "pending" and any(r["role"] == "initiator"
+                                                for r in record["reports"]):
+            return record
+
+
+def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, inflight: int,
+                      pool_blocks: int) -> dict[str, Any]:
+    """``count`` transfers through the scheduler with ``inflight`` at a time (one caller
+    thread each: submit, wait for the end, submit the next). ``total``: the scheduler's
+    clock from the first plan created to the last initiator report recorded; per
+    transfer, the stages as in :func:`sidecar_run`."""
+    next_index = itertools.count()
+    lock = threading.Lock()
+    records: list[dict[str, Any]] = []
+    failures: list[str] = []
+
+    def caller_loop() -> None:
+        caller = _Caller(c.url)
+        try:
+            while True:
+                with lock:
+                    i = next(next_index)
+                if i >= count or failures:
+                    return
+                moved = list(rotated(blocks, i, pool_blocks))
+                plan_id = f"{name}-{i}"
+                caller.call("POST", "/v1/transfers", {
+                    "src": "prefill", "dst": "decode", "src_blocks": moved,
+                    "dst_blocks": moved, "plan_id": plan_id})
+                record = _ended(caller, plan_id)
+                with lock:
+                    records.append(record)
+        except Exception as exc:  # reported below, on the bench's thread
+            failures.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            caller.close()
+
+    threads = [threading.Thread(target=caller_loop) for _ in range(inflight)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    bad = [r["plan"]["plan_id"] for r in records if r["state"] != "done"]
+    if failures or bad or len(records) != count:
+        raise RuntimeError(f"pipelined {name}: {failures or bad or len(records)}")
+    stages: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    for record in records:
+        for stage, value in _spans(record).items():
+            stages[stage].append(value)
+    total = (max(r["finished_at"] for r in records) - min(r["created_at"] for r in records))
+    nbytes = {r["reports"][0]["bytes"] for r in records if r["reports"]}
+    return {"total": total, "stages": stages, "bytes": sorted(nbytes)}
+
+
+def _spans(record: dict[str, Any]) -> dict[str, float]:
+    """A done record's stages (see :data:`STAGES`)."""
+    report = next(r for r in record["reports"] if r["role"] == "initiator")
+    done_at = report["started_at"] + report["duration_s"]
+    return {"queue": record["delivered_at"] - record["created_at"],
+            "delivery": report["received_at"] - record["delivered_at"],
+            "sidecar": report["started_at"] - report["received_at"],
+            "nixl": report["duration_s"], "report": record["finished_at"] - done_at}
+
+
+def pipelined_sides(c: Cluster, pair: BarePair, size: int, count: int,
+                    pool_blocks: int) -> list[harness.Side]:
+    """Bare NIXL and the sidecar end to end, each with 1, 2 and 4 transfers in flight."""
+    ids, nbytes = list(range(size)), size * MIB
+    counter = itertools.count()
+
+    def bare(k: int) -> harness.Side:
+        def prepare() -> Any:
+            return lambda: harness.Samples([nbytes], [pair.run_pipelined(ids, count, k)])
+        return harness.Side(f"bare NIXL k={k}", prepare, ops=count)
+
+    def sidecar(k: int) -> harness.Side:
+        def prepare() -> Any:
+            def body() -> harness.Samples:
+                out = sidecar_pipelined(c, f"pl-{size}-{k}-{next(counter)}", ids, count, k,
+                                        pool_blocks)
+                return harness.Samples(out["bytes"], [out["total"]], out["stages"])
+            return body
+        return harness.Side(f"sidecar k={k}", prepare, ops=count)
+
+    return [*(bare(k) for k in INFLIGHT), *(sidecar(k) for k in INFLIGHT)]
+
+
+def pipelined(c: Cluster, sizes: list[int], pool_blocks: int,
+              run: harness.Session) -> list[dict[str, Any]]:
+    """The same transfers with 1, 2 and 4 in flight, bare NIXL and the sidecar end to
+    end alternating (call with the throughput part's sidecars running)."""
+    rows = []
+    with BarePair(block_bytes=MIB, num_blocks=pool_blocks, **SIDECAR_LIKE, **MEM) as pair:
+        for size in sizes:
+            count = pipelined_count(size * MIB)
+            progress(f"pipelined: {size} MiB, {count} transfers per side per repetition")
+            result = harness.compare(pipelined_sides(c, pair, size, count, pool_blocks),
+                                     repeats=run.repeats, warmup=run.warmup,
+                                     tag="transfer-bench")
+            rows.append({"size_mib": size, "nbytes": size * MIB, "count": count,
+                         **result.as_dict(),
+                         "totals": {name: side.samples for name, side in result.sides.items()}})
+    return rows
+
+
+def _best(row: dict[str, Any], kind: str) -> str:
+    """The side of ``kind`` (bare / sidecar) with the shortest median total."""
+    names = [n for n in row["totals"] if n.startswith(kind)]
+    return min(names, key=lambda n: harness.percentile(row["totals"][n], 50))
+
+
+def _pipelined_gbps(row: dict[str, Any], side: str) -> float:
+    return float(row["count"] * row["nbytes"] / harness.percentile(row["totals"][side], 50)
+                 / 1e9)
+
+
+def pipelined_ratio(row: dict[str, Any]) -> harness.Stats:
+    """Best sidecar / best bare NIXL throughput, paired repetition by repetition."""
+    bare, side = row["totals"][_best(row, "bare")], row["totals"][_best(row, "sidecar")]
+    return harness.Stats(tuple(b / s for b, s in zip(bare, side, strict=True)))
+
+
 BEST = "bare NIXL (best: progress thread off)"
 DEFAULT = "bare NIXL (progress thread on)"
 
 
-def throughput(c: Cluster, sizes: list[int], run: harness.Session) -> list[dict[str, Any]]:
+def throughput(c: Cluster, sizes: list[int], run: harness.Session,
+               pipelined_rows: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Contiguous transfers: bare NIXL at its best settings (the anchor), the sidecar end
-    to end and memcpy, alternating repetitions of each size (:mod:`bench.harness`); then
-    bare NIXL with NIXL's default progress thread beside the anchor again.
+    to end and memcpy, alternating repetitions of each size (:mod:`bench.harness`); with
+    ``pipelined_rows``, the pipelined comparison (:func:`pipelined`) on the same pools,
+    into that list; then bare NIXL with NIXL's default progress thread beside the
+    anchor again.
 
     The progress-thread pair runs in a pass of its own: its two agents' threads spin
     (~1/3 of a vCPU each here) even while idle, which would load both vCPUs during
@@ -225,6 +387,8 @@ def throughput(c: Cluster, sizes: list[int], run: harness.Session) -> list[dict[
                 repeats=run.repeats, warmup=run.warmup, tag="transfer-bench")
             rows.append({"size_mib": size, "nbytes": nbytes, "reps": reps,
                          **result.as_dict()})
+    if pipelined_rows is not None:
+        pipelined_rows += pipelined(c, sizes, blocks, run)
     for proc in c.sidecars.values():
         proc.stop()
     c.sidecars.clear()
@@ -322,9 +486,48 @@ def targets(result: dict[str, Any]) -> list[str]:
             continue
         ratio = _p50(r, BEST) / _p50(r, "sidecar end-to-end")
         met = "met" if ratio >= RATIO_TARGET else "**not met**"
-        lines.append(f"- sidecar / bare NIXL (best) ≥ {RATIO_TARGET}× at {r['size_mib']} MiB: "
-                     f"{ratio:.2f}× — {met}")
+        lines.append(f"- sidecar / bare NIXL (best) ≥ {RATIO_TARGET}× at {r['size_mib']} MiB, "
+                     f"one transfer at a time: {ratio:.2f}× — {met}")
+    for r in result.get("pipelined", []):
+        if r["size_mib"] < RATIO_FROM_MIB:
+            continue
+        stats = pipelined_ratio(r)
+        met = "met" if stats.median >= RATIO_TARGET else "**not met**"
+        lines.append(f"- sidecar / bare NIXL (best) ≥ {RATIO_TARGET}× at {r['size_mib']} MiB, "
+                     f"pipelined ({_best(r, 'sidecar')} vs {_best(r, 'bare')}): "
+                     f"{stats.median:.2f}× [{stats.min:.2f}–{stats.max:.2f}] — {met}")
     return lines
+
+
+def render_pipelined(rows: list[dict[str, Any]]) -> list[str]:
+    """The pipelined section of the report."""
+    if not rows:
+        return []
+    ks = " / ".join(str(k) for k in INFLIGHT)
+    lines = ["## Throughput, pipelined: transfers in flight at once", "",
+             "The same contiguous transfers (1 MiB blocks), *count* per side per repetition, "
+             f"with k = {ks} in flight. Bare NIXL: one initiator posts k prepared requests "
+             "at once and checks them in turn, posting the next as each completes (first "
+             "post → last completion, its own clock). Sidecar: k caller threads in this "
+             "process each submit a transfer (`POST /v1/transfers`) and long-poll its end "
+             "before submitting the next; the scheduler's clock from the first plan "
+             "created to the last initiator report recorded. **Anchor: the best bare NIXL "
+             "of the three k** (sequential included) per size; the ratio pairs the best "
+             "sidecar k with it repetition by repetition (median [min–max]).", "",
+             f"| size | count | bare NIXL GB/s, k = {ks} | sidecar GB/s, k = {ks} | "
+             "**best sidecar / best bare** | sidecar stages at its best k, p50 ms: queue · "
+             "delivery · sidecar · NIXL · report |",
+             "|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        bare = " / ".join(f"{_pipelined_gbps(r, f'bare NIXL k={k}'):.2f}" for k in INFLIGHT)
+        side = " / ".join(f"{_pipelined_gbps(r, f'sidecar k={k}'):.2f}" for k in INFLIGHT)
+        best, stats = _best(r, "sidecar"), pipelined_ratio(r)
+        stages = " · ".join(_ms(r["sides"][best]["stages_seconds"][stage]["p50"])
+                            for stage in STAGES)
+        lines.append(f"| {r['size_mib']} MiB | {r['count']} | {bare} | {side} | "
+                     f"**{stats.median:.2f}×** [{stats.min:.2f}–{stats.max:.2f}] "
+                     f"({best} vs {_best(r, 'bare')}) | {stages} |")
+    return [*lines, ""]
 
 
 def render(result: dict[str, Any]) -> str:
@@ -380,6 +583,7 @@ def render(result: dict[str, Any]) -> str:
               "lookup, on the same thread); *NIXL* = → complete; *report* = → the "
               "scheduler recorded the sidecar's report (engine hook, the write on the "
               "report stream, the coordinator).", "",
+              *render_pipelined(result.get("pipelined", [])),
               "## Small transfers: per-transfer cost", "",
               "| size | bare NIXL best µs p50 | sidecar end-to-end ms p50 / p99 | control "
               "plane ms p50 / p99 | queue | delivery | sidecar | NIXL | report (ms p50) |",
@@ -409,21 +613,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES_MIB),
                         help="contiguous sizes in MiB (default: %(default)s)")
-    parser.add_argument("--parts", nargs="+", default=["throughput", "small", "scattered"],
-                        choices=["throughput", "small", "scattered"])
+    parser.add_argument("--parts", nargs="+",
+                        default=["throughput", "pipelined", "small", "scattered"],
+                        choices=["throughput", "pipelined", "small", "scattered"],
+                        help="pipelined runs inside throughput, on its pools")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--mem", choices=("dram", "vram"), default="dram",
                         help="pool memory; vram needs torch with CUDA (docs/install-gpu.md)")
     harness.add_arguments(parser, conditions=("awake",), repeats=3, warmup=1)
     args = parser.parse_args(argv)
     MEM["mem"] = args.mem
-    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "small": [], "scattered": []}
+    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
+                              "small": [], "scattered": []}
     with harness.session(args, packages=["nixl"], tag="transfer-bench") as run, \
             harness.cpu_condition(run.conditions[0]) as cond, \
             tempfile.TemporaryDirectory() as tmp, \
             cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
         if "throughput" in args.parts:
-            result["throughput"] = throughput(c, args.sizes, run)
+            result["throughput"] = throughput(
+                c, args.sizes, run,
+                result["pipelined"] if "pipelined" in args.parts else None)
         if "small" in args.parts:
             result["small"] = small(c, run)
         if "scattered" in args.parts:

@@ -144,24 +144,25 @@ class SchedulerClient:
         stays silent past ``keepalive_s`` plus the client's timeout (the scheduler
         writes an empty line every ``keepalive_s``); a stream the scheduler ended
         (lease lapsed) just stops.
+
+        Read straight off one socket (:class:`_Socket`), not through the HTTP client:
+        each job is one chunk of the answer, and its parsing and the job's model are all
+        the work between the scheduler's write and the job's start.
         """
-        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
-        timeout = httpx.Timeout(self.timeout_s, read=keepalive_s + self.timeout_s)
         path = f"/v1/sidecars/{_segment(name)}/jobs/stream"
+        where = f"{self.base_url}{path}"
         try:
-            with self._http.stream("GET", path, params={"keepalive_s": keepalive_s},
-                                   headers=headers, timeout=timeout) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    if response.status_code < 500:
-                        raise _problem(response)
-                    raise SchedulerUnavailableError(
-                        f"GET {self.base_url}{path}: HTTP {response.status_code}")
-                for line in response.iter_lines():
-                    if line:
+            with _Socket.open(self.base_url, self.timeout_s) as sock:
+                sock.request("GET", f"{path}?keepalive_s={keepalive_s!r}", self._token)
+                sock.settimeout(keepalive_s + self.timeout_s)
+                status, headers = sock.head()
+                if status >= 400:
+                    raise _refusal(where, status, headers, b"".join(sock.body(headers)))
+                for line in _lines(sock.body(headers)):
+                    if line.strip():
                         yield TransferJob.model_validate_json(line)
-        except httpx.TransportError as exc:
-            raise SchedulerUnavailableError(f"job stream {self.base_url}{path}: "
+        except (OSError, _Broken) as exc:
+            raise SchedulerUnavailableError(f"job stream {where}: "
                                             f"{type(exc).__name__}: {exc}") from exc
 
     def report(self, report: TransferReport) -> None:
@@ -219,10 +220,8 @@ class ReportStream:
     """
 
     def __init__(self, base_url: str, *, timeout_s: float = 5.0) -> None:
-        url = httpx.URL(base_url)
-        self._https = url.scheme == "https"
+        self._url = url = httpx.URL(base_url)
         self._host = url.host
-        self._port = url.port or (443 if self._https else 80)
         self._prefix = url.raw_path.decode().rstrip("/")
         self._timeout_s = timeout_s
         self._lock = threading.Lock()
@@ -255,15 +254,11 @@ class ReportStream:
             return True
 
     def _open(self, worker: str, token: str | None) -> None:
-        sock = socket.create_connection((self._host, self._port), self._timeout_s)
+        sock, port = _connect(self._url, self._timeout_s)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._https:
-                sock = ssl.create_default_context().wrap_socket(sock,
-                                                                server_hostname=self._host)
             auth = f"Authorization: Bearer {token}\r\n" if token else ""
             head = (f"POST {self._prefix}/v1/sidecars/{_segment(worker)}/reports/stream "
-                    f"HTTP/1.1\r\nHost: {self._host}:{self._port}\r\n{auth}"
+                    f"HTTP/1.1\r\nHost: {self._host}:{port}\r\n{auth}"
                     "Content-Type: application/x-ndjson\r\nTransfer-Encoding: chunked\r\n\r\n")
             sock.sendall(head.encode("latin-1"))
         except BaseException:
@@ -303,3 +298,132 @@ class ReportStream:
                     self._sock.settimeout(self._timeout_s)
                     self._sock.recv(4096)
             self._drop()
+
+
+def _connect(url: httpx.URL, timeout_s: float) -> tuple[socket.socket, int]:
+    """A socket to the scheduler at ``url`` (TLS for https), Nagle off; and its port."""
+    https = url.scheme == "https"
+    port = url.port or (443 if https else 80)
+    sock = socket.create_connection((url.host, port), timeout_s)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if https:
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=url.host)
+    except BaseException:
+        sock.close()
+        raise
+    return sock, port
+
+
+class _Broken(Exception):
+    """The scheduler's answer is not the HTTP/1.1 this client reads."""
+
+
+def _refusal(where: str, status: int, headers: dict[str, str], body: bytes) -> Exception:
+    """The error for a refused stream: the problem's error below 500, else unavailable."""
+    if status >= 500:
+        return SchedulerUnavailableError(f"GET {where}: HTTP {status}")
+    request = httpx.Request("GET", where)
+    return _problem(httpx.Response(status, headers=headers, content=body, request=request))
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """The newline-ended lines of a body (an unfinished last line is dropped)."""
+    pending = b""
+    for chunk in chunks:
+        *lines, pending = (pending + chunk).split(b"\n")
+        yield from lines
+
+
+#: Largest answer head (status line and headers) read before giving up.
+_MAX_HEAD = 65_536
+
+
+class _Socket:
+    """One HTTP/1.1 exchange on a socket of its own, read by hand: a request written in
+    one go, the answer's head parsed, its body (chunked or of a length) yielded as it
+    arrives."""
+
+    def __init__(self, sock: socket.socket, host: str, port: int, prefix: str) -> None:
+        self._sock, self._host, self._port, self._prefix = sock, host, port, prefix
+        self._buffer = b""
+
+    @classmethod
+    def open(cls, base_url: str, timeout_s: float) -> _Socket:
+        """Connect to the scheduler at ``base_url`` (see :func:`_connect`)."""
+        url = httpx.URL(base_url)
+        sock, port = _connect(url, timeout_s)
+        return cls(sock, url.host, port, url.raw_path.decode().rstrip("/"))
+
+    def __enter__(self) -> _Socket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def settimeout(self, seconds: float) -> None:
+        """Time limit of each read from now on."""
+        self._sock.settimeout(seconds)
+
+    def request(self, method: str, target: str, token: str | None) -> None:
+        """Write the request head (``target``: path and query under the base URL)."""
+        auth = f"Authorization: Bearer {token}\r\n" if token else ""
+        head = (f"{method} {self._prefix}{target} HTTP/1.1\r\nHost: {self._host}:"
+                f"{self._port}\r\n{auth}\r\n")
+        self._sock.sendall(head.encode("latin-1"))
+
+    def _more(self) -> None:
+        data = self._sock.recv(65_536)
+        if not data:
+            raise _Broken("the scheduler closed the connection mid-answer")
+        self._buffer += data
+
+    def _take_line(self) -> bytes:
+        while (end := self._buffer.find(b"\r\n")) < 0:
+            if len(self._buffer) > _MAX_HEAD:
+                raise _Broken("answer line too long")
+            self._more()
+        line, self._buffer = self._buffer[:end], self._buffer[end + 2:]
+        return line
+
+    def _take(self, size: int) -> bytes:
+        while len(self._buffer) < size:
+            self._more()
+        data, self._buffer = self._buffer[:size], self._buffer[size:]
+        return data
+
+    def _chunk_size(self) -> int:
+        line = self._take_line()
+        try:
+            return int(line.split(b";", 1)[0], 16)
+        except ValueError:
+            raise _Broken(f"not a chunk size: {line[:40]!r}") from None
+
+    def head(self) -> tuple[int, dict[str, str]]:
+        """The answer's status and headers (names lowercased)."""
+        parts = self._take_line().split(b" ", 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or not parts[1].isdigit():
+            raise _Broken(f"not an HTTP/1.1 status line: {parts!r}"[:200])
+        headers: dict[str, str] = {}
+        while line := self._take_line():
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        return int(parts[1]), headers
+
+    def body(self, headers: dict[str, str]) -> Iterator[bytes]:
+        """The answer's body as it arrives: chunk by chunk, else up to its length, else
+        until the connection closes."""
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            while size := self._chunk_size():
+                yield self._take(size)
+                self._take(2)  # the CRLF after the chunk
+            while self._take_line():  # trailers, up to the empty line
+                pass
+        elif "content-length" in headers:
+            yield self._take(int(headers["content-length"]))
+        else:
+            yield self._buffer
+            self._buffer = b""
+            while data := self._sock.recv(65_536):
+                yield data

@@ -469,13 +469,14 @@ class Sidecar:
             received_at=received_at, started_at=started_at)
         with self._lock:
             self.outcomes[outcome] += 1
-        log.info("transfer %s %s %s bytes=%d desc=%d %.6fs %.2f GB/s %s", plan.plan_id, role,
-                 outcome, report.bytes, report.descriptors, duration, report.gb_per_s,
-                 error or "")
         try:
             self.client.send_report(report)
         except ToposchedError as exc:
             log.warning("report of %s not delivered: %s", plan.plan_id, exc)
+        # Logged once the report is on its way (the scheduler waits for it, not the log).
+        log.info("transfer %s %s %s bytes=%d desc=%d %.6fs %.2f GB/s %s", plan.plan_id, role,
+                 outcome, report.bytes, report.descriptors, duration, report.gb_per_s,
+                 error or "")
 
     def _request_ended(self, plan: TransferPlan) -> None:
         """The engine's request that used ``plan``'s blocks ended: the scheduler frees

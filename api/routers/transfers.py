@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ValidationError as PydanticError
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
 from api.deps import Coordinator, Prefix, RuntimeDep
+from api.security import Role, admit_request
 from scheduler.prefix import ResyncRequest, parse_event
-from scheduler.transfer.coordinator import TransferRequest
+from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
 from scheduler.transfer.plan import TransferRecord, TransferReport
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
@@ -47,6 +52,11 @@ async def get_transfer(plan_id: str, coordinator: Coordinator, request: Request,
     (the ``X-Record-Version`` header of a previous answer), or after ``wait_s``; with
     ``ended=true``, only once the transfer is no longer pending (or after ``wait_s``).
     """
+    return await _wait_record(coordinator, request, plan_id, wait_s, after, ended)
+
+
+async def _wait_record(coordinator: TransferCoordinator, request: Request, plan_id: str,
+                       wait_s: float, after: int, ended: bool) -> Response:
     cap: float = request.app.state.settings.long_poll_max_s
     give_up = time.monotonic() + min(wait_s, cap)
     record, version = await coordinator.store.wait_transfer(plan_id, min(wait_s, cap), after)
@@ -111,3 +121,95 @@ async def kv_event(body: dict[str, Any] | list[dict[str, Any]], prefix: Prefix,
     gaps = [prefix.apply(event) for event in events]
     await runtime.publish_events(events)
     return EventAck(resync=next((gap for gap in gaps if gap is not None), None))
+
+
+# -- lean routes ---------------------------------------------------------------------
+# Submitting a transfer and long-polling its record are the per-transfer calls of
+# whoever starts transfers; FastAPI's route matching and dependency solving cost the
+# scheduler's loop about as much as the work itself. These plain Starlette routes at
+# the head of the app take requests that are plainly valid, with the same token check
+# and the same answers; anything else (a body or query FastAPI would refuse or convert
+# differently) goes on to the FastAPI routes above, its body replayed.
+
+#: Scope key set on a request handed back to FastAPI: the lean routes step aside.
+_FALLBACK = "toposched.lean_fallback"
+_WORKERS = frozenset({Role.WORKER})
+
+
+class _RecordQuery(BaseModel):
+    """``GET /v1/transfers/{plan_id}``'s query, with the FastAPI route's constraints."""
+
+    wait_s: Annotated[float, Field(ge=0)] = 0.0
+    after: Annotated[int, Field(ge=0)] = 0
+    ended: bool = False
+
+
+class _LeanRoute(Route):
+    """A Starlette route for one method that steps aside on anything else: other
+    methods (HEAD too: FastAPI's routes answer those, 405 included) and requests
+    handed back to FastAPI."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        if scope.get(_FALLBACK) or scope.get("method") not in self._only:
+            return Match.NONE, {}
+        return super().matches(scope)
+
+    def __init__(self, path: str, endpoint: Any, method: str) -> None:
+        super().__init__(path, endpoint, methods=[method], include_in_schema=False)
+        self._only = frozenset({method})
+
+
+class _HandBack(Response):
+    """Not an answer: the request goes on to FastAPI's routes, its body replayed."""
+
+    def __init__(self, body: bytes) -> None:  # no super().__init__: nothing is rendered
+        self._replay = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[_FALLBACK] = True
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": self._replay, "more_body": False}
+
+        await scope["app"].router(scope, replay, send)
+
+
+async def _lean_submit(request: Request) -> Response:
+    admit_request(request, _WORKERS)
+    body = await request.body()
+    try:
+        if request.headers.get("content-type") != "application/json":
+            raise ValueError("not plainly JSON")
+        parsed = TransferRequest.model_validate(json.loads(body), from_attributes=True)
+    except (ValueError, RecursionError, PydanticError):  # FastAPI answers it (422, 400)
+        return _HandBack(body)
+    coordinator: TransferCoordinator = request.app.state.coordinator
+    return _record_response(await coordinator.submit(parsed), 201)
+
+
+async def _lean_record(request: Request) -> Response:
+    admit_request(request, _WORKERS)
+    given = {key: value for key, value in request.query_params.items()
+             if key in _RecordQuery.model_fields}
+    try:
+        query = _RecordQuery.model_validate(given)
+    except PydanticError:
+        return _HandBack(b"")
+    coordinator: TransferCoordinator = request.app.state.coordinator
+    return await _wait_record(coordinator, request, request.path_params["plan_id"],
+                              query.wait_s, query.after, query.ended)
+
+
+def install_lean_routes(app: FastAPI) -> None:
+    """Serve ``POST /v1/transfers`` and ``GET /v1/transfers/{plan_id}`` ahead of FastAPI's
+    routing (the routes above stay for the OpenAPI document and for every request the
+    lean ones hand back). Needs the routers' dependencies to be the worker-role check
+    alone for these two paths (``own_worker`` has nothing to check on them)."""
+    app.router.routes[0:0] = [
+        _LeanRoute("/v1/transfers", _lean_submit, "POST"),
+        _LeanRoute("/v1/transfers/{plan_id}", _lean_record, "GET")]

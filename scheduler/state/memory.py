@@ -104,6 +104,12 @@ class _Worker:
 _EXPIRES = attrgetter("lease.expires_at")
 
 
+#: Parsed records the memory store keeps (see ``MemoryStore._parsed``): enough for the
+#: transfers in flight at once; few enough that a full garbage collection walking them
+#: stays short (~10 µs a record).
+PARSED_KEPT = 256
+
+
 class MemoryStore:
     """Workers, leases, free lists, job queues and transfer records in process memory."""
 
@@ -131,11 +137,18 @@ class MemoryStore:
         #: collection walked all of them (~10 µs each: a 100,000-record store paused
         #: the process for about a second). Tuples of strings are not walked.
         self._transfers: dict[str, tuple[str, str, str, str]] = {}
+        #: The last few records read, parsed from their text (plan id → (text, record)):
+        #: a transfer's record is read several times between two changes (the report,
+        #: the change it makes, long-polls), and parsing it is most of a read. Valid
+        #: while the stored text is that very string; at most :data:`PARSED_KEPT`.
+        self._parsed: dict[str, tuple[str, TransferRecord]] = {}
         self._versions: dict[str, int] = {}
         #: (not_after, plan id) of transfers stored pending; finished ones are dropped
         #: when they come up.
         self._deadlines: list[tuple[float, str]] = []
-        self._changed = asyncio.Condition()
+        #: Long-polls of a record waiting for its next change, by plan id (a change wakes
+        #: the waiters of that record only, not every long-poll in flight).
+        self._record_waiters: dict[str, set[asyncio.Future[None]]] = {}
         #: Futures of the job channels waiting for a worker's first job.
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
         self._delayed: list[tuple[float, str, tuple[int, ...], int | None]] = []
@@ -373,8 +386,9 @@ class MemoryStore:
         self._versions[plan_id] = self._versions.get(plan_id, 0) + 1
         if len(self._transfers) > self.max_transfers:
             self._forget_finished()
-        async with self._changed:
-            self._changed.notify_all()
+        for waiter in self._record_waiters.pop(plan_id, ()):
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _forget_finished(self) -> None:
         """Drop the oldest finished records (a tenth of the cap) to bound memory."""
@@ -382,6 +396,7 @@ class MemoryStore:
         for plan_id in finished[:max(1, self.max_transfers // 10)]:
             del self._transfers[plan_id]
             self._versions.pop(plan_id, None)
+            self._parsed.pop(plan_id, None)
 
     async def read_transfer(self, plan_id: str) -> tuple[TransferRecord, int]:
         """A transfer record and its version."""
@@ -413,19 +428,40 @@ class MemoryStore:
         """The record once its version (count of stores) exceeds ``version``, or as is
         after ``timeout_s``; returns it with its current version."""
         await self.get_transfer(plan_id)
-        if timeout_s > 0:
-            async with self._changed:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait_for(
-                        lambda: self._versions.get(plan_id, 0) > version), timeout_s)
+        if timeout_s > 0 and self._versions.get(plan_id, 0) <= version:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout_s):
+                    while self._versions.get(plan_id, 0) <= version:
+                        await self._next_change(plan_id)
         return await self.get_transfer(plan_id), self._versions.get(plan_id, 0)
+
+    async def _next_change(self, plan_id: str) -> None:
+        """Wait until the record of ``plan_id`` is stored again."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiting = self._record_waiters.setdefault(plan_id, set())
+        waiting.add(waiter)
+        try:
+            await waiter
+        finally:
+            waiting.discard(waiter)
+            if not waiting and self._record_waiters.get(plan_id) is waiting:
+                del self._record_waiters[plan_id]
 
     async def get_transfer(self, plan_id: str) -> TransferRecord:
         """A transfer record by plan id."""
         rest = self._transfers.get(plan_id)
         if rest is None:
             raise NotFoundError("transfer", plan_id)
-        return TransferRecord.model_validate_json(rest[3])
+        text = rest[3]
+        hit = self._parsed.get(plan_id)
+        if hit is not None and hit[0] is text:
+            return hit[1]
+        record = TransferRecord.model_validate_json(text)
+        self._parsed.pop(plan_id, None)
+        self._parsed[plan_id] = (text, record)
+        if len(self._parsed) > PARSED_KEPT:  # the least recently parsed goes
+            del self._parsed[next(iter(self._parsed))]
+        return record
 
     async def transfers_of(self, name: str) -> list[TransferRecord]:
         """Pending transfers that have ``name`` on either side."""

@@ -11,9 +11,11 @@ import httpx
 import pytest
 
 from scheduler.transfer.plan import TransferReport
-from sidecar.client import ReportStream
+from sidecar.client import ReportStream, SchedulerClient
+from sidecar.errors import AuthenticationError
 from tests.scheduler.transfer.builders import registration
 from tests.sidecar.harness import cluster, wait_for
+from topology.errors import NotFoundError
 
 pytestmark = [pytest.mark.process]
 
@@ -56,6 +58,33 @@ def test_a_queued_job_is_written_to_the_open_job_stream_at_once(tmp_path: Path) 
         assert other.status_code == 403
         anonymous = httpx.get(stream_url, timeout=10)
         assert anonymous.status_code == 401
+
+
+def test_the_sidecar_client_reads_jobs_off_the_stream_as_they_are_queued(
+        tmp_path: Path) -> None:
+    """The client's own reader (a socket, no HTTP client): jobs as they come, refusals
+    as the errors the sidecar acts on, the end of the stream when the worker is gone."""
+    with cluster(tmp_path) as c:
+        _register(c.http, c.url, "prefill-0")
+        token = _register(c.http, c.url, "decode-0")
+        client = SchedulerClient(c.url, token=token, timeout_s=10)
+        try:
+            jobs = client.job_stream("decode-0", keepalive_s=0.2)  # keep-alive lines too
+            for plan_id in ("j1", "j2", "j3"):
+                assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0],
+                                plan_id=plan_id).status_code == 201
+            taken = [next(jobs) for _ in range(3)]
+            assert [(j.kind, j.plan_id) for j in taken] == [("execute", f"j{i}")
+                                                            for i in (1, 2, 3)]
+            assert taken[0].plan is not None and taken[0].plan.initiator == "decode-0"
+            assert c.http.delete(f"{c.url}/v1/workers/decode-0").status_code == 204
+            assert list(jobs) == []  # removed: the scheduler ends the stream
+            with pytest.raises(NotFoundError):
+                next(client.job_stream("decode-0", keepalive_s=1))
+            with pytest.raises(AuthenticationError):  # its own token, another worker
+                next(client.job_stream("prefill-0", keepalive_s=1))
+        finally:
+            client.close()
 
 
 def test_reports_on_the_open_report_stream_are_recorded_as_they_arrive(
