@@ -108,9 +108,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        streams=(workers.REPORT_STREAM_SUFFIX,))
     # outermost: no body is read before the token is checked
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
-    # a transfer's submit and long-poll; the gateway's routes go ahead of these
+    # a transfer's submit and long-poll: plain Starlette routes at the head of the routes
     transfers.install_lean_routes(app)
-    if settings.gateway:  # first of all: routes are matched in order, these are its hot path
+    if settings.gateway:
         from api.routers import openai
 
         app.include_router(openai.router)
