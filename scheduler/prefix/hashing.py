@@ -100,11 +100,12 @@ def block_hashes(tokens: Sequence[int], block_size: int = DEFAULT_BLOCK_SIZE, *,
     ``parent`` continues an existing chain (the sequence hash of the block before
     ``tokens[0]``), so hashing a prompt in pieces gives the same result as at once.
     """
-    out: list[int] = []
-    previous = parent
-    for local in local_block_hashes(tokens, block_size, source=source):
-        previous = chain_hash(previous, local)
-        out.append(previous)
+    out = local_block_hashes(tokens, block_size, source=source)
+    # chain_hash inlined (a call per block is a third of the time on short blocks)
+    start = 0 if parent is not None else 1
+    pack, previous = _PAIR.pack, parent if parent is not None else (out[0] if out else 0)
+    for i in range(start, len(out)):
+        previous = out[i] = xxh3_64(pack(previous, out[i]), DYNAMO_XXH3_SEED)
     return out
 
 

@@ -134,6 +134,9 @@ class PrefixIndex:
         self._templates: dict[int, dict[str, MatchInfo]] = {}
         self._byte_names: dict[int, tuple[str, ...]] = {}
         self._counters = dict.fromkeys(("events", "duplicates", "gaps", "resyncs"), 0)
+        #: The last chain salted for a model, by identity (a tuple: it cannot change):
+        #: the router matches a request's chain and then predicts the same chain.
+        self._salted: tuple[tuple[int, ...], str, Sequence[int]] | None = None
 
     # ----------------------------------------------------------------- events
 
@@ -254,8 +257,20 @@ class PrefixIndex:
         now = self._clock()
         self._pred.expire(now)
         held = self._table.held[idx]
-        fresh = [key for key in _keys(block_hashes, model) if key not in held]
+        fresh = [key for key in self._keys(block_hashes, model) if key not in held]
         return self._pred.add(idx, fresh, now + ttl_s)
+
+    def _keys(self, hashes: Sequence[int], model: str | None) -> Sequence[int]:
+        """:func:`_keys`, remembering the last tuple salted (the keys are only read)."""
+        if not model:
+            return hashes
+        last = self._salted
+        if last is not None and last[0] is hashes and last[1] == model:
+            return last[2]
+        keys = _keys(hashes, model)
+        if isinstance(hashes, tuple):
+            self._salted = (hashes, model, keys)
+        return keys
 
     def touch(self, worker: str, block_hashes: Sequence[int], *, model: str | None = None) -> int:
         """Mark the blocks ``worker`` holds among ``block_hashes`` as just used (LRU).
@@ -286,7 +301,7 @@ class PrefixIndex:
         """
         if len(self._pred):
             self._pred.expire(self._clock())
-        keys = _keys(block_hashes, model)
+        keys = self._keys(block_hashes, model)
         if workers is None and not self._table.masks[HOST] and not self._pred.masks:
             result = self._match_all_gpu(keys)
         else:

@@ -481,15 +481,17 @@ class FabricCostModel:
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
         capacity = snap.capacity_kv[decode].astype(np.float64)
-        in_use = self._kv_in_use(snap, decode)
+        in_use = self._kv_in_use(snap, decode, capacity)
         prompt = float(ctx.request.prompt_tokens)
+        tokens = np.minimum(in_use, capacity) * snap.block_tokens
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
-                    + (np.minimum(in_use, capacity) * snap.block_tokens
-                       + (running + 1.0) * prompt)
+                    + (tokens + (running + 1.0) * prompt)
                     * p.decode_s_per_kv_token)
         batch = per_step * (p.expected_output_tokens * p.decode_weight)
         if p.tail_weight > 0:
-            batch = batch + self._tail(snap, decode, prompt) * p.expected_output_tokens
+            # the decode workers' steps as _step computes them, from the arrays above
+            before = running * p.decode_s_per_running + tokens * p.decode_s_per_kv_token
+            batch = batch + self._tail(snap, before, running, prompt) * p.expected_output_tokens
         # the request takes what it lacks of the prompt and its output, as its load
         # reservation promises (past full it waits for blocks others free: no ceiling)
         need = p.promised_blocks(0, snap.block_tokens) + np.maximum(
@@ -499,11 +501,14 @@ class FabricCostModel:
         result: FloatArray = batch + over * p.kv_pressure_s
         return result
 
-    def _kv_in_use(self, snap: Snapshot, workers: IntArray) -> FloatArray:
+    def _kv_in_use(self, snap: Snapshot, workers: IntArray,
+                   capacity: FloatArray | None = None) -> FloatArray:
         """KV blocks in use at each worker, with those promised to requests still
         prefilling elsewhere (they will land there: a worker about to fill up is priced
-        as full now, not after the transfers)."""
-        capacity = snap.capacity_kv[workers].astype(np.float64)
+        as full now, not after the transfers). ``capacity``: the workers' capacity as
+        floats, when the caller has it."""
+        if capacity is None:
+            capacity = snap.capacity_kv[workers].astype(np.float64)
         in_use: FloatArray = np.maximum(
             capacity - snap.free_kv[workers] + snap.promised_kv[workers], 0.0)
         return in_use
@@ -512,23 +517,23 @@ class FabricCostModel:
         """The load-dependent part of each worker's decode step (seconds)."""
         p = self.params
         capacity = snap.capacity_kv[workers].astype(np.float64)
-        tokens = np.minimum(self._kv_in_use(snap, workers), capacity) * snap.block_tokens
+        tokens = np.minimum(self._kv_in_use(snap, workers, capacity), capacity) * snap.block_tokens
         step: FloatArray = (snap.running[workers] * p.decode_s_per_running
                             + tokens * p.decode_s_per_kv_token)
         return step
 
-    def _tail(self, snap: Snapshot, decode: IntArray, prompt: float) -> FloatArray:
+    def _tail(self, snap: Snapshot, before: FloatArray, running: FloatArray,
+              prompt: float) -> FloatArray:
         """Per step, the rise in request-steps above the mean decode step of the
         cluster if the request joins each worker (:class:`CostParams`, step-time
-        tail), times ``tail_weight``."""
+        tail), times ``tail_weight``; ``before``: each candidate's step
+        (:meth:`_step`), ``running``: its running requests."""
         p = self.params
         every = np.flatnonzero(snap.decode_mask)
         if len(every) == 0:
-            return np.zeros(len(decode))
+            return np.zeros(len(before))
         mean = float(self._step(snap, every).mean())
-        before = self._step(snap, decode)
         after = before + p.decode_s_per_running + prompt * p.decode_s_per_kv_token
-        running = snap.running[decode].astype(np.float64)
         rise: FloatArray = ((running + 1.0) * np.maximum(after - mean, 0.0)
                             - running * np.maximum(before - mean, 0.0)) * p.tail_weight
         return rise
