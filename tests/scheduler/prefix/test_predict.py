@@ -92,3 +92,15 @@ def test_prediction_and_model_namespace() -> None:
     idx.predict("a", [1, 2], ttl_s=1, model="m")
     assert idx.match([1, 2])["a"].blocks == 0
     assert idx.match([1, 2], model="m")["a"].blocks == 2
+
+
+def test_one_chain_matched_and_predicted_under_two_models_stays_apart() -> None:
+    idx = index()
+    chain = (1, 2, 3)  # the same tuple: the index reuses its salted keys per model only
+    idx.match(chain, model="n")  # salts the tuple for "n" first
+    idx.predict("a", chain, ttl_s=1, model="m")
+    idx.predict("b", chain, ttl_s=1, model="n")
+    assert idx.match(chain, model="m")["a"].blocks == 3
+    assert idx.match(chain, model="m")["b"].blocks == 0
+    assert idx.match(chain, model="n")["b"].blocks == 3
+    assert idx.match(chain, model="n")["a"].blocks == 0
