@@ -109,6 +109,7 @@ class EngineRegistry:
         self._central: CentralSubscriber | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._views: dict[str | None, _ModelView] = {}
+        self._block_sizes: dict[str | None, tuple[int, int | None]] = {}
         self._version = 0
         #: Registered instances per model (any state).
         self._models: dict[str, int] = {}
@@ -259,7 +260,18 @@ class EngineRegistry:
         self._version += 1
 
     def block_size(self, model: str | None) -> int | None:
-        """The engines' block size for ``model`` (the most common among its instances)."""
+        """The engines' block size for ``model`` (the most common among its instances).
+
+        On the route path: counted once per registry version (an instance, a health
+        state or an engine's block size changed), not per route."""
+        cached = self._block_sizes.get(model)
+        if cached is not None and cached[0] == self._version:
+            return cached[1]
+        size = self._count_block_size(model)
+        self._block_sizes[model] = (self._version, size)
+        return size
+
+    def _count_block_size(self, model: str | None) -> int | None:
         sizes: dict[int, int] = {}
         for live in self._live.values():
             size = live.block_size
@@ -384,11 +396,14 @@ class EngineRegistry:
         if answer.status_code != 200:
             live.last_error = f"/metrics answered {answer.status_code}"
             return
+        block_size = live.block_size
         try:
             live.metrics = parse_metrics(answer.text, live.instance.engine)
         except ValueError as exc:
             live.last_error = f"/metrics is not Prometheus text: {exc}"
             return
+        if live.block_size != block_size:  # learned from /metrics: prompts hash by it
+            self._changed()
         live.last_error = None
         if live.metrics.block_size and not live.translator.block_size:
             live.translator.block_size = live.metrics.block_size

@@ -30,3 +30,29 @@ def test_workers_follow_reservations_health_and_the_instance_set() -> None:
     registry.remove("e0")
     assert [w.id for w in registry.workers("tiny-llama", {})] == ["e2"]
     assert registry.workers("other-model", {}) == ()
+
+
+class _Answer:
+    """What ``_read_metrics`` reads of an httpx response."""
+
+    def __init__(self, text: str) -> None:
+        self.status_code, self.text = 200, text
+
+
+def test_block_size_is_counted_per_change_and_follows_metrics_at_once() -> None:
+    registry = EngineRegistry(lambda event: None, lambda name: None)
+    registry.put(instance("e0", role="both", gpus=[0], block_size=16))
+    registry.put(instance("e1", role="both", gpus=[1]))
+    registry.put(instance("e2", role="both", gpus=[2]))
+    assert registry.block_size("tiny-llama") == 16
+    counted: list[str | None] = []
+    count = registry._count_block_size
+    registry._count_block_size = lambda model: counted.append(model) or count(model)  # type: ignore[method-assign]
+    assert [registry.block_size("tiny-llama") for _ in range(5)] == [16] * 5
+    assert counted == []  # nothing changed: not counted again per route
+    metrics = 'vllm:cache_config_info{block_size="32",num_gpu_blocks="100"} 1.0\n'
+    for live in registry.live()[1:]:
+        registry._read_metrics(live, _Answer(metrics))  # type: ignore[arg-type]
+    assert registry.block_size("tiny-llama") == 32  # two engines say 32, before any round ends
+    assert counted == ["tiny-llama"]
+    assert registry.block_size("other-model") is None
