@@ -77,6 +77,9 @@ class SchedulerClient:
         #: Batches of KV events sent on the report stream / by POST.
         self.events_streamed = 0
         self.events_posted = 0
+        #: Releases (a received transfer's request ended) sent on the stream / by POST.
+        self.releases_streamed = 0
+        self.releases_posted = 0
 
     def _call(self, method: str, path: str, *, body: Any = None, timeout_s: float | None = None,
               params: dict[str, Any] | None = None, prefer_minimal: bool = False) -> Any:
@@ -183,6 +186,15 @@ class SchedulerClient:
         """The request that used a received transfer's blocks ended on ``worker``."""
         self._call("POST", f"/v1/transfers/{_segment(plan_id)}/release",
                    body={"worker": worker})
+
+    def send_release(self, plan_id: str, worker: str) -> None:
+        """:meth:`release` as a line of ``worker``'s report stream
+        (``{"release": PLAN_ID}``), else (the stream is unavailable) by POST."""
+        if self._reports.send(worker, json.dumps({"release": plan_id}).encode(), self._token):
+            self.releases_streamed += 1
+        else:
+            self.release(plan_id, worker)
+            self.releases_posted += 1
 
     def send_events(self, worker: str, events: list[dict[str, Any]]) -> None:
         """Publish ``worker``'s KV events on its report stream (a JSON list on one line),

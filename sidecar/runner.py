@@ -484,7 +484,7 @@ class Sidecar:
         if self.stop.is_set():
             return  # deregistering: every block goes with the registration
         try:
-            self.client.release(plan.plan_id, self.config.name)
+            self.client.send_release(plan.plan_id, self.config.name)
         except ToposchedError as exc:
             log.warning("release of %s not delivered: %s", plan.plan_id, exc)
 
@@ -525,7 +525,9 @@ class Sidecar:
                                 reports_streamed=self.client.reports_streamed,
                                 reports_posted=self.client.reports_posted,
                                 events_streamed=self.client.events_streamed,
-                                events_posted=self.client.events_posted, **asdict(summary))
+                                events_posted=self.client.events_posted,
+                                releases_streamed=self.client.releases_streamed,
+                                releases_posted=self.client.releases_posted, **asdict(summary))
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""

@@ -158,6 +158,9 @@ async def _job_lines(coordinator: TransferCoordinator, name: str, texts: list[st
             return  # lease lapsed or removed: the sidecar registers again
 
 
+#: How a release line of the report stream starts (``{"release": PLAN_ID}``).
+RELEASE_LINE_PREFIX = b'{"release"'
+
 #: Path suffix of the report stream (exempt from the whole-body size and time limits;
 #: each line is held to ``max_body_bytes``).
 REPORT_STREAM_SUFFIX = "/reports/stream"
@@ -177,7 +180,9 @@ async def stream_reports(name: str, request: Request, coordinator: Coordinator,
     """The report stream: a request body that stays open (chunked), one line per item,
     each taken as it arrives: a JSON ``TransferReport`` object is recorded as ``POST
     /v1/transfers/{id}/report`` would record it, a JSON list of KV events is applied as
-    ``POST /v1/kv-events`` would apply it — without a request per report or batch.
+    ``POST /v1/kv-events`` would apply it, ``{"release": PLAN_ID}`` ends the request
+    that used a received transfer's blocks as ``POST /v1/transfers/{id}/release`` with
+    this worker would — without a request per report, batch or release.
 
     Everything must come from ``name`` (``worker`` fields); a line that is not a valid
     report or batch of this worker is refused and logged (the stream goes on). Answers
@@ -198,8 +203,11 @@ async def stream_reports(name: str, request: Request, coordinator: Coordinator,
         for line in lines:
             if not line.strip():
                 continue
-            if line.lstrip().startswith(b"["):
+            head = line.lstrip()
+            if head.startswith(b"["):
                 ok = await _take_events(prefix, runtime, name, line)
+            elif head.startswith(RELEASE_LINE_PREFIX):
+                ok = await _take_release(coordinator, runtime, name, line)
             else:
                 ok = await _take_report(coordinator, name, line)
             taken, refused = taken + ok, refused + (not ok)
@@ -214,6 +222,22 @@ async def _take_report(coordinator: TransferCoordinator, name: str, line: bytes)
         await coordinator.report(report.plan_id, report)
     except (PydanticError, ValueError, ToposchedError) as exc:
         log.warning("report stream of %s: refused a report: %s", name, exc)
+        return False
+    return True
+
+
+async def _take_release(coordinator: TransferCoordinator, runtime: Runtime, name: str,
+                        line: bytes) -> bool:
+    try:
+        item = json.loads(line)
+        if not (isinstance(item, dict) and item.keys() == {"release"}
+                and isinstance(item["release"], str)):
+            raise ValueError('a release line is {"release": PLAN_ID} and nothing else')
+        plan_id: str = item["release"]
+        await coordinator.release(plan_id, name)
+        await runtime.request_ended(await coordinator.store.get_transfer(plan_id))
+    except (ValueError, ToposchedError) as exc:
+        log.warning("report stream of %s: refused a release: %s", name, exc)
         return False
     return True
 

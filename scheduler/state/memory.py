@@ -137,7 +137,7 @@ class MemoryStore:
         #: collection walked all of them (~10 µs each: a 100,000-record store paused
         #: the process for about a second). Tuples of strings are not walked.
         self._transfers: dict[str, tuple[str, str, str, str]] = {}
-        #: The last few records read, parsed from their text (plan id → (text, record)):
+        #: The last few records stored or read, as models (plan id → (text, record)):
         #: a transfer's record is read several times between two changes (the report,
         #: the change it makes, long-polls), and parsing it is most of a read. Valid
         #: while the stored text is that very string; at most :data:`PARSED_KEPT`.
@@ -379,8 +379,10 @@ class MemoryStore:
         """Store (insert or replace) a transfer record, keyed by its plan id."""
         plan_id = record.plan.plan_id
         was = self._transfers.get(plan_id)
+        text = record.model_dump_json()
         self._transfers[plan_id] = (record.state, record.plan.src.worker,
-                                    record.plan.dst.worker, record.model_dump_json())
+                                    record.plan.dst.worker, text)
+        self._keep_parsed(plan_id, text, record)  # frozen: what a read would parse back
         if record.state == "pending" and (was is None or was[0] != "pending"):
             heapq.heappush(self._deadlines, (record.plan.not_after, plan_id))
         self._versions[plan_id] = self._versions.get(plan_id, 0) + 1
@@ -457,11 +459,14 @@ class MemoryStore:
         if hit is not None and hit[0] is text:
             return hit[1]
         record = TransferRecord.model_validate_json(text)
+        self._keep_parsed(plan_id, text, record)
+        return record
+
+    def _keep_parsed(self, plan_id: str, text: str, record: TransferRecord) -> None:
         self._parsed.pop(plan_id, None)
         self._parsed[plan_id] = (text, record)
-        if len(self._parsed) > PARSED_KEPT:  # the least recently parsed goes
+        if len(self._parsed) > PARSED_KEPT:  # the least recently kept goes
             del self._parsed[next(iter(self._parsed))]
-        return record
 
     async def transfers_of(self, name: str) -> list[TransferRecord]:
         """Pending transfers that have ``name`` on either side."""

@@ -194,3 +194,32 @@ def test_the_report_stream_records_reports_and_applies_kv_events(client: TestCli
     index = client.app.state.prefix_index  # type: ignore[attr-defined]
     assert index.match([7, 8])["decode-0"].confirmed == 2
     assert "prefill-0" not in index.match([9])
+
+
+def _free(client: TestClient, name: str) -> int:
+    workers = {w["registration"]["name"]: w for w in client.get("/v1/workers").json()}
+    return int(workers[name]["free_blocks"])
+
+
+def test_the_report_stream_takes_releases_of_its_own_worker_only(client: TestClient) -> None:
+    _register(client, "prefill-0")
+    _register(client, "decode-0")
+    client.post("/v1/transfers", json={"src": "prefill-0", "dst": "decode-0",
+                                       "src_blocks": [0, 1], "plan_id": "rl"})
+    client.post("/v1/transfers/rl/report", json={"plan_id": "rl", "worker": "decode-0",
+                                                 "role": "initiator", "outcome": "ok"})
+    assert _free(client, "decode-0") == 6
+    # the source may not release the destination's blocks: refused, nothing given back
+    other = client.post("/v1/sidecars/prefill-0/reports/stream",
+                        content=json.dumps({"release": "rl"}) + "\n")
+    assert other.json() == {"taken": 0, "refused": 1}
+    assert _free(client, "decode-0") == 6
+    lines = [{"release": "rl", "worker": "decode-0"}, {"release": 7}, {"release": "nope"},
+             {"release": "rl"}, {"release": "rl"}]
+    answer = client.post("/v1/sidecars/decode-0/reports/stream",
+                         content="".join(json.dumps(line) + "\n" for line in lines))
+    # extra keys, a plan id that is not a string and an unknown transfer are refused; a
+    # second release of the same transfer is taken and gives nothing back twice
+    assert answer.json() == {"taken": 2, "refused": 3}
+    assert _free(client, "decode-0") == 8
+    assert client.get("/v1/transfers/rl").json()["dst_released"] is True

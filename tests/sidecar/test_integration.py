@@ -71,7 +71,7 @@ def test_fake_engines_end_their_requests_so_a_small_pool_serves_for_ever(
         tmp_path: Path) -> None:
     with cluster(tmp_path, mode="READ") as c:
         c.sidecar("prefill-0", kv_blocks=8, block_bytes=BLOCK)
-        c.sidecar("decode-0", kv_blocks=8, block_bytes=BLOCK, decode_ms=50)
+        decode = c.sidecar("decode-0", kv_blocks=8, block_bytes=BLOCK, decode_ms=50)
         for i in range(6):  # 24 blocks through a pool of 8
             assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0, 1, 2, 3],
                             plan_id=f"turn-{i}").status_code == 201
@@ -80,6 +80,9 @@ def test_fake_engines_end_their_requests_so_a_small_pool_serves_for_ever(
             wait_for(lambda: c.free_blocks("decode-0") == 8, 10,
                      "the decode request to end and its blocks to come back")
             assert c.transfer(f"turn-{i}")["dst_released"] is True
+        assert decode.stop(signal.SIGTERM) == 0
+        state = decode.state()  # every release went on the report stream
+        assert (state["releases_streamed"], state["releases_posted"]) == (6, 0), state
 
 
 def test_write_mode_scattered_blocks_and_clean_shutdown(tmp_path: Path) -> None:
