@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -86,7 +86,7 @@ class HeaderTimeout(HttpToolsProtocol):
     _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(cast(asyncio.Transport, HeadWithBody(transport, self.loop)))
         self._arm_header_timer()
 
     def on_response_complete(self) -> None:
@@ -109,3 +109,45 @@ class HeaderTimeout(HttpToolsProtocol):
         idle = self.cycle is None or self.cycle.response_complete  # no request under way
         if idle and self.cycle is before and not self.transport.is_closing():
             self.transport.close()
+
+
+class HeadWithBody:
+    """A connection's transport that writes a response's head together with its body.
+
+    uvicorn writes the status line and headers, then the body, each with its own
+    ``write``: two system calls, and two wake-ups of the client, for every answer (each
+    ~0.1 ms of the scheduler's CPU on these VMs; the transfer path's answers are small).
+    A head that declares its ``content-length`` is held here and goes out with the next
+    write (the body, written in the same step) or, failing that, at the loop's next
+    turn; a streaming answer's head (no length) is written at once, as before.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._head: bytes | None = None
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data``, after a held head; hold a head with a length."""
+        if self._head is not None:
+            data, self._head = self._head + data, None
+        elif data[:9] == b"HTTP/1.1 " and data[-4:] == b"\r\n\r\n" \
+                and b"\r\ncontent-length: " in data:
+            self._head = bytes(data)
+            self._loop.call_soon(self.flush)
+            return
+        self._transport.write(data)
+
+    def flush(self) -> None:
+        """Write a held head now."""
+        if self._head is not None:
+            head, self._head = self._head, None
+            self._transport.write(head)
+
+    def close(self) -> None:
+        """Flush, then close."""
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
