@@ -31,6 +31,7 @@ from scheduler.state.reservations import (
 )
 from scheduler.telemetry import DomainMapper, Telemetry, reference_figures, sample_from_record
 from scheduler.telemetry.inflight import InflightLinks
+from scheduler.transfer.coordinator import TransferCoordinator
 from scheduler.transfer.plan import TransferRecord, WorkerRegistration
 from topology.distance import DistanceModel
 from topology.errors import InputError
@@ -116,6 +117,14 @@ class Runtime:
         route reservation ends too."""
         if record.reservation_id is not None:
             await self.loads.close_reservation(record.reservation_id)
+
+    async def release_transfer(self, coordinator: TransferCoordinator, plan_id: str,
+                               worker: str) -> bool:
+        """``worker``'s request that used the transfer ``plan_id`` ended: its destination
+        blocks go back to the free list (True: now) and the route's reservation ends."""
+        released = await coordinator.release(plan_id, worker)
+        await self.request_ended(await coordinator.store.get_transfer(plan_id))
+        return released
 
     async def publish_events(self, events: list[Any]) -> None:
         """Share validated KV events with the other replicas (one process: nothing to do)."""

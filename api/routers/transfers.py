@@ -102,8 +102,7 @@ async def release_transfer(plan_id: str, body: ReleaseTransfer, coordinator: Coo
                            runtime: RuntimeDep) -> TransferReleased:
     """The destination's request that used this transfer's KV ended: its blocks go back
     to the free list and the rest of the route's load reservation ends."""
-    released = await coordinator.release(plan_id, body.worker)
-    await runtime.request_ended(await coordinator.store.get_transfer(plan_id))
+    released = await runtime.release_transfer(coordinator, plan_id, body.worker)
     return TransferReleased(blocks_released=released)
 
 

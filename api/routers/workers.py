@@ -234,8 +234,7 @@ async def _take_release(coordinator: TransferCoordinator, runtime: Runtime, name
                 and isinstance(item["release"], str)):
             raise ValueError('a release line is {"release": PLAN_ID} and nothing else')
         plan_id: str = item["release"]
-        await coordinator.release(plan_id, name)
-        await runtime.request_ended(await coordinator.store.get_transfer(plan_id))
+        await runtime.release_transfer(coordinator, plan_id, name)
     except (ValueError, ToposchedError) as exc:
         log.warning("report stream of %s: refused a release: %s", name, exc)
         return False
