@@ -110,6 +110,32 @@ _EXPIRES = attrgetter("lease.expires_at")
 PARSED_KEPT = 256
 
 
+class _Waiters:
+    """Tasks waiting for the next change of a key (a worker's job queue, a record): a
+    change wakes that key's waiters only."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, set[asyncio.Future[None]]] = {}
+
+    def wake(self, key: str) -> None:
+        """``key`` changed: wake everything waiting for it."""
+        for waiter in self._by_key.pop(key, ()):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def next_change(self, key: str) -> None:
+        """Wait until :meth:`wake` is called for ``key``."""
+        waiter = asyncio.get_running_loop().create_future()
+        waiting = self._by_key.setdefault(key, set())
+        waiting.add(waiter)
+        try:
+            await waiter
+        finally:
+            waiting.discard(waiter)
+            if not waiting and self._by_key.get(key) is waiting:
+                del self._by_key[key]
+
+
 class MemoryStore:
     """Workers, leases, free lists, job queues and transfer records in process memory."""
 
@@ -148,15 +174,10 @@ class MemoryStore:
         self._deadlines: list[tuple[float, str]] = []
         #: Long-polls of a record waiting for its next change, by plan id (a change wakes
         #: the waiters of that record only, not every long-poll in flight).
-        self._record_waiters: dict[str, set[asyncio.Future[None]]] = {}
-        #: Futures of the job channels waiting for a worker's first job.
-        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._record_waiters = _Waiters()
+        #: The job channels waiting for a worker's first job.
+        self._job_waiters = _Waiters()
         self._delayed: list[tuple[float, str, tuple[int, ...], int | None]] = []
-
-    def _wake(self, name: str) -> None:
-        for waiter in self._waiters.pop(name, ()):
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _live(self, name: str) -> _Worker:
         worker = self._workers.get(name)
@@ -199,7 +220,7 @@ class MemoryStore:
         slot = bisect_left(self._names, name)
         if self._listing is not None and slot < len(self._names) and self._names[slot] == name:
             del self._names[slot], self._listing[slot]
-        self._wake(name)
+        self._job_waiters.wake(name)
         return worker is not None
 
     async def get_worker(self, name: str) -> WorkerEntry:
@@ -337,7 +358,7 @@ class MemoryStore:
     async def put_job(self, name: str, job: TransferJob) -> None:
         """Queue a job for a worker's sidecar and wake its long-poll."""
         self._live(name).jobs.append(job.model_dump_json())
-        self._wake(name)
+        self._job_waiters.wake(name)
 
     async def wait_jobs(self, name: str, timeout_s: float) -> list[TransferJob]:
         """Queued jobs of a worker, waiting up to ``timeout_s`` for the first one."""
@@ -348,17 +369,9 @@ class MemoryStore:
         """As :meth:`wait_jobs`, the jobs as the JSON text they were queued as."""
         worker = self._live(name)
         if not worker.jobs and timeout_s > 0:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.setdefault(name, set()).add(waiter)
-            try:
+            with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
-                    await waiter
-            except TimeoutError:
-                pass
-            finally:
-                waiting = self._waiters.get(name)
-                if waiting is not None:
-                    waiting.discard(waiter)
+                    await self._job_waiters.next_change(name)
         texts = list(worker.jobs)
         worker.jobs.clear()
         return texts
@@ -373,7 +386,7 @@ class MemoryStore:
         await self.put_transfer(record)
         for (name, queue), (_, job) in zip(queues, jobs, strict=True):
             queue.append(job.model_dump_json())
-            self._wake(name)
+            self._job_waiters.wake(name)
 
     async def put_transfer(self, record: TransferRecord) -> None:
         """Store (insert or replace) a transfer record, keyed by its plan id."""
@@ -388,9 +401,7 @@ class MemoryStore:
         self._versions[plan_id] = self._versions.get(plan_id, 0) + 1
         if len(self._transfers) > self.max_transfers:
             self._forget_finished()
-        for waiter in self._record_waiters.pop(plan_id, ()):
-            if not waiter.done():
-                waiter.set_result(None)
+        self._record_waiters.wake(plan_id)
 
     def _forget_finished(self) -> None:
         """Drop the oldest finished records (a tenth of the cap) to bound memory."""
@@ -434,20 +445,8 @@ class MemoryStore:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout_s):
                     while self._versions.get(plan_id, 0) <= version:
-                        await self._next_change(plan_id)
+                        await self._record_waiters.next_change(plan_id)
         return await self.get_transfer(plan_id), self._versions.get(plan_id, 0)
-
-    async def _next_change(self, plan_id: str) -> None:
-        """Wait until the record of ``plan_id`` is stored again."""
-        waiter = asyncio.get_running_loop().create_future()
-        waiting = self._record_waiters.setdefault(plan_id, set())
-        waiting.add(waiter)
-        try:
-            await waiter
-        finally:
-            waiting.discard(waiter)
-            if not waiting and self._record_waiters.get(plan_id) is waiting:
-                del self._record_waiters[plan_id]
 
     async def get_transfer(self, plan_id: str) -> TransferRecord:
         """A transfer record by plan id."""
