@@ -56,7 +56,7 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
     live = snapshots or services.snapshots
     big = max(len(entries) + engines.size(), live.last_size) >= YIELD_FROM
     if big:
-        await asyncio.sleep(0)
+        await let_others_run()
     snapshot = await live.current(
         fabric, entries, loads, model, kv_bytes=kv_bytes_for(model),
         pairings=current.placement.pairings if current else (),
@@ -65,10 +65,15 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
         journaled=journaled)
     live.last_size = len(snapshot.workers)
     if big or live.last_size >= YIELD_FROM:
-        await asyncio.sleep(0)
+        await let_others_run()
     result = fabric.router.route(request, snapshot) if snapshot.workers else \
         Unschedulable(request_id=request.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
     runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
     return result, snapshot
+
+
+async def let_others_run() -> None:
+    """One event-loop iteration for the other tasks (between passes over the workers)."""
+    await asyncio.sleep(0)
