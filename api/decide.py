@@ -26,6 +26,11 @@ from scheduler.state.base import WorkerEntry
 from scheduler.state.reservations import WorkerLoad
 from topology.errors import NotFoundError
 
+#: Worker counts from which the decision yields to the event loop between its passes
+#: over the workers; below, each pass takes microseconds and a yield (a loop iteration,
+#: 10-20 us on a busy host) would cost more than it spares the requests waiting.
+YIELD_FROM = 256
+
 
 async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime,
                  engines: EngineRegistry, *, entries: Sequence[WorkerEntry],
@@ -46,17 +51,29 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
     # Each step below is a pass over every worker (10,000: milliseconds each) and the
     # memory store's awaits never suspend: let the loop answer what is waiting (health
     # probes, heartbeats) between them, so that a stall is one step, not the request.
-    await asyncio.sleep(0)
-    snapshot = await (snapshots or services.snapshots).current(
+    # The size is known before the snapshot from the listing, the engines and the last
+    # snapshot (journaled stores pass no listing).
+    live = snapshots or services.snapshots
+    big = max(len(entries) + engines.size(), live.last_size) >= YIELD_FROM
+    if big:
+        await let_others_run()
+    snapshot = await live.current(
         fabric, entries, loads, model, kv_bytes=kv_bytes_for(model),
         pairings=current.placement.pairings if current else (),
         link_load=runtime.inflight.transfers_by_link(),
         engines=engines.workers(model, loads), block_tokens=engines.block_size(model),
         journaled=journaled)
-    await asyncio.sleep(0)
+    live.last_size = len(snapshot.workers)
+    if big or live.last_size >= YIELD_FROM:
+        await let_others_run()
     result = fabric.router.route(request, snapshot) if snapshot.workers else \
         Unschedulable(request_id=request.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {model}",))
     runtime.telemetry.observe_routing(time.perf_counter() - started)
     runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
     return result, snapshot
+
+
+async def let_others_run() -> None:
+    """One event-loop iteration for the other tasks (between passes over the workers)."""
+    await asyncio.sleep(0)

@@ -199,6 +199,9 @@ class LiveSnapshots:
         self._views: dict[str | None, _ModelView] = {}
         self._gpus: GpuIndex | None = None
         self._lock = asyncio.Lock()
+        #: Workers of the last snapshot :func:`api.decide.decide` took from here (how
+        #: big the next one will likely be).
+        self.last_size = 0
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,

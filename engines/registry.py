@@ -221,6 +221,10 @@ class EngineRegistry:
         live = self._live.get(name)
         return live is not None and live.state(self.clock(), self.settings.stale_after_s) == "up"
 
+    def size(self) -> int:
+        """Registered instances, in routing or not."""
+        return len(self._live)
+
     def workers(self, model: str | None, reserved: Mapping[str, WorkerLoad]
                 ) -> tuple[Worker, ...]:
         """The routable instances serving ``model`` (None: any) as policy workers.

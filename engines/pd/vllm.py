@@ -130,7 +130,8 @@ class VllmProtocol:
         """NIXL's handshake refuses pairs whose model, dtype or vLLM version differ
         (TP may differ); a loopback side channel is out of reach from another host."""
         channel = getattr(prefill, "side_channel", None)
-        if channel is not None and is_loopback(channel[0]) and prefill.host != decode.host:
+        # host first: is_loopback parses an address, and this runs on every request
+        if channel is not None and prefill.host != decode.host and is_loopback(channel[0]):
             return (f"{prefill.name}'s NIXL side channel {channel[0]} is loopback; "
                     f"{decode.name} runs on {decode.host}")
         for field, same in (("model", _equal), ("dtype", _equal),

@@ -134,6 +134,12 @@ FILL_AFTER = 64
 _UNKNOWN = 1 << 62
 #: GPU pairs whose shared links are memoised (in-flight load re-costs the same few pairs).
 _MAX_MEMO = 65_536
+#: Candidate counts up to which :meth:`FabricCostModel.decode_costs` and
+#: :meth:`~FabricCostModel.local_stall` compute on Python floats, one candidate at a
+#: time: on a few elements numpy's per-call overhead (~1 us a ufunc, ~25 ufuncs) is
+#: most of the time. Same formulas in the same order of operations on IEEE doubles, so
+#: the same results (``tests/scheduler/router/test_cost.py`` compares both paths).
+SCALAR_MAX = 4
 
 
 class RowsFullError(Exception):
@@ -410,6 +416,11 @@ class PairTable:
 _GPUS = attrgetter("gpus")
 
 
+def _max0(x: float) -> float:
+    """``np.maximum(x, 0.0)`` of one number (NaN stays NaN, as there)."""
+    return x if x >= 0.0 or x != x else 0.0
+
+
 def _splice(array: _Array, at: int, removed: int, added: _Array) -> _Array:
     """``array`` with ``removed`` entries from ``at`` on replaced by ``added``."""
     spliced: _Array = np.concatenate((array[:at], added, array[at + removed:]))
@@ -446,6 +457,8 @@ class FabricCostModel:
         self.table = table
         self.params = params or CostParams()
         self._terms: _WorkerTerms | None = None
+        #: The snapshot :meth:`_mean_step` last worked on, and its result.
+        self._mean: tuple[Snapshot, float | None] | None = None
 
     def _worker_terms(self, ctx: CycleContext) -> _WorkerTerms:
         found, snap, cached = self._terms, ctx.snapshot, ctx.cached
@@ -478,6 +491,12 @@ class FabricCostModel:
         """Decode-side price (seconds) of sending the request to each decode worker:
         batch slowdown for it and the requests already there, and KV occupancy (see
         :class:`CostParams`)."""
+        if len(decode) <= SCALAR_MAX:
+            return self._decode_costs_scalar(ctx, decode)
+        return self._decode_costs_vector(ctx, decode)
+
+    def _decode_costs_vector(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """:meth:`decode_costs` over numpy arrays (any number of candidates)."""
         snap, p = ctx.snapshot, self.params
         running = snap.running[decode].astype(np.float64)
         capacity = snap.capacity_kv[decode].astype(np.float64)
@@ -500,6 +519,29 @@ class FabricCostModel:
         over = np.maximum((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark), 0.0)
         result: FloatArray = batch + over * p.kv_pressure_s
         return result
+
+    def _decode_costs_scalar(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
+        """:meth:`decode_costs` one candidate at a time on Python floats: the vector
+        path's operations in its order (identical results, fewer numpy calls)."""
+        snap, p = ctx.snapshot, self.params
+        prompt = float(ctx.request.prompt_tokens)
+        mean = self._mean_step(snap) if p.tail_weight > 0 else None
+        base_need, blocks = p.promised_blocks(0, snap.block_tokens), ctx.request.blocks
+        out = []
+        for w in decode.tolist():
+            running = float(snap.running.item(w))
+            capacity, in_use, tokens, before = self._step_one(snap, w)
+            per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
+                        + (tokens + (running + 1.0) * prompt) * p.decode_s_per_kv_token)
+            batch = per_step * (p.expected_output_tokens * p.decode_weight)
+            if p.tail_weight > 0:
+                batch = batch + self._tail_one(before, running, prompt, mean) \
+                    * p.expected_output_tokens
+            need = base_need + max(blocks - ctx.cached.item(w), 0)
+            used = (in_use + need) / max(capacity, 1.0) if capacity > 0 else 0.0
+            over = _max0((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark))
+            out.append(batch + over * p.kv_pressure_s)
+        return np.array(out, dtype=np.float64)
 
     def _kv_in_use(self, snap: Snapshot, workers: IntArray,
                    capacity: FloatArray | None = None) -> FloatArray:
@@ -529,20 +571,62 @@ class FabricCostModel:
         tail), times ``tail_weight``; ``before``: each candidate's step
         (:meth:`_step`), ``running``: its running requests."""
         p = self.params
-        every = np.flatnonzero(snap.decode_mask)
-        if len(every) == 0:
+        mean = self._mean_step(snap)
+        if mean is None:
             return np.zeros(len(before))
-        mean = float(self._step(snap, every).mean())
         after = before + p.decode_s_per_running + prompt * p.decode_s_per_kv_token
         rise: FloatArray = ((running + 1.0) * np.maximum(after - mean, 0.0)
                             - running * np.maximum(before - mean, 0.0)) * p.tail_weight
         return rise
+
+    def _mean_step(self, snap: Snapshot) -> float | None:
+        """The mean of :meth:`_step` over every decode worker (None: there are none);
+        kept for the snapshot it was computed on (its load arrays do not change)."""
+        known = self._mean
+        if known is not None and known[0] is snap:
+            return known[1]
+        every = np.flatnonzero(snap.decode_mask)
+        mean: float | None = None
+        if len(every) > SCALAR_MAX:
+            mean = float(self._step(snap, every).mean())
+        elif len(every):  # numpy sums fewer than 8 numbers in order: so does this loop
+            total = 0.0
+            for w in every.tolist():
+                total += self._step_one(snap, w)[3]
+            mean = total / len(every)
+        self._mean = (snap, mean)
+        return mean
+
+    def _step_one(self, snap: Snapshot, w: int) -> tuple[float, float, float, float]:
+        """KV capacity, blocks in use (:meth:`_kv_in_use`), tokens in use (capped at
+        capacity) and :meth:`_step` of position ``w``, on Python floats."""
+        p = self.params
+        capacity = float(snap.capacity_kv.item(w))
+        in_use = _max0(capacity - snap.free_kv.item(w) + snap.promised_kv.item(w))
+        tokens = min(in_use, capacity) * snap.block_tokens
+        step = snap.running.item(w) * p.decode_s_per_running + tokens * p.decode_s_per_kv_token
+        return capacity, in_use, tokens, step
+
+    def _tail_one(self, before: float, running: float, prompt: float,
+                  mean: float | None) -> float:
+        """:meth:`_tail` of one candidate on Python floats (``mean``: :meth:`_mean_step`)."""
+        if mean is None:
+            return 0.0
+        p = self.params
+        after = before + p.decode_s_per_running + prompt * p.decode_s_per_kv_token
+        return ((running + 1.0) * _max0(after - mean)
+                - running * _max0(before - mean)) * p.tail_weight
 
     def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
         """What prefilling on each worker costs the requests it decodes: its compute time
         once per running request (``stall_weight`` each); nothing on a prefill-only
         worker, which decodes nothing."""
         snap, terms = ctx.snapshot, self._worker_terms(ctx)
+        if len(workers) <= SCALAR_MAX:  # the same products on Python numbers
+            mask, running, compute = snap.decode_mask, snap.running, terms.compute
+            weight = self.params.stall_weight
+            return np.array([(running.item(w) if mask.item(w) else 0) * compute.item(w) * weight
+                             for w in workers.tolist()], dtype=np.float64)
         running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
         result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
         return result

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
 
+import api.decide
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
     WORKER,
@@ -105,3 +107,26 @@ def test_bad_route_requests_are_422_problem(client: TestClient, body: dict[str, 
 def test_route_needs_a_token(client: TestClient) -> None:
     answer = client.post("/v1/route", json={"block_hashes": [1], "model": "llama-3-70b"})
     assert answer.status_code == 401
+
+
+@pytest.mark.parametrize(("yield_from", "yields"), [(256, 0), (2, 3)])
+def test_a_decision_yields_to_the_loop_only_over_many_workers(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch, yield_from: int,
+        yields: int) -> None:
+    """Between its passes over the workers a decision lets other tasks run, from
+    YIELD_FROM workers on (here 2: the pair registered); below, it does not yield. The
+    memory store is read through its journals (no listing), so the first decision
+    learns the size from its snapshot: it yields after it only, the second twice."""
+    counted: list[int] = []
+
+    async def counting() -> None:
+        counted.append(1)
+        await asyncio.sleep(0)
+
+    monkeypatch.setattr(api.decide, "YIELD_FROM", yield_from)
+    monkeypatch.setattr(api.decide, "let_others_run", counting)
+    for _ in range(2):
+        answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                                "model": "llama-3-70b"}, headers=bearer(WORKER))
+        assert answer.status_code == 200, answer.text
+    assert len(counted) == yields

@@ -3,18 +3,20 @@ reuse of the pair table across snapshots."""
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from policies.snapshot import CycleContext, Worker
-from scheduler.router.cost import MIN_ROWS, FabricCostModel, FabricRows, PairTable
+from scheduler.router.cost import MIN_ROWS, SCALAR_MAX, FabricCostModel, FabricRows, PairTable
 from scheduler.router.router import Router
 from tests.scheduler.router.builders import (
     CROSS_ZONE,
     NVLINK_PEER,
     SAME_RAIL,
+    SAME_RAIL_2,
     SOURCE,
     context,
     fabric,
@@ -201,3 +203,46 @@ def test_a_spliced_snapshot_splices_the_routers_pair_table_equal_to_a_fresh_one(
     lost = snap.spliced(0, 1, (), {k: v[:0] for k, v in snap.domains.items()})
     router.cost_model(lost)  # spliced from a worker set the router no longer holds
     assert len(built) == 2
+
+
+def _random_context(rng: random.Random, workers: int) -> CycleContext:
+    """Random loads (KV over-committed, idle, full), roles and cached prefixes."""
+    roles = ("prefill", "decode", "both")
+    gpus = [SOURCE, SAME_RAIL, CROSS_ZONE, NVLINK_PEER, SAME_RAIL_2]
+    built = []
+    for i in range(workers):
+        capacity = rng.choice((0, 64, 4_000, 100_000))
+        built.append(worker(
+            f"w{i}", rng.choice(roles), gpus[i % len(gpus)],
+            running_requests=rng.randrange(0, 400), queued_tokens=rng.randrange(0, 30_000),
+            capacity_kv_blocks=capacity, free_kv_blocks=rng.randrange(0, capacity + 50),
+            promised_kv_blocks=rng.choice((0, rng.randrange(0, 5_000))),
+            prefill_tokens_per_s=rng.choice((10_000.0, 40_000.0))))
+    snap = snapshot(built)
+    blocks = rng.randrange(1, 300)
+    cached = {w.id: rng.randrange(0, blocks + 1) for w in built if rng.random() < 0.5}
+    return context(snap, range(1, blocks + 1), cached,
+                   prompt_tokens=blocks * 16 - rng.randrange(0, 16))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_scalar_path_for_few_candidates_equals_the_vector_path(seed: int) -> None:
+    """decode_costs and local_stall: one candidate at a time on Python floats (up to
+    SCALAR_MAX candidates) and over numpy arrays give the same numbers, bit for bit;
+    the scalar mean of the decode steps equals numpy's."""
+    rng = random.Random(seed)
+    ctx = _random_context(rng, rng.randrange(1, 8))
+    model = ctx.cost
+    assert isinstance(model, FabricCostModel)
+    n = len(ctx.snapshot.workers)
+    for _ in range(10):
+        pos = np.array(rng.sample(range(n), rng.randrange(0, min(n, SCALAR_MAX) + 1)),
+                       dtype=np.int64)
+        assert model.decode_costs(ctx, pos).tolist() == \
+            model._decode_costs_vector(ctx, pos).tolist()
+        vector_stall = (np.where(ctx.snapshot.decode_mask[pos], ctx.snapshot.running[pos], 0)
+                        * model._worker_terms(ctx).compute[pos] * model.params.stall_weight)
+        assert model.local_stall(ctx, pos).tolist() == vector_stall.tolist()
+    every = np.flatnonzero(ctx.snapshot.decode_mask)
+    if 0 < len(every) <= SCALAR_MAX:
+        assert model._mean_step(ctx.snapshot) == float(model._step(ctx.snapshot, every).mean())
