@@ -56,3 +56,20 @@ def test_max_inflight_below_one_is_refused(tmp_path: Path) -> None:
         assert proc.popen.wait(60) == 2
         assert "--max-inflight: must be at least 1, not 0" in proc.text()
 
+
+def test_a_submission_that_prefers_to_wait_answers_with_the_ended_transfer(
+        tmp_path: Path) -> None:
+    """``Prefer: wait=S`` on ``POST /v1/transfers``: one request from submission to the
+    initiator's report, instead of a submission and a long-poll."""
+    with cluster(tmp_path) as c:
+        c.sidecar("prefill-0", kv_blocks=8, block_bytes=BLOCK)
+        c.sidecar("decode-0", kv_blocks=8, block_bytes=BLOCK)
+        answer = c.http.post(f"{c.url}/v1/transfers", headers={"Prefer": "wait=20"},
+                             json={"src": "prefill-0", "dst": "decode-0",
+                                   "src_blocks": [0, 1], "plan_id": "waited"})
+        assert answer.status_code == 201
+        record = answer.json()
+        assert record["state"] == "done", record
+        initiator = next(r for r in record["reports"] if r["role"] == "initiator")
+        assert initiator["verified"] is True and initiator["bytes"] == 2 * BLOCK
+        assert int(answer.headers["x-record-version"]) >= 2
