@@ -10,8 +10,8 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
   the next job is read and posted at once, up to ``--max-inflight`` transfers posted and
   not yet reported; an ``await`` of a READ plan is only noted, and its ``complete`` (or
   ``abort``) job ends it here;
-* ``inflight`` — checks the transfers handed to it in turn, and verifies and reports
-  each as it completes (reports in the order the transfers were handed over);
+* ``inflight`` — checks the transfers handed to it in turn (one check each per round),
+  and verifies and reports each as it completes;
 * ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
 * ``progress`` — polls NIXL notifications every few ms, because the agent runs without
   NIXL's busy-spinning progress thread (docs/transfers.md);
