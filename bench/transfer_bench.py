@@ -45,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
 from bench.bare_nixl import BarePair, rotated  # noqa: E402
+from sidecar.config import SidecarConfig  # noqa: E402
 from tests.sidecar.harness import AUTH, Cluster, cluster, wait_for  # noqa: E402
 
 MIB = 1 << 20
@@ -189,7 +190,8 @@ def start_pair(c: Cluster, *, block_bytes: int, blocks: int, regions: int = 1) -
         proc.stop()
     c.sidecars.clear()
     layout = ("--layout", "per_layer", "--regions", str(regions)) if regions > 1 else ()
-    extra = ("--verify", "off", "--poll-wait", "10", "--mem", MEM["mem"], *layout)
+    extra = ("--verify", "off", "--poll-wait", "10", "--mem", MEM["mem"],
+             "--max-inflight", str(SIDECAR_MAX_INFLIGHT), *layout)
     started = [c.sidecar(name, kv_blocks=blocks, block_bytes=block_bytes, extra=extra,
                          wait=False) for name in ("prefill", "decode")]
     for proc in started:  # big pools take a while to fill and register on a loaded host
@@ -197,6 +199,8 @@ def start_pair(c: Cluster, *, block_bytes: int, blocks: int, regions: int = 1) -
     sidecar_run(c, f"warm-up-{block_bytes}-{regions}", [0], 1, blocks)
 
 
+#: The sidecars' ``--max-inflight`` (their default): initiator transfers in flight at once.
+SIDECAR_MAX_INFLIGHT: int = SidecarConfig.max_inflight
 #: Transfers in flight at once in the pipelined part (1: one after another).
 INFLIGHT = (1, 2, 4)
 
@@ -216,9 +220,10 @@ class _Caller:
                                                 timeout=120)
         self._headers = {**AUTH, "Content-Type": "application/json"}
 
-    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+    def call(self, method: str, path: str, body: Any = None,
+             headers: dict[str, str] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
-        self._conn.request(method, path, body=data, headers=self._headers)
+        self._conn.request(method, path, body=data, headers={**self._headers, **(headers or {})})
         response = self._conn.getresponse()
         text = response.read()
         if response.status >= 400:
@@ -230,13 +235,13 @@ class _Caller:
         self._conn.close()
 
 
-def _ended(caller: _Caller, plan_id: str) -> dict[str, Any]:
-    """Long-poll the record until the transfer ended and the initiator reported."""
-    while True:
+def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, Any]:
+    """``record``, or the record long-polled until the transfer ended and the initiator
+    reported."""
+    while record["state"] == "pending" or not any(r["role"] == "initiator"
+                                                  for r in record["reports"]):
         record = caller.call("GET", f"/v1/transfers/{plan_id}?wait_s=2&ended=true")
-        if record["state"] != "pending" and any(r["role"] == "initiator"
-                                                for r in record["reports"]):
-            return record
+    return record
 
 
 def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, inflight: int,
@@ -260,10 +265,10 @@ def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, infl
                     return
                 moved = list(rotated(blocks, i, pool_blocks))
                 plan_id = f"{name}-{i}"
-                caller.call("POST", "/v1/transfers", {
+                # One request per transfer: the answer waits for the end (RFC 7240).
+                record = _ended(caller, plan_id, caller.call("POST", "/v1/transfers", {
                     "src": "prefill", "dst": "decode", "src_blocks": moved,
-                    "dst_blocks": moved, "plan_id": plan_id})
-                record = _ended(caller, plan_id)
+                    "dst_blocks": moved, "plan_id": plan_id}, {"Prefer": "wait=10"}))
                 with lock:
                     records.append(record)
         except Exception as exc:  # reported below, on the bench's thread
@@ -509,8 +514,10 @@ def render_pipelined(rows: list[dict[str, Any]]) -> list[str]:
              f"with k = {ks} in flight. Bare NIXL: one initiator posts k prepared requests "
              "at once and checks them in turn, posting the next as each completes (first "
              "post → last completion, its own clock). Sidecar: k caller threads in this "
-             "process each submit a transfer (`POST /v1/transfers`) and long-poll its end "
-             "before submitting the next; the scheduler's clock from the first plan "
+             "process each submit a transfer (`POST /v1/transfers` with `Prefer: wait=10`: "
+             "the answer comes when it ended) before submitting the next, into a decode "
+             f"sidecar that keeps up to {SIDECAR_MAX_INFLIGHT} transfers in flight "
+             "(`--max-inflight`, its default); the scheduler's clock from the first plan "
              "created to the last initiator report recorded. **Anchor: the best bare NIXL "
              "of the three k** (sequential included) per size; the ratio pairs the best "
              "sidecar k with it repetition by repetition (median [min–max]).", "",

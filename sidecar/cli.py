@@ -48,8 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds between the job stream's keep-alive lines (a silent stream "
                         "is reopened after this plus the client timeout)")
     p.add_argument("--executors", type=int, default=4,
-                   help="threads for transfers handed off by the job thread (longer than "
-                        "--post-wait) and WRITE targets waiting for a NIXL notification")
+                   help="threads for WRITE targets waiting for a NIXL notification")
     p.add_argument("--progress-thread", action="store_true",
                    help="enable NIXL's progress thread (busy-spins a core)")
     p.add_argument("--ucx-devices", default=None, metavar="DEV",
@@ -63,8 +62,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drain-timeout", type=float, default=15.0, metavar="S")
     p.add_argument("--post-wait", type=float, default=0.05, metavar="S",
                    help="seconds the job thread drives a transfer it posted itself before "
-                        "handing the rest to an executor thread and reading the next job "
+                        "handing the rest to the inflight thread and reading the next job "
                         "(0: hand off at once)")
+    p.add_argument("--max-inflight", type=_positive, default=2, metavar="N",
+                   help="initiator transfers posted and not yet reported at once: the job "
+                        "thread posts the next job's request while earlier ones complete "
+                        "and are reported on the inflight thread (1: one at a time)")
     p.add_argument("--block-tokens", type=int, default=None, metavar="N",
                    help="the engine's KV block size in tokens, registered with the worker "
                         "(the scheduler hashes this model's prompts into such blocks)")
@@ -80,6 +83,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=argparse.SUPPRESS)
 
 
+def _positive(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def config_from_args(args: argparse.Namespace) -> SidecarConfig:
     """Settings from parsed flags."""
     return SidecarConfig(
@@ -90,7 +104,8 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         executors=args.executors, progress_thread=args.progress_thread,
         ucx_devices=args.ucx_devices, verify=args.verify, state_file=args.state_file,
         connect_timeout_s=args.connect_timeout, drain_timeout_s=args.drain_timeout,
-        post_wait_s=args.post_wait, fake_decode_ms=args.fake_decode_ms,
+        post_wait_s=args.post_wait, max_inflight=args.max_inflight,
+        fake_decode_ms=args.fake_decode_ms,
         debug_hold_s=args.debug_hold,
         block_tokens=args.block_tokens, token=read_token(args.token, args.token_file),
         engine_instance=args.engine_instance, announce_every_s=args.announce_every)

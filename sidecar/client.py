@@ -16,7 +16,8 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -138,49 +139,36 @@ class SchedulerClient:
                           timeout_s=wait_s + self.timeout_s)
         return [TransferJob.model_validate(job) for job in data["jobs"]]
 
-    def job_stream(self, name: str, keepalive_s: float) -> Iterator[TransferJob]:
+    def job_stream(self, name: str, keepalive_s: float) -> JobStream:
         """The job stream (``GET /v1/sidecars/NAME/jobs/stream``): jobs as the scheduler
-        queues them, read on the calling thread, for as long as the stream stays open.
-
-        Raises :class:`NotFoundError` when the worker is not registered and
-        :class:`SchedulerUnavailableError` when the stream cannot be opened, breaks, or
-        stays silent past ``keepalive_s`` plus the client's timeout (the scheduler
-        writes an empty line every ``keepalive_s``); a stream the scheduler ended
-        (lease lapsed) just stops.
-
-        Read straight off one socket (:class:`_Socket`), not through the HTTP client:
-        each job is one chunk of the answer, and its parsing and the job's model are all
-        the work between the scheduler's write and the job's start.
-        """
-        path = f"/v1/sidecars/{_segment(name)}/jobs/stream"
-        where = f"{self.base_url}{path}"
-        try:
-            with _Socket.open(self.base_url, self.timeout_s) as sock:
-                sock.request("GET", f"{path}?keepalive_s={keepalive_s!r}", self._token)
-                sock.settimeout(keepalive_s + self.timeout_s)
-                status, headers = sock.head()
-                if status >= 400:
-                    raise _refusal(where, status, headers, b"".join(sock.body(headers)))
-                for line in _lines(sock.body(headers)):
-                    if line.strip():
-                        yield TransferJob.model_validate_json(line)
-        except (OSError, _Broken) as exc:
-            raise SchedulerUnavailableError(f"job stream {where}: "
-                                            f"{type(exc).__name__}: {exc}") from exc
+        queues them, read on the calling thread, for as long as the stream stays open
+        (see :class:`JobStream`; opened at the first ``next``)."""
+        return JobStream(self.base_url, f"/v1/sidecars/{_segment(name)}/jobs/stream",
+                         keepalive_s, self.timeout_s, self._token)
 
     def report(self, report: TransferReport) -> None:
         """Send one transfer report (the scheduler answers 204: no record back)."""
         self._call("POST", f"/v1/transfers/{_segment(report.plan_id)}/report",
                    body=report.model_dump(mode="json"), prefer_minimal=True)
 
-    def send_report(self, report: TransferReport) -> None:
-        """Send one report on the report stream of its worker, else (the stream cannot
-        be opened, or the scheduler ended it) with :meth:`report`."""
-        if self._reports.send(report.worker, report.model_dump_json().encode(), self._token):
+    def send_report(self, report: TransferReport,
+                    events: list[dict[str, Any]] | None = None) -> None:
+        """Send one report on the report stream of its worker, and ``events`` (KV events
+        of its worker) behind it in the same write; else (the stream cannot be opened,
+        or the scheduler ended it) with :meth:`report` and :meth:`kv_events`."""
+        more = [json.dumps(events).encode()] if events else []
+        if self._reports.send(report.worker, report.model_dump_json().encode(), self._token,
+                              more):
             self.reports_streamed += 1
-        else:
+            self.events_streamed += bool(events)
+            return
+        try:
             self.report(report)
             self.reports_posted += 1
+        finally:
+            if events:
+                self.kv_events(events)
+                self.events_posted += 1
 
     def release(self, plan_id: str, worker: str) -> None:
         """The request that used a received transfer's blocks ended on ``worker``."""
@@ -215,6 +203,84 @@ class SchedulerClient:
         self._http.close()
 
 
+class JobStream:
+    """An open job stream: iterate for its jobs; :meth:`ready` says whether the next one
+    (or a keep-alive line) can be read without waiting.
+
+    Iterating raises :class:`NotFoundError` when the worker is not registered and
+    :class:`SchedulerUnavailableError` when the stream cannot be opened, breaks, or
+    stays silent past ``keepalive_s`` plus the client's timeout (the scheduler writes an
+    empty line every ``keepalive_s``); a stream the scheduler ended (lease lapsed) just
+    stops. The socket closes when the stream ends or fails, or on :meth:`close`.
+
+    Read straight off one socket (:class:`_Socket`), not through the HTTP client: each
+    job is one chunk of the answer, and its parsing and the job's model are all the
+    work between the scheduler's write and the job's start.
+    """
+
+    def __init__(self, base_url: str, path: str, keepalive_s: float, timeout_s: float,
+                 token: str | None) -> None:
+        self._base_url, self._path, self._token = base_url, path, token
+        self._keepalive_s, self._timeout_s = keepalive_s, timeout_s
+        self._sock: _Socket | None = None
+        self._body: Iterator[bytes] | None = None
+        self._lines: deque[bytes] = deque()
+        self._pending = b""
+
+    def __iter__(self) -> JobStream:
+        return self
+
+    def __enter__(self) -> JobStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __next__(self) -> TransferJob:
+        try:
+            return self._next()
+        except (OSError, _Broken) as exc:
+            self.close()
+            raise SchedulerUnavailableError(f"job stream {self._base_url}{self._path}: "
+                                            f"{type(exc).__name__}: {exc}") from exc
+        except BaseException:  # the end of the stream (StopIteration) included
+            self.close()
+            raise
+
+    def _next(self) -> TransferJob:
+        body = self._body if self._body is not None else self._open()
+        while True:
+            while self._lines:
+                line = self._lines.popleft()
+                if line.strip():
+                    return TransferJob.model_validate_json(line)
+            *lines, self._pending = (self._pending + next(body)).split(b"\n")
+            self._lines.extend(lines)
+
+    def _open(self) -> Iterator[bytes]:
+        where = f"{self._base_url}{self._path}"
+        self._sock = sock = _Socket.open(self._base_url, self._timeout_s)
+        sock.request("GET", f"{self._path}?keepalive_s={self._keepalive_s!r}", self._token)
+        sock.settimeout(self._keepalive_s + self._timeout_s)
+        status, headers = sock.head()
+        if status >= 400:
+            raise _refusal(where, status, headers, b"".join(sock.body(headers)))
+        self._body = sock.body(headers)
+        return self._body
+
+    def ready(self) -> bool:
+        """True when a line is already here: read, or waiting on the socket."""
+        if self._lines:
+            return True
+        return self._sock is not None and self._sock.readable()
+
+    def close(self) -> None:
+        """Close the stream's socket (iterating again reopens nothing: it has ended)."""
+        if self._sock is not None:
+            self._sock.__exit__()
+        self._body = iter(())
+
+
 #: After the report stream failed, reports go by POST for this long before it is tried
 #: again (a scheduler refusing it must not cost a connection per report).
 REPORT_STREAM_BACKOFF_S = 5.0
@@ -241,9 +307,11 @@ class ReportStream:
         self._name: str | None = None
         self._retry_at = 0.0
 
-    def send(self, worker: str, line: bytes, token: str | None) -> bool:
-        """Write one report line; False when it could not go on the stream."""
-        chunk = b"%x\r\n%s\n\r\n" % (len(line) + 1, line)
+    def send(self, worker: str, line: bytes, token: str | None,
+             more: Sequence[bytes] = ()) -> bool:
+        """Write one line (and ``more`` lines behind it, in the same write: the
+        scheduler wakes once); False when they could not go on the stream."""
+        chunk = b"".join(b"%x\r\n%s\n\r\n" % (len(item) + 1, item) for item in (line, *more))
         with self._lock:
             if self._sock is not None and (self._name != worker or not self._healthy()):
                 self._drop()
@@ -339,14 +407,6 @@ def _refusal(where: str, status: int, headers: dict[str, str], body: bytes) -> E
     return _problem(httpx.Response(status, headers=headers, content=body, request=request))
 
 
-def _lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
-    """The newline-ended lines of a body (an unfinished last line is dropped)."""
-    pending = b""
-    for chunk in chunks:
-        *lines, pending = (pending + chunk).split(b"\n")
-        yield from lines
-
-
 #: Largest answer head (status line and headers) read before giving up.
 _MAX_HEAD = 65_536
 
@@ -377,6 +437,15 @@ class _Socket:
     def settimeout(self, seconds: float) -> None:
         """Time limit of each read from now on."""
         self._sock.settimeout(seconds)
+
+    def readable(self) -> bool:
+        """True when bytes of the answer are buffered or can be read without waiting."""
+        if self._buffer:
+            return True
+        try:
+            return bool(select.select([self._sock], [], [], 0)[0])
+        except (OSError, ValueError):  # closed: the next read says why
+            return True
 
     def request(self, method: str, target: str, token: str | None) -> None:
         """Write the request head (``target``: path and query under the base URL)."""
@@ -428,8 +497,9 @@ class _Socket:
         until the connection closes."""
         if headers.get("transfer-encoding", "").lower() == "chunked":
             while size := self._chunk_size():
-                yield self._take(size)
-                self._take(2)  # the CRLF after the chunk
+                data = self._take(size)
+                self._take(2)  # the CRLF after the chunk: nothing of it is left to read
+                yield data
             while self._take_line():  # trailers, up to the empty line
                 pass
         elif "content-length" in headers:

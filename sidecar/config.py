@@ -41,6 +41,9 @@ class SidecarConfig:
     #: How long the job thread drives a transfer it posted before handing the rest to
     #: an executor thread (no thread hand-off for anything shorter).
     post_wait_s: float = 0.05
+    #: Initiator transfers posted and not yet reported at once: the job thread posts
+    #: the next while earlier ones complete and are reported on the ``inflight`` thread.
+    max_inflight: int = 2
     #: Fake engine: how long a received request "decodes" before it ends and its blocks
     #: are released at the scheduler (negative: never).
     fake_decode_ms: float = 1000.0
@@ -53,6 +56,10 @@ class SidecarConfig:
     engine_instance: Path | None = None
     announce_every_s: float = 5.0
 
+    def __post_init__(self) -> None:
+        if self.max_inflight < 1:
+            raise ValueError(f"max_inflight must be at least 1, not {self.max_inflight}")
+
     def to_argv(self) -> list[str]:
         """Command-line flags that rebuild this config (``python -m sidecar …``), all but
         the token, which travels in the environment (:meth:`to_env`)."""
@@ -64,6 +71,7 @@ class SidecarConfig:
                 "--verify", self.verify, "--connect-timeout", repr(self.connect_timeout_s),
                 "--drain-timeout", repr(self.drain_timeout_s),
                 "--post-wait", repr(self.post_wait_s),
+                "--max-inflight", str(self.max_inflight),
                 "--fake-decode-ms", repr(self.fake_decode_ms),
                 "--debug-hold", repr(self.debug_hold_s)]
         for gpu in self.gpus:

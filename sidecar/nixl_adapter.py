@@ -23,6 +23,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -223,30 +224,40 @@ class NixlAdapter:
             raise TransferError(f"{plan.plan_id}: {type(exc).__name__}: {exc}") from exc
         return posted
 
-    def drive(self, posted: Posted, deadline: float, until: float | None = None) -> bool:
-        """Check ``posted`` back to back until it is done (True) or ``until`` (monotonic)
-        passed (False: still in flight). Raises :class:`TransferError` on failure or at
-        ``deadline``; the handle stays with the caller (:meth:`release`)."""
+    def drive(self, posted: Posted, deadline: float, until: float | None = None,
+              interrupt: Callable[[], bool] | None = None) -> bool:
+        """Check ``posted`` back to back until it is done (True), or ``until`` (monotonic)
+        passed or ``interrupt()`` is true (False: still in flight). Raises
+        :class:`TransferError` on failure or at ``deadline``; the handle stays with the
+        caller (:meth:`release`)."""
+        while not self.check(posted, deadline):
+            if until is not None and time.monotonic() >= until:
+                return False
+            if interrupt is not None and interrupt():
+                return False
+            # Each check drives UCX progress, which issues the next fragments of a
+            # large copy: keep checking. sleep(0) only lets other threads of this
+            # process take the GIL between checks.
+            time.sleep(0)
+        return True
+
+    def check(self, posted: Posted, deadline: float) -> bool:
+        """Look at ``posted`` once: True when it is done (``done_at`` stamped), False
+        while in flight. Raises :class:`TransferError` on failure or at ``deadline``."""
         plan_id = posted.plan.plan_id
-        try:
-            while posted.state == "PROC":
-                now = time.monotonic()
-                if now >= deadline:
-                    raise TransferError(f"{plan_id}: no completion before the deadline "
-                                        "(peer hung?)", "timeout")
-                if until is not None and now >= until:
-                    return False
-                # Each check drives UCX progress, which issues the next fragments of a
-                # large copy: keep checking. sleep(0) only lets other threads of this
-                # process take the GIL between checks.
-                time.sleep(0)
+        if posted.state == "PROC":
+            if time.monotonic() >= deadline:
+                raise TransferError(f"{plan_id}: no completion before the deadline "
+                                    "(peer hung?)", "timeout")
+            try:
                 with self._lock:
                     posted.state = self._agent.check_xfer_state(posted.handle)
-        except TransferError:
-            raise
-        except Exception as exc:  # nixlRemoteDisconnectError and friends
-            raise TransferError(f"{plan_id}: {type(exc).__name__}: {exc}") from exc
-        posted.done_at = time.perf_counter()
+            except Exception as exc:  # nixlRemoteDisconnectError and friends
+                raise TransferError(f"{plan_id}: {type(exc).__name__}: {exc}") from exc
+            if posted.state == "PROC":
+                return False
+        if posted.done_at is None:
+            posted.done_at = time.perf_counter()
         if posted.state != "DONE":
             raise TransferError(f"{plan_id}: NIXL reported {posted.state}")
         return True

@@ -3,17 +3,21 @@
 Threads (there is no event loop; NIXL never runs where one could be blocked):
 
 * main — waits for SIGTERM/SIGINT, then drains and shuts down in order;
-* ``jobs`` — reads the job stream and does the hot path itself, with no hand-off: an
-  ``execute`` job is validated, posted and driven to completion and reported on this
-  thread (handed to the executor only if it runs past ``--post-wait``); an ``await`` of
-  a READ plan is only noted, and its ``complete`` (or ``abort``) job ends it here;
+* ``jobs`` — reads the job stream and does the hot path itself: an ``execute`` job is
+  validated, posted and driven to completion and reported on this thread, with no
+  hand-off, while no other job is waiting and no other transfer of it is in flight;
+  otherwise (or past ``--post-wait``) the transfer goes to the ``inflight`` thread and
+  the next job is read and posted at once, up to ``--max-inflight`` transfers posted and
+  not yet reported; an ``await`` of a READ plan is only noted, and its ``complete`` (or
+  ``abort``) job ends it here;
+* ``inflight`` — checks the transfers handed to it in turn (one check each per round),
+  and verifies and reports each as it completes;
 * ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
 * ``progress`` — polls NIXL notifications every few ms, because the agent runs without
   NIXL's busy-spinning progress thread (docs/transfers.md);
 * ``watchdog`` — one thread for every job's deadline: reports ``timeout`` for a wait
   nobody ended and for a NIXL call that never returned;
-* executor pool — transfers handed off by the job thread, and WRITE targets waiting
-  for their NIXL notification.
+* executor pool — WRITE targets waiting for their NIXL notification.
 
 Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
 deadline) → deregister from the scheduler (its metadata stops being handed out) →
@@ -32,10 +36,10 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from scheduler.transfer.build import encode_metadata
@@ -49,7 +53,7 @@ from scheduler.transfer.plan import (
 )
 from scheduler.transfer.validate import validate_plan
 from sidecar.announce import Announcer, load_announcement
-from sidecar.client import SchedulerClient
+from sidecar.client import JobStream, SchedulerClient
 from sidecar.config import SidecarConfig
 from sidecar.engine import EngineHook, FakeEngine
 from sidecar.errors import SchedulerUnavailableError, TransferError
@@ -123,6 +127,21 @@ class Watchdog:
                     log.exception("watchdog of %s failed", key)
 
 
+@dataclass
+class _Handed:
+    """A transfer the job thread handed to the ``inflight`` thread: still in flight
+    (``posted``), or done and released (``result``), waiting for its report."""
+
+    plan: TransferPlan
+    deadline: float
+    posted: Posted | None = None
+    result: XferResult | None = None
+
+
+def _nothing_waiting() -> bool:
+    return False
+
+
 class Sidecar:
     """One sidecar: a NIXL agent with a registered pool, serving the scheduler's jobs."""
 
@@ -159,6 +178,15 @@ class Sidecar:
         self._stamps: dict[tuple[str, str], tuple[float | None, float | None]] = {}
         self._active_at = 0.0
         self._posting = 0
+        #: Initiator transfers posted (or about to be) and not yet reported, at most
+        #: ``max_inflight``; those not on the job thread wait in ``_handed``.
+        self._slots = threading.BoundedSemaphore(config.max_inflight)
+        self._in_flight = 0
+        #: Most transfers in flight at once so far, and how many went to ``inflight``.
+        self.inflight_peak = 0
+        self.handed_off = 0
+        self._handed: deque[_Handed] = deque()
+        self._handed_ready = threading.Condition(self._lock)
 
     # -- registration -------------------------------------------------------------
     def registration(self) -> WorkerRegistration:
@@ -193,6 +221,7 @@ class Sidecar:
         """Start the background threads (call after :meth:`register`)."""
         for target, name in ((self._job_loop, "jobs"), (self._heartbeat_loop, "heartbeat"),
                              (self._progress_loop, "progress"),
+                             (self._inflight_loop, "inflight"),
                              (self.watchdog.run, "watchdog")):
             threading.Thread(target=target, name=name, daemon=True).start()
 
@@ -229,13 +258,8 @@ class Sidecar:
         # (new transfers are rejected then); ends with the stream once deregistered.
         while not self.stop.is_set() or self._waiting:
             try:
-                for job in self.client.job_stream(self.config.name, self.config.poll_wait_s):
-                    self._idle.clear()
-                    try:
-                        self.dispatch(job, time.monotonic())
-                    finally:
-                        self._idle.set()
-                    if self.stop.is_set() and not self._waiting:
+                with self.client.job_stream(self.config.name, self.config.poll_wait_s) as jobs:
+                    if self._serve_stream(jobs):
                         return
             except NotFoundError:
                 self.stop.wait(0.2)  # lease lapsed; the heartbeat thread re-registers
@@ -243,7 +267,20 @@ class Sidecar:
                 log.warning("job stream failed: %s", exc)
                 self.stop.wait(0.5)
 
-    def dispatch(self, job: TransferJob, received: float) -> None:
+    def _serve_stream(self, jobs: JobStream) -> bool:
+        """Dispatch the stream's jobs; True once stopped with no READ target waiting."""
+        for job in jobs:
+            self._idle.clear()
+            try:
+                self.dispatch(job, time.monotonic(), jobs.ready)
+            finally:
+                self._idle.set()
+            if self.stop.is_set() and not self._waiting:
+                return True
+        return False
+
+    def dispatch(self, job: TransferJob, received: float,
+                 next_waiting: Callable[[], bool] = _nothing_waiting) -> None:
         """Do one job on this thread: ``execute`` posts and drives the transfer (handing
         it off after ``post_wait_s``), ``await`` validates and notes a READ target (a
         WRITE target waits for its notification on an executor thread), ``complete`` and
@@ -252,6 +289,9 @@ class Sidecar:
         ``received`` is the monotonic time the job arrived (it starts the deadline; the
         report carries it on the wall clock, like the record's times, with the time the
         NIXL request was created, so a transfer splits into its stages).
+        ``next_waiting()`` says whether another job can be read at once: an ``execute``
+        then hands its transfer to the ``inflight`` thread instead of driving and
+        reporting it here.
         """
         if job.kind in ("abort", "complete"):
             self._end_wait(job)
@@ -287,7 +327,7 @@ class Sidecar:
         if job.kind == "await":
             self._executor.submit(self._await, plan, deadline)
         else:
-            self._execute(plan, deadline)
+            self._execute(plan, deadline, next_waiting)
 
     def _end_wait(self, job: TransferJob) -> None:
         """A ``complete`` or ``abort`` job: end the READ target's wait here; wake a WRITE
@@ -316,33 +356,27 @@ class Sidecar:
             raise ValidationError(f"transfer plan {plan.plan_id!r}", [Issue(
                 "layout", "stale plan: this worker's layout or agent changed")])
 
-    def _execute(self, plan: TransferPlan, deadline: float) -> None:
-        """Post and drive ``plan`` on this thread; past ``post_wait_s`` the rest goes to
-        an executor thread, so that the next job is read."""
+    def _execute(self, plan: TransferPlan, deadline: float,
+                 next_waiting: Callable[[], bool]) -> None:
+        """Post ``plan`` on this thread and drive it; it goes to the ``inflight`` thread
+        (and this thread reads the next job) when it runs past ``post_wait_s``, or, with
+        ``max_inflight`` above one, when another job is waiting or another transfer is
+        in flight (its report then follows theirs)."""
         posted: Posted | None = None
+        slot = False
+        if self.config.max_inflight == 1:  # nothing else may be posted before its report
+            next_waiting = _nothing_waiting
         try:
             self._check(plan)
             if self.config.debug_hold_s:
                 time.sleep(self.config.debug_hold_s)
-            with self._lock:
-                cancel = self._cancels.get(plan.plan_id)
-            if cancel is not None and cancel.is_set():
-                raise TransferError(f"{plan.plan_id}: aborted by the scheduler before "
-                                    "posting (nothing was moved)", "aborted")
-            with self._lock:
-                self._posting += 1
-                key = (plan.plan_id, "initiator")
-                self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.time())
-            try:
-                posted = self.adapter.post(plan, deadline)
-                if not self.adapter.drive(posted, deadline,
-                                          time.monotonic() + self.config.post_wait_s):
-                    self._executor.submit(self._complete, plan, posted, deadline)
-                    posted = None  # the executor thread owns it now
-                    return
-            finally:
-                with self._lock:
-                    self._posting -= 1
+            self._take_slot(plan, deadline)
+            slot = True
+            posted = self._post(plan, deadline, next_waiting)
+            if posted.done_at is None or self._others_in_flight() or next_waiting():
+                self._hand(_Handed(plan, deadline, posted))
+                slot, posted = False, None  # the inflight thread owns both now
+                return
             result = self.adapter.finish(posted)
         except Exception as exc:
             if posted is not None:
@@ -351,24 +385,110 @@ class Sidecar:
         else:
             self._finish(plan, "initiator", "ok", result=result)
         finally:
+            if slot:
+                self._free_slot()
             with self._lock:
                 self._cancels.pop(plan.plan_id, None)
 
-    def _complete(self, plan: TransferPlan, posted: Posted, deadline: float) -> None:
-        """Drive a handed-off request to its end (an executor thread), then report."""
+    def _take_slot(self, plan: TransferPlan, deadline: float) -> None:
+        """Wait for one of the ``max_inflight`` slots (until the plan's deadline); then
+        refuse a plan the scheduler aborted meanwhile."""
+        if not self._slots.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            raise TransferError(f"{plan.plan_id}: {self.config.max_inflight} transfers "
+                                "still in flight at the deadline (nothing was moved)",
+                                "timeout")
+        with self._lock:
+            self._in_flight += 1
+            self.inflight_peak = max(self.inflight_peak, self._in_flight)
+            cancel = self._cancels.get(plan.plan_id)
+        if cancel is not None and cancel.is_set():
+            self._free_slot()
+            raise TransferError(f"{plan.plan_id}: aborted by the scheduler before "
+                                "posting (nothing was moved)", "aborted")
+
+    def _free_slot(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self._slots.release()
+
+    def _others_in_flight(self) -> bool:
+        with self._lock:
+            return self._in_flight > 1
+
+    def _post(self, plan: TransferPlan, deadline: float,
+              next_waiting: Callable[[], bool]) -> Posted:
+        """Create and start the request, and drive it until it is done, another job is
+        waiting or ``post_wait_s`` passed (``done_at`` is set when it is done)."""
         with self._lock:
             self._posting += 1
+            key = (plan.plan_id, "initiator")
+            self._stamps[key] = (self._stamps.get(key, (None, None))[0], time.time())
         try:
-            self.adapter.drive(posted, deadline)
-            result = self.adapter.finish(posted)
-        except Exception as exc:
-            self.adapter.release(posted)
-            self._initiator_failed(plan, exc)
-        else:
-            self._finish(plan, "initiator", "ok", result=result)
+            posted = self.adapter.post(plan, deadline)
+            try:
+                self.adapter.drive(posted, deadline, time.monotonic() + self.config.post_wait_s,
+                                   next_waiting)
+            except BaseException:
+                self.adapter.release(posted)
+                raise
+            return posted
         finally:
             with self._lock:
                 self._posting -= 1
+
+    def _hand(self, item: _Handed) -> None:
+        with self._handed_ready:
+            self.handed_off += 1
+            self._handed.append(item)
+            self._handed_ready.notify()
+
+    def _inflight_loop(self) -> None:
+        """The ``inflight`` thread: check the handed transfers in turn (one check each
+        per round), verify and report each as it completes, free its slot."""
+        active: list[_Handed] = []
+        while True:
+            with self._handed_ready:
+                while not self._handed and not active:
+                    self._handed_ready.wait(0.5)
+                active.extend(self._handed)
+                self._handed.clear()
+            driving = any(item.result is None for item in active)
+            if driving:
+                with self._lock:
+                    self._posting += 1
+            try:
+                active = [item for item in active if not self._advance(item)]
+            finally:
+                if driving:
+                    with self._lock:
+                        self._posting -= 1
+            if active:
+                time.sleep(0)  # other threads of this process may take the GIL
+
+    def _advance(self, item: _Handed) -> bool:
+        """One look at a handed transfer; True once it is reported (its slot freed)."""
+        try:
+            if item.result is None and not self._completed(item):
+                return False
+            if item.result is not None:
+                self._finish(item.plan, "initiator", "ok", result=item.result)
+        except Exception:  # keep the thread: the watchdog reports this job
+            log.exception("transfer %s: finishing failed", item.plan.plan_id)
+        self._free_slot()
+        return True
+
+    def _completed(self, item: _Handed) -> bool:
+        """Check a handed request once: True when it is done (``result`` set, handle
+        released) or failed (reported)."""
+        assert item.posted is not None
+        try:
+            if not self.adapter.check(item.posted, item.deadline):
+                return False
+            item.result = self.adapter.finish(item.posted)
+        except Exception as exc:
+            self.adapter.release(item.posted)
+            self._initiator_failed(item.plan, exc)
+        return True
 
     def _initiator_failed(self, plan: TransferPlan, exc: Exception) -> None:
         if isinstance(exc, ValidationError):
@@ -434,27 +554,30 @@ class Sidecar:
             if is_dst:
                 with self._lock:
                     self.recompute.append(plan.plan_id)
-        self._report(plan, role, outcome, result=result, error=error, verified=verified)
-        if outcome == "ok" and is_dst:
-            self._announce_stored(plan, old)
+        stored = (lambda: self._stored_events(plan, old)) if outcome == "ok" and is_dst \
+            else None
+        self._report(plan, role, outcome, result=result, error=error, verified=verified,
+                     events=stored)
 
-    def _announce_stored(self, plan: TransferPlan, old_content: list[int]) -> None:
+    def _stored_events(self, plan: TransferPlan, old_content: list[int]) -> list[dict[str, Any]]:
         """KV events for received blocks: the plan's prefix hashes when it carries them
         (what the router matches on), else the engine's own content hashes."""
         if not plan.block_hashes:
-            self._events({"kind": "block_removed", "block_hashes": old_content},
-                         {"kind": "block_stored",
-                          "block_hashes": self.engine.block_hashes(plan.dst_blocks)})
-            return
+            return [{"kind": "block_removed", "block_hashes": old_content},
+                    {"kind": "block_stored",
+                     "block_hashes": self.engine.block_hashes(plan.dst_blocks)}]
         with self._lock:
             replaced = [self._prefix_of.pop(b) for b in plan.dst_blocks if b in self._prefix_of]
             self._prefix_of.update(zip(plan.dst_blocks, plan.block_hashes, strict=True))
         events = [{"kind": "block_removed", "block_hashes": replaced}] if replaced else []
-        self._events(*events, {"kind": "block_stored", "block_hashes": list(plan.block_hashes)})
+        return [*events, {"kind": "block_stored", "block_hashes": list(plan.block_hashes)}]
 
     def _report(self, plan: TransferPlan, role: str, outcome: Outcome, *,
                 result: XferResult | None = None, error: str | None = None,
-                verified: bool | None = None) -> None:
+                verified: bool | None = None,
+                events: Callable[[], list[dict[str, Any]]] | None = None) -> None:
+        """Send the report, and the KV events ``events()`` makes (numbered under the same
+        lock) behind it in one write on the report stream."""
         duration = result.duration_s if result else 0.0
         nbytes = result.nbytes if result and outcome == "ok" else 0
         with self._lock:
@@ -469,10 +592,12 @@ class Sidecar:
             received_at=received_at, started_at=started_at)
         with self._lock:
             self.outcomes[outcome] += 1
-        try:
-            self.client.send_report(report)
-        except ToposchedError as exc:
-            log.warning("report of %s not delivered: %s", plan.plan_id, exc)
+        with self._publish:
+            numbered = self._numbered(events()) if events else None
+            try:
+                self.client.send_report(report, numbered)
+            except ToposchedError as exc:
+                log.warning("report of %s not delivered: %s", plan.plan_id, exc)
         # Logged once the report is on its way (the scheduler waits for it, not the log).
         log.info("transfer %s %s %s bytes=%d desc=%d %.6fs %.2f GB/s %s", plan.plan_id, role,
                  outcome, report.bytes, report.descriptors, duration, report.gb_per_s,
@@ -490,26 +615,31 @@ class Sidecar:
 
     def _events(self, *events: dict[str, Any]) -> None:
         # Numbering and sending under one lock: the index reads a seq gap as lost events.
-        # They go on the report stream (a socket write), behind this transfer's report.
         with self._publish:
-            numbered = []
-            for event in events:
-                self._seq += 1
-                item = {**event, "worker": self.config.name, "seq": self._seq}
-                if self.config.model and event["kind"] != "all_blocks_cleared":
-                    item["model"] = self.config.model
-                numbered.append(item)
             try:
-                self.client.send_events(self.config.name, numbered)
+                self.client.send_events(self.config.name, self._numbered(list(events)))
             except ToposchedError as exc:
                 log.warning("KV events not delivered: %s", exc)
+
+    def _numbered(self, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``events`` with this worker's name and the next sequence numbers (hold
+        ``_publish`` until they are sent)."""
+        numbered = []
+        for event in events:
+            self._seq += 1
+            item = {**event, "worker": self.config.name, "seq": self._seq}
+            if self.config.model and event["kind"] != "all_blocks_cleared":
+                item["model"] = self.config.model
+            numbered.append(item)
+        return numbered
 
     # -- shutdown -----------------------------------------------------------------
     def shutdown(self) -> dict[str, Any]:
         """Drain, deregister everywhere, write and return the final state."""
         self.stop.set()
         give_up = time.monotonic() + self.config.drain_timeout_s
-        drained = _wait_until(lambda: self._idle.is_set() and not self._waiting, give_up)
+        drained = _wait_until(lambda: self._idle.is_set() and not self._waiting
+                              and not self._in_flight, give_up)
         drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
             and drained
         deregistered = True
@@ -527,7 +657,9 @@ class Sidecar:
                                 events_streamed=self.client.events_streamed,
                                 events_posted=self.client.events_posted,
                                 releases_streamed=self.client.releases_streamed,
-                                releases_posted=self.client.releases_posted, **asdict(summary))
+                                releases_posted=self.client.releases_posted,
+                                inflight_peak=self.inflight_peak, handed_off=self.handed_off,
+                                **asdict(summary))
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""

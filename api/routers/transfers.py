@@ -28,9 +28,41 @@ class EventAck(BaseModel):
 
 
 @router.post("/transfers", status_code=201, response_model=TransferRecord)
-async def submit_transfer(request: TransferRequest, coordinator: Coordinator) -> Response:
-    """Build, validate and queue a plan; the sidecars' job streams carry it at once."""
-    return _record_response(await coordinator.submit(request), 201)
+async def submit_transfer(request: TransferRequest, coordinator: Coordinator, http: Request,
+                          prefer: Annotated[str | None, Header()] = None) -> Response:
+    """Build, validate and queue a plan; the sidecars' job streams carry it at once.
+
+    With ``Prefer: wait=SECONDS`` (RFC 7240) the answer (201, the record) waits until
+    the transfer ended or the time passed (capped like a long-poll): a submitter that
+    would long-poll the record next saves that request. ``X-Record-Version`` then says
+    which version it is, for a long-poll after it.
+    """
+    return await _submitted(coordinator, http, await coordinator.submit(request), prefer)
+
+
+def prefer_wait(prefer: str | None) -> float | None:
+    """The ``wait`` preference of a ``Prefer`` header in seconds (RFC 7240), if it has a
+    valid one (a non-negative number)."""
+    for item in (prefer or "").split(","):
+        name, _, value = item.partition(";")[0].partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return None
+            return seconds if 0 <= seconds < float("inf") else None
+    return None
+
+
+async def _submitted(coordinator: TransferCoordinator, request: Request,
+                     record: TransferRecord, prefer: str | None) -> Response:
+    """The answer to a submission: the record now, or once ended (``Prefer: wait``)."""
+    wait_s = prefer_wait(prefer)
+    if not wait_s:
+        return _record_response(record, 201)
+    answer = await _wait_record(coordinator, request, record.plan.plan_id, wait_s, 0, True)
+    answer.status_code = 201
+    return answer
 
 
 def _record_response(record: TransferRecord, status: int = 200,
@@ -188,7 +220,8 @@ async def _lean_submit(request: Request) -> Response:
     except (ValueError, RecursionError, PydanticError):  # FastAPI answers it (422, 400)
         return _HandBack(body)
     coordinator: TransferCoordinator = request.app.state.coordinator
-    return _record_response(await coordinator.submit(parsed), 201)
+    return await _submitted(coordinator, request, await coordinator.submit(parsed),
+                            request.headers.get("prefer"))
 
 
 async def _lean_record(request: Request) -> Response:

@@ -119,6 +119,10 @@ SUBMITS: list[tuple[str, dict[str, Any]]] = [
         "empty body",
         {"content": b"", "headers": {**bearer(WORKER), "content-type": "application/json"}},
     ),
+    ("prefers to wait", {"json": {**BODY, "plan_id": "p-waits"},
+                         "headers": {**bearer(WORKER), "Prefer": "wait=0.05"}}),
+    ("bad wait preference", {"json": {**BODY, "plan_id": "p-no-wait"},
+                             "headers": {**bearer(WORKER), "Prefer": "wait=x"}}),
     ("no token", {"json": BODY, "headers": {}}),
     ("wrong token", {"json": BODY, "headers": bearer("nope")}),
 ]
@@ -198,3 +202,23 @@ def test_plain_requests_stay_on_the_lean_routes(
     with pytest.raises(AssertionError):  # and a refusal is handed back
         lean.get("/v1/transfers/p-lean?wait_s=-1", headers=bearer(WORKER))
     assert handed == ["/v1/transfers/p-lean"]
+
+
+@pytest.mark.parametrize(("header", "seconds"), [
+    (None, None), ("", None), ("wait=2", 2.0), ("return=minimal, wait=0.5", 0.5),
+    ("WAIT = 3 ", 3.0), ('wait="1.5"', 1.5), ("wait=1; x=y", 1.0), ("wait=-1", None),
+    ("wait=nan", None), ("wait=inf", None), ("wait=", None), ("waiting=4", None)])
+def test_the_wait_preference_is_read_as_rfc_7240_writes_it(
+        header: str | None, seconds: float | None) -> None:
+    assert transfers.prefer_wait(header) == seconds
+
+
+def test_a_submission_that_prefers_to_wait_answers_once_the_wait_is_over(
+        pair: tuple[TestClient, TestClient]) -> None:
+    """No sidecar ends it here: the answer comes after the wait, pending, with the
+    version to long-poll from."""
+    for client in pair:
+        answer = client.post("/v1/transfers", headers={**bearer(WORKER), "Prefer": "wait=0.05"},
+                             json={**BODY, "plan_id": "p-wait"})
+        assert answer.status_code == 201
+        assert answer.json()["state"] == "pending" and answer.headers["x-record-version"]

@@ -87,6 +87,31 @@ def test_the_sidecar_client_reads_jobs_off_the_stream_as_they_are_queued(
             client.close()
 
 
+def test_the_job_stream_says_when_the_next_job_can_be_read_at_once(tmp_path: Path) -> None:
+    """``ready()``: what the sidecar's job thread asks before it drives and reports a
+    transfer itself (else it posts the next job first)."""
+    with cluster(tmp_path) as c:
+        _register(c.http, c.url, "prefill-0")
+        token = _register(c.http, c.url, "decode-0")
+        client = SchedulerClient(c.url, token=token, timeout_s=10)
+        try:
+            with client.job_stream("decode-0", keepalive_s=30) as jobs:
+                assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0],
+                                plan_id="k1").status_code == 201
+                assert next(jobs).plan_id == "k1"
+                assert not jobs.ready()  # nothing more queued: the next read would wait
+                for plan_id in ("k2", "k3"):
+                    assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[1],
+                                    plan_id=plan_id).status_code == 201
+                wait_for(jobs.ready, 10, "the next jobs on the stream")
+                assert next(jobs).plan_id == "k2"
+                wait_for(jobs.ready, 10, "the third job on the stream")
+                assert next(jobs).plan_id == "k3"
+                assert not jobs.ready()
+        finally:
+            client.close()
+
+
 def test_reports_on_the_open_report_stream_are_recorded_as_they_arrive(
         tmp_path: Path) -> None:
     with cluster(tmp_path) as c:
