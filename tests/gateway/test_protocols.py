@@ -66,6 +66,9 @@ def test_vllm_legs_with_the_prompt_encoded_once_send_the_same_bytes(
     assert encode(prefill_body(shared)) == encode(prefill_body(body))
     assert encode(decode_body(shared, _PARAMS)) == encode(decode_body(body, _PARAMS))
     assert encode(shared) == encode(body)
+    prefill = _instance("p", "prefill", engine="sglang", bootstrap_port=9000)
+    both = bootstrap_body(body, prefill, 1 << 62)  # SGLang: both legs send this body
+    assert encode(shared_prompt(both)) == encode(both)
     assert body == original
 
 
