@@ -110,13 +110,14 @@ class Runtime:
         self.record_transfer(record)
         if record.reservation_id is not None:
             await self.loads.close_reservation(record.reservation_id,
-                                               [record.plan.src.worker], landed=True)
+                                               [record.plan.src.worker], landed=True,
+                                               report=False)
 
     async def request_ended(self, record: TransferRecord) -> None:
         """The decode side's request that used ``record``'s KV ended: the rest of its
         route reservation ends too."""
         if record.reservation_id is not None:
-            await self.loads.close_reservation(record.reservation_id)
+            await self.loads.close_reservation(record.reservation_id, report=False)
 
     async def release_transfer(self, coordinator: TransferCoordinator, plan_id: str,
                                worker: str) -> bool:

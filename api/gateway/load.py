@@ -49,11 +49,12 @@ class Held:
         """The prefill leg ended (its KV goes to the decode engine now)."""
         part, self.prefill = self.prefill, None
         if part is not None:
-            await self.loads.close_reservation(self.id, [part.worker], landed=True)
+            await self.loads.close_reservation(self.id, [part.worker], landed=True,
+                                               report=False)
 
     async def release_all(self) -> None:
         """The request ended (any way)."""
         if self.prefill is None and self.decode is None:
             return
         self.prefill = self.decode = None
-        await self.loads.close_reservation(self.id)
+        await self.loads.close_reservation(self.id, report=False)

@@ -28,7 +28,7 @@ from engines.pd.base import (
     UpstreamAnswer,
 )
 from engines.pd.http import Answer, EngineHttp
-from engines.pd.legs import send
+from engines.pd.legs import send, shared_prompt
 
 #: SGLang's default ``--disaggregation-bootstrap-port``.
 DEFAULT_BOOTSTRAP_PORT = 8998
@@ -67,7 +67,8 @@ class SglangProtocol:
             response = await send(client, plan, plan.decode, plan.body, leg="decode",
                                   stream=True)
             return UpstreamAnswer(response, timeline)
-        body = bootstrap_body(plan.body, plan.prefill, new_room())
+        # the two legs' bodies are the same: encode the prompt once
+        body = shared_prompt(bootstrap_body(plan.body, plan.prefill, new_room()))
         plan.handoff()
         timeline.prefill_sent = timeline.decode_sent = Timeline.now()
         prefill = asyncio.create_task(self._prefill(client, plan, plan.prefill, body, timeline))

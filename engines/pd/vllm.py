@@ -33,7 +33,7 @@ from engines.pd.base import (
     UpstreamAnswer,
 )
 from engines.pd.http import EngineHttp
-from engines.pd.legs import json_object, send
+from engines.pd.legs import json_object, send, shared_prompt
 
 #: The parameters asking the prefill engine to keep the KV for a remote decode.
 PREFILL_KV_PARAMS: Mapping[str, Any] = {
@@ -70,13 +70,15 @@ class VllmProtocol:
     async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:
         """Prefill leg (unless decode-only), then the decode leg, streamed."""
-        body: Mapping[str, Any] = plan.body
+        # two legs carry the client's prompt: encode it once
+        shared = plan.body if plan.prefill is None else shared_prompt(plan.body)
+        body = shared
         if plan.prefill is not None:
-            outcome = await self._prefill(client, plan, plan.prefill, timeline)
+            outcome = await self._prefill(client, plan, plan.prefill, shared, timeline)
             if isinstance(outcome, UpstreamAnswer):
                 return outcome
             if outcome is not None:
-                body = decode_body(plan.body, outcome)
+                body = decode_body(shared, outcome)
                 timeline.disaggregated = True
                 plan.handoff()
         timeline.decode_sent = Timeline.now()
@@ -89,18 +91,18 @@ class VllmProtocol:
                                  "decode-only")
             timeline.disaggregated = False
             timeline.decode_sent = Timeline.now()
-            response = await send(client, plan, plan.decode, plan.body, leg="decode",
+            response = await send(client, plan, plan.decode, shared, leg="decode",
                                   stream=True)
         return UpstreamAnswer(response, timeline)
 
-    async def _prefill(self, client: EngineHttp, plan: LegPlan,
-                       engine: EngineEndpoint, timeline: Timeline
+    async def _prefill(self, client: EngineHttp, plan: LegPlan, engine: EngineEndpoint,
+                       body: Mapping[str, Any], timeline: Timeline
                        ) -> Any | UpstreamAnswer | None:
-        """The prefill's ``kv_transfer_params``; its answer when the client erred (4xx);
-        None for decode-only (reason in ``timeline.fallback``)."""
+        """The prefill's ``kv_transfer_params`` (``body``: the client's); its answer when
+        the client erred (4xx); None for decode-only (reason in ``timeline.fallback``)."""
         timeline.prefill_sent = Timeline.now()
         try:
-            response = await send(client, plan, engine, prefill_body(plan.body),
+            response = await send(client, plan, engine, prefill_body(body),
                                   leg="prefill", stream=False)
         except EngineUnreachableError as exc:
             timeline.prefill_done = Timeline.now()

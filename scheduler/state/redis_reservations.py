@@ -82,15 +82,15 @@ class RedisReservations:
     @_translate
     async def close_reservation(self: _Store, reservation_id: str,
                                 workers: Sequence[str] | None = None, *,
-                                landed: bool = False) -> list[LoadItem]:
+                                landed: bool = False, report: bool = True) -> list[LoadItem]:
         """Give back the reservation's items on ``workers`` (None: all), in one script;
-        ``landed``: the promised blocks of the others too."""
+        ``landed``: the promised blocks of the others too; ``report``: return them."""
         only = "" if workers is None else json.dumps(list(workers))
         reply = await self._run("close_reservation",
                                 [*self._log_keys(), self._k("rsv", reservation_id)],
                                 [self._prefix, reservation_id, "", only,
                                  "1" if landed else ""])
-        return list(_closed(reply).items) if reply else []
+        return list(_closed(reply).items) if reply and report else []
 
     @_translate
     async def renew_reservation(self: _Store, reservation_id: str, ttl_s: float) -> Reservation:

@@ -127,12 +127,13 @@ class LoadStore(Protocol):
 
     async def close_reservation(self, reservation_id: str,
                                 workers: Sequence[str] | None = None, *,
-                                landed: bool = False) -> list[LoadItem]:
+                                landed: bool = False, report: bool = True) -> list[LoadItem]:
         """Give back the reservation's items on ``workers`` (None: all) and forget them;
         the reservation ends with its last item. ``landed``: the request's KV is on its
         decode worker now, so the promised blocks of the items kept are given back too
         (returned as items of blocks only). Returns what was given back (empty when the
-        reservation is not open: closed or expired already)."""
+        reservation is not open: closed or expired already; always empty with ``report``
+        false, for callers that drop it: the gateway, twice a request)."""
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now (:class:`NotFoundError`
@@ -176,10 +177,10 @@ def wanted(items: Sequence[tuple[str, int, int]]) -> dict[str, tuple[int, int]]:
 
 def check_amounts(tokens: int, requests: int) -> None:
     """Reject negative amounts (a negative reservation would raise the capacity)."""
-    issues = [Issue(name, "must be ≥ 0") for name, value in
-              (("tokens", tokens), ("requests", requests)) if value < 0]
-    if issues:
-        raise ValidationError("load reservation", issues)
+    if tokens < 0 or requests < 0:
+        raise ValidationError("load reservation", [
+            Issue(name, "must be ≥ 0") for name, value in
+            (("tokens", tokens), ("requests", requests)) if value < 0])
 
 
 #: One item at rest: worker, tokens, requests, promised blocks.
@@ -187,6 +188,17 @@ _Row = tuple[str, int, int, int]
 #: A reservation at rest in memory: owner, (rows, …), deadline. Tuples of strings and
 #: numbers, not models: the garbage collector stops walking them.
 _Held = tuple[str, tuple[_Row, ...], float]
+
+
+def _totals(rows: Sequence[_Row]) -> dict[str, tuple[int, int, int]]:
+    """Tokens, requests and promised blocks per worker, summed over ``rows`` (negative
+    amounts rejected)."""
+    total: dict[str, tuple[int, int, int]] = {}
+    for worker, tokens, requests, blocks in rows:
+        check_amounts(tokens, requests)
+        have = total.get(worker, (0, 0, 0))
+        total[worker] = (have[0] + tokens, have[1] + requests, have[2] + blocks)
+    return total
 
 
 def _item(row: _Row) -> LoadItem:
@@ -234,18 +246,21 @@ class MemoryLoads:
 
     async def reserve_all(self, items: Sequence[tuple[str, int, int]]) -> str | None:
         """Reserve every item or none; None when reserved, else the first full worker."""
-        total = wanted(items)
-        for worker, (tokens, requests) in total.items():
-            load = self._loads.get(worker)
+        return self._reserve({worker: (tokens, requests, 0)
+                              for worker, (tokens, requests) in wanted(items).items()})
+
+    def _reserve(self, total: Mapping[str, tuple[int, int, int]]) -> str | None:
+        """Add each worker's (tokens, requests, promised blocks) if every one fits; else
+        the first full worker (nothing added)."""
+        loads = self._loads
+        for worker, (tokens, requests, _) in total.items():
+            load = loads.get(worker)
             if load is None:
                 raise NotFoundError("worker", worker, "set its capacity first")
             if not load.fits(tokens, requests):
                 return worker
-        for worker, (tokens, requests) in total.items():
-            load = self._loads[worker]
-            self.journal.touch(worker)
-            self._loads[worker] = load.model_copy(update={
-                "tokens": load.tokens + tokens, "requests": load.requests + requests})
+        for worker, (tokens, requests, blocks) in total.items():
+            self._change(worker, loads[worker], tokens, requests, blocks)
         return None
 
     async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
@@ -253,10 +268,19 @@ class MemoryLoads:
         check_amounts(tokens, requests)
         load = self._loads.get(worker)
         if load is not None:
-            self.journal.touch(worker)
-            self._loads[worker] = load.model_copy(update={
-                "tokens": max(0, load.tokens - tokens),
-                "requests": max(0, load.requests - requests)})
+            self._change(worker, load, -tokens, -requests, 0)
+
+    def _change(self, worker: str, load: WorkerLoad, tokens: int, requests: int,
+                blocks: int) -> None:
+        """Add the amounts (negative: give back, each never below zero) to ``worker``'s
+        ``load`` as one new :class:`WorkerLoad`: one object and one journal entry a
+        worker and step (a gateway request made seven ``model_copy`` copies, each slower
+        than validating the five numbers)."""
+        self.journal.touch(worker)
+        self._loads[worker] = WorkerLoad(
+            tokens=max(0, load.tokens + tokens), requests=max(0, load.requests + requests),
+            max_tokens=load.max_tokens, max_requests=load.max_requests,
+            blocks=max(0, load.blocks + blocks))
 
     async def loads(self) -> dict[str, WorkerLoad]:
         """Every worker with a capacity, by name."""
@@ -282,22 +306,13 @@ class MemoryLoads:
         if reservation_id in self._held:
             return None
         rows = tuple((i.worker, i.tokens, i.requests, i.blocks) for i in items)
-        full = await self.reserve_all([row[:3] for row in rows])
+        full = self._reserve(_totals(rows))
         if full is None:
-            for worker, _, _, blocks in rows:
-                self._promise(worker, blocks)
             expires = self._clock() + ttl_s
             self._held[reservation_id] = (owner, rows, expires)
             self._push_due(expires, reservation_id)
             self._owned.setdefault(owner, set()).add(reservation_id)
         return full
-
-    def _promise(self, worker: str, blocks: int) -> None:
-        """Add ``blocks`` (negative: give back, never below zero) to a worker's promises."""
-        load = self._loads.get(worker)
-        if blocks and load is not None:
-            self.journal.touch(worker)
-            self._loads[worker] = load.model_copy(update={"blocks": max(0, load.blocks + blocks)})
 
     def _push_due(self, expires: float, reservation_id: str) -> None:
         """Queue a deadline; drop the stale ones when they outnumber the open reservations
@@ -309,9 +324,9 @@ class MemoryLoads:
 
     async def close_reservation(self, reservation_id: str,
                                 workers: Sequence[str] | None = None, *,
-                                landed: bool = False) -> list[LoadItem]:
+                                landed: bool = False, report: bool = True) -> list[LoadItem]:
         """Give back the reservation's items on ``workers`` (None: all); ``landed``: the
-        promised blocks of the others too."""
+        promised blocks of the others too; ``report``: return them."""
         held = self._held.get(reservation_id)
         if held is None:
             return []
@@ -322,14 +337,15 @@ class MemoryLoads:
             picked += [(w, 0, 0, b) for w, _, _, b in rest if b]
             rest = tuple((w, t, r, 0) for w, t, r, _ in rest)
         for worker, tokens, requests, blocks in picked:
-            await self.release(worker, tokens, requests)
-            self._promise(worker, -blocks)
+            load = self._loads.get(worker)
+            if load is not None:
+                self._change(worker, load, -tokens, -requests, -blocks)
         if rest:
             self._held[reservation_id] = (owner, rest, expires)
         else:
             del self._held[reservation_id]
             self._owned.get(owner, set()).discard(reservation_id)
-        return list(map(_item, picked))
+        return list(map(_item, picked)) if report else []
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now."""

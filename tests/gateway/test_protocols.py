@@ -11,6 +11,7 @@ from api.gateway.decide import PairChooser, Route, pair_problem
 from api.gateway.relay import parse_body
 from engines.instance import EngineInstance
 from engines.pd import protocol_for
+from engines.pd.legs import encode, shared_prompt
 from engines.pd.sglang import ROOM_BITS, bootstrap_body, new_room
 from engines.pd.vllm import PREFILL_KV_PARAMS, decode_body, prefill_body
 from scheduler.router.router import Decision, Side, Transfer
@@ -44,6 +45,31 @@ def test_vllm_decode_leg_carries_the_parameters_verbatim() -> None:
     leg = decode_body(body, params)
     assert leg["kv_transfer_params"] is params
     assert {k: v for k, v in leg.items() if k != "kv_transfer_params"} == body
+
+
+_PARAMS = {"do_remote_prefill": True, "remote_block_ids": [[3, 9, 27]], "remote_port": 5600,
+           "remote_engine_id": "é", "x": 1.5}
+
+
+@pytest.mark.parametrize("body", [
+    {"model": "m", "prompt": list(range(1024)), "stream": True, "max_tokens": 8,
+     "stream_options": {"include_usage": True}, "temperature": 0.25},
+    {"model": "m", "prompt": "naïve \u2028 \"text\"", "max_completion_tokens": 9},
+    {"model": "m", "messages": [{"role": "user", "content": "héllo 🙂"}], "stream": False},
+    {"model": "m", "prompt": [1, 1 << 70, 3]},  # msgspec cannot write it: left as is
+    {"model": "m", "prompt": [5, 6], "seed": 1 << 70},  # the body falls back to json
+    {"model": "m", "prompt": [7], "kv_transfer_params": {"client": 1}}])
+def test_vllm_legs_with_the_prompt_encoded_once_send_the_same_bytes(
+        body: dict[str, Any]) -> None:
+    original = copy.deepcopy(body)
+    shared = shared_prompt(body)
+    assert encode(prefill_body(shared)) == encode(prefill_body(body))
+    assert encode(decode_body(shared, _PARAMS)) == encode(decode_body(body, _PARAMS))
+    assert encode(shared) == encode(body)
+    prefill = _instance("p", "prefill", engine="sglang", bootstrap_port=9000)
+    both = bootstrap_body(body, prefill, 1 << 62)  # SGLang: both legs send this body
+    assert encode(shared_prompt(both)) == encode(both)
+    assert body == original
 
 
 def test_sglang_bootstrap_fields() -> None:

@@ -463,6 +463,31 @@ def test_promised_blocks_go_back_when_the_kv_lands_the_request_ends_or_expires(
     backend.run(body, loads=True)
 
 
+def test_a_close_without_report_gives_back_the_same_and_returns_nothing(
+        backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        for worker in ("p", "d"):
+            await loads.set_capacity(worker, 1000, 8)
+        held = [LoadItem(worker="p", tokens=300, requests=1),
+                LoadItem(worker="d", tokens=0, requests=1, blocks=20)]
+        for rid in ("a", "b"):
+            assert await loads.open_reservation(rid, "gateway", held, 60.0) is None
+        assert await _usage(loads) == {"p": (600, 2), "d": (0, 2)}
+        assert await loads.close_reservation("a", ["p"], landed=True, report=False) == []
+        assert await _usage(loads) == {"p": (300, 1), "d": (0, 2)}
+        assert await _promised(loads) == {"p": 0, "d": 20}
+        assert list((await loads.get_reservation("a")).items) == [
+            LoadItem(worker="d", tokens=0, requests=1)]
+        assert await loads.close_reservation("b", report=False) == []
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 1)}
+        assert await _promised(loads) == {"p": 0, "d": 0}
+        assert await loads.close_reservation("a", report=False) == []
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 0)}
+        with pytest.raises(NotFoundError):
+            await loads.get_reservation("a")
+    backend.run(body, loads=True)
+
+
 def test_reservations_expire_at_their_end_unless_renewed(backend: Backend) -> None:
     async def body(loads: Any, clock: FakeClock) -> None:
         await loads.set_capacity("d", 1000, 8)
