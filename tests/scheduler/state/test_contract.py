@@ -432,15 +432,24 @@ async def _promised(loads: Any) -> dict[str, int]:
     return {name: load.blocks for name, load in (await loads.loads()).items()}
 
 
+async def _hold_prefill_and_decode(loads: Any, rids: tuple[str, ...],
+                                   owner: str) -> list[LoadItem]:
+    """Workers ``p`` and ``d``; one reservation per id of 300 prefill tokens on ``p``
+    and a request with 20 promised blocks on ``d``. Returns the items held by each."""
+    for worker in ("p", "d"):
+        await loads.set_capacity(worker, 1000, 8)
+    held = [LoadItem(worker="p", tokens=300, requests=1),
+            LoadItem(worker="d", tokens=0, requests=1, blocks=20)]
+    for rid in rids:
+        assert await loads.open_reservation(rid, owner, held, 60.0) is None
+    return held
+
+
 def test_promised_blocks_go_back_when_the_kv_lands_the_request_ends_or_expires(
         backend: Backend) -> None:
     async def body(loads: Any, clock: FakeClock) -> None:
-        for worker in ("p", "d"):
-            await loads.set_capacity(worker, 1000, 8)
-        held = [LoadItem(worker="p", tokens=300, requests=1),
-                LoadItem(worker="d", tokens=0, requests=1, blocks=20)]
-        for rid in ("landed", "ended", "expired"):
-            assert await loads.open_reservation(rid, "replica-a", held, 60.0) is None
+        held = await _hold_prefill_and_decode(loads, ("landed", "ended", "expired"),
+                                              "replica-a")
         assert await _promised(loads) == {"p": 0, "d": 60}
         await loads.set_capacity("d", 1000, 9)  # a new capacity keeps the promises
         assert list((await loads.get_reservation("landed")).items) == held
@@ -466,12 +475,7 @@ def test_promised_blocks_go_back_when_the_kv_lands_the_request_ends_or_expires(
 def test_a_close_without_report_gives_back_the_same_and_returns_nothing(
         backend: Backend) -> None:
     async def body(loads: Any, clock: FakeClock) -> None:
-        for worker in ("p", "d"):
-            await loads.set_capacity(worker, 1000, 8)
-        held = [LoadItem(worker="p", tokens=300, requests=1),
-                LoadItem(worker="d", tokens=0, requests=1, blocks=20)]
-        for rid in ("a", "b"):
-            assert await loads.open_reservation(rid, "gateway", held, 60.0) is None
+        await _hold_prefill_and_decode(loads, ("a", "b"), "gateway")
         assert await _usage(loads) == {"p": (600, 2), "d": (0, 2)}
         assert await loads.close_reservation("a", ["p"], landed=True, report=False) == []
         assert await _usage(loads) == {"p": (300, 1), "d": (0, 2)}
