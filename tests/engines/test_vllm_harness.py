@@ -27,6 +27,7 @@ def _probe(env: dict[str, str]) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+@pytest.mark.engine  # runs the vLLM environment's Python (.venv-vllm)
 def test_sitecustomize_turns_the_nixl_progress_thread_off(tmp_path: Path) -> None:
     plain = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     assert _probe(plain) == "True"  # NIXL's own default: a busy-polling thread
