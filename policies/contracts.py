@@ -63,6 +63,11 @@ class PairChoice:
     runners_up: tuple[PairOption, ...] = ()
     notes: tuple[str, ...] = ()
     considered: int = 0
+    #: Prefix pull: the worker whose cached prefix the prefill worker copies over the
+    #: fabric before its prefill (``None``: it computes what it lacks), and how many
+    #: leading blocks of the prompt it holds once the copy has landed.
+    pull_from: Worker | None = None
+    pull_blocks: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,36 @@ class PairCostModel(Protocol):
     def local_stall(self, ctx: CycleContext, workers: IntArray) -> FloatArray:
         """What a prefill on each worker costs the requests it decodes (zero on a
         prefill-only worker)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PullPlan:
+    """Per prefill candidate (the positions asked for), the cheapest prefix pull:
+    ``source`` the holder's position (-1: no pull pays), ``blocks`` the leading blocks
+    the candidate holds after it, ``pull_s`` the copy's time over the fabric (no link
+    sharing) and ``saving_s`` the prefill compute it saves minus ``pull_s`` (> 0
+    where ``source`` is set)."""
+
+    source: IntArray
+    blocks: IntArray
+    pull_s: FloatArray
+    saving_s: FloatArray
+
+
+@runtime_checkable
+class PrefixPullModel(Protocol):
+    """Optional part of a cost model: copying a cached prefix from the worker holding
+    it to the prefill worker over the fabric instead of recomputing it."""
+
+    def pull_plan(self, ctx: CycleContext, prefill: IntArray) -> PullPlan | None:
+        """The best pull for each prefill candidate; ``None``: pulls are off, or none
+        of the candidates lacks a prefix another worker holds."""
+        ...
+
+    def pull_saving(self, ctx: CycleContext, source: int, target: int, blocks: int) -> float:
+        """:attr:`PullPlan.saving_s` of one pull with link capacity shared with the
+        transfers in flight (never more than without them)."""
         ...
 
 

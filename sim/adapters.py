@@ -119,6 +119,10 @@ class Choice:
     local: bool
     #: Prompt blocks the decode worker lacks (what moves to it).
     lacks: int = 0
+    #: Prefix pull: the worker the prefill worker copies its prefix from, and the
+    #: leading blocks it holds once the copy has landed (``None``, 0: no pull).
+    pull_from: str | None = None
+    pull_blocks: int = 0
 
 
 #: Per-tier (latency, bandwidth) factors that make every transfer free.
@@ -188,4 +192,8 @@ class RouterAdapter:
         if not local and self.instances[0].role is Role.BOTH:
             self.split_in_aggregated += 1
         prefill = result.decode.worker if local else result.prefill.worker
-        return Choice(prefill, result.decode.worker, local, result.transfer.blocks)
+        pull = result.pull
+        if pull is None:
+            return Choice(prefill, result.decode.worker, local, result.transfer.blocks)
+        return Choice(prefill, result.decode.worker, local, result.transfer.blocks,
+                      pull.source, result.prefill.cached_blocks + pull.blocks)

@@ -21,6 +21,7 @@ class EventKind(IntEnum):
     EPOCH_END = 3
     FLOW_DONE = 4
     KV_ARRIVED = 5
+    PULL_ARRIVED = 6
 
 
 class EventQueue:

@@ -160,6 +160,15 @@ class Job:
     queued_tokens: int = 0
     #: KV blocks its route reservation promises the decode worker until they are taken.
     promised_blocks: int = 0
+    #: Prefix pull: leading blocks pinned on the prefill worker since the copy landed
+    #: (released when the prefill starts), the blocks the copy added there (counted as
+    #: pulled hits), its bytes, fabric tier and seconds.
+    pull_pinned: int = 0
+    pull_source: str = ""
+    pulled_blocks: int = 0
+    pull_bytes: int = 0
+    pull_tier: int = -1
+    pull_s: float = 0.0
 
 
 @dataclass(slots=True)
@@ -210,6 +219,10 @@ class Instance:
         #: KV blocks promised to remote prefills routed here and not taken yet, as the
         #: live router's load reservations hold them (``api.load.reservations_for``).
         self.promised_blocks = 0
+        #: Blocks held but not valid yet (being computed here, or a transfer still
+        #: writing them), with how many jobs hold them so: a pull copies valid ones only.
+        self.pending: dict[int, int] = {}
+        self.track_pending = False  # on where pulls read it (SimConfig.prefix_pull)
         self.steps = 0
         self.ctx_sum = 0
         self.busy = Busy.IDLE
@@ -254,6 +267,26 @@ class Instance:
         extra = self._output_blocks(job.request) if job.local else 0
         return self.cache.fits(job.request.block_hashes, extra)
 
+    def valid_prefix(self, hashes: Sequence[int]) -> int:
+        """Leading blocks of ``hashes`` held here and already computed or landed."""
+        n, pending = self.cache.match(hashes), self.pending
+        if pending:
+            for i in range(n):
+                if hashes[i] in pending:
+                    return i
+        return n
+
+    def _mark(self, hashes: Sequence[int], step: int) -> None:
+        if not self.track_pending:
+            return
+        pending = self.pending
+        for block in hashes:
+            count = pending.get(block, 0) + step
+            if count > 0:
+                pending[block] = count
+            else:
+                pending.pop(block, None)
+
     def _start_prefill(self, now: float) -> _Prefill:
         job = self.prefills.popleft()
         request = job.request
@@ -261,6 +294,10 @@ class Instance:
         cached = self.cache.match(request.block_hashes)
         tokens = self._reused_tokens(request)
         self.cache.acquire(request.block_hashes, extra)
+        self._mark(request.block_hashes[cached:], 1)
+        if job.pull_pinned:  # the pulled prefix, pinned since it landed, is in use now
+            self.cache.release(request.block_hashes[:job.pull_pinned])
+            job.pull_pinned = 0
         job.prefill_cached, job.prefill_cached_tokens = cached, tokens
         self.queued_tokens += request.prompt_tokens - tokens - job.queued_tokens
         job.prefill_start_s = now
@@ -303,6 +340,7 @@ class Instance:
             return False
         job.decode_cached = self.cache.match(request.block_hashes)
         self.cache.acquire(request.block_hashes, extra)
+        self._mark(request.block_hashes[job.decode_cached:], 1)
         job.decode_blocks = extra
         self.promised_blocks -= job.promised_blocks  # taken now: out of the free count
         job.promised_blocks = 0
@@ -310,6 +348,7 @@ class Instance:
 
     def add_decode(self, job: Job) -> None:
         """The KV of ``job`` is here: it joins the batch at the next step boundary."""
+        self._mark(job.request.block_hashes[job.decode_cached:], -1)
         self.waiting.append(job)
         self.kick()
 
@@ -395,6 +434,7 @@ class Instance:
         job = entry.job
         self.chunking.remove(entry)
         job.prefill_end_s = now
+        self._mark(job.request.block_hashes[job.prefill_cached:], -1)
         if not job.local:
             result.prefilled.append(job)
             return

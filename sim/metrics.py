@@ -6,9 +6,12 @@ worker — so it includes queueing, prefill, the KV transfer and decode admissio
 TPOT is a request's mean time between later tokens; ITL weighs every inter-token
 interval alike (a request of ``n`` tokens counts ``n − 1`` times, as Dynamo's mocker
 reports it). Prefix reuse is counted in blocks (``prefix_hit_ratio``, against the
-trace's ideal) and in prompt tokens not computed (``reused_token_ratio``). Goodput counts requests
-that met both SLOs per second of the trace's arrival window (the same denominator for
-every policy, so a run's drain time does not count against it). The TTFT SLO grows with the prompt
+trace's ideal) and in prompt tokens not computed (``reused_token_ratio``); with
+prefix pulls, ``pulled_hit_ratio`` is the part of the hits that a prefill worker
+copied from another worker's cache over the fabric (the rest were in its own cache).
+Goodput counts requests that met both SLOs per second of the trace's arrival window
+(the same denominator for every policy, so a run's drain time does not count against
+it). The TTFT SLO grows with the prompt
 (``ttft_base_s + ttft_per_1k_tokens_s × prompt / 1000``): a fixed TTFT target is
 meaningless for traces whose prompts range from 1 k to 120 k tokens.
 """
@@ -94,6 +97,10 @@ class Summary(BaseModel):
     bytes_no_uplink_share: float
     local_prefill_share: float
     prefix_hit_ratio: float
+    #: Of ``prefix_hit_ratio``, the blocks copied from another worker (prefix pull).
+    pulled_hit_ratio: float = 0.0
+    #: Prefix copies by fabric tier (count, bytes, copy time), nearest tier first.
+    pulls: tuple[TierTransfers, ...] = ()
     reused_token_ratio: float = 0.0
     decode_reuse_ratio: float
     ideal_hit_ratio: float
@@ -131,18 +138,21 @@ def _tpot(job: Job) -> float | None:
     return (job.done_s - job.first_token_s) / (job.request.output_tokens - 1)
 
 
-def transfers_by_tier(jobs: Sequence[Job]) -> tuple[TierTransfers, ...]:
-    """Remote transfers grouped by fabric tier, nearest tier first."""
+def transfers_by_tier(jobs: Sequence[Job], *, pulls: bool = False
+                      ) -> tuple[TierTransfers, ...]:
+    """Remote transfers (``pulls``: prefix copies) grouped by fabric tier, nearest first."""
     groups: dict[int, list[Job]] = {}
     for job in jobs:
-        if not job.local and job.transfer_tier >= 0:
-            groups.setdefault(job.transfer_tier, []).append(job)
+        tier = job.pull_tier if pulls else job.transfer_tier
+        if (pulls or not job.local) and tier >= 0:
+            groups.setdefault(tier, []).append(job)
     out = []
     for tier in sorted(groups):
         group = groups[tier]
-        latencies = [j.transfer_s for j in group]
+        latencies = [j.pull_s if pulls else j.transfer_s for j in group]
         out.append(TierTransfers(tier=Tier(tier).label, count=len(group),
-                                 bytes=sum(j.transfer_bytes for j in group),
+                                 bytes=sum(j.pull_bytes if pulls else j.transfer_bytes
+                                           for j in group),
                                  latency=percentiles(latencies),
                                  histogram=histogram(latencies)))
     return tuple(out)
@@ -196,6 +206,8 @@ def summarise(jobs: Sequence[Job], *, requests: int, drops: Drops, duration_s: f
         bytes_no_uplink_share=no_uplink / moved if moved else 1.0,
         local_prefill_share=sum(j.local for j in jobs) / max(len(jobs), 1),
         prefix_hit_ratio=sum(j.prefill_cached for j in jobs) / blocks,
+        pulled_hit_ratio=sum(j.pulled_blocks for j in jobs) / blocks,
+        pulls=transfers_by_tier(jobs, pulls=True),
         reused_token_ratio=sum(j.prefill_cached_tokens for j in jobs) / prompt_tokens,
         decode_reuse_ratio=sum(j.decode_cached for j in jobs if not j.local) / blocks,
         ideal_hit_ratio=ideal_hit_ratio, gpu_utilisation=utilisation[0],

@@ -58,10 +58,18 @@ def comparison_table(runs: Sequence[RunRecord], baseline: RunRecord | None = Non
             f"| {run.label} | {_ms(s.ttft.p50)} / {_ms(s.ttft.p90)} / {_ms(s.ttft.p99)} | "
             f"{_ms(s.tpot.p50)} / {_ms(s.tpot.p99)} | {s.e2e.p99:.1f} | "
             f"{s.goodput_rps:.2f}{ratio} | {s.slo_attainment:.1%} | "
-            f"{s.prefix_hit_ratio:.1%} ({s.ideal_hit_ratio:.1%}) | {s.bytes_moved / 1e12:.2f} TB | "
+            f"{_hits(s)} | {s.bytes_moved / 1e12:.2f} TB | "
             f"{s.bytes_no_uplink_share:.0%} | {s.prefill_utilisation:.0%} / "
             f"{s.decode_utilisation:.0%} |")
     return "\n".join(rows)
+
+
+def _hits(s: Summary) -> str:
+    """Prefix hits (ideal), and the pulled part when prefixes were pulled."""
+    text = f"{s.prefix_hit_ratio:.1%} ({s.ideal_hit_ratio:.1%})"
+    if s.pulls:
+        text += f", {s.pulled_hit_ratio:.1%} pulled ({sum(t.bytes for t in s.pulls) / 1e12:.2f} TB)"
+    return text
 
 
 def tier_table(run: RunRecord) -> str:

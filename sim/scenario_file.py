@@ -88,6 +88,9 @@ class RouterSection(BaseModel):
     #: this many seconds (until its engine reports them), as Dynamo's approximate KV
     #: router, llm-d's approximate prefix scorer and SGLang's cache-aware router do.
     prefill_ttl_s: float | None = Field(default=None, gt=0)
+    #: Prefix pull: a prefill worker may copy a cached prefix from the worker holding it
+    #: over the fabric instead of recomputing it, where the router prices that cheaper.
+    prefix_pull: bool = False
 
 
 class Scenario(BaseModel):
@@ -119,9 +122,10 @@ class Scenario(BaseModel):
 
     def config(self, policy: str, *, placement: PlacementMethod | None = None,
                aggregated: bool | None = None, blind_fabric: bool = False,
-               blind_prefix: bool = False) -> SimConfig:
+               blind_prefix: bool = False, prefix_pull: bool | None = None) -> SimConfig:
         """One run of this scenario: ``policy`` with its placement and flags
-        (``blind_fabric``, ``blind_prefix``); unset values come from the document."""
+        (``blind_fabric``, ``blind_prefix``, ``prefix_pull``); unset values come from the
+        document."""
         inst = self.instances
         return SimConfig(policy=policy, placement=placement or self.placement, model=self.model,
                          tp=inst.tp, prefill=inst.prefill, decode=inst.decode,
@@ -129,7 +133,9 @@ class Scenario(BaseModel):
                          infinite_fabric=self.transfers == "infinite", seed=self.seed,
                          slo=self.slo, engine=self.engine, blind_fabric=blind_fabric,
                          blind_prefix=blind_prefix,
-                         prefill_ttl_s=self.router.prefill_ttl_s)
+                         prefill_ttl_s=self.router.prefill_ttl_s,
+                         prefix_pull=(self.router.prefix_pull if prefix_pull is None
+                                      else prefix_pull))
 
     def fabric(self, base: Path | None = None) -> FabricSpec:
         """Build the cluster's fabric (``fabric_file`` relative to ``base``)."""

@@ -21,6 +21,7 @@ from scheduler.models_config import ModelShape, load_models
 from scheduler.prefix import PrefixIndex
 from scheduler.router.cost import CostParams
 from sim.adapters import (
+    Choice,
     PlacementMethod,
     PlacementOutcome,
     RouterAdapter,
@@ -65,6 +66,9 @@ class SimConfig:
     #: Seconds the router counts a routed prompt's blocks as held by the worker that
     #: will compute them (until its engine reports them); ``None``: from KV events only.
     prefill_ttl_s: float | None = None
+    #: Prefix pull (``CostParams.prefix_pull``): the router may have a prefill worker
+    #: copy a cached prefix from the worker holding it instead of recomputing it.
+    prefix_pull: bool = False
     retry_s: float = 0.05
     solver_time_limit_s: float = 10.0
 
@@ -74,7 +78,8 @@ class SimConfig:
         flags = [name for name, on in (("aggregated", self.aggregated),
                                        ("infinite-fabric", self.infinite_fabric),
                                        ("fabric-blind", self.blind_fabric),
-                                       ("prefix-blind", self.blind_prefix)) if on]
+                                       ("prefix-blind", self.blind_prefix),
+                                       ("prefix-pull", self.prefix_pull)) if on]
         return "+".join([f"{self.policy}/{self.placement}", *flags])
 
 
@@ -112,6 +117,10 @@ class Simulation:
         # A prefix-blind router reads an index no engine reports to: it never sees a hit.
         routed_index = PrefixIndex(max_entries=None) if config.blind_prefix else self.index
         self.cost = config.cost or self._cost_params()
+        if config.prefix_pull:
+            self.cost = self.cost.model_copy(update={"prefix_pull": True})
+            for inst in self.instances.values():
+                inst.track_pending = True
         self.router = RouterAdapter(
             self.distance, load_policy(config.policy), list(self.instances.values()),
             routed_index, pairings=self.placement.pairings, block_tokens=trace.block_tokens,
@@ -120,6 +129,8 @@ class Simulation:
             blind_fabric=config.infinite_fabric or config.blind_fabric,
             cost=self.cost, prefill_ttl_s=config.prefill_ttl_s)
         self.finished: list[Job] = []
+        #: Prefix pulls: blocks the router planned to copy, and those valid to copy.
+        self.pull_stats = [0, 0]
         self.too_big = self.gave_up = 0
         self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
 
@@ -179,7 +190,8 @@ class Simulation:
     def _handlers(self) -> dict[EventKind, Callable[[Any], None]]:
         return {EventKind.ARRIVAL: self._arrival, EventKind.RETRY: self._route,
                 EventKind.STEP_END: self._step_end, EventKind.EPOCH_END: self._epoch_end,
-                EventKind.FLOW_DONE: self._flow_done, EventKind.KV_ARRIVED: self._kv_arrived}
+                EventKind.FLOW_DONE: self._flow_done, EventKind.KV_ARRIVED: self._kv_arrived,
+                EventKind.PULL_ARRIVED: self._pull_arrived}
 
     def _arrival(self, request: SimRequest) -> None:
         job = Job(request)
@@ -208,7 +220,44 @@ class Simulation:
             job.promised_blocks = self.cost.promised_blocks(choice.lacks,
                                                             self.trace.block_tokens)
             decode.promised_blocks += job.promised_blocks
-            self.instances[job.prefill].enqueue_prefill(job)
+            if choice.pull_from is None or not self._start_pull(job, choice):
+                self.instances[job.prefill].enqueue_prefill(job)
+
+    # -- prefix pull --------------------------------------------------------------------
+    def _start_pull(self, job: Job, choice: Choice) -> bool:
+        """Copy the prefix ``choice`` names from its holder to the prefill worker over the
+        fabric (the holder keeps its blocks, pinned while they are read); the prefill is
+        queued once the copy lands. Only blocks the holder has computed (or received)
+        are copied; False when none is left to copy (the prefill is queued now)."""
+        assert choice.pull_from is not None
+        holder, target = self.instances[choice.pull_from], self.instances[job.prefill]
+        hashes = job.request.block_hashes[:choice.pull_blocks]
+        start, end = target.cache.match(hashes), holder.valid_prefix(hashes)
+        self.pull_stats[0] += len(hashes) - start
+        self.pull_stats[1] += max(end - start, 0)
+        if end <= start:
+            return False
+        holder.cache.acquire(hashes[:end])
+        route = self.network.routes.route(holder.gpus, target.gpus)
+        job.pull_bytes = (end - start) * self.trace.block_tokens * self.kv_bytes_per_token
+        job.pull_tier, job.pull_s, job.pull_pinned = route.tier, self.queue.now(), end
+        job.pull_source = holder.id
+        self.network.start(route, job.pull_bytes, _Pull(job, holder))
+        return True
+
+    def _pull_arrived(self, pull: _Pull) -> None:
+        """The copy landed: the prefill worker holds the prefix (pinned until the prefill
+        starts, if it fits) and the request joins its prefill queue."""
+        job = pull.job
+        target = self.instances[job.prefill]
+        hashes = job.request.block_hashes[:job.pull_pinned]
+        job.pull_s = self.queue.now() - job.pull_s
+        if target.cache.fits(hashes):
+            job.pulled_blocks = len(hashes) - target.cache.match(hashes)
+            target.cache.acquire(hashes)
+        else:
+            job.pull_pinned = 0
+        target.enqueue_prefill(job)
 
     def _step_end(self, payload: tuple[Instance, int]) -> None:
         inst, token = payload
@@ -245,6 +294,13 @@ class Simulation:
         flow, version = payload
         if not self.network.finish(flow, version):
             return
+        if isinstance(flow.payload, _Pull):
+            pull: _Pull = flow.payload
+            pull.holder.cache.release(pull.job.request.block_hashes[:pull.job.pull_pinned])
+            pull.holder.kick()
+            self.queue.schedule(self.queue.now() + self.network.arrival_delay(flow),
+                                EventKind.PULL_ARRIVED, pull)
+            return
         job: Job = flow.payload
         self.instances[job.prefill].release_prefill_side(job)
         self.queue.schedule(self.queue.now() + self.network.arrival_delay(flow),
@@ -277,6 +333,14 @@ class Simulation:
                          split_in_aggregated=self.router.split_in_aggregated,
                          predicted_blocks=self.router.router.index.stats().predictions_made,
                          wall_s=wall_s)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pull:
+    """A prefix copy in flight: the request it is for and the instance it reads."""
+
+    job: Job
+    holder: Instance
 
 
 def simulate(fabric: FabricSpec, trace: Trace, config: SimConfig, *,

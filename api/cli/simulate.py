@@ -9,7 +9,9 @@ Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+FLAG...]``: a packaged pol
 (or a policy file), optionally with its own placement method (else ``--placement``),
 and flags: ``+aggregated`` (every instance prefills and decodes its own requests),
 ``+fabric-blind`` (the router prices transfers as free: topology-unaware routing),
-``+prefix-blind`` (the router never sees cached prefixes).
+``+prefix-blind`` (the router never sees cached prefixes), ``+prefix-pull`` (a prefill
+worker may copy a cached prefix from the worker holding it over the fabric instead of
+recomputing it, where the router prices that cheaper).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from topology.distance import DistanceModel
 from topology.errors import InputError
 from topology.spec import FabricSpec, load_fabric
 
-FLAGS = ("aggregated", "fabric-blind", "prefix-blind")
+FLAGS = ("aggregated", "fabric-blind", "prefix-blind", "prefix-pull")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--workload", default=None, help="workload spec")
     parser.add_argument("--policies", default=None,
                         help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]"
-                             "[+fabric-blind][+prefix-blind] (default fabric-cost)")
+                             "[+fabric-blind][+prefix-blind][+prefix-pull] (default fabric-cost)")
     parser.add_argument("--placement", default=None, choices=get_args(PlacementMethod))
     parser.add_argument("--prefill", type=int, default=None, help="prefill instances")
     parser.add_argument("--decode", type=int, default=None, help="decode instances")
@@ -148,7 +150,8 @@ def handle_simulate(args: argparse.Namespace) -> int:
             config = doc.config(spec.policy, placement=spec.placement,
                                 aggregated=("aggregated" in spec.flags) or None,
                                 blind_fabric="fabric-blind" in spec.flags,
-                                blind_prefix="prefix-blind" in spec.flags)
+                                blind_prefix="prefix-blind" in spec.flags,
+                                prefix_pull=("prefix-pull" in spec.flags) or None)
             summary = simulate(fabric, trace, config, distance=distance,
                                progress=bar.task(config.label))
             records.append(RunRecord(label=config.label, cluster=name, workload=spec_text,

@@ -25,6 +25,13 @@ with one of them, the ``top_k_decode`` best by cache hit and by load within thei
 racks and in the whole cluster, and placement / session partners. Sides with fewer
 than ``exhaustive_below`` candidates are not pruned.
 
+*Prefix pull*: where the cost model offers it (:class:`~policies.contracts.PrefixPullModel`,
+the router's ``CostParams.prefix_pull``), a prefill candidate lacking a prefix that
+another worker holds may copy it over the fabric before its prefill; its pairs cost
+the pull's saving less (compute saved minus the copy's time, only where positive),
+and a choice that uses it names the holder (``PairChoice.pull_from``). A worker
+prefilling for itself (local, aggregated) does not pull.
+
 Link sharing with transfers in flight only makes a pair dearer, so pairs are
 re-costed with it in order of their plain cost until the next plain cost is above
 the best re-costed one: among the priced options the result is exact.
@@ -39,7 +46,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from policies.builtins.common import empty_reason, fits_kv, stage_positions
-from policies.contracts import PairChoice, PairOption, ProfileRunner, Refusal
+from policies.contracts import (
+    PairChoice,
+    PairOption,
+    PrefixPullModel,
+    ProfileRunner,
+    PullPlan,
+    Refusal,
+)
 from policies.registry import PluginKind, PluginType, Registry
 from policies.snapshot import (
     BoolArray,
@@ -85,6 +99,14 @@ class _Options:
     extra: FloatArray
     prefill_extra: FloatArray
     cost: FloatArray
+    #: The prefix pull of each ``prefill`` row (``None``: no pulls priced).
+    pull: PullPlan | None = None
+
+    def row_at(self, i: int) -> int | None:
+        """The ``prefill`` row of pair option ``i`` (``None``: a local option)."""
+        if i < len(self.local):
+            return None
+        return (i - len(self.local)) // len(self.decode)
 
     def at(self, i: int) -> tuple[int, int, bool]:
         """Prefill position, decode position and local flag of option ``i``."""
@@ -200,16 +222,21 @@ class FabricCostHandler:
         stall = ctx.cost.local_stall(ctx, p_pos)
         local, local_factor, local_extra, local_cost = self._local_options(
             ctx, p_pos, d_pos, extra)
-        factor, cost = self._pair_options(ctx, p_pos, d_pos, extra, stall)
+        plan = (ctx.cost.pull_plan(ctx, p_pos) if isinstance(ctx.cost, PrefixPullModel)
+                and len(p_pos) else None)
+        factor, cost = self._pair_options(ctx, p_pos, d_pos, extra, stall, plan)
         return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
-                        np.concatenate((local_cost, cost)))
+                        np.concatenate((local_cost, cost)), plan)
 
     def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
-                      extra: FloatArray, stall: FloatArray) -> tuple[FloatArray, FloatArray]:
+                      extra: FloatArray, stall: FloatArray,
+                      plan: PullPlan | None = None) -> tuple[FloatArray, FloatArray]:
         """The bonus factor (rows: prefill, columns: decode) and flat cost of each pair."""
         if len(p_pos) == 0:
             return np.empty((0, len(d_pos))), np.empty(0)
         ttft = ctx.cost.pair_costs(ctx, p_pos, d_pos).total_s
+        if plan is not None:  # a pull's saving, not where the pair is one worker (local)
+            ttft = ttft - np.where(p_pos[:, None] == d_pos, 0.0, plan.saving_s[:, None])
         factor = np.ones_like(ttft)
         self._apply_pairings(ctx, p_pos, d_pos, factor)
         self._apply_session(ctx, p_pos, d_pos, factor)
@@ -271,8 +298,25 @@ class FabricCostHandler:
             f"decode candidates", f"{recosted} re-costed with in-flight link load")
         if local:
             notes += (self._local_reason(ctx, pick[1], n_prefill),)
+        source, blocks = self._pull_of(ctx, options, best_i)
+        if source is not None:
+            notes += (f"{pick[0].id} copies {blocks - ctx.cached_of(pick[0])} cached prefix "
+                      f"blocks from {source.id} instead of computing them",)
         return PairChoice(pick[0], pick[1], 1.0, local=local,
-                          runners_up=runners, notes=notes, considered=int(options.cost.size))
+                          runners_up=runners, notes=notes, considered=int(options.cost.size),
+                          pull_from=source, pull_blocks=blocks)
+
+    def _pull_of(self, ctx: CycleContext, options: _Options, i: int) -> tuple[Worker | None, int]:
+        """The holder option ``i`` pulls from and the blocks it holds after (None, 0:
+        no pull), checked against link sharing as its cost was."""
+        row, plan = options.row_at(i), options.pull
+        if plan is None or row is None or options.at(i)[2] or plan.source[row] < 0:
+            return None, 0
+        source, blocks = int(plan.source[row]), int(plan.blocks[row])
+        if (ctx.snapshot.link_load and isinstance(ctx.cost, PrefixPullModel)
+                and ctx.cost.pull_saving(ctx, source, int(options.prefill[row]), blocks) <= 0):
+            return None, 0
+        return ctx.snapshot.workers[source], blocks
 
     def _local_reason(self, ctx: CycleContext, decode: Worker, n_prefill: int) -> str:
         cached = ctx.cached_of(decode)
@@ -297,12 +341,21 @@ class FabricCostHandler:
             if loaded:
                 p, d, local = options.at(i)
                 if not local:
-                    cost = (ctx.cost.contended_total(ctx, p, d) * options.factor_at(i)
-                            + options.extra_at(i))
+                    ttft = ctx.cost.contended_total(ctx, p, d) - self._saving(ctx, options, i)
+                    cost = ttft * options.factor_at(i) + options.extra_at(i)
                     recosted += 1
             refined[i] = cost
             best = min(best, cost)
         return refined, recosted
+
+    def _saving(self, ctx: CycleContext, options: _Options, i: int) -> float:
+        """The pull saving of pair option ``i`` with link sharing (0: no pull)."""
+        row, plan = options.row_at(i), options.pull
+        if plan is None or row is None or plan.source[row] < 0:
+            return 0.0
+        assert isinstance(ctx.cost, PrefixPullModel)  # it made the plan
+        return max(ctx.cost.pull_saving(ctx, int(plan.source[row]), int(options.prefill[row]),
+                                        int(plan.blocks[row])), 0.0)
 
     def _option(self, ctx: CycleContext, options: _Options, i: int, best: float,
                 cost: float | None) -> PairOption:

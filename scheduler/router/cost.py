@@ -33,8 +33,9 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.contracts import PairCosts
+from policies.contracts import PairCosts, PullPlan
 from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Snapshot, Worker
+from scheduler.router import pull
 from scheduler.router.snapshot import GpuIndex
 from topology.distance import DistanceModel
 from topology.tiers import Tier
@@ -97,6 +98,11 @@ class CostParams(BaseModel):
     kv_pressure_s: float = Field(default=2.0, ge=0.0)
     stall_weight: float = Field(default=3.0, ge=0.0)
     tail_weight: float = Field(default=3.0, ge=0.0)
+    #: Prefix pull (:mod:`scheduler.router.pull`): a prefill worker may copy the cached
+    #: prefix another worker holds over the fabric instead of recomputing it, where
+    #: that is cheaper; ``pull_holders``: how many of the longest holders to price.
+    prefix_pull: bool = False
+    pull_holders: int = Field(default=4, ge=1)
 
     def promised_blocks(self, prompt_blocks: int, block_tokens: int) -> int:
         """KV blocks a request will take on its decode worker when its KV lands there:
@@ -115,6 +121,8 @@ class TtftTerms(BaseModel):
     admission_s: float
     total_s: float
     transfer_bytes: int
+    #: Copying a cached prefix to the prefill worker first (``Decision.pull``); 0: none.
+    pull_s: float = 0.0
     tier: str
     bottleneck_gb_per_s: float | None
     links: tuple[str, ...]
@@ -676,6 +684,21 @@ class FabricCostModel:
         nbytes = 0 if local or prefill == decode else int(terms.nbytes[decode])
         return (float(terms.queue[p]), float(terms.compute[p]), float(terms.admission[decode]),
                 nbytes)
+
+    # -- prefix pull (scheduler.router.pull) ---------------------------------------------
+    def pull_plan(self, ctx: CycleContext, prefill: IntArray) -> PullPlan | None:
+        """The cheapest prefix pull of each prefill candidate (``None``: off, or none)."""
+        return pull.pull_plan(self, ctx, prefill)
+
+    def pull_saving(self, ctx: CycleContext, source: int, target: int, blocks: int) -> float:
+        """Compute saved minus the pull's time, links shared with transfers in flight."""
+        return pull.pull_saving(self, ctx, source, target, blocks)
+
+    def link_transfer(self, ctx: CycleContext, p: int, d: int,
+                      nbytes: int) -> tuple[float, float | None, tuple[str, ...]]:
+        """Seconds to move ``nbytes`` from position ``p`` to ``d`` with link capacity
+        shared with the transfers in flight, the bottleneck lane GB/s and the links."""
+        return self._transfer(ctx, p, d, nbytes)
 
     def _transfer(self, ctx: CycleContext, p: int, d: int,
                   nbytes: int) -> tuple[float, float | None, tuple[str, ...]]:

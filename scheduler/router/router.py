@@ -31,6 +31,7 @@ from policies.profile import Policy
 from policies.snapshot import CycleContext, IntArray, RequestView, Snapshot, Worker
 from scheduler.prefix import PrefixIndex, block_hashes
 from scheduler.router.cost import CostParams, FabricCostModel, FabricRows, PairTable, TtftTerms
+from scheduler.router.pull import pull_bytes, pull_seconds
 from topology.distance import DistanceModel
 from topology.documents import validate
 from topology.errors import Issue, ValidationError
@@ -98,6 +99,23 @@ class Transfer(BaseModel):
     bottleneck_gb_per_s: float | None
 
 
+class PrefixPull(BaseModel):
+    """A cached prefix the prefill worker copies from another worker before its prefill
+    (``CostParams.prefix_pull``): the blocks it lacks of the holder's prefix."""
+
+    model_config = ConfigDict(frozen=True)
+    source: str
+    source_gpus: tuple[str, ...]
+    target: str
+    block_hashes: tuple[int, ...]
+    blocks: int
+    bytes: int
+    seconds: float
+    compute_saved_s: float
+    links: tuple[str, ...]
+    bottleneck_gb_per_s: float | None
+
+
 class Decision(BaseModel):
     """A placed request, explained."""
 
@@ -109,6 +127,8 @@ class Decision(BaseModel):
     prefill: Side
     decode: Side
     transfer: Transfer
+    #: The prefix the prefill worker copies before its prefill (``None``: none).
+    pull: PrefixPull | None = None
     estimate: TtftTerms
     score: float
     runners_up: tuple[Alternative, ...]
@@ -338,13 +358,21 @@ class Router:
         transfer = Transfer(block_hashes=delta, blocks=len(delta), bytes=terms.transfer_bytes,
                             tier=terms.tier, links=terms.links,
                             bottleneck_gb_per_s=terms.bottleneck_gb_per_s)
+        pull = _pull(ctx, choice, p, cost) if not local else None
+        if pull is not None:  # the estimate's compute is what is left after the copy
+            compute = terms.prefill_compute_s - pull.compute_saved_s
+            terms = terms.model_copy(update={
+                "prefill_compute_s": compute, "pull_s": pull.seconds,
+                "total_s": terms.queue_s + pull.seconds + compute + terms.transfer_s
+                + terms.admission_s})
         runners = tuple(Alternative(prefill=o.prefill, decode=o.decode, local_prefill=o.local,
                                     score=o.score, ttft_s=o.ttft_s) for o in choice.runners_up)
         return Decision(
             request_id=ctx.request.id, policy=self.policy.name,
             mode="local-prefill" if local else "disaggregated",
             prefill=_side(choice.decode if local else choice.prefill, ctx.cached, snap),
-            decode=_side(choice.decode, ctx.cached, snap), transfer=transfer, estimate=terms,
+            decode=_side(choice.decode, ctx.cached, snap), transfer=transfer, pull=pull,
+            estimate=terms,
             score=choice.score, runners_up=runners, considered=choice.considered,
             notes=choice.notes, decision_us=(time.perf_counter() - started) * 1e6)
 
@@ -357,6 +385,24 @@ def _same_workers(old: Snapshot, new: Snapshot) -> bool:
     (it refuses changes other than loads) and any other construction builds anew.
     """
     return old.workers is new.workers or old.position is new.position
+
+
+def _pull(ctx: CycleContext, choice: PairChoice, target: int,
+          cost: FabricCostModel) -> PrefixPull | None:
+    """The decision's :class:`PrefixPull` (``None``: the choice pulls nothing)."""
+    if choice.pull_from is None:
+        return None
+    source = ctx.snapshot.position[choice.pull_from.id]
+    have = int(ctx.cached[target])
+    hashes = ctx.request.block_hashes[have:choice.pull_blocks]
+    if not hashes:
+        return None
+    seconds, bottleneck, links = pull_seconds(cost, ctx, source, target, choice.pull_blocks)
+    saved = seconds + cost.pull_saving(ctx, source, target, choice.pull_blocks)
+    return PrefixPull(source=choice.pull_from.id, source_gpus=choice.pull_from.gpus,
+                      target=choice.prefill.id, block_hashes=hashes, blocks=len(hashes),
+                      bytes=pull_bytes(ctx, target, choice.pull_blocks), seconds=seconds,
+                      compute_saved_s=saved, links=links, bottleneck_gb_per_s=bottleneck)
 
 
 def _side(worker: Worker, cached: IntArray, snapshot: Snapshot) -> Side:

@@ -60,6 +60,7 @@ def test_a_scenario_sets_the_fabric_engine_and_arrivals(tmp_path: Path) -> None:
     (GOOD.replace("rails: false", "rails: false, racks: 3"), "cluster"),
     (GOOD.replace("prefill: 2,", "prefill: -1,"), "instances.prefill"),
     (GOOD + "router: {prefill_ttl_s: 0}\n", "router.prefill_ttl_s"),
+    (GOOD + "router: {prefix_pull: maybe}\n", "router.prefix_pull"),
 ])
 def test_bad_scenarios_name_the_field(tmp_path: Path, text: str, path: str) -> None:
     file = tmp_path / "bad.yaml"
@@ -125,3 +126,12 @@ def test_the_mocker_scenario_replays_a_trace_as_dynamos_mocker_does(tmp_path: Pa
     assert ours.ttft.p50 * 1e3 == pytest.approx(theirs["median_ttft_ms"], rel=0.1)
     assert ours.ttft.p99 * 1e3 == pytest.approx(theirs["p99_ttft_ms"], rel=0.1)
     assert ours.reused_token_ratio == pytest.approx(theirs["prefix_cache_reused_ratio"], abs=0.01)
+
+
+def test_a_scenario_turns_prefix_pulls_on(tmp_path: Path) -> None:
+    file = tmp_path / "pull.yaml"
+    file.write_text(GOOD + "router: {prefix_pull: true}\n")
+    doc = load_scenario(str(file))
+    assert doc.config("fabric-cost").prefix_pull
+    assert not doc.config("fabric-cost", prefix_pull=False).prefix_pull
+    assert not load_scenario("tcp-zones").config("fabric-cost").prefix_pull  # default off

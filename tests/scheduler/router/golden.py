@@ -111,6 +111,12 @@ def _request(rng: random.Random, chains: list[list[int]], i: int) -> dict[str, A
 
 def _record(result: RouteResult) -> dict[str, Any]:
     data = result.model_dump(mode="json", exclude={"decision_us"})
+    # prefix pulls (off in these policies) came later: their empty fields are left out,
+    # so the recorded fingerprints stay those of the decisions before them
+    if data.get("pull", 0) is None:
+        del data["pull"]
+    if data.get("estimate", {}).get("pull_s") == 0.0:
+        del data["estimate"]["pull_s"]
     return json.loads(json.dumps(data), parse_float=lambda text: text)  # floats as written
 
 

@@ -1,0 +1,65 @@
+"""Prefix pull in the simulator: a prefill worker copies a cached prefix from the worker
+holding it over the fabric, and the run counts those hits apart from local ones."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from api.cli.main import run as cli
+from sim.metrics import Summary
+from sim.scenarios import cluster, workload
+from sim.simulator import SimConfig, Simulation
+from sim.timing import EngineSpec
+
+SPEC = "mooncake-conversation:scale=8,limit=200"
+
+
+def _runs(capsys: pytest.CaptureFixture[str], policies: str) -> list[dict[str, Any]]:
+    code = cli(["simulate", "--cluster", "three-level", "--workload", SPEC, "--policies",
+                policies, "--json", "--no-plots"])
+    assert code == 0
+    runs: list[dict[str, Any]] = json.loads(capsys.readouterr().out)["runs"]
+    return runs
+
+
+def test_the_cli_flag_pulls_prefixes_and_counts_them_apart(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    off, on = (r["summary"] for r in _runs(capsys, "fabric-cost,fabric-cost+prefix-pull"))
+    assert off["pulled_hit_ratio"] == 0.0 and off["pulls"] == []
+    assert on["pulled_hit_ratio"] > 0.005
+    assert on["prefix_hit_ratio"] > off["prefix_hit_ratio"]
+    assert sum(t["bytes"] for t in on["pulls"]) > 0
+    assert on["completed"] == off["completed"] == on["requests"]
+
+
+def _pulled_run() -> tuple[Simulation, Summary]:
+    scenario = cluster("three-level")
+    fabric = scenario.fabric()
+    config = SimConfig(tp=scenario.tp, prefill=scenario.prefill, decode=scenario.decode,
+                       engine=EngineSpec(kv_blocks=10_000_000), prefix_pull=True)
+    sim = Simulation(fabric, workload(SPEC, 0), config)
+    return sim, sim.run()
+
+
+def test_a_pull_copies_the_prefix_before_the_prefill_and_the_holder_keeps_it() -> None:
+    sim, summary = _pulled_run()
+    pulled = [j for j in sim.finished if j.pulled_blocks > 0]
+    assert pulled
+    block_bytes = sim.trace.block_tokens * sim.kv_bytes_per_token
+    for job in pulled:
+        hashes = job.request.block_hashes
+        assert job.pull_source and job.pull_source != job.prefill
+        # the copy's time (bytes over the fabric) passed before the prefill started
+        assert job.pull_s > 0 and job.prefill_start_s >= job.routed_s + job.pull_s - 1e-9
+        assert job.pull_bytes >= job.pulled_blocks * block_bytes
+        # a copy, not a move: the holder still has the blocks (caches never evict here)
+        assert sim.instances[job.pull_source].cache.match(hashes) >= job.pulled_blocks
+        assert job.prefill_cached >= job.pulled_blocks
+    blocks = sum(len(j.request.block_hashes) for j in sim.finished)
+    assert summary.pulled_hit_ratio == pytest.approx(
+        sum(j.pulled_blocks for j in pulled) / blocks)
+    assert summary.pulled_hit_ratio <= summary.prefix_hit_ratio
+    assert sim.network.link_load == {}  # every copy finished and left the links
