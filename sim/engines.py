@@ -30,7 +30,7 @@ from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 from policies.snapshot import Role
 from scheduler.prefix import BlockRemoved, BlockStored, PrefixIndex
@@ -223,6 +223,8 @@ class Instance:
         #: writing them), with how many jobs hold them so: a pull copies valid ones only.
         self.pending: dict[int, int] = {}
         self.track_pending = False  # on where pulls read it (SimConfig.prefix_pull)
+        #: Prefix copies from here waiting for blocks of :attr:`pending` (simulator's).
+        self.pull_waiting: list[Any] = []
         self.steps = 0
         self.ctx_sum = 0
         self.busy = Busy.IDLE

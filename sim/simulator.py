@@ -131,6 +131,9 @@ class Simulation:
         self.finished: list[Job] = []
         #: Prefix pulls: blocks the router planned to copy, and those valid to copy.
         self.pull_stats = [0, 0]
+        #: Whether a pull waits for blocks its holder is still computing or receiving
+        #: (else it copies the valid ones and the prefill computes the rest).
+        self.pull_waits = True
         self.too_big = self.gave_up = 0
         self._largest_cache = max((i.cache.capacity for i in self.instances.values()), default=0)
 
@@ -227,23 +230,50 @@ class Simulation:
     def _start_pull(self, job: Job, choice: Choice) -> bool:
         """Copy the prefix ``choice`` names from its holder to the prefill worker over the
         fabric (the holder keeps its blocks, pinned while they are read); the prefill is
-        queued once the copy lands. Only blocks the holder has computed (or received)
-        are copied; False when none is left to copy (the prefill is queued now)."""
+        queued once the copy lands. Blocks the holder is still computing (or receiving)
+        are waited for (``pull_waits``; else only the valid ones are copied). False when
+        nothing is left to copy (the prefill is queued now)."""
         assert choice.pull_from is not None
         holder, target = self.instances[choice.pull_from], self.instances[job.prefill]
         hashes = job.request.block_hashes[:choice.pull_blocks]
-        start, end = target.cache.match(hashes), holder.valid_prefix(hashes)
+        start = target.cache.match(hashes)
+        end = holder.cache.match(hashes) if self.pull_waits else holder.valid_prefix(hashes)
         self.pull_stats[0] += len(hashes) - start
-        self.pull_stats[1] += max(end - start, 0)
+        self.pull_stats[1] += max(holder.valid_prefix(hashes) - start, 0)
         if end <= start:
             return False
         holder.cache.acquire(hashes[:end])
-        route = self.network.routes.route(holder.gpus, target.gpus)
-        job.pull_bytes = (end - start) * self.trace.block_tokens * self.kv_bytes_per_token
-        job.pull_tier, job.pull_s, job.pull_pinned = route.tier, self.queue.now(), end
-        job.pull_source = holder.id
-        self.network.start(route, job.pull_bytes, _Pull(job, holder))
+        job.pull_s, job.pull_pinned, job.pull_source = self.queue.now(), end, holder.id
+        # the prefill's work counts in the target's queue from now, as the live router's
+        # load reservation counts it from routing: else more requests pile on meanwhile
+        job.queued_tokens = max(job.request.prompt_tokens - end * self.trace.block_tokens, 1)
+        target.queued_tokens += job.queued_tokens
+        pull = _Pull(job, holder)
+        if holder.valid_prefix(hashes[:end]) < end:
+            holder.pull_waiting.append(pull)
+        else:
+            self._send_pull(pull)
         return True
+
+    def _send_pull(self, pull: _Pull) -> None:
+        job, holder = pull.job, pull.holder
+        target = self.instances[job.prefill]
+        hashes = job.request.block_hashes[:job.pull_pinned]
+        route = self.network.routes.route(holder.gpus, target.gpus)
+        blocks = len(hashes) - target.cache.match(hashes)
+        job.pull_bytes = blocks * self.trace.block_tokens * self.kv_bytes_per_token
+        job.pull_tier = route.tier
+        self.network.start(route, job.pull_bytes, pull)
+
+    def _pulls_ready(self, inst: Instance) -> None:
+        """Send the pulls waiting on ``inst`` whose blocks are all valid now."""
+        waiting, inst.pull_waiting = inst.pull_waiting, []
+        for pull in waiting:
+            hashes = pull.job.request.block_hashes[:pull.job.pull_pinned]
+            if inst.valid_prefix(hashes) < len(hashes):
+                inst.pull_waiting.append(pull)
+            else:
+                self._send_pull(pull)
 
     def _pull_arrived(self, pull: _Pull) -> None:
         """The copy landed: the prefill worker holds the prefix (pinned until the prefill
@@ -252,6 +282,7 @@ class Simulation:
         target = self.instances[job.prefill]
         hashes = job.request.block_hashes[:job.pull_pinned]
         job.pull_s = self.queue.now() - job.pull_s
+        target.queued_tokens -= job.queued_tokens  # enqueue_prefill counts it anew
         if target.cache.fits(hashes):
             job.pulled_blocks = len(hashes) - target.cache.match(hashes)
             target.cache.acquire(hashes)
@@ -270,6 +301,8 @@ class Simulation:
     def _settle(self, inst: Instance, result: StepResult) -> None:
         """Record finished requests, free room for transfers waiting on ``inst``, and
         send the KV of prefills finished on ``inst`` to their decode workers."""
+        if inst.pull_waiting:
+            self._pulls_ready(inst)
         if result.done:
             self.finished.extend(result.done)
             while inst.alloc_wait and inst.try_reserve(inst.alloc_wait[0]):
@@ -309,7 +342,10 @@ class Simulation:
     def _kv_arrived(self, job: Job) -> None:
         now = self.queue.now()
         job.kv_ready_s, job.transfer_s = now, now - job.transfer_s
-        self.instances[job.decode].add_decode(job)
+        decode = self.instances[job.decode]
+        decode.add_decode(job)
+        if decode.pull_waiting:
+            self._pulls_ready(decode)
 
     # -- results ----------------------------------------------------------------------
     def _summary(self, wall_s: float, first_s: float) -> Summary:

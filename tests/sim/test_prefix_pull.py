@@ -63,3 +63,5 @@ def test_a_pull_copies_the_prefix_before_the_prefill_and_the_holder_keeps_it() -
         sum(j.pulled_blocks for j in pulled) / blocks)
     assert summary.pulled_hit_ratio <= summary.prefix_hit_ratio
     assert sim.network.link_load == {}  # every copy finished and left the links
+    for inst in sim.instances.values():  # nothing still computing, waiting or pinned
+        assert inst.pending == {} and inst.pull_waiting == [] and inst.cache.pinned == 0
