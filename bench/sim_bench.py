@@ -18,10 +18,12 @@ Writes ``simulation.json`` / ``simulation.md`` under ``--out`` and PNGs under
    the lenient SLO and a strict one (0.5 s + 2× the unloaded prefill time).
 4. The frontier: goodput ratios aware / unaware and default / single-domain against
    the zone uplink's oversubscription and the model's KV bytes per prefill-second.
-5. Sanity: an infinitely fast fabric (aware and unaware converge), a trace with no
+5. Prefix pull (an option): the default with and without copying cached prefixes
+   between workers, unbounded caches and two fabric-bound classes.
+6. Sanity: an infinitely fast fabric (aware and unaware converge), a trace with no
    shared prefixes (prefix affinity brings nothing), unbounded caches (prefix hits
    against the trace's ideal).
-6. Validation of the transfer model against the analytic formula and the router's
+7. Validation of the transfer model against the analytic formula and the router's
    contention estimate; against real NIXL transfers when
    ``bench/results/transfers.json`` exists.
 """
@@ -693,6 +695,67 @@ def unbounded_caches(bench: Bench, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def _pull_row(name: str, s: Any) -> str:
+    ideal = max(s.ideal_hit_ratio, 1e-9)
+    local = s.prefix_hit_ratio - s.pulled_hit_ratio
+    pulls = ", ".join(f"{t.tier} {t.count} / {t.bytes / 1e9:,.0f} GB" for t in s.pulls) or "–"
+    return (f"| {name} | {s.prefix_hit_ratio / ideal:.1%} ({local / ideal:.1%} / "
+            f"{s.pulled_hit_ratio / ideal:.1%}) | {s.prefix_hit_ratio:.1%} / "
+            f"{s.ideal_hit_ratio:.1%} | {s.ttft.p50:.2f} / {s.ttft.p99:.2f} | "
+            f"{s.tpot.p99 * 1e3:.1f} | {s.goodput_rps:.2f} | {_cross_zone(s) / 1e12:.2f} | "
+            f"{pulls} |")
+
+
+def prefix_pull(bench: Bench, quick: bool) -> str:
+    """The default with and without prefix pulls (``SimConfig.prefix_pull``): unbounded
+    caches on three-level (hits against the ideal, local / pulled), and two fabric-bound
+    classes with their own caches, where a fabric-blind router's pulls show what the
+    fabric's price changes."""
+    lines = ["| run | hits, share of ideal (local / pulled) | hits / ideal | TTFT p50 / p99 "
+             "(s) | TPOT p99 (ms) | goodput (req/s) | cross-zone KV TB | pulls by tier "
+             "(count / bytes) |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    huge = EngineSpec(kv_blocks=10_000_000)
+    limit = 300 if quick else 1000
+    for spec in (f"mooncake-conversation:scale=1,limit={limit}",
+                 f"mooncake-conversation:scale=8,limit={limit}",
+                 f"agentic:sessions={100 if quick else 300},scale=4"):
+        for pull in (False, True):
+            s = bench.run("three-level", spec, Variant("pull", {"engine": huge,
+                                                                "prefix_pull": pull}),
+                          keep=False).summary
+            lines.append(_pull_row(f"three-level · {spec} · unbounded caches · "
+                                   f"{'pull' if pull else 'no pull'}", s))
+    for name in ("tcp-zones", "thin-uplinks"):
+        doc = load_scenario(name)
+        fabric = doc.fabric()
+        distance = DistanceModel(fabric)
+        trace = workload(doc.workload_spec(), doc.seed)
+        placement = None
+        for label, flags in (("no pull", {}), ("pull", {"prefix_pull": True}),
+                             ("pull, fabric-blind router",
+                              {"prefix_pull": True, "blind_fabric": True})):
+            sim = Simulation(fabric, trace, doc.config("fabric-cost", **flags),
+                             distance=distance, placement=placement)
+            placement = sim.placement
+            lines.append(_pull_row(f"{name} · {doc.workload_spec()} · {label}", sim.run()))
+            log(f"prefix pull {name} {label}")
+    return "\n".join(lines)
+
+
+PULL_TEXT = """A prefill worker that lacks a prompt's cached prefix may copy it from the worker
+holding it over the fabric instead of recomputing it, as Mooncake does (option
+`CostParams.prefix_pull`, scenario `router.prefix_pull`, `toposched simulate --policies
+fabric-cost+prefix-pull`; off by default). The router prices each prefill candidate's
+copy from the longest holders (latency + bytes over the path's bandwidth, link sharing
+with transfers in flight) against the compute it saves. In the simulator the holder keeps
+its blocks, the copy's bytes share the fabric's links, blocks the holder is still
+computing are waited for, the request joins the prefill queue once the copy has landed,
+and its prefill computes the rest. *Local* hits were in the prefill worker's own cache,
+*pulled* ones were copied. The fabric-blind router prices copies as free: the bytes it
+sends across zones are what the aware router declined. The service does not drive pulls
+for real engines yet (docs/simulator.md)."""
+
+
 #: Trace seeds the bars are rerun on besides seed 0 (the tables above).
 SPREAD_SEEDS = (1, 2)
 
@@ -784,9 +847,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--quick", action="store_true", help="small traces (smoke run)")
+    parser.add_argument("--pull-only", action="store_true",
+                        help="print only the prefix-pull table (writes no report)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     bench = Bench()
+    if args.pull_only:
+        print(prefix_pull(bench, args.quick))
+        return 0
     limit = 600 if args.quick else 3000
     groups = [("three-level", f"mooncake-conversation:scale=8,limit={limit}"),
               ("three-level", f"agentic:sessions={100 if args.quick else 1000},scale=4"),
@@ -816,6 +884,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("The bars across trace seeds", seed_spread_text(spread, seeds)),
         ("What the numbers say", ANALYSIS),
         ("Sanity checks", sanity),
+        ("Prefix pull (an option, off by default)",
+         PULL_TEXT + "\n\n" + prefix_pull(bench, args.quick)),
         ("Against Dynamo's mocker", "`bench/mocker_compare.py` replays the same trace "
          "through toposched's simulator (packaged `dynamo-mocker` scenario) and NVIDIA "
          "Dynamo's mocker: [mocker_compare.md](mocker_compare.md)."),
