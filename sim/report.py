@@ -65,10 +65,12 @@ def comparison_table(runs: Sequence[RunRecord], baseline: RunRecord | None = Non
 
 
 def _hits(s: Summary) -> str:
-    """Prefix hits (ideal), and the pulled part when prefixes were pulled."""
+    """Prefix hits (ideal); split into local and pulled when prefixes were pulled."""
     text = f"{s.prefix_hit_ratio:.1%} ({s.ideal_hit_ratio:.1%})"
     if s.pulls:
-        text += f", {s.pulled_hit_ratio:.1%} pulled ({sum(t.bytes for t in s.pulls) / 1e12:.2f} TB)"
+        moved = sum(t.bytes for t in s.pulls) / 1e12
+        text += (f": {s.prefix_hit_ratio - s.pulled_hit_ratio:.1%} local, "
+                 f"{s.pulled_hit_ratio:.1%} pulled ({moved:.2f} TB)")
     return text
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from api.cli.main import run as cli
 from sim.metrics import Summary
+from sim.report import RunRecord, comparison_table
 from sim.scenarios import cluster, workload
 from sim.simulator import SimConfig, Simulation
 from sim.timing import EngineSpec
@@ -65,3 +66,12 @@ def test_a_pull_copies_the_prefix_before_the_prefill_and_the_holder_keeps_it() -
     assert sim.network.link_load == {}  # every copy finished and left the links
     for inst in sim.instances.values():  # nothing still computing, waiting or pinned
         assert inst.pending == {} and inst.pull_waiting == [] and inst.cache.pinned == 0
+
+
+def test_the_report_table_shows_local_and_pulled_hits() -> None:
+    _, summary = _pulled_run()
+    record = RunRecord(label="pull", cluster="three-level", workload=SPEC, policy="fabric-cost",
+                       placement="solver", summary=summary)
+    local = summary.prefix_hit_ratio - summary.pulled_hit_ratio
+    assert (f"{local:.1%} local, {summary.pulled_hit_ratio:.1%} pulled"
+            in comparison_table([record]))
