@@ -154,6 +154,34 @@ class PrefixPullModel(Protocol):
         ...
 
 
+class FewPairCostModel(PairCostModel, Protocol):
+    """A :class:`PairCostModel` that also prices a few candidates on Python floats,
+    with results equal to its array methods bit for bit (a handler may take either
+    path). Handlers find it by its ``few_max`` attribute (no runtime protocol check)."""
+
+    @property
+    def few_max(self) -> int:
+        """Candidates per side up to which the ``*_few`` methods may be asked."""
+        ...
+
+    def decode_costs_few(self, ctx: CycleContext, decode: Sequence[int]) -> list[float]:
+        """:meth:`PairCostModel.decode_costs` of the positions ``decode``."""
+        ...
+
+    def local_stall_few(self, ctx: CycleContext, workers: Sequence[int]) -> list[float]:
+        """:meth:`PairCostModel.local_stall` of the positions ``workers``."""
+        ...
+
+    def local_costs_few(self, ctx: CycleContext, decode: Sequence[int]) -> list[float]:
+        """:meth:`PairCostModel.local_costs` of the positions ``decode``."""
+        ...
+
+    def pair_totals_few(self, ctx: CycleContext, prefill: IntArray,
+                        decode: IntArray) -> list[list[float]]:
+        """``total_s`` of :meth:`PairCostModel.pair_costs` as rows of Python floats."""
+        ...
+
+
 @runtime_checkable
 class Filter(Protocol):
     """Drops candidates that cannot take the request; returns a subset, order kept."""

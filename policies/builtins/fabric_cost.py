@@ -39,7 +39,7 @@ the best re-costed one: among the priced options the result is exact.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import cast
 
@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from policies.builtins.common import empty_reason, fits_kv, stage_positions
 from policies.contracts import (
+    FewPairCostModel,
     PairChoice,
     PairOption,
     PrefixPullModel,
@@ -109,6 +110,16 @@ class _Options:
             return None
         return (i - len(self.local)) // len(self.decode)
 
+    @property
+    def size(self) -> int:
+        """Number of options."""
+        return int(self.cost.size)
+
+    def order(self) -> list[int]:
+        """Option indices by cost, ties in option order (NaN last)."""
+        result: list[int] = self.cost.argsort(kind="stable").tolist()
+        return result
+
     def at(self, i: int) -> tuple[int, int, bool]:
         """Prefill position, decode position and local flag of option ``i``."""
         if i < len(self.local):
@@ -133,6 +144,64 @@ class _Options:
         return float(self.extra[col] + self.prefill_extra[row])
 
 
+@dataclass(frozen=True, slots=True)
+class _FewOptions:
+    """:class:`_Options` of a few candidates on Python lists and floats (``factor``:
+    rows prefill, columns decode)."""
+
+    local: list[int]
+    local_factor: list[float]
+    local_extra: list[float]
+    prefill: list[int]
+    decode: list[int]
+    factor: list[list[float]]
+    extra: list[float]
+    prefill_extra: list[float]
+    cost: list[float]
+    #: No prefix pulls are priced on this path (:meth:`FabricCostHandler._schedule_few`).
+    pull: PullPlan | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of options."""
+        return len(self.cost)
+
+    def row_at(self, i: int) -> int | None:
+        """The ``prefill`` row of pair option ``i`` (``None``: a local option)."""
+        if i < len(self.local):
+            return None
+        return (i - len(self.local)) // len(self.decode)
+
+    def order(self) -> list[int]:
+        """Option indices by cost, ties in option order, NaN last: numpy's stable argsort."""
+        cost = self.cost
+        return sorted(range(len(cost)),
+                      key=lambda i: (True, 0.0) if cost[i] != cost[i] else (False, cost[i]))
+
+    def at(self, i: int) -> tuple[int, int, bool]:
+        """Prefill position, decode position and local flag of option ``i``."""
+        if i < len(self.local):
+            d = self.local[i]
+            return d, d, True
+        row, col = divmod(i - len(self.local), len(self.decode))
+        p, d = self.prefill[row], self.decode[col]
+        return p, d, p == d
+
+    def factor_at(self, i: int) -> float:
+        """The bonus factor the TTFT estimate of option ``i`` carries."""
+        if i < len(self.local):
+            return self.local_factor[i]
+        row, col = divmod(i - len(self.local), len(self.decode))
+        return self.factor[row][col]
+
+    def extra_at(self, i: int) -> float:
+        """The decode-side price (not TTFT) in the cost of option ``i``, before bonuses."""
+        if i < len(self.local):
+            return self.local_extra[i]
+        row, col = divmod(i - len(self.local), len(self.decode))
+        return self.extra[col] + self.prefill_extra[row]
+
+
 class FabricCostHandler:
     """Chooses the (prefill, decode) pair with the lowest estimated TTFT."""
 
@@ -148,21 +217,35 @@ class FabricCostHandler:
         """Price the pruned pairs and the local-prefill options; return the cheapest."""
         p_all = _filtered(ctx, profiles, Stage.PREFILL)
         d_all = _filtered(ctx, profiles, Stage.DECODE)
+        # getattr, not isinstance: a runtime protocol check costs ~10 us a call
+        few = min(getattr(ctx.cost, "few_max", 0), self.params.exhaustive_below)
+        if len(p_all) <= few and len(d_all) <= few:
+            return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost), p_all, d_all)
         d_fit = d_all[fits_kv(ctx, d_all)]
         # Workers with room once the KV promised to them lands, where there are some:
         # elsewhere the request would wait for blocks after its prefill.
         d_room = d_fit[fits_kv(ctx, d_fit, promised=True)]
         d_fit = d_room if len(d_room) else d_fit
         if len(d_fit) == 0:
-            total = len(stage_positions(ctx, Stage.DECODE))
-            reason = empty_reason(Stage.DECODE, None, total)
-            if total:
-                reason = f"no decode worker of {total} has free KV blocks for the request"
-            return Refusal((reason,))
+            return _no_decode_room(ctx)
         p_pos = self._prune_prefill(ctx, p_all)
         d_pos = self._prune_decode(ctx, p_pos, d_fit)
         options = self._options(ctx, p_pos, d_pos)
-        if options.cost.size == 0:
+        if options.size == 0:
+            return Refusal(("no prefill worker, and no decode worker may prefill locally",))
+        return self._choose(ctx, options, len(p_all), len(d_fit))
+
+    def _schedule_few(self, ctx: CycleContext, cost: FewPairCostModel, p_all: IntArray,
+                      d_all: IntArray) -> PairChoice | Refusal:
+        """:meth:`schedule` for a few candidates (none pruned) on Python numbers: the
+        same decisions, explanations and floats as the array path, fewer numpy calls."""
+        d_fit = _fits_few(ctx, d_all.tolist(), promised=False)
+        d_fit = _fits_few(ctx, d_fit, promised=True) or d_fit
+        if not d_fit:
+            return _no_decode_room(ctx)
+        d_pos = d_all if len(d_fit) == len(d_all) else np.array(d_fit, dtype=np.int64)
+        options = self._options_few(ctx, cost, p_all, d_pos)
+        if options.size == 0:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
         return self._choose(ctx, options, len(p_all), len(d_fit))
 
@@ -232,6 +315,44 @@ class FabricCostHandler:
         return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
                         np.concatenate((local_cost, cost)), plan)
 
+    def _options_few(self, ctx: CycleContext, cost: FewPairCostModel, p_pos: IntArray,
+                     d_pos: IntArray) -> _FewOptions:
+        """:meth:`_options` on Python floats, term by term in the same order."""
+        p_list, d_list = p_pos.tolist(), d_pos.tolist()
+        extra = cost.decode_costs_few(ctx, d_list)
+        stall = cost.local_stall_few(ctx, p_list)
+        eligible = self._local_eligible(ctx, d_list, bool(p_list))
+        local = [d_list[j] for j in eligible]
+        local_factor = [1.0] * len(local)
+        if ctx.session_pair is not None:
+            session_decode = ctx.snapshot.position.get(ctx.session_pair[1], -1)
+            local_factor = [1.0 - self.params.session_bonus if d == session_decode else 1.0
+                            for d in local]
+        price = [extra[j] + s for j, s in zip(eligible, cost.local_stall_few(ctx, local),
+                                              strict=True)]
+        costs = [c * f + x for c, f, x in zip(cost.local_costs_few(ctx, local), local_factor,
+                                              price, strict=True)]
+        factor: list[list[float]] = [[1.0] * len(d_list) for _ in p_list]
+        if p_list:
+            for i, j, bonus in self._bonus_cells(ctx, p_list, d_list):
+                factor[i][j] *= bonus
+            for i, row in enumerate(cost.pair_totals_few(ctx, p_pos, d_pos)):
+                f_row, s = factor[i], stall[i]
+                costs += [ttft * f_row[j] + extra[j] + s for j, ttft in enumerate(row)]
+        return _FewOptions(local, local_factor, price, p_list, d_list, factor, extra, stall,
+                           costs)
+
+    def _local_eligible(self, ctx: CycleContext, d_list: list[int],
+                        prefill: bool) -> list[int]:
+        """Indices into ``d_list`` of the decode workers that may prefill themselves
+        (:meth:`_local_options`' rule on Python numbers)."""
+        cached, block_tokens = ctx.cached, ctx.snapshot.block_tokens
+        tokens, blocks = ctx.request.prompt_tokens, max(ctx.request.blocks, 1)
+        most, min_hit = self.params.local_prefill_max_tokens, self.params.local_prefill_min_hit
+        return [j for j, d in enumerate(d_list)
+                if tokens - cached.item(d) * block_tokens <= most
+                or cached.item(d) / blocks >= min_hit or not prefill]
+
     def _pair_options(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                       extra: FloatArray, stall: FloatArray,
                       plan: PullPlan | None = None) -> tuple[FloatArray, FloatArray]:
@@ -266,15 +387,31 @@ class FabricCostHandler:
 
     def _apply_pairings(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                         factor: FloatArray) -> None:
+        for i, j, bonus in self._pairing_cells(ctx, p_pos.tolist(), d_pos.tolist()):
+            factor[i, j] *= bonus
+
+    def _pairing_cells(self, ctx: CycleContext, p_list: list[int], d_list: list[int]
+                       ) -> Iterator[tuple[int, int, float]]:
+        """(row, column, factor) of each placement pairing among the candidates."""
         snap = ctx.snapshot
         if not snap.partners or self.params.paired_bonus == 0:
             return
-        col = {d: j for j, d in enumerate(d_pos.tolist())}
-        for i, p in enumerate(p_pos.tolist()):
+        col = {d: j for j, d in enumerate(d_list)}
+        for i, p in enumerate(p_list):
             for decode, weight in snap.partners.get(snap.workers[p].id, ()):
                 j = col.get(snap.position.get(decode, -1))
                 if j is not None:
-                    factor[i, j] *= 1.0 - self.params.paired_bonus * min(max(weight, 0.0), 1.0)
+                    yield i, j, 1.0 - self.params.paired_bonus * min(max(weight, 0.0), 1.0)
+
+    def _bonus_cells(self, ctx: CycleContext, p_list: list[int], d_list: list[int]
+                     ) -> Iterator[tuple[int, int, float]]:
+        """:meth:`_pairing_cells`, then the session's pair (:meth:`_apply_session`)."""
+        yield from self._pairing_cells(ctx, p_list, d_list)
+        if ctx.session_pair is None or self.params.session_bonus == 0:
+            return
+        sp, sd = (ctx.snapshot.position.get(w, -1) for w in ctx.session_pair)
+        if sp in p_list and sd in d_list:
+            yield p_list.index(sp), d_list.index(sd), 1.0 - self.params.session_bonus
 
     def _apply_session(self, ctx: CycleContext, p_pos: IntArray, d_pos: IntArray,
                        factor: FloatArray) -> None:
@@ -284,21 +421,21 @@ class FabricCostHandler:
         factor[np.ix_(p_pos == sp, d_pos == sd)] *= 1.0 - self.params.session_bonus
 
     # -- choice ----------------------------------------------------------------------
-    def _choose(self, ctx: CycleContext, options: _Options, n_prefill: int,
+    def _choose(self, ctx: CycleContext, options: _Options | _FewOptions, n_prefill: int,
                 n_decode: int) -> PairChoice:
-        order = options.cost.argsort(kind="stable")
+        order = options.order()
         refined, recosted = self._refine(ctx, options, order)
         ranked = sorted(refined.items(), key=lambda item: (item[1], item[0]))
         best_i, best_cost = ranked[0]
         snap = ctx.snapshot
         p, d, local = options.at(best_i)
         pick = snap.workers[p], snap.workers[d]
-        extra = order[: len(refined) + self.params.runners_up].tolist()
+        extra = order[: len(refined) + self.params.runners_up]
         shown = [i for i, _ in ranked[1:]] + [i for i in extra if i not in refined]
         runners = tuple(self._option(ctx, options, i, best_cost, refined.get(i))
                         for i in shown[: self.params.runners_up])
         notes: tuple[str, ...] = (
-            f"priced {options.cost.size} options from {n_prefill} prefill × {n_decode} "
+            f"priced {options.size} options from {n_prefill} prefill × {n_decode} "
             f"decode candidates", f"{recosted} re-costed with in-flight link load")
         if local:
             notes += (self._local_reason(ctx, pick[1], n_prefill),)
@@ -307,10 +444,11 @@ class FabricCostHandler:
             notes += (f"{pick[0].id} copies {blocks - ctx.cached_of(pick[0])} cached prefix "
                       f"blocks from {source.id} instead of computing them",)
         return PairChoice(pick[0], pick[1], 1.0, local=local,
-                          runners_up=runners, notes=notes, considered=int(options.cost.size),
+                          runners_up=runners, notes=notes, considered=options.size,
                           pull_from=source, pull_blocks=blocks)
 
-    def _pull_of(self, ctx: CycleContext, options: _Options, i: int) -> tuple[Worker | None, int]:
+    def _pull_of(self, ctx: CycleContext, options: _Options | _FewOptions,
+                 i: int) -> tuple[Worker | None, int]:
         """The holder option ``i`` pulls from and the blocks it holds after (None, 0:
         no pull), checked against link sharing as its cost was."""
         row, plan = options.row_at(i), options.pull
@@ -331,14 +469,13 @@ class FabricCostHandler:
                f"{ctx.request.blocks} blocks")
         return f"{decode.id} prefills locally: {why}; that is the cheapest option"
 
-    def _refine(self, ctx: CycleContext, options: _Options,
-                order: IntArray) -> tuple[dict[int, float], int]:
+    def _refine(self, ctx: CycleContext, options: _Options | _FewOptions,
+                order: list[int]) -> tuple[dict[int, float], int]:
         """Exact re-costing with link sharing, in order of plain cost (a lower bound)."""
         refined: dict[int, float] = {}
         best, recosted = np.inf, 0
         costs, loaded = options.cost, bool(ctx.snapshot.link_load)
-        for raw in order:
-            i = int(raw)
+        for i in order:
             # Re-costing never lowers a cost, and ties go to the earlier option.
             if costs[i] >= best and len(refined) > self.params.runners_up:
                 break
@@ -353,7 +490,7 @@ class FabricCostHandler:
             best = min(best, cost)
         return refined, recosted
 
-    def _saving(self, ctx: CycleContext, options: _Options, i: int) -> float:
+    def _saving(self, ctx: CycleContext, options: _Options | _FewOptions, i: int) -> float:
         """The pull saving of pair option ``i`` with link sharing (0: no pull)."""
         row, plan = options.row_at(i), options.pull
         if plan is None or row is None or plan.source[row] < 0:
@@ -362,7 +499,8 @@ class FabricCostHandler:
         return max(model.pull_saving(ctx, int(plan.source[row]), int(options.prefill[row]),
                                      int(plan.blocks[row])), 0.0)
 
-    def _option(self, ctx: CycleContext, options: _Options, i: int, best: float,
+    def _option(self, ctx: CycleContext, options: _Options | _FewOptions, i: int,
+                best: float,
                 cost: float | None) -> PairOption:
         value = float(options.cost[i]) if cost is None else cost
         snap = ctx.snapshot
@@ -419,6 +557,25 @@ def _near(ids: IntArray | None, p_pos: IntArray, pos: IntArray) -> BoolArray:
     shared[near[near >= 0]] = True
     result: BoolArray = shared[ids[pos]]
     return result
+
+
+def _no_decode_room(ctx: CycleContext) -> Refusal:
+    """The refusal when no decode candidate has free KV blocks for the request."""
+    total = len(stage_positions(ctx, Stage.DECODE))
+    reason = empty_reason(Stage.DECODE, None, total)
+    if total:
+        reason = f"no decode worker of {total} has free KV blocks for the request"
+    return Refusal((reason,))
+
+
+def _fits_few(ctx: CycleContext, positions: list[int], *, promised: bool) -> list[int]:
+    """:func:`~policies.builtins.common.fits_kv` of a few positions on Python ints:
+    those kept."""
+    cached, free, blocks = ctx.cached, ctx.snapshot.free_kv, ctx.request.blocks
+    owed = ctx.snapshot.promised_kv
+    return [w for w in positions
+            if free.item(w) - (owed.item(w) if promised else 0)
+            >= max(blocks - cached.item(w), 0)]
 
 
 def _filtered(ctx: CycleContext, profiles: Mapping[str, ProfileRunner],

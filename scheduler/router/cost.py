@@ -529,14 +529,24 @@ class FabricCostModel:
         return result
 
     def _decode_costs_scalar(self, ctx: CycleContext, decode: IntArray) -> FloatArray:
-        """:meth:`decode_costs` one candidate at a time on Python floats: the vector
-        path's operations in its order (identical results, fewer numpy calls)."""
+        """:meth:`decode_costs` one candidate at a time on Python floats."""
+        return np.array(self.decode_costs_few(ctx, decode.tolist()), dtype=np.float64)
+
+    @property
+    def few_max(self) -> int:
+        """Candidates per side up to which the ``*_few`` methods may be asked
+        (:data:`SCALAR_MAX`)."""
+        return SCALAR_MAX
+
+    def decode_costs_few(self, ctx: CycleContext, decode: Sequence[int]) -> list[float]:
+        """:meth:`decode_costs` of a few positions on Python floats: the vector path's
+        operations in its order (identical results, fewer numpy calls)."""
         snap, p = ctx.snapshot, self.params
         prompt = float(ctx.request.prompt_tokens)
         mean = self._mean_step(snap) if p.tail_weight > 0 else None
         base_need, blocks = p.promised_blocks(0, snap.block_tokens), ctx.request.blocks
         out = []
-        for w in decode.tolist():
+        for w in decode:
             running = float(snap.running.item(w))
             capacity, in_use, tokens, before = self._step_one(snap, w)
             per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
@@ -549,7 +559,48 @@ class FabricCostModel:
             used = (in_use + need) / max(capacity, 1.0) if capacity > 0 else 0.0
             over = _max0((used - p.kv_high_watermark) / (1.0 - p.kv_high_watermark))
             out.append(batch + over * p.kv_pressure_s)
-        return np.array(out, dtype=np.float64)
+        return out
+
+    def local_stall_few(self, ctx: CycleContext, workers: Sequence[int]) -> list[float]:
+        """:meth:`local_stall` of a few positions on Python floats (the same products)."""
+        mask, running = ctx.snapshot.decode_mask, ctx.snapshot.running
+        compute, weight = self._worker_terms(ctx).compute, self.params.stall_weight
+        return [(running.item(w) if mask.item(w) else 0) * compute.item(w) * weight
+                for w in workers]
+
+    def local_costs_few(self, ctx: CycleContext, decode: Sequence[int]) -> list[float]:
+        """:meth:`local_costs` of a few positions on Python floats."""
+        terms = self._worker_terms(ctx)
+        queue, compute, admission = terms.queue, terms.compute, terms.admission
+        return [queue.item(d) + compute.item(d) + admission.item(d) for d in decode]
+
+    def pair_totals_few(self, ctx: CycleContext, prefill: IntArray,
+                        decode: IntArray) -> list[list[float]]:
+        """``total_s`` of :meth:`pair_costs` (rows: prefill, columns: decode) for a few
+        positions, on Python floats after one look-up of the fabric figures."""
+        terms = self._worker_terms(ctx)
+        _, latency, bandwidth, lanes = self.table.figures(prefill, decode)
+        lat_rows, bw_rows = latency.tolist(), bandwidth.tolist()
+        lane_rows = None if isinstance(lanes, float) else lanes.tolist()
+        queue, compute, nbytes, admission = (terms.queue, terms.compute, terms.nbytes,
+                                             terms.admission)
+        d_list = decode.tolist()
+        moved = [nbytes.item(d) for d in d_list]
+        waits = [admission.item(d) for d in d_list]
+        totals = []
+        for i, p in enumerate(prefill.tolist()):
+            ready = queue.item(p) + compute.item(p)
+            row, lat, bws = [], lat_rows[i], bw_rows[i]
+            for j, d in enumerate(d_list):
+                n = moved[j]
+                transfer = 0.0
+                if n > 0 and p != d:
+                    bw = bws[j] * 1e9 * (lanes if lane_rows is None else lane_rows[i][j])
+                    # numpy's x / 0.0 (an infinity, no exception), as the vector path
+                    transfer = lat[j] + (n / bw if bw else math.copysign(math.inf, bw))
+                row.append(ready + transfer + waits[j])
+            totals.append(row)
+        return totals
 
     def _kv_in_use(self, snap: Snapshot, workers: IntArray,
                    capacity: FloatArray | None = None) -> FloatArray:
@@ -595,7 +646,7 @@ class FabricCostModel:
             return known[1]
         every = np.flatnonzero(snap.decode_mask)
         mean: float | None = None
-        if len(every) > SCALAR_MAX:
+        if len(every) > min(SCALAR_MAX, 7):
             mean = float(self._step(snap, every).mean())
         elif len(every):  # numpy sums fewer than 8 numbers in order: so does this loop
             total = 0.0
@@ -629,12 +680,9 @@ class FabricCostModel:
         """What prefilling on each worker costs the requests it decodes: its compute time
         once per running request (``stall_weight`` each); nothing on a prefill-only
         worker, which decodes nothing."""
-        snap, terms = ctx.snapshot, self._worker_terms(ctx)
         if len(workers) <= SCALAR_MAX:  # the same products on Python numbers
-            mask, running, compute = snap.decode_mask, snap.running, terms.compute
-            weight = self.params.stall_weight
-            return np.array([(running.item(w) if mask.item(w) else 0) * compute.item(w) * weight
-                             for w in workers.tolist()], dtype=np.float64)
+            return np.array(self.local_stall_few(ctx, workers.tolist()), dtype=np.float64)
+        snap, terms = ctx.snapshot, self._worker_terms(ctx)
         running = np.where(snap.decode_mask[workers], snap.running[workers], 0)
         result: FloatArray = running * terms.compute[workers] * self.params.stall_weight
         return result

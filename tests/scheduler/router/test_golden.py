@@ -5,10 +5,20 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+import scheduler.router.cost as cost_module
 from tests.scheduler.router.golden import GOLDEN, all_scenarios, digest, summary
 
 
-def test_the_router_still_makes_every_golden_decision() -> None:
+@pytest.mark.parametrize("scalar_max", [None, 0, 64],
+                         ids=["default", "numpy-only", "python-floats-up-to-64"])
+def test_the_router_still_makes_every_golden_decision(
+        scalar_max: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with the few-candidate paths (cost model and fabric-cost handler on Python
+    floats, ``SCALAR_MAX``) forced off and on for every side of up to 64 candidates."""
+    if scalar_max is not None:
+        monkeypatch.setattr(cost_module, "SCALAR_MAX", scalar_max)
     golden = json.loads(GOLDEN.read_text())
     seen, changed = set(), []
     for key, decisions in all_scenarios():
