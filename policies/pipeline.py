@@ -52,6 +52,16 @@ class SchedulingProfile:
                 positions = ctx.positions(kept)
         return positions
 
+    def filter_few(self, ctx: CycleContext, positions: list[int]) -> list[int] | None:
+        """:meth:`filter_positions` over a few positions on Python ints, when every
+        filter has a ``keep_few`` (None: one has not; use :meth:`filter_positions`)."""
+        for plugin in self.filters:
+            keep = getattr(plugin, "keep_few", None)
+            if keep is None:
+                return None
+            positions = keep(ctx, positions)
+        return positions
+
     def run(self, ctx: CycleContext, candidates: Sequence[Worker]) -> ProfileOutcome:
         """Filter, score (ranking best first, ties in candidate order) and pick."""
         removed: dict[str, int] = {}

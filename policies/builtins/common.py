@@ -49,6 +49,27 @@ def stage_positions(ctx: CycleContext, stage: Stage) -> IntArray:
     return positions
 
 
+def stage_positions_few(ctx: CycleContext, stage: Stage) -> list[int]:
+    """:func:`stage_positions` as a list, by a Python pass (for small snapshots)."""
+    snap = ctx.snapshot
+    pin = ctx.request.prefill_worker if stage is Stage.PREFILL else ctx.request.decode_worker
+    if pin is not None:
+        found = snap.position.get(pin)
+        return [] if found is None else [found]
+    mask = snap.prefill_mask if stage is Stage.PREFILL else snap.decode_mask
+    return [i for i, ok in enumerate(mask.tolist()) if ok]
+
+
+def fits_kv_few(ctx: CycleContext, positions: list[int], headroom: int = 0, *,
+                promised: bool = False) -> list[int]:
+    """The positions :func:`fits_kv` keeps, on Python ints (for a few positions)."""
+    cached, free, blocks = ctx.cached, ctx.snapshot.free_kv, ctx.request.blocks
+    owed = ctx.snapshot.promised_kv
+    return [w for w in positions
+            if free.item(w) - (owed.item(w) if promised else 0)
+            >= max(blocks - cached.item(w), 0) + headroom]
+
+
 def fits_kv(ctx: CycleContext, positions: IntArray, headroom: int = 0, *,
             promised: bool = False) -> BoolArray:
     """Which workers have free KV blocks for the part of the prompt they lack
@@ -99,6 +120,10 @@ class KvCapacityFilter:
     def mask(self, ctx: CycleContext, positions: IntArray) -> BoolArray:
         """The same test over snapshot positions."""
         return fits_kv(ctx, positions, self.params.headroom_blocks)
+
+    def keep_few(self, ctx: CycleContext, positions: list[int]) -> list[int]:
+        """The same test over a few snapshot positions, on Python ints: those kept."""
+        return fits_kv_few(ctx, positions, self.params.headroom_blocks)
 
 
 class MaxScorePicker:

@@ -46,7 +46,13 @@ from typing import cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from policies.builtins.common import empty_reason, fits_kv, stage_positions
+from policies.builtins.common import (
+    empty_reason,
+    fits_kv,
+    fits_kv_few,
+    stage_positions,
+    stage_positions_few,
+)
 from policies.contracts import (
     FewPairCostModel,
     PairChoice,
@@ -215,12 +221,19 @@ class FabricCostHandler:
     def schedule(self, ctx: CycleContext,
                  profiles: Mapping[str, ProfileRunner]) -> PairChoice | Refusal:
         """Price the pruned pairs and the local-prefill options; return the cheapest."""
-        p_all = _filtered(ctx, profiles, Stage.PREFILL)
-        d_all = _filtered(ctx, profiles, Stage.DECODE)
         # getattr, not isinstance: a runtime protocol check costs ~10 us a call
         few = min(getattr(ctx.cost, "few_max", 0), self.params.exhaustive_below)
-        if len(p_all) <= few and len(d_all) <= few:
-            return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost), p_all, d_all)
+        sides = _filtered_few(ctx, profiles) if len(ctx.snapshot.workers) <= 2 * few else None
+        if sides is not None and len(sides[0]) <= few and len(sides[1]) <= few:
+            return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost), *sides)
+        if sides is not None:
+            p_all, d_all = (np.array(side, dtype=np.int64) for side in sides)
+        else:
+            p_all = _filtered(ctx, profiles, Stage.PREFILL)
+            d_all = _filtered(ctx, profiles, Stage.DECODE)
+            if len(p_all) <= few and len(d_all) <= few:
+                return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost),
+                                          p_all.tolist(), d_all.tolist())
         d_fit = d_all[fits_kv(ctx, d_all)]
         # Workers with room once the KV promised to them lands, where there are some:
         # elsewhere the request would wait for blocks after its prefill.
@@ -235,16 +248,15 @@ class FabricCostHandler:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
         return self._choose(ctx, options, len(p_all), len(d_fit))
 
-    def _schedule_few(self, ctx: CycleContext, cost: FewPairCostModel, p_all: IntArray,
-                      d_all: IntArray) -> PairChoice | Refusal:
+    def _schedule_few(self, ctx: CycleContext, cost: FewPairCostModel, p_all: list[int],
+                      d_all: list[int]) -> PairChoice | Refusal:
         """:meth:`schedule` for a few candidates (none pruned) on Python numbers: the
         same decisions, explanations and floats as the array path, fewer numpy calls."""
-        d_fit = _fits_few(ctx, d_all.tolist(), promised=False)
-        d_fit = _fits_few(ctx, d_fit, promised=True) or d_fit
+        d_fit = fits_kv_few(ctx, d_all)
+        d_fit = fits_kv_few(ctx, d_fit, promised=True) or d_fit
         if not d_fit:
             return _no_decode_room(ctx)
-        d_pos = d_all if len(d_fit) == len(d_all) else np.array(d_fit, dtype=np.int64)
-        options = self._options_few(ctx, cost, p_all, d_pos)
+        options = self._options_few(ctx, cost, p_all, d_fit)
         if options.size == 0:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
         return self._choose(ctx, options, len(p_all), len(d_fit))
@@ -315,10 +327,9 @@ class FabricCostHandler:
         return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
                         np.concatenate((local_cost, cost)), plan)
 
-    def _options_few(self, ctx: CycleContext, cost: FewPairCostModel, p_pos: IntArray,
-                     d_pos: IntArray) -> _FewOptions:
+    def _options_few(self, ctx: CycleContext, cost: FewPairCostModel, p_list: list[int],
+                     d_list: list[int]) -> _FewOptions:
         """:meth:`_options` on Python floats, term by term in the same order."""
-        p_list, d_list = p_pos.tolist(), d_pos.tolist()
         extra = cost.decode_costs_few(ctx, d_list)
         stall = cost.local_stall_few(ctx, p_list)
         eligible = self._local_eligible(ctx, d_list, bool(p_list))
@@ -336,7 +347,9 @@ class FabricCostHandler:
         if p_list:
             for i, j, bonus in self._bonus_cells(ctx, p_list, d_list):
                 factor[i][j] *= bonus
-            for i, row in enumerate(cost.pair_totals_few(ctx, p_pos, d_pos)):
+            totals = cost.pair_totals_few(ctx, np.array(p_list, dtype=np.int64),
+                                          np.array(d_list, dtype=np.int64))
+            for i, row in enumerate(totals):
                 f_row, s = factor[i], stall[i]
                 costs += [ttft * f_row[j] + extra[j] + s for j, ttft in enumerate(row)]
         return _FewOptions(local, local_factor, price, p_list, d_list, factor, extra, stall,
@@ -568,14 +581,21 @@ def _no_decode_room(ctx: CycleContext) -> Refusal:
     return Refusal((reason,))
 
 
-def _fits_few(ctx: CycleContext, positions: list[int], *, promised: bool) -> list[int]:
-    """:func:`~policies.builtins.common.fits_kv` of a few positions on Python ints:
-    those kept."""
-    cached, free, blocks = ctx.cached, ctx.snapshot.free_kv, ctx.request.blocks
-    owed = ctx.snapshot.promised_kv
-    return [w for w in positions
-            if free.item(w) - (owed.item(w) if promised else 0)
-            >= max(blocks - cached.item(w), 0)]
+def _filtered_few(ctx: CycleContext, profiles: Mapping[str, ProfileRunner]
+                  ) -> tuple[list[int], list[int]] | None:
+    """:func:`_filtered` of both sides as lists, by Python passes (a small snapshot), when
+    the profiles can filter so (``filter_few``); else None."""
+    sides = []
+    for stage in (Stage.PREFILL, Stage.DECODE):
+        positions: list[int] | None = stage_positions_few(ctx, stage)
+        profile = profiles.get(stage.value)
+        if profile is not None:
+            few = getattr(profile, "filter_few", None)
+            positions = None if few is None else few(ctx.for_stage(stage), positions)
+        if positions is None:
+            return None
+        sides.append(positions)
+    return sides[0], sides[1]
 
 
 def _filtered(ctx: CycleContext, profiles: Mapping[str, ProfileRunner],

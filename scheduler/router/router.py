@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from policies.contracts import PairChoice, Refusal
 from policies.profile import Policy
 from policies.snapshot import CycleContext, IntArray, RequestView, Snapshot, Worker
-from scheduler.prefix import PrefixIndex, block_hashes
+from scheduler.prefix import MatchInfo, PrefixIndex, block_hashes
 from scheduler.router.cost import CostParams, FabricCostModel, FabricRows, PairTable, TtftTerms
 from scheduler.router.pull import pull_bytes, pull_seconds
 from topology.distance import DistanceModel
@@ -38,6 +38,10 @@ from topology.errors import Issue, ValidationError
 from topology.tiers import Tier
 
 log = logging.getLogger(__name__)
+
+#: Workers (in the snapshot and in the index's answer) up to which a request's cached
+#: blocks per position are gathered in Python: on a few, numpy's per-call cost dominates.
+FEW_WORKERS = 16
 
 BlockHash = Annotated[int, Field(ge=0, le=(1 << 64) - 1, strict=True)]
 
@@ -302,18 +306,33 @@ class Router:
                      if name is not None and name not in snapshot.position)
 
     def _context(self, view: RequestView, snapshot: Snapshot) -> CycleContext:
-        cached = np.zeros(len(snapshot.workers), dtype=np.int64)
         if view.block_hashes:
             matches = self.index.match(view.block_hashes, model=view.model)
-            positions = self._positions(tuple(matches), snapshot)
-            blocks = np.fromiter(map(itemgetter(0), matches.values()), dtype=np.int64,
-                                 count=len(matches))
-            known = positions >= 0
-            cached[positions[known]] = blocks[known]
+            cached = self._cached(matches, snapshot)
+        else:
+            cached = np.zeros(len(snapshot.workers), dtype=np.int64)
         cached.flags.writeable = False
         session = self._sessions.get(view.session) if view.session else None
         return CycleContext(view, snapshot, cached, self.cost_model(snapshot), self.seed,
                             self.sequence, session)
+
+    def _cached(self, matches: Mapping[str, MatchInfo], snapshot: Snapshot) -> IntArray:
+        """Leading blocks of the request held at each snapshot position (``matches``:
+        the index's answer by worker; workers not in the snapshot are left out)."""
+        positions = self._positions(tuple(matches), snapshot)
+        if len(matches) <= FEW_WORKERS and len(snapshot.workers) <= FEW_WORKERS:
+            # one array from a short Python pass: fewer numpy calls, same values
+            held = [0] * len(snapshot.workers)
+            for pos, info in zip(positions.tolist(), matches.values(), strict=True):
+                if pos >= 0:
+                    held[pos] = info[0]
+            return np.array(held, dtype=np.int64)
+        cached = np.zeros(len(snapshot.workers), dtype=np.int64)
+        blocks = np.fromiter(map(itemgetter(0), matches.values()), dtype=np.int64,
+                             count=len(matches))
+        known = positions >= 0
+        cached[positions[known]] = blocks[known]
+        return cached
 
     def _positions(self, names: tuple[str, ...], snapshot: Snapshot) -> IntArray:
         """Snapshot position of each index worker (-1: not in the snapshot), memoised:

@@ -1,6 +1,7 @@
-"""fabric-cost on Python floats for a few candidates (``_schedule_few``) decides exactly as
-its numpy path: same pair, runners-up, scores, TTFT estimates and notes, bit for bit,
-on random snapshots (loads, KV over-commit, zero rates, pairings, sessions, link load)."""
+"""fabric-cost on Python numbers for a few candidates (``_schedule_few``, ``filter_few``)
+decides exactly as its numpy path: same pair, runners-up, scores, TTFT estimates and
+notes, bit for bit, on random snapshots (loads, KV over-commit, zero rates, pairings,
+sessions, link load, pinned workers)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 import scheduler.router.cost as cost_module
 from policies.builtins.fabric_cost import FabricCostHandler
 from policies.contracts import PairChoice, Refusal
+from policies.pipeline import SchedulingProfile
 from policies.snapshot import CycleContext, RequestView
 from scheduler.router.cost import SCALAR_MAX
 from scheduler.router.router import Router
@@ -61,7 +63,9 @@ def _random_context(rng: random.Random) -> CycleContext:
                       dtype=np.int64)
     cached.flags.writeable = False
     session = (rng.choice([*names, "gone"]), rng.choice(names)) if rng.random() < 0.4 else None
-    view = RequestView("r", tuple(range(1, blocks + 1)), blocks * 16 - rng.randrange(0, 16))
+    pins = [rng.choice([None, None, None, "gone", *names]) for _ in range(2)]
+    view = RequestView("r", tuple(range(1, blocks + 1)), blocks * 16 - rng.randrange(0, 16),
+                       prefill_worker=pins[0], decode_worker=pins[1])
     return CycleContext(view, snap, cached, model, 0, 0, session)
 
 
@@ -91,8 +95,8 @@ def test_the_few_candidate_path_decides_as_the_array_path(
 
 def test_the_few_candidate_path_is_taken_for_small_sides_only(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """Wire check: with the default SCALAR_MAX the handler enters _schedule_few for a
-    small snapshot and not for one with more candidates on a side than that."""
+    """Wire check: with the default SCALAR_MAX the handler filters and prices a small
+    snapshot on Python numbers and not one with more candidates on a side than that."""
     entered: list[int] = []
     original = FabricCostHandler._schedule_few
 
@@ -101,6 +105,15 @@ def test_the_few_candidate_path_is_taken_for_small_sides_only(
         return original(self, ctx, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(FabricCostHandler, "_schedule_few", spy)
+    filtered: list[int] = []  # snapshots whose sides were filtered on Python ints
+    few_filter = SchedulingProfile.filter_few
+
+    def filter_spy(self: SchedulingProfile, ctx: CycleContext,
+                   positions: list[int]) -> list[int] | None:
+        filtered.append(len(ctx.snapshot.workers))
+        return few_filter(self, ctx, positions)
+
+    monkeypatch.setattr(SchedulingProfile, "filter_few", filter_spy)
     for n in (2, 2 * (SCALAR_MAX + 1)):
         built = [worker(f"w{i}", "prefill" if i % 2 else "decode", GPUS[i % len(GPUS)])
                  for i in range(n)]
@@ -109,3 +122,4 @@ def test_the_few_candidate_path_is_taken_for_small_sides_only(
         decision = router.route({"block_hashes": [1, 2, 3]}, snap)
         assert decision.status == "scheduled"
     assert entered == [2]
+    assert filtered == [2, 2]  # both sides of the small snapshot

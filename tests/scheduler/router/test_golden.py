@@ -8,6 +8,7 @@ import json
 import pytest
 
 import scheduler.router.cost as cost_module
+import scheduler.router.router as router_module
 from tests.scheduler.router.golden import GOLDEN, all_scenarios, digest, summary
 
 
@@ -16,9 +17,11 @@ from tests.scheduler.router.golden import GOLDEN, all_scenarios, digest, summary
 def test_the_router_still_makes_every_golden_decision(
         scalar_max: int | None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Also with the few-candidate paths (cost model and fabric-cost handler on Python
-    floats, ``SCALAR_MAX``) forced off and on for every side of up to 64 candidates."""
+    numbers, ``SCALAR_MAX``; the router's cached blocks per position, ``FEW_WORKERS``)
+    forced off, and on for every side of up to 64 candidates and every snapshot."""
     if scalar_max is not None:
         monkeypatch.setattr(cost_module, "SCALAR_MAX", scalar_max)
+        monkeypatch.setattr(router_module, "FEW_WORKERS", scalar_max and 1 << 20)
     golden = json.loads(GOLDEN.read_text())
     seen, changed = set(), []
     for key, decisions in all_scenarios():
