@@ -35,6 +35,12 @@ prefilling for itself (local, aggregated) does not pull.
 Link sharing with transfers in flight only makes a pair dearer, so pairs are
 re-costed with it in order of their plain cost until the next plain cost is above
 the best re-costed one: among the priced options the result is exact.
+
+*Few candidates* (at most the cost model's ``few_max`` a side, none pruned; a gateway in
+front of one prefill and one decode engine): the same filtering, prices and choice on
+Python numbers, operation for operation in the array path's order, so the same IEEE
+results (``tests/policies/test_fabric_cost_few.py``); on 1-4 elements numpy's per-call
+overhead is most of the time. Larger candidate sets stay on arrays.
 """
 
 from __future__ import annotations
