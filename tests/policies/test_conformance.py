@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -93,6 +94,7 @@ def _exercise(plugin: Any, kind: PluginKind, ctx: CycleContext, registry: Regist
         out: Any = plugin.filter(ctx, candidates)
         assert all(w in candidates for w in out)
         result: Any = [w.id for w in out]
+        _check_fast_paths(plugin, ctx, [ctx.snapshot.position[w.id] for w in out])
     elif kind is PluginKind.SCORER:
         assert isinstance(plugin, Scorer)
         scores = plugin.score(ctx, candidates)
@@ -118,6 +120,18 @@ def _exercise(plugin: Any, kind: PluginKind, ctx: CycleContext, registry: Regist
         result = choice
     assert candidates == before, "the plugin changed its input"
     return result
+
+
+def _check_fast_paths(plugin: Any, ctx: CycleContext, kept: list[int]) -> None:
+    """A filter's optional fast paths (``mask`` over a position array, ``keep_few`` over
+    a list of positions) keep exactly the positions ``filter`` keeps."""
+    every = list(range(len(ctx.snapshot.workers)))
+    mask = getattr(plugin, "mask", None)
+    if mask is not None:
+        assert np.flatnonzero(mask(ctx, np.array(every, dtype=np.int64))).tolist() == kept
+    keep_few = getattr(plugin, "keep_few", None)
+    if keep_few is not None:
+        assert keep_few(ctx, every) == kept
 
 
 @pytest.mark.parametrize("type_name", _types())
