@@ -230,16 +230,15 @@ class FabricCostHandler:
         # getattr, not isinstance: a runtime protocol check costs ~10 us a call
         few = min(getattr(ctx.cost, "few_max", 0), self.params.exhaustive_below)
         sides = _filtered_few(ctx, profiles) if len(ctx.snapshot.workers) <= 2 * few else None
-        if sides is not None and len(sides[0]) <= few and len(sides[1]) <= few:
-            return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost), *sides)
-        if sides is not None:
-            p_all, d_all = (np.array(side, dtype=np.int64) for side in sides)
-        else:
+        if sides is None:
             p_all = _filtered(ctx, profiles, Stage.PREFILL)
             d_all = _filtered(ctx, profiles, Stage.DECODE)
-            if len(p_all) <= few and len(d_all) <= few:
-                return self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost),
-                                          p_all.tolist(), d_all.tolist())
+        else:
+            p_all, d_all = (np.array(side, dtype=np.int64) for side in sides)
+        if len(p_all) <= few and len(d_all) <= few:
+            choice = self._schedule_few(ctx, cast(FewPairCostModel, ctx.cost), p_all, d_all)
+            if choice is not None:  # None: prefix pulls are priced (on arrays only)
+                return choice
         d_fit = d_all[fits_kv(ctx, d_all)]
         # Workers with room once the KV promised to them lands, where there are some:
         # elsewhere the request would wait for blocks after its prefill.
@@ -254,15 +253,21 @@ class FabricCostHandler:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
         return self._choose(ctx, options, len(p_all), len(d_fit))
 
-    def _schedule_few(self, ctx: CycleContext, cost: FewPairCostModel, p_all: list[int],
-                      d_all: list[int]) -> PairChoice | Refusal:
+    def _schedule_few(self, ctx: CycleContext, cost: FewPairCostModel, p_all: IntArray,
+                      d_all: IntArray) -> PairChoice | Refusal | None:
         """:meth:`schedule` for a few candidates (none pruned) on Python numbers: the
-        same decisions, explanations and floats as the array path, fewer numpy calls."""
-        d_fit = fits_kv_few(ctx, d_all)
+        same decisions, explanations and floats as the array path, fewer numpy calls;
+        None where the cost model prices prefix pulls (the array path does)."""
+        pull_plan = getattr(cost, "pull_plan", None)
+        if pull_plan is not None and len(p_all) and pull_plan(ctx, p_all) is not None:
+            return None
+        d_list = d_all.tolist()
+        d_fit = fits_kv_few(ctx, d_list)
         d_fit = fits_kv_few(ctx, d_fit, promised=True) or d_fit
         if not d_fit:
             return _no_decode_room(ctx)
-        options = self._options_few(ctx, cost, p_all, d_fit)
+        d_pos = d_all if len(d_fit) == len(d_list) else np.array(d_fit, dtype=np.int64)
+        options = self._options_few(ctx, cost, p_all, d_pos)
         if options.size == 0:
             return Refusal(("no prefill worker, and no decode worker may prefill locally",))
         return self._choose(ctx, options, len(p_all), len(d_fit))
@@ -333,9 +338,10 @@ class FabricCostHandler:
         return _Options(local, local_factor, local_extra, p_pos, d_pos, factor, extra, stall,
                         np.concatenate((local_cost, cost)), plan)
 
-    def _options_few(self, ctx: CycleContext, cost: FewPairCostModel, p_list: list[int],
-                     d_list: list[int]) -> _FewOptions:
+    def _options_few(self, ctx: CycleContext, cost: FewPairCostModel, p_pos: IntArray,
+                     d_pos: IntArray) -> _FewOptions:
         """:meth:`_options` on Python floats, term by term in the same order."""
+        p_list, d_list = p_pos.tolist(), d_pos.tolist()
         extra = cost.decode_costs_few(ctx, d_list)
         stall = cost.local_stall_few(ctx, p_list)
         eligible = self._local_eligible(ctx, d_list, bool(p_list))
@@ -353,9 +359,7 @@ class FabricCostHandler:
         if p_list:
             for i, j, bonus in self._bonus_cells(ctx, p_list, d_list):
                 factor[i][j] *= bonus
-            totals = cost.pair_totals_few(ctx, np.array(p_list, dtype=np.int64),
-                                          np.array(d_list, dtype=np.int64))
-            for i, row in enumerate(totals):
+            for i, row in enumerate(cost.pair_totals_few(ctx, p_pos, d_pos)):
                 f_row, s = factor[i], stall[i]
                 costs += [ttft * f_row[j] + extra[j] + s for j, ttft in enumerate(row)]
         return _FewOptions(local, local_factor, price, p_list, d_list, factor, extra, stall,

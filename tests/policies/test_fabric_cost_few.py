@@ -1,7 +1,7 @@
 """fabric-cost on Python numbers for a few candidates (``_schedule_few``, ``filter_few``)
 decides exactly as its numpy path: same pair, runners-up, scores, TTFT estimates and
 notes, bit for bit, on random snapshots (loads, KV over-commit, zero rates, pairings,
-sessions, link load, pinned workers)."""
+sessions, link load, pinned workers, prefix pulls on and off)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from policies.builtins.fabric_cost import FabricCostHandler
 from policies.contracts import PairChoice, Refusal
 from policies.pipeline import SchedulingProfile
 from policies.snapshot import CycleContext, RequestView
-from scheduler.router.cost import SCALAR_MAX
+from scheduler.router.cost import SCALAR_MAX, CostParams
 from scheduler.router.router import Router
 from tests.scheduler.router.builders import (
     CROSS_ZONE,
@@ -51,13 +51,14 @@ def _random_context(rng: random.Random) -> CycleContext:
     pairs = {(rng.choice(names), rng.choice(names)): rng.choice((0.5, 1.0, 2.0))
              for _ in range(rng.randrange(0, 4))}
     snap = snapshot(built, preferred_pairs=pairs)
-    model = Router(fabric(), policy()).cost_model(snap)
+    params = CostParams(prefix_pull=rng.random() < 0.3)  # pulls: priced on arrays only
+    model = Router(fabric(), policy(), cost=params).cost_model(snap)
     if rng.random() < 0.4:
         a, b = rng.randrange(len(built)), rng.randrange(len(built))
         links = model.table.links(a, b)
         if links:
             snap = snap.with_link_load({link: rng.randrange(1, 5) for link in links})
-            model = Router(fabric(), policy()).cost_model(snap)
+            model = Router(fabric(), policy(), cost=params).cost_model(snap)
     blocks = rng.randrange(1, 300)
     cached = np.array([rng.choice((0, 0, rng.randrange(0, blocks + 1))) for _ in built],
                       dtype=np.int64)
