@@ -148,9 +148,11 @@ class SchedulerClient:
         return JobStream(self.base_url, f"/v1/sidecars/{_segment(name)}/jobs/stream",
                          keepalive_s, self.timeout_s, self._token, counts)
 
-    def pending(self, name: str) -> int:
-        """How many transfers with worker ``name`` on either side are still pending."""
-        data = self._call("GET", f"/v1/sidecars/{_segment(name)}/pending")
+    def pending(self, name: str, created_before: float | None = None) -> int:
+        """How many transfers with worker ``name`` on either side are still pending
+        (only those created before the unix time ``created_before``, if given)."""
+        params = {} if created_before is None else {"created_before": created_before}
+        data = self._call("GET", f"/v1/sidecars/{_segment(name)}/pending", params=params)
         return int(data["pending"])
 
     def report(self, report: TransferReport) -> None:

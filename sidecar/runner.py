@@ -676,12 +676,13 @@ class Sidecar:
     def shutdown(self) -> dict[str, Any]:
         """Drain, deregister everywhere, write and return the final state."""
         self.stop.set()
+        stopped_at = time.time()
         give_up = time.monotonic() + self.config.drain_timeout_s
         drained = _wait_until(lambda: self._idle.is_set() and not self._waiting
                               and not self._in_flight, give_up)
         drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
             and drained
-        drained = self._drain_passive(give_up) and drained
+        drained = self._drain_passive(stopped_at, give_up) and drained
         deregistered = True
         try:
             self.client.deregister(self.config.name)
@@ -704,15 +705,16 @@ class Sidecar:
                                 **_engine_counts(self.engine),
                                 **asdict(summary))
 
-    def _drain_passive(self, give_up: float) -> bool:
+    def _drain_passive(self, stopped_at: float, give_up: float) -> bool:
         """Keep the memory registered while transfers may still read it: this sidecar
         is not told of the READs it is the passive target of until they end, so ask the
-        scheduler until none of this worker's transfers is pending (until ``give_up``),
-        then read the job stream until it has been quiet for ``_QUIET_S`` (the
-        ``complete`` jobs written last). True when drained; also when the scheduler
-        cannot be asked (deregistering then fails whatever is left)."""
+        scheduler until none of this worker's transfers created before ``stopped_at``
+        (wall time: later ones fail when it deregisters) is pending (until
+        ``give_up``), then read the job stream until it has been quiet for ``_QUIET_S``
+        (the ``complete`` jobs written last). True when drained; also when the
+        scheduler cannot be asked (deregistering then fails whatever is left)."""
         try:
-            while self.client.pending(self.config.name):
+            while self.client.pending(self.config.name, stopped_at):
                 if time.monotonic() >= give_up:
                     return False
                 time.sleep(_DRAIN_POLL_S)

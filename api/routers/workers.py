@@ -113,11 +113,20 @@ class PendingTransfers(BaseModel):
 
 
 @router.get("/sidecars/{name:path}/pending")
-async def pending_transfers(name: str, coordinator: Coordinator) -> PendingTransfers:
+async def pending_transfers(
+        name: str, coordinator: Coordinator,
+        created_before: Annotated[float | None, Query(
+            description="count only transfers created before this unix time")] = None,
+) -> PendingTransfers:
     """A draining sidecar asks this before it deregisters: a READ's source is not told
-    of the transfer until it ended, and its memory must stay registered until then."""
+    of the transfer until it ended, and its memory must stay registered until then
+    (``created_before``: the moment it started draining; later transfers fail when it
+    deregisters, so that a busy worker's drain ends)."""
     await coordinator.store.get_worker(name)  # 404 for an unknown worker
-    return PendingTransfers(pending=len(await coordinator.store.transfers_of(name)))
+    records = await coordinator.store.transfers_of(name)
+    if created_before is not None:
+        records = [r for r in records if r.created_at < created_before]
+    return PendingTransfers(pending=len(records))
 
 
 #: Media type of the job stream: one JSON job per line (empty lines keep it alive).
