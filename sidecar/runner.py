@@ -14,7 +14,8 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
   scheduler is only noted, and its ``complete`` (or ``abort``) job ends it here;
 * ``inflight`` — checks the transfers handed to it in turn (one check each per round),
   and verifies and reports each as it completes;
-* ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
+* ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed
+  (until deregistered: a draining sidecar keeps its lease);
 * ``progress`` — polls NIXL notifications every few ms, because the agent runs without
   NIXL's busy-spinning progress thread (docs/transfers.md);
 * ``watchdog`` — one thread for every job's deadline: reports ``timeout`` for a wait
@@ -22,7 +23,8 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
 * executor pool — WRITE targets waiting for their NIXL notification.
 
 Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
-deadline) → deregister from the scheduler (its metadata stops being handed out) →
+deadline) → wait until no transfer of this worker from before the stop is pending (the
+reads of a passive target) → deregister from the scheduler (its metadata stops being handed out) →
 release peers and handles, deregister memory → write the final state file.
 """
 
