@@ -713,7 +713,7 @@ class Sidecar:
         scheduler until none of this worker's transfers created before ``stopped_at``
         (wall time: later ones fail when it deregisters) is pending (until
         ``give_up``), then read the job stream until it has been quiet for ``_QUIET_S``
-        (the ``complete`` jobs written last). True when drained; also when the
+        since then (the ``complete`` jobs written last). True when drained; also when the
         scheduler cannot be asked (deregistering then fails whatever is left)."""
         try:
             while self.client.pending(self.config.name, stopped_at):
@@ -723,8 +723,9 @@ class Sidecar:
         except ToposchedError as exc:
             log.warning("could not ask the scheduler for pending transfers: %s", exc)
             return True
-        return _wait_until(lambda: self._idle.is_set()
-                           and time.monotonic() - self._job_at >= _QUIET_S, give_up)
+        none_left = time.monotonic()  # the last complete may still be on its way
+        return _wait_until(lambda: self._idle.is_set() and time.monotonic()
+                           - max(self._job_at, none_left) >= _QUIET_S, give_up)
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""
