@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -139,12 +139,21 @@ class SchedulerClient:
                           timeout_s=wait_s + self.timeout_s)
         return [TransferJob.model_validate(job) for job in data["jobs"]]
 
-    def job_stream(self, name: str, keepalive_s: float) -> JobStream:
+    def job_stream(self, name: str, keepalive_s: float,
+                   counts: Counter[str] | None = None) -> JobStream:
         """The job stream (``GET /v1/sidecars/NAME/jobs/stream``): jobs as the scheduler
         queues them, read on the calling thread, for as long as the stream stays open
-        (see :class:`JobStream`; opened at the first ``next``)."""
+        (see :class:`JobStream`; opened at the first ``next``). ``counts``: jobs by kind
+        and ``writes`` (the scheduler's writes that carried jobs) are added to it."""
         return JobStream(self.base_url, f"/v1/sidecars/{_segment(name)}/jobs/stream",
-                         keepalive_s, self.timeout_s, self._token)
+                         keepalive_s, self.timeout_s, self._token, counts)
+
+    def pending(self, name: str, created_before: float | None = None) -> int:
+        """How many transfers with worker ``name`` on either side are still pending
+        (only those created before the unix time ``created_before``, if given)."""
+        params = {} if created_before is None else {"created_before": created_before}
+        data = self._call("GET", f"/v1/sidecars/{_segment(name)}/pending", params=params)
+        return int(data["pending"])
 
     def report(self, report: TransferReport) -> None:
         """Send one transfer report (the scheduler answers 204: no record back)."""
@@ -219,8 +228,9 @@ class JobStream:
     """
 
     def __init__(self, base_url: str, path: str, keepalive_s: float, timeout_s: float,
-                 token: str | None) -> None:
+                 token: str | None, counts: Counter[str] | None = None) -> None:
         self._base_url, self._path, self._token = base_url, path, token
+        self._counts: Counter[str] = Counter() if counts is None else counts
         self._keepalive_s, self._timeout_s = keepalive_s, timeout_s
         self._sock: _Socket | None = None
         self._body: Iterator[bytes] | None = None
@@ -253,9 +263,14 @@ class JobStream:
             while self._lines:
                 line = self._lines.popleft()
                 if line.strip():
-                    return TransferJob.model_validate_json(line)
-            *lines, self._pending = (self._pending + next(body)).split(b"\n")
+                    job = TransferJob.model_validate_json(line)
+                    self._counts[job.kind] += 1
+                    return job
+            chunk = next(body)
+            *lines, self._pending = (self._pending + chunk).split(b"\n")
             self._lines.extend(lines)
+            if chunk.strip():
+                self._counts["writes"] += 1
 
     def _open(self) -> Iterator[bytes]:
         where = f"{self._base_url}{self._path}"

@@ -54,6 +54,11 @@ class EngineHook(Protocol):
     def on_failed(self, plan: TransferPlan, reason: str) -> None:
         """A transfer into (or out of) this engine failed; the decode side recomputes."""
 
+    def on_sent(self, plan_id: str, blocks: Sequence[int]) -> None:
+        """A READ transfer that read ``blocks`` of this engine (its source) is done: the
+        engine may reuse them. Told in batches, some milliseconds after the destination
+        reported (nobody waits for it)."""
+
     def set_release(self, release: Release) -> None:
         """Take the function to call, with the received plan, once the request that used
         its blocks ended (finished, or failed and recomputed): the sidecar then tells the
@@ -96,6 +101,11 @@ class FakeEngine:
         #: Blocks received by requests that have not ended: nobody may write them.
         self.held: set[int] = set()
         self.recompute: list[str] = []
+        #: Transfers out of this engine that ended (``on_sent``), their blocks, and
+        #: those that failed (``on_failed`` as their source).
+        self.sent_transfers = 0
+        self.sent_blocks = 0
+        self.sent_failed = 0
         self._release: Release | None = None
         #: Executor and timer threads both change content and held blocks.
         self._lock = threading.Lock()
@@ -156,6 +166,8 @@ class FakeEngine:
         its destination, treat the target blocks as undefined from now on (they are not
         held: the scheduler quarantines them) and run the recomputed request."""
         if plan.dst.worker != self.worker:
+            with self._lock:
+                self.sent_failed += 1
             return
         with self._lock:
             self.recompute.append(plan.plan_id)
@@ -163,6 +175,13 @@ class FakeEngine:
                 self.content[block] = None
                 self.held.discard(block)
         self._start_request(plan)
+
+    def on_sent(self, plan_id: str, blocks: Sequence[int]) -> None:
+        """Count a transfer read from this engine that ended (its blocks keep their
+        bytes: the fake engine's blocks always hold their own pattern)."""
+        with self._lock:
+            self.sent_transfers += 1
+            self.sent_blocks += len(blocks)
 
     def _start_request(self, plan: TransferPlan) -> None:
         if self.decode_s is None:

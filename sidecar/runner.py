@@ -8,11 +8,14 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
   hand-off, while no other job is waiting and no other transfer of it is in flight;
   otherwise (or past ``--post-wait``) the transfer goes to the ``inflight`` thread and
   the next job is read and posted at once, up to ``--max-inflight`` transfers posted and
-  not yet reported; an ``await`` of a READ plan is only noted, and its ``complete`` (or
-  ``abort``) job ends it here;
+  not yet reported; as the passive target of a READ (``notify: scheduler``: no
+  ``await``) it hands a ``complete`` (the blocks read) or ``abort`` (the plan) to the
+  engine hook and reports nothing; an ``await`` of another plan told through the
+  scheduler is only noted, and its ``complete`` (or ``abort``) job ends it here;
 * ``inflight`` — checks the transfers handed to it in turn (one check each per round),
   and verifies and reports each as it completes;
-* ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed;
+* ``heartbeat`` — renews the lease at a third of its TTL, re-registers if it lapsed
+  (until deregistered: a draining sidecar keeps its lease);
 * ``progress`` — polls NIXL notifications every few ms, because the agent runs without
   NIXL's busy-spinning progress thread (docs/transfers.md);
 * ``watchdog`` — one thread for every job's deadline: reports ``timeout`` for a wait
@@ -20,7 +23,8 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
 * executor pool — WRITE targets waiting for their NIXL notification.
 
 Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
-deadline) → deregister from the scheduler (its metadata stops being handed out) →
+deadline) → wait until no transfer of this worker from before the stop is pending (the
+reads of a passive target) → deregister from the scheduler (its metadata stops being handed out) →
 release peers and handles, deregister memory → write the final state file.
 """
 
@@ -50,6 +54,7 @@ from scheduler.transfer.plan import (
     TransferPlan,
     TransferReport,
     WorkerRegistration,
+    passive_target,
 )
 from scheduler.transfer.validate import validate_plan
 from sidecar.announce import Announcer, load_announcement
@@ -72,6 +77,11 @@ _SWITCH_INTERVAL_S = 0.0005
 _WATCHDOG_GRACE_S = 0.5
 #: How often the watchdog looks at the earliest deadline (no wake-up per job).
 _WATCHDOG_TICK_S = 0.05
+#: Draining: how often to ask the scheduler for this worker's pending transfers, and
+#: how long the job stream must stay quiet after (the scheduler holds ``complete`` jobs
+#: back up to 10 ms to write several at once).
+_DRAIN_POLL_S = 0.05
+_QUIET_S = 0.1
 
 
 class Watchdog:
@@ -163,11 +173,17 @@ class Sidecar:
         self.stop = threading.Event()
         self.lease: Lease | None = None
         self.outcomes: Counter[str] = Counter()
+        #: Jobs received by kind, and ``writes``: the scheduler's writes that carried them.
+        self.jobs_received: Counter[str] = Counter()
         self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
         self._cancels: dict[str, threading.Event] = {}
         self.watchdog = Watchdog(self.stop)
         #: READ targets waiting for their ``complete`` job: plan id → (plan, started).
         self._waiting: dict[str, tuple[TransferPlan, float]] = {}
+        #: Set once deregistered at shutdown: the job stream ends with it.
+        self._gone = threading.Event()
+        #: When the job thread took its last job (monotonic).
+        self._job_at = 0.0
         #: Set while the job thread is not in the middle of a job.
         self._idle = threading.Event()
         self._idle.set()
@@ -226,10 +242,13 @@ class Sidecar:
             threading.Thread(target=target, name=name, daemon=True).start()
 
     def _heartbeat_loop(self) -> None:
-        while not self.stop.wait(self.lease.ttl_s / 3 if self.lease else 1.0):
+        # Runs until deregistered: a draining sidecar's lease must not lapse.
+        while not self._gone.wait(self.lease.ttl_s / 3 if self.lease else 1.0):
             try:
                 self.lease = self.client.heartbeat(self.config.name)
             except NotFoundError:
+                if self.stop.is_set():
+                    continue  # draining: nothing new will come, nothing to register for
                 log.warning("lease lapsed; registering again")
                 with contextlib.suppress(ToposchedError):
                     self.register()
@@ -238,7 +257,9 @@ class Sidecar:
 
     def _progress_loop(self) -> None:
         interval = _IDLE_INTERVAL_S
-        while not self.stop.wait(interval):
+        # Runs until deregistered: peers still reading this agent's memory while it
+        # drains need its progress (UCX wire-up of a new connection included).
+        while not self._gone.wait(interval):
             try:
                 if self.adapter.poll_notifs():
                     self.touch()
@@ -254,30 +275,31 @@ class Sidecar:
         self._active_at = time.monotonic()
 
     def _job_loop(self) -> None:
-        # Runs on after stop is set while READ targets still wait for their complete job
-        # (new transfers are rejected then); ends with the stream once deregistered.
-        while not self.stop.is_set() or self._waiting:
+        # Runs on after stop is set, until deregistered: waiting targets still get their
+        # complete or abort job, a passive target its completes, and new transfers are
+        # rejected meanwhile; the stream ends with the registration.
+        while not self._gone.is_set():
             try:
-                with self.client.job_stream(self.config.name, self.config.poll_wait_s) as jobs:
-                    if self._serve_stream(jobs):
-                        return
+                with self.client.job_stream(self.config.name, self.config.poll_wait_s,
+                                            self.jobs_received) as jobs:
+                    self._serve_stream(jobs)
             except NotFoundError:
-                self.stop.wait(0.2)  # lease lapsed; the heartbeat thread re-registers
+                self._gone.wait(0.2)  # lease lapsed; the heartbeat thread re-registers
             except ToposchedError as exc:
                 log.warning("job stream failed: %s", exc)
-                self.stop.wait(0.5)
+                self._gone.wait(0.5)
 
-    def _serve_stream(self, jobs: JobStream) -> bool:
-        """Dispatch the stream's jobs; True once stopped with no READ target waiting."""
+    def _serve_stream(self, jobs: JobStream) -> None:
+        """Dispatch the stream's jobs until it ends."""
         for job in jobs:
             self._idle.clear()
+            self._job_at = time.monotonic()
             try:
                 self.dispatch(job, time.monotonic(), jobs.ready)
             finally:
                 self._idle.set()
-            if self.stop.is_set() and not self._waiting:
-                return True
-        return False
+            if self._gone.is_set():
+                return
 
     def dispatch(self, job: TransferJob, received: float,
                  next_waiting: Callable[[], bool] = _nothing_waiting) -> None:
@@ -294,7 +316,8 @@ class Sidecar:
         reporting it here.
         """
         if job.kind in ("abort", "complete"):
-            self._end_wait(job)
+            if not self._passive_end(job):
+                self._end_wait(job)
             return
         assert job.plan is not None
         plan = job.plan
@@ -328,6 +351,24 @@ class Sidecar:
             self._executor.submit(self._await, plan, deadline)
         else:
             self._execute(plan, deadline, next_waiting)
+
+    def _passive_end(self, job: TransferJob) -> bool:
+        """A transfer this sidecar was the passive target of (a READ told through the
+        scheduler: no ``await``, no report) ended: its ``complete`` names the blocks
+        that were read, its ``abort`` carries the plan; the engine hook hears of it.
+        False for any other job."""
+        if job.kind == "complete" and job.blocks is not None:
+            self.engine.on_sent(job.plan_id, job.blocks)
+            outcome: Outcome = "ok"
+        elif job.kind == "abort" and job.plan is not None and passive_target(job.plan) \
+                and job.plan.target == self.config.name:
+            self.engine.on_failed(job.plan, job.reason or "aborted")
+            outcome = "aborted"
+        else:
+            return False
+        with self._lock:
+            self.outcomes[outcome] += 1
+        return True
 
     def _end_wait(self, job: TransferJob) -> None:
         """A ``complete`` or ``abort`` job: end the READ target's wait here; wake a WRITE
@@ -637,17 +678,20 @@ class Sidecar:
     def shutdown(self) -> dict[str, Any]:
         """Drain, deregister everywhere, write and return the final state."""
         self.stop.set()
+        stopped_at = time.time()
         give_up = time.monotonic() + self.config.drain_timeout_s
         drained = _wait_until(lambda: self._idle.is_set() and not self._waiting
                               and not self._in_flight, give_up)
         drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
             and drained
+        drained = self._drain_passive(stopped_at, give_up) and drained
         deregistered = True
         try:
             self.client.deregister(self.config.name)
         except ToposchedError as exc:
             deregistered = False
             log.warning("could not deregister from the scheduler: %s", exc)
+        self._gone.set()
         summary = self.adapter.close()
         self.pool.close()
         self.client.close()
@@ -659,7 +703,29 @@ class Sidecar:
                                 releases_streamed=self.client.releases_streamed,
                                 releases_posted=self.client.releases_posted,
                                 inflight_peak=self.inflight_peak, handed_off=self.handed_off,
+                                jobs_received=dict(self.jobs_received),
+                                **_engine_counts(self.engine),
                                 **asdict(summary))
+
+    def _drain_passive(self, stopped_at: float, give_up: float) -> bool:
+        """Keep the memory registered while transfers may still read it: this sidecar
+        is not told of the READs it is the passive target of until they end, so ask the
+        scheduler until none of this worker's transfers created before ``stopped_at``
+        (wall time: later ones fail when it deregisters) is pending (until
+        ``give_up``), then read the job stream until it has been quiet for ``_QUIET_S``
+        since then (the ``complete`` jobs written last). True when drained; also when the
+        scheduler cannot be asked (deregistering then fails whatever is left)."""
+        try:
+            while self.client.pending(self.config.name, stopped_at):
+                if time.monotonic() >= give_up:
+                    return False
+                time.sleep(_DRAIN_POLL_S)
+        except ToposchedError as exc:
+            log.warning("could not ask the scheduler for pending transfers: %s", exc)
+            return True
+        none_left = time.monotonic()  # the last complete may still be on its way
+        return _wait_until(lambda: self._idle.is_set() and time.monotonic()
+                           - max(self._job_at, none_left) >= _QUIET_S, give_up)
 
     def write_state(self, state: str, **extra: Any) -> dict[str, Any]:
         """Write the state file (atomically) if one was asked for; return its content."""
@@ -673,6 +739,14 @@ class Sidecar:
             tmp.write_text(json.dumps(data, indent=2))
             tmp.replace(path)
         return data
+
+
+def _engine_counts(engine: EngineHook) -> dict[str, int]:
+    """The fake engine's counts of transfers out of it, for the state file."""
+    if not isinstance(engine, FakeEngine):
+        return {}
+    return {"sent_transfers": engine.sent_transfers, "sent_blocks": engine.sent_blocks,
+            "sent_failed": engine.sent_failed}
 
 
 def _fake_engine(config: SidecarConfig) -> EngineHook:

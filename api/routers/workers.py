@@ -106,6 +106,29 @@ async def poll_jobs(name: str, request: Request, coordinator: Coordinator,
     return JobBatch(jobs=await coordinator.take_jobs(name, min(wait_s, cap)))
 
 
+class PendingTransfers(BaseModel):
+    """How many transfers with the worker on either side have not ended."""
+
+    pending: int
+
+
+@router.get("/sidecars/{name:path}/pending")
+async def pending_transfers(
+        name: str, coordinator: Coordinator,
+        created_before: Annotated[float | None, Query(
+            description="count only transfers created before this unix time")] = None,
+) -> PendingTransfers:
+    """A draining sidecar asks this before it deregisters: a READ's source is not told
+    of the transfer until it ended, and its memory must stay registered until then
+    (``created_before``: the moment it started draining; later transfers fail when it
+    deregisters, so that a busy worker's drain ends)."""
+    await coordinator.store.get_worker(name)  # 404 for an unknown worker
+    records = await coordinator.store.transfers_of(name)
+    if created_before is not None:
+        records = [r for r in records if r.created_at < created_before]
+    return PendingTransfers(pending=len(records))
+
+
 #: Media type of the job stream: one JSON job per line (empty lines keep it alive).
 JOB_STREAM_MEDIA_TYPE = "application/x-ndjson"
 
@@ -142,9 +165,41 @@ class _JobStream(StreamingResponse):
             group.cancel_scope.cancel()
 
 
+#: How long the job stream holds back a batch of nothing but ``complete`` jobs to write
+#: the next ones with it (nobody waits for them: a passive target only reuses blocks).
+COMPLETE_LINGER_S = 0.01
+#: Most jobs held back that way (written at once when reached).
+COMPLETE_BATCH_MAX = 64
+#: How a ``complete`` job's JSON starts (the store keeps ``model_dump_json`` text).
+_COMPLETE_PREFIX = '{"kind":"complete"'
+
+
+def _lazy(texts: list[str]) -> bool:
+    """True when every job of ``texts`` is a ``complete``."""
+    return all(text.startswith(_COMPLETE_PREFIX) for text in texts)
+
+
+async def _with_later_completes(coordinator: TransferCoordinator, name: str,
+                                texts: list[str]) -> list[str]:
+    """``texts`` (all ``complete`` jobs) and the jobs queued within ``COMPLETE_LINGER_S``
+    after them: up to ``COMPLETE_BATCH_MAX``, and no longer than the first other job."""
+    give_up = coordinator.now() + COMPLETE_LINGER_S
+    while len(texts) < COMPLETE_BATCH_MAX:
+        left = give_up - coordinator.now()
+        if left <= 0:
+            break
+        more = await coordinator.next_job_texts(name, left)
+        texts = [*texts, *more]
+        if not _lazy(more):
+            break
+    return texts
+
+
 async def _job_lines(coordinator: TransferCoordinator, name: str, texts: list[str],
                      keepalive_s: float) -> AsyncIterator[bytes]:
-    """The stream's body: queued jobs as they come (each write is one chunk)."""
+    """The stream's body: queued jobs as they come, all those queued at once in one
+    write (one chunk); ``complete`` jobs alone wait up to ``COMPLETE_LINGER_S`` for
+    company."""
     while True:
         if texts:
             sent_at = coordinator.now()  # stamped after the write, with the time it began
@@ -154,6 +209,8 @@ async def _job_lines(coordinator: TransferCoordinator, name: str, texts: list[st
             yield b"\n"
         try:
             texts = await coordinator.next_job_texts(name, keepalive_s)
+            if texts and _lazy(texts):
+                texts = await _with_later_completes(coordinator, name, texts)
         except NotFoundError:
             return  # lease lapsed or removed: the sidecar registers again
 

@@ -2,14 +2,22 @@
 
 Transport-free: the REST layer calls these methods; a store holds the state. One
 transfer goes: ``submit`` builds and validates a plan, queues ``execute`` for the
-initiator and ``await`` for the target; each sidecar reports once. Every transfer ends,
-exactly once, in one of three states:
+initiator and, when the target has something to wait for, ``await`` for the target; each
+sidecar that got a job reports once. A READ plan told through the scheduler
+(``notify: scheduler``, the READ default) has a *passive* target: the prefill side
+serves the read from memory it registered and waits for nothing, so it gets no
+``await``; the initiator (the destination) reports, which ends the transfer, and the
+target then gets ``complete`` with its blocks (it may reuse them; the job stream writes
+several at once) — or, if the transfer failed or expired, ``abort`` with the plan. It
+sends no report. Every transfer ends, exactly once, in one of three states:
 
 * ``done`` — the destination side reported success;
 * ``failed`` — a side reported a failure, or a side's lease ran out, it deregistered or
-  registered again; ``recompute`` is set and ``abort`` goes to the side still waiting;
+  registered again; ``recompute`` is set and ``abort`` goes to the side still waiting
+  (and to a passive target, which holds the blocks being read);
 * ``expired`` — no outcome by the plan's ``not_after`` plus ``expiry_grace_s``: the
-  sweep (:meth:`TransferCoordinator.expire`) ends it, with ``recompute`` set.
+  sweep (:meth:`TransferCoordinator.expire`) ends it, with ``recompute`` set (``abort``
+  goes to a passive target only: the other sides stopped waiting at the deadline).
 
 Each state change is a compare-and-set on the record's version
 (:meth:`~scheduler.state.base.TransferStore.replace_transfer`), so of two replicas
@@ -50,6 +58,7 @@ from scheduler.transfer.plan import (
     TransferState,
     TransportHints,
     WorkerRegistration,
+    passive_target,
 )
 from topology.distance import DistanceModel
 from topology.errors import ConflictError, Issue, NotFoundError, ValidationError
@@ -221,10 +230,12 @@ class TransferCoordinator:
         then the jobs use the blocks: they stay taken, a leak until the worker
         re-registers rather than the same blocks handed to two transfers."""
         plan = record.plan
+        jobs = [(plan.initiator, TransferJob(kind="execute", plan_id=plan.plan_id, plan=plan))]
+        if not passive_target(plan):
+            jobs.append((plan.target, TransferJob(kind="await", plan_id=plan.plan_id,
+                                                  plan=plan)))
         try:
-            await self.store.start_transfer(record, [
-                (plan.initiator, TransferJob(kind="execute", plan_id=plan.plan_id, plan=plan)),
-                (plan.target, TransferJob(kind="await", plan_id=plan.plan_id, plan=plan))])
+            await self.store.start_transfer(record, jobs)
         except (ConflictError, NotFoundError):
             await self._give_back(taken)
             raise
@@ -296,6 +307,8 @@ class TransferCoordinator:
         jobs among ``texts`` start (the job left for its sidecar)."""
         now = self._clock() if at is None else at
         for text in texts:
+            if text.startswith('{"kind":"') and not text.startswith('{"kind":"execute"'):
+                continue  # the stores keep model_dump_json text: no parse needed
             job = json.loads(text)
             if job.get("kind") == "execute":
                 with contextlib.suppress(NotFoundError):
@@ -313,9 +326,11 @@ class TransferCoordinator:
         before, after = await self._change(plan_id, lambda r: self._with_report(r, report))
         if (before.state == "pending" and report.outcome == "ok"
                 and report.worker == plan.initiator and plan.notify == "scheduler"):
+            # A passive target gets the blocks it may reuse (it never saw the plan).
+            blocks = plan.src_blocks if passive_target(plan) else None
             with contextlib.suppress(NotFoundError):
-                await self.store.put_job(plan.target, TransferJob(kind="complete",
-                                                                  plan_id=plan_id))
+                await self.store.put_job(plan.target, TransferJob(
+                    kind="complete", plan_id=plan_id, blocks=blocks))
         if before.state == "pending" and after.state != "pending":
             await self._ended(after, skip=report.worker)
         return after
@@ -387,7 +402,9 @@ class TransferCoordinator:
             await self.store.release_blocks_at(
                 plan.dst.worker, plan.dst_blocks,
                 record.created_at + plan.deadline_s + QUARANTINE_SLACK_S, epoch=plan.dst.epoch)
-        if record.state == "failed":  # expired: both sides stopped waiting long ago
+        if record.state == "failed" or (record.state == "expired" and passive_target(plan)):
+            # expired: the sides that waited stopped long ago; a passive target waits
+            # for nothing but is told, so that it may reuse the blocks being read.
             await self._abort(record, skip)
         for listener in self.listeners:
             try:
@@ -397,11 +414,15 @@ class TransferCoordinator:
 
     async def _abort(self, record: TransferRecord, skip: str | None) -> None:
         plan = record.plan
-        for side in sorted({plan.src.worker, plan.dst.worker} - {skip}):
+        sides = {plan.target} if record.state == "expired" else {plan.src.worker,
+                                                                 plan.dst.worker}
+        for side in sorted(sides - {skip}):
+            # A passive target never saw the plan: its abort carries it.
+            carried = plan if side == plan.target and passive_target(plan) else None
             # A side that is gone has nobody waiting to be told.
             with contextlib.suppress(NotFoundError):
                 await self.store.put_job(side, TransferJob(
-                    kind="abort", plan_id=plan.plan_id, reason=record.error))
+                    kind="abort", plan_id=plan.plan_id, reason=record.error, plan=carried))
 
     async def _fail_pending(self, name: str, reason: str) -> None:
         for record in await self.store.transfers_of(name):

@@ -173,6 +173,14 @@ class TransferPlan(_Frozen):
         return self.dst.worker if self.initiator == self.src.worker else self.src.worker
 
 
+def passive_target(plan: TransferPlan) -> bool:
+    """True when ``plan``'s target waits for nothing: a READ told through the scheduler
+    (the source serves the read from registered memory). It gets no ``await`` job, only
+    ``complete`` (with its blocks) or ``abort`` (with the plan) once the transfer ended,
+    and sends no report."""
+    return plan.notify == "scheduler" and plan.initiator == plan.dst.worker
+
+
 JobKind = Literal["execute", "await", "abort", "complete"]
 
 
@@ -180,15 +188,19 @@ class TransferJob(_Frozen):
     """What a sidecar receives from the job channel.
 
     ``execute``: post the plan (this sidecar is the initiator); ``await``: wait for the
-    plan's completion (this sidecar is the target); ``complete``: the initiator reported
-    success (plans with ``notify: scheduler``); ``abort``: stop waiting for ``plan_id``,
-    the transfer failed elsewhere (``reason`` says why).
+    plan's completion (this sidecar is the target, unless it is passive:
+    :func:`passive_target`); ``complete``: the initiator reported success (plans with
+    ``notify: scheduler``; a passive target gets its ``blocks``, which it may reuse);
+    ``abort``: stop waiting for ``plan_id``, the transfer failed elsewhere or expired
+    (``reason`` says why; a passive target gets the ``plan``).
     """
 
     kind: JobKind
     plan_id: str
     plan: TransferPlan | None = None
     reason: str | None = None
+    blocks: tuple[BlockId, ...] | None = Field(
+        default=None, description="complete, passive target: its blocks the transfer read")
 
 
 Outcome = Literal["ok", "failed", "timeout", "rejected", "aborted"]

@@ -95,8 +95,10 @@ def _finished(replica: Replica, plan_id: str, timeout_s: float = 20.0) -> dict[s
         record: dict[str, Any] = httpx.get(f"{replica.url}/v1/transfers/{plan_id}",
                                            headers=AUTH,
                                            params={"wait_s": 1.0}, timeout=5).json()
+        # done at the destination's (the READ initiator's) report: the prefill side, a
+        # passive target, sends none
         finished = record.get("state") == "failed" or (
-            record.get("state") == "done" and len(record["reports"]) >= 2)
+            record.get("state") == "done" and len(record["reports"]) >= 1)
         return record if finished else None
     result: dict[str, Any] = wait_for(done, timeout_s, f"transfer {plan_id}")
     return result

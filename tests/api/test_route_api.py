@@ -50,7 +50,7 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
                              headers=own_bearer(name)).json()["jobs"]
             for name in ("prefill-0", "decode-0")}
     kinds = sorted(job["kind"] for batch in jobs.values() for job in batch)
-    assert kinds == ["await", "execute"]
+    assert kinds == ["execute"]  # the prefill side is a passive READ target: no await
     assert all(job["plan_id"] == plan_id for batch in jobs.values() for job in batch)
     record = client.get(f"/v1/transfers/{plan_id}", headers=bearer(WORKER)).json()
     assert len(record["plan"]["src_blocks"]) == 3

@@ -147,9 +147,11 @@ class Cluster:
         data: dict[str, Any] = self.http.get(f"{self.url}/v1/transfers/{plan_id}").json()
         return data
 
-    def finished(self, plan_id: str, reports: int = 2, timeout_s: float = 15.0) -> dict[str, Any]:
+    def finished(self, plan_id: str, reports: int | None = None,
+                 timeout_s: float = 15.0) -> dict[str, Any]:
         """Wait (long-polling the record: first for its end, then for more reports)
-        until the transfer left ``pending`` and has ``reports`` reports."""
+        until the transfer left ``pending`` and has ``reports`` reports (default: one
+        per side that reports; a READ's passive target sends none)."""
         deadline = time.monotonic() + timeout_s
         version = 0
         while True:
@@ -157,6 +159,10 @@ class Cluster:
                                      params={"wait_s": 2.0, "after": version, "ended": True})
             record: dict[str, Any] = response.json()
             version = int(response.headers.get("x-record-version", version))
+            if reports is None:
+                plan = record["plan"]
+                reports = 1 if plan["notify"] == "scheduler" and \
+                    plan["initiator"] == plan["dst"]["worker"] else 2
             if record["state"] != "pending" and len(record["reports"]) >= reports:
                 return record
             if time.monotonic() > deadline:

@@ -64,7 +64,16 @@ def test_read_full_then_delta_moves_only_missing_blocks(tmp_path: Path) -> None:
         dst = _report(delta, "decode-0")
         # verified covers the held blocks too: 0-7 kept the first transfer's bytes.
         assert dst["verified"] is True and dst["bytes"] == 4 * BLOCK
-        assert _report(delta, "prefill-0")["outcome"] == "ok"
+        # The prefill side serves the reads without a job or a report of its own; it
+        # hears of each transfer once it ended (its engine may reuse the blocks).
+        assert [r["worker"] for r in full["reports"] + delta["reports"]] == ["decode-0"] * 2
+        prefill = c.sidecars["prefill-0"]
+        assert prefill.stop(signal.SIGTERM) == 0
+        state = prefill.state()
+        assert state["jobs_received"].keys() == {"complete", "writes"}, state
+        assert state["jobs_received"]["complete"] == 2 and state["outcomes"] == {"ok": 2}
+        assert (state["sent_transfers"], state["sent_blocks"]) == (2, 12), state
+        assert state["reports_streamed"] == 0, state
 
 
 def test_fake_engines_end_their_requests_so_a_small_pool_serves_for_ever(

@@ -71,7 +71,7 @@ def test_register_gives_growing_epochs_and_heartbeat_extends_the_lease() -> None
     run(body())
 
 
-def test_submit_queues_execute_for_the_initiator_and_await_for_the_target() -> None:
+def test_submit_queues_execute_for_the_initiator_and_nothing_for_a_passive_target() -> None:
     async def body() -> None:
         c, _ = setup()
         await _two(c)
@@ -80,8 +80,23 @@ def test_submit_queues_execute_for_the_initiator_and_await_for_the_target() -> N
         assert record.plan.plan_id == "x0" and record.plan.dst_blocks == (0, 1, 2)
         dec = await c.store.wait_jobs("decode-0", 0)
         pre = await c.store.wait_jobs("prefill-0", 0)
-        assert [j.kind for j in dec] == ["execute"] and [j.kind for j in pre] == ["await"]
+        assert [j.kind for j in dec] == ["execute"] and pre == []
         assert (await c.store.get_worker("decode-0")).free_blocks == 13
+    run(body())
+
+
+@pytest.mark.parametrize(("mode", "notify", "target"), [
+    ("WRITE", "nixl", "decode-0"), ("WRITE", "scheduler", "decode-0"),
+    ("READ", "nixl", "prefill-0")])
+def test_a_target_with_something_to_wait_for_gets_await(mode: str, notify: str,
+                                                        target: str) -> None:
+    async def body() -> None:
+        c, _ = setup(mode=mode)
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,),
+                                       notify=notify))  # type: ignore[arg-type]
+        jobs = await c.store.wait_jobs(target, 0)
+        assert [(j.kind, j.plan is not None) for j in jobs] == [("await", True)]
     run(body())
 
 
@@ -120,6 +135,44 @@ def test_a_failed_report_fails_the_transfer_and_aborts_the_other_side() -> None:
         assert record.state == "failed" and record.recompute
         jobs = await c.store.wait_jobs("prefill-0", 0)
         assert [(j.kind, j.plan_id) for j in jobs] == [("abort", "x0")]
+        # The passive target never saw the plan: its abort carries it (engine hook).
+        assert jobs[0].plan == record.plan and jobs[0].reason
+        assert await c.store.wait_jobs("decode-0", 0) == [
+            TransferJob(kind="execute", plan_id="x0", plan=record.plan)]  # no abort back
+    run(body())
+
+
+def test_an_expired_read_tells_its_passive_target_only() -> None:
+    async def body() -> None:
+        c, clock = setup(ttl=100)
+        await _two(c)
+        record = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                src_blocks=(0,), deadline_s=2))
+        await c.store.wait_jobs("decode-0", 0)
+        clock.now += 2 + c.expiry_grace_s + 0.1
+        await c.expire()
+        assert (await c.store.get_transfer("x0")).state == "expired"
+        jobs = await c.store.wait_jobs("prefill-0", 0)
+        assert [(j.kind, j.plan) for j in jobs] == [("abort", record.plan)]
+        assert await c.store.wait_jobs("decode-0", 0) == []
+        await c.expire()  # ended once: nothing more for anyone
+        assert await c.store.wait_jobs("prefill-0", 0) == []
+    run(body())
+
+
+def test_an_expired_write_tells_nobody() -> None:
+    async def body() -> None:
+        c, clock = setup(mode="WRITE", ttl=100)
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,),
+                                       deadline_s=2))
+        for name in ("prefill-0", "decode-0"):
+            await c.store.wait_jobs(name, 0)
+        clock.now += 2 + c.expiry_grace_s + 0.1
+        await c.expire()
+        assert (await c.store.get_transfer("x0")).state == "expired"
+        for name in ("prefill-0", "decode-0"):
+            assert await c.store.wait_jobs(name, 0) == []
     run(body())
 
 
@@ -226,12 +279,32 @@ def test_read_completion_reaches_the_target_through_the_scheduler() -> None:
     async def body() -> None:
         c, _ = setup(mode="READ")
         await _two(c)
-        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
-        await c.store.wait_jobs("prefill-0", 0)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(4, 2)))
+        assert await c.store.wait_jobs("prefill-0", 0) == []
         record = await c.report("x0", _report("x0", "decode-0"))
-        assert record.state == "done"
+        assert record.state == "done" and len(record.reports) == 1
         jobs = await c.store.wait_jobs("prefill-0", 0)
-        assert [(j.kind, j.plan_id) for j in jobs] == [("complete", "x0")]
+        # The passive target gets the blocks the transfer read, no plan.
+        assert [(j.kind, j.plan_id, j.blocks, j.plan) for j in jobs] == [
+            ("complete", "x0", (4, 2), None)]
+        await c.report("x0", _report("x0", "decode-0"))  # a repeated report: no second one
+        assert await c.store.wait_jobs("prefill-0", 0) == []
+    run(body())
+
+
+def test_write_told_through_the_scheduler_completes_its_waiting_target() -> None:
+    async def body() -> None:
+        c, _ = setup(mode="WRITE")
+        await _two(c)
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,),
+                                       notify="scheduler"))
+        assert [j.kind for j in await c.store.wait_jobs("decode-0", 0)] == ["await"]
+        record = await c.report("x0", _report("x0", "prefill-0"))
+        assert record.state == "pending"  # done at the destination's own report
+        jobs = await c.store.wait_jobs("decode-0", 0)
+        assert [(j.kind, j.blocks) for j in jobs] == [("complete", None)]
+        done = await c.report("x0", _report("x0", "decode-0", role="target"))
+        assert done.state == "done"
     run(body())
 
 
@@ -278,7 +351,7 @@ def test_a_routed_transfer_takes_blocks_on_both_sides_in_one_step() -> None:
         assert (await c.store.get_worker("prefill-0")).free_blocks == 11
         assert (await c.store.get_worker("decode-0")).free_blocks == 13
         assert [j.kind for j in await c.store.wait_jobs("decode-0", 0)] == ["execute"]
-        assert [j.kind for j in await c.store.wait_jobs("prefill-0", 0)] == ["await"]
+        assert await c.store.wait_jobs("prefill-0", 0) == []  # a passive target
         await c.store.allocate_blocks("decode-0", 5)
         with pytest.raises(UnschedulableError, match="decode-0 has 8 free KV blocks, 9 needed"):
             await c.submit_routed("prefill-0", "decode-0", 9)
