@@ -1101,7 +1101,13 @@ the longer wait. SGLang-style prefix-only, which follows the prefix whatever the
 queue, reaches 92.4 % of the ideal with 0.96× the default's goodput (23.04 against
 24.05 req/s) and a 1.28× higher TTFT p50 (0.86 against 0.67 s). The tail price widens
 the gap: a holder whose decode steps are already slow is passed over more often. The default is not
-changed to chase the bar. Where the simulated engines differ from vLLM here, they
+changed to chase the bar. With *prefix pull* (the option in its own section below:
+a prefill worker copies a holder's cached prefix over the fabric instead of
+recomputing it) the same default reaches 100 % of the ideal at ×1, ×8 and on the
+agentic workload; it stays off by default because the service does not drive pulls
+for real engines yet (vLLM's NixlConnector cannot import a partial prefix), and
+because, forced on across this whole report, single trace draws' TPOT p99 rose to
+1.18× the best baseline's (tcp-zones, seed 1; docs/dev-notes.md). Where the simulated engines differ from vLLM here, they
 make hits easier, not harder: a prefill's blocks are announced when it starts (vLLM:
 as each chunk is scheduled), and a decode worker caches transferred blocks when it
 reserves them (vLLM with NIXL: once they have loaded).
