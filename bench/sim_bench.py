@@ -1107,7 +1107,8 @@ recomputing it) the same default reaches 100 % of the ideal at ×1, ×8 and on t
 agentic workload; it stays off by default because the service does not drive pulls
 for real engines yet (vLLM's NixlConnector cannot import a partial prefix), and
 because, forced on across this whole report, single trace draws' TPOT p99 rose to
-1.18× the best baseline's (tcp-zones, seed 1; docs/dev-notes.md). Where the simulated engines differ from vLLM here, they
+1.18× the best baseline's (tcp-zones, seed 1; docs/dev-notes.md). Where the simulated
+engines differ from vLLM here, they
 make hits easier, not harder: a prefill's blocks are announced when it starts (vLLM:
 as each chunk is scheduled), and a decode worker caches transferred blocks when it
 reserves them (vLLM with NIXL: once they have loaded).
