@@ -144,6 +144,14 @@ class TransferCoordinator:
         await self._fail_pending(reg.name, f"{reg.name} re-registered")
         return await self.store.register_worker(reg, self.lease_ttl_s)
 
+    async def drain(self, name: str) -> WorkerEntry:
+        """Mark a worker draining (its sidecar is shutting down; idempotent): from now on
+        :meth:`submit` and :meth:`submit_routed` refuse transfers that would use it on
+        either side (:class:`~scheduler.state.base.WorkerDrainingError`, 409: the store's
+        ``take_blocks`` refuses it, taking nothing); its pending transfers go on. It
+        takes new transfers again once it registers again."""
+        return await self.store.drain_worker(name)
+
     async def deregister(self, name: str) -> None:
         """Remove a worker; its pending transfers fail and peers are told to recompute."""
         if not await self.store.remove_worker(name):

@@ -142,6 +142,30 @@ def test_a_failed_report_fails_the_transfer_and_aborts_the_other_side() -> None:
     run(body())
 
 
+def test_a_draining_worker_gets_no_new_plan_and_its_pending_one_ends() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        pending = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                 src_blocks=(0,)))
+        assert (await c.drain("prefill-0")).draining
+        free = {n: (await c.store.get_worker(n)).free_blocks for n in ("prefill-0", "decode-0")}
+        for src, dst in (("prefill-0", "decode-0"), ("decode-0", "prefill-0")):
+            with pytest.raises(ConflictError, match="'prefill-0' is draining"):
+                await c.submit(TransferRequest(src=src, dst=dst, src_blocks=(5,)))
+            with pytest.raises(ConflictError, match="'prefill-0' is draining"):
+                await c.submit_routed(src, dst, 2)
+        # Nothing was taken, nothing stored.
+        assert {n: (await c.store.get_worker(n)).free_blocks
+                for n in ("prefill-0", "decode-0")} == free
+        assert [r.plan.plan_id for r in await c.store.transfers_of("prefill-0")] == [
+            pending.plan.plan_id]
+        assert (await c.report("x0", _report("x0", "decode-0"))).state == "done"
+        with pytest.raises(NotFoundError):
+            await c.drain("nobody")
+    run(body())
+
+
 def test_an_expired_read_tells_its_passive_target_only() -> None:
     async def body() -> None:
         c, clock = setup(ttl=100)
