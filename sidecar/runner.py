@@ -321,6 +321,8 @@ class Sidecar:
         reporting it here.
         """
         if job.kind in ("abort", "complete"):
+            if self._stale(job):
+                return
             if not self._passive_end(job):
                 self._end_wait(job)
             return
@@ -356,6 +358,23 @@ class Sidecar:
             self._executor.submit(self._await, plan, deadline)
         else:
             self._execute(plan, deadline, next_waiting)
+
+    def _stale(self, job: TransferJob) -> bool:
+        """True (and counted, logged at debug) for a ``complete`` or ``abort`` of a plan
+        built against an earlier registration of this worker: its blocks started free
+        when it registered again, so the engine hook must not hear of them."""
+        epoch = job.epoch
+        if epoch is None and job.plan is not None and self.config.name in (
+                job.plan.src.worker, job.plan.dst.worker):
+            epoch = job.plan.epoch_of(self.config.name)
+        lease = self.lease
+        if epoch is None or lease is None or epoch >= lease.epoch:
+            return False
+        log.debug("dropped %s of %s: epoch %d, registered at %d", job.kind, job.plan_id,
+                  epoch, lease.epoch)
+        with self._lock:
+            self.stale_dropped += 1
+        return True
 
     def _passive_end(self, job: TransferJob) -> bool:
         """A transfer this sidecar was the passive target of (a READ told through the

@@ -338,7 +338,8 @@ class TransferCoordinator:
             blocks = plan.src_blocks if passive_target(plan) else None
             with contextlib.suppress(NotFoundError):
                 await self.store.put_job(plan.target, TransferJob(
-                    kind="complete", plan_id=plan_id, blocks=blocks))
+                    kind="complete", plan_id=plan_id, blocks=blocks,
+                    epoch=plan.epoch_of(plan.target)))
         if before.state == "pending" and after.state != "pending":
             await self._ended(after, skip=report.worker)
         return after
@@ -430,7 +431,8 @@ class TransferCoordinator:
             # A side that is gone has nobody waiting to be told.
             with contextlib.suppress(NotFoundError):
                 await self.store.put_job(side, TransferJob(
-                    kind="abort", plan_id=plan.plan_id, reason=record.error, plan=carried))
+                    kind="abort", plan_id=plan.plan_id, reason=record.error, plan=carried,
+                    epoch=plan.epoch_of(side)))
 
     async def _fail_pending(self, name: str, reason: str) -> None:
         for record in await self.store.transfers_of(name):
