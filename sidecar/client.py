@@ -148,6 +148,12 @@ class SchedulerClient:
         return JobStream(self.base_url, f"/v1/sidecars/{_segment(name)}/jobs/stream",
                          keepalive_s, self.timeout_s, self._token, counts)
 
+    def drain(self, name: str) -> int:
+        """Tell the scheduler this worker is draining: it hands it no new transfer from
+        now on (its pending ones go on). Returns the epoch that is draining."""
+        data = self._call("POST", f"/v1/sidecars/{_segment(name)}/drain")
+        return int(data["epoch"])
+
     def pending(self, name: str, created_before: float | None = None) -> int:
         """How many transfers with worker ``name`` on either side are still pending
         (only those created before the unix time ``created_before``, if given)."""

@@ -22,7 +22,8 @@ Threads (there is no event loop; NIXL never runs where one could be blocked):
   nobody ended and for a NIXL call that never returned;
 * executor pool — WRITE targets waiting for their NIXL notification.
 
-Shutdown order: stop taking jobs → let in-flight transfers finish (each bounded by its
+Shutdown order: stop taking jobs → tell the scheduler this worker is draining (it hands
+it no new transfer from then on) → let in-flight transfers finish (each bounded by its
 deadline) → wait until no transfer of this worker from before the stop is pending (the
 reads of a passive target) → deregister from the scheduler (its metadata stops being handed out) →
 release peers and handles, deregister memory → write the final state file.
@@ -175,6 +176,10 @@ class Sidecar:
         self.outcomes: Counter[str] = Counter()
         #: Jobs received by kind, and ``writes``: the scheduler's writes that carried them.
         self.jobs_received: Counter[str] = Counter()
+        #: ``complete``/``abort`` jobs dropped: for an earlier registration epoch.
+        self.stale_dropped = 0
+        #: Whether the scheduler took this sidecar's drain (``POST .../drain``).
+        self.drain_announced = False
         self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
         self._cancels: dict[str, threading.Event] = {}
         self.watchdog = Watchdog(self.stop)
@@ -316,6 +321,8 @@ class Sidecar:
         reporting it here.
         """
         if job.kind in ("abort", "complete"):
+            if self._stale(job):
+                return
             if not self._passive_end(job):
                 self._end_wait(job)
             return
@@ -351,6 +358,23 @@ class Sidecar:
             self._executor.submit(self._await, plan, deadline)
         else:
             self._execute(plan, deadline, next_waiting)
+
+    def _stale(self, job: TransferJob) -> bool:
+        """True (and counted, logged at debug) for a ``complete`` or ``abort`` of a plan
+        built against an earlier registration of this worker: its blocks started free
+        when it registered again, so the engine hook must not hear of them."""
+        epoch = job.epoch
+        if epoch is None and job.plan is not None and self.config.name in (
+                job.plan.src.worker, job.plan.dst.worker):
+            epoch = job.plan.epoch_of(self.config.name)
+        lease = self.lease
+        if epoch is None or lease is None or epoch >= lease.epoch:
+            return False
+        log.debug("dropped %s of %s: epoch %d, registered at %d", job.kind, job.plan_id,
+                  epoch, lease.epoch)
+        with self._lock:
+            self.stale_dropped += 1
+        return True
 
     def _passive_end(self, job: TransferJob) -> bool:
         """A transfer this sidecar was the passive target of (a READ told through the
@@ -680,6 +704,7 @@ class Sidecar:
         self.stop.set()
         stopped_at = time.time()
         give_up = time.monotonic() + self.config.drain_timeout_s
+        self._announce_drain()
         drained = _wait_until(lambda: self._idle.is_set() and not self._waiting
                               and not self._in_flight, give_up)
         drained = _bounded_shutdown(self._executor, max(0.0, give_up - time.monotonic())) \
@@ -707,6 +732,17 @@ class Sidecar:
                                 **_engine_counts(self.engine),
                                 **asdict(summary))
 
+    def _announce_drain(self) -> None:
+        """Tell the scheduler first, so that it hands this worker no new transfer while
+        the drain waits for the pending ones (nothing to tell when never registered)."""
+        if self.lease is None:
+            return
+        try:
+            self.client.drain(self.config.name)
+            self.drain_announced = True
+        except ToposchedError as exc:
+            log.warning("could not tell the scheduler this worker is draining: %s", exc)
+
     def _drain_passive(self, stopped_at: float, give_up: float) -> bool:
         """Keep the memory registered while transfers may still read it: this sidecar
         is not told of the READs it is the passive target of until they end, so ask the
@@ -732,6 +768,7 @@ class Sidecar:
         data = {"name": self.config.name, "pid": os.getpid(), "state": state,
                 "epoch": self.lease.epoch if self.lease else None,
                 "outcomes": dict(self.outcomes), "recompute": list(self.recompute),
+                "stale_dropped": self.stale_dropped, "drain_announced": self.drain_announced,
                 **extra}
         path = self.config.state_file
         if path is not None:

@@ -129,6 +129,23 @@ async def pending_transfers(
     return PendingTransfers(pending=len(records))
 
 
+class Draining(BaseModel):
+    """A worker marked draining: no new transfer uses it; its pending ones go on."""
+
+    worker: str
+    epoch: int = Field(description="the registration epoch that is draining")
+    draining: bool = True
+
+
+@router.post("/sidecars/{name:path}/drain")
+async def drain(name: str, coordinator: Coordinator) -> Draining:
+    """A sidecar that starts draining says so first: from then on a new transfer that
+    would use its worker on either side is refused (409), while its pending transfers
+    go on. Idempotent; 404 for an unknown worker; a new registration clears it."""
+    entry = await coordinator.drain(name)
+    return Draining(worker=name, epoch=entry.lease.epoch)
+
+
 #: Media type of the job stream: one JSON job per line (empty lines keep it alive).
 JOB_STREAM_MEDIA_TYPE = "application/x-ndjson"
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
+from topology.errors import ConflictError
 
 Clock = Callable[[], float]
 
@@ -31,6 +32,19 @@ class WorkerEntry(BaseModel):
     registration: WorkerRegistration
     lease: Lease
     free_blocks: int
+    draining: bool = False
+    """Its sidecar is draining (``POST /v1/sidecars/NAME/drain``): no new transfer may
+    use it; cleared when it registers again."""
+
+
+class WorkerDrainingError(ConflictError):
+    """A new transfer would use a worker whose sidecar is draining (409)."""
+
+    def __init__(self, name: str) -> None:
+        self.worker = name
+        super().__init__(f"worker {name!r} is draining: it takes no new transfers "
+                         "(its sidecar is shutting down; it takes new ones once it "
+                         "registers again)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +71,10 @@ class TransferStore(Protocol):
     async def get_worker(self, name: str) -> WorkerEntry:
         """A live worker by name."""
 
+    async def drain_worker(self, name: str) -> WorkerEntry:
+        """Mark a live worker draining (idempotent; kept across heartbeats, cleared by
+        :meth:`register_worker`): :meth:`take_blocks` refuses it from now on."""
+
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
 
@@ -75,7 +93,8 @@ class TransferStore(Protocol):
     async def take_blocks(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
         """Every named worker's entry, taking ``counts[name]`` free blocks of each (lowest
         ids first, ``0``: none) in one step, all or nothing: nothing is taken when one
-        worker is not live (:class:`NotFoundError`) or has too few free blocks
+        worker is not live (:class:`NotFoundError`), is draining
+        (:class:`WorkerDrainingError`) or has too few free blocks
         (:class:`UnschedulableError`). Checked in the mapping's order."""
 
     async def claim_blocks(self, name: str, blocks: Sequence[int]) -> None:

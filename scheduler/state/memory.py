@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.base import BlockGrant, Clock, WorkerDrainingError, WorkerEntry
 from scheduler.state.journal import Journal
 from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
@@ -85,6 +85,8 @@ class _Worker:
     jobs: deque[str] = field(default_factory=deque)
     #: The last entry handed out; reused while lease and free count are unchanged.
     entry: WorkerEntry | None = None
+    #: Its sidecar is draining: no new transfer may use it (a new registration clears it).
+    draining: bool = False
 
     def current(self) -> WorkerEntry:
         """This worker as a :class:`WorkerEntry`, rebuilt only when it changed.
@@ -94,9 +96,11 @@ class _Worker:
         ``model_construct`` is safe here.
         """
         entry = self.entry
-        if entry is None or entry.lease is not self.lease or entry.free_blocks != len(self.free):
+        if (entry is None or entry.lease is not self.lease
+                or entry.free_blocks != len(self.free) or entry.draining != self.draining):
             entry = WorkerEntry.model_construct(registration=self.reg, lease=self.lease,
-                                                free_blocks=len(self.free))
+                                                free_blocks=len(self.free),
+                                                draining=self.draining)
             self.entry = entry
         return entry
 
@@ -227,6 +231,14 @@ class MemoryStore:
         """A live worker by name."""
         return self._live(name).current()
 
+    async def drain_worker(self, name: str) -> WorkerEntry:
+        """Mark a live worker draining (idempotent): no new transfer may use it."""
+        worker = self._live(name)
+        if not worker.draining:
+            worker.draining = True
+            self._touch(name)
+        return worker.current()
+
     async def list_workers(self) -> list[WorkerEntry]:
         """Every live worker, by name."""
         now = self._clock()
@@ -324,6 +336,8 @@ class MemoryStore:
         workers: dict[str, _Worker] = {}
         for name, count in counts.items():
             workers[name] = worker = self._live(name)
+            if worker.draining:
+                raise WorkerDrainingError(name)
             if count > len(worker.free):
                 raise UnschedulableError([f"{name} has {len(worker.free)} free KV blocks, "
                                           f"{count} needed"])

@@ -67,17 +67,21 @@ return 0
 
 # Several workers' entries, taking blocks of each, all or nothing: first every check,
 # then every change. KEYS: seq, changes, then w, used per worker. ARGV: now, then name,
-# count, known rid per worker. The registration JSON comes back only when the worker's
-# rid is not the one the caller knows (it caches parsed registrations by rid).
-# {-1, i}: worker i not live; {-2, i, free}: too few free blocks;
-# {0, {epoch, ttl, expires, free after, rid, JSON or false, {blocks}} per worker}.
+# count, known rid per worker, and last '1' to refuse draining workers ('' not to). The
+# registration JSON comes back only when the worker's rid is not the one the caller knows
+# (it caches parsed registrations by rid).
+# {-1, i}: worker i not live; {-3, i}: worker i draining; {-2, i, free}: too few free
+# blocks; {0, {epoch, ttl, expires, free after, rid, JSON or false, {blocks}, draining
+# ('1' or '')} per worker}.
 TAKE = CHANGED + """
 local now = tonumber(ARGV[1])
+local refuse = ARGV[#ARGV] == '1'
 local seen = {}
 for i = 1, (#KEYS - 2) / 2 do
   local h = redis.call('HMGET', KEYS[1 + 2 * i], 'expires', 'nblocks', 'safety', 'epoch',
-                       'ttl', 'rid')
+                       'ttl', 'rid', 'draining')
   if not h[1] or tonumber(h[1]) <= now then return {-1, i} end
+  if refuse and h[7] then return {-3, i} end
   local free = tonumber(h[2]) - redis.call('BITCOUNT', KEYS[2 + 2 * i])
   local count = tonumber(ARGV[3 * i])
   if count > free then return {-2, i, free} end
@@ -101,9 +105,21 @@ for i, s in ipairs(seen) do
   end
   local reg = false
   if h[6] ~= ARGV[3 * i + 1] then reg = redis.call('HGET', KEYS[1 + 2 * i], 'reg') end
-  out[#out + 1] = {h[4], h[5], h[1], s[2] - s[3], h[6] or '', reg, blocks}
+  out[#out + 1] = {h[4], h[5], h[1], s[2] - s[3], h[6] or '', reg, blocks, h[7] or ''}
 end
 return out
+"""
+
+# Mark a live worker draining (kept by heartbeats; REGISTER's DEL clears it).
+# KEYS: seq, changes, w. ARGV: name, now. 1: marked (or was); 0: not live.
+DRAIN = CHANGED + """
+local h = redis.call('HMGET', KEYS[3], 'expires', 'draining')
+if not h[1] or tonumber(h[1]) <= tonumber(ARGV[2]) then return 0 end
+if not h[2] then
+  redis.call('HSET', KEYS[3], 'draining', '1')
+  changed(ARGV[1])
+end
+return 1
 """
 
 # KEYS: w per worker. Per worker: rid ('' when none), epoch, registration JSON (or false).
@@ -395,7 +411,7 @@ return gone
 
 #: Fields of one worker in a :data:`SYNC` answer, in order.
 SYNC_FIELDS = ("name", "rid", "epoch", "ttl", "expires", "nblocks", "used", "tokens",
-               "requests", "max_tokens", "max_requests", "blocks")
+               "requests", "max_tokens", "max_requests", "blocks", "draining")
 
 # What changed since the caller's view: {view id, seq, full (1/0), then per worker the
 # SYNC_FIELDS (false where its hash is gone)}. Everything (every registered worker and
@@ -431,7 +447,8 @@ end
 local out = {id, seq, full and 1 or 0}
 local p = ARGV[1]
 for _, name in ipairs(names) do
-  local h = redis.call('HMGET', p .. 'w:' .. name, 'rid', 'epoch', 'ttl', 'expires', 'nblocks')
+  local h = redis.call('HMGET', p .. 'w:' .. name, 'rid', 'epoch', 'ttl', 'expires', 'nblocks',
+                       'draining')
   local used = false
   if h[2] then used = redis.call('BITCOUNT', p .. 'used:' .. name) end
   local l = redis.call('HMGET', p .. 'load:' .. name, 'tokens', 'requests', 'max_tokens',
@@ -440,6 +457,7 @@ for _, name in ipairs(names) do
   for i = 1, 5 do out[#out + 1] = h[i] end
   out[#out + 1] = used
   for i = 1, 5 do out[#out + 1] = l[i] end
+  out[#out + 1] = h[6]
 end
 return out
 """
@@ -459,7 +477,7 @@ return 1
 
 #: Every script by the name the store runs it under.
 SCRIPTS = {"register": REGISTER, "heartbeat": HEARTBEAT, "remove": REMOVE, "take": TAKE,
-           "registrations": REGISTRATIONS, "live": LIVE, "set_blocks": SET_BLOCKS,
+           "drain": DRAIN, "registrations": REGISTRATIONS, "live": LIVE, "set_blocks": SET_BLOCKS,
            "put_job": PUT_JOB, "start_transfer": START_TRANSFER,
            "take_delayed": TAKE_DELAYED, "reserve": RESERVE, "release_load": RELEASE_LOAD,
            "set_capacity": SET_CAPACITY, "drop_load": DROP_LOAD, "sync": SYNC, "trim": TRIM,

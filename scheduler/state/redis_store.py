@@ -50,7 +50,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from scheduler.state.base import BlockGrant, Clock, WorkerEntry
+from scheduler.state.base import BlockGrant, Clock, WorkerDrainingError, WorkerEntry
 from scheduler.state.redis_errors import translate as _translate
 from scheduler.state.redis_reservations import RedisReservations
 from scheduler.state.redis_scripts import SCRIPTS
@@ -101,12 +101,14 @@ def _not_live(name: str) -> NotFoundError:
 
 
 def _grant(name: str, reg: WorkerRegistration, row: Sequence[Any]) -> BlockGrant:
-    """One worker of a ``take`` answer: [epoch, ttl, expires, free, rid, JSON, blocks]."""
-    epoch, ttl, expires, free, _, _, blocks = row
+    """One worker of a ``take`` answer: [epoch, ttl, expires, free, rid, JSON, blocks,
+    draining]."""
+    epoch, ttl, expires, free, _, _, blocks, draining = row
     # checked when the worker registered; built without validating again (hot path)
     lease = Lease.model_construct(worker=name, epoch=int(epoch), ttl_s=float(ttl),
                                   expires_at=float(expires))
-    entry = WorkerEntry.model_construct(registration=reg, lease=lease, free_blocks=int(free))
+    entry = WorkerEntry.model_construct(registration=reg, lease=lease, free_blocks=int(free),
+                                        draining=bool(draining))
     return BlockGrant(entry, tuple(int(b) for b in blocks))
 
 
@@ -217,7 +219,17 @@ class RedisStore(RedisReservations):
     @_translate
     async def get_worker(self, name: str) -> WorkerEntry:
         """A live worker by name."""
-        return (await self._take({name: 0}))[name].entry
+        return (await self._take({name: 0}, refuse_draining=False))[name].entry
+
+    @_translate
+    async def drain_worker(self, name: str) -> WorkerEntry:
+        """Mark a live worker draining (one script; idempotent): no new transfer may use
+        it. A field of its hash: heartbeats keep it, a new registration drops it."""
+        marked = await self._run("drain", [*self._log_keys(), self._k("w", name)],
+                                 [name, repr(self._clock())])
+        if not marked:
+            raise _not_live(name)
+        return await self.get_worker(name)
 
     @_translate
     async def list_workers(self) -> list[WorkerEntry]:
@@ -300,16 +312,20 @@ class RedisStore(RedisReservations):
         script, all or nothing."""
         return await self._take(counts)
 
-    async def _take(self, counts: Mapping[str, int]) -> dict[str, BlockGrant]:
+    async def _take(self, counts: Mapping[str, int], *,
+                    refuse_draining: bool = True) -> dict[str, BlockGrant]:
         names = list(counts)
         # Registrations this replica holds, by the id it tells Redis it has: Redis
         # sends the JSON only for another id, so these cover every answer without it.
         known = {n: held for n in names if (held := self._held(n)) is not None}
         keys = [key for n in names for key in (self._k("w", n), self._k("used", n))]
         args = [arg for n in names for arg in (n, counts[n], known[n][0] if n in known else "")]
-        reply = await self._run("take", [*self._log_keys(), *keys], [repr(self._clock()), *args])
+        reply = await self._run("take", [*self._log_keys(), *keys],
+                                [repr(self._clock()), *args, "1" if refuse_draining else ""])
         if reply[0] == -1:
             raise _not_live(names[reply[1] - 1])
+        if reply[0] == -3:
+            raise WorkerDrainingError(names[reply[1] - 1])
         if reply[0] == -2:
             name = names[reply[1] - 1]
             raise UnschedulableError([f"{name} has {reply[2]} free KV blocks, "

@@ -70,6 +70,7 @@ class Row:
     max_tokens: str | None
     max_requests: str | None
     blocks: str | None = None
+    draining: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +120,17 @@ def _entry(name: str, reg: WorkerRegistration, row: Row,
     free = int(row.nblocks or 0) - int(row.used or 0)
     same_lease = old is not None and (old.lease.epoch, old.lease.ttl_s,
                                       old.lease.expires_at) == lease_key
+    draining = row.draining is not None
     if old is not None and same_lease:
-        if old.registration is reg and old.free_blocks == free:
+        if old.registration is reg and old.free_blocks == free and old.draining == draining:
             return old
         lease = old.lease
     else:
         lease = Lease.model_construct(worker=name, epoch=lease_key[0], ttl_s=lease_key[1],
                                       expires_at=lease_key[2])
     # checked when the worker registered; built without validating again
-    return WorkerEntry.model_construct(registration=reg, lease=lease, free_blocks=free)
+    return WorkerEntry.model_construct(registration=reg, lease=lease, free_blocks=free,
+                                       draining=draining)
 
 
 class ListingView:

@@ -144,6 +144,14 @@ class TransferCoordinator:
         await self._fail_pending(reg.name, f"{reg.name} re-registered")
         return await self.store.register_worker(reg, self.lease_ttl_s)
 
+    async def drain(self, name: str) -> WorkerEntry:
+        """Mark a worker draining (its sidecar is shutting down; idempotent): from now on
+        :meth:`submit` and :meth:`submit_routed` refuse transfers that would use it on
+        either side (:class:`~scheduler.state.base.WorkerDrainingError`, 409: the store's
+        ``take_blocks`` refuses it, taking nothing); its pending transfers go on. It
+        takes new transfers again once it registers again."""
+        return await self.store.drain_worker(name)
+
     async def deregister(self, name: str) -> None:
         """Remove a worker; its pending transfers fail and peers are told to recompute."""
         if not await self.store.remove_worker(name):
@@ -330,7 +338,8 @@ class TransferCoordinator:
             blocks = plan.src_blocks if passive_target(plan) else None
             with contextlib.suppress(NotFoundError):
                 await self.store.put_job(plan.target, TransferJob(
-                    kind="complete", plan_id=plan_id, blocks=blocks))
+                    kind="complete", plan_id=plan_id, blocks=blocks,
+                    epoch=plan.epoch_of(plan.target)))
         if before.state == "pending" and after.state != "pending":
             await self._ended(after, skip=report.worker)
         return after
@@ -422,7 +431,8 @@ class TransferCoordinator:
             # A side that is gone has nobody waiting to be told.
             with contextlib.suppress(NotFoundError):
                 await self.store.put_job(side, TransferJob(
-                    kind="abort", plan_id=plan.plan_id, reason=record.error, plan=carried))
+                    kind="abort", plan_id=plan.plan_id, reason=record.error, plan=carried,
+                    epoch=plan.epoch_of(side)))
 
     async def _fail_pending(self, name: str, reason: str) -> None:
         for record in await self.store.transfers_of(name):

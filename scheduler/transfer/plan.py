@@ -172,6 +172,10 @@ class TransferPlan(_Frozen):
         """The worker that does not post the request (it is notified)."""
         return self.dst.worker if self.initiator == self.src.worker else self.src.worker
 
+    def epoch_of(self, worker: str) -> int:
+        """The registration epoch of side ``worker`` the plan was built against."""
+        return self.src.epoch if worker == self.src.worker else self.dst.epoch
+
 
 def passive_target(plan: TransferPlan) -> bool:
     """True when ``plan``'s target waits for nothing: a READ told through the scheduler
@@ -192,7 +196,9 @@ class TransferJob(_Frozen):
     :func:`passive_target`); ``complete``: the initiator reported success (plans with
     ``notify: scheduler``; a passive target gets its ``blocks``, which it may reuse);
     ``abort``: stop waiting for ``plan_id``, the transfer failed elsewhere or expired
-    (``reason`` says why; a passive target gets the ``plan``).
+    (``reason`` says why; a passive target gets the ``plan``). ``complete`` and ``abort``
+    carry the receiving worker's registration ``epoch`` the plan was built against: a
+    sidecar registered again since drops them (its blocks started free).
     """
 
     kind: JobKind
@@ -201,6 +207,9 @@ class TransferJob(_Frozen):
     reason: str | None = None
     blocks: tuple[BlockId, ...] | None = Field(
         default=None, description="complete, passive target: its blocks the transfer read")
+    epoch: int | None = Field(
+        default=None, ge=1, description="complete, abort: the registration epoch of the "
+        "worker it is for that the plan was built against (None: not said)")
 
 
 Outcome = Literal["ok", "failed", "timeout", "rejected", "aborted"]

@@ -56,6 +56,23 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
     assert len(record["plan"]["src_blocks"]) == 3
 
 
+def test_a_route_that_picks_a_draining_worker_is_refused_and_reserves_nothing(
+        client: TestClient) -> None:
+    drained = client.post("/v1/sidecars/prefill-0/drain", headers=own_bearer("prefill-0"))
+    assert drained.status_code == 200, drained.text
+    loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
+    # The router does not skip it (yet): the transfer it plans is refused at once.
+    answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                            "model": "llama-3-70b"}, headers=bearer(WORKER))
+    assert answer.status_code == 409, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "'prefill-0' is draining" in answer.json()["detail"]
+    assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
+    for name in ("prefill-0", "decode-0"):
+        assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
+                          headers=own_bearer(name)).json()["jobs"] == []
+
+
 def test_route_hashes_tokens_and_records_latency(client: TestClient) -> None:
     answer = client.post("/v1/route", json={"tokens": list(range(1100)), "model":
                                             "llama-3-70b", "session": "chat-1"},

@@ -134,6 +134,13 @@ class Cluster:
         count: int = found[0]
         return count
 
+    def draining(self, name: str) -> bool:
+        """Whether live worker ``name`` is marked draining at the scheduler."""
+        found = [w["draining"] for w in self.http.get(f"{self.url}/v1/workers").json()
+                 if w["registration"]["name"] == name]
+        assert found, f"{name} is not registered"
+        return bool(found[0])
+
     def workers(self) -> list[str]:
         """Names of the live workers."""
         return [w["registration"]["name"] for w in self.http.get(f"{self.url}/v1/workers").json()]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.sidecar.harness import cluster
+from tests.sidecar.harness import cluster, wait_for
 
 pytestmark = [pytest.mark.process, pytest.mark.timeout(60)]
 
@@ -94,3 +94,35 @@ def test_a_draining_source_keeps_serving_a_pending_read(tmp_path: Path) -> None:
         state = prefill.state()
         assert state["drained"] is True and state["outcomes"] == {"ok": 1}, state
         assert state["sent_blocks"] == 3 and state["deregistered"] is True, state
+
+
+def test_a_draining_source_refuses_new_transfers_at_once(tmp_path: Path) -> None:
+    with cluster(tmp_path, mode="READ", deadline_s=8.0) as c:
+        prefill = c.sidecar("prefill-0", block_bytes=BLOCK)
+        c.sidecar("decode-0", block_bytes=BLOCK, extra=("--debug-hold", "2.5"))
+        assert c.submit(src="prefill-0", dst="decode-0", src_blocks=[0, 1],
+                        plan_id="before").status_code == 201
+        time.sleep(0.2)  # the decode side holds the job: the read has not started yet
+        assert not c.draining("prefill-0")
+        prefill.popen.send_signal(signal.SIGTERM)
+        wait_for(lambda: c.draining("prefill-0"), 5, "the drain to reach the scheduler")
+        for src, dst, plan_id in (("prefill-0", "decode-0", "as-src"),
+                                  ("decode-0", "prefill-0", "as-dst")):
+            started = time.monotonic()
+            refused = c.submit(src=src, dst=dst, src_blocks=[4], plan_id=plan_id)
+            assert time.monotonic() - started < 2.0
+            assert refused.status_code == 409, refused.text
+            assert refused.headers["content-type"] == "application/problem+json"
+            assert "'prefill-0' is draining" in refused.json()["detail"], refused.text
+            assert c.http.get(f"{c.url}/v1/transfers/{plan_id}").status_code == 404
+        # Refused while the one from before is still going on; that one ends done.
+        assert c.transfer("before")["state"] == "pending"
+        assert prefill.stop(signal.SIGTERM) == 0  # exits once the read ended
+        record = c.finished("before", timeout_s=10)
+        assert record["state"] == "done", record
+        assert record["reports"][0]["verified"] is True
+        state = prefill.state()
+        assert state["drained"] is True and state["drain_announced"] is True, state
+        assert state["outcomes"] == {"ok": 1} and state["sent_blocks"] == 2, state
+        assert state["stale_dropped"] == 0 and state["deregistered"] is True, state
+        assert "prefill-0" not in c.workers()

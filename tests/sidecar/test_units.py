@@ -184,3 +184,48 @@ def test_a_failed_destination_block_is_undefined_not_a_mismatch() -> None:
     pool.write(0, 9, pattern("late-writer", 0, 0, 4096))   # a hung writer's late bytes
     engine.on_failed(p, "timeout")
     assert engine.mismatches(range(64)) == []
+
+
+_STALE_PROBE = """
+import json, threading, time
+from collections import Counter
+from scheduler.transfer.plan import Lease, TransferJob
+from sidecar.config import SidecarConfig
+from sidecar.runner import Sidecar
+from tests.scheduler.transfer.builders import plan
+
+heard = []
+class Engine:
+    def on_sent(self, plan_id, blocks): heard.append(["sent", plan_id, list(blocks)])
+    def on_failed(self, plan, reason): heard.append(["failed", plan.plan_id])
+
+s = Sidecar.__new__(Sidecar)  # no NIXL agent, no scheduler: dispatch alone
+s.config = SidecarConfig(scheduler="http://s:1", name="prefill-0", kv_blocks=8,
+                         block_bytes=64)
+s.engine, s._lock, s.outcomes, s.stale_dropped = Engine(), threading.Lock(), Counter(), 0
+s.lease = Lease(worker="prefill-0", epoch=2, ttl_s=1.0, expires_at=1.0)
+old = plan(plan_id="old", notify="scheduler", epochs=(1, 1))
+now = plan(plan_id="now", notify="scheduler", epochs=(2, 1))
+for job in (TransferJob(kind="complete", plan_id="c-old", blocks=(0, 1), epoch=1),
+            TransferJob(kind="abort", plan_id="old", plan=old, epoch=1),
+            TransferJob(kind="abort", plan_id="old", plan=old),  # the plan's epoch
+            TransferJob(kind="complete", plan_id="c-now", blocks=(2,), epoch=2),
+            TransferJob(kind="complete", plan_id="c-unsaid", blocks=(3,)),
+            TransferJob(kind="abort", plan_id="now", plan=now, epoch=2)):
+    s.dispatch(job, time.monotonic())
+print(json.dumps({"heard": heard, "dropped": s.stale_dropped, "outcomes": s.outcomes}))
+"""
+
+
+def test_a_sidecar_drops_the_complete_and_abort_of_an_earlier_registration() -> None:
+    # sidecar.runner loads NIXL, which must not share a process with OR-Tools (above).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _STALE_PROBE], capture_output=True,
+                         text=True, timeout=60, check=True, cwd=Path(__file__).parents[2])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["heard"] == [["sent", "c-now", [2]], ["sent", "c-unsaid", [3]],
+                               ["failed", "now"]], result
+    assert result["dropped"] == 3 and result["outcomes"] == {"ok": 2, "aborted": 1}, result

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from scheduler.state.base import WorkerDrainingError
 from scheduler.state.redis_store import RedisStore
 from scheduler.state.reservations import FIRST_EVENT_ID, LoadItem, MemoryLoads
 from scheduler.transfer.plan import TransferJob, TransferRecord
@@ -42,6 +43,47 @@ def test_registration_gives_growing_epochs_a_fresh_lease_and_every_block_free(
         assert entry.lease == again
         assert entry.free_blocks == 8
         assert entry.registration == registration("w0", num_blocks=8)
+    backend.run(body)
+
+
+def test_a_draining_worker_is_refused_for_blocks_until_it_registers_again(
+        backend: Backend) -> None:
+    async def body(store: Any, clock: FakeClock) -> None:
+        await store.register_worker(registration("w0", num_blocks=8), 10.0)
+        await store.register_worker(registration("w1", num_blocks=8), 10.0)
+        assert [e.draining for e in await store.list_workers()] == [False, False]
+        taken = await store.allocate_blocks("w0", 2)  # a pending transfer's blocks
+        entry = await store.drain_worker("w0")
+        assert (entry.draining, entry.lease.epoch, entry.free_blocks) == (True, 1, 6)
+        assert (await store.drain_worker("w0")).draining  # idempotent
+        for counts in ({"w1": 2, "w0": 0}, {"w0": 1}, {"w1": 0, "w0": 0}):
+            with pytest.raises(WorkerDrainingError) as caught:
+                await store.take_blocks(counts)
+            assert caught.value.worker == "w0" and "'w0' is draining" in str(caught.value)
+        with pytest.raises(ConflictError):  # a 409 at the API
+            await store.allocate_blocks("w0", 1)
+        # All or nothing: w1's blocks were not taken.
+        assert (await store.get_worker("w1")).free_blocks == 8
+        # Heartbeats keep the mark; the listing and get_worker show it.
+        clock.advance(5.0)
+        await store.heartbeat("w0")
+        assert (await store.get_worker("w0")).draining
+        assert {e.registration.name: e.draining for e in await store.list_workers()} == {
+            "w0": True, "w1": False}
+        # What it holds still goes back (its pending transfers end as usual).
+        assert await store.release_blocks("w0", taken, epoch=1)
+        assert (await store.get_worker("w0")).free_blocks == 8
+        # A new registration clears it.
+        await store.register_worker(registration("w0", num_blocks=8), 10.0)
+        assert not (await store.get_worker("w0")).draining
+        assert (await store.take_blocks({"w0": 1}))["w0"].blocks == (0,)
+        assert {e.registration.name: e.draining for e in await store.list_workers()} == {
+            "w0": False, "w1": False}
+        with pytest.raises(NotFoundError):
+            await store.drain_worker("nobody")
+        clock.advance(20.0)  # both leases lapsed
+        with pytest.raises(NotFoundError):
+            await store.drain_worker("w1")
     backend.run(body)
 
 

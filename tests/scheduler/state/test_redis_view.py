@@ -13,14 +13,15 @@ RIDS = {name: REGS.parse(registration(name).model_dump_json())[0] for name in ("
 
 
 def row(name: str, *, epoch: int | None = 1, expires: float = 100.0, used: int = 0,
-        tokens: int | None = None, rid: str | None = None) -> Row:
+        tokens: int | None = None, rid: str | None = None, draining: bool = False) -> Row:
     """A worker of 8 blocks (``epoch=None``: its hash is gone), a load when ``tokens``."""
     alive = epoch is not None
     return Row(name, rid or RIDS.get(name) if alive else None, str(epoch) if alive else None,
                "10.0" if alive else None, repr(expires) if alive else None,
                "8" if alive else None, used if alive else None,
                None if tokens is None else str(tokens), None if tokens is None else "1",
-               None if tokens is None else "100", None if tokens is None else "4")
+               None if tokens is None else "100", None if tokens is None else "4",
+               None, "1" if alive and draining else None)
 
 
 def answer(seq: int, *rows: Row, full: bool = False, view: str = "v1") -> SyncAnswer:
@@ -38,10 +39,12 @@ def frees(view: ListingView, now: float = 0.0) -> dict[str, int]:
 
 
 def test_the_script_reply_parses_into_rows() -> None:
-    flat: list[Any] = ["a", "rid", "2", "10.0", "99.5", "8", 3, "5", "1", "100", "4", "6"]
-    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 11])
+    flat: list[Any] = ["a", "rid", "2", "10.0", "99.5", "8", 3, "5", "1", "100", "4", "6",
+                       "1"]
+    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 12])
     assert (parsed.view_id, parsed.seq, parsed.full) == ("v1", 7, True)
     assert parsed.rows[0] == Row(*flat)
+    assert parsed.rows[0].draining == "1"
     assert parsed.rows[1].name == "gone" and parsed.rows[1].epoch is None
     assert parsed.unresolved(REGS) == ["a"]  # its rid was never parsed here
 
@@ -55,6 +58,17 @@ def test_a_delta_patches_a_full_view_and_keeps_unchanged_objects() -> None:
     assert frees(view) == {"a": 8, "b": 6} and view.loads_by_name()["b"].tokens == 30
     assert after[0] is before[0] and after[1].lease is before[1].lease
     assert loads["b"] is not view.loads_by_name()["b"]
+
+
+def test_a_row_marked_draining_gives_a_draining_entry_and_a_new_one_without() -> None:
+    view = ListingView()
+    view.apply(answer(5, row("a"), full=True), resolve)
+    before = view.listing(0.0)[0]
+    view.apply(answer(6, row("a", draining=True)), resolve)
+    draining = view.listing(0.0)[0]
+    assert not before.draining and draining.draining and draining.lease is before.lease
+    view.apply(answer(7, row("a", epoch=2)), resolve)  # registered again: no field
+    assert not view.listing(0.0)[0].draining
 
 
 def test_older_answers_and_deltas_of_a_replaced_view_are_ignored() -> None:

@@ -142,6 +142,51 @@ def test_a_failed_report_fails_the_transfer_and_aborts_the_other_side() -> None:
     run(body())
 
 
+def test_complete_and_abort_carry_the_epoch_of_the_side_they_are_for() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        await c.register(registration("prefill-0", num_blocks=16))  # epoch 2
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(0,)))
+        await c.report("x0", _report("x0", "decode-0"))
+        assert [(j.kind, j.epoch) for j in await c.store.wait_jobs("prefill-0", 0)] == [
+            ("complete", 2)]
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(1,)))
+        await c.report("x1", _report("x1", "decode-0", "failed"))
+        assert [(j.kind, j.epoch) for j in await c.store.wait_jobs("prefill-0", 0)] == [
+            ("abort", 2)]
+        await c.submit(TransferRequest(src="prefill-0", dst="decode-0", src_blocks=(2,)))
+        await c.store.wait_jobs("decode-0", 0)
+        await c.deregister("prefill-0")  # fails it: the decode side is told, at its epoch
+        assert [(j.kind, j.epoch) for j in await c.store.wait_jobs("decode-0", 0)] == [
+            ("abort", 1)]
+    run(body())
+
+
+def test_a_draining_worker_gets_no_new_plan_and_its_pending_one_ends() -> None:
+    async def body() -> None:
+        c, _ = setup()
+        await _two(c)
+        pending = await c.submit(TransferRequest(src="prefill-0", dst="decode-0",
+                                                 src_blocks=(0,)))
+        assert (await c.drain("prefill-0")).draining
+        free = {n: (await c.store.get_worker(n)).free_blocks for n in ("prefill-0", "decode-0")}
+        for src, dst in (("prefill-0", "decode-0"), ("decode-0", "prefill-0")):
+            with pytest.raises(ConflictError, match="'prefill-0' is draining"):
+                await c.submit(TransferRequest(src=src, dst=dst, src_blocks=(5,)))
+            with pytest.raises(ConflictError, match="'prefill-0' is draining"):
+                await c.submit_routed(src, dst, 2)
+        # Nothing was taken, nothing stored.
+        assert {n: (await c.store.get_worker(n)).free_blocks
+                for n in ("prefill-0", "decode-0")} == free
+        assert [r.plan.plan_id for r in await c.store.transfers_of("prefill-0")] == [
+            pending.plan.plan_id]
+        assert (await c.report("x0", _report("x0", "decode-0"))).state == "done"
+        with pytest.raises(NotFoundError):
+            await c.drain("nobody")
+    run(body())
+
+
 def test_an_expired_read_tells_its_passive_target_only() -> None:
     async def body() -> None:
         c, clock = setup(ttl=100)
@@ -285,8 +330,8 @@ def test_read_completion_reaches_the_target_through_the_scheduler() -> None:
         assert record.state == "done" and len(record.reports) == 1
         jobs = await c.store.wait_jobs("prefill-0", 0)
         # The passive target gets the blocks the transfer read, no plan.
-        assert [(j.kind, j.plan_id, j.blocks, j.plan) for j in jobs] == [
-            ("complete", "x0", (4, 2), None)]
+        assert [(j.kind, j.plan_id, j.blocks, j.plan, j.epoch) for j in jobs] == [
+            ("complete", "x0", (4, 2), None, 1)]
         await c.report("x0", _report("x0", "decode-0"))  # a repeated report: no second one
         assert await c.store.wait_jobs("prefill-0", 0) == []
     run(body())
