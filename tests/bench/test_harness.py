@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,7 @@ def test_awake_condition_starts_busy_loops_and_stops_them() -> None:
         assert len(children) >= cond.helpers
         nices = {int(Path(f"/proc/{pid}/stat").read_text().split()[18]) for pid in children}
         assert 19 in nices
+        time.sleep(0.1)  # a few /proc/stat ticks (10 ms each), or busy_fraction has none
     left = [pid for pid in children if Path(f"/proc/{pid}").exists()
             and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
     assert not left
