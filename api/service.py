@@ -40,6 +40,7 @@ from policies.profile import Policy, resolve_policy
 from policies.registry import installed_registry
 from scheduler.placement import Placement, PlacementRequest
 from scheduler.prefix import PrefixIndex
+from scheduler.router.cost import CostParams
 from scheduler.router.router import Router
 from scheduler.state.docs import ABSENT, MemoryDocs, SharedDocs
 from scheduler.state.reservations import StoreUnavailableError
@@ -61,18 +62,22 @@ TopologyEdit = Callable[[Feeds, FabricSpec | None],
 
 @dataclass(frozen=True)
 class RoutingOptions:
-    """How the route path reads prefixes: block sizes, approximate mode, prefill caches
-    (the ``block_tokens``, ``prefix_approx_ttl_s`` and ``prefill_cache_ttl_s`` settings)."""
+    """How the route path reads prefixes: block sizes, approximate mode, prefill caches,
+    prefix pulls (the ``block_tokens``, ``prefix_approx_ttl_s``, ``prefill_cache_ttl_s``
+    and ``prefix_pull`` settings)."""
 
     block_sizes: BlockSizes = field(default_factory=BlockSizes)
     approx_ttl_s: float | None = None
     prefill_ttl_s: float = 0.0
+    #: The router may plan prefix pulls (``CostParams.prefix_pull``).
+    prefix_pull: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoutingOptions:
         """The options a ``toposched serve`` process was started with."""
         return cls(BlockSizes(settings.block_tokens, dict(settings.model_block_tokens)),
-                   settings.prefix_approx_ttl_s, settings.prefill_cache_ttl_s)
+                   settings.prefix_approx_ttl_s, settings.prefill_cache_ttl_s,
+                   settings.prefix_pull)
 
 
 class ServiceState:
@@ -106,7 +111,8 @@ class ServiceState:
         options = self.routing
         router = Router(distance, self.policy, index=self.prefix_index,
                         predict_ttl_s=options.approx_ttl_s,
-                        prefill_ttl_s=options.prefill_ttl_s or None)
+                        prefill_ttl_s=options.prefill_ttl_s or None,
+                        cost=CostParams(prefix_pull=True) if options.prefix_pull else None)
         return Fabric(spec, distance, router, frozenset(distance.names))
 
     def require_fabric(self) -> Fabric:

@@ -26,6 +26,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "prompt tokens (default 256; 0: always disaggregate)")
     parser.add_argument("--kv-lease-s", type=float, default=None, metavar="S",
                         help="the engines' KV lease (vLLM kv_lease_duration, default 30)")
+    parser.add_argument("--prefix-pull", action="store_true", default=None,
+                        help="let a prefill engine copy a cached prefix from the engine "
+                             "holding it (vLLM: over NIXL) where the router finds that "
+                             "cheaper than recomputing it (default: off)")
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="routing policy: a packaged name or a policy document path "
+                             "(default fabric-cost)")
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     parser.add_argument("--redis", default=None, metavar="URL",
@@ -40,4 +47,5 @@ def handle_gateway(args: argparse.Namespace) -> int:
     return run_service(args, gateway=True, instances=args.instances,
                        tokenizer=args.tokenizer,
                        pd_min_uncached_tokens=args.pd_min_uncached_tokens,
-                       kv_lease_s=args.kv_lease_s)
+                       kv_lease_s=args.kv_lease_s, prefix_pull=args.prefix_pull,
+                       policy=args.policy)

@@ -9,6 +9,10 @@ computing the rest), when the router itself chose a local prefill, or when the p
 cannot hand KV over (different engine kinds, models, dtypes or version classes; then
 the runners-up are tried first). An instance of role ``both`` is a prefill and a
 decode candidate at once; chosen for both sides it runs the request **aggregated**.
+
+A decision that pulls a prefix (``Decision.pull``, with ``--prefix-pull``) becomes a
+:class:`~engines.pd.PrefixCopy` for the legs (:func:`prefix_copy`) when the route still
+prefills on the pull's target.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Literal
 
 from api.routing import Fabric
 from engines.instance import EngineInstance
-from engines.pd import protocol_for
+from engines.pd import PrefixCopy, protocol_for
 from scheduler.router.router import Decision, Unschedulable
 
 Mode = Literal["disaggregated", "decode-only", "aggregated"]
@@ -139,3 +143,27 @@ def _compatible_runner_up(decision: Decision, named: Lookup, decode: EngineInsta
                 and candidate is not None and pair_problem(candidate, decode) is None:
             return candidate
     return None
+
+
+def prefix_copy(route: Route, token_ids: Sequence[int], named: Lookup
+                ) -> PrefixCopy | str | None:
+    """The prefix copy ``route`` runs before its prefill leg; None when its decision
+    pulls nothing or the route no longer prefills on the pull's target (decode-only, a
+    runner-up); why not when it cannot run (the reason, for the metrics)."""
+    pull = route.decision.pull
+    target = route.prefill
+    if pull is None or target is None or target.name != pull.target:
+        return None
+    holder = named(pull.source)
+    if holder is None or holder.name == target.name:
+        return f"holder {pull.source} not registered"
+    if holder.engine != target.engine or not protocol_for(target.engine).runs_pulls:
+        return f"{holder.engine} -> {target.engine}: no prefix copy protocol"
+    problem = pair_problem(holder, target)
+    if problem is not None:
+        return problem
+    blocks = route.decision.prefill.cached_blocks + pull.blocks
+    tokens = blocks * route.block_tokens
+    if len(token_ids) < tokens:
+        return "the prompt's token ids are unknown"
+    return PrefixCopy(holder, tuple(token_ids[:tokens]), blocks)

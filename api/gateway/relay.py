@@ -1,7 +1,7 @@
 """One OpenAI request through the gateway, end to end.
 
-parse → token ids → route (pair, conditional disaggregation) → reserve load → the
-engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte for byte →
+parse → token ids → route (pair, conditional disaggregation, a prefix copy) → reserve
+load → the engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte for byte →
 release load → record the phases by tier. An engine that cannot be reached is taken
 out of routing in the engine registry (until its /health answers again) and the
 request is routed again without it (up to :data:`MAX_ATTEMPTS` routes); a client that
@@ -23,13 +23,20 @@ from starlette.types import Receive, Scope, Send
 
 from api.decide import decide
 from api.engine_feeds import EngineFeeds
-from api.gateway.decide import LOCAL, PairChooser, Route
+from api.gateway.decide import LOCAL, PairChooser, Route, prefix_copy
 from api.gateway.load import Held
 from api.gateway.tokens import PromptTokens, Tokens
 from api.runtime import Runtime
 from api.service import ServiceState
 from api.snapshots import LiveSnapshots
-from engines.pd import EngineUnreachableError, LegPlan, Timeline, UpstreamAnswer, protocol_for
+from engines.pd import (
+    EngineUnreachableError,
+    LegPlan,
+    PrefixCopy,
+    Timeline,
+    UpstreamAnswer,
+    protocol_for,
+)
 from engines.pd.http import EngineHttp, TransportError, loads
 from scheduler.router.router import RouteRequest, Unschedulable
 from scheduler.telemetry.handoff import Handoff
@@ -82,7 +89,8 @@ class Gateway:
             gone: set[str] = set()
             for _ in range(MAX_ATTEMPTS):
                 route = await self._route(model, tokens, request_id)
-                answer = await self._attempt(watch, route, body, path, request_id)
+                answer = await self._attempt(watch, route, body, path, request_id,
+                                             tokens.ids)
                 if isinstance(answer, Response):
                     return answer
                 gone |= answer
@@ -120,16 +128,21 @@ class Gateway:
         return ", ".join(states[:8]) + (" …" if len(states) > 8 else "")
 
     async def _attempt(self, watch: DisconnectWatch, route: Route, body: dict[str, Any],
-                       path: str, request_id: str) -> Response | set[str]:
+                       path: str, request_id: str, token_ids: tuple[int, ...]
+                       ) -> Response | set[str]:
         """The relayed answer (it stops ``watch`` when it ends), or the engines found
         unreachable (route again)."""
         held = Held(self.runtime.loads, route, owner=self.runtime.replica_id,
                     ttl_s=self.reservation_ttl_s)
         await held.reserve()
         timeline = Timeline()
+        copy = prefix_copy(route, token_ids, self.registry.get)
+        if isinstance(copy, str):
+            timeline.pull_outcome, timeline.pull_failure = "skipped", copy
         plan = LegPlan(path=path, body=body, request_id=request_id, decode=route.decode,
                        prefill=route.prefill, lease_s=self.lease_s, headers=self.engine_headers,
-                       on_handoff=self._handoff_noter(route))
+                       on_handoff=self._handoff_noter(route),
+                       pull=copy if isinstance(copy, PrefixCopy) else None)
         protocol = protocol_for(route.decode.engine)
         try:
             answer = await watch.run(protocol.open(self.legs, plan, timeline))
@@ -175,6 +188,7 @@ class Gateway:
             handoff_s=timeline.handoff_s if moved else None,
             decode_ttft_s=timeline.decode_ttft_s,
             kv_bytes=route.decision.transfer.bytes if moved and outcome == "ok" else 0,
+            pull_outcome=timeline.pull_outcome, pull_s=timeline.pull_s,
             src_domain=self.runtime.domain_of(route.prefill.gpu_names) if route.prefill
             else "unknown", dst_domain=self.runtime.domain_of(route.decode.gpu_names)))
 
@@ -299,6 +313,7 @@ def explain(route: Route, timeline: Timeline, upstream: Mapping[str, str]) -> di
         "x-toposched-tier": route.tier if timeline.disaggregated else LOCAL,
         "x-toposched-prompt-tokens": str(route.prompt_tokens),
         "x-toposched-decode-cached-tokens": str(route.decode_cached_tokens),
+        "x-toposched-pull": _pulled(route, timeline),
         "x-toposched-reason": _ascii(timeline.fallback or route.reason),
         "x-toposched-request-id": _ascii(route.decision.request_id)}
     if timeline.prefill_s is not None:
@@ -307,6 +322,14 @@ def explain(route: Route, timeline: Timeline, upstream: Mapping[str, str]) -> di
         if name in upstream:
             headers[name] = upstream[name]
     return headers
+
+
+def _pulled(route: Route, timeline: Timeline) -> str:
+    """``<holder>; blocks=<n>`` for a prefix copy that landed, ``-`` otherwise."""
+    pull = route.decision.pull
+    if timeline.pull_outcome != "ok" or pull is None:
+        return "-"
+    return _ascii(f"{pull.source}; blocks={pull.blocks}")
 
 
 def _ascii(text: str) -> str:

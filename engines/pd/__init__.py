@@ -13,13 +13,14 @@ from engines.pd.base import (
     EngineUnreachableError,
     LegPlan,
     PdProtocol,
+    PrefixCopy,
     Timeline,
     UpstreamAnswer,
 )
 from topology.errors import NotFoundError
 
-__all__ = ["EngineEndpoint", "EngineUnreachableError", "LegPlan", "PdProtocol", "Timeline",
-           "UpstreamAnswer", "protocol_for"]
+__all__ = ["EngineEndpoint", "EngineUnreachableError", "LegPlan", "PdProtocol", "PrefixCopy",
+           "Timeline", "UpstreamAnswer", "protocol_for"]
 _KIND = re.compile(r"^[a-z][a-z0-9_]*$")
 
 

@@ -58,6 +58,17 @@ class EngineUnreachableError(ToposchedError):
 
 
 @dataclass(frozen=True)
+class PrefixCopy:
+    """A cached prefix the prefill engine copies from the engine holding it before its
+    prefill leg (the router's ``Decision.pull``): ``token_ids`` are the prompt's first
+    ``blocks`` whole KV blocks, all of which the holder has cached."""
+
+    holder: EngineEndpoint
+    token_ids: tuple[int, ...]
+    blocks: int
+
+
+@dataclass(frozen=True)
 class LegPlan:
     """One client request to run: where, what, and through which engines.
 
@@ -77,6 +88,9 @@ class LegPlan:
     #: Called once, just before a leg that makes the decode engine take the prefill's
     #: KV is sent (the caller labels the decode engine's next KV transfer with it).
     on_handoff: Callable[[], None] | None = None
+    #: A prefix to copy to ``prefill`` before its leg (None: none; protocols without
+    #: :attr:`PdProtocol.runs_pulls` ignore it).
+    pull: PrefixCopy | None = None
 
     def handoff(self) -> None:
         """Tell the caller the KV is about to move (see :attr:`on_handoff`)."""
@@ -108,6 +122,12 @@ class Timeline:
     disaggregated: bool = False
     #: Engines found unreachable on the way (the request went on without them).
     unreachable: list[str] = field(default_factory=list)
+    #: The prefix copy before the prefill leg: sent, answered, and how it went (None:
+    #: none was planned; ``ok``; ``failed``, why in :attr:`pull_failure`).
+    pull_sent: float | None = None
+    pull_done: float | None = None
+    pull_outcome: str | None = None
+    pull_failure: str | None = None
 
     @staticmethod
     def now() -> float:
@@ -127,6 +147,11 @@ class Timeline:
     def handoff_s(self) -> float | None:
         """Handoff gap: prefill answered to decode leg sent."""
         return self.span(self.prefill_done, self.decode_sent)
+
+    @property
+    def pull_s(self) -> float | None:
+        """Prefix copy: its first leg sent to its last answered."""
+        return self.span(self.pull_sent, self.pull_done)
 
     @property
     def decode_ttft_s(self) -> float | None:
@@ -202,6 +227,8 @@ class PdProtocol(Protocol):
     """The P/D protocol of one engine kind."""
 
     kind: str
+    #: Whether :meth:`open` runs a plan's :attr:`LegPlan.pull` (a prefix copy).
+    runs_pulls: bool
 
     async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:

@@ -58,6 +58,7 @@ class SglangProtocol:
     """``--disaggregation-mode prefill|decode`` servers (Mooncake or NIXL transfer)."""
 
     kind = "sglang"
+    runs_pulls = False  # bootstrap rooms carry no prefix copy
 
     async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:

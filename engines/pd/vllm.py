@@ -12,6 +12,26 @@
    the blocks when its lease runs out; a decode leg that would start after the lease
    goes decode-only instead of reading freed blocks).
 
+Prefix copy (a plan's ``pull``: the router's ``Decision.pull``), before the prefill leg,
+with the same protocol: vLLM's scheduler puts the blocks a ``do_remote_prefill``
+request read over NIXL into its prefix cache once they land
+(``Scheduler._update_waiting_for_remote_kv``). So
+
+a. the holder gets the prefix alone (its whole cached blocks, as token ids, on
+   ``/v1/completions``) as a prefill leg: ``do_remote_decode``, ``max_tokens: 1`` — a
+   prefix-cache hit there (vLLM recomputes the last block of a full hit), and it
+   answers ``kv_transfer_params`` for those blocks;
+b. the prefill engine gets the same prefix as a decode leg with those parameters,
+   ``max_tokens: 1``, not streamed: it reads the blocks it lacks from the holder and
+   caches them;
+c. the prefill leg (1) then finds the prefix in its cache and computes the rest.
+
+Both copy legs carry the request id plus ``-pull`` (the holder may also be the decode
+engine, whose decode leg carries the plain id), and the client's ``cache_salt`` (vLLM
+hashes it into the blocks). Any failure of the copy (an engine unreachable, a non-200
+answer, no parameters) only skips it: the two legs run as without it; an unreachable
+engine is reported like one met on the prefill leg.
+
 A prefill answer of 5xx, a prefill engine that cannot be reached, or an answer without
 ``kv_transfer_params`` falls back to decode-only on D (D computes the prompt, as
 llm-d's sidecar does), and so does a decode leg whose KV read failed (D answers 5xx,
@@ -21,7 +41,9 @@ through.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from engines.instance import is_loopback
@@ -29,10 +51,11 @@ from engines.pd.base import (
     EngineEndpoint,
     EngineUnreachableError,
     LegPlan,
+    PrefixCopy,
     Timeline,
     UpstreamAnswer,
 )
-from engines.pd.http import EngineHttp
+from engines.pd.http import Answer, EngineHttp
 from engines.pd.legs import json_object, send, shared_prompt
 
 #: The parameters asking the prefill engine to keep the KV for a remote decode.
@@ -44,6 +67,12 @@ PREFILL_DROPS = ("stream_options", "min_tokens", "min_completion_tokens")
 #: Seconds kept in hand before the prefill's lease ends: a decode leg starting later
 #: might read blocks the prefill engine already freed.
 LEASE_MARGIN_S = 1.0
+#: Where the prefix copy's legs go (their prompt is token ids), and their request id's
+#: suffix.
+PULL_PATH = "/v1/completions"
+PULL_ID_SUFFIX = "-pull"
+
+log = logging.getLogger(__name__)
 
 
 def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -62,10 +91,22 @@ def decode_body(body: Mapping[str, Any], kv_transfer_params: Any) -> dict[str, A
     return {**body, "kv_transfer_params": kv_transfer_params}
 
 
+def pull_body(body: Mapping[str, Any], token_ids: Sequence[int],
+              kv_transfer_params: Any) -> dict[str, Any]:
+    """A prefix-copy leg's body: the prefix's token ids alone, one output token."""
+    leg: dict[str, Any] = {"model": body.get("model"), "prompt": list(token_ids),
+                           "max_tokens": 1, "stream": False,
+                           "kv_transfer_params": kv_transfer_params}
+    if "cache_salt" in body:
+        leg["cache_salt"] = body["cache_salt"]
+    return leg
+
+
 class VllmProtocol:
     """NixlConnector pull mode (both engines run ``kv_role: kv_both``)."""
 
     kind = "vllm"
+    runs_pulls = True
 
     async def open(self, client: EngineHttp, plan: LegPlan,
                    timeline: Timeline) -> UpstreamAnswer:
@@ -73,6 +114,8 @@ class VllmProtocol:
         # two legs carry the client's prompt: encode it once
         shared = plan.body if plan.prefill is None else shared_prompt(plan.body)
         body = shared
+        if plan.prefill is not None and plan.pull is not None:
+            await self._pull(client, plan, plan.prefill, plan.pull, timeline)
         if plan.prefill is not None:
             outcome = await self._prefill(client, plan, plan.prefill, shared, timeline)
             if isinstance(outcome, UpstreamAnswer):
@@ -124,6 +167,39 @@ class VllmProtocol:
             return None
         return params
 
+    async def _pull(self, client: EngineHttp, plan: LegPlan, target: EngineEndpoint,
+                    copy: PrefixCopy, timeline: Timeline) -> None:
+        """Copy ``copy``'s prefix into ``target``'s prefix cache (module docstring, a-b);
+        the outcome goes to ``timeline``, a failure only skips the copy."""
+        legs = replace(plan, path=PULL_PATH, request_id=plan.request_id + PULL_ID_SUFFIX)
+        timeline.pull_sent = Timeline.now()
+        try:
+            failure = await self._copy(client, legs, target, copy, timeline)
+        finally:
+            timeline.pull_done = Timeline.now()
+        timeline.pull_outcome = "ok" if failure is None else "failed"
+        timeline.pull_failure = failure
+        if failure is not None:
+            log.warning("prefix copy %s -> %s skipped: %s", copy.holder.name, target.name,
+                        failure)
+
+    @staticmethod
+    async def _copy(client: EngineHttp, legs: LegPlan, target: EngineEndpoint,
+                    copy: PrefixCopy, timeline: Timeline) -> str | None:
+        """Run the two copy legs; why it failed (None: the prefix landed)."""
+        held = await _pull_leg(client, legs, copy.holder,
+                               pull_body(legs.body, copy.token_ids, PREFILL_KV_PARAMS),
+                               "pull-holder", timeline)
+        if isinstance(held, str):
+            return held
+        params = (json_object(held) or {}).get("kv_transfer_params")
+        if not params:
+            return f"holder {copy.holder.name} answered without kv_transfer_params"
+        landed = await _pull_leg(client, legs, target,
+                                 pull_body(legs.body, copy.token_ids, params),
+                                 "pull-target", timeline)
+        return landed if isinstance(landed, str) else None
+
     def can_serve_alone(self, engine: EngineEndpoint) -> bool:
         """Every vLLM engine with ``kv_role: kv_both`` computes prompts itself."""
         return True
@@ -142,6 +218,19 @@ class VllmProtocol:
             if not same(a, b):
                 return f"{field} differs ({prefill.name}: {a}, {decode.name}: {b})"
         return None
+
+
+async def _pull_leg(client: EngineHttp, legs: LegPlan, engine: EngineEndpoint,
+                    body: Mapping[str, Any], leg: str, timeline: Timeline) -> Answer | str:
+    """One copy leg's 200 answer, or why there is none."""
+    try:
+        answer = await send(client, legs, engine, body, leg=leg, stream=False)
+    except EngineUnreachableError as exc:
+        timeline.unreachable.append(exc.engine)
+        return f"{leg} leg: {engine.name} unreachable"
+    if answer.status_code != 200:
+        return f"{leg} leg: {engine.name} answered {answer.status_code}"
+    return answer
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -22,6 +22,7 @@ from scheduler.telemetry.samples import TIER_LABELS, TransferSample
 #: Tier label of requests that moved no KV (decode-only, aggregated).
 LOCAL = "local"
 PHASES = ("prefill", "handoff", "decode_ttft", "nixl_transfer")
+PULL_OUTCOMES = ("ok", "failed", "skipped")
 
 
 class Handoff(BaseModel):
@@ -39,6 +40,10 @@ class Handoff(BaseModel):
     kv_bytes: int = 0
     src_domain: str = "unknown"
     dst_domain: str = "unknown"
+    pull_outcome: str | None = Field(
+        default=None, description="the prefix copy before the prefill leg: ok, failed, "
+                                  "skipped (planned, could not run); None: none planned")
+    pull_s: float | None = None
 
 
 class HandoffTelemetry:
@@ -59,11 +64,23 @@ class HandoffTelemetry:
             f"{namespace}_gateway_kv_bytes_total", "KV bytes the engines moved for gateway "
             "requests (as the decode engines' NIXL figures report), by tier.", ("tier",),
             max_series=tiers))
+        self.pulls = registry.add(Counter(
+            f"{namespace}_gateway_pulls_total", "Prefix copies the router planned for "
+            "gateway requests, by outcome (ok, failed, skipped).", ("outcome",),
+            max_series=len(PULL_OUTCOMES)))
+        self.pull_seconds = registry.add(Histogram(
+            f"{namespace}_gateway_pull_seconds", "Prefix copies run before the prefill leg "
+            "(holder leg sent to the prefill engine's answer), by outcome.", ("outcome",),
+            buckets=LATENCY_BUCKETS, max_series=len(PULL_OUTCOMES)))
         self.drift = DriftDetector(drift, clock=clock, kind="pd_handoff_drift")
 
     def record(self, handoff: Handoff) -> None:
         """Count one finished request."""
         self.requests.inc((handoff.mode, handoff.outcome))
+        if handoff.pull_outcome is not None:
+            self.pulls.inc((handoff.pull_outcome,))
+            if handoff.pull_s is not None:
+                self.pull_seconds.observe((handoff.pull_outcome,), handoff.pull_s)
         for phase, seconds in zip(PHASES, (handoff.prefill_s, handoff.handoff_s,
                                            handoff.decode_ttft_s, handoff.nixl_transfer_s),
                                   strict=True):

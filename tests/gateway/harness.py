@@ -165,4 +165,17 @@ def wait_for(check: Any, what: str, timeout_s: float = 20.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def no_local_prefill_policy(workdir: Path) -> Path:
+    """The packaged ``fabric-cost`` policy with local prefill off (a decode engine never
+    prefills for itself), written to ``workdir``: with one prefill and one decode engine
+    the router must pair them, so a decode engine holding the prompt's prefix can be the
+    holder of a prefix pull to the prefill engine."""
+    document = yaml.safe_load((ROOT / "config" / "profiles" / "fabric-cost.yaml").read_text())
+    handler = document["plugins"][0]["parameters"]
+    handler.update(local_prefill_max_tokens=0, local_prefill_min_hit=1.0)
+    path = workdir / "no-local-prefill.yaml"
+    path.write_text(yaml.safe_dump(document))
+    return path
+
+
 HOSTS = ("z0-p0-r0-h00", "z0-p0-r1-h00")

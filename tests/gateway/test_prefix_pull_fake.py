@@ -1,0 +1,155 @@
+"""Prefix pulls through the gateway (``--prefix-pull``) in front of fake vLLM engines:
+the decode engine holds the prompt's prefix (a KV event says so), the router has the
+prefill engine copy it first, and a copy that fails leaves the request on its two legs."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from engines.fakes.model import prompt_tokens
+from engines.instance import EngineInstance
+from engines.pd import LegPlan, PrefixCopy, Timeline, protocol_for
+from engines.pd.http import EngineHttp
+from scheduler.prefix.hashing import block_hashes
+from tests.gateway.harness import (
+    HOSTS,
+    MODEL,
+    Gateway,
+    no_local_prefill_policy,
+    start_engine,
+    start_gateway,
+    wait_for,
+)
+from tests.servers import free_port
+
+BLOCK = 16
+
+
+def _hold(gateway: Gateway, worker: str, prompt: str) -> int:
+    """Tell the gateway ``worker`` caches ``prompt``'s whole blocks; how many (less
+    than the whole prompt's: a decode engine holding all would be a local prefill)."""
+    held = block_hashes(prompt_tokens({"prompt": prompt}), BLOCK)
+    event = {"kind": "block_stored", "worker": worker, "seq": 1, "block_hashes": held,
+             "model": MODEL}
+    assert httpx.post(f"{gateway.url}/v1/kv-events", json=event).status_code == 200
+    return len(held)
+
+
+def _pulls(gateway: Gateway) -> dict[str, float]:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "toposched_gateway_pulls_total"}
+
+
+def _start(tmp_path: Path) -> Gateway:
+    engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
+               start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
+    return start_gateway(engines, tmp_path, args=[
+        "--pd-min-uncached-tokens", "0", "--prefix-pull",
+        "--policy", str(no_local_prefill_policy(tmp_path))])
+
+
+def _ask(gateway: Gateway, prompt: str) -> httpx.Response:
+    body = {"model": MODEL, "prompt": prompt, "max_tokens": 4}
+    answer = httpx.post(f"{gateway.url}/v1/completions", json=body, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-toposched-mode"] == "disaggregated", answer.headers
+    direct = httpx.post(f"{gateway.engines['d0'].url}/v1/completions", json=body, timeout=30)
+    assert answer.json()["choices"][0]["token_ids"] == direct.json()["choices"][0]["token_ids"]
+    return answer
+
+
+def test_the_prefill_engine_copies_the_prefix_the_decode_engine_holds(tmp_path: Path) -> None:
+    gateway = _start(tmp_path)
+    try:
+        p0, d0 = gateway.engines["p0"], gateway.engines["d0"]
+        prompt = "a prefix the decode engine holds, and a tail. " * 30
+        blocks = _hold(gateway, "d0", prompt[:-100])
+        answer = _ask(gateway, prompt)
+        assert answer.headers["x-toposched-pull"] == f"d0; blocks={blocks}"
+        # the holder answered the prefix as a prefill leg, the prefill engine read it
+        # (its one transfer), then ran the prefill leg; the decode engine read that
+        assert d0.state()["counts"]["prefill_leg"] == 1
+        assert p0.state()["counts"]["transfers"] == 1
+        assert p0.state()["bytes_read"] == blocks * BLOCK * 4096
+        assert p0.state()["counts"]["prefill_leg"] == 1
+        assert d0.state()["counts"]["transfers"] == 1
+        assert _pulls(gateway) == {"ok": 1.0}
+        # without a prefix held elsewhere, no pull
+        assert _ask(gateway, "nobody holds this. " * 40).headers["x-toposched-pull"] == "-"
+        assert _pulls(gateway) == {"ok": 1.0}
+    finally:
+        gateway.stop()
+
+
+def test_a_failed_copy_leaves_the_request_on_its_two_legs(tmp_path: Path) -> None:
+    # h0 holds the prefix but has no room to decode it (4 KV blocks: never the decode
+    # engine), and dies after the first health scrape (the next is 300 s away): the copy's
+    # holder leg finds it gone
+    engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
+               start_engine("d0", host=HOSTS[0], gpu=1, role="decode"),
+               start_engine("h0", host=HOSTS[0], gpu=2, role="decode", num_blocks=4)]
+    gateway = start_gateway(engines, tmp_path, args=[
+        "--pd-min-uncached-tokens", "0", "--prefix-pull",
+        "--policy", str(no_local_prefill_policy(tmp_path))],
+        env={"TOPOSCHED_ENGINE_SCRAPE_INTERVAL_S": "300",
+             "TOPOSCHED_ENGINE_STALE_AFTER_S": "3600"})
+    try:
+        wait_for(lambda: all(_in_routing(gateway).values()), "every engine in routing")
+        prompt = "a prefix a dead engine held. " * 40
+        _hold(gateway, "h0", prompt[:-100])
+        gateway.engines["h0"].kill()
+        answer = _ask(gateway, prompt)
+        assert answer.headers["x-toposched-pull"] == "-"
+        p0, d0 = gateway.engines["p0"], gateway.engines["d0"]
+        assert "transfers" not in p0.state()["counts"]  # nothing was copied
+        assert p0.state()["counts"]["prefill_leg"] == 1
+        assert d0.state()["counts"]["transfers"] == 1
+        assert _pulls(gateway) == {"failed": 1.0}
+        assert _in_routing(gateway)["h0"] is False
+        assert gateway.load("p0")["requests"] == 0 and gateway.load("d0")["requests"] == 0
+    finally:
+        gateway.stop()
+
+
+def _in_routing(gateway: Gateway) -> dict[str, bool]:
+    health = httpx.get(f"{gateway.url}/v1/gateway/health", timeout=10).json()
+    return {e["name"]: e["in_routing"] for e in health["engines"]}
+
+
+def test_an_unreachable_holder_skips_the_copy(tmp_path: Path) -> None:
+    """The vLLM legs against real fakes, the holder a port nobody listens on."""
+    p0 = start_engine("p0", host=HOSTS[0], gpu=0, role="prefill")
+    d0 = start_engine("d0", host=HOSTS[0], gpu=1, role="decode")
+    try:
+        dead = EngineInstance.model_validate({**d0.instance, "name": "gone",
+                                              "base_url": f"http://127.0.0.1:{free_port()}"})
+        body = {"model": MODEL, "prompt": "the copy's holder is gone. " * 20, "max_tokens": 3}
+        ids = tuple(prompt_tokens(body))
+        plan = LegPlan(path="/v1/completions", body=body, request_id="pull-1",
+                       decode=EngineInstance.model_validate(d0.instance),
+                       prefill=EngineInstance.model_validate(p0.instance),
+                       pull=PrefixCopy(dead, ids[:BLOCK * 4], 4))
+
+        async def run() -> tuple[list[int], Timeline]:
+            timeline = Timeline()
+            client = EngineHttp(connect_timeout_s=2, read_timeout_s=30)
+            answer = await protocol_for("vllm").open(client, plan, timeline)
+            await answer.response.read()
+            await answer.aclose()
+            await client.aclose()
+            return list(answer.response.json()["choices"][0]["token_ids"]), timeline
+
+        tokens, timeline = asyncio.run(run())
+        assert timeline.pull_outcome == "failed" and timeline.unreachable == ["gone"]
+        assert timeline.pull_failure is not None and "unreachable" in timeline.pull_failure
+        assert timeline.disaggregated and timeline.fallback is None
+        direct = httpx.post(f"{d0.url}/v1/completions", json=body, timeout=30)
+        assert tokens == direct.json()["choices"][0]["token_ids"]
+    finally:
+        for engine in (p0, d0):
+            engine.kill()
