@@ -10,6 +10,7 @@ die are started for the test)."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.engines.vllm_fixtures import VllmPair
 from tests.engines.vllm_harness import MODEL_NAME, EngineFleet, EngineOptions, VllmEngine
-from tests.gateway.harness import HOSTS, Gateway, start_gateway_for, wait_for
+from tests.gateway.harness import (
+    HOSTS,
+    Gateway,
+    no_local_prefill_policy,
+    start_gateway_for,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.engine, pytest.mark.process]
 #: KV bytes per token of the tiny model: K and V × 2 layers × 2 KV heads × 64 × float32.
@@ -176,3 +183,69 @@ def test_decode_death_mid_stream_ends_cleanly(vllm_fleet: EngineFleet, vllm_pair
         assert gw.load(vllm_pair.prefill.name)["requests"] == 0
     finally:
         gw.stop()
+
+
+def _by_source(engine: VllmEngine) -> dict[str, float]:
+    """The engine's prompt tokens by where their KV came from (computed, its prefix
+    cache, another engine over NIXL) and its NIXL bytes read."""
+    figures = {source: _metric(engine, "vllm:prompt_tokens_by_source_total", source=source)
+               for source in ("local_compute", "local_cache_hit", "external_kv_transfer")}
+    figures["nixl_bytes"] = _metric(engine, "vllm:nixl_bytes_transferred_sum")
+    return figures
+
+
+def _events(gw: Gateway, name: str) -> int:
+    status = httpx.get(f"{gw.url}/v1/instances/{name}", timeout=10).json()["status"]
+    return int(sum(stream["events"] for stream in status["kv_events"]))
+
+
+def test_a_prefix_pull_lands_in_the_prefill_engines_cache_and_its_prefill_hits_it(
+        vllm_pair: VllmPair, tmp_path: Path) -> None:
+    """Holder: the decode engine (it cached the prompt's first 4 blocks); the prefill
+    engine copies them over NIXL with vLLM's own protocol before its prefill leg, whose
+    prefill then finds them in its prefix cache: vLLM's counters say so, and the answer
+    equals the decode engine's cold run (cache_salt: none of its blocks reused)."""
+    prefill, decode = vllm_pair.prefill, vllm_pair.decode
+    gw = start_gateway_for([_instance(prefill, 0), _instance(decode, 1)], tmp_path, args=[
+        "--pd-min-uncached-tokens", "0", "--prefix-pull",
+        "--policy", str(no_local_prefill_policy(tmp_path))])
+    try:
+        rng = random.Random(14)
+        prompt = [rng.randrange(256) for _ in range(6 * BLOCK_TOKENS + 8)]
+        held = 4
+        body = {"model": MODEL_NAME, "prompt": prompt, **GREEDY}
+        cold_hits = _metric(decode, "vllm:prefix_cache_hits_total")
+        cold = decode.post("/v1/completions", {**body, "cache_salt": "cold-reference"})
+        assert cold.status_code == 200, cold.text
+        assert _metric(decode, "vllm:prefix_cache_hits_total") == cold_hits  # computed cold
+        seen = _events(gw, decode.name)
+        other_tail = [(t + 1) % 256 for t in prompt[held * BLOCK_TOKENS:]]
+        warm = decode.post("/v1/completions", {**body, "max_tokens": 1,
+                                               "prompt": prompt[:held * BLOCK_TOKENS] + other_tail})
+        assert warm.status_code == 200, warm.text
+        wait_for(lambda: _events(gw, decode.name) > seen, "the decode engine's blocks indexed")
+        before = _by_source(prefill)
+        answer = httpx.post(f"{gw.url}/v1/completions", json=body, timeout=120)
+        assert answer.status_code == 200, answer.text
+        h = answer.headers
+        assert (h["x-toposched-mode"], h["x-toposched-prefill"], h["x-toposched-decode"]) == \
+            ("disaggregated", prefill.name, decode.name)
+        assert h["x-toposched-pull"] == f"{decode.name}; blocks={held}"
+        assert answer.json()["choices"][0]["text"] == cold.json()["choices"][0]["text"]
+        grew = {k: v - before[k] for k, v in _by_source(prefill).items()}
+        # the copy read the 4 blocks over NIXL; the prefill leg hit them, computed the rest
+        assert grew == {"external_kv_transfer": held * BLOCK_TOKENS,
+                        "local_cache_hit": held * BLOCK_TOKENS,
+                        "local_compute": len(prompt) - held * BLOCK_TOKENS,
+                        "nixl_bytes": held * BLOCK_TOKENS * KV_BYTES_PER_TOKEN}, grew
+        assert _gateway_pulls(gw) == {"ok": 1.0}
+        assert gw.load(prefill.name)["requests"] == 0
+        assert gw.load(decode.name)["requests"] == 0
+    finally:
+        gw.stop()
+
+
+def _gateway_pulls(gw: Gateway) -> dict[str, float]:
+    text = httpx.get(f"{gw.url}/metrics", timeout=5).text
+    return {s.labels["outcome"]: s.value for f in text_string_to_metric_families(text)
+            for s in f.samples if s.name == "toposched_gateway_pulls_total"}
