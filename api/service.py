@@ -77,7 +77,7 @@ class RoutingOptions:
         """The options a ``toposched serve`` process was started with."""
         return cls(BlockSizes(settings.block_tokens, dict(settings.model_block_tokens)),
                    settings.prefix_approx_ttl_s, settings.prefill_cache_ttl_s,
-                   settings.prefix_pull)
+                   settings.prefix_pull and settings.gateway)
 
 
 class ServiceState:

@@ -115,9 +115,10 @@ class Settings(BaseSettings):
                     "prompt tokens; fewer and it computes them itself (0: always)")
     prefix_pull: bool = Field(
         default=False,
-        description="let the router have a prefill engine copy a cached prefix from the "
-                    "engine holding it instead of recomputing it (CostParams.prefix_pull); "
-                    "the gateway runs the copy for vLLM engines (docs/gateway.md)")
+        description="gateway only: let the router have a prefill engine copy a cached "
+                    "prefix from the engine holding it instead of recomputing it "
+                    "(CostParams.prefix_pull); the gateway runs the copy for vLLM engines "
+                    "(docs/gateway.md)")
     kv_lease_s: float = Field(default=30.0, gt=0, le=3600,
                               description="the engines' kv_lease_duration: how long a "
                                           "prefill keeps KV for its decode leg")

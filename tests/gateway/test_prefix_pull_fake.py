@@ -10,6 +10,8 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.service import RoutingOptions
+from api.settings import Settings
 from engines.fakes.model import prompt_tokens
 from engines.instance import EngineInstance
 from engines.pd import LegPlan, PrefixCopy, Timeline, protocol_for
@@ -153,3 +155,11 @@ def test_an_unreachable_holder_skips_the_copy(tmp_path: Path) -> None:
     finally:
         for engine in (p0, d0):
             engine.kill()
+
+
+def test_only_the_gateway_plans_pulls() -> None:
+    """``toposched serve``'s sidecar route path runs no copy: the setting is the
+    gateway's (its router gets ``CostParams.prefix_pull``)."""
+    assert not RoutingOptions.from_settings(Settings(prefix_pull=True)).prefix_pull
+    assert RoutingOptions.from_settings(Settings(prefix_pull=True, gateway=True)).prefix_pull
+    assert not RoutingOptions.from_settings(Settings(gateway=True)).prefix_pull
