@@ -155,8 +155,10 @@ def prefix_copy(route: Route, token_ids: Sequence[int], named: Lookup
     if pull is None or target is None or target.name != pull.target:
         return None
     holder = named(pull.source)
-    if holder is None or holder.name == target.name:
+    if holder is None:
         return f"holder {pull.source} not registered"
+    if holder.name == target.name:
+        return "the holder is the prefill engine"
     if holder.engine != target.engine or not protocol_for(target.engine).runs_pulls:
         return f"{holder.engine} -> {target.engine}: no prefix copy protocol"
     problem = pair_problem(holder, target)

@@ -1,11 +1,11 @@
 """One OpenAI request through the gateway, end to end.
 
 parse → token ids → route (pair, conditional disaggregation, a prefix copy) → reserve
-load → the engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte for byte →
-release load → record the phases by tier. An engine that cannot be reached is taken
-out of routing in the engine registry (until its /health answers again) and the
-request is routed again without it (up to :data:`MAX_ATTEMPTS` routes); a client that
-leaves cancels every leg still running.
+load → the engine kind's legs (:mod:`engines.pd`) → stream the decode answer back byte
+for byte → release load → record the phases by tier. An engine that cannot be reached
+is taken out of routing in the engine registry (until its /health answers again) and
+the request is routed again without it (up to :data:`MAX_ATTEMPTS` routes); a client
+that leaves cancels every leg still running.
 """
 
 from __future__ import annotations
