@@ -2,6 +2,11 @@
 
 Run: ``.venv/bin/python bench/sim_bench.py [--quick] [--out bench/results]``
 
+One row of the table across trace seeds at a time (prints it, writes nothing):
+``--only tcp-zones`` (a substring of the row's name, repeatable; ``--seeds 1`` picks the
+seeds besides 0). ``--prefix-pull`` runs everything with prefix pulls on
+(``SimConfig.prefix_pull``; rows that set it themselves keep their setting).
+
 Writes ``simulation.json`` / ``simulation.md`` under ``--out`` and PNGs under
 ``--out/sim/``. Sections:
 
@@ -67,6 +72,9 @@ from topology.spec import FabricSpec  # noqa: E402
 
 KV_BYTES_PER_TOKEN = 327_680  # Llama-3-70B bf16
 
+#: SimConfig fields every run gets unless its variant sets them (``--prefix-pull``).
+FORCED: dict[str, Any] = {}
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -119,7 +127,7 @@ class Bench:
         fabric, distance = self.fabric(cluster_name)
         trace = workload(spec, seed)
         config = SimConfig(tp=scenario.tp, prefill=scenario.prefill, decode=scenario.decode,
-                           seed=seed, **variant.fields)
+                           seed=seed, **{**FORCED, **variant.fields})
         key = (cluster_name, spec, config.placement)
         sim = Simulation(fabric, trace, config, distance=distance,
                          placement=self.placements.get(key))
@@ -415,7 +423,8 @@ def run_class(doc: Scenario, placements: dict[str, PlacementOutcome], label: str
               policy: str, placement: str | None, flags: dict[str, bool],
               fabric: FabricSpec, distance: DistanceModel) -> ClassRun:
     """Run one variant of a scenario and score it under both SLOs."""
-    config = doc.config(policy, placement=placement, **flags)  # type: ignore[arg-type]
+    config = doc.config(policy, placement=placement,  # type: ignore[arg-type]
+                        **{**FORCED, **flags})
     trace = workload(doc.workload_spec(), doc.seed)
     sim = Simulation(fabric, trace, config, distance=distance,
                      placement=placements.get(config.placement))
@@ -531,37 +540,47 @@ def frontier_doc(model: str, tp: int, prefill: int, decode: int, scale: float, l
         "workload": f"mooncake-conversation:scale={scale:g},limit={limit}"})
 
 
+def frontier_point(model: str, tp: int, prefill: int, decode: int, scale: float,
+                   limit: int, over: float) -> dict[str, Any]:
+    """One frontier point (seed 0): the default against topology-unaware routing and
+    single-domain."""
+    shape = load_models().get(model)
+    profile = build_profile(shape, "H100", tp)
+    kv_rate = kv_bytes_per_token(shape) * profile.prefill_tokens_per_s(8000) / tp / 1e9
+    doc = frontier_doc(model, tp, prefill, decode, scale, limit, over)
+    fabric = doc.fabric()
+    distance = DistanceModel(fabric)
+    placements: dict[str, PlacementOutcome] = {}
+    runs = {label: run_class(doc, placements, label, policy, placement, flags,
+                             fabric, distance).record.summary
+            for label, policy, placement, flags in CLASS_VARIANTS[:3]}
+    d, u, sd = (runs[v[0]] for v in CLASS_VARIANTS[:3])
+    best = max((u, sd), key=lambda r: r.goodput_rps)
+    return {"model": model, "tp": tp, "scale": scale, "requests": limit,
+            "prefill": prefill, "decode": decode,
+            "best": CLASS_VARIANTS[1 if best is u else 2][0],
+            "default_vs_best_ttft_p99": d.ttft.p99 / max(best.ttft.p99, 1e-9),
+            "kv_gb_per_prefill_s_per_gpu": kv_rate,
+            "zone_oversubscription": over,
+            "aware_vs_unaware": d.goodput_rps / max(u.goodput_rps, 1e-9),
+            "default_vs_single_domain": d.goodput_rps / max(sd.goodput_rps, 1e-9),
+            "ttft_p99_unaware_vs_aware": u.ttft.p99 / max(d.ttft.p99, 1e-9),
+            "default_vs_best_goodput": d.goodput_rps / max(best.goodput_rps, 1e-9),
+            "default_vs_best_tpot_p99": d.tpot.p99 / max(best.tpot.p99, 1e-9)}
+
+
+def frontier_name(model: str, tp: int, over: float) -> str:
+    """A frontier point's row name in the table across trace seeds."""
+    return f"frontier {model} (TP{tp}) {over:g}:1"
+
+
 def frontier(out: Path, quick: bool) -> tuple[str, list[dict[str, Any]]]:
     """Goodput ratios against zone-uplink oversubscription and KV bytes per prefill-s."""
     points = []
     for model, tp, prefill, decode, scale, requests in FRONTIER_MODELS:
         limit = requests // 5 if quick else requests
-        shape = load_models().get(model)
-        profile = build_profile(shape, "H100", tp)
-        kv_rate = kv_bytes_per_token(shape) * profile.prefill_tokens_per_s(8000) / tp / 1e9
         for over in FRONTIER_OVERSUB:
-            doc = frontier_doc(model, tp, prefill, decode, scale, limit, over)
-            fabric = doc.fabric()
-            distance = DistanceModel(fabric)
-            placements: dict[str, PlacementOutcome] = {}
-            runs = {label: run_class(doc, placements, label, policy, placement, flags,
-                                     fabric, distance).record.summary
-                    for label, policy, placement, flags in CLASS_VARIANTS[:3]}
-            d, u, sd = (runs[v[0]] for v in CLASS_VARIANTS[:3])
-            best = max((u, sd), key=lambda r: r.goodput_rps)
-            points.append({"model": model, "tp": tp, "scale": scale, "requests": limit,
-                           "prefill": prefill, "decode": decode,
-                           "best": CLASS_VARIANTS[1 if best is u else 2][0],
-                           "default_vs_best_ttft_p99": d.ttft.p99 / max(best.ttft.p99, 1e-9),
-                           "kv_gb_per_prefill_s_per_gpu": kv_rate,
-                           "zone_oversubscription": over,
-                           "aware_vs_unaware": d.goodput_rps / max(u.goodput_rps, 1e-9),
-                           "default_vs_single_domain": d.goodput_rps / max(sd.goodput_rps,
-                                                                           1e-9),
-                           "ttft_p99_unaware_vs_aware": u.ttft.p99 / max(d.ttft.p99, 1e-9),
-                           "default_vs_best_goodput": d.goodput_rps / max(best.goodput_rps,
-                                                                          1e-9),
-                           "default_vs_best_tpot_p99": d.tpot.p99 / max(best.tpot.p99, 1e-9)})
+            points.append(frontier_point(model, tp, prefill, decode, scale, limit, over))
     _draw_frontier(points, out / "sim" / "frontier.png")
     lines = ["64 H100s (2 zones × 2 racks × 2 HGX hosts, racks 4:1), the zone uplink's "
              "oversubscription varied; Mooncake conversation trace (first 1,500 requests at "
@@ -816,8 +835,8 @@ def seed_spread(bench: Bench, groups: Sequence[tuple[str, str]],
             doc = frontier_doc(p["model"], p["tp"], p["prefill"], p["decode"], p["scale"],
                                p["requests"], p["zone_oversubscription"], seed)
             ratios.append(_triple(*_class_pair(doc, p["best"])))
-        rows.append(SpreadRow(f"frontier {p['model']} (TP{p['tp']}) "
-                              f"{p['zone_oversubscription']:g}:1", p["best"], tuple(ratios)))
+        rows.append(SpreadRow(frontier_name(p["model"], p["tp"], p["zone_oversubscription"]),
+                              p["best"], tuple(ratios)))
     return rows
 
 
@@ -842,6 +861,42 @@ def seed_spread_text(rows: Sequence[SpreadRow], seeds: Sequence[int]) -> str:
     return "\n".join(lines)
 
 
+def comparison_groups(quick: bool) -> list[tuple[str, str]]:
+    """The three comparisons' (cluster, workload spec)."""
+    limit = 600 if quick else 3000
+    return [("three-level", f"mooncake-conversation:scale=8,limit={limit}"),
+            ("three-level", f"agentic:sessions={100 if quick else 1000},scale=4"),
+            ("three-level-thin", f"mooncake-conversation:scale=8,limit={limit}")]
+
+
+def run_comparison(bench: Bench, cluster_name: str, spec: str) -> None:
+    """Every row of one comparison (seed 0) into ``bench.records``."""
+    for variant in VARIANTS:
+        # random never wins, and the unaware placement alone is in the sanity runs
+        if variant.fields.get("policy") != "random" and variant is not VARIANTS[1]:
+            bench.run(cluster_name, spec, variant)
+
+
+def only_rows(bench: Bench, names: Sequence[str], quick: bool,
+              seeds: Sequence[int]) -> list[SpreadRow]:
+    """The rows of the table across trace seeds whose name contains one of ``names``,
+    each computed as the full report does (seed 0's best baseline from all its rows)."""
+    def wanted(row: str) -> bool:
+        return any(n in row for n in names)
+
+    groups = [g for g in comparison_groups(quick) if wanted(f"{g[0]} · {g[1]}")]
+    for cluster_name, spec in groups:
+        run_comparison(bench, cluster_name, spec)
+    class_runs = classes([c for c in (CLASSES[:2] if quick else CLASSES) if wanted(c)])
+    points = []
+    for model, tp, prefill, decode, scale, requests in FRONTIER_MODELS:
+        for over in FRONTIER_OVERSUB:
+            if wanted(frontier_name(model, tp, over)):
+                points.append(frontier_point(model, tp, prefill, decode, scale,
+                                             requests // 5 if quick else requests, over))
+    return seed_spread(bench, groups, class_runs, points, seeds)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and write the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -849,26 +904,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small traces (smoke run)")
     parser.add_argument("--pull-only", action="store_true",
                         help="print only the prefix-pull table (writes no report)")
+    parser.add_argument("--only", action="append", default=[], metavar="ROW",
+                        help="print only the rows of the table across trace seeds whose "
+                             "name contains ROW (repeatable; writes no report)")
+    parser.add_argument("--seeds", default=None,
+                        help="trace seeds besides 0 for that table, comma-separated "
+                             f"(default {','.join(map(str, SPREAD_SEEDS))})")
+    parser.add_argument("--prefix-pull", action="store_true",
+                        help="every run with prefix pulls on (SimConfig.prefix_pull)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     bench = Bench()
+    FORCED.clear()
+    if args.prefix_pull:
+        FORCED["prefix_pull"] = True
     if args.pull_only:
         print(prefix_pull(bench, args.quick))
         return 0
-    limit = 600 if args.quick else 3000
-    groups = [("three-level", f"mooncake-conversation:scale=8,limit={limit}"),
-              ("three-level", f"agentic:sessions={100 if args.quick else 1000},scale=4"),
-              ("three-level-thin", f"mooncake-conversation:scale=8,limit={limit}")]
+    try:
+        seeds = (SPREAD_SEEDS[:1] if args.quick else SPREAD_SEEDS) if args.seeds is None \
+            else tuple(int(x) for x in args.seeds.split(",") if x.strip())
+    except ValueError:
+        parser.error(f"--seeds: not a comma-separated list of integers: {args.seeds!r}")
+    if any(s < 0 for s in seeds):
+        parser.error(f"--seeds: a seed must be >= 0: {args.seeds!r}")
+    if args.only:
+        rows = only_rows(bench, args.only, args.quick, seeds)
+        if not rows:
+            parser.error(f"--only: no row of the table across trace seeds matches "
+                         f"{args.only!r}")
+        print(seed_spread_text(rows, seeds))
+        return 0
+    groups = comparison_groups(args.quick)
     for cluster_name, spec in groups:
-        for variant in VARIANTS:
-            # random never wins, and the unaware placement alone is in the sanity runs
-            if variant.fields.get("policy") != "random" and variant is not VARIANTS[1]:
-                bench.run(cluster_name, spec, variant)
+        run_comparison(bench, cluster_name, spec)
     speed = bench.records[0]
     class_runs = classes(CLASSES[:2] if args.quick else CLASSES)
     class_text, class_bars = classes_text(class_runs)
     frontier_text, frontier_points = frontier(out, args.quick)
-    seeds = SPREAD_SEEDS[:1] if args.quick else SPREAD_SEEDS
     spread = seed_spread(bench, groups, class_runs, frontier_points, seeds)
     sanity = _sanity(bench, args.quick) + "\n\n" + UNBOUNDED_TEXT + "\n\n" + \
         unbounded_caches(bench, args.quick)

@@ -56,7 +56,10 @@ class Worker:
     ``queued_tokens``: prompt tokens waiting for prefill; ``free_kv_blocks``: blocks
     it can allocate now (cached blocks nobody uses count as free, engines evict them);
     ``promised_kv_blocks``: blocks that requests already routed here will take once
-    their KV lands (prefilling elsewhere now), not yet out of ``free_kv_blocks``.
+    their KV lands (prefilling elsewhere now), not yet out of ``free_kv_blocks``;
+    ``context_tokens``: the context tokens its running decodes read per step, summed
+    over the sequences (a prefix that several of them share counts once per sequence,
+    where ``free_kv_blocks`` holds it once); 0: not reported.
     """
 
     id: str
@@ -71,6 +74,7 @@ class Worker:
     #: Blocks the worker's prefix cache holds, for any request (SGLang's "tree size").
     cached_kv_blocks: int = 0
     promised_kv_blocks: int = 0
+    context_tokens: int = 0
 
     @property
     def can_prefill(self) -> bool:
@@ -87,7 +91,7 @@ class Worker:
 _LOAD_ARRAYS = (("queued", "queued_tokens"), ("running", "running_requests"),
                 ("max_running", "max_running_requests"), ("free_kv", "free_kv_blocks"),
                 ("capacity_kv", "capacity_kv_blocks"), ("promised_kv", "promised_kv_blocks"),
-                ("prefill_rate", "prefill_tokens_per_s"))
+                ("context", "context_tokens"), ("prefill_rate", "prefill_tokens_per_s"))
 
 
 _ID, _ROLE = attrgetter("id"), attrgetter("role")
@@ -298,6 +302,7 @@ class Snapshot:
     free_kv: IntArray = field(init=False, repr=False, compare=False)
     capacity_kv: IntArray = field(init=False, repr=False, compare=False)
     promised_kv: IntArray = field(init=False, repr=False, compare=False)
+    context: IntArray = field(init=False, repr=False, compare=False)
     prefill_rate: FloatArray = field(init=False, repr=False, compare=False)
     prefill_mask: BoolArray = field(init=False, repr=False, compare=False)
     decode_mask: BoolArray = field(init=False, repr=False, compare=False)

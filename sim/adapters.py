@@ -171,7 +171,8 @@ class RouterAdapter:
                       running_requests=inst.load_requests,
                       max_running_requests=inst.timing.max_num_seqs, free_kv_blocks=cache.free,
                       capacity_kv_blocks=cache.capacity, prefill_tokens_per_s=self.prefill_rate,
-                      promised_kv_blocks=inst.promised_blocks)
+                      promised_kv_blocks=inst.promised_blocks,
+                      context_tokens=inst.ctx_sum if inst.role is not Role.PREFILL else 0)
 
     def snapshot(self, link_load: Mapping[str, int]) -> Snapshot:
         """The router's view of the engines now."""

@@ -63,7 +63,11 @@ class CostParams(BaseModel):
       ``(2B + 1)·per_running + (A + (B + 1)·c)·per_token``, for
       ``expected_output_tokens`` steps, weighted by ``decode_weight``. ``A`` is read
       from the worker's KV blocks in use plus the blocks promised to requests routed
-      there whose KV has not landed yet (their load reservations);
+      there whose KV has not landed yet (their load reservations), or, where larger,
+      from the context its running sequences read (``Worker.context_tokens``, a prefix
+      several share counted once per sequence) plus the promised blocks: several turns
+      of one long conversation on a worker hold their prefix once and read it per turn
+      (unseen, they made one worker the TPOT p99 tail with prefix pulls on);
     * KV occupancy: past ``kv_high_watermark`` of the worker's blocks (in use and
       promised, as above, plus the blocks the request itself takes: what it lacks of
       the prompt and ``expected_output_tokens``), admission waits and eviction start;
@@ -510,7 +514,7 @@ class FabricCostModel:
         capacity = snap.capacity_kv[decode].astype(np.float64)
         in_use = self._kv_in_use(snap, decode, capacity)
         prompt = float(ctx.request.prompt_tokens)
-        tokens = np.minimum(in_use, capacity) * snap.block_tokens
+        tokens = self._read_tokens(snap, decode, in_use, capacity)
         per_step = ((2.0 * running + 1.0) * p.decode_s_per_running
                     + (tokens + (running + 1.0) * prompt)
                     * p.decode_s_per_kv_token)
@@ -614,11 +618,24 @@ class FabricCostModel:
             capacity - snap.free_kv[workers] + snap.promised_kv[workers], 0.0)
         return in_use
 
+    @staticmethod
+    def _read_tokens(snap: Snapshot, workers: IntArray, in_use: FloatArray,
+                     capacity: FloatArray) -> FloatArray:
+        """Context tokens a decode step at each worker reads: its KV blocks in use
+        (capped at capacity), or, where larger, the context its running sequences
+        report (a prefix several of them share is read once per sequence, held once)
+        plus the promised blocks."""
+        held = np.minimum(in_use, capacity) * snap.block_tokens
+        read: FloatArray = np.maximum(
+            held, snap.context[workers] + snap.promised_kv[workers] * snap.block_tokens)
+        return read
+
     def _step(self, snap: Snapshot, workers: IntArray) -> FloatArray:
         """The load-dependent part of each worker's decode step (seconds)."""
         p = self.params
         capacity = snap.capacity_kv[workers].astype(np.float64)
-        tokens = np.minimum(self._kv_in_use(snap, workers, capacity), capacity) * snap.block_tokens
+        tokens = self._read_tokens(snap, workers, self._kv_in_use(snap, workers, capacity),
+                                   capacity)
         step: FloatArray = (snap.running[workers] * p.decode_s_per_running
                             + tokens * p.decode_s_per_kv_token)
         return step
@@ -662,7 +679,8 @@ class FabricCostModel:
         p = self.params
         capacity = float(snap.capacity_kv.item(w))
         in_use = _max0(capacity - snap.free_kv.item(w) + snap.promised_kv.item(w))
-        tokens = min(in_use, capacity) * snap.block_tokens
+        tokens = max(min(in_use, capacity) * snap.block_tokens,
+                     snap.context.item(w) + snap.promised_kv.item(w) * snap.block_tokens)
         step = snap.running.item(w) * p.decode_s_per_running + tokens * p.decode_s_per_kv_token
         return capacity, in_use, tokens, step
 

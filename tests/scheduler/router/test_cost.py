@@ -217,6 +217,7 @@ def _random_context(rng: random.Random, workers: int) -> CycleContext:
             running_requests=rng.randrange(0, 400), queued_tokens=rng.randrange(0, 30_000),
             capacity_kv_blocks=capacity, free_kv_blocks=rng.randrange(0, capacity + 50),
             promised_kv_blocks=rng.choice((0, rng.randrange(0, 5_000))),
+            context_tokens=rng.choice((0, rng.randrange(0, 3_000_000))),
             prefill_tokens_per_s=rng.choice((10_000.0, 40_000.0))))
     snap = snapshot(built)
     blocks = rng.randrange(1, 300)
@@ -246,3 +247,44 @@ def test_the_scalar_path_for_few_candidates_equals_the_vector_path(seed: int) ->
     every = np.flatnonzero(ctx.snapshot.decode_mask)
     if 0 < len(every) <= SCALAR_MAX:
         assert model._mean_step(ctx.snapshot) == float(model._step(ctx.snapshot, every).mean())
+
+
+def _shared_prefix_context(context_tokens: int) -> CycleContext:
+    """Two decode workers with the same blocks in use and requests running; ``a``
+    reports ``context_tokens`` read per step (its sequences share a long prefix)."""
+    built = [worker("p", "prefill", SOURCE),
+             worker("a", "decode", SAME_RAIL, running_requests=4, capacity_kv_blocks=1000,
+                    free_kv_blocks=600, context_tokens=context_tokens),
+             worker("b", "decode", SAME_RAIL_2, running_requests=4, capacity_kv_blocks=1000,
+                    free_kv_blocks=600)]
+    return context(snapshot(built), range(1, 9), {}, prompt_tokens=100)
+
+
+def test_a_decode_step_reads_every_sequences_context_not_the_blocks_held() -> None:
+    """Four sequences sharing a 300-block prefix hold 400 blocks (6,400 tokens at 16 a
+    block) but read 4 x 5,000 tokens a step: the step, the decode price and the
+    tail's mean are priced from what is read. Reported context below the blocks held
+    (outputs reserved ahead) changes nothing."""
+    ctx = _shared_prefix_context(20_000)
+    model = ctx.cost
+    assert isinstance(model, FabricCostModel)
+    p = model.params
+    decode = np.array([1, 2], dtype=np.int64)
+    step = model._step(ctx.snapshot, decode)
+    assert step[0] == pytest.approx(4 * p.decode_s_per_running + 20_000 * p.decode_s_per_kv_token)
+    assert step[1] == pytest.approx(4 * p.decode_s_per_running + 6_400 * p.decode_s_per_kv_token)
+    shared, plain = model.decode_costs(ctx, decode).tolist()
+    assert shared > plain
+    assert model._decode_costs_vector(ctx, decode).tolist() == [shared, plain]
+    assert model._mean_step(ctx.snapshot) == pytest.approx(float(step.mean()))
+    low = _shared_prefix_context(5_000)
+    a, b = low.cost.decode_costs(low, decode).tolist()
+    assert a == b
+
+
+def test_the_snapshot_carries_the_context_tokens_through_updates() -> None:
+    ctx = _shared_prefix_context(20_000)
+    snap = ctx.snapshot
+    assert snap.context.tolist() == [0, 20_000, 0]
+    updated = snap.updated({2: replace(snap.workers[2], context_tokens=7)})
+    assert updated.context.tolist() == [0, 20_000, 7]

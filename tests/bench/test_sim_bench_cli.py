@@ -1,0 +1,33 @@
+"""bench/sim_bench.py's one-row mode: a row of the table across trace seeds, alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).parents[2]
+
+
+def _bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "bench" / "sim_bench.py"), *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_only_prints_one_row_of_the_seed_table() -> None:
+    done = _bench("--quick", "--only", "frontier llama-3-70b (TP4) 2:1", "--seeds", "1",
+                  "--prefix-pull")
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| frontier")]
+    assert len(rows) == 1
+    assert "topology-unaware" in rows[0] or "single-domain" in rows[0]
+    # goodput, TPOT p99, TTFT p99: two seeds and their mean each
+    assert all(cell.count(" / ") == 1 for cell in rows[0].split(" | ")[2:5])
+    assert "seeds 0, 1" in done.stdout
+
+
+def test_only_and_seeds_refuse_what_they_cannot_run() -> None:
+    done = _bench("--quick", "--only", "no-such-scenario")
+    assert done.returncode == 2 and "--only" in done.stderr
+    done = _bench("--only", "tcp-zones", "--seeds", "one")
+    assert done.returncode == 2 and "--seeds" in done.stderr
