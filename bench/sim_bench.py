@@ -1178,9 +1178,11 @@ changed to chase the bar. With *prefix pull* (the option in its own section belo
 a prefill worker copies a holder's cached prefix over the fabric instead of
 recomputing it) the same default reaches 100 % of the ideal at ×1, ×8 and on the
 agentic workload; it stays off by default because the service does not drive pulls
-for real engines yet (vLLM's NixlConnector cannot import a partial prefix), and
-because, forced on across this whole report, single trace draws' TPOT p99 rose to
-1.18× the best baseline's (tcp-zones, seed 1; docs/dev-notes.md). Where the simulated
+for real engines yet (vLLM's NixlConnector cannot import a partial prefix). Forced on
+across this whole report (`--prefix-pull`) it meets every bar on every draw since the
+decode price reads the context a decode worker's sequences read, not the blocks it
+holds (before that, one draw's TPOT p99 was 1.18× the best baseline's: tcp-zones,
+seed 1; docs/dev-notes.md). Where the simulated
 engines differ from vLLM here, they
 make hits easier, not harder: a prefill's blocks are announced when it starts (vLLM:
 as each chunk is scheduled), and a decode worker caches transferred blocks when it
