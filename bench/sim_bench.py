@@ -771,8 +771,8 @@ its blocks, the copy's bytes share the fabric's links, blocks the holder is stil
 computing are waited for, the request joins the prefill queue once the copy has landed,
 and its prefill computes the rest. *Local* hits were in the prefill worker's own cache,
 *pulled* ones were copied. The fabric-blind router prices copies as free: the bytes it
-sends across zones are what the aware router declined. The service does not drive pulls
-for real engines yet (docs/simulator.md)."""
+sends across zones are what the aware router declined. On real engines only the
+gateway runs pulls (`toposched gateway --prefix-pull`; docs/simulator.md)."""
 
 
 #: Trace seeds the bars are rerun on besides seed 0 (the tables above).
@@ -1177,8 +1177,8 @@ the gap: a holder whose decode steps are already slow is passed over more often.
 changed to chase the bar. With *prefix pull* (the option in its own section below:
 a prefill worker copies a holder's cached prefix over the fabric instead of
 recomputing it) the same default reaches 100 % of the ideal at ×1, ×8 and on the
-agentic workload; it stays off by default because the service does not drive pulls
-for real engines yet (vLLM's NixlConnector cannot import a partial prefix). Forced on
+agentic workload; it is off by default (on real engines only the gateway runs pulls,
+`toposched gateway --prefix-pull`; `toposched serve` does not). Forced on
 across this whole report (`--prefix-pull`) it meets every bar on every draw since the
 decode price reads the context a decode worker's sequences read, not the blocks it
 holds (before that, one draw's TPOT p99 was 1.18× the best baseline's: tcp-zones,
