@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 import api.decide
+import api.routers.route
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
     WORKER,
@@ -56,12 +58,20 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
     assert len(record["plan"]["src_blocks"]) == 3
 
 
-def test_a_route_that_picks_a_draining_worker_is_refused_and_reserves_nothing(
-        client: TestClient) -> None:
-    drained = client.post("/v1/sidecars/prefill-0/drain", headers=own_bearer("prefill-0"))
-    assert drained.status_code == 200, drained.text
+def test_a_worker_that_starts_draining_after_the_decision_is_refused_and_reserves_nothing(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The router leaves draining workers out (tests/api/test_route_drain.py); one that
+    # starts draining between the decision and its transfer is refused when the
+    # transfer takes its blocks.
+    decide = api.routers.route.decide
+
+    async def then_drained(*args: Any, **kwargs: Any) -> Any:
+        decided = await decide(*args, **kwargs)
+        await client.app.state.coordinator.drain("prefill-0")  # type: ignore[attr-defined]
+        return decided
+
+    monkeypatch.setattr(api.routers.route, "decide", then_drained)
     loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
-    # The router does not skip it (yet): the transfer it plans is refused at once.
     answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
                                             "model": "llama-3-70b"}, headers=bearer(WORKER))
     assert answer.status_code == 409, answer.text
