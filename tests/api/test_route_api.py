@@ -83,6 +83,38 @@ def test_a_worker_that_starts_draining_after_the_decision_is_refused_and_reserve
                           headers=own_bearer(name)).json()["jobs"] == []
 
 
+def test_a_worker_registered_again_between_taking_blocks_and_storing_is_refused(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+    take_blocks = store.take_blocks
+    taken_again: list[int] = []
+
+    async def then_registered_again(counts: Any) -> Any:
+        grants = await take_blocks(counts)
+        registration = grants["prefill-0"].entry.registration
+        await store.register_worker(registration, 30.0)  # a new epoch, every block free
+        # the new registration hands out the same block ids to another transfer
+        taken_again.extend((await take_blocks({"prefill-0": 3}))["prefill-0"].blocks)
+        return grants
+
+    monkeypatch.setattr(store, "take_blocks", then_registered_again)
+    loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
+    answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                            "model": "llama-3-70b"}, headers=bearer(WORKER))
+    assert answer.status_code == 409, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "'prefill-0' registered again" in answer.json()["detail"]
+    assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
+    assert taken_again == [0, 1, 2]
+    free = {w["registration"]["name"]: w["free_blocks"]
+            for w in client.get("/v1/workers", headers=bearer(WORKER)).json()}
+    # decode-0's blocks went back; prefill-0's old ones did not free the new ones
+    assert free == {"prefill-0": 256 - 3, "decode-0": 256}
+    for name in ("prefill-0", "decode-0"):
+        assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
+                          headers=own_bearer(name)).json()["jobs"] == []
+
+
 def test_route_hashes_tokens_and_records_latency(client: TestClient) -> None:
     answer = client.post("/v1/route", json={"tokens": list(range(1100)), "model":
                                             "llama-3-70b", "session": "chat-1"},
