@@ -10,7 +10,10 @@ arrays (:meth:`Snapshot.updated`). When one worker joins or leaves between two
 requests, it is spliced in or out: its listing entry, and its row of every per-worker
 array of the snapshot (:meth:`Snapshot.spliced`, which the router follows with its
 pair table); only the entries of other workers that are not the same objects as
-before are looked at, in Python. Any other change of the worker set (several at
+before are looked at, in Python. A worker whose sidecar drains
+(``POST /v1/sidecars/NAME/drain``) leaves routing the same way: its row is spliced out of
+the snapshot (it keeps its listing slot, its transfers in flight go on) and spliced
+back in when it registers again. Any other change of the worker set (several at
 once, a re-registration) merges the listing by name: only the entries that changed
 get new Worker objects, and the snapshot is assembled from the kept ones with passes
 that run in C, in a worker thread past :data:`THREAD_REBUILD_FROM` workers.
@@ -130,6 +133,8 @@ class _Seen:
     free_blocks: int
     load: LoadKey
     worker: Worker | None
+    #: Its sidecar is draining: out of routing (no Worker) until it registers again.
+    draining: bool = False
 
 
 @dataclass
@@ -286,7 +291,7 @@ class LiveSnapshots:
             entry, load = journaled.store.entry(name), journaled.loads.load(name)
             at = bisect_left(view.names, name)
             here = at < len(view.names) and view.names[at] == name
-            if here and (entry is None or _reregistered(view.seen[at], entry)):
+            if here and (entry is None or _replaced(view.seen[at], entry)):
                 self._remove(view, at)
                 here = False
             if entry is None:
@@ -398,10 +403,11 @@ class LiveSnapshots:
         view.engines, view.block_tokens = engines, block_tokens
         view.snapshot = self._build(fabric, view, kv_bytes, pairings, model)
 
-    @staticmethod
-    def _patch(view: _ModelView, entries: Sequence[WorkerEntry],
+    def _patch(self, view: _ModelView, entries: Sequence[WorkerEntry],
                loads: Mapping[str, WorkerLoad]) -> bool:
-        """Patch ``view`` to ``entries``; False when the worker set itself changed."""
+        """Patch ``view`` to ``entries``; False when the worker set itself changed. A
+        worker that started draining (or stopped: registered again) is spliced out of
+        the snapshot (or back in), keeping its listing slot."""
         if len(entries) != len(view.seen) or view.snapshot is None:
             return False
         now_loads = list(map(loads.get, view.names))
@@ -412,6 +418,12 @@ class LiveSnapshots:
             seen, reg = view.seen[i], entries[i].registration
             if reg is not seen.registration and reg != seen.registration:
                 return False  # another worker in this slot, or re-registered
+            if entries[i].draining != seen.draining:
+                if view.engines or self._fabric is None:
+                    return False  # (engines follow the listed workers: rebuilt)
+                self._remove(view, i)  # (a later index: earlier positions do not move)
+                self._insert(view, self._fabric, entries[i], loads, i)
+                continue
             free, load = entries[i].free_blocks, _load_key(now_loads[i])
             seen.registration = reg
             if (free, load) == (seen.free_blocks, seen.load):
@@ -486,10 +498,13 @@ class LiveSnapshots:
         return Snapshot(tuple(workers), domains, pairs, {}, block_tokens, kv_bytes)
 
 
-def _reregistered(seen: _Seen, entry: WorkerEntry) -> bool:
-    """Whether ``entry`` is another registration than the one ``seen`` was made from."""
+def _replaced(seen: _Seen, entry: WorkerEntry) -> bool:
+    """Whether ``entry`` is another registration than the one ``seen`` was made from, or
+    its worker started draining or stopped (registered again): either way its record
+    and its snapshot row are made anew (a splice)."""
     reg = entry.registration
-    return reg is not seen.registration and reg != seen.registration
+    return (reg is not seen.registration and reg != seen.registration) or \
+        entry.draining != seen.draining
 
 
 def _first_moved(old: Sequence[WorkerEntry], new: Sequence[WorkerEntry]) -> int:
@@ -523,12 +538,14 @@ def _with_load(view: _ModelView, link_load: Mapping[str, int] | None) -> Snapsho
 
 def _refreshed(old: _Seen | None, entry: WorkerEntry, load_now: WorkerLoad | None,
                fabric: Fabric, model: str | None) -> _Seen:
-    """The record of a listing entry that is new or changed since ``old`` was made."""
+    """The record of a listing entry that is new or changed since ``old`` was made (a
+    draining worker is kept, but not routable: no new request may use it)."""
     reg, free, load = entry.registration, entry.free_blocks, _load_key(load_now)
-    if old is not None and (reg is old.registration or reg == old.registration):
+    if old is not None and not _replaced(old, entry):
         if (free, load) != (old.free_blocks, old.load) and old.worker is not None:
             old.worker = _worker(reg, free, load)
         old.registration, old.free_blocks, old.load = reg, free, load
         return old
-    worker = _worker(reg, free, load) if _routable(reg, fabric, model) else None
-    return _Seen(reg, free, load, worker)
+    routable = not entry.draining and _routable(reg, fabric, model)
+    worker = _worker(reg, free, load) if routable else None
+    return _Seen(reg, free, load, worker, entry.draining)

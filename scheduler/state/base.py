@@ -47,6 +47,17 @@ class WorkerDrainingError(ConflictError):
                          "registers again)")
 
 
+class WorkerRegisteredAgainError(ConflictError):
+    """A new transfer's plan was built against an earlier registration of a worker (it
+    registered again between the step that took its blocks and the one storing the
+    transfer): 409; its blocks of that registration are gone with it."""
+
+    def __init__(self, name: str, planned: int) -> None:
+        self.worker = name
+        super().__init__(f"worker {name!r} registered again since the transfer was planned "
+                         f"against its epoch {planned}: plan it again")
+
+
 @dataclass(frozen=True, slots=True)
 class BlockGrant:
     """A live worker as one :meth:`TransferStore.take_blocks` step saw it (free blocks
@@ -125,7 +136,11 @@ class TransferStore(Protocol):
     async def start_transfer(self, record: TransferRecord,
                              jobs: Sequence[tuple[str, TransferJob]]) -> None:
         """Store a new pending record and queue its ``(worker, job)`` pairs in one step,
-        all or nothing: :class:`~topology.errors.ConflictError` when its plan id exists,
+        all or nothing: :class:`~topology.errors.ConflictError` when its plan id exists;
+        then both sides of its plan are checked as :meth:`take_blocks` left them, since
+        another call may have come between the two: :class:`NotFoundError` when one is
+        not live, :class:`WorkerRegisteredAgainError` when it is at another epoch than the
+        plan's, :class:`WorkerDrainingError` when it started draining; last,
         :class:`NotFoundError` when a job's worker is not live."""
 
     async def put_transfer(self, record: TransferRecord) -> None:

@@ -17,7 +17,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import attrgetter
 
-from scheduler.state.base import BlockGrant, Clock, WorkerDrainingError, WorkerEntry
+from scheduler.state.base import (
+    BlockGrant,
+    Clock,
+    WorkerDrainingError,
+    WorkerEntry,
+    WorkerRegisteredAgainError,
+)
 from scheduler.state.journal import Journal
 from scheduler.state.reservations import LoadStore, WorkerLoad
 from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
@@ -396,6 +402,12 @@ class MemoryStore:
         plan_id = record.plan.plan_id
         if plan_id in self._transfers:
             raise ConflictError(f"transfer {plan_id!r} already exists")
+        for side in (record.plan.src, record.plan.dst):
+            worker = self._live(side.worker)
+            if worker.lease.epoch != side.epoch:
+                raise WorkerRegisteredAgainError(side.worker, side.epoch)
+            if worker.draining:
+                raise WorkerDrainingError(side.worker)
         queues = [(name, self._live(name).jobs) for name, _ in jobs]
         await self.put_transfer(record)
         for (name, queue), (_, job) in zip(queues, jobs, strict=True):

@@ -168,9 +168,11 @@ return 1
 """
 
 # A new pending transfer and its jobs, all or nothing. KEYS: t:PLAN, pending:SRC,
-# pending:DST, deadlines, then w, jobs per job. ARGV: now, plan id, token, record JSON,
-# not_after, job JSON per job. -1: the plan id exists; i > 0: job i's worker is
-# not live; 0: stored and queued. The token is the caller's, the same on redis-py's
+# pending:DST, deadlines, w:SRC, w:DST, then w, jobs per job. ARGV: now, plan id, token,
+# record JSON, not_after, the plan's src and dst epochs, job JSON per job. -1: the plan
+# id exists; -2x / -3x / -4x: side x (1 src, 2 dst) not live / at another epoch than the
+# plan's (registered again since its blocks were taken) / draining; i > 0: job i's worker
+# is not live; 0: stored and queued. The token is the caller's, the same on redis-py's
 # retry: a retry of a call that did run (its answer lost to a timeout) finds its own
 # token and succeeds, rather than calling its own transfer a conflict and freeing the
 # blocks it uses.
@@ -180,18 +182,24 @@ if redis.call('EXISTS', KEYS[1]) == 1 then
   return -1
 end
 local now = tonumber(ARGV[1])
+for side = 1, 2 do
+  local h = redis.call('HMGET', KEYS[4 + side], 'expires', 'epoch', 'draining')
+  if not h[1] or tonumber(h[1]) <= now then return -20 - side end
+  if h[2] ~= ARGV[5 + side] then return -30 - side end
+  if h[3] then return -40 - side end
+end
 local safety = {}
-for i = 5, #KEYS, 2 do
+for i = 7, #KEYS, 2 do
   local h = redis.call('HMGET', KEYS[i], 'expires', 'safety')
-  if not h[1] or tonumber(h[1]) <= now then return (i - 3) / 2 end
+  if not h[1] or tonumber(h[1]) <= now then return (i - 5) / 2 end
   safety[i] = h[2]
 end
 redis.call('HSET', KEYS[1], 'record', ARGV[4], 'version', 1, 'token', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[2])
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[2])
-for i = 5, #KEYS, 2 do
-  redis.call('RPUSH', KEYS[i + 1], ARGV[5 + (i - 3) / 2])
+for i = 7, #KEYS, 2 do
+  redis.call('RPUSH', KEYS[i + 1], ARGV[7 + (i - 5) / 2])
   redis.call('PEXPIRE', KEYS[i + 1], safety[i])
 end
 return 0

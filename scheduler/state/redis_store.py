@@ -50,7 +50,13 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ResponseError
 
-from scheduler.state.base import BlockGrant, Clock, WorkerDrainingError, WorkerEntry
+from scheduler.state.base import (
+    BlockGrant,
+    Clock,
+    WorkerDrainingError,
+    WorkerEntry,
+    WorkerRegisteredAgainError,
+)
 from scheduler.state.redis_errors import translate as _translate
 from scheduler.state.redis_reservations import RedisReservations
 from scheduler.state.redis_scripts import SCRIPTS
@@ -70,7 +76,13 @@ from scheduler.state.reservations import (
     check_amounts,
     wanted,
 )
-from scheduler.transfer.plan import Lease, TransferJob, TransferRecord, WorkerRegistration
+from scheduler.transfer.plan import (
+    Lease,
+    TransferJob,
+    TransferPlan,
+    TransferRecord,
+    WorkerRegistration,
+)
 from topology.errors import (
     ConflictError,
     Issue,
@@ -98,6 +110,17 @@ def _texts(reply: object) -> list[str]:
 
 def _not_live(name: str) -> NotFoundError:
     return NotFoundError("worker", name, "register it first (POST /v1/workers)")
+
+
+def _side_refused(plan: TransferPlan, code: int) -> NotFoundError | ConflictError:
+    """What ``start_transfer``'s answer ``-code`` says of a side of ``plan`` (tens: 2 not
+    live, 3 registered again, 4 draining; units: 1 source, 2 destination)."""
+    side = plan.src if code % 10 == 1 else plan.dst
+    if code // 10 == 2:
+        return _not_live(side.worker)
+    if code // 10 == 3:
+        return WorkerRegisteredAgainError(side.worker, side.epoch)
+    return WorkerDrainingError(side.worker)
 
 
 def _grant(name: str, reg: WorkerRegistration, row: Sequence[Any]) -> BlockGrant:
@@ -419,13 +442,17 @@ class RedisStore(RedisReservations):
         """Store a new pending record and queue its jobs in one script, all or nothing."""
         plan = record.plan
         keys = [self._k("t", plan.plan_id), self._k("pending", plan.src.worker),
-                self._k("pending", plan.dst.worker), self._k("deadlines")]
+                self._k("pending", plan.dst.worker), self._k("deadlines"),
+                self._k("w", plan.src.worker), self._k("w", plan.dst.worker)]
         keys += [key for name, _ in jobs for key in (self._k("w", name), self._k("jobs", name))]
         done = int(await self._run("start_transfer", keys, [
             repr(self._clock()), plan.plan_id, uuid.uuid4().hex, record.model_dump_json(),
-            repr(plan.not_after), *(job.model_dump_json() for _, job in jobs)]))
-        if done < 0:
+            repr(plan.not_after), str(plan.src.epoch), str(plan.dst.epoch),
+            *(job.model_dump_json() for _, job in jobs)]))
+        if done == -1:
             raise ConflictError(f"transfer {plan.plan_id!r} already exists")
+        if done < -1:
+            raise _side_refused(plan, -done)
         if done > 0:
             raise _not_live(jobs[done - 1][0])
 

@@ -43,7 +43,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from scheduler.state.base import Clock, TransferStore, WorkerEntry
+from scheduler.state.base import BlockGrant, Clock, TransferStore, WorkerEntry
 from scheduler.transfer.build import DEFAULT_DEADLINE_S, build_plan
 from scheduler.transfer.hints import hints_for_workers
 from scheduler.transfer.plan import (
@@ -187,7 +187,7 @@ class TransferCoordinator:
             dst_blocks = (*request.src_blocks[:request.cached_prefix], *dst.blocks)
         return await self._start(request.plan_id or self._new_id(), request,
                                  grants[request.src].entry, dst.entry, dst_blocks,
-                                 taken={request.dst: dst.blocks} if take else {})
+                                 taken={request.dst: dst} if take else {})
 
     async def submit_routed(self, src: str, dst: str, blocks: int,
                             block_hashes: Sequence[int] = (), *,
@@ -201,7 +201,7 @@ class TransferCoordinator:
         if blocks < 1:
             raise ValidationError("routed transfer", [Issue("blocks", "must be ≥ 1")])
         grants = await self.store.take_blocks({src: blocks, dst: blocks})
-        taken = {src: grants[src].blocks, dst: grants[dst].blocks}
+        taken = {src: grants[src], dst: grants[dst]}
         try:
             request = TransferRequest(src=src, dst=dst, src_blocks=grants[src].blocks,
                                       block_hashes=tuple(block_hashes))
@@ -214,7 +214,7 @@ class TransferCoordinator:
 
     async def _start(self, plan_id: str, request: TransferRequest, src: WorkerEntry,
                      dst: WorkerEntry, dst_blocks: Sequence[int] | None,
-                     taken: Mapping[str, Sequence[int]],
+                     taken: Mapping[str, BlockGrant],
                      reservation_id: str | None = None) -> TransferRecord:
         """Build the plan, store it with both jobs; blocks in ``taken`` go back on failure
         unless the transfer may have been stored (see :meth:`_store`)."""
@@ -231,7 +231,7 @@ class TransferCoordinator:
         await self._store(record, taken)
         return record
 
-    async def _store(self, record: TransferRecord, taken: Mapping[str, Sequence[int]]) -> None:
+    async def _store(self, record: TransferRecord, taken: Mapping[str, BlockGrant]) -> None:
         """Store the record and queue both jobs. A refusal (the id exists, a worker is
         gone) stored nothing, so the blocks go back; any other failure (Redis
         unreachable, a timeout, cancellation) may have come after the store ran, and
@@ -255,9 +255,11 @@ class TransferCoordinator:
         # this request goes on (answering it serialises the whole record).
         await asyncio.sleep(0)
 
-    async def _give_back(self, taken: Mapping[str, Sequence[int]]) -> None:
-        for name, blocks in taken.items():
-            await self.store.release_blocks(name, blocks)
+    async def _give_back(self, taken: Mapping[str, BlockGrant]) -> None:
+        # to the registration they were taken from only: a worker that registered again
+        # meanwhile (all its blocks free) may have handed them out since
+        for name, grant in taken.items():
+            await self.store.release_blocks(name, grant.blocks, grant.entry.lease.epoch)
 
     async def _exists(self, plan_id: str) -> bool:
         try:

@@ -53,11 +53,14 @@ class Replica:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_replica(workdir: Path, name: str, redis_url: str, port: int | None = None) -> Replica:
-    """Start ``toposched serve --redis URL`` and wait for /healthz."""
+def start_replica(workdir: Path, name: str, redis_url: str, port: int | None = None,
+                  env: dict[str, str] | None = None) -> Replica:
+    """Start ``toposched serve --redis URL`` and wait for /healthz (``env``: settings
+    over :data:`ENV`)."""
     port = port or free_port()
     log = workdir / f"{name}.log"
-    proc = Proc(_spawn(_cli("serve", "--port", str(port), "--redis", redis_url), log, ENV), log)
+    proc = Proc(_spawn(_cli("serve", "--port", str(port), "--redis", redis_url), log,
+                       {**ENV, **(env or {})}), log)
     replica = Replica(port, proc)
     wait_for(lambda: httpx.get(f"{replica.url}/healthz", timeout=1).status_code == 200,
              START_TIMEOUT_S, f"replica {name}")
@@ -65,11 +68,12 @@ def start_replica(workdir: Path, name: str, redis_url: str, port: int | None = N
 
 
 @contextmanager
-def two_replicas(workdir: Path) -> Iterator[tuple[RedisServer, Replica, Replica, Cluster]]:
+def two_replicas(workdir: Path, env: dict[str, str] | None = None
+                 ) -> Iterator[tuple[RedisServer, Replica, Replica, Cluster]]:
     """Redis (with an append-only file), replicas A and B, a sidecar cluster on A."""
     redis = start_redis(data_dir=workdir)
-    a = start_replica(workdir, "replica-a", redis.url)
-    b = start_replica(workdir, "replica-b", redis.url)
+    a = start_replica(workdir, "replica-a", redis.url, env=env)
+    b = start_replica(workdir, "replica-b", redis.url, env=env)
     sidecars = Cluster(a.url, workdir, a.proc)
     try:
         yield redis, a, b, sidecars
@@ -84,9 +88,10 @@ def two_replicas(workdir: Path) -> Iterator[tuple[RedisServer, Replica, Replica,
         redis.stop()
 
 
-def _submit(replica: Replica, plan_id: str, blocks: int = 8) -> httpx.Response:
+def _submit(replica: Replica, plan_id: str, blocks: int = 8,
+            src: str = "prefill-0") -> httpx.Response:
     return httpx.post(f"{replica.url}/v1/transfers", headers=AUTH, timeout=10,
-                      json={"src": "prefill-0", "dst": "decode-0",
+                      json={"src": src, "dst": "decode-0",
                             "src_blocks": list(range(blocks)), "plan_id": plan_id})
 
 
@@ -200,6 +205,57 @@ def test_a_request_routed_through_b_moves_real_bytes_between_sidecars_registered
         assert decision["transfer"]["blocks"] == 3 and plan_id
         record = _finished(a, plan_id)                        # moved, seen from A
         assert record["state"] == "done" and _verified(record), record
+
+
+def _route(replica: Replica, first: int) -> tuple[str, str, str]:
+    """``POST /v1/route`` of three blocks: (prefill, decode, plan id)."""
+    answer = httpx.post(f"{replica.url}/v1/route", headers=AUTH, timeout=10, json={
+        "block_hashes": [first, first + 1, first + 2], "model": "llama-3-70b"})
+    assert answer.status_code == 200, answer.text
+    decision = answer.json()["decision"]
+    return decision["prefill"]["worker"], decision["decode"]["worker"], answer.json()["plan_id"]
+
+
+def _draining(replica: Replica, name: str) -> bool | None:
+    """Whether live worker ``name`` is draining (None: not registered)."""
+    listing = httpx.get(f"{replica.url}/v1/workers", headers=AUTH, timeout=5).json()
+    return next((w["draining"] for w in listing if w["registration"]["name"] == name), None)
+
+
+def test_b_routes_around_a_sidecar_draining_on_a_until_it_registers_again(
+        tmp_path: Path) -> None:
+    # decode-0 holds each job 2.5 s, one after the other: deadlines of 15 s
+    with two_replicas(tmp_path, {"TOPOSCHED_TRANSFER_DEADLINE_S": "15"}) as (_, a, b, sidecars):
+        spec = cluster(hosts=2)
+        _put_feeds(a, spec)
+        h0, h1 = (host.name for host in spec.hosts)
+
+        def start(name: str, role: str, gpu: str, *extra: str) -> Proc:
+            return sidecars.sidecar(name, block_bytes=BLOCK, extra=(
+                "--role", role, "--gpu", gpu, "--model", "llama-3-70b",
+                "--block-tokens", "512", *extra))
+
+        start("prefill-0", "prefill", f"{h0}/gpu0")
+        start("decode-0", "decode", f"{h1}/gpu0", "--debug-hold", "2.5")
+        prefill_1 = start("prefill-1", "prefill", f"{h1}/gpu1")  # decode-0's NVLink
+        wait_for(lambda: _fabric(b), 10, "replica B serves the fabric posted to A")
+        first = _route(b, 11)
+        assert first[:2] == ("prefill-1", "decode-0")
+        assert _finished(a, first[2])["state"] == "done"  # its prefill load ends with it
+        # a read of prefill-1 that decode-0 holds: prefill-1, draining, stays registered
+        # until it ended
+        assert _submit(a, "pending", src="prefill-1").status_code == 201
+        prefill_1.popen.send_signal(signal.SIGTERM)  # announces the drain through A
+        wait_for(lambda: _draining(b, "prefill-1"), 5, "B to see prefill-1 draining")
+        around = _route(b, 21)
+        assert around[:2] == ("prefill-0", "decode-0")
+        assert _draining(b, "prefill-1") is True  # (it was still there when B routed)
+        assert prefill_1.stop(signal.SIGTERM) == 0  # drained: the pending read ended
+        for plan_id in ("pending", around[2]):
+            record = _finished(a, plan_id)
+            assert record["state"] == "done" and _verified(record), record
+        start("prefill-1", "prefill", f"{h1}/gpu1")  # registers again: back in routing
+        assert _route(b, 31)[:2] == ("prefill-1", "decode-0")
 
 
 def _put_feeds(replica: Replica, spec: FabricSpec) -> None:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 import api.decide
+import api.routers.route
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
     WORKER,
@@ -56,18 +58,58 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
     assert len(record["plan"]["src_blocks"]) == 3
 
 
-def test_a_route_that_picks_a_draining_worker_is_refused_and_reserves_nothing(
-        client: TestClient) -> None:
-    drained = client.post("/v1/sidecars/prefill-0/drain", headers=own_bearer("prefill-0"))
-    assert drained.status_code == 200, drained.text
+def test_a_worker_that_starts_draining_after_the_decision_is_refused_and_reserves_nothing(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The router leaves draining workers out (tests/api/test_route_drain.py); one that
+    # starts draining between the decision and its transfer is refused when the
+    # transfer takes its blocks.
+    decide = api.routers.route.decide
+
+    async def then_drained(*args: Any, **kwargs: Any) -> Any:
+        decided = await decide(*args, **kwargs)
+        await client.app.state.coordinator.drain("prefill-0")  # type: ignore[attr-defined]
+        return decided
+
+    monkeypatch.setattr(api.routers.route, "decide", then_drained)
     loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
-    # The router does not skip it (yet): the transfer it plans is refused at once.
     answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
                                             "model": "llama-3-70b"}, headers=bearer(WORKER))
     assert answer.status_code == 409, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert "'prefill-0' is draining" in answer.json()["detail"]
     assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
+    for name in ("prefill-0", "decode-0"):
+        assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
+                          headers=own_bearer(name)).json()["jobs"] == []
+
+
+def test_a_worker_registered_again_between_taking_blocks_and_storing_is_refused(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.coordinator.store  # type: ignore[attr-defined]
+    take_blocks = store.take_blocks
+    taken_again: list[int] = []
+
+    async def then_registered_again(counts: Any) -> Any:
+        grants = await take_blocks(counts)
+        registration = grants["prefill-0"].entry.registration
+        await store.register_worker(registration, 30.0)  # a new epoch, every block free
+        # the new registration hands out the same block ids to another transfer
+        taken_again.extend((await take_blocks({"prefill-0": 3}))["prefill-0"].blocks)
+        return grants
+
+    monkeypatch.setattr(store, "take_blocks", then_registered_again)
+    loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
+    answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                            "model": "llama-3-70b"}, headers=bearer(WORKER))
+    assert answer.status_code == 409, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert "'prefill-0' registered again" in answer.json()["detail"]
+    assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
+    assert taken_again == [0, 1, 2]
+    free = {w["registration"]["name"]: w["free_blocks"]
+            for w in client.get("/v1/workers", headers=bearer(WORKER)).json()}
+    # decode-0's blocks went back; prefill-0's old ones did not free the new ones
+    assert free == {"prefill-0": 256 - 3, "decode-0": 256}
     for name in ("prefill-0", "decode-0"):
         assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
                           headers=own_bearer(name)).json()["jobs"] == []

@@ -69,6 +69,11 @@ def _same(a: Snapshot, b: Snapshot) -> None:
         assert not getattr(a, name).flags.writeable
 
 
+def _routes_none_draining(snapshot: Snapshot, entries: list[WorkerEntry]) -> None:
+    draining = {e.registration.name for e in entries if e.draining}
+    assert draining.isdisjoint(snapshot.position), draining & snapshot.position.keys()
+
+
 def _fresh(fabric: Fabric, entries: list[WorkerEntry], loads: dict[str, WorkerLoad],
            model: str | None) -> Snapshot:
     return LiveSnapshots().snapshot(fabric, entries, loads, model, kv_bytes=10, pairings=())
@@ -149,6 +154,9 @@ def test_joins_leaves_and_re_registrations_merge_into_fresh_equal_snapshots() ->
             joining = rng.choice([e for e in pool if e not in entries] or pool)
             entries = sorted({e.registration.name: e for e in [*entries, joining]}.values(),
                              key=lambda e: e.registration.name)
+        elif roll < 0.7:  # starts draining, or registers again (no longer draining)
+            i = rng.randrange(len(entries))
+            entries[i] = entries[i].model_copy(update={"draining": not entries[i].draining})
         elif roll < 0.8:  # re-registered with other GPUs or role
             i = rng.randrange(len(entries))
             reg = entries[i].registration.model_copy(update={
@@ -161,6 +169,7 @@ def test_joins_leaves_and_re_registrations_merge_into_fresh_equal_snapshots() ->
             loads[name] = _load(rng.randrange(5000), rng.randrange(9))
         got = live.snapshot(fabric, entries, loads, "m", kv_bytes=10, pairings=())
         _same(got, _fresh(fabric, entries, loads, "m"))
+        _routes_none_draining(got, entries)
 
 
 def test_the_service_path_rebuilds_large_listings_off_the_event_loop() -> None:
@@ -208,10 +217,14 @@ def test_a_join_or_leave_is_spliced_in_equal_to_a_fresh_snapshot_without_a_merge
             entries = sorted([*entries, joining], key=lambda e: e.registration.name)
         for i in rng.sample(range(len(entries)), min(2, len(entries))):  # loads move too
             entries[i] = entries[i].model_copy(update={"free_blocks": rng.randrange(100)})
+        if rng.random() < 0.3:  # a worker starts draining, or registers again
+            i = rng.randrange(len(entries))
+            entries[i] = entries[i].model_copy(update={"draining": not entries[i].draining})
         got = live.snapshot(fabric, entries, loads, None, kv_bytes=10, pairings=pairings)
         fresh = LiveSnapshots().snapshot(fabric, entries, loads, None, kv_bytes=10,
                                          pairings=pairings)
         _same(got, fresh)
+        _routes_none_draining(got, entries)
         # spliced, unless the block size changed (then rebuilt from the kept workers)
         assert got.origin is not None or got.block_tokens != before.block_tokens
         before = got
@@ -270,7 +283,7 @@ async def _journaled_steps(steps: int, seed: int) -> tuple[int, int]:
         elif action < 0.25:
             await store.remove_worker(name)
             await loads.drop_load(name)
-        elif action < 0.4:
+        elif action < 0.4 and not registered.draining:
             await store.take_blocks({name: rng.randrange(3)})
         elif action < 0.5:
             await store.release_blocks(name, [0, 1])
@@ -282,6 +295,8 @@ async def _journaled_steps(steps: int, seed: int) -> tuple[int, int]:
             open_ids.append(rid)
         elif action < 0.75 and open_ids:
             await loads.close_reservation(open_ids.pop(rng.randrange(len(open_ids))))
+        elif action < 0.8:
+            await store.drain_worker(name)  # out of routing until it registers again
         elif action < 0.85:
             await store.heartbeat(name)
         elif action < 0.87:
@@ -297,6 +312,7 @@ async def _journaled_steps(steps: int, seed: int) -> tuple[int, int]:
         fresh = LiveSnapshots().snapshot(fabric, entries, by_name, wanted, kv_bytes=10,
                                          pairings=pairs)
         _same(got, fresh)
+        _routes_none_draining(got, entries)
     return steps - len(fallbacks), len(fallbacks)
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from scheduler.state.base import WorkerDrainingError
+from scheduler.state.base import WorkerDrainingError, WorkerRegisteredAgainError
 from scheduler.state.redis_store import RedisStore
 from scheduler.state.reservations import FIRST_EVENT_ID, LoadItem, MemoryLoads
 from scheduler.transfer.plan import TransferJob, TransferRecord
@@ -310,6 +310,42 @@ def test_starting_a_transfer_stores_it_and_queues_its_jobs_all_or_nothing(
         with pytest.raises(NotFoundError):
             await store.get_transfer("req-2")
         assert await store.wait_jobs("decode-0", 0) == []
+    backend.run(body)
+
+
+def test_a_transfer_is_not_stored_once_a_side_of_its_plan_changed_since_its_blocks_were_taken(
+        backend: Backend) -> None:
+    # Between take_blocks (which read both sides' epochs for the plan) and start_transfer
+    # another call may remove a side, register it again or mark it draining. The READ's
+    # source (prefill-0) gets no job: checking the jobs' workers alone would miss it.
+    async def body(store: Any, clock: FakeClock) -> None:
+        async def lapse(name: str) -> None:  # (prefill-0's lease: 10 s, decode-0's: 100 s)
+            clock.now += 11.0
+
+        async def again(name: str) -> None:
+            await store.register_worker(registration(name), 10.0)
+
+        cases = ((store.remove_worker, "prefill-0", NotFoundError, "unknown worker"),
+                 (lapse, "prefill-0", NotFoundError, "unknown worker"),
+                 (store.drain_worker, "prefill-0", WorkerDrainingError, "is draining"),
+                 (again, "decode-0", WorkerRegisteredAgainError, "registered again"))
+        for i, (change, name, error, says) in enumerate(cases):
+            for side, ttl_s in (("prefill-0", 10.0), ("decode-0", 100.0)):
+                await store.register_worker(registration(side), ttl_s)
+            epochs = [(await store.get_worker(side)).lease.epoch
+                      for side in ("prefill-0", "decode-0")]
+            plan = record(f"req-{i}").plan
+            planned = record(f"req-{i}").model_copy(update={"plan": plan.model_copy(update={
+                "src": plan.src.model_copy(update={"epoch": epochs[0]}),
+                "dst": plan.dst.model_copy(update={"epoch": epochs[1]})})})
+            await change(name)
+            with pytest.raises(error, match=f"{says}|{name}") as caught:
+                await store.start_transfer(planned, [("decode-0", job(f"req-{i}"))])
+            assert name in str(caught.value)
+            with pytest.raises(NotFoundError):
+                await store.get_transfer(f"req-{i}")
+            if name == "prefill-0":
+                assert await store.wait_jobs("decode-0", 0) == []
     backend.run(body)
 
 

@@ -461,7 +461,8 @@ def test_a_retried_start_transfer_is_its_own_not_a_conflict(
     monkeypatch.setattr(uuid, "uuid4", lambda: fixed)  # the store draws its token here
 
     async def body(store: RedisStore, clock: FakeClock) -> None:
-        await store.register_worker(registration("w0"), 30.0)
+        for name in ("w0", "prefill-0", "decode-0"):  # (the plan's sides are checked)
+            await store.register_worker(registration(name), 30.0)
         await store.start_transfer(record(), [("w0", job())])
         await store.start_transfer(record(), [("w0", job())])  # the retry: same token
         assert len(await store.wait_jobs("w0", 0)) == 1  # queued once
