@@ -114,11 +114,12 @@ class Settings(BaseSettings):
         description="disaggregate only when the decode engine lacks at least this many "
                     "prompt tokens; fewer and it computes them itself (0: always)")
     prefix_pull: bool = Field(
-        default=False,
-        description="gateway only: let the router have a prefill engine copy a cached "
-                    "prefix from the engine holding it instead of recomputing it "
-                    "(CostParams.prefix_pull); the gateway runs the copy for vLLM engines "
-                    "(docs/gateway.md)")
+        default=True,
+        description="gateway only (on by default): let the router have a prefill engine "
+                    "copy a cached prefix from the engine holding it instead of "
+                    "recomputing it (CostParams.prefix_pull); the gateway runs the copy for "
+                    "vLLM engines (docs/gateway.md). toposched serve never plans pulls: "
+                    "nothing there executes them")
     kv_lease_s: float = Field(default=30.0, gt=0, le=3600,
                               description="the engines' kv_lease_duration: how long a "
                                           "prefill keeps KV for its decode leg")

@@ -4,8 +4,10 @@ Run: ``.venv/bin/python bench/sim_bench.py [--quick] [--out bench/results]``
 
 One row of the table across trace seeds at a time (prints it, writes nothing):
 ``--only tcp-zones`` (a substring of the row's name, repeatable; ``--seeds 1`` picks the
-seeds besides 0). ``--prefix-pull`` runs everything with prefix pulls on
-(``SimConfig.prefix_pull``; rows that set it themselves keep their setting).
+seeds besides 0). ``--no-prefix-pull`` runs everything with prefix pulls off
+(``SimConfig.prefix_pull``, on by default; rows that set it themselves keep their
+setting: the baselines never pull). ``--rerender`` rewrites ``simulation.md`` from
+``simulation.json`` with this file's hand-written text (no run).
 
 Writes ``simulation.json`` / ``simulation.md`` under ``--out`` and PNGs under
 ``--out/sim/``. Sections:
@@ -23,7 +25,7 @@ Writes ``simulation.json`` / ``simulation.md`` under ``--out`` and PNGs under
    the lenient SLO and a strict one (0.5 s + 2× the unloaded prefill time).
 4. The frontier: goodput ratios aware / unaware and default / single-domain against
    the zone uplink's oversubscription and the model's KV bytes per prefill-second.
-5. Prefix pull (an option): the default with and without copying cached prefixes
+5. Prefix pull (on by default): the default with and without copying cached prefixes
    between workers, unbounded caches and two fabric-bound classes.
 6. Sanity: an infinitely fast fabric (aware and unaware converge), a trace with no
    shared prefixes (prefix affinity brings nothing), unbounded caches (prefix hits
@@ -72,7 +74,7 @@ from topology.spec import FabricSpec  # noqa: E402
 
 KV_BYTES_PER_TOKEN = 327_680  # Llama-3-70B bf16
 
-#: SimConfig fields every run gets unless its variant sets them (``--prefix-pull``).
+#: SimConfig fields every run gets unless its variant sets them (``--no-prefix-pull``).
 FORCED: dict[str, Any] = {}
 
 
@@ -84,20 +86,27 @@ class Variant:
     fields: dict[str, Any]
 
 
+#: Baselines never pull prefixes between workers (no router they stand for does).
+NO_PULL: dict[str, Any] = {"prefix_pull": False}
+
 VARIANTS = (
     Variant("toposched default: fabric-cost / solver", {}),
     Variant("fabric-cost / unaware placement", {"placement": "unaware"}),
     Variant("topology-unaware disaggregation (fabric-blind fabric-cost / unaware)",
-            {"placement": "unaware", "blind_fabric": True}),
-    Variant("random / unaware", {"policy": "random", "placement": "unaware"}),
-    Variant("round-robin / unaware", {"policy": "round-robin", "placement": "unaware"}),
-    Variant("least-loaded / unaware", {"policy": "least-loaded", "placement": "unaware"}),
+            {"placement": "unaware", "blind_fabric": True, **NO_PULL}),
+    Variant("random / unaware", {"policy": "random", "placement": "unaware", **NO_PULL}),
+    Variant("round-robin / unaware", {"policy": "round-robin", "placement": "unaware",
+                                      **NO_PULL}),
+    Variant("least-loaded / unaware", {"policy": "least-loaded", "placement": "unaware",
+                                       **NO_PULL}),
     Variant("prefix-only (SGLang-style) / unaware",
-            {"policy": "prefix-only", "placement": "unaware"}),
-    Variant("label-curve (llm-d-style) / solver", {"policy": "label-curve"}),
-    Variant("single-domain (Dynamo-style) / solver", {"policy": "single-domain"}),
+            {"policy": "prefix-only", "placement": "unaware", **NO_PULL}),
+    Variant("label-curve (llm-d-style) / solver", {"policy": "label-curve", **NO_PULL}),
+    Variant("single-domain (Dynamo-style) / solver", {"policy": "single-domain", **NO_PULL}),
     Variant("aggregated fabric-cost, same GPUs", {"aggregated": True}),
 )
+#: The default with prefix pulls off: the policy alone, in the table across seeds.
+DEFAULT_NO_PULL = Variant("toposched default, prefix pulls off", NO_PULL)
 
 
 def log(message: str) -> None:
@@ -395,10 +404,11 @@ CLASSES = ("tcp-zones", "no-gpudirect", "mixed-nics", "thin-uplinks", "small-fas
 #: (label, policy, placement or None for the scenario's, router flags)
 CLASS_VARIANTS: tuple[tuple[str, str, str | None, dict[str, bool]], ...] = (
     ("toposched default: fabric-cost / solver", "fabric-cost", None, {}),
-    ("topology-unaware disaggregation", "fabric-cost", "unaware", {"blind_fabric": True}),
-    ("single-domain (Dynamo-style) / solver", "single-domain", None, {}),
-    ("least-loaded / unaware", "least-loaded", "unaware", {}),
-    ("prefix-only (SGLang-style) / unaware", "prefix-only", "unaware", {}),
+    ("topology-unaware disaggregation", "fabric-cost", "unaware",
+     {"blind_fabric": True, **NO_PULL}),
+    ("single-domain (Dynamo-style) / solver", "single-domain", None, NO_PULL),
+    ("least-loaded / unaware", "least-loaded", "unaware", NO_PULL),
+    ("prefix-only (SGLang-style) / unaware", "prefix-only", "unaware", NO_PULL),
 )
 
 
@@ -417,6 +427,10 @@ def strict_slo(doc: Scenario) -> Slo:
     profile = build_profile(load_models().get(doc.model), "H100", doc.instances.tp)
     return Slo(ttft_base_s=0.5, ttft_per_1k_tokens_s=2 * profile.prefill_ms(1000) / 1e3,
                tpot_s=doc.slo.tpot_s)
+
+
+#: Placements solved per (scenario name, seed), reused by later runs of the same draw.
+PLACEMENTS: dict[tuple[str, int], dict[str, PlacementOutcome]] = {}
 
 
 def run_class(doc: Scenario, placements: dict[str, PlacementOutcome], label: str,
@@ -446,7 +460,7 @@ def classes(names: Sequence[str]) -> list[ClassRun]:
         doc = load_scenario(name)
         fabric = doc.fabric()
         distance = DistanceModel(fabric)
-        placements: dict[str, PlacementOutcome] = {}
+        placements = PLACEMENTS.setdefault((doc.name, doc.seed), {})
         for label, policy, placement, flags in CLASS_VARIANTS:
             out.append(run_class(doc, placements, label, policy, placement, flags, fabric,
                                  distance))
@@ -550,7 +564,7 @@ def frontier_point(model: str, tp: int, prefill: int, decode: int, scale: float,
     doc = frontier_doc(model, tp, prefill, decode, scale, limit, over)
     fabric = doc.fabric()
     distance = DistanceModel(fabric)
-    placements: dict[str, PlacementOutcome] = {}
+    placements = PLACEMENTS.setdefault((doc.name, doc.seed), {})
     runs = {label: run_class(doc, placements, label, policy, placement, flags,
                              fabric, distance).record.summary
             for label, policy, placement, flags in CLASS_VARIANTS[:3]}
@@ -566,7 +580,8 @@ def frontier_point(model: str, tp: int, prefill: int, decode: int, scale: float,
             "default_vs_single_domain": d.goodput_rps / max(sd.goodput_rps, 1e-9),
             "ttft_p99_unaware_vs_aware": u.ttft.p99 / max(d.ttft.p99, 1e-9),
             "default_vs_best_goodput": d.goodput_rps / max(best.goodput_rps, 1e-9),
-            "default_vs_best_tpot_p99": d.tpot.p99 / max(best.tpot.p99, 1e-9)}
+            "default_vs_best_tpot_p99": d.tpot.p99 / max(best.tpot.p99, 1e-9),
+            "best_figures": [best.goodput_rps, best.tpot.p99, best.ttft.p99]}
 
 
 def frontier_name(model: str, tp: int, over: float) -> str:
@@ -750,7 +765,7 @@ def prefix_pull(bench: Bench, quick: bool) -> str:
         distance = DistanceModel(fabric)
         trace = workload(doc.workload_spec(), doc.seed)
         placement = None
-        for label, flags in (("no pull", {}), ("pull", {"prefix_pull": True}),
+        for label, flags in (("no pull", NO_PULL), ("pull", {"prefix_pull": True}),
                              ("pull, fabric-blind router",
                               {"prefix_pull": True, "blind_fabric": True})):
             sim = Simulation(fabric, trace, doc.config("fabric-cost", **flags),
@@ -786,6 +801,8 @@ class SpreadRow:
     scenario: str
     baseline: str
     ratios: tuple[tuple[float, float, float], ...]  # goodput, TPOT p99, TTFT p99
+    #: The default with prefix pulls off against the same baseline, per seed.
+    off: tuple[tuple[float, float, float], ...] = ()
 
 
 def _triple(d: Any, b: Any) -> tuple[float, float, float]:
@@ -793,13 +810,26 @@ def _triple(d: Any, b: Any) -> tuple[float, float, float]:
             d.ttft.p99 / max(b.ttft.p99, 1e-9))
 
 
-def _class_pair(doc: Scenario, baseline: str) -> tuple[Any, Any]:
+def _class_runs(doc: Scenario, baseline: str) -> tuple[Any, Any, Any]:
+    """The default, the baseline and the default with pulls off on ``doc``."""
     fabric = doc.fabric()
     distance = DistanceModel(fabric)
-    placements: dict[str, PlacementOutcome] = {}
-    variants = [v for v in CLASS_VARIANTS if v[0] in (CLASS_VARIANTS[0][0], baseline)]
-    d, b = (run_class(doc, placements, *v, fabric, distance).record.summary for v in variants)
-    return d, b
+    default = CLASS_VARIANTS[0]
+    variants = [v for v in CLASS_VARIANTS if v[0] in (default[0], baseline)]
+    variants.append((DEFAULT_NO_PULL.label, default[1], default[2], NO_PULL))
+    placements = PLACEMENTS.setdefault((doc.name, doc.seed), {})
+    d, b, off = (run_class(doc, placements, *v, fabric, distance).record.summary
+                 for v in variants)
+    return d, b, off
+
+
+def _class_off(doc: Scenario) -> Any:
+    """The default with pulls off on ``doc`` (on the placement its other runs had)."""
+    fabric = doc.fabric()
+    default = CLASS_VARIANTS[0]
+    placements = PLACEMENTS.setdefault((doc.name, doc.seed), {})
+    return run_class(doc, placements, DEFAULT_NO_PULL.label, default[1], default[2],
+                     NO_PULL, fabric, DistanceModel(fabric)).record.summary
 
 
 def seed_spread(bench: Bench, groups: Sequence[tuple[str, str]],
@@ -811,32 +841,46 @@ def seed_spread(bench: Bench, groups: Sequence[tuple[str, str]],
     for cluster_name, spec in groups:
         best = _best_record(bench.records, cluster_name, spec)
         variant = next(v for v in VARIANTS if v.label == best.label)
-        ratios = [_triple(_find(bench.records, cluster_name, spec, VARIANTS[0].label).summary,
-                          best.summary)]
+        default = _find(bench.records, cluster_name, spec, VARIANTS[0].label).summary
+        off0 = bench.run(cluster_name, spec, DEFAULT_NO_PULL, keep=False).summary
+        ratios, off = [_triple(default, best.summary)], [_triple(off0, best.summary)]
         for seed in seeds:
-            d, b = (bench.run(cluster_name, spec, v, seed=seed, keep=False).summary
-                    for v in (VARIANTS[0], variant))
+            d, b, o = (bench.run(cluster_name, spec, v, seed=seed, keep=False).summary
+                       for v in (VARIANTS[0], variant, DEFAULT_NO_PULL))
             ratios.append(_triple(d, b))
-        rows.append(SpreadRow(f"{cluster_name} · {spec}", best.label, tuple(ratios)))
+            off.append(_triple(o, b))
+        rows.append(SpreadRow(f"{cluster_name} · {spec}", best.label, tuple(ratios),
+                              tuple(off)))
     for name in dict.fromkeys(r.scenario for r in class_runs):
         by = {r.label: r.record.summary for r in class_runs if r.scenario == name}
         baseline = max((label for label in by if label != CLASS_VARIANTS[0][0]),
                        key=lambda label: by[label].goodput_rps)
-        ratios = [_triple(by[CLASS_VARIANTS[0][0]], by[baseline])]
         doc = load_scenario(name)
+        ratios = [_triple(by[CLASS_VARIANTS[0][0]], by[baseline])]
+        off = [_triple(_class_off(doc), by[baseline])]
         for seed in seeds:
-            ratios.append(_triple(*_class_pair(doc.model_copy(update={"seed": seed}),
-                                               baseline)))
-        rows.append(SpreadRow(name, baseline, tuple(ratios)))
+            d, b, o = _class_runs(doc.model_copy(update={"seed": seed}), baseline)
+            ratios.append(_triple(d, b))
+            off.append(_triple(o, b))
+        rows.append(SpreadRow(name, baseline, tuple(ratios), tuple(off)))
     for p in points:
-        ratios = [(p["default_vs_best_goodput"], p["default_vs_best_tpot_p99"],
-                   p["default_vs_best_ttft_p99"])]
-        for seed in seeds:
+        ratios, off = [], []
+        for seed in (0, *seeds):
             doc = frontier_doc(p["model"], p["tp"], p["prefill"], p["decode"], p["scale"],
                                p["requests"], p["zone_oversubscription"], seed)
-            ratios.append(_triple(*_class_pair(doc, p["best"])))
+            if seed == 0:
+                ratios.append((p["default_vs_best_goodput"], p["default_vs_best_tpot_p99"],
+                               p["default_vs_best_ttft_p99"]))
+                o = _class_off(doc)
+                good, tpot, ttft = p["best_figures"]
+                off.append((o.goodput_rps / max(good, 1e-9), o.tpot.p99 / max(tpot, 1e-9),
+                            o.ttft.p99 / max(ttft, 1e-9)))
+                continue
+            d, b, o = _class_runs(doc, p["best"])
+            ratios.append(_triple(d, b))
+            off.append(_triple(o, b))
         rows.append(SpreadRow(frontier_name(p["model"], p["tp"], p["zone_oversubscription"]),
-                              p["best"], tuple(ratios)))
+                              p["best"], tuple(ratios), tuple(off)))
     return rows
 
 
@@ -851,14 +895,23 @@ def seed_spread_text(rows: Sequence[SpreadRow], seeds: Sequence[int]) -> str:
              "(the advantage kept).", "",
              "| scenario | baseline | goodput | TPOT p99 | TTFT p99 |",
              "| --- | --- | --- | --- | --- |"]
-    for row in rows:
-        cells = []
-        for k in range(3):
-            values = [r[k] for r in row.ratios]
-            cells.append(" / ".join(f"{v:.2f}" for v in values)
-                         + f" (**{sum(values) / len(values):.3f}**)")
-        lines.append(f"| {row.scenario} | {row.baseline} | " + " | ".join(cells) + " |")
+    lines += [_spread_line(row, row.ratios) for row in rows]
+    lines += ["", "The default with prefix pulls off (the policy alone: "
+              "`toposched simulate --policies fabric-cost+no-prefix-pull`) against the same "
+              "baseline on the same draws:", "",
+              "| scenario | baseline | goodput | TPOT p99 | TTFT p99 |",
+              "| --- | --- | --- | --- | --- |"]
+    lines += [_spread_line(row, row.off) for row in rows if row.off]
     return "\n".join(lines)
+
+
+def _spread_line(row: SpreadRow, ratios: Sequence[tuple[float, float, float]]) -> str:
+    cells = []
+    for k in range(3):
+        values = [r[k] for r in ratios]
+        cells.append(" / ".join(f"{v:.2f}" for v in values)
+                     + f" (**{sum(values) / len(values):.3f}**)")
+    return f"| {row.scenario} | {row.baseline} | " + " | ".join(cells) + " |"
 
 
 def comparison_groups(quick: bool) -> list[tuple[str, str]]:
@@ -910,14 +963,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", default=None,
                         help="trace seeds besides 0 for that table, comma-separated "
                              f"(default {','.join(map(str, SPREAD_SEEDS))})")
-    parser.add_argument("--prefix-pull", action="store_true",
-                        help="every run with prefix pulls on (SimConfig.prefix_pull)")
+    parser.add_argument("--no-prefix-pull", action="store_true",
+                        help="every run that does not set it with prefix pulls off "
+                             "(SimConfig.prefix_pull, on by default)")
+    parser.add_argument("--rerender", action="store_true",
+                        help="rewrite simulation.md under --out from its simulation.json "
+                             "with this file's hand-written text (runs nothing)")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    if args.rerender:
+        return rerender(out)
     bench = Bench()
     FORCED.clear()
-    if args.prefix_pull:
-        FORCED["prefix_pull"] = True
+    if args.no_prefix_pull:
+        FORCED["prefix_pull"] = False
     if args.pull_only:
         print(prefix_pull(bench, args.quick))
         return 0
@@ -955,10 +1014,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("Fabric classes: where topology decides, and where it does not", class_text),
         ("Frontier", frontier_text),
         ("The bars across trace seeds", seed_spread_text(spread, seeds)),
-        ("What the numbers say", ANALYSIS),
+        (ANALYSIS_TITLE, ANALYSIS),
         ("Sanity checks", sanity),
-        ("Prefix pull (an option, off by default)",
-         PULL_TEXT + "\n\n" + prefix_pull(bench, args.quick)),
+        (PULL_TITLE, PULL_TEXT + "\n\n" + prefix_pull(bench, args.quick)),
         ("Against Dynamo's mocker", "`bench/mocker_compare.py` replays the same trace "
          "through toposched's simulator (packaged `dynamo-mocker` scenario) and NVIDIA "
          "Dynamo's mocker: [mocker_compare.md](mocker_compare.md)."),
@@ -967,20 +1025,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     report = SimReport(title="Simulation: what topology-awareness buys", runs=tuple(bench.records),
                        sections=sections)
-    # transfer histograms: the default next to topology-unaware disaggregation
-    write_report(report, out, plots_dir=out / "sim", compare_with=1)
-    extra = json.loads((out / "simulation.json").read_text())
-    extra.update({"validation": rows, "nixl": nixl, "speed": speed.model_dump(),
+    _write(report, out, {"validation": rows, "nixl": nixl, "speed": speed.model_dump(),
                   "classes": [{"scenario": r.scenario, "label": r.label,
                                "strict_goodput_rps": r.strict_goodput_rps,
                                "summary": r.record.summary.model_dump()} for r in class_runs],
                   "class_bars": class_bars, "frontier": frontier_points,
                   "seed_spread": [{"scenario": r.scenario, "baseline": r.baseline,
-                                   "seeds": [0, *seeds], "ratios": r.ratios} for r in spread],
+                                   "seeds": [0, *seeds], "ratios": r.ratios,
+                                   "ratios_default_no_pull": r.off} for r in spread],
                   "machine": platform.platform(), "python": platform.python_version(),
                   "load_average": list(os.getloadavg())})
-    (out / "simulation.json").write_text(json.dumps(extra, indent=2) + "\n")
+    return 0
+
+
+def _write(report: SimReport, out: Path, extra: dict[str, Any]) -> None:
+    """simulation.json (the report and ``extra``), simulation.md and the plots."""
+    # transfer histograms: the default next to topology-unaware disaggregation
+    write_report(report, out, plots_dir=out / "sim", compare_with=1)
+    data = json.loads((out / "simulation.json").read_text())
+    data.update(extra)
+    (out / "simulation.json").write_text(json.dumps(data, indent=2) + "\n")
     log(f"wrote {out / 'simulation.md'}")
+
+
+#: The hand-written sections' titles, rewritten by ``--rerender``.
+ANALYSIS_TITLE = "What the numbers say"
+PULL_TITLE = "Prefix pull (on by default)"
+
+
+def rerender(out: Path) -> int:
+    """Rewrite the report under ``out`` with this file's hand-written text: the analysis
+    and the prefix-pull section's prose (the tables and figures are the run's)."""
+    data = json.loads((out / "simulation.json").read_text())
+    fields = set(SimReport.model_fields)
+    report = SimReport.model_validate({k: v for k, v in data.items() if k in fields})
+    sections = []
+    for title, text in report.sections:
+        if title == ANALYSIS_TITLE:
+            text = ANALYSIS
+        elif title.startswith("Prefix pull"):
+            title, text = PULL_TITLE, PULL_TEXT + text[text.index("\n\n| run |"):]
+        sections.append((title, text))
+    _write(report.model_copy(update={"sections": tuple(sections)}), out,
+           {k: v for k, v in data.items() if k not in fields})
     return 0
 
 
@@ -989,7 +1076,8 @@ def _sanity(bench: Bench, quick: bool) -> str:
     runs = []
     for label, fields in (
             ("aware, real fabric", {}),
-            ("unaware, real fabric", {"placement": "unaware", "blind_fabric": True}),
+            ("unaware, real fabric", {"placement": "unaware", "blind_fabric": True,
+                                      **NO_PULL}),
             ("aware, infinite fabric", {"infinite_fabric": True}),
             ("unaware, infinite fabric", {"placement": "unaware", "infinite_fabric": True})):
         runs.append((label, bench.run("three-level-thin", spec, Variant(label, fields),

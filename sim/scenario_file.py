@@ -89,8 +89,9 @@ class RouterSection(BaseModel):
     #: router, llm-d's approximate prefix scorer and SGLang's cache-aware router do.
     prefill_ttl_s: float | None = Field(default=None, gt=0)
     #: Prefix pull: a prefill worker may copy a cached prefix from the worker holding it
-    #: over the fabric instead of recomputing it, where the router prices that cheaper.
-    prefix_pull: bool = False
+    #: over the fabric instead of recomputing it, where the router prices that cheaper
+    #: (on by default; ``false`` turns it off).
+    prefix_pull: bool = True
 
 
 class Scenario(BaseModel):

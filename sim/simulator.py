@@ -67,8 +67,9 @@ class SimConfig:
     #: will compute them (until its engine reports them); ``None``: from KV events only.
     prefill_ttl_s: float | None = None
     #: Prefix pull (``CostParams.prefix_pull``): the router may have a prefill worker
-    #: copy a cached prefix from the worker holding it instead of recomputing it.
-    prefix_pull: bool = False
+    #: copy a cached prefix from the worker holding it instead of recomputing it, where
+    #: it prices that cheaper. On by default (only ``fabric-cost`` prices pulls).
+    prefix_pull: bool = True
     retry_s: float = 0.05
     solver_time_limit_s: float = 10.0
 
@@ -79,7 +80,7 @@ class SimConfig:
                                        ("infinite-fabric", self.infinite_fabric),
                                        ("fabric-blind", self.blind_fabric),
                                        ("prefix-blind", self.blind_prefix),
-                                       ("prefix-pull", self.prefix_pull)) if on]
+                                       ("no-prefix-pull", not self.prefix_pull)) if on]
         return "+".join([f"{self.policy}/{self.placement}", *flags])
 
 

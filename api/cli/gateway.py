@@ -26,10 +26,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "prompt tokens (default 256; 0: always disaggregate)")
     parser.add_argument("--kv-lease-s", type=float, default=None, metavar="S",
                         help="the engines' KV lease (vLLM kv_lease_duration, default 30)")
-    parser.add_argument("--prefix-pull", action="store_true", default=None,
+    parser.add_argument("--prefix-pull", action=argparse.BooleanOptionalAction, default=None,
                         help="let a prefill engine copy a cached prefix from the engine "
                              "holding it (vLLM: over NIXL) where the router finds that "
-                             "cheaper than recomputing it (default: off)")
+                             "cheaper than recomputing it (default: on; env "
+                             "TOPOSCHED_PREFIX_PULL=0 or --no-prefix-pull turn it off)")
     parser.add_argument("--policy", default=None, metavar="NAME",
                         help="routing policy: a packaged name or a policy document path "
                              "(default fabric-cost)")

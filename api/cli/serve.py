@@ -8,6 +8,7 @@ import sys
 from typing import Any, cast
 
 import uvicorn
+from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from api.app import create_app
@@ -53,7 +54,11 @@ def run_service(args: argparse.Namespace, **extra: Any) -> int:
     run it until interrupted."""
     given = {"host": args.host, "port": args.port, "fabric": args.fabric,
              "redis_url": args.redis, **extra}
-    settings = Settings(**{key: value for key, value in given.items() if value is not None})
+    try:
+        settings = Settings(**{key: value for key, value in given.items()
+                               if value is not None})
+    except ValidationError as exc:
+        raise InputError(settings_error(exc)) from None
     if not (settings.worker_token or settings.operator_token):
         if not is_loopback(settings.host):
             raise InputError(f"refusing to bind {settings.host} without authentication: set "
@@ -68,6 +73,13 @@ def run_service(args: argparse.Namespace, **extra: Any) -> int:
                 # long-polls would otherwise hold a graceful shutdown for their full wait
                 timeout_graceful_shutdown=2)
     return 0
+
+
+def settings_error(exc: ValidationError) -> str:
+    """The bad settings of ``exc``, named as their environment variables (or flags)."""
+    return "; ".join(
+        f"TOPOSCHED_{'_'.join(str(p) for p in err['loc']).upper()} (or its flag): "
+        f"{err['msg']}, got {err.get('input')!r}" for err in exc.errors())
 
 
 class HeaderTimeout(HttpToolsProtocol):

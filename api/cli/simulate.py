@@ -9,9 +9,11 @@ Each entry of ``--policies`` is ``POLICY[@PLACEMENT][+FLAG...]``: a packaged pol
 (or a policy file), optionally with its own placement method (else ``--placement``),
 and flags: ``+aggregated`` (every instance prefills and decodes its own requests),
 ``+fabric-blind`` (the router prices transfers as free: topology-unaware routing),
-``+prefix-blind`` (the router never sees cached prefixes), ``+prefix-pull`` (a prefill
-worker may copy a cached prefix from the worker holding it over the fabric instead of
-recomputing it, where the router prices that cheaper).
+``+prefix-blind`` (the router never sees cached prefixes), ``+no-prefix-pull`` (turns
+off prefix pull, on by default: a prefill worker may copy a cached prefix from the
+worker holding it over the fabric instead of recomputing it, where ``fabric-cost``
+prices that cheaper; a scenario's ``router.prefix_pull: false`` turns it off for every
+entry) and ``+prefix-pull`` (turns it on where the scenario turned it off).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from topology.distance import DistanceModel
 from topology.errors import InputError
 from topology.spec import FabricSpec, load_fabric
 
-FLAGS = ("aggregated", "fabric-blind", "prefix-blind", "prefix-pull")
+FLAGS = ("aggregated", "fabric-blind", "prefix-blind", "prefix-pull", "no-prefix-pull")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,9 @@ def parse_runs(text: str, default: PlacementMethod) -> list[RunSpec]:
         if unknown:
             raise InputError(f"--policies entry {raw!r}: unknown flag {unknown[0]!r} "
                              f"(known: {', '.join(FLAGS)})")
+        if {"prefix-pull", "no-prefix-pull"} <= set(flags):
+            raise InputError(f"--policies entry {raw!r}: +prefix-pull and +no-prefix-pull "
+                             "contradict each other")
         policy, at, method = body.partition("@")
         method = method if at else default
         if method not in get_args(PlacementMethod):
@@ -78,7 +83,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--workload", default=None, help="workload spec")
     parser.add_argument("--policies", default=None,
                         help="comma-separated POLICY[@solver|greedy|unaware][+aggregated]"
-                             "[+fabric-blind][+prefix-blind][+prefix-pull] (default fabric-cost)")
+                             "[+fabric-blind][+prefix-blind][+no-prefix-pull|+prefix-pull] "
+                             "(default fabric-cost; prefix pull is on unless +no-prefix-pull "
+                             "or the scenario's router.prefix_pull: false)")
     parser.add_argument("--placement", default=None, choices=get_args(PlacementMethod))
     parser.add_argument("--prefill", type=int, default=None, help="prefill instances")
     parser.add_argument("--decode", type=int, default=None, help="decode instances")
@@ -131,6 +138,13 @@ def _scenario(args: argparse.Namespace) -> Scenario:
     return doc.model_copy(update=update)
 
 
+def _pull_flag(flags: frozenset[str]) -> bool | None:
+    """The entry's prefix-pull setting; ``None``: the scenario's (on by default)."""
+    if "no-prefix-pull" in flags:
+        return False
+    return True if "prefix-pull" in flags else None
+
+
 def handle_simulate(args: argparse.Namespace) -> int:
     """Run every requested policy and print or write the comparison."""
     doc = _scenario(args)
@@ -151,7 +165,7 @@ def handle_simulate(args: argparse.Namespace) -> int:
                                 aggregated=("aggregated" in spec.flags) or None,
                                 blind_fabric="fabric-blind" in spec.flags,
                                 blind_prefix="prefix-blind" in spec.flags,
-                                prefix_pull=("prefix-pull" in spec.flags) or None)
+                                prefix_pull=_pull_flag(spec.flags))
             summary = simulate(fabric, trace, config, distance=distance,
                                progress=bar.task(config.label))
             records.append(RunRecord(label=config.label, cluster=name, workload=spec_text,

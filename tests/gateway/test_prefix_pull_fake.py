@@ -1,6 +1,7 @@
-"""Prefix pulls through the gateway (``--prefix-pull``) in front of fake vLLM engines:
-the decode engine holds the prompt's prefix (a KV event says so), the router has the
-prefill engine copy it first, and a copy that fails leaves the request on its two legs."""
+"""Prefix pulls through the gateway (on by default; ``--no-prefix-pull`` or
+``TOPOSCHED_PREFIX_PULL=0`` turn them off) in front of fake vLLM engines: the decode
+engine holds the prompt's prefix (a KV event says so), the router has the prefill
+engine copy it first, and a copy that fails leaves the request on its two legs."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import asyncio
 from pathlib import Path
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from api.cli.main import run as cli
 from api.service import RoutingOptions
 from api.settings import Settings
 from engines.fakes.model import prompt_tokens
@@ -47,12 +50,13 @@ def _pulls(gateway: Gateway) -> dict[str, float]:
             for s in f.samples if s.name == "toposched_gateway_pulls_total"}
 
 
-def _start(tmp_path: Path) -> Gateway:
+def _start(tmp_path: Path, args: tuple[str, ...] = (),
+           env: dict[str, str] | None = None) -> Gateway:
     engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
                start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
     return start_gateway(engines, tmp_path, args=[
-        "--pd-min-uncached-tokens", "0", "--prefix-pull",
-        "--policy", str(no_local_prefill_policy(tmp_path))])
+        "--pd-min-uncached-tokens", "0", *args,
+        "--policy", str(no_local_prefill_policy(tmp_path))], env=env)
 
 
 def _ask(gateway: Gateway, prompt: str) -> httpx.Response:
@@ -86,6 +90,34 @@ def test_the_prefill_engine_copies_the_prefix_the_decode_engine_holds(tmp_path: 
         assert _pulls(gateway) == {"ok": 1.0}
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize(("args", "env"), [(("--no-prefix-pull",), None),
+                                           ((), {"TOPOSCHED_PREFIX_PULL": "0"})],
+                         ids=["flag", "env"])
+def test_pulls_turned_off_leave_the_prefix_to_be_recomputed(
+        tmp_path: Path, args: tuple[str, ...], env: dict[str, str] | None) -> None:
+    gateway = _start(tmp_path, args, env)
+    try:
+        p0, d0 = gateway.engines["p0"], gateway.engines["d0"]
+        prompt = "a prefix the decode engine holds, and a tail. " * 30
+        _hold(gateway, "d0", prompt[:-100])
+        assert _ask(gateway, prompt).headers["x-toposched-pull"] == "-"
+        assert "transfers" not in p0.state()["counts"]  # the prefill engine copied nothing
+        assert p0.state()["counts"]["prefill_leg"] == 1
+        assert "prefill_leg" not in d0.state()["counts"]
+        assert _pulls(gateway) == {}
+    finally:
+        gateway.stop()
+
+
+def test_a_bad_prefix_pull_setting_exits_2_naming_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TOPOSCHED_PREFIX_PULL", "maybe")
+    assert cli(["gateway", "--instances", str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "TOPOSCHED_PREFIX_PULL" in err and "'maybe'" in err
 
 
 def test_a_failed_copy_leaves_the_request_on_its_two_legs(tmp_path: Path) -> None:
@@ -158,8 +190,10 @@ def test_an_unreachable_holder_skips_the_copy(tmp_path: Path) -> None:
 
 
 def test_only_the_gateway_plans_pulls() -> None:
-    """``toposched serve``'s sidecar route path runs no copy: the setting is the
-    gateway's (its router gets ``CostParams.prefix_pull``)."""
+    """``toposched serve``'s sidecar route path runs no copy: the setting (on by
+    default) is the gateway's (its router gets ``CostParams.prefix_pull``)."""
+    assert not RoutingOptions.from_settings(Settings()).prefix_pull
     assert not RoutingOptions.from_settings(Settings(prefix_pull=True)).prefix_pull
-    assert RoutingOptions.from_settings(Settings(prefix_pull=True, gateway=True)).prefix_pull
-    assert not RoutingOptions.from_settings(Settings(gateway=True)).prefix_pull
+    assert RoutingOptions.from_settings(Settings(gateway=True)).prefix_pull
+    assert not RoutingOptions.from_settings(Settings(prefix_pull=False,
+                                                     gateway=True)).prefix_pull

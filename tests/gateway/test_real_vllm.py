@@ -46,7 +46,9 @@ def _instance(engine: VllmEngine, gpu: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gateway(vllm_pair: VllmPair, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
-    """The gateway over the session's shared P/D pair (always disaggregate)."""
+    """The gateway over the session's shared P/D pair (always disaggregate; prefix
+    pulls on, the default: the tests below assert that none is planned, as no engine
+    holds a prefix its peer lacks)."""
     instances = [_instance(vllm_pair.prefill, 0), _instance(vllm_pair.decode, 1)]
     gw = start_gateway_for(instances, tmp_path_factory.mktemp("gw-vllm"),
                            args=["--pd-min-uncached-tokens", "0"])
@@ -86,6 +88,7 @@ def test_completion_is_disaggregated_for_real_and_equals_a_cold_direct_run(
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-toposched-mode"] == "disaggregated"
     assert answer.headers["x-toposched-prefill"] == vllm_pair.prefill.name
+    assert answer.headers["x-toposched-pull"] == "-"  # the bytes below are the P→D leg's
     assert answer.json()["choices"][0]["text"] == direct.json()["choices"][0]["text"]
     tokens = answer.json()["usage"]["prompt_tokens"]
     grew = _metric(vllm_pair.decode, "vllm:nixl_bytes_transferred_sum") - moved
@@ -107,6 +110,7 @@ def test_streamed_chat_is_disaggregated_and_equals_a_cold_direct_run(
                       timeout=120) as r:
         assert r.status_code == 200
         assert r.headers["x-toposched-mode"] == "disaggregated"
+        assert r.headers["x-toposched-pull"] == "-"
         events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or ""
@@ -201,13 +205,13 @@ def _events(gw: Gateway, name: str) -> int:
 
 def test_a_prefix_pull_lands_in_the_prefill_engines_cache_and_its_prefill_hits_it(
         vllm_pair: VllmPair, tmp_path: Path) -> None:
-    """Holder: the decode engine (it cached the prompt's first 4 blocks); the prefill
-    engine copies them over NIXL with vLLM's own protocol before its prefill leg, whose
+    """With the gateway's default (prefix pulls on). Holder: the decode engine (it
+    cached the prompt's first 4 blocks); the prefill engine copies them over NIXL with vLLM's own protocol before its prefill leg, whose
     prefill then finds them in its prefix cache: vLLM's counters say so, and the answer
     equals the decode engine's cold run (cache_salt: none of its blocks reused)."""
     prefill, decode = vllm_pair.prefill, vllm_pair.decode
     gw = start_gateway_for([_instance(prefill, 0), _instance(decode, 1)], tmp_path, args=[
-        "--pd-min-uncached-tokens", "0", "--prefix-pull",
+        "--pd-min-uncached-tokens", "0",
         "--policy", str(no_local_prefill_policy(tmp_path))])
     try:
         rng = random.Random(14)

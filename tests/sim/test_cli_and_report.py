@@ -16,12 +16,13 @@ from topology.errors import InputError
 
 def test_simulate_json_and_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = cli(["simulate", "--cluster", "small", "--workload", "agentic:sessions=4",
-                "--policies", "fabric-cost,fabric-cost@unaware+fabric-blind,round-robin+aggregated",
+                "--policies", "fabric-cost,fabric-cost@unaware+fabric-blind+no-prefix-pull,"
+                "round-robin+aggregated",
                 "--placement", "greedy", "--json", "--no-plots", "-o", str(tmp_path)])
     assert code == 0
     report = json.loads(capsys.readouterr().out)
     labels = [r["label"] for r in report["runs"]]
-    assert labels == ["fabric-cost/greedy", "fabric-cost/unaware+fabric-blind",
+    assert labels == ["fabric-cost/greedy", "fabric-cost/unaware+fabric-blind+no-prefix-pull",
                       "round-robin/greedy+aggregated"]
     assert all(r["summary"]["completed"] == 24 for r in report["runs"])
     assert (tmp_path / "simulation.json").is_file()
@@ -42,6 +43,8 @@ def test_parse_runs_rejects_unknown_placement_and_suffix() -> None:
         parse_runs("a@magic", "solver")
     with pytest.raises(InputError):
         parse_runs("a+fast", "solver")
+    with pytest.raises(InputError, match="contradict"):
+        parse_runs("a+prefix-pull+no-prefix-pull", "solver")
 
 
 def test_report_writes_json_markdown_and_plots(tmp_path: Path) -> None:

@@ -28,7 +28,10 @@ def _runs(capsys: pytest.CaptureFixture[str], policies: str) -> list[dict[str, A
 
 def test_the_cli_flag_pulls_prefixes_and_counts_them_apart(
         capsys: pytest.CaptureFixture[str]) -> None:
-    off, on = (r["summary"] for r in _runs(capsys, "fabric-cost,fabric-cost+prefix-pull"))
+    runs = _runs(capsys, "fabric-cost+no-prefix-pull,fabric-cost")  # pulls on by default
+    assert [r["label"] for r in runs] == ["fabric-cost/solver+no-prefix-pull",
+                                          "fabric-cost/solver"]
+    off, on = (r["summary"] for r in runs)
     assert off["pulled_hit_ratio"] == 0.0 and off["pulls"] == []
     assert on["pulled_hit_ratio"] > 0.005
     assert on["prefix_hit_ratio"] > off["prefix_hit_ratio"]

@@ -128,10 +128,17 @@ def test_the_mocker_scenario_replays_a_trace_as_dynamos_mocker_does(tmp_path: Pa
     assert ours.reused_token_ratio == pytest.approx(theirs["prefix_cache_reused_ratio"], abs=0.01)
 
 
-def test_a_scenario_turns_prefix_pulls_on(tmp_path: Path) -> None:
+def test_a_scenario_turns_prefix_pulls_off(tmp_path: Path) -> None:
     file = tmp_path / "pull.yaml"
-    file.write_text(GOOD + "router: {prefix_pull: true}\n")
+    file.write_text(GOOD + "router: {prefix_pull: false}\n")
     doc = load_scenario(str(file))
-    assert doc.config("fabric-cost").prefix_pull
-    assert not doc.config("fabric-cost", prefix_pull=False).prefix_pull
-    assert not load_scenario("tcp-zones").config("fabric-cost").prefix_pull  # default off
+    assert not doc.config("fabric-cost").prefix_pull
+    assert doc.config("fabric-cost", prefix_pull=True).prefix_pull
+    assert load_scenario("tcp-zones").config("fabric-cost").prefix_pull  # default on
+    done = subprocess.run([sys.executable, "-m", "api.cli.main", "simulate", "--scenario",
+                           str(file), "--policies", "fabric-cost,fabric-cost+prefix-pull",
+                           "--json", "--no-plots"], capture_output=True, text=True,
+                          check=False, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr
+    labels = [r["label"] for r in json.loads(done.stdout)["runs"]]
+    assert labels == ["fabric-cost/solver+no-prefix-pull", "fabric-cost/solver"]
