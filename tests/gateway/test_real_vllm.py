@@ -206,9 +206,10 @@ def _events(gw: Gateway, name: str) -> int:
 def test_a_prefix_pull_lands_in_the_prefill_engines_cache_and_its_prefill_hits_it(
         vllm_pair: VllmPair, tmp_path: Path) -> None:
     """With the gateway's default (prefix pulls on). Holder: the decode engine (it
-    cached the prompt's first 4 blocks); the prefill engine copies them over NIXL with vLLM's own protocol before its prefill leg, whose
-    prefill then finds them in its prefix cache: vLLM's counters say so, and the answer
-    equals the decode engine's cold run (cache_salt: none of its blocks reused)."""
+    cached the prompt's first 4 blocks); the prefill engine copies them over NIXL with
+    vLLM's own protocol before its prefill leg, whose prefill then finds them in its
+    prefix cache: vLLM's counters say so, and the answer equals the decode engine's cold
+    run (cache_salt: none of its blocks reused)."""
     prefill, decode = vllm_pair.prefill, vllm_pair.decode
     gw = start_gateway_for([_instance(prefill, 0), _instance(decode, 1)], tmp_path, args=[
         "--pd-min-uncached-tokens", "0",
