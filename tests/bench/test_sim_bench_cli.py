@@ -16,14 +16,15 @@ def _bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_only_prints_one_row_of_the_seed_table() -> None:
     done = _bench("--quick", "--only", "frontier llama-3-70b (TP4) 2:1", "--seeds", "1",
-                  "--prefix-pull")
+                  "--no-prefix-pull")
     assert done.returncode == 0, done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| frontier")]
-    assert len(rows) == 1
+    assert len(rows) == 2  # the default, then the default with pulls off (here the same)
+    assert rows[0] == rows[1]  # --no-prefix-pull: the default runs without pulls too
     assert "topology-unaware" in rows[0] or "single-domain" in rows[0]
     # goodput, TPOT p99, TTFT p99: two seeds and their mean each
     assert all(cell.count(" / ") == 1 for cell in rows[0].split(" | ")[2:5])
-    assert "seeds 0, 1" in done.stdout
+    assert "seeds 0, 1" in done.stdout and "pulls off" in done.stdout
 
 
 def test_only_and_seeds_refuse_what_they_cannot_run() -> None:
