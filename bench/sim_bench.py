@@ -1163,10 +1163,10 @@ Llama-3-8B at 2:1 (1.01, 1.00, 1.02×: 1.010×).
 Goodput means stay within 0.01 of each other, TPOT p99 means within 0.02. So
 neither setting meets the TTFT bar on every mean: pulls take the two largest misses
 of the policy alone (agentic, 70B 32:1) below 1.00×, the 8B at 2:1 misses either way
-(1.010 → 1.007×), and pulls add a miss of their own on long-context, which this round
-did not investigate. An earlier run
-with every row's pulls forced on (docs/dev-notes.md) met every bar because the
-fabric-blind baseline pulled too there; here it does not.
+(1.010 → 1.007×), and pulls add misses of their own on long-context, which this round
+did not investigate, and, by 0.003, on three-level Mooncake ×8. An earlier run with
+every row's pulls forced on (docs/dev-notes.md) met every bar with the fabric-blind
+baseline pulling too; here that baseline does not pull.
 
 **How the default's price got here** (earlier rounds; before / after figures in
 docs/dev-notes.md). The decode side's price counts the context each running sequence
