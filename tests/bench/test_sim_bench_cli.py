@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,17 @@ def test_only_and_seeds_refuse_what_they_cannot_run() -> None:
     assert done.returncode == 2 and "--only" in done.stderr
     done = _bench("--only", "tcp-zones", "--seeds", "one")
     assert done.returncode == 2 and "--seeds" in done.stderr
+
+
+def test_rerender_rewrites_the_report_from_its_json(tmp_path: Path) -> None:
+    data = json.loads((ROOT / "bench" / "results" / "simulation.json").read_text())
+    data["sections"] = [[title, "stale" if title == "What the numbers say" else text]
+                        for title, text in data["sections"]]
+    (tmp_path / "simulation.json").write_text(json.dumps(data))
+    done = _bench("--rerender", "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "simulation.md").read_text()
+    assert "**What runs here.**" in text and "\nstale\n" not in text
+    again = json.loads((tmp_path / "simulation.json").read_text())
+    assert again["seed_spread"] == data["seed_spread"] and again["runs"] == data["runs"]
+    assert list((tmp_path / "sim").glob("*_latency.png"))  # the runs' plots, redrawn
