@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
+from starlette.datastructures import State
 
 from api.decide import decide
 from api.engine_feeds import EngineFeeds
@@ -20,6 +21,7 @@ from api.service import ServiceState
 from api.snapshots import Journaled
 from engines.registry import EngineRegistry
 from scheduler.router.router import Decision, RouteRequest, Unschedulable
+from scheduler.state.base import WorkerDrainingError
 from scheduler.state.reservations import LoadItem
 from scheduler.transfer.coordinator import TransferCoordinator
 from scheduler.transfer.plan import TransferRecord
@@ -81,6 +83,8 @@ class RouteOutput(BaseModel):
 
 
 #: Failures that certainly queued nothing: the reserved load goes back.
+#: Decisions tried when the chosen pair's worker began draining after the decision.
+DRAIN_ATTEMPTS = 3
 REFUSED = (UnschedulableError, NotFoundError, ConflictError, InputError)
 _UNSCHEDULABLE = {"description": "unschedulable (problem+json with `reasons`, Retry-After)"}
 #: The body is parsed in the endpoint (see ``route``), so its schema is declared here.
@@ -110,11 +114,23 @@ async def route(request: Request) -> Response:
     """
     body = _parse(await request.body())
     state = request.app.state
+    for _ in range(DRAIN_ATTEMPTS - 1):
+        try:
+            return await _route_once(body, state, request.url.path)
+        except WorkerDrainingError:
+            # A worker began draining between the decision and its transfer: the
+            # store marks it, so the next decision leaves it out (another pair, or 503).
+            continue
+    return await _route_once(body, state, request.url.path)
+
+
+async def _route_once(body: RouteInput, state: State, path: str) -> Response:
+    """One decision, its load reserved and its transfer queued (the module's route)."""
     services: ServiceState = state.services
     result, block_tokens = await _decide(body, services, state.coordinator, state.runtime,
                                          state.engine_feeds.registry)
     if isinstance(result, Unschedulable):
-        return problem(503, "unschedulable", "; ".join(result.reasons), request.url.path,
+        return problem(503, "unschedulable", "; ".join(result.reasons), path,
                        reasons=list(result.reasons))
     runtime: Runtime = state.runtime
     await asyncio.sleep(0)  # between two passes over the workers (api/decide.py)

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 import api.decide
 import api.routers.route
+from scheduler.state.base import WorkerDrainingError
 from tests.api.service_builders import (
     MOONCAKE_BLOCKS,
     WORKER,
@@ -58,29 +59,56 @@ def test_route_decides_and_queues_the_plan_for_both_sidecars(client: TestClient)
     assert len(record["plan"]["src_blocks"]) == 3
 
 
-def test_a_worker_that_starts_draining_after_the_decision_is_refused_and_reserves_nothing(
+def test_a_worker_that_starts_draining_after_the_decision_is_routed_around(
         client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     # The router leaves draining workers out (tests/api/test_route_drain.py); one that
     # starts draining between the decision and its transfer is refused when the
-    # transfer takes its blocks.
+    # transfer takes its blocks, and the route decides again without it.
     decide = api.routers.route.decide
+    decided: list[str] = []
 
     async def then_drained(*args: Any, **kwargs: Any) -> Any:
-        decided = await decide(*args, **kwargs)
-        await client.app.state.coordinator.drain("prefill-0")  # type: ignore[attr-defined]
-        return decided
+        result, snapshot = await decide(*args, **kwargs)
+        decided.append(result.prefill.worker)
+        if len(decided) == 1:
+            await client.app.state.coordinator.drain("prefill-0")  # type: ignore[attr-defined]
+        return result, snapshot
 
     monkeypatch.setattr(api.routers.route, "decide", then_drained)
+    before = {name: client.get(f"/v1/workers/{name}/load", headers=bearer(WORKER)).json()
+              for name in ("prefill-0", "decode-0")}
+    answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
+                                            "model": "llama-3-70b"}, headers=bearer(WORKER))
+    assert answer.status_code == 200, answer.text
+    assert decided == ["prefill-0", "decode-0"]  # decided again: decode-0 prefills locally
+    body = answer.json()
+    assert body["decision"]["mode"] == "local-prefill" and body["plan_id"] is None
+    assert [item["worker"] for item in body["reservations"]] == ["decode-0"]
+    # the first decision's reservation was closed: prefill-0 holds nothing
+    assert client.get("/v1/workers/prefill-0/load",
+                      headers=bearer(WORKER)).json() == before["prefill-0"]
+    for name in ("prefill-0", "decode-0"):
+        assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
+                          headers=own_bearer(name)).json()["jobs"] == []
+
+
+def test_a_route_refused_for_draining_on_every_try_gets_409_and_reserves_nothing(
+        client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    tries: list[str] = []
+
+    async def always_draining(coordinator: Any, decision: Any, reservation_id: str) -> Any:
+        tries.append(reservation_id)
+        raise WorkerDrainingError("prefill-0")
+
+    monkeypatch.setattr(api.routers.route, "deliver_plan", always_draining)
     loads = client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json()
     answer = client.post("/v1/route", json={"block_hashes": [11, 12, 13],
                                             "model": "llama-3-70b"}, headers=bearer(WORKER))
     assert answer.status_code == 409, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
     assert "'prefill-0' is draining" in answer.json()["detail"]
+    assert len(tries) == api.routers.route.DRAIN_ATTEMPTS == len(set(tries))
     assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
-    for name in ("prefill-0", "decode-0"):
-        assert client.get(f"/v1/sidecars/{name}/jobs", params={"wait_s": 0},
-                          headers=own_bearer(name)).json()["jobs"] == []
 
 
 def test_a_worker_registered_again_between_taking_blocks_and_storing_is_refused(
