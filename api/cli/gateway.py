@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from api.cli.serve import run_service
+from api.cli.serve import add_policy_argument, run_service
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -31,9 +31,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "holding it (vLLM: over NIXL) where the router finds that "
                              "cheaper than recomputing it (default: on; env "
                              "TOPOSCHED_PREFIX_PULL=0 or --no-prefix-pull turn it off)")
-    parser.add_argument("--policy", default=None, metavar="NAME",
-                        help="routing policy: a packaged name or a policy document path "
-                             "(default fabric-cost)")
+    add_policy_argument(parser)
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
     parser.add_argument("--redis", default=None, metavar="URL",

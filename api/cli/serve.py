@@ -30,17 +30,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--fabric", default=None, help="fabric.json to serve (tiers, NICs)")
     parser.add_argument("--redis", default=None, metavar="URL",
                         help="share state with other replicas through this Redis")
-    parser.add_argument("--policy", default=None, metavar="NAME",
-                        help="routing policy: a packaged name or a policy document path "
-                             "(default fabric-cost; env TOPOSCHED_POLICY); plugin packages "
-                             "of entry-point group toposched.policies load (only those "
-                             "TOPOSCHED_PLUGINS lists, when set)")
+    add_policy_argument(parser)
     parser.add_argument("--instances", default=None, metavar="FILE",
                         help="engine instance document (vLLM/SGLang engines to route to; "
                              "docs/engines.md)")
     parser.add_argument("--log-level", default="warning",
                         choices=("critical", "error", "warning", "info", "debug"))
     parser.set_defaults(handler=handle_serve)
+
+
+def add_policy_argument(parser: argparse.ArgumentParser) -> None:
+    """``--policy``, as ``serve`` and ``gateway`` (both through :func:`run_service`) take it."""
+    parser.add_argument("--policy", default=None, metavar="NAME",
+                        help="routing policy: a packaged name or a policy document path "
+                             "(default fabric-cost; env TOPOSCHED_POLICY); plugin packages "
+                             "of entry-point group toposched.policies load (only those "
+                             "TOPOSCHED_PLUGINS lists, when set)")
 
 
 def handle_serve(args: argparse.Namespace) -> int:
