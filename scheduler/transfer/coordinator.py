@@ -40,6 +40,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from json.decoder import scanstring  # type: ignore[attr-defined]  # typeshed lacks it
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -111,6 +112,25 @@ def _same(a: WorkerRegistration, b: WorkerRegistration) -> bool:
 
 def _new_id() -> str:
     return f"xfer-{uuid.uuid4().hex[:16]}"
+
+
+_EXECUTE_HEAD = '{"kind":"execute","plan_id":'
+
+
+def _execute_plan_id(text: str) -> str | None:
+    """The plan id of an ``execute`` job's JSON text, None for another job. The stores
+    keep ``model_dump_json`` text (kind, then plan_id, first): the id is read off its
+    head without parsing the plan behind it; other text is parsed whole."""
+    start = len(_EXECUTE_HEAD) + 1
+    if text.startswith(_EXECUTE_HEAD + '"'):
+        with contextlib.suppress(ValueError):
+            plan_id: str = scanstring(text, start)[0]
+            return plan_id
+    if text.startswith('{"kind":"'):
+        return None
+    job = json.loads(text)
+    return str(job["plan_id"]) if isinstance(job, dict) and job.get("kind") == "execute" \
+        else None
 
 
 class TransferCoordinator:
@@ -317,12 +337,10 @@ class TransferCoordinator:
         jobs among ``texts`` start (the job left for its sidecar)."""
         now = self._clock() if at is None else at
         for text in texts:
-            if text.startswith('{"kind":"') and not text.startswith('{"kind":"execute"'):
-                continue  # the stores keep model_dump_json text: no parse needed
-            job = json.loads(text)
-            if job.get("kind") == "execute":
+            plan_id = _execute_plan_id(text)
+            if plan_id is not None:
                 with contextlib.suppress(NotFoundError):
-                    await self._change(job["plan_id"], lambda r: r.model_copy(
+                    await self._change(plan_id, lambda r: r.model_copy(
                         update={"delivered_at": now})
                         if r.state == "pending" and r.delivered_at is None else None)
 

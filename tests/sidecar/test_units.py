@@ -229,3 +229,35 @@ def test_a_sidecar_drops_the_complete_and_abort_of_an_earlier_registration() -> 
     assert result["heard"] == [["sent", "c-now", [2]], ["sent", "c-unsaid", [3]],
                                ["failed", "now"]], result
     assert result["dropped"] == 3 and result["outcomes"] == {"ok": 2, "aborted": 1}, result
+
+
+
+_POLL_PROBE = """
+import json, time
+from types import SimpleNamespace
+from sidecar.runner import Sidecar
+
+def interval(since_s, posting=0, waiters=0):
+    state = SimpleNamespace(_active_at=time.monotonic() - since_s, _posting=posting,
+                            _notif_waiters=waiters)
+    return Sidecar._poll_interval(state)
+
+print(json.dumps([interval(0.0), interval(0.0, posting=1), interval(0.5),
+                  interval(60.0, waiters=1), interval(60.0)]))
+"""
+
+
+def test_progress_polls_hot_only_while_notifications_are_expected() -> None:
+    # sidecar.runner loads NIXL: in a child process, as above.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _POLL_PROBE], capture_output=True,
+                         text=True, timeout=60, check=True, cwd=Path(__file__).parents[2])
+    hot, posting, warm, waiting, quiet = json.loads(out.stdout.strip().splitlines()[-1])
+    assert hot == 0.0002       # a notify: nixl job or notification just now
+    assert posting == 0.005    # its own checks drive progress meanwhile
+    assert warm == 0.005       # within a second of notification activity
+    assert waiting == 0.005    # a WRITE target waits for its notification
+    assert quiet == 0.02       # READs told through the scheduler, or nothing

@@ -479,3 +479,15 @@ def test_a_transfer_whose_store_outcome_is_unknown_keeps_its_blocks() -> None:
         for name in ("prefill-0", "decode-0"):
             assert (await c.store.get_worker(name)).free_blocks == 14
     run(body())
+
+
+def test_an_execute_jobs_plan_id_is_read_off_its_head_and_other_jobs_are_skipped() -> None:
+    from scheduler.transfer.coordinator import _execute_plan_id
+
+    job = TransferJob(kind="execute", plan_id='a"b\\c', plan=None).model_dump_json()
+    assert _execute_plan_id(job) == 'a"b\\c'
+    assert _execute_plan_id(TransferJob(kind="complete", plan_id="x").model_dump_json()) \
+        is None
+    # text in another order (not the stores' own) is parsed whole
+    assert _execute_plan_id('{"plan_id": "z", "kind": "execute"}') == "z"
+    assert _execute_plan_id('{"plan_id": "z", "kind": "abort"}') is None
