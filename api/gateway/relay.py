@@ -77,8 +77,7 @@ class Gateway:
         self.snapshots = LiveSnapshots()
         self.lease_s, self.reservation_ttl_s = lease_s, reservation_ttl_s
         self.engine_headers = dict(engine_headers or {})
-        self.pull_overhead = PullOverhead(services, runtime.telemetry.handoff.pull_overhead,
-                                          pinned=pull_overhead_s)
+        self.pull_overhead = PullOverhead(self._price_pulls, pinned=pull_overhead_s)
 
     async def handle(self, request: Request, path: str) -> Response:
         """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
@@ -112,6 +111,7 @@ class Gateway:
             raise UnschedulableError([f"no instance of {model} is in routing (states: "
                                       f"{self._states(model)})"])
         request = route_request(request_id[:256], model, tokens)
+        self.pull_overhead.refresh()
         decision, snapshot = await decide(
             request, self.services, self.runtime, self.registry, entries=(),
             loads=await self.runtime.loads.loads(), snapshots=self.snapshots)
@@ -129,6 +129,15 @@ class Gateway:
             return result
         # (the overhead the router priced with: no await since its decision)
         return dataclasses.replace(result, pull_overhead_s=self.pull_overhead.seconds)
+
+    def _price_pulls(self, overhead_s: float) -> None:
+        """Price prefix pulls with ``overhead_s`` of fixed cost: in the router now, in
+        fabrics to come, on the gauge (:mod:`api.gateway.pull_cost`)."""
+        services = self.services
+        services.routing = dataclasses.replace(services.routing, pull_overhead_s=overhead_s)
+        if services.fabric is not None:
+            services.fabric.router.set_pull_overhead(overhead_s)
+        self.runtime.telemetry.handoff.pull_overhead.set((), overhead_s)
 
     def _states(self, model: str) -> str:
         states = [f"{s.name} {s.state}" for s in self.registry.status()
