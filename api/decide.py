@@ -69,9 +69,28 @@ async def decide(request: RouteRequest, services: ServiceState, runtime: Runtime
     result = fabric.router.route(request, snapshot) if snapshot.workers else \
         Unschedulable(request_id=request.request_id, policy=services.policy.name,
                       reasons=(f"no registered worker on the fabric serves {model}",))
+    if isinstance(result, Unschedulable):
+        result = _with_drains(result, live.drained(fabric, model), model, snapshot)
     runtime.telemetry.observe_routing(time.perf_counter() - started)
     runtime.decisions.add(result)  # a reference for the page (/ui); serialised only there
     return result, snapshot
+
+
+def _with_drains(result: Unschedulable, drained: Mapping[str, int], model: str | None,
+                 snapshot: Snapshot) -> Unschedulable:
+    """``result`` saying first that workers serving ``model`` are draining, how many by
+    role (``drained``), when any are: the reason nothing (or no pair) is left to route
+    to, rather than none being registered."""
+    if not drained:
+        return result
+    total = sum(drained.values())
+    roles = ", ".join(f"{n} {role}" for role, n in sorted(drained.items()))
+    subject = f"every worker serving {model} on the fabric is draining" \
+        if not snapshot.workers else f"{total} of the workers serving {model} are draining"
+    reason = (f"{subject} ({total}: {roles}); a draining worker takes no new request "
+              "until its sidecar registers again")
+    rest = result.reasons if snapshot.workers else ()
+    return result.model_copy(update={"reasons": (reason, *rest)})
 
 
 async def let_others_run() -> None:

@@ -14,10 +14,18 @@ worker past its capacity and nothing stays reserved for ever:
   gateway, a client) closes the reservation (``POST /v1/reservations/{id}/release``);
 * otherwise the sweep closes it when its lifetime (``reservation_ttl_s``) ends, or
   when its owner (the replica that routed it) stops renewing its lease.
+
+The decode worker's part also carries the request's context (:func:`context_tokens`):
+the store sums it per worker while the request's KV is there (from the route on for a
+local prefill, from when the KV lands otherwise: until then its promised blocks stand
+for it), and the snapshot hands the sum to the cost model as ``Worker.context_tokens``
+— the tokens a decode step there reads, which its blocks in use understate where
+several requests share a prefix.
 """
 
 from __future__ import annotations
 
+import math
 import uuid
 
 from scheduler.router.cost import CostParams
@@ -45,24 +53,43 @@ def promised_blocks(prompt_blocks: int, block_tokens: int) -> int:
     return _COST.promised_blocks(prompt_blocks, block_tokens)
 
 
+def context_tokens(prompt_tokens: int, max_tokens: int | None = None) -> int:
+    """The context a request reads per decode step, on average over its decode: its
+    prompt and half the output it is expected to write (``expected_output_tokens``, or
+    ``max_tokens`` where the request allows fewer). A sequence reads its prompt and the
+    tokens written so far at each step, so over its decode it reads the prompt plus half
+    its output on average — what a worker whose requests are at all stages of their
+    decode reads per request (the simulator counts each request's context as it is now);
+    the whole output would price every request as if it were at its last step."""
+    output = _COST.expected_output_tokens
+    if max_tokens is not None:
+        output = min(output, float(max_tokens))
+    return prompt_tokens + math.ceil(output / 2)
+
+
 def reservations_for(decision: Decision, prompt_tokens: int, *, block_tokens: int,
-                     blocks_taken: bool = False) -> list[LoadItem]:
-    """Prefill: the tokens it must compute; decode: one running request and, when the
-    prefill runs elsewhere, the KV blocks it will take there (:func:`promised_blocks`;
-    ``blocks_taken``: the transfer's blocks come out of its free list at once, as the
-    sidecar path does, so only the output is promised). A local prefill promises
-    nothing: the decode worker's own engine allocates as it goes."""
+                     blocks_taken: bool = False, max_tokens: int | None = None
+                     ) -> list[LoadItem]:
+    """Prefill: the tokens it must compute; decode: one running request, its context
+    (:func:`context_tokens`) and, when the prefill runs elsewhere, the KV blocks it will
+    take there (:func:`promised_blocks`; ``blocks_taken``: the transfer's blocks come out
+    of its free list at once, as the sidecar path does, so only the output is promised).
+    A local prefill promises nothing: the decode worker's own engine allocates as it
+    goes."""
     cached = decision.prefill.cached_blocks
     total_blocks = max(len(decision.transfer.block_hashes) + decision.decode.cached_blocks,
                        cached, 1)
     uncached = max(prompt_tokens - prompt_tokens * cached // total_blocks, 0)
+    context = context_tokens(prompt_tokens, max_tokens)
     if decision.mode == "local-prefill":
-        return [LoadItem(worker=decision.decode.worker, tokens=uncached, requests=1)]
+        return [LoadItem(worker=decision.decode.worker, tokens=uncached, requests=1,
+                         context=context)]
     prompt = 0 if blocks_taken else decision.transfer.blocks
     remote = decision.prefill.worker != decision.decode.worker
     return [LoadItem(worker=decision.prefill.worker, tokens=uncached, requests=1),
             LoadItem(worker=decision.decode.worker, tokens=0, requests=1,
-                     blocks=promised_blocks(prompt, block_tokens) if remote else 0)]
+                     blocks=promised_blocks(prompt, block_tokens) if remote else 0,
+                     context=context)]
 
 
 def new_reservation_id() -> str:

@@ -63,21 +63,24 @@ TopologyEdit = Callable[[Feeds, FabricSpec | None],
 @dataclass(frozen=True)
 class RoutingOptions:
     """How the route path reads prefixes: block sizes, approximate mode, prefill caches,
-    prefix pulls (the ``block_tokens``, ``prefix_approx_ttl_s``, ``prefill_cache_ttl_s``
-    and ``prefix_pull`` settings)."""
+    prefix pulls and their fixed cost (the ``block_tokens``, ``prefix_approx_ttl_s``,
+    ``prefill_cache_ttl_s``, ``prefix_pull`` and ``pull_overhead_s`` settings; the
+    gateway replaces the last as it learns it)."""
 
     block_sizes: BlockSizes = field(default_factory=BlockSizes)
     approx_ttl_s: float | None = None
     prefill_ttl_s: float = 0.0
     #: The router may plan prefix pulls (``CostParams.prefix_pull``).
     prefix_pull: bool = False
+    #: A pull's fixed cost (``CostParams.pull_overhead_s``).
+    pull_overhead_s: float = 0.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RoutingOptions:
         """The options a ``toposched serve`` process was started with."""
         return cls(BlockSizes(settings.block_tokens, dict(settings.model_block_tokens)),
                    settings.prefix_approx_ttl_s, settings.prefill_cache_ttl_s,
-                   settings.prefix_pull and settings.gateway)
+                   settings.prefix_pull and settings.gateway, settings.pull_overhead_s or 0.0)
 
 
 class ServiceState:
@@ -112,7 +115,9 @@ class ServiceState:
         router = Router(distance, self.policy, index=self.prefix_index,
                         predict_ttl_s=options.approx_ttl_s,
                         prefill_ttl_s=options.prefill_ttl_s or None,
-                        cost=CostParams(prefix_pull=True) if options.prefix_pull else None)
+                        cost=CostParams(prefix_pull=True,
+                                        pull_overhead_s=options.pull_overhead_s)
+                        if options.prefix_pull else None)
         return Fabric(spec, distance, router, frozenset(distance.names))
 
     def require_fabric(self) -> Fabric:

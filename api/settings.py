@@ -120,6 +120,11 @@ class Settings(BaseSettings):
                     "recomputing it (CostParams.prefix_pull); the gateway runs the copy for "
                     "vLLM engines (docs/gateway.md). toposched serve never plans pulls: "
                     "nothing there executes them")
+    pull_overhead_s: float | None = Field(
+        default=None, ge=0, le=60,
+        description="gateway only: pin a prefix pull's fixed cost (seconds) on top of its "
+                    "fabric time (CostParams.pull_overhead_s); unset: the gateway learns it "
+                    "from the pulls it runs (docs/gateway.md)")
     kv_lease_s: float = Field(default=30.0, gt=0, le=3600,
                               description="the engines' kv_lease_duration: how long a "
                                           "prefill keeps KV for its decode leg")

@@ -69,12 +69,12 @@ DEFAULT_BLOCK_TOKENS = 16
 #: sixteenth of the workers, if more).
 JOURNAL_LIMIT = 256
 _ROLES = {role.value: role for role in Role}
-_NAME = attrgetter("registration.name")
+_NAME, _HELD_OUT = attrgetter("registration.name"), attrgetter("held_out")
 _REGISTRATION, _WORKER = attrgetter("registration"), attrgetter("worker")
 _BLOCK_TOKENS, _ID = attrgetter("block_tokens"), attrgetter("id")
-#: (queued tokens, running requests, max requests, promised KV blocks) of a worker;
-#: None: no capacity set.
-LoadKey = tuple[int, int, int, int] | None
+#: (queued tokens, running requests, max requests, promised KV blocks, context tokens)
+#: of a worker; None: no capacity set.
+LoadKey = tuple[int, int, int, int, int] | None
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class _Seen:
     worker: Worker | None
     #: Its sidecar is draining: out of routing (no Worker) until it registers again.
     draining: bool = False
+    #: Draining, and routable for the view's model otherwise (what a 503 counts).
+    held_out: bool = False
 
 
 @dataclass
@@ -156,6 +158,8 @@ class _ModelView:
     counts: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: How many routable workers registered each block size.
     block_counts: Counter[int | None] = field(default_factory=Counter)
+    #: Workers held out of routing by a drain, by role (:attr:`_Seen.held_out`).
+    drained: Counter[str] = field(default_factory=Counter)
     snapshot: Snapshot | None = None
     pairings: Any = None
     kv_bytes: int = 0
@@ -171,7 +175,7 @@ class _ModelView:
 
 def _load_key(load: WorkerLoad | None) -> LoadKey:
     return None if load is None else (load.tokens, load.requests, load.max_requests,
-                                      load.blocks)
+                                      load.blocks, load.context)
 
 
 def _routable(reg: WorkerRegistration, fabric: Fabric, model: str | None) -> bool:
@@ -180,10 +184,10 @@ def _routable(reg: WorkerRegistration, fabric: Fabric, model: str | None) -> boo
 
 
 def _worker(reg: WorkerRegistration, free_blocks: int, load: LoadKey) -> Worker:
-    tokens, requests, max_requests, promised = load or (0, 0, 0, 0)
+    tokens, requests, max_requests, promised, context = load or (0, 0, 0, 0, 0)
     return Worker(reg.name, _ROLES[reg.role], reg.gpus, tokens, requests,
                   max_requests or DEFAULT_MAX_RUNNING, free_blocks, reg.layout.num_blocks,
-                  promised_kv_blocks=promised)
+                  promised_kv_blocks=promised, context_tokens=context)
 
 
 def _gather(items: list[Any], where: list[int]) -> list[Any]:
@@ -207,6 +211,13 @@ class LiveSnapshots:
         #: Workers of the last snapshot :func:`api.decide.decide` took from here (how
         #: big the next one will likely be).
         self.last_size = 0
+
+    def drained(self, fabric: Fabric, model: str | None) -> dict[str, int]:
+        """Workers that would route ``model`` but are held out by a drain, by role, as of
+        the last snapshot of ``model`` on ``fabric`` (kept as workers come and go: no
+        pass over them)."""
+        view = self._views.get(model) if fabric is self._fabric else None
+        return {} if view is None else {role: n for role, n in view.drained.items() if n}
 
     def snapshot(self, fabric: Fabric, entries: Sequence[WorkerEntry],
                  loads: Mapping[str, WorkerLoad], model: str | None, *, kv_bytes: int,
@@ -361,6 +372,7 @@ class LiveSnapshots:
         view.names.insert(at, name)
         view.seen.insert(at, seen)
         view.index = None
+        view.drained[seen.registration.role] += seen.held_out
         pos = int(view.counts[at - 1]) if at else 0
         view.counts = np.insert(view.counts, at, pos)
         if seen.worker is not None:
@@ -372,6 +384,7 @@ class LiveSnapshots:
         seen = view.seen.pop(at)
         del view.entries[at], view.loads[at], view.names[at]
         view.index = None
+        view.drained[seen.registration.role] -= seen.held_out
         pos = int(view.counts[at]) - 1
         view.counts = np.delete(view.counts, at)
         if seen.worker is not None:
@@ -480,6 +493,8 @@ class LiveSnapshots:
             seen[i] = _refreshed(seen[i], entries[i], now_loads[i], fabric, model)
         view.entries, view.loads, view.names, view.seen = list(entries), now_loads, names, seen
         view.index = dict(zip(names, count()))
+        # (drains are few: the pass over every record runs in C)
+        view.drained = Counter(s.registration.role for s in compress(seen, map(_HELD_OUT, seen)))
         view.counts = np.fromiter(accumulate(map(is_not, map(_WORKER, seen), repeat(None))),
                                   dtype=np.int64, count=len(seen))
 
@@ -546,6 +561,6 @@ def _refreshed(old: _Seen | None, entry: WorkerEntry, load_now: WorkerLoad | Non
             old.worker = _worker(reg, free, load)
         old.registration, old.free_blocks, old.load = reg, free, load
         return old
-    routable = not entry.draining and _routable(reg, fabric, model)
-    worker = _worker(reg, free, load) if routable else None
-    return _Seen(reg, free, load, worker, entry.draining)
+    candidate = _routable(reg, fabric, model)
+    worker = _worker(reg, free, load) if candidate and not entry.draining else None
+    return _Seen(reg, free, load, worker, entry.draining, entry.draining and candidate)

@@ -138,7 +138,7 @@ class LiveInstance:
     def worker(self, reserved: WorkerLoad | None) -> Worker:
         """The instance as the policies see it (kept while its inputs are unchanged)."""
         key = (self.metrics, None if reserved is None else
-               (reserved.tokens, reserved.requests, reserved.blocks),
+               (reserved.tokens, reserved.requests, reserved.blocks, reserved.context),
                self.translator.holds())
         if self._worker is None or self._worker[0] != key:
             self._worker = (key, self._build(reserved))
@@ -157,7 +157,8 @@ class LiveInstance:
             max_running_requests=self.instance.max_requests or DEFAULT_MAX_REQUESTS,
             free_kv_blocks=free, capacity_kv_blocks=capacity,
             cached_kv_blocks=self.translator.holds(),
-            promised_kv_blocks=reserved.blocks if reserved else 0)
+            promised_kv_blocks=reserved.blocks if reserved else 0,
+            context_tokens=reserved.context if reserved else 0)
 
     def status(self, now: float, stale_after_s: float) -> InstanceStatus:
         """Its status for the API."""

@@ -129,8 +129,8 @@ class PullPlan:
     """Per prefill candidate (the positions asked for), the cheapest prefix pull:
     ``source`` the holder's position (-1: no pull pays), ``blocks`` the leading blocks
     the candidate holds after it, ``pull_s`` the copy's time over the fabric (no link
-    sharing) and ``saving_s`` the prefill compute it saves minus ``pull_s`` (> 0
-    where ``source`` is set)."""
+    sharing) with its fixed overhead (``CostParams.pull_overhead_s``) and ``saving_s``
+    the prefill compute it saves minus ``pull_s`` (> 0 where ``source`` is set)."""
 
     source: IntArray
     blocks: IntArray

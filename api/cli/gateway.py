@@ -31,6 +31,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                              "holding it (vLLM: over NIXL) where the router finds that "
                              "cheaper than recomputing it (default: on; env "
                              "TOPOSCHED_PREFIX_PULL=0 or --no-prefix-pull turn it off)")
+    parser.add_argument("--pull-overhead-s", type=float, default=None, metavar="S",
+                        help="pin a prefix pull's fixed cost on top of its fabric time "
+                             "(default: learned from the pulls run; env "
+                             "TOPOSCHED_PULL_OVERHEAD_S)")
     add_policy_argument(parser)
     parser.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="TCP port (default 8000)")
@@ -47,4 +51,4 @@ def handle_gateway(args: argparse.Namespace) -> int:
                        tokenizer=args.tokenizer,
                        pd_min_uncached_tokens=args.pd_min_uncached_tokens,
                        kv_lease_s=args.kv_lease_s, prefix_pull=args.prefix_pull,
-                       policy=args.policy)
+                       pull_overhead_s=args.pull_overhead_s, policy=args.policy)

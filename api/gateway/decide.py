@@ -46,6 +46,8 @@ class Route:
     decision: Decision
 
     block_tokens: int
+    #: The fixed cost the router priced the decision's pull with (``decision.pull``).
+    pull_overhead_s: float = 0.0
 
     @property
     def uncached_tokens(self) -> int:

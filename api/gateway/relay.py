@@ -11,6 +11,7 @@ that leaves cancels every leg still running.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import uuid
@@ -24,7 +25,8 @@ from starlette.types import Receive, Scope, Send
 from api.decide import decide
 from api.engine_feeds import EngineFeeds
 from api.gateway.decide import LOCAL, PairChooser, Route, prefix_copy
-from api.gateway.load import Held
+from api.gateway.load import Held, output_limit
+from api.gateway.pull_cost import PullOverhead
 from api.gateway.tokens import PromptTokens, Tokens
 from api.runtime import Runtime
 from api.service import ServiceState
@@ -62,7 +64,8 @@ class Gateway:
     def __init__(self, runtime: Runtime, services: ServiceState, feeds: EngineFeeds,
                  tokens: Tokens, legs: EngineHttp, *, min_uncached_tokens: int,
                  lease_s: float, reservation_ttl_s: float = 600.0,
-                 engine_headers: Mapping[str, str] | None = None) -> None:
+                 engine_headers: Mapping[str, str] | None = None,
+                 pull_overhead_s: float | None = None) -> None:
         """Wire the gateway to the app's runtime, services and engine instances (the
         registry is the one source of what is in routing: its /health scrapes, and this
         gateway's reports of engines it could not reach)."""
@@ -74,6 +77,7 @@ class Gateway:
         self.snapshots = LiveSnapshots()
         self.lease_s, self.reservation_ttl_s = lease_s, reservation_ttl_s
         self.engine_headers = dict(engine_headers or {})
+        self.pull_overhead = PullOverhead(self._price_pulls, pinned=pull_overhead_s)
 
     async def handle(self, request: Request, path: str) -> Response:
         """Serve one ``/v1/completions`` or ``/v1/chat/completions`` request."""
@@ -107,6 +111,7 @@ class Gateway:
             raise UnschedulableError([f"no instance of {model} is in routing (states: "
                                       f"{self._states(model)})"])
         request = route_request(request_id[:256], model, tokens)
+        self.pull_overhead.refresh()
         decision, snapshot = await decide(
             request, self.services, self.runtime, self.registry, entries=(),
             loads=await self.runtime.loads.loads(), snapshots=self.snapshots)
@@ -120,7 +125,19 @@ class Gateway:
             snapshot.block_tokens)
         if isinstance(result, Unschedulable):
             raise UnschedulableError(list(result.reasons))
-        return result
+        if decision.pull is None:
+            return result
+        # (the overhead the router priced with: no await since its decision)
+        return dataclasses.replace(result, pull_overhead_s=self.pull_overhead.seconds)
+
+    def _price_pulls(self, overhead_s: float) -> None:
+        """Price prefix pulls with ``overhead_s`` of fixed cost: in the router now, in
+        fabrics to come, on the gauge (:mod:`api.gateway.pull_cost`)."""
+        services = self.services
+        services.routing = dataclasses.replace(services.routing, pull_overhead_s=overhead_s)
+        if services.fabric is not None:
+            services.fabric.router.set_pull_overhead(overhead_s)
+        self.runtime.telemetry.handoff.pull_overhead.set((), overhead_s)
 
     def _states(self, model: str) -> str:
         states = [f"{s.name} {s.state}" for s in self.registry.status()
@@ -133,7 +150,7 @@ class Gateway:
         """The relayed answer (it stops ``watch`` when it ends), or the engines found
         unreachable (route again)."""
         held = Held(self.runtime.loads, route, owner=self.runtime.replica_id,
-                    ttl_s=self.reservation_ttl_s)
+                    ttl_s=self.reservation_ttl_s, max_tokens=output_limit(body))
         await held.reserve()
         timeline = Timeline()
         copy = prefix_copy(route, token_ids, self.registry.get)
@@ -180,6 +197,9 @@ class Gateway:
             self.registry.mark_down(name, f"unreachable from the gateway: {detail}")
 
     def _record(self, route: Route, timeline: Timeline, outcome: str) -> None:
+        pull = route.decision.pull
+        if timeline.pull_outcome == "ok" and timeline.pull_s is not None and pull is not None:
+            self.pull_overhead.observe(timeline.pull_s, pull.seconds - route.pull_overhead_s)
         moved = timeline.disaggregated
         mode = "fallback" if timeline.fallback else route.mode
         tier = route.tier if moved else LOCAL

@@ -26,7 +26,8 @@ def install_gateway(app: FastAPI, settings: Settings) -> Gateway:
                       Tokens(client, local, headers), client,
                       min_uncached_tokens=settings.pd_min_uncached_tokens,
                       lease_s=settings.kv_lease_s,
-                      reservation_ttl_s=settings.reservation_ttl_s, engine_headers=headers)
+                      reservation_ttl_s=settings.reservation_ttl_s, engine_headers=headers,
+                      pull_overhead_s=settings.pull_overhead_s)
     app.state.gateway = gateway
     client_token = settings.client_token
     app.state.client_auth = TokenAuth(

@@ -41,6 +41,10 @@ class RouteInput(BaseModel):
     model: str = Field(min_length=1, max_length=256)
     session: str | None = Field(default=None, min_length=1, max_length=256)
     request_id: str = Field(default="request", min_length=1, max_length=256)
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=1 << 24,
+        description="the most tokens the request may generate, when known: its context on "
+                    "the decode worker (api.load.context_tokens) is priced with it")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> RouteInput:
@@ -140,7 +144,8 @@ async def _route_once(body: RouteInput, state: State, path: str) -> Response:
     # decode blocks are not taken until the KV lands.
     sidecar = not feeds.engine_driven(result)
     items = reservations_for(result, body.prompt_tokens(block_tokens),
-                             block_tokens=block_tokens, blocks_taken=sidecar)
+                             block_tokens=block_tokens, blocks_taken=sidecar,
+                             max_tokens=body.max_tokens)
     reservation_id = new_reservation_id()
     await reserve(runtime.loads, reservation_id, runtime.replica_id, items,
                   state.settings.reservation_ttl_s)

@@ -107,6 +107,12 @@ class CostParams(BaseModel):
     #: that is cheaper; ``pull_holders``: how many of the longest holders to price.
     prefix_pull: bool = False
     pull_holders: int = Field(default=4, ge=1)
+    #: A pull's own fixed cost on top of its fabric time: what running the copy takes
+    #: besides moving the bytes (the gateway's two copy legs: HTTP round trips, an
+    #: engine step on the holder; 106.8 ms on vLLM-CPU's tiny test model). 0: the
+    #: simulator's copies, which move bytes only. The gateway learns it from the
+    #: pulls it runs unless a setting pins it (docs/gateway.md).
+    pull_overhead_s: float = Field(default=0.0, ge=0.0)
 
     def promised_blocks(self, prompt_blocks: int, block_tokens: int) -> int:
         """KV blocks a request will take on its decode worker when its KV lands there:

@@ -6,7 +6,9 @@ to it over the fabric and only the rest of the prompt is computed. The copy pays
 where it is faster than recomputing::
 
     saving(h → p) = compute(p lacks) − compute(p lacks after the copy) − pull(h → p)
-    pull(h → p)   = latency + bytes / bandwidth   (the fabric path h → p, its lanes)
+    pull(h → p)   = overhead + latency + bytes / bandwidth   (the fabric path h → p,
+                    its lanes; overhead: ``CostParams.pull_overhead_s``, the copy's own
+                    fixed cost)
 
 so a holder in the same rack is cheap and one across a TCP zone link rarely pays.
 Holders are the ``pull_holders`` workers with the longest cached prefix of the
@@ -68,7 +70,8 @@ def pull_plan(model: FabricCostModel, ctx: CycleContext, prefill: IntArray) -> P
     _, latency, bandwidth, lanes = model.table.figures(holders, prefill)
     nbytes = gain * float(snap.block_tokens * snap.kv_bytes_per_token)
     with np.errstate(divide="ignore", invalid="ignore"):
-        pull = np.where(gain > 0, latency + nbytes / (bandwidth * 1e9 * lanes), 0.0)
+        pull = np.where(gain > 0, model.params.pull_overhead_s + latency
+                        + nbytes / (bandwidth * 1e9 * lanes), 0.0)
     saving = np.where(gain > 0, _saved_s(ctx, prefill, have[None, :], held) - pull, 0.0)
     best = saving.argmax(axis=0)
     cols = np.arange(len(prefill))
@@ -89,8 +92,12 @@ def pull_bytes(ctx: CycleContext, target: int, blocks: int) -> int:
 
 def pull_seconds(model: FabricCostModel, ctx: CycleContext, source: int, target: int,
                  blocks: int) -> tuple[float, float | None, tuple[str, ...]]:
-    """Time of one pull with link sharing, its bottleneck lane GB/s and its links."""
-    return model.link_transfer(ctx, source, target, pull_bytes(ctx, target, blocks))
+    """Time of one pull with link sharing (its fixed overhead included, when it moves
+    anything), its bottleneck lane GB/s and its links."""
+    nbytes = pull_bytes(ctx, target, blocks)
+    seconds, bottleneck, links = model.link_transfer(ctx, source, target, nbytes)
+    overhead = model.params.pull_overhead_s if nbytes > 0 else 0.0
+    return seconds + overhead, bottleneck, links
 
 
 def pull_saving(model: FabricCostModel, ctx: CycleContext, source: int, target: int,

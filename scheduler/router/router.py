@@ -114,6 +114,8 @@ class PrefixPull(BaseModel):
     block_hashes: tuple[int, ...]
     blocks: int
     bytes: int
+    #: The copy's time: over the fabric, links shared, and its fixed overhead
+    #: (``CostParams.pull_overhead_s``).
     seconds: float
     compute_saved_s: float
     links: tuple[str, ...]
@@ -235,6 +237,13 @@ class Router:
     def pair_table(self) -> PairTable | None:
         """The pair figures of the last snapshot routed over (None before the first)."""
         return self._model[2].table if self._model is not None else None
+
+    def set_pull_overhead(self, seconds: float) -> None:
+        """Price each prefix pull with ``seconds`` of fixed cost from the next decision on
+        (``CostParams.pull_overhead_s``; the cost model kept keeps its tables)."""
+        self.cost_params = self.cost_params.model_copy(update={"pull_overhead_s": seconds})
+        if self._model is not None:
+            self._model[2].params = self.cost_params
 
     def set_tier_scales(self, factors: Mapping[str, tuple[float, float]]) -> bool:
         """Scale each tier's latency and bandwidth by measured ``(latency, bandwidth)``

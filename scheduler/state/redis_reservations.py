@@ -45,9 +45,10 @@ def _not_open(reservation_id: str) -> NotFoundError:
 
 def _items(text: str) -> tuple[LoadItem, ...]:
     rows = json.loads(text)  # Lua's cjson writes an empty list as {}
-    # items written before promised blocks existed have three fields
+    # items written before promised blocks (context) existed have three (four) fields
     return tuple(LoadItem(worker=row[0], tokens=int(row[1]), requests=int(row[2]),
-                          blocks=int(row[3]) if len(row) > 3 else 0)
+                          blocks=int(row[3]) if len(row) > 3 else 0,
+                          context=int(row[4]) if len(row) > 4 else 0)
                  for row in (rows if isinstance(rows, list) else []))
 
 
@@ -68,8 +69,8 @@ class RedisReservations:
     async def open_reservation(self: _Store, reservation_id: str, owner: str,
                                items: Sequence[LoadItem], ttl_s: float) -> str | None:
         """Reserve ``items`` under ``reservation_id`` for ``owner``, in one script."""
-        rows = [(i.worker, i.tokens, i.requests, i.blocks) for i in items]
-        wanted([row[:3] for row in rows])  # checks the amounts (blocks: by LoadItem)
+        rows = [(i.worker, i.tokens, i.requests, i.blocks, i.context) for i in items]
+        wanted([row[:3] for row in rows])  # checks the amounts (the others: by LoadItem)
         keys = [*self._log_keys(), self._k("rsv", reservation_id), self._k("rsv-due"),
                 self._k("rsv-of", owner), *(self._k("load", row[0]) for row in rows)]
         args = [reservation_id, owner, json.dumps(rows), repr(self._clock() + ttl_s),

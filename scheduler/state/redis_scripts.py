@@ -249,9 +249,10 @@ return 1
 
 # Load on several workers, all or nothing (amounts on one worker add up): every check,
 # then every change. The load hashes are KEYS[k0 + 1 …]; item i's name, tokens and
-# requests are ARGV[a0 + n(i - 1) + 1 …] (n = 3), followed by its promised blocks when
-# n = 4 (no capacity: promises are a price, not a limit). {1, 0}: reserved; {0, i}:
-# item i's worker is full; {-1, i}: it has no capacity.
+# requests are ARGV[a0 + n(i - 1) + 1 …] (n = 3), followed by its promised blocks and
+# context tokens when n = 5 (no capacity: promises are a price, not a limit; the context
+# counts only where no blocks are promised, see CLOSE). {1, 0}: reserved; {0, i}: item
+# i's worker is full; {-1, i}: it has no capacity.
 RESERVE_ITEMS = """
 local function reserve_items(k0, a0, n)
   local want = {}
@@ -271,8 +272,10 @@ local function reserve_items(k0, a0, n)
     local j = a0 + n * (i - k0 - 1)
     redis.call('HINCRBY', KEYS[i], 'tokens', ARGV[j + 2])
     redis.call('HINCRBY', KEYS[i], 'requests', ARGV[j + 3])
-    if n == 4 and tonumber(ARGV[j + 4]) > 0 then
+    if n == 5 and tonumber(ARGV[j + 4]) > 0 then
       redis.call('HINCRBY', KEYS[i], 'blocks', ARGV[j + 4])
+    elseif n == 5 and tonumber(ARGV[j + 5]) > 0 then
+      redis.call('HINCRBY', KEYS[i], 'context', ARGV[j + 5])
     end
     changed(ARGV[j + 1])
   end
@@ -286,16 +289,18 @@ return reserve_items(2, 0, 3)
 """
 
 # Reservations. A reservation is the hash rsv:ID (owner, items as JSON [[worker, tokens,
-# requests, promised blocks], …], expires), a member of rsv-due (by expires) and of
-# rsv-of:OWNER.
+# requests, promised blocks, context tokens], …], expires), a member of rsv-due (by
+# expires) and of rsv-of:OWNER. An item's context counts in its worker's load while its
+# promised blocks are 0 (from the start, or from when its KV landed).
 
 # Load of a reservation, all or nothing, as RESERVE does, and the reservation itself.
 # KEYS: seq, changes, rsv:ID, rsv-due, rsv-of:OWNER, then load per item.
-# ARGV: id, owner, items JSON, expires, then name, tokens, requests, blocks per item.
+# ARGV: id, owner, items JSON, expires, then name, tokens, requests, blocks, context per
+# item.
 # As RESERVE; {1, 0} also when the id is open already (a retry: nothing reserved again).
 OPEN_RESERVATION = CHANGED + RESERVE_ITEMS + """
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1, 0} end
-local done = reserve_items(5, 4, 4)
+local done = reserve_items(5, 4, 5)
 if done[1] == 1 then
   redis.call('HSET', KEYS[3], 'owner', ARGV[2], 'items', ARGV[3], 'expires', ARGV[4])
   redis.call('ZADD', KEYS[4], ARGV[4], ARGV[1])
@@ -307,13 +312,15 @@ return done
 # Closing (part of) a reservation: give its items' load back and forget them. The load
 # and owner keys are built from the prefix (not declared; one Redis, as SYNC).
 CLOSE = CHANGED + """
-local function give_back(p, item, tokens, requests, blocks)
+-- context: counted context given back (negative: starts to count, the KV landed)
+local function give_back(p, item, tokens, requests, blocks, context)
   local load = p .. 'load:' .. item[1]
-  local l = redis.call('HMGET', load, 'tokens', 'requests', 'blocks')
+  local l = redis.call('HMGET', load, 'tokens', 'requests', 'blocks', 'context')
   if l[1] then
     redis.call('HSET', load, 'tokens', math.max(0, tonumber(l[1]) - tokens),
                'requests', math.max(0, tonumber(l[2]) - requests),
-               'blocks', math.max(0, tonumber(l[3] or '0') - blocks))
+               'blocks', math.max(0, tonumber(l[3] or '0') - blocks),
+               'context', math.max(0, tonumber(l[4] or '0') - context))
     changed(item[1])
   end
 end
@@ -323,16 +330,16 @@ local function close(p, id, only, landed)
   if not h[1] then return nil end
   local released, rest = {}, {}
   for _, item in ipairs(cjson.decode(h[2])) do
-    local blocks = tonumber(item[4] or 0)
+    local blocks, context = tonumber(item[4] or 0), tonumber(item[5] or 0)
     if only == nil or only[item[1]] then
-      give_back(p, item, item[2], item[3], blocks)
-      released[#released + 1] = {item[1], item[2], item[3], blocks}
+      give_back(p, item, item[2], item[3], blocks, blocks > 0 and 0 or context)
+      released[#released + 1] = {item[1], item[2], item[3], blocks, context}
     else
       if landed and blocks > 0 then
-        give_back(p, item, 0, 0, blocks)
-        released[#released + 1] = {item[1], 0, 0, blocks}
+        give_back(p, item, 0, 0, blocks, -context)
+        released[#released + 1] = {item[1], 0, 0, blocks, 0}
       end
-      rest[#rest + 1] = {item[1], item[2], item[3], landed and 0 or blocks}
+      rest[#rest + 1] = {item[1], item[2], item[3], landed and 0 or blocks, context}
     end
   end
   if #rest > 0 then
@@ -419,7 +426,7 @@ return gone
 
 #: Fields of one worker in a :data:`SYNC` answer, in order.
 SYNC_FIELDS = ("name", "rid", "epoch", "ttl", "expires", "nblocks", "used", "tokens",
-               "requests", "max_tokens", "max_requests", "blocks", "draining")
+               "requests", "max_tokens", "max_requests", "blocks", "draining", "context")
 
 # What changed since the caller's view: {view id, seq, full (1/0), then per worker the
 # SYNC_FIELDS (false where its hash is gone)}. Everything (every registered worker and
@@ -460,12 +467,13 @@ for _, name in ipairs(names) do
   local used = false
   if h[2] then used = redis.call('BITCOUNT', p .. 'used:' .. name) end
   local l = redis.call('HMGET', p .. 'load:' .. name, 'tokens', 'requests', 'max_tokens',
-                       'max_requests', 'blocks')
+                       'max_requests', 'blocks', 'context')
   out[#out + 1] = name
   for i = 1, 5 do out[#out + 1] = h[i] end
   out[#out + 1] = used
   for i = 1, 5 do out[#out + 1] = l[i] end
   out[#out + 1] = h[6]
+  out[#out + 1] = l[6]
 end
 return out
 """

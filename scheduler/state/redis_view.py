@@ -71,6 +71,7 @@ class Row:
     max_requests: str | None
     blocks: str | None = None
     draining: str | None = None
+    context: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,14 +104,14 @@ def _load(row: Row, old: WorkerLoad | None) -> WorkerLoad | None:
     if row.tokens is None or row.max_tokens is None:
         return None
     values = (int(row.tokens), int(row.requests or 0), int(row.max_tokens),
-              int(row.max_requests or 0), int(row.blocks or 0))
+              int(row.max_requests or 0), int(row.blocks or 0), int(row.context or 0))
     if old is not None and (old.tokens, old.requests, old.max_tokens,
-                            old.max_requests, old.blocks) == values:
+                            old.max_requests, old.blocks, old.context) == values:
         return old  # unchanged: keep the object (snapshots compare by identity)
     # written by the store itself: constructed without validating again (hot path)
     return WorkerLoad.model_construct(tokens=values[0], requests=values[1],
                                       max_tokens=values[2], max_requests=values[3],
-                                      blocks=values[4])
+                                      blocks=values[4], context=values[5])
 
 
 def _entry(name: str, reg: WorkerRegistration, row: Row,

@@ -63,6 +63,8 @@ class WorkerLoad(BaseModel):
     max_requests: int = Field(ge=0)
     blocks: int = Field(default=0, ge=0, description="KV blocks promised to requests routed "
                                                      "here whose KV has not landed yet")
+    context: int = Field(default=0, ge=0, description="context tokens the requests decoding "
+                                                      "here read per step, summed")
 
     def fits(self, tokens: int, requests: int) -> bool:
         """Whether ``tokens`` / ``requests`` more stay within the capacity."""
@@ -73,7 +75,13 @@ class WorkerLoad(BaseModel):
 class LoadItem(BaseModel):
     """Load held on one worker: prompt tokens still to compute, running requests and KV
     blocks promised to a request whose KV has not landed there yet (``blocks``; given
-    back when it lands, :meth:`LoadStore.close_reservation` with ``landed``)."""
+    back when it lands, :meth:`LoadStore.close_reservation` with ``landed``).
+
+    ``context``: the context tokens the request reads per decode step there (a decode
+    worker's item). It counts in the worker's :attr:`WorkerLoad.context` while the
+    request's KV is on the worker: from the reservation on when nothing is promised,
+    else from when its KV lands (its promised blocks given back) — before that the
+    promised blocks stand for the same tokens — until the item is closed."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -81,6 +89,7 @@ class LoadItem(BaseModel):
     tokens: int = Field(ge=0)
     requests: int = Field(ge=0)
     blocks: int = Field(default=0, ge=0)
+    context: int = Field(default=0, ge=0)
 
 
 class Reservation(BaseModel):
@@ -131,9 +140,10 @@ class LoadStore(Protocol):
         """Give back the reservation's items on ``workers`` (None: all) and forget them;
         the reservation ends with its last item. ``landed``: the request's KV is on its
         decode worker now, so the promised blocks of the items kept are given back too
-        (returned as items of blocks only). Returns what was given back (empty when the
-        reservation is not open: closed or expired already; always empty with ``report``
-        false, for callers that drop it: the gateway, twice a request)."""
+        (returned as items of blocks only) and their context starts to count. Returns
+        what was given back (empty when the reservation is not open: closed or expired
+        already; always empty with ``report`` false, for callers that drop it: the
+        gateway, twice a request)."""
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now (:class:`NotFoundError`
@@ -183,26 +193,40 @@ def check_amounts(tokens: int, requests: int) -> None:
             (("tokens", tokens), ("requests", requests)) if value < 0])
 
 
-#: One item at rest: worker, tokens, requests, promised blocks.
-_Row = tuple[str, int, int, int]
+#: One item at rest: worker, tokens, requests, promised blocks, context tokens (counted
+#: in the worker's load while its promised blocks are 0: :class:`LoadItem`).
+_Row = tuple[str, int, int, int, int]
 #: A reservation at rest in memory: owner, (rows, …), deadline. Tuples of strings and
 #: numbers, not models: the garbage collector stops walking them.
 _Held = tuple[str, tuple[_Row, ...], float]
 
 
-def _totals(rows: Sequence[_Row]) -> dict[str, tuple[int, int, int]]:
-    """Tokens, requests and promised blocks per worker, summed over ``rows`` (negative
-    amounts rejected)."""
-    total: dict[str, tuple[int, int, int]] = {}
-    for worker, tokens, requests, blocks in rows:
+#: Tokens, requests, promised blocks and counted context tokens of one worker.
+_Amounts = tuple[int, int, int, int]
+
+
+def _counted(row: _Row) -> int:
+    """The context of ``row`` that counts in its worker's load now (none while blocks are
+    promised: they stand for it until the KV lands)."""
+    return 0 if row[3] else row[4]
+
+
+def _totals(rows: Sequence[_Row]) -> dict[str, _Amounts]:
+    """Tokens, requests, promised blocks and counted context per worker, summed over
+    ``rows`` (negative amounts rejected)."""
+    total: dict[str, _Amounts] = {}
+    for row in rows:
+        worker, tokens, requests, blocks, _ = row
         check_amounts(tokens, requests)
-        have = total.get(worker, (0, 0, 0))
-        total[worker] = (have[0] + tokens, have[1] + requests, have[2] + blocks)
+        have = total.get(worker, (0, 0, 0, 0))
+        total[worker] = (have[0] + tokens, have[1] + requests, have[2] + blocks,
+                         have[3] + _counted(row))
     return total
 
 
 def _item(row: _Row) -> LoadItem:
-    return LoadItem(worker=row[0], tokens=row[1], requests=row[2], blocks=row[3])
+    return LoadItem(worker=row[0], tokens=row[1], requests=row[2], blocks=row[3],
+                    context=row[4])
 
 
 def _reservation(reservation_id: str, held: _Held) -> Reservation:
@@ -238,7 +262,8 @@ class MemoryLoads:
         self._loads[worker] = WorkerLoad(tokens=old.tokens if old else 0,
                                          requests=old.requests if old else 0,
                                          max_tokens=max_tokens, max_requests=max_requests,
-                                         blocks=old.blocks if old else 0)
+                                         blocks=old.blocks if old else 0,
+                                         context=old.context if old else 0)
 
     async def reserve(self, worker: str, tokens: int, requests: int = 1) -> bool:
         """Add the load if it fits the worker's capacity; False (and nothing added) if not."""
@@ -246,21 +271,21 @@ class MemoryLoads:
 
     async def reserve_all(self, items: Sequence[tuple[str, int, int]]) -> str | None:
         """Reserve every item or none; None when reserved, else the first full worker."""
-        return self._reserve({worker: (tokens, requests, 0)
+        return self._reserve({worker: (tokens, requests, 0, 0)
                               for worker, (tokens, requests) in wanted(items).items()})
 
-    def _reserve(self, total: Mapping[str, tuple[int, int, int]]) -> str | None:
-        """Add each worker's (tokens, requests, promised blocks) if every one fits; else
-        the first full worker (nothing added)."""
+    def _reserve(self, total: Mapping[str, _Amounts]) -> str | None:
+        """Add each worker's (tokens, requests, promised blocks, context) if every one
+        fits; else the first full worker (nothing added)."""
         loads = self._loads
-        for worker, (tokens, requests, _) in total.items():
+        for worker, (tokens, requests, _, _) in total.items():
             load = loads.get(worker)
             if load is None:
                 raise NotFoundError("worker", worker, "set its capacity first")
             if not load.fits(tokens, requests):
                 return worker
-        for worker, (tokens, requests, blocks) in total.items():
-            self._change(worker, loads[worker], tokens, requests, blocks)
+        for worker, (tokens, requests, blocks, context) in total.items():
+            self._change(worker, loads[worker], tokens, requests, blocks, context)
         return None
 
     async def release(self, worker: str, tokens: int, requests: int = 1) -> None:
@@ -268,10 +293,10 @@ class MemoryLoads:
         check_amounts(tokens, requests)
         load = self._loads.get(worker)
         if load is not None:
-            self._change(worker, load, -tokens, -requests, 0)
+            self._change(worker, load, -tokens, -requests, 0, 0)
 
     def _change(self, worker: str, load: WorkerLoad, tokens: int, requests: int,
-                blocks: int) -> None:
+                blocks: int, context: int) -> None:
         """Add the amounts (negative: give back, each never below zero) to ``worker``'s
         ``load`` as one new :class:`WorkerLoad`: one object and one journal entry a
         worker and step (a gateway request made seven ``model_copy`` copies, each slower
@@ -280,7 +305,7 @@ class MemoryLoads:
         self._loads[worker] = WorkerLoad(
             tokens=max(0, load.tokens + tokens), requests=max(0, load.requests + requests),
             max_tokens=load.max_tokens, max_requests=load.max_requests,
-            blocks=max(0, load.blocks + blocks))
+            blocks=max(0, load.blocks + blocks), context=max(0, load.context + context))
 
     async def loads(self) -> dict[str, WorkerLoad]:
         """Every worker with a capacity, by name."""
@@ -305,7 +330,7 @@ class MemoryLoads:
         """Reserve ``items`` under ``reservation_id`` for ``owner``, for ``ttl_s``."""
         if reservation_id in self._held:
             return None
-        rows = tuple((i.worker, i.tokens, i.requests, i.blocks) for i in items)
+        rows = tuple((i.worker, i.tokens, i.requests, i.blocks, i.context) for i in items)
         full = self._reserve(_totals(rows))
         if full is None:
             expires = self._clock() + ttl_s
@@ -326,26 +351,30 @@ class MemoryLoads:
                                 workers: Sequence[str] | None = None, *,
                                 landed: bool = False, report: bool = True) -> list[LoadItem]:
         """Give back the reservation's items on ``workers`` (None: all); ``landed``: the
-        promised blocks of the others too; ``report``: return them."""
+        promised blocks of the others too (their context counts from now on);
+        ``report``: return them."""
         held = self._held.get(reservation_id)
         if held is None:
             return []
         owner, rows, expires = held
         picked = [row for row in rows if workers is None or row[0] in workers]
         rest = tuple(row for row in rows if workers is not None and row[0] not in workers)
+        # (row given back, context to add): a closed row takes back what counted of its
+        # context; a landing row gives back its blocks and its context starts to count
+        changes = [(row, -_counted(row)) for row in picked]
         if landed:
-            picked += [(w, 0, 0, b) for w, _, _, b in rest if b]
-            rest = tuple((w, t, r, 0) for w, t, r, _ in rest)
-        for worker, tokens, requests, blocks in picked:
+            changes += [((w, 0, 0, b, 0), c) for w, _, _, b, c in rest if b]
+            rest = tuple((w, t, r, 0, c) for w, t, r, _, c in rest)
+        for (worker, tokens, requests, blocks, _), context in changes:
             load = self._loads.get(worker)
             if load is not None:
-                self._change(worker, load, -tokens, -requests, -blocks)
+                self._change(worker, load, -tokens, -requests, -blocks, context)
         if rest:
             self._held[reservation_id] = (owner, rest, expires)
         else:
             del self._held[reservation_id]
             self._owned.get(owner, set()).discard(reservation_id)
-        return list(map(_item, picked)) if report else []
+        return [_item(row) for row, _ in changes] if report else []
 
     async def renew_reservation(self, reservation_id: str, ttl_s: float) -> Reservation:
         """Move an open reservation's end to ``ttl_s`` from now."""

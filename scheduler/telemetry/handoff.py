@@ -16,7 +16,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from scheduler.telemetry.drift import Alert, Clock, DriftConfig, DriftDetector
-from scheduler.telemetry.metrics import LATENCY_BUCKETS, Counter, Histogram, Registry
+from scheduler.telemetry.metrics import LATENCY_BUCKETS, Counter, Gauge, Histogram, Registry
 from scheduler.telemetry.samples import TIER_LABELS, TransferSample
 
 #: Tier label of requests that moved no KV (decode-only, aggregated).
@@ -72,6 +72,9 @@ class HandoffTelemetry:
             f"{namespace}_gateway_pull_seconds", "Prefix copies run before the prefill leg "
             "(holder leg sent to the prefill engine's answer), by outcome.", ("outcome",),
             buckets=LATENCY_BUCKETS, max_series=len(PULL_OUTCOMES)))
+        self.pull_overhead = registry.add(Gauge(
+            f"{namespace}_gateway_pull_overhead_seconds", "The fixed cost the router adds to "
+            "a prefix copy's fabric time (pinned, or learned from the copies run)."))
         self.drift = DriftDetector(drift, clock=clock, kind="pd_handoff_drift")
 
     def record(self, handoff: Handoff) -> None:

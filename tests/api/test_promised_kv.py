@@ -1,6 +1,7 @@
 """Through the service, in memory and on a real Redis: a route's load reservation
 promises its decode worker the KV blocks the request will take there, the router prices
-that worker as fuller until the KV lands, and the promise goes back when it does."""
+that worker as fuller until the KV lands, and the promise goes back when it does; once
+landed, the request's context counts in the worker's ``context_tokens`` until it ends."""
 
 from __future__ import annotations
 
@@ -56,9 +57,9 @@ def _get(client: TestClient, path: str) -> Any:
     return answer.json()
 
 
-def _route(client: TestClient, first: int, blocks: int) -> Any:
+def _route(client: TestClient, first: int, blocks: int, **extra: Any) -> Any:
     answer = client.post("/v1/route", headers=bearer(WORKER), json={
-        "block_hashes": list(range(first, first + blocks)), "model": MODEL})
+        "block_hashes": list(range(first, first + blocks)), "model": MODEL, **extra})
     assert answer.status_code == 200, answer.text
     return answer.json()
 
@@ -75,8 +76,9 @@ def _land(client: TestClient, routed: Any) -> None:
 
 def test_a_decode_worker_with_kv_promised_is_priced_as_fuller(client: TestClient) -> None:
     # decode-b: one request whose KV landed, 48 prompt blocks in use, nothing promised
+    # (it writes one token: its context, 769 tokens, is about its blocks in use)
     _register(client, "decode-b", "decode", 2)
-    landed = _route(client, 1000, 48)
+    landed = _route(client, 1000, 48, max_tokens=1)
     assert landed["decision"]["decode"]["worker"] == "decode-b"
     _land(client, landed)
     assert _get(client, "/v1/workers/decode-b/load")["blocks"] == 0
@@ -86,10 +88,35 @@ def test_a_decode_worker_with_kv_promised_is_priced_as_fuller(client: TestClient
     pending = _route(client, 2000, 40)
     assert pending["decision"]["decode"]["worker"] == "decode-a"
     assert pending["reservations"][1] == {"worker": "decode-a", "tokens": 0, "requests": 1,
-                                          "blocks": OUTPUT_BLOCKS}
+                                          "blocks": OUTPUT_BLOCKS, "context": 640 + 128}
     assert _get(client, "/v1/workers/decode-a/load")["blocks"] == OUTPUT_BLOCKS
     # blind to the promise decode-a (40 blocks in use) would win; priced with it, not
     # (prompts past 512 tokens: never prefilled locally)
     assert _route(client, 3000, 40)["decision"]["decode"]["worker"] == "decode-b"
     _land(client, pending)
     assert _get(client, "/v1/workers/decode-a/load")["blocks"] == 0
+
+
+def test_a_decode_worker_whose_requests_read_more_context_is_priced_as_heavier(
+        client: TestClient) -> None:
+    # decode-a: one landed request of 40 prompt blocks (640 tokens) that may write the
+    # expected 256 tokens: it reads 640 + 128 tokens a step on average
+    _register(client, "decode-a", "decode", 1)
+    heavy = _route(client, 1000, 40, max_tokens=4096)
+    assert heavy["decision"]["decode"]["worker"] == "decode-a"
+    _land(client, heavy)
+    # decode-b: one landed request of 41 blocks (656 tokens) that writes one token: a
+    # block more in use than decode-a, but it reads 657 tokens a step
+    _register(client, "decode-b", "decode", 2)
+    light = _route(client, 2000, 41, max_tokens=1)
+    assert light["decision"]["decode"]["worker"] == "decode-b"
+    _land(client, light)
+    assert [_get(client, f"/v1/workers/{w}/load")["context"]
+            for w in ("decode-a", "decode-b")] == [768, 657]
+    # priced by blocks in use decode-a would win; by the context each step reads, not
+    assert _route(client, 3000, 40)["decision"]["decode"]["worker"] == "decode-b"
+    # the request ends: its context goes back
+    answer = client.post(f"/v1/reservations/{heavy['reservation_id']}/release",
+                         headers=bearer(WORKER))
+    assert answer.status_code == 200, answer.text
+    assert _get(client, "/v1/workers/decode-a/load")["context"] == 0

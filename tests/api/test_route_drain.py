@@ -122,11 +122,28 @@ def test_a_draining_decode_worker_leaves_nothing_to_route_to_503_until_it_is_bac
     answer = _route(client)
     assert answer.status_code == 503, answer.text
     assert answer.headers["content-type"] == "application/problem+json"
-    assert answer.headers["retry-after"] and answer.json()["reasons"]
+    assert answer.headers["retry-after"]
+    assert answer.json()["reasons"][0].startswith(
+        f"1 of the workers serving {MODEL} are draining (1: 1 decode)"), answer.text
     assert client.get("/v1/workers/decode-0/load", headers=bearer(WORKER)).json() == loads
     assert all(_jobs(client, name) == [] for name, *_ in WORKERS)
     _again(client, "decode-0")
     assert _pair(client)[1] == "decode-0"
+
+
+def test_a_503_with_every_worker_draining_says_so_and_how_many(client: TestClient) -> None:
+    for name, *_ in WORKERS:
+        _drain(client, name)
+    answer = _route(client)
+    assert answer.status_code == 503, answer.text
+    detail = (f"every worker serving {MODEL} on the fabric is draining (3: 1 decode, "
+              "2 prefill); a draining worker takes no new request until its sidecar "
+              "registers again")
+    assert (answer.json()["detail"], answer.json()["reasons"]) == (detail, [detail])
+    _again(client, "prefill-0")  # one back: the router's own reason follows the drains
+    reasons = _route(client).json()["reasons"]
+    assert reasons[0].startswith(f"2 of the workers serving {MODEL} are draining "
+                                 "(2: 1 decode, 1 prefill)") and len(reasons) > 1, reasons
 
 
 def test_a_drain_announced_on_one_replica_is_honoured_by_the_others_router(

@@ -96,10 +96,13 @@ def test_releasing_a_done_transfer_frees_its_blocks_and_ends_its_reservation(
     assert answer.json()["state"] == "done"
     assert _free(client) == {"prefill-0": BLOCKS, "decode-0": BLOCKS - 4}
     assert _get(client, "/v1/workers/prefill-0/load")["requests"] == 0
-    # the KV landed: the blocks promised to decode-0 are given back with the prefill part
+    # the KV landed: the blocks promised to decode-0 are given back with the prefill part,
+    # and the request's context counts there from now on
+    context = body["reservations"][-1]["context"]
     assert _get(client, f"/v1/reservations/{reservation}")["items"] == [
-        {"worker": "decode-0", "tokens": 0, "requests": 1, "blocks": 0}]
+        {"worker": "decode-0", "tokens": 0, "requests": 1, "blocks": 0, "context": context}]
     assert _get(client, "/v1/workers/decode-0/load")["blocks"] == 0
+    assert _get(client, "/v1/workers/decode-0/load")["context"] == context > 0
     wrong = client.post(f"/v1/transfers/{plan_id}/release", headers=bearer(),
                         json={"worker": "prefill-0"})
     assert wrong.status_code == 422  # not the destination
@@ -112,5 +115,6 @@ def test_releasing_a_done_transfer_frees_its_blocks_and_ends_its_reservation(
         assert answer.status_code == 200 and answer.json() == {"blocks_released": expected}
     assert _free(client) == {"prefill-0": BLOCKS, "decode-0": BLOCKS}
     assert _get(client, "/v1/workers/decode-0/load")["requests"] == 0
+    assert _get(client, "/v1/workers/decode-0/load")["context"] == 0
     gone = client.get(f"/v1/reservations/{reservation}", headers=bearer(WORKER))
     assert gone.status_code == 404

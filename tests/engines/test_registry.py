@@ -25,6 +25,8 @@ def test_workers_follow_reservations_health_and_the_instance_set() -> None:
     second = registry.workers("tiny-llama", {"e1": load})
     assert second[0] is first[0] and second[2] is first[2]  # untouched: same objects
     assert (second[1].running_requests, second[1].queued_tokens) == (3, 700)
+    reading = load.model_copy(update={"context": 9000})  # the engines do not report it
+    assert registry.workers("tiny-llama", {"e1": reading})[1].context_tokens == 9000
     registry._went_down(registry.live()[1], "refused")
     assert [w.id for w in registry.workers("tiny-llama", {"e1": load})] == ["e0", "e2"]
     registry.remove("e0")

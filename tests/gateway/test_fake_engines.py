@@ -87,12 +87,16 @@ def test_a_streamed_chat_is_relayed_chunk_by_chunk(vllm: Gateway) -> None:
         # the decode engine holds the rest: the first event was not buffered
         assert decode.state()["running"] == 1
         assert vllm.load("d0")["requests"] == 1 and vllm.load("p0")["requests"] == 0
+        # its KV is on the decode engine: its context counts there (the prompt and half
+        # its 6 tokens: what the router prices the engine's steps with)
+        assert vllm.load("d0")["context"] == len(prompt_tokens(body)) + 3
         decode.gate(True)
         rest = [line for line in lines if line.startswith("data: ")]
     assert rest[-1] == "data: [DONE]"
     tokens = [json.loads(e[6:])["choices"][0]["token_ids"][0] for e in [first, *rest[:-1]]]
     assert tokens == generate(prompt_tokens(body), 6)
     wait_for(lambda: vllm.load("d0")["requests"] == 0, "decode load released")
+    assert vllm.load("d0")["context"] == 0
 
 
 def test_client_disconnect_mid_stream_cancels_the_decode_leg_and_frees_load(

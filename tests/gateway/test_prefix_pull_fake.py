@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -34,11 +35,12 @@ from tests.servers import free_port
 BLOCK = 16
 
 
-def _hold(gateway: Gateway, worker: str, prompt: str) -> int:
-    """Tell the gateway ``worker`` caches ``prompt``'s whole blocks; how many (less
-    than the whole prompt's: a decode engine holding all would be a local prefill)."""
+def _hold(gateway: Gateway, worker: str, prompt: str, seq: int = 1) -> int:
+    """Tell the gateway ``worker`` caches ``prompt``'s whole blocks (event ``seq``: each
+    worker's events in order, one ``seq`` once); how many (less than the whole
+    prompt's: a decode engine holding all would be a local prefill)."""
     held = block_hashes(prompt_tokens({"prompt": prompt}), BLOCK)
-    event = {"kind": "block_stored", "worker": worker, "seq": 1, "block_hashes": held,
+    event = {"kind": "block_stored", "worker": worker, "seq": seq, "block_hashes": held,
              "model": MODEL}
     assert httpx.post(f"{gateway.url}/v1/kv-events", json=event).status_code == 200
     return len(held)
@@ -50,10 +52,16 @@ def _pulls(gateway: Gateway) -> dict[str, float]:
             for s in f.samples if s.name == "toposched_gateway_pulls_total"}
 
 
+def _overhead(gateway: Gateway) -> float:
+    text = httpx.get(f"{gateway.url}/metrics", timeout=5).text
+    return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                if s.name == "toposched_gateway_pull_overhead_seconds")
+
+
 def _start(tmp_path: Path, args: tuple[str, ...] = (),
-           env: dict[str, str] | None = None) -> Gateway:
+           env: dict[str, str] | None = None, **d0_options: Any) -> Gateway:
     engines = [start_engine("p0", host=HOSTS[0], gpu=0, role="prefill"),
-               start_engine("d0", host=HOSTS[0], gpu=1, role="decode")]
+               start_engine("d0", host=HOSTS[0], gpu=1, role="decode", **d0_options)]
     return start_gateway(engines, tmp_path, args=[
         "--pd-min-uncached-tokens", "0", *args,
         "--policy", str(no_local_prefill_policy(tmp_path))], env=env)
@@ -109,6 +117,51 @@ def test_pulls_turned_off_leave_the_prefix_to_be_recomputed(
         assert _pulls(gateway) == {}
     finally:
         gateway.stop()
+
+
+#: A holder whose copy leg takes 1 ms a prompt token (the 1,280 tokens of the held
+#: prefix: ~1.3 s), twenty times what the copy saves the prefill engine (1,280 tokens
+#: at the router's 20,000 tokens/s: 64 ms): even a fifth of it (the learned mean after
+#: one pull, from 0) makes the next pull not pay.
+SLOW_HOLDER = {"prefill_s_per_token": 0.001}
+PROMPTS = ("a prefix the decode engine holds, and a tail. " * 30,
+           "another prefix it holds, and another tail here. " * 29)
+
+
+def test_the_gateway_learns_what_a_pull_costs_and_stops_pulling_where_it_does_not_pay(
+        tmp_path: Path) -> None:
+    gateway = _start(tmp_path, **SLOW_HOLDER)
+    try:
+        assert _overhead(gateway) == 0.0  # nothing learned yet: fabric time only
+        held = [_hold(gateway, "d0", prompt[:-100], seq) for seq, prompt in enumerate(PROMPTS, 1)]
+        assert _ask(gateway, PROMPTS[0]).headers["x-toposched-pull"] == f"d0; blocks={held[0]}"
+        assert _overhead(gateway) > 0.2  # a fifth of the copy's ~1.3 s (fabric: µs)
+        # priced with it, the next copy costs more than it saves: prefilled on p0 whole
+        answer = _ask(gateway, PROMPTS[1])
+        assert answer.headers["x-toposched-pull"] == "-"
+        assert answer.headers["x-toposched-decode-cached-tokens"] == str(held[1] * BLOCK)
+        assert _pulls(gateway) == {"ok": 1.0}
+    finally:
+        gateway.stop()
+
+
+def test_a_pinned_pull_overhead_is_not_learned(tmp_path: Path) -> None:
+    gateway = _start(tmp_path, ("--pull-overhead-s", "0"), **SLOW_HOLDER)
+    try:
+        held = [_hold(gateway, "d0", prompt[:-100], seq) for seq, prompt in enumerate(PROMPTS, 1)]
+        for prompt, blocks in zip(PROMPTS, held, strict=True):
+            assert _ask(gateway, prompt).headers["x-toposched-pull"] == f"d0; blocks={blocks}"
+        assert _overhead(gateway) == 0.0
+        assert _pulls(gateway) == {"ok": 2.0}
+    finally:
+        gateway.stop()
+
+
+def test_a_bad_pull_overhead_exits_2_naming_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli(["gateway", "--instances", str(tmp_path / "none.yaml"),
+                "--pull-overhead-s", "-1"]) == 2
+    assert "TOPOSCHED_PULL_OVERHEAD_S" in capsys.readouterr().err
 
 
 def test_a_bad_prefix_pull_setting_exits_2_naming_it(

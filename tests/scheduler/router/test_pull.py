@@ -81,6 +81,21 @@ def test_a_pull_over_a_slow_link_is_not_chosen_where_recomputing_is_faster() -> 
     assert decision.prefill.worker == "idle" and decision.pull is None
 
 
+def test_a_pulls_fixed_overhead_is_in_its_price_and_set_on_a_live_router() -> None:
+    snap = _busy_holder_snapshot()
+    r = _router({"holder": HASHES[:HELD]})
+    fabric_s = _decided(r.route({"block_hashes": HASHES}, snap)).pull
+    assert fabric_s is not None
+    r.set_pull_overhead(0.25)  # less than the 0.72 s the copy saves: it still pays
+    pull = _decided(r.route({"block_hashes": HASHES}, snap)).pull
+    assert pull is not None and pull.seconds == pytest.approx(fabric_s.seconds + 0.25)
+    assert pull.compute_saved_s == pytest.approx(HELD * BLOCK / 20_000)
+    r.set_pull_overhead(0.75)  # more: the idle worker recomputes the prefix
+    decision = _decided(r.route({"block_hashes": HASHES}, snap))
+    assert decision.prefill.worker == "idle" and decision.pull is None
+    assert CostParams().pull_overhead_s == 0.0  # the simulator's copies: bytes only
+
+
 def test_the_nearest_of_equal_holders_is_the_source() -> None:
     snap = snapshot([worker("far", "prefill", CROSS_ZONE, queued_tokens=100_000),
                      worker("near", "prefill", SOURCE, queued_tokens=100_000),

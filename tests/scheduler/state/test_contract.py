@@ -550,6 +550,41 @@ def test_promised_blocks_go_back_when_the_kv_lands_the_request_ends_or_expires(
     backend.run(body, loads=True)
 
 
+async def _context(loads: Any) -> dict[str, int]:
+    return {name: load.context for name, load in (await loads.loads()).items()}
+
+
+def test_context_counts_while_the_kv_is_on_the_decode_worker_until_the_request_ends(
+        backend: Backend) -> None:
+    async def body(loads: Any, clock: FakeClock) -> None:
+        for worker in ("p", "d"):
+            await loads.set_capacity(worker, 10_000, 8)
+        local = [LoadItem(worker="d", tokens=100, requests=1, context=500)]
+        remote = [LoadItem(worker="p", tokens=300, requests=1),
+                  LoadItem(worker="d", tokens=0, requests=1, blocks=20, context=700)]
+        assert await loads.open_reservation("local", "r", local, 60.0) is None
+        assert await _context(loads) == {"p": 0, "d": 500}  # nothing promised: at once
+        for rid in ("landed", "failed"):
+            assert await loads.open_reservation(rid, "r", remote, 90.0) is None
+        assert await _context(loads) == {"p": 0, "d": 500}  # the promise stands for it
+        assert await loads.close_reservation("landed", ["p"], landed=True) == [
+            remote[0], LoadItem(worker="d", tokens=0, requests=0, blocks=20)]
+        assert await _context(loads) == {"p": 0, "d": 1200}
+        assert list((await loads.get_reservation("landed")).items) == [
+            LoadItem(worker="d", tokens=0, requests=1, context=700)]
+        assert await loads.close_reservation("failed") == remote  # never landed
+        assert await _context(loads) == {"p": 0, "d": 1200}
+        assert await _promised(loads) == {"p": 0, "d": 0}
+        assert await loads.close_reservation("landed") == [
+            LoadItem(worker="d", tokens=0, requests=1, context=700)]
+        assert await _context(loads) == {"p": 0, "d": 500}
+        clock.advance(61.0)
+        assert [r.id for r in await loads.expire_reservations()] == ["local"]
+        assert await _context(loads) == {"p": 0, "d": 0}
+        assert await _usage(loads) == {"p": (0, 0), "d": (0, 0)}
+    backend.run(body, loads=True)
+
+
 def test_a_close_without_report_gives_back_the_same_and_returns_nothing(
         backend: Backend) -> None:
     async def body(loads: Any, clock: FakeClock) -> None:

@@ -40,11 +40,11 @@ def frees(view: ListingView, now: float = 0.0) -> dict[str, int]:
 
 def test_the_script_reply_parses_into_rows() -> None:
     flat: list[Any] = ["a", "rid", "2", "10.0", "99.5", "8", 3, "5", "1", "100", "4", "6",
-                       "1"]
-    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 12])
+                       "1", "700"]
+    parsed = SyncAnswer.parse(["v1", 7, 1, *flat, "gone", *[None] * 13])
     assert (parsed.view_id, parsed.seq, parsed.full) == ("v1", 7, True)
     assert parsed.rows[0] == Row(*flat)
-    assert parsed.rows[0].draining == "1"
+    assert (parsed.rows[0].draining, parsed.rows[0].context) == ("1", "700")
     assert parsed.rows[1].name == "gone" and parsed.rows[1].epoch is None
     assert parsed.unresolved(REGS) == ["a"]  # its rid was never parsed here
 

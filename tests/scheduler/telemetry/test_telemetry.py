@@ -61,6 +61,7 @@ def test_render_has_every_family_with_help_and_type() -> None:
         "toposched_gateway_kv_bytes_total": "counter",
         "toposched_gateway_pulls_total": "counter",
         "toposched_gateway_pull_seconds": "histogram",
+        "toposched_gateway_pull_overhead_seconds": "gauge",
     }
     assert all(f.help for f in families.values())
     outcomes = {s[1]["outcome"]: s[2] for s in families["toposched_transfers_total"].samples}
