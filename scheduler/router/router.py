@@ -164,7 +164,9 @@ class Router:
     """Routes requests with one policy over snapshots of one fabric.
 
     Holds what outlives a decision: the prefix index, the pair table (rebuilt when
-    the workers' GPUs change), the session → pair memory and the decision count.
+    the workers' GPUs change), the session → pair memory, the decision count and, with
+    prefix pulls, the prefixes it sent to be computed or moved until its estimate has
+    them valid (:mod:`scheduler.router.underway`).
     """
 
     def __init__(self, distance: DistanceModel, policy: Policy, *,
