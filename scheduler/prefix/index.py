@@ -242,6 +242,11 @@ class PrefixIndex:
 
     # ------------------------------------------------------- routing side
 
+    @property
+    def clock(self) -> Callable[[], float]:
+        """The clock the index reads (seconds): prediction TTLs run on it."""
+        return self._clock
+
     def predict(self, worker: str, block_hashes: Sequence[int], ttl_s: float, *,
                 model: str | None = None) -> int:
         """Count ``block_hashes`` as held by ``worker`` for ``ttl_s`` seconds.

@@ -37,6 +37,7 @@ from policies.contracts import PairCosts, PullPlan
 from policies.snapshot import BoolArray, CycleContext, FloatArray, IntArray, Snapshot, Worker
 from scheduler.router import pull
 from scheduler.router.snapshot import GpuIndex
+from scheduler.router.underway import PrefixesUnderWay
 from topology.distance import DistanceModel
 from topology.tiers import Tier
 
@@ -470,10 +471,13 @@ class FabricCostModel:
     ones: a decision asks for pair costs, local costs and one full estimate.
     """
 
-    def __init__(self, table: PairTable, params: CostParams | None = None) -> None:
-        """Create the model for the snapshot the table was built for."""
+    def __init__(self, table: PairTable, params: CostParams | None = None,
+                 under_way: PrefixesUnderWay | None = None) -> None:
+        """Create the model for the snapshot the table was built for (``under_way``:
+        the prefixes the router sent to be computed or moved, for prefix pulls)."""
         self.table = table
         self.params = params or CostParams()
+        self.under_way = under_way
         self._terms: _WorkerTerms | None = None
         #: The snapshot :meth:`_mean_step` last worked on, and its result.
         self._mean: tuple[Snapshot, float | None] | None = None

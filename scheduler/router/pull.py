@@ -11,6 +11,15 @@ where it is faster than recomputing::
                     fixed cost)
 
 so a holder in the same rack is cheap and one across a TCP zone link rarely pays.
+A holder serves only the blocks it has *valid*: the prefix index also lists blocks a
+worker is still computing (engines announce a prefill when they schedule it) or
+receiving, and a copy of those would wait for them. The router remembers the
+prefixes it sent where and when it expects them valid
+(:mod:`scheduler.router.underway`) and copies only the leading blocks before them.
+Priced as a wait instead, a burst of requests on one new long prefix still went to
+idle workers to copy it from the one computing it: each waited for that prefill, then
+all copied at once over the same uplink, which no price made before the copies start
+sees (long-context, ``bench/results/simulation.md``).
 Holders are the ``pull_holders`` workers with the longest cached prefix of the
 request (one partial selection over the prefix index's per-worker match, linear in
 workers); each prefill candidate gets its cheapest holder (a holders × candidates
@@ -65,7 +74,9 @@ def pull_plan(model: FabricCostModel, ctx: CycleContext, prefill: IntArray) -> P
     if len(holders) == 0 or int(cached[holders[0]]) <= int(have.min()):
         return None
     snap = ctx.snapshot
-    held = cached[holders][:, None]
+    # what each holder can serve now: blocks under way there are not copied
+    held = np.array([holder_valid(model, ctx, h) for h in holders.tolist()],
+                    dtype=np.int64)[:, None]
     gain = np.maximum(held - have[None, :], 0)  # rows: holders, columns: candidates
     _, latency, bandwidth, lanes = model.table.figures(holders, prefill)
     nbytes = gain * float(snap.block_tokens * snap.kv_bytes_per_token)
@@ -81,6 +92,16 @@ def pull_plan(model: FabricCostModel, ctx: CycleContext, prefill: IntArray) -> P
                     blocks=np.where(use, held[best, 0], have).astype(np.int64),
                     pull_s=np.where(use, pull[best, cols], 0.0),
                     saving_s=np.where(use, best_saving, 0.0))
+
+
+def holder_valid(model: FabricCostModel, ctx: CycleContext, holder: int) -> int:
+    """Leading blocks of the request ``holder`` can serve now: its cached prefix, short
+    of the blocks the router sent there to be computed or moved and expects valid
+    later (:mod:`scheduler.router.underway`)."""
+    under_way, held = model.under_way, int(ctx.cached[holder])
+    if under_way is None:
+        return held
+    return under_way.valid(ctx.snapshot.workers[holder].id, ctx.request.block_hashes, held)
 
 
 def pull_bytes(ctx: CycleContext, target: int, blocks: int) -> int:

@@ -32,6 +32,7 @@ from policies.snapshot import CycleContext, IntArray, RequestView, Snapshot, Wor
 from scheduler.prefix import MatchInfo, PrefixIndex, block_hashes
 from scheduler.router.cost import CostParams, FabricCostModel, FabricRows, PairTable, TtftTerms
 from scheduler.router.pull import pull_bytes, pull_seconds
+from scheduler.router.underway import PrefixesUnderWay
 from topology.distance import DistanceModel
 from topology.documents import validate
 from topology.errors import Issue, ValidationError
@@ -165,7 +166,9 @@ class Router:
     """Routes requests with one policy over snapshots of one fabric.
 
     Holds what outlives a decision: the prefix index, the pair table (rebuilt when
-    the workers' GPUs change), the session → pair memory and the decision count.
+    the workers' GPUs change), the session → pair memory, the decision count and, with
+    prefix pulls, the prefixes it sent to be computed or moved until its estimate has
+    them valid (:mod:`scheduler.router.underway`).
     """
 
     def __init__(self, distance: DistanceModel, policy: Policy, *,
@@ -200,6 +203,9 @@ class Router:
         self._tier_factors: npt.NDArray[np.float64] | None = None
         #: Fabric figures per source GPU, shared by the pair tables of every worker set.
         self._rows: FabricRows | None = None
+        #: Prefixes sent to be computed or moved and not valid yet (for prefix pulls).
+        self.under_way = (PrefixesUnderWay(self.index.clock) if self.cost_params.prefix_pull
+                          else None)
 
     def cost_model(self, snapshot: Snapshot) -> FabricCostModel:
         """The cost model for ``snapshot`` (kept, with its pair table, while GPUs match)."""
@@ -216,7 +222,7 @@ class Router:
                 self._rows = FabricRows(self.distance)
             table = PairTable(self.distance, snapshot.workers, self._rows)
             table.scale(self._tier_factors)
-            model = FabricCostModel(table, self.cost_params)
+            model = FabricCostModel(table, self.cost_params, self.under_way)
         else:
             model = known[2]
         self._model = (snapshot, key, model)
@@ -231,7 +237,7 @@ class Router:
             return None
         added = new.workers[origin.at:origin.at + origin.added]
         return FabricCostModel(model.table.spliced(origin.at, origin.removed, added),
-                               self.cost_params)
+                               self.cost_params, self.under_way)
 
     @property
     def pair_table(self) -> PairTable | None:
@@ -283,6 +289,8 @@ class Router:
         self._remember(view.session, choice)
         self._predict(view, choice)
         decision = self._explain(ctx, choice, started)
+        if self.under_way is not None:
+            _record_under_way(self.under_way, view.block_hashes, decision)
         if log.isEnabledFor(logging.DEBUG):  # skip building the fields on every decision
             log.debug("routed", extra={"request_id": decision.request_id,
                                        "prefill": decision.prefill.worker,
@@ -431,6 +439,17 @@ def _pull(ctx: CycleContext, choice: PairChoice, target: int,
                       target=choice.prefill.id, block_hashes=hashes, blocks=len(hashes),
                       bytes=pull_bytes(ctx, target, choice.pull_blocks), seconds=seconds,
                       compute_saved_s=saved, links=links, bottleneck_gb_per_s=bottleneck)
+
+
+def _record_under_way(under_way: PrefixesUnderWay, hashes: tuple[int, ...],
+                      decision: Decision) -> None:
+    """Record the blocks ``decision`` has computed (and copied) on its prefill worker and
+    moved to its decode worker, and when its estimate has them valid there."""
+    est, prefill, decode = decision.estimate, decision.prefill, decision.decode
+    computed = est.queue_s + est.pull_s + est.prefill_compute_s
+    under_way.add(prefill.worker, hashes, prefill.cached_blocks, computed)
+    if decision.mode == "disaggregated":
+        under_way.add(decode.worker, hashes, decode.cached_blocks, computed + est.transfer_s)
 
 
 def _side(worker: Worker, cached: IntArray, snapshot: Snapshot) -> Side:

@@ -14,6 +14,8 @@ from sim.report import RunRecord, comparison_table
 from sim.scenarios import cluster, workload
 from sim.simulator import SimConfig, Simulation
 from sim.timing import EngineSpec
+from sim.workloads import Trace
+from tests.sim.builders import request, small_fabric
 
 SPEC = "mooncake-conversation:scale=8,limit=200"
 
@@ -78,3 +80,23 @@ def test_the_report_table_shows_local_and_pulled_hits() -> None:
     local = summary.prefix_hit_ratio - summary.pulled_hit_ratio
     assert (f"{local:.1%} local, {summary.pulled_hit_ratio:.1%} pulled"
             in comparison_table([record]))
+
+
+def test_a_prefix_still_being_computed_is_not_pulled() -> None:
+    # A new 32k-token prefix and, 10 ms later, three prompts that share it: the index
+    # lists the prefix on A's prefill worker from the moment A's prefill starts, but it
+    # is valid only once that prefill ends; a pull routed meanwhile would wait for it.
+    shared = tuple(range(1, 65))
+    first = request(rid="a", prompt_tokens=64 * 512, blocks=shared)
+    rest = [request(rid=f"b{i}", arrival_s=0.01, prompt_tokens=66 * 512,
+                    blocks=(*shared, 1000 + 2 * i, 1001 + 2 * i)) for i in range(3)]
+    trace = Trace("burst", (first, *rest))
+    fabric, distance = small_fabric()
+    sim = Simulation(fabric, trace, SimConfig(prefill=5, decode=3, tp=4), distance=distance)
+    sim.run()
+    jobs = {j.request.id: j for j in sim.finished}
+    assert len(jobs) == 4
+    a = jobs["a"]
+    for job in jobs.values():
+        if job.pull_source == a.prefill:  # a copy of A's prefix only once it is computed
+            assert job.routed_s >= a.prefill_end_s

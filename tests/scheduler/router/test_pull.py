@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from policies.snapshot import Snapshot
+from scheduler.prefix import PrefixIndex
 from scheduler.router.cost import CostParams
 from scheduler.router.pull import top_holders
 from scheduler.router.router import Decision, Router, Unschedulable
@@ -129,3 +130,25 @@ def test_top_holders_are_the_longest_prefixes_longest_first() -> None:
     assert top_holders(cached, 3).tolist() == [4_000, 9_999, 17]
     assert top_holders(cached, 8).tolist() == [4_000, 9_999, 17, 123]
     assert top_holders(np.zeros(4, dtype=np.int64), 2).tolist() == []
+
+
+def test_a_prefix_the_router_just_sent_to_be_computed_is_pulled_only_once_valid() -> None:
+    now = [0.0]
+    index = PrefixIndex(clock=lambda: now[0])
+    r = Router(fabric(), policy(), index=index, cost=CostParams(prefix_pull=True))
+    idle = [worker("p1", "prefill", SOURCE), worker("p2", "prefill", SAME_RAIL_2),
+            worker("d", "decode", SAME_RAIL)]
+    first = _decided(r.route({"block_hashes": HASHES}, snapshot(idle)))
+    computing = first.prefill.worker
+    ready = first.estimate.queue_s + first.estimate.prefill_compute_s  # 0.8 s
+    # its engine announces the prefill as it schedules it: listed, not computed yet
+    index.resync(computing, HASHES)
+    busy = snapshot([w if w.id != computing else
+                     worker(w.id, "prefill", w.gpus[0], queued_tokens=16_000) for w in idle])
+    follow = HASHES[:HELD] + chain(100, start=50_000)
+    now[0] = ready / 2
+    during = _decided(r.route({"block_hashes": follow}, busy))
+    assert during.pull is None or during.pull.source != computing
+    now[0] = ready + 0.01  # computed by now (as the router expects): it may be copied
+    after = _decided(r.route({"block_hashes": follow}, busy))
+    assert after.pull is not None and after.pull.source == computing

@@ -1,0 +1,101 @@
+"""Prefixes the router sent to be computed or moved, and when it expects them valid.
+
+Engines announce a prefill's blocks when they schedule it (vLLM caches a block's hash
+as the step that computes it is scheduled; the simulator's engines announce a prefill
+when it starts), and a decode worker's blocks are in the index once its transfer is
+planned. So the prefix index cannot tell a block that is computed from one that is
+still being computed or written, and a prefix pull of such blocks would wait for them
+(:mod:`scheduler.router.pull` copies only valid ones). The router knows which prefixes
+it sent where and its own estimate of when they land, and keeps that here until then:
+per worker, each routed prompt's block chain, the blocks the worker held before (valid
+already) and the time its new blocks are expected valid. :meth:`PrefixesUnderWay.valid`
+answers how many of a worker's leading blocks of a chain are valid now.
+
+Bounded: records expire at their expected time and each worker keeps at most
+``per_worker`` of them (the oldest dropped first); a look-up reads one worker's records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+
+class _UnderWay(NamedTuple):
+    ready_at: float
+    hashes: Sequence[int]
+    valid: int  # leading blocks the worker held before (not waited for)
+
+
+#: Records kept per worker (more than the prefills one worker has in flight).
+PER_WORKER = 256
+
+
+class _Records(list[_UnderWay]):
+    """One worker's records and the earliest time one of them expires."""
+
+    soonest: float = math.inf
+
+
+class PrefixesUnderWay:
+    """Per worker, the block chains routed to it whose new blocks are not valid yet."""
+
+    def __init__(self, clock: Callable[[], float], per_worker: int = PER_WORKER) -> None:
+        """Keep records against ``clock`` (seconds; the prefix index's clock)."""
+        self.clock = clock
+        self.per_worker = per_worker
+        self._by_worker: dict[str, _Records] = {}
+
+    def add(self, worker: str, hashes: Sequence[int], valid: int, ready_in_s: float) -> None:
+        """``worker`` computes (or receives) the blocks of ``hashes`` past its ``valid``
+        leading ones, expected valid ``ready_in_s`` seconds from now."""
+        if not ready_in_s > 0 or len(hashes) <= valid:
+            return
+        now = self.clock()
+        records = self._live(worker, now)
+        if records is None:
+            records = self._by_worker[worker] = _Records()
+        ready_at = now + ready_in_s
+        records.append(_UnderWay(ready_at, hashes, valid))
+        records.soonest = min(records.soonest, ready_at)
+        if len(records) > self.per_worker:
+            del records[0]
+
+    def valid(self, worker: str, hashes: Sequence[int], blocks: int) -> int:
+        """How many of ``worker``'s first ``blocks`` blocks of ``hashes`` are valid now,
+        as far as the routes recorded here tell (``blocks``: none is under way)."""
+        records = self._live(worker, self.clock()) if worker in self._by_worker else None
+        valid = blocks
+        for record in records or ():
+            if record.valid < valid and _shared(record.hashes, hashes, valid) > record.valid:
+                valid = record.valid
+        return valid
+
+    def _live(self, worker: str, now: float) -> _Records | None:
+        """``worker``'s records, those expired by ``now`` dropped (None: it has none)."""
+        records = self._by_worker.get(worker)
+        if records is not None and records.soonest <= now:
+            kept = [r for r in records if r.ready_at > now]
+            if not kept:
+                del self._by_worker[worker]
+                return None
+            records[:] = kept
+            records.soonest = min(r.ready_at for r in kept)
+        return records
+
+
+def _shared(a: Sequence[int], b: Sequence[int], limit: int) -> int:
+    """Length of the common leading run of two block chains, at most ``limit``: chained
+    hashes are equal at a position only where the whole prefix up to it is (the prefix
+    index relies on the same), so a binary search finds it."""
+    lo, hi = 0, min(len(a), len(b), limit)
+    if hi and a[hi - 1] == b[hi - 1]:
+        return hi
+    while lo < hi:  # invariant: a[:lo] == b[:lo], a[hi - 1] != b[hi - 1]
+        mid = (lo + hi) // 2
+        if a[mid] == b[mid]:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
