@@ -788,13 +788,18 @@ fabric-cost+no-prefix-pull` or `router: {prefix_pull: false}`) and in the gatewa
 does (topology-unaware disaggregation included). The router prices each prefill
 candidate's copy from the longest holders (latency + bytes over the path's bandwidth,
 link sharing with transfers in flight) against the compute it saves. In the simulator
-the holder keeps its blocks, the copy's bytes share the fabric's links, blocks the
-holder is still computing are waited for, the request joins the prefill queue once the
-copy has landed, and its prefill computes the rest. Below, the default with pulls off
+the holder keeps its blocks, the copy's bytes share the fabric's links, the request joins
+the prefill queue once the copy has landed, and its prefill computes the rest. The
+router copies only blocks it expects the holder to have valid: the index lists a
+prefill's blocks from the moment its engine schedules it, so the router remembers the
+prompts it sent to each worker and when its estimate has their blocks computed or
+received (`scheduler/router/underway.py`), and a holder serves only the blocks before
+those. Below, the default with pulls off
 (*no pull*) and on (*pull*); *local* hits were in the prefill worker's own cache,
 *pulled* ones were copied. A fabric-blind router with pulls prices copies as free: the
-bytes it sends across zones (tcp-zones 897 GB of copies against the aware router's 413
-GB; thin-uplinks 534 against 234 GB, with TTFT p99 23.89 s against 14.50 s) are what
+bytes it sends across zones (tcp-zones 774 GB of copies against the aware router's 405
+GB; thin-uplinks 655 against 233 GB, with TTFT p99 179.71 s against 14.21 s and 2.76
+against 4.46 req/s: its copies, priced free, queue on the 32:1 zone uplink) are what
 the aware router declined."""
 
 
@@ -1136,37 +1141,36 @@ the best baseline's on the three comparisons, 1.00–1.02× on the six fabric cl
 under the lenient SLO and 1.00–1.04× under the strict one (the class tables' strict
 column), 1.00–1.18× on the frontier. TPOT p99: 0.74–1.01× the best baseline's on every
 table, inside the ≤ 1.1× bar. TTFT p99 at or below the best baseline's on the three
-comparisons (Mooncake 14.07 against 14.12 s, agentic 0.66 against 0.89 s, i.e. 0.74×,
-three-level-thin 0.94×) and on five of the six classes (tcp-zones 8.08 against 8.26 s,
-no-gpudirect 8.54 against 9.19, mixed-nics 8.62 against 8.91, small-fast-8b 8.06
-against 8.52, thin-uplinks 14.50 against single-domain's 15.92); not on long-context
-(4.91 against 3.89 s, 1.26×) nor on the frontier's Llama-3-70B at 32:1 (1.02×; the
-Llama-3-8B at 2:1 is level, 1.00×).
+comparisons (Mooncake 14.08 against 14.12 s, agentic 0.69 against 0.89 s, i.e. 0.78×,
+three-level-thin 0.92×), on the six classes (tcp-zones 8.23 against 8.26 s,
+no-gpudirect 8.59 against 9.19, mixed-nics 8.53 against 8.91, small-fast-8b 8.00
+against 8.52, thin-uplinks 14.21 against single-domain's 15.92, long-context 3.88
+against 3.89) and on the frontier (the 70B at 32:1 0.98×, the 8B at 2:1 0.98×).
 
 **Across trace seeds** (each scenario's default and seed-0 best baseline rerun on the
 traces drawn with seeds 1 and 2). With pulls (the default): goodput ≥ 0.98× on every
-draw (every cell reads 1.00 or more), TPOT p99 ≤ 1.1× on every draw (1.02× at the
-highest: the frontier's Llama-3-70B at 2:1, seed 2), TTFT p99 at or below the
-baseline's on the mean of 12 of the 15 rows; not on three-level Mooncake ×8 (1.00,
-1.00, 1.01×: mean 1.003×), long-context (1.26, 0.87, 1.03×: 1.052×) and the
-frontier's Llama-3-8B at 2:1 (1.00, 0.99, 1.03×: 1.007×). A single draw's p99 ratio
-moves by ±5–10 % with the trace (long-context's p99 is 9 of its 900 requests); read
-the bars on the means.
+draw (every cell reads 1.00 or more), TPOT p99 ≤ 1.1× on every draw (1.01× at the
+highest: tcp-zones, seed 0), and TTFT p99 at or below the baseline's on the mean of
+every one of the 15 rows (0.996× at the highest: three-level Mooncake ×8; long-context
+1.00, 0.90, 1.00×: 0.964×; the frontier's Llama-3-8B at 2:1 0.98, 1.01, 0.97×:
+0.988×). Single draws reach 1.03× (the 70B frontier at 2:1, seed 2): a draw's p99
+ratio moves by ±5–10 % with the trace (long-context's p99 is 9 of its 900 requests);
+read the bars on the means.
 *The policy alone (pulls off)*: goodput every cell 1.00 or more, TPOT p99 at most
 1.02× on any draw (three-level Mooncake ×8 and the 70B frontier at 2:1, seed 2), TTFT
 p99 means at or below 1.00× on 12 of 15 rows; not on agentic (1.01, 1.06, 1.00×:
 1.022×), the frontier's Llama-3-70B at 32:1 (1.04, 1.01, 1.01×: 1.019×) and
 Llama-3-8B at 2:1 (1.01, 1.00, 1.02×: 1.010×).
-*What pulls change*: TTFT p99 means, off → on, agentic 1.022 → 0.751×, 70B 32:1 1.019
-→ 0.966×, no-gpudirect 0.938 → 0.901×; but long-context 0.971 → 1.052×, mixed-nics
-0.908 → 0.956×, tcp-zones 0.961 → 0.988×, three-level Mooncake ×8 0.998 → 1.003×.
-Goodput means stay within 0.01 of each other, TPOT p99 means within 0.02. So
-neither setting meets the TTFT bar on every mean: pulls take the two largest misses
-of the policy alone (agentic, 70B 32:1) below 1.00×, the 8B at 2:1 misses either way
-(1.010 → 1.007×), and pulls add misses of their own on long-context, which this round
-did not investigate, and, by 0.003, on three-level Mooncake ×8. An earlier run with
-every row's pulls forced on (docs/dev-notes.md) met every bar with the fabric-blind
-baseline pulling too; here that baseline does not pull.
+*What pulls change*: TTFT p99 means, off → on, agentic 1.022 → 0.788×, 70B 32:1 1.019
+→ 0.962×, 8B 2:1 1.010 → 0.988×, small-fast-8b 0.973 → 0.955×, no-gpudirect 0.938 →
+0.924×, long-context 0.971 → 0.964×; but mixed-nics 0.908 → 0.949×, tcp-zones 0.961
+→ 0.976×. Goodput means stay within 0.01 of each other, TPOT p99 means within 0.02.
+So the default (pulls on) meets every bar on every mean and the policy alone does
+not. Pulls had added misses of their own on long-context (1.052×) before the router
+stopped copying blocks still being computed: sixteen sessions opening at once on a
+new 32k-token document were sent to idle workers to copy it from the worker still
+computing it, waited for that prefill, then copied all at once over one zone uplink
+(docs/dev-notes.md).
 
 **How the default's price got here** (earlier rounds; before / after figures in
 docs/dev-notes.md). The decode side's price counts the context each running sequence
@@ -1179,12 +1183,12 @@ Engines report the prefill work left, not the whole prompt of every prefill they
 hold.
 
 **Where the fabric binds (item 3).** Thin uplinks decide: on `thin-uplinks`
-(Llama-3-70B, racks 8:1, zones 32:1) the default has 2.12× the goodput of
-topology-unaware disaggregation and a 15.2× lower p99 TTFT (14.50 s against 220.30
-s); on `three-level-thin` 1.94× goodput and p99 TTFT 14.35 s against 157.77 s; on the
+(Llama-3-70B, racks 8:1, zones 32:1) the default has 2.13× the goodput of
+topology-unaware disaggregation and a 15.5× lower p99 TTFT (14.21 s against 220.30
+s); on `three-level-thin` 1.94× goodput and p99 TTFT 14.09 s against 157.77 s; on the
 frontier, Llama-3-8B (3.16 GB/s of KV per prefill GPU) over a 32:1 zone uplink 2.38×
-and 18.95×, while Llama-3-70B TP4 (0.86 GB/s per GPU) over the same uplink gains
-1.07× goodput (1.44× p99 TTFT). Unaware disaggregation sends about half of its KV
+and 18.33×, while Llama-3-70B TP4 (0.86 GB/s per GPU) over the same uplink gains
+1.07× goodput (1.50× p99 TTFT). Unaware disaggregation sends about half of its KV
 across the zone uplink; once that is more than the uplink carries, transfer queues
 grow without bound, decode KV stays reserved for transfers in flight and p99 TTFT
 reaches minutes. The frontier's shape: the gain appears when cross-zone KV demand
@@ -1202,7 +1206,7 @@ in simulation.json; ≈ 42 GB/s against a 200 GB/s zone uplink), so no uplink sa
 
 **The default against Dynamo-style `single-domain`.** On the single-GPU Llama-3-8B
 classes (tcp-zones, no-gpudirect, mixed-nics, small-fast-8b) the default has
-1.23–1.41× single-domain's goodput (2.80–3.73× under the strict SLO) and a 1.72–1.88×
+1.23–1.41× single-domain's goodput (2.80–3.73× under the strict SLO) and a 1.69–1.90×
 lower p99 TTFT; on the 70B classes they are within 2 %. This is not topology:
 single-domain never crosses a zone (0 TB) and still loses, because its KV-router cost
 (blocks to prefill + blocks in use) balances blocks, not time — its TTFT p50 is
@@ -1212,23 +1216,23 @@ mean, p50 and p99 and 0.5 point on reuse, aggregated and 4P+4D), but this gap is
 load-balancing result, not a fabric one.
 
 **Prefix hits (item 3's ≥ 90 % of the ideal, unbounded caches).** Met by the default
-at ×1 and ×8 on the Mooncake conversation trace and on the agentic workload: 100.0 %
-of the ideal each (sanity table), of which 31.2, 64.8 and 15.0 % pulled (the
-prefix-pull table). With pulls off the policy alone reaches 91.2, 75.1 and 95.7 %: ×8
+at ×1 and ×8 on the Mooncake conversation trace and on the agentic workload:
+100.0, 99.7 and 98.8 % of the ideal (sanity table), of which 37.0, 67.7 and 13.2 %
+pulled (the prefix-pull table). With pulls off the policy alone reaches 91.2, 75.1 and 95.7 %: ×8
 misses the bar. SGLang-style prefix-only, which follows the prefix whatever the queue,
 reaches 92.4 % at ×8 with 0.96× the default's goodput (23.04 against 24.03 req/s) and
 a 1.51× higher TTFT p50 (0.86 against 0.57 s). Routing-time prediction (the router
 counting a routed prompt on its prefill worker before any engine event, as Dynamo's
 approximate KV router, llm-d's approximate prefix scorer and SGLang's cache-aware
-router do; `router.prefill_ttl_s`) lowers the default's ×8 hits to 95.9 %: its
-misses (0.87 % of the blocks) were on a prefill worker the router did not choose.
+router do; `router.prefill_ttl_s`) lowers the default's ×8 hits to 95.7 %: its
+misses (0.91 % of the blocks) were on a prefill worker the router did not choose.
 Where the simulated engines differ from vLLM here, they make hits easier, not harder:
 a prefill's blocks are announced when it starts (vLLM: as each chunk is scheduled),
 and a decode worker caches transferred blocks when it reserves them (vLLM with NIXL:
 once they have loaded).
 
 **Aggregated serving** on the same GPUs (chunked prefill sharing steps with decodes)
-is within 13 % of disaggregation's goodput here (0.87–1.00×), with a higher TPOT tail;
+is within 14 % of disaggregation's goodput here (0.86–1.00×), with a higher TPOT tail;
 where the policy splits a request over two aggregated workers the split is executed
 and counted (`split_in_aggregated`), not folded into one worker.
 """
