@@ -42,7 +42,7 @@ class RouteInput(BaseModel):
     session: str | None = Field(default=None, min_length=1, max_length=256)
     request_id: str = Field(default="request", min_length=1, max_length=256)
     max_tokens: int | None = Field(
-        default=None, ge=1, le=1 << 24,
+        default=None, ge=1, le=1 << 24, strict=True,
         description="the most tokens the request may generate, when known: its context on "
                     "the decode worker (api.load.context_tokens) is priced with it")
 

@@ -191,6 +191,16 @@ def test_bad_route_requests_are_422_problem(client: TestClient, body: dict[str, 
     assert answer.headers["content-type"] == "application/problem+json"
 
 
+@pytest.mark.parametrize("value", [True, False, "3", 2.0, 2.5, 0, -1, 1 << 25])
+def test_a_bad_max_tokens_is_422_naming_it(client: TestClient, value: object) -> None:
+    # parsed by the route itself (not FastAPI): a JSON boolean is no count of tokens
+    answer = client.post("/v1/route", json={"block_hashes": [1], "model": "llama-3-70b",
+                                            "max_tokens": value}, headers=bearer(WORKER))
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert [e["path"] for e in answer.json()["errors"]] == ["body.max_tokens"]
+
+
 def test_route_needs_a_token(client: TestClient) -> None:
     answer = client.post("/v1/route", json={"block_hashes": [1], "model": "llama-3-70b"})
     assert answer.status_code == 401
