@@ -13,6 +13,9 @@ answers how many of a worker's leading blocks of a chain are valid now.
 
 Bounded: records expire at their expected time and each worker keeps at most
 ``per_worker`` of them (the oldest dropped first); a look-up reads one worker's records.
+A worker's expired records go when it is looked up again, and at most every
+:data:`SWEEP_S` one pass drops the workers whose records all expired (a worker that
+left is never looked up again: without it their records would stay for good).
 """
 
 from __future__ import annotations
@@ -30,12 +33,16 @@ class _UnderWay(NamedTuple):
 
 #: Records kept per worker (more than the prefills one worker has in flight).
 PER_WORKER = 256
+#: Least seconds between two passes over the workers that drop those whose records
+#: all expired (one pass is linear in the workers with records).
+SWEEP_S = 60.0
 
 
 class _Records(list[_UnderWay]):
-    """One worker's records and the earliest time one of them expires."""
+    """One worker's records and the earliest and latest times one of them expires."""
 
     soonest: float = math.inf
+    latest: float = -math.inf
 
 
 class PrefixesUnderWay:
@@ -46,6 +53,11 @@ class PrefixesUnderWay:
         self.clock = clock
         self.per_worker = per_worker
         self._by_worker: dict[str, _Records] = {}
+        self._sweep_at = clock() + SWEEP_S
+
+    def __len__(self) -> int:
+        """How many workers have records kept."""
+        return len(self._by_worker)
 
     def add(self, worker: str, hashes: Sequence[int], valid: int, ready_in_s: float) -> None:
         """``worker`` computes (or receives) the blocks of ``hashes`` past its ``valid``
@@ -53,12 +65,15 @@ class PrefixesUnderWay:
         if not ready_in_s > 0 or len(hashes) <= valid:
             return
         now = self.clock()
+        if now >= self._sweep_at:
+            self._sweep(now)
         records = self._live(worker, now)
         if records is None:
             records = self._by_worker[worker] = _Records()
         ready_at = now + ready_in_s
         records.append(_UnderWay(ready_at, hashes, valid))
         records.soonest = min(records.soonest, ready_at)
+        records.latest = max(records.latest, ready_at)
         if len(records) > self.per_worker:
             del records[0]
 
@@ -71,6 +86,12 @@ class PrefixesUnderWay:
             if record.valid < valid and _shared(record.hashes, hashes, valid) > record.valid:
                 valid = record.valid
         return valid
+
+    def _sweep(self, now: float) -> None:
+        """Drop the workers whose records all expired by ``now``."""
+        self._sweep_at = now + SWEEP_S
+        for worker in [w for w, r in self._by_worker.items() if r.latest <= now]:
+            del self._by_worker[worker]
 
     def _live(self, worker: str, now: float) -> _Records | None:
         """``worker``'s records, those expired by ``now`` dropped (None: it has none)."""
