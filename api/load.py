@@ -62,8 +62,8 @@ def context_tokens(prompt_tokens: int, max_tokens: int | None = None) -> int:
     decode reads per request (the simulator counts each request's context as it is now);
     the whole output would price every request as if it were at its last step."""
     output = _COST.expected_output_tokens
-    if max_tokens is not None:
-        output = min(output, float(max_tokens))
+    if max_tokens is not None and max_tokens < output:  # (a client's int may pass a double)
+        output = max_tokens
     return prompt_tokens + math.ceil(output / 2)
 
 

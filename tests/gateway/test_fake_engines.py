@@ -150,6 +150,17 @@ def test_prefill_4xx_passes_through(vllm: Gateway) -> None:
     assert vllm.load("p0")["requests"] == 0 and vllm.load("d0")["requests"] == 0
 
 
+@pytest.mark.parametrize("limit", [{"max_tokens": 10 ** 400},
+                                   {"max_completion_tokens": 10 ** 400, "max_tokens": 4}])
+def test_an_output_limit_past_a_double_reaches_the_engine(vllm: Gateway,
+                                                          limit: dict[str, int]) -> None:
+    # the gateway prices the request's context with the limit; the engine judges it
+    # (here: the empty prompt's 400), not a 500 from the pricing
+    answer = _completion(vllm, prompt="", **limit)
+    assert answer.status_code == 400, answer.text
+    assert vllm.load("p0")["requests"] == 0 and vllm.load("d0")["requests"] == 0
+
+
 def test_decode_already_holding_the_prefix_runs_decode_only(vllm: Gateway) -> None:
     prompt = "another prompt, this one held by the decode engine. " * 80
     held = block_hashes(prompt_tokens({"prompt": prompt}), 16)
