@@ -81,10 +81,14 @@ class PrefixesUnderWay:
         """How many of ``worker``'s first ``blocks`` blocks of ``hashes`` are valid now,
         as far as the routes recorded here tell (``blocks``: none is under way)."""
         records = self._live(worker, self.clock()) if worker in self._by_worker else None
-        valid = blocks
+        valid, length = blocks, len(hashes)
         for record in records or ():
-            if record.valid < valid and _shared(record.hashes, hashes, valid) > record.valid:
-                valid = record.valid
+            # a record holds back the blocks past its valid ones when the two chains
+            # share its first block under way: chained hashes are equal at a position
+            # only where the whole prefix up to it is, so one comparison tells
+            first = record.valid
+            if first < valid and first < length and record.hashes[first] == hashes[first]:
+                valid = first
         return valid
 
     def _sweep(self, now: float) -> None:
@@ -105,18 +109,3 @@ class PrefixesUnderWay:
             records.soonest = min(r.ready_at for r in kept)
         return records
 
-
-def _shared(a: Sequence[int], b: Sequence[int], limit: int) -> int:
-    """Length of the common leading run of two block chains, at most ``limit``: chained
-    hashes are equal at a position only where the whole prefix up to it is (the prefix
-    index relies on the same), so a binary search finds it."""
-    lo, hi = 0, min(len(a), len(b), limit)
-    if hi and a[hi - 1] == b[hi - 1]:
-        return hi
-    while lo < hi:  # invariant: a[:lo] == b[:lo], a[hi - 1] != b[hi - 1]
-        mid = (lo + hi) // 2
-        if a[mid] == b[mid]:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
