@@ -110,6 +110,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(Authenticate, auth=app.state.auth, protected=PROTECTED_PATHS)
     # a transfer's submit and long-poll: plain Starlette routes at the head of the routes
     transfers.install_lean_routes(app)
+    # outside all of them for a plainly valid submit (it steps aside for the rest)
+    app.add_middleware(transfers.SubmitFastPath, owner=app, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_timeout_s)
     if settings.gateway:
         from api.routers import openai
 

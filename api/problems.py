@@ -7,13 +7,15 @@ route, wrong method) become problems too, and the OpenAPI document declares them
 
 from __future__ import annotations
 
+import inspect
 import logging
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from scheduler.state.reservations import StoreUnavailableError
@@ -78,6 +80,32 @@ async def _http(request: Request, exc: Exception) -> JSONResponse:
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s", request.url.path)
     return problem(500, "internal error", "see the server log", request.url.path)
+
+
+#: An exception handler as ``FastAPI.exception_handlers`` holds it.
+Handler = Callable[[Request, Exception], Any]
+
+
+def handler_for(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
+    """The handler of ``handlers`` for ``exc``, found as Starlette's exception
+    middleware finds it (a status code for an HTTP exception, else the class's MRO)."""
+    if isinstance(exc, StarletteHTTPException) and exc.status_code in handlers:
+        return handlers[exc.status_code]
+    return next((handlers[kind] for kind in type(exc).__mro__ if kind in handlers), None)
+
+
+async def answer_for(app: FastAPI, request: Request, exc: Exception) -> Response:
+    """``app``'s answer to ``exc`` raised while serving ``request``, as its exception
+    middleware (or, for anything unexpected, its server-error middleware) would give
+    it; re-raises ``exc`` when no handler takes it."""
+    handler = handler_for(app.exception_handlers, exc)
+    if handler is None:
+        raise exc
+    response = handler(request, exc)
+    if inspect.isawaitable(response):
+        response = await response
+    assert isinstance(response, Response)
+    return response
 
 
 def install(app: FastAPI) -> None:

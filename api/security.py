@@ -157,6 +157,20 @@ def _identity(request: Request) -> Identity:
     return auth.identify(request.headers.get("authorization"))
 
 
+def admit_scope(auth: TokenAuth, scope: Scope, allowed: frozenset[Role]) -> bool:
+    """Whether a request may do what ``allowed`` roles may (True when auth is off); its
+    identity is kept in ``scope`` as :class:`Authenticate` keeps it. Refuses nothing:
+    a False request goes on to the layers that answer it (401/403)."""
+    if not auth.enabled:
+        return True
+    try:
+        identity = auth.admit(auth.identify(_header(scope, b"authorization")), allowed)
+    except AuthError:
+        return False
+    scope[_SCOPE_KEY] = identity
+    return True
+
+
 def require(*roles: Role) -> Any:
     """A FastAPI dependency admitting the given roles (operators are always admitted)."""
     allowed = frozenset(roles)
@@ -340,13 +354,17 @@ class BodyLimit:
 
     async def refused_at_once(self, scope: Scope, send: Send) -> bool:
         """Whether the declared ``Content-Length`` is over the limit (413 sent)."""
+        if self.declared_over(scope):
+            await _refuse(scope, send, 413, "payload too large",
+                          f"request body larger than {self.max_bytes} bytes")
+            return True
+        return False
+
+    def declared_over(self, scope: Scope) -> bool:
+        """Whether the declared ``Content-Length`` is over the limit."""
         for name, value in scope.get("headers") or ():
             if name == b"content-length":
-                if value.isdigit() and int(value) > self.max_bytes:
-                    await _refuse(scope, send, 413, "payload too large",
-                                  f"request body larger than {self.max_bytes} bytes")
-                    return True
-                break
+                return bool(value.isdigit() and int(value) > self.max_bytes)
         return False
 
     def reader(self, scope: Scope, receive: Receive, send: Send) -> BodyReader:

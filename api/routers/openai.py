@@ -10,14 +10,13 @@ engines answer pass through as they are.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import Response
-from starlette.exceptions import HTTPException
 
 from api.gateway.relay import Gateway
+from api.problems import Handler, handler_for
 from api.security import ASGIApp, BodyLimit, Receive, Role, Scope, Send, TokenAuth
 
 _BODY = {"requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -61,7 +60,6 @@ async def chat_completions(request: Request) -> Response:
 
 #: The paths :class:`CompletionsFastPath` serves.
 PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
-Handler = Callable[[Request, Exception], Any]
 
 
 class CompletionsFastPath:
@@ -103,7 +101,7 @@ class CompletionsFastPath:
         except Exception as exc:
             if reader.refused:  # 408/413 went out already
                 return
-            handler = _handler(handlers, exc)
+            handler = handler_for(handlers, exc)
             if handler is None:
                 raise
             response = handler(request, exc)
@@ -117,13 +115,6 @@ class CompletionsFastPath:
                     if key not in (500, Exception)}
         self._parts = (state.gateway, state.client_auth, handlers)
         return self._parts
-
-
-def _handler(handlers: dict[Any, Handler], exc: Exception) -> Handler | None:
-    """The app's handler for ``exc``, found as Starlette's exception middleware finds it."""
-    if isinstance(exc, HTTPException) and exc.status_code in handlers:
-        return handlers[exc.status_code]
-    return next((handlers[kind] for kind in type(exc).__mro__ if kind in handlers), None)
 
 
 @router.get("/v1/models")

@@ -12,8 +12,9 @@ from pydantic import ValidationError as PydanticError
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
+from api import problems
 from api.deps import Coordinator, Prefix, RuntimeDep
-from api.security import Role, admit_request
+from api.security import ASGIApp, BodyLimit, Message, Role, admit_request, admit_scope
 from scheduler.prefix import ResyncRequest, parse_event
 from scheduler.transfer.coordinator import TransferCoordinator, TransferRequest
 from scheduler.transfer.plan import TransferRecord, TransferReport
@@ -210,14 +211,22 @@ class _HandBack(Response):
         await scope["app"].router(scope, replay, send)
 
 
+def _plain_submission(content_type: str | None, body: bytes) -> TransferRequest | None:
+    """The submission in ``body`` when it is plainly valid; None for anything FastAPI's
+    route answers itself (422, 400)."""
+    try:
+        if content_type != "application/json":
+            raise ValueError("not plainly JSON")
+        return TransferRequest.model_validate(json.loads(body), from_attributes=True)
+    except (ValueError, RecursionError, PydanticError):
+        return None
+
+
 async def _lean_submit(request: Request) -> Response:
     admit_request(request, _WORKERS)
     body = await request.body()
-    try:
-        if request.headers.get("content-type") != "application/json":
-            raise ValueError("not plainly JSON")
-        parsed = TransferRequest.model_validate(json.loads(body), from_attributes=True)
-    except (ValueError, RecursionError, PydanticError):  # FastAPI answers it (422, 400)
+    parsed = _plain_submission(request.headers.get("content-type"), body)
+    if parsed is None:
         return _HandBack(body)
     coordinator: TransferCoordinator = request.app.state.coordinator
     return await _submitted(coordinator, request, await coordinator.submit(parsed),
@@ -245,3 +254,76 @@ def install_lean_routes(app: FastAPI) -> None:
     app.router.routes[0:0] = [
         _LeanRoute("/v1/transfers", _lean_submit, "POST"),
         _LeanRoute("/v1/transfers/{plan_id}", _lean_record, "GET")]
+
+
+class SubmitFastPath:
+    """ASGI middleware, outside the app's own: ``POST /v1/transfers`` that is plainly
+    valid goes straight to the coordinator; anything else on to ``app``, its body
+    replayed if it was read.
+
+    It passes the checks of the layers it skips, in their order, and steps aside
+    wherever one of them would refuse: a token that :class:`api.security.Authenticate`
+    or the worker-role check refuses (nothing read yet), a declared length over the
+    body limit, a body that :class:`api.strict_numbers.StrictNumbers` would look at
+    (one holding ``true`` or ``false``) or that the lean route hands back. The body is
+    read through :class:`api.security.BodyLimit`'s own reader (408/413 while reading,
+    as it answers them); the coordinator's errors get the app's exception handlers.
+    """
+
+    def __init__(self, app: ASGIApp, owner: FastAPI, max_bytes: int,
+                 timeout_s: float | None) -> None:
+        """``owner``: the app whose state and exception handlers serve the requests."""
+        self.app, self.owner = app, owner
+        self.limit = BodyLimit(app, max_bytes=max_bytes, timeout_s=timeout_s)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("path") != SUBMIT_PATH or scope["type"] != "http" \
+                or scope["method"] != "POST" or scope.get("root_path") \
+                or not admit_scope(self.owner.state.auth, scope, _WORKERS) \
+                or self.limit.declared_over(scope):
+            await self.app(scope, receive, send)
+            return
+        reader = self.limit.reader(scope, receive, send)
+        messages, body = await _read_body(reader.receive)
+        if reader.refused:  # 408/413 went out, as BodyLimit sends them
+            return
+        request = Request(scope)
+        parsed = None if b"true" in body or b"false" in body or messages[-1].get(
+            "type") != "http.request" else _plain_submission(
+            request.headers.get("content-type"), body)
+        if parsed is None:
+            await self.app(scope, _replay(messages, receive), send)
+            return
+        scope["app"] = self.owner  # what the app itself sets
+        coordinator: TransferCoordinator = self.owner.state.coordinator
+        try:
+            response = await _submitted(coordinator, request, await coordinator.submit(parsed),
+                                        request.headers.get("prefer"))
+        except Exception as exc:  # as the exception (or server-error) middleware answers
+            response = await problems.answer_for(self.owner, request, exc)
+        await response(scope, reader.receive, reader.send)
+
+
+#: The path :class:`SubmitFastPath` serves (``POST``).
+SUBMIT_PATH = "/v1/transfers"
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
+    """The messages of a request body up to its end (or a disconnect), and the body."""
+    messages: list[Message] = []
+    while True:
+        message = await receive()
+        messages.append(message)
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            break
+    return messages, b"".join(m.get("body", b"") for m in messages)
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """``receive`` that gives ``messages`` first."""
+    left = list(messages)
+
+    async def replay() -> Message:
+        return left.pop(0) if left else await receive()
+
+    return replay

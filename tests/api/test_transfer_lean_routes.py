@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api import security
 from api.routers import transfers
 from tests.api.service_builders import (
     WORKER,
@@ -25,9 +26,12 @@ BODY = {"src": "prefill-0", "dst": "decode-0", "src_blocks": [1, 2], "dst_blocks
 
 def _client(lean: bool) -> TestClient:
     app = make_app()
-    if not lean:  # the reference: FastAPI's routes alone
+    if not lean:  # the reference: FastAPI's routes alone, no fast path ahead of them
         app.router.routes[:] = [
             route for route in app.router.routes if not isinstance(route, transfers._LeanRoute)
+        ]
+        app.user_middleware[:] = [
+            layer for layer in app.user_middleware if layer.cls is not transfers.SubmitFastPath
         ]
     client = TestClient(app)
     client.__enter__()
@@ -85,6 +89,16 @@ def test_the_lean_routes_come_first() -> None:
     assert all(isinstance(route, transfers._LeanRoute) for route in first)
 
 
+class _Chunks:
+    """A body sent in chunks (no declared length), as often as it is asked for."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.chunks)
+
+
 SUBMITS: list[tuple[str, dict[str, Any]]] = [
     ("valid", {"json": {**BODY, "plan_id": "p-ok"}}),
     ("operator token", {"json": {**BODY, "plan_id": "p-op"}, "headers": bearer()}),
@@ -125,6 +139,23 @@ SUBMITS: list[tuple[str, dict[str, Any]]] = [
                              "headers": {**bearer(WORKER), "Prefer": "wait=x"}}),
     ("no token", {"json": BODY, "headers": {}}),
     ("wrong token", {"json": BODY, "headers": bearer("nope")}),
+    ("a boolean in a string", {"json": {**BODY, "plan_id": "untrue-1"}}),
+    ("boolean where a list goes", {"json": {**BODY, "dst_blocks": False}}),
+    (
+        "over the body limit, chunked",
+        {
+            "content": _Chunks([b'{"src": "', b" " * (16 << 20), b'"}']),
+            "headers": {**bearer(WORKER), "content-type": "application/json"},
+        },
+    ),
+    (
+        "declared over the body limit",
+        {
+            "content": b"{}",
+            "headers": {**bearer(WORKER), "content-type": "application/json",
+                        "content-length": str(1 << 30)},
+        },
+    ),
 ]
 
 
@@ -222,3 +253,26 @@ def test_a_submission_that_prefers_to_wait_answers_once_the_wait_is_over(
                              json={**BODY, "plan_id": "p-wait"})
         assert answer.status_code == 201
         assert answer.json()["state"] == "pending" and answer.headers["x-record-version"]
+
+
+def test_a_plain_submit_takes_the_fast_path_and_the_rest_the_app(
+    pair: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SubmitFastPath`` answers a plainly valid submit without the app's layers; a
+    request any of them would look at goes through them all."""
+    seen: list[str] = []
+    through = security.Authenticate.__call__
+
+    async def counted(self: Any, scope: Any, receive: Any, send: Any) -> None:
+        seen.append(scope["path"])
+        await through(self, scope, receive, send)
+
+    monkeypatch.setattr(security.Authenticate, "__call__", counted)
+    lean = pair[0]
+    fast = lean.post("/v1/transfers", headers=bearer(WORKER), json={**BODY, "plan_id": "p-fast"})
+    assert fast.status_code == 201 and seen == []
+    for kwargs in ({"headers": bearer(WORKER), "json": {**BODY, "deadline_s": True}},
+                   {"headers": bearer("nope"), "json": BODY},
+                   {"headers": bearer(WORKER), "json": {**BODY, "dst": "nobody"}}):
+        lean.post("/v1/transfers", **kwargs)
+    assert seen == ["/v1/transfers", "/v1/transfers"]  # the unknown worker: fast, 404
