@@ -30,6 +30,8 @@ import http.client
 import importlib
 import itertools
 import json
+import os
+import resource
 import sys
 import tempfile
 import threading
@@ -244,6 +246,49 @@ def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, A
     return record
 
 
+#: Processes whose CPU the pipelined part charges to each transfer (``cpu:NAME`` stages).
+CPU_PROCESSES = ("scheduler", "decode sidecar", "prefill sidecar", "submitter")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s live threads (``/proc/PID/task/*/schedstat``, ns; 0
+    off Linux). Threads that exit meanwhile are lost, so use it for long-lived
+    processes; this process's own CPU comes from :func:`own_cpu_s`."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process, exited threads included (``getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cluster_cpu_s(c: Cluster) -> dict[str, float]:
+    """CPU seconds so far of the scheduler, the two sidecars and this process (the
+    submitter: on loopback it shares the vCPUs with the rest)."""
+    return {"scheduler": process_cpu_s(c.server.popen.pid),
+            "decode sidecar": process_cpu_s(c.sidecars["decode"].popen.pid),
+            "prefill sidecar": process_cpu_s(c.sidecars["prefill"].popen.pid),
+            "submitter": own_cpu_s()}
+
+
+def cpu_per_transfer(before: dict[str, float], after: dict[str, float],
+                     count: int) -> dict[str, list[float]]:
+    """``cpu:NAME`` stages: each process's CPU seconds per transfer over a repetition."""
+    return {f"cpu:{name}": [(after[name] - before[name]) / count] for name in before}
+
+
 def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, inflight: int,
                       pool_blocks: int) -> dict[str, Any]:
     """``count`` transfers through the scheduler with ``inflight`` at a time (one caller
@@ -277,10 +322,12 @@ def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, infl
             caller.close()
 
     threads = [threading.Thread(target=caller_loop) for _ in range(inflight)]
+    cpu_before = cluster_cpu_s(c)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    cpu = cpu_per_transfer(cpu_before, cluster_cpu_s(c), count)
     bad = [r["plan"]["plan_id"] for r in records if r["state"] != "done"]
     if failures or bad or len(records) != count:
         raise RuntimeError(f"pipelined {name}: {failures or bad or len(records)}")
@@ -290,7 +337,7 @@ def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, infl
             stages[stage].append(value)
     total = (max(r["finished_at"] for r in records) - min(r["created_at"] for r in records))
     nbytes = {r["reports"][0]["bytes"] for r in records if r["reports"]}
-    return {"total": total, "stages": stages, "bytes": sorted(nbytes)}
+    return {"total": total, "stages": {**stages, **cpu}, "bytes": sorted(nbytes)}
 
 
 def _spans(record: dict[str, Any]) -> dict[str, float]:
@@ -311,7 +358,14 @@ def pipelined_sides(c: Cluster, pair: BarePair, size: int, count: int,
 
     def bare(k: int) -> harness.Side:
         def prepare() -> Any:
-            return lambda: harness.Samples([nbytes], [pair.run_pipelined(ids, count, k)])
+            def body() -> harness.Samples:
+                pids = pair.pids()
+                before = {name: process_cpu_s(pid) for name, pid in pids.items()}
+                seconds = pair.run_pipelined(ids, count, k)
+                after = {name: process_cpu_s(pid) for name, pid in pids.items()}
+                return harness.Samples([nbytes], [seconds],
+                                       cpu_per_transfer(before, after, count))
+            return body
         return harness.Side(f"bare NIXL k={k}", prepare, ops=count)
 
     def sidecar(k: int) -> harness.Side:
@@ -534,7 +588,33 @@ def render_pipelined(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {r['size_mib']} MiB | {r['count']} | {bare} | {side} | "
                      f"**{stats.median:.2f}×** [{stats.min:.2f}–{stats.max:.2f}] "
                      f"({best} vs {_best(r, 'bare')}) | {stages} |")
+    return [*lines, "", *render_pipelined_cpu(rows)]
+
+
+def render_pipelined_cpu(rows: list[dict[str, Any]]) -> list[str]:
+    """CPU per transfer of every process, at the best k of each kind."""
+    lines = ["CPU per transfer at each kind's best k (ms, median over the repetitions; "
+             "`/proc/PID/task/*/schedstat` for the servers and the bare pair, `getrusage` "
+             "for this process, the submitter). On loopback every process shares the 2 "
+             "vCPUs with the copy, which runs on the initiator's CPU (UCX over CMA: "
+             "`process_vm_readv`), so the control plane's CPU is what the copy competes "
+             "with:", "",
+             "| size | " + " | ".join(CPU_PROCESSES) + " | **sidecar path total** | "
+             "bare initiator | bare target |", "|---:|" + "---:|" * (len(CPU_PROCESSES) + 3)]
+    for r in rows:
+        side, bare = r["sides"][_best(r, "sidecar")], r["sides"][_best(r, "bare")]
+        cells = [_cpu_ms(side, name) for name in CPU_PROCESSES]
+        total = sum(cells)
+        lines.append(f"| {r['size_mib']} MiB | " + " | ".join(f"{v:.2f}" for v in cells)
+                     + f" | **{total:.2f}** | {_cpu_ms(bare, 'bare initiator'):.2f} | "
+                     f"{_cpu_ms(bare, 'bare target'):.2f} |")
     return [*lines, ""]
+
+
+def _cpu_ms(side: dict[str, Any], name: str) -> float:
+    """A side's median CPU milliseconds per transfer of process ``name`` (0 if absent)."""
+    stage = side["stages_seconds"].get(f"cpu:{name}")
+    return float(stage["p50"]) * 1e3 if stage else 0.0
 
 
 def render(result: dict[str, Any]) -> str:
