@@ -695,6 +695,44 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_condition(args: argparse.Namespace, run: harness.Session,
+                  condition: str) -> dict[str, Any]:
+    """Every requested part under one CPU condition, on a cluster of its own."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
+                              "small": [], "scattered": []}
+    with harness.cpu_condition(condition) as cond, \
+            tempfile.TemporaryDirectory() as tmp, \
+            cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
+        progress(f"CPU condition {condition}")
+        if "throughput" in args.parts:
+            result["throughput"] = throughput(
+                c, args.sizes, run,
+                result["pipelined"] if "pipelined" in args.parts else None)
+        if "small" in args.parts:
+            result["small"] = small(c, run)
+        if "scattered" in args.parts:
+            result["scattered"] = scattered(c, run)
+    result["environment"] = {**run.finish(),
+                             "wall_seconds": round(time.perf_counter() - started, 1)}
+    result["condition"] = cond.as_dict()
+    return result
+
+
+def _with_condition(argv_text: str, condition: str) -> str:
+    """The command line that reruns one condition's report."""
+    words, out, skipping = argv_text.split(), [], False
+    for word in words:
+        if word == "--conditions":
+            skipping = True
+            continue
+        if skipping and not word.startswith("--"):
+            continue
+        skipping = False
+        out.append(word)
+    return " ".join([*out, "--conditions", condition])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every part in one go and write the reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -710,29 +748,21 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_arguments(parser, conditions=("awake",), repeats=3, warmup=1)
     args = parser.parse_args(argv)
     MEM["mem"] = args.mem
-    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
-                              "small": [], "scattered": []}
-    with harness.session(args, packages=["nixl"], tag="transfer-bench") as run, \
-            harness.cpu_condition(run.conditions[0]) as cond, \
-            tempfile.TemporaryDirectory() as tmp, \
-            cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
-        if "throughput" in args.parts:
-            result["throughput"] = throughput(
-                c, args.sizes, run,
-                result["pipelined"] if "pipelined" in args.parts else None)
-        if "small" in args.parts:
-            result["small"] = small(c, run)
-        if "scattered" in args.parts:
-            result["scattered"] = scattered(c, run)
-    result["environment"] = run.finish()
-    result["condition"] = cond.as_dict()
-    result["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
-                         "bench/transfer_bench.py " + " ".join(
-                             argv if argv is not None else sys.argv[1:])).rstrip()
-    stem = "transfers" if args.mem == "dram" else "transfers_vram"
-    harness.write_json(args.out / f"{stem}.json", result)
-    (args.out / f"{stem}.md").write_text(render(result))
-    progress(f"done in {result['environment']['wall_seconds']} s → {args.out / (stem + '.md')}")
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    with harness.session(args, packages=["nixl"], tag="transfer-bench") as run:
+        for condition in run.conditions:
+            result = run_condition(args, run, condition)
+            result["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
+                                 "bench/transfer_bench.py " + _with_condition(argv_text,
+                                                                              condition)
+                                 ).rstrip()
+            stem = "transfers" if args.mem == "dram" else "transfers_vram"
+            if condition != "awake":  # awake is the headline report's condition
+                stem += f"_{condition}"
+            harness.write_json(args.out / f"{stem}.json", result)
+            (args.out / f"{stem}.md").write_text(render(result))
+            progress(f"{condition}: done in {result['environment']['wall_seconds']} s → "
+                     f"{args.out / (stem + '.md')}")
     return 0
 
 
