@@ -219,6 +219,12 @@ class NixlAdapter:
         try:
             with self._lock:
                 posted.state = self._agent.transfer(handle)
+                if posted.state == "DONE":
+                    # Loopback: the copy ran inside transfer(). Release now, under the
+                    # lock already held: a thread that reports this transfer later
+                    # then needs no agent call, so it does not wait for the next copy.
+                    posted.done_at = time.perf_counter()
+                    self.release(posted)
         except Exception as exc:  # nixlRemoteDisconnectError and friends
             self.release(posted)
             raise TransferError(f"{plan.plan_id}: {type(exc).__name__}: {exc}") from exc

@@ -37,11 +37,12 @@ import itertools
 import json
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -169,12 +170,14 @@ class Sidecar:
         self.engine: EngineHook = (engine or _fake_engine)(config)
         self.engine.set_release(self._request_ended)
         self.pool = self.engine.pool
+        #: The pool's layout, built once: every plan's own side is compared with it.
+        self.layout = self.pool.layout()
         self.recompute: list[str] = []
         #: block id → the prefix hash it holds (announced to the index; replaced on reuse)
         self._prefix_of: dict[int, int] = {}
         self.adapter = NixlAdapter(config.name, progress_thread=config.progress_thread,
                                    ucx_devices=config.ucx_devices)
-        self.adapter.register(self.pool.registration(), self.pool.layout(),
+        self.adapter.register(self.pool.registration(), self.layout,
                               self.pool.mem_type, config.device_id)
         self.client = SchedulerClient(config.scheduler, token=config.token)
         self.stop = threading.Event()
@@ -214,8 +217,9 @@ class Sidecar:
         #: Most transfers in flight at once so far, and how many went to ``inflight``.
         self.inflight_peak = 0
         self.handed_off = 0
-        self._handed: deque[_Handed] = deque()
-        self._handed_ready = threading.Condition(self._lock)
+        #: A C-level queue: handing off is one put that wakes the ``inflight`` thread
+        #: (no Condition round trip under ``_lock`` on the job thread's path).
+        self._handed: queue.SimpleQueue[_Handed] = queue.SimpleQueue()
 
     # -- registration -------------------------------------------------------------
     def registration(self) -> WorkerRegistration:
@@ -224,7 +228,7 @@ class Sidecar:
         return WorkerRegistration(
             name=c.name, agent_name=c.name, agent_metadata_b64=encode_metadata(
                 self.adapter.metadata()), mem_type=self.pool.mem_type, device_id=c.device_id,
-            layout=self.pool.layout(), model=c.model, role=c.role, host=c.host, gpus=c.gpus,
+            layout=self.layout, model=c.model, role=c.role, host=c.host, gpus=c.gpus,
             block_tokens=c.block_tokens)
 
     def register(self) -> Lease:
@@ -433,7 +437,7 @@ class Sidecar:
         epoch = self.lease.epoch if self.lease else 0
         validate_plan(plan, local_worker=self.config.name, epochs={self.config.name: epoch})
         mine = plan.src if plan.src.worker == self.config.name else plan.dst
-        if mine.layout != self.pool.layout() or mine.agent_name != self.adapter.name:
+        if mine.layout != self.layout or mine.agent_name != self.adapter.name:
             raise ValidationError(f"transfer plan {plan.plan_id!r}", [Issue(
                 "layout", "stale plan: this worker's layout or agent changed")])
 
@@ -518,21 +522,19 @@ class Sidecar:
                 self._posting -= 1
 
     def _hand(self, item: _Handed) -> None:
-        with self._handed_ready:
-            self.handed_off += 1
-            self._handed.append(item)
-            self._handed_ready.notify()
+        self.handed_off += 1  # only the job thread hands off and counts
+        self._handed.put(item)
 
     def _inflight_loop(self) -> None:
         """The ``inflight`` thread: check the handed transfers in turn (one check each
         per round), verify and report each as it completes, free its slot."""
         active: list[_Handed] = []
         while True:
-            with self._handed_ready:
-                while not self._handed and not active:
-                    self._handed_ready.wait(0.5)
-                active.extend(self._handed)
-                self._handed.clear()
+            if not active:
+                active.append(self._handed.get())
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    active.append(self._handed.get_nowait())
             driving = any(item.result is None for item in active)
             if driving:
                 with self._lock:

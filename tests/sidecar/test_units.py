@@ -261,3 +261,72 @@ def test_progress_polls_hot_only_while_notifications_are_expected() -> None:
     assert warm == 0.005       # within a second of notification activity
     assert waiting == 0.005    # a WRITE target waits for its notification
     assert quiet == 0.02       # READs told through the scheduler, or nothing
+
+
+_LOOPBACK_PROBE = """
+import json, threading, time
+import numpy as np
+from scheduler.transfer.build import build_plan, encode_metadata
+from scheduler.transfer.hints import hints_for_tier
+from scheduler.transfer.plan import WorkerRegistration
+from sidecar.nixl_adapter import NixlAdapter
+from sidecar.pool import KvPool
+from topology.tiers import Tier
+
+def side(name):
+    pool = KvPool(num_blocks=4, block_bytes=1 << 16)
+    adapter = NixlAdapter(name)
+    adapter.register(pool.registration(), pool.layout(), pool.mem_type, 0)
+    return pool, adapter, WorkerRegistration(
+        name=name, agent_name=name, agent_metadata_b64=encode_metadata(adapter.metadata()),
+        mem_type="DRAM", layout=pool.layout())
+
+src_pool, src, src_reg = side("prefill-0")
+dst_pool, dst, dst_reg = side("decode-0")
+data = (np.arange(1 << 16) % 251).astype(np.uint8)
+src_pool.write(0, 1, data)
+def read(plan_id, block):
+    return build_plan(plan_id=plan_id, src=src_reg, dst=dst_reg, src_blocks=[1],
+                      dst_blocks=[block], hints=hints_for_tier(Tier.SAME_LEAF, "DRAM"),
+                      notify="scheduler")
+def progress():  # the source's progress (a sidecar's progress thread), for wire-up
+    while True:
+        src.poll_notifs()
+        time.sleep(0.001)
+threading.Thread(target=progress, daemon=True).start()
+dst.execute(read("wire-up", 0), time.monotonic() + 30)  # the first one connects
+posted = dst.post(read("p", 2), time.monotonic() + 30)
+state, released = posted.state, posted.released
+# another thread holds the agent (as the job thread does across the next transfer()):
+held, done = threading.Event(), threading.Event()
+def hold():
+    with dst._lock:
+        held.set()
+        done.wait(30)
+threading.Thread(target=hold, daemon=True).start()
+held.wait(30)
+finished = []
+reporter = threading.Thread(target=lambda: finished.append(dst.finish(posted).nbytes))
+reporter.start()
+reporter.join(5)
+finished = list(finished)  # what it did while the agent was held
+done.set()
+moved = bool(np.array_equal(dst_pool.read(0, 2), data))
+print(json.dumps({"state": state, "released": released, "finished": finished,
+                  "moved": moved, "leaked": dst.close().leaked_handles}))
+"""
+
+
+def test_a_loopback_read_is_released_when_posted_so_its_report_needs_no_agent_call() -> None:
+    # On loopback NIXL's transfer() does the copy and returns DONE: the handle is
+    # released under that same lock hold, so the thread that reports the transfer
+    # does not wait for the agent the job thread holds across the next copy.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", _LOOPBACK_PROBE], capture_output=True,
+                         text=True, timeout=60, check=True, cwd=Path(__file__).parents[2])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result == {"state": "DONE", "released": True, "finished": [1 << 16],
+                      "moved": True, "leaked": 0}, result
