@@ -26,12 +26,12 @@ cache-resident buffers.
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib
 import itertools
 import json
 import os
 import resource
+import socket
 import sys
 import tempfile
 import threading
@@ -213,28 +213,63 @@ def pipelined_count(nbytes: int) -> int:
 
 
 class _Caller:
-    """One keep-alive HTTP/1.1 connection to the scheduler (``http.client``: the bench's
-    own requests should load the shared vCPUs as little as they can)."""
+    """One keep-alive HTTP/1.1 connection to the scheduler over a plain socket.
+
+    The bench's own requests share the 2 vCPUs with the scheduler, the sidecars and the
+    copy, so they should cost as little CPU as they can: ``http.client`` parses every
+    answer's headers with the ``email`` package and builds a message object, ~3x this
+    (measured: the submitter's CPU per pipelined transfer, docs/dev-notes.md). Only what
+    the scheduler answers is read: a status line, headers and a ``Content-Length`` body.
+    """
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
-                                                timeout=120)
-        self._headers = {**AUTH, "Content-Type": "application/json"}
+        self._host = f"{parts.hostname or '127.0.0.1'}:{parts.port}"
+        self._sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port),
+                                              timeout=120)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+        self._auth = AUTH["Authorization"]
 
     def call(self, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        self._conn.request(method, path, body=data, headers={**self._headers, **(headers or {})})
-        response = self._conn.getresponse()
-        text = response.read()
-        if response.status >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status} {text[:300]!r}")
+        """One request; the JSON answer (a RuntimeError on a 4xx/5xx)."""
+        data = b"" if body is None else json.dumps(body).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: "
+                f"{self._auth}\r\nContent-Type: application/json\r\nContent-Length: "
+                f"{len(data)}\r\n{extra}\r\n")
+        self._sock.sendall(head.encode() + data)
+        status, text = self._answer()
+        if status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {text[:300]!r}")
         answer: dict[str, Any] = json.loads(text)
         return answer
 
+    def _answer(self) -> tuple[int, bytes]:
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4:]
+        lines = head.split("\r\n")
+        fields = dict(line.split(":", 1) for line in lines[1:])
+        length = next((int(v) for k, v in fields.items() if k.lower() == "content-length"),
+                      None)
+        if length is None:
+            raise RuntimeError(f"answer without Content-Length: {lines[0]!r}")
+        while len(self._buffer) < length:
+            self._fill()
+        text, self._buffer = self._buffer[:length], self._buffer[length:]
+        return int(lines[0].split()[1]), text
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the scheduler closed the connection")
+        self._buffer += chunk
+
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection."""
+        self._sock.close()
 
 
 def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, Any]:
