@@ -186,6 +186,11 @@ class BarePair:
         seconds: float = self._results.get(timeout=300)
         return seconds
 
+    def pids(self) -> dict[str, int]:
+        """Process ids of the target and the initiator (for CPU accounting)."""
+        return {"bare target": self._procs[0].pid or 0,
+                "bare initiator": self._procs[1].pid or 0}
+
     def close(self) -> None:
         """Stop both processes."""
         self._commands.put(None)

@@ -76,12 +76,12 @@ def _p50(side: dict[str, Any]) -> float:
     return float(side["latency_seconds"]["p50"])
 
 
-def transfer_rows(data: dict[str, Any]) -> Iterator[Row]:
+def transfer_rows(data: dict[str, Any], report: str = "transfers.md") -> Iterator[Row]:
     best = "bare NIXL (best: progress thread off)"
     for row in data["throughput"]:
         sides = row["sides"]
         ratio = _p50(sides[best]) / _p50(sides["sidecar end-to-end"])
-        yield ("transfers.md", f"sidecar end-to-end throughput, {row['size_mib']} MiB",
+        yield (report, f"sidecar end-to-end throughput, {row['size_mib']} MiB",
                "bare NIXL, best settings", f"sidecar / bare: {ratio:.2f}× (p50 GB/s)", _cond(data),
                data["command"])
     for row in data.get("pipelined", []):
@@ -93,12 +93,12 @@ def transfer_rows(data: dict[str, Any]) -> Iterator[Row]:
 
         bare, side = best("bare"), best("sidecar")
         pairs = [b / s for b, s in zip(totals[bare], totals[side], strict=True)]
-        yield ("transfers.md", f"sidecar end-to-end throughput, pipelined, "
+        yield (report, f"sidecar end-to-end throughput, pipelined, "
                f"{row['size_mib']} MiB ({side})", f"bare NIXL, best settings ({bare})",
                f"sidecar / bare: {_ratio(pairs)} (paired)", _cond(data), data["command"])
     for row in data["small"]:
         cp = row["control_plane_seconds"]["p50"] * 1e3
-        yield ("transfers.md", f"control plane per transfer, {row['size']} (p50)",
+        yield (report, f"control plane per transfer, {row['size']} (p50)",
                "— (target ≤ 1 ms)", f"{cp:.2f} ms", _cond(data), data["command"])
 
 
@@ -261,7 +261,9 @@ def mocker_rows(data: dict[str, Any]) -> Iterator[Row]:
 
 
 SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
-    "prefix_index": prefix_rows, "transfers": transfer_rows, "placement": placement_rows,
+    "prefix_index": prefix_rows, "transfers": transfer_rows,
+    "transfers_idle": lambda data: transfer_rows(data, "transfers_idle.md"),
+    "placement": placement_rows,
     "topology": topology_rows, "router": router_rows,
     "route_http": own_rows("route_http", "route and report requests over HTTP"),
     "state": own_rows("state", "memory vs Redis store operations, job delivery"),

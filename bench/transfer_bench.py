@@ -26,10 +26,12 @@ cache-resident buffers.
 from __future__ import annotations
 
 import argparse
-import http.client
 import importlib
 import itertools
 import json
+import os
+import resource
+import socket
 import sys
 import tempfile
 import threading
@@ -211,28 +213,63 @@ def pipelined_count(nbytes: int) -> int:
 
 
 class _Caller:
-    """One keep-alive HTTP/1.1 connection to the scheduler (``http.client``: the bench's
-    own requests should load the shared vCPUs as little as they can)."""
+    """One keep-alive HTTP/1.1 connection to the scheduler over a plain socket.
+
+    The bench's own requests share the 2 vCPUs with the scheduler, the sidecars and the
+    copy, so they should cost as little CPU as they can: ``http.client`` parses every
+    answer's headers with the ``email`` package and builds a message object, ~3x this
+    (measured: the submitter's CPU per pipelined transfer, docs/dev-notes.md). Only what
+    the scheduler answers is read: a status line, headers and a ``Content-Length`` body.
+    """
 
     def __init__(self, url: str) -> None:
         parts = urlsplit(url)
-        self._conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port,
-                                                timeout=120)
-        self._headers = {**AUTH, "Content-Type": "application/json"}
+        self._host = f"{parts.hostname or '127.0.0.1'}:{parts.port}"
+        self._sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port),
+                                              timeout=120)
+        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._buffer = b""
+        self._auth = AUTH["Authorization"]
 
     def call(self, method: str, path: str, body: Any = None,
              headers: dict[str, str] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        self._conn.request(method, path, body=data, headers={**self._headers, **(headers or {})})
-        response = self._conn.getresponse()
-        text = response.read()
-        if response.status >= 400:
-            raise RuntimeError(f"{method} {path}: {response.status} {text[:300]!r}")
+        """One request; the JSON answer (a RuntimeError on a 4xx/5xx)."""
+        data = b"" if body is None else json.dumps(body).encode()
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        head = (f"{method} {path} HTTP/1.1\r\nHost: {self._host}\r\nAuthorization: "
+                f"{self._auth}\r\nContent-Type: application/json\r\nContent-Length: "
+                f"{len(data)}\r\n{extra}\r\n")
+        self._sock.sendall(head.encode() + data)
+        status, text = self._answer()
+        if status >= 400:
+            raise RuntimeError(f"{method} {path}: {status} {text[:300]!r}")
         answer: dict[str, Any] = json.loads(text)
         return answer
 
+    def _answer(self) -> tuple[int, bytes]:
+        while (end := self._buffer.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        head, self._buffer = self._buffer[:end].decode("latin-1"), self._buffer[end + 4:]
+        lines = head.split("\r\n")
+        fields = dict(line.split(":", 1) for line in lines[1:])
+        length = next((int(v) for k, v in fields.items() if k.lower() == "content-length"),
+                      None)
+        if length is None:
+            raise RuntimeError(f"answer without Content-Length: {lines[0]!r}")
+        while len(self._buffer) < length:
+            self._fill()
+        text, self._buffer = self._buffer[:length], self._buffer[length:]
+        return int(lines[0].split()[1]), text
+
+    def _fill(self) -> None:
+        chunk = self._sock.recv(1 << 16)
+        if not chunk:
+            raise ConnectionError("the scheduler closed the connection")
+        self._buffer += chunk
+
     def close(self) -> None:
-        self._conn.close()
+        """Close the connection."""
+        self._sock.close()
 
 
 def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, Any]:
@@ -242,6 +279,49 @@ def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, A
                                                   for r in record["reports"]):
         record = caller.call("GET", f"/v1/transfers/{plan_id}?wait_s=2&ended=true")
     return record
+
+
+#: Processes whose CPU the pipelined part charges to each transfer (``cpu:NAME`` stages).
+CPU_PROCESSES = ("scheduler", "decode sidecar", "prefill sidecar", "submitter")
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s live threads (``/proc/PID/task/*/schedstat``, ns; 0
+    off Linux). Threads that exit meanwhile are lost, so use it for long-lived
+    processes; this process's own CPU comes from :func:`own_cpu_s`."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
+                total += int(stat.read().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / 1e9
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process, exited threads included (``getrusage``)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def cluster_cpu_s(c: Cluster) -> dict[str, float]:
+    """CPU seconds so far of the scheduler, the two sidecars and this process (the
+    submitter: on loopback it shares the vCPUs with the rest)."""
+    return {"scheduler": process_cpu_s(c.server.popen.pid),
+            "decode sidecar": process_cpu_s(c.sidecars["decode"].popen.pid),
+            "prefill sidecar": process_cpu_s(c.sidecars["prefill"].popen.pid),
+            "submitter": own_cpu_s()}
+
+
+def cpu_per_transfer(before: dict[str, float], after: dict[str, float],
+                     count: int) -> dict[str, list[float]]:
+    """``cpu:NAME`` stages: each process's CPU seconds per transfer over a repetition."""
+    return {f"cpu:{name}": [(after[name] - before[name]) / count] for name in before}
 
 
 def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, inflight: int,
@@ -277,10 +357,12 @@ def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, infl
             caller.close()
 
     threads = [threading.Thread(target=caller_loop) for _ in range(inflight)]
+    cpu_before = cluster_cpu_s(c)
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
+    cpu = cpu_per_transfer(cpu_before, cluster_cpu_s(c), count)
     bad = [r["plan"]["plan_id"] for r in records if r["state"] != "done"]
     if failures or bad or len(records) != count:
         raise RuntimeError(f"pipelined {name}: {failures or bad or len(records)}")
@@ -290,7 +372,7 @@ def sidecar_pipelined(c: Cluster, name: str, blocks: list[int], count: int, infl
             stages[stage].append(value)
     total = (max(r["finished_at"] for r in records) - min(r["created_at"] for r in records))
     nbytes = {r["reports"][0]["bytes"] for r in records if r["reports"]}
-    return {"total": total, "stages": stages, "bytes": sorted(nbytes)}
+    return {"total": total, "stages": {**stages, **cpu}, "bytes": sorted(nbytes)}
 
 
 def _spans(record: dict[str, Any]) -> dict[str, float]:
@@ -311,7 +393,14 @@ def pipelined_sides(c: Cluster, pair: BarePair, size: int, count: int,
 
     def bare(k: int) -> harness.Side:
         def prepare() -> Any:
-            return lambda: harness.Samples([nbytes], [pair.run_pipelined(ids, count, k)])
+            def body() -> harness.Samples:
+                pids = pair.pids()
+                before = {name: process_cpu_s(pid) for name, pid in pids.items()}
+                seconds = pair.run_pipelined(ids, count, k)
+                after = {name: process_cpu_s(pid) for name, pid in pids.items()}
+                return harness.Samples([nbytes], [seconds],
+                                       cpu_per_transfer(before, after, count))
+            return body
         return harness.Side(f"bare NIXL k={k}", prepare, ops=count)
 
     def sidecar(k: int) -> harness.Side:
@@ -534,7 +623,33 @@ def render_pipelined(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(f"| {r['size_mib']} MiB | {r['count']} | {bare} | {side} | "
                      f"**{stats.median:.2f}×** [{stats.min:.2f}–{stats.max:.2f}] "
                      f"({best} vs {_best(r, 'bare')}) | {stages} |")
+    return [*lines, "", *render_pipelined_cpu(rows)]
+
+
+def render_pipelined_cpu(rows: list[dict[str, Any]]) -> list[str]:
+    """CPU per transfer of every process, at the best k of each kind."""
+    lines = ["CPU per transfer at each kind's best k (ms, median over the repetitions; "
+             "`/proc/PID/task/*/schedstat` for the servers and the bare pair, `getrusage` "
+             "for this process, the submitter). On loopback every process shares the 2 "
+             "vCPUs with the copy, which runs on the initiator's CPU (UCX over CMA: "
+             "`process_vm_readv`), so the control plane's CPU is what the copy competes "
+             "with:", "",
+             "| size | " + " | ".join(CPU_PROCESSES) + " | **sidecar path total** | "
+             "bare initiator | bare target |", "|---:|" + "---:|" * (len(CPU_PROCESSES) + 3)]
+    for r in rows:
+        side, bare = r["sides"][_best(r, "sidecar")], r["sides"][_best(r, "bare")]
+        cells = [_cpu_ms(side, name) for name in CPU_PROCESSES]
+        total = sum(cells)
+        lines.append(f"| {r['size_mib']} MiB | " + " | ".join(f"{v:.2f}" for v in cells)
+                     + f" | **{total:.2f}** | {_cpu_ms(bare, 'bare initiator'):.2f} | "
+                     f"{_cpu_ms(bare, 'bare target'):.2f} |")
     return [*lines, ""]
+
+
+def _cpu_ms(side: dict[str, Any], name: str) -> float:
+    """A side's median CPU milliseconds per transfer of process ``name`` (0 if absent)."""
+    stage = side["stages_seconds"].get(f"cpu:{name}")
+    return float(stage["p50"]) * 1e3 if stage else 0.0
 
 
 def render(result: dict[str, Any]) -> str:
@@ -615,6 +730,44 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def run_condition(args: argparse.Namespace, run: harness.Session,
+                  condition: str) -> dict[str, Any]:
+    """Every requested part under one CPU condition, on a cluster of its own."""
+    started = time.perf_counter()
+    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
+                              "small": [], "scattered": []}
+    with harness.cpu_condition(condition) as cond, \
+            tempfile.TemporaryDirectory() as tmp, \
+            cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
+        progress(f"CPU condition {condition}")
+        if "throughput" in args.parts:
+            result["throughput"] = throughput(
+                c, args.sizes, run,
+                result["pipelined"] if "pipelined" in args.parts else None)
+        if "small" in args.parts:
+            result["small"] = small(c, run)
+        if "scattered" in args.parts:
+            result["scattered"] = scattered(c, run)
+    result["environment"] = {**run.finish(),
+                             "wall_seconds": round(time.perf_counter() - started, 1)}
+    result["condition"] = cond.as_dict()
+    return result
+
+
+def _with_condition(argv_text: str, condition: str) -> str:
+    """The command line that reruns one condition's report."""
+    words, out, skipping = argv_text.split(), [], False
+    for word in words:
+        if word == "--conditions":
+            skipping = True
+            continue
+        if skipping and not word.startswith("--"):
+            continue
+        skipping = False
+        out.append(word)
+    return " ".join([*out, "--conditions", condition])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every part in one go and write the reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -630,29 +783,21 @@ def main(argv: list[str] | None = None) -> int:
     harness.add_arguments(parser, conditions=("awake",), repeats=3, warmup=1)
     args = parser.parse_args(argv)
     MEM["mem"] = args.mem
-    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
-                              "small": [], "scattered": []}
-    with harness.session(args, packages=["nixl"], tag="transfer-bench") as run, \
-            harness.cpu_condition(run.conditions[0]) as cond, \
-            tempfile.TemporaryDirectory() as tmp, \
-            cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
-        if "throughput" in args.parts:
-            result["throughput"] = throughput(
-                c, args.sizes, run,
-                result["pipelined"] if "pipelined" in args.parts else None)
-        if "small" in args.parts:
-            result["small"] = small(c, run)
-        if "scattered" in args.parts:
-            result["scattered"] = scattered(c, run)
-    result["environment"] = run.finish()
-    result["condition"] = cond.as_dict()
-    result["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
-                         "bench/transfer_bench.py " + " ".join(
-                             argv if argv is not None else sys.argv[1:])).rstrip()
-    stem = "transfers" if args.mem == "dram" else "transfers_vram"
-    harness.write_json(args.out / f"{stem}.json", result)
-    (args.out / f"{stem}.md").write_text(render(result))
-    progress(f"done in {result['environment']['wall_seconds']} s → {args.out / (stem + '.md')}")
+    argv_text = " ".join(argv if argv is not None else sys.argv[1:])
+    with harness.session(args, packages=["nixl"], tag="transfer-bench") as run:
+        for condition in run.conditions:
+            result = run_condition(args, run, condition)
+            result["command"] = ("flock /tmp/toposched-bench.lock .venv/bin/python "
+                                 "bench/transfer_bench.py " + _with_condition(argv_text,
+                                                                              condition)
+                                 ).rstrip()
+            stem = "transfers" if args.mem == "dram" else "transfers_vram"
+            if condition != "awake":  # awake is the headline report's condition
+                stem += f"_{condition}"
+            harness.write_json(args.out / f"{stem}.json", result)
+            (args.out / f"{stem}.md").write_text(render(result))
+            progress(f"{condition}: done in {result['environment']['wall_seconds']} s → "
+                     f"{args.out / (stem + '.md')}")
     return 0
 
 

@@ -15,6 +15,7 @@ die first, its owner lease lapses and the sweep closes the reservation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -40,9 +41,13 @@ def reservations_of(route: Route, max_tokens: int | None = None
 
 def output_limit(body: Mapping[str, Any]) -> int | None:
     """The most tokens an OpenAI request body lets the engine write
-    (``max_completion_tokens``, else ``max_tokens``), when it says (a positive int)."""
+    (``max_completion_tokens``, else ``max_tokens``), when it says: a positive int, or a
+    positive whole-number float such as ``5.0`` (vLLM's request models take those as
+    ints too); anything else is the engine's to refuse."""
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
+        if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+            value = int(value)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value
     return None

@@ -74,9 +74,10 @@ def test_a_completion_is_disaggregated_and_equals_the_direct_answer(vllm: Gatewa
     assert "altered_params" not in after_p["counts"] and "stale_reads" not in after_p["counts"]
 
 
-def test_a_streamed_chat_is_relayed_chunk_by_chunk(vllm: Gateway) -> None:
+@pytest.mark.parametrize("limit", [6, 6.0])  # vLLM takes a whole-number float as an int
+def test_a_streamed_chat_is_relayed_chunk_by_chunk(vllm: Gateway, limit: float) -> None:
     body = {"model": MODEL, "messages": [{"role": "user", "content": LONG}],
-            "max_tokens": 6, "stream": True}
+            "max_tokens": limit, "stream": True}
     decode = vllm.engines["d0"]
     decode.gate(False)
     with httpx.stream("POST", f"{vllm.url}/v1/chat/completions", json=body, timeout=30) as r:
