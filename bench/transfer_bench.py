@@ -830,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
             stem = "transfers" if args.mem == "dram" else "transfers_vram"
             if condition != "awake":  # awake is the headline report's condition
                 stem += f"_{condition}"
+            if args.copy_cpu == "none":  # the copy not pinned: a report of its own
+                stem += "_unpinned"
             harness.write_json(args.out / f"{stem}.json", result)
             (args.out / f"{stem}.md").write_text(render(result))
             progress(f"{condition}: done in {result['environment']['wall_seconds']} s → "
