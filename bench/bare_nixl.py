@@ -10,6 +10,7 @@ the comparison isolates the sidecar's own overhead. Runs only in spawned childre
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import time
 from multiprocessing.queues import Queue
 from typing import Any
@@ -70,6 +71,8 @@ def _initiator(args: dict[str, Any], from_peer: Queue[Any], commands: Queue[Any]
                                   pool.mem_type)
     remote = agent.prep_xfer_dlist(peer, descriptor_rows(remote_layout, 0), pool.mem_type)
     sides = (agent, local, remote, peer, pool)
+    if args["copy_cpu"] is not None:  # as the sidecar's --copy-cpu: the copy's own CPU
+        os.sched_setaffinity(0, {args["copy_cpu"]})
     _run_jobs(args, sides, [("warm-up", [0], 1)])
     results.put("ready")
     while (jobs := commands.get()) is not None:
@@ -150,12 +153,14 @@ class BarePair:
     ``notif``: ``detached`` (sent after completion), ``attached`` (NIXL's ``notif_msg``
     on the request) or ``none``; ``target_poll_s``: how often the target polls for
     notifications; ``mem``: ``dram`` or ``vram`` (GPU 0 of each process, needs torch
-    with CUDA); ``gap_s``: idle time before each repetition (requests arriving apart).
+    with CUDA); ``gap_s``: idle time before each repetition (requests arriving apart);
+    ``copy_cpu``: the initiator runs on that CPU alone (the sidecar's ``--copy-cpu``).
     """
 
     def __init__(self, *, block_bytes: int, num_blocks: int, regions: int = 1,
                  prog_thread: bool = False, target_poll_s: float = 0.005,
-                 notif: str = "detached", mem: str = "dram", gap_s: float = 0.0) -> None:
+                 notif: str = "detached", mem: str = "dram", gap_s: float = 0.0,
+                 copy_cpu: int | None = None) -> None:
         ctx = mp.get_context("spawn")
         to_init: Queue[Any] = ctx.Queue()
         self._commands: Queue[Any] = ctx.Queue()
@@ -163,7 +168,7 @@ class BarePair:
         self._stop = ctx.Event()
         args = {"block_bytes": block_bytes, "num_blocks": num_blocks, "regions": regions,
                 "prog_thread": prog_thread, "target_poll_s": target_poll_s, "notif": notif,
-                "mem": mem, "gap_s": gap_s}
+                "mem": mem, "gap_s": gap_s, "copy_cpu": copy_cpu}
         self._procs = [ctx.Process(target=_target, args=(args, to_init, self._stop)),
                        ctx.Process(target=_initiator,
                                    args=(args, to_init, self._commands, self._results))]

@@ -78,11 +78,14 @@ def _p50(side: dict[str, Any]) -> float:
 
 def transfer_rows(data: dict[str, Any], report: str = "transfers.md") -> Iterator[Row]:
     best = "bare NIXL (best: progress thread off)"
+    pinned = data.get("copy_cpu")
+    where = _cond(data) + (f", copy on vCPU {pinned} both sides" if pinned is not None
+                           else ", copy not pinned")
     for row in data["throughput"]:
         sides = row["sides"]
         ratio = _p50(sides[best]) / _p50(sides["sidecar end-to-end"])
         yield (report, f"sidecar end-to-end throughput, {row['size_mib']} MiB",
-               "bare NIXL, best settings", f"sidecar / bare: {ratio:.2f}× (p50 GB/s)", _cond(data),
+               "bare NIXL, best settings", f"sidecar / bare: {ratio:.2f}× (p50 GB/s)", where,
                data["command"])
     for row in data.get("pipelined", []):
         totals = row["totals"]
@@ -95,11 +98,11 @@ def transfer_rows(data: dict[str, Any], report: str = "transfers.md") -> Iterato
         pairs = [b / s for b, s in zip(totals[bare], totals[side], strict=True)]
         yield (report, f"sidecar end-to-end throughput, pipelined, "
                f"{row['size_mib']} MiB ({side})", f"bare NIXL, best settings ({bare})",
-               f"sidecar / bare: {_ratio(pairs)} (paired)", _cond(data), data["command"])
+               f"sidecar / bare: {_ratio(pairs)} (paired)", where, data["command"])
     for row in data["small"]:
         cp = row["control_plane_seconds"]["p50"] * 1e3
         yield (report, f"control plane per transfer, {row['size']} (p50)",
-               "— (target ≤ 1 ms)", f"{cp:.2f} ms", _cond(data), data["command"])
+               "— (target ≤ 1 ms)", f"{cp:.2f} ms", where, data["command"])
 
 
 def placement_rows(data: dict[str, Any]) -> Iterator[Row]:
@@ -263,6 +266,9 @@ def mocker_rows(data: dict[str, Any]) -> Iterator[Row]:
 SOURCES: dict[str, Callable[[dict[str, Any]], Iterator[Row]]] = {
     "prefix_index": prefix_rows, "transfers": transfer_rows,
     "transfers_idle": lambda data: transfer_rows(data, "transfers_idle.md"),
+    "transfers_unpinned": lambda data: transfer_rows(data, "transfers_unpinned.md"),
+    "transfers_idle_unpinned": lambda data: transfer_rows(data,
+                                                          "transfers_idle_unpinned.md"),
     "placement": placement_rows,
     "topology": topology_rows, "router": router_rows,
     "route_http": own_rows("route_http", "route and report requests over HTTP"),

@@ -59,8 +59,10 @@ SIDECAR_LIKE: dict[str, Any] = {"prog_thread": False, "notif": "none", "target_p
 #: Bare NIXL as a first script would: default config (progress thread on), the
 #: notification attached to the request, the target checking every 5 ms.
 DEFAULTS: dict[str, Any] = {"prog_thread": True, "notif": "attached", "target_poll_s": 0.005}
-#: Memory kind of every pool in this run (``--mem``), passed to the bare runs too.
-MEM: dict[str, Any] = {"mem": "dram"}
+#: Memory kind of every pool in this run (``--mem``) and the CPU the copy runs on
+#: alone (``--copy-cpu``: the decode sidecar's job thread, the bare initiator), passed
+#: to every bare pair.
+MEM: dict[str, Any] = {"mem": "dram", "copy_cpu": None}
 SIZES_MIB = (1, 4, 16, 64, 256)
 
 
@@ -194,8 +196,10 @@ def start_pair(c: Cluster, *, block_bytes: int, blocks: int, regions: int = 1) -
     layout = ("--layout", "per_layer", "--regions", str(regions)) if regions > 1 else ()
     extra = ("--verify", "off", "--poll-wait", "10", "--mem", MEM["mem"],
              "--max-inflight", str(SIDECAR_MAX_INFLIGHT), *layout)
-    started = [c.sidecar(name, kv_blocks=blocks, block_bytes=block_bytes, extra=extra,
-                         wait=False) for name in ("prefill", "decode")]
+    pinned = () if MEM["copy_cpu"] is None else ("--copy-cpu", str(MEM["copy_cpu"]))
+    started = [c.sidecar(name, kv_blocks=blocks, block_bytes=block_bytes,
+                         extra=(*extra, *pinned) if name == "decode" else extra, wait=False)
+               for name in ("prefill", "decode")]
     for proc in started:  # big pools take a while to fill and register on a loaded host
         wait_for(lambda proc=proc: c._serving(proc), SIDECAR_START_S, "a sidecar")
     sidecar_run(c, f"warm-up-{block_bytes}-{regions}", [0], 1, blocks)
@@ -652,6 +656,20 @@ def _cpu_ms(side: dict[str, Any], name: str) -> float:
     return float(stage["p50"]) * 1e3 if stage else 0.0
 
 
+def _pinning_line(cpu: int | None) -> str:
+    """How the copy's CPU was set, on both sides."""
+    if cpu is None:
+        return ("Copy CPU: not pinned (`--copy-cpu none`): every process goes where the "
+                "kernel puts it.")
+    return (f"Copy CPU: **vCPU {cpu} on both sides** — the decode sidecar runs with "
+            f"`--copy-cpu {cpu}` (its job thread, which posts every transfer and on this "
+            "transport does the copy, alone on that CPU; its other threads on the rest) "
+            "and the bare initiator pins itself there too; the scheduler, the prefill "
+            "sidecar, the bare target and this process are not pinned. On loopback "
+            "every socket wake-up otherwise tends to put the woken process beside the "
+            "copy (docs/transfers.md §7); `--copy-cpu none` measures that.")
+
+
 def render(result: dict[str, Any]) -> str:
     """The markdown report."""
     lines = ["# KV transfers: sidecar end to end vs bare NIXL (and memcpy)", "",
@@ -675,6 +693,7 @@ def render(result: dict[str, Any]) -> str:
              "through the scheduler. Sidecar end to end = the scheduler's clock from the "
              "plan's creation to the initiator's report recorded; *client* = this "
              "process from `POST /v1/transfers` to seeing the done record.", "",
+             _pinning_line(result.get("copy_cpu")), "",
              "## Throughput, contiguous (1 MiB blocks → 1 descriptor)", "",
              "| size | bare NIXL best GB/s | bare NIXL, progress thread on (best in "
              "that pass) | sidecar "
@@ -734,8 +753,9 @@ def run_condition(args: argparse.Namespace, run: harness.Session,
                   condition: str) -> dict[str, Any]:
     """Every requested part under one CPU condition, on a cluster of its own."""
     started = time.perf_counter()
-    result: dict[str, Any] = {"mem": args.mem, "throughput": [], "pipelined": [],
-                              "small": [], "scattered": []}
+    result: dict[str, Any] = {"mem": args.mem, "copy_cpu": MEM["copy_cpu"],
+                              "throughput": [], "pipelined": [], "small": [],
+                              "scattered": []}
     with harness.cpu_condition(condition) as cond, \
             tempfile.TemporaryDirectory() as tmp, \
             cluster(Path(tmp), lease_ttl_s=30, deadline_s=60) as c:
@@ -768,6 +788,17 @@ def _with_condition(argv_text: str, condition: str) -> str:
     return " ".join([*out, "--conditions", condition])
 
 
+def copy_cpu(flag: str) -> int | None:
+    """``--copy-cpu``: a CPU number, ``none``, or ``auto`` (CPU 0 on a machine where
+    this process may use two CPUs or more, else none)."""
+    if flag == "none":
+        return None
+    if flag == "auto":
+        return 0 if len(os.sched_getaffinity(0)) >= 2 and 0 in os.sched_getaffinity(0) \
+            else None
+    return int(flag)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run every part in one go and write the reports."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -780,9 +811,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
     parser.add_argument("--mem", choices=("dram", "vram"), default="dram",
                         help="pool memory; vram needs torch with CUDA (docs/install-gpu.md)")
+    parser.add_argument("--copy-cpu", default="auto", metavar="CPU|none|auto",
+                        help="the CPU the copy runs on alone, on both sides: the decode "
+                             "sidecar's --copy-cpu and the bare initiator's (auto, the "
+                             "default: CPU 0 where this process may use two or more)")
     harness.add_arguments(parser, conditions=("awake",), repeats=3, warmup=1)
     args = parser.parse_args(argv)
     MEM["mem"] = args.mem
+    MEM["copy_cpu"] = copy_cpu(args.copy_cpu)
     argv_text = " ".join(argv if argv is not None else sys.argv[1:])
     with harness.session(args, packages=["nixl"], tag="transfer-bench") as run:
         for condition in run.conditions:
@@ -794,6 +830,8 @@ def main(argv: list[str] | None = None) -> int:
             stem = "transfers" if args.mem == "dram" else "transfers_vram"
             if condition != "awake":  # awake is the headline report's condition
                 stem += f"_{condition}"
+            if args.copy_cpu == "none":  # the copy not pinned: a report of its own
+                stem += "_unpinned"
             harness.write_json(args.out / f"{stem}.json", result)
             (args.out / f"{stem}.md").write_text(render(result))
             progress(f"{condition}: done in {result['environment']['wall_seconds']} s → "

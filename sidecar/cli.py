@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sidecar.config import TOKEN_ENV, SidecarConfig
+from sidecar.config import TOKEN_ENV, SidecarConfig, cpus_besides
 from topology.errors import InputError
 
 
@@ -68,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="initiator transfers posted and not yet reported at once: the job "
                         "thread posts the next job's request while earlier ones complete "
                         "and are reported on the inflight thread (1: one at a time)")
+    p.add_argument("--copy-cpu", type=int, default=None, metavar="CPU",
+                   help="run the job thread (it posts every transfer and, where the copy "
+                        "runs on the CPU, copies) on this CPU alone and the sidecar's "
+                        "other threads on the rest of its CPUs; for hosts where the copy "
+                        "uses the CPU (host-memory KV): nothing else of the sidecar then "
+                        "preempts the copy (docs/transfers.md)")
     p.add_argument("--block-tokens", type=int, default=None, metavar="N",
                    help="the engine's KV block size in tokens, registered with the worker "
                         "(the scheduler hashes this model's prompts into such blocks)")
@@ -108,7 +114,18 @@ def config_from_args(args: argparse.Namespace) -> SidecarConfig:
         fake_decode_ms=args.fake_decode_ms,
         debug_hold_s=args.debug_hold,
         block_tokens=args.block_tokens, token=read_token(args.token, args.token_file),
-        engine_instance=args.engine_instance, announce_every_s=args.announce_every)
+        engine_instance=args.engine_instance, announce_every_s=args.announce_every,
+        copy_cpu=_copy_cpu(args.copy_cpu))
+
+
+def _copy_cpu(cpu: int | None) -> int | None:
+    """``--copy-cpu``, checked against the CPUs this process may use."""
+    if cpu is not None:
+        try:
+            cpus_besides(cpu)
+        except ValueError as exc:
+            raise InputError(f"--copy-cpu {cpu}: {exc}") from None
+    return cpu
 
 
 def read_token(flag: str | None, path: Path | None) -> str | None:

@@ -5,6 +5,7 @@ Kept apart from :mod:`sidecar.runner` so that reading them never loads NIXL.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,10 @@ class SidecarConfig:
     #: Instance document of the engine next to this sidecar, announced to the scheduler.
     engine_instance: Path | None = None
     announce_every_s: float = 5.0
+    #: A CPU of its own for the job thread (it posts every transfer and, where the copy
+    #: runs on the CPU — host memory over CMA or shared memory, TCP —, copies); the
+    #: sidecar's other threads keep to the process's other CPUs. None: no pinning.
+    copy_cpu: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_inflight < 1:
@@ -80,7 +85,8 @@ class SidecarConfig:
                     ("--state-file", str(self.state_file) if self.state_file else None),
                     ("--block-tokens", str(self.block_tokens) if self.block_tokens else None),
                     ("--engine-instance",
-                     str(self.engine_instance) if self.engine_instance else None))
+                     str(self.engine_instance) if self.engine_instance else None),
+                    ("--copy-cpu", None if self.copy_cpu is None else str(self.copy_cpu)))
         argv += ["--announce-every", repr(self.announce_every_s)]
         argv += [item for flag, value in optional if value for item in (flag, value)]
         return [*argv, "--progress-thread"] if self.progress_thread else argv
@@ -88,6 +94,20 @@ class SidecarConfig:
     def to_env(self) -> dict[str, str]:
         """Environment variables that carry what :meth:`to_argv` leaves out (the token)."""
         return {TOKEN_ENV: self.token} if self.token else {}
+
+
+def cpus_besides(copy_cpu: int) -> set[int]:
+    """The CPUs this process may run on other than ``copy_cpu``: where the sidecar's
+    threads but the job thread go with ``--copy-cpu``. ValueError when ``copy_cpu`` is
+    not one of its CPUs or is the only one."""
+    allowed = os.sched_getaffinity(0)
+    listed = ",".join(str(cpu) for cpu in sorted(allowed))
+    if copy_cpu not in allowed:
+        raise ValueError(f"CPU {copy_cpu} is not one this process may run on ({listed})")
+    if len(allowed) < 2:
+        raise ValueError(f"this process may run on CPU {listed} only: a CPU of its own "
+                         "for the job thread needs two")
+    return allowed - {copy_cpu}
 
 
 #: Where the sidecar reads its scheduler token (the worker token of ``toposched serve``).

@@ -61,7 +61,7 @@ from scheduler.transfer.plan import (
 from scheduler.transfer.validate import validate_plan
 from sidecar.announce import Announcer, load_announcement
 from sidecar.client import JobStream, SchedulerClient
-from sidecar.config import SidecarConfig
+from sidecar.config import SidecarConfig, cpus_besides
 from sidecar.engine import EngineHook, FakeEngine
 from sidecar.errors import SchedulerUnavailableError, TransferError
 from sidecar.nixl_adapter import NixlAdapter, Posted, XferResult
@@ -189,7 +189,10 @@ class Sidecar:
         self.stale_dropped = 0
         #: Whether the scheduler took this sidecar's drain (``POST .../drain``).
         self.drain_announced = False
-        self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer")
+        #: With ``--copy-cpu``: the CPUs of every thread but the job thread.
+        self._other_cpus = None if config.copy_cpu is None else cpus_besides(config.copy_cpu)
+        self._executor = ThreadPoolExecutor(config.executors, thread_name_prefix="xfer",
+                                            initializer=self._keep_off_copy_cpu)
         self._cancels: dict[str, threading.Event] = {}
         self.watchdog = Watchdog(self.stop)
         #: READ targets waiting for their ``complete`` job: plan id → (plan, started).
@@ -251,7 +254,10 @@ class Sidecar:
 
     # -- threads ------------------------------------------------------------------
     def serve(self) -> None:
-        """Start the background threads (call after :meth:`register`)."""
+        """Start the background threads (call after :meth:`register`). With
+        ``--copy-cpu`` the calling thread, and so every thread it starts, keeps off that
+        CPU, which the job thread takes for itself."""
+        self._keep_off_copy_cpu()
         for target, name in ((self._job_loop, "jobs"), (self._heartbeat_loop, "heartbeat"),
                              (self._progress_loop, "progress"),
                              (self._inflight_loop, "inflight"),
@@ -299,10 +305,19 @@ class Sidecar:
         """Note transfer activity: progress polling runs hot for a short while."""
         self._active_at = time.monotonic()
 
+    def _keep_off_copy_cpu(self) -> None:
+        """Keep the calling thread (and the threads it starts) off ``--copy-cpu``."""
+        if self._other_cpus is not None:
+            os.sched_setaffinity(0, self._other_cpus)
+
     def _job_loop(self) -> None:
         # Runs on after stop is set, until deregistered: waiting targets still get their
         # complete or abort job, a passive target its completes, and new transfers are
         # rejected meanwhile; the stream ends with the registration.
+        if self.config.copy_cpu is not None:
+            # A CPU of its own: on a CPU-copy transport the copy runs on this thread, and
+            # a woken thread of this process placed beside it would stall the copy.
+            os.sched_setaffinity(0, {self.config.copy_cpu})
         while not self._gone.is_set():
             try:
                 with self.client.job_stream(self.config.name, self.config.poll_wait_s,

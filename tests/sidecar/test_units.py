@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 
 import httpx
@@ -108,7 +109,8 @@ def test_config_round_trips_through_its_flags() -> None:
     config = SidecarConfig(scheduler="http://s:1", name="w", kv_blocks=9, block_bytes=64,
                            layout="per_layer", regions=2, gpus=("h/gpu1",), model="m",
                            ucx_devices="mlx5_0:1", progress_thread=True, debug_hold_s=0.5,
-                           max_inflight=3)
+                           max_inflight=3, copy_cpu=min(os.sched_getaffinity(0))
+                           if len(os.sched_getaffinity(0)) > 1 else None)
     assert config_from_args(parser.parse_args(config.to_argv())) == config
     with pytest.raises(ValueError, match="max_inflight must be at least 1"):
         SidecarConfig(scheduler="http://s:1", name="w", kv_blocks=1, block_bytes=64,
