@@ -289,22 +289,29 @@ def _ended(caller: _Caller, plan_id: str, record: dict[str, Any]) -> dict[str, A
 CPU_PROCESSES = ("scheduler", "decode sidecar", "prefill sidecar", "submitter")
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds of ``pid``'s live threads (``/proc/PID/task/*/schedstat``, ns; 0
-    off Linux). Threads that exit meanwhile are lost, so use it for long-lived
-    processes; this process's own CPU comes from :func:`own_cpu_s`."""
-    total = 0
+def thread_stats(pid: int) -> dict[int, tuple[int, int]]:
+    """tid → (CPU ns, run-queue delay ns) of ``pid``'s live threads, from
+    ``/proc/PID/task/TID/schedstat`` (empty off Linux or for a process gone)."""
     try:
         tids = os.listdir(f"/proc/{pid}/task")
     except OSError:
-        return 0.0
+        return {}
+    out: dict[int, tuple[int, int]] = {}
     for tid in tids:
         try:
             with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                total += int(stat.read().split()[0])
-        except (OSError, ValueError, IndexError):
+                cpu, delay = (int(v) for v in stat.read().split()[:2])
+        except (OSError, ValueError):
             continue
-    return total / 1e9
+        out[int(tid)] = (cpu, delay)
+    return out
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds of ``pid``'s live threads. Threads that exit meanwhile are lost, so
+    use it for long-lived processes; this process's own CPU comes from
+    :func:`own_cpu_s`."""
+    return sum(cpu for cpu, _ in thread_stats(pid).values()) / 1e9
 
 
 def own_cpu_s() -> float:

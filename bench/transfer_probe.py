@@ -33,23 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench import harness  # noqa: E402
-from bench.transfer_bench import MIB, own_cpu_s, sidecar_pipelined, start_pair  # noqa: E402
+from bench.transfer_bench import (  # noqa: E402
+    MIB,
+    own_cpu_s,
+    sidecar_pipelined,
+    start_pair,
+    thread_stats,
+)
 from tests.sidecar.harness import cluster  # noqa: E402
-
-Threads = dict[int, tuple[int, int]]
-
-
-def thread_stats(pid: int) -> Threads:
-    """tid → (CPU ns, run-queue delay ns) of ``pid``'s live threads."""
-    out: Threads = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as stat:
-                cpu, delay = (int(v) for v in stat.read().split()[:2])
-        except (OSError, ValueError):
-            continue
-        out[int(tid)] = (cpu, delay)
-    return out
 
 
 def pin(pids: dict[str, int]) -> None:
