@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,25 @@ def _command_line(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
 
-def _stays_registered(sidecars: Cluster, name: str, lease_ttl_s: float) -> None:
-    """Listed for two lease lifetimes: its heartbeats (own token) are accepted."""
-    deadline = time.monotonic() + 2 * lease_ttl_s
-    while time.monotonic() < deadline:
-        assert name in sidecars.workers()
-        time.sleep(0.3)
+def _renews_its_lease(sidecars: Cluster, name: str) -> None:
+    """Its heartbeats (its own token) are accepted: the scheduler moves the lease's
+    expiry on within one registration epoch, twice. (Asserting that it stays listed
+    for two lease lifetimes flaked once in a full run: a stall of the loaded 2-vCPU
+    host let a 2 s lease lapse; the sidecar then registers again, a new epoch, and
+    the wait goes on until its heartbeats renew that one.)"""
+    seen: list[tuple[int, float]] = []
+
+    def renewed() -> bool:
+        entry = next((w for w in sidecars.http.get(f"{sidecars.url}/v1/workers").json()
+                      if w["registration"]["name"] == name), None)
+        if entry is not None:
+            lease = (entry["lease"]["epoch"], entry["lease"]["expires_at"])
+            if not seen or seen[-1] != lease:
+                seen.append(lease)
+        same_epoch = [expiry for epoch, expiry in seen if seen and epoch == seen[-1][0]]
+        return len(same_epoch) >= 3
+
+    wait_for(renewed, 30.0, f"{name}'s lease renewed twice by its heartbeats")
 
 
 def test_a_sidecar_authenticates_from_its_environment_and_keeps_the_token_off_its_command_line(
@@ -30,7 +42,7 @@ def test_a_sidecar_authenticates_from_its_environment_and_keeps_the_token_off_it
     with cluster(tmp_path, lease_ttl_s=2.0) as sidecars:
         proc = sidecars.sidecar("w-env")
         assert WORKER_TOKEN not in _command_line(proc.popen.pid)
-        _stays_registered(sidecars, "w-env", 2.0)
+        _renews_its_lease(sidecars, "w-env")
         assert "401" not in proc.text() and "403" not in proc.text()
 
 
@@ -40,7 +52,7 @@ def test_a_sidecar_reads_its_token_from_a_file(tmp_path: Path) -> None:
     token_file.chmod(0o600)
     with cluster(tmp_path, lease_ttl_s=2.0) as sidecars:
         sidecars.sidecar("w-file", extra=("--token-file", str(token_file)), env=NO_TOKEN)
-        _stays_registered(sidecars, "w-file", 2.0)
+        _renews_its_lease(sidecars, "w-file")
 
 
 def test_a_sidecar_without_a_token_exits_2_saying_what_to_give_it(tmp_path: Path) -> None:
